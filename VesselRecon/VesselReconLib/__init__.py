@@ -1,0 +1,8 @@
+"""VesselReconLib: the Qt-free core of the VesselRecon 3D Slicer extension.
+
+Submodules are imported on demand so that ``import VesselReconLib`` stays light.
+"""
+
+__version__ = "0.1.0"
+
+METHODS = ("octadepth", "angio3d", "coips", "vcnet", "vesselsdf")

@@ -1,0 +1,41 @@
+"""Shared pytest fixtures: a headless MRML scene, CPU thread caps and GPU skipping."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+
+def pytest_configure(config):
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    except ImportError:
+        pass
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def scene():
+    """A cleared headless MRML scene (the same real vtkMRMLScene Slicer uses)."""
+    from VesselReconLib import runtime
+
+    return runtime.new_scene()

@@ -1,0 +1,151 @@
+"""The ``vesselrecon`` command line.
+
+Each method package may provide ``VesselReconLib.<method>.cli`` with any of these hooks:
+
+- ``add_arguments(parser)`` and ``run(args) -> int`` for ``vesselrecon <method> ...``;
+- ``add_train_arguments(parser)`` and ``train(args) -> int`` for ``vesselrecon train <method>``;
+- ``add_eval_arguments(parser)`` and ``evaluate(args) -> int`` for ``vesselrecon eval <method>``;
+- ``add_bench_arguments(parser)`` and ``bench(args) -> int`` for ``vesselrecon bench <method>``;
+- ``demo(context: DemoContext) -> None``: adds the method's part to ``vesselrecon demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from types import ModuleType
+
+from . import METHODS, __version__
+
+HOOKS = {"run": "add_arguments", "train": "add_train_arguments", "evaluate": "add_eval_arguments",
+         "bench": "add_bench_arguments"}
+
+
+def method_cli(method: str) -> ModuleType | None:
+    """The method's CLI module, or ``None`` when it has none yet."""
+    try:
+        return importlib.import_module(f"{__package__}.{method}.cli")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(f"{__package__}.{method}"):
+            return None
+        raise
+
+
+def _add_method_parsers(subparsers, hook: str, help_fmt: str) -> None:
+    for method in METHODS:
+        module = method_cli(method)
+        if module is None or not hasattr(module, hook):
+            continue
+        parser = subparsers.add_parser(method, help=help_fmt.format(method=method))
+        getattr(module, HOOKS[hook])(parser)
+        parser.set_defaults(func=getattr(module, hook))
+
+
+def _add_group(subparsers, name: str, hook: str, help_text: str, help_fmt: str) -> None:
+    group = subparsers.add_parser(name, help=help_text)
+    inner = group.add_subparsers(dest="method", metavar="METHOD")
+    inner.required = True
+    _add_method_parsers(inner, hook, help_fmt)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vesselrecon", description="VesselRecon: vascular 3D reconstruction.")
+    parser.add_argument("--version", action="version", version=f"vesselrecon {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_models_parser(sub)
+    _add_demo_parser(sub)
+    _add_phantoms_parser(sub)
+    _add_group(sub, "train", "train", "train a method's network", "train {method} on a dataset folder")
+    _add_group(sub, "eval", "evaluate", "print a method's results table on held-out data",
+               "evaluate {method} against its baselines")
+    _add_group(sub, "bench", "bench", "time a method against its plain baseline (JSON line)",
+               "benchmark {method}")
+    _add_method_parsers(sub, "run", "run {method} on input files")
+    return parser
+
+
+def _add_models_parser(sub) -> None:
+    parser = sub.add_parser("models", help="list shipped models with checksums and status")
+    parser.add_argument("--registry", help="registry folder (default: the installed one)")
+    parser.set_defaults(func=cmd_models)
+
+
+def cmd_models(args) -> int:
+    """Print the registry: name, module, preset, sha256 prefix and status (never crashes on bad files)."""
+    from . import registry
+
+    try:
+        entries = registry.load_registry(args.registry)
+    except (registry.RegistryError, ValueError) as exc:
+        print(f"error: invalid registry: {exc}", file=sys.stderr)
+        return 2
+    if not entries:
+        print("No models in the registry.")
+        return 0
+    print(f"{'name':28} {'module':10} {'preset':8} {'sha256':14} status")
+    worst = 0
+    for entry in entries:
+        status = entry.status()
+        worst = max(worst, 0 if status == "ok" else 1)
+        print(f"{entry.name:28} {entry.module:10} {entry.preset:8} {entry.sha256[:12]:14} {status}")
+    return worst
+
+
+def _add_demo_parser(sub) -> None:
+    parser = sub.add_parser("demo", help="run every module on bundled phantoms; write a .mrb scene and PNG renders")
+    parser.add_argument("--out", default="out/demo", help="output folder")
+    parser.add_argument("--device", default="auto", help="auto|cuda|mps|cpu")
+    parser.add_argument("--only", nargs="*", choices=METHODS, help="run only these methods")
+    parser.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, device=args.device, only=args.only)
+    return 0
+
+
+def _add_phantoms_parser(sub) -> None:
+    parser = sub.add_parser("phantoms", help="write a synthetic dataset in a public dataset's layout")
+    parser.add_argument("kind", help="octa | octa-quality | xray | mra | swi | ct")
+    parser.add_argument("--count", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True)
+    parser.set_defaults(func=cmd_phantoms)
+
+
+def cmd_phantoms(args) -> int:
+    from pathlib import Path
+
+    from .phantoms.datasets import write_dataset
+    from .progress import TqdmProgress
+
+    bar = TqdmProgress(f"phantoms {args.kind}")
+    path = write_dataset(args.kind, Path(args.out), args.count, args.seed, progress=bar)
+    bar.close()
+    print(f"Wrote {args.count} {args.kind} cases to {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    from .errors import InputError
+
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

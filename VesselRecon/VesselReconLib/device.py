@@ -1,0 +1,106 @@
+"""Device and precision policy: ``auto|cuda|mps|cpu``, autocast on CUDA, out-of-memory fallback."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import torch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """Turn ``auto|cuda|cuda:N|mps|cpu`` into an available :class:`torch.device`.
+
+    :param name: the requested device; ``auto`` picks CUDA, then MPS, then CPU.
+    :raises ValueError: when a named accelerator is not available.
+    """
+    if isinstance(name, torch.device):
+        return name
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but no CUDA GPU is available: choose device 'cpu' or 'auto'.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("MPS was requested but is not available: choose device 'cpu' or 'auto'.")
+    if name.split(":")[0] not in DEVICE_CHOICES:
+        raise ValueError(f"Unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, allow_half: bool = True) -> torch.dtype | None:
+    """bf16 on CUDA GPUs that support it, else fp16 on CUDA; ``None`` (full precision) elsewhere."""
+    if not allow_half or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@contextlib.contextmanager
+def inference(device: torch.device, allow_half: bool = True) -> Iterator[None]:
+    """``torch.inference_mode`` plus autocast on CUDA (when the model allows half precision)."""
+    dtype = autocast_dtype(device, allow_half)
+    with torch.inference_mode():
+        if dtype is None:
+            yield
+        else:
+            with torch.autocast(device_type="cuda", dtype=dtype):
+                yield
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA (or MPS) out-of-memory errors."""
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def run_with_fallback(fn: Callable[[torch.device, int], T], device: torch.device, batch_size: int,
+                      notify: Callable[[str], None] | None = None) -> T:
+    """Call ``fn(device, batch_size)``; on out-of-memory halve the batch, then fall back to the CPU.
+
+    :param fn: the computation; it receives the device and batch size to use.
+    :param device: the preferred device.
+    :param batch_size: the preferred batch size.
+    :param notify: receives a human-readable message on every fallback.
+    """
+    notify = notify or log.warning
+    while True:
+        try:
+            return fn(device, batch_size)
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            if not is_oom(exc) or device.type == "cpu":
+                raise
+            _free_cache(device)
+            if batch_size > 1:
+                batch_size //= 2
+                notify(f"Out of GPU memory: retrying with batch size {batch_size}.")
+            else:
+                device = torch.device("cpu")
+                notify("Out of GPU memory even at batch size 1: continuing on the CPU (slower).")
+
+
+def _free_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak allocated CUDA memory in MB since the last reset, or ``None`` off CUDA."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def limit_cpu_threads(n: int | None = None) -> None:
+    """Cap torch's intra-op threads (defaults to the machine's core count, at least 1)."""
+    import os
+
+    torch.set_num_threads(max(1, n or os.cpu_count() or 1))

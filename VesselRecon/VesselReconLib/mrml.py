@@ -1,0 +1,406 @@
+"""MRML adapters used by every Logic: arrays, SimpleITK images, meshes, tables and curves <-> nodes.
+
+Array index order: volume arrays are ``[k, j, i]`` (slice, row, column), as ``slicer.util.arrayFromVolume``
+returns them. Geometry is the 4x4 IJK-to-RAS matrix, so oblique directions and anisotropic spacing
+survive every round trip. Only Logic classes call these, on the main thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import runtime
+
+CREATED_BY = "VesselRecon.CreatedBy"
+# SCT "Blood vessel" in Slicer's terminology string format (category~type~modifier~region...).
+VESSEL_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list"
+                      "~SCT^85756007^Tissue~SCT^59820001^Blood vessel~^^"
+                      "~Anatomic codes - DICOM master list~^^~^^")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _slicer():
+    import slicer
+
+    return slicer
+
+
+def _scene(scene=None):
+    return scene if scene is not None else runtime.setup()
+
+
+# ---------------------------------------------------------------- matrices
+
+
+def vtk_matrix(matrix: np.ndarray):
+    """numpy 4x4 -> vtkMatrix4x4."""
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    out = vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            out.SetElement(r, c, float(matrix[r, c]))
+    return out
+
+
+def numpy_matrix(matrix) -> np.ndarray:
+    """vtkMatrix4x4 -> numpy 4x4."""
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def ijk_to_ras_matrix(spacing: Sequence[float], origin: Sequence[float] = (0, 0, 0),
+                      directions: np.ndarray | None = None) -> np.ndarray:
+    """IJK-to-RAS from spacing (i, j, k), RAS origin and a 3x3 direction matrix (columns = axes)."""
+    matrix = np.eye(4)
+    directions = np.eye(3) if directions is None else np.asarray(directions, float)
+    matrix[:3, :3] = directions * np.asarray(spacing, float)[None, :]
+    matrix[:3, 3] = origin
+    return matrix
+
+
+def spacing_of(ijk_to_ras: np.ndarray) -> np.ndarray:
+    """Voxel spacing (i, j, k) in mm from an IJK-to-RAS matrix."""
+    return np.linalg.norm(np.asarray(ijk_to_ras)[:3, :3], axis=0)
+
+
+# ---------------------------------------------------------------- output nodes
+
+
+def output_node(class_name: str, name: str, node=None, scene=None, creator: str = "VesselRecon"):
+    """The node to write an output into.
+
+    A node passed in is used as is. Otherwise a node this extension created earlier with the same
+    name is updated, and if none exists a new one is added. User nodes are never taken over.
+    """
+    if node is not None:
+        return node
+    scene = _scene(scene)
+    existing = scene.GetNodesByClassByName(class_name, name)
+    for index in range(existing.GetNumberOfItems()):
+        candidate = existing.GetItemAsObject(index)
+        if candidate.GetAttribute(CREATED_BY) == creator:
+            return candidate
+    created = scene.AddNewNodeByClass(class_name, name)
+    created.SetAttribute(CREATED_BY, creator)
+    return created
+
+
+# ---------------------------------------------------------------- volumes
+
+
+def volume_to_array(node) -> tuple[np.ndarray, np.ndarray]:
+    """A volume node's voxels (a copy, KJI order) and its IJK-to-RAS matrix."""
+    if node is None or node.GetImageData() is None:
+        raise ValueError("The volume node has no image data: load an image first.")
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    image = node.GetImageData()
+    dims = image.GetDimensions()
+    scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    components = image.GetNumberOfScalarComponents()
+    shape = (dims[2], dims[1], dims[0]) + ((components,) if components > 1 else ())
+    matrix = vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return scalars.reshape(shape).copy(), numpy_matrix(matrix)
+
+
+def array_to_volume(array: np.ndarray, ijk_to_ras: np.ndarray, name: str, node=None, scene=None,
+                    labelmap: bool = False, color_node_id: str | None = None,
+                    window_level: tuple[float, float] | None = None, creator: str = "VesselRecon"):
+    """Write a KJI array and its IJK-to-RAS geometry into a (new or given) volume node.
+
+    :param array: ``[k, j, i]`` voxels; 2D arrays become a single slice.
+    :param ijk_to_ras: 4x4 IJK-to-RAS matrix.
+    :param name: node name for new nodes.
+    :param node: existing output node to overwrite (only when the user passed it as output).
+    :param labelmap: create a ``vtkMRMLLabelMapVolumeNode`` instead of a scalar volume.
+    :param color_node_id: colour table for the display node (e.g. a depth colour table).
+    :param window_level: optional (window, level) for display.
+    """
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+
+    array = np.ascontiguousarray(array if np.ndim(array) == 3 else np.asarray(array)[None])
+    cls = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
+    node = output_node(cls, name, node, scene, creator)
+    image = vtkImageData()
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    vtk_array = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
+    image.GetPointData().SetScalars(vtk_array)
+    node.SetIJKToRASMatrix(vtk_matrix(ijk_to_ras))
+    node.SetAndObserveImageData(image)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if color_node_id:
+        display.SetAndObserveColorNodeID(color_node_id)
+    if window_level and hasattr(display, "SetWindowLevel"):
+        display.AutoWindowLevelOff()
+        display.SetWindowLevel(*window_level)
+    return node
+
+
+def sitk_to_volume(image, name: str, node=None, scene=None, labelmap: bool = False):
+    """A SimpleITK image (LPS) as a volume node (RAS)."""
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayFromImage(image)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    lps = ijk_to_ras_matrix(image.GetSpacing(), image.GetOrigin(), direction)
+    return array_to_volume(array, LPS_TO_RAS @ lps, name, node, scene, labelmap)
+
+
+def volume_to_sitk(node):
+    """A volume node (RAS) as a SimpleITK image (LPS), with spacing, origin and direction."""
+    import SimpleITK as sitk
+
+    array, ijk_to_ras = volume_to_array(node)
+    lps = LPS_TO_RAS @ ijk_to_ras
+    spacing = spacing_of(lps)
+    image = sitk.GetImageFromArray(array, isVector=array.ndim == 4)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetOrigin(tuple(float(o) for o in lps[:3, 3]))
+    image.SetDirection(tuple((lps[:3, :3] / spacing[None, :]).ravel().tolist()))
+    return image
+
+
+# ---------------------------------------------------------------- segmentations
+
+
+@dataclass
+class SegmentSpec:
+    """How one label value of a labelmap becomes a named, coloured segment."""
+
+    label: int
+    name: str
+    color: tuple[float, float, float] = (0.85, 0.2, 0.2)
+    terminology: str | None = VESSEL_TERMINOLOGY
+
+
+def labelmap_to_segmentation(labels: np.ndarray, ijk_to_ras: np.ndarray, segments: Sequence[SegmentSpec],
+                             name: str, node=None, reference_volume=None, scene=None,
+                             closed_surface: bool = False, creator: str = "VesselRecon"):
+    """Write a KJI label array as segments of a segmentation node on the given geometry.
+
+    :param labels: integer array ``[k, j, i]`` (2D arrays become one slice).
+    :param ijk_to_ras: geometry of ``labels``.
+    :param segments: label value, name, colour and terminology of each segment to create.
+    :param reference_volume: volume whose geometry the segmentation references (usually the input).
+    :param closed_surface: also build the closed-surface representation for 3D display.
+    """
+    slicer = _slicer()
+    scene = _scene(scene)
+    node = output_node("vtkMRMLSegmentationNode", name, node, scene, creator)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    if reference_volume is not None:
+        node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    segmentation = node.GetSegmentation()
+    segmentation.RemoveAllSegments()
+    labels = np.asarray(labels)
+    for spec in segments:
+        oriented = _oriented_labelmap((labels == spec.label).astype(np.uint8), ijk_to_ras)
+        segment = slicer.vtkSegment()
+        segment.SetName(spec.name)
+        segment.SetColor(*spec.color)
+        if spec.terminology:
+            segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), spec.terminology)
+        segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(), oriented)
+        segmentation.AddSegment(segment, spec.name)
+    if closed_surface:
+        node.CreateClosedSurfaceRepresentation()
+    return node
+
+
+def _oriented_labelmap(mask: np.ndarray, ijk_to_ras: np.ndarray):
+    from vtkmodules.util import numpy_support
+
+    slicer = _slicer()
+    mask = np.ascontiguousarray(mask if mask.ndim == 3 else mask[None])
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(mask.shape[2], mask.shape[1], mask.shape[0])
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(mask.ravel(), deep=True))
+    image.SetImageToWorldMatrix(vtk_matrix(ijk_to_ras))
+    return image
+
+
+def segmentation_to_labelmap(node, reference_volume=None, segment_ids: Sequence[str] | None = None
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Export segments to a KJI label array (1..n in segment order) on the reference geometry."""
+    slicer = _slicer()
+    scene = node.GetScene()
+    label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__vesselrecon_export")
+    try:
+        ids = _string_array(segment_ids or node.GetSegmentation().GetSegmentIDs())
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        logic.ExportSegmentsToLabelmapNode(node, ids, label_node, reference_volume)
+        return volume_to_array(label_node)
+    finally:
+        scene.RemoveNode(label_node)
+
+
+def _string_array(values):
+    from vtkmodules.vtkCommonCore import vtkStringArray
+
+    out = vtkStringArray()
+    for value in values:
+        out.InsertNextValue(value)
+    return out
+
+
+# ---------------------------------------------------------------- models, tables, curves
+
+
+def polydata_to_model(polydata, name: str, color: tuple[float, float, float] = (0.9, 0.3, 0.3),
+                      opacity: float = 1.0, scalars: str | None = None, color_node_id: str | None = None,
+                      scalar_range: tuple[float, float] | None = None, node=None, scene=None,
+                      creator: str = "VesselRecon"):
+    """Put a vtkPolyData (RAS, mm) into a model node with colour, opacity and optional scalar colouring.
+
+    :param scalars: name of a point-data array to colour by (for example ``"depth"``).
+    :param color_node_id: colour table for the scalars.
+    :param scalar_range: fixed scalar range; the data range when omitted.
+    """
+    node = output_node("vtkMRMLModelNode", name, node, scene, creator)
+    node.SetAndObservePolyData(polydata)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    display.SetColor(*color)
+    display.SetOpacity(opacity)
+    if scalars:
+        display.SetActiveScalarName(scalars)
+        display.SetScalarVisibility(True)
+        if color_node_id:
+            display.SetAndObserveColorNodeID(color_node_id)
+        if scalar_range:
+            display.SetScalarRangeFlag(display.UseManualScalarRange)
+            display.SetScalarRange(*scalar_range)
+    return node
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]], name: str, node=None, scene=None,
+                  creator: str = "VesselRecon"):
+    """Rows of ``{column: value}`` into a table node (numbers as double columns, others as strings)."""
+    from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkStringArray
+
+    node = output_node("vtkMRMLTableNode", name, node, scene, creator)
+    table = node.GetTable()
+    table.Initialize()
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    for column in columns:
+        values = [row.get(column) for row in rows]
+        numeric = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                      for v in values)
+        array = vtkDoubleArray() if numeric else vtkStringArray()
+        array.SetName(column)
+        for value in values:
+            array.InsertNextValue(float(value) if numeric else ("" if value is None else str(value)))
+        table.AddColumn(array)
+    node.Modified()
+    return node
+
+
+def table_to_rows(node) -> list[dict[str, Any]]:
+    """A table node's rows as dicts (inverse of :func:`rows_to_table`)."""
+    table = node.GetTable()
+    columns = [table.GetColumn(c) for c in range(table.GetNumberOfColumns())]
+    return [{col.GetName(): col.GetValue(r) for col in columns} for r in range(table.GetNumberOfRows())]
+
+
+def polyline_to_curve(points_ras: np.ndarray, name: str, radii: np.ndarray | None = None, node=None,
+                      scene=None, color: tuple[float, float, float] = (1.0, 0.8, 0.1),
+                      creator: str = "VesselRecon"):
+    """A polyline (RAS mm) as a markups curve; ``radii`` become its ``Radius`` point measurement."""
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonCore import vtkPoints
+
+    node = output_node("vtkMRMLMarkupsCurveNode", name, node, scene, creator)
+    points = vtkPoints()
+    points.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points_ras, dtype=float), deep=True))
+    node.SetCurveTypeToLinear()
+    node.SetControlPointPositionsWorld(points)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    node.GetDisplayNode().SetSelectedColor(*color)
+    node.GetDisplayNode().SetPointLabelsVisibility(False)
+    if radii is not None:
+        _set_curve_radius(node, np.asarray(radii, float))
+    return node
+
+
+def _set_curve_radius(node, radii: np.ndarray) -> None:
+    from vtkmodules.util import numpy_support
+
+    slicer = _slicer()
+    measurement = node.GetMeasurement("Radius") or slicer.vtkMRMLStaticMeasurement()
+    measurement.SetName("Radius")
+    measurement.SetUnits("mm")
+    values = numpy_support.numpy_to_vtk(np.ascontiguousarray(radii), deep=True)
+    values.SetName("Radius")
+    measurement.SetControlPointValues(values)
+    measurement.SetEnabled(True)
+    if node.GetMeasurement("Radius") is None:
+        node.AddMeasurement(measurement)
+
+
+def curve_radii(node) -> np.ndarray | None:
+    """The per-control-point ``Radius`` measurement of a curve, if any."""
+    from vtkmodules.util import numpy_support
+
+    measurement = node.GetMeasurement("Radius")
+    if measurement is None or measurement.GetControlPointValues() is None:
+        return None
+    return numpy_support.vtk_to_numpy(measurement.GetControlPointValues()).copy()
+
+
+def color_table(name: str, colors: Sequence[Sequence[float]], scene=None, n: int = 256):
+    """A continuous colour table node interpolating ``colors`` (RGB 0..1) over ``n`` entries."""
+    node = output_node("vtkMRMLColorTableNode", name, None, scene)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(n)
+    anchors = np.asarray(colors, float)
+    stops = np.linspace(0, 1, len(anchors))
+    for index, t in enumerate(np.linspace(0, 1, n)):
+        rgb = [np.interp(t, stops, anchors[:, c]) for c in range(3)]
+        node.SetColor(index, f"{index}", *rgb, 1.0)
+    return node
+
+
+# ---------------------------------------------------------------- scenes
+
+
+def save_scene(path: str | Path, scene=None) -> Path:
+    """Save the scene with all its data as a Slicer ``.mrb`` bundle."""
+    scene = _scene(scene)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _ensure_storage_nodes(scene)
+    if not scene.WriteToMRB(str(path)):
+        raise OSError(f"Could not write the scene to {path}.")
+    return path
+
+
+def _ensure_storage_nodes(scene) -> None:
+    for index in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(index)
+        if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None:
+            node.AddDefaultStorageNode()
+
+
+def load_scene(path: str | Path, scene=None, clear: bool = True):
+    """Load a ``.mrb`` bundle into the scene (cleared first by default) and return the scene."""
+    scene = _scene(scene)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"Scene file {path} does not exist.")
+    if clear:
+        scene.Clear(False)
+    if not scene.ReadFromMRB(str(path)):
+        raise OSError(f"Could not read the scene {path}.")
+    return scene

@@ -210,7 +210,7 @@ def labelmap_to_segmentation(labels: np.ndarray, ijk_to_ras: np.ndarray, segment
         segment.SetName(spec.name)
         segment.SetColor(*spec.color)
         if spec.terminology:
-            segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), spec.terminology)
+            segment.SetTerminology(spec.terminology)
         segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(), oriented)
         segmentation.AddSegment(segment, spec.name)
     if closed_surface:

@@ -59,9 +59,19 @@ def _actor(layer: Layer):
     return actor
 
 
+def _preload_triton() -> None:
+    """Load Triton's LLVM before Mesa's (EGL/llvmpipe): in the other order, a later ``torch._dynamo``
+    import (triggered by optimisers) crashes the process on machines without a GPU driver."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
+
+
 def render_meshes(layers: Sequence[Layer], path: str | Path, size: tuple[int, int] = (800, 600),
                   view: tuple[float, float] = (30.0, 20.0), background=(1.0, 1.0, 1.0)) -> Path:
     """Render meshes to a PNG; ``view`` is (azimuth, elevation) in degrees from an anterior camera."""
+    _preload_triton()
     import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (registers the OpenGL backend)
     from vtkmodules.vtkIOImage import vtkPNGWriter
     from vtkmodules.vtkRenderingCore import vtkRenderer, vtkRenderWindow, vtkWindowToImageFilter

@@ -1,0 +1,98 @@
+"""Device policy, out-of-memory fallback, progress ranges, cancellation and the worker thread."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from VesselReconLib import device as dev
+from VesselReconLib.errors import InputError, check_image, squeeze_to_2d
+from VesselReconLib.progress import CancelToken, Cancelled, Reporter, run_in_worker
+
+
+def test_resolve_device_choices():
+    assert dev.resolve_device("cpu").type == "cpu"
+    assert dev.resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="Unknown device"):
+        dev.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            dev.resolve_device("cuda")
+        assert dev.autocast_dtype(torch.device("cpu")) is None
+
+
+def test_oom_fallback_halves_batch_then_moves_to_cpu():
+    calls, messages = [], []
+
+    def compute(device, batch_size):
+        calls.append((device.type, batch_size))
+        if device.type == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return "done"
+
+    result = dev.run_with_fallback(compute, torch.device("cuda"), 4, notify=messages.append)
+    assert result == "done"
+    assert calls == [("cuda", 4), ("cuda", 2), ("cuda", 1), ("cpu", 1)]
+    assert "CPU" in messages[-1]
+
+
+def test_non_oom_errors_propagate():
+    def compute(device, batch_size):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        dev.run_with_fallback(compute, torch.device("cuda"), 4)
+
+
+def test_reporter_maps_sub_ranges_and_cancels():
+    seen = []
+    token = CancelToken()
+    reporter = Reporter(lambda f, m: seen.append((round(f, 3), m)), token)
+    reporter.sub(0.5, 1.0).sub(0.0, 0.5)(0.5, "half of a quarter")
+    assert seen == [(0.625, "half of a quarter")]
+    token.set()
+    with pytest.raises(Cancelled):
+        reporter(0.9, "late")
+
+
+def test_run_in_worker_returns_and_reraises_on_the_calling_thread():
+    pumped = []
+    main = threading.get_ident()
+    assert run_in_worker(lambda: threading.get_ident(), lambda: pumped.append(1)) != main
+
+    def fail():
+        raise InputError("bad input")
+
+    with pytest.raises(InputError, match="bad input"):
+        run_in_worker(fail, lambda: None)
+
+
+@pytest.mark.parametrize("array, message", [
+    (None, "missing"),
+    (__import__("numpy").zeros((4, 4, 4, 4)), "4 dimensions"),
+    (__import__("numpy").full((16, 16), 3.0), "constant"),
+    (__import__("numpy").array([[1.0, float("nan")] * 8] * 16), "NaN"),
+    (__import__("numpy").ones((2, 2)), "too small"),
+])
+def test_check_image_refuses_bad_input(array, message):
+    with pytest.raises(InputError, match=message):
+        check_image(array, "Input image", ndim=(2, 3))
+
+
+def test_squeeze_to_2d_accepts_single_slice_and_rgb():
+    import numpy as np
+
+    assert squeeze_to_2d(np.zeros((1, 5, 6)), "x").shape == (5, 6)
+    assert squeeze_to_2d(np.zeros((5, 6, 3)), "x").shape == (5, 6)
+    with pytest.raises(InputError, match="single-slice"):
+        squeeze_to_2d(np.zeros((3, 5, 6)), "x")
+
+
+@pytest.mark.gpu
+def test_cuda_autocast_uses_half_precision():
+    device = dev.resolve_device("cuda")
+    with dev.inference(device):
+        y = torch.nn.Linear(8, 8).to(device)(torch.randn(2, 8, device=device))
+    assert y.dtype in (torch.bfloat16, torch.float16)

@@ -1,0 +1,134 @@
+"""Round trips of the MRML adapters on a real headless scene, including oblique and anisotropic geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from vtkmodules.vtkFiltersSources import vtkSphereSource
+
+from VesselReconLib import meshes, mrml
+
+
+def oblique_matrix(spacing=(0.5, 0.7, 2.0), origin=(10.0, -5.0, 3.0), seed=0):
+    rng = np.random.default_rng(seed)
+    directions, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    if np.linalg.det(directions) < 0:
+        directions[:, 0] *= -1
+    return mrml.ijk_to_ras_matrix(spacing, origin, directions)
+
+
+def test_volume_round_trip_keeps_voxels_and_oblique_geometry(scene):
+    matrix = oblique_matrix()
+    voxels = np.random.default_rng(1).random((6, 9, 11)).astype(np.float32)
+    node = mrml.array_to_volume(voxels, matrix, "oblique", scene=scene)
+    back, back_matrix = mrml.volume_to_array(node)
+    assert back.shape == (6, 9, 11)
+    np.testing.assert_array_equal(back, voxels)
+    np.testing.assert_allclose(back_matrix, matrix, atol=1e-12)
+    np.testing.assert_allclose(mrml.spacing_of(back_matrix), [0.5, 0.7, 2.0])
+
+
+def test_kji_order_matches_ras_positions(scene):
+    matrix = mrml.ijk_to_ras_matrix((0.5, 1.0, 3.0), (100.0, 0.0, -20.0))
+    voxels = np.zeros((4, 5, 6), np.float32)
+    voxels[3, 1, 5] = 1.0  # k=3, j=1, i=5
+    node = mrml.array_to_volume(voxels, matrix, "kji", scene=scene)
+    _, back_matrix = mrml.volume_to_array(node)
+    ras = back_matrix @ np.array([5, 1, 3, 1.0])
+    np.testing.assert_allclose(ras[:3], [100 + 2.5, 1.0, -20 + 9.0])
+
+
+def test_sitk_round_trip_converts_lps_to_ras(scene):
+    image = sitk.GetImageFromArray(np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4))
+    image.SetSpacing((0.4, 0.6, 2.5))
+    image.SetOrigin((10.0, 20.0, 30.0))
+    node = mrml.sitk_to_volume(image, "from sitk", scene=scene)
+    _, matrix = mrml.volume_to_array(node)
+    np.testing.assert_allclose(matrix[:3, 3], [-10.0, -20.0, 30.0])  # LPS -> RAS flips x and y
+    back = mrml.volume_to_sitk(node)
+    np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin())
+    np.testing.assert_allclose(back.GetSpacing(), image.GetSpacing())
+    np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-12)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+
+
+def test_labelmap_to_segmentation_names_colours_and_geometry(scene):
+    matrix = oblique_matrix(seed=3)
+    labels = np.zeros((5, 8, 10), np.uint8)
+    labels[1:4, 2:6, 3:7] = 1
+    labels[2, 6:8, 0:2] = 2
+    reference = mrml.array_to_volume(labels.astype(np.float32), matrix, "reference", scene=scene)
+    node = mrml.labelmap_to_segmentation(
+        labels, matrix, [mrml.SegmentSpec(1, "Artery", (1, 0, 0)), mrml.SegmentSpec(2, "Vein", (0, 0, 1))],
+        "vessels", reference_volume=reference, scene=scene)
+    segmentation = node.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(2)] == ["Artery", "Vein"]
+    np.testing.assert_allclose(segmentation.GetNthSegment(1).GetColor(), (0, 0, 1))
+    tag = segmentation.GetNthSegment(0).GetTerminology()
+    assert "Blood vessel" in tag
+    exported, exported_matrix = mrml.segmentation_to_labelmap(node, reference)
+    np.testing.assert_array_equal(exported, labels)
+    np.testing.assert_allclose(exported_matrix, matrix, atol=1e-9)
+
+
+def test_output_node_never_takes_over_a_user_node(scene):
+    user = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Depth map")
+    created = mrml.output_node("vtkMRMLScalarVolumeNode", "Depth map", scene=scene)
+    assert created is not user
+    again = mrml.output_node("vtkMRMLScalarVolumeNode", "Depth map", scene=scene)
+    assert again is created
+    assert mrml.output_node("vtkMRMLScalarVolumeNode", "x", node=user, scene=scene) is user
+
+
+def test_model_table_curve_and_scene_round_trip(scene, tmp_path):
+    matrix = oblique_matrix(spacing=(0.3, 0.3, 1.5), seed=5)
+    voxels = np.random.default_rng(2).random((4, 6, 7)).astype(np.float32)
+    mrml.array_to_volume(voxels, matrix, "volume", scene=scene)
+    sphere = vtkSphereSource()
+    sphere.SetRadius(4.0)
+    sphere.Update()
+    surface = sphere.GetOutput()
+    meshes.add_point_array(surface, "depth", meshes.points_of(surface)[:, 2])
+    ramp = mrml.color_table("Depth ramp", [(1, 0, 0), (0, 0, 1)], scene=scene)
+    mrml.polydata_to_model(surface, "sphere", color=(0.1, 0.8, 0.2), opacity=0.5, scalars="depth",
+                           color_node_id=ramp.GetID(), scalar_range=(-4, 4), scene=scene)
+    mrml.rows_to_table([{"segment": "a", "length_mm": 1.5}, {"segment": "b", "length_mm": 2.0}],
+                       "lengths", scene=scene)
+    curve_points = np.array([[0, 0, 0], [1, 2, 3], [4, 5, 6.0]])
+    mrml.polyline_to_curve(curve_points, "centerline", radii=np.array([1.0, 1.5, 2.0]), scene=scene)
+    path = mrml.save_scene(tmp_path / "scene.mrb", scene)
+
+    mrml.load_scene(path, scene)
+    volume = scene.GetFirstNodeByName("volume")
+    back, back_matrix = mrml.volume_to_array(volume)
+    np.testing.assert_allclose(back, voxels)
+    np.testing.assert_allclose(back_matrix, matrix, atol=1e-6)
+    model = scene.GetFirstNodeByName("sphere")
+    assert model.GetPolyData().GetNumberOfPoints() == surface.GetNumberOfPoints()
+    display = model.GetDisplayNode()
+    assert display.GetActiveScalarName() == "depth"
+    assert display.GetOpacity() == pytest.approx(0.5)
+    np.testing.assert_allclose(display.GetScalarRange(), (-4, 4))
+    assert mrml.table_to_rows(scene.GetFirstNodeByName("lengths")) == [
+        {"segment": "a", "length_mm": 1.5}, {"segment": "b", "length_mm": 2.0}]
+    curve = scene.GetFirstNodeByName("centerline")
+    positions = np.array([curve.GetNthControlPointPositionWorld(i) for i in range(3)])
+    np.testing.assert_allclose(positions, curve_points)
+    np.testing.assert_allclose(mrml.curve_radii(curve), [1.0, 1.5, 2.0])
+
+
+def test_load_scene_missing_file_is_clear(scene, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        mrml.load_scene(tmp_path / "nope.mrb", scene)
+
+
+def test_slicer_util_helpers_work_headless(scene):
+    import slicer
+    import slicer.util
+
+    node = mrml.array_to_volume(np.ones((2, 3, 4), np.float32) * 7, np.eye(4), "util", scene=scene)
+    assert slicer.mrmlScene is scene
+    assert slicer.util.getNode("util") is node
+    assert slicer.util.arrayFromVolume(node).shape == (2, 3, 4)
+    assert slicer.app.applicationLogic() is not None

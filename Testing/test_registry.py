@@ -1,0 +1,138 @@
+"""Registry schema, checksums and checkpoint loading errors, on a tiny stand-in network package."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+from VesselReconLib import cli, registry, training
+from VesselReconLib.errors import CheckpointError
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, width, 3, padding=1)
+        self.head = torch.nn.Conv2d(width, 1, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)))
+
+
+class OtherNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 3)
+
+
+@pytest.fixture
+def tiny_method(monkeypatch):
+    """Register ``VesselReconLib.tinymethod.network.build_model`` for the duration of a test."""
+    package = types.ModuleType("VesselReconLib.tinymethod")
+    network = types.ModuleType("VesselReconLib.tinymethod.network")
+    network.build_model = lambda preset, **config: TinyNet(width=8 if preset == "paper" else config.get("width", 4))
+    package.network = network
+    monkeypatch.setitem(sys.modules, "VesselReconLib.tinymethod", package)
+    monkeypatch.setitem(sys.modules, "VesselReconLib.tinymethod.network", network)
+    return "tinymethod"
+
+
+def ship(tmp_path, model=None, preset="lite"):
+    torch.manual_seed(0)
+    return training.ship_model(model or TinyNet(), "tinymethod", preset, command="vesselrecon train tinymethod",
+                               data="phantoms seed 1", seed=1, metrics={"dice": 0.5},
+                               input_spec={"channels": 1}, directory=tmp_path)
+
+
+def test_ship_and_load_round_trip(tmp_path, tiny_method):
+    entry = ship(tmp_path)
+    assert entry.status() == "ok"
+    assert json.loads((tmp_path / "tinymethod-lite.json").read_text())["training"]["seed"] == 1
+    net, metadata = registry.load_model("tinymethod", "lite", directory=tmp_path)
+    reference = TinyNet()
+    torch.manual_seed(0)
+    reference = TinyNet()
+    x = torch.randn(1, 1, 8, 8)
+    assert torch.allclose(net(x), reference(x))
+    assert metadata["preset"] == "lite" and not net.training
+
+
+def test_corrupt_file_is_a_checksum_mismatch(tmp_path, tiny_method):
+    entry = ship(tmp_path)
+    data = bytearray(entry.path.read_bytes())
+    data[-10] ^= 0xFF
+    entry.path.write_bytes(bytes(data))
+    assert registry.load_registry(tmp_path)[0].status() == "checksum mismatch"
+    with pytest.raises(CheckpointError, match="Checksum mismatch"):
+        registry.load_model("tinymethod", "lite", directory=tmp_path)
+
+
+def test_missing_file_and_unknown_preset(tmp_path, tiny_method):
+    entry = ship(tmp_path)
+    entry.path.unlink()
+    assert registry.load_registry(tmp_path)[0].status() == "missing file"
+    with pytest.raises(CheckpointError, match="No shipped tinymethod model named 'huge'"):
+        registry.load_model("tinymethod", "huge", directory=tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        registry.load_model("tinymethod", str(tmp_path / "nothing.safetensors"))
+
+
+def test_wrong_architecture_wrong_preset_and_garbage(tmp_path, tiny_method):
+    other = tmp_path / "other.pt"
+    torch.save(OtherNet().state_dict(), other)
+    with pytest.raises(CheckpointError, match="does not match the TinyNet architecture"):
+        registry.load_model("tinymethod", str(other))
+    wide = tmp_path / "wide.safetensors"
+    registry.save_model(TinyNet(width=8), wide, "tinymethod", "paper")
+    net, metadata = registry.load_model("tinymethod", str(wide))
+    assert metadata["preset"] == "paper" and net.conv.out_channels == 8
+    mislabelled = tmp_path / "mislabelled.safetensors"
+    registry.save_model(TinyNet(width=8), mislabelled, "othermethod", "paper")
+    with pytest.raises(CheckpointError, match="othermethod model, not a tinymethod"):
+        registry.load_model("tinymethod", str(mislabelled))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        registry.load_model("tinymethod", str(garbage))
+
+
+def test_pt_checkpoints_load_with_weights_only(tmp_path, tiny_method):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pickle code ran",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": TinyNet().state_dict(), "payload": Evil()}, evil)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        registry.load_model("tinymethod", str(evil))
+    wrapped = tmp_path / "wrapped.pt"
+    torch.save({"state_dict": TinyNet().state_dict()}, wrapped)
+    net, _ = registry.load_model("tinymethod", str(wrapped))
+    assert isinstance(net, TinyNet)
+
+
+def test_schema_rejects_incomplete_entries(tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"name": "bad", "module": "x"}))
+    with pytest.raises(registry.RegistryError, match="preset"):
+        registry.load_registry(tmp_path)
+
+
+def test_models_command_empty_and_corrupt(tmp_path, tiny_method, capsys):
+    assert cli.main(["models", "--registry", str(tmp_path)]) == 0
+    assert "No models" in capsys.readouterr().out
+    entry = ship(tmp_path)
+    entry.path.write_bytes(b"corrupted")
+    assert cli.main(["models", "--registry", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "tinymethod-lite" in out and "checksum mismatch" in out
+
+
+def test_shipped_registry_is_valid_and_intact():
+    for entry in registry.load_registry():
+        assert entry.status() == "ok", entry.name
+        assert entry.module in ("octadepth", "angio3d", "coips", "vcnet", "vesselsdf")
+        assert entry.path.stat().st_size < 8 * 2**20, f"{entry.name} is too large to ship"

@@ -1,0 +1,163 @@
+"""OCTA phantom: geometry, ground truth consistency, quality labels and dataset writers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from VesselReconLib.phantoms import octa
+from VesselReconLib.phantoms.octa import (
+    DEPTH_RAMP,
+    OCTACase,
+    degrade,
+    depth_to_rgb,
+    faz_area_mm2,
+    render_octa,
+    sharpness,
+)
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return render_octa(seed=3, size_px=304, field_mm=3.0)
+
+
+@pytest.fixture(scope="module")
+def graded():
+    return {q: [render_octa(seed=s, quality=q) for s in range(3)] for q in (0, 1, 2)}
+
+
+def test_deterministic_by_seed():
+    a, b = render_octa(7, quality=1), render_octa(7, quality=1)
+    for name in ("image", "depth", "vessel_mask", "faz_mask"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    np.testing.assert_array_equal(a.centerlines["points"], b.centerlines["points"])
+    assert a.quality == b.quality == 1
+    assert not np.array_equal(render_octa(8).image, a.image)
+
+
+def test_ground_truth_types_and_ranges(clean):
+    assert isinstance(clean, OCTACase)
+    assert clean.image.dtype == np.float32 and 0.0 <= clean.image.min() and clean.image.max() <= 1.0
+    assert clean.depth.dtype == np.float32
+    assert clean.vessel_mask.dtype == bool and clean.faz_mask.dtype == bool
+    assert clean.pixel_mm == pytest.approx(3.0 / 304)
+    assert clean.depth_range_mm == (0.0, 0.25)
+    assert clean.quality is None
+    v = clean.vessel_mask
+    assert np.all(clean.depth[~v] == 0.0)
+    assert 0.0 < clean.depth[v].min() and clean.depth[v].max() < 1.0
+    # both plexuses are present: superficial vessels shallower than the deep mesh
+    d = clean.depth[v]
+    assert (d < 0.35).mean() > 0.2 and (d > 0.55).mean() > 0.2
+    c = clean.centerlines
+    assert c["points"].shape[1] == 3 and len(c["radii"]) == len(c["points"])
+    assert c["edges"].max() < len(c["points"]) and len(c["layer"]) == len(c["edges"])
+    assert set(np.unique(c["layer"])) == set(octa.LAYERS)
+
+
+@pytest.mark.parametrize("field_mm,lo,hi", [(3.0, 0.2, 0.5), (6.0, 0.2, 0.5)])
+def test_faz_area_and_no_vessels_inside(field_mm, lo, hi):
+    for seed in range(4):
+        case = render_octa(seed, size_px=304 if field_mm == 3.0 else 400, field_mm=field_mm)
+        area = faz_area_mm2(case)
+        assert lo <= area <= hi
+        assert area == pytest.approx(case.faz_area_mm2, rel=0.05)
+        assert not (case.vessel_mask & case.faz_mask).any()
+        # the FAZ sits at the field centre (clean) and is a single compact blob
+        ys, xs = np.nonzero(case.faz_mask)
+        centre = np.array([xs.mean() + 0.5, ys.mean() + 0.5]) * case.pixel_mm
+        assert np.allclose(centre, case.faz_center_mm, atol=0.05)
+        assert np.allclose(case.faz_center_mm, field_mm / 2, atol=1e-9)
+
+
+def _brute_force_depth(case: OCTACase, rows, cols):
+    """Documented z-buffer rule re-evaluated from the centreline graph at the given pixels."""
+    c = case.centerlines
+    p, r = c["points"], c["radii"]
+    a, b = p[c["edges"][:, 0]], p[c["edges"][:, 1]]
+    ra, rb = r[c["edges"][:, 0]], r[c["edges"][:, 1]]
+    q = np.column_stack([(cols + 0.5) * case.pixel_mm, (rows + 0.5) * case.pixel_mm])
+    d = b[:, :2] - a[:, :2]
+    L2 = (d * d).sum(1)
+    out = np.full(len(q), -1.0)
+    for n, qq in enumerate(q):
+        t = np.clip(((qq - a[:, :2]) * d).sum(1) / np.where(L2 > 0, L2, 1), 0, 1)
+        dist = np.hypot(*(qq - a[:, :2] - t[:, None] * d).T)
+        rt = ra + t * (rb - ra)
+        hit = dist <= np.maximum(rt, octa.MIN_WIDTH_PX * case.pixel_mm) + 1e-9
+        if hit.any():
+            z = (a[:, 2] + t * (b[:, 2] - a[:, 2]))[hit]
+            best = np.lexsort((z, -rt[hit]))[0]
+            out[n] = z[best] / (case.depth_range_mm[1] - case.depth_range_mm[0])
+    return out
+
+
+def test_depth_matches_3d_centerlines(clean):
+    rng = np.random.default_rng(0)
+    c = clean.centerlines
+    e = rng.choice(len(c["edges"]), 150, replace=False)
+    mid = 0.5 * (c["points"][c["edges"][e, 0]] + c["points"][c["edges"][e, 1]])
+    cols = np.floor(mid[:, 0] / clean.pixel_mm).astype(int)
+    rows = np.floor(mid[:, 1] / clean.pixel_mm).astype(int)
+    inside = (cols >= 0) & (rows >= 0) & (cols < 304) & (rows < 304)
+    rows, cols, mid = rows[inside], cols[inside], mid[inside]
+    # every centreline point lands on a vessel pixel
+    assert clean.vessel_mask[rows, cols].all()
+    expected = _brute_force_depth(clean, rows, cols)
+    assert np.abs(clean.depth[rows, cols] - expected).max() < 0.01
+    # the large superficial vessels are the brightest voxels: depth = their own axis depth
+    big = np.flatnonzero(c["radii"] > 0.02)
+    pts = c["points"][rng.choice(big, 60, replace=False)]
+    pc = np.floor(pts[:, :2] / clean.pixel_mm).astype(int)
+    ok = (pc >= 0).all(1) & (pc < 304).all(1)
+    own = pts[ok, 2] / 0.25
+    got = clean.depth[pc[ok, 1], pc[ok, 0]]
+    assert np.median(np.abs(got - own)) < 0.01
+    # background pixels have no covering centreline edge
+    bg = np.argwhere(~clean.vessel_mask)
+    pick = bg[rng.choice(len(bg), 60, replace=False)]
+    assert (_brute_force_depth(clean, pick[:, 0], pick[:, 1]) == -1).all()
+
+
+def test_vessel_pixels_brighter(clean):
+    v = clean.vessel_mask
+    assert clean.image[v].mean() > 3 * clean.image[~v & ~clean.faz_mask].mean()
+    assert clean.image[clean.faz_mask].mean() < 0.1
+
+
+def test_quality_labels_reproducible_and_ordered(graded):
+    for q, cases in graded.items():
+        assert all(c.quality == q and c.quality_name == octa.QUALITY_NAMES[q] for c in cases)
+        assert cases[0].meta["degradation"]["quality"] == q
+    s = {q: np.mean([sharpness(c.image) for c in cases]) for q, cases in graded.items()}
+    assert s[2] > s[1] > s[0]
+    # the macula stays centred on gradable/outstanding images
+    for q in (1, 2):
+        for c in graded[q]:
+            assert np.hypot(*(np.asarray(c.faz_center_mm) - 1.5)) < 0.2
+    # degrade() applies the same label-specific ranges to an existing clean case
+    case = render_octa(1)
+    d0, d0b, d2 = degrade(case, 0, 5), degrade(case, 0, 5), degrade(case, 2, 5)
+    np.testing.assert_array_equal(d0.image, d0b.image)
+    assert d0.quality == 0 and d2.quality == 2
+    assert sharpness(d2.image) > sharpness(d0.image)
+
+
+@pytest.mark.parametrize("size_px,field_mm", [(304, 3.0), (320, 3.0), (400, 6.0), (512, 6.0)])
+def test_sizes(size_px, field_mm):
+    case = render_octa(2, size_px=size_px, field_mm=field_mm)
+    for name in ("image", "depth", "vessel_mask", "faz_mask"):
+        assert getattr(case, name).shape == (size_px, size_px)
+    assert case.pixel_mm == pytest.approx(field_mm / size_px)
+    assert case.centerlines["points"][:, :2].max() < field_mm + 0.3
+
+
+def test_depth_to_rgb_ramp():
+    depth = np.array([[0.0, 1e-6, 0.5, 1.0]], np.float32)
+    rgb = depth_to_rgb(depth, depth > 0)
+    assert rgb.shape == (1, 4, 3) and rgb.dtype == np.float32
+    np.testing.assert_allclose(rgb[0, 0], 0.0)  # background black
+    np.testing.assert_allclose(rgb[0, 1], DEPTH_RAMP[0], atol=1e-4)  # superficial red
+    np.testing.assert_allclose(rgb[0, 3], DEPTH_RAMP[-1])  # deep blue
+    assert rgb[0, 1, 0] > rgb[0, 1, 2] and rgb[0, 3, 2] > rgb[0, 3, 0]

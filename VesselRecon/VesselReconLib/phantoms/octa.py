@@ -1,0 +1,790 @@
+"""Synthetic retinal OCT angiography (OCTA) phantoms with exact depth and FAZ ground truth.
+
+A phantom is a 3D retinal vasculature in a thin slab (the retina, ``depth_range_mm`` =
+``(0, 0.25)`` mm below the inner limiting membrane) rendered to a 2D en face angiogram:
+
+* **superficial vascular plexus (SVP)** at ~0.04-0.09 mm depth: arterioles and venules grown by
+  space colonisation (:func:`~VesselReconLib.phantoms.tree.grow_tree`, Murray radii) from roots
+  on the optic-disc side of the field (left or right, by seed; plus arcade roots entering on the
+  top and bottom edges of that half), and a sparse capillary mesh;
+* **deep capillary plexus (DCP)** at ~0.17-0.20 mm depth: a dense polygonal capillary mesh
+  (edges of a Voronoi tessellation of jittered grid points, slightly wiggled);
+* short **diving capillaries** from SVP terminals down to the DCP, and a perifoveal capillary
+  ring;
+* a **foveal avascular zone (FAZ)** at the fovea (field centre unless off-centred): a disk whose
+  radius carries a random low-order Fourier perturbation, area 0.2-0.5 mm^2 (physical, so the
+  same on 3x3 and 6x6 fields); no vessel comes within ``r + 1 px`` of it. Both plexuses rise
+  towards the fovea (foveal pit).
+
+Coordinates and conventions
+---------------------------
+* Image arrays are ``[row, col]``; pixel ``[j, i]`` has its centre at ``x = (i + 0.5) *
+  pixel_mm``, ``y = (j + 0.5) * pixel_mm`` (origin at the top-left image corner, y down).
+  ``pixel_mm = field_mm / size_px``.
+* ``z`` is the physical depth in mm below the retinal surface (ILM), increasing outwards.
+* ``depth[j, i] = (z* - z0) / (z1 - z0)`` for vessel pixels, ``(z0, z1) = depth_range_mm``,
+  where ``z*`` is the depth of the *brightest vessel voxel* in that pixel's column: among the
+  vessels covering the pixel, the one with the largest radius (largest flow signal), ties going
+  to the shallower one, and ``z*`` is the depth of that vessel's axis at the axis point nearest
+  to the pixel centre (in x, y). Vessels lie strictly inside the slab, so vessel depths are in
+  ``(0, 1)``; background is exactly 0.
+* A vessel covers a pixel when the pixel centre is within ``max(r, 0.71 px)`` of its axis:
+  every pixel the axis crosses is covered, and capillaries (~7 um) are drawn 1-2 px wide as in
+  real OCTA.
+* ``centerlines`` is a graph ``{"points": (N, 3) mm (x, y, z), "radii": (N,) mm, "edges": (E, 2),
+  "layer": (E,)}`` with layer codes :data:`LAYERS`; each edge is a round cone between its end
+  points (radius linear along it). It describes the undistorted anatomy of the clean render
+  (off-centration by :func:`degrade` shifts it with the image).
+
+Realism: multiplicative speckle and flow-signal noise, background decorrelation noise,
+projection artefacts (faint blurred tails of superficial vessels in the deep plexus) and
+vignetting in every render; quality degradations (:func:`degrade`, or ``render_octa(...,
+quality=...)``) add defocus blur, stripe noise, motion lines (bright lines with horizontal
+displacement of the band below them), regional signal loss and off-centration, with severities
+drawn from label-specific ranges (labels ``0`` ungradable, ``1`` gradable, ``2`` outstanding, as
+in OCTA-25K-IQA-SEG). Motion displacement is applied to the image and the 2D ground truth maps
+alike (they stay pixel-aligned); centerlines keep the undistorted anatomy.
+
+Everything is a pure function of the seed (``numpy.random.default_rng``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .tree import Root, TreeParams, grow_tree
+
+__all__ = [
+    "OCTACase",
+    "DEPTH_RAMP",
+    "LAYERS",
+    "QUALITY_NAMES",
+    "SUPPORTED_SIZES",
+    "render_octa",
+    "degrade",
+    "depth_to_rgb",
+    "vessel_depth_rgb",
+    "faz_area_mm2",
+    "sharpness",
+    "save_octa_panel",
+]
+
+#: CIRRUS-style depth colour ramp (RGB in 0..1), superficial -> deep: red, yellow, green, blue.
+#: Equal spacing in normalised depth; the same stops as :class:`VesselReconLib.render.Layer`.
+DEPTH_RAMP: list[tuple[float, float, float]] = [
+    (1.0, 0.0, 0.0),
+    (1.0, 1.0, 0.0),
+    (0.0, 0.8, 0.2),
+    (0.0, 0.2, 1.0),
+]
+
+#: Edge layer codes of ``OCTACase.centerlines["layer"]``.
+LAYERS = {0: "svp_large", 1: "svp_capillary", 2: "dcp_capillary", 3: "diving", 4: "faz_ring"}
+
+QUALITY_NAMES = {0: "ungradable", 1: "gradable", 2: "outstanding"}
+SUPPORTED_SIZES = (304, 320, 400, 512)
+
+DEPTH_RANGE_MM = (0.0, 0.25)
+SVP_DEPTH_MM = 0.065
+DCP_DEPTH_MM = 0.185
+CAPILLARY_RADIUS_MM = 0.0035
+MIN_WIDTH_PX = 0.71  # minimum drawn half-width (pixels): every pixel an axis crosses is covered
+
+
+@dataclass
+class OCTACase:
+    """One OCTA phantom with its ground truth.
+
+    Attributes:
+        image: ``(H, W)`` float32 en face angiogram in [0, 1] (max projection of the flow
+            signal through the retinal slab, with noise/artefacts).
+        depth: ``(H, W)`` float32 normalised depth of the brightest vessel voxel (see module
+            docstring), in (0, 1) on vessels, 0 on background.
+        vessel_mask: ``(H, W)`` bool vessel pixels.
+        faz_mask: ``(H, W)`` bool foveal avascular zone.
+        field_mm: field of view edge (mm), e.g. 3 or 6.
+        pixel_mm: pixel size (mm).
+        centerlines: 3D centreline graph in mm (``points``, ``radii``, ``edges``, ``layer``).
+        depth_range_mm: ``(z0, z1)`` physical depth range of the slab that ``depth`` normalises.
+        quality: 0/1/2 (ungradable/gradable/outstanding) when degraded, else None.
+        layers: per-plexus en face flow images ``{"superficial", "deep"}`` (float32, clean).
+        faz_center_mm: ``(x, y)`` FAZ centre in mm.
+        faz_area_mm2: analytic FAZ area (mm^2) of the Fourier-perturbed disk.
+        meta: seed, sizes and the degradation parameters used.
+    """
+
+    image: np.ndarray
+    depth: np.ndarray
+    vessel_mask: np.ndarray
+    faz_mask: np.ndarray
+    field_mm: float
+    pixel_mm: float
+    centerlines: dict
+    depth_range_mm: tuple[float, float] = DEPTH_RANGE_MM
+    quality: int | None = None
+    layers: dict = field(default_factory=dict)
+    faz_center_mm: tuple[float, float] = (0.0, 0.0)
+    faz_area_mm2: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def quality_name(self) -> str | None:
+        return None if self.quality is None else QUALITY_NAMES[int(self.quality)]
+
+    @property
+    def size_px(self) -> int:
+        return int(self.image.shape[0])
+
+    def depth_mm(self) -> np.ndarray:
+        """Physical depth (mm) of the brightest vessel voxel; NaN on background."""
+        z0, z1 = self.depth_range_mm
+        out = np.full(self.depth.shape, np.nan, np.float32)
+        out[self.vessel_mask] = z0 + self.depth[self.vessel_mask] * (z1 - z0)
+        return out
+
+    def centerlines_json(self) -> dict:
+        """JSON-safe centrelines (lists) with the coordinate conventions spelled out."""
+        c = self.centerlines
+        return {
+            "units": "mm",
+            "convention": "x = (col + 0.5) * pixel_mm, y = (row + 0.5) * pixel_mm, z = depth below ILM",
+            "layers": {str(k): v for k, v in LAYERS.items()},
+            "points": np.round(c["points"], 6).tolist(),
+            "radii": np.round(c["radii"], 6).tolist(),
+            "edges": c["edges"].tolist(),
+            "layer": c["layer"].tolist(),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# FAZ
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _FAZ:
+    center: np.ndarray  # (2,) mm
+    r0: float
+    coef: np.ndarray  # (K, 2) cos/sin amplitudes for orders 2..K+1
+
+    def radius(self, theta: np.ndarray) -> np.ndarray:
+        k = np.arange(2, 2 + len(self.coef))
+        th = np.asarray(theta)[..., None]
+        pert = (self.coef[:, 0] * np.cos(k * th) + self.coef[:, 1] * np.sin(k * th)).sum(-1)
+        return self.r0 * (1.0 + pert)
+
+    def signed_gap(self, xy: np.ndarray) -> np.ndarray:
+        """Distance from the centre minus the FAZ radius in that direction (mm; < 0 inside)."""
+        d = np.asarray(xy) - self.center
+        return np.hypot(d[..., 0], d[..., 1]) - self.radius(np.arctan2(d[..., 1], d[..., 0]))
+
+    @property
+    def area(self) -> float:
+        return float(math.pi * self.r0**2 * (1.0 + 0.5 * (self.coef**2).sum()))
+
+
+def _sample_faz(rng: np.random.Generator, center: np.ndarray) -> _FAZ:
+    area = rng.uniform(0.22, 0.46)
+    coef = rng.normal(size=(3, 2)) * (0.07 / np.arange(1, 4))[:, None]
+    coef = np.clip(coef, -0.12, 0.12)
+    r0 = math.sqrt(area / (math.pi * (1.0 + 0.5 * (coef**2).sum())))
+    return _FAZ(np.asarray(center, float), r0, coef)
+
+
+def faz_area_mm2(case: OCTACase) -> float:
+    """FAZ area measured on the mask (pixel count x pixel area)."""
+    return float(case.faz_mask.sum()) * case.pixel_mm**2
+
+
+# --------------------------------------------------------------------------------------------
+# Anatomy
+# --------------------------------------------------------------------------------------------
+
+
+def _smooth_field(rng: np.random.Generator, n_waves: int = 6, wavelength_mm: float = 1.5):
+    """A smooth random scalar field ``f(x, y)`` in about [-1, 1] (sum of random plane waves)."""
+    k = rng.normal(size=(n_waves, 2))
+    k *= (2 * math.pi / wavelength_mm) / np.maximum(np.linalg.norm(k, axis=1, keepdims=True), 1e-9)
+    k *= rng.uniform(0.5, 1.5, (n_waves, 1))
+    phase = rng.uniform(0, 2 * math.pi, n_waves)
+    amp = 1.0 / math.sqrt(n_waves / 2)
+
+    def f(x, y):
+        x = np.asarray(x, float)[..., None]
+        y = np.asarray(y, float)[..., None]
+        return amp * np.cos(x * k[:, 0] + y * k[:, 1] + phase).sum(-1)
+
+    return f
+
+
+class _DepthModel:
+    """Depth (mm) of each plexus as a smooth function of (x, y) with a foveal pit."""
+
+    def __init__(self, rng: np.random.Generator, fovea: np.ndarray):
+        self.fovea = fovea
+        self.svp_wave = _smooth_field(rng)
+        self.dcp_wave = _smooth_field(rng)
+        self.pit_depth = rng.uniform(0.25, 0.35)
+        self.pit_width = rng.uniform(0.6, 0.8)
+
+    def pit(self, x, y):
+        rho2 = (np.asarray(x) - self.fovea[0]) ** 2 + (np.asarray(y) - self.fovea[1]) ** 2
+        return 1.0 - self.pit_depth * np.exp(-rho2 / self.pit_width**2)
+
+    def svp(self, x, y):
+        return (SVP_DEPTH_MM + 0.008 * self.svp_wave(x, y)) * self.pit(x, y)
+
+    def dcp(self, x, y):
+        return (DCP_DEPTH_MM + 0.008 * self.dcp_wave(x, y)) * self.pit(x, y)
+
+
+@dataclass
+class _Segments:
+    a: np.ndarray  # (S, 3)
+    b: np.ndarray
+    ra: np.ndarray
+    rb: np.ndarray
+    layer: np.ndarray
+
+    @staticmethod
+    def concat(parts: Sequence["_Segments"]) -> "_Segments":
+        return _Segments(*(np.concatenate([getattr(p, n) for p in parts]) for n in ("a", "b", "ra", "rb", "layer")))
+
+    def select(self, keep: np.ndarray) -> "_Segments":
+        return _Segments(self.a[keep], self.b[keep], self.ra[keep], self.rb[keep], self.layer[keep])
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+
+def _grow_large_vessels(rng, field_mm, faz: _FAZ, depth: _DepthModel, disc_side: int) -> tuple[_Segments, np.ndarray]:
+    """Arterioles/venules of the SVP by space colonisation from the disc side.
+
+    Returns the segments and the terminal nodes ``(x, y, z, r)`` (for diving capillaries).
+    """
+    F = field_mm
+    scale = F / 3.0
+    n_attr = int(380 * scale**2)
+    lo_z, hi_z = SVP_DEPTH_MM - 0.012, SVP_DEPTH_MM + 0.012
+    pts = np.column_stack([rng.random(3 * n_attr) * F, rng.random(3 * n_attr) * F,
+                           rng.uniform(lo_z, hi_z, 3 * n_attr)])
+    # no large vessels in the FAZ and its capillary-only rim
+    pts = pts[faz.signed_gap(pts[:, :2]) > 0.12][:n_attr]
+    x_edge = 0.0 if disc_side < 0 else F
+    inward = -float(disc_side)
+    roots = []
+    n_side = int(rng.integers(1, 3))
+    for i, y in enumerate(np.sort(rng.uniform(0.3 * F, 0.7 * F, n_side))):
+        roots.append(Root((x_edge, y, SVP_DEPTH_MM - 0.01), (inward, rng.normal(0, 0.3), 0.0),
+                          rng.uniform(0.03, 0.045) * min(scale, 1.5), 1 + (i % 2)))
+    for j, y_edge in enumerate((0.0, F)):  # superior / inferior arcade branches
+        x = x_edge + inward * rng.uniform(0.1, 0.45) * F
+        dy = 1.0 if y_edge == 0.0 else -1.0
+        roots.append(Root((x, y_edge, SVP_DEPTH_MM - 0.01), (inward * 0.6, dy, 0.0),
+                          rng.uniform(0.035, 0.055) * min(scale, 1.5), 1 + ((j + n_side) % 2)))
+    params = TreeParams(step_mm=0.03 * math.sqrt(scale), influence_mm=0.5, kill_mm=0.06 * math.sqrt(scale), root_radius=0.045,
+                        min_radius=0.006, min_terminal_mm=0.05, tortuosity=0.35, inertia=0.4,
+                        max_trunk_mm=0.6 * F, seed=int(rng.integers(2**31)))
+    tree = grow_tree(None, roots, params, attractors=pts)
+    nodes = tree.nodes.copy()
+    nodes[:, 2] = np.clip(nodes[:, 2], lo_z, hi_z) * depth.pit(nodes[:, 0], nodes[:, 1])
+    e = tree.edges
+    seg = _Segments(nodes[e[:, 0]], nodes[e[:, 1]], tree.radii[e[:, 0]], tree.radii[e[:, 1]],
+                    np.zeros(len(e), np.int8))
+    leaves = tree.leaves()
+    return seg, np.column_stack([nodes[leaves], tree.radii[leaves]])
+
+
+def _voronoi_mesh(rng, field_mm, spacing_mm, z_of, drop_fraction, layer) -> _Segments:
+    """Polygonal capillary mesh: Voronoi ridges of jittered grid points, midpoints wiggled."""
+    from scipy.spatial import Voronoi
+
+    F = field_mm
+    margin = 2 * spacing_mm
+    g = np.arange(-margin, F + margin, spacing_mm)
+    gx, gy = np.meshgrid(g, g)
+    pts = np.column_stack([gx.ravel(), gy.ravel()]) + rng.uniform(-0.45, 0.45, (gx.size, 2)) * spacing_mm
+    vor = Voronoi(pts)
+    ridges = np.asarray(vor.ridge_vertices)
+    ridges = ridges[(ridges >= 0).all(1)]
+    va, vb = vor.vertices[ridges[:, 0]], vor.vertices[ridges[:, 1]]
+    lim = spacing_mm
+    inside = ((va > -lim) & (va < F + lim)).all(1) & ((vb > -lim) & (vb < F + lim)).all(1)
+    va, vb = va[inside], vb[inside]
+    keep = rng.random(len(va)) >= drop_fraction
+    va, vb = va[keep], vb[keep]
+    d = vb - va
+    normal = np.column_stack([-d[:, 1], d[:, 0]])
+    mid = 0.5 * (va + vb) + normal * rng.normal(0, 0.12, (len(va), 1))
+    a2 = np.concatenate([va, mid])
+    b2 = np.concatenate([mid, vb])
+    a = np.column_stack([a2, z_of(a2[:, 0], a2[:, 1])])
+    b = np.column_stack([b2, z_of(b2[:, 0], b2[:, 1])])
+    r = np.full(len(a), CAPILLARY_RADIUS_MM)
+    return _Segments(a, b, r, r.copy(), np.full(len(a), layer, np.int8))
+
+
+def _diving_capillaries(rng, terminals: np.ndarray, depth: _DepthModel, pixel_mm: float) -> _Segments:
+    """Short capillaries from SVP terminals down to the DCP (dots in the en face image)."""
+    if not len(terminals):
+        return _Segments(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros(0), np.zeros(0, np.int8))
+    a = terminals[:, :3].copy()
+    xy = a[:, :2] + rng.normal(0, 1.5 * pixel_mm, (len(a), 2))
+    b = np.column_stack([xy, depth.dcp(xy[:, 0], xy[:, 1])])
+    return _Segments(a, b, terminals[:, 3].copy(), np.full(len(a), CAPILLARY_RADIUS_MM), np.full(len(a), 3, np.int8))
+
+
+def _faz_ring(faz: _FAZ, depth: _DepthModel, pixel_mm: float) -> _Segments:
+    """Perifoveal capillary ring just outside the FAZ border, where both plexuses join."""
+    th = np.linspace(0, 2 * math.pi, 97)
+    rr = faz.radius(th) + MIN_WIDTH_PX * pixel_mm + 1.6 * pixel_mm
+    xy = faz.center + np.column_stack([rr * np.cos(th), rr * np.sin(th)])
+    z = 0.5 * (depth.svp(xy[:, 0], xy[:, 1]) + depth.dcp(xy[:, 0], xy[:, 1]))
+    p = np.column_stack([xy, z])
+    r = np.full(len(p) - 1, CAPILLARY_RADIUS_MM)
+    return _Segments(p[:-1], p[1:], r, r.copy(), np.full(len(p) - 1, 4, np.int8))
+
+
+def _clear_faz(seg: _Segments, faz: _FAZ, pixel_mm: float) -> _Segments:
+    """Drop segments whose drawn capsule comes within 1 px of the FAZ."""
+    rmax = np.maximum(np.maximum(seg.ra, seg.rb), MIN_WIDTH_PX * pixel_mm)
+    reach = faz.r0 * (1.0 + np.abs(faz.coef).sum()) + pixel_mm + rmax
+    da = np.hypot(*(seg.a[:, :2] - faz.center).T)
+    db = np.hypot(*(seg.b[:, :2] - faz.center).T)
+    L = np.hypot(*(seg.b[:, :2] - seg.a[:, :2]).T)
+    near = np.flatnonzero(np.minimum(da, db) - 0.5 * L <= reach)
+    s = seg.select(near)
+    t = np.linspace(0, 1, 9)
+    p = s.a[:, None, :2] + t[None, :, None] * (s.b[:, None, :2] - s.a[:, None, :2])
+    r = np.maximum(s.ra[:, None] + t * (s.rb - s.ra)[:, None], MIN_WIDTH_PX * pixel_mm)
+    keep = np.ones(len(seg), bool)
+    keep[near] = (faz.signed_gap(p) - r > pixel_mm).all(1)
+    return seg.select(keep)
+
+
+def _anatomy(rng: np.random.Generator, field_mm: float, pixel_mm: float, fovea_offset_mm=(0.0, 0.0)):
+    fovea = np.array([field_mm / 2, field_mm / 2]) + np.asarray(fovea_offset_mm, float)
+    faz = _sample_faz(rng, fovea)
+    depth = _DepthModel(rng, fovea)
+    disc_side = -1 if rng.random() < 0.5 else 1
+    large, terminals = _grow_large_vessels(rng, field_mm, faz, depth, disc_side)
+    svp_cap = _voronoi_mesh(rng, field_mm, rng.uniform(0.085, 0.11), depth.svp, 0.3, 1)
+    dcp_cap = _voronoi_mesh(rng, field_mm, rng.uniform(0.06, 0.075), depth.dcp, 0.08, 2)
+    diving = _diving_capillaries(rng, terminals, depth, pixel_mm)
+    seg = _Segments.concat([large, svp_cap, dcp_cap, diving])
+    seg = _clear_faz(seg, faz, pixel_mm)
+    seg = _Segments.concat([seg, _faz_ring(faz, depth, pixel_mm)])
+    lo, hi = DEPTH_RANGE_MM
+    eps = 1e-3 * (hi - lo)
+    seg.a[:, 2] = np.clip(seg.a[:, 2], lo + eps, hi - eps)
+    seg.b[:, 2] = np.clip(seg.b[:, 2], lo + eps, hi - eps)
+    return seg, faz, disc_side
+
+
+def _centerline_graph(seg: _Segments) -> dict:
+    """Segments -> point/edge graph (end points at the same position, to 1e-5 mm, merged)."""
+    pts = np.concatenate([seg.a, seg.b])
+    rad = np.concatenate([seg.ra, seg.rb])
+    q = np.round(pts / np.array([1e-5, 1e-5, 1e-6])).astype(np.int64)
+    q -= q.min(0)
+    key = (q[:, 0] << 38) + (q[:, 1] << 18) + q[:, 2]
+    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    n = len(seg)
+    return {
+        "points": pts[first].copy(),
+        "radii": rad[first].copy(),
+        "edges": np.stack([inv[:n], inv[n:]], 1).astype(np.int64),
+        "layer": seg.layer.astype(np.int64),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Rasterisation (2D z-buffer of round-cone projections)
+# --------------------------------------------------------------------------------------------
+
+_WINDOWS = np.array([4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024])
+
+
+def _flow_amplitude(r: np.ndarray, layer: np.ndarray) -> np.ndarray:
+    """Peak flow signal of a vessel: grows with radius; deep capillaries a bit dimmer."""
+    rel = np.clip(np.log(np.maximum(r, CAPILLARY_RADIUS_MM) / CAPILLARY_RADIUS_MM) / math.log(0.06 / CAPILLARY_RADIUS_MM), 0, 1)
+    base = 0.62 + 0.38 * rel
+    return np.where(layer == 2, 0.85 * base, base)
+
+
+def _split_pieces(seg: _Segments, pixel_mm: float, max_px: float = 4.0) -> _Segments:
+    """Cut segments into pieces of at most ``max_px`` projected length (geometry preserved)."""
+    L = np.hypot(*(seg.b[:, :2] - seg.a[:, :2]).T) / pixel_mm
+    n = np.maximum(1, np.ceil(L / max_px).astype(np.int64))
+    idx = np.repeat(np.arange(len(seg)), n)
+    k = np.arange(len(idx)) - np.repeat(np.cumsum(n) - n, n)
+    f0 = (k / n[idx])[:, None]
+    f1 = ((k + 1) / n[idx])[:, None]
+    d = seg.b[idx] - seg.a[idx]
+    dr = (seg.rb - seg.ra)[idx]
+    return _Segments(seg.a[idx] + f0 * d, seg.a[idx] + f1 * d, seg.ra[idx] + f0[:, 0] * dr,
+                     seg.ra[idx] + f1[:, 0] * dr, seg.layer[idx])
+
+
+def _rasterize(seg: _Segments, size_px: int, pixel_mm: float):
+    """Per pixel: winning vessel depth (mm, NaN = background), and max flow signal per plexus.
+
+    For each piece, every pixel centre in its bounding box is projected onto the piece's axis
+    (in x, y; parameter ``t`` clamped to [0, 1]); it is covered when its distance is at most the
+    drawn radius ``max(r(t), 0.71 px)``. The winner per pixel has the largest ``r(t)``, ties going
+    to the smaller ``z(t)``; its ``z(t)`` is the pixel's depth.
+    """
+    H = W = int(size_px)
+    pcs = _split_pieces(seg, pixel_mm)
+    # continuous pixel coordinates: pixel i's centre is at u = i
+    ua = pcs.a[:, :2] / pixel_mm - 0.5
+    ub = pcs.b[:, :2] / pixel_mm - 0.5
+    re = np.maximum(np.maximum(pcs.ra, pcs.rb) / pixel_mm, MIN_WIDTH_PX)
+    lo = np.floor(np.minimum(ua, ub) - re[:, None]).astype(np.int64)
+    hi = np.ceil(np.maximum(ua, ub) + re[:, None]).astype(np.int64)
+    lo_c = np.maximum(lo, 0)
+    hi_c = np.minimum(hi, W - 1)
+    ok = (hi_c >= lo_c).all(1)
+    ext = (hi_c - lo_c + 1).max(1)
+    win = _WINDOWS[np.minimum(np.searchsorted(_WINDOWS, ext), len(_WINDOWS) - 1)]
+    amp = _flow_amplitude(np.maximum(pcs.ra, pcs.rb), pcs.layer)
+    out_pix, out_key, out_z, out_sig, out_layer = [], [], [], [], []
+    for w in np.unique(win[ok]):
+        grp = np.flatnonzero(ok & (win == w))
+        oy, ox = np.divmod(np.arange(w * w), w)
+        per = max(1, (1 << 20) // (w * w))
+        for s in range(0, len(grp), per):
+            g = grp[s : s + per]
+            px = lo_c[g, 0:1] + ox[None]
+            py = lo_c[g, 1:2] + oy[None]
+            ax, ay = ua[g, 0:1], ua[g, 1:2]
+            dx, dy = ub[g, 0:1] - ax, ub[g, 1:2] - ay
+            L2 = dx * dx + dy * dy
+            t = np.clip(((px - ax) * dx + (py - ay) * dy) / np.where(L2 > 0, L2, 1.0), 0.0, 1.0)
+            t = np.where(L2 > 0, t, 0.0)
+            ex, ey = px - (ax + t * dx), py - (ay + t * dy)
+            dist = np.sqrt(ex * ex + ey * ey)
+            r = pcs.ra[g, None] + t * (pcs.rb - pcs.ra)[g, None]
+            rdraw = np.maximum(r / pixel_mm, MIN_WIDTH_PX)
+            hit = (dist <= rdraw) & (px <= hi_c[g, 0:1]) & (py <= hi_c[g, 1:2])
+            if not hit.any():
+                continue
+            z = pcs.a[g, 2:3] + t * (pcs.b - pcs.a)[g, 2:3]
+            prof = 0.55 + 0.45 * np.sqrt(np.clip(1.0 - (dist / rdraw) ** 2, 0.0, 1.0))
+            gi, _ = np.nonzero(hit)
+            out_pix.append((py * W + px)[hit])
+            out_key.append(r[hit] * 1e3 - z[hit] * 1e-6)
+            out_z.append(z[hit])
+            out_sig.append((amp[g, None] * prof)[hit])
+            out_layer.append(pcs.layer[g][gi])
+    depth_mm = np.full(H * W, np.nan)
+    sig = {"superficial": np.zeros(H * W), "deep": np.zeros(H * W)}
+    if out_pix:
+        pix = np.concatenate(out_pix)
+        key = np.concatenate(out_key)
+        z = np.concatenate(out_z)
+        sgl = np.concatenate(out_sig)
+        lay = np.concatenate(out_layer)
+        best = np.full(H * W, -np.inf)
+        np.maximum.at(best, pix, key)
+        win_ = key == best[pix]
+        # exact ties (touching pieces of one vessel): keep the shallowest z
+        zbest = np.full(H * W, np.inf)
+        np.minimum.at(zbest, pix[win_], z[win_])
+        depth_mm = np.where(np.isfinite(zbest), zbest, np.nan)
+        deep = lay == 2
+        np.maximum.at(sig["superficial"], pix[~deep], sgl[~deep])
+        np.maximum.at(sig["deep"], pix[deep], sgl[deep])
+    return depth_mm.reshape(H, W), {k: v.reshape(H, W) for k, v in sig.items()}
+
+
+def _faz_mask(faz: _FAZ, size_px: int, pixel_mm: float) -> np.ndarray:
+    c = (np.arange(size_px) + 0.5) * pixel_mm
+    xx, yy = np.meshgrid(c, c)
+    return faz.signed_gap(np.stack([xx, yy], -1)) < 0
+
+
+# --------------------------------------------------------------------------------------------
+# Appearance (noise and artefacts of every acquisition)
+# --------------------------------------------------------------------------------------------
+
+
+def _gaussian(img: np.ndarray, sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(img, sigma, mode="nearest") if sigma > 0 else img
+
+
+def _vignette(shape, strength: float, rng) -> np.ndarray:
+    H, W = shape
+    y, x = np.mgrid[0:H, 0:W]
+    cx, cy = W * rng.uniform(0.4, 0.6), H * rng.uniform(0.4, 0.6)
+    r2 = ((x - cx) ** 2 + (y - cy) ** 2) / (0.5 * max(H, W)) ** 2
+    return 1.0 - strength * np.clip(r2 / 2.0, 0, 1)
+
+
+def _appearance(sig: dict, faz_mask: np.ndarray, rng: np.random.Generator, pixel_mm: float,
+                vignette: float) -> np.ndarray:
+    """Flow images -> en face angiogram with speckle, flow noise, projection artefacts."""
+    shape = faz_mask.shape
+    px = 0.01 / pixel_mm  # pixels per 10 um
+    flow_gain = 1.0 + 0.12 * _gaussian(rng.normal(size=shape), 6 * px) / max(_gaussian_std(6 * px), 1e-6)
+    speckle = rng.gamma(6.0, 1.0 / 6.0, shape)
+    sup = sig["superficial"] * flow_gain * speckle
+    deep = sig["deep"] * flow_gain * rng.gamma(6.0, 1.0 / 6.0, shape)
+    # projection artefact: superficial large-vessel flow casts blurred tails into the deep slab
+    tails = 0.18 * _gaussian(np.where(sig["superficial"] > 0.75, sig["superficial"], 0.0), 1.2 * px)
+    flow = np.maximum(sup, np.maximum(deep, tails * rng.gamma(4.0, 0.25, shape)))
+    background = rng.gamma(2.0, 0.025, shape) * np.where(faz_mask, 0.6, 1.0)
+    img = np.maximum(flow, background) * _vignette(shape, vignette, rng)
+    return np.clip(img, 0.0, 1.0)
+
+
+def _gaussian_std(sigma: float) -> float:
+    """Standard deviation of unit white noise after a 2D Gaussian blur (for normalising)."""
+    return 1.0 / (2.0 * math.sqrt(math.pi) * max(sigma, 1e-6))
+
+
+# --------------------------------------------------------------------------------------------
+# Quality degradations
+# --------------------------------------------------------------------------------------------
+
+
+def _sample_degradation(quality: int, rng: np.random.Generator, field_mm: float) -> dict:
+    """Severities drawn from label-specific ranges (pixel units at 304 px, scaled by size)."""
+    q = int(quality)
+    if q not in QUALITY_NAMES:
+        raise ValueError(f"quality must be 0, 1 or 2, got {quality!r}")
+    ang = rng.uniform(0, 2 * math.pi)
+    if q == 2:
+        p = dict(blur=rng.uniform(0.0, 0.3), stripe=rng.uniform(0.0, 0.02), motion_lines=int(rng.integers(0, 2)),
+                 motion_shift=1.0, signal_loss=0.0, offset=rng.uniform(0.0, 0.03), vignette=rng.uniform(0.05, 0.15))
+    elif q == 1:
+        p = dict(blur=rng.uniform(0.8, 1.3), stripe=rng.uniform(0.03, 0.08), motion_lines=int(rng.integers(1, 4)),
+                 motion_shift=3.0, signal_loss=rng.uniform(0.0, 0.35), offset=rng.uniform(0.0, 0.06),
+                 vignette=rng.uniform(0.1, 0.25))
+    else:
+        off = rng.random() < 0.5
+        p = dict(blur=rng.uniform(1.8, 3.0), stripe=rng.uniform(0.05, 0.15), motion_lines=int(rng.integers(4, 11)),
+                 motion_shift=8.0, signal_loss=rng.uniform(0.55, 0.85) if (rng.random() < 0.6 or not off) else 0.0,
+                 offset=rng.uniform(0.22, 0.3) if off else rng.uniform(0.0, 0.08), vignette=rng.uniform(0.2, 0.4))
+    p["offset_mm"] = [p["offset"] * field_mm * math.cos(ang), p["offset"] * field_mm * math.sin(ang)]
+    p["quality"] = q
+    return p
+
+
+def _motion_lines(arrays: list[np.ndarray], n: int, max_shift: float, rng) -> list[np.ndarray]:
+    """Horizontal motion lines: the band below each line is displaced sideways; the image row at
+    the line is a bright decorrelation streak (first array = the image)."""
+    H, W = arrays[0].shape
+    out = [a.copy() for a in arrays]
+    for _ in range(n):
+        row = int(rng.integers(int(0.05 * H), int(0.95 * H)))
+        band = int(rng.integers(max(2, H // 40), max(3, H // 6)))
+        shift = int(np.round(rng.uniform(-max_shift, max_shift)))
+        sl = slice(row, min(H, row + band))
+        for a in out:
+            a[sl] = np.roll(a[sl], shift, axis=1)
+            if shift > 0:
+                a[sl, :shift] = a[sl, shift : shift + 1]
+            elif shift < 0:
+                a[sl, shift:] = a[sl, shift - 1 : shift]
+        width = int(rng.integers(1, 3))
+        streak = slice(row, min(H, row + width))
+        out[0][streak] = np.clip(rng.uniform(0.55, 0.95) + 0.1 * rng.normal(size=out[0][streak].shape), 0, 1)
+    return out
+
+
+def _signal_loss(shape, strength: float, rng) -> np.ndarray:
+    """Regional attenuation (e.g. a vitreous floater or pupil shadow): a soft elliptic blob."""
+    if strength <= 0:
+        return np.ones(shape)
+    H, W = shape
+    y, x = np.mgrid[0:H, 0:W] / float(max(H, W))
+    cx, cy = rng.uniform(0.1, 0.9, 2)
+    sx, sy = rng.uniform(0.18, 0.4, 2)
+    blob = np.exp(-(((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2))
+    return 1.0 - strength * blob
+
+
+def _shift_case(case: OCTACase, offset_mm) -> OCTACase:
+    """Off-centration by shift + crop: content moves by ``offset_mm``; exposed border is empty."""
+    di = int(np.round(offset_mm[0] / case.pixel_mm))
+    dj = int(np.round(offset_mm[1] / case.pixel_mm))
+    if di == 0 and dj == 0:
+        return case
+
+    def sh(a):
+        out = np.zeros_like(a)
+        H, W = a.shape
+        src = a[max(0, -dj) : H - max(0, dj), max(0, -di) : W - max(0, di)]
+        out[max(0, dj) : max(0, dj) + src.shape[0], max(0, di) : max(0, di) + src.shape[1]] = src
+        return out
+
+    cl = dict(case.centerlines)
+    cl["points"] = cl["points"] + np.array([di * case.pixel_mm, dj * case.pixel_mm, 0.0])
+    return replace(case, image=sh(case.image), depth=sh(case.depth), vessel_mask=sh(case.vessel_mask),
+                   faz_mask=sh(case.faz_mask), centerlines=cl,
+                   layers={k: sh(v) for k, v in case.layers.items()},
+                   faz_center_mm=(case.faz_center_mm[0] + di * case.pixel_mm, case.faz_center_mm[1] + dj * case.pixel_mm))
+
+
+def _apply_degradation(case: OCTACase, p: dict, rng: np.random.Generator, shift: bool) -> OCTACase:
+    if shift:
+        case = _shift_case(case, p["offset_mm"])
+    scale = case.size_px / 304.0
+    img = case.image.astype(np.float64)
+    H, W = img.shape
+    img = img * _signal_loss(img.shape, p["signal_loss"], rng)
+    img = _gaussian(img, p["blur"] * scale)
+    img = img * (1.0 + p["stripe"] * rng.normal(size=(H, 1)))
+    img = img * _vignette(img.shape, p["vignette"], rng)
+    img = np.clip(img + rng.normal(0, 0.01, img.shape), 0, 1)
+    img, depth, vm, fm = _motion_lines([img, case.depth, case.vessel_mask, case.faz_mask], p["motion_lines"],
+                                       p["motion_shift"] * scale, rng)
+    meta = dict(case.meta, degradation={k: v for k, v in p.items()})
+    return replace(case, image=img.astype(np.float32), depth=depth, vessel_mask=vm, faz_mask=fm,
+                   quality=int(p["quality"]), meta=meta)
+
+
+def degrade(case: OCTACase, quality: int, rng: np.random.Generator | int | None = None) -> OCTACase:
+    """A degraded copy of a clean case with quality label ``quality`` (0, 1 or 2).
+
+    Severities are drawn from label-specific ranges: 2 (outstanding) at most slight blur and
+    stripe noise; 1 (gradable) moderate blur, stripe noise, a few motion lines, mild signal loss,
+    macula well centred; 0 (ungradable) strong defocus, many motion lines, strong regional signal
+    loss and/or a far off-centred macula (here by shift + crop, the exposed border is empty; use
+    ``render_octa(..., quality=0)`` for a seamless off-centred field).
+    """
+    rng = np.random.default_rng(rng)
+    p = _sample_degradation(quality, rng, case.field_mm)
+    return _apply_degradation(case, p, rng, shift=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Public renderer
+# --------------------------------------------------------------------------------------------
+
+
+def render_octa(
+    seed: int = 0,
+    size_px: int = 304,
+    field_mm: float = 3.0,
+    quality: int | None = None,
+    fovea_offset_mm: Sequence[float] = (0.0, 0.0),
+) -> OCTACase:
+    """Render one OCTA phantom.
+
+    :param seed: RNG seed; the case is a pure function of all arguments.
+    :param size_px: image edge in pixels (304, 320, 400, 512 are the usual device sizes; any
+        positive size works).
+    :param field_mm: field of view edge in mm (3 or 6 are the usual scan sizes).
+    :param quality: None for a clean render, or 0/1/2 (ungradable/gradable/outstanding) to
+        degrade it with severities sampled for that label (see :func:`degrade`).
+    :param fovea_offset_mm: (dx, dy) displacement of the fovea from the field centre.
+    :returns: an :class:`OCTACase`.
+    """
+    size_px = int(size_px)
+    field_mm = float(field_mm)
+    if size_px < 16 or field_mm <= 0:
+        raise ValueError("size_px must be >= 16 and field_mm > 0")
+    rng = np.random.default_rng([int(seed), 0x0C7A])
+    pixel_mm = field_mm / size_px
+    degr = None
+    offset = np.asarray(fovea_offset_mm, float)
+    if quality is not None:
+        degr = _sample_degradation(int(quality), np.random.default_rng([int(seed), 0x0C7A, 1]), field_mm)
+        offset = offset + np.asarray(degr["offset_mm"])
+    seg, faz, disc_side = _anatomy(rng, field_mm, pixel_mm, offset)
+    depth_mm, sig = _rasterize(seg, size_px, pixel_mm)
+    faz_mask = _faz_mask(faz, size_px, pixel_mm)
+    vessel = np.isfinite(depth_mm)
+    z0, z1 = DEPTH_RANGE_MM
+    depth = np.where(vessel, (np.nan_to_num(depth_mm) - z0) / (z1 - z0), 0.0).astype(np.float32)
+    image = _appearance(sig, faz_mask, rng, pixel_mm, vignette=rng.uniform(0.05, 0.15))
+    case = OCTACase(
+        image=image.astype(np.float32),
+        depth=depth,
+        vessel_mask=vessel,
+        faz_mask=faz_mask,
+        field_mm=field_mm,
+        pixel_mm=pixel_mm,
+        centerlines=_centerline_graph(seg),
+        depth_range_mm=DEPTH_RANGE_MM,
+        layers={k: v.astype(np.float32) for k, v in sig.items()},
+        faz_center_mm=(float(faz.center[0]), float(faz.center[1])),
+        faz_area_mm2=faz.area,
+        meta={"seed": int(seed), "size_px": size_px, "field_mm": field_mm,
+              "disc_side": "left" if disc_side < 0 else "right"},
+    )
+    if degr is not None:
+        case = _apply_degradation(case, degr, np.random.default_rng([int(seed), 0x0C7A, 2]), shift=False)
+    return case
+
+
+def sharpness(image: np.ndarray) -> float:
+    """Median over image rows of the variance of the Laplacian (a focus measure that ignores the
+    few rows crossed by motion-line streaks). Decreases with defocus blur."""
+    from scipy.ndimage import laplace
+
+    return float(np.median(laplace(np.asarray(image, np.float64)).var(axis=1)))
+
+
+# --------------------------------------------------------------------------------------------
+# Colour encoding and pictures
+# --------------------------------------------------------------------------------------------
+
+
+def depth_to_rgb(depth: np.ndarray, mask: np.ndarray | None = None, intensity: np.ndarray | None = None) -> np.ndarray:
+    """CIRRUS-style colour coding of normalised depth through :data:`DEPTH_RAMP`.
+
+    :param depth: ``(H, W)`` normalised depth in [0, 1] (0 superficial/red, 1 deep/blue).
+    :param mask: pixels to colour (default ``depth > 0``); others are black.
+    :param intensity: optional ``(H, W)`` brightness in [0, 1] that modulates the colour (as
+        in a device's depth-encoded angiogram).
+    :returns: ``(H, W, 3)`` float32 RGB in [0, 1].
+    """
+    d = np.clip(np.asarray(depth, np.float64), 0.0, 1.0)
+    m = (d > 0) if mask is None else np.asarray(mask, bool)
+    ramp = np.asarray(DEPTH_RAMP, np.float64)
+    stops = np.linspace(0.0, 1.0, len(ramp))
+    rgb = np.stack([np.interp(d, stops, ramp[:, c]) for c in range(3)], -1)
+    if intensity is not None:
+        rgb = rgb * np.clip(np.asarray(intensity, np.float64), 0, 1)[..., None]
+    rgb[~m] = 0.0
+    return rgb.astype(np.float32)
+
+
+def vessel_depth_rgb(case: OCTACase) -> np.ndarray:
+    """The case's depth map colour-coded on its vessels, brightness from the angiogram."""
+    return depth_to_rgb(case.depth, case.vessel_mask, np.clip(0.35 + case.image, 0, 1))
+
+
+def _panel_row(case: OCTACase) -> np.ndarray:
+    g = lambda a: np.repeat(np.asarray(a, np.float32)[..., None], 3, -1)  # noqa: E731
+    sep = np.ones((case.size_px, 4, 3), np.float32)
+    tiles = [g(case.image), vessel_depth_rgb(case), g(case.vessel_mask), g(case.faz_mask)]
+    out = []
+    for t in tiles:
+        out += [t, sep]
+    return np.concatenate(out[:-1], 1)
+
+
+def save_octa_panel(path: str | Path, seed: int = 0, size_px: int = 304, field_mm: float = 3.0) -> Path:
+    """Save a PNG panel: rows = outstanding, gradable, ungradable renders of ``seed``; columns =
+    image | depth colour-coded | vessel mask | FAZ mask."""
+    from PIL import Image
+
+    rows = [_panel_row(render_octa(seed, size_px, field_mm, quality=q)) for q in (2, 1, 0)]
+    sep = np.ones((4, rows[0].shape[1], 3), np.float32)
+    panel = np.concatenate([rows[0], sep, rows[1], sep, rows[2]], 0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.clip(panel, 0, 1) * 255).astype(np.uint8)).save(path, optimize=True)
+    return path

@@ -1,0 +1,288 @@
+"""Contrast-enhanced (portal-venous) liver CT phantom with a hepatic vessel tree, sampled as thick slices.
+
+Geometry: a smooth random ellipsoid-like organ blob (the "liver") fills most of the field of view;
+two vessel trees are grown inside it by space colonisation (:func:`.tree.grow_tree` in a
+:class:`.tree.MaskDomain`): a portal-like tree (label 1) entering at an inferior-medial hilum and a
+hepatic-like tree (label 2) draining towards a superior outlet.
+
+Intensities (HU, portal-venous phase): surrounding soft tissue ~50 HU with fat patches ~−90 HU,
+liver ~110 HU (with a faint smooth texture), portal vessels ~220 HU, hepatic veins ~190 HU,
+Gaussian noise (default σ = 12 HU).
+
+Partial volume: the scene is rendered on a high-resolution grid (same in-plane spacing, slices
+``hires_z_mm`` thick) with a sub-voxel soft vessel occupancy ``clip(0.5 − sdf/Δx, 0, 1)`` from the
+exact tree SDF and a slightly blurred organ boundary, and each thick slice is the *mean* of the
+high-resolution slices inside its slab (a 5 mm slice = 5 × 1 mm sub-slices by default).
+
+Ground truth at both resolutions: the binary vessel labelmap (voxel centre inside the vessel union)
+and the exact signed distance (mm, negative inside), plus the surface mesh (:meth:`CTPhantom.mesh`).
+Arrays are KJI (``[z, y, x]``); spacing and origin are (x, y, z) in RAS mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .geometry import tree_to_labelmap, tree_to_mesh, tree_to_sdf
+from .tree import MaskDomain, Root, TreeParams, VascularTree, grow_tree
+
+HU = {"fat": -90.0, "soft_tissue": 50.0, "liver": 110.0, "portal": 220.0, "hepatic": 190.0}
+
+
+@dataclass
+class CTPhantomParams:
+    """Size, sampling and appearance of one CT phantom.
+
+    :param shape: thick-slice grid ``(slices, rows, columns)``; the paper's size is (16, 512, 512),
+        tests and training use in-plane crops such as (16, 128, 128).
+    :param spacing: thick-slice spacing ``(Δx, Δy, Δz)`` mm.
+    :param hires_z_mm: slice spacing of the high-resolution rendering; must divide ``Δz``.
+    """
+
+    shape: tuple[int, int, int] = (16, 128, 128)
+    spacing: tuple[float, float, float] = (0.7, 0.7, 5.0)
+    hires_z_mm: float = 1.0
+    noise_hu: float = 12.0
+    n_attractors: int = 350
+    min_radius_mm: float = 0.7
+    seed: int = 0
+
+    @property
+    def factor(self) -> int:
+        """High-resolution sub-slices per thick slice."""
+        factor = self.spacing[2] / self.hires_z_mm
+        if abs(factor - round(factor)) > 1e-6 or round(factor) < 1:
+            raise ValueError(f"hires_z_mm={self.hires_z_mm} must divide the slice spacing {self.spacing[2]}.")
+        return int(round(factor))
+
+
+@dataclass
+class CTPhantom:
+    """One generated case: thick-slice CT and ground truth, plus the high-resolution versions."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    sdf: np.ndarray
+    organ: np.ndarray
+    hires_image: np.ndarray
+    hires_labels: np.ndarray
+    hires_sdf: np.ndarray
+    spacing: tuple[float, float, float]
+    hires_spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    hires_origin: tuple[float, float, float]
+    tree: VascularTree
+    params: dict = field(default_factory=dict)
+
+    @property
+    def ijk_to_ras(self) -> np.ndarray:
+        return _matrix(self.spacing, self.origin)
+
+    @property
+    def hires_ijk_to_ras(self) -> np.ndarray:
+        return _matrix(self.hires_spacing, self.hires_origin)
+
+    def mesh(self, spacing_mm: float | None = None):
+        """Ground-truth vessel surface (closed ``vtkPolyData``, RAS mm) from the exact tree SDF."""
+        return tree_to_mesh(self.tree, spacing=spacing_mm or min(0.35, 0.5 * self.spacing[0]))
+
+
+def _matrix(spacing, origin) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.diag(spacing)
+    matrix[:3, 3] = origin
+    return matrix
+
+
+def _grid_points(shape, spacing, origin) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World x, y, z coordinates of a KJI grid (broadcastable open grids)."""
+    k, j, i = (np.arange(n, dtype=np.float32) for n in shape)
+    return (origin[0] + i * spacing[0])[None, None, :], (origin[1] + j * spacing[1])[None, :, None], \
+        (origin[2] + k * spacing[2])[:, None, None]
+
+
+def _smooth_field(shape, rng: np.random.Generator, sigma_vox: tuple[float, float, float]) -> np.ndarray:
+    """Zero-mean, unit-std smooth random field (Gaussian-filtered white noise)."""
+    from scipy.ndimage import gaussian_filter
+
+    field_ = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox, mode="wrap")
+    return (field_ - field_.mean()) / max(float(field_.std()), 1e-6)
+
+
+def organ_blob(shape, spacing, origin, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A smooth random ellipsoid-like organ mask ``[k, j, i]``, its centre and semi-axes (mm)."""
+    extent = np.array([shape[2] * spacing[0], shape[1] * spacing[1], shape[0] * spacing[2]])
+    centre = np.asarray(origin) + extent / 2 + rng.uniform(-0.04, 0.04, 3) * extent
+    axes = extent * np.array([rng.uniform(0.36, 0.42), rng.uniform(0.30, 0.38), rng.uniform(0.36, 0.42)])
+    x, y, z = _grid_points(shape, spacing, origin)
+    level = ((x - centre[0]) / axes[0]) ** 2 + ((y - centre[1]) / axes[1]) ** 2 + ((z - centre[2]) / axes[2]) ** 2
+    bumps = _smooth_field(shape, rng, tuple(0.18 * extent[::-1] / np.asarray(spacing)[::-1]))
+    return (level + 0.18 * bumps < 1.0), centre, axes
+
+
+def _roots(centre: np.ndarray, axes: np.ndarray, scale: float) -> list[Root]:
+    """Portal inlet (inferior-medial hilum) and hepatic outlet (superior), pointing inwards."""
+    portal = Root(position=centre + axes * np.array([-0.75, -0.35, -0.85]), direction=(0.6, 0.3, 0.75),
+                  radius=2.8 * scale, label=1)
+    hepatic = Root(position=centre + axes * np.array([0.2, 0.45, 0.95]), direction=(-0.2, -0.3, -0.95),
+                   radius=2.4 * scale, label=2)
+    return [portal, hepatic]
+
+
+def grow_hepatic_tree(organ: np.ndarray, spacing, origin, centre, axes, params: CTPhantomParams,
+                      rng: np.random.Generator) -> VascularTree:
+    """Portal-like and hepatic-like trees grown by space colonisation inside the organ mask."""
+    scale = float(np.clip(axes[:2].mean() / 32.0, 1.0, 2.5))
+    tree_params = TreeParams(n_attractors=int(params.n_attractors * scale), step_mm=1.2 * scale,
+                             influence_mm=14.0 * scale, kill_mm=3.0 * scale, tortuosity=0.15,
+                             min_radius=params.min_radius_mm, min_terminal_mm=3.0 * scale,
+                             seed=int(rng.integers(2**31)))
+    return grow_tree(MaskDomain(organ, spacing, origin), _roots(centre, axes, scale), tree_params)
+
+
+def _background(shape, spacing, rng) -> np.ndarray:
+    """Soft tissue with smooth fat patches (HU)."""
+    fat = _smooth_field(shape, rng, tuple(np.array([12.0, 12.0, 12.0]) / np.asarray(spacing)[::-1])) > 0.9
+    return np.where(fat, HU["fat"], HU["soft_tissue"]).astype(np.float32)
+
+
+def render_hires(organ: np.ndarray, tree: VascularTree, shape, spacing, origin, rng) -> tuple[np.ndarray, ...]:
+    """Noise-free high-resolution HU image, vessel labels (1 portal, 2 hepatic) and vessel SDF."""
+    from scipy.ndimage import gaussian_filter
+
+    sdf = tree_to_sdf(tree, shape, spacing, origin)
+    kinds = tree_to_labelmap(tree, shape, spacing, origin, label_by="labels")
+    soft = np.clip(0.5 - sdf / spacing[0], 0.0, 1.0)
+    organ_soft = gaussian_filter(organ.astype(np.float32), (0.6 / spacing[2], 0.6 / spacing[1], 0.6 / spacing[0]))
+    texture = 4.0 * _smooth_field(shape, rng, tuple(3.0 / np.asarray(spacing)[::-1]))
+    image = _background(shape, spacing, rng) * (1 - organ_soft) + (HU["liver"] + texture) * organ_soft
+    from scipy.ndimage import distance_transform_edt
+
+    nearest = distance_transform_edt(kinds == 0, return_distances=False, return_indices=True)
+    vessel_hu = np.where(kinds[tuple(nearest)] == 2, HU["hepatic"], HU["portal"]).astype(np.float32)
+    image = image * (1 - soft) + vessel_hu * soft
+    return image.astype(np.float32), kinds, sdf
+
+
+def make_ct_phantom(params: CTPhantomParams | None = None, progress=None) -> CTPhantom:
+    """Generate one case (deterministic for ``params.seed``).
+
+    :param params: size, spacing, noise and seed.
+    :param progress: optional ``progress(fraction, message)``.
+    """
+    params = params or CTPhantomParams()
+    report = progress or (lambda f, m: None)
+    rng = np.random.default_rng(params.seed)
+    factor = params.factor
+    nk, nj, ni = params.shape
+    hires_shape = (nk * factor, nj, ni)
+    hires_spacing = (params.spacing[0], params.spacing[1], params.hires_z_mm)
+    extent = np.array([ni * params.spacing[0], nj * params.spacing[1], nk * params.spacing[2]])
+    origin = tuple(float(v) for v in (-extent / 2 + np.array([params.spacing[0], params.spacing[1],
+                                                                   params.spacing[2]]) / 2))
+    hires_origin = (origin[0], origin[1], origin[2] - (factor - 1) / 2 * params.hires_z_mm)
+    report(0.05, "organ")
+    organ_hr, centre, axes = organ_blob(hires_shape, hires_spacing, hires_origin, rng)
+    report(0.15, "vessel tree")
+    tree = grow_hepatic_tree(organ_hr, hires_spacing, hires_origin, centre, axes, params, rng)
+    report(0.45, "rendering")
+    hires_image, kinds_hr, hires_sdf = render_hires(organ_hr, tree, hires_shape, hires_spacing, hires_origin, rng)
+    report(0.75, "thick slices")
+    image = hires_image.reshape(nk, factor, nj, ni).mean(axis=1)
+    image += rng.normal(0.0, params.noise_hu, image.shape).astype(np.float32)
+    hires_image = hires_image + rng.normal(0.0, params.noise_hu, hires_image.shape).astype(np.float32)
+    sdf = tree_to_sdf(tree, params.shape, params.spacing, origin)
+    organ = organ_hr.reshape(nk, factor, nj, ni)[:, factor // 2]
+    report(1.0, "done")
+    return CTPhantom(image=image.astype(np.float32), labels=(sdf < 0).astype(np.uint8), sdf=sdf,
+                     organ=organ.astype(np.uint8), hires_image=hires_image.astype(np.float32),
+                     hires_labels=(kinds_hr > 0).astype(np.uint8), hires_sdf=hires_sdf,
+                     spacing=tuple(float(s) for s in params.spacing), hires_spacing=hires_spacing,
+                     origin=origin, hires_origin=hires_origin, tree=tree, params=asdict(params))
+
+
+# ------------------------------------------------------------------------------ dataset writer
+
+CT_FOLDERS = {
+    "image": "imagesTr", "label": "labelsTr", "organ": "organTr", "sdf": "sdfTr",
+    "hires_image": "hiresImagesTr", "hires_label": "hiresLabelsTr", "hires_sdf": "hiresSdfTr",
+    "mesh": "meshesTr", "tree": "treesTr",
+}
+CT_FOLDER_DOC = {
+    "imagesTr": "thick-slice CT in HU (int16)",
+    "labelsTr": "vessel labelmap on the thick-slice grid (1 = vessel: voxel centre inside the vessel)",
+    "organTr": "organ (liver-like blob) mask on the thick-slice grid",
+    "sdfTr": "exact vessel signed distance (mm, negative inside, float32) on the thick-slice grid",
+    "hiresImagesTr": "the same CT rendered at the high-resolution slice spacing (HU, int16)",
+    "hiresLabelsTr": "vessel labelmap at high resolution (1 = portal-like, 2 = hepatic-like)",
+    "hiresSdfTr": "exact vessel signed distance at high resolution (mm, float32)",
+    "meshesTr": "ground-truth vessel surface (.vtp, RAS mm)",
+    "treesTr": "the vessel tree graph (VascularTree JSON: nodes, radii, edges, labels)",
+}
+
+
+def _save(array, spacing, origin, path: Path) -> Path:
+    """Save with RAS geometry: LPS origin/direction so SimpleITK readers recover RAS positions."""
+    from .datasets import save_nifti
+
+    lps_origin = (-origin[0], -origin[1], origin[2])
+    return save_nifti(array, spacing, lps_origin, path, direction=np.diag([-1.0, -1.0, 1.0]))
+
+
+def write_ct_case(case: CTPhantom, out_dir: Path, name: str) -> dict[str, str]:
+    """Write one case into the dataset folders; returns its ``dataset.json`` entry."""
+    import json
+
+    from ..meshes import save_polydata
+
+    paths = {key: out_dir / folder / f"{name}.nii.gz" for key, folder in CT_FOLDERS.items()}
+    paths["mesh"], paths["tree"] = out_dir / "meshesTr" / f"{name}.vtp", out_dir / "treesTr" / f"{name}.json"
+    thick, hires = (case.spacing, case.origin), (case.hires_spacing, case.hires_origin)
+    _save(np.round(case.image).astype(np.int16), *thick, paths["image"])
+    _save(case.labels, *thick, paths["label"])
+    _save(case.organ, *thick, paths["organ"])
+    _save(case.sdf.astype(np.float32), *thick, paths["sdf"])
+    _save(np.round(case.hires_image).astype(np.int16), *hires, paths["hires_image"])
+    _save(tree_to_labelmap(case.tree, case.hires_labels.shape, case.hires_spacing, case.hires_origin,
+                           label_by="labels"), *hires, paths["hires_label"])
+    _save(case.hires_sdf.astype(np.float32), *hires, paths["hires_sdf"])
+    save_polydata(case.mesh(), paths["mesh"])
+    paths["tree"].parent.mkdir(parents=True, exist_ok=True)
+    paths["tree"].write_text(json.dumps(case.tree.to_dict()))
+    return {key: str(path) for key, path in paths.items()}
+
+
+def _register():
+    from .datasets import register_dataset, write_msd_dataset_json
+
+    @register_dataset("ct")
+    def write_ct_dataset(out_dir: Path, count: int, seed: int, progress=None,
+                         shape: tuple[int, int, int] = (16, 128, 128),
+                         spacing: tuple[float, float, float] = (0.7, 0.7, 5.0), **options) -> Path:
+        """``count`` CT phantoms in Medical Segmentation Decathlon layout (+ SDF and high-res GT folders).
+
+        Case ``n`` uses seed ``seed * 1000 + n``. Extra options go to :class:`CTPhantomParams`.
+        """
+        out_dir = Path(out_dir)
+        report = progress or (lambda f, m: None)
+        entries = []
+        for index in range(count):
+            params = CTPhantomParams(shape=tuple(shape), spacing=tuple(spacing), seed=seed * 1000 + index, **options)
+            case = make_ct_phantom(params)
+            entries.append(write_ct_case(case, out_dir, f"ct_{index:03d}"))
+            report((index + 1) / count, f"case {index + 1}/{count}")
+        write_msd_dataset_json(
+            out_dir, "VesselRecon CT hepatic vessels", {"0": "CT"}, {"0": "background", "1": "vessel"}, entries,
+            description="Synthetic portal-venous liver CT, thick slices "
+                        f"{shape[0]}x{shape[1]}x{shape[2]} (KJI) at {spacing} mm (x, y, z)",
+            extra={"folders": CT_FOLDER_DOC, "spacing": list(spacing), "seed": seed,
+                   "hires_slice_mm": options.get("hires_z_mm", CTPhantomParams.hires_z_mm)})
+        return out_dir
+
+    return write_ct_dataset
+
+
+write_ct_dataset = _register()

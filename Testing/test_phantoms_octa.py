@@ -161,3 +161,45 @@ def test_depth_to_rgb_ramp():
     np.testing.assert_allclose(rgb[0, 1], DEPTH_RAMP[0], atol=1e-4)  # superficial red
     np.testing.assert_allclose(rgb[0, 3], DEPTH_RAMP[-1])  # deep blue
     assert rgb[0, 1, 0] > rgb[0, 1, 2] and rgb[0, 3, 2] > rgb[0, 3, 0]
+
+
+def test_octa_dataset_layout(tmp_path):
+    from PIL import Image
+
+    from VesselReconLib.phantoms.datasets import write_dataset
+
+    calls = []
+    root = write_dataset("octa", tmp_path / "octa", 3, seed=4, progress=lambda f, m: calls.append(f))
+    meta = json.loads((root / "cases.json").read_text())
+    assert len(meta["cases"]) == 3 and calls and calls[-1] == 1.0
+    for rec in meta["cases"]:
+        img = np.asarray(Image.open(root / rec["image"]))
+        depth = np.asarray(Image.open(root / rec["depth"]))
+        vessels = np.asarray(Image.open(root / rec["vessels"]))
+        faz = np.asarray(Image.open(root / rec["faz"]))
+        assert img.dtype == np.uint8 and img.shape == (304, 304)
+        assert depth.dtype == np.uint16 and depth.shape == (304, 304)
+        assert set(np.unique(vessels)) <= {0, 255} and set(np.unique(faz)) <= {0, 255}
+        assert rec["pixel_mm"] == pytest.approx(rec["field_mm"] / rec["size_px"])
+        cl = json.loads((root / rec["centerlines"]).read_text())
+        assert len(cl["points"][0]) == 3 and len(cl["radii"]) == len(cl["points"])
+        # the stored depth is the renderer's depth (16-bit quantised)
+        case = render_octa(rec["seed"], rec["size_px"], rec["field_mm"])
+        np.testing.assert_allclose(depth / 65535.0, case.depth, atol=1.0 / 65535)
+        assert ((depth > 0) == (vessels > 0)).all()
+
+
+def test_octa_quality_dataset_layout(tmp_path):
+    import csv
+
+    from VesselReconLib.phantoms.datasets import write_dataset
+
+    root = write_dataset("octa-quality", tmp_path / "q", 3, seed=1)
+    rows = list(csv.DictReader(open(root / "labels.csv")))
+    assert [list(r) for r in rows][0] == ["image", "quality", "name", "field_mm"]
+    assert sorted(int(r["quality"]) for r in rows) == [0, 1, 2]
+    for r in rows:
+        assert (root / "images" / r["image"]).exists()
+        assert r["name"] == octa.QUALITY_NAMES[int(r["quality"])]
+        has_faz = (root / "faz" / "masks" / r["image"]).exists()
+        assert has_faz == (int(r["quality"]) >= 1) == (root / "faz" / "images" / r["image"]).exists()

@@ -50,6 +50,7 @@ Everything is a pure function of the seed (``numpy.random.default_rng``).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -57,6 +58,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..progress import as_reporter
+from .datasets import register_dataset
 from .tree import Root, TreeParams, grow_tree
 
 __all__ = [
@@ -72,6 +75,8 @@ __all__ = [
     "faz_area_mm2",
     "sharpness",
     "save_octa_panel",
+    "write_octa_dataset",
+    "write_octa_quality_dataset",
 ]
 
 #: CIRRUS-style depth colour ramp (RGB in 0..1), superficial -> deep: red, yellow, green, blue.
@@ -788,3 +793,130 @@ def save_octa_panel(path: str | Path, seed: int = 0, size_px: int = 304, field_m
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((np.clip(panel, 0, 1) * 255).astype(np.uint8)).save(path, optimize=True)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset writers
+# --------------------------------------------------------------------------------------------
+
+
+def _save_png(array: np.ndarray, path: Path, bits: int = 8) -> str:
+    from PIL import Image
+
+    a = np.asarray(array)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif bits == 16:
+        a = np.round(np.clip(a, 0, 1) * 65535).astype(np.uint16)
+    else:
+        a = np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
+    return path.name
+
+
+def _pick(option, rng: np.random.Generator):
+    """A scalar option, or one element of a sequence option drawn with ``rng``."""
+    if isinstance(option, (list, tuple)):
+        return option[int(rng.integers(len(option)))]
+    return option
+
+
+def _case_plan(count: int, seed: int, size_px, field_mm):
+    rng = np.random.default_rng([int(seed), 0x0C7A, 99])
+    seeds = rng.integers(0, 2**31 - 1, int(count))
+    return [(int(s), int(_pick(size_px, rng)), float(_pick(field_mm, rng))) for s in seeds], rng
+
+
+@register_dataset("octa")
+def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress: Callable | None = None,
+                       size_px: int | Sequence[int] = 304, field_mm: float | Sequence[float] = 3.0,
+                       quality: int | str | None = None) -> Path:
+    """OCTA depth-estimation set::
+
+        images/<id>.png       8-bit en face angiogram
+        depth/<id>.png        16-bit normalised depth (value / 65535 = depth in [0, 1], 0 = background)
+        vessels/<id>.png      8-bit vessel mask (0/255)
+        faz/<id>.png          8-bit FAZ mask (0/255)
+        centerlines/<id>.json 3D centreline graph in mm (see OCTACase.centerlines_json)
+        cases.json            per case: files, seed, size_px, field_mm, pixel_mm, quality,
+                              faz_area_mm2, depth_range_mm; plus the conventions
+
+    :param size_px: image size, or a list to draw from per case (e.g. ``[304, 320, 400, 512]``).
+    :param field_mm: field of view, or a list to draw from per case (e.g. ``[3, 6]``).
+    :param quality: None (clean renders), 0/1/2 for that label, or ``"random"`` (uniform labels).
+    """
+    out = Path(out_dir)
+    report = as_reporter(progress)
+    plan, rng = _case_plan(count, seed, size_px, field_mm)
+    cases = []
+    for i, (s, n, f) in enumerate(plan):
+        report(i / max(count, 1), f"OCTA case {i + 1}/{count}")
+        q = int(rng.integers(3)) if quality == "random" else quality
+        case = render_octa(s, n, f, quality=q)
+        cid = f"octa_{i:05d}"
+        rec = {
+            "id": cid,
+            "image": "images/" + _save_png(case.image, out / "images" / f"{cid}.png"),
+            "depth": "depth/" + _save_png(case.depth, out / "depth" / f"{cid}.png", bits=16),
+            "vessels": "vessels/" + _save_png(case.vessel_mask, out / "vessels" / f"{cid}.png"),
+            "faz": "faz/" + _save_png(case.faz_mask, out / "faz" / f"{cid}.png"),
+            "centerlines": f"centerlines/{cid}.json",
+            "seed": s, "size_px": n, "field_mm": f, "pixel_mm": case.pixel_mm,
+            "quality": case.quality, "faz_area_mm2": case.faz_area_mm2,
+            "faz_center_mm": list(case.faz_center_mm), "depth_range_mm": list(case.depth_range_mm),
+        }
+        (out / "centerlines").mkdir(parents=True, exist_ok=True)
+        (out / rec["centerlines"]).write_text(json.dumps(case.centerlines_json()))
+        cases.append(rec)
+    meta = {
+        "kind": "octa",
+        "seed": int(seed),
+        "depth_png": "uint16, depth = value / 65535, normalised over depth_range_mm, 0 = background",
+        "depth_convention": "depth of the brightest (largest-radius, then shallowest) vessel voxel per pixel",
+        "pixel_convention": "pixel [row, col] centre at x = (col + 0.5) * pixel_mm, y = (row + 0.5) * pixel_mm",
+        "depth_ramp": [list(c) for c in DEPTH_RAMP],
+        "cases": cases,
+    }
+    (out / "cases.json").write_text(json.dumps(meta, indent=1))
+    report(1.0, "done")
+    return out
+
+
+@register_dataset("octa-quality")
+def write_octa_quality_dataset(out_dir: str | Path, count: int, seed: int = 0, progress: Callable | None = None,
+                               size_px: int | Sequence[int] = 304,
+                               field_mm: float | Sequence[float] = (3.0, 6.0)) -> Path:
+    """OCTA-25K-IQA-SEG style image-quality set::
+
+        images/<id>.png       8-bit en face angiogram
+        labels.csv            image,quality,name,field_mm  (0 ungradable, 1 gradable, 2 outstanding)
+        faz/images/<id>.png   FAZ segmentation inputs (gradable and outstanding images only)
+        faz/masks/<id>.png    FAZ masks (0/255)
+
+    Labels cycle through shuffled blocks of (0, 1, 2), so classes are balanced to within one.
+    """
+    import csv
+
+    out = Path(out_dir)
+    report = as_reporter(progress)
+    plan, rng = _case_plan(count, seed, size_px, field_mm)
+    blocks = [rng.permutation(3) for _ in range((count + 2) // 3)]
+    labels = np.concatenate(blocks)[:count] if blocks else np.zeros(0, int)
+    rows = []
+    for i, ((s, n, f), q) in enumerate(zip(plan, labels)):
+        report(i / max(count, 1), f"OCTA quality case {i + 1}/{count}")
+        case = render_octa(s, n, f, quality=int(q))
+        name = f"octa_{i:05d}.png"
+        _save_png(case.image, out / "images" / name)
+        if q >= 1:
+            _save_png(case.image, out / "faz" / "images" / name)
+            _save_png(case.faz_mask, out / "faz" / "masks" / name)
+        rows.append({"image": name, "quality": int(q), "name": QUALITY_NAMES[int(q)], "field_mm": f})
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "labels.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["image", "quality", "name", "field_mm"])
+        w.writeheader()
+        w.writerows(rows)
+    report(1.0, "done")
+    return out

@@ -419,7 +419,7 @@ _WINDOWS = np.array([4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 51
 def _flow_amplitude(r: np.ndarray, layer: np.ndarray) -> np.ndarray:
     """Peak flow signal of a vessel: grows with radius; deep capillaries a bit dimmer."""
     rel = np.clip(np.log(np.maximum(r, CAPILLARY_RADIUS_MM) / CAPILLARY_RADIUS_MM) / math.log(0.06 / CAPILLARY_RADIUS_MM), 0, 1)
-    base = 0.62 + 0.38 * rel
+    base = 0.5 + 0.5 * rel
     return np.where(layer == 2, 0.85 * base, base)
 
 
@@ -540,15 +540,20 @@ def _appearance(sig: dict, faz_mask: np.ndarray, rng: np.random.Generator, pixel
     shape = faz_mask.shape
     px = 0.01 / pixel_mm  # pixels per 10 um
     flow_gain = 1.0 + 0.12 * _gaussian(rng.normal(size=shape), 6 * px) / max(_gaussian_std(6 * px), 1e-6)
-    speckle = rng.gamma(6.0, 1.0 / 6.0, shape)
-    sup = sig["superficial"] * flow_gain * speckle
-    deep = sig["deep"] * flow_gain * rng.gamma(6.0, 1.0 / 6.0, shape)
+    sup = sig["superficial"] * flow_gain * _speckle(shape, rng)
+    deep = sig["deep"] * flow_gain * _speckle(shape, rng)
     # projection artefact: superficial large-vessel flow casts blurred tails into the deep slab
     tails = 0.18 * _gaussian(np.where(sig["superficial"] > 0.75, sig["superficial"], 0.0), 1.2 * px)
     flow = np.maximum(sup, np.maximum(deep, tails * rng.gamma(4.0, 0.25, shape)))
     background = rng.gamma(2.0, 0.025, shape) * np.where(faz_mask, 0.6, 1.0)
     img = np.maximum(flow, background) * _vignette(shape, vignette, rng)
     return np.clip(img, 0.0, 1.0)
+
+
+def _speckle(shape, rng: np.random.Generator, looks: float = 5.0, grain_px: float = 0.6) -> np.ndarray:
+    """Multiplicative speckle: unit-mean gamma noise with a slight spatial correlation."""
+    g = _gaussian(rng.gamma(looks, 1.0 / looks, shape), grain_px)
+    return g / g.mean()
 
 
 def _gaussian_std(sigma: float) -> float:
@@ -781,9 +786,11 @@ def _panel_row(case: OCTACase) -> np.ndarray:
     return np.concatenate(out[:-1], 1)
 
 
-def save_octa_panel(path: str | Path, seed: int = 0, size_px: int = 304, field_mm: float = 3.0) -> Path:
+def save_octa_panel(path: str | Path, seed: int = 0, size_px: int = 304, field_mm: float = 3.0,
+                    width_px: int = 800) -> Path:
     """Save a PNG panel: rows = outstanding, gradable, ungradable renders of ``seed``; columns =
-    image | depth colour-coded | vessel mask | FAZ mask."""
+    image | depth colour-coded | vessel mask | FAZ mask (resized to at most ``width_px`` wide,
+    64-colour palette)."""
     from PIL import Image
 
     rows = [_panel_row(render_octa(seed, size_px, field_mm, quality=q)) for q in (2, 1, 0)]
@@ -791,7 +798,10 @@ def save_octa_panel(path: str | Path, seed: int = 0, size_px: int = 304, field_m
     panel = np.concatenate([rows[0], sep, rows[1], sep, rows[2]], 0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.clip(panel, 0, 1) * 255).astype(np.uint8)).save(path, optimize=True)
+    img = Image.fromarray((np.clip(panel, 0, 1) * 255).astype(np.uint8))
+    if img.width > width_px:  # keep README pictures small
+        img = img.resize((width_px, round(img.height * width_px / img.width)), Image.LANCZOS)
+    img.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     return path
 
 

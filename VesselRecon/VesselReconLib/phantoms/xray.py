@@ -1,0 +1,413 @@
+"""Two-view X-ray angiography phantoms: coronary-like trees seen by a C-arm (dataset kind ``xray``).
+
+A case is a coronary-like :class:`~VesselReconLib.phantoms.tree.VascularTree` (a main vessel with side
+branches and a focal stenosis of 30-90 % made with :func:`~VesselReconLib.phantoms.tree.add_stenosis`)
+placed around the isocentre, imaged from two C-arm views whose geometry is encoded exactly as DICOM XA
+does (``PositionerPrimaryAngle`` LAO+/RAO-, ``PositionerSecondaryAngle`` CRA+/CAU-, SID, SOD,
+``ImagerPixelSpacing``, 512x512 detector). Pixels are cone-beam line integrals: the chord of every
+pixel ray through every round-cone vessel piece is computed analytically (closest approach of the ray
+to the piece's axis, vectorised over padded pixel windows), weighted by the iodine attenuation, on top
+of a smooth body, rib- and spine-like bands, blobs, a contrast-filled catheter and Poisson quantum noise.
+
+Ground truth per case folder: ``view_a.png``/``view_b.png`` (16-bit), ``vessels_a.png``/``vessels_b.png``
+(all contrast-filled vessels), ``soi_a.png``/``soi_b.png`` (label 1 main SOI, 2.. side branches),
+``geometry.json`` (DICOM-style geometry per view and the SOI start/end pixels per view and branch),
+``centerline.json`` (3D centreline, 100 points + radii per branch, LPS mm, and the stenosis record),
+``mesh.vtp`` (the SOI lumen surface from :func:`tree_to_mesh`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .tree import VascularTree, add_stenosis, node_path
+
+CONTRAST_MU = 0.25      # 1/mm, diluted iodine
+CATHETER_MU = 0.35      # 1/mm
+PHOTONS = 3000.0        # mean photons per pixel behind the body
+INTENSITY_SCALE = 20000.0
+N_CENTERLINE = 100
+
+
+# --------------------------------------------------------------------------------------------
+# geometry helpers (kept here so the phantom does not depend on the angio3d package)
+# --------------------------------------------------------------------------------------------
+
+
+def _carm(tags: dict):
+    from ..angio3d.geometry import CArmGeometry
+
+    return CArmGeometry.from_dicom(tags)
+
+
+def resample_polyline(points: np.ndarray, values: np.ndarray | None = None, n: int = N_CENTERLINE):
+    """``n`` points equally spaced by arc length along a polyline (and values interpolated on them)."""
+    points = np.asarray(points, float)
+    seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    s = np.r_[0.0, np.cumsum(seg)]
+    keep = np.r_[True, seg > 1e-9]
+    s, points = s[keep], points[keep]
+    t = np.linspace(0.0, s[-1], n)
+    out = np.stack([np.interp(t, s, points[:, k]) for k in range(points.shape[1])], axis=1)
+    if values is None:
+        return out
+    return out, np.interp(t, s, np.asarray(values, float)[keep])
+
+
+# --------------------------------------------------------------------------------------------
+# trees
+# --------------------------------------------------------------------------------------------
+
+
+def _smooth_walk(rng, start, direction, length, step=1.0, curvature=0.012):
+    """A smooth random 3D curve: the direction drifts with a low-pass filtered random turn rate."""
+    n = max(2, int(length / step) + 1)
+    d = np.asarray(direction, float) / np.linalg.norm(direction)
+    turn = np.zeros(3)
+    points = [np.asarray(start, float)]
+    for _ in range(n - 1):
+        turn = 0.9 * turn + curvature * rng.normal(size=3)
+        d = d + turn - (turn @ d) * d
+        d /= np.linalg.norm(d)
+        points.append(points[-1] + step * d)
+    return np.array(points)
+
+
+def _branch_direction(rng, tangent, angle_deg):
+    perp = rng.normal(size=3)
+    perp -= (perp @ tangent) * tangent
+    perp /= np.linalg.norm(perp)
+    a = np.radians(angle_deg)
+    return np.cos(a) * tangent + np.sin(a) * perp
+
+
+@dataclass
+class CoronaryCase:
+    """A phantom tree with its segment of interest (SOI) as node paths (main first, then side branches)."""
+
+    tree: VascularTree
+    soi_paths: list[np.ndarray]
+    catheter: np.ndarray
+    stenosis: dict = field(default_factory=dict)
+
+
+def coronary_tree(rng: np.random.Generator, n_side: int = 3, soi_side_branches: int = 1) -> CoronaryCase:
+    """A main coronary vessel (~100 mm, radius 1.9 -> 1.2 mm) with side branches and one stenosis.
+
+    The SOI is a 45-60 mm piece of the main vessel that holds ``soi_side_branches`` bifurcations; each
+    such side branch contributes a side SOI of 18-25 mm starting at its bifurcation.
+    """
+    length = rng.uniform(95, 115)
+    start = rng.uniform(-12, 12, 3) + np.array([0.0, 0.0, 0.0])
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    main = _smooth_walk(rng, start - direction * length / 2, direction, length)
+    main -= main.mean(0) - rng.uniform(-6, 6, 3)
+    n_main = len(main)
+    radii_main = np.linspace(rng.uniform(1.7, 2.0), rng.uniform(1.1, 1.3), n_main)
+    nodes, radii = [main], [radii_main]
+    edges = [np.c_[np.arange(n_main - 1), np.arange(1, n_main)]]
+    soi_first = int(rng.integers(int(0.12 * n_main), int(0.3 * n_main)))
+    soi_last = min(n_main - 3, soi_first + int(rng.uniform(45, 60)))
+    branch_at = list(np.sort(rng.choice(np.arange(soi_first + 12, soi_last - 12), soi_side_branches, replace=False)))
+    others = rng.choice(np.r_[np.arange(5, soi_first), np.arange(soi_last + 5, n_main - 5)],
+                        max(0, n_side - soi_side_branches), replace=False)
+    side_soi = []
+    offset = n_main
+    for k, node in enumerate(branch_at + list(others)):
+        tangent = main[min(node + 1, n_main - 1)] - main[max(node - 1, 0)]
+        tangent /= np.linalg.norm(tangent)
+        d = _branch_direction(rng, tangent, rng.uniform(45, 70))
+        blen = rng.uniform(28, 40)
+        pts = _smooth_walk(rng, main[node], d, blen, curvature=0.012)[1:]
+        r0 = 0.75 * radii_main[node]
+        nodes.append(pts)
+        radii.append(np.linspace(r0, 0.7 * r0, len(pts)))
+        edges.append(np.c_[np.r_[node, offset + np.arange(len(pts) - 1)], offset + np.arange(len(pts))])
+        if k < soi_side_branches:
+            side_soi.append((int(node), int(offset + min(len(pts) - 1, int(rng.uniform(18, 25))))))
+        offset += len(pts)
+    tree = VascularTree(np.concatenate(nodes), np.concatenate(radii), np.concatenate(edges),
+                        labels=np.ones(offset, np.int32))
+    tree.meta["kind"] = "coronary"
+    percent = float(rng.uniform(30, 90))
+    tree = add_stenosis(tree, (soi_first, soi_last), percent, float(rng.uniform(5, 9)),
+                        center_fraction=float(rng.uniform(0.3, 0.7)), resolution_mm=0.4)
+    paths = [node_path(tree, soi_first, soi_last)] + [node_path(tree, a, b) for a, b in side_soi]
+    ostium = tree.nodes[0]
+    away = tree.nodes[0] - tree.nodes[min(10, n_main - 1)]
+    away /= np.linalg.norm(away)
+    catheter = _smooth_walk(rng, ostium, away, 120, step=2.0, curvature=0.004)
+    return CoronaryCase(tree, paths, catheter, dict(tree.meta["stenoses"][-1]))
+
+
+# --------------------------------------------------------------------------------------------
+# projection
+# --------------------------------------------------------------------------------------------
+
+
+def _pieces(tree: VascularTree, paths: list[np.ndarray] | None = None):
+    """Segment end points and radii ``(a, b, ra, rb)`` of the whole tree or of node paths."""
+    if paths is None:
+        e = tree.edges
+        return tree.nodes[e[:, 0]], tree.nodes[e[:, 1]], tree.radii[e[:, 0]], tree.radii[e[:, 1]]
+    pairs = np.concatenate([np.c_[p[:-1], p[1:]] for p in paths])
+    return tree.nodes[pairs[:, 0]], tree.nodes[pairs[:, 1]], tree.radii[pairs[:, 0]], tree.radii[pairs[:, 1]]
+
+
+def chord_image(geometry, a: np.ndarray, b: np.ndarray, ra: np.ndarray, rb: np.ndarray,
+                chunk: int = 256) -> np.ndarray:
+    """Chord length (mm) of every pixel ray through a chain of round-cone pieces ``a -> b``.
+
+    For each piece, the pixels of its projected bounding box (padded to a common window) are cast
+    as rays from the source; the closest approach of each ray to the piece axis gives the distance
+    ``d`` and the axial position ``t``; the chord is ``2 sqrt(r(t)^2 - d^2) / sin(theta)``. Chords
+    are summed over pieces whose axial span holds ``t`` (so crossing vessels add up), and every ray
+    that passes within ``r`` of a piece's capsule gets at least that capsule's chord (so the outer
+    side of bends has no gaps).
+    """
+    rows, cols = geometry.rows, geometry.columns
+    total = np.zeros(rows * cols)
+    capsule = np.zeros(rows * cols)
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ra, rb = np.asarray(ra, float), np.asarray(rb, float)
+    src = geometry.source
+    pa, pb = geometry.project(a), geometry.project(b)
+    scale = geometry.sid / np.minimum(geometry.depth(a), geometry.depth(b)) / min(geometry.pixel_spacing)
+    pad = np.maximum(ra, rb) * scale + 1.5
+    lo = np.floor(np.minimum(pa, pb) - pad[:, None]).astype(int)
+    hi = np.ceil(np.maximum(pa, pb) + pad[:, None]).astype(int)
+    for start in range(0, len(a), chunk):
+        sl = slice(start, start + chunk)
+        flat, chord, inside, capsule_chord, touched = _chords_chunk(
+            geometry, src, a[sl], b[sl], ra[sl], rb[sl], lo[sl], hi[sl], rows, cols)
+        total += np.bincount(flat[inside], chord[inside], minlength=rows * cols)
+        np.maximum.at(capsule, flat[touched], capsule_chord[touched])
+    return np.maximum(total, capsule).reshape(rows, cols)
+
+
+def _chords_chunk(geometry, src, a, b, ra, rb, lo, hi, rows, cols):
+    width = int(min(max((hi - lo).max(), 1) + 1, max(rows, cols)))
+    grid = np.stack(np.meshgrid(np.arange(width), np.arange(width), indexing="xy"), -1).reshape(-1, 2)
+    pix = lo[:, None, :] + grid[None]                                  # (E, W*W, 2) = (col, row)
+    valid = (pix <= hi[:, None, :]).all(-1) & (pix >= 0).all(-1) & (pix[..., 0] < cols) & (pix[..., 1] < rows)
+    _, dirs = geometry.pixel_rays(pix.reshape(-1, 2))
+    u = dirs.reshape(pix.shape[0], -1, 3)
+    axis = b - a
+    length = np.maximum(np.linalg.norm(axis, axis=1), 1e-9)
+    v = axis / length[:, None]
+    w0 = src[None] - a                                                 # (E, 3)
+    bb = np.einsum("enk,ek->en", u, v)
+    dd = np.einsum("enk,ek->en", u, w0)
+    ee = (v * w0).sum(1)[:, None]
+    denom = np.maximum(1.0 - bb ** 2, 1e-6)
+    s = (bb * ee - dd) / denom
+    t = (ee - bb * dd) / denom
+    frac = t / length[:, None]
+    sin_theta = np.sqrt(np.maximum(denom, 0.04))
+    # infinite-cylinder chord, kept where the closest approach lies on this piece
+    dist2 = ((w0[:, None] + s[..., None] * u - t[..., None] * v[:, None]) ** 2).sum(-1)
+    radius = ra[:, None] + np.clip(frac, 0, 1) * (rb - ra)[:, None]
+    chord = 2 * np.sqrt(np.maximum(radius ** 2 - dist2, 0)) / sin_theta
+    chord = np.minimum(chord, length[:, None] / np.maximum(np.abs(bb), 1e-3) + 2 * radius)
+    inside = valid & (frac >= 0) & (frac < 1) & (dist2 < radius ** 2)
+    # capsule test: distance from the ray to the nearest point of the clamped axis
+    q = -w0[:, None] + np.clip(t, 0, length[:, None])[..., None] * v[:, None]     # point - source
+    along = (q * u).sum(-1)
+    cap2 = (q * q).sum(-1) - along ** 2
+    capsule_chord = 2 * np.sqrt(np.maximum(radius ** 2 - cap2, 0)) / sin_theta
+    capsule_chord = np.minimum(capsule_chord, 2 * radius / sin_theta)
+    touched = valid & (cap2 < radius ** 2)
+    flat = (pix[..., 1] * cols + pix[..., 0]).clip(0, rows * cols - 1)
+    return flat, chord, inside, capsule_chord, touched
+
+
+def _tube_pieces(points: np.ndarray, radius: float):
+    r = np.full(len(points) - 1, radius)
+    return points[:-1], points[1:], r, r
+
+
+def _background(rng, shape) -> np.ndarray:
+    """Attenuation of the body: smooth field, rib-like curved bands, a spine-like band and blobs."""
+    rows, cols = shape
+    y, x = np.mgrid[0:rows, 0:cols] / max(shape)
+    field = 1.6 + 0.4 * np.sin(2 * np.pi * (rng.uniform(0.3, 0.8) * x + rng.uniform(0, 1))) \
+        * np.cos(2 * np.pi * (rng.uniform(0.3, 0.8) * y + rng.uniform(0, 1)))
+    freq, phase, bend = rng.uniform(3, 5), rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.5)
+    field += 0.25 * np.clip(np.sin(2 * np.pi * freq * (y + bend * (x - 0.5) ** 2) + phase), 0, None) ** 2
+    centre, width = rng.uniform(0.2, 0.8), rng.uniform(0.08, 0.15)
+    field += 0.5 * np.exp(-((x - centre) / width) ** 2)
+    for _ in range(rng.integers(4, 9)):
+        cy, cx, s = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.02, 0.08)
+        field += rng.uniform(0.05, 0.2) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s))
+    return field
+
+
+def render_view(case: CoronaryCase, geometry, rng: np.random.Generator) -> dict:
+    """Image (uint16), all-vessel mask and SOI label mask of one view."""
+    shape = (geometry.rows, geometry.columns)
+    vessels = chord_image(geometry, *_pieces(case.tree))
+    catheter = chord_image(geometry, *_tube_pieces(case.catheter, 0.9))
+    soi = np.zeros(shape, np.uint8)
+    for label, path in reversed(list(enumerate(case.soi_paths, start=1))):
+        soi[chord_image(geometry, *_pieces(case.tree, [path])) > 0] = label
+    attenuation = _background(rng, shape) + CONTRAST_MU * vessels + CATHETER_MU * catheter
+    counts = rng.poisson(PHOTONS * np.exp(-attenuation)) / PHOTONS
+    image = np.clip(counts * INTENSITY_SCALE, 0, 65535).astype(np.uint16)
+    return {"image": image, "vessels": (vessels > 0).astype(np.uint8), "soi": soi}
+
+
+def random_views(rng: np.random.Generator, size: int = 512, spacing: float = 0.3) -> list[dict]:
+    """Two DICOM-style geometries: typical coronary views at least 60 degrees apart in primary angle."""
+    first = rng.uniform(-40, 10)
+    second = first + rng.uniform(60, 90)
+    sid = rng.uniform(1000, 1200)
+    views = []
+    for primary in (first, second):
+        views.append({"PositionerPrimaryAngle": round(float(primary), 2),
+                      "PositionerSecondaryAngle": round(float(rng.uniform(-25, 25)), 2),
+                      "DistanceSourceToDetector": round(float(sid), 1),
+                      "DistanceSourceToPatient": round(float(sid * rng.uniform(0.68, 0.74)), 1),
+                      "ImagerPixelSpacing": [spacing, spacing], "Rows": size, "Columns": size})
+    return views
+
+
+# --------------------------------------------------------------------------------------------
+# cases and datasets
+# --------------------------------------------------------------------------------------------
+
+
+def soi_centerlines(case: CoronaryCase, n: int = N_CENTERLINE) -> list[dict]:
+    """Each SOI branch's 3D centreline resampled to ``n`` points with radii (LPS mm)."""
+    out = []
+    for path in case.soi_paths:
+        points, radii = resample_polyline(case.tree.nodes[path], case.tree.radii[path], n)
+        out.append({"points": points, "radii": radii})
+    return out
+
+
+def make_case(seed: int, size: int = 512, spacing: float = 0.3, side_branches: int = 1) -> dict:
+    """Generate one phantom case in memory (images, masks, geometry, SOI points, 3D truth)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        case = coronary_tree(rng, soi_side_branches=side_branches)
+        tags = random_views(rng, size, spacing)
+        geometries = [_carm(t) for t in tags]
+        centerlines = soi_centerlines(case)
+        pixels = [[g.project(c["points"][[0, -1]]) for c in centerlines] for g in geometries]
+        margin = 24
+        if all(((p >= margin) & (p < size - margin)).all() for view in pixels for p in view):
+            break
+    views = [render_view(case, g, rng) for g in geometries]
+    return {"case": case, "tags": tags, "geometries": geometries, "views": views,
+            "centerlines": centerlines, "soi_points": pixels}
+
+
+def soi_mesh(case: CoronaryCase, spacing: float = 0.35):
+    """Lumen surface of the SOI branches (main and side SOIs) from :func:`tree_to_mesh`."""
+    from .geometry import tree_to_mesh
+
+    nodes = np.unique(np.concatenate(case.soi_paths))
+    index = -np.ones(case.tree.n_nodes, np.int64)
+    index[nodes] = np.arange(len(nodes))
+    keep = (index[case.tree.edges] >= 0).all(1)
+    sub = VascularTree(case.tree.nodes[nodes], case.tree.radii[nodes], index[case.tree.edges[keep]])
+    return tree_to_mesh(sub, spacing=spacing)
+
+
+def write_case(data: dict, folder: Path, with_mesh: bool = True) -> Path:
+    """Write one case folder (PNG 16-bit images, masks, geometry.json, centerline.json, mesh.vtp)."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for view, name in zip(data["views"], ("a", "b")):
+        sitk.WriteImage(sitk.GetImageFromArray(view["image"]), str(folder / f"view_{name}.png"))
+        sitk.WriteImage(sitk.GetImageFromArray(view["vessels"]), str(folder / f"vessels_{name}.png"))
+        sitk.WriteImage(sitk.GetImageFromArray(view["soi"]), str(folder / f"soi_{name}.png"))
+    geometry = {"frame": "DICOM patient LPS, isocentre at origin",
+                "views": {"a": data["tags"][0], "b": data["tags"][1]},
+                "soi": {name: [{"start": p[0].tolist(), "end": p[1].tolist()} for p in view]
+                        for name, view in zip(("a", "b"), data["soi_points"])}}
+    (folder / "geometry.json").write_text(json.dumps(geometry, indent=1))
+    centerline = {"frame": "LPS", "branches": [{"points": c["points"].round(4).tolist(),
+                                                "radii": c["radii"].round(4).tolist()} for c in data["centerlines"]],
+                  "stenosis": {k: v for k, v in data["case"].stenosis.items() if k != "nodes"},
+                  "tree": data["case"].tree.to_dict()}
+    (folder / "centerline.json").write_text(json.dumps(centerline))
+    if with_mesh:
+        from ..meshes import save_polydata
+
+        save_polydata(soi_mesh(data["case"]), folder / "mesh.vtp")
+    return folder
+
+
+@dataclass
+class XrayCase:
+    """A case folder read back: images (float32), masks, geometries, SOI points and 3D truth."""
+
+    images: list[np.ndarray]
+    vessels: list[np.ndarray]
+    soi_masks: list[np.ndarray]
+    geometries: list
+    soi_points: list[list[np.ndarray]]
+    centerlines: list[dict]
+    stenosis: dict
+    folder: Path | None = None
+
+
+def load_case(folder: str | Path) -> XrayCase:
+    """Read a case folder written by :func:`write_case`."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    read = lambda name: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name)))  # noqa: E731
+    geometry = json.loads((folder / "geometry.json").read_text())
+    centerline = json.loads((folder / "centerline.json").read_text())
+    return XrayCase(
+        images=[read(f"view_{v}.png").astype(np.float32) for v in "ab"],
+        vessels=[read(f"vessels_{v}.png").astype(np.uint8) for v in "ab"],
+        soi_masks=[read(f"soi_{v}.png").astype(np.uint8) for v in "ab"],
+        geometries=[_carm(geometry["views"][v]) for v in "ab"],
+        soi_points=[[np.array([b["start"], b["end"]]) for b in geometry["soi"][v]] for v in "ab"],
+        centerlines=[{"points": np.array(b["points"]), "radii": np.array(b["radii"])} for b in centerline["branches"]],
+        stenosis=centerline.get("stenosis", {}), folder=folder)
+
+
+def write_xray_dataset(out: Path, count: int, seed: int = 0, progress=None, with_mesh: bool = True) -> Path:
+    """``count`` case folders ``case_000 ...`` under ``out`` plus a ``dataset.json`` index."""
+    from ..progress import as_reporter
+
+    reporter = as_reporter(progress)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for index in range(count):
+        name = f"case_{index:03d}"
+        write_case(make_case(seed * 100_003 + index), out / name, with_mesh)
+        names.append(name)
+        reporter((index + 1) / count, name)
+    (out / "dataset.json").write_text(json.dumps(
+        {"name": "VesselRecon X-ray two-view phantoms", "kind": "xray", "seed": seed, "cases": names,
+         "layout": "case_*/view_{a,b}.png, vessels_*, soi_*, geometry.json, centerline.json, mesh.vtp"}, indent=1))
+    return out
+
+
+def list_cases(folder: str | Path) -> list[Path]:
+    """Case folders of an ``xray`` dataset (or the folder itself when it is a case)."""
+    folder = Path(folder)
+    if (folder / "geometry.json").is_file():
+        return [folder]
+    return sorted(p for p in folder.iterdir() if (p / "geometry.json").is_file())
+
+
+try:  # the dataset registry is written by the phantoms package; register when it is there
+    from .datasets import register_dataset
+except ImportError:  # pragma: no cover - older trees without the registry
+    register_dataset = None
+
+if register_dataset is not None:
+    register_dataset("xray")(write_xray_dataset)

@@ -56,6 +56,7 @@ __all__ = [
     "tree_to_mesh",
     "tree_to_centerlines",
     "mesh_is_watertight",
+    "mesh_volume",
     "sample_volume",
 ]
 
@@ -346,6 +347,8 @@ def _rasterize(tree: VascularTree, shape_kji, M: np.ndarray, pad_mm: float, mode
     if out is None:
         if mode == "min":
             out = np.full(shape_kji, np.inf, dtype=np.float32)
+        elif mode == "minarg":
+            out = np.full(shape_kji, np.iinfo(np.int64).max, dtype=np.int64)
         else:
             out = np.zeros(shape_kji, dtype=np.uint8)
     flat = out.reshape(-1)
@@ -406,6 +409,8 @@ def _rasterize(tree: VascularTree, shape_kji, M: np.ndarray, pad_mm: float, mode
                 neg = d < 0.0
                 np.minimum(d, -_F32_TINY, out=d, where=neg)
                 np.minimum.at(flat, lin.reshape(-1), d.astype(np.float32).reshape(-1))
+            elif mode == "minarg":
+                np.minimum.at(flat, lin.reshape(-1), _encode_min_arg(d, p).reshape(-1))
             else:
                 m = d < 0.0
                 if values is None:
@@ -414,6 +419,27 @@ def _rasterize(tree: VascularTree, shape_kji, M: np.ndarray, pad_mm: float, mode
                     vals = np.broadcast_to(values[p][:, None], d.shape)
                     flat[lin[m]] = vals[m]
     return out
+
+
+def _encode_min_arg(d: np.ndarray, prim_index: np.ndarray) -> np.ndarray:
+    """int64 keys ordering like the float32 value first, then the primitive index."""
+    neg = d < 0.0
+    np.minimum(d, -_F32_TINY, out=d, where=neg)
+    b = d.astype(np.float32).view(np.int32)
+    b = np.where(b < 0, b ^ np.int32(0x7FFFFFFF), b).astype(np.int64)
+    return (b << 32) | np.broadcast_to(prim_index.reshape(-1, 1), d.shape).astype(np.int64)
+
+
+def _decode_min_arg(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`_encode_min_arg`: (float32 value (+inf when unset), primitive index (-1))."""
+    unset = key == np.iinfo(np.int64).max
+    b = (key >> 32).astype(np.int32)
+    b = np.where(b < 0, b ^ np.int32(0x7FFFFFFF), b)
+    val = b.view(np.float32).copy()
+    idx = (key & 0xFFFFFFFF).astype(np.int64)
+    val[unset] = np.inf
+    idx[unset] = -1
+    return val, idx
 
 
 def _grid_args(shape, spacing, origin, ijk_to_world):
@@ -470,18 +496,49 @@ def tree_to_sdf(
     vox = np.sqrt((M[:3, :3] ** 2).sum(0))  # mm per index step along i, j, k
     band = float(band_mm) if band_mm is not None else 2.0 * float(vox.max())
     sdf = _rasterize(tree, shape, M, band, "min")
-    unc = ~np.isfinite(sdf)
+    # values <= band are exact (every primitive within band of a voxel evaluated it); larger values
+    # (box corners, +inf outside all boxes) are only upper bounds and are replaced below
+    unc = ~(sdf <= band)
     if not unc.any():
         return sdf
     if far_field == "truncate":
         sdf[unc] = band
     elif far_field == "analytic":
-        _far_field_fill(sdf, unc, M, tree_primitives(tree), band)
+        _far_field_fill(sdf, unc, M, tree, band)
     elif far_field == "edt":
         _far_field_edt(sdf, unc, M, band)
     else:
         raise ValueError("far_field must be 'analytic', 'edt' or 'truncate'")
     return sdf
+
+
+def _far_field_nearest_primitive(C: np.ndarray, arg: np.ndarray, far: np.ndarray, M: np.ndarray, B: float,
+                                 prim: dict) -> None:
+    """Fill ``far`` voxels with the exact distance to the primitive that is nearest to their
+    nearest band voxel (EDT indices): an upper bound that is exact unless another primitive is
+    closer, capped by the Hopf-Lax bound. Voxel axes must be orthogonal for the EDT; otherwise
+    the band value is used."""
+    from scipy.ndimage import distance_transform_edt
+
+    A = M[:3, :3]
+    G = A.T @ A
+    src = (C <= B) & (arg >= 0)
+    if not src.any() or np.abs(G - np.diag(np.diag(G))).max() > 1e-9 * np.abs(G).max():
+        C[far] = np.minimum(C[far], B) if src.any() else np.inf
+        return
+    vox = np.sqrt(np.diag(G))
+    dist, inds = distance_transform_edt(~src, sampling=(vox[2], vox[1], vox[0]), return_indices=True)
+    kk, jj, ii = np.nonzero(far)
+    nk_, nj_, ni_ = inds[0][kk, jj, ii], inds[1][kk, jj, ii], inds[2][kk, jj, ii]
+    del inds
+    w = np.stack([ii, jj, kk], 1).astype(np.float64) @ A.T + M[:3, 3]
+    pid = arg[nk_, nj_, ni_]
+    d = np.empty(len(kk))
+    for s in range(0, len(kk), 1 << 20):
+        sl = slice(s, s + (1 << 20))
+        d[sl] = _prim_sdf(prim, pid[sl], w[sl])
+    hl = C[nk_, nj_, ni_].astype(np.float64) + dist[kk, jj, ii]
+    C[kk, jj, ii] = np.maximum(np.minimum(d, hl), B).astype(np.float32)
 
 
 def _far_field_edt(sdf: np.ndarray, unc: np.ndarray, M: np.ndarray, band: float) -> None:
@@ -495,7 +552,7 @@ def _far_field_edt(sdf: np.ndarray, unc: np.ndarray, M: np.ndarray, band: float)
     if np.abs(G - np.diag(np.diag(G))).max() > 1e-9 * np.abs(G).max():
         raise ValueError("far_field='edt' needs orthogonal voxel axes; use 'analytic'")
     vox = np.sqrt(np.diag(G))
-    src = ~unc & (sdf <= band)
+    src = sdf <= band
     if not src.any():
         sdf[unc] = band
         return
@@ -505,47 +562,58 @@ def _far_field_edt(sdf: np.ndarray, unc: np.ndarray, M: np.ndarray, band: float)
     sdf[unc] = np.maximum(near[unc].astype(np.float64) + dist[unc], band).astype(np.float32)
 
 
-def _far_field_fill(sdf: np.ndarray, unc: np.ndarray, M: np.ndarray, prim: dict, band: float,
-                    max_samples: float = 6e5) -> int:
+def _far_field_fill(sdf: np.ndarray, unc: np.ndarray, M: np.ndarray, tree: VascularTree, band: float,
+                    max_coarse: float = 5e5, max_exact: int = 60000) -> int:
     """Fill the voxels ``unc`` (farther than ``band`` from every primitive) in place.
 
-    The exact SDF (:func:`sdf_at_points`) is evaluated at every ``f``-th voxel along each axis
-    (``f`` = 1 for volumes up to ``max_samples`` voxels, i.e. exact, else the smallest ``f`` with at
-    most ``max_samples`` samples) and trilinearly interpolated (separably) in between; values are
-    clipped below at ``band`` (a true lower bound there). Returns ``f``.
+    A coarse grid made of every ``f``-th voxel (``f`` = 1 up to ``max_coarse`` voxels, else the
+    smallest ``f`` giving at most that many) is rasterised analytically with a wide band
+    ``B = 3 f * max(spacing)``; coarse voxels beyond ``B`` get the Hopf-Lax bound
+    ``d(y) + |x - y|`` from the nearest coarse voxel ``y`` with ``d(y) <= B``
+    (``scipy.ndimage.distance_transform_edt``). Fine voxels take the trilinear (separable)
+    interpolation of the coarse values, clipped below at ``band`` (a true lower bound there).
+    Returns ``f``.
     """
     nk, nj, ni = sdf.shape
     f = 1
-    while math.ceil((nk - 1) / f + 1) * math.ceil((nj - 1) / f + 1) * math.ceil((ni - 1) / f + 1) > max_samples:
+    while math.ceil((nk - 1) / f + 1) * math.ceil((nj - 1) / f + 1) * math.ceil((ni - 1) / f + 1) > max_coarse:
         f += 1
-    if f == 1:
-        kk, jj, ii = np.nonzero(unc)
-        w = np.stack([ii, jj, kk], 1).astype(np.float64) @ M[:3, :3].T + M[:3, 3]
-        sdf[kk, jj, ii] = np.maximum(_sdf_points_prim(prim, w), band)
-        return 1
     Kc, Jc, Ic = (-(-(n - 1) // f) + 1 for n in (nk, nj, ni))
-    gk, gj, gi = np.meshgrid(np.arange(Kc) * f, np.arange(Jc) * f, np.arange(Ic) * f, indexing="ij")
-    ijk = np.stack([gi.ravel(), gj.ravel(), gk.ravel()], 1).astype(np.float64)
-    C = _sdf_points_prim(prim, ijk @ M[:3, :3].T + M[:3, 3]).reshape(Kc, Jc, Ic).astype(np.float32)
-
-    def lin(n):
-        idx = np.arange(n)
-        k0 = idx // f
-        w = ((idx % f) / f).astype(np.float32)
-        return k0, w
-
-    i0, wi = lin(ni)
-    C = C[:, :, i0] * (1 - wi) + C[:, :, i0 + 1] * wi
-    j0, wj = lin(nj)
-    C = C[:, j0, :] * (1 - wj)[:, None] + C[:, j0 + 1, :] * wj[:, None]
-    k0, wk = lin(nk)
+    Mc = M @ np.diag([f, f, f, 1.0])
+    vox_c = np.sqrt((Mc[:3, :3] ** 2).sum(0))
+    B = float(band) if f == 1 else max(float(band), 2.0 * float(vox_c.max()))
+    C, arg = _decode_min_arg(_rasterize(tree, (Kc, Jc, Ic), Mc, B, "minarg"))
+    cu = ~(C <= B)
+    n_far = int(cu.sum())
+    prim = tree_primitives(tree)
+    if n_far and n_far <= max_exact:
+        kk, jj, ii = np.nonzero(cu)
+        w = np.stack([ii, jj, kk], 1).astype(np.float64) @ Mc[:3, :3].T + Mc[:3, 3]
+        C[kk, jj, ii] = _sdf_points_prim(prim, w)
+    elif n_far:
+        _far_field_nearest_primitive(C, arg, cu, Mc, B, prim)
     bandf = np.float32(band)
+    if f == 1:
+        sdf[unc] = np.minimum(np.maximum(C[unc], bandf), sdf[unc])
+        return 1
+
+    def lin(n, nc):
+        idx = np.arange(n)
+        i0 = idx // f
+        return i0, np.minimum(i0 + 1, nc - 1), ((idx % f) / f).astype(np.float32)
+
+    i0, i1, wi = lin(ni, Ic)
+    C = C[:, :, i0] * (1 - wi) + C[:, :, i1] * wi
+    j0, j1, wj = lin(nj, Jc)
+    C = C[:, j0, :] * (1 - wj)[:, None] + C[:, j1, :] * wj[:, None]
+    k0, k1, wk = lin(nk, Kc)
     for k in range(nk):
         m = unc[k]
         if not m.any():
             continue
-        v = C[k0[k]] * (1 - wk[k]) + C[k0[k] + 1] * wk[k]
-        sdf[k][m] = np.maximum(v[m], bandf)
+        v = C[k0[k]] * (1 - wk[k]) + C[k1[k]] * wk[k]
+        # the true value lies in [band, analytic upper bound already stored]
+        sdf[k][m] = np.minimum(np.maximum(v[m], bandf), sdf[k][m])
     return f
 
 
@@ -559,40 +627,62 @@ def tree_to_mesh(
     spacing: float | Sequence[float] | None = None,
     margin_mm: float | None = None,
     max_voxels: int = 60_000_000,
+    shape: Sequence[int] | None = None,
+    origin: Sequence[float] | None = None,
+    ijk_to_world: np.ndarray | None = None,
 ):
     """Watertight triangle surface of the vessel union as ``vtkPolyData`` (world mm).
 
-    Flying edges (``vtkFlyingEdges3D``) extracts the zero level of the analytic SDF sampled on an
-    axis-aligned grid with ``spacing`` (default: ``min(0.5 * min radius, 0.5 mm)``, coarsened if
-    the grid would exceed ``max_voxels``) grown by ``margin_mm`` (>= 2 voxels) so the surface is
-    closed. Vertices lie on grid edges at the linearly interpolated zero crossing, so their true
-    distance to the analytic surface is a small fraction of the spacing. Normals point outwards.
-    """
-    from vtkmodules.util.numpy_support import numpy_to_vtk
-    from vtkmodules.vtkCommonDataModel import vtkImageData
-    from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D
+    Flying edges (``vtkFlyingEdges3D``) extracts the zero level of the analytic SDF sampled on a
+    grid, padded by one voxel of positive values so the surface is always closed. Grid:
 
-    if spacing is None:
-        rmin = float(tree.radii.min()) if tree.n_nodes else 1.0
-        spacing = min(0.5 * rmin, 0.5)
-    sp = np.broadcast_to(np.asarray(spacing, np.float64), (3,)).copy()
-    lo, hi = tree.bounds()
-    for _ in range(20):
-        m = float(margin_mm) if margin_mm is not None else 3.0 * float(sp.max())
-        m = max(m, 2.0 * float(sp.max()))
-        n = np.ceil((hi - lo + 2 * m) / sp).astype(int) + 1
-        if np.prod(n.astype(np.float64)) <= max_voxels:
-            break
-        sp *= (np.prod(n.astype(np.float64)) / max_voxels) ** (1 / 3) * 1.01
-    origin = lo - m
-    shape = (int(n[2]), int(n[1]), int(n[0]))
-    sdf = tree_to_sdf(tree, shape, sp, origin, band_mm=2.0 * float(sp.max()), far_field="truncate")
-    # avoid values exactly on the iso level (degenerate triangles)
-    sdf[sdf == 0] = np.float32(1e-7)
+    * default: axis-aligned, ``spacing`` (default ``min(0.5 * min radius, 0.5 mm)``, coarsened if
+      the grid would exceed ``max_voxels``) covering the tree bounds grown by ``margin_mm``;
+    * with ``shape`` (``(nk, nj, ni)``) and ``spacing``/``origin`` or ``ijk_to_world``: exactly the
+      grid of a labelmap/SDF volume, so the mesh is the zero level of :func:`tree_to_sdf` on that
+      grid (vessels leaving the volume are capped at its border).
+
+    Vertices lie on grid edges at the linearly interpolated zero crossing, i.e. between a voxel
+    with ``sdf < 0`` (labelmap 1) and one with ``sdf >= 0`` (labelmap 0). Normals point outwards.
+    """
+    from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+    from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D, vtkPolyDataNormals, vtkReverseSense
+
+    if shape is None:
+        if ijk_to_world is not None:
+            raise ValueError("ijk_to_world needs shape")
+        if spacing is None:
+            rmin = float(tree.radii.min()) if tree.n_nodes else 1.0
+            spacing = min(0.5 * rmin, 0.5)
+        sp = np.broadcast_to(np.asarray(spacing, np.float64), (3,)).copy()
+        lo, hi = tree.bounds()
+        for _ in range(50):
+            m = float(margin_mm) if margin_mm is not None else 2.0 * float(sp.max())
+            n = np.ceil((hi - lo + 2 * m) / sp).astype(int) + 1
+            if np.prod(n.astype(np.float64)) <= max_voxels:
+                break
+            sp *= (np.prod(n.astype(np.float64)) / max_voxels) ** (1 / 3) * 1.01
+        shape = (int(n[2]), int(n[1]), int(n[0]))
+        M = ijk_to_world_matrix(sp, lo - m)
+    else:
+        shape = tuple(int(x) for x in shape)
+        M = ijk_to_world_matrix(
+            np.broadcast_to(np.asarray(1.0 if spacing is None else spacing, np.float64), (3,)),
+            (0.0, 0.0, 0.0) if origin is None else origin,
+            ijk_to_world,
+        )
+    vox = np.sqrt((M[:3, :3] ** 2).sum(0))
+    band = 2.0 * float(vox.max())
+    sdf = tree_to_sdf(tree, shape, ijk_to_world=M, band_mm=band, far_field="truncate")
+    # one voxel of "outside" around the grid closes vessels cut by the border; nudge exact zeros
+    sdf = np.pad(sdf, 1, mode="constant", constant_values=np.float32(band))
+    sdf[sdf == 0] = np.float32(_F32_TINY)
+    nk, nj, ni = sdf.shape
     img = vtkImageData()
-    img.SetDimensions(int(n[0]), int(n[1]), int(n[2]))
-    img.SetSpacing(*sp.tolist())
-    img.SetOrigin(*origin.tolist())
+    img.SetDimensions(ni, nj, nk)
+    img.SetSpacing(1.0, 1.0, 1.0)
+    img.SetOrigin(-1.0, -1.0, -1.0)
     arr = numpy_to_vtk(np.ascontiguousarray(sdf).reshape(-1), deep=True)
     arr.SetName("sdf")
     img.GetPointData().SetScalars(arr)
@@ -604,17 +694,17 @@ def tree_to_mesh(
     fe.ComputeScalarsOff()
     fe.Update()
     poly = fe.GetOutput()
+    if poly.GetNumberOfPoints():
+        ijk = vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float64)
+        world = ijk @ M[:3, :3].T + M[:3, 3]
+        poly.GetPoints().SetData(numpy_to_vtk(np.ascontiguousarray(world), deep=True))
     if poly.GetNumberOfCells() and _signed_volume(poly) < 0:
-        from vtkmodules.vtkFiltersCore import vtkReverseSense
-
         rs = vtkReverseSense()
         rs.SetInputData(poly)
         rs.ReverseCellsOn()
         rs.ReverseNormalsOn()
         rs.Update()
         poly = rs.GetOutput()
-    from vtkmodules.vtkFiltersCore import vtkPolyDataNormals
-
     nf = vtkPolyDataNormals()
     nf.SetInputData(poly)
     nf.SplittingOff()
@@ -623,8 +713,12 @@ def tree_to_mesh(
     nf.ComputePointNormalsOn()
     nf.ComputeCellNormalsOff()
     nf.Update()
-    out = nf.GetOutput()
-    return out
+    return nf.GetOutput()
+
+
+def mesh_volume(poly) -> float:
+    """Enclosed volume (mm^3) of a closed, consistently oriented triangle mesh."""
+    return abs(_signed_volume(poly))
 
 
 def _poly_arrays(poly) -> tuple[np.ndarray, np.ndarray]:

@@ -113,6 +113,25 @@ def test_max_generations_and_branch_order():
     assert _small_tree().generation.max() > 2
 
 
+def test_branch_angle_bias_sets_bifurcation_angle():
+    t = _small_tree(tortuosity=0.0, branch_angle_bias=1.0, branch_angle_deg=60.0, inertia=0.0)
+    children = t.children()
+    angles = []
+    for b in t.branch_points():
+        c0, c1 = children[b][:2]
+        u = t.nodes[c0] - t.nodes[b]
+        v = t.nodes[c1] - t.nodes[b]
+        angles.append(math.degrees(math.acos(np.clip(u @ v / np.linalg.norm(u) / np.linalg.norm(v), -1, 1))))
+    assert len(angles) >= 5
+    np.testing.assert_allclose(angles, 60.0, atol=1e-6)
+    free = _small_tree(tortuosity=0.0, inertia=0.0)
+    ch = free.children()
+    free_angles = [math.degrees(math.acos(np.clip(
+        (free.nodes[ch[b][0]] - free.nodes[b]) @ (free.nodes[ch[b][1]] - free.nodes[b]), -1, 1)))
+        for b in free.branch_points()]
+    assert np.std(free_angles) > 5.0
+
+
 def test_growth_stays_in_domains():
     rng_mask = np.zeros((20, 40, 40), bool)
     rng_mask[5:15, 10:30, 10:30] = True
@@ -230,13 +249,56 @@ def test_labelmap_equals_sdf_sign_anisotropic(tree, aniso):
 def test_sdf_volume_matches_analytic_everywhere(tree, aniso):
     sp, shape, origin, lab, sdf = aniso
     ref = sdf_at_points(tree, _grid_points(shape, sp, origin)).reshape(shape)
-    band = sdf <= 2 * max(sp)
+    band = sdf < 2 * max(sp) - 1e-6
     np.testing.assert_allclose(sdf[band], ref[band], atol=2e-6)
     far = ~band
     assert far.sum() > 1000
     err = sdf[far] - ref[far]
     assert err.min() > -1e-4  # far field is an upper bound ...
     assert np.percentile(err, 99) < 0.5 * min(sp) and err.max() < max(sp)  # ... and tight
+
+
+def test_far_field_on_large_grid_uses_coarse_interpolation(tree):
+    sp = (0.12, 0.12, 0.12)
+    shape, origin = fit_grid(tree, sp, margin_mm=0.5)
+    assert np.prod(shape) > 1_000_000  # coarse (f >= 2) far-field path
+    sdf = tree_to_sdf(tree, shape, sp, origin)
+    assert np.isfinite(sdf).all()
+    rng = np.random.default_rng(0)
+    idx = np.stack([rng.integers(0, n, 20000) for n in shape], 1)
+    ref = sdf_at_points(tree, idx[:, ::-1] * np.asarray(sp) + origin)
+    got = sdf[idx[:, 0], idx[:, 1], idx[:, 2]]
+    err = np.abs(got - ref)
+    band = got < 2 * max(sp) - 1e-6  # exact analytic band (far values are clipped to >= band)
+    assert err[band].max() < 2e-6
+    assert np.percentile(err[~band], 99) < 0.1 and err.max() < 0.5
+
+
+def test_general_ijk_to_world_and_degenerate_inputs(tree, aniso):
+    sp, shape, origin, lab, sdf = aniso
+    # flipped i axis
+    m = np.diag([-sp[0], sp[1], sp[2], 1.0])
+    m[:3, 3] = origin
+    m[0, 3] = origin[0] + (shape[2] - 1) * sp[0]
+    np.testing.assert_array_equal(tree_to_labelmap(tree, shape, ijk_to_world=m), lab[:, :, ::-1])
+    # swapped i/j axes (non-diagonal matrix -> general code path)
+    p = np.zeros((4, 4))
+    p[0, 1], p[1, 0], p[2, 2], p[3, 3] = sp[0], sp[1], sp[2], 1.0
+    p[:3, 3] = origin
+    shp = (shape[0], shape[2], shape[1])
+    lp = tree_to_labelmap(tree, shp, ijk_to_world=p)
+    np.testing.assert_array_equal(lp, lab.transpose(0, 2, 1))
+    sp_ = tree_to_sdf(tree, shp, ijk_to_world=p)
+    assert np.array_equal(lp == 1, sp_ < 0)
+    band = sp_ < 2 * max(sp) - 1e-6
+    np.testing.assert_allclose(sp_[band], sdf.transpose(0, 2, 1)[band], atol=1e-6)
+    # empty tree and a tree entirely outside the grid
+    empty = VascularTree(np.zeros((0, 3)), np.zeros(0), np.zeros((0, 2)))
+    assert np.isinf(tree_to_sdf(empty, (4, 5, 6))).all()
+    assert tree_to_labelmap(empty, (4, 5, 6)).sum() == 0
+    far = tree.transform(np.array([[1, 0, 0, 100.0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    d = tree_to_sdf(far, (6, 7, 8), (1, 1, 1), (0, 0, 0))
+    assert np.isfinite(d).all() and d.min() > 50
 
 
 def test_labelmap_labels_and_generations(tree, aniso):

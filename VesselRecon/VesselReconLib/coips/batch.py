@@ -1,0 +1,233 @@
+"""The batch pipeline: a study folder -> grades, FAZ masks and metrics, CSV and HTML report.
+
+Images stream through a torch ``DataLoader`` (parallel decoding in ``num_workers`` processes), are
+graded and segmented on the device in mixed precision (:func:`VesselReconLib.device.inference`), and
+finished (FAZ metrics, mask and thumbnail files) in the main process or ``post_workers`` processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import GRADES
+from .config import CoipsConfig
+from .inference import faz_masks, grade, thumbnails, work_size
+from .io import list_images, read_image, to_work_image
+from .postprocess import finish_chunk, probability_columns
+from .reports import summarise, write_csv, write_html
+from ..errors import InputError
+from ..progress import Cancelled, as_reporter
+
+log = logging.getLogger(__name__)
+CSV_NAME, HTML_NAME = "coips_results.csv", "coips_report.html"
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Decodes images to ``size`` x ``size`` uint8 tensors; unreadable files become error items."""
+
+    def __init__(self, paths: list[Path], size: int, field_of_view_mm: float | None, default_fov_mm: float):
+        self.paths, self.size = list(paths), int(size)
+        self.field_of_view_mm, self.default_fov_mm = field_of_view_mm, default_fov_mm
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"index": index, "error": "", "fov": math.nan, "fov_source": "", "height": self.size,
+                "width": self.size}
+        try:
+            image = read_image(self.paths[index], self.field_of_view_mm, self.default_fov_mm)
+        except InputError as exc:
+            return {**item, "image": torch.zeros(self.size, self.size, dtype=torch.uint8), "error": str(exc)}
+        height, width = image.pixels.shape
+        return {**item, "image": torch.from_numpy(to_work_image(image.pixels, self.size)),
+                "fov": image.field_of_view_mm, "fov_source": image.fov_source, "height": height, "width": width}
+
+
+@dataclass
+class BatchResult:
+    """Rows (one dict per image, in input order), report paths and the run's summary."""
+
+    rows: list[dict]
+    csv_path: Path
+    html_path: Path
+    summary: dict
+    seconds: float
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.rows) / self.seconds if self.seconds > 0 else math.nan
+
+
+def output_stem(path: Path, root: Path) -> str:
+    """A flat, unique file stem for an input image (sub-folders joined with ``__``)."""
+    relative = path.relative_to(root) if root.is_dir() and path.is_relative_to(root) else Path(path.name)
+    return "__".join(relative.with_suffix("").parts)
+
+
+def _post_pool(workers: int):
+    if workers <= 0:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([f"{__package__}.postprocess"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+
+def _masks_by_size(faz_net, x: torch.Tensor, heights, widths) -> dict[int, np.ndarray]:
+    """FAZ masks at each image's original size (images grouped by size), packed to bits."""
+    masks = {}
+    sizes = torch.stack([heights, widths], 1).tolist()
+    for size in {tuple(s) for s in sizes}:
+        members = [i for i, s in enumerate(sizes) if tuple(s) == size]
+        predicted = faz_masks(faz_net, x[members], size).cpu().numpy()
+        for local, index in enumerate(members):
+            masks[index] = np.packbits(predicted[local])
+    return masks
+
+
+class BatchRunner:
+    """Runs the pipeline over a folder with a loaded quality classifier and FAZ U-Net."""
+
+    def __init__(self, config: CoipsConfig, quality_net, faz_net, device: torch.device):
+        self.config, self.quality_net, self.faz_net, self.device = config, quality_net, faz_net, device
+        self.size = work_size(quality_net, faz_net)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            for net in (quality_net, faz_net):
+                net.to(memory_format=torch.channels_last)
+
+    def _loader(self, paths: list[Path]):
+        config = self.config
+        workers = int(config.num_workers)
+        dataset = FolderDataset(paths, self.size, config.field_of_view_mm, config.default_field_of_view_mm)
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=int(config.batch_size), num_workers=workers, shuffle=False,
+            pin_memory=self.device.type == "cuda", prefetch_factor=4 if workers else None,
+            persistent_workers=False)
+
+    def _infer(self, batch: dict) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray]:
+        """Probabilities, packed masks (by position in the batch) and thumbnails of one batch."""
+        from ..device import inference
+
+        x = batch["image"].to(self.device, non_blocking=True)[:, None].float().div_(255.0)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        valid = np.array([not e for e in batch["error"]])
+        with inference(self.device):
+            probabilities = grade(self.quality_net, x)
+            labels = probabilities.argmax(1).cpu().numpy()
+            chosen = np.nonzero(valid & ((labels > 0) | bool(self.config.segment_ungradable)))[0]
+            masks = {}
+            if chosen.size:
+                packed = _masks_by_size(self.faz_net, x[chosen], batch["height"][chosen], batch["width"][chosen])
+                masks = {int(chosen[k]): v for k, v in packed.items()}
+            thumbs = thumbnails(x, int(self.config.thumbnail_size)).cpu().numpy()
+        return probabilities.cpu().numpy(), masks, thumbs
+
+    def _items(self, batch: dict, paths: list[Path], root: Path, out: Path, results) -> list[dict]:
+        probabilities, masks, thumbs = results
+        items = []
+        for position, index in enumerate(batch["index"].tolist()):
+            path, error = paths[index], batch["error"][position]
+            stem = output_stem(path, root)
+            label = "" if error else GRADES[int(probabilities[position].argmax())]
+            row = {"index": index, "image": str(path.relative_to(root) if root.is_dir() else path.name),
+                   "status": "error" if error else "ok", "grade": label, "error": error,
+                   "field_of_view_mm": float(batch["fov"][position]), "fov_source": batch["fov_source"][position],
+                   "faz_segmented": position in masks, "faz_forced": position in masks and label == GRADES[0],
+                   **{c: (math.nan if error else float(p)) for c, p in zip(probability_columns(), probabilities[position])}}
+            item = {"row": row, "field_of_view_mm": row["field_of_view_mm"], "thumbnail": thumbs[position]}
+            if position in masks:
+                item.update(packed_mask=masks[position],
+                            shape=(int(batch["height"][position]), int(batch["width"][position])))
+                if self.config.save_masks:
+                    item["mask_path"] = str(out / "masks" / f"{stem}_faz.png")
+            if self.config.save_thumbnails:
+                item["thumbnail_path"] = str(out / "thumbnails" / f"{stem}.png")
+            items.append(item)
+        return items
+
+    def run(self, paths: list[Path], root: Path, out: Path, progress=None, cancel=None) -> list[dict]:
+        """Rows for ``paths`` in input order; raises :class:`Cancelled` when cancelled."""
+        reporter = as_reporter(progress, cancel)
+        for sub in ("masks", "thumbnails"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        pool = _post_pool(int(self.config.post_workers))
+        pending, rows, done = deque(), [], 0
+        try:
+            for batch in self._loader(paths):
+                reporter.check()
+                items = self._items(batch, paths, root, out, self._infer(batch))
+                if pool is None:
+                    rows.extend(finish_chunk(items))
+                else:
+                    pending.append(pool.submit(finish_chunk, items))
+                    while len(pending) > 2 * int(self.config.post_workers):
+                        rows.extend(pending.popleft().result())
+                done += len(items)
+                reporter(done / len(paths), f"{done}/{len(paths)} images")
+            while pending:
+                rows.extend(pending.popleft().result())
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return sorted(rows, key=lambda r: r["index"])
+
+
+def load_networks(config: CoipsConfig, device: torch.device):
+    """The quality classifier and FAZ U-Net named in ``config`` (shipped preset/name or checkpoint)."""
+    from .. import registry
+
+    quality_net, _ = registry.load_model("coips", config.quality_model, str(device))
+    faz_net, _ = registry.load_model("coips", config.faz_model, str(device))
+    if getattr(quality_net, "kind", "") != "quality" or getattr(faz_net, "kind", "") != "faz":
+        raise InputError("quality_model must name a quality classifier and faz_model a FAZ U-Net "
+                         f"(got {type(quality_net).__name__} and {type(faz_net).__name__}).")
+    return quality_net, faz_net
+
+
+def run_batch(config: CoipsConfig, quality_net=None, faz_net=None, progress=None, cancel=None) -> BatchResult:
+    """Grade, segment, measure and report every image under ``config.input`` into ``config.output``.
+
+    :param config: the run's configuration (input and output are required).
+    :param quality_net: a loaded classifier (default: ``config.quality_model``); likewise ``faz_net``.
+    :raises InputError: no input, no images, or an output folder that cannot be written.
+    :raises Cancelled: when ``cancel()`` turns true (finished rows are not written).
+    """
+    from ..device import resolve_device
+
+    if not config.input or not config.output:
+        raise InputError("Both an input folder and an output folder are required.")
+    root, out = Path(config.input), Path(config.output)
+    paths = list_images(root, config.recursive)
+    if not paths:
+        raise InputError(f"No PNG/JPEG/BMP/TIFF/DICOM images in {root}.")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise InputError(f"Output folder {out} is not writable.")
+    device = resolve_device(config.device)
+    if quality_net is None or faz_net is None:
+        quality_net, faz_net = load_networks(config, device)
+    start = time.perf_counter()
+    rows = BatchRunner(config, quality_net, faz_net, device).run(paths, root, out, progress, cancel)
+    csv_path = write_csv(rows, out / CSV_NAME)
+    html_path = write_html(rows, out / HTML_NAME, title=f"COIPS report: {root.name}", csv_name=CSV_NAME)
+    seconds = time.perf_counter() - start
+    log.info("COIPS: %d images in %.1f s (%.1f images/s)", len(rows), seconds, len(rows) / seconds)
+    return BatchResult(rows, csv_path, html_path, summarise(rows), seconds)
+
+
+__all__ = ["BatchResult", "BatchRunner", "Cancelled", "FolderDataset", "load_networks", "run_batch"]

@@ -1,0 +1,176 @@
+"""Format conversion: PNG, JPEG, BMP, TIFF or DICOM -> normalised grayscale image + field of view.
+
+Every reader returns float32 pixels in ``[0, 1]`` (row, column order). The field of view (scan
+width in mm, 3 or 6 for OCTA-25K) comes from the configuration, else from the file's metadata
+(DICOM PixelSpacing, TIFF resolution), else from a ``3x3``/``6x6`` token in the path, else the default.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, check_image, squeeze_to_2d
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES
+PLAUSIBLE_FOV_MM = (1.0, 16.0)
+_FOV_TOKEN = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*(?:mm)?\s*[x×]\s*\1(?!\d|\.\d)", re.IGNORECASE)
+
+
+@dataclass
+class OctaImage:
+    """A decoded OCTA en face image."""
+
+    pixels: np.ndarray
+    field_of_view_mm: float
+    fov_source: str
+    path: str = ""
+
+    @property
+    def pixel_size_mm(self) -> tuple[float, float]:
+        """(row, column) pixel size in mm, assuming a square scan."""
+        height, width = self.pixels.shape
+        return self.field_of_view_mm / height, self.field_of_view_mm / width
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Image files (by suffix) in ``folder``, sorted; a single image path gives a one-item list."""
+    folder = Path(folder)
+    if folder.is_file():
+        return [folder] if folder.suffix.lower() in IMAGE_SUFFIXES else []
+    if not folder.is_dir():
+        raise InputError(f"Input folder {folder} does not exist.")
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def normalise(array: np.ndarray, name: str = "image") -> np.ndarray:
+    """Grayscale float32 in ``[0, 1]``: 8-bit data divided by 255, anything else min-max scaled.
+
+    :raises InputError: not 2D, NaN, constant or too small.
+    """
+    array = squeeze_to_2d(np.asarray(array), name)
+    checked = check_image(array, name, 2)
+    if array.dtype == np.uint8:
+        return checked / np.float32(255.0)
+    low, high = float(checked.min()), float(checked.max())
+    return ((checked - low) / (high - low)).astype(np.float32)
+
+
+def fov_from_path(path: str | Path) -> float | None:
+    """Field of view from a ``3x3``/``6x6 mm`` token in a file or folder name."""
+    for part in reversed(Path(path).parts):
+        match = _FOV_TOKEN.search(part)
+        if match and _plausible(float(match.group(1))):
+            return float(match.group(1))
+    return None
+
+
+def _plausible(fov_mm: float | None) -> bool:
+    return fov_mm is not None and PLAUSIBLE_FOV_MM[0] <= fov_mm <= PLAUSIBLE_FOV_MM[1]
+
+
+def resolve_fov(configured: float | None, metadata: float | None, path: str | Path,
+                default: float = 3.0) -> tuple[float, str]:
+    """The field of view to use and where it came from (config, metadata, filename or default)."""
+    if configured is not None:
+        return float(configured), "config"
+    if _plausible(metadata):
+        return float(metadata), "metadata"
+    from_name = fov_from_path(path)
+    if from_name is not None:
+        return from_name, "filename"
+    return float(default), "default"
+
+
+def _dicom_spacing(ds) -> tuple[float, float] | None:
+    spacing = getattr(ds, "PixelSpacing", None)
+    if spacing is None:
+        for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+            try:
+                spacing = getattr(ds, group)[0].PixelMeasuresSequence[0].PixelSpacing
+                break
+            except (AttributeError, IndexError):
+                continue
+    return (float(spacing[0]), float(spacing[1])) if spacing is not None else None
+
+
+def read_dicom(path: str | Path) -> tuple[np.ndarray, float | None]:
+    """Pixels and metadata field of view (PixelSpacing x Columns) of a single-frame DICOM."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path))
+        pixels = ds.pixel_array
+    except Exception as exc:
+        raise InputError(f"{Path(path).name} is not a readable DICOM image ({exc.__class__.__name__}: {exc}).") from exc
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        raise InputError(f"{Path(path).name} is a multi-frame DICOM; export the OCTA en face projection as one frame.")
+    if int(getattr(ds, "SamplesPerPixel", 1)) > 1:
+        pixels = pixels[..., :3] @ np.array([0.299, 0.587, 0.114])
+    elif str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        pixels = pixels.max() - pixels
+    spacing = _dicom_spacing(ds)
+    fov = spacing[1] * pixels.shape[1] if spacing else None
+    return pixels, fov
+
+
+def _tiff_fov(image, width: int) -> float | None:
+    tags = getattr(image, "tag_v2", None)
+    if not tags or 282 not in tags:
+        return None
+    mm_per_unit = {2: 25.4, 3: 10.0}.get(int(tags.get(296, 2)))
+    resolution = float(tags[282])
+    if not mm_per_unit or resolution <= 0:
+        return None
+    return width * mm_per_unit / resolution
+
+
+def read_raster(path: str | Path) -> tuple[np.ndarray, float | None]:
+    """Pixels (grayscale) and TIFF-resolution field of view of a PNG/JPEG/BMP/TIFF file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            fov = _tiff_fov(image, image.width) if image.format == "TIFF" else None
+            if image.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr", "1"):
+                image = image.convert("L")
+            pixels = np.array(image)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"{Path(path).name} is not a readable image ({exc}).") from exc
+    return pixels, fov
+
+
+def read_image(path: str | Path, field_of_view_mm: float | None = None, default_fov_mm: float = 3.0) -> OctaImage:
+    """Decode one OCTA image into normalised grayscale pixels and its field of view.
+
+    :param path: PNG, JPEG, BMP, TIFF or DICOM file.
+    :param field_of_view_mm: configured scan width; overrides metadata when given.
+    :param default_fov_mm: used when neither configuration nor metadata give the width.
+    :raises InputError: unreadable, unsupported, multi-frame, constant or NaN images.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise InputError(f"{path.name}: unsupported format {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}.")
+    pixels, metadata_fov = read_dicom(path) if suffix in DICOM_SUFFIXES else read_raster(path)
+    fov, source = resolve_fov(field_of_view_mm, metadata_fov, path, default_fov_mm)
+    return OctaImage(normalise(pixels, path.name), fov, source, str(path))
+
+
+def to_work_image(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Normalised pixels as a ``size`` x ``size`` uint8 image (PIL bilinear with antialiasing).
+
+    Both the batch loader and the single-image path feed the networks through this function.
+    """
+    from PIL import Image
+
+    image = Image.fromarray(np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8))
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return np.array(image)

@@ -1,0 +1,253 @@
+"""COIPS Logic: one OCTA image in the scene, or a study folder, to grades, FAZ segments and tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import GRADES
+from .io import normalise
+from .. import mrml
+from ..errors import InputError, squeeze_to_2d
+from ..logic_base import VesselReconLogic
+
+FAZ_SEGMENT = mrml.SegmentSpec(1, "FAZ", (0.95, 0.85, 0.1), terminology=None)
+DEFAULT_FAZ_MODEL = "faz-lite"
+SAMPLE_SEED, SAMPLE_SIZE, SAMPLE_FOV = 20240, 304, 3.0
+
+
+@dataclass
+class CoipsResult:
+    """What :meth:`COIPSLogic.process` made: nodes, grade, probabilities and FAZ metrics."""
+
+    output_table: object
+    output_segmentation: object | None
+    grade: str
+    probabilities: dict[str, float]
+    metrics: dict[str, float] = field(default_factory=dict)
+    flagged: bool = False
+    field_of_view_mm: float = 3.0
+    fov_source: str = "config"
+
+
+@dataclass
+class CoipsBatchResult:
+    """What :meth:`COIPSLogic.process_batch` made: the results table node and the batch result."""
+
+    output_table: object
+    rows: list[dict]
+    csv_path: Path
+    html_path: Path
+    summary: dict
+
+
+def fov_from_geometry(ijk_to_ras: np.ndarray, width: int) -> float | None:
+    """Scan width from the volume's spacing, unless the spacing is the 1 mm placeholder of plain images."""
+    spacing = float(mrml.spacing_of(ijk_to_ras)[0])
+    fov = spacing * width
+    return fov if abs(spacing - 1.0) > 1e-6 and 1.0 <= fov <= 16.0 else None
+
+
+class COIPSLogic(VesselReconLogic):
+    """Quality grading, FAZ segmentation and FAZ measurement of OCTA images (OCTA-25K-IQA-SEG).
+
+    Usable from the Python console without the GUI::
+
+        logic = COIPSLogic()
+        result = logic.process(volumeNode, field_of_view_mm=3)
+        print(result.grade, result.metrics["faz_area_mm2"])
+    """
+
+    method = "coips"
+    creator = "COIPS"
+
+    def shipped_models(self) -> list[str]:
+        """Shipped quality-classifier presets (the FAZ U-Net that goes with them is chosen automatically)."""
+        from .network import FAZ_PRESETS
+
+        return [name for name in super().shipped_models() if name not in FAZ_PRESETS]
+
+    def networks(self, model: str = "lite", faz_model: str = DEFAULT_FAZ_MODEL, device: str = "auto"):
+        """``(quality_net, faz_net, torch_device)``; ``model`` may also be a FAZ U-Net checkpoint.
+
+        :raises CheckpointError: unknown preset, missing or mismatching checkpoint.
+        """
+        from ..device import resolve_device
+
+        first, _ = self.model(model, device)
+        if getattr(first, "kind", "") == "faz":
+            quality_net, faz_net = self.model("lite", device)[0], first
+        else:
+            quality_net, faz_net = first, self.model(faz_model, device)[0]
+        if getattr(faz_net, "kind", "") != "faz" or getattr(quality_net, "kind", "") != "quality":
+            raise InputError("faz_model must be a FAZ U-Net preset or checkpoint (e.g. 'faz-lite').")
+        return quality_net, faz_net, resolve_device(device)
+
+    def _read_input(self, input_volume, field_of_view_mm: float | None):
+        if input_volume is None:
+            raise InputError("Input volume is missing: select an OCTA image first.")
+        try:
+            array, ijk_to_ras = mrml.volume_to_array(input_volume)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        pixels = normalise(squeeze_to_2d(array, "Input volume"), "Input volume")
+        if field_of_view_mm is not None:
+            return pixels, ijk_to_ras, float(field_of_view_mm), "config"
+        fov = fov_from_geometry(ijk_to_ras, pixels.shape[1])
+        return pixels, ijk_to_ras, (fov or 3.0), ("metadata" if fov else "default")
+
+    def process(self, input_volume, field_of_view_mm: float | None = None, force_faz_on_ungradable: bool = False,
+                output_segmentation=None, output_table=None, model: str = "lite",
+                faz_model: str = DEFAULT_FAZ_MODEL, device: str = "auto", progress=None, cancel=None,
+                background=None) -> CoipsResult:
+        """Grade one OCTA image; segment and measure its FAZ unless it is ungradable (or when forced).
+
+        :param input_volume: single-slice scalar volume holding an en face OCTA image.
+        :param field_of_view_mm: scan width (3 or 6 mm); ``None`` takes it from the volume spacing
+            (if it is not the 1 mm placeholder of PNG/JPEG files), else 3 mm.
+        :param force_faz_on_ungradable: segment the FAZ even when the image is graded ungradable.
+        :param output_segmentation: segmentation node to overwrite (default: "<input> FAZ").
+        :param output_table: table node to overwrite (default: "<input> COIPS").
+        :param model: quality classifier preset or checkpoint (a FAZ U-Net checkpoint is also accepted).
+        :param faz_model: FAZ U-Net preset or checkpoint.
+        :param device: ``auto``, ``cuda``, ``mps`` or ``cpu``.
+        :param progress: ``progress(fraction, message)``; ``cancel() -> bool`` aborts.
+        :param background: ``background(fn)`` runs the MRML-free computation off the GUI thread.
+        :raises InputError: missing/invalid input or model; the scene is left untouched.
+        """
+        from ..progress import as_reporter
+        from .inference import assess
+
+        reporter = as_reporter(progress, cancel)
+        pixels, ijk_to_ras, fov, fov_source = self._read_input(input_volume, field_of_view_mm)
+        reporter(0.1, "Loading networks")
+        quality_net, faz_net, torch_device = self.networks(model, faz_model, device)
+        reporter(0.3, "Grading and segmenting")
+        compute = lambda: assess(pixels, fov, quality_net, faz_net, torch_device, force_faz_on_ungradable)  # noqa: E731
+        assessment = background(compute) if background else compute()
+        reporter(0.9, "Writing outputs")
+        name = input_volume.GetName()
+        flagged = assessment.grade == GRADES[0]
+        rows = self._rows(assessment, fov, fov_source, flagged)
+        table = mrml.rows_to_table(rows, f"{name} COIPS", node=output_table, scene=self.scene, creator=self.creator)
+        segmentation = None
+        if assessment.segmented:
+            segmentation = mrml.labelmap_to_segmentation(
+                assessment.mask.astype(np.uint8), ijk_to_ras, [FAZ_SEGMENT], f"{name} FAZ", node=output_segmentation,
+                reference_volume=input_volume, scene=self.scene, creator=self.creator)
+        reporter(1.0, f"{assessment.grade}" + (" (flagged: FAZ not segmented)" if flagged and not assessment.segmented else ""))
+        return CoipsResult(table, segmentation, assessment.grade, assessment.probabilities, assessment.metrics,
+                           flagged, fov, fov_source)
+
+    @staticmethod
+    def _rows(assessment, fov: float, fov_source: str, flagged: bool) -> list[dict]:
+        from .faz import FAZ_METRIC_UNITS
+
+        rows = [{"measure": "grade", "value": assessment.grade, "unit": ""},
+                {"measure": "flagged_ungradable", "value": "yes" if flagged else "no", "unit": ""},
+                *({"measure": f"p_{g}", "value": f"{p:.4f}", "unit": ""} for g, p in assessment.probabilities.items()),
+                {"measure": "field_of_view_mm", "value": f"{fov:g}", "unit": f"mm ({fov_source})"},
+                {"measure": "faz_segmented", "value": "forced" if assessment.forced else
+                 ("yes" if assessment.segmented else "no"), "unit": ""}]
+        rows += [{"measure": key, "value": f"{assessment.metrics[key]:.6g}", "unit": unit}
+                 for key, unit in FAZ_METRIC_UNITS.items() if key in assessment.metrics]
+        return rows
+
+    def process_batch(self, input_folder, output_folder, field_of_view_mm: float | None = None,
+                      force_faz_on_ungradable: bool = False, output_table=None, model: str = "lite",
+                      faz_model: str = DEFAULT_FAZ_MODEL, device: str = "auto", num_workers: int | None = None,
+                      batch_size: int = 32, config_file: str | None = None, progress=None, cancel=None,
+                      background=None) -> CoipsBatchResult:
+        """Grade, segment and measure every image of a folder; write CSV + HTML report; fill a table node.
+
+        :param input_folder: folder of PNG/JPEG/BMP/TIFF/DICOM OCTA images.
+        :param output_folder: where the CSV, HTML report, thumbnails and masks go.
+        :param config_file: optional YAML configuration; the other arguments override it.
+        :raises InputError: missing folders, no images, bad model; :class:`~VesselReconLib.progress.Cancelled`.
+        """
+        from .batch import run_batch
+        from .config import load_config
+
+        if not input_folder or not output_folder:
+            raise InputError("Choose both an input folder and an output folder.")
+        config = load_config(config_file, input=str(input_folder), output=str(output_folder),
+                             field_of_view_mm=field_of_view_mm, segment_ungradable=force_faz_on_ungradable or None,
+                             quality_model=model, faz_model=faz_model, device=device, num_workers=num_workers,
+                             batch_size=batch_size)
+        quality_net, faz_net, _ = self.networks(config.quality_model, config.faz_model, config.device)
+        compute = lambda: run_batch(config, quality_net, faz_net, progress, cancel)  # noqa: E731
+        result = background(compute) if background else compute()
+        columns = ("image", "status", "grade", "p_ungradable", "p_gradable", "p_outstanding", "field_of_view_mm",
+                   "faz_segmented", "faz_area_mm2", "faz_perimeter_mm", "faz_circularity", "faz_axis_ratio", "error")
+        rows = [{c: (str(r.get(c)) if isinstance(r.get(c), bool) else r.get(c, "")) for c in columns} for r in result.rows]
+        table = mrml.rows_to_table(rows, "COIPS batch results", node=output_table, scene=self.scene,
+                                   creator=self.creator)
+        return CoipsBatchResult(table, result.rows, result.csv_path, result.html_path, result.summary)
+
+    def evaluate(self, prediction, reference, table=None, field_of_view_mm: float | None = None,
+                 reference_volume=None):
+        """Dice, Jaccard, precision, recall and FAZ area error (mm^2) of a FAZ segmentation.
+
+        :param prediction: segmentation node (e.g. the output of :meth:`process`).
+        :param reference: reference FAZ segmentation node.
+        :param table: table node to overwrite.
+        :param field_of_view_mm: scan width for the area (default: from the reference geometry, else 3 mm).
+        :returns: the metrics table node.
+        """
+        if prediction is None or reference is None:
+            raise InputError("Evaluation needs both a predicted and a reference FAZ segmentation.")
+        reference_volume = reference_volume or _geometry_volume(reference) or _geometry_volume(prediction)
+        reference_labels, ijk_to_ras = mrml.segmentation_to_labelmap(reference, reference_volume)
+        predicted_labels, predicted_geometry = mrml.segmentation_to_labelmap(prediction, reference_volume)
+        if predicted_labels.shape != reference_labels.shape or not np.allclose(predicted_geometry, ijk_to_ras):
+            raise InputError("The prediction and the reference lie on different grids: pass the input volume as "
+                             "reference_volume.")
+        fov = field_of_view_mm or fov_from_geometry(ijk_to_ras, reference_labels.shape[-1]) or 3.0
+        metrics = faz_comparison(squeeze_to_2d(predicted_labels > 0, "prediction"),
+                                 squeeze_to_2d(reference_labels > 0, "reference"), fov)
+        rows = [{"metric": k, "value": float(v)} for k, v in metrics.items()]
+        return mrml.rows_to_table(rows, "COIPS evaluation", node=table, scene=self.scene, creator=self.creator)
+
+    def load_sample(self, progress=None, cancel=None, background=None) -> dict:
+        """Generate a gradable OCTA phantom (3x3 mm, 304 px) and its reference FAZ into the scene.
+
+        :returns: ``{"input_volume": volume node, "reference_segmentation": segmentation node}``.
+        """
+        from ..phantoms.octa import render_octa
+
+        case = render_octa(SAMPLE_SEED, SAMPLE_SIZE, SAMPLE_FOV, quality=2)
+        ijk_to_ras = en_face_geometry(case.pixel_mm, SAMPLE_SIZE)
+        volume = mrml.array_to_volume((case.image * 255).astype(np.uint8)[None], ijk_to_ras, "COIPS sample OCTA",
+                                      scene=self.scene, creator=self.creator)
+        reference = mrml.labelmap_to_segmentation(case.faz_mask.astype(np.uint8), ijk_to_ras, [FAZ_SEGMENT],
+                                                  "COIPS sample reference FAZ", reference_volume=volume,
+                                                  scene=self.scene, creator=self.creator)
+        return {"input_volume": volume, "reference_segmentation": reference}
+
+
+def _geometry_volume(segmentation):
+    """The volume a segmentation takes its grid from (set when it was created on a volume)."""
+    return segmentation.GetNodeReference("referenceImageGeometryRef")
+
+
+def en_face_geometry(pixel_mm: float, size: int) -> np.ndarray:
+    """IJK-to-RAS of an en face image as Slicer lays out a PNG (columns towards L, rows towards P, so
+    the axial view shows it upright), centred on the origin, with the scan's pixel size."""
+    centre = (size - 1) / 2.0 * pixel_mm
+    return mrml.ijk_to_ras_matrix((pixel_mm, pixel_mm, pixel_mm), (centre, centre, 0.0), np.diag([-1.0, -1.0, 1.0]))
+
+
+def faz_comparison(predicted: np.ndarray, reference: np.ndarray, field_of_view_mm: float) -> dict[str, float]:
+    """Dice, Jaccard, precision, recall and signed/absolute FAZ area error in mm^2."""
+    from .. import metrics
+    from .faz import faz_metrics
+
+    predicted_area = faz_metrics(predicted, field_of_view_mm)["faz_area_mm2"]
+    reference_area = faz_metrics(reference, field_of_view_mm)["faz_area_mm2"]
+    return {"dice": metrics.dice(predicted, reference), "jaccard": metrics.iou(predicted, reference),
+            "precision": metrics.precision(predicted, reference), "recall": metrics.recall(predicted, reference),
+            "faz_area_mm2": predicted_area, "reference_faz_area_mm2": reference_area,
+            "faz_area_error_mm2": predicted_area - reference_area,
+            "faz_abs_area_error_mm2": abs(predicted_area - reference_area)}

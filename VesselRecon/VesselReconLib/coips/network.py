@@ -1,0 +1,137 @@
+"""Networks: the 3-class quality classifier (timm backbones) and the nnU-Net-style FAZ U-Net (MONAI).
+
+``build_model(preset)`` builds either kind by preset name:
+
+- quality presets: ``lite`` (shipped), ``paper`` (= ``seresnext101``), ``resnet101``, ``inception_v3``,
+  ``efficientnet_b7``, ``seresnext101``, ``swin_large`` -- each at the paper's input size;
+- FAZ presets: ``faz-lite`` (shipped) and ``faz-paper`` (nnU-Net 2D configuration).
+
+Both networks z-score each input image themselves, so callers pass images scaled to ``[0, 1]``.
+Backbones are always built with ``pretrained=False`` (no downloads).
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import DynUNet
+from torch import nn
+
+from . import GRADES
+from ..errors import CheckpointError
+
+QUALITY_PRESETS: dict[str, dict] = {
+    # A 4-stage ResNet-10 with 16..128 channels: ~0.3 M parameters, 1.3 MB.
+    "lite": {"backbone": "resnet10t", "input_size": 128,
+             "backbone_kwargs": {"channels": (16, 32, 64, 128), "stem_width": 16}},
+    "resnet101": {"backbone": "resnet101", "input_size": 224},
+    "inception_v3": {"backbone": "inception_v3", "input_size": 299},
+    "efficientnet_b7": {"backbone": "efficientnet_b7", "input_size": 600},
+    "seresnext101": {"backbone": "seresnext101_32x4d", "input_size": 224},
+    "swin_large": {"backbone": "swin_large_patch4_window12_384", "input_size": 384},
+}
+QUALITY_PRESETS["paper"] = dict(QUALITY_PRESETS["seresnext101"])
+
+FAZ_PRESETS: dict[str, dict] = {
+    # nnU-Net 2D plan for 320-px patches: 7 stages, 3x3 kernels, stride-2 downsampling, 32..512 filters.
+    "faz-paper": {"filters": (32, 64, 128, 256, 512, 512, 512), "input_size": 320},
+    "faz-lite": {"filters": (8, 16, 32, 64, 64), "input_size": 128},
+}
+
+
+def zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-image z-score normalisation of a ``(B, C, H, W)`` batch."""
+    x = x.float()
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) / (std + eps)
+
+
+class QualityClassifier(nn.Module):
+    """A timm backbone graded into ungradable / gradable / outstanding.
+
+    :param backbone: timm model name.
+    :param input_size: square input size in pixels (the paper's size for each backbone).
+    :param in_chans: input channels (1 for grayscale OCTA).
+    :param backbone_kwargs: extra ``timm.create_model`` arguments (e.g. channel widths of ``lite``).
+    """
+
+    kind = "quality"
+
+    def __init__(self, backbone: str = "resnet10t", input_size: int = 128, in_chans: int = 1,
+                 num_classes: int = len(GRADES), backbone_kwargs: dict | None = None, drop_rate: float = 0.0):
+        super().__init__()
+        import timm
+
+        kwargs = dict(backbone_kwargs or {})
+        if "channels" in kwargs:
+            kwargs["channels"] = tuple(kwargs["channels"])
+        if backbone.startswith("swin"):
+            kwargs.setdefault("img_size", input_size)
+        self.backbone_name = backbone
+        self.input_size = int(input_size)
+        self.in_chans = int(in_chans)
+        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=num_classes,
+                                          in_chans=in_chans, drop_rate=drop_rate, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = zscore(x)
+        if self.in_chans != x.shape[1]:
+            x = x.expand(-1, self.in_chans, -1, -1)
+        return self.backbone(x)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the classification head (what ``--finetune head`` trains)."""
+        return list(self.backbone.get_classifier().parameters())
+
+    def freeze_backbone(self) -> None:
+        """Train only the head: freeze every other parameter."""
+        head = {id(p) for p in self.head_parameters()}
+        for parameter in self.parameters():
+            parameter.requires_grad_(id(parameter) in head)
+
+
+class FAZUNet(DynUNet):
+    """nnU-Net-style 2D U-Net (MONAI DynUNet): 3x3 kernels, stride-2 downsampling, instance norm,
+    leaky ReLU; 2 output channels (background, FAZ).
+
+    :param filters: feature maps per resolution stage.
+    :param input_size: square input size in pixels.
+    """
+
+    kind = "faz"
+
+    def __init__(self, filters=(8, 16, 32, 64, 64), input_size: int = 128, in_channels: int = 1,
+                 out_channels: int = 2):
+        filters = [int(f) for f in filters]
+        stages = len(filters)
+        if input_size % 2 ** (stages - 1):
+            raise ValueError(f"input_size {input_size} must be divisible by {2 ** (stages - 1)} for {stages} stages.")
+        strides = [[1, 1]] + [[2, 2]] * (stages - 1)
+        super().__init__(spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
+                         kernel_size=[[3, 3]] * stages, strides=strides, upsample_kernel_size=strides[1:],
+                         filters=filters, norm_name=("instance", {"affine": True}),
+                         act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}), res_block=False)
+        self.input_size = int(input_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(zscore(x))
+
+
+PRESETS = {**QUALITY_PRESETS, **FAZ_PRESETS}
+
+
+def build_model(preset: str, **config) -> nn.Module:
+    """Build an untrained quality classifier or FAZ U-Net by preset name.
+
+    :param preset: a key of :data:`QUALITY_PRESETS` or :data:`FAZ_PRESETS`.
+    :param config: keyword overrides of the preset (e.g. ``input_size``).
+    """
+    if preset in QUALITY_PRESETS:
+        return QualityClassifier(**{**QUALITY_PRESETS[preset], **config})
+    if preset in FAZ_PRESETS:
+        return FAZUNet(**{**FAZ_PRESETS[preset], **config})
+    raise CheckpointError(f"Unknown COIPS preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

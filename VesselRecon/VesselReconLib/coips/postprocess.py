@@ -1,0 +1,69 @@
+"""Per-image finishing work of a batch: FAZ post-processing, metrics, mask and overlay thumbnail files.
+
+Runs in the main process or in worker processes (numpy, scipy, scikit-image and PIL only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import GRADES
+from .faz import FAZ_METRIC_UNITS, faz_metrics, largest_component
+
+GRADE_COLORS = {"ungradable": (214, 39, 40), "gradable": (255, 170, 0), "outstanding": (44, 160, 44),
+                "error": (120, 120, 120)}
+FAZ_TINT = np.array([230, 30, 30], dtype=np.float32)
+
+
+def overlay(gray: np.ndarray, mask: np.ndarray | None, grade: str, border: int = 3, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8 overlay: the FAZ tinted red, framed in the grade's colour."""
+    from PIL import Image
+
+    rgb = np.repeat(np.asarray(gray, np.float32)[..., None], 3, axis=-1)
+    if mask is not None and mask.any():
+        small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(gray.shape[::-1], Image.NEAREST)) > 0
+        rgb[small] = (1 - alpha) * rgb[small] + alpha * FAZ_TINT
+    rgb = rgb.astype(np.uint8)
+    color = GRADE_COLORS.get(grade, GRADE_COLORS["error"])
+    rgb[:border], rgb[-border:], rgb[:, :border], rgb[:, -border:] = color, color, color, color
+    return rgb
+
+
+def unpack_mask(packed: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+
+
+def finish_image(item: dict) -> dict:
+    """Turn one image's network outputs into its report row (writing its mask and thumbnail).
+
+    ``item`` keys: ``row`` (grade, probabilities, ...), ``field_of_view_mm``, optional ``packed_mask`` +
+    ``shape``, ``thumbnail`` (uint8), ``mask_path``, ``thumbnail_path`` (``None`` to skip writing).
+    """
+    from PIL import Image
+
+    row = dict(item["row"])
+    mask = None
+    if item.get("packed_mask") is not None:
+        mask = largest_component(unpack_mask(item["packed_mask"], item["shape"]))
+        row.update(faz_metrics(mask, item["field_of_view_mm"]))
+        if item.get("mask_path"):
+            Image.fromarray(mask.astype(np.uint8) * 255).save(item["mask_path"], compress_level=1)
+            row["mask"] = Path(item["mask_path"]).name
+    else:
+        row.update({key: float("nan") for key in FAZ_METRIC_UNITS})
+    if item.get("thumbnail_path") and item.get("thumbnail") is not None:
+        Image.fromarray(overlay(item["thumbnail"], mask, row.get("grade", "error"))).save(
+            item["thumbnail_path"], compress_level=1)
+        row["thumbnail"] = Path(item["thumbnail_path"]).name
+    return row
+
+
+def finish_chunk(items: list[dict]) -> list[dict]:
+    """:func:`finish_image` over a list (one task per batch keeps inter-process traffic low)."""
+    return [finish_image(item) for item in items]
+
+
+def probability_columns() -> list[str]:
+    return [f"p_{g}" for g in GRADES]

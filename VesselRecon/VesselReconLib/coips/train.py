@@ -1,0 +1,167 @@
+"""Training of the quality classifier and the FAZ U-Net with the paper's optimisers and schedules.
+
+Quality: class-weighted CE, Adam lr 1e-3 (AdamW 5e-4 with linear warm-up for Swin), CosineAnnealingLR
+``T_max=5``, early stopping patience 20; ``finetune="head"`` trains only the classification head.
+FAZ: 0.5 CE + 0.5 Dice, SGD lr 0.01 with Nesterov momentum 0.99, poly LR decay (exponent 0.9).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import FazDataset, QualityDataset, faz_samples, quality_samples, split
+from .losses import faz_loss, quality_loss
+from .network import build_model
+from ..errors import InputError
+from ..training import Trainer, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """Hyper-parameters of one training run (defaults are the paper's)."""
+
+    preset: str = "lite"
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float | None = None
+    finetune: str = "all"
+    patience: int = 20
+    val_fraction: float = 0.2
+    seed: int = 0
+    workers: int = 0
+    warmup_epochs: int = 2
+    device: str = "auto"
+
+
+def _loader(dataset, batch_size: int, workers: int, shuffle: bool, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                                       generator=generator, drop_last=False)
+
+
+def quality_optimiser(model, settings: TrainSettings):
+    """Adam 1e-3 + cosine (T_max 5), or AdamW 5e-4 + warm-up + cosine for Swin backbones."""
+    if settings.finetune == "head":
+        model.freeze_backbone()
+    elif settings.finetune != "all":
+        raise InputError("finetune must be 'head' or 'all'.")
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    cosine = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)  # noqa: E731
+    if model.backbone_name.startswith("swin"):
+        optimiser = torch.optim.AdamW(parameters, lr=settings.lr or 5e-4)
+        warmup = torch.optim.lr_scheduler.LinearLR(optimiser, start_factor=0.1, total_iters=settings.warmup_epochs)
+        scheduler = torch.optim.lr_scheduler.SequentialLR(optimiser, [warmup, cosine(optimiser)],
+                                                          milestones=[settings.warmup_epochs])
+        return optimiser, scheduler
+    optimiser = torch.optim.Adam(parameters, lr=settings.lr or 1e-3)
+    return optimiser, cosine(optimiser)
+
+
+def faz_optimiser(model, settings: TrainSettings):
+    """nnU-Net's SGD (lr 0.01, Nesterov momentum 0.99, weight decay 3e-5) with poly decay 0.9."""
+    optimiser = torch.optim.SGD(model.parameters(), lr=settings.lr or 0.01, momentum=0.99, nesterov=True,
+                                weight_decay=3e-5)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimiser, total_iters=max(settings.epochs, 1), power=0.9)
+    return optimiser, scheduler
+
+
+def _to_input(images: torch.Tensor, device) -> torch.Tensor:
+    return images.to(device).float() / 255.0
+
+
+def evaluate_quality(model, loader, device) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and softmax probabilities over a loader."""
+    model.eval()
+    labels, probabilities = [], []
+    with torch.no_grad():
+        for images, targets in loader:
+            probabilities.append(torch.softmax(model(_to_input(images, device)).float(), 1).cpu().numpy())
+            labels.append(np.asarray(targets))
+    return np.concatenate(labels), np.concatenate(probabilities)
+
+
+def evaluate_faz(model, loader, device) -> float:
+    """Mean per-image Dice of the FAZ over a loader."""
+    from ..metrics import dice
+
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for images, masks in loader:
+            logits = model(_to_input(images, device))
+            predicted = (logits[:, 1] > logits[:, 0]).cpu().numpy()
+            scores.extend(dice(p, m[0].numpy() > 0) for p, m in zip(predicted, masks))
+    return float(np.mean(scores))
+
+
+def train_quality(data: str | Path, out: str | Path, settings: TrainSettings, progress=None, cancel=None):
+    """Train a quality classifier on ``data`` (labels.csv + images); returns ``(model, history)``."""
+    from ..device import resolve_device
+    from ..metrics import classification_report
+
+    seed_everything(settings.seed)
+    device = resolve_device(settings.device)
+    samples = quality_samples(data)
+    labels = [s.label for s in samples]
+    train_idx, val_idx = split(len(samples), settings.val_fraction, settings.seed, labels)
+    model = build_model(settings.preset).to(device)
+    size = model.input_size
+    train_set = QualityDataset([samples[i] for i in train_idx], size, train=True)
+    val_loader = _loader(QualityDataset([samples[i] for i in val_idx], size), settings.batch_size, settings.workers, False)
+    train_loader = _loader(train_set, settings.batch_size, settings.workers, True, settings.seed)
+    criterion = quality_loss([labels[i] for i in train_idx]).to(device)
+    optimiser, scheduler = quality_optimiser(model, settings)
+
+    def loss_fn(net, batch):
+        images, targets = batch
+        return criterion(net(_to_input(images, device)).float(), targets.to(device))
+
+    def validate(net):
+        y, p = evaluate_quality(net, val_loader, device)
+        report = classification_report(y, p, n_classes=3)
+        return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+
+    trainer = Trainer(model, optimiser, loss_fn, Path(out), scheduler=scheduler, device=device,
+                      monitor="val_macro_f1", mode="max", patience=settings.patience)
+    trainer.resume()
+    trainer.fit(lambda epoch: train_loader, settings.epochs, validate if len(val_idx) else None,
+                batches_per_epoch=len(train_loader), progress=progress, cancel=cancel)
+    trainer.load_best()
+    return model.eval(), trainer.history
+
+
+def train_faz(data: str | Path, out: str | Path, settings: TrainSettings, progress=None, cancel=None):
+    """Train a FAZ U-Net on ``data/faz`` (images + masks); returns ``(model, history)``."""
+    from ..device import resolve_device
+
+    seed_everything(settings.seed)
+    device = resolve_device(settings.device)
+    samples = faz_samples(data)
+    train_idx, val_idx = split(len(samples), settings.val_fraction, settings.seed)
+    model = build_model(settings.preset).to(device)
+    size = model.input_size
+    train_loader = _loader(FazDataset([samples[i] for i in train_idx], size, train=True), settings.batch_size,
+                           settings.workers, True, settings.seed)
+    val_loader = _loader(FazDataset([samples[i] for i in val_idx], size), settings.batch_size, settings.workers, False)
+    criterion = faz_loss()
+    optimiser, scheduler = faz_optimiser(model, settings)
+
+    def loss_fn(net, batch):
+        images, masks = batch
+        return criterion(net(_to_input(images, device)).float(), masks.to(device))
+
+    trainer = Trainer(model, optimiser, loss_fn, Path(out), scheduler=scheduler, device=device,
+                      monitor="val_dice", mode="max", patience=settings.patience, grad_clip=12.0)
+    trainer.resume()
+    trainer.fit(lambda epoch: train_loader, settings.epochs,
+                (lambda net: {"dice": evaluate_faz(net, val_loader, device)}) if len(val_idx) else None,
+                batches_per_epoch=len(train_loader), progress=progress, cancel=cancel)
+    trainer.load_best()
+    return model.eval(), trainer.history

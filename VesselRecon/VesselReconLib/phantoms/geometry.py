@@ -621,13 +621,18 @@ def _far_field_fill(sdf: np.ndarray, unc: np.ndarray, M: np.ndarray, tree: Vascu
     j0, j1, wj = lin(nj, Jc)
     C = C[:, j0, :] * (1 - wj)[:, None] + C[:, j1, :] * wj[:, None]
     k0, k1, wk = lin(nk, Kc)
+    v = np.empty((nj, ni), np.float32)
+    tmp = np.empty((nj, ni), np.float32)
     for k in range(nk):
-        m = unc[k]
-        if not m.any():
+        if not unc[k].any():
             continue
-        v = C[k0[k]] * (1 - wk[k]) + C[k1[k]] * wk[k]
-        # the true value lies in [band, analytic upper bound already stored]
-        sdf[k][m] = np.minimum(np.maximum(v[m], bandf), sdf[k][m])
+        # the true value lies in [band, upper bound already stored]; exact voxels (<= band) are
+        # left unchanged by min(max(v, band), sdf)
+        np.multiply(C[k0[k]], 1 - wk[k], out=v)
+        np.multiply(C[k1[k]], wk[k], out=tmp)
+        v += tmp
+        np.maximum(v, bandf, out=v)
+        np.minimum(sdf[k], v, out=sdf[k])
     return f
 
 

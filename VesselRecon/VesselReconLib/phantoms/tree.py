@@ -717,7 +717,6 @@ def grow_tree(
                     d = np.where(side[:, None], d_b, d)
                     cosang = (d * cd).sum(1)
                 ok &= ~side | (cosang < cos_min)
-            # trunk nodes that now feel attractors stop being trunks
             if ok.any():
                 gn = grow_nodes[ok]
                 new_pos.append(gn)

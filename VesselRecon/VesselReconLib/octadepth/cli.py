@@ -1,0 +1,173 @@
+"""``vesselrecon octadepth`` / ``train octadepth`` / ``eval octadepth`` / ``bench octadepth`` and the demo hook."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..device import DEVICE_CHOICES
+
+log = logging.getLogger(__name__)
+DEMO_SEED = 20210413
+
+
+# ------------------------------------------------------------------ run
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("inputs", nargs="+", help="en face OCTA images (PNG, JPEG, BMP, TIFF or DICOM)")
+    parser.add_argument("--out", default="out/octadepth", help="output folder")
+    parser.add_argument("--model", default="lite", help="shipped preset (lite, unet-lite) or checkpoint path")
+    parser.add_argument("--device", default="auto", help="|".join(DEVICE_CHOICES))
+    parser.add_argument("--field-mm", type=float, default=None,
+                        help="field of view (3 or 6 mm) when the image has no pixel spacing")
+    parser.add_argument("--pixel-mm", type=float, default=None, help="pixel size in mm (overrides metadata)")
+    parser.add_argument("--depth-range-mm", type=float, default=0.25, help="physical depth of relative depth 1")
+    parser.add_argument("--threshold", type=float, default=0.5, help="vessel probability threshold")
+
+
+def run(args) -> int:
+    from .. import mrml, runtime
+    from ..progress import TqdmProgress
+    from .logic import OCTADepthLogic
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in args.inputs:
+        scene = runtime.new_scene()
+        logic = OCTADepthLogic(scene)
+        volume = logic.load_image(path)
+        bar = TqdmProgress(f"octadepth {Path(path).name}")
+        result = logic.process(volume, device=args.device, model=args.model, field_mm=args.field_mm,
+                               pixel_mm=args.pixel_mm, depth_range_mm=args.depth_range_mm,
+                               threshold=args.threshold, progress=bar)
+        bar.close()
+        stem = out / Path(path).stem
+        result.save_files(stem)
+        mrml.save_scene(f"{stem}.mrb", scene)
+        print(json.dumps({"input": str(path), "outputs": f"{stem}.*", **result.summary()}))
+    return 0
+
+
+# ------------------------------------------------------------------ train
+
+
+def add_train_arguments(parser) -> None:
+    parser.add_argument("--data", required=True, help="octa dataset folder (vesselrecon phantoms octa --out ...)")
+    parser.add_argument("--out", default="runs/octadepth", help="checkpoint folder")
+    parser.add_argument("--preset", default="lite", help="lite | paper")
+    parser.add_argument("--plain", action="store_true", help="train the plain U-Net ablation of the same size")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--steps-per-epoch", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=6)
+    parser.add_argument("--crop", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--ship", action="store_true", help="write the model into the registry (models/)")
+    parser.add_argument("--data-command", default="", help="how --data was made (recorded when shipping)")
+
+
+def train(args) -> int:
+    from ..device import limit_cpu_threads
+    from ..progress import TqdmProgress
+    from . import train as training_run
+
+    limit_cpu_threads(args.threads)
+    config = training_run.TrainConfig(
+        data_dir=Path(args.data), out_dir=Path(args.out), preset=args.preset, plain=args.plain, epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed,
+        device=args.device, resume=args.resume)
+    bar = TqdmProgress(f"train octadepth {config.model_preset}")
+    model, trainer, val_samples = training_run.train(config, progress=bar)
+    bar.close()
+    print(json.dumps({"best_val_loss": trainer.best, "epochs": trainer.epoch, "history": trainer.history[-1]}))
+    if args.ship:
+        path = training_run.ship(model, config, val_samples, args.data_command or f"dataset folder {args.data}")
+        print(f"Shipped {path}")
+    return 0
+
+
+# ------------------------------------------------------------------ eval
+
+
+def add_eval_arguments(parser) -> None:
+    parser.add_argument("--data", default=None, help="held-out octa dataset folder (default: render phantoms)")
+    parser.add_argument("--count", type=int, default=4, help="phantoms to render when --data is not given")
+    parser.add_argument("--seed", type=int, default=900, help="first phantom seed when --data is not given")
+    parser.add_argument("--model", default="lite", help="our model: shipped preset or checkpoint")
+    parser.add_argument("--ablation", default="unet-lite", help="plain U-Net: shipped preset or checkpoint")
+    parser.add_argument("--constant", type=float, default=None,
+                        help="relative depth of the constant-depth baseline (default: the ablation's "
+                             "training-set mean recorded in the registry, else the held-out mean)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+
+
+def evaluate(args) -> int:
+    from .. import registry
+    from . import data, eval as evaluation
+
+    samples = data.load_dataset(args.data) if args.data else data.render_samples(range(args.seed, args.seed + args.count))
+    models = {}
+    for label, name in (("OCTADepth " + args.model, args.model), ("plain U-Net " + args.ablation, args.ablation)):
+        net, _ = registry.load_model("octadepth", name, args.device)
+        models[label] = net
+    constant = args.constant if args.constant is not None else _training_constant(registry)
+    if constant is None:
+        constant = evaluation.mean_vessel_depth(samples)
+    rows = evaluation.results_table(samples, models, constant, args.device)
+    print(f"OCTADepth on {len(samples)} held-out cases ({args.data or f'phantom seeds {args.seed}..'})")
+    print(evaluation.format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+def _training_constant(registry) -> float | None:
+    for entry in registry.load_registry():
+        if entry.module == "octadepth" and "mean_vessel_depth" in entry.training:
+            return float(entry.training["mean_vessel_depth"])
+    return None
+
+
+# ------------------------------------------------------------------ bench
+
+
+def add_bench_arguments(parser) -> None:
+    parser.add_argument("--size", type=int, default=512, help="input size (the paper's devices: 304-512)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", default="lite")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (the 2-core target)")
+
+
+def bench(args) -> int:
+    from .bench import run_bench
+
+    print(json.dumps(run_bench(args.size, args.repeats, args.model, args.threads)))
+    return 0
+
+
+# ------------------------------------------------------------------ demo
+
+
+def demo(context) -> None:
+    """Phantom seed ``DEMO_SEED`` through the shipped model into the demo scene, with a render."""
+    from .. import render
+    from .logic import OCTADepthLogic
+
+    logic = OCTADepthLogic(context.scene)
+    nodes = logic.load_sample(seed=DEMO_SEED)
+    result = logic.process(nodes["image"], device=context.device, model="lite")
+    table = logic.evaluate(result, nodes)
+    result.render(context.render_path("octadepth_tubes"))
+    render.save_image_png(result.depth_rgb(), context.render_path("octadepth_depth_map"))
+    from .. import mrml
+
+    summary = {row["metric"]: row["value"] for row in mrml.table_to_rows(table)}
+    context.summary["octadepth"] = {**result.summary(), **summary}

@@ -1,0 +1,370 @@
+"""OCTADepth Logic: en face OCTA volume -> depth map, vessel segmentation, depth-coloured 3D tubes,
+centreline model and a depth-band table, all on the input's geometry. Qt-free; console example::
+
+    from VesselReconLib.octadepth.logic import OCTADepthLogic
+    logic = OCTADepthLogic()
+    sample = logic.load_sample()
+    result = logic.process(sample["input_volume"], field_of_view_mm=3)
+    logic.evaluate(result.output_depth_volume, sample["reference_depth_volume"],
+                   reference_centerlines=sample["reference_centerlines"])
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics, mrml
+from ..errors import InputError
+from ..logic_base import VesselReconLogic
+from ..progress import as_reporter
+from . import pipeline, reconstruction
+
+log = logging.getLogger(__name__)
+DEPTH_COLORS = "OCTADepth depth colors"
+NAMES = {"depth": "OCTADepth depth map", "segmentation": "OCTADepth vessels", "model": "OCTADepth vessel tubes",
+         "centerlines": "OCTADepth centerlines", "table": "OCTADepth depth bands", "metrics": "OCTADepth evaluation"}
+UNKNOWN_SPACING = 1.0
+FIELDS_MM = (3.0, 6.0)
+
+
+def depth_ramp() -> list[tuple[float, float, float]]:
+    from ..phantoms.octa import DEPTH_RAMP
+
+    return DEPTH_RAMP
+
+
+@dataclass
+class OCTADepthOutputs:
+    """Nodes written by :meth:`OCTADepthLogic.process`, plus measures and messages."""
+
+    output_depth_volume: object
+    output_segmentation: object
+    output_model: object
+    output_centerlines: object
+    output_table: object
+    pixel_mm: float
+    spacing_assumed: bool
+    message: str
+    timings: dict = field(default_factory=dict)
+    _pipeline: pipeline.OCTADepthResult | None = field(default=None, repr=False)
+
+    @property
+    def pipeline_result(self) -> pipeline.OCTADepthResult:
+        return self._pipeline
+
+    def summary(self) -> dict:
+        network = self._pipeline.network
+        total = mrml.table_to_rows(self.output_table)[-1]
+        return {"pixel_mm": round(self.pixel_mm, 6), "spacing_assumed": self.spacing_assumed,
+                "segments": network.segment_count, "links": network.link_count, "junctions": network.junctions,
+                "vessel_length_mm": round(float(total["length_mm"]), 3),
+                "mean_depth_mm": round(float(total["mean_depth_mm"]), 4),
+                **{k: round(v, 3) for k, v in self._pipeline.timings.items()}}
+
+    def depth_rgb(self) -> np.ndarray:
+        """The depth-encoded angiogram: depth colour on predicted vessels (red near, blue far)."""
+        from ..phantoms.octa import depth_to_rgb
+
+        result = self._pipeline
+        return depth_to_rgb(result.depth, result.vessel_mask)
+
+    def render(self, path) -> Path:
+        """PNG of the depth-coloured tubes seen obliquely."""
+        from .. import render
+
+        layer = render.Layer(self.output_model.GetPolyData(), scalars="depth", ramp=depth_ramp(),
+                             scalar_range=(0.0, self._pipeline.network.depth_range_mm))
+        return render.render_meshes([layer], path, view=(20.0, 35.0))
+
+    def save_files(self, stem) -> list[Path]:
+        """Depth map (16-bit PNG of relative depth), depth-coded PNG, vessel mask PNG, tubes (.vtp), table (.csv)."""
+        import csv
+
+        from PIL import Image
+
+        from .. import meshes, render
+
+        stem = Path(stem)
+        result = self._pipeline
+        paths = [stem.with_name(stem.name + suffix) for suffix in
+                 ("_depth.png", "_depth_rgb.png", "_vessels.png", "_tubes.vtp", "_depth_bands.csv")]
+        Image.fromarray(np.round(np.clip(result.depth * result.vessel_mask, 0, 1) * 65535).astype(np.uint16)).save(paths[0])
+        render.save_image_png(self.depth_rgb(), paths[1])
+        Image.fromarray(result.vessel_mask.astype(np.uint8) * 255).save(paths[2])
+        meshes.save_polydata(self.output_model.GetPolyData(), paths[3])
+        rows = mrml.table_to_rows(self.output_table)
+        with open(paths[4], "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return paths
+
+
+class OCTADepthLogic(VesselReconLogic):
+    """Depth estimation and 3D reconstruction of retinal vessels from one en face OCTA image."""
+
+    method = "octadepth"
+    creator = "OCTADepth"
+
+    # ------------------------------------------------------------ inputs
+
+    def load_image(self, path: str | Path, name: str | None = None):
+        """Read an en face image (PNG, JPEG, BMP, TIFF or DICOM) as a single-slice scalar volume.
+
+        Colour images become grey (channel mean). Spacing comes from the file (DICOM PixelSpacing,
+        TIFF resolution); files without it get spacing 1.0, which :meth:`process` treats as unknown.
+        """
+        import SimpleITK as sitk
+
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path} does not exist: check the file name.")
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise InputError(f"Could not read {path.name} as an image ({str(exc).strip()[:200]}).") from exc
+        if image.GetNumberOfComponentsPerPixel() > 1:
+            channels = [sitk.VectorIndexSelectionCast(image, c, sitk.sitkFloat32)
+                        for c in range(min(3, image.GetNumberOfComponentsPerPixel()))]
+            grey = sum(channels[1:], channels[0]) / len(channels)
+            grey.CopyInformation(image)
+            image = grey
+        if image.GetDimension() == 2:
+            image = sitk.JoinSeries(sitk.Cast(image, sitk.sitkFloat32))
+        return mrml.sitk_to_volume(image, name or path.stem, scene=self.scene)
+
+    def _geometry(self, ijk_to_ras: np.ndarray, width: int, field_of_view_mm: float | None,
+                  pixel_mm: float | None) -> tuple[np.ndarray, float, bool, str]:
+        """The geometry outputs sit on: the input's, with the in-plane spacing set when it is unknown."""
+        spacing = mrml.spacing_of(ijk_to_ras)
+        known = not np.allclose(spacing[:2], UNKNOWN_SPACING)
+        if pixel_mm is None and known:
+            return ijk_to_ras, float(spacing[0]), False, f"pixel size {spacing[0]:.5f} mm from the image"
+        if pixel_mm is None:
+            field_mm = float(field_of_view_mm or FIELDS_MM[0])
+            pixel_mm = field_mm / width
+            message = (f"The image has no pixel spacing (1.0): assumed a {field_mm:g} x {field_mm:g} mm field, "
+                       f"{pixel_mm:.5f} mm per pixel ({field_mm:g} mm / {width} px); outputs use that spacing.")
+        else:
+            message = f"pixel size {pixel_mm:.5f} mm set by the user"
+        matrix = np.array(ijk_to_ras, float)
+        directions = matrix[:3, :3] / spacing[None, :]
+        matrix[:3, :2] = directions[:, :2] * pixel_mm
+        return matrix, float(pixel_mm), pixel_mm is not None and not known, message
+
+    def _validate(self, input_volume, depth_range_mm: float, threshold: float, model: str):
+        if input_volume is None:
+            raise InputError("No input volume: load an en face OCTA image (PNG, JPEG, BMP, TIFF or DICOM) first.")
+        try:
+            array, ijk_to_ras = mrml.volume_to_array(input_volume)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        image = pipeline.validate_image(array, f"Volume '{input_volume.GetName()}'")
+        if not 0.0 < depth_range_mm <= 5.0:
+            raise InputError(f"Depth range {depth_range_mm} mm is out of range: use 0.01-5 mm (retina: about 0.25).")
+        if not 0.0 < threshold < 1.0:
+            raise InputError(f"Vessel threshold {threshold} must lie strictly between 0 and 1.")
+        return image, ijk_to_ras
+
+    # ------------------------------------------------------------ processing
+
+    def process(self, input_volume, field_of_view_mm: float | None = None, pixel_mm: float | None = None,
+                depth_range_mm: float = reconstruction.DEFAULT_DEPTH_RANGE_MM, threshold: float = 0.5,
+                min_segment_length_px: int = 3, output_depth_volume=None, output_segmentation=None,
+                output_model=None, output_centerlines=None, output_table=None, model: str = "lite",
+                device: str = "auto", progress=None, cancel=None, background=None) -> OCTADepthOutputs:
+        """Predict the depth map and vessel mask, rebuild the 3D vessels and write the output nodes.
+
+        :param input_volume: single-slice scalar volume with the en face angiogram (304-512 px usual).
+        :param field_of_view_mm: scan size (3 or 6) used when the volume has no spacing (spacing 1.0).
+        :param pixel_mm: pixel size in mm; overrides the volume's spacing.
+        :param depth_range_mm: physical depth of relative depth 1 (0.25 mm: the inner retinal slab).
+        :param threshold: vessel probability threshold.
+        :param min_segment_length_px: shortest centreline segment kept.
+        :param output_depth_volume: volume to overwrite with the depth map (mm on vessels, 0 elsewhere).
+        :param output_segmentation: segmentation to overwrite with the vessel mask.
+        :param output_model: model to overwrite with the depth-coloured tubes (point scalars ``depth``).
+        :param output_centerlines: model to overwrite with the centreline polylines.
+        :param output_table: table to overwrite with length, segment count and mean depth per depth band.
+        :param model: shipped preset (``lite``, ``unet-lite``) or a checkpoint path.
+        :param device: ``auto``, ``cuda``, ``mps`` or ``cpu``.
+        :param progress: ``progress(fraction, message)``.
+        :param cancel: ``cancel() -> bool``.
+        :param background: ``background(fn) -> fn()`` runs the MRML-free part off the GUI thread.
+        :raises InputError: bad input or checkpoint (the scene is left untouched).
+        """
+        reporter = as_reporter(progress, cancel)
+        image, ijk_to_ras = self._validate(input_volume, depth_range_mm, threshold, model)
+        geometry, pixel, assumed, message = self._geometry(ijk_to_ras, image.shape[1], field_of_view_mm, pixel_mm)
+        net, _ = self.model(model, device)
+        torch_device = str(next(net.parameters()).device)
+
+        def compute():
+            result = pipeline.run_pipeline(image, pixel, net, torch_device, depth_range_mm, threshold, geometry,
+                                           progress=reporter.sub(0.0, 0.9))
+            if min_segment_length_px > 3:
+                result.network = _drop_short_segments(result.network, min_segment_length_px)
+                result.tubes = reconstruction.tube_mesh(result.network, geometry)
+            return result
+
+        result = background(compute) if background is not None else compute()
+        reporter(0.9, "writing scene nodes")
+        outputs = self._write_nodes(input_volume, result, geometry, pixel, depth_range_mm, output_depth_volume,
+                                    output_segmentation, output_model, output_centerlines, output_table)
+        log.info("OCTADepth: %s", message)
+        reporter(1.0, "done")
+        return OCTADepthOutputs(*outputs, pixel_mm=pixel, spacing_assumed=assumed, message=message,
+                                timings=result.timings, _pipeline=result)
+
+    def _write_nodes(self, input_volume, result, geometry, pixel, depth_range_mm, depth_node, segmentation_node,
+                     model_node, centerline_node, table_node):
+        scene = self.scene
+        colors = self.depth_color_table()
+        depth_mm = np.where(result.vessel_mask, np.maximum(result.depth_mm, depth_range_mm / 255.0), 0.0)
+        depth_node = mrml.array_to_volume(depth_mm.astype(np.float32)[None], geometry, NAMES["depth"], depth_node,
+                                          scene, color_node_id=colors.GetID(),
+                                          window_level=(depth_range_mm, depth_range_mm / 2), creator=self.creator)
+        segmentation_node = mrml.labelmap_to_segmentation(
+            result.vessel_mask.astype(np.uint8)[None], geometry, [mrml.SegmentSpec(1, "Retinal vessels")],
+            NAMES["segmentation"], segmentation_node, reference_volume=input_volume, scene=scene, creator=self.creator)
+        model_node = mrml.polydata_to_model(result.tubes, NAMES["model"], scalars="depth", color_node_id=colors.GetID(),
+                                            scalar_range=(0.0, depth_range_mm), node=model_node, scene=scene,
+                                            creator=self.creator)
+        centerline_node = mrml.polydata_to_model(centerline_polydata(result.network, geometry), NAMES["centerlines"],
+                                                 color=(1.0, 0.8, 0.1), scalars="depth", color_node_id=colors.GetID(),
+                                                 scalar_range=(0.0, depth_range_mm), node=centerline_node,
+                                                 scene=scene, creator=self.creator)
+        table_node = mrml.rows_to_table(reconstruction.depth_band_rows(result.network), NAMES["table"], table_node,
+                                        scene, creator=self.creator)
+        return depth_node, segmentation_node, model_node, centerline_node, table_node
+
+    def depth_color_table(self):
+        """The red-near, blue-far colour table (entry 0 black, for the background of the depth map)."""
+        node = mrml.color_table(DEPTH_COLORS, depth_ramp(), scene=self.scene)
+        node.SetColor(0, "background", 0.0, 0.0, 0.0, 1.0)
+        return node
+
+    # ------------------------------------------------------------ sample and evaluation
+
+    def load_sample(self, seed: int = 7, size_px: int = 304, field_mm: float = 3.0, progress=None, cancel=None,
+                    background=None) -> dict:
+        """Render a phantom OCTA case into the scene: the image, its true depth map and centrelines.
+
+        :returns: ``{"input_volume", "reference_depth_volume", "reference_centerlines", "field_of_view_mm"}``.
+        """
+        from ..phantoms.octa import render_octa
+
+        from .data import centerline_points
+
+        case = background(lambda: render_octa(seed, size_px, field_mm)) if background else render_octa(seed, size_px, field_mm)
+        geometry = mrml.ijk_to_ras_matrix((case.pixel_mm, case.pixel_mm, case.pixel_mm))
+        image = mrml.array_to_volume(case.image[None], geometry, f"OCTA sample {seed}", scene=self.scene,
+                                     creator=self.creator)
+        z0, z1 = case.depth_range_mm
+        depth_mm = np.where(case.vessel_mask, z0 + case.depth * (z1 - z0), 0.0).astype(np.float32)
+        reference = mrml.array_to_volume(depth_mm[None], geometry, f"OCTA sample {seed} reference depth",
+                                         scene=self.scene, color_node_id=self.depth_color_table().GetID(),
+                                         window_level=(z1 - z0, (z1 - z0) / 2), creator=self.creator)
+        points = centerline_points(case.centerlines, case.pixel_mm, z0)
+        lines = reconstruction.to_ras(points, geometry)
+        curve_data = _points_polydata(lines, points[:, 2])
+        curves = mrml.polydata_to_model(curve_data, f"OCTA sample {seed} reference centerlines", color=(0.2, 0.9, 0.2),
+                                        scene=self.scene, creator=self.creator)
+        curves.GetDisplayNode().SetVisibility(False)
+        return {"input_volume": image, "reference_depth_volume": reference, "reference_centerlines": curves,
+                "field_of_view_mm": int(field_mm)}
+
+    def evaluate(self, prediction, reference, reference_centerlines=None, table=None,
+                 depth_range_mm: float = reconstruction.DEFAULT_DEPTH_RANGE_MM, progress=None, cancel=None,
+                 background=None):
+        """Compare a predicted depth map with a reference depth map (both mm, 0 off vessels).
+
+        Writes delta < 1.25^k, ARD and RMSE (mm) on the reference vessel pixels, vessel Dice, and, when
+        ``reference_centerlines`` (a model whose points are the true 3D centrelines) is given, the
+        Chamfer and Hausdorff distances (mm) between the reconstructed and true centreline points.
+
+        :param prediction: depth map volume from :meth:`process` (or an :class:`OCTADepthOutputs`).
+        :param reference: reference depth map volume on the same grid.
+        :param table: table to overwrite (default: ``OCTADepth evaluation``).
+        :returns: the table node (rows ``metric``, ``value``).
+        """
+        if isinstance(prediction, OCTADepthOutputs):
+            prediction = prediction.output_depth_volume
+        if prediction is None or reference is None:
+            raise InputError("Evaluation needs a predicted depth map (run Apply) and a reference depth map.")
+        pred, pred_geometry = mrml.volume_to_array(prediction)
+        ref, _ = mrml.volume_to_array(reference)
+        if pred.shape != ref.shape:
+            raise InputError(f"Prediction {pred.shape} and reference {ref.shape} differ in size: use the reference "
+                             "that belongs to the input image.")
+        pred, ref = pred[0].astype(np.float64), ref[0].astype(np.float64)
+        if not (ref > 0).any():
+            raise InputError("The reference depth map has no vessel pixels (all values are 0).")
+        values = metrics.depth_report(pred, ref, ref > 0)
+        values["dice"] = metrics.dice(pred > 0, ref > 0)
+        if reference_centerlines is not None and (pred > 0).any():
+            spacing = mrml.spacing_of(pred_geometry)
+            network = reconstruction.reconstruct(pred > 0, pred / depth_range_mm, (spacing[1], spacing[0]),
+                                                 depth_range_mm)
+            points = reconstruction.to_ras(network.centerline_points(), pred_geometry)
+            truth = metrics.as_points(reference_centerlines.GetPolyData())
+            values["chamfer_mm"] = metrics.chamfer_distance(points, truth)
+            values["hausdorff_mm"] = metrics.hausdorff_distance(points, truth)
+        rows = [{"metric": k, "value": float(v)} for k, v in values.items()]
+        return mrml.rows_to_table(rows, NAMES["metrics"], table, self.scene, creator=self.creator)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _points_polydata(points: np.ndarray, depth: np.ndarray):
+    """Vertices with a ``depth`` point array."""
+    from .. import meshes
+
+    data = meshes.polydata_from_arrays(points)
+    from vtkmodules.vtkCommonDataModel import vtkCellArray
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonCore import vtkIdTypeArray
+
+    vertices = vtkCellArray()
+    id_type = vtkIdTypeArray().GetDataType()
+    vertices.SetData(numpy_support.numpy_to_vtk(np.arange(len(points) + 1, dtype=np.int64), deep=True, array_type=id_type),
+                     numpy_support.numpy_to_vtk(np.arange(len(points), dtype=np.int64), deep=True, array_type=id_type))
+    data.SetVerts(vertices)
+    meshes.add_point_array(data, "depth", depth)
+    return data
+
+
+def centerline_polydata(network: reconstruction.VesselNetwork3D, ijk_to_ras: np.ndarray):
+    """The centreline polylines (bridges included) in RAS with ``depth`` and ``radius`` point arrays."""
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonCore import vtkIdTypeArray
+    from vtkmodules.vtkCommonDataModel import vtkCellArray
+
+    from .. import meshes
+
+    data = meshes.polydata_from_arrays(reconstruction.to_ras(network.points, ijk_to_ras))
+    id_type = vtkIdTypeArray().GetDataType()
+    lines = vtkCellArray()
+    lines.SetData(numpy_support.numpy_to_vtk(network.offsets.astype(np.int64), deep=True, array_type=id_type),
+                  numpy_support.numpy_to_vtk(np.arange(len(network.points), dtype=np.int64), deep=True,
+                                             array_type=id_type))
+    data.SetLines(lines)
+    meshes.add_point_array(data, "depth", network.depth_mm)
+    meshes.add_point_array(data, "radius", network.radii)
+    return data
+
+
+def _drop_short_segments(network: reconstruction.VesselNetwork3D, min_points: int) -> reconstruction.VesselNetwork3D:
+    """Remove vessel polylines with fewer than ``min_points`` points (bridges are kept)."""
+    sizes = np.diff(network.offsets)
+    keep = network.bridge | (sizes >= min_points)
+    point_keep = np.repeat(keep, sizes)
+    return reconstruction.VesselNetwork3D(
+        points=network.points[point_keep], radii=network.radii[point_keep],
+        offsets=np.r_[0, np.cumsum(sizes[keep])], bridge=network.bridge[keep], junctions=network.junctions,
+        spacing=network.spacing, depth_range_mm=network.depth_range_mm, skeleton=network.skeleton)

@@ -49,9 +49,18 @@ def rotation_minimizing_frames(points: np.ndarray, normal0: np.ndarray | None = 
     return t, r, np.cross(t, r)
 
 
-def template_vertices(points: np.ndarray, radii: np.ndarray, n_around: int = N_AROUND) -> np.ndarray:
-    """(len(points) * n_around, 3) ring vertices around a centreline."""
-    _, normal, binormal = rotation_minimizing_frames(points)
+def template_vertices(points: np.ndarray, radii: np.ndarray, n_around: int = N_AROUND,
+                      normal0: np.ndarray | None = None) -> np.ndarray:
+    """(len(points) * n_around, 3) ring vertices around a centreline.
+
+    :param normal0: direction of vertex 0 of the first ring (projected onto the normal plane);
+        by default :func:`initial_normal`. Pass another mesh's first normal to align ring phases.
+    """
+    if normal0 is not None:
+        t0 = tangents(points)[0]
+        normal0 = np.asarray(normal0, float) - (np.asarray(normal0, float) @ t0) * t0
+        normal0 = normal0 / np.linalg.norm(normal0) if np.linalg.norm(normal0) > 1e-9 else None
+    _, normal, binormal = rotation_minimizing_frames(points, normal0)
     angles = 2 * np.pi * np.arange(n_around) / n_around
     ring = np.cos(angles)[None, :, None] * normal[:, None] + np.sin(angles)[None, :, None] * binormal[:, None]
     return (np.asarray(points, float)[:, None] + np.asarray(radii, float)[:, None, None] * ring).reshape(-1, 3)
@@ -62,7 +71,7 @@ def quad_faces(n_rings: int = N_RINGS, n_around: int = N_AROUND) -> np.ndarray:
     i, j = np.meshgrid(np.arange(n_rings - 1), np.arange(n_around), indexing="ij")
     a = i * n_around + j
     b = i * n_around + (j + 1) % n_around
-    return np.stack([a, a + n_around, b + n_around, b], axis=-1).reshape(-1, 4)
+    return np.stack([a, b, b + n_around, a + n_around], axis=-1).reshape(-1, 4)
 
 
 def edges(n_rings: int = N_RINGS, n_around: int = N_AROUND) -> np.ndarray:
@@ -78,6 +87,16 @@ def triangles(n_rings: int = N_RINGS, n_around: int = N_AROUND) -> np.ndarray:
     """Each quad split into two triangles (for rasterising and normals)."""
     q = quad_faces(n_rings, n_around)
     return np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]])
+
+
+def coarse_triangles(step: int = 2, n_rings: int = N_RINGS, n_around: int = N_AROUND) -> np.ndarray:
+    """Triangles over every ``step``-th ring and vertex (full-mesh indices): a cheaper silhouette."""
+    rings = np.r_[np.arange(0, n_rings, step)[: -1 if (n_rings - 1) % step else None], n_rings - 1]
+    rings = np.unique(rings)
+    around = np.arange(0, n_around, step)
+    local = triangles(len(rings), len(around))
+    ring_of, pos_of = np.divmod(local, len(around))
+    return rings[ring_of] * n_around + around[pos_of]
 
 
 def closed_triangles(n_rings: int = N_RINGS, n_around: int = N_AROUND) -> np.ndarray:
@@ -113,6 +132,13 @@ def template_polydata(vertices: np.ndarray, closed: bool = True, point_arrays: d
             values = np.concatenate([values, values[[0, -1]]])
         add_point_array(polydata, name, values)
     return polydata
+
+
+def first_normal(vertices: np.ndarray, n_around: int = N_AROUND) -> np.ndarray:
+    """Unit direction from the first ring's centre to its vertex 0 (the ring phase)."""
+    ring = np.asarray(vertices, float)[:n_around]
+    d = ring[0] - ring.mean(0)
+    return d / max(np.linalg.norm(d), 1e-12)
 
 
 def centerline_from_vertices(vertices: np.ndarray, n_around: int = N_AROUND):

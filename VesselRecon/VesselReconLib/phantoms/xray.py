@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .datasets import register_dataset
 from .tree import VascularTree, add_stenosis, node_path
 
 CONTRAST_MU = 0.25      # 1/mm, diluted iodine
@@ -377,6 +378,7 @@ def load_case(folder: str | Path) -> XrayCase:
         stenosis=centerline.get("stenosis", {}), folder=folder)
 
 
+@register_dataset("xray")
 def write_xray_dataset(out: Path, count: int, seed: int = 0, progress=None, with_mesh: bool = True) -> Path:
     """``count`` case folders ``case_000 ...`` under ``out`` plus a ``dataset.json`` index."""
     from ..progress import as_reporter
@@ -402,12 +404,3 @@ def list_cases(folder: str | Path) -> list[Path]:
     if (folder / "geometry.json").is_file():
         return [folder]
     return sorted(p for p in folder.iterdir() if (p / "geometry.json").is_file())
-
-
-try:  # the dataset registry is written by the phantoms package; register when it is there
-    from .datasets import register_dataset
-except ImportError:  # pragma: no cover - older trees without the registry
-    register_dataset = None
-
-if register_dataset is not None:
-    register_dataset("xray")(write_xray_dataset)

@@ -256,6 +256,14 @@ def test_sdf_volume_matches_analytic_everywhere(tree, aniso):
     err = sdf[far] - ref[far]
     assert err.min() > -1e-4  # far field is an upper bound ...
     assert np.percentile(err, 99) < 0.5 * min(sp) and err.max() < max(sp)  # ... and tight
+    # alternative far fields: EDT (Hopf-Lax upper bound) and truncation at the band
+    edt = tree_to_sdf(tree, shape, sp, origin, far_field="edt")
+    e2 = edt[far] - ref[far]
+    assert e2.min() > -1e-4 and np.percentile(e2, 99) < max(sp)
+    np.testing.assert_array_equal(edt[band], sdf[band])
+    tr = tree_to_sdf(tree, shape, sp, origin, far_field="truncate")
+    np.testing.assert_array_equal(tr[band], sdf[band])
+    assert np.all(tr[far] == np.float32(2 * max(sp)))
 
 
 def test_far_field_on_large_grid_uses_coarse_interpolation(tree):

@@ -28,14 +28,16 @@ vessel is the union of all primitives.
   exact everywhere. Values are exact wherever ``sdf <= band_mm``. Farther voxels get a far-field
   value (``far_field=``):
 
-  - ``"analytic"`` (default): the same analytic rasterisation on a grid made of every ``f``-th
-    voxel (``f = 1``, i.e. exact, for volumes up to 1M voxels; ``f = 3`` for 448x448x128) with a
-    band of two coarse voxels; coarse voxels beyond it take the exact distance to the primitive
-    nearest to their nearest band voxel (``scipy.ndimage.distance_transform_edt`` indices,
-    an upper bound that is almost always exact) or, when few, the exact KD-tree query
-    :func:`sdf_at_points`; fine voxels interpolate the coarse values trilinearly, clipped to
-    ``[band_mm, box upper bound]``. Typical error ~0.1 voxel, worst case about one voxel
-    (interpolation across medial surfaces).
+  - ``"analytic"`` (default): the same analytic rasterisation, on a grid made of every ``f``-th
+    voxel (``f = 1`` up to 1M voxels; ``f = 3`` for 448x448x128) with a band of two coarse
+    voxels, tracking each voxel's nearest primitive. Coarse voxels beyond that band get the exact
+    KD-tree query (:func:`sdf_at_points`) when few, otherwise the exact distance to the nearest
+    of the candidate primitives found through ``scipy.ndimage.distance_transform_edt`` indices
+    (nearest band voxels of the voxel and its 6 neighbours) -- an upper bound that is almost
+    always exact. For ``f > 1`` fine voxels interpolate the coarse values trilinearly, clipped to
+    ``[band_mm, box upper bound]``. Measured on a 448x448x128 tree: median error 0.06 mm,
+    99th percentile 0.6 mm, worst ~1 mm (interpolation across medial surfaces); with ``f = 1``
+    99 % of far voxels are exact to 1e-3 mm.
   - ``"edt"``: Hopf-Lax ``d(y) + |x - y|`` from the nearest fine voxel ``y`` of the exact band
     (``distance_transform_edt(sampling=spacing, return_indices=True)`` on the full grid; slower,
     an upper bound; vessels outside the volume are not seen).
@@ -528,31 +530,35 @@ def tree_to_sdf(
 
 def _far_field_nearest_primitive(C: np.ndarray, arg: np.ndarray, far: np.ndarray, M: np.ndarray, B: float,
                                  prim: dict) -> None:
-    """Fill ``far`` voxels with the exact distance to the primitive that is nearest to their
-    nearest band voxel (EDT indices): an upper bound that is exact unless another primitive is
-    closer, capped by the Hopf-Lax bound. Voxel axes must be orthogonal for the EDT; otherwise
-    the band value is used."""
+    """Fill ``far`` voxels with the exact distance to the nearest of a few candidate primitives:
+    those nearest to the band voxels that are nearest (``distance_transform_edt`` indices) to the
+    voxel and to its six face neighbours. An upper bound that is exact unless yet another
+    primitive is closer; for orthogonal axes also capped by the Hopf-Lax bound."""
     from scipy.ndimage import distance_transform_edt
 
     A = M[:3, :3]
     G = A.T @ A
     src = (C <= B) & (arg >= 0)
-    if not src.any() or np.abs(G - np.diag(np.diag(G))).max() > 1e-9 * np.abs(G).max():
-        C[far] = np.minimum(C[far], B) if src.any() else np.inf
-        return
+    orthogonal = np.abs(G - np.diag(np.diag(G))).max() <= 1e-9 * np.abs(G).max()
     vox = np.sqrt(np.diag(G))
     dist, inds = distance_transform_edt(~src, sampling=(vox[2], vox[1], vox[0]), return_indices=True)
     kk, jj, ii = np.nonzero(far)
-    nk_, nj_, ni_ = inds[0][kk, jj, ii], inds[1][kk, jj, ii], inds[2][kk, jj, ii]
-    del inds
     w = np.stack([ii, jj, kk], 1).astype(np.float64) @ A.T + M[:3, 3]
-    pid = arg[nk_, nj_, ni_]
-    d = np.empty(len(kk))
-    for s in range(0, len(kk), 1 << 20):
-        sl = slice(s, s + (1 << 20))
-        d[sl] = _prim_sdf(prim, pid[sl], w[sl])
-    hl = C[nk_, nj_, ni_].astype(np.float64) + dist[kk, jj, ii]
-    C[kk, jj, ii] = np.maximum(np.minimum(d, hl), B).astype(np.float32)
+    shape = np.array(C.shape)
+    best = np.full(len(kk), np.inf)
+    offsets = [(0, 0, 0), (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)]
+    for ok_, oj, oi in offsets:
+        qk = np.clip(kk + ok_, 0, shape[0] - 1)
+        qj = np.clip(jj + oj, 0, shape[1] - 1)
+        qi = np.clip(ii + oi, 0, shape[2] - 1)
+        sk, sj, si = inds[0][qk, qj, qi], inds[1][qk, qj, qi], inds[2][qk, qj, qi]
+        pid = arg[sk, sj, si]
+        for s in range(0, len(kk), 1 << 20):
+            sl = slice(s, s + (1 << 20))
+            np.minimum(best[sl], _prim_sdf(prim, pid[sl], w[sl]), out=best[sl])
+        if (ok_, oj, oi) == (0, 0, 0) and orthogonal:
+            best = np.minimum(best, C[sk, sj, si].astype(np.float64) + dist[kk, jj, ii])
+    C[kk, jj, ii] = np.maximum(best, B).astype(np.float32)
 
 
 def _far_field_edt(sdf: np.ndarray, unc: np.ndarray, M: np.ndarray, band: float) -> None:
@@ -600,7 +606,7 @@ def _far_field_fill(sdf: np.ndarray, unc: np.ndarray, M: np.ndarray, tree: Vascu
     cu = ~(C <= B)
     n_far = int(cu.sum())
     prim = tree_primitives(tree)
-    if n_far and (n_far <= max_exact or not (C <= B).any()):
+    if n_far and (n_far <= max_exact or not ((C <= B) & (arg >= 0)).any()):
         kk, jj, ii = np.nonzero(cu)
         w = np.stack([ii, jj, kk], 1).astype(np.float64) @ Mc[:3, :3].T + Mc[:3, 3]
         C[kk, jj, ii] = _sdf_points_prim(prim, w)

@@ -1,0 +1,289 @@
+import os
+from pathlib import Path
+from typing import Annotated
+
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import *
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import (
+    parameterNodeWrapper,
+    WithinRange,
+    Choice,
+)
+
+from slicer import (
+    vtkMRMLMarkupsCurveNode,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLModelNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLTableNode,
+)
+
+from VesselReconLib import slicer_widget
+
+# Apply, Evaluate and Load sample call the core logic (VesselReconLib.angio3d.logic.Angio3DLogic)
+# with keyword arguments only; keywords it does not accept are dropped with a warning:
+#   process(view_a, view_b, points_a, points_b, frame_a=0, frame_b=0,
+#           primary_angle_a, secondary_angle_a, sid_a, sod_a, pixel_spacing_a,   (view A geometry:
+#           primary_angle_b, secondary_angle_b, sid_b, sod_b, pixel_spacing_b,    degrees and mm)
+#           output_model=None, output_centerline=None, output_table=None,
+#           model="lite", device="auto", progress=None, cancel=None, background=None)
+#       -> dict of output nodes keyed like the output keywords
+#   evaluate(prediction, reference, table=None) -> table node | list of row dicts | dict of metrics
+#   load_sample() -> {"view_a": node, "view_b": node, "points_a": node, "points_b": node,
+#                     "reference_model": node, ...}  (geometry values are set by the user or the logic)
+# View volumes hold the frames along K; points_* hold the start and end points (2 control points).
+# `model` is a shipped preset or a checkpoint path; `progress(fraction, message)`, `cancel() -> bool`
+# follow VesselReconLib.progress; `background(fn)` runs the MRML-free heavy part off the GUI thread.
+# Missing inputs must raise VesselReconLib.errors.InputError (shown to the user as is).
+PROCESS_ARGS = {
+    "viewA": "view_a",
+    "viewB": "view_b",
+    "pointsA": "points_a",
+    "pointsB": "points_b",
+    "frameA": "frame_a",
+    "frameB": "frame_b",
+    "primaryAngleA": "primary_angle_a",
+    "secondaryAngleA": "secondary_angle_a",
+    "sidA": "sid_a",
+    "sodA": "sod_a",
+    "pixelSpacingA": "pixel_spacing_a",
+    "primaryAngleB": "primary_angle_b",
+    "secondaryAngleB": "secondary_angle_b",
+    "sidB": "sid_b",
+    "sodB": "sod_b",
+    "pixelSpacingB": "pixel_spacing_b",
+    "outputModel": "output_model",
+    "outputCenterline": "output_centerline",
+    "outputTable": "output_table",
+}
+EVALUATE_ARGS = {
+    "outputModel": "prediction",
+    "referenceModel": "reference",
+    "evaluationTable": "table",
+}
+REQUIRED_INPUTS = ("viewA", "viewB", "pointsA", "pointsB")
+
+
+#
+# Angio3D
+#
+
+
+class Angio3D(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Angio3D")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Vessel Reconstruction")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["VesselRecon contributors"]
+        self.parent.helpText = _("""
+Reconstructs a 3D coronary vessel (surface mesh and centerline with radii) from two X-ray
+angiography views. For each view select the angiogram, browse to a well-filled frame (ideally
+end-diastole) and click <b>Use this frame</b>, place the start and end points of the vessel, and
+check the C-arm geometry (angles, distances and pixel spacing, as in the DICOM header). The network
+segments the vessel in both views and the two segmentations are matched along epipolar lines.
+<b>Load sample</b> generates a synthetic two-view angiogram of a known 3D vessel.
+See the <a href="https://github.com/vesselrecon/SlicerVesselRecon#angio3d">documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+This module implements the method of <i>3DAngioNet: 3D coronary vessel mesh reconstruction from
+two-view X-ray angiography</i> (IEEE International Symposium on Biomedical Imaging, ISBI 2023).
+Please cite that paper when you use the module. Part of the VesselRecon extension.
+""")
+
+        # Additional initialization step after application startup is complete
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Register sample data sets in Sample Data module
+#
+
+
+def registerSampleData():
+    """Add the generated Angio3D sample to the Sample Data module (nothing is downloaded)."""
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources/Icons")
+    slicer_widget.register_sample_data("Angio3D", Angio3DLogic, os.path.join(iconsPath, "Angio3D.png"),
+                                       PROCESS_ARGS, EVALUATE_ARGS, inputs=REQUIRED_INPUTS)
+
+
+#
+# Angio3DParameterNode
+#
+
+
+@parameterNodeWrapper
+class Angio3DParameterNode:
+    """
+    The parameters needed by module.
+
+    viewA, viewB - angiography runs (frames along K); pointsA, pointsB - start and end points per view.
+    frameA, frameB - frame index used in each view.
+    primaryAngle*, secondaryAngle* (degrees), sid*, sod*, pixelSpacing* (mm) - C-arm geometry per view.
+    model, checkpointPath, device - network weights (shipped preset or "Load checkpoint…") and device.
+    outputModel, outputCenterline, outputTable - vessel mesh, centerline with radii, measurements.
+    referenceModel, evaluationTable - reference mesh and metrics table (Evaluation).
+    """
+
+    viewA: vtkMRMLScalarVolumeNode
+    viewB: vtkMRMLScalarVolumeNode
+    pointsA: vtkMRMLMarkupsFiducialNode
+    pointsB: vtkMRMLMarkupsFiducialNode
+    frameA: Annotated[int, WithinRange(0, 9999)] = 0
+    frameB: Annotated[int, WithinRange(0, 9999)] = 0
+    primaryAngleA: Annotated[float, WithinRange(-180.0, 180.0)] = -30.0
+    secondaryAngleA: Annotated[float, WithinRange(-90.0, 90.0)] = 0.0
+    sidA: Annotated[float, WithinRange(100.0, 2000.0)] = 1000.0
+    sodA: Annotated[float, WithinRange(50.0, 2000.0)] = 750.0
+    pixelSpacingA: Annotated[float, WithinRange(0.01, 5.0)] = 0.3
+    primaryAngleB: Annotated[float, WithinRange(-180.0, 180.0)] = 60.0
+    secondaryAngleB: Annotated[float, WithinRange(-90.0, 90.0)] = 0.0
+    sidB: Annotated[float, WithinRange(100.0, 2000.0)] = 1000.0
+    sodB: Annotated[float, WithinRange(50.0, 2000.0)] = 750.0
+    pixelSpacingB: Annotated[float, WithinRange(0.01, 5.0)] = 0.3
+    model: str = "lite"
+    checkpointPath: Path
+    device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
+    outputModel: vtkMRMLModelNode
+    outputCenterline: vtkMRMLMarkupsCurveNode
+    outputTable: vtkMRMLTableNode
+    referenceModel: vtkMRMLModelNode
+    evaluationTable: vtkMRMLTableNode
+
+
+#
+# Angio3DWidget
+#
+
+
+class Angio3DWidget(slicer_widget.ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Uses ScriptedLoadableModuleWidget base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+
+    Parameter-node binding, Apply/Cancel/progress, sample loading and evaluation are shared by all
+    VesselRecon modules: see VesselReconLib.slicer_widget.ModuleWidgetMixin. This class adds the
+    frame browsing of the two views.
+    """
+
+    PROCESS_ARGS = PROCESS_ARGS
+    EVALUATE_ARGS = EVALUATE_ARGS
+    REQUIRED_INPUTS = REQUIRED_INPUTS
+
+    def __init__(self, parent=None) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.setup(self)
+
+        # Load widget from .ui file (created by Qt Designer).
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/Angio3D.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+
+        # Set scene in MRML widgets.
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = Angio3DLogic()
+        self.setupVesselRecon(slicer.app.processEvents)
+
+        self.frameSliders = {"A": self.ui.frameSliderA, "B": self.ui.frameSliderB}
+        self.ui.frameSliderA.connect("valueChanged(int)", lambda frame: self.onFrameSliderChanged("A", frame))
+        self.ui.frameSliderB.connect("valueChanged(int)", lambda frame: self.onFrameSliderChanged("B", frame))
+        self.ui.useFrameAButton.connect("clicked(bool)", lambda checked: self.onUseFrame("A"))
+        self.ui.useFrameBButton.connect("clicked(bool)", lambda checked: self.onUseFrame("B"))
+
+        # Make sure parameter node is initialized (needed for module reload)
+        self.initializeParameterNode()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        super()._checkCanApply(caller, event)
+        if self._parameterNode is not None and hasattr(self, "frameSliders"):
+            for view, slider in self.frameSliders.items():
+                slider.maximum = max(self._frameCount(view) - 1, 0)
+
+    def _frameCount(self, view: str) -> int:
+        volume = getattr(self._parameterNode, f"view{view}")
+        imageData = volume.GetImageData() if volume else None
+        return imageData.GetDimensions()[2] if imageData else 0
+
+    def onFrameSliderChanged(self, view: str, frame: int) -> None:
+        """Show frame ``frame`` of the view's angiogram in the slice viewers."""
+        volume = getattr(self._parameterNode, f"view{view}") if self._parameterNode else None
+        if not volume or not volume.GetImageData():
+            return
+        slicer.util.setSliceViewerLayers(background=volume, fit=False)
+        dims = volume.GetImageData().GetDimensions()
+        ijkToRas = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(ijkToRas)
+        ras = ijkToRas.MultiplyPoint(((dims[0] - 1) / 2.0, (dims[1] - 1) / 2.0, frame, 1.0))
+        slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, ras[0], ras[1], ras[2])
+
+    def onUseFrame(self, view: str) -> None:
+        """Use the frame shown by the view's slider for the reconstruction."""
+        if self._parameterNode is not None:
+            setattr(self._parameterNode, f"frame{view}", self.frameSliders[view].value)
+
+
+#
+# Angio3DLogic
+#
+
+
+class Angio3DLogic(ScriptedLoadableModuleLogic):
+    """Angio3D logic for Slicer: ScriptedLoadableModuleLogic plus the Qt-free core logic.
+
+    Instances are of ``class Angio3DLogic(ScriptedLoadableModuleLogic, CoreAngio3DLogic)`` where
+    the core, ``VesselReconLib.angio3d.logic.Angio3DLogic``, is imported on first instantiation
+    (it loads torch), so Slicer starts fast.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(slicer_widget.bind_core(cls, "angio3d", "Angio3DLogic"))
+
+    def __init__(self) -> None:
+        """Called when the logic class is instantiated (also initializes the core logic)."""
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return Angio3DParameterNode(super().getParameterNode())
+
+
+#
+# Angio3DTest
+#
+
+
+class Angio3DTest(ScriptedLoadableModuleTest):
+    """
+    This is the test case for your scripted module.
+    Uses ScriptedLoadableModuleTest base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def setUp(self):
+        """Do whatever is needed to reset the state - typically a scene clear will be enough."""
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        """Run as few or as many tests as needed here."""
+        self.setUp()
+        self.test_Angio3D1()
+
+    def test_Angio3D1(self):
+        """Generated two-view sample -> 3D vessel on the CPU -> evaluation; a missing input is refused."""
+        slicer_widget.self_test(self, Angio3DLogic(), PROCESS_ARGS, EVALUATE_ARGS, REQUIRED_INPUTS)

@@ -1,0 +1,246 @@
+import os
+from pathlib import Path
+from typing import Annotated
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import *
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import (
+    parameterNodeWrapper,
+    Choice,
+)
+
+from slicer import (
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
+
+from VesselReconLib import slicer_widget
+
+# Apply, Run batch, Evaluate and Load sample call the core logic (VesselReconLib.coips.logic.COIPSLogic)
+# with keyword arguments only; keywords it does not accept are dropped with a warning:
+#   process(input_volume, field_of_view_mm=3, force_faz_on_ungradable=False,
+#           output_segmentation=None, output_table=None,
+#           model="lite", device="auto", progress=None, cancel=None, background=None)
+#       -> dict (or dataclass) of output nodes keyed like the output keywords (grade and FAZ metrics in the table)
+#   process_batch(input_folder, output_folder, field_of_view_mm=3, force_faz_on_ungradable=False,
+#                 output_table=None, model, device, progress, cancel, background)
+#       -> table node | list of row dicts (one row per image) | object with "output_table"
+#   evaluate(prediction, reference, table=None, field_of_view_mm=3)
+#       -> table node | list of row dicts | dict of metrics
+#   load_sample() -> {"input_volume": node, "reference_segmentation": node}
+# `model` is a shipped preset or a checkpoint path; `progress(fraction, message)`, `cancel() -> bool`
+# follow VesselReconLib.progress; `background(fn)` runs the MRML-free heavy part off the GUI thread.
+# Missing inputs must raise VesselReconLib.errors.InputError (shown to the user as is).
+PROCESS_ARGS = {
+    "inputVolume": "input_volume",
+    "fieldOfViewMm": "field_of_view_mm",
+    "forceFazOnUngradable": "force_faz_on_ungradable",
+    "outputSegmentation": "output_segmentation",
+    "outputTable": "output_table",
+}
+BATCH_ARGS = {
+    "batchInputFolder": "input_folder",
+    "batchOutputFolder": "output_folder",
+    "fieldOfViewMm": "field_of_view_mm",
+    "forceFazOnUngradable": "force_faz_on_ungradable",
+    "outputTable": "output_table",
+}
+EVALUATE_ARGS = {
+    "outputSegmentation": "prediction",
+    "referenceSegmentation": "reference",
+    "fieldOfViewMm": "field_of_view_mm",
+    "evaluationTable": "table",
+}
+REQUIRED_INPUTS = ("inputVolume",)
+
+
+#
+# COIPS
+#
+
+
+class COIPS(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("COIPS")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Vessel Reconstruction")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["VesselRecon contributors"]
+        self.parent.helpText = _("""
+Grades the quality of en-face OCT-angiography images (gradable, ungradable...) and segments the
+foveal avascular zone (FAZ), with the grade, class probabilities and FAZ measurements (area,
+perimeter, circularity...) in a table. Use the <b>Single image</b> tab for an image in the scene, or
+the <b>Batch</b> tab to process a folder of images into FAZ masks and a results table and report.
+The FAZ is skipped on ungradable images unless asked for. <b>Load sample</b> generates a synthetic
+OCTA image with its reference FAZ segmentation.
+See the <a href="https://github.com/vesselrecon/SlicerVesselRecon#coips">documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+This module implements the method of <i>A deep learning-based quality assessment and segmentation
+system with a large-scale benchmark dataset for OCTA images</i> (OCTA-25K-IQA-SEG). Please cite that
+paper when you use the module. Part of the VesselRecon extension.
+""")
+
+        # Additional initialization step after application startup is complete
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Register sample data sets in Sample Data module
+#
+
+
+def registerSampleData():
+    """Add the generated COIPS sample to the Sample Data module (nothing is downloaded)."""
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources/Icons")
+    slicer_widget.register_sample_data("COIPS", COIPSLogic, os.path.join(iconsPath, "COIPS.png"),
+                                       PROCESS_ARGS, EVALUATE_ARGS, inputs=REQUIRED_INPUTS)
+
+
+#
+# COIPSParameterNode
+#
+
+
+@parameterNodeWrapper
+class COIPSParameterNode:
+    """
+    The parameters needed by module.
+
+    inputVolume - en-face OCTA image (single-slice volume).
+    batchInputFolder, batchOutputFolder - folders of the Batch tab.
+    model, checkpointPath, device - network weights (shipped preset or "Load checkpoint…") and device.
+    fieldOfViewMm - scan size (3x3 or 6x6 mm).
+    forceFazOnUngradable - segment the FAZ even on images graded ungradable.
+    outputSegmentation, outputTable - FAZ segment; grade, probabilities and FAZ measurements.
+    referenceSegmentation, evaluationTable - reference FAZ segment and metrics table (Evaluation).
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    batchInputFolder: Path
+    batchOutputFolder: Path
+    model: str = "lite"
+    checkpointPath: Path
+    device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
+    fieldOfViewMm: Annotated[int, Choice([3, 6])] = 3
+    forceFazOnUngradable: bool = False
+    outputSegmentation: vtkMRMLSegmentationNode
+    outputTable: vtkMRMLTableNode
+    referenceSegmentation: vtkMRMLSegmentationNode
+    evaluationTable: vtkMRMLTableNode
+
+
+#
+# COIPSWidget
+#
+
+
+class COIPSWidget(slicer_widget.ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Uses ScriptedLoadableModuleWidget base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+
+    Parameter-node binding, Apply/Cancel/progress, sample loading and evaluation are shared by all
+    VesselRecon modules: see VesselReconLib.slicer_widget.ModuleWidgetMixin. This class adds the
+    Batch tab.
+    """
+
+    PROCESS_ARGS = PROCESS_ARGS
+    EVALUATE_ARGS = EVALUATE_ARGS
+    REQUIRED_INPUTS = REQUIRED_INPUTS
+
+    def __init__(self, parent=None) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.setup(self)
+
+        # Load widget from .ui file (created by Qt Designer).
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/COIPS.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+
+        # Set scene in MRML widgets.
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = COIPSLogic()
+        self.setupVesselRecon(slicer.app.processEvents)
+        self.ui.batchRunButton.connect("clicked(bool)", self.onBatchRunButton)
+
+        # Make sure parameter node is initialized (needed for module reload)
+        self.initializeParameterNode()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        super()._checkCanApply(caller, event)
+        p = self._parameterNode
+        if p is not None and not self.runner.busy:
+            folders = (p.batchInputFolder, p.batchOutputFolder)
+            self.ui.batchRunButton.enabled = all(slicer_widget.path_or_none(f) for f in folders)
+
+    def onBatchRunButton(self) -> None:
+        """Grade every image of the input folder and segment its FAZ (``Logic.process_batch``)."""
+        if self.ensureDependencies():
+            self.runLogic("process_batch", BATCH_ARGS, "Batch processing", self.ui.resultsTableView)
+
+
+#
+# COIPSLogic
+#
+
+
+class COIPSLogic(ScriptedLoadableModuleLogic):
+    """COIPS logic for Slicer: ScriptedLoadableModuleLogic plus the Qt-free core logic.
+
+    Instances are of ``class COIPSLogic(ScriptedLoadableModuleLogic, CoreCOIPSLogic)`` where the
+    core, ``VesselReconLib.coips.logic.COIPSLogic``, is imported on first instantiation (it loads
+    torch), so Slicer starts fast.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(slicer_widget.bind_core(cls, "coips", "COIPSLogic"))
+
+    def __init__(self) -> None:
+        """Called when the logic class is instantiated (also initializes the core logic)."""
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return COIPSParameterNode(super().getParameterNode())
+
+
+#
+# COIPSTest
+#
+
+
+class COIPSTest(ScriptedLoadableModuleTest):
+    """
+    This is the test case for your scripted module.
+    Uses ScriptedLoadableModuleTest base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def setUp(self):
+        """Do whatever is needed to reset the state - typically a scene clear will be enough."""
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        """Run as few or as many tests as needed here."""
+        self.setUp()
+        self.test_COIPS1()
+
+    def test_COIPS1(self):
+        """Generated OCTA sample -> grade and FAZ on the CPU -> evaluation; a missing input is refused."""
+        slicer_widget.self_test(self, COIPSLogic(), PROCESS_ARGS, EVALUATE_ARGS, REQUIRED_INPUTS)

@@ -1,0 +1,235 @@
+import os
+from pathlib import Path
+from typing import Annotated
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import *
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import (
+    parameterNodeWrapper,
+    WithinRange,
+    Choice,
+)
+
+from slicer import (
+    vtkMRMLModelNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
+
+from VesselReconLib import slicer_widget
+
+# Apply, Evaluate and Load sample call the core logic (VesselReconLib.octadepth.logic.OCTADepthLogic)
+# with keyword arguments only; keywords it does not accept are dropped with a warning:
+#   process(input_volume, field_of_view_mm=3, depth_range_mm=0.25, threshold=0.5, min_segment_length_px=10,
+#           output_depth_volume=None, output_segmentation=None, output_model=None, output_centerlines=None,
+#           output_table=None, model="lite", device="auto", progress=None, cancel=None, background=None)
+#       -> dict (or dataclass) of output nodes keyed like the output keywords
+#   evaluate(prediction, reference, reference_centerlines=None, table=None, depth_range_mm=0.25)
+#       -> table node | list of row dicts | dict of metrics
+#   load_sample() -> {"input_volume": node, "reference_depth_volume": node, "reference_centerlines": node}
+# `model` is a shipped preset or a checkpoint path; `progress(fraction, message)`, `cancel() -> bool`
+# follow VesselReconLib.progress; `background(fn)` runs the MRML-free heavy part off the GUI thread.
+# Missing inputs must raise VesselReconLib.errors.InputError (shown to the user as is).
+PROCESS_ARGS = {
+    "inputVolume": "input_volume",
+    "fieldOfViewMm": "field_of_view_mm",
+    "depthRangeMm": "depth_range_mm",
+    "threshold": "threshold",
+    "minSegmentLengthPx": "min_segment_length_px",
+    "outputDepthVolume": "output_depth_volume",
+    "outputSegmentation": "output_segmentation",
+    "outputModel": "output_model",
+    "outputCenterlines": "output_centerlines",
+    "outputTable": "output_table",
+}
+EVALUATE_ARGS = {
+    "outputDepthVolume": "prediction",
+    "referenceDepthVolume": "reference",
+    "referenceCenterlines": "reference_centerlines",
+    "depthRangeMm": "depth_range_mm",
+    "evaluationTable": "table",
+}
+REQUIRED_INPUTS = ("inputVolume",)
+
+
+#
+# OCTADepth
+#
+
+
+class OCTADepth(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("OCTADepth")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Vessel Reconstruction")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["VesselRecon contributors"]
+        self.parent.helpText = _("""
+Reconstructs 3D retinal vessels from a single en-face OCT-angiography image. A network segments the
+vessels and estimates the depth of every vessel pixel; the vessel mask lifted to its depth gives a
+3D surface and centerlines, and the depth bands and vessel measurements are listed in a table.
+Select the OCTA image, the scan field of view and a model, then click Apply.
+<b>Load sample</b> generates a synthetic OCTA image with its true depth map for a quick try and for
+the Evaluation section.
+See the <a href="https://github.com/vesselrecon/SlicerVesselRecon#octadepth">documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+This module implements the method of <i>3D vessel reconstruction in OCT-angiography via depth map
+estimation</i> (IEEE International Symposium on Biomedical Imaging, ISBI 2021). Please cite that
+paper when you use the module. Part of the VesselRecon extension.
+""")
+
+        # Additional initialization step after application startup is complete
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Register sample data sets in Sample Data module
+#
+
+
+def registerSampleData():
+    """Add the generated OCTADepth sample to the Sample Data module (nothing is downloaded)."""
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources/Icons")
+    slicer_widget.register_sample_data("OCTADepth", OCTADepthLogic, os.path.join(iconsPath, "OCTADepth.png"),
+                                       PROCESS_ARGS, EVALUATE_ARGS, inputs=REQUIRED_INPUTS)
+
+
+#
+# OCTADepthParameterNode
+#
+
+
+@parameterNodeWrapper
+class OCTADepthParameterNode:
+    """
+    The parameters needed by module.
+
+    inputVolume - en-face OCTA image (single-slice volume).
+    model, checkpointPath, device - network weights (shipped preset or "Load checkpoint…") and device.
+    fieldOfViewMm - scan size (3x3 or 6x6 mm).
+    depthRangeMm - axial extent that normalized depths are scaled to.
+    threshold - vessel probability threshold; minSegmentLengthPx - shorter vessel segments are dropped.
+    output* - depth map, 2D vessel segmentation, 3D vessel surface and centerlines, results table.
+    referenceDepthVolume, referenceCenterlines, evaluationTable - ground truth and metrics (Evaluation).
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    model: str = "lite"
+    checkpointPath: Path
+    device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
+    fieldOfViewMm: Annotated[int, Choice([3, 6])] = 3
+    depthRangeMm: Annotated[float, WithinRange(0.01, 2.0)] = 0.25
+    threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
+    minSegmentLengthPx: Annotated[int, WithinRange(0, 500)] = 10
+    outputDepthVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    outputModel: vtkMRMLModelNode
+    outputCenterlines: vtkMRMLModelNode
+    outputTable: vtkMRMLTableNode
+    referenceDepthVolume: vtkMRMLScalarVolumeNode
+    referenceCenterlines: vtkMRMLModelNode
+    evaluationTable: vtkMRMLTableNode
+
+
+#
+# OCTADepthWidget
+#
+
+
+class OCTADepthWidget(slicer_widget.ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Uses ScriptedLoadableModuleWidget base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+
+    Parameter-node binding, Apply/Cancel/progress, sample loading and evaluation are shared by all
+    VesselRecon modules: see VesselReconLib.slicer_widget.ModuleWidgetMixin.
+    """
+
+    PROCESS_ARGS = PROCESS_ARGS
+    EVALUATE_ARGS = EVALUATE_ARGS
+    REQUIRED_INPUTS = REQUIRED_INPUTS
+
+    def __init__(self, parent=None) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.setup(self)
+
+        # Load widget from .ui file (created by Qt Designer).
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/OCTADepth.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+
+        # Set scene in MRML widgets.
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = OCTADepthLogic()
+        self.setupVesselRecon(slicer.app.processEvents)
+
+        # Make sure parameter node is initialized (needed for module reload)
+        self.initializeParameterNode()
+
+
+#
+# OCTADepthLogic
+#
+
+
+class OCTADepthLogic(ScriptedLoadableModuleLogic):
+    """OCTADepth logic for Slicer: ScriptedLoadableModuleLogic plus the Qt-free core logic.
+
+    Instances are of ``class OCTADepthLogic(ScriptedLoadableModuleLogic, CoreOCTADepthLogic)`` where
+    the core, ``VesselReconLib.octadepth.logic.OCTADepthLogic``, is imported on first instantiation
+    (it loads torch), so Slicer starts fast. From the Python console:
+    ``OCTADepthLogic().process(input_volume=getNode("OCTA"))``.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(slicer_widget.bind_core(cls, "octadepth", "OCTADepthLogic"))
+
+    def __init__(self) -> None:
+        """Called when the logic class is instantiated (also initializes the core logic)."""
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return OCTADepthParameterNode(super().getParameterNode())
+
+
+#
+# OCTADepthTest
+#
+
+
+class OCTADepthTest(ScriptedLoadableModuleTest):
+    """
+    This is the test case for your scripted module.
+    Uses ScriptedLoadableModuleTest base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def setUp(self):
+        """Do whatever is needed to reset the state - typically a scene clear will be enough."""
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        """Run as few or as many tests as needed here."""
+        self.setUp()
+        self.test_OCTADepth1()
+
+    def test_OCTADepth1(self):
+        """Generated sample -> depth map and 3D vessels on the CPU -> evaluation; a missing input is refused."""
+        slicer_widget.self_test(self, OCTADepthLogic(), PROCESS_ARGS, EVALUATE_ARGS, REQUIRED_INPUTS)

@@ -90,7 +90,8 @@ def normalized_adjacency(n_vertices: int, edge_index: torch.Tensor) -> torch.Ten
     cols = torch.cat([edge_index[:, 1], edge_index[:, 0], loops])
     degree = torch.bincount(rows, minlength=n_vertices).float()
     values = degree[rows].rsqrt() * degree[cols].rsqrt()
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_vertices, n_vertices)).coalesce()
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_vertices, n_vertices),
+                                   check_invariants=False).coalesce()
 
 
 class GraphConv(nn.Module):

@@ -1,0 +1,84 @@
+"""Two-view X-ray phantom: DICOM XA geometry, analytic line integrals, ground truth alignment, dataset layout."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from VesselReconLib.angio3d.geometry import CArmGeometry
+from VesselReconLib.phantoms import xray
+
+
+@pytest.fixture(scope="module")
+def case():
+    return xray.make_case(11)
+
+
+def test_centerline_projections_land_on_masks_within_one_pixel(case):
+    for geometry, view in zip(case["geometries"], case["views"]):
+        distance_to_mask = ndimage.distance_transform_edt(view["soi"] == 0)
+        for centerline in case["centerlines"]:
+            pixels = geometry.project(centerline["points"])
+            d = ndimage.map_coordinates(distance_to_mask, [pixels[:, 1], pixels[:, 0]], order=1)
+            assert d.max() <= 1.0
+        # the all-vessel mask contains the SOI mask
+        assert (view["vessels"][view["soi"] > 0] == 1).all()
+
+
+def test_soi_points_are_projections_of_the_3d_ends(case):
+    for geometry, view_points in zip(case["geometries"], case["soi_points"]):
+        for centerline, (start, end) in zip(case["centerlines"], view_points):
+            np.testing.assert_allclose(geometry.project(centerline["points"][[0, -1]]), [start, end], atol=1e-9)
+
+
+def test_stenosis_and_side_branch_truth(case):
+    stenosis = case["case"].stenosis
+    assert 30 <= stenosis["percent_diameter"] <= 90
+    radii = case["centerlines"][0]["radii"]
+    assert radii.min() < 0.8 * radii.max()                 # the stenosis is on the main SOI
+    main, side = (c["points"] for c in case["centerlines"])
+    assert np.linalg.norm(main - side[0], axis=1).min() < 0.5   # the side SOI starts on the main vessel
+
+
+def test_chord_of_a_cylinder_through_the_isocentre_is_its_diameter():
+    geometry = CArmGeometry(0, 0, 1000, 700, (0.3, 0.3), 128, 128)
+    # a cylinder of radius 1 mm along x (perpendicular to the AP beam) through the isocentre
+    a, b = np.array([[-20.0, 0, 0]]), np.array([[20.0, 0, 0]])
+    chords = xray.chord_image(geometry, a, b, np.array([1.0]), np.array([1.0]))
+    centre = geometry.project(np.zeros((1, 3)))[0]
+    # the central ray is almost perpendicular to the axis: chord ~ 2 r
+    assert chords[int(round(centre[1])), int(round(centre[0]))] == pytest.approx(2.0, rel=0.02)
+    # the projected width is 2 r x magnification / pixel size
+    width = (chords[:, int(round(centre[0]))] > 0).sum()
+    assert abs(width - 2 * 1.0 * geometry.magnification / 0.3) <= 2
+
+
+def test_images_have_vessels_darker_than_background_and_noise(case):
+    view = case["views"][0]
+    image = view["image"].astype(float)
+    assert image[view["vessels"] == 1].mean() < 0.85 * image[view["vessels"] == 0].mean()
+    assert image.dtype == float and image.std() > 0
+    assert view["image"].dtype == np.uint16
+
+
+def test_dataset_writer_layout(tmp_path):
+    from VesselReconLib.phantoms.datasets import write_dataset
+
+    out = write_dataset("xray", tmp_path / "xray", 1, seed=5)
+    folder = out / "case_000"
+    for name in ("view_a.png", "view_b.png", "vessels_a.png", "soi_b.png", "geometry.json", "centerline.json", "mesh.vtp"):
+        assert (folder / name).is_file()
+    geometry = json.loads((folder / "geometry.json").read_text())
+    tags = geometry["views"]["a"]
+    for key in ("PositionerPrimaryAngle", "PositionerSecondaryAngle", "DistanceSourceToDetector",
+                "DistanceSourceToPatient", "ImagerPixelSpacing", "Rows", "Columns"):
+        assert key in tags
+    loaded = xray.load_case(folder)
+    assert loaded.images[0].shape == (512, 512) and loaded.images[0].max() > 1000
+    assert len(loaded.centerlines[0]["points"]) == 100
+    from VesselReconLib import meshes
+
+    assert meshes.is_watertight(meshes.load_polydata(folder / "mesh.vtp"))

@@ -1,0 +1,110 @@
+"""``vesselrecon bench angio3d``: one SOI end to end (two 512x512 views) and the networks alone, against a
+plain U-Net baseline of similar size on the same crops; one JSON line."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+
+from ..device import inference, peak_memory_mb, resolve_device
+
+
+def _time(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def plain_unet(net) -> torch.nn.Module:
+    """A plain MONAI U-Net with about as many parameters as our segmenter + SR networks."""
+    from monai.networks.nets import UNet
+
+    target = sum(p.numel() for p in net.parameters())
+    width = 4
+    while True:
+        channels = tuple(width * 2 ** k for k in range(4))
+        baseline = UNet(2, 1, 1, channels=channels, strides=(2, 2, 2), num_res_units=1)
+        if sum(p.numel() for p in baseline.parameters()) >= target or width > 256:
+            return baseline
+        width += 2
+
+
+def load_net(model: str, preset: str, device: torch.device):
+    from .. import registry
+    from ..errors import CheckpointError
+    from .network import build_model
+
+    try:
+        return registry.load_model("angio3d", model, str(device))[0], model
+    except CheckpointError:
+        return build_model(preset).to(device).eval(), f"untrained {preset}"
+
+
+def run_bench(device_name: str = "auto", model: str = "lite", preset: str = "lite", repeats: int = 5,
+              seed: int = 0) -> dict:
+    from ..phantoms.xray import make_case
+    from .pipeline import reconstruct
+
+    torch.manual_seed(seed)
+    device = resolve_device(device_name)
+    net, source = load_net(model, preset, device)
+    case = make_case(seed)
+    images = [v["image"].astype(np.float32) for v in case["views"]]
+    points = [np.array(p[:1]) for p in case["soi_points"]]          # one SOI (main branch)
+    size = net.crop_size
+    vertices = 6000
+
+    def pipeline():
+        reconstruct(images, case["geometries"], points, net=net, device=device)
+
+    crops = torch.randn(2, 1, size, size, device=device)
+    sr_images = torch.randn(1, 3, size, size, device=device)
+    grid = torch.rand(1, vertices, 2, device=device) * 2 - 1
+    coords = torch.rand(1, vertices, 3, device=device)
+
+    def network():
+        with inference(device, allow_half=False):
+            net.segment(crops)
+            net(sr_images, sr_images, grid, grid, coords)
+
+    baseline = plain_unet(net).to(device).eval()
+    two_crops = torch.randn(4, 1, size, size, device=device)   # seg (2 views) + SR encoder inputs (2 views)
+
+    def plain():
+        with inference(device, allow_half=False):
+            baseline(two_crops)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result = {"method": "angio3d", "device": str(device), "model": source, "preset": net.config["preset"],
+              "input": "two 512x512 views, one SOI", "crop": size,
+              "pipeline_s": _time(pipeline, device, repeats), "network_s": _time(network, device, repeats),
+              "baseline_s": _time(plain, device, repeats),
+              "params": int(sum(p.numel() for p in net.parameters())),
+              "baseline_params": int(sum(p.numel() for p in baseline.parameters()))}
+    result["network_vs_baseline"] = round(result["network_s"] / max(result["baseline_s"], 1e-9), 3)
+    result["pipeline_vs_baseline"] = round(result["pipeline_s"] / max(result["baseline_s"], 1e-9), 3)
+    result["peak_memory_mb"] = peak_memory_mb(device)
+    if result["peak_memory_mb"] is None:
+        import resource
+
+        result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return {k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def print_bench(**kwargs) -> dict:
+    result = run_bench(**kwargs)
+    print(json.dumps(result))
+    return result

@@ -1,0 +1,282 @@
+"""``vesselrecon angio3d`` / ``train angio3d`` / ``eval angio3d`` / ``bench angio3d`` and the demo hook."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..device import DEVICE_CHOICES
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+DEMO_SEED = 20230418
+NODIFFREND = "angio3d-lite-nodiffrend"
+
+
+# ------------------------------------------------------------------ run
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--case", help="an xray phantom case folder (images, geometry.json with SOI points)")
+    parser.add_argument("--view-a", help="view A: XA DICOM (multi-frame) or a 2D image (PNG, TIFF, ...)")
+    parser.add_argument("--view-b", help="view B image")
+    parser.add_argument("--frame-a", type=int, default=0, help="frame of view A")
+    parser.add_argument("--frame-b", type=int, default=0, help="frame of view B")
+    parser.add_argument("--points-a", help="SOI pixels of view A as 'col,row col,row ...' (start end per branch)")
+    parser.add_argument("--points-b", help="SOI pixels of view B, same order")
+    parser.add_argument("--geometry-a", help="'primary,secondary,SID,SOD,pixel_mm' for view A (else from DICOM)")
+    parser.add_argument("--geometry-b", help="same for view B")
+    parser.add_argument("--out", default="out/angio3d", help="output folder")
+    parser.add_argument("--model", default="lite", help="shipped preset (lite) or checkpoint path")
+    parser.add_argument("--device", default="auto", help="|".join(DEVICE_CHOICES))
+    parser.add_argument("--segmenter", default="net", choices=("net", "frangi"))
+    parser.add_argument("--no-refine", action="store_true", help="skip surface refinement ('(-) SR')")
+
+
+def _read_view(path: str):
+    """Frames and geometry (None for non-DICOM) of one view file."""
+    from .dicom_io import read_xa
+
+    if Path(path).suffix.lower() in (".dcm", ".dicom", "") or _is_dicom(path):
+        return read_xa(path)[:2]
+    import SimpleITK as sitk
+
+    from ..errors import squeeze_to_2d
+
+    if not Path(path).is_file():
+        raise InputError(f"Image {path} does not exist.")
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    return squeeze_to_2d(array, Path(path).name)[None].astype(np.float32), None
+
+
+def _is_dicom(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _points(text: str | None, name: str) -> np.ndarray:
+    if not text:
+        raise InputError(f"Give --points-{name}: 'col,row col,row' (start and end of each branch).")
+    try:
+        values = np.array([[float(v) for v in pair.split(",")] for pair in text.split()], float)
+    except ValueError as exc:
+        raise InputError(f"--points-{name} must look like '120,300 260,180'.") from exc
+    if values.ndim != 2 or values.shape[1] != 2 or len(values) % 2:
+        raise InputError(f"--points-{name} needs pairs of 'col,row' points, two per branch.")
+    return values.reshape(-1, 2, 2)
+
+
+def _geometry(text: str | None, fallback, shape, name: str):
+    from .geometry import CArmGeometry
+
+    if text:
+        try:
+            primary, secondary, sid, sod, spacing = (float(v) for v in text.split(","))
+        except ValueError as exc:
+            raise InputError(f"--geometry-{name} must be 'primary,secondary,SID,SOD,pixel_mm'.") from exc
+        return CArmGeometry(primary, secondary, sid, sod, (spacing, spacing), shape[-2], shape[-1])
+    if fallback is None:
+        raise InputError(f"View {name.upper()} has no DICOM geometry: give --geometry-{name}.")
+    return fallback
+
+
+def _inputs(args):
+    """(frames, geometry, pixels, frame) per view from --case or the explicit options."""
+    if args.case:
+        from ..phantoms.xray import load_case
+
+        case = load_case(args.case)
+        return [(img[None], geo, np.array(pts), 0) for img, geo, pts in zip(case.images, case.geometries, case.soi_points)]
+    if not (args.view_a and args.view_b):
+        raise InputError("Give --case, or --view-a and --view-b with their SOI points.")
+    views = []
+    for name, path, frame, points, geometry in (("a", args.view_a, args.frame_a, args.points_a, args.geometry_a),
+                                                ("b", args.view_b, args.frame_b, args.points_b, args.geometry_b)):
+        frames, dicom_geometry = _read_view(path)
+        views.append((frames, _geometry(geometry, dicom_geometry, frames.shape, name), _points(points, name), frame))
+    return views
+
+
+def run(args) -> int:
+    from .. import meshes, mrml, render, runtime
+    from ..progress import TqdmProgress
+    from .logic import Angio3DLogic
+
+    views = _inputs(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scene = runtime.new_scene()
+    logic = Angio3DLogic(scene)
+    nodes = []
+    for name, (frames, geometry, pixels, frame) in zip("AB", views):
+        volume = logic.add_view(frames, geometry, f"view {name}")
+        nodes += [volume, logic.add_points(pixels, volume, f"SOI points {name}", frame)]
+    bar = TqdmProgress("angio3d")
+    result = logic.process(nodes[0], nodes[2], nodes[1], nodes[3], frame_a=views[0][3], frame_b=views[1][3],
+                           model=args.model, device=args.device, segmenter=args.segmenter,
+                           refine=not args.no_refine, progress=bar)
+    bar.close()
+    meshes.save_polydata(result.output_model.GetPolyData(), out / "mesh.vtp")
+    reconstruction = result.reconstruction
+    branches = [{"points_lps": b.refined_centerline()[0].round(4).tolist(),
+                 "radii_mm": b.refined_centerline()[1].round(4).tolist()} for b in reconstruction.branches]
+    (out / "centerline.json").write_text(json.dumps({"frame": "DICOM patient LPS (mm)", "branches": branches}))
+    summary = {"qca": logic.qca_rows(reconstruction), "epipolar_error_px": result.epipolar_error_px,
+               "epipolar_error_before_px": result.epipolar_error_before_px, "timings_s": result.timings}
+    (out / "qca.json").write_text(json.dumps(summary, indent=1))
+    for name, mask, silhouette in zip("ab", reconstruction.masks, reconstruction.silhouettes()):
+        render.save_image_png(mask.astype(np.float32), out / f"segmentation_{name}.png")
+        render.save_image_png(silhouette.astype(np.float32), out / f"reprojection_{name}.png")
+    mrml.save_scene(out / "angio3d.mrb", scene)
+    print(json.dumps({"out": str(out), **summary["qca"][0], "epipolar_error_px": summary["epipolar_error_px"],
+                      "seconds": round(sum(result.timings.values()), 3)}))
+    return 0
+
+
+# ------------------------------------------------------------------ train
+
+
+def add_train_arguments(parser) -> None:
+    parser.add_argument("--data", required=True, help="xray dataset folder (vesselrecon phantoms xray --out ...)")
+    parser.add_argument("--val", required=True, help="held-out xray dataset folder for validation and metrics")
+    parser.add_argument("--out", default="out/angio3d-runs", help="checkpoint folder")
+    parser.add_argument("--preset", default="lite", choices=("lite", "paper"))
+    parser.add_argument("--seg-epochs", type=int, default=8)
+    parser.add_argument("--sr-epochs", type=int, default=3)
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N training cases")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ship", action="store_true", help="write the registry entries (angio3d-<preset> and "
+                        "angio3d-<preset>-nodiffrend) into the models folder")
+
+
+def train(args) -> int:
+    import copy
+
+    import torch
+
+    from ..device import limit_cpu_threads
+    from ..training import seed_everything, ship_model
+    from . import train as training
+    from .eval import evaluate_cases
+    from .network import build_model
+
+    limit_cpu_threads()
+    seed_everything(args.seed)
+    out = Path(args.out)
+    cases = training.load_cases(args.data, args.limit)
+    val_cases = training.load_cases(args.val)
+    net = build_model(args.preset)
+    history = training.train_segmentation(net, cases, val_cases, out, args.seg_epochs, seed=args.seed)
+    net.eval()
+    samples, val_samples = training.sr_samples(net, cases), training.sr_samples(net, val_cases)
+    ablation = copy.deepcopy(net)
+    history += training.train_refinement(net, samples, val_samples, out, args.sr_epochs, True, args.seed)
+    history += training.train_refinement(ablation, samples, val_samples, out, args.sr_epochs, False, args.seed)
+    net.eval(), ablation.eval()
+    with torch.no_grad():
+        table = evaluate_cases(val_cases, net, ablation)
+    metrics = {row["method"]: {k: round(v, 4) for k, v in row.items() if k != "method"} for row in table}
+    log.info("held-out: %s", json.dumps(metrics))
+    if args.ship:
+        command = "vesselrecon train angio3d " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+        spec = {"views": 2, "image": "2D angiogram frame, any size (512x512 phantoms)", "crop": net.crop_size,
+                "geometry": "DICOM XA C-arm angles, SID, SOD, ImagerPixelSpacing",
+                "soi": "start/end pixel per branch per view", "vertices": 6000}
+        data = {"train": f"vesselrecon phantoms xray --count {len(cases)} --seed {_dataset_seed(args.data)} "
+                         f"--out {args.data}",
+                "val": f"vesselrecon phantoms xray --count {len(val_cases)} --seed {_dataset_seed(args.val)} "
+                       f"--out {args.val}"}
+        for model, name, key in ((net, None, "3DAngioNet"), (ablation, NODIFFREND, "(-) DiffRend")):
+            ship_model(model, "angio3d", args.preset, command=command, data=json.dumps(data), seed=args.seed,
+                       metrics={"held_out": metrics[key], "held_out_cases": len(val_cases),
+                                "baselines": {k: v for k, v in metrics.items() if k != key}},
+                       input_spec=spec, name=name, extra_training={"history_tail": history[-3:]})
+    print(json.dumps({"held_out": metrics}))
+    return 0
+
+
+def _dataset_seed(folder) -> int | None:
+    index = Path(folder) / "dataset.json"
+    return json.loads(index.read_text()).get("seed") if index.is_file() else None
+
+
+# ------------------------------------------------------------------ eval
+
+
+def add_eval_arguments(parser) -> None:
+    parser.add_argument("--data", required=True, help="held-out xray dataset folder")
+    parser.add_argument("--model", default="lite", help="shipped preset or checkpoint")
+    parser.add_argument("--ablation", default=NODIFFREND, help="'(-) DiffRend' model (name or checkpoint); '' skips")
+    parser.add_argument("--device", default="cpu", help="|".join(DEVICE_CHOICES))
+    parser.add_argument("--limit", type=int, default=None)
+
+
+def evaluate(args) -> int:
+    import torch
+
+    from .. import registry
+    from ..device import limit_cpu_threads
+    from .eval import evaluate_cases, format_table
+    from .train import load_cases
+
+    limit_cpu_threads()
+    net = registry.load_model("angio3d", args.model, args.device)[0]
+    ablation = registry.load_model("angio3d", args.ablation, args.device)[0] if args.ablation else None
+    cases = load_cases(args.data, args.limit)
+    with torch.no_grad():
+        rows = evaluate_cases(cases, net, ablation)
+    print(f"3DAngioNet on {len(cases)} held-out cases ({args.data}); tau = 1 mm")
+    print(format_table(rows))
+    return 0
+
+
+# ------------------------------------------------------------------ bench
+
+
+def add_bench_arguments(parser) -> None:
+    parser.add_argument("--device", default="auto", help="|".join(DEVICE_CHOICES))
+    parser.add_argument("--model", default="lite", help="shipped preset or checkpoint (untrained preset if absent)")
+    parser.add_argument("--preset", default="lite", choices=("lite", "paper"), help="preset when no weights exist")
+    parser.add_argument("--repeats", type=int, default=5)
+
+
+def bench(args) -> int:
+    from ..device import limit_cpu_threads
+    from .bench import print_bench
+
+    if args.device in ("cpu",) or args.device == "auto":
+        limit_cpu_threads(2)
+    print_bench(device_name=args.device, model=args.model, preset=args.preset, repeats=args.repeats)
+    return 0
+
+
+# ------------------------------------------------------------------ demo
+
+
+def demo(context) -> None:
+    """Two-view phantom -> mesh, centreline, QCA and reprojections in the demo scene, plus a render."""
+    from .. import mrml, render
+    from .logic import Angio3DLogic
+
+    logic = Angio3DLogic(context.scene)
+    sample = logic.load_sample(seed=DEMO_SEED)
+    result = logic.process(sample["view_a"], sample["view_b"], sample["points_a"], sample["points_b"],
+                           device=context.device)
+    table = logic.evaluate(result.output_model, sample["reference_model"],
+                           reprojections=[result.output_reprojection_a, result.output_reprojection_b],
+                           reference_masks=[sample["reference_mask_a"], sample["reference_mask_b"]])
+    render.render_meshes([render.Layer(result.output_model.GetPolyData(), color=(0.85, 0.25, 0.2)),
+                          render.Layer(sample["reference_model"].GetPolyData(), color=(0.3, 0.8, 0.3), opacity=0.35)],
+                         context.render_path("angio3d_mesh"))
+    metrics = {row["metric"]: round(float(row["value"]), 4) for row in mrml.table_to_rows(table)}
+    context.summary["angio3d"] = {**metrics, "percent_diameter_stenosis": round(result.qca["percent_diameter_stenosis"], 2),
+                                  "true_percent_diameter_stenosis": round(sample["stenosis_percent"], 2),
+                                  "epipolar_error_px": result.epipolar_error_px}

@@ -1,0 +1,324 @@
+"""Angio3D Logic: two angiograms + C-arm geometry + SOI points -> 3D lumen mesh, centreline, QCA table,
+2D segmentations and mesh reprojections, all as MRML nodes. Qt-free; console example::
+
+    from VesselReconLib.angio3d.logic import Angio3DLogic
+    logic = Angio3DLogic()
+    sample = logic.load_sample()
+    result = logic.process(sample["view_a"], sample["view_b"], sample["points_a"], sample["points_b"])
+    print(result.qca)
+    logic.evaluate(result.output_model, sample["reference_model"])
+
+View volumes hold the frames along K. When a view volume carries the ``DICOM.*`` geometry attributes
+(set by :meth:`Angio3DLogic.load_xa` and :meth:`load_sample`) its geometry is read from them; typed
+values (``primary_angle_a`` ...) override them. Each markups point list holds the start and end point
+of the main branch, then start (at the bifurcation) and end of each side branch.
+
+Volumes made here are placed on the detector plane in patient space (RAS), so the mesh, the
+centreline and both views line up in the 3D view.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import meshes, mrml
+from ..errors import InputError
+from ..logic_base import VesselReconLogic
+from ..progress import as_reporter
+from . import template
+from .geometry import CArmGeometry
+
+log = logging.getLogger(__name__)
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+NAMES = {"model": "Angio3D lumen mesh", "centerline": "Angio3D centerline", "table": "Angio3D QCA",
+         "segmentation": "Angio3D view {view} segmentation", "reprojection": "Angio3D view {view} mesh reprojection",
+         "metrics": "Angio3D evaluation"}
+ATTRIBUTE = "DICOM.{}"
+GEOMETRY_ARGS = ("primary_angle", "secondary_angle", "sid", "sod", "pixel_spacing")
+BRANCH_COLORS = [(0.9, 0.25, 0.2), (0.2, 0.6, 0.95), (0.3, 0.85, 0.3), (0.95, 0.8, 0.2)]
+
+
+def detector_ijk_to_ras(geometry: CArmGeometry) -> np.ndarray:
+    """IJK-to-RAS placing pixel (i = column, j = row) on the detector plane; K runs along the beam."""
+    rotation = geometry.rotation()
+    k = geometry.intrinsics()
+    centre = geometry.source + geometry.sid * geometry.direction
+    origin = centre - k[0, 2] * geometry.pixel_spacing[1] * rotation[:, 0] - k[1, 2] * geometry.pixel_spacing[0] * rotation[:, 1]
+    lps = mrml.ijk_to_ras_matrix((geometry.pixel_spacing[1], geometry.pixel_spacing[0], 1.0), origin, rotation)
+    return LPS_TO_RAS @ lps
+
+
+def lps_to_ras_points(points: np.ndarray) -> np.ndarray:
+    return np.asarray(points, float) * np.array([-1.0, -1.0, 1.0])
+
+
+@dataclass
+class Angio3DResult:
+    """Nodes written by :meth:`Angio3DLogic.process` and the measures."""
+
+    output_model: object
+    output_centerline: object
+    output_table: object
+    output_segmentation_a: object
+    output_segmentation_b: object
+    output_reprojection_a: object
+    output_reprojection_b: object
+    side_centerlines: list = field(default_factory=list)
+    qca: dict = field(default_factory=dict)
+    epipolar_error_px: float = float("nan")
+    epipolar_error_before_px: float = float("nan")
+    timings: dict = field(default_factory=dict)
+    _reconstruction: object = field(default=None, repr=False)
+
+    @property
+    def reconstruction(self):
+        """The array-level :class:`~.pipeline.Reconstruction`."""
+        return self._reconstruction
+
+
+class Angio3DLogic(VesselReconLogic):
+    """3DAngioNet in Slicer: :meth:`process`, :meth:`evaluate`, :meth:`load_sample`, :meth:`load_xa`."""
+
+    method = "angio3d"
+    creator = "Angio3D"
+
+    # ------------------------------------------------------------------ inputs
+    def view_geometry(self, volume, primary_angle=None, secondary_angle=None, sid=None, sod=None,
+                      pixel_spacing=None) -> CArmGeometry:
+        """A view's geometry: typed values over the volume's ``DICOM.*`` attributes.
+
+        :raises InputError: when a value is neither typed nor stored on the volume.
+        """
+        array, _ = mrml.volume_to_array(volume)
+        stored = {k: volume.GetAttribute(ATTRIBUTE.format(k)) for k in
+                  ("PositionerPrimaryAngle", "PositionerSecondaryAngle", "DistanceSourceToDetector",
+                   "DistanceSourceToPatient", "ImagerPixelSpacing")}
+        typed = dict(zip(stored, (primary_angle, secondary_angle, sid, sod, pixel_spacing)))
+        tags = {}
+        for key in stored:
+            value = typed[key] if typed[key] is not None else stored[key]
+            if value is None:
+                raise InputError(f"The geometry of {volume.GetName()} lacks {key}: type it in "
+                                 "(C-arm angles in degrees, distances and pixel spacing in mm).")
+            tags[key] = value
+        spacing = tags["ImagerPixelSpacing"]
+        if isinstance(spacing, str):
+            spacing = [float(s) for s in spacing.replace("\\", " ").replace(",", " ").split()]
+        spacing = np.broadcast_to(np.asarray(spacing, float), (2,))
+        tags["ImagerPixelSpacing"] = spacing.tolist()
+        tags["Rows"], tags["Columns"] = array.shape[-2], array.shape[-1]
+        return CArmGeometry.from_dicom(tags)
+
+    @staticmethod
+    def frame_of(volume, frame: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """One frame (rows, columns) of a view volume and that frame's IJK-to-RAS."""
+        if volume is None:
+            raise InputError(f"{name} is missing: select an angiogram.")
+        array, ijk_to_ras = mrml.volume_to_array(volume)
+        if array.ndim != 3:
+            raise InputError(f"{name} must be a grayscale image or a run of frames; got shape {array.shape}.")
+        if not 0 <= int(frame) < array.shape[0]:
+            raise InputError(f"{name} has {array.shape[0]} frames; frame {frame} does not exist.")
+        shift = np.eye(4)
+        shift[2, 3] = int(frame)
+        return array[int(frame)].astype(np.float32), ijk_to_ras @ shift
+
+    @staticmethod
+    def soi_pixels(points_node, ijk_to_ras: np.ndarray, name: str) -> np.ndarray:
+        """Markups control points -> (branches, 2, 2) (column, row) pixels of one view."""
+        if points_node is None:
+            raise InputError(f"The SOI points of {name} are missing: place the start and end points.")
+        n = points_node.GetNumberOfControlPoints()
+        if n < 2 or n % 2:
+            raise InputError(f"{name} has {n} SOI points; place a start and an end point per branch "
+                             "(main branch first).")
+        ras = np.array([points_node.GetNthControlPointPositionWorld(i) for i in range(n)], float)
+        ijk = (np.linalg.inv(ijk_to_ras) @ np.c_[ras, np.ones(n)].T).T[:, :3]
+        return ijk[:, :2].reshape(-1, 2, 2)
+
+    # ------------------------------------------------------------------ process
+    def process(self, view_a, view_b, points_a, points_b, frame_a: int = 0, frame_b: int = 0,
+                primary_angle_a: float | None = None, secondary_angle_a: float | None = None,
+                sid_a: float | None = None, sod_a: float | None = None, pixel_spacing_a: float | None = None,
+                primary_angle_b: float | None = None, secondary_angle_b: float | None = None,
+                sid_b: float | None = None, sod_b: float | None = None, pixel_spacing_b: float | None = None,
+                output_model=None, output_centerline=None, output_table=None, model: str = "lite",
+                device: str = "auto", segmenter: str = "net", refine: bool = True, calibrate: bool = True,
+                progress=None, cancel=None, background=None) -> Angio3DResult:
+        """Reconstruct the SOI from two views and write the outputs.
+
+        :param view_a: angiography volume of view A (frames along K).
+        :param points_a: markups point list with the SOI start/end points in view A (pairs per branch).
+        :param frame_a: frame index of view A to use.
+        :param primary_angle_a: PositionerPrimaryAngle (LAO+) in degrees; None reads the volume's attribute.
+        :param pixel_spacing_a: ImagerPixelSpacing in mm (one value or (row, column)).
+        :param output_model: model node to overwrite (else "Angio3D lumen mesh" is created/updated).
+        :param model: shipped preset ("lite") or checkpoint path.
+        :param segmenter: "net" (U-Net) or "frangi" (classical baseline).
+        :param refine: run surface refinement; ``calibrate``: LM refinement of view B's geometry.
+        :param background: optional ``fn -> fn()`` runner for the MRML-free computation (GUI thread safety).
+        :raises InputError: bad inputs, before any scene change.
+        """
+        reporter = as_reporter(progress, cancel)
+        image_a, ijk_a = self.frame_of(view_a, frame_a, "View A")
+        image_b, ijk_b = self.frame_of(view_b, frame_b, "View B")
+        geometry_a = self.view_geometry(view_a, primary_angle_a, secondary_angle_a, sid_a, sod_a, pixel_spacing_a)
+        geometry_b = self.view_geometry(view_b, primary_angle_b, secondary_angle_b, sid_b, sod_b, pixel_spacing_b)
+        pixels = [self.soi_pixels(points_a, ijk_a, "View A"), self.soi_pixels(points_b, ijk_b, "View B")]
+        if pixels[0].shape != pixels[1].shape:
+            raise InputError("Both views need the same number of SOI points (a start and an end per branch).")
+        from .pipeline import reconstruct, validate_inputs
+
+        validate_inputs([image_a, image_b], [geometry_a, geometry_b], pixels)
+        net = self.model(model, device)[0] if (segmenter == "net" or refine) else None
+        torch_device = next(net.parameters()).device if net is not None else "cpu"
+
+        def compute():
+            return reconstruct([image_a, image_b], [geometry_a, geometry_b], pixels, net=net, device=torch_device,
+                               segmenter=segmenter, refine=refine, calibrate=calibrate,
+                               progress=reporter.sub(0.0, 0.9), cancel=cancel)
+
+        result = background(compute) if background is not None else compute()
+        reporter(0.92, "writing outputs")
+        outputs = self._write_outputs(result, [ijk_a, ijk_b], [view_a, view_b], output_model, output_centerline,
+                                      output_table)
+        reporter(1.0, "done")
+        return outputs
+
+    def _write_outputs(self, result, ijk_to_ras, views, output_model, output_centerline, output_table) -> Angio3DResult:
+        scene = self.scene
+        mesh = meshes.transform(result.mesh, LPS_TO_RAS)
+        model_node = mrml.polydata_to_model(mesh, NAMES["model"], color=(0.85, 0.2, 0.2), node=output_model,
+                                            scene=scene, creator=self.creator)
+        curves = []
+        for index, branch in enumerate(result.branches):
+            centres, radii = branch.refined_centerline()
+            name = NAMES["centerline"] if index == 0 else f"{NAMES['centerline']} branch {index + 1}"
+            curves.append(mrml.polyline_to_curve(lps_to_ras_points(centres), name, radii=radii,
+                                                 node=output_centerline if index == 0 else None, scene=scene,
+                                                 creator=self.creator))
+        table = mrml.rows_to_table(self.qca_rows(result), NAMES["table"], node=output_table, scene=scene,
+                                   creator=self.creator)
+        segmentations, reprojections = [], []
+        silhouettes = result.silhouettes()
+        for view, mask, silhouette, matrix, volume in zip("AB", result.masks, silhouettes, ijk_to_ras, views):
+            segmentations.append(mrml.labelmap_to_segmentation(
+                mask.astype(np.uint8), matrix, [mrml.SegmentSpec(1, "Vessel (2D)", (0.95, 0.75, 0.1))],
+                NAMES["segmentation"].format(view=view), scene=scene, creator=self.creator))
+            reprojections.append(mrml.array_to_volume(silhouette, matrix, NAMES["reprojection"].format(view=view),
+                                                      scene=scene, labelmap=True, creator=self.creator))
+        return Angio3DResult(model_node, curves[0], table, *segmentations, *reprojections, side_centerlines=curves[1:],
+                             qca=result.qca, epipolar_error_px=result.calibration.epipolar_error_after,
+                             epipolar_error_before_px=result.calibration.epipolar_error_before,
+                             timings=result.timings, _reconstruction=result)
+
+    @staticmethod
+    def qca_rows(result) -> list[dict]:
+        """QCA per branch (main first): length, MLD, reference diameter, % diameter stenosis."""
+        from .pipeline import quantitative_coronary_analysis
+
+        rows = []
+        for index, branch in enumerate(result.branches):
+            qca = quantitative_coronary_analysis(*branch.refined_centerline())
+            rows.append({"branch": "main" if index == 0 else f"side {index}",
+                         "length_mm": round(qca["length_mm"], 3), "mld_mm": round(qca["mld_mm"], 3),
+                         "reference_diameter_mm": round(qca["reference_diameter_mm"], 3),
+                         "percent_diameter_stenosis": round(qca["percent_diameter_stenosis"], 2),
+                         "mld_position_mm": round(qca["mld_position_mm"], 3)})
+        return rows
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, prediction, reference, table=None, reprojections=None, reference_masks=None,
+                 tau_mm: float = 1.0):
+        """Compare a reconstructed mesh with a reference mesh (and reprojections with 2D truth masks).
+
+        :param prediction: model node (the output mesh).
+        :param reference: model node of the true lumen surface.
+        :param reprojections: optional labelmap nodes (one per view) of the mesh reprojection.
+        :param reference_masks: optional labelmap nodes of the true 2D SOI masks, same order.
+        :returns: the metrics table node.
+        """
+        from .. import metrics
+
+        if prediction is None or reference is None or prediction.GetPolyData() is None or reference.GetPolyData() is None:
+            raise InputError("Select the reconstructed mesh and a reference mesh to evaluate.")
+        pred, ref = meshes.points_of(prediction.GetPolyData()), meshes.points_of(reference.GetPolyData())
+        if not len(pred) or not len(ref):
+            raise InputError("The prediction or the reference mesh has no points.")
+        report = metrics.surface_report(pred, ref, tau_mm)
+        row = {"hausdorff_mm": report["hausdorff"], "chamfer_mm": report["chamfer"], f"fscore_{tau_mm:g}mm": report["fscore"]}
+        if len(pred) == len(ref):
+            row["vertex_mae_mm"] = metrics.vertex_mae(pred, ref)
+        for view, (rep, truth) in enumerate(zip(reprojections or [], reference_masks or [])):
+            a, b = mrml.volume_to_array(rep)[0] > 0, mrml.volume_to_array(truth)[0] > 0
+            row[f"dice_view_{'AB'[view]}"] = metrics.dice(a, b)
+            row[f"jaccard_view_{'AB'[view]}"] = metrics.iou(a, b)
+        rows = [{"metric": k, "value": float(v)} for k, v in row.items()]
+        return mrml.rows_to_table(rows, NAMES["metrics"], node=table, scene=self.scene, creator=self.creator)
+
+    # ------------------------------------------------------------------ data
+    def add_view(self, frames: np.ndarray, geometry: CArmGeometry, name: str):
+        """A view volume (frames along K) on its detector plane, with the DICOM geometry as attributes."""
+        frames = np.asarray(frames, np.float32)
+        frames = frames[None] if frames.ndim == 2 else frames
+        node = mrml.array_to_volume(frames, detector_ijk_to_ras(geometry), name, scene=self.scene, creator=self.creator)
+        for key, value in geometry.to_dicom().items():
+            if key in ("Rows", "Columns", "DetectorOffsetPixels"):
+                continue
+            node.SetAttribute(ATTRIBUTE.format(key), " ".join(map(str, value)) if isinstance(value, list) else str(value))
+        return node
+
+    def add_points(self, pixels: np.ndarray, volume, name: str, frame: int = 0):
+        """A markups point list from (branches, 2, 2) pixels of a view volume."""
+        _, ijk_to_ras = mrml.volume_to_array(volume)
+        pixels = np.asarray(pixels, float).reshape(-1, 2)
+        ras = (ijk_to_ras @ np.c_[pixels, np.full(len(pixels), frame), np.ones(len(pixels))].T).T[:, :3]
+        node = mrml.output_node("vtkMRMLMarkupsFiducialNode", name, scene=self.scene, creator=self.creator)
+        node.RemoveAllControlPoints()
+        for index, point in enumerate(ras):
+            branch, end = divmod(index, 2)
+            node.AddControlPoint(*point, f"{'main' if branch == 0 else f'side{branch}'}-{'end' if end else 'start'}")
+        return node
+
+    def load_xa(self, path, name: str | None = None):
+        """Load a (multi-frame) XA DICOM file as a view volume with its geometry attributes."""
+        from pathlib import Path
+
+        from .dicom_io import read_xa
+
+        frames, geometry, tags = read_xa(path)
+        if geometry is None:
+            missing = [k for k, v in tags.items() if v is None]
+            raise InputError(f"{Path(path).name} lacks {', '.join(missing)}; type the geometry in after loading "
+                             "it with Slicer's DICOM module.")
+        return self.add_view(frames, geometry, name or Path(path).stem)
+
+    def load_sample(self, seed: int = 0) -> dict:
+        """Generate a two-view phantom (main branch with a stenosis and a side branch) into the scene.
+
+        :returns: dict with ``view_a``, ``view_b``, ``points_a``, ``points_b``, ``reference_model``,
+            ``reference_mask_a``/``_b`` and the typed geometry values (``primary_angle_a`` ...).
+        """
+        from ..phantoms.xray import make_case
+        from .stitching import union_polydata
+
+        case = make_case(seed)
+        out = {}
+        for view, geometry, rendered, pixels in zip("ab", case["geometries"], case["views"], case["soi_points"]):
+            volume = self.add_view(rendered["image"], geometry, f"Angio3D sample view {view.upper()}")
+            out[f"view_{view}"] = volume
+            out[f"points_{view}"] = self.add_points(np.array(pixels), volume, f"Angio3D sample SOI points {view.upper()}")
+            out[f"reference_mask_{view}"] = mrml.array_to_volume(
+                rendered["soi"], detector_ijk_to_ras(geometry), f"Angio3D sample view {view.upper()} truth",
+                scene=self.scene, labelmap=True, creator=self.creator)
+            out.update({f"{arg}_{view}": value for arg, value in zip(GEOMETRY_ARGS, (
+                geometry.primary_angle, geometry.secondary_angle, geometry.sid, geometry.sod, geometry.pixel_spacing[0]))})
+        truth = [template.template_vertices(c["points"], c["radii"]) for c in case["centerlines"]]
+        out["reference_model"] = mrml.polydata_to_model(meshes.transform(union_polydata(truth), LPS_TO_RAS),
+                                                        "Angio3D sample true lumen", color=(0.3, 0.8, 0.3),
+                                                        opacity=0.5, scene=self.scene, creator=self.creator)
+        out["stenosis_percent"] = float(case["case"].stenosis["percent_diameter"])
+        return out

@@ -206,6 +206,8 @@ class Angio3DWidget(slicer_widget.ModuleWidgetMixin, ScriptedLoadableModuleWidge
         self.ui.frameSliderB.connect("valueChanged(int)", lambda frame: self.onFrameSliderChanged("B", frame))
         self.ui.useFrameAButton.connect("clicked(bool)", lambda checked: self.onUseFrame("A"))
         self.ui.useFrameBButton.connect("clicked(bool)", lambda checked: self.onUseFrame("B"))
+        self.ui.viewASelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.onViewChanged("A", node))
+        self.ui.viewBSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.onViewChanged("B", node))
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -232,6 +234,20 @@ class Angio3DWidget(slicer_widget.ModuleWidgetMixin, ScriptedLoadableModuleWidge
         volume.GetIJKToRASMatrix(ijkToRas)
         ras = ijkToRas.MultiplyPoint(((dims[0] - 1) / 2.0, (dims[1] - 1) / 2.0, frame, 1.0))
         slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, ras[0], ras[1], ras[2])
+
+    def onViewChanged(self, view: str, volume) -> None:
+        """Fill the view's C-arm geometry from the volume's DICOM attributes (set by the Angio3D loader)."""
+        if self._parameterNode is None or volume is None:
+            return
+        fields = {"PositionerPrimaryAngle": "primaryAngle", "PositionerSecondaryAngle": "secondaryAngle",
+                  "DistanceSourceToDetector": "sid", "DistanceSourceToPatient": "sod", "ImagerPixelSpacing": "pixelSpacing"}
+        for tag, field in fields.items():
+            value = volume.GetAttribute(f"DICOM.{tag}")
+            if value:
+                try:
+                    setattr(self._parameterNode, f"{field}{view}", float(value.split()[0]))
+                except (ValueError, TypeError):
+                    pass
 
     def onUseFrame(self, view: str) -> None:
         """Use the frame shown by the view's slider for the reconstruction."""

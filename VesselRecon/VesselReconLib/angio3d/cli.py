@@ -153,6 +153,7 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--sr-epochs", type=int, default=3)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N training cases")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a busy machine)")
     parser.add_argument("--ship", action="store_true", help="write the registry entries (angio3d-<preset> and "
                         "angio3d-<preset>-nodiffrend) into the models folder")
 
@@ -168,7 +169,7 @@ def train(args) -> int:
     from .eval import evaluate_cases
     from .network import build_model
 
-    limit_cpu_threads()
+    limit_cpu_threads(args.threads)
     seed_everything(args.seed)
     out = Path(args.out)
     cases = training.load_cases(args.data, args.limit)
@@ -227,7 +228,7 @@ def evaluate(args) -> int:
     from .eval import evaluate_cases, format_table
     from .train import load_cases
 
-    limit_cpu_threads()
+    limit_cpu_threads(1)
     net = registry.load_model("angio3d", args.model, args.device)[0]
     ablation = registry.load_model("angio3d", args.ablation, args.device)[0] if args.ablation else None
     cases = load_cases(args.data, args.limit)

@@ -1,0 +1,167 @@
+"""Angio3D Logic on the headless scene, shipped weights against the classical baseline, CLI, GPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from VesselReconLib import mrml, registry
+from VesselReconLib.angio3d.logic import LPS_TO_RAS, Angio3DLogic
+from VesselReconLib.errors import CheckpointError, InputError
+
+HELD_OUT_SEEDS = (9001, 9002)        # never used for training (training data: seeds 1 and 2)
+
+
+def scene_state(scene):
+    return sorted(scene.GetNthNode(i).GetName() or "" for i in range(scene.GetNumberOfNodes()))
+
+
+@pytest.fixture(scope="module")
+def processed():
+    from VesselReconLib import runtime
+
+    scene = runtime.new_scene()
+    logic = Angio3DLogic(scene)
+    sample = logic.load_sample(seed=HELD_OUT_SEEDS[0])
+    result = logic.process(sample["view_a"], sample["view_b"], sample["points_a"], sample["points_b"], device="cpu")
+    return scene, logic, sample, result
+
+
+def test_outputs_are_placed_in_patient_space(processed):
+    scene, logic, sample, result = processed
+    from VesselReconLib import meshes
+    from VesselReconLib.phantoms.xray import make_case
+
+    case = make_case(HELD_OUT_SEEDS[0])
+    mesh = result.output_model.GetPolyData()
+    assert meshes.is_watertight(mesh)
+    lps = meshes.points_of(mesh) * np.array([-1, -1, 1])
+    truth = np.concatenate([c["points"] for c in case["centerlines"]])
+    from scipy.spatial import cKDTree
+
+    # every mesh point lies near the true centreline, within a vessel radius plus the reconstruction error
+    assert np.percentile(cKDTree(truth).query(lps)[0], 95) < 4.0
+    # the curve carries the radius measurement and follows the true main centreline
+    curve_points = np.array([result.output_centerline.GetNthControlPointPositionWorld(i)
+                             for i in range(result.output_centerline.GetNumberOfControlPoints())])
+    assert len(curve_points) == 100 and mrml.curve_radii(result.output_centerline).shape == (100,)
+    assert np.median(cKDTree(case["centerlines"][0]["points"]).query(curve_points * [-1, -1, 1])[0]) < 1.5
+    # the reprojection shares the view's IJK-to-RAS and overlaps the true SOI mask
+    rep, rep_matrix = mrml.volume_to_array(result.output_reprojection_a)
+    _, view_matrix = mrml.volume_to_array(sample["view_a"])
+    np.testing.assert_allclose(rep_matrix, view_matrix)
+    from VesselReconLib import metrics
+
+    assert metrics.dice(rep[0] > 0, case["views"][0]["soi"] > 0) > 0.5
+    # the view volume sits on the detector plane: the isocentre projects onto the principal point
+    geometry = case["geometries"][0]
+    ijk = np.linalg.inv(view_matrix) @ LPS_TO_RAS @ np.r_[geometry.source + geometry.sid * geometry.direction, 1]
+    np.testing.assert_allclose(ijk[:2], [(geometry.columns - 1) / 2, (geometry.rows - 1) / 2], atol=1e-6)
+
+
+def test_qca_table_and_evaluation(processed):
+    scene, logic, sample, result = processed
+    rows = mrml.table_to_rows(result.output_table)
+    assert [r["branch"] for r in rows] == ["main", "side 1"]
+    assert float(rows[0]["length_mm"]) > 30
+    assert abs(float(rows[0]["percent_diameter_stenosis"]) - sample["stenosis_percent"]) < 30
+    table = logic.evaluate(result.output_model, sample["reference_model"],
+                           reprojections=[result.output_reprojection_a, result.output_reprojection_b],
+                           reference_masks=[sample["reference_mask_a"], sample["reference_mask_b"]])
+    metrics = {r["metric"]: float(r["value"]) for r in mrml.table_to_rows(table)}
+    assert metrics["hausdorff_mm"] < 6 and metrics["fscore_1mm"] > 0.5 and metrics["dice_view_A"] > 0.5
+
+
+def test_scene_round_trip(processed, tmp_path):
+    from VesselReconLib import runtime
+
+    scene, logic, sample, result = processed
+    path = mrml.save_scene(tmp_path / "angio3d.mrb", scene)
+    loaded = mrml.load_scene(path, runtime.new_scene())
+    for name in ("Angio3D lumen mesh", "Angio3D centerline", "Angio3D QCA", "Angio3D view A segmentation",
+                 "Angio3D view B mesh reprojection", "Angio3D sample view A"):
+        assert loaded.GetFirstNodeByName(name) is not None, name
+    radii = mrml.curve_radii(loaded.GetFirstNodeByName("Angio3D centerline"))
+    np.testing.assert_allclose(radii, mrml.curve_radii(result.output_centerline), rtol=1e-5)
+    view = loaded.GetFirstNodeByName("Angio3D sample view A")
+    assert float(view.GetAttribute("DICOM.PositionerPrimaryAngle")) == pytest.approx(sample["primary_angle_a"])
+
+
+def test_bad_inputs_leave_the_scene_untouched(processed, tmp_path):
+    scene, logic, sample, result = processed
+    before = scene_state(scene)
+    args = [sample["view_a"], sample["view_b"], sample["points_a"], sample["points_b"]]
+    with pytest.raises(InputError, match="missing"):
+        logic.process(None, *args[1:])
+    with pytest.raises(InputError, match="frame"):
+        logic.process(*args, frame_a=5)
+    flat = mrml.array_to_volume(np.ones((1, 64, 64), np.float32), np.eye(4), "flat", scene=scene)
+    before = scene_state(scene)
+    with pytest.raises(InputError, match="constant"):
+        logic.process(flat, *args[1:], primary_angle_a=0, secondary_angle_a=0, sid_a=1000, sod_a=700, pixel_spacing_a=0.3)
+    with pytest.raises(InputError, match="lacks"):
+        logic.process(flat, *args[1:])
+    odd = mrml.output_node("vtkMRMLMarkupsFiducialNode", "odd", scene=scene)
+    odd.AddControlPoint(0.0, 0.0, 0.0)
+    before = scene_state(scene)
+    with pytest.raises(InputError, match="SOI points"):
+        logic.process(args[0], args[1], odd, args[3])
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(CheckpointError):
+        logic.process(*args, model=str(bad))
+    assert scene_state(scene) == before
+
+
+def test_shipped_weights_beat_the_classical_baseline():
+    from VesselReconLib.angio3d.eval import case_metrics
+    from VesselReconLib.phantoms.xray import make_case, write_case, load_case
+
+    entry = registry.find_entry("angio3d", "lite")
+    assert entry.status() == "ok"
+    net = registry.load_model("angio3d", "lite", "cpu")[0]
+    ours, classical = [], []
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        for seed in HELD_OUT_SEEDS:
+            case = load_case(write_case(make_case(seed), Path(tmp) / str(seed), with_mesh=False))
+            ours.append(case_metrics(case, net, "net", True))
+            classical.append(case_metrics(case, None, "frangi", False))
+    mean = lambda rows, key: float(np.mean([r[key] for r in rows]))  # noqa: E731
+    assert mean(ours, "mae_mm") < mean(classical, "mae_mm")
+    assert mean(ours, "dice") > mean(classical, "dice")
+
+
+def test_cli_run_on_a_case_folder(tmp_path):
+    from VesselReconLib.cli import main
+    from VesselReconLib.phantoms.xray import make_case, write_case
+
+    folder = write_case(make_case(HELD_OUT_SEEDS[1]), tmp_path / "case", with_mesh=False)
+    out = tmp_path / "out"
+    assert main(["angio3d", "--case", str(folder), "--out", str(out), "--device", "cpu"]) == 0
+    for name in ("mesh.vtp", "centerline.json", "qca.json", "segmentation_a.png", "reprojection_b.png", "angio3d.mrb"):
+        assert (out / name).is_file(), name
+    assert len(json.loads((out / "centerline.json").read_text())["branches"]) == 2
+    assert main(["angio3d", "--view-a", str(folder / "view_a.png"), "--view-b", str(folder / "view_b.png"),
+                 "--points-a", "10,10 100,100", "--points-b", "10,10 100,100", "--out", str(out)]) == 2
+
+
+@pytest.mark.gpu
+def test_pipeline_on_gpu_matches_cpu():
+    from VesselReconLib.angio3d.pipeline import reconstruct
+    from VesselReconLib.phantoms.xray import make_case
+
+    case = make_case(HELD_OUT_SEEDS[0])
+    images = [v["image"].astype(np.float32) for v in case["views"]]
+    points = [np.array(p) for p in case["soi_points"]]
+    results = []
+    for device in ("cpu", "cuda"):
+        net = registry.load_model("angio3d", "lite", device)[0]
+        results.append(reconstruct(images, case["geometries"], points, net=net, device=device))
+    cpu, gpu = (r.branches[0].vertices for r in results)
+    assert np.linalg.norm(cpu - gpu, axis=1).mean() < 0.3

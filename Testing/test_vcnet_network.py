@@ -1,0 +1,150 @@
+"""VC-Net building blocks: MIP composition/unprojection vs slow reference loops, network shapes, loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from VesselReconLib.vcnet import mip
+from VesselReconLib.vcnet.losses import VCNetLoss
+from VesselReconLib.vcnet.network import PRESETS, build_model, count_parameters, plain_unet3d
+
+
+def reference_compose(volume: np.ndarray, size=5, step=2):
+    """Pixel loops: composited MIP (rows*H, 2W) and source slices (m, H, W) of a (D, H, W) volume."""
+    depth, h, w = volume.shape
+    m = (depth - size) // step + 1
+    rows = -(-m // 2)
+    image = np.zeros((rows * h, 2 * w), volume.dtype)
+    source = np.zeros((m, h, w), np.int64)
+    for i in range(m):
+        r, c = divmod(i, 2)
+        for y in range(h):
+            for x in range(w):
+                column = volume[i * step:i * step + size, y, x]
+                image[r * h + y, c * w + x] = column.max()
+                source[i, y, x] = i * step + int(np.argmax(column))
+    return image, source
+
+
+def reference_unproject(features: np.ndarray, source: np.ndarray, depth: int):
+    """Pixel loops: scatter (C, rows*H, 2W) features to (C, depth, H, W) with channel-wise max."""
+    channels = features.shape[0]
+    m, h, w = source.shape
+    out = np.zeros((channels, depth, h, w), features.dtype)
+    for i in range(m):
+        r, c = divmod(i, 2)
+        for y in range(h):
+            for x in range(w):
+                k = source[i, y, x]
+                out[:, k, y, x] = np.maximum(out[:, k, y, x], features[:, r * h + y, c * w + x])
+    return out
+
+
+def test_mip_count_and_paper_layout():
+    assert mip.mip_count(16) == 6
+    image, source = mip.compose(torch.rand(1, 1, 16, 128, 128))
+    assert image.shape == (1, 1, 384, 256)  # 0.5 m K1 x 2 K2
+    assert source.shape == (1, 6, 128, 128)
+
+
+@pytest.mark.parametrize("depth", [16, 11])  # m = 6 (even) and m = 4; 7 slices -> m = 2
+def test_compose_matches_reference_loop(depth):
+    rng = np.random.default_rng(depth)
+    volume = rng.random((depth, 5, 7)).astype(np.float32)
+    image, source = mip.compose(torch.from_numpy(volume)[None, None])
+    ref_image, ref_source = reference_compose(volume)
+    np.testing.assert_array_equal(image[0, 0].numpy(), ref_image)
+    np.testing.assert_array_equal(source[0].numpy(), ref_source)
+
+
+def test_odd_mip_count_pads_last_tile_and_roundtrips():
+    volume = torch.rand(2, 3, 9, 4, 6)  # m = 3 -> 2 rows, last tile empty
+    stack, _ = mip.sliding_mips(volume)
+    tiled = mip.tile(stack)
+    assert tiled.shape == (2, 3, 8, 12)
+    assert torch.all(tiled[:, :, 4:, 6:] == 0)
+    torch.testing.assert_close(mip.untile(tiled, 3), stack)
+
+
+def test_unproject_matches_reference_loop_with_overlaps():
+    rng = np.random.default_rng(3)
+    volume = rng.random((16, 6, 5)).astype(np.float32)
+    _, source = mip.compose(torch.from_numpy(volume)[None, None])
+    features = np.maximum(rng.normal(size=(4, 18, 10)), 0).astype(np.float32)  # ReLU features
+    out = mip.unproject(torch.from_numpy(features)[None], source, 16)[0].numpy()
+    expected = reference_unproject(features, source[0].numpy(), 16)
+    np.testing.assert_array_equal(out, expected)
+    # slice 15 lies beyond the last MIP window (slices 10..14): it never receives features
+    assert np.all(out[:, 15] == 0)
+
+
+def test_unproject_takes_max_where_mips_overlap():
+    # A single bright voxel at slice 4 is the argmax of MIPs 0 (0..4) and 1 (2..6) and 2 (4..8).
+    volume = torch.zeros(1, 1, 9, 1, 1)
+    volume[0, 0, 4] = 1.0
+    image, source = mip.compose(volume)
+    assert source[0, :, 0, 0].tolist() == [4, 4, 4]
+    features = torch.tensor([[[[0.2, 0.7], [0.5, 0.0]]]])  # tiles: MIP0=0.2, MIP1=0.7, MIP2=0.5
+    out = mip.unproject(features, source, 9)
+    assert out[0, 0, 4, 0, 0].item() == pytest.approx(0.7)
+    assert out.sum().item() == pytest.approx(0.7)
+
+
+def test_label_mip_is_the_mip_of_the_label():
+    label = torch.zeros(1, 1, 16, 4, 4)
+    label[0, 0, 7, 1, 2] = 1  # in MIP windows 2 (4..8) and 3 (6..10)
+    tiled = mip.label_mip(label)
+    stack = mip.untile(tiled, 6)[0, 0]
+    assert [int(stack[i, 1, 2]) for i in range(6)] == [0, 0, 1, 1, 0, 0]
+    assert tiled.sum().item() == 2
+
+
+def test_loss_against_hand_computed_case():
+    label = torch.zeros(1, 1, 5, 2, 2)
+    label[0, 0, 2, 0, 1] = 1
+    output = {"prob": torch.full((1, 1, 5, 2, 2), 0.5), "mip_prob": torch.full((1, 1, 2, 4), 0.25)}
+    loss = VCNetLoss()
+    terms = loss.terms(output, label)
+    eps = 1e-5
+    dice3d = 1 - (2 * 0.5 + eps) / (20 * 0.5 + 1 + eps)  # = 10/11
+    dice_mip = 1 - (2 * 0.25 + eps) / (8 * 0.25 + 1 + eps)  # = 5/6 (MIP gt has one pixel)
+    assert terms["dice3d"].item() == pytest.approx(dice3d, rel=1e-6)
+    assert terms["dice_mip"].item() == pytest.approx(dice_mip, rel=1e-6)
+    assert loss(output, label).item() == pytest.approx(dice3d + 0.2 * dice_mip, rel=1e-6)
+    assert loss(output, label, "unet3d").item() == pytest.approx(dice3d, rel=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["lite", "unet3d-lite", "unet2d-lite"])
+def test_lite_shapes_and_ranges(preset):
+    torch.manual_seed(0)
+    net = build_model(preset).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, 16, 64, 64))
+        odd = net(torch.rand(1, 1, 13, 40, 36))  # padded internally, cropped back
+    assert out["prob"].shape == (2, 1, 16, 64, 64)
+    assert odd["prob"].shape == (1, 1, 13, 40, 36)
+    assert 0 <= out["prob"].min() and out["prob"].max() <= 1
+    if preset != "unet3d-lite":
+        assert out["mip_prob"].shape == (2, 1, 192, 128)
+        assert odd["mip_prob"].shape == (1, 1, 3 * 40, 2 * 36)
+
+
+def test_paper_preset_shapes_without_batchnorm():
+    net = build_model("paper").eval()
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.InstanceNorm3d))
+                   for m in net.modules())
+    assert net.stream2d.model[-1][-1].conv.unit0.conv.out_channels == PRESETS["paper"]["c1"] == 32
+    with torch.no_grad():
+        out = net(torch.rand(1, 1, 16, 32, 32))
+    assert out["prob"].shape == (1, 1, 16, 32, 32) and out["mip_prob"].shape == (1, 1, 96, 64)
+    assert 18e6 < count_parameters(plain_unet3d("paper")) < 20e6
+
+
+def test_gradients_reach_both_streams():
+    net = build_model("lite")
+    label = (torch.rand(1, 1, 16, 32, 32) > 0.9).float()
+    VCNetLoss()(net(torch.rand(1, 1, 16, 32, 32)), label).backward()
+    assert net.stream2d.model[0].conv.unit0.conv.weight.grad.abs().sum() > 0
+    assert net.stream3d.model[0].conv.unit0.conv.weight.grad.abs().sum() > 0

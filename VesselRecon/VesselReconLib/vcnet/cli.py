@@ -1,0 +1,112 @@
+"""``vesselrecon vcnet|train vcnet|eval vcnet|bench vcnet`` and the demo hook."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from ..device import DEVICE_CHOICES
+
+
+# ---------------------------------------------------------------- run
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("input", help="MRA/SWI volume (NRRD, NIfTI, MHA or a DICOM folder)")
+    parser.add_argument("--out", default="out/vcnet", help="output folder (segmentation, probability, table, .mrb)")
+    parser.add_argument("--model", default="lite", help="shipped preset/name or a .safetensors/.pt checkpoint")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument("--mask", help="brain/ROI mask volume")
+    parser.add_argument("--dark", action="store_true", help="dark vessels (SWI/MinIP): invert inside the mask")
+    parser.add_argument("--overlap", type=float, default=0.0, help="window overlap (0 = non-overlapping, paper)")
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--min-component", type=float, default=0.0, help="remove components below this (mm^3)")
+    parser.add_argument("--batch-size", type=int, help="patches per forward pass (default: per device)")
+    parser.add_argument("--mips", action="store_true", help="also write composited MIPs and their 2D segmentation")
+    parser.add_argument("--reference", help="reference vessel labelmap: adds Dice, precision and FPR")
+
+
+def run(args) -> int:
+    from .. import mrml, runtime
+    from ..progress import TqdmProgress
+    from .logic import VCNetLogic
+
+    scene = runtime.new_scene()
+    logic = VCNetLogic(scene)
+    volume = logic.load_volume(args.input, "VCNet input")
+    mask = logic.load_volume(args.mask, "VCNet mask", labelmap=True) if args.mask else None
+    reference = logic.load_volume(args.reference, "VCNet reference", labelmap=True) if args.reference else None
+    bar = TqdmProgress("vcnet")
+    result = logic.process(volume, maskVolume=mask, darkVessels=args.dark, model=args.model, device=args.device,
+                           overlap=args.overlap, threshold=args.threshold, minComponentMm3=args.min_component,
+                           batchSize=args.batch_size, outputProbability=True, showMips=args.mips,
+                           referenceLabelmap=reference, progress=bar)
+    bar.close()
+    out = Path(args.out)
+    written = logic.write_outputs(result, out)
+    mrml.save_scene(out / "vcnet.mrb", scene)
+    print(json.dumps({"metrics": result.metrics, "files": [str(p) for p in written] + [str(out / "vcnet.mrb")]}))
+    return 0
+
+
+# ---------------------------------------------------------------- train
+
+
+def add_train_arguments(parser) -> None:
+    parser.add_argument("--data", required=True, help="MSD-style folder (dataset.json, imagesTr, labelsTr[, masksTr])")
+    parser.add_argument("--preset", default="lite", help="lite | paper | unet3d-lite | unet2d-lite | ...")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=16, help="batches per epoch")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
+    parser.add_argument("--val-fraction", type=float, default=0.25)
+    parser.add_argument("--out", default="runs/vcnet", help="checkpoint folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dark", action="store_true", help="dark vessels: invert inside the brain mask")
+    parser.add_argument("--init", help="fine-tune from a shipped model name/preset or checkpoint")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--patience", type=int, help="early stopping patience (epochs)")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument("--threads", type=int, help="CPU threads")
+    parser.add_argument("--ship", action="store_true", help="write the best model into the model registry")
+    parser.add_argument("--name", help="registry name (default vcnet-<preset>)")
+    parser.add_argument("--data-command", default="", help="the command that wrote --data (provenance)")
+
+
+def train(args) -> int:
+    import torch
+
+    from ..progress import TqdmProgress
+    from ..training import ship_model
+    from .train import TrainConfig
+    from .train import train as run_training
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(data=args.data, preset=args.preset, epochs=args.epochs, steps=args.steps, batch=args.batch,
+                         lr=args.lr, val_fraction=args.val_fraction, out=args.out, seed=args.seed, dark=args.dark,
+                         init=args.init, resume=args.resume, device=args.device, patience=args.patience)
+    bar = TqdmProgress(f"train vcnet {args.preset}")
+    model, held_out = run_training(config, progress=bar)
+    bar.close()
+    print(json.dumps({"preset": args.preset, "held_out": held_out}))
+    if args.ship:
+        command = "vesselrecon train vcnet " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+        entry = ship_model(model.cpu(), "vcnet", args.preset, name=args.name, command=command,
+                           data=args.data_command or args.data, seed=args.seed, metrics=held_out,
+                           input_spec={"channels": 1, "patch_kji": list(model.patch), "axis_order": "KJI",
+                                       "spacing": "native (no resampling), slice axis first",
+                                       "intensity": "raw; normalised inside the brain/head mask; dark vessels inverted",
+                                       "mip": {"size": model.mip_size, "step": model.mip_step}},
+                           extra_training={"lr": args.lr, "epochs": held_out.get("epochs"), "steps": args.steps,
+                                           "batch": args.batch, "dark": args.dark, "init": args.init})
+        print(f"Shipped {entry.name} ({entry.path.stat().st_size / 1e6:.2f} MB, sha256 {entry.sha256[:12]})")
+    return 0
+
+
+# ---------------------------------------------------------------- eval and bench
+
+from .bench import add_bench_arguments, bench  # noqa: E402,F401
+from .eval import add_eval_arguments, evaluate  # noqa: E402,F401

@@ -1,0 +1,261 @@
+"""VCNet Logic: MRA/SWI volume -> vessel segmentation (closed surface), probability, composited MIPs
+with their 2D segmentation, and a measurement table. Usable from Slicer's console and headless.
+
+The array's K axis (slowest, "slices") is taken as the acquisition slice axis of the patches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics, mrml
+from ..errors import InputError, check_image
+from ..logic_base import VesselReconLogic
+
+VESSEL_SEGMENT = mrml.SegmentSpec(1, "Vessels", (0.86, 0.24, 0.22))
+MIP_SIZE_SLICES = 5
+
+
+@dataclass
+class VCNetResult:
+    """Nodes created or updated by :meth:`VCNetLogic.process` and the measurements."""
+
+    segmentation: object
+    table: object
+    probability: object | None = None
+    mipVolume: object | None = None
+    mipLabelmap: object | None = None
+    metrics: dict = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    ijkToRas: np.ndarray | None = None
+
+
+class VCNetLogic(VesselReconLogic):
+    """VC-Net vessel segmentation of MRA (bright vessels) and SWI (dark vessels) volumes."""
+
+    method = "vcnet"
+    creator = "VCNet"
+
+    # ------------------------------------------------------------ validation helpers
+
+    @staticmethod
+    def _volume_array(node, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if node is None:
+            raise InputError(f"{name} is missing: select a volume first.")
+        try:
+            array, ijk_to_ras = mrml.volume_to_array(node)
+        except ValueError as exc:
+            raise InputError(f"{name} has no image data: load an image first.") from exc
+        if array.ndim == 4:
+            raise InputError(f"{name} has {array.shape[-1]} components; VC-Net needs a scalar (grayscale) volume.")
+        array = check_image(array, name, 3)
+        if array.shape[0] < MIP_SIZE_SLICES:
+            raise InputError(f"{name} has {array.shape[0]} slices; VC-Net needs at least {MIP_SIZE_SLICES} "
+                             "(one 5-slice MIP). Use a 3D MRA/SWI volume.")
+        return array, ijk_to_ras
+
+    def _labels_of(self, node, reference_volume, name: str, shape) -> np.ndarray:
+        """Binary array of a labelmap volume or segmentation node on the reference geometry."""
+        if node is None:
+            raise InputError(f"{name} is missing.")
+        if node.IsA("vtkMRMLSegmentationNode"):
+            if node.GetSegmentation().GetNumberOfSegments() == 0:
+                raise InputError(f"{name} has no segments.")
+            array, _ = mrml.segmentation_to_labelmap(node, reference_volume)
+        else:
+            array, _ = mrml.volume_to_array(node)
+        if array.shape != tuple(shape):
+            raise InputError(f"{name} has shape {array.shape} but the volume has {tuple(shape)}: "
+                             "resample it onto the input volume first.")
+        return (np.asarray(array) > 0).astype(np.uint8)
+
+    # ------------------------------------------------------------ main entry point
+
+    def process(self, inputVolume, maskVolume=None, darkVessels: bool = False, model: str = "lite",
+                device: str = "auto", overlap: float = 0.0, threshold: float = 0.5, minComponentMm3: float = 0.0,
+                batchSize: int | None = None, outputSegmentation=None, outputProbability=False,
+                showMips: bool = False, referenceSegmentation=None, referenceLabelmap=None,
+                progress=None, cancel=None) -> VCNetResult:
+        """Segment vessels with VC-Net.
+
+        :param inputVolume: scalar MRA/TOF or SWI volume node (slices along K).
+        :param maskVolume: optional brain/ROI labelmap or scalar mask (same grid); outside is background.
+        :param darkVessels: SWI/MinIP: vessels are dark; intensities are inverted inside the mask.
+        :param model: shipped preset/name (``lite``) or a ``.safetensors``/``.pt`` checkpoint path.
+        :param device: ``auto``, ``cuda``, ``mps`` or ``cpu``.
+        :param overlap: patch overlap (0 = non-overlapping as in the paper; > 0 Gaussian blending).
+        :param threshold: probability threshold (0.5).
+        :param minComponentMm3: remove connected components smaller than this volume.
+        :param batchSize: patches per forward pass (halved automatically on out-of-memory).
+        :param outputSegmentation: segmentation node to overwrite (default: "VCNet vessels").
+        :param outputProbability: True, or a scalar volume node, to output the probability volume.
+        :param showMips: also output the composited MIPs of each 16-slice slab and their 2D segmentation.
+        :param referenceSegmentation: reference segmentation node (adds Dice, precision, FPR).
+        :param referenceLabelmap: reference labelmap volume (alternative to ``referenceSegmentation``).
+        :returns: :class:`VCNetResult`.
+        """
+        from ..device import resolve_device
+        from .inference import segment
+
+        array, ijk_to_ras = self._volume_array(inputVolume, "Input volume")
+        mask = None
+        if maskVolume is not None:
+            mask = self._labels_of(maskVolume, inputVolume, "Mask", array.shape)
+            if not mask.any():
+                raise InputError("The mask is empty: draw or threshold a brain mask, or leave it out.")
+        reference = referenceSegmentation if referenceSegmentation is not None else referenceLabelmap
+        ref = self._labels_of(reference, inputVolume, "Reference", array.shape) if reference is not None else None
+        if not 0 <= overlap < 1:
+            raise InputError(f"Overlap must be in [0, 1); got {overlap}.")
+        if not 0 < threshold < 1:
+            raise InputError(f"Threshold must be in (0, 1); got {threshold}.")
+        try:
+            torch_device = resolve_device(device)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        net, _ = self.model(model, str(torch_device))
+        spacing = tuple(mrml.spacing_of(ijk_to_ras))
+        result = segment(array, spacing, net, mask, darkVessels, overlap, threshold, minComponentMm3, torch_device,
+                         batchSize, showMips, progress, cancel)
+        return self._write_nodes(inputVolume, ijk_to_ras, net, result, ref, outputSegmentation, outputProbability)
+
+    def _write_nodes(self, inputVolume, ijk_to_ras, net, result, ref, outputSegmentation, outputProbability):
+        scene = self.scene
+        name = inputVolume.GetName()
+        segmentation = mrml.labelmap_to_segmentation(
+            result.labels, ijk_to_ras, [VESSEL_SEGMENT], f"{name} VCNet vessels", node=outputSegmentation,
+            reference_volume=inputVolume, scene=scene, closed_surface=True, creator=self.creator)
+        out = VCNetResult(segmentation, None, labels=result.labels, ijkToRas=ijk_to_ras)
+        if outputProbability is not False and outputProbability is not None:
+            node = None if outputProbability is True else outputProbability
+            out.probability = mrml.array_to_volume(result.probability, ijk_to_ras, f"{name} VCNet probability",
+                                                   node=node, scene=scene, window_level=(1.0, 0.5),
+                                                   creator=self.creator)
+        if result.mip_image is not None:
+            mip_matrix = ijk_to_ras.copy()
+            mip_matrix[:3, 2] *= net.patch[0]
+            out.mipVolume = mrml.array_to_volume(result.mip_image, mip_matrix, f"{name} VCNet composited MIPs",
+                                                 scene=scene, creator=self.creator)
+            out.mipLabelmap = mrml.array_to_volume(result.mip_labels, mip_matrix, f"{name} VCNet MIP segmentation",
+                                                   scene=scene, labelmap=True, creator=self.creator)
+        out.metrics = dict(result.measurements)
+        if ref is not None:
+            out.metrics.update(reference_metrics(result.labels, ref))
+        out.metrics.update({"seconds": round(result.info["seconds"], 3), "device": result.info["device"]})
+        out.table = mrml.rows_to_table(metric_rows(out.metrics), f"{name} VCNet measurements", scene=scene,
+                                       creator=self.creator)
+        return out
+
+    # ------------------------------------------------------------ evaluation, samples, files
+
+    def evaluate(self, segmentation, reference, referenceVolume=None, outputTable=None):
+        """Compare a vessel segmentation with a reference: Dice, precision, FPR, recall, volumes.
+
+        :param segmentation: segmentation node or labelmap volume (the prediction).
+        :param reference: segmentation node or labelmap volume (ground truth).
+        :param referenceVolume: the grid both are compared on (default: the labelmap's own grid).
+        :returns: ``(table node, metrics dict)``.
+        """
+        grid = referenceVolume or (reference if not reference.IsA("vtkMRMLSegmentationNode") else segmentation)
+        if grid is None or grid.IsA("vtkMRMLSegmentationNode"):
+            raise InputError("Pass referenceVolume (the image both segmentations belong to).")
+        array, ijk_to_ras = mrml.volume_to_array(grid)
+        pred = self._labels_of(segmentation, grid, "Segmentation", array.shape)
+        ref = self._labels_of(reference, grid, "Reference", array.shape)
+        values = reference_metrics(pred, ref)
+        voxel = float(np.prod(mrml.spacing_of(ijk_to_ras)))
+        values.update({"vessel_volume_mm3": float(pred.sum() * voxel), "reference_volume_mm3": float(ref.sum() * voxel)})
+        table = mrml.rows_to_table(metric_rows(values), "VCNet evaluation", node=outputTable, scene=self.scene,
+                                   creator=self.creator)
+        return table, values
+
+    def load_sample(self, kind: str = "mra", seed: int = 0, crop=(64, 192, 192)):
+        """Generate a phantom case into the scene: ``(volume node, ground-truth segmentation, brain mask)``.
+
+        :param kind: ``mra`` (bright arteries), ``swi`` (dark veins) or ``micro``.
+        :param crop: ``(nk, nj, ni)`` crop of the 448x448x128 slab, or None for the whole slab.
+        """
+        from ..phantoms.mra import render_mra
+
+        phantom = render_mra(kind, seed=seed, crop=crop)
+        matrix = phantom.ijk_to_ras
+        label = kind.upper()
+        volume = mrml.array_to_volume(phantom.image, matrix, f"VCNet sample {label}", scene=self.scene,
+                                      creator=self.creator)
+        truth = mrml.labelmap_to_segmentation(phantom.label, matrix, [VESSEL_SEGMENT], f"VCNet sample {label} truth",
+                                              reference_volume=volume, scene=self.scene, creator=self.creator)
+        mask = mrml.array_to_volume(phantom.brain_mask, matrix, f"VCNet sample {label} brain mask", scene=self.scene,
+                                    labelmap=True, creator=self.creator)
+        return volume, truth, mask
+
+    def load_volume(self, path: str, name: str, labelmap: bool = False):
+        """Read a volume file (NRRD/NIfTI/MHA) or DICOM folder into a node."""
+        import SimpleITK as sitk
+
+        path_obj = Path(path)
+        if not path_obj.exists():
+            raise InputError(f"{path} does not exist.")
+        try:
+            if path_obj.is_dir():
+                reader = sitk.ImageSeriesReader()
+                files = reader.GetGDCMSeriesFileNames(str(path_obj))
+                if not files:
+                    raise InputError(f"{path} holds no DICOM series.")
+                reader.SetFileNames(files)
+                image = reader.Execute()
+            else:
+                image = sitk.ReadImage(str(path_obj))
+        except RuntimeError as exc:
+            raise InputError(f"Cannot read {path}: {str(exc).splitlines()[0][:200]}") from exc
+        if image.GetDimension() != 3:
+            raise InputError(f"{path} is {image.GetDimension()}D; VC-Net needs a 3D volume.")
+        return mrml.sitk_to_volume(image, name, scene=self.scene, labelmap=labelmap)
+
+    def write_outputs(self, result: VCNetResult, out: str | Path) -> list[Path]:
+        """Write the segmentation (NIfTI labelmap), probability, MIPs and the table (CSV)."""
+        import SimpleITK as sitk
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        label_node = mrml.array_to_volume(result.labels, result.ijkToRas, "__vcnet_export", scene=self.scene,
+                                          labelmap=True, creator=self.creator)
+        try:
+            sitk.WriteImage(mrml.volume_to_sitk(label_node), str(out / "vcnet_vessels.nii.gz"), True)
+            written.append(out / "vcnet_vessels.nii.gz")
+        finally:
+            self.scene.RemoveNode(label_node)
+        for node, file_name in ((result.probability, "vcnet_probability.nii.gz"),
+                                (result.mipVolume, "vcnet_mips.nii.gz"), (result.mipLabelmap, "vcnet_mip_labels.nii.gz")):
+            if node is not None:
+                sitk.WriteImage(mrml.volume_to_sitk(node), str(out / file_name), True)
+                written.append(out / file_name)
+        rows = mrml.table_to_rows(result.table)
+        csv = out / "vcnet_measurements.csv"
+        csv.write_text("measurement,value,unit\n" + "".join(f"{r['Measurement']},{r['Value']},{r['Unit']}\n" for r in rows))
+        written.append(csv)
+        return written
+
+
+UNITS = {"vessel_volume_mm3": "mm3", "reference_volume_mm3": "mm3", "centerline_length_mm": "mm", "seconds": "s"}
+
+
+def reference_metrics(pred: np.ndarray, ref: np.ndarray) -> dict:
+    """Dice, precision, recall and false positive rate of a prediction against a reference."""
+    report = metrics.segmentation_report(pred, ref)
+    return {"dice": report["dice"], "precision": report["precision"], "recall": report["recall"],
+            "fpr": report["fpr"]}
+
+
+def metric_rows(values: dict) -> list[dict]:
+    """Table rows ``Measurement | Value | Unit`` (numbers only; text values go to the unit column)."""
+    rows = []
+    for key, value in values.items():
+        if isinstance(value, (int, float, np.floating, np.integer)):
+            rows.append({"Measurement": key, "Value": float(value), "Unit": UNITS.get(key, "")})
+        else:
+            rows.append({"Measurement": key, "Value": float("nan"), "Unit": str(value)})
+    return rows

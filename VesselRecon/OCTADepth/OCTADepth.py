@@ -24,7 +24,7 @@ from VesselReconLib import slicer_widget
 
 # Apply, Evaluate and Load sample call the core logic (VesselReconLib.octadepth.logic.OCTADepthLogic)
 # with keyword arguments only; keywords it does not accept are dropped with a warning:
-#   process(input_volume, field_of_view_mm=3, depth_range_mm=0.25, threshold=0.5, min_segment_length_px=10,
+#   process(input_volume, field_of_view_mm=3, depth_range_mm=0.25, threshold=0.5, min_segment_length_px=2,
 #           output_depth_volume=None, output_segmentation=None, output_model=None, output_centerlines=None,
 #           output_table=None, model="lite", device="auto", progress=None, cancel=None, background=None)
 #       -> dict (or dataclass) of output nodes keyed like the output keywords
@@ -129,7 +129,7 @@ class OCTADepthParameterNode:
     fieldOfViewMm: Annotated[int, Choice([3, 6])] = 3
     depthRangeMm: Annotated[float, WithinRange(0.01, 2.0)] = 0.25
     threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
-    minSegmentLengthPx: Annotated[int, WithinRange(0, 500)] = 10
+    minSegmentLengthPx: Annotated[int, WithinRange(0, 500)] = 2
     outputDepthVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
     outputModel: vtkMRMLModelNode

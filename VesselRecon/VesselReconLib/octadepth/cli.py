@@ -161,13 +161,14 @@ def demo(context) -> None:
     from .. import render
     from .logic import OCTADepthLogic
 
-    logic = OCTADepthLogic(context.scene)
-    nodes = logic.load_sample(seed=DEMO_SEED)
-    result = logic.process(nodes["image"], device=context.device, model="lite")
-    table = logic.evaluate(result, nodes)
-    result.render(context.render_path("octadepth_tubes"))
-    render.save_image_png(result.depth_rgb(), context.render_path("octadepth_depth_map"))
     from .. import mrml
 
-    summary = {row["metric"]: row["value"] for row in mrml.table_to_rows(table)}
-    context.summary["octadepth"] = {**result.summary(), **summary}
+    logic = OCTADepthLogic(context.scene)
+    sample = logic.load_sample(seed=DEMO_SEED)
+    result = logic.process(sample["input_volume"], device=context.device, model="lite")
+    table = logic.evaluate(result.output_depth_volume, sample["reference_depth_volume"],
+                           reference_centerlines=sample["reference_centerlines"])
+    result.render(context.render_path("octadepth_tubes"))
+    render.save_image_png(result.depth_rgb(), context.render_path("octadepth_depth_map"))
+    metrics = {row["metric"]: round(float(row["value"]), 4) for row in mrml.table_to_rows(table)}
+    context.summary["octadepth"] = {**result.summary(), **metrics, "message": result.message}

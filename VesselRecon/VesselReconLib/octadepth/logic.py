@@ -174,7 +174,7 @@ class OCTADepthLogic(VesselReconLogic):
 
     def process(self, input_volume, field_of_view_mm: float | None = None, pixel_mm: float | None = None,
                 depth_range_mm: float = reconstruction.DEFAULT_DEPTH_RANGE_MM, threshold: float = 0.5,
-                min_segment_length_px: int = 3, output_depth_volume=None, output_segmentation=None,
+                min_segment_length_px: int = 2, output_depth_volume=None, output_segmentation=None,
                 output_model=None, output_centerlines=None, output_table=None, model: str = "lite",
                 device: str = "auto", progress=None, cancel=None, background=None) -> OCTADepthOutputs:
         """Predict the depth map and vessel mask, rebuild the 3D vessels and write the output nodes.
@@ -184,7 +184,7 @@ class OCTADepthLogic(VesselReconLogic):
         :param pixel_mm: pixel size in mm; overrides the volume's spacing.
         :param depth_range_mm: physical depth of relative depth 1 (0.25 mm: the inner retinal slab).
         :param threshold: vessel probability threshold.
-        :param min_segment_length_px: shortest centreline segment kept.
+        :param min_segment_length_px: shortest skeleton segment kept (pixels, at least 2), before re-linking.
         :param output_depth_volume: volume to overwrite with the depth map (mm on vessels, 0 elsewhere).
         :param output_segmentation: segmentation to overwrite with the vessel mask.
         :param output_model: model to overwrite with the depth-coloured tubes (point scalars ``depth``).
@@ -204,12 +204,8 @@ class OCTADepthLogic(VesselReconLogic):
         torch_device = str(next(net.parameters()).device)
 
         def compute():
-            result = pipeline.run_pipeline(image, pixel, net, torch_device, depth_range_mm, threshold, geometry,
-                                           progress=reporter.sub(0.0, 0.9))
-            if min_segment_length_px > 3:
-                result.network = _drop_short_segments(result.network, min_segment_length_px)
-                result.tubes = reconstruction.tube_mesh(result.network, geometry)
-            return result
+            return pipeline.run_pipeline(image, pixel, net, torch_device, depth_range_mm, threshold, geometry,
+                                         min_segment_length_px, progress=reporter.sub(0.0, 0.9))
 
         result = background(compute) if background is not None else compute()
         reporter(0.9, "writing scene nodes")
@@ -357,14 +353,3 @@ def centerline_polydata(network: reconstruction.VesselNetwork3D, ijk_to_ras: np.
     meshes.add_point_array(data, "depth", network.depth_mm)
     meshes.add_point_array(data, "radius", network.radii)
     return data
-
-
-def _drop_short_segments(network: reconstruction.VesselNetwork3D, min_points: int) -> reconstruction.VesselNetwork3D:
-    """Remove vessel polylines with fewer than ``min_points`` points (bridges are kept)."""
-    sizes = np.diff(network.offsets)
-    keep = network.bridge | (sizes >= min_points)
-    point_keep = np.repeat(keep, sizes)
-    return reconstruction.VesselNetwork3D(
-        points=network.points[point_keep], radii=network.radii[point_keep],
-        offsets=np.r_[0, np.cumsum(sizes[keep])], bridge=network.bridge[keep], junctions=network.junctions,
-        spacing=network.spacing, depth_range_mm=network.depth_range_mm, skeleton=network.skeleton)

@@ -97,8 +97,8 @@ class OCTADepthResult:
 
 def run_pipeline(image: np.ndarray, pixel_mm: float | tuple[float, float], net: torch.nn.Module,
                  device: str = "cpu", depth_range_mm: float = reconstruction.DEFAULT_DEPTH_RANGE_MM,
-                 threshold: float = 0.5, ijk_to_ras: np.ndarray | None = None, progress=None,
-                 cancel=None) -> OCTADepthResult:
+                 threshold: float = 0.5, ijk_to_ras: np.ndarray | None = None, min_segment_px: int = 2,
+                 progress=None, cancel=None) -> OCTADepthResult:
     """Run the network, threshold the vessel map and build the 3D network and its tubes.
 
     :param image: ``(H, W)`` en face angiogram (any intensity range).
@@ -107,6 +107,7 @@ def run_pipeline(image: np.ndarray, pixel_mm: float | tuple[float, float], net: 
     :param depth_range_mm: physical depth of relative depth 1.
     :param threshold: vessel probability threshold.
     :param ijk_to_ras: places the tube mesh (image frame when omitted).
+    :param min_segment_px: shortest skeleton segment kept (pixels, at least 2).
     """
     reporter = as_reporter(progress, cancel)
     image = validate_image(image)
@@ -116,7 +117,8 @@ def run_pipeline(image: np.ndarray, pixel_mm: float | tuple[float, float], net: 
     probability, depth = predict(net, image, device)
     timings["network_s"] = time.perf_counter() - start
     mask = probability > threshold
-    network = reconstruction.reconstruct(mask, depth, pixel_mm, depth_range_mm, progress=reporter.sub(0.4, 0.85))
+    network = reconstruction.reconstruct(mask, depth, pixel_mm, depth_range_mm, min_points=max(2, min_segment_px),
+                                         progress=reporter.sub(0.4, 0.85))
     reporter(0.85, "sweeping tubes")
     tubes = reconstruction.tube_mesh(network, ijk_to_ras)
     timings["total_s"] = time.perf_counter() - start

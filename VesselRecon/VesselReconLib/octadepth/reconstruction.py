@@ -87,12 +87,37 @@ def neighbour_count(skeleton: np.ndarray) -> np.ndarray:
     return np.where(skeleton, counts, 0)
 
 
+def _branch_table() -> np.ndarray:
+    """For each 8-bit neighbourhood code (ring order), the number of runs of set neighbours around
+    the ring (the crossing number: 0 -> 1 transitions going round)."""
+    bits = (np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1
+    transitions = ((bits == 0) & (np.roll(bits, -1, axis=1) == 1)).sum(1)
+    transitions[255] = 1
+    return transitions.astype(np.uint8)
+
+
+RING = np.array([0, 1, 2, 5, 8, 7, 6, 3])  # flat 3x3 indices of the eight neighbours
+RING_WEIGHTS = np.zeros(9, np.int32)
+RING_WEIGHTS[RING] = 2 ** np.arange(8)
+BRANCHES = _branch_table()
+
+
+def branch_count(skeleton: np.ndarray) -> np.ndarray:
+    """Number of distinct branches leaving each skeleton pixel (0 off the skeleton).
+
+    Neighbours next to each other around the ring count once, so the corner pixels of a staircase
+    (three neighbours, two branches) are not taken for junctions.
+    """
+    codes = ndimage.correlate(skeleton.astype(np.int32), RING_WEIGHTS.reshape(3, 3), mode="constant")
+    return np.where(skeleton, BRANCHES[codes], 0)
+
+
 def split_at_junctions(skeleton: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Remove junction pixels (> 2 neighbours) and their neighbours.
+    """Remove junction pixels (more than two neighbours, in more than two branches) and their neighbours.
 
     :returns: the remaining skeleton, the removed pixels, and the number of junction clusters.
     """
-    junction = neighbour_count(skeleton) > 2
+    junction = (neighbour_count(skeleton) > 2) & (branch_count(skeleton) > 2)
     removed = ndimage.binary_dilation(junction, EIGHT) & skeleton
     clusters = ndimage.label(junction, EIGHT)[1]
     return skeleton & ~removed, removed, clusters
@@ -162,6 +187,22 @@ def _drop_short(pixels: np.ndarray, offsets: np.ndarray, min_points: int) -> tup
     return pixels[keep_point], np.r_[0, np.cumsum(sizes[keep_segment])]
 
 
+def prune_spurs(pixels: np.ndarray, offsets: np.ndarray, near_junction: np.ndarray,
+                radius_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop skeleton spurs: segments with one end at a junction and one free end, no longer than
+    1.5 times the vessel radius at the junction end plus 2 pixels (boundary noise of wide vessels)."""
+    if len(offsets) < 2:
+        return pixels, offsets
+    starts, stops = offsets[:-1], offsets[1:] - 1
+    near_start = near_junction[pixels[starts, 0], pixels[starts, 1]]
+    near_stop = near_junction[pixels[stops, 0], pixels[stops, 1]]
+    anchor = np.where(near_start, starts, stops)
+    sizes = np.diff(offsets)
+    spur = (near_start ^ near_stop) & (sizes <= 1.5 * radius_px[pixels[anchor, 0], pixels[anchor, 1]] + 2)
+    keep = np.repeat(~spur, sizes)
+    return pixels[keep], np.r_[0, np.cumsum(sizes[~spur])]
+
+
 def segment_moving_average(values: np.ndarray, offsets: np.ndarray, half_width: int) -> np.ndarray:
     """Moving average of ``values`` (N, ...) along each polyline, never across polylines."""
     if half_width <= 0 or len(values) == 0:
@@ -191,12 +232,13 @@ def _end_tangents(points: np.ndarray, offsets: np.ndarray, reach: int = 3) -> tu
     return ends, np.divide(tangent, norm, out=np.zeros_like(tangent), where=norm > 0)
 
 
-def link_ends(points: np.ndarray, offsets: np.ndarray, near_junction: np.ndarray, radius_mm: float,
+def link_ends(points: np.ndarray, offsets: np.ndarray, end_cluster: np.ndarray, radius_mm: float,
               depth_tolerance_mm: float) -> np.ndarray:
     """Pairs of point indices (end, end) to bridge across removed junctions.
 
-    Every segment end next to a removed junction picks the cheapest other end within ``radius_mm``
-    whose depth differs by at most ``depth_tolerance_mm``. The cost is the gap length times
+    ``end_cluster`` labels each segment end (starts, then stops) with the removed-junction region it
+    touches (0: none). Every such end picks the cheapest other end of the same region, within
+    ``radius_mm``, whose depth differs by at most ``depth_tolerance_mm``. The cost is the gap length times
     ``2 + t_a . t_b`` (outward tangents: 1 for straight continuation, 3 for a U-turn) plus the depth
     difference in units of the tolerance.
     """
@@ -204,7 +246,7 @@ def link_ends(points: np.ndarray, offsets: np.ndarray, near_junction: np.ndarray
         return np.zeros((0, 2), int)
     ends, tangents = _end_tangents(points, offsets)
     segment = np.concatenate([np.arange(len(offsets) - 1)] * 2)
-    candidate = np.flatnonzero(near_junction)
+    candidate = np.flatnonzero(end_cluster)
     if candidate.size < 2:
         return np.zeros((0, 2), int)
     pairs = cKDTree(points[ends[candidate], :2]).query_pairs(radius_mm, output_type="ndarray")
@@ -213,7 +255,7 @@ def link_ends(points: np.ndarray, offsets: np.ndarray, near_junction: np.ndarray
     a, b = candidate[pairs[:, 0]], candidate[pairs[:, 1]]
     gap = np.linalg.norm(points[ends[a], :2] - points[ends[b], :2], axis=1)
     depth_gap = np.abs(points[ends[a], 2] - points[ends[b], 2])
-    valid = (segment[a] != segment[b]) & (depth_gap <= depth_tolerance_mm)
+    valid = (segment[a] != segment[b]) & (end_cluster[a] == end_cluster[b]) & (depth_gap <= depth_tolerance_mm)
     a, b, gap, depth_gap = a[valid], b[valid], gap[valid], depth_gap[valid]
     cost = gap * (2.0 + (tangents[a] * tangents[b]).sum(1)) + depth_gap / max(depth_tolerance_mm, 1e-9) * radius_mm
     # each end keeps its cheapest partner
@@ -231,7 +273,7 @@ def link_ends(points: np.ndarray, offsets: np.ndarray, near_junction: np.ndarray
 
 def reconstruct(vessel_mask: np.ndarray, depth: np.ndarray, spacing: float | tuple[float, float],
                 depth_range_mm: float = DEFAULT_DEPTH_RANGE_MM, depth_tolerance: float = 0.15,
-                smoothing: int = 2, min_points: int = 3, link_radius_px: float = 10.0, progress=None,
+                smoothing: int = 2, min_points: int = 2, link_radius_px: float = 40.0, progress=None,
                 cancel=None) -> VesselNetwork3D:
     """Build the 3D centreline network from a 2D vessel mask and a relative depth map.
 
@@ -242,7 +284,7 @@ def reconstruct(vessel_mask: np.ndarray, depth: np.ndarray, spacing: float | tup
     :param depth_tolerance: largest relative depth difference of two ends that may be re-linked.
     :param smoothing: half width (points) of the moving averages along each segment.
     :param min_points: shortest segment kept (pixels).
-    :param link_radius_px: farthest two segment ends re-linked across a junction (pixels).
+    :param link_radius_px: farthest two segment ends re-linked across one junction region (pixels).
     """
     reporter = as_reporter(progress, cancel)
     mask = np.asarray(vessel_mask) > 0.5 if np.asarray(vessel_mask).dtype != bool else np.asarray(vessel_mask)
@@ -252,18 +294,20 @@ def reconstruct(vessel_mask: np.ndarray, depth: np.ndarray, spacing: float | tup
     segments, removed, junctions = split_at_junctions(skeleton)
     reporter(0.3, "ordering segments")
     pixels, offsets = order_segments(segments, min_points)
+    near = ndimage.binary_dilation(removed, EIGHT, iterations=2)
+    distance = ndimage.distance_transform_edt(mask, sampling=(sy, sx))
+    pixels, offsets = prune_spurs(pixels, offsets, near, distance / min(sx, sy))
     reporter(0.6, "lifting to 3D")
     smooth = segment_moving_average(pixels.astype(float), offsets, smoothing)
     rel_depth = ndimage.map_coordinates(np.asarray(depth, np.float32), smooth.T, order=1, mode="nearest")
     rel_depth = segment_moving_average(rel_depth, offsets, smoothing)
-    distance = ndimage.distance_transform_edt(mask, sampling=(sy, sx))
     radii = np.maximum(ndimage.map_coordinates(distance, smooth.T, order=1) - 0.5 * min(sx, sy), 0.5 * min(sx, sy))
     points = np.c_[smooth[:, 1] * sx, smooth[:, 0] * sy, rel_depth * depth_range_mm]
     reporter(0.8, "re-linking at junctions")
-    near = ndimage.binary_dilation(removed, EIGHT, iterations=2)
     ends, _ = _end_tangents(points, offsets)
-    end_near = near[pixels[ends, 0], pixels[ends, 1]] if len(ends) else np.zeros(0, bool)
-    links = link_ends(points, offsets, end_near, link_radius_px * max(sx, sy), depth_tolerance * depth_range_mm)
+    clusters = ndimage.label(near, EIGHT)[0]
+    end_cluster = clusters[pixels[ends, 0], pixels[ends, 1]] if len(ends) else np.zeros(0, int)
+    links = link_ends(points, offsets, end_cluster, link_radius_px * max(sx, sy), depth_tolerance * depth_range_mm)
     network = _with_bridges(points, radii, offsets, links)
     network.junctions, network.spacing, network.depth_range_mm = junctions, (sy, sx), depth_range_mm
     network.skeleton = skeleton

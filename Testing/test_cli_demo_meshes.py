@@ -101,3 +101,18 @@ def test_trainer_learns_checkpoints_and_resumes(tmp_path):
     assert resumed.epoch == 3 and torch.allclose(resumed.model.weight, model.weight)
     resumed.fit(lambda epoch: [(x, y)] * 10, epochs=6, validate=validate)
     assert len(resumed.history) == 6 and resumed.history[-1]["val_mse"] < first
+
+
+def test_phantom_gallery_command_writes_pictures(tmp_path):
+    from PIL import Image
+
+    from VesselReconLib import cli
+    from VesselReconLib.phantoms import gallery
+
+    assert cli.main(["phantoms", "octa", "--count", "2", "--seed", "3", "--out", str(tmp_path / "octa")]) == 0
+    assert len(list((tmp_path / "octa" / "images").glob("*.png"))) == 2
+    path = gallery.write_gallery(tmp_path, kinds=["xray"])[0]
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    assert picture.shape[0] == 256 and picture.shape[1] > 5 * 256
+    red = (picture[..., 0] > 200) & (picture[..., 1] < 120)
+    assert red.sum() > 200  # the SOI overlay and the red mesh are drawn

@@ -111,7 +111,7 @@ def cmd_demo(args) -> int:
 
 def _add_phantoms_parser(sub) -> None:
     parser = sub.add_parser("phantoms", help="write a synthetic dataset in a public dataset's layout")
-    parser.add_argument("kind", help="octa | octa-quality | xray | mra | swi | ct")
+    parser.add_argument("kind", help="octa | octa-quality | xray | mra | swi | ct, or 'gallery' for the README pictures")
     parser.add_argument("--count", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
@@ -124,6 +124,12 @@ def cmd_phantoms(args) -> int:
     from .phantoms.datasets import write_dataset
     from .progress import TqdmProgress
 
+    if args.kind == "gallery":
+        from .phantoms.gallery import write_gallery
+
+        for path in write_gallery(args.out, seed=args.seed):
+            print(f"Wrote {path}")
+        return 0
     bar = TqdmProgress(f"phantoms {args.kind}")
     path = write_dataset(args.kind, Path(args.out), args.count, args.seed, progress=bar)
     bar.close()

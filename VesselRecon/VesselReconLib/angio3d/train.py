@@ -122,12 +122,17 @@ def sr_samples(net: Angio3DNet, cases: list[XrayCase]) -> list[SRSample]:
     from .pipeline import reconstruct
 
     samples = []
-    edges = torch.as_tensor(template.edges())
     triangles = torch.as_tensor(template.triangles())
     raster = net.raster_size
+    from ..errors import InputError
+
     for case in cases:
-        result = reconstruct(case.images, case.geometries, [np.array(p) for p in case.soi_points], net=net,
-                             refine=False, calibrate=False, stitch=False)
+        try:
+            result = reconstruct(case.images, case.geometries, [np.array(p) for p in case.soi_points], net=net,
+                                 refine=False, calibrate=False, stitch=False)
+        except InputError as exc:
+            log.warning("skipping %s: %s", case.folder, exc)
+            continue
         n = len(result.branches)
         images = sr_images(result.raw_crops, result.crop_probabilities)
         for b, branch in enumerate(result.branches):
@@ -145,7 +150,6 @@ def sr_samples(net: Angio3DNet, cases: list[XrayCase]) -> list[SRSample]:
                 initial=torch.as_tensor(branch.initial_vertices[None], dtype=torch.float32), frame=frame,
                 target=target_n, target_world=target,
                 target_normals=losses.vertex_normals(target_n, triangles), masks=masks))
-    del edges
     return samples
 
 

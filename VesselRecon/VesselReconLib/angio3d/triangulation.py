@@ -9,30 +9,51 @@ from ..phantoms.xray import resample_polyline
 from .geometry import epipolar_lines, fundamental_matrix, triangulate_dlt
 
 
-def epipolar_correspondence(points_a: np.ndarray, points_b: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """For each point of centreline A, the fractional index along centreline B where A's epipolar
-    line crosses it: of the crossings not behind the previous match, the one nearest to the previous
-    match advanced by an even share of the remaining curve (the arc-length guess, kept monotonic,
-    when no line crosses). Start and end correspond by construction."""
+def epipolar_correspondence(points_a: np.ndarray, points_b: np.ndarray, f: np.ndarray,
+                            prior: float = 0.05) -> np.ndarray:
+    """For each point of centreline A, the fractional index along centreline B that corresponds to it.
+
+    A monotonic alignment (dynamic time warping) minimises the summed distance of B's points to A's
+    epipolar lines plus ``prior`` pixels per index of deviation from the arc-length correspondence
+    (which settles stretches where the epipolar lines run along the vessel); each match is then
+    refined to the sub-point crossing of the epipolar line nearby. Start and end correspond.
+    """
     na, nb = len(points_a), len(points_b)
     lines = epipolar_lines(f, points_a)
     signed = lines @ np.c_[points_b, np.ones(nb)].T                               # (na, nb)
     guess = np.linspace(0, nb - 1, na)
-    match = guess.copy()
-    previous = 0.0
+    cost = np.abs(signed) + prior * np.abs(np.arange(nb)[None] - guess[:, None])
+    path = _dtw_path(cost)
+    match = np.array([np.mean([j for i, j in path if i == k]) for k in range(na)], float)
     for i in range(1, na - 1):
-        d = signed[i]
+        j = int(np.clip(round(match[i]), 1, nb - 2))
+        d = signed[i, j - 1:j + 2]
         k = np.flatnonzero(np.sign(d[:-1]) != np.sign(d[1:]))
         if len(k):
-            crossings = k + d[k] / (d[k] - d[k + 1])
-            ahead = crossings[crossings >= previous - 0.5]
-            if len(ahead):
-                expected = previous + (nb - 1 - previous) / (na - i)
-                match[i] = ahead[np.argmin(np.abs(ahead - expected))]
-        match[i] = max(match[i], previous)
-        previous = match[i]
+            match[i] = j - 1 + k[0] + d[k[0]] / (d[k[0]] - d[k[0] + 1])
+    match = np.maximum.accumulate(np.clip(match, 0, nb - 1))
     match[0], match[-1] = 0, nb - 1
     return match
+
+
+def _dtw_path(cost: np.ndarray) -> list[tuple[int, int]]:
+    """Monotonic minimal-cost path from (0, 0) to (n-1, m-1) with steps (1,0), (0,1), (1,1)."""
+    n, m = cost.shape
+    total = np.full((n, m), np.inf)
+    total[0] = np.cumsum(cost[0])
+    for i in range(1, n):
+        row = cost[i] + np.minimum(total[i - 1], np.r_[np.inf, total[i - 1, :-1]])
+        for j in range(1, m):                     # horizontal moves within the row
+            row[j] = min(row[j], row[j - 1] + cost[i, j])
+        total[i] = row
+    i, j, path = n - 1, m - 1, [(n - 1, m - 1)]
+    while i > 0 or j > 0:
+        options = [(total[i - 1, j - 1], i - 1, j - 1) if i and j else (np.inf, 0, 0),
+                   (total[i - 1, j], i - 1, j) if i else (np.inf, 0, 0),
+                   (total[i, j - 1], i, j - 1) if j else (np.inf, 0, 0)]
+        _, i, j = min(options)
+        path.append((i, j))
+    return path[::-1]
 
 
 def _at(values: np.ndarray, index: np.ndarray) -> np.ndarray:

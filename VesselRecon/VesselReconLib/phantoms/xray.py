@@ -300,8 +300,10 @@ def make_case(seed: int, size: int = 512, spacing: float = 0.3, side_branches: i
         geometries = [_carm(t) for t in tags]
         centerlines = soi_centerlines(case)
         pixels = [[g.project(c["points"][[0, -1]]) for c in centerlines] for g in geometries]
-        margin = 24
-        if all(((p >= margin) & (p < size - margin)).all() for view in pixels for p in view):
+        margin, min_apart = 24, 40.0
+        inside = all(((p >= margin) & (p < size - margin)).all() for view in pixels for p in view)
+        apart = all(np.linalg.norm(p[1] - p[0]) >= min_apart for view in pixels for p in view)
+        if inside and apart:
             break
     views = [render_view(case, g, rng) for g in geometries]
     return {"case": case, "tags": tags, "geometries": geometries, "views": views,

@@ -21,20 +21,16 @@ from slicer import (
 from VesselReconLib import slicer_widget
 
 # Apply, Run batch, Evaluate and Load sample call the core logic (VesselReconLib.coips.logic.COIPSLogic)
-# with keyword arguments only; keywords it does not accept are dropped with a warning:
-#   process(input_volume, field_of_view_mm=3, force_faz_on_ungradable=False,
-#           output_segmentation=None, output_table=None,
-#           model="lite", device="auto", progress=None, cancel=None, background=None)
-#       -> dict (or dataclass) of output nodes keyed like the output keywords (grade and FAZ metrics in the table)
-#   process_batch(input_folder, output_folder, field_of_view_mm=3, force_faz_on_ungradable=False,
-#                 output_table=None, model, device, progress, cancel, background)
-#       -> table node | list of row dicts (one row per image) | object with "output_table"
-#   evaluate(prediction, reference, table=None, field_of_view_mm=3)
-#       -> table node | list of row dicts | dict of metrics
+# with keyword arguments only:
+#   process(input_volume, field_of_view_mm=None, force_faz_on_ungradable=False, output_segmentation=None,
+#           output_table=None, model="lite", faz_model="faz-lite", device="auto", progress, cancel, background)
+#       -> CoipsResult(output_table, output_segmentation (None when ungradable), grade, probabilities, metrics)
+#   process_batch(input_folder, output_folder, field_of_view_mm, force_faz_on_ungradable, output_table,
+#                 model, faz_model, device, num_workers, batch_size, config_file, progress, cancel, background)
+#       -> CoipsBatchResult(output_table, rows, csv_path, html_path, summary)
+#   evaluate(prediction, reference, table=None) -> table node (Dice, Jaccard, precision, recall, area error)
 #   load_sample() -> {"input_volume": node, "reference_segmentation": node}
-# `model` is a shipped preset or a checkpoint path; `progress(fraction, message)`, `cancel() -> bool`
-# follow VesselReconLib.progress; `background(fn)` runs the MRML-free heavy part off the GUI thread.
-# Missing inputs must raise VesselReconLib.errors.InputError (shown to the user as is).
+# `model` is a shipped quality preset or a checkpoint path (a FAZ U-Net checkpoint replaces the FAZ model).
 PROCESS_ARGS = {
     "inputVolume": "input_volume",
     "fieldOfViewMm": "field_of_view_mm",
@@ -75,11 +71,11 @@ class COIPS(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["VesselRecon contributors"]
         self.parent.helpText = _("""
-Grades the quality of en-face OCT-angiography images (gradable, ungradable...) and segments the
-foveal avascular zone (FAZ), with the grade, class probabilities and FAZ measurements (area,
-perimeter, circularity...) in a table. Use the <b>Single image</b> tab for an image in the scene, or
-the <b>Batch</b> tab to process a folder of images into FAZ masks and a results table and report.
-The FAZ is skipped on ungradable images unless asked for. <b>Load sample</b> generates a synthetic
+Grades the quality of en-face OCT-angiography images (ungradable, gradable, outstanding), segments the
+foveal avascular zone (FAZ) on gradable images and measures it (area in mm², perimeter, circularity,
+axis ratio) in a table. Use the <b>Single image</b> tab for an image in the scene, or the <b>Batch</b> tab
+to grade a study folder into a CSV and an HTML report. Ungradable images are flagged and their FAZ is
+skipped unless asked for. <b>Load sample</b> generates a synthetic
 OCTA image with its reference FAZ segmentation.
 See the <a href="https://github.com/vesselrecon/SlicerVesselRecon#coips">documentation</a>.
 """)

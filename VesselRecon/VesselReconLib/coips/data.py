@@ -132,41 +132,70 @@ def augmentation():
 
 
 class QualityDataset(torch.utils.data.Dataset):
-    """``(uint8 image (1, S, S), label)`` pairs, augmented when ``train``."""
+    """``(uint8 image (1, S, S), label)`` pairs, augmented when ``train`` (decoded images are cached)."""
 
     def __init__(self, samples: list[QualitySample], size: int, train: bool = False):
         self.samples, self.size = samples, int(size)
         self.transform = augmentation() if train else None
+        self._cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         sample = self.samples[index]
-        image = torch.from_numpy(to_work_image(read_image(sample.path).pixels, self.size))[None]
+        if index not in self._cache:
+            self._cache[index] = torch.from_numpy(to_work_image(read_image(sample.path).pixels, self.size))[None]
+        image = self._cache[index]
         if self.transform is not None:
             image = self.transform(image)
         return image, sample.label
 
 
 class FazDataset(torch.utils.data.Dataset):
-    """``(uint8 image (1, S, S), int64 mask (1, S, S))`` pairs, jointly augmented when ``train``."""
+    """``(uint8 image (1, S, S), int64 mask (1, S, S))`` pairs, jointly augmented when ``train``.
 
-    def __init__(self, samples: list[FazSample], size: int, train: bool = False):
-        self.samples, self.size = samples, int(size)
+    With ``patch`` the training samples are ``patch`` x ``patch`` crops (nnU-Net style patch training:
+    a third of them centred on a FAZ pixel, the rest anywhere); decoded images are cached in memory.
+    """
+
+    def __init__(self, samples: list[FazSample], size: int, train: bool = False, patch: int | None = None,
+                 seed: int = 0):
+        self.samples, self.size, self.patch = samples, int(size), patch
         self.transform = augmentation() if train else None
+        self.rng = np.random.default_rng(seed)
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if index not in self._cache:
+            from PIL import Image
+
+            sample = self.samples[index]
+            image = torch.from_numpy(to_work_image(read_image(sample.image).pixels, self.size))[None]
+            mask = Image.fromarray(read_mask(sample.mask).astype(np.uint8)).resize((self.size, self.size), Image.NEAREST)
+            self._cache[index] = (image, torch.from_numpy(np.array(mask))[None])
+        return self._cache[index]
+
+    def _crop(self, image: torch.Tensor, mask: torch.Tensor):
+        size, patch = image.shape[-1], self.patch
+        foreground = torch.nonzero(mask[0])
+        if len(foreground) and self.rng.random() < 1 / 3:
+            cy, cx = foreground[self.rng.integers(len(foreground))].tolist()
+            top, left = np.clip([cy - patch // 2, cx - patch // 2], 0, size - patch)
+        else:
+            top, left = self.rng.integers(0, size - patch + 1, 2)
+        return image[:, top:top + patch, left:left + patch], mask[:, top:top + patch, left:left + patch]
+
     def __getitem__(self, index: int):
-        from PIL import Image
         from torchvision import tv_tensors
 
-        sample = self.samples[index]
-        image = torch.from_numpy(to_work_image(read_image(sample.image).pixels, self.size))[None]
-        mask = Image.fromarray(read_mask(sample.mask).astype(np.uint8)).resize((self.size, self.size), Image.NEAREST)
-        mask = tv_tensors.Mask(torch.from_numpy(np.asarray(mask).copy())[None])
+        image, mask = self._load(index)
+        mask = tv_tensors.Mask(mask)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
+        if self.patch and self.patch < self.size:
+            image, mask = self._crop(image, torch.as_tensor(mask))
         return image, torch.as_tensor(mask, dtype=torch.int64)

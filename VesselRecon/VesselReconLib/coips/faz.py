@@ -1,7 +1,7 @@
 """FAZ quantification, mask post-processing and the classical segmentation baseline (numpy only).
 
 Area follows the paper: ``S = N_mask * a**2 / z**2`` mm^2 with ``a`` the scan width in mm and ``z``
-the image width in pixels (``a**2 / (H * W)`` for non-square images). Perimeter (Crofton estimate,
+the image width in pixels, i.e. square pixels of ``a / z`` mm (also for non-square images). Perimeter (Crofton estimate,
 within ~1 % of the true length for digital disks and ellipses, where the chain-code estimate is 4-5 %
 long) and axis lengths come from :func:`skimage.measure.regionprops`.
 """
@@ -26,10 +26,9 @@ def faz_metrics(mask: np.ndarray, field_of_view_mm: float) -> dict[str, float]:
     from skimage.measure import regionprops
 
     mask = np.asarray(mask, dtype=bool)
-    height, width = mask.shape
-    pixel_mm = field_of_view_mm / width
+    pixel_mm = field_of_view_mm / mask.shape[1]
     count = int(mask.sum())
-    area = count * field_of_view_mm ** 2 / (height * width)
+    area = count * field_of_view_mm ** 2 / mask.shape[1] ** 2
     result = {"faz_area_mm2": area, "faz_perimeter_mm": math.nan, "faz_circularity": math.nan,
               "faz_acircularity_index": math.nan, "faz_axis_ratio": math.nan, "faz_pixels": float(count)}
     if count == 0:

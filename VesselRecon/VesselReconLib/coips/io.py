@@ -32,10 +32,9 @@ class OctaImage:
     path: str = ""
 
     @property
-    def pixel_size_mm(self) -> tuple[float, float]:
-        """(row, column) pixel size in mm, assuming a square scan."""
-        height, width = self.pixels.shape
-        return self.field_of_view_mm / height, self.field_of_view_mm / width
+    def pixel_size_mm(self) -> float:
+        """Pixel size in mm: the field of view spans the image width (square pixels)."""
+        return self.field_of_view_mm / self.pixels.shape[1]
 
 
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:

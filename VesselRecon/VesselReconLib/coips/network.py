@@ -34,7 +34,7 @@ QUALITY_PRESETS["paper"] = dict(QUALITY_PRESETS["seresnext101"])
 FAZ_PRESETS: dict[str, dict] = {
     # nnU-Net 2D plan for 320-px patches: 7 stages, 3x3 kernels, stride-2 downsampling, 32..512 filters.
     "faz-paper": {"filters": (32, 64, 128, 256, 512, 512, 512), "input_size": 320},
-    "faz-lite": {"filters": (8, 16, 32, 64, 64), "input_size": 128},
+    "faz-lite": {"filters": (8, 16, 32, 64, 64), "input_size": 224},
 }
 
 

@@ -37,6 +37,7 @@ class TrainSettings:
     seed: int = 0
     workers: int = 0
     warmup_epochs: int = 2
+    patch: int | None = None
     device: str = "auto"
 
 
@@ -147,8 +148,8 @@ def train_faz(data: str | Path, out: str | Path, settings: TrainSettings, progre
     train_idx, val_idx = split(len(samples), settings.val_fraction, settings.seed)
     model = build_model(settings.preset).to(device)
     size = model.input_size
-    train_loader = _loader(FazDataset([samples[i] for i in train_idx], size, train=True), settings.batch_size,
-                           settings.workers, True, settings.seed)
+    train_set = FazDataset([samples[i] for i in train_idx], size, train=True, patch=settings.patch, seed=settings.seed)
+    train_loader = _loader(train_set, settings.batch_size, settings.workers, True, settings.seed)
     val_loader = _loader(FazDataset([samples[i] for i in val_idx], size), settings.batch_size, settings.workers, False)
     criterion = faz_loss()
     optimiser, scheduler = faz_optimiser(model, settings)

@@ -1,0 +1,207 @@
+"""COIPS end to end: shipped weights vs baselines, Logic on the headless scene, batch, CLI, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from VesselReconLib import mrml, registry
+from VesselReconLib.coips import GRADES
+from VesselReconLib.coips.logic import COIPSLogic, en_face_geometry
+from VesselReconLib.errors import CheckpointError, InputError
+from VesselReconLib.phantoms.octa import render_octa
+
+HELD_OUT_SEED = 4242  # training used the dataset writer's seed 1
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """Six held-out phantoms (two of each grade; 3x3 and 6x6 mm) rendered with a fixed seed."""
+    plan = [(2, 3.0), (1, 6.0), (0, 3.0), (2, 6.0), (1, 3.0), (0, 6.0)]
+    return [render_octa(HELD_OUT_SEED + i, 304, fov, quality=q) for i, (q, fov) in enumerate(plan)]
+
+
+@pytest.fixture(scope="module")
+def logic():
+    return COIPSLogic()
+
+
+def _save_png(path, image):
+    from PIL import Image
+
+    Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _volume(scene, case, name="octa"):
+    return mrml.array_to_volume((case.image * 255).astype(np.uint8)[None], en_face_geometry(case.pixel_mm, case.size_px),
+                                name, scene=scene)
+
+
+def test_shipped_models_are_registered_small_and_intact():
+    entries = {e.name: e for e in registry.load_registry() if e.module == "coips"}
+    assert {"coips-quality-lite", "coips-faz-lite"} <= set(entries)
+    for entry in entries.values():
+        assert entry.status() == "ok" and entry.path.stat().st_size < 2e6
+        assert {"command", "data", "seed"} <= set(entry.training) and entry.metrics
+    assert entries["coips-quality-lite"].preset == "lite" and entries["coips-faz-lite"].preset == "faz-lite"
+
+
+def test_shipped_weights_beat_the_baselines_on_held_out_phantoms(held_out, logic):
+    from VesselReconLib.coips.faz import classical_faz
+    from VesselReconLib.coips.inference import assess
+    from VesselReconLib.metrics import dice
+
+    quality_net, faz_net, device = logic.networks("lite", "faz-lite", "cpu")
+    truth = [c.quality for c in held_out]
+    results = [assess(c.image, c.field_mm, quality_net, faz_net, device, force_segmentation=True) for c in held_out]
+    accuracy = np.mean([GRADES.index(r.grade) == t for r, t in zip(results, truth)])
+    majority = np.max(np.bincount(truth)) / len(truth)
+    assert accuracy > majority and accuracy >= 4 / 6
+    gradable = [(c, r) for c, r in zip(held_out, results) if c.quality > 0]
+    ours = np.mean([dice(r.mask, c.faz_mask) for c, r in gradable])
+    classical = np.mean([dice(classical_faz(c.image), c.faz_mask) for c, _ in gradable])
+    assert ours > classical and ours > 0.8
+    area_error = np.mean([abs(r.metrics["faz_area_mm2"] - c.faz_mask.sum() * c.pixel_mm ** 2) for c, r in gradable])
+    assert area_error < 0.05  # mm^2 (FAZ areas are 0.2-0.5 mm^2)
+
+
+def test_logic_segments_gradable_image_with_input_geometry_and_survives_mrb(scene, logic, tmp_path):
+    sample = logic.load_sample()
+    volume, reference = sample["input_volume"], sample["reference_segmentation"]
+    result = logic.process(volume, None, device="cpu")
+    assert result.grade in GRADES[1:] and not result.flagged and result.fov_source == "metadata"
+    assert result.field_of_view_mm == pytest.approx(3.0)
+    labels, ijk_to_ras = mrml.segmentation_to_labelmap(result.output_segmentation, volume)
+    _, volume_geometry = mrml.volume_to_array(volume)
+    assert np.allclose(ijk_to_ras, volume_geometry) and labels.shape == (1, 304, 304)
+    assert labels.sum() == result.metrics["faz_pixels"]
+    assert result.metrics["faz_area_mm2"] == pytest.approx(labels.sum() * (3.0 / 304) ** 2)
+    evaluation = {r["metric"]: r["value"] for r in mrml.table_to_rows(logic.evaluate(result.output_segmentation,
+                                                                                      reference))}
+    assert evaluation["dice"] > 0.8 and abs(evaluation["faz_area_error_mm2"]) < 0.05
+    rows = {r["measure"]: r["value"] for r in mrml.table_to_rows(result.output_table)}
+    assert rows["grade"] == result.grade and float(rows["faz_area_mm2"]) == pytest.approx(
+        result.metrics["faz_area_mm2"], rel=1e-4)
+    mrml.load_scene(mrml.save_scene(tmp_path / "coips.mrb", scene), scene)
+    loaded = scene.GetFirstNodeByName(result.output_segmentation.GetName())
+    loaded_volume = scene.GetFirstNodeByName(volume.GetName())
+    reloaded, geometry = mrml.segmentation_to_labelmap(loaded, loaded_volume)
+    assert np.array_equal(reloaded, labels) and np.allclose(geometry, ijk_to_ras)
+    assert scene.GetFirstNodeByName(result.output_table.GetName()).GetTable().GetNumberOfRows() == len(rows)
+
+
+def test_ungradable_image_is_flagged_and_only_segmented_when_forced(scene, logic, held_out):
+    ungradable = next(c for c in held_out if c.quality == 0 and c.field_mm == 3.0)
+    volume = _volume(scene, ungradable)
+    result = logic.process(volume, 3.0, device="cpu")
+    assert result.grade == "ungradable" and result.flagged and result.output_segmentation is None
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+    forced = logic.process(volume, 3.0, force_faz_on_ungradable=True, device="cpu")
+    assert forced.output_segmentation is not None and forced.metrics["faz_area_mm2"] >= 0
+    rows = {r["measure"]: r["value"] for r in mrml.table_to_rows(forced.output_table)}
+    assert rows["faz_segmented"] == "forced" and rows["flagged_ungradable"] == "yes"
+
+
+def test_bad_inputs_leave_the_scene_untouched(scene, logic, tmp_path):
+    good = mrml.array_to_volume(np.random.default_rng(0).random((1, 64, 64)).astype(np.float32), np.eye(4), "good",
+                                scene=scene)
+    flat = mrml.array_to_volume(np.ones((1, 64, 64), np.float32), np.eye(4), "flat", scene=scene)
+    stack = mrml.array_to_volume(np.random.default_rng(1).random((3, 64, 64)).astype(np.float32), np.eye(4), "stack",
+                                 scene=scene)
+    nan = np.random.default_rng(2).random((1, 64, 64)).astype(np.float32)
+    nan[0, 3, 3] = np.nan
+    nan_volume = mrml.array_to_volume(nan, np.eye(4), "nan", scene=scene)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"garbage")
+
+    def names():
+        return sorted(scene.GetNthNode(i).GetName() or "" for i in range(scene.GetNumberOfNodes()))
+
+    before = names()
+    for kwargs, error in [({"input_volume": None}, "missing"), ({"input_volume": flat}, "constant"),
+                          ({"input_volume": stack}, "2D image"), ({"input_volume": nan_volume}, "NaN"),
+                          ({"input_volume": good, "model": str(broken)}, "corrupt"),
+                          ({"input_volume": good, "model": "resnet9000"}, "No shipped coips model")]:
+        with pytest.raises(InputError, match=error):
+            logic.process(device="cpu", **kwargs)
+    with pytest.raises(CheckpointError):
+        logic.process(good, model="lite", faz_model="lite", device="cpu")
+    assert names() == before
+
+
+def test_batch_folder_with_dicom_corrupt_file_report_and_cancel(logic, held_out, tmp_path, scene):
+    from VesselReconLib.coips.batch import run_batch
+    from VesselReconLib.coips.config import CoipsConfig
+    from VesselReconLib.progress import Cancelled
+
+    study = tmp_path / "study"
+    (study / "sub").mkdir(parents=True)
+    for index, case in enumerate(held_out[:4]):
+        _save_png(study / f"img{index}_{int(case.field_mm)}x{int(case.field_mm)}.png", case.image)
+    _save_png(study / "sub" / "nested.png", held_out[4].image)
+    (study / "corrupt.png").write_bytes(b"\x89PNG broken")
+    result = logic.process_batch(study, tmp_path / "out", device="cpu", num_workers=2, batch_size=2,
+                                 config_file=None)
+    rows = {r["image"]: r for r in result.rows}
+    assert len(rows) == 5 and rows["corrupt.png"]["status"] == "error" and "not a readable image" in rows["corrupt.png"]["error"]
+    assert rows["img1_6x6.png"]["field_of_view_mm"] == 6.0 and rows["img1_6x6.png"]["fov_source"] == "filename"
+    for row in result.rows:
+        if row["status"] == "ok":
+            assert row["faz_segmented"] == (row["grade"] != "ungradable")
+            assert (tmp_path / "out" / "thumbnails" / row["thumbnail"]).is_file()
+            assert row["p_ungradable"] + row["p_gradable"] + row["p_outstanding"] == pytest.approx(1.0, abs=1e-5)
+    html = result.html_path.read_text()
+    assert "corrupt.png" in html and "Class distribution" in html and "<svg" in html
+    assert result.csv_path.read_text().count("\n") == 6
+    assert result.output_table.GetTable().GetNumberOfRows() == 5
+    recursive = run_batch(CoipsConfig(input=str(study), output=str(tmp_path / "rec"), device="cpu", num_workers=0,
+                                      recursive=True, segment_ungradable=True),
+                          *logic.networks("lite", "faz-lite", "cpu")[:2])
+    assert len(recursive.rows) == 6 and all(r["faz_segmented"] for r in recursive.rows if r["status"] == "ok")
+    assert any(r["image"] == "sub/nested.png" for r in recursive.rows)
+    with pytest.raises(Cancelled):
+        logic.process_batch(study, tmp_path / "cancelled", device="cpu", num_workers=0, cancel=lambda: True)
+    with pytest.raises(InputError, match="No PNG"):
+        logic.process_batch(_empty(tmp_path), tmp_path / "x", device="cpu")
+
+
+def _empty(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    return folder
+
+
+def test_cli_single_image_and_config(tmp_path, held_out):
+    from VesselReconLib.cli import main
+
+    image = _save_png(tmp_path / "eye_3x3.png", held_out[0].image)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"input: {image}\noutput: {tmp_path / 'out'}\ndevice: cpu\nnum_workers: 0\n")
+    assert main(["coips", "--config", str(config)]) == 0
+    out = tmp_path / "out"
+    assert (out / "coips_results.csv").is_file() and (out / "coips_report.html").is_file()
+    scene = mrml.load_scene(out / "coips.mrb")
+    assert scene.GetFirstNodeByName("eye_3x3") is not None and scene.GetFirstNodeByName("eye_3x3 COIPS") is not None
+    assert main(["coips", "--input", str(tmp_path / "nowhere"), "--output", str(out)]) == 2
+
+
+@pytest.mark.gpu
+def test_batch_on_gpu_matches_cpu_grades(logic, held_out, tmp_path):
+    from VesselReconLib.coips.batch import run_batch
+    from VesselReconLib.coips.config import CoipsConfig
+
+    study = tmp_path / "study"
+    study.mkdir()
+    for index, case in enumerate(held_out):
+        _save_png(study / f"img{index}.png", case.image)
+    rows = {}
+    for device in ("cpu", "cuda"):
+        q, f, _ = logic.networks("lite", "faz-lite", device)
+        rows[device] = run_batch(CoipsConfig(input=str(study), output=str(tmp_path / device), device=device,
+                                             num_workers=2, segment_ungradable=True), q, f).rows
+    assert [r["grade"] for r in rows["cpu"]] == [r["grade"] for r in rows["cuda"]]
+    for cpu, gpu in zip(rows["cpu"], rows["cuda"]):
+        assert gpu["faz_area_mm2"] == pytest.approx(cpu["faz_area_mm2"], rel=0.05, abs=0.01)
+    assert torch.cuda.max_memory_allocated() > 0

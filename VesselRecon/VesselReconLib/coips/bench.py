@@ -1,0 +1,146 @@
+"""``vesselrecon bench coips``: the whole batch pipeline against the plain backbone, in one run.
+
+The pipeline time covers decoding (DataLoader workers), grading, FAZ segmentation (of every image,
+the worst case), FAZ measurement, mask/thumbnail files and the CSV/HTML report. The plain timm backbone
+(3 channels, no COIPS wrapper) at the same input size and batch size is the ceiling it is compared to;
+the FAZ U-Net alone is timed too. Targets: >= 1000 images/s on an H100 with the paper networks
+(SE-ResNeXt-101 at 224 + nnU-Net), >= 10 images/s with the lite networks on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TARGETS = {"cuda": 1000.0, "cpu": 10.0}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def throughput(net, size: int, batch: int, device: torch.device, channels: int = 1, seconds: float = 3.0) -> float:
+    """Images per second of ``net`` on random ``(batch, channels, size, size)`` inputs (inference mode)."""
+    from ..device import inference
+
+    x = torch.rand(batch, channels, size, size, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with inference(device):
+        for _ in range(3):
+            net(x)
+        _sync(device)
+        start, images = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds or images < 2 * batch:
+            net(x)
+            images += batch
+        _sync(device)
+    return images / (time.perf_counter() - start)
+
+
+def make_study(folder: Path, count: int, size: int, distinct: int = 12, seed: int = 7) -> Path:
+    """``count`` PNG files cycling through ``distinct`` rendered phantoms (all three grades)."""
+    from PIL import Image
+
+    from ..phantoms.octa import render_octa
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = []
+    for index in range(min(distinct, count)):
+        case = render_octa(seed + index, size, 3.0, quality=index % 3)
+        path = folder / f"src_{index:03d}_3x3.png"
+        Image.fromarray((case.image * 255).astype(np.uint8)).save(path)
+        sources.append(path)
+    for index in range(len(sources), count):
+        shutil.copyfile(sources[index % len(sources)], folder / f"img_{index:06d}_3x3.png")
+    return folder
+
+
+def _networks(preset: str, device: torch.device):
+    from .. import registry
+    from ..errors import CheckpointError
+    from .network import build_model
+
+    if preset == "paper":
+        return build_model("paper").to(device).eval(), build_model("faz-paper").to(device).eval(), "untrained"
+    try:
+        quality = registry.load_model("coips", "lite", str(device))[0]
+        faz = registry.load_model("coips", "faz-lite", str(device))[0]
+        return quality, faz, "shipped"
+    except CheckpointError:
+        return build_model("lite").to(device).eval(), build_model("faz-lite").to(device).eval(), "untrained"
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    from ..device import peak_memory_mb
+
+    gpu = peak_memory_mb(device)
+    return round(gpu, 1) if gpu is not None else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run_bench(args) -> dict:
+    """Time the pipeline and the networks; return the JSON-ready result line."""
+    import timm
+
+    from ..device import resolve_device
+    from .batch import run_batch
+    from .config import CoipsConfig
+
+    device = resolve_device(args.device)
+    torch.set_num_threads(max(1, int(args.threads)))
+    cuda = device.type == "cuda"
+    cores = os.cpu_count() or 1
+    preset = args.preset or ("paper" if cuda else "lite")
+    count = args.count or (4000 if cuda else 200)
+    batch_size = args.batch_size or (256 if cuda else 32)
+    workers = args.workers if args.workers is not None else (max(1, min(8, cores // 2)) if cuda else min(2, cores))
+    post = args.post_workers if args.post_workers is not None else (max(1, min(6, cores // 3)) if cuda else 0)
+    quality_net, faz_net, weights = _networks(preset, device)
+    scratch = Path(args.out or tempfile.mkdtemp(prefix="coips-bench-"))
+    study = Path(args.data) if args.data else make_study(scratch / "study", count, args.size)
+    config = CoipsConfig(input=str(study), output=str(scratch / "report"), device=str(device), batch_size=batch_size,
+                         num_workers=workers, post_workers=post, segment_ungradable=True)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    warm = CoipsConfig(**{**config.to_dict(), "output": str(scratch / "warmup")})
+    warm_study = scratch / "warm"
+    warm_study.mkdir(parents=True, exist_ok=True)
+    for path in sorted(study.iterdir())[: 2 * batch_size]:
+        shutil.copyfile(path, warm_study / path.name)
+    run_batch(CoipsConfig(**{**warm.to_dict(), "input": str(warm_study)}), quality_net, faz_net)
+    result = run_batch(config, quality_net, faz_net)
+    pipeline = len(result.rows) / result.seconds
+    peak = _peak_memory_mb(device)
+    ours = throughput(quality_net, quality_net.input_size, batch_size, device)
+    plain = timm.create_model(quality_net.backbone_name, pretrained=False, num_classes=3,
+                              **({"img_size": quality_net.input_size} if "swin" in quality_net.backbone_name else {}))
+    plain = plain.to(device).eval()
+    if cuda:
+        plain = plain.to(memory_format=torch.channels_last)
+    backbone = throughput(plain, quality_net.input_size, batch_size, device, channels=3)
+    faz = throughput(faz_net, faz_net.input_size, batch_size, device)
+    target = TARGETS["cuda" if cuda else "cpu"]
+    line = {
+        "bench": "coips", "device": torch.cuda.get_device_name(device) if cuda else f"cpu x{torch.get_num_threads()}",
+        "preset": preset, "weights": weights, "quality_backbone": quality_net.backbone_name,
+        "quality_input": quality_net.input_size, "faz_input": faz_net.input_size, "images": len(result.rows),
+        "image_size": args.size, "batch_size": batch_size, "num_workers": workers, "post_workers": post,
+        "faz_segmented_fraction": round(float(np.mean([r["faz_segmented"] for r in result.rows])), 3),
+        "pipeline_images_per_s": round(pipeline, 1), "pipeline_seconds": round(result.seconds, 2),
+        "classifier_images_per_s": round(ours, 1), "plain_backbone_images_per_s": round(backbone, 1),
+        "faz_unet_images_per_s": round(faz, 1),
+        "ratio_pipeline_vs_plain_backbone": round(pipeline / backbone, 3),
+        "ratio_classifier_vs_plain_backbone": round(ours / backbone, 3),
+        "peak_memory_mb": peak, "target_images_per_s": target, "meets_target": pipeline >= target,
+    }
+    if not args.out:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return line

@@ -1,0 +1,231 @@
+"""``vesselrecon coips``, ``train coips``, ``eval coips``, ``bench coips`` and the demo hook."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+QUALITY_SHIP_NAME, FAZ_SHIP_NAME = "coips-quality-{preset}", "coips-{preset}"
+
+
+def _command_line() -> str:
+    return "vesselrecon " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+# ---------------------------------------------------------------- vesselrecon coips
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", help="YAML configuration (see VesselRecon/COIPS/README.md)")
+    parser.add_argument("--input", help="folder of OCTA images, or one image (PNG/JPEG/BMP/TIFF/DICOM)")
+    parser.add_argument("--output", help="output folder (CSV, HTML report, thumbnails, masks, coips.mrb)")
+    parser.add_argument("--fov", type=float, dest="field_of_view_mm", help="scan width in mm (3 or 6); default: metadata")
+    parser.add_argument("--model", dest="quality_model", help="quality classifier preset or checkpoint (default lite)")
+    parser.add_argument("--faz-model", dest="faz_model", help="FAZ U-Net preset or checkpoint (default faz-lite)")
+    parser.add_argument("--device", help="auto|cuda|mps|cpu")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--workers", type=int, dest="num_workers", help="decoding processes (default min(2, cores))")
+    parser.add_argument("--post-workers", type=int, dest="post_workers", help="FAZ measuring/writing processes")
+    parser.add_argument("--force-faz", action="store_const", const=True, dest="segment_ungradable",
+                        help="segment the FAZ of ungradable images too")
+    parser.add_argument("--recursive", action="store_const", const=True, help="include sub-folders")
+    parser.add_argument("--no-scene", action="store_true", help="do not write coips.mrb")
+    parser.add_argument("--write-config", metavar="PATH", help="write the effective configuration as YAML and exit")
+
+
+def run(args) -> int:
+    """Grade, segment and measure; write the report files and a .mrb scene through the Logic."""
+    from .config import load_config, write_config
+
+    keys = ("input", "output", "field_of_view_mm", "quality_model", "faz_model", "device", "batch_size",
+            "num_workers", "post_workers", "segment_ungradable", "recursive")
+    config = load_config(args.config, **{k: getattr(args, k) for k in keys})
+    if args.write_config:
+        print(f"Wrote {write_config(config, args.write_config)}")
+        return 0
+    from .. import mrml, runtime
+    from ..progress import TqdmProgress
+    from .logic import COIPSLogic
+
+    scene = runtime.new_scene()
+    logic = COIPSLogic(scene)
+    bar = TqdmProgress("coips")
+    result = logic.process_batch(config.input, config.output, config.field_of_view_mm, config.segment_ungradable,
+                                 model=config.quality_model, faz_model=config.faz_model, device=config.device,
+                                 num_workers=config.num_workers, batch_size=config.batch_size,
+                                 config_file=args.config, progress=bar)
+    bar.close()
+    if Path(config.input).is_file():
+        _single_image_scene(logic, config)
+    summary = result.summary
+    print(f"{summary['images']} images: " + ", ".join(f"{n} {g}" for g, n in summary["grades"].items())
+          + f", {summary['errors']} unreadable")
+    print(f"Wrote {result.csv_path} and {result.html_path}")
+    if not args.no_scene:
+        print(f"Wrote {mrml.save_scene(Path(config.output) / 'coips.mrb', scene)}")
+    return 0
+
+
+def _single_image_scene(logic, config) -> None:
+    """Load the one input image as a volume and run the single-image Logic on it (for the .mrb)."""
+    from .. import mrml
+    from .io import read_image
+    from .logic import en_face_geometry
+
+    image = read_image(config.input, config.field_of_view_mm, config.default_field_of_view_mm)
+    height, width = image.pixels.shape
+    volume = mrml.array_to_volume(image.pixels[None], en_face_geometry(image.field_of_view_mm / width, width),
+                                  Path(config.input).stem, scene=logic.scene, creator=logic.creator)
+    result = logic.process(volume, image.field_of_view_mm, config.segment_ungradable, model=config.quality_model,
+                           faz_model=config.faz_model, device=config.device)
+    print(f"{Path(config.input).name}: {result.grade} " + json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
+
+
+# ---------------------------------------------------------------- vesselrecon train coips
+
+
+def add_train_arguments(parser) -> None:
+    parser.add_argument("--data", required=True, help="dataset from `vesselrecon phantoms octa-quality` (or OCTA-25K)")
+    parser.add_argument("--task", choices=("quality", "faz"), required=True)
+    parser.add_argument("--preset", help="network preset (default lite / faz-lite)")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, help="learning rate (default: the paper's)")
+    parser.add_argument("--finetune", choices=("all", "head"), default="all", help="train the whole network or the head")
+    parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument("--patch", type=int, help="FAZ: train on random square crops of this size (nnU-Net style)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default="out/train-coips", help="checkpoint folder")
+    parser.add_argument("--ship", action="store_true", help="write the model into the registry")
+    parser.add_argument("--heldout", help="held-out dataset for the shipped metrics (default: the validation split)")
+    parser.add_argument("--data-command", default="", help="the phantom command that made --data (provenance)")
+
+
+def train(args) -> int:
+    import torch
+
+    from ..device import limit_cpu_threads, resolve_device
+    from ..progress import TqdmProgress
+    from .train import TrainSettings, train_faz, train_quality
+
+    if resolve_device(args.device).type == "cpu":
+        limit_cpu_threads(min(2, torch.get_num_threads()))
+    preset = args.preset or ("lite" if args.task == "quality" else "faz-lite")
+    settings = TrainSettings(preset=preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             finetune=args.finetune, patience=args.patience, seed=args.seed, workers=args.workers,
+                             patch=args.patch, device=args.device)
+    bar = TqdmProgress(f"train coips {args.task}")
+    fit = train_quality if args.task == "quality" else train_faz
+    model, history = fit(args.data, Path(args.out) / args.task, settings, progress=bar)
+    bar.close()
+    best = max(history, key=lambda h: h.get("val_macro_f1", h.get("val_dice", 0.0))) if history else {}
+    print(json.dumps({"task": args.task, "preset": preset, "epochs": len(history), "best": best}))
+    if args.ship:
+        _ship(model, args, preset, history)
+    return 0
+
+
+def _ship(model, args, preset: str, history: list[dict]) -> None:
+    from ..device import resolve_device
+    from ..training import ship_model
+    from .evaluation import faz_records, faz_rows, quality_predictions, quality_rows
+
+    device = resolve_device(args.device)
+    model = model.to(device).eval()
+    heldout = args.heldout or args.data
+    if args.task == "quality":
+        labels, probabilities = quality_predictions(model, heldout, device)
+        metrics = quality_rows(labels, {"model": probabilities})[0]
+        name = QUALITY_SHIP_NAME.format(preset=preset)
+        spec = {"channels": 1, "size": model.input_size, "intensity": "grayscale [0, 1], z-scored inside",
+                "classes": ["ungradable", "gradable", "outstanding"]}
+    else:
+        metrics = faz_rows(faz_records(model, heldout, device), {"unet": "model"})[0]
+        name = FAZ_SHIP_NAME.format(preset=preset)
+        spec = {"channels": 1, "size": model.input_size, "intensity": "grayscale [0, 1], z-scored inside",
+                "classes": ["background", "faz"]}
+    metrics = {k: v for k, v in metrics.items() if k != "method"}
+    metrics.update(heldout=str(heldout), epochs_trained=len(history))
+    entry = ship_model(model.cpu(), "coips", preset, command=_command_line(), data=args.data_command or str(args.data),
+                       seed=args.seed, metrics=metrics, input_spec=spec, name=name,
+                       extra_training={"task": args.task, "heldout_data": str(heldout)})
+    print(f"Shipped {entry.name} ({entry.path.stat().st_size / 1e6:.2f} MB): {json.dumps(metrics)}")
+
+
+# ---------------------------------------------------------------- vesselrecon eval coips
+
+
+def add_eval_arguments(parser) -> None:
+    parser.add_argument("--data", required=True, help="held-out set in the octa-quality layout")
+    parser.add_argument("--model", default="lite", help="quality classifier preset or checkpoint")
+    parser.add_argument("--faz-model", default="faz-lite", help="FAZ U-Net preset or checkpoint")
+    parser.add_argument("--compare", nargs="*", default=[], metavar="NAME=CHECKPOINT",
+                        help="more quality classifiers for the ablation (e.g. head-only fine-tuning)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+
+
+def evaluate(args) -> int:
+    import torch
+
+    from .. import registry
+    from ..device import resolve_device
+    from .evaluation import FAZ_COLUMNS, QUALITY_COLUMNS, format_table, run_evaluation
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    device = resolve_device(args.device)
+    quality_net, _ = registry.load_model("coips", args.model, str(device))
+    faz_net, _ = registry.load_model("coips", args.faz_model, str(device))
+    extra = {}
+    for item in args.compare:
+        name, _, path = item.partition("=")
+        extra[name] = registry.load_model("coips", path or name, str(device))[0]
+    result = run_evaluation(args.data, quality_net, faz_net, device, extra,
+                            quality_name=f"COIPS {args.model}", faz_name=f"COIPS {args.faz_model}")
+    print(format_table(f"Quality assessment ({result['n_quality']} images)", result["quality"], QUALITY_COLUMNS))
+    print()
+    print(format_table(f"FAZ segmentation ({result['n_faz']} gradable/outstanding images)", result["faz"],
+                       ("n",) + FAZ_COLUMNS))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------- vesselrecon bench coips
+
+
+def add_bench_arguments(parser) -> None:
+    parser.add_argument("--preset", choices=("lite", "paper"), help="lite (shipped) or paper (SE-ResNeXt-101 + "
+                        "nnU-Net, untrained); default paper on CUDA, lite on CPU")
+    parser.add_argument("--count", type=int, help="images in the timed batch (default 4000 CUDA / 200 CPU)")
+    parser.add_argument("--size", type=int, default=304, help="image size of the generated study")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--workers", type=int, help="decoding processes")
+    parser.add_argument("--post-workers", type=int, help="measuring/writing processes")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data", help="existing image folder to time instead of a generated one")
+    parser.add_argument("--out", help="output folder (default: a temporary folder)")
+
+
+def bench(args) -> int:
+    from .bench import run_bench
+
+    print(json.dumps(run_bench(args)))
+    return 0
+
+
+# ---------------------------------------------------------------- vesselrecon demo
+
+
+def demo(context) -> None:
+    """Grade a small generated study, segment the sample image in the scene, render a contact sheet."""
+    from .demo import run_demo
+
+    context.summary["coips"] = run_demo(context)

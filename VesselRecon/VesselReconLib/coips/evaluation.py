@@ -1,0 +1,122 @@
+"""Held-out evaluation: the paper's results table for our networks, an ablation and classical baselines.
+
+Quality: accuracy, macro precision, macro F1, one-vs-rest AUC (``metrics.classification_report``) of
+the classifier and of a majority-class baseline. FAZ (on the gradable/outstanding segmentation subset):
+Dice, Jaccard, precision, recall and FAZ area error (mm^2) of the U-Net, of the U-Net without its
+largest-component post-processing, per input grade, and of the classical baseline (:func:`.faz.classical_faz`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import GRADES
+from .data import faz_samples, quality_samples, read_mask
+from .faz import classical_faz, largest_component
+from .inference import faz_masks, grade, work_size
+from .io import read_image, to_work_image
+from .logic import faz_comparison
+
+QUALITY_COLUMNS = ("accuracy", "macro_precision", "macro_f1", "auc_ovr")
+FAZ_COLUMNS = ("dice", "jaccard", "precision", "recall", "faz_abs_area_error_mm2")
+
+
+def _work_tensor(pixels: np.ndarray, size: int, device) -> torch.Tensor:
+    return torch.from_numpy(to_work_image(pixels, size)).to(device)[None, None].float() / 255.0
+
+
+def quality_predictions(quality_net, data: str | Path, device) -> tuple[np.ndarray, np.ndarray]:
+    """True labels and predicted probabilities over ``data/images`` (labels.csv)."""
+    from ..device import inference
+
+    labels, probabilities = [], []
+    for sample in quality_samples(data):
+        image = read_image(sample.path)
+        with inference(device):
+            probabilities.append(grade(quality_net, _work_tensor(image.pixels, quality_net.input_size, device))[0].cpu().numpy())
+        labels.append(sample.label)
+    return np.array(labels), np.stack(probabilities)
+
+
+def quality_rows(labels: np.ndarray, probabilities: dict[str, np.ndarray], train_labels=None) -> list[dict]:
+    """One row per classifier plus the majority-class baseline (majority of ``train_labels`` or ``labels``)."""
+    from ..metrics import classification_report
+
+    rows = []
+    for name, prob in probabilities.items():
+        report = classification_report(labels, prob, n_classes=len(GRADES))
+        rows.append({"method": name, **{k: report[k] for k in QUALITY_COLUMNS}})
+    majority = int(np.bincount(np.asarray(train_labels if train_labels is not None else labels)).argmax())
+    baseline = np.zeros((labels.size, len(GRADES)))
+    baseline[:, majority] = 1.0
+    report = classification_report(labels, baseline, n_classes=len(GRADES))
+    rows.append({"method": f"majority class ({GRADES[majority]})", **{k: report[k] for k in QUALITY_COLUMNS}})
+    return rows
+
+
+def faz_records(faz_net, data: str | Path, device) -> list[dict]:
+    """Per-image comparisons on ``data/faz``: U-Net, U-Net without post-processing, classical baseline."""
+    from ..device import inference
+
+    records = []
+    for sample in faz_samples(data):
+        image = read_image(sample.image, sample.field_of_view_mm)
+        reference = read_mask(sample.mask)
+        with inference(device):
+            raw = faz_masks(faz_net, _work_tensor(image.pixels, faz_net.input_size, device), reference.shape)[0].cpu().numpy()
+        fov = image.field_of_view_mm
+        grade_name = GRADES[sample.label] if sample.label is not None else ""
+        for method, mask in (("unet", largest_component(raw)), ("unet_no_postprocessing", raw),
+                             ("classical", classical_faz(image.pixels))):
+            records.append({"method": method, "grade": grade_name, **faz_comparison(mask, reference, fov)})
+    return records
+
+
+def faz_rows(records: list[dict], names: dict[str, str]) -> list[dict]:
+    """Mean metrics per method (and per input grade for the U-Net)."""
+    rows = []
+    groups = [(names[m], m, None) for m in names] + [(f"{names['unet']} on {g} images", "unet", g)
+                                                     for g in GRADES[1:]]
+    for label, method, grade_name in groups:
+        chosen = [r for r in records if r["method"] == method and (grade_name is None or r["grade"] == grade_name)]
+        if chosen:
+            rows.append({"method": label, "n": len(chosen),
+                         **{k: float(np.mean([r[k] for r in chosen])) for k in FAZ_COLUMNS}})
+    return rows
+
+
+def format_table(title: str, rows: list[dict], columns) -> str:
+    """A fixed-width text table."""
+    width = max([len(r["method"]) for r in rows] + [6]) + 2
+    lines = [title, "method".ljust(width) + "".join(c.rjust(24 if len(c) > 12 else 14) for c in columns)]
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else (
+                f"{value:.4f}" if isinstance(value, float) else str(value))
+            cells.append(text.rjust(24 if len(column) > 12 else 14))
+        lines.append(row["method"].ljust(width) + "".join(cells))
+    return "\n".join(lines)
+
+
+def run_evaluation(data: str | Path, quality_net, faz_net, device, extra_quality: dict | None = None,
+                   quality_name: str = "COIPS classifier", faz_name: str = "COIPS FAZ U-Net") -> dict:
+    """Quality and FAZ rows for the held-out set ``data`` (see the module docstring)."""
+    labels, probabilities = quality_predictions(quality_net, data, device)
+    all_probabilities = {quality_name: probabilities}
+    for name, net in (extra_quality or {}).items():
+        all_probabilities[name] = quality_predictions(net, data, device)[1]
+    records = faz_records(faz_net, data, device)
+    names = {"unet": faz_name, "unet_no_postprocessing": f"{faz_name} without largest-component post-processing",
+             "classical": "classical (smoothing + low-intensity threshold + central component)"}
+    return {"quality": quality_rows(labels, all_probabilities), "faz": faz_rows(records, names),
+            "n_quality": int(labels.size), "n_faz": len(records) // 3}
+
+
+__all__ = ["run_evaluation", "format_table", "quality_rows", "faz_rows", "faz_records", "quality_predictions",
+           "work_size"]

@@ -22,36 +22,33 @@ from slicer import (
 
 from VesselReconLib import slicer_widget
 
-# Apply, Evaluate and Load sample call the core logic (VesselReconLib.vcnet.logic.VCNetLogic)
-# with keyword arguments only; keywords it does not accept are dropped with a warning:
-#   process(input_volume, mask=None, dark_vessels=False, overlap=0.5, threshold=0.5,
-#           min_component_mm3=1.0, output_probability=True, output_mip=True,
-#           output_segmentation=None, output_probability_volume=None, output_mip_volume=None,
-#           output_table=None, model="lite", device="auto", progress=None, cancel=None, background=None)
-#       -> dict of output nodes keyed like the output keywords
-#   evaluate(prediction, reference, table=None) -> table node | list of row dicts | dict of metrics
-#   load_sample() -> {"input_volume": node, "reference_segmentation": node}
-# `mask` is a labelmap or segmentation node (or None); `model` is a shipped preset or a checkpoint
-# path; `progress(fraction, message)`, `cancel() -> bool` follow VesselReconLib.progress;
-# `background(fn)` runs the MRML-free heavy part off the GUI thread.
-# Missing inputs must raise VesselReconLib.errors.InputError (shown to the user as is).
+# Apply, Evaluate and Load sample call the core logic (VesselReconLib.vcnet.logic.VCNetLogic):
+#   process(inputVolume, maskVolume=None, darkVessels=False, model="lite", device="auto", overlap=0.0,
+#           threshold=0.5, minComponentMm3=0.0, batchSize=None, outputProbability=False, outputMip=False,
+#           outputSegmentation=None, outputProbabilityVolume=None, outputMipVolume=None, outputTable=None,
+#           referenceSegmentation=None, referenceLabelmap=None, progress=None, cancel=None, background=None)
+#       -> VCNetResult(outputSegmentation, outputTable, outputProbabilityVolume, outputMipVolume, ..., metrics)
+#   evaluate(prediction, reference, referenceVolume=None, table=None) -> VCNetEvaluation(evaluationTable, metrics)
+#   load_sample(kind="mra", seed=0, crop=(64, 192, 192)) -> VCNetSample(inputVolume, referenceSegmentation, maskNode)
 PROCESS_ARGS = {
-    "inputVolume": "input_volume",
-    "maskNode": "mask",
-    "darkVessels": "dark_vessels",
+    "inputVolume": "inputVolume",
+    "maskNode": "maskVolume",
+    "darkVessels": "darkVessels",
     "overlap": "overlap",
     "threshold": "threshold",
-    "minComponentMm3": "min_component_mm3",
-    "outputProbability": "output_probability",
-    "outputMip": "output_mip",
-    "outputSegmentation": "output_segmentation",
-    "outputProbabilityVolume": "output_probability_volume",
-    "outputMipVolume": "output_mip_volume",
-    "outputTable": "output_table",
+    "minComponentMm3": "minComponentMm3",
+    "outputProbability": "outputProbability",
+    "outputMip": "outputMip",
+    "outputSegmentation": "outputSegmentation",
+    "outputProbabilityVolume": "outputProbabilityVolume",
+    "outputMipVolume": "outputMipVolume",
+    "outputTable": "outputTable",
+    "referenceSegmentation": "referenceSegmentation",
 }
 EVALUATE_ARGS = {
     "outputSegmentation": "prediction",
     "referenceSegmentation": "reference",
+    "inputVolume": "referenceVolume",
     "evaluationTable": "table",
 }
 REQUIRED_INPUTS = ("inputVolume",)
@@ -130,7 +127,7 @@ class VCNetParameterNode:
     checkpointPath: Path
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
     darkVessels: bool = False
-    overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.5
+    overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.0
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     minComponentMm3: Annotated[float, WithinRange(0.0, 100000.0)] = 1.0
     outputProbability: bool = True

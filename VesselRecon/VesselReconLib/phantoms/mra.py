@@ -31,6 +31,7 @@ FULL_SHAPE = (128, 448, 448)
 FULL_SPACING = (0.5, 0.5, 0.8)
 KINDS = ("mra", "swi", "micro")
 BRAIN_SCALE = 0.86
+INFLUENCE_MM = 20.0
 
 
 @dataclass
@@ -135,7 +136,7 @@ def grow_vessels(style: KindStyle, shape, spacing, seed: int) -> VascularTree:
     brain_radii = radii * BRAIN_SCALE
     scale = float(np.cbrt(np.prod(brain_radii) / np.prod(np.array([90.0, 103.0, 86.0]))))
     params = TreeParams(n_attractors=max(300, int(style.n_attractors * scale ** 1.5)),
-                        step_mm=0.8 if style.min_radius < 0.3 else 1.0, influence_mm=10.0 * max(scale, 0.5),
+                        step_mm=0.8 if style.min_radius < 0.3 else 1.0, influence_mm=INFLUENCE_MM * max(scale, 0.5),
                         kill_mm=1.8, root_radius=style.root_radius, min_radius=style.min_radius,
                         tortuosity=0.2, min_terminal_mm=2.0, seed=int(rng.integers(2**31)))
     return grow_tree(EllipsoidDomain(centre, brain_radii), _roots(style, centre, radii, rng), params)

@@ -41,7 +41,7 @@ def run(args) -> int:
     bar = TqdmProgress("vcnet")
     result = logic.process(volume, maskVolume=mask, darkVessels=args.dark, model=args.model, device=args.device,
                            overlap=args.overlap, threshold=args.threshold, minComponentMm3=args.min_component,
-                           batchSize=args.batch_size, outputProbability=True, showMips=args.mips,
+                           batchSize=args.batch_size, outputProbability=True, outputMip=args.mips,
                            referenceLabelmap=reference, progress=bar)
     bar.close()
     out = Path(args.out)
@@ -73,6 +73,8 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--ship", action="store_true", help="write the best model into the model registry")
     parser.add_argument("--name", help="registry name (default vcnet-<preset>)")
     parser.add_argument("--data-command", default="", help="the command that wrote --data (provenance)")
+    parser.add_argument("--recipe", help="the full command sequence that trained the model, when it was "
+                                         "trained in several --resume runs (provenance; default: this command)")
 
 
 def train(args) -> int:
@@ -93,7 +95,7 @@ def train(args) -> int:
     bar.close()
     print(json.dumps({"preset": args.preset, "held_out": held_out}))
     if args.ship:
-        command = "vesselrecon train vcnet " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+        command = args.recipe or "vesselrecon train vcnet " + " ".join(shlex.quote(a) for a in sys.argv[3:])
         entry = ship_model(model.cpu(), "vcnet", args.preset, name=args.name, command=command,
                            data=args.data_command or args.data, seed=args.seed, metrics=held_out,
                            input_spec={"channels": 1, "patch_kji": list(model.patch), "axis_order": "KJI",
@@ -110,3 +112,35 @@ def train(args) -> int:
 
 from .bench import add_bench_arguments, bench  # noqa: E402,F401
 from .eval import add_eval_arguments, evaluate  # noqa: E402,F401
+
+
+# ---------------------------------------------------------------- demo
+
+
+def demo(context) -> None:
+    """MRA phantom crop (fixed seed) -> VC-Net lite -> segmentation, MIPs, table; 3D and MIP renders."""
+    import numpy as np
+
+    from .. import meshes, mrml, render
+    from .logic import VCNetLogic
+
+    logic = VCNetLogic(context.scene)
+    sample = logic.load_sample("mra", seed=2026, crop=(48, 160, 160))
+    result = logic.process(sample.inputVolume, maskVolume=sample.maskNode, device=context.device,
+                           referenceSegmentation=sample.referenceSegmentation, outputProbability=True,
+                           outputMip=True)
+    truth, _ = mrml.segmentation_to_labelmap(sample.referenceSegmentation, sample.inputVolume)
+    predicted = meshes.isosurface(result.labels.astype(np.float32), result.ijkToRas, 0.5)
+    reference = meshes.isosurface((truth > 0).astype(np.float32), result.ijkToRas, 0.5)
+    render.render_meshes([render.Layer(predicted, color=(0.86, 0.24, 0.22)),
+                          render.Layer(reference, color=(0.3, 0.5, 0.9), opacity=0.35)],
+                         context.render_path("vcnet"), view=(20.0, 60.0))
+    mips, _ = mrml.volume_to_array(result.outputMipVolume)
+    mip_labels, _ = mrml.volume_to_array(result.outputMipLabelmap)
+    image = np.clip((mips[0] - np.percentile(mips[0], 1)) / np.ptp(mips[0]), 0, 1)
+    overlay = np.stack([np.maximum(image, mip_labels[0]), image * (1 - 0.6 * mip_labels[0]),
+                        image * (1 - 0.6 * mip_labels[0])], -1)
+    render.save_image_png(overlay, context.render_path("vcnet_mips"))
+    keys = ("dice", "precision", "recall", "fpr", "vessel_volume_mm3", "centerline_length_mm", "seconds")
+    context.summary["vcnet"] = {k: (round(v, 4) if isinstance(v, float) else v)
+                                for k, v in result.metrics.items() if k in keys}

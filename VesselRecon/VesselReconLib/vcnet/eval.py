@@ -45,14 +45,14 @@ def calibrate_vesselness(cases: list[Case]) -> float:
     return float(THRESHOLDS[int(np.argmax(scores))])
 
 
-def calibration_cases(kind: str, dark: bool, count: int = 2, seed: int = 999) -> list[Case]:
+def calibration_cases(kind: str, dark: bool, count: int = 2, seed: int = 999, crop=None) -> list[Case]:
     """Phantom crops (seeds disjoint from training and test) for the classical threshold."""
     from ..phantoms.mra import TRAIN_CROP, render_mra
     from .data import normalize
 
     out = []
     for index in range(count):
-        p = render_mra(kind, seed=seed * 1000 + index, crop=TRAIN_CROP)
+        p = render_mra(kind, seed=seed * 1000 + index, crop=crop or TRAIN_CROP)
         out.append(Case(f"calibration_{index}", normalize(p.image, p.brain_mask, dark), p.label, p.brain_mask,
                         p.spacing))
     return out

@@ -23,14 +23,31 @@ MIP_SIZE_SLICES = 5
 class VCNetResult:
     """Nodes created or updated by :meth:`VCNetLogic.process` and the measurements."""
 
-    segmentation: object
-    table: object
-    probability: object | None = None
-    mipVolume: object | None = None
-    mipLabelmap: object | None = None
+    outputSegmentation: object
+    outputTable: object = None
+    outputProbabilityVolume: object | None = None
+    outputMipVolume: object | None = None
+    outputMipLabelmap: object | None = None
     metrics: dict = field(default_factory=dict)
     labels: np.ndarray | None = None
     ijkToRas: np.ndarray | None = None
+
+
+@dataclass
+class VCNetEvaluation:
+    """Result of :meth:`VCNetLogic.evaluate`: the table node and the metric values."""
+
+    evaluationTable: object
+    metrics: dict
+
+
+@dataclass
+class VCNetSample:
+    """Nodes made by :meth:`VCNetLogic.load_sample`."""
+
+    inputVolume: object
+    referenceSegmentation: object
+    maskNode: object
 
 
 class VCNetLogic(VesselReconLogic):
@@ -76,9 +93,10 @@ class VCNetLogic(VesselReconLogic):
 
     def process(self, inputVolume, maskVolume=None, darkVessels: bool = False, model: str = "lite",
                 device: str = "auto", overlap: float = 0.0, threshold: float = 0.5, minComponentMm3: float = 0.0,
-                batchSize: int | None = None, outputSegmentation=None, outputProbability=False,
-                showMips: bool = False, referenceSegmentation=None, referenceLabelmap=None,
-                progress=None, cancel=None) -> VCNetResult:
+                batchSize: int | None = None, outputProbability: bool = False, outputMip: bool = False,
+                outputSegmentation=None, outputProbabilityVolume=None, outputMipVolume=None, outputTable=None,
+                referenceSegmentation=None, referenceLabelmap=None, progress=None, cancel=None,
+                background=None) -> VCNetResult:
         """Segment vessels with VC-Net.
 
         :param inputVolume: scalar MRA/TOF or SWI volume node (slices along K).
@@ -90,11 +108,15 @@ class VCNetLogic(VesselReconLogic):
         :param threshold: probability threshold (0.5).
         :param minComponentMm3: remove connected components smaller than this volume.
         :param batchSize: patches per forward pass (halved automatically on out-of-memory).
-        :param outputSegmentation: segmentation node to overwrite (default: "VCNet vessels").
-        :param outputProbability: True, or a scalar volume node, to output the probability volume.
-        :param showMips: also output the composited MIPs of each 16-slice slab and their 2D segmentation.
+        :param outputProbability: also output the probability volume.
+        :param outputMip: also output the composited MIPs of each K3-slice slab and their 2D segmentation.
+        :param outputSegmentation: segmentation node to overwrite (default: "<input> VCNet vessels").
+        :param outputProbabilityVolume: volume node to overwrite with the probability.
+        :param outputMipVolume: volume node to overwrite with the composited MIPs.
+        :param outputTable: table node to overwrite with the measurements.
         :param referenceSegmentation: reference segmentation node (adds Dice, precision, FPR).
         :param referenceLabelmap: reference labelmap volume (alternative to ``referenceSegmentation``).
+        :param background: ``background(fn) -> fn()`` runs the MRML-free computation off the GUI thread.
         :returns: :class:`VCNetResult`.
         """
         from ..device import resolve_device
@@ -118,47 +140,57 @@ class VCNetLogic(VesselReconLogic):
             raise InputError(str(exc)) from exc
         net, _ = self.model(model, str(torch_device))
         spacing = tuple(mrml.spacing_of(ijk_to_ras))
-        result = segment(array, spacing, net, mask, darkVessels, overlap, threshold, minComponentMm3, torch_device,
-                         batchSize, showMips, progress, cancel)
-        return self._write_nodes(inputVolume, ijk_to_ras, net, result, ref, outputSegmentation, outputProbability)
+        def compute():
+            return segment(array, spacing, net, mask, darkVessels, overlap, threshold, minComponentMm3, torch_device,
+                           batchSize, outputMip, progress, cancel)
 
-    def _write_nodes(self, inputVolume, ijk_to_ras, net, result, ref, outputSegmentation, outputProbability):
+        result = background(compute) if background is not None else compute()
+        nodes = {"segmentation": outputSegmentation, "probability": outputProbabilityVolume,
+                 "mip": outputMipVolume, "table": outputTable}
+        return self._write_nodes(inputVolume, ijk_to_ras, net, result, ref, nodes,
+                                 outputProbability or outputProbabilityVolume is not None)
+
+    def _write_nodes(self, inputVolume, ijk_to_ras, net, result, ref, nodes: dict, with_probability: bool):
         scene = self.scene
         name = inputVolume.GetName()
         segmentation = mrml.labelmap_to_segmentation(
-            result.labels, ijk_to_ras, [VESSEL_SEGMENT], f"{name} VCNet vessels", node=outputSegmentation,
+            result.labels, ijk_to_ras, [VESSEL_SEGMENT], f"{name} VCNet vessels", node=nodes["segmentation"],
             reference_volume=inputVolume, scene=scene, closed_surface=True, creator=self.creator)
-        out = VCNetResult(segmentation, None, labels=result.labels, ijkToRas=ijk_to_ras)
-        if outputProbability is not False and outputProbability is not None:
-            node = None if outputProbability is True else outputProbability
-            out.probability = mrml.array_to_volume(result.probability, ijk_to_ras, f"{name} VCNet probability",
-                                                   node=node, scene=scene, window_level=(1.0, 0.5),
-                                                   creator=self.creator)
+        out = VCNetResult(segmentation, labels=result.labels, ijkToRas=ijk_to_ras)
+        if with_probability:
+            out.outputProbabilityVolume = mrml.array_to_volume(
+                result.probability, ijk_to_ras, f"{name} VCNet probability", node=nodes["probability"], scene=scene,
+                window_level=(1.0, 0.5), creator=self.creator)
         if result.mip_image is not None:
             mip_matrix = ijk_to_ras.copy()
             mip_matrix[:3, 2] *= net.patch[0]
-            out.mipVolume = mrml.array_to_volume(result.mip_image, mip_matrix, f"{name} VCNet composited MIPs",
-                                                 scene=scene, creator=self.creator)
-            out.mipLabelmap = mrml.array_to_volume(result.mip_labels, mip_matrix, f"{name} VCNet MIP segmentation",
-                                                   scene=scene, labelmap=True, creator=self.creator)
+            out.outputMipVolume = mrml.array_to_volume(result.mip_image, mip_matrix, f"{name} VCNet composited MIPs",
+                                                       node=nodes["mip"], scene=scene, creator=self.creator)
+            out.outputMipLabelmap = mrml.array_to_volume(result.mip_labels, mip_matrix,
+                                                         f"{name} VCNet MIP segmentation", scene=scene,
+                                                         labelmap=True, creator=self.creator)
         out.metrics = dict(result.measurements)
         if ref is not None:
             out.metrics.update(reference_metrics(result.labels, ref))
         out.metrics.update({"seconds": round(result.info["seconds"], 3), "device": result.info["device"]})
-        out.table = mrml.rows_to_table(metric_rows(out.metrics), f"{name} VCNet measurements", scene=scene,
-                                       creator=self.creator)
+        out.outputTable = mrml.rows_to_table(metric_rows(out.metrics), f"{name} VCNet measurements",
+                                             node=nodes["table"], scene=scene, creator=self.creator)
         return out
 
     # ------------------------------------------------------------ evaluation, samples, files
 
-    def evaluate(self, segmentation, reference, referenceVolume=None, outputTable=None):
+    def evaluate(self, prediction, reference, referenceVolume=None, table=None) -> VCNetEvaluation:
         """Compare a vessel segmentation with a reference: Dice, precision, FPR, recall, volumes.
 
-        :param segmentation: segmentation node or labelmap volume (the prediction).
+        :param prediction: segmentation node or labelmap volume (e.g. the VC-Net output).
         :param reference: segmentation node or labelmap volume (ground truth).
-        :param referenceVolume: the grid both are compared on (default: the labelmap's own grid).
-        :returns: ``(table node, metrics dict)``.
+        :param referenceVolume: the image grid both are compared on (default: a labelmap's own grid).
+        :param table: table node to overwrite.
+        :returns: :class:`VCNetEvaluation` (table node and metrics).
         """
+        segmentation = prediction
+        if segmentation is None or reference is None:
+            raise InputError("Select both the segmentation to evaluate and the reference segmentation.")
         grid = referenceVolume or (reference if not reference.IsA("vtkMRMLSegmentationNode") else segmentation)
         if grid is None or grid.IsA("vtkMRMLSegmentationNode"):
             raise InputError("Pass referenceVolume (the image both segmentations belong to).")
@@ -168,12 +200,12 @@ class VCNetLogic(VesselReconLogic):
         values = reference_metrics(pred, ref)
         voxel = float(np.prod(mrml.spacing_of(ijk_to_ras)))
         values.update({"vessel_volume_mm3": float(pred.sum() * voxel), "reference_volume_mm3": float(ref.sum() * voxel)})
-        table = mrml.rows_to_table(metric_rows(values), "VCNet evaluation", node=outputTable, scene=self.scene,
-                                   creator=self.creator)
-        return table, values
+        node = mrml.rows_to_table(metric_rows(values), "VCNet evaluation", node=table, scene=self.scene,
+                                  creator=self.creator)
+        return VCNetEvaluation(node, values)
 
-    def load_sample(self, kind: str = "mra", seed: int = 0, crop=(64, 192, 192)):
-        """Generate a phantom case into the scene: ``(volume node, ground-truth segmentation, brain mask)``.
+    def load_sample(self, kind: str = "mra", seed: int = 0, crop=(64, 192, 192)) -> VCNetSample:
+        """Generate a phantom case into the scene: volume, ground-truth segmentation and brain mask.
 
         :param kind: ``mra`` (bright arteries), ``swi`` (dark veins) or ``micro``.
         :param crop: ``(nk, nj, ni)`` crop of the 448x448x128 slab, or None for the whole slab.
@@ -189,7 +221,7 @@ class VCNetLogic(VesselReconLogic):
                                               reference_volume=volume, scene=self.scene, creator=self.creator)
         mask = mrml.array_to_volume(phantom.brain_mask, matrix, f"VCNet sample {label} brain mask", scene=self.scene,
                                     labelmap=True, creator=self.creator)
-        return volume, truth, mask
+        return VCNetSample(volume, truth, mask)
 
     def load_volume(self, path: str, name: str, labelmap: bool = False):
         """Read a volume file (NRRD/NIfTI/MHA) or DICOM folder into a node."""
@@ -228,12 +260,13 @@ class VCNetLogic(VesselReconLogic):
             written.append(out / "vcnet_vessels.nii.gz")
         finally:
             self.scene.RemoveNode(label_node)
-        for node, file_name in ((result.probability, "vcnet_probability.nii.gz"),
-                                (result.mipVolume, "vcnet_mips.nii.gz"), (result.mipLabelmap, "vcnet_mip_labels.nii.gz")):
+        for node, file_name in ((result.outputProbabilityVolume, "vcnet_probability.nii.gz"),
+                                (result.outputMipVolume, "vcnet_mips.nii.gz"),
+                                (result.outputMipLabelmap, "vcnet_mip_labels.nii.gz")):
             if node is not None:
                 sitk.WriteImage(mrml.volume_to_sitk(node), str(out / file_name), True)
                 written.append(out / file_name)
-        rows = mrml.table_to_rows(result.table)
+        rows = mrml.table_to_rows(result.outputTable)
         csv = out / "vcnet_measurements.csv"
         csv.write_text("measurement,value,unit\n" + "".join(f"{r['Measurement']},{r['Value']},{r['Unit']}\n" for r in rows))
         written.append(csv)

@@ -1,5 +1,8 @@
 """VC-Net loss: ``L = Dice_3D + 0.2 * Dice_MIP`` (MONAI soft Dice on probabilities).
 
+The Dice sums run over the whole batch (``batch=True``): with highly sparse vessels many patches
+hold few or no vessel voxels, and a per-patch Dice would be dominated by them.
+
 Dice_MIP compares the 2D stream's MIP probability with the composited MIP of the 3D label in the
 same tiling (:func:`..mip.label_mip`). The ``unet3d`` variant uses Dice_3D only and ``unet2d``
 Dice_MIP only (weight 1).
@@ -20,7 +23,7 @@ class VCNetLoss(torch.nn.Module):
 
     def __init__(self, mip_weight: float = MIP_WEIGHT, mip_size: int = mip.MIP_SIZE, mip_step: int = mip.MIP_STEP):
         super().__init__()
-        self.dice = DiceLoss(sigmoid=False)
+        self.dice = DiceLoss(sigmoid=False, batch=True)
         self.mip_weight, self.mip_size, self.mip_step = mip_weight, mip_size, mip_step
 
     def terms(self, output: dict[str, torch.Tensor], label: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ for _size in ("lite", "paper"):
     for _variant in ("unet3d", "unet2d"):
         PRESETS[f"{_variant}-{_size}"] = {**PRESETS[_size], "variant": _variant}
 VARIANTS = ("vcnet", "unet3d", "unet2d")
+PRIOR_LOGIT = -2.0
 
 
 def _unet(dims: int, out_channels: int, channels, res_units: int) -> UNet:
@@ -72,6 +73,13 @@ class VCNet(nn.Module):
                 width = joint
             layers.append(nn.Conv3d(width, 1, kernel_size=1))
             self.joint = nn.Sequential(*layers)
+        self._init_output_bias()
+
+    def _init_output_bias(self) -> None:
+        """Start both sigmoid heads at a low vessel prior (p = 0.12): vessels fill ~1% of a volume."""
+        for head in (getattr(self, "head2d", None), self.joint[-1] if hasattr(self, "joint") else None):
+            if head is not None:
+                nn.init.constant_(head.bias, PRIOR_LOGIT)
 
     def forward(self, volume: torch.Tensor) -> dict[str, torch.Tensor]:
         """:param volume: ``(B, 1, K3, K1, K2)`` normalised intensities (vessels bright)."""

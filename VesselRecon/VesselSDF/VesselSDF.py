@@ -24,36 +24,36 @@ from slicer import (
 from VesselReconLib import slicer_widget
 
 # Apply, Evaluate and Load sample call the core logic (VesselReconLib.vesselsdf.logic.VesselSDFLogic)
-# with keyword arguments only; keywords it does not accept are dropped with a warning:
-#   process(input_volume, roi_mask=None, upsampling_factor=2, min_component_mm3=10.0,
-#           window_portal_venous=True, output_occupancy=False,
-#           output_segmentation=None, output_sdf_volume=None, output_occupancy_volume=None,
-#           output_model=None, output_table=None,
-#           model="lite", device="auto", progress=None, cancel=None, background=None)
-#       -> dict of output nodes keyed like the output keywords
-#   evaluate(prediction, reference, table=None) -> table node | list of row dicts | dict of metrics
-#   load_sample() -> {"input_volume": node, "reference_segmentation": node}
-# `roi_mask` is a labelmap or segmentation node (or None); `model` is a shipped preset or a
-# checkpoint path; `progress(fraction, message)`, `cancel() -> bool` follow VesselReconLib.progress;
-# `background(fn)` runs the MRML-free heavy part off the GUI thread.
-# Missing inputs must raise VesselReconLib.errors.InputError (shown to the user as is).
+# with keyword arguments only:
+#   process(inputVolume, roiMask=None, outputModel=None, outputSegmentation=None, outputSdfVolume=None,
+#           outputOccupancyVolume=None, outputTable=None, model="lite", device="auto",
+#           portalVenousWindow=True, createOccupancy=False, throughPlaneFactor=0 (0 = auto),
+#           minComponentMm3=0.0, referenceSegmentation=None, progress=None, cancel=None, background=None)
+#       -> VesselSDFResult(outputModel, outputSegmentation, outputSdfVolume, outputTable,
+#                          outputOccupancyVolume, metrics, reconstruction)
+#   evaluate(prediction, reference, table=None, inputVolume=None, predictionModel=None,
+#            referenceModel=None, progress=None, cancel=None, background=None) -> table node
+#   load_sample() -> VesselSDFSample(inputVolume, roiMask, referenceSegmentation, referenceModel)
+# Missing or bad inputs raise VesselReconLib.errors.InputError before any scene change.
 PROCESS_ARGS = {
-    "inputVolume": "input_volume",
-    "roiMask": "roi_mask",
-    "upsamplingFactor": "upsampling_factor",
-    "minComponentMm3": "min_component_mm3",
-    "windowPortalVenous": "window_portal_venous",
-    "outputOccupancy": "output_occupancy",
-    "outputSegmentation": "output_segmentation",
-    "outputSdfVolume": "output_sdf_volume",
-    "outputOccupancyVolume": "output_occupancy_volume",
-    "outputModel": "output_model",
-    "outputTable": "output_table",
+    "inputVolume": "inputVolume",
+    "roiMask": "roiMask",
+    "upsamplingFactor": "throughPlaneFactor",
+    "minComponentMm3": "minComponentMm3",
+    "windowPortalVenous": "portalVenousWindow",
+    "outputOccupancy": "createOccupancy",
+    "outputSegmentation": "outputSegmentation",
+    "outputSdfVolume": "outputSdfVolume",
+    "outputOccupancyVolume": "outputOccupancyVolume",
+    "outputModel": "outputModel",
+    "outputTable": "outputTable",
 }
 EVALUATE_ARGS = {
     "outputSegmentation": "prediction",
     "referenceSegmentation": "reference",
     "evaluationTable": "table",
+    "inputVolume": "inputVolume",
+    "outputModel": "predictionModel",
 }
 REQUIRED_INPUTS = ("inputVolume",)
 
@@ -116,7 +116,8 @@ class VesselSDFParameterNode:
 
     inputVolume - CT volume; roiMask - optional region of interest.
     model, checkpointPath, device - network weights (shipped preset or "Load checkpoint…") and device.
-    upsamplingFactor - through-plane upsampling of the distance-field grid.
+    upsamplingFactor - sub-slices per slice gap when meshing the distance field (0 = auto, about
+        isotropic: round(slice spacing / pixel spacing)).
     minComponentMm3 - smaller pieces are removed; windowPortalVenous - clip to a portal-venous window.
     outputOccupancy - also write the occupancy volume.
     output* - segmentation, signed distance field, occupancy, vessel surface, results table.
@@ -128,7 +129,7 @@ class VesselSDFParameterNode:
     model: str = "lite"
     checkpointPath: Path
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
-    upsamplingFactor: Annotated[int, WithinRange(1, 8)] = 2
+    upsamplingFactor: Annotated[int, WithinRange(0, 16)] = 0
     minComponentMm3: Annotated[float, WithinRange(0.0, 100000.0)] = 10.0
     windowPortalVenous: bool = True
     outputOccupancy: bool = False

@@ -266,7 +266,7 @@ def _register():
 
         Case ``n`` uses seed ``seed * 1000 + n``. Extra options go to :class:`CTPhantomParams`.
         """
-        out_dir = Path(out_dir)
+        out_dir = Path(out_dir).resolve()
         report = progress or (lambda f, m: None)
         entries = []
         for index in range(count):

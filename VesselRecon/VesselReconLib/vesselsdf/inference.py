@@ -55,12 +55,12 @@ class Prediction:
 class _Stacked(torch.nn.Module):
     """The network's outputs as one ``(N, 2, ...)`` tensor [occupancy probability, sdf] (NaN if absent)."""
 
-    def __init__(self, net):
+    def __init__(self, net, spacing=None):
         super().__init__()
-        self.net = net
+        self.net, self.spacing = net, spacing
 
     def forward(self, x):
-        out = self.net(x)
+        out = self.net(x, self.spacing)
         nan = torch.full_like(x[:, :1], float("nan"))
         occ = torch.sigmoid(out["occupancy"]) if out["occupancy"] is not None else nan
         sdf = out["sdf"] if out["sdf"] is not None else nan
@@ -77,9 +77,12 @@ def _pad_to(x: torch.Tensor, divisor: tuple[int, int]) -> tuple[torch.Tensor, tu
     return x, (k, j, i)
 
 
-def predict_tensor(model, image: torch.Tensor, window_voxels: int = WINDOW_VOXELS) -> torch.Tensor:
-    """``(1, 1, K, J, I)`` normalised image -> ``(1, 2, K, J, I)`` [occupancy, sdf] on its device."""
-    stacked = _Stacked(model)
+def predict_tensor(model, image: torch.Tensor, spacing=None, window_voxels: int = WINDOW_VOXELS) -> torch.Tensor:
+    """``(1, 1, K, J, I)`` normalised image -> ``(1, 2, K, J, I)`` [occupancy, sdf] on its device.
+
+    :param spacing: ``(Δx, Δy, Δz)`` mm (the refiner's occupancy distance needs it).
+    """
+    stacked = _Stacked(model, None if spacing is None else tuple(float(v) for v in spacing))
     divisor = model.divisor
     padded, (k, j, i) = _pad_to(image, divisor)
     if padded.numel() <= window_voxels:
@@ -93,17 +96,18 @@ def predict_tensor(model, image: torch.Tensor, window_voxels: int = WINDOW_VOXEL
     return out[..., :k, :j, :i].float()
 
 
-def predict(model, image01: np.ndarray, device: str | torch.device = "cpu", window_voxels: int = WINDOW_VOXELS
-            ) -> Prediction:
+def predict(model, image01: np.ndarray, device: str | torch.device = "cpu", spacing=(0.7, 0.7, 5.0),
+            window_voxels: int = WINDOW_VOXELS) -> Prediction:
     """Occupancy probability and SDF (mm) of a normalised KJI volume.
 
     :param model: a :class:`.network.VesselSDFNet` (any variant), in eval mode.
     :param image01: normalised CT ``[k, j, i]`` in [0, 1] (:func:`normalise_ct`).
+    :param spacing: ``(Δx, Δy, Δz)`` mm.
     """
     device = torch.device(device)
     x = torch.from_numpy(np.ascontiguousarray(image01, dtype=np.float32))[None, None].to(device)
     with inference(device):
-        out = predict_tensor(model, x, window_voxels)[0].cpu().numpy()
+        out = predict_tensor(model, x, spacing, window_voxels)[0].cpu().numpy()
     occ, sdf = out[0], out[1]
     return Prediction(occupancy=None if np.isnan(occ).all() else occ, sdf=None if np.isnan(sdf).all() else sdf)
 
@@ -142,19 +146,56 @@ def closed_field(field: np.ndarray) -> np.ndarray:
     return np.pad(field, 1, mode="constant", constant_values=outside)
 
 
-def mesh_zero_level(field: np.ndarray, ijk_to_ras: np.ndarray, min_component_points: int = 0,
+def drop_small_pieces(surface, min_volume_mm3: float):
+    """Remove closed surface components enclosing less than ``min_volume_mm3`` (divergence theorem)."""
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
+    from vtkmodules.vtkFiltersCore import vtkCleanPolyData, vtkPolyDataConnectivityFilter
+
+    connectivity = vtkPolyDataConnectivityFilter()
+    connectivity.SetInputData(meshes.triangulate(surface))
+    connectivity.SetExtractionModeToAllRegions()
+    connectivity.ColorRegionsOn()
+    connectivity.Update()
+    labelled = connectivity.GetOutput()
+    points = meshes.points_of(labelled)
+    triangles = numpy_support.vtk_to_numpy(labelled.GetPolys().GetConnectivityArray()).reshape(-1, 3)
+    region = numpy_support.vtk_to_numpy(labelled.GetPointData().GetArray("RegionId"))[triangles[:, 0]]
+    p0, p1, p2 = points[triangles[:, 0]], points[triangles[:, 1]], points[triangles[:, 2]]
+    volumes = np.bincount(region, np.einsum("ij,ij->i", p0, np.cross(p1, p2)) / 6.0)
+    keep = np.abs(volumes)[region] >= min_volume_mm3
+    cells = vtkCellArray()
+    kept = np.ascontiguousarray(triangles[keep].astype(np.int64))
+    offsets = np.arange(0, 3 * len(kept) + 1, 3, dtype=np.int64)
+    cells.SetData(numpy_support.numpy_to_vtkIdTypeArray(offsets, deep=True),
+                  numpy_support.numpy_to_vtkIdTypeArray(kept.ravel(), deep=True))
+    result = vtkPolyData()
+    result.SetPoints(labelled.GetPoints())
+    result.SetPolys(cells)
+    cleaner = vtkCleanPolyData()  # only drops the points no kept triangle uses
+    cleaner.SetInputData(result)
+    cleaner.PointMergingOff()
+    cleaner.ConvertPolysToLinesOff()
+    cleaner.ConvertLinesToPointsOff()
+    cleaner.ConvertStripsToPolysOff()
+    cleaner.Update()
+    return cleaner.GetOutput()
+
+
+def mesh_zero_level(field: np.ndarray, ijk_to_ras: np.ndarray, min_component_mm3: float = 0.0,
                     compute_normals: bool = True):
     """Zero level of a KJI field as a closed vtkPolyData in RAS mm (flying edges).
 
-    :param min_component_points: drop connected components with fewer points (0 keeps all).
+    :param min_component_mm3: drop connected components enclosing less volume (0 keeps all).
     """
     padded = closed_field(field)
     shift = np.eye(4)
     shift[:3, 3] = -1.0
-    surface = meshes.isosurface(padded, np.asarray(ijk_to_ras) @ shift, level=0.0,
-                                compute_normals=compute_normals)
-    if min_component_points and surface.GetNumberOfPoints():
-        surface = meshes.remove_small_components(surface, min_component_points)
+    surface = meshes.isosurface(padded, np.asarray(ijk_to_ras) @ shift, level=0.0, compute_normals=False)
+    if min_component_mm3 and surface.GetNumberOfPoints():
+        surface = drop_small_pieces(surface, min_component_mm3)
+    if compute_normals and surface.GetNumberOfPoints():
+        surface = meshes.normals(surface)
     return surface
 
 
@@ -172,7 +213,7 @@ class Reconstruction:
 
 def reconstruct(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: str | torch.device = "cpu",
                 window: tuple[float, float] | None = PORTAL_VENOUS_WINDOW, roi_mask: np.ndarray | None = None,
-                factor: int | None = None, min_component_points: int = 0, progress=None, cancel=None
+                factor: int | None = None, min_component_mm3: float = 0.0, progress=None, cancel=None
                 ) -> Reconstruction:
     """CT volume -> occupancy, SDF, vessel mask and smooth vessel surface.
 
@@ -183,7 +224,7 @@ def reconstruct(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: str |
     :param roi_mask: optional organ/ROI mask ``[k, j, i]``: only its in-plane bounding box (plus a
         margin) is processed; everything outside counts as background.
     :param factor: sub-slices per slice gap for meshing (default ``round(Δz/Δx)``).
-    :param min_component_points: remove surface components smaller than this (0 keeps all).
+    :param min_component_mm3: remove surface components enclosing less volume (0 keeps all).
     """
     reporter = as_reporter(progress, cancel)
     spacing = np.linalg.norm(np.asarray(ijk_to_ras)[:3, :3], axis=0)
@@ -192,14 +233,14 @@ def reconstruct(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: str |
     box = roi_box(roi_mask, volume.shape) if roi_mask is not None else None
     crop = image if box is None else image[:, box[0]:box[1], box[2]:box[3]]
     reporter(0.15, "network")
-    prediction = _uncrop(predict(model, crop, device), box, volume.shape)
+    prediction = _uncrop(predict(model, crop, device, spacing), box, volume.shape)
     reporter(0.6, "interpolating the SDF through the slice gaps")
     factor = through_plane_factor(spacing, factor)
     field = prediction.surface_field()
     fine = refine_through_plane(torch.from_numpy(field).to(device), factor).cpu().numpy()
     fine_matrix = refined_geometry(ijk_to_ras, factor)
     reporter(0.75, "meshing the zero level")
-    surface = mesh_zero_level(fine, fine_matrix, min_component_points)
+    surface = mesh_zero_level(fine, fine_matrix, min_component_mm3)
     reporter(1.0, "done")
     return Reconstruction(prediction, prediction.mask(), surface, fine, fine_matrix, factor)
 

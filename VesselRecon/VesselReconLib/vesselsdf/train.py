@@ -52,7 +52,7 @@ def loss_config_for(preset: str, base: LossConfig | None = None) -> LossConfig:
 def make_loss_fn(loss_config: LossConfig, device: torch.device):
     def loss_fn(model, batch):
         batch = {k: v.to(device) for k, v in batch.items()}
-        outputs = model(batch["image"])
+        outputs = model(batch["image"], tuple(float(v) for v in batch["spacing"][0]))
         total, _ = vesselsdf_loss(outputs, batch["mask"], batch["sdf"], batch["spacing"], loss_config)
         return total
     return loss_fn
@@ -60,7 +60,7 @@ def make_loss_fn(loss_config: LossConfig, device: torch.device):
 
 def validation_dice(cases: list[Case], device: torch.device):
     def validate(model) -> dict:
-        return {"dice": float(np.mean([metrics.dice(predict(model, c.normalised(), device).mask(), c.label)
+        return {"dice": float(np.mean([metrics.dice(predict(model, c.normalised(), device, c.spacing).mask(), c.label)
                                        for c in cases]))}
     return validate
 

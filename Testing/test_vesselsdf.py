@@ -1,0 +1,223 @@
+"""VesselSDF networks, loss terms (hand-computed cases) and SDF interpolation/meshing geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from VesselReconLib.vesselsdf import losses as L
+from VesselReconLib.vesselsdf.network import VARIANTS, build_model, parameter_count
+
+SPACING = (0.7, 0.7, 5.0)
+
+
+def grid_mm(shape=(16, 48, 48), spacing=SPACING):
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    return i * spacing[0], j * spacing[1], k * spacing[2]
+
+
+def as_tensor(array):
+    return torch.tensor(np.asarray(array), dtype=torch.float32)[None, None]
+
+
+# ------------------------------------------------------------------ networks
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lite_variants_output_shapes(variant):
+    preset = "lite" if variant == "full" else f"lite-{variant}"
+    net = build_model(preset).eval()
+    with torch.no_grad():
+        out = net(torch.rand(1, 1, 16, 32, 40))
+    has_occ, has_sdf = variant != "sdfonly", variant in ("full", "nogauss", "sdfonly")
+    assert (out["occupancy"] is not None) == has_occ and (out["sdf"] is not None) == has_sdf
+    for value in out.values():
+        if value is not None:
+            assert value.shape == (1, 1, 16, 32, 40)
+    if has_sdf:
+        assert out["sdf"].abs().max() <= net.sdf_bound_mm
+
+
+def test_paper_preset_shapes_and_sizes():
+    net = build_model("paper").eval()
+    with torch.no_grad():
+        out = net(torch.rand(1, 1, 16, 32, 32))
+    assert out["occupancy"].shape == out["sdf"].shape == (1, 1, 16, 32, 32)
+    assert parameter_count(build_model("paper-unet")) == pytest.approx(19.2e6, rel=0.01)
+    assert parameter_count(build_model("lite")) * 4 < 2 * 1024**2  # lite < 2 MB in float32
+    assert type(net.occupancy).__name__ == "AttentionUnet"
+
+
+def test_refiner_sees_detached_occupancy():
+    net = build_model("lite")
+    out = net(torch.rand(1, 1, 16, 32, 32))
+    out["sdf"].sum().backward()
+    assert all(p.grad is None for p in net.occupancy.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.refiner.parameters())
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ValueError, match="Unknown VesselSDF preset"):
+        build_model("huge")
+
+
+# ------------------------------------------------------------------ loss terms
+
+
+def test_eikonal_zero_for_exact_anisotropic_sdfs():
+    x, y, z = grid_mm()
+    normal = np.array([0.3, 0.5, np.sqrt(1 - 0.34)])
+    plane = normal[0] * x + normal[1] * y + normal[2] * z
+    assert L.eikonal_loss(as_tensor(plane), SPACING).item() < 1e-8
+    sphere = np.sqrt((x - 16) ** 2 + (y - 16) ** 2 + (z - 150) ** 2) - 20.0  # smooth on the grid
+    assert L.eikonal_loss(as_tensor(sphere), SPACING).item() < 1e-4
+    # the same field with the spacing ignored (isotropic convention) is far from eikonal
+    assert L.eikonal_loss(as_tensor(sphere), (0.7, 0.7, 0.7)).item() > 10
+
+
+def test_eikonal_hand_computed_and_banded():
+    # f = 2x: |grad f| = 2 -> (4 - 1)^2 = 9 everywhere
+    x, _, _ = grid_mm((4, 5, 6))
+    assert L.eikonal_loss(as_tensor(2 * x), SPACING).item() == pytest.approx(9.0, rel=1e-5)
+    # f = z / 2: gamma * f_z = df/dz = 0.5 -> (0.25 - 1)^2 = 0.5625
+    _, _, z = grid_mm((4, 5, 6))
+    assert L.eikonal_loss(as_tensor(z / 2), SPACING).item() == pytest.approx(0.5625, rel=1e-5)
+    band = torch.zeros(1, 1, 4, 5, 6, dtype=torch.bool)
+    assert L.eikonal_loss(as_tensor(2 * x), SPACING, band).item() == 0.0
+
+
+def test_gaussian_term():
+    assert L.gaussian_loss(torch.full((1, 1, 8, 16, 16), 3.0), SPACING).item() == 0.0
+    f = torch.zeros(1, 1, 8, 16, 16)
+    f[0, 0, 4, 8, 8] = 2.0  # a spike: |f| (f - G f)^2 only at the spike
+    blurred = L.gaussian_blur(f, SPACING, 1.0)[0, 0, 4, 8, 8].item()
+    expected = 2.0 * (2.0 - blurred) ** 2 / f.numel()
+    assert L.gaussian_loss(f, SPACING).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_surface_sdf_and_occupancy_terms():
+    assert L.surface_loss(torch.zeros(1, 1, 4, 4, 4)).item() == 1.0
+    assert L.surface_loss(torch.full((1, 1, 2, 2, 2), 2.0), beta=0.5).item() == pytest.approx(np.exp(-1.0))
+    assert L.sdf_loss(torch.tensor([1.0, -2.0]), torch.tensor([0.0, 1.0])).item() == pytest.approx(2.0)
+    logits, mask = torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0])
+    expected = (np.log(2) + np.log(1 + np.exp(2.0))) / 2
+    assert L.occupancy_loss(logits, mask).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_total_loss_is_the_weighted_sum_and_nogauss_drops_a_term():
+    torch.manual_seed(0)
+    f = torch.randn(1, 1, 6, 8, 8)
+    outputs = {"occupancy": torch.randn(1, 1, 6, 8, 8), "sdf": f}
+    mask = (torch.rand(1, 1, 6, 8, 8) > 0.8).float()
+    target = torch.randn(1, 1, 6, 8, 8) * 3
+    config = L.LossConfig(sdf_truncation_mm=None)
+    total, terms = L.vesselsdf_loss(outputs, mask, target, SPACING, config)
+    weights = {"sdf": 0.1, "occ": 0.01, "eik": 0.01, "gauss": 0.1, "sur": 0.1}
+    assert total.item() == pytest.approx(sum(weights[k] * v for k, v in terms.items()), rel=1e-5)
+    from VesselReconLib.vesselsdf.train import loss_config_for
+
+    _, terms = L.vesselsdf_loss(outputs, mask, target, SPACING, loss_config_for("lite-nogauss", config))
+    assert "gauss" not in terms and set(terms) == {"sdf", "occ", "eik", "sur"}
+
+
+def test_signed_distance_uses_anisotropic_spacing():
+    mask = np.zeros((5, 9, 9), bool)
+    mask[2, 4, 4] = True
+    sdf = L.signed_distance(mask, SPACING)
+    assert sdf[2, 4, 4] < 0
+    assert sdf[2, 4, 6] == pytest.approx(2 * 0.7 - 0.35)  # two in-plane steps
+    assert sdf[4, 4, 4] == pytest.approx(2 * 5.0 - 0.35)  # two slices
+
+
+# ------------------------------------------------------------------ interpolation and meshing
+
+
+def test_refine_through_plane_is_trilinear_with_end_slices_kept():
+    from VesselReconLib.vesselsdf.inference import refine_through_plane, refined_geometry
+
+    field = np.stack([np.full((4, 4), v, np.float32) for v in (0.0, 7.0, -7.0)])
+    fine = refine_through_plane(field, 7).numpy()
+    assert fine.shape == (15, 4, 4)
+    np.testing.assert_allclose(fine[:, 0, 0], np.r_[np.arange(8.0), np.arange(5, -8, -2.0)], atol=1e-5)
+    matrix = refined_geometry(np.diag([0.7, 0.7, 5.0, 1.0]), 7)
+    assert matrix[2, 2] == pytest.approx(5.0 / 7)
+
+
+def test_sdf_interpolation_bridges_slice_gaps_on_a_phantom():
+    """Exact thick-slice SDF, interpolated through the gaps, beats interpolating the binary mask."""
+    from VesselReconLib import meshes, metrics
+    from VesselReconLib.phantoms.ct import CTPhantomParams, make_ct_phantom
+    from VesselReconLib.vesselsdf.evaluation import hires_field
+    from VesselReconLib.vesselsdf.inference import Prediction, mesh_zero_level, refine_through_plane, refined_geometry
+
+    case = make_ct_phantom(CTPhantomParams(shape=(16, 64, 64), seed=21))
+    matrix = refined_geometry(case.ijk_to_ras, 7)
+    sdf_surface = mesh_zero_level(refine_through_plane(case.sdf, 7).numpy(), matrix)
+    assert meshes.is_watertight(sdf_surface)
+    assert metrics.chamfer_distance(sdf_surface, case.mesh()) < 1.0
+
+    def hires_dice(prediction):
+        field = hires_field(prediction, case.labels.shape, case.ijk_to_ras[2, 3], 5.0, case.hires_labels.shape,
+                            case.hires_ijk_to_ras[2, 3], 1.0)
+        return metrics.dice(field < 0, case.hires_labels)
+
+    from_sdf = hires_dice(Prediction(occupancy=None, sdf=case.sdf))
+    from_mask = hires_dice(Prediction(occupancy=case.labels.astype(np.float32), sdf=None))
+    assert from_sdf > from_mask + 0.01
+
+
+def test_predict_pads_odd_sizes_and_roi_crop():
+    from VesselReconLib.vesselsdf.inference import predict, reconstruct
+
+    net = build_model("lite").eval()
+    pred = predict(net, np.random.rand(13, 30, 27).astype(np.float32))
+    assert pred.occupancy.shape == pred.sdf.shape == (13, 30, 27)
+    volume = np.random.normal(100, 10, (16, 40, 40)).astype(np.float32)
+    roi = np.zeros_like(volume, bool)
+    roi[:, 10:20, 12:22] = True
+    recon = reconstruct(net, volume, np.diag([0.7, 0.7, 5.0, 1.0]), roi_mask=roi)
+    assert recon.prediction.sdf.shape == volume.shape
+    assert (recon.prediction.sdf[:, :1, :] > 0).all()  # outside the ROI box: background
+
+
+def test_sliding_window_matches_whole_volume():
+    from VesselReconLib.vesselsdf.inference import predict
+
+    torch.manual_seed(0)
+    net = build_model("lite-occ").eval()
+    image = np.random.rand(16, 32, 32).astype(np.float32)
+    whole = predict(net, image).occupancy
+    windowed = predict(net, image, window_voxels=1000).occupancy
+    assert windowed.shape == whole.shape and np.isfinite(windowed).all()
+
+
+@pytest.mark.gpu
+def test_gpu_pipeline_paper_preset():
+    from VesselReconLib.vesselsdf.bench import pipeline
+
+    net = build_model("paper").cuda().eval()
+    volume = np.random.normal(100, 20, (16, 128, 128)).astype(np.float32)
+    result = pipeline(net, volume, np.diag([0.7, 0.7, 5.0, 1.0]), torch.device("cuda"), 7)
+    assert result["total_s"] > 0 and result["mesh_s"] >= 0
+
+
+def test_occupancy_distance_start_matches_the_edt_along_axes():
+    from VesselReconLib.vesselsdf.network import occupancy_distance
+
+    mask = np.zeros((5, 30, 30), bool)
+    mask[2, 10:13, 10:20] = True
+    start = occupancy_distance(as_tensor(mask.astype(np.float32)), SPACING)[0, 0].numpy()
+    exact = np.clip(L.signed_distance(mask, SPACING), -5, 5)
+    np.testing.assert_array_equal(start < 0, mask)
+    assert start[2, 11, 15] == pytest.approx(exact[2, 11, 15])  # inside, along an axis
+    assert start[2, 5, 15] == pytest.approx(exact[2, 5, 15])  # outside, along an axis
+    assert np.abs(start - exact).mean() < 0.05 and np.abs(start - exact).max() < 1.5  # chessboard corners
+
+
+def test_untrained_full_model_starts_at_the_occupancy_surface():
+    net = build_model("lite").eval()
+    with torch.no_grad():
+        out = net(torch.rand(1, 1, 16, 32, 32), SPACING)
+    np.testing.assert_array_equal((out["sdf"] < 0).numpy(), (out["occupancy"] > 0).numpy())

@@ -1,0 +1,98 @@
+"""``vesselrecon bench vesselsdf``: input-to-mesh time and network time vs a plain 3D U-Net baseline."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import numpy as np
+import torch
+
+from ..device import inference, peak_memory_mb
+from ..mrml import spacing_of
+from .inference import mesh_zero_level, normalise_ct, predict_tensor, refine_through_plane, refined_geometry
+from .network import build_model, parameter_count, parse_preset
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device: torch.device, repeats: int) -> float:
+    """Median wall time (s) of ``fn()`` after one warm-up call."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def pipeline(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: torch.device, factor: int) -> dict:
+    """CT -> normalise -> network -> SDF interpolation on the device -> flying edges; stage times (s)."""
+    stamps = {"start": time.perf_counter()}
+    x = torch.from_numpy(normalise_ct(volume))[None, None].to(device)
+    with inference(device):
+        out = predict_tensor(model, x, spacing_of(ijk_to_ras))
+        field = out[0, 1] if model.has_sdf else 0.5 - out[0, 0]
+        fine = refine_through_plane(field, factor)
+    fine = fine.float().cpu().numpy()
+    _sync(device)
+    stamps["network"] = time.perf_counter()
+    surface = mesh_zero_level(fine, refined_geometry(ijk_to_ras, factor), compute_normals=False)
+    stamps["mesh"] = time.perf_counter()
+    return {"total_s": stamps["mesh"] - stamps["start"], "mesh_s": stamps["mesh"] - stamps["network"],
+            "points": surface.GetNumberOfPoints()}
+
+
+def bench_device(device: torch.device, preset: str, volume: np.ndarray, ijk_to_ras: np.ndarray, factor: int,
+                 repeats: int) -> dict:
+    """Pipeline and network-only times of ``preset`` and of its plain U-Net baseline on ``device``."""
+    size, _ = parse_preset(preset)
+    model = build_model(preset).to(device).eval()
+    baseline = build_model(f"{size}-unet").to(device).eval()
+    x = torch.from_numpy(normalise_ct(volume))[None, None].to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    spacing = tuple(spacing_of(ijk_to_ras))
+
+    def network(net):
+        def call():
+            with inference(device):
+                net(x, spacing)
+        return call
+
+    runs = [pipeline(model, volume, ijk_to_ras, device, factor) for _ in range(repeats + 1)][1:]
+    ours = time_call(network(model), device, repeats)
+    plain = time_call(network(baseline), device, repeats)
+    return {"preset": preset, "params": parameter_count(model), "baseline": f"{size}-unet (MONAI UNet)",
+            "baseline_params": parameter_count(baseline),
+            "pipeline_s": round(float(np.median([r["total_s"] for r in runs])), 4),
+            "mesh_s": round(float(np.median([r["mesh_s"] for r in runs])), 4),
+            "network_s": round(ours, 4), "baseline_network_s": round(plain, 4),
+            "network_vs_baseline": round(ours / plain, 3),
+            "pipeline_vs_baseline_network": round(float(np.median([r["total_s"] for r in runs])) / plain, 3),
+            "mesh_points": int(runs[-1]["points"]), "peak_gpu_mb": peak_memory_mb(device)}
+
+
+def bench(shape=(16, 512, 512), cpu_preset: str = "lite", cuda_preset: str = "paper", repeats: int = 3,
+          seed: int = 11, factor: int | None = None) -> dict:
+    """Benchmark on CPU (and CUDA when present) on a generated CT phantom of ``shape``."""
+    from ..phantoms.ct import CTPhantomParams, make_ct_phantom
+    from .inference import through_plane_factor
+
+    case = make_ct_phantom(CTPhantomParams(shape=tuple(shape), seed=seed))
+    factor = through_plane_factor(case.spacing, factor)
+    result = {"method": "vesselsdf", "input_kji": list(shape), "spacing_mm": list(case.spacing),
+              "mesh_slices": (shape[0] - 1) * factor + 1, "threads": torch.get_num_threads()}
+    result["cpu"] = bench_device(torch.device("cpu"), cpu_preset, case.image, case.ijk_to_ras, factor, repeats)
+    if torch.cuda.is_available():
+        result["cuda"] = bench_device(torch.device("cuda"), cuda_preset, case.image, case.ijk_to_ras, factor, repeats)
+        result["cuda"]["device"] = torch.cuda.get_device_name(0)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return result

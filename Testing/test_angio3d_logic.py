@@ -120,9 +120,9 @@ def test_shipped_weights_beat_the_classical_baseline():
     from VesselReconLib.angio3d.eval import case_metrics
     from VesselReconLib.phantoms.xray import make_case, write_case, load_case
 
-    entry = registry.find_entry("angio3d", "lite")
+    entry = registry.find_entry("angio3d", "angio3d-lite")
     assert entry.status() == "ok"
-    net = registry.load_model("angio3d", "lite", "cpu")[0]
+    net = registry.load_model("angio3d", "angio3d-lite", "cpu")[0]
     ours, classical = [], []
     import tempfile
     from pathlib import Path
@@ -161,7 +161,7 @@ def test_pipeline_on_gpu_matches_cpu():
     points = [np.array(p) for p in case["soi_points"]]
     results = []
     for device in ("cpu", "cuda"):
-        net = registry.load_model("angio3d", "lite", device)[0]
+        net = registry.load_model("angio3d", "angio3d-lite", device)[0]
         results.append(reconstruct(images, case["geometries"], points, net=net, device=device))
     cpu, gpu = (r.branches[0].vertices for r in results)
     assert np.linalg.norm(cpu - gpu, axis=1).mean() < 0.3

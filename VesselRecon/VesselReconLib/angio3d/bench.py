@@ -47,7 +47,8 @@ def load_net(model: str, preset: str, device: torch.device):
     from .network import build_model
 
     try:
-        return registry.load_model("angio3d", model, str(device))[0], model
+        name = f"angio3d-{model}" if model in ("lite", "paper") else model
+        return registry.load_model("angio3d", name, str(device))[0], name
     except CheckpointError:
         return build_model(preset).to(device).eval(), f"untrained {preset}"
 

@@ -15,7 +15,7 @@ from ..errors import InputError
 
 log = logging.getLogger(__name__)
 DEMO_SEED = 20230418
-NODIFFREND = "angio3d-lite-nodiffrend"
+NODIFFREND = "angio3d-nodiffrend-lite"
 
 
 # ------------------------------------------------------------------ run
@@ -177,7 +177,7 @@ def train(args) -> int:
     net = build_model(args.preset)
     history = training.train_segmentation(net, cases, val_cases, out, args.seg_epochs, seed=args.seed)
     net.eval()
-    samples, val_samples = training.sr_samples(net, cases), training.sr_samples(net, val_cases)
+    samples, val_samples = training.sr_samples(net, cases), training.sr_samples(net, val_cases, float("inf"))
     ablation = copy.deepcopy(net)
     history += training.train_refinement(net, samples, val_samples, out, args.sr_epochs, True, args.seed)
     history += training.train_refinement(ablation, samples, val_samples, out, args.sr_epochs, False, args.seed)
@@ -229,7 +229,7 @@ def evaluate(args) -> int:
     from .train import load_cases
 
     limit_cpu_threads(1)
-    net = registry.load_model("angio3d", args.model, args.device)[0]
+    net = registry.load_model("angio3d", "angio3d-lite" if args.model == "lite" else args.model, args.device)[0]
     ablation = registry.load_model("angio3d", args.ablation, args.device)[0] if args.ablation else None
     cases = load_cases(args.data, args.limit)
     with torch.no_grad():
@@ -244,8 +244,9 @@ def evaluate(args) -> int:
 
 def add_bench_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="|".join(DEVICE_CHOICES))
-    parser.add_argument("--model", default="lite", help="shipped preset or checkpoint (untrained preset if absent)")
-    parser.add_argument("--preset", default="lite", choices=("lite", "paper"), help="preset when no weights exist")
+    parser.add_argument("--preset", default="lite", choices=("lite", "paper"),
+                        help="preset; its shipped weights are used when they exist, else an untrained network")
+    parser.add_argument("--model", default=None, help="checkpoint to time instead of the preset's weights")
     parser.add_argument("--repeats", type=int, default=5)
 
 
@@ -255,7 +256,7 @@ def bench(args) -> int:
 
     if args.device in ("cpu",) or args.device == "auto":
         limit_cpu_threads(2)
-    print_bench(device_name=args.device, model=args.model, preset=args.preset, repeats=args.repeats)
+    print_bench(device_name=args.device, model=args.model or args.preset, preset=args.preset, repeats=args.repeats)
     return 0
 
 

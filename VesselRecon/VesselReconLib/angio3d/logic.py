@@ -85,6 +85,19 @@ class Angio3DLogic(VesselReconLogic):
     method = "angio3d"
     creator = "Angio3D"
 
+    def model(self, model: str = "lite", device: str = "auto"):
+        """The network for a preset (the main ``angio3d-<preset>`` model, not its ablations), a shipped
+        model name or a checkpoint path; cached."""
+        from .. import registry
+
+        names = {e.name for e in registry.load_registry() if e.module == self.method}
+        preferred = f"{self.method}-{model}"
+        return super().model(preferred if preferred in names else model, device)
+
+    def shipped_models(self) -> list[str]:
+        """Shipped presets, each once."""
+        return list(dict.fromkeys(super().shipped_models()))
+
     # ------------------------------------------------------------------ inputs
     def view_geometry(self, volume, primary_angle=None, secondary_angle=None, sid=None, sod=None,
                       pixel_spacing=None) -> CArmGeometry:

@@ -110,7 +110,13 @@ class GraphConv(nn.Module):
 
 
 class SurfaceRefiner(nn.Module):
-    """8 graph convolutions with residual connections regressing per-vertex offsets (zero at init)."""
+    """8 graph convolutions with residual connections regressing per-vertex offsets (zero at init).
+
+    Offsets are returned in units of ``offset_scale`` (1 % of the normalised mesh size), so that one
+    Adam step of the last layer moves vertices by a fraction of a millimetre, not by centimetres.
+    """
+
+    offset_scale = 0.01
 
     def __init__(self, in_dim: int, hidden: int = 128, layers: int = 8):
         super().__init__()
@@ -124,7 +130,7 @@ class SurfaceRefiner(nn.Module):
         h = F.relu(self.first(features, adjacency))
         for conv in self.middle:
             h = h + F.relu(conv(h, adjacency))
-        return self.last(h, adjacency)
+        return self.offset_scale * self.last(h, adjacency)
 
 
 class Angio3DNet(nn.Module):

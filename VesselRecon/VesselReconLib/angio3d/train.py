@@ -25,6 +25,8 @@ from .refinement import MeshFrame, mesh_frame, project_torch, refine_vertices, s
 from .segmentation import crop_affine, invert_affine, sample_crops
 
 log = logging.getLogger(__name__)
+SIGMA = 0.02            # soft-rasteriser sharpness (px^2): a larger value inflates the union of tiny triangles
+MAX_INITIAL_MAE = 3.0   # mm: gross reconstruction failures (wrong 2D path) are not SR training targets
 
 
 def load_cases(folder: str | Path, limit: int | None = None) -> list[XrayCase]:
@@ -117,8 +119,10 @@ def target_vertices(case: XrayCase, branch: int, initial: np.ndarray) -> np.ndar
     return template.template_vertices(truth["points"], truth["radii"], normal0=template.first_normal(initial))
 
 
-def sr_samples(net: Angio3DNet, cases: list[XrayCase]) -> list[SRSample]:
-    """Run the "(-) SR" pipeline on every case and package each branch for SR training."""
+def sr_samples(net: Angio3DNet, cases: list[XrayCase], max_initial_mae: float = MAX_INITIAL_MAE) -> list[SRSample]:
+    """Run the "(-) SR" pipeline on every case and package each branch for SR training (branches
+    whose initial mesh is grossly wrong, mean vertex error above ``max_initial_mae`` mm, are left out:
+    their error comes from a wrong 2D path that local image features cannot fix)."""
     from .pipeline import reconstruct
 
     samples = []
@@ -137,6 +141,10 @@ def sr_samples(net: Angio3DNet, cases: list[XrayCase]) -> list[SRSample]:
         images = sr_images(result.raw_crops, result.crop_probabilities)
         for b, branch in enumerate(result.branches):
             target = target_vertices(case, b, branch.initial_vertices)
+            if np.linalg.norm(branch.initial_vertices - target, axis=1).mean() > max_initial_mae:
+                log.info("no SR target from %s branch %d: initial mesh off by more than %.1f mm",
+                         case.folder, b, max_initial_mae)
+                continue
             frame = mesh_frame(branch.centerline, branch.initial_vertices)
             target_n = torch.as_tensor(frame.to_normalised(target), dtype=torch.float32)[None]
             raster_affines = [crop_affine(*case.soi_points[v][b], raster) for v in range(2)]
@@ -164,7 +172,7 @@ def sr_forward(net: Angio3DNet, sample: SRSample, with_silhouette: bool = True):
         triangles = torch.as_tensor(template.coarse_triangles(2))
         silhouettes = torch.stack([
             soft_silhouette(to_crop(project_torch(sample.matrices[v], world), sample.raster_inverse[v])[0],
-                            triangles, (net.raster_size, net.raster_size), sigma=0.25)
+                            triangles, (net.raster_size, net.raster_size), sigma=SIGMA)
             for v in range(2)])
     total, terms = losses.mesh_loss(refined_n, sample.target, initial_n, sample.target_normals, edges,
                                     silhouettes, sample.masks if with_silhouette else None,

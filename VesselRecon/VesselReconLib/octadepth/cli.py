@@ -41,7 +41,7 @@ def run(args) -> int:
         logic = OCTADepthLogic(scene)
         volume = logic.load_image(path)
         bar = TqdmProgress(f"octadepth {Path(path).name}")
-        result = logic.process(volume, device=args.device, model=args.model, field_mm=args.field_mm,
+        result = logic.process(volume, device=args.device, model=args.model, field_of_view_mm=args.field_mm,
                                pixel_mm=args.pixel_mm, depth_range_mm=args.depth_range_mm,
                                threshold=args.threshold, progress=bar)
         bar.close()

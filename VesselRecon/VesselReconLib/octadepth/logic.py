@@ -144,7 +144,8 @@ class OCTADepthLogic(VesselReconLogic):
         known = not np.allclose(spacing[:2], UNKNOWN_SPACING)
         if pixel_mm is None and known:
             return ijk_to_ras, float(spacing[0]), False, f"pixel size {spacing[0]:.5f} mm from the image"
-        if pixel_mm is None:
+        assumed = pixel_mm is None
+        if assumed:
             field_mm = float(field_of_view_mm or FIELDS_MM[0])
             pixel_mm = field_mm / width
             message = (f"The image has no pixel spacing (1.0): assumed a {field_mm:g} x {field_mm:g} mm field, "
@@ -154,7 +155,7 @@ class OCTADepthLogic(VesselReconLogic):
         matrix = np.array(ijk_to_ras, float)
         directions = matrix[:3, :3] / spacing[None, :]
         matrix[:3, :2] = directions[:, :2] * pixel_mm
-        return matrix, float(pixel_mm), pixel_mm is not None and not known, message
+        return matrix, float(pixel_mm), assumed, message
 
     def _validate(self, input_volume, depth_range_mm: float, threshold: float, model: str):
         if input_volume is None:
@@ -199,6 +200,8 @@ class OCTADepthLogic(VesselReconLogic):
         """
         reporter = as_reporter(progress, cancel)
         image, ijk_to_ras = self._validate(input_volume, depth_range_mm, threshold, model)
+        if pixel_mm is not None and not 0.0 < pixel_mm < 1.0:
+            raise InputError(f"Pixel size {pixel_mm} mm is implausible for OCTA: use e.g. 3 mm / 304 px = 0.00987.")
         geometry, pixel, assumed, message = self._geometry(ijk_to_ras, image.shape[1], field_of_view_mm, pixel_mm)
         net, _ = self.model(model, device)
         torch_device = str(next(net.parameters()).device)

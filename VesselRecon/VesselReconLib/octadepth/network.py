@@ -12,7 +12,9 @@ Shape choices where the paper is silent (see the module README):
   ``structure_stride=1`` keeps the branch at full size (about 2.4x slower on a CPU than the plain U-Net).
 * SCB ``t`` (``t = 2..5``) replaces U-Net's skip connection at decoder scale ``t - 1`` (where the
   plain U-Net concatenates ``e_{t-1}``); its output is resized (bilinear up / average pool) to that scale.
-* The vessel map is the last SCB output, convolved (1x1) and upsampled 2x to full size.
+* The vessel map is the last SCB output upsampled 2x to full size, then convolved (3x3 conv + BN + ReLU,
+  1x1 conv) together with the first encoder block's full-size features (the features the branch
+  starts from), so capillaries one or two pixels wide survive the half-resolution branch.
 """
 
 from __future__ import annotations
@@ -95,7 +97,9 @@ class OCTADepthNet(nn.Module):
         else:
             self.structure_start = Convolution(2, widths[0], width, kernel_size=1, conv_only=True)
             self.scbs = nn.ModuleList([StructureConstraintBlock(widths[t], width) for t in range(1, LEVELS)])
-            self.vessel_head = Convolution(2, width, 1, kernel_size=1, conv_only=True)
+            self.vessel_head = nn.Sequential(
+                Convolution(2, width + widths[0], width, kernel_size=3, norm=NORM, act=ACT, adn_ordering="NA"),
+                Convolution(2, width, 1, kernel_size=1, conv_only=True))
             skips = [width] * (LEVELS - 1)
         self.decoders = nn.ModuleList(
             [UpBlock(widths[level + 1], skips[level], widths[level]) for level in range(LEVELS - 1)])
@@ -131,7 +135,7 @@ class OCTADepthNet(nn.Module):
             decoded = self.decoders[level](decoded, skips[level])
         if self.plain:
             return torch.sigmoid(self.head(decoded))
-        vessels = _rescale(self.vessel_head(structure), self.structure_stride)
+        vessels = self.vessel_head(torch.cat([_rescale(structure, self.structure_stride), features[0]], dim=1))
         return torch.sigmoid(torch.cat([vessels, self.head(decoded)], dim=1))
 
 

@@ -273,7 +273,7 @@ def link_ends(points: np.ndarray, offsets: np.ndarray, end_cluster: np.ndarray, 
 
 def reconstruct(vessel_mask: np.ndarray, depth: np.ndarray, spacing: float | tuple[float, float],
                 depth_range_mm: float = DEFAULT_DEPTH_RANGE_MM, depth_tolerance: float = 0.15,
-                smoothing: int = 2, min_points: int = 2, link_radius_px: float = 40.0, progress=None,
+                smoothing: int = 2, min_points: int = 2, link_radius_px: float = 8.0, progress=None,
                 cancel=None) -> VesselNetwork3D:
     """Build the 3D centreline network from a 2D vessel mask and a relative depth map.
 

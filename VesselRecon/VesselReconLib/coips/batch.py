@@ -24,7 +24,7 @@ from .inference import faz_masks, grade, thumbnails, work_size
 from .io import list_images, read_image, to_work_image
 from .postprocess import finish_chunk, probability_columns
 from .reports import summarise, write_csv, write_html
-from ..errors import InputError
+from ..errors import CheckpointError, InputError
 from ..progress import Cancelled, as_reporter
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def load_networks(config: CoipsConfig, device: torch.device):
     quality_net, _ = registry.load_model("coips", config.quality_model, str(device))
     faz_net, _ = registry.load_model("coips", config.faz_model, str(device))
     if getattr(quality_net, "kind", "") != "quality" or getattr(faz_net, "kind", "") != "faz":
-        raise InputError("quality_model must name a quality classifier and faz_model a FAZ U-Net "
+        raise CheckpointError("quality_model must name a quality classifier and faz_model a FAZ U-Net "
                          f"(got {type(quality_net).__name__} and {type(faz_net).__name__}).")
     return quality_net, faz_net
 

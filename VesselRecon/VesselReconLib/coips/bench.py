@@ -79,6 +79,17 @@ def _networks(preset: str, device: torch.device):
         return build_model("lite").to(device).eval(), build_model("faz-lite").to(device).eval(), "untrained"
 
 
+def _plain_kwargs(quality_net) -> dict:
+    """The same backbone configuration as the classifier (same size), but a plain 3-channel timm model."""
+    from .network import QUALITY_PRESETS
+
+    spec = next((p for p in QUALITY_PRESETS.values() if p["backbone"] == quality_net.backbone_name), {})
+    kwargs = dict(spec.get("backbone_kwargs", {}))
+    if "swin" in quality_net.backbone_name:
+        kwargs["img_size"] = quality_net.input_size
+    return kwargs
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     from ..device import peak_memory_mb
 
@@ -120,8 +131,7 @@ def run_bench(args) -> dict:
     pipeline = len(result.rows) / result.seconds
     peak = _peak_memory_mb(device)
     ours = throughput(quality_net, quality_net.input_size, batch_size, device)
-    plain = timm.create_model(quality_net.backbone_name, pretrained=False, num_classes=3,
-                              **({"img_size": quality_net.input_size} if "swin" in quality_net.backbone_name else {}))
+    plain = timm.create_model(quality_net.backbone_name, pretrained=False, num_classes=3, **_plain_kwargs(quality_net))
     plain = plain.to(device).eval()
     if cuda:
         plain = plain.to(memory_format=torch.channels_last)

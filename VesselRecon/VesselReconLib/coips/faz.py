@@ -73,13 +73,13 @@ def central_component(mask: np.ndarray) -> np.ndarray:
     return labels == labels[rows[nearest], cols[nearest]]
 
 
-def classical_faz(pixels: np.ndarray, sigma_fraction: float = 0.02, threshold_quantile: float = 0.2,
+def classical_faz(pixels: np.ndarray, sigma_fraction: float = 0.02, threshold_fraction: float = 0.5,
                   opening_fraction: float = 0.01) -> np.ndarray:
     """Classical FAZ segmentation: Gaussian smoothing, a low-intensity threshold, the central component.
 
     The FAZ is the capillary-free (dark) area at the fovea: smooth with ``sigma = sigma_fraction * width``,
-    keep pixels darker than the ``threshold_quantile`` of the smoothed image, open with a disk of
-    ``opening_fraction * width``, keep the central component and fill its holes.
+    keep pixels darker than ``threshold_fraction`` times the median of the smoothed image, open with a
+    disk of ``opening_fraction * width``, keep the central component and fill its holes.
 
     :param pixels: 2D grayscale image (any range).
     :returns: boolean mask.
@@ -90,7 +90,7 @@ def classical_faz(pixels: np.ndarray, sigma_fraction: float = 0.02, threshold_qu
     pixels = np.asarray(pixels, dtype=np.float32)
     width = pixels.shape[1]
     smooth = ndimage.gaussian_filter(pixels, sigma=max(sigma_fraction * width, 0.5))
-    dark = smooth < np.quantile(smooth, threshold_quantile)
+    dark = smooth < threshold_fraction * np.median(smooth)
     radius = int(round(opening_fraction * width))
     if radius >= 1:
         dark = ndimage.binary_opening(dark, structure=disk(radius))

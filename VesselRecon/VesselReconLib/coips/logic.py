@@ -10,7 +10,7 @@ import numpy as np
 from . import GRADES
 from .io import normalise
 from .. import mrml
-from ..errors import InputError, squeeze_to_2d
+from ..errors import CheckpointError, InputError, squeeze_to_2d
 from ..logic_base import VesselReconLogic
 
 FAZ_SEGMENT = mrml.SegmentSpec(1, "FAZ", (0.95, 0.85, 0.1), terminology=None)
@@ -82,7 +82,8 @@ class COIPSLogic(VesselReconLogic):
         else:
             quality_net, faz_net = first, self.model(faz_model, device)[0]
         if getattr(faz_net, "kind", "") != "faz" or getattr(quality_net, "kind", "") != "quality":
-            raise InputError("faz_model must be a FAZ U-Net preset or checkpoint (e.g. 'faz-lite').")
+            raise CheckpointError("model must name a quality classifier and faz_model a FAZ U-Net "
+                                  "(e.g. model='lite', faz_model='faz-lite').")
         return quality_net, faz_net, resolve_device(device)
 
     def _read_input(self, input_volume, field_of_view_mm: float | None):

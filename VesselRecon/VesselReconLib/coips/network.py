@@ -34,7 +34,8 @@ QUALITY_PRESETS["paper"] = dict(QUALITY_PRESETS["seresnext101"])
 FAZ_PRESETS: dict[str, dict] = {
     # nnU-Net 2D plan for 320-px patches: 7 stages, 3x3 kernels, stride-2 downsampling, 32..512 filters.
     "faz-paper": {"filters": (32, 64, 128, 256, 512, 512, 512), "input_size": 320},
-    "faz-lite": {"filters": (8, 16, 32, 64, 64), "input_size": 224},
+    # Lite: trained on crops on a CPU, so batch norm (eval-mode statistics do not depend on the crop).
+    "faz-lite": {"filters": (8, 16, 32, 64, 64), "input_size": 224, "norm": "batch"},
 }
 
 
@@ -96,12 +97,13 @@ class FAZUNet(DynUNet):
 
     :param filters: feature maps per resolution stage.
     :param input_size: square input size in pixels.
+    :param norm: ``instance`` (nnU-Net) or ``batch``.
     """
 
     kind = "faz"
 
     def __init__(self, filters=(8, 16, 32, 64, 64), input_size: int = 128, in_channels: int = 1,
-                 out_channels: int = 2):
+                 out_channels: int = 2, norm: str = "instance"):
         filters = [int(f) for f in filters]
         stages = len(filters)
         if input_size % 2 ** (stages - 1):
@@ -109,9 +111,17 @@ class FAZUNet(DynUNet):
         strides = [[1, 1]] + [[2, 2]] * (stages - 1)
         super().__init__(spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
                          kernel_size=[[3, 3]] * stages, strides=strides, upsample_kernel_size=strides[1:],
-                         filters=filters, norm_name=("instance", {"affine": True}),
+                         filters=filters, norm_name=(norm, {"affine": True}),
                          act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}), res_block=False)
         self.input_size = int(input_size)
+        # DynUNet's ``skip_layers`` re-references the encoder/decoder blocks; keep it out of the module
+        # tree so that the state dict has each tensor once (safetensors refuses shared tensors).
+        object.__setattr__(self, "skip_layers", self._modules.pop("skip_layers"))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load weights, ignoring the ``skip_layers.*`` aliases of checkpoints that still hold them."""
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("skip_layers.")}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(zscore(x))

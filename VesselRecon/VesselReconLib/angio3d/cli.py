@@ -248,19 +248,55 @@ def add_bench_arguments(parser) -> None:
                         help="preset; its shipped weights are used when they exist, else an untrained network")
     parser.add_argument("--model", default=None, help="checkpoint to time instead of the preset's weights")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 avoids oversubscription on shared machines)")
 
 
 def bench(args) -> int:
     from ..device import limit_cpu_threads
     from .bench import print_bench
 
-    if args.device in ("cpu",) or args.device == "auto":
-        limit_cpu_threads(2)
+    limit_cpu_threads(args.threads)
     print_bench(device_name=args.device, model=args.model or args.preset, preset=args.preset, repeats=args.repeats)
     return 0
 
 
 # ------------------------------------------------------------------ demo
+
+
+def overlay_rgb(image: np.ndarray, segmentation: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
+    """An angiogram (grey) with the 2D segmentation outline (yellow) and the mesh reprojection (red tint)."""
+    from scipy import ndimage
+
+    low, high = np.percentile(image, (1, 99))
+    grey = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
+    rgb = np.repeat(grey[..., None], 3, -1)
+    rgb[silhouette] = 0.55 * rgb[silhouette] + 0.45 * np.array([1.0, 0.15, 0.1])
+    outline = segmentation & ~ndimage.binary_erosion(segmentation)
+    rgb[outline] = (1.0, 0.85, 0.1)
+    return (255 * rgb).astype(np.uint8)
+
+
+def broadside_view(polydata) -> tuple[float, float]:
+    """(azimuth, elevation) of the render camera that looks along the mesh's thinnest principal axis."""
+    from vtkmodules.vtkRenderingCore import vtkCamera
+
+    from ..meshes import points_of
+
+    points = points_of(polydata)
+    axis = np.linalg.svd(points - points.mean(0), full_matrices=False)[2][-1]
+    best, score = (30.0, 20.0), -1.0
+    for azimuth in range(0, 360, 15):
+        for elevation in range(-60, 61, 15):
+            camera = vtkCamera()
+            camera.SetPosition(0, -1, 0)
+            camera.SetFocalPoint(0, 0, 0)
+            camera.SetViewUp(0, 0, 1)
+            camera.Azimuth(azimuth)
+            camera.Elevation(elevation)
+            alignment = abs(float(np.dot(camera.GetDirectionOfProjection(), axis)))
+            if alignment > score:
+                best, score = (float(azimuth), float(elevation)), alignment
+    return best
 
 
 def demo(context) -> None:
@@ -275,9 +311,16 @@ def demo(context) -> None:
     table = logic.evaluate(result.output_model, sample["reference_model"],
                            reprojections=[result.output_reprojection_a, result.output_reprojection_b],
                            reference_masks=[sample["reference_mask_a"], sample["reference_mask_b"]])
-    render.render_meshes([render.Layer(result.output_model.GetPolyData(), color=(0.85, 0.25, 0.2)),
+    mesh = result.output_model.GetPolyData()
+    render.render_meshes([render.Layer(mesh, color=(0.85, 0.25, 0.2)),
                           render.Layer(sample["reference_model"].GetPolyData(), color=(0.3, 0.8, 0.3), opacity=0.35)],
-                         context.render_path("angio3d_mesh"))
+                         context.render_path("angio3d_mesh"), view=broadside_view(mesh))
+    reconstruction = result.reconstruction
+    image = mrml.volume_to_array(sample["view_a"])[0][0]
+    overlay = overlay_rgb(image, reconstruction.masks[0], reconstruction.silhouettes()[0] > 0)
+    from PIL import Image
+
+    Image.fromarray(overlay).save(context.render_path("angio3d_reprojection"))
     metrics = {row["metric"]: round(float(row["value"]), 4) for row in mrml.table_to_rows(table)}
     context.summary["angio3d"] = {**metrics, "percent_diameter_stenosis": round(result.qca["percent_diameter_stenosis"], 2),
                                   "true_percent_diameter_stenosis": round(sample["stenosis_percent"], 2),

@@ -86,6 +86,17 @@ def _branch_direction(rng, tangent, angle_deg):
     return np.cos(a) * tangent + np.sin(a) * perp
 
 
+def _throat_fraction(rng, first: int, last: int, branches: list, clearance_mm: float = 10.0) -> float:
+    """Stenosis position (fraction of the SOI) at least ``clearance_mm`` from the SOI's bifurcations,
+    so that QCA measures the lesion and not the branch point (main-vessel nodes are 1 mm apart)."""
+    length = float(last - first)
+    for _ in range(100):
+        fraction = float(rng.uniform(0.25, 0.75))
+        if all(abs(fraction * length - (b - first)) >= clearance_mm for b in branches):
+            break
+    return fraction
+
+
 @dataclass
 class CoronaryCase:
     """A phantom tree with its segment of interest (SOI) as node paths (main first, then side branches)."""
@@ -137,7 +148,7 @@ def coronary_tree(rng: np.random.Generator, n_side: int = 3, soi_side_branches: 
     tree.meta["kind"] = "coronary"
     percent = float(rng.uniform(30, 90))
     tree = add_stenosis(tree, (soi_first, soi_last), percent, float(rng.uniform(5, 9)),
-                        center_fraction=float(rng.uniform(0.3, 0.7)), resolution_mm=0.4)
+                        center_fraction=_throat_fraction(rng, soi_first, soi_last, branch_at), resolution_mm=0.4)
     paths = [node_path(tree, soi_first, soi_last)] + [node_path(tree, a, b) for a, b in side_soi]
     ostium = tree.nodes[0]
     away = tree.nodes[0] - tree.nodes[min(10, n_main - 1)]

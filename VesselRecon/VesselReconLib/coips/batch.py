@@ -76,13 +76,24 @@ def output_stem(path: Path, root: Path) -> str:
 
 
 def _post_pool(workers: int):
+    """Worker processes for :func:`finish_chunk`: a forkserver (clean children) when the main module
+    can be re-imported, else fork; ``None`` (work in this process) when neither is available."""
     if workers <= 0:
         return None
     import multiprocessing
+    import sys
     from concurrent.futures import ProcessPoolExecutor
 
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([f"{__package__}.postprocess"])
+    methods = multiprocessing.get_all_start_methods()
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if "forkserver" in methods and main_file and Path(main_file).is_file():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([f"{__package__}.postprocess"])
+    elif "fork" in methods:
+        context = multiprocessing.get_context("fork")
+    else:
+        log.warning("No fork-based process start available: finishing images in the main process.")
+        return None
     return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
@@ -98,6 +109,18 @@ def _masks_by_size(faz_net, x: torch.Tensor, heights, widths) -> dict[int, np.nd
     return masks
 
 
+def decode_workers(requested: int) -> int:
+    """Decoding processes to use: as requested, except 0 inside the Slicer application where worker
+    processes cannot be forked (spawned children would start another Slicer)."""
+    import multiprocessing
+
+    from ..runtime import in_slicer_app
+
+    if requested and in_slicer_app() and "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    return requested
+
+
 class BatchRunner:
     """Runs the pipeline over a folder with a loaded quality classifier and FAZ U-Net."""
 
@@ -111,7 +134,7 @@ class BatchRunner:
 
     def _loader(self, paths: list[Path]):
         config = self.config
-        workers = int(config.num_workers)
+        workers = decode_workers(int(config.num_workers))
         dataset = FolderDataset(paths, self.size, config.field_of_view_mm, config.default_field_of_view_mm)
         return torch.utils.data.DataLoader(
             dataset, batch_size=int(config.batch_size), num_workers=workers, shuffle=False,

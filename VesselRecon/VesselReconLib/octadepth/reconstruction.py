@@ -1,6 +1,7 @@
 """3D vessel network from a vessel mask and a depth map (ISBI 2021, section 2.3), vectorised.
 
-1. skeletonise the mask (scikit-image);
+1. cut the mask where the depth steps by more than the tolerance (vessels at different depths that
+   touch in the en face image), then skeletonise it (scikit-image);
 2. remove bifurcation/crossing pixels (more than two skeleton neighbours) and their neighbours, which
    splits the skeleton into simple segments (cycles are cut open);
 3. lift each segment to 3D: x, y from the pixel spacing, z from the depth map (bilinear, smoothed along
@@ -187,6 +188,16 @@ def _drop_short(pixels: np.ndarray, offsets: np.ndarray, min_points: int) -> tup
     return pixels[keep_point], np.r_[0, np.cumsum(sizes[keep_segment])]
 
 
+def depth_steps(mask: np.ndarray, depth: np.ndarray, tolerance: float) -> np.ndarray:
+    """Vessel pixels deeper by more than ``tolerance`` than a vessel neighbour (relative depth).
+
+    Cutting them from the mask before skeletonising keeps vessels at different depths (a deep
+    capillary touching a superficial trunk in the en face image) from forming skeleton junctions.
+    """
+    shallowest = ndimage.minimum_filter(np.where(mask, depth, np.inf).astype(np.float32), size=3, mode="nearest")
+    return mask & (depth - shallowest > tolerance)
+
+
 def prune_spurs(pixels: np.ndarray, offsets: np.ndarray, near_junction: np.ndarray,
                 radius_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Drop skeleton spurs: segments with one end at a junction and one free end, no longer than
@@ -233,12 +244,13 @@ def _end_tangents(points: np.ndarray, offsets: np.ndarray, reach: int = 3) -> tu
 
 
 def link_ends(points: np.ndarray, offsets: np.ndarray, end_cluster: np.ndarray, radius_mm: float,
-              depth_tolerance_mm: float) -> np.ndarray:
+              depth_tolerance_mm: float, radii: np.ndarray | None = None) -> np.ndarray:
     """Pairs of point indices (end, end) to bridge across removed junctions.
 
     ``end_cluster`` labels each segment end (starts, then stops) with the removed-junction region it
     touches (0: none). Every such end picks the cheapest other end of the same region, within
-    ``radius_mm``, whose depth differs by at most ``depth_tolerance_mm``. The cost is the gap length times
+    ``radius_mm`` (or four vessel radii at either end, for wide vessels whose junction regions are long),
+    whose depth differs by at most ``depth_tolerance_mm``. The cost is the gap length times
     ``2 + t_a . t_b`` (outward tangents: 1 for straight continuation, 3 for a U-turn) plus the depth
     difference in units of the tolerance.
     """
@@ -249,13 +261,15 @@ def link_ends(points: np.ndarray, offsets: np.ndarray, end_cluster: np.ndarray, 
     candidate = np.flatnonzero(end_cluster)
     if candidate.size < 2:
         return np.zeros((0, 2), int)
-    pairs = cKDTree(points[ends[candidate], :2]).query_pairs(radius_mm, output_type="ndarray")
+    reach = np.maximum(radius_mm, 4.0 * radii[ends]) if radii is not None else np.full(len(ends), radius_mm)
+    pairs = cKDTree(points[ends[candidate], :2]).query_pairs(float(reach[candidate].max()), output_type="ndarray")
     if pairs.size == 0:
         return np.zeros((0, 2), int)
     a, b = candidate[pairs[:, 0]], candidate[pairs[:, 1]]
     gap = np.linalg.norm(points[ends[a], :2] - points[ends[b], :2], axis=1)
     depth_gap = np.abs(points[ends[a], 2] - points[ends[b], 2])
-    valid = (segment[a] != segment[b]) & (end_cluster[a] == end_cluster[b]) & (depth_gap <= depth_tolerance_mm)
+    valid = ((segment[a] != segment[b]) & (end_cluster[a] == end_cluster[b]) & (depth_gap <= depth_tolerance_mm)
+             & (gap <= np.maximum(reach[a], reach[b])))
     a, b, gap, depth_gap = a[valid], b[valid], gap[valid], depth_gap[valid]
     cost = gap * (2.0 + (tangents[a] * tangents[b]).sum(1)) + depth_gap / max(depth_tolerance_mm, 1e-9) * radius_mm
     # each end keeps its cheapest partner
@@ -290,11 +304,12 @@ def reconstruct(vessel_mask: np.ndarray, depth: np.ndarray, spacing: float | tup
     mask = np.asarray(vessel_mask) > 0.5 if np.asarray(vessel_mask).dtype != bool else np.asarray(vessel_mask)
     sy, sx = (spacing, spacing) if np.isscalar(spacing) else spacing
     reporter(0.0, "skeletonising")
-    skeleton = skeletonize(mask)
+    cut = depth_steps(mask, depth, depth_tolerance)
+    skeleton = skeletonize(mask & ~cut)
     segments, removed, junctions = split_at_junctions(skeleton)
     reporter(0.3, "ordering segments")
     pixels, offsets = order_segments(segments, min_points)
-    near = ndimage.binary_dilation(removed, EIGHT, iterations=2)
+    near = ndimage.binary_dilation(removed | cut, EIGHT, iterations=3)
     distance = ndimage.distance_transform_edt(mask, sampling=(sy, sx))
     pixels, offsets = prune_spurs(pixels, offsets, near, distance / min(sx, sy))
     reporter(0.6, "lifting to 3D")
@@ -307,7 +322,8 @@ def reconstruct(vessel_mask: np.ndarray, depth: np.ndarray, spacing: float | tup
     ends, _ = _end_tangents(points, offsets)
     clusters = ndimage.label(near, EIGHT)[0]
     end_cluster = clusters[pixels[ends, 0], pixels[ends, 1]] if len(ends) else np.zeros(0, int)
-    links = link_ends(points, offsets, end_cluster, link_radius_px * max(sx, sy), depth_tolerance * depth_range_mm)
+    links = link_ends(points, offsets, end_cluster, link_radius_px * max(sx, sy), depth_tolerance * depth_range_mm,
+                      radii)
     network = _with_bridges(points, radii, offsets, links)
     network.junctions, network.spacing, network.depth_range_mm = junctions, (sy, sx), depth_range_mm
     network.skeleton = skeleton

@@ -205,3 +205,45 @@ def test_batch_on_gpu_matches_cpu_grades(logic, held_out, tmp_path):
     for cpu, gpu in zip(rows["cpu"], rows["cuda"]):
         assert gpu["faz_area_mm2"] == pytest.approx(cpu["faz_area_mm2"], rel=0.05, abs=0.01)
     assert torch.cuda.max_memory_allocated() > 0
+
+
+def test_demo_hook_adds_outputs_and_a_render(tmp_path, scene):
+    from VesselReconLib.coips.cli import demo
+    from VesselReconLib.demo import DemoContext
+
+    context = DemoContext(scene=scene, out=tmp_path, device="cpu")
+    demo(context)
+    summary = context.summary["coips"]
+    assert summary["study_images"] == 6 and summary["study_grade_accuracy"] >= 0.5
+    assert summary["sample_faz_dice"] > 0.8 and abs(summary["sample_faz_area_error_mm2"]) < 0.05
+    assert [p.name for p in context.renders] == ["coips_report.png"] and context.renders[0].is_file()
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 2  # sample reference + FAZ
+
+
+def test_batch_splits_batches_when_the_gpu_runs_out_of_memory(logic, held_out, tmp_path, monkeypatch):
+    from VesselReconLib.coips import batch as batch_module
+    from VesselReconLib.coips.config import CoipsConfig
+
+    study = tmp_path / "study"
+    study.mkdir()
+    for index, case in enumerate(held_out[:3]):
+        _save_png(study / f"img{index}.png", case.image)
+    quality_net, faz_net, _ = logic.networks("lite", "faz-lite", "cpu")
+    runner = batch_module.BatchRunner(CoipsConfig(device="cpu", num_workers=0, batch_size=3), quality_net, faz_net,
+                                      torch.device("cpu"))
+    reference = runner.run(sorted(study.iterdir()), study, tmp_path / "a")
+    calls = []
+    real = runner._infer_chunks
+
+    def flaky(batch, device, chunk):
+        calls.append(chunk)
+        if chunk > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(batch, device, chunk)
+
+    monkeypatch.setattr(runner, "_infer_chunks", flaky)
+    monkeypatch.setattr(runner, "device", torch.device("cuda"))  # fallback only acts off the CPU
+    monkeypatch.setattr(batch_module.torch.Tensor, "to", lambda self, *a, **k: self)
+    rows = runner.run(sorted(study.iterdir()), study, tmp_path / "b")
+    assert calls[0] == 3 and 1 in calls
+    assert [r["grade"] for r in rows] == [r["grade"] for r in reference]

@@ -142,21 +142,41 @@ class BatchRunner:
             persistent_workers=False)
 
     def _infer(self, batch: dict) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray]:
-        """Probabilities, packed masks (by position in the batch) and thumbnails of one batch."""
+        """Probabilities, packed masks (by position in the batch) and thumbnails of one batch.
+
+        Out of GPU memory, the batch is split into smaller chunks, and at one image the CPU takes over.
+        """
+        from ..device import run_with_fallback
+
+        return run_with_fallback(lambda device, size: self._infer_chunks(batch, device, size), self.device,
+                                 len(batch["index"]))
+
+    def _infer_chunks(self, batch: dict, device: torch.device, chunk: int):
+        if device != self.device:
+            self.device = device
+            self.quality_net.to(device)
+            self.faz_net.to(device)
+        parts = [self._infer_chunk(batch, start, min(start + chunk, len(batch["index"])))
+                 for start in range(0, len(batch["index"]), chunk)]
+        masks = {k: v for part in parts for k, v in part[1].items()}
+        return np.concatenate([p[0] for p in parts]), masks, np.concatenate([p[2] for p in parts])
+
+    def _infer_chunk(self, batch: dict, start: int, stop: int):
         from ..device import inference
 
-        x = batch["image"].to(self.device, non_blocking=True)[:, None].float().div_(255.0)
+        x = batch["image"][start:stop].to(self.device, non_blocking=True)[:, None].float().div_(255.0)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        valid = np.array([not e for e in batch["error"]])
+        valid = np.array([not e for e in batch["error"][start:stop]])
         with inference(self.device):
             probabilities = grade(self.quality_net, x)
             labels = probabilities.argmax(1).cpu().numpy()
             chosen = np.nonzero(valid & ((labels > 0) | bool(self.config.segment_ungradable)))[0]
             masks = {}
             if chosen.size:
-                packed = _masks_by_size(self.faz_net, x[chosen], batch["height"][chosen], batch["width"][chosen])
-                masks = {int(chosen[k]): v for k, v in packed.items()}
+                heights, widths = batch["height"][start:stop], batch["width"][start:stop]
+                packed = _masks_by_size(self.faz_net, x[chosen], heights[chosen], widths[chosen])
+                masks = {start + int(chosen[k]): v for k, v in packed.items()}
             thumbs = thumbnails(x, int(self.config.thumbnail_size)).cpu().numpy()
         return probabilities.cpu().numpy(), masks, thumbs
 

@@ -1,7 +1,8 @@
 """``vesselrecon bench coips``: the whole batch pipeline against the plain backbone, in one run.
 
-The pipeline time covers decoding (DataLoader workers), grading, FAZ segmentation (of every image,
-the worst case), FAZ measurement, mask/thumbnail files and the CSV/HTML report. The plain timm backbone
+The pipeline time covers decoding (DataLoader workers), grading, FAZ segmentation (of the images
+graded gradable/outstanding with trained weights; of every image with untrained ones or
+``--segment-all``, the worst case), FAZ measurement, mask/thumbnail files and the CSV/HTML report. The plain timm backbone
 (3 channels, no COIPS wrapper) at the same input size and batch size is the ceiling it is compared to;
 the FAZ U-Net alone is timed too. Targets: >= 1000 images/s on an H100 with the paper networks
 (SE-ResNeXt-101 at 224 + nnU-Net), >= 10 images/s with the lite networks on a 2-core CPU.
@@ -117,8 +118,9 @@ def run_bench(args) -> dict:
     quality_net, faz_net, weights = _networks(preset, device)
     scratch = Path(args.out or tempfile.mkdtemp(prefix="coips-bench-"))
     study = Path(args.data) if args.data else make_study(scratch / "study", count, args.size)
+    segment_all = bool(args.segment_all) or weights == "untrained"
     config = CoipsConfig(input=str(study), output=str(scratch / "report"), device=str(device), batch_size=batch_size,
-                         num_workers=workers, post_workers=post, segment_ungradable=True)
+                         num_workers=workers, post_workers=post, segment_ungradable=segment_all)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     warm = CoipsConfig(**{**config.to_dict(), "output": str(scratch / "warmup")})

@@ -209,6 +209,8 @@ def add_bench_arguments(parser) -> None:
     parser.add_argument("--workers", type=int, help="decoding processes")
     parser.add_argument("--post-workers", type=int, help="measuring/writing processes")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--segment-all", action="store_true",
+                        help="segment the FAZ of every image (default only with untrained weights)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data", help="existing image folder to time instead of a generated one")
     parser.add_argument("--out", help="output folder (default: a temporary folder)")

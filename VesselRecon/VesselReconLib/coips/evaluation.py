@@ -17,7 +17,7 @@ import torch
 from . import GRADES
 from .data import faz_samples, quality_samples, read_mask
 from .faz import classical_faz, largest_component
-from .inference import faz_masks, grade, work_size
+from .inference import faz_masks, grade
 from .io import read_image, to_work_image
 from .logic import faz_comparison
 
@@ -118,5 +118,4 @@ def run_evaluation(data: str | Path, quality_net, faz_net, device, extra_quality
             "n_quality": int(labels.size), "n_faz": len(records) // 3}
 
 
-__all__ = ["run_evaluation", "format_table", "quality_rows", "faz_rows", "faz_records", "quality_predictions",
-           "work_size"]
+__all__ = ["run_evaluation", "format_table", "quality_rows", "faz_rows", "faz_records", "quality_predictions"]

@@ -176,7 +176,7 @@ def evaluate(args) -> int:
 
     from .. import registry
     from ..device import resolve_device
-    from .evaluation import FAZ_COLUMNS, QUALITY_COLUMNS, format_table, run_evaluation
+    from .evaluation import FAZ_COLUMNS, QUALITY_COLUMNS, format_confusion, format_table, run_evaluation
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     device = resolve_device(args.device)
@@ -189,6 +189,8 @@ def evaluate(args) -> int:
     result = run_evaluation(args.data, quality_net, faz_net, device, extra,
                             quality_name=f"COIPS {args.model}", faz_name=f"COIPS {args.faz_model}")
     print(format_table(f"Quality assessment ({result['n_quality']} images)", result["quality"], QUALITY_COLUMNS))
+    print(f"\nConfusion matrix of {result['quality'][0]['method']}:")
+    print(format_confusion(result["quality"][0]["confusion_matrix"]))
     print()
     print(format_table(f"FAZ segmentation ({result['n_faz']} gradable/outstanding images)", result["faz"],
                        ("n",) + FAZ_COLUMNS))

@@ -49,7 +49,8 @@ def quality_rows(labels: np.ndarray, probabilities: dict[str, np.ndarray], train
     rows = []
     for name, prob in probabilities.items():
         report = classification_report(labels, prob, n_classes=len(GRADES))
-        rows.append({"method": name, **{k: report[k] for k in QUALITY_COLUMNS}})
+        rows.append({"method": name, **{k: report[k] for k in QUALITY_COLUMNS},
+                     "confusion_matrix": report["confusion_matrix"]})
     majority = int(np.bincount(np.asarray(train_labels if train_labels is not None else labels)).argmax())
     baseline = np.zeros((labels.size, len(GRADES)))
     baseline[:, majority] = 1.0
@@ -87,6 +88,14 @@ def faz_rows(records: list[dict], names: dict[str, str]) -> list[dict]:
             rows.append({"method": label, "n": len(chosen),
                          **{k: float(np.mean([r[k] for r in chosen])) for k in FAZ_COLUMNS}})
     return rows
+
+
+def format_confusion(matrix: list[list[int]]) -> str:
+    """Confusion matrix with grade names (rows: true grade, columns: predicted grade)."""
+    width = max(len(g) for g in GRADES) + 2
+    lines = ["true \\ predicted".ljust(width + 6) + "".join(g.rjust(width) for g in GRADES)]
+    lines += [g.ljust(width + 6) + "".join(str(v).rjust(width) for v in row) for g, row in zip(GRADES, matrix)]
+    return "\n".join(lines)
 
 
 def format_table(title: str, rows: list[dict], columns) -> str:

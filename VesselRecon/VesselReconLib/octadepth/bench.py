@@ -48,6 +48,25 @@ def _best_time(fn, device: torch.device, repeats: int) -> float:
     return min(_timed(fn, device) for _ in range(repeats))
 
 
+def _cpu_time_ratio(nets: dict, size: int, repeats: int) -> float:
+    """Ours / plain U-Net in process CPU seconds on one thread: insensitive to other processes' load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    x = torch.rand(1, 1, size, size)
+    best = {}
+    with torch.inference_mode():
+        for name, net in nets.items():
+            net.cpu()(x)
+            samples = []
+            for _ in range(repeats):
+                start = time.process_time()
+                net(x)
+                samples.append(time.process_time() - start)
+            best[name] = min(samples)
+    torch.set_num_threads(threads)
+    return best["ours"] / best["plain"]
+
+
 def _network_times(nets: dict, size: int, device: torch.device, repeats: int) -> dict:
     """Best-of-``repeats`` forward times, the networks interleaved so both see the same load."""
     x = torch.rand(1, 1, size, size, device=device)
@@ -101,6 +120,7 @@ def run_bench(size: int = 512, repeats: int = 5, model: str = "lite", threads: i
               "params_mb": round(network.parameter_megabytes(ours), 3),
               "baseline_params_mb": round(network.parameter_megabytes(plain), 3), "cpu_threads": threads,
               "cpu": _measure(torch.device("cpu"), case.image, case.pixel_mm, nets, repeats)}
+    result["cpu"]["network_cpu_time_ratio_1_thread"] = round(_cpu_time_ratio(nets, size, repeats), 3)
     if torch.cuda.is_available():
         result["cuda_device"] = torch.cuda.get_device_name(0)
         result["cuda"] = _measure(torch.device("cuda"), case.image, case.pixel_mm, nets, repeats)

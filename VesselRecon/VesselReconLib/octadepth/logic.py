@@ -72,13 +72,13 @@ class OCTADepthOutputs:
         result = self._pipeline
         return depth_to_rgb(result.depth, result.vessel_mask)
 
-    def render(self, path) -> Path:
+    def render(self, path, size: tuple[int, int] = (800, 600)) -> Path:
         """PNG of the depth-coloured tubes seen obliquely."""
         from .. import render
 
         layer = render.Layer(self.output_model.GetPolyData(), scalars="depth", ramp=depth_ramp(),
                              scalar_range=(0.0, self._pipeline.network.depth_range_mm))
-        return render.render_meshes([layer], path, view=(20.0, 35.0))
+        return render.render_meshes([layer], path, size=size, view=(20.0, 35.0))
 
     def save_files(self, stem) -> list[Path]:
         """Depth map (16-bit PNG of relative depth), depth-coded PNG, vessel mask PNG, tubes (.vtp), table (.csv)."""

@@ -247,3 +247,26 @@ def test_batch_splits_batches_when_the_gpu_runs_out_of_memory(logic, held_out, t
     rows = runner.run(sorted(study.iterdir()), study, tmp_path / "b")
     assert calls[0] == 3 and 1 in calls
     assert [r["grade"] for r in rows] == [r["grade"] for r in reference]
+
+
+def test_train_ship_and_eval_commands_on_a_tiny_dataset(tmp_path, capsys):
+    from VesselReconLib.cli import main
+    from VesselReconLib.phantoms.datasets import write_dataset
+
+    data = write_dataset("octa-quality", tmp_path / "data", 6, seed=77, size_px=128)
+    registry_dir = tmp_path / "registry"
+    registry_dir.mkdir()
+    common = ["--data", str(data), "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--ship",
+              "--registry", str(registry_dir)]
+    assert main(["train", "coips", "--task", "quality", "--out", str(tmp_path / "q"), *common]) == 0
+    assert main(["train", "coips", "--task", "faz", "--patch", "64", "--out", str(tmp_path / "f"), *common]) == 0
+    entries = {e.name: e for e in registry.load_registry(registry_dir)}
+    assert set(entries) == {"coips-quality-lite", "coips-faz-lite"}
+    assert "train coips --task faz" in entries["coips-faz-lite"].training["command"]
+    assert {"dice", "faz_abs_area_error_mm2"} <= set(entries["coips-faz-lite"].metrics)
+    net, _ = registry.load_model("coips", "faz-lite", "cpu", directory=registry_dir)
+    assert net.kind == "faz"
+    capsys.readouterr()
+    assert main(["eval", "coips", "--data", str(data), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "majority class" in printed and "classical (smoothing" in printed and "Confusion matrix" in printed

@@ -5,15 +5,24 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 QUALITY_SHIP_NAME, FAZ_SHIP_NAME = "coips-quality-{preset}", "coips-{preset}"
 
 
-def _command_line() -> str:
-    return "vesselrecon " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+TRAIN_OPTIONS = ("task", "data", "preset", "epochs", "batch_size", "lr", "finetune", "patience", "patch", "seed",
+                 "workers", "device", "out", "heldout", "data_command")
+
+
+def _train_command(args) -> str:
+    """The ``vesselrecon train coips`` command equivalent to ``args`` (recorded with shipped weights)."""
+    parts = ["vesselrecon", "train", "coips"]
+    for name in TRAIN_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None and value != "":
+            parts += [f"--{name.replace('_', '-')}", shlex.quote(str(value))]
+    return " ".join(parts + ["--ship"])
 
 
 # ---------------------------------------------------------------- vesselrecon coips
@@ -105,6 +114,7 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--ship", action="store_true", help="write the model into the registry")
     parser.add_argument("--heldout", help="held-out dataset for the shipped metrics (default: the validation split)")
     parser.add_argument("--data-command", default="", help="the phantom command that made --data (provenance)")
+    parser.add_argument("--registry", help="registry folder to ship into (default: the installed one)")
 
 
 def train(args) -> int:
@@ -152,9 +162,10 @@ def _ship(model, args, preset: str, history: list[dict]) -> None:
                 "classes": ["background", "faz"]}
     metrics = {k: v for k, v in metrics.items() if k != "method"}
     metrics.update(heldout=str(heldout), epochs_trained=len(history))
-    entry = ship_model(model.cpu(), "coips", preset, command=_command_line(), data=args.data_command or str(args.data),
+    entry = ship_model(model.cpu(), "coips", preset, command=_train_command(args), data=args.data_command or str(args.data),
                        seed=args.seed, metrics=metrics, input_spec=spec, name=name,
-                       extra_training={"task": args.task, "heldout_data": str(heldout)})
+                       extra_training={"task": args.task, "heldout_data": str(heldout)},
+                       directory=Path(args.registry) if args.registry else None)
     print(f"Shipped {entry.name} ({entry.path.stat().st_size / 1e6:.2f} MB): {json.dumps(metrics)}")
 
 

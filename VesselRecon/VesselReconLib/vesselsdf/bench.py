@@ -49,11 +49,34 @@ def pipeline(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: torch.de
             "points": surface.GetNumberOfPoints()}
 
 
+def _model(preset: str, device: torch.device):
+    """The shipped weights of ``preset`` when there are any (realistic surfaces), else untrained."""
+    from ..errors import CheckpointError
+    from ..registry import load_model
+
+    try:
+        return load_model("vesselsdf", preset, str(device))[0], "shipped"
+    except CheckpointError:
+        return build_model(preset).to(device).eval(), "untrained"
+
+
+def mesh_time(sdf: np.ndarray, ijk_to_ras: np.ndarray, device: torch.device, factor: int, repeats: int) -> dict:
+    """Interpolation + flying-edges time on a realistic field (the phantom's exact SDF)."""
+    field = torch.from_numpy(sdf).to(device)
+    points = []
+
+    def call():
+        fine = refine_through_plane(field, factor).cpu().numpy()
+        points.append(mesh_zero_level(fine, refined_geometry(ijk_to_ras, factor), compute_normals=False)
+                      .GetNumberOfPoints())
+    return {"mesh_exact_sdf_s": round(time_call(call, device, repeats), 4), "mesh_exact_sdf_points": points[-1]}
+
+
 def bench_device(device: torch.device, preset: str, volume: np.ndarray, ijk_to_ras: np.ndarray, factor: int,
                  repeats: int) -> dict:
     """Pipeline and network-only times of ``preset`` and of its plain U-Net baseline on ``device``."""
     size, _ = parse_preset(preset)
-    model = build_model(preset).to(device).eval()
+    model, weights = _model(preset, device)
     baseline = build_model(f"{size}-unet").to(device).eval()
     x = torch.from_numpy(normalise_ct(volume))[None, None].to(device)
     if device.type == "cuda":
@@ -70,7 +93,7 @@ def bench_device(device: torch.device, preset: str, volume: np.ndarray, ijk_to_r
     runs = [pipeline(model, volume, ijk_to_ras, device, factor) for _ in range(repeats + 1)][1:]
     ours = time_call(network(model), device, repeats)
     plain = time_call(network(baseline), device, repeats)
-    return {"preset": preset, "params": parameter_count(model), "baseline": f"{size}-unet (MONAI UNet)",
+    return {"preset": preset, "weights": weights, "params": parameter_count(model), "baseline": f"{size}-unet (MONAI UNet)",
             "baseline_params": parameter_count(baseline),
             "pipeline_s": round(float(np.median([r["total_s"] for r in runs])), 4),
             "mesh_s": round(float(np.median([r["mesh_s"] for r in runs])), 4),
@@ -90,9 +113,13 @@ def bench(shape=(16, 512, 512), cpu_preset: str = "lite", cuda_preset: str = "pa
     factor = through_plane_factor(case.spacing, factor)
     result = {"method": "vesselsdf", "input_kji": list(shape), "spacing_mm": list(case.spacing),
               "mesh_slices": (shape[0] - 1) * factor + 1, "threads": torch.get_num_threads()}
-    result["cpu"] = bench_device(torch.device("cpu"), cpu_preset, case.image, case.ijk_to_ras, factor, repeats)
-    if torch.cuda.is_available():
-        result["cuda"] = bench_device(torch.device("cuda"), cuda_preset, case.image, case.ijk_to_ras, factor, repeats)
+    for name, preset in (("cpu", cpu_preset), ("cuda", cuda_preset)):
+        if name == "cuda" and not torch.cuda.is_available():
+            continue
+        device = torch.device(name)
+        result[name] = {**bench_device(device, preset, case.image, case.ijk_to_ras, factor, repeats),
+                        **mesh_time(case.sdf, case.ijk_to_ras, device, factor, repeats)}
+    if "cuda" in result:
         result["cuda"]["device"] = torch.cuda.get_device_name(0)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return result

@@ -4,7 +4,7 @@ A dataset folder holds ``dataset.json`` whose ``training`` list has ``{"image", 
 (``imagesTr/*.nii.gz`` CT in HU, ``labelsTr/*.nii.gz`` vessel labels, any label > 0 = vessel), as
 written by ``vesselrecon phantoms ct`` or the MSD Task08 HepaticVessel download (there label 2 is
 tumour: pass ``vessel_labels=(1,)``). Targets: the binary vessel mask and its signed distance
-(:func:`.losses.signed_distance`, true anisotropic spacing).
+(the dataset's exact ``sdfTr`` when present, else :func:`.losses.signed_distance` of the label).
 """
 
 from __future__ import annotations
@@ -73,14 +73,24 @@ def dataset_entries(root: str | Path) -> list[dict]:
 
 
 def load_case(entry: dict, vessel_labels: Sequence[int] | None = None, with_sdf: bool = True) -> Case:
-    """Read one image/label pair; ``vessel_labels`` selects label values (default: any > 0)."""
+    """Read one image/label pair; ``vessel_labels`` selects label values (default: any > 0).
+
+    The SDF target is the dataset's exact signed distance when it ships one (``"sdf"`` entry, as
+    ``vesselrecon phantoms ct`` writes: distances to the true surface, which keep the sub-slice
+    position of vessels running between slice centres), else the paper's
+    :func:`.losses.signed_distance` of the binary label on its anisotropic grid.
+    """
     image, matrix = read_volume(entry["image"])
     label, _ = read_volume(entry["label"])
     if label.shape != image.shape:
         raise InputError(f"{entry['label']} has shape {label.shape}, its image {image.shape}.")
     mask = np.isin(label, vessel_labels) if vessel_labels else label > 0
     spacing = tuple(float(s) for s in np.linalg.norm(matrix[:3, :3], axis=0))
-    sdf = signed_distance(mask, spacing) if with_sdf else None
+    sdf = None
+    if with_sdf and "sdf" in entry and not vessel_labels:
+        sdf = read_volume(entry["sdf"])[0].astype(np.float32)
+    elif with_sdf:
+        sdf = signed_distance(mask, spacing)
     return Case(Path(entry["image"]).name.split(".")[0], image.astype(np.float32), mask.astype(np.uint8),
                 spacing, matrix, sdf)
 

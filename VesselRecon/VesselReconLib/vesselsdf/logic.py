@@ -276,7 +276,7 @@ class VesselSDFLogic(VesselReconLogic):
         reference = mrml.labelmap_to_segmentation(
             case.labels, case.ijk_to_ras, [mrml.SegmentSpec(1, "Reference vessels", (0.2, 0.6, 0.9))],
             "VesselSDF sample reference", reference_volume=ct, scene=scene, creator=self.creator)
-        reference_model = mrml.polydata_to_model(case.mesh(), "VesselSDF sample reference surface",
+        reference_model = mrml.polydata_to_model(case.mesh(spacing_mm=0.5), "VesselSDF sample reference surface",
                                                  color=(0.2, 0.6, 0.9), opacity=0.4, scene=scene, creator=self.creator)
         return VesselSDFSample(inputVolume=ct, roiMask=organ, referenceSegmentation=reference,
                                referenceModel=reference_model)

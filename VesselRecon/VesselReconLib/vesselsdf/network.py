@@ -120,7 +120,7 @@ class VesselSDFNet(nn.Module):
     Missing outputs of an ablation variant are ``None``. The refiner of the full model sees the
     occupancy probabilities *detached*, so the SDF losses do not flow into the occupancy stage, and
     refines a start field: ``f = f₀ + R·tanh(refiner(p))`` with ``f₀`` the truncated distance of
-    ``p > 0.5`` (:func:`occupancy_distance`) and ``R = sdf_bound_mm / 2`` (a zero-initialised last
+    ``p > 0.5`` (:func:`occupancy_distance`) and ``R = sdf_bound_mm`` (a zero-initialised last
     layer makes ``f = f₀`` at the start). ``sdfonly`` regresses ``f = B·tanh(refiner(CT) + 0.8)``.
 
     :param size: ``lite`` or ``paper``.
@@ -169,7 +169,7 @@ class VesselSDFNet(nn.Module):
         elif self.refiner is not None:
             prob = torch.sigmoid(logits).detach()
             start = occupancy_distance(prob.float(), spacing or self.default_spacing)
-            sdf = start + 0.5 * self.sdf_bound_mm * torch.tanh(self.refiner(prob))
+            sdf = start + self.sdf_bound_mm * torch.tanh(self.refiner(prob))
         return {"occupancy": logits, "sdf": sdf}
 
 

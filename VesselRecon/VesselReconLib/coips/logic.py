@@ -93,6 +93,8 @@ class COIPSLogic(VesselReconLogic):
             array, ijk_to_ras = mrml.volume_to_array(input_volume)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
+        if array.ndim == 4 and array.shape[0] == 1:  # a single-slice colour (vector) volume
+            array = array[0]
         pixels = normalise(squeeze_to_2d(array, "Input volume"), "Input volume")
         if field_of_view_mm is not None:
             return pixels, ijk_to_ras, float(field_of_view_mm), "config"

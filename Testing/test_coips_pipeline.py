@@ -102,6 +102,9 @@ def test_ungradable_image_is_flagged_and_only_segmented_when_forced(scene, logic
     assert forced.output_segmentation is not None and forced.metrics["faz_area_mm2"] >= 0
     rows = {r["measure"]: r["value"] for r in mrml.table_to_rows(forced.output_table)}
     assert rows["faz_segmented"] == "forced" and rows["flagged_ungradable"] == "yes"
+    again = logic.process(volume, 3.0, device="cpu")  # the forced FAZ must not pass for this run's result
+    assert again.output_segmentation is None
+    assert forced.output_segmentation.GetSegmentation().GetNumberOfSegments() == 0
 
 
 def test_bad_inputs_leave_the_scene_untouched(scene, logic, tmp_path):

@@ -136,13 +136,25 @@ class COIPSLogic(VesselReconLogic):
         rows = self._rows(assessment, fov, fov_source, flagged)
         table = mrml.rows_to_table(rows, f"{name} COIPS", node=output_table, scene=self.scene, creator=self.creator)
         segmentation = None
-        if assessment.segmented:
+        if not assessment.segmented:
+            self._clear_stale_segmentation(f"{name} FAZ", output_segmentation)
+        else:
             segmentation = mrml.labelmap_to_segmentation(
                 assessment.mask.astype(np.uint8), ijk_to_ras, [FAZ_SEGMENT], f"{name} FAZ", node=output_segmentation,
                 reference_volume=input_volume, scene=self.scene, creator=self.creator)
         reporter(1.0, f"{assessment.grade}" + (" (flagged: FAZ not segmented)" if flagged and not assessment.segmented else ""))
         return CoipsResult(table, segmentation, assessment.grade, assessment.probabilities, assessment.metrics,
                            flagged, fov, fov_source)
+
+    def _clear_stale_segmentation(self, name: str, output_segmentation) -> None:
+        """Empty the FAZ of an earlier run (ours, or the given output) so that it cannot be mistaken
+        for this image's result."""
+        nodes = [output_segmentation] if output_segmentation is not None else []
+        existing = self.scene.GetNodesByClassByName("vtkMRMLSegmentationNode", name)
+        nodes += [existing.GetItemAsObject(i) for i in range(existing.GetNumberOfItems())
+                  if existing.GetItemAsObject(i).GetAttribute(mrml.CREATED_BY) == self.creator]
+        for node in nodes:
+            node.GetSegmentation().RemoveAllSegments()
 
     @staticmethod
     def _rows(assessment, fov: float, fov_source: str, flagged: bool) -> list[dict]:

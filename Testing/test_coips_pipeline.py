@@ -273,3 +273,19 @@ def test_train_ship_and_eval_commands_on_a_tiny_dataset(tmp_path, capsys):
     assert main(["eval", "coips", "--data", str(data), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "majority class" in printed and "classical (smoothing" in printed and "Confusion matrix" in printed
+
+
+def test_bench_prints_one_json_line_with_pipeline_and_baseline(capsys):
+    import json
+
+    from VesselReconLib.cli import main
+
+    assert main(["bench", "coips", "--device", "cpu", "--count", "4", "--size", "128", "--batch-size", "2",
+                 "--workers", "0", "--threads", "1", "--seconds", "0.2"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["preset"] == "lite" and line["weights"] == "shipped" and line["images"] == 4
+    for key in ("pipeline_images_per_s", "plain_backbone_images_per_s", "faz_unet_images_per_s", "peak_memory_mb"):
+        assert line[key] > 0
+    assert line["ratio_pipeline_vs_plain_backbone"] == pytest.approx(
+        line["pipeline_images_per_s"] / line["plain_backbone_images_per_s"], rel=0.02)
+    assert line["target_images_per_s"] == 10.0 and isinstance(line["meets_target"], bool)

@@ -132,13 +132,14 @@ def run_bench(args) -> dict:
     result = run_batch(config, quality_net, faz_net)
     pipeline = len(result.rows) / result.seconds
     peak = _peak_memory_mb(device)
-    ours = throughput(quality_net, quality_net.input_size, batch_size, device)
+    seconds = float(getattr(args, "seconds", 3.0))
+    ours = throughput(quality_net, quality_net.input_size, batch_size, device, seconds=seconds)
     plain = timm.create_model(quality_net.backbone_name, pretrained=False, num_classes=3, **_plain_kwargs(quality_net))
     plain = plain.to(device).eval()
     if cuda:
         plain = plain.to(memory_format=torch.channels_last)
-    backbone = throughput(plain, quality_net.input_size, batch_size, device, channels=3)
-    faz = throughput(faz_net, faz_net.input_size, batch_size, device)
+    backbone = throughput(plain, quality_net.input_size, batch_size, device, channels=3, seconds=seconds)
+    faz = throughput(faz_net, faz_net.input_size, batch_size, device, seconds=seconds)
     target = TARGETS.get((device.type, preset))
     line = {
         "bench": "coips", "device": torch.cuda.get_device_name(device) if cuda else f"cpu x{torch.get_num_threads()}",

@@ -226,6 +226,7 @@ def add_bench_arguments(parser) -> None:
                         help="segment the FAZ of every image (default only with untrained weights)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data", help="existing image folder to time instead of a generated one")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing window of each network alone")
     parser.add_argument("--out", help="output folder (default: a temporary folder)")
 
 

@@ -267,6 +267,8 @@ def test_multiframe_xa_dicom_round_trip(tmp_path):
     read, geometry, tags = dicom_io.read_xa(path)
     np.testing.assert_array_equal(read, frames)
     assert geometry == g and tags["ImagerPixelSpacing"] == [0.3, 0.3]
+    inverted = dicom_io.write_xa(tmp_path / "mono1.dcm", frames, g, photometric="MONOCHROME1")
+    np.testing.assert_array_equal(dicom_io.read_xa(inverted)[0], frames.max() + frames.min() - frames)
 
 
 def test_xa_dicom_without_geometry_is_refused(tmp_path):

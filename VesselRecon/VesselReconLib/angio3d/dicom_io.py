@@ -54,7 +54,8 @@ def _decode(path: Path, dataset) -> np.ndarray:
 
 
 def read_xa(path: str | Path) -> tuple[np.ndarray, CArmGeometry | None, dict]:
-    """Frames (K, rows, columns) float32, the geometry (None when tags are missing) and the raw tags."""
+    """Frames (K, rows, columns) float32 (MONOCHROME1 inverted, so vessels are dark as in MONOCHROME2),
+    the geometry (None when tags are missing) and the raw tags."""
     import pydicom
 
     path = Path(path)
@@ -69,6 +70,8 @@ def read_xa(path: str | Path) -> tuple[np.ndarray, CArmGeometry | None, dict]:
         frames = frames[None]
     if frames.ndim == 4:
         frames = frames[..., :3].mean(-1)
+    if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        frames = frames.max() + frames.min() - frames          # contrast-filled vessels stay dark
     tags = geometry_tags(dataset)
     try:
         geometry = geometry_from_dataset(dataset)
@@ -77,7 +80,7 @@ def read_xa(path: str | Path) -> tuple[np.ndarray, CArmGeometry | None, dict]:
     return frames, geometry, tags
 
 
-def write_xa(path: str | Path, frames: np.ndarray, geometry: CArmGeometry) -> Path:
+def write_xa(path: str | Path, frames: np.ndarray, geometry: CArmGeometry, photometric: str = "MONOCHROME2") -> Path:
     """Write uncompressed multi-frame XA DICOM with the geometry tags (for tests and phantoms)."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -96,7 +99,7 @@ def write_xa(path: str | Path, frames: np.ndarray, geometry: CArmGeometry) -> Pa
     ds.Modality, ds.PatientName, ds.PatientID = "XA", "Phantom^Angio3D", "ANGIO3D"
     ds.NumberOfFrames = len(frames)
     ds.Rows, ds.Columns = frames.shape[1:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PositionerPrimaryAngle = f"{geometry.primary_angle:.2f}"
     ds.PositionerSecondaryAngle = f"{geometry.secondary_angle:.2f}"

@@ -14,7 +14,7 @@ from VesselReconLib.vcnet.data import Case, normalize
 from VesselReconLib.vcnet.eval import calibrate_vesselness, calibration_cases, sato_response
 from VesselReconLib.vcnet.inference import predict_probability
 
-CROP = (32, 96, 96)
+CROP = (24, 80, 80)
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,19 @@ def test_eval_command_prints_the_comparison(tmp_path, capsys):
     assert {"VC-Net", "3D U-Net (no MIP stream)", "2D U-Net on MIPs", "Average fusion 2D+3D",
             "Max fusion 2D+3D", "Sato vesselness (t=0.200)"} == set(results)
     assert all(0 <= r["dice"] <= 1 for r in results.values())
+
+
+def test_fine_tune_for_swi_from_shipped_weights(tmp_path):
+    import torch
+
+    from VesselReconLib.phantoms.datasets import write_dataset
+    from VesselReconLib.vcnet.train import TrainConfig, train
+
+    data = write_dataset("swi", tmp_path / "swi", 2, seed=55, crop=(16, 64, 64))
+    model, held_out = train(TrainConfig(data=str(data), preset="lite", epochs=1, steps=2, batch=2, init="lite",
+                                        dark=True, out=str(tmp_path / "run"), device="cpu"))
+    shipped, _ = registry.load_model("vcnet", "lite", "cpu")
+    changed = [not torch.equal(a, b) for a, b in zip(model.state_dict().values(), shipped.state_dict().values())]
+    assert any(changed)
+    assert (tmp_path / "run" / "best.pt").is_file() and held_out["n_val_cases"] == 1
+    assert 0 <= held_out["dice"] <= 1

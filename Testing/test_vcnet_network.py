@@ -148,3 +148,30 @@ def test_gradients_reach_both_streams():
     VCNetLoss()(net(torch.rand(1, 1, 16, 32, 32)), label).backward()
     assert net.stream2d.model[0].conv.unit0.conv.weight.grad.abs().sum() > 0
     assert net.stream3d.model[0].conv.unit0.conv.weight.grad.abs().sum() > 0
+
+
+def test_normalize_is_scale_free_and_inverts_dark_vessels_inside_the_mask():
+    from VesselReconLib.vcnet.data import normalize
+
+    rng = np.random.default_rng(0)
+    volume = rng.normal(300, 10, (8, 32, 32)).astype(np.float32)
+    volume[:, :, :4] = 5.0  # air outside the mask
+    mask = np.zeros(volume.shape, bool)
+    mask[:, :, 4:] = True
+    volume[4, 10, 10] = 900.0  # a bright vessel voxel: 3x the tissue
+    a = normalize(volume, mask)
+    np.testing.assert_allclose(normalize(3 * volume, mask), a, rtol=1e-5, atol=1e-5)
+    assert abs(np.median(a[mask])) < 1e-3 and a[4, 10, 10] == pytest.approx(2.0, rel=0.05)
+    dark = normalize(volume, mask, dark=True)
+    np.testing.assert_allclose(dark[mask], -a[mask])
+    np.testing.assert_allclose(dark[~mask], a[~mask])
+    # without a mask the statistics come from the foreground (the air is ignored)
+    assert abs(np.median(normalize(volume)[mask])) < 0.01
+
+
+def test_sliding_window_helpers():
+    from VesselReconLib.vcnet.inference import slab_starts, window_count
+
+    assert slab_starts(40, 16) == [0, 16, 24] and slab_starts(10, 16) == [0] and slab_starts(32, 16) == [0, 16]
+    assert window_count((128, 448, 448), (16, 128, 128), 0.0) == 8 * 4 * 4
+    assert window_count((16, 64, 64), (16, 64, 64), 0.5) == 1

@@ -97,7 +97,7 @@ def run_bench(devices_to_run: list[str], repeats: int = 3, cpu_full_paper: bool 
                 vc_t, plain_t = bench_patch(vc, device, size, repeats), bench_patch(plain, device, size, repeats)
                 scope = f"patch batch {size}x16x128x128"
             else:
-                size = batch or (32 if device.type == "cuda" else 2)
+                size = batch or (16 if device.type == "cuda" else 2)
                 reps = repeats if device.type == "cuda" else 1
                 vc_t, plain_t = (bench_volume(vc, volume, device, size, reps),
                                  bench_volume(plain, volume, device, size, reps))

@@ -1,4 +1,4 @@
-"""Whole-volume VC-Net inference, post-processing, measurements and the classical baseline.
+"""Whole-volume VC-Net inference, post-processing and measurements.
 
 The volume is cut into patches of the model's size (K3 x K1 x K2, slices first): non-overlapping as
 in the paper (``overlap=0``), or overlapping with Gaussian blending (``overlap>0``), through MONAI
@@ -21,7 +21,7 @@ from ..progress import as_reporter
 from . import mip
 from .data import normalize
 
-DEFAULT_BATCH = {"cuda": 32, "mps": 8, "cpu": 2}
+DEFAULT_BATCH = {"cuda": 16, "mps": 8, "cpu": 2}
 
 
 @dataclass
@@ -54,7 +54,7 @@ def predict_probability(model, volume: np.ndarray, device: torch.device, overlap
 
     reporter = as_reporter(progress, cancel)
     roi = tuple(int(r) for r in model.patch)
-    total = max(1, math.ceil(window_count(volume.shape, roi, overlap) / 1))
+    total = window_count(volume.shape, roi, overlap)
 
     def run(dev: torch.device, batch: int):
         net = model.to(dev)
@@ -133,7 +133,7 @@ def remove_small_components(labels: np.ndarray, spacing, min_volume_mm3: float) 
 
     voxel = float(np.prod(spacing))
     min_size = int(math.ceil(min_volume_mm3 / voxel))
-    return remove_small_objects(labels.astype(bool), min_size=min_size, connectivity=3).astype(np.uint8)
+    return remove_small_objects(labels.astype(bool), max_size=min_size - 1, connectivity=3).astype(np.uint8)
 
 
 def centerline_length(labels: np.ndarray, spacing) -> float:
@@ -220,15 +220,3 @@ def label_mips(labels: np.ndarray, model) -> np.ndarray:
     tiles = [mip.label_mip(_slab(tensor, s, depth), model.mip_size, model.mip_step)[0, 0].numpy()
              for s in slab_starts(labels.shape[0], depth)]
     return np.stack(tiles).astype(np.uint8)
-
-
-def vesselness(volume: np.ndarray, sigmas=(0.5, 1.0, 1.5), dark: bool = False, mask=None) -> np.ndarray:
-    """Classical baseline: Sato tubeness (scikit-image) of the normalised volume, in [0, 1]."""
-    from skimage.filters import sato
-
-    normalized = normalize(volume, mask, dark)
-    response = sato(normalized, sigmas=sigmas, black_ridges=False, mode="reflect")
-    if mask is not None:
-        response = response * (np.asarray(mask) > 0)
-    peak = float(response.max())
-    return (response / peak if peak > 0 else response).astype(np.float32)

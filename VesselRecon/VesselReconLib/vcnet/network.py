@@ -151,9 +151,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def patch_size(model: VCNet) -> tuple[int, int, int]:
-    """The training/inference patch (K3, K1, K2) of a model."""
-    return tuple(int(s) for s in model.patch)
-
-
-__all__ = ["VCNet", "build_model", "PRESETS", "plain_unet3d", "count_parameters", "patch_size"]
+__all__ = ["VCNet", "build_model", "PRESETS", "plain_unet3d", "count_parameters"]

@@ -47,6 +47,12 @@ def throughput(net, size: int, batch: int, device: torch.device, channels: int =
     return images / (time.perf_counter() - start)
 
 
+def cpu_threads(decode_workers: int) -> int:
+    """Torch threads beside ``decode_workers`` processes: the remaining cores (at least one), since
+    OpenMP threads that compete with other processes for cores spin and slow everything down."""
+    return max(1, (os.cpu_count() or 1) - decode_workers)
+
+
 def make_study(folder: Path, count: int, size: int, distinct: int = 12, seed: int = 7) -> Path:
     """``count`` PNG files cycling through ``distinct`` rendered phantoms (all three grades)."""
     from PIL import Image
@@ -107,7 +113,6 @@ def run_bench(args) -> dict:
     from .config import CoipsConfig
 
     device = resolve_device(args.device)
-    torch.set_num_threads(max(1, int(args.threads)))
     cuda = device.type == "cuda"
     cores = os.cpu_count() or 1
     preset = args.preset or ("paper" if cuda else "lite")
@@ -115,6 +120,7 @@ def run_bench(args) -> dict:
     batch_size = args.batch_size or (256 if cuda else 32)
     workers = args.workers if args.workers is not None else (max(1, min(8, cores // 2)) if cuda else min(2, cores))
     post = args.post_workers if args.post_workers is not None else (max(1, min(6, cores // 3)) if cuda else 0)
+    torch.set_num_threads(int(args.threads) if args.threads else cpu_threads(workers))
     quality_net, faz_net, weights = _networks(preset, device)
     scratch = Path(args.out or tempfile.mkdtemp(prefix="coips-bench-"))
     study = Path(args.data) if args.data else make_study(scratch / "study", count, args.size)

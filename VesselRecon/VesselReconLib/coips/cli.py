@@ -57,8 +57,13 @@ def run(args) -> int:
         print(f"Wrote {write_config(config, args.write_config)}")
         return 0
     from .. import mrml, runtime
+    from ..device import limit_cpu_threads, resolve_device
     from ..progress import TqdmProgress
+    from .bench import cpu_threads
     from .logic import COIPSLogic
+
+    if resolve_device(config.device).type == "cpu":
+        limit_cpu_threads(cpu_threads(int(config.num_workers)))
 
     scene = runtime.new_scene()
     logic = COIPSLogic(scene)
@@ -221,7 +226,7 @@ def add_bench_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--workers", type=int, help="decoding processes")
     parser.add_argument("--post-workers", type=int, help="measuring/writing processes")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: cores left beside the decoders)")
     parser.add_argument("--segment-all", action="store_true",
                         help="segment the FAZ of every image (default only with untrained weights)")
     parser.add_argument("--device", default="auto")

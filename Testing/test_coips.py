@@ -77,7 +77,7 @@ def test_read_png_jpeg_bmp_tiff_and_dicom(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "c.bmp")
     assert np.allclose(io.read_image(tmp_path / "c.bmp").pixels, gradient / 255.0, atol=1 / 255)
     assert io.read_image(tmp_path / "b.jpg", default_fov_mm=3.0).fov_source == "default"
-    # 16-bit TIFF with a resolution of 1000 px/cm -> 0.01 mm pixels -> 0.64 mm? no: 64 px * 0.01 mm...
+    # 16-bit TIFF, 304 px at 1013.333 px/cm -> 3.0 mm field of view from the metadata
     wide = np.tile(np.arange(304, dtype=np.uint16) * 100, (304, 1))
     Image.fromarray(wide).save(tmp_path / "d.tif", resolution=1013.333, resolution_unit=3)
     tiff = io.read_image(tmp_path / "d.tif")

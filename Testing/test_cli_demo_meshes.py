@@ -116,3 +116,17 @@ def test_phantom_gallery_command_writes_pictures(tmp_path):
     assert picture.shape[0] == 256 and picture.shape[1] > 5 * 256
     red = (picture[..., 0] > 200) & (picture[..., 1] < 120)
     assert red.sum() > 200  # the SOI overlay and the red mesh are drawn
+
+
+def test_msd_dataset_json_paths_are_relative_to_the_dataset(tmp_path, monkeypatch):
+    import json
+
+    from VesselReconLib.phantoms.datasets import write_msd_dataset_json
+
+    monkeypatch.chdir(tmp_path)
+    out = write_msd_dataset_json("data/ct", "ct", "CT", ["background", "vessel"],
+                                 [("data/ct/imagesTr/a.nii.gz", "data/ct/labelsTr/a.nii.gz"),
+                                  ("imagesTr/b.nii.gz", "labelsTr/b.nii.gz")])
+    training = json.loads(out.read_text())["training"]
+    assert training == [{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"},
+                        {"image": "./imagesTr/b.nii.gz", "label": "./labelsTr/b.nii.gz"}]

@@ -140,10 +140,12 @@ def write_msd_dataset_json(
 
     def rel(p) -> str:
         p = Path(p)
-        try:
-            p = p.resolve().relative_to(out.resolve()) if p.is_absolute() else p
-        except ValueError:
-            return str(p)
+        located = p if p.is_absolute() else Path.cwd() / p
+        try:  # a path inside out_dir (absolute, or relative to the working folder)
+            p = located.resolve().relative_to(out.resolve())
+        except ValueError:  # otherwise it is taken as already relative to out_dir
+            if p.is_absolute():
+                return str(p)
         s = p.as_posix()
         return s if s.startswith(("./", "/")) else "./" + s
 

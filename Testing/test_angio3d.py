@@ -227,6 +227,11 @@ def test_triangulated_centerline_recovers_a_3d_curve():
     assert metrics.chamfer_distance(points, curve) < 0.1
     expected = 5.0 * 0.3 * a.depth(curve) / a.sid
     assert np.abs(radii - expected).max() < 0.05
+    narrow_b = Centerline2D(lines[1].points, np.full(100, 2.0), np.full(100, 0.4))
+    _, mean_radii = triangulate_centerline(lines[0], narrow_b, a, b, smooth=0)
+    _, min_radii = triangulate_centerline(lines[0], narrow_b, a, b, smooth=0, radius_fusion="min")
+    assert np.all(min_radii < mean_radii) and np.all(mean_radii < radii)
+    assert np.abs(min_radii - 2.0 * 0.3 * b.depth(curve) / b.sid).max() < 0.05
 
 
 def test_stitching_gives_one_watertight_mesh():

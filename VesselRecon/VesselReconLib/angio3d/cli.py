@@ -36,6 +36,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="|".join(DEVICE_CHOICES))
     parser.add_argument("--segmenter", default="net", choices=("net", "frangi"))
     parser.add_argument("--no-refine", action="store_true", help="skip surface refinement ('(-) SR')")
+    parser.add_argument("--radius-fusion", default="mean", choices=("mean", "min"),
+                        help="combine the two views' radii by their mean (paper) or minimum")
 
 
 def _read_view(path: str):
@@ -122,7 +124,7 @@ def run(args) -> int:
     bar = TqdmProgress("angio3d")
     result = logic.process(nodes[0], nodes[2], nodes[1], nodes[3], frame_a=views[0][3], frame_b=views[1][3],
                            model=args.model, device=args.device, segmenter=args.segmenter,
-                           refine=not args.no_refine, progress=bar)
+                           refine=not args.no_refine, radius_fusion=args.radius_fusion, progress=bar)
     bar.close()
     meshes.save_polydata(result.output_model.GetPolyData(), out / "mesh.vtp")
     reconstruction = result.reconstruction

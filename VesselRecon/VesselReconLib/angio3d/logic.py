@@ -160,7 +160,7 @@ class Angio3DLogic(VesselReconLogic):
                 sid_b: float | None = None, sod_b: float | None = None, pixel_spacing_b: float | None = None,
                 output_model=None, output_centerline=None, output_table=None, model: str = "lite",
                 device: str = "auto", segmenter: str = "net", refine: bool = True, calibrate: bool = True,
-                progress=None, cancel=None, background=None) -> Angio3DResult:
+                radius_fusion: str = "mean", progress=None, cancel=None, background=None) -> Angio3DResult:
         """Reconstruct the SOI from two views and write the outputs.
 
         :param view_a: angiography volume of view A (frames along K).
@@ -172,6 +172,7 @@ class Angio3DLogic(VesselReconLogic):
         :param model: shipped preset ("lite") or checkpoint path.
         :param segmenter: "net" (U-Net) or "frangi" (classical baseline).
         :param refine: run surface refinement; ``calibrate``: LM refinement of view B's geometry.
+        :param radius_fusion: "mean" of the two views' radii (paper) or "min" (better % stenosis on phantoms).
         :param background: optional ``fn -> fn()`` runner for the MRML-free computation (GUI thread safety).
         :raises InputError: bad inputs, before any scene change.
         """
@@ -191,7 +192,7 @@ class Angio3DLogic(VesselReconLogic):
 
         def compute():
             return reconstruct([image_a, image_b], [geometry_a, geometry_b], pixels, net=net, device=torch_device,
-                               segmenter=segmenter, refine=refine, calibrate=calibrate,
+                               segmenter=segmenter, refine=refine, calibrate=calibrate, radius_fusion=radius_fusion,
                                progress=reporter.sub(0.0, 0.9), cancel=cancel)
 
         result = background(compute) if background is not None else compute()

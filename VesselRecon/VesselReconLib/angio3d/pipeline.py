@@ -127,7 +127,7 @@ def _probabilities(net, segmenter: str, raw: torch.Tensor) -> torch.Tensor:
 
 def reconstruct(images, geometries, soi_points, net=None, device: str | torch.device = "cpu",
                 segmenter: str = "net", refine: bool = True, calibrate: bool = True, stitch: bool = True,
-                progress=None, cancel=None) -> Reconstruction:
+                radius_fusion: str = "mean", progress=None, cancel=None) -> Reconstruction:
     """Reconstruct the SOI lumen mesh from two views.
 
     :param images: two 2D arrays (rows x columns) of the chosen frames.
@@ -139,7 +139,10 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
     :param refine: run surface refinement (``False`` gives the "(-) SR" ablation).
     :param calibrate: refine view B's geometry with Levenberg-Marquardt on the SOI end points.
     :param stitch: union the branch meshes (``False`` leaves ``mesh`` as None; used in training).
+    :param radius_fusion: ``"mean"`` (paper) or ``"min"`` of the two views' radii.
     """
+    if radius_fusion not in ("mean", "min"):
+        raise InputError(f"radius_fusion must be 'mean' or 'min', not {radius_fusion!r}.")
     if segmenter not in SEGMENTERS:
         raise InputError(f"Unknown segmenter {segmenter!r}; choose one of {', '.join(SEGMENTERS)}.")
     reporter = as_reporter(progress, cancel)
@@ -182,7 +185,7 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
 
     branches = []
     for b in range(n_branches):
-        centerline, radii = triangulate_centerline(lines[0][b], lines[1][b], *geometries)
+        centerline, radii = triangulate_centerline(lines[0][b], lines[1][b], *geometries, radius_fusion=radius_fusion)
         vertices = template.template_vertices(centerline, radii)
         branches.append(BranchReconstruction([lines[0][b], lines[1][b]], centerline, radii, vertices, vertices.copy()))
     tick("triangulation")

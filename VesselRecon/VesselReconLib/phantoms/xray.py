@@ -314,7 +314,11 @@ def make_case(seed: int, size: int = 512, spacing: float = 0.3, side_branches: i
         margin, min_apart = 24, 40.0
         inside = all(((p >= margin) & (p < size - margin)).all() for view in pixels for p in view)
         apart = all(np.linalg.norm(p[1] - p[0]) >= min_apart for view in pixels for p in view)
-        if inside and apart:
+        # like a clinician's view choice: no SOI foreshortened to less than half its chord length
+        chords = [np.linalg.norm(c["points"][-1] - c["points"][0]) for c in centerlines]
+        open_views = all(np.linalg.norm(p[1] - p[0]) >= 0.5 * chord * g.magnification / np.mean(g.pixel_spacing)
+                         for g, view in zip(geometries, pixels) for p, chord in zip(view, chords))
+        if inside and apart and open_views:
             break
     views = [render_view(case, g, rng) for g in geometries]
     return {"case": case, "tags": tags, "geometries": geometries, "views": views,

@@ -136,3 +136,12 @@ def test_shipped_registry_is_valid_and_intact():
         assert entry.status() == "ok", entry.name
         assert entry.module in ("octadepth", "angio3d", "coips", "vcnet", "vesselsdf")
         assert entry.path.stat().st_size < 8 * 2**20, f"{entry.name} is too large to ship"
+
+
+def test_find_entry_prefers_the_presets_own_entry_over_an_ablation(tmp_path, tiny_method):
+    ship(tmp_path)
+    training.ship_model(TinyNet(), "tinymethod", "lite", name="tinymethod-ablation-lite", command="c", data="d",
+                        seed=2, metrics={}, input_spec={}, directory=tmp_path)
+    # "tinymethod-ablation-lite" sorts first, yet "lite" must resolve to "tinymethod-lite".
+    assert registry.find_entry("tinymethod", "lite", tmp_path).name == "tinymethod-lite"
+    assert registry.find_entry("tinymethod", "tinymethod-ablation-lite", tmp_path).training["seed"] == 2

@@ -102,10 +102,14 @@ def load_registry(directory: str | Path | None = None) -> list[ModelEntry]:
 
 
 def find_entry(module: str, model: str, directory: str | Path | None = None) -> ModelEntry:
-    """The entry of ``module`` whose name or preset is ``model``."""
+    """The entry of ``module`` named ``model`` or ``<module>-<model>``, else the first with preset ``model``."""
     candidates = [e for e in load_registry(directory) if e.module == module]
+    for wanted in (model, f"{module}-{model}"):  # an exact name first, then the preset's own entry
+        for entry in candidates:
+            if entry.name == wanted:
+                return entry
     for entry in candidates:
-        if model in (entry.name, entry.preset):
+        if entry.preset == model:
             return entry
     shipped = ", ".join(e.preset for e in candidates) or "none"
     raise CheckpointError(

@@ -43,7 +43,8 @@ def _sync(device: torch.device) -> None:
 
 
 def timed(fn, device: torch.device, repeats: int = 3) -> tuple[float, float | None]:
-    """Median seconds of ``fn()`` after one warm-up, and peak CUDA memory (MB) of one call."""
+    """Fastest of ``repeats`` timed calls of ``fn()`` after one warm-up (the minimum is the least
+    disturbed by other processes on a shared machine), and peak CUDA memory (MB)."""
     fn()
     _sync(device)
     if device.type == "cuda":
@@ -54,7 +55,7 @@ def timed(fn, device: torch.device, repeats: int = 3) -> tuple[float, float | No
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return float(np.median(times)), devices.peak_memory_mb(device)
+    return float(np.min(times)), devices.peak_memory_mb(device)
 
 
 def bench_volume(net, volume: np.ndarray, device: torch.device, batch: int, repeats: int) -> dict:
@@ -98,9 +99,8 @@ def run_bench(devices_to_run: list[str], repeats: int = 3, cpu_full_paper: bool 
                 scope = f"patch batch {size}x16x128x128"
             else:
                 size = batch or (16 if device.type == "cuda" else 2)
-                reps = repeats if device.type == "cuda" else 1
-                vc_t, plain_t = (bench_volume(vc, volume, device, size, reps),
-                                 bench_volume(plain, volume, device, size, reps))
+                vc_t, plain_t = (bench_volume(vc, volume, device, size, repeats),
+                                 bench_volume(plain, volume, device, size, repeats))
                 scope = "whole volume"
             entry[preset] = {"scope": scope, "vcnet": vc_t, "plain_unet3d": plain_t,
                              "ratio": round(vc_t["s"] / max(plain_t["s"], 1e-9), 3)}
@@ -112,11 +112,11 @@ def run_bench(devices_to_run: list[str], repeats: int = 3, cpu_full_paper: bool 
             weights = "shipped"
         except Exception:
             weights = "untrained"
-        start = time.perf_counter()
-        result = segment(phantom.image, phantom.spacing, lite, device=device)
-        _sync(device)
-        entry["pipeline_lite"] = {"s": round(time.perf_counter() - start, 3), "weights": weights,
-                                  "vessel_volume_mm3": round(result.measurements["vessel_volume_mm3"], 1)}
+        results = []
+        seconds, _ = timed(lambda: results.append(segment(phantom.image, phantom.spacing, lite, device=device)),
+                           device, repeats)
+        entry["pipeline_lite"] = {"s": round(seconds, 3), "weights": weights,
+                                  "vessel_volume_mm3": round(results[-1].measurements["vessel_volume_mm3"], 1)}
         if device.type == "cuda":
             entry["gpu"] = torch.cuda.get_device_name(device)
             entry["dtype"] = str(devices.autocast_dtype(device))

@@ -72,6 +72,7 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads")
     parser.add_argument("--ship", action="store_true", help="write the best model into the model registry")
     parser.add_argument("--name", help="registry name (default vcnet-<preset>)")
+    parser.add_argument("--registry", help="registry folder to ship into (default: the installed one)")
     parser.add_argument("--data-command", default="", help="the command that wrote --data (provenance)")
     parser.add_argument("--recipe", help="the full command sequence that trained the model, when it was "
                                          "trained in several --resume runs (provenance; default: this command)")
@@ -103,7 +104,8 @@ def train(args) -> int:
                                        "intensity": "raw; normalised inside the brain/head mask; dark vessels inverted",
                                        "mip": {"size": model.mip_size, "step": model.mip_step}},
                            extra_training={"lr": args.lr, "epochs": held_out.get("epochs"), "steps": args.steps,
-                                           "batch": args.batch, "dark": args.dark, "init": args.init})
+                                           "batch": args.batch, "dark": args.dark, "init": args.init},
+                           directory=Path(args.registry) if args.registry else None)
         print(f"Shipped {entry.name} ({entry.path.stat().st_size / 1e6:.2f} MB, sha256 {entry.sha256[:12]})")
     return 0
 
@@ -137,10 +139,11 @@ def demo(context) -> None:
                          context.render_path("vcnet"), view=(20.0, 60.0))
     mips, _ = mrml.volume_to_array(result.outputMipVolume)
     mip_labels, _ = mrml.volume_to_array(result.outputMipLabelmap)
-    image = np.clip((mips[0] - np.percentile(mips[0], 1)) / np.ptp(mips[0]), 0, 1)
+    low, high = np.percentile(mips[0], [1, 99.8])
+    image = np.clip((mips[0] - low) / max(high - low, 1e-6), 0, 1)
     overlay = np.stack([np.maximum(image, mip_labels[0]), image * (1 - 0.6 * mip_labels[0]),
                         image * (1 - 0.6 * mip_labels[0])], -1)
     render.save_image_png(overlay, context.render_path("vcnet_mips"))
-    keys = ("dice", "precision", "recall", "fpr", "vessel_volume_mm3", "centerline_length_mm", "seconds")
-    context.summary["vcnet"] = {k: (round(v, 4) if isinstance(v, float) else v)
-                                for k, v in result.metrics.items() if k in keys}
+    keys = ("dice", "precision", "recall", "fpr", "vessel_volume_mm3", "centerline_length_mm")
+    summary = {k: round(float(v), 4) for k, v in result.metrics.items() if k in keys}
+    context.summary["vcnet"] = {**summary, "process_seconds": result.metrics["seconds"]}

@@ -58,21 +58,25 @@ def calibration_cases(kind: str, dark: bool, count: int = 2, seed: int = 999, cr
     return out
 
 
-def _load(name: str, device):
+def _load(name: str, device, directory=None):
     try:
-        return registry.load_model("vcnet", name, str(device))[0]
+        return registry.load_model("vcnet", name, str(device), directory)[0]
     except CheckpointError as exc:
         log.warning("skipping %s: %s", name, exc)
         return None
 
 
-def evaluate_cases(cases: list[Case], model: str = "lite", ablation3d: str = "unet3d-lite",
-                   stream2d: str = "unet2d-lite", device: str = "auto", overlap: float = 0.0,
-                   vesselness_threshold: float | None = None, kind: str = "mra", dark: bool = False) -> dict:
-    """Mean metrics per method over ``cases``: ``{method: {dice, precision, recall, fpr}}``."""
+def evaluate_cases(cases: list[Case], model: str = "vcnet-lite", ablation3d: str = "vcnet-unet3d-lite",
+                   stream2d: str = "vcnet-unet2d-lite", device: str = "auto", overlap: float = 0.0,
+                   vesselness_threshold: float | None = None, kind: str = "mra", dark: bool = False,
+                   registry_dir=None) -> dict:
+    """Mean metrics per method over ``cases``: ``{method: {dice, precision, recall, fpr}}``.
+
+    Models are registry names (or checkpoint paths) looked up in ``registry_dir`` (default: shipped).
+    """
     torch_device = resolve_device(device)
-    nets = {"vcnet": _load(model, torch_device), "unet3d": _load(ablation3d, torch_device),
-            "unet2d": _load(stream2d, torch_device)}
+    nets = {"vcnet": _load(model, torch_device, registry_dir), "unet3d": _load(ablation3d, torch_device, registry_dir),
+            "unet2d": _load(stream2d, torch_device, registry_dir)}
     threshold = vesselness_threshold if vesselness_threshold is not None else calibrate_vesselness(
         calibration_cases(kind, dark))
     rows: dict[str, list[dict]] = {}
@@ -105,9 +109,10 @@ def add_eval_arguments(parser) -> None:
     from ..device import DEVICE_CHOICES
 
     parser.add_argument("--data", required=True, help="held-out MSD-style folder (dataset.json, imagesTr, labelsTr)")
-    parser.add_argument("--model", default="lite", help="VC-Net model (shipped preset/name or checkpoint)")
-    parser.add_argument("--ablation", default="unet3d-lite", help="3D U-Net without the MIP stream")
-    parser.add_argument("--stream2d", default="unet2d-lite", help="2D U-Net on MIPs (for the fusion baselines)")
+    parser.add_argument("--model", default="vcnet-lite", help="VC-Net model (registry name or checkpoint)")
+    parser.add_argument("--ablation", default="vcnet-unet3d-lite", help="3D U-Net without the MIP stream")
+    parser.add_argument("--stream2d", default="vcnet-unet2d-lite", help="2D U-Net on MIPs (for the fusion baselines)")
+    parser.add_argument("--registry", help="registry folder holding the models (default: the shipped one)")
     parser.add_argument("--dark", action="store_true", help="dark vessels (SWI): invert inside the brain mask")
     parser.add_argument("--kind", default=None, help="phantom kind for the vesselness calibration (mra|swi)")
     parser.add_argument("--overlap", type=float, default=0.0)
@@ -120,7 +125,7 @@ def evaluate(args) -> int:
     cases = load_cases(args.data, dark=args.dark, limit=args.limit)
     kind = args.kind or ("swi" if args.dark else "mra")
     results = evaluate_cases(cases, args.model, args.ablation, args.stream2d, args.device, args.overlap,
-                             args.vesselness_threshold, kind, args.dark)
+                             args.vesselness_threshold, kind, args.dark, args.registry)
     print(f"VC-Net evaluation on {len(cases)} held-out cases from {args.data}")
     print(format_table(results))
     print(json.dumps({"cases": len(cases), "results": results}))

@@ -56,6 +56,19 @@ class VCNetLogic(VesselReconLogic):
     method = "vcnet"
     creator = "VCNet"
 
+    def shipped_models(self) -> list[str]:
+        """Model choices: a preset for the first shipped model of each preset (what the preset name
+        loads), the registry name for the others (e.g. ``vcnet-swi-lite``, fine-tuned for SWI)."""
+        from .. import registry
+
+        seen: set[str] = set()
+        choices = []
+        for entry in registry.load_registry():
+            if entry.module == self.method:
+                choices.append(entry.name if entry.preset in seen else entry.preset)
+                seen.add(entry.preset)
+        return choices
+
     # ------------------------------------------------------------ validation helpers
 
     @staticmethod

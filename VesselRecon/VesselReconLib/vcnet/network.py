@@ -4,8 +4,9 @@ MIPs, 2D-to-3D unprojection and a joint 3D embedding (Wang et al., IEEE VIS 2020
 Both streams are MONAI ``UNet`` s with ReLU and no normalisation (``norm=None``). Their outputs are
 linear feature maps passed through ReLU; the 2D stream also has a 1x1 head with a sigmoid (the MIP
 segmentation supervised by the Dice_MIP term). The unprojected 2D features (``c1`` channels) are
-concatenated with the 3D stream's features and fed to ``joint_layers`` 3x3x3 convolutions (ReLU)
-and a 1x1x1 convolution with a sigmoid: the final vessel probability.
+concatenated with the 3D stream's features and fed to the joint embedding: an optional 1x1x1
+channel mix (``joint_mix``), ``joint_layers`` 3x3x3 convolutions (ReLU) and a 1x1x1 convolution with
+a sigmoid: the final vessel probability.
 
 Variants (for the paper's ablations): ``"vcnet"`` (both streams), ``"unet3d"`` (the same network
 without the MIP stream), ``"unet2d"`` (the 2D stream alone; its 3D output is the unprojected MIP
@@ -26,7 +27,7 @@ from . import mip
 PRESETS: dict[str, dict] = {
     # Paper: 128x128x16 patches, 19 M-parameter 3D U-Net, half-width 2D U-Net with C1 = 32 features.
     "paper": dict(variant="vcnet", channels3d=(32, 64, 128, 256, 512), channels2d=(16, 32, 64, 128, 256),
-                  res_units=2, feat3d=16, c1=32, joint=16, joint_layers=2, patch=(16, 128, 128)),
+                  res_units=2, feat3d=8, c1=32, joint=16, joint_layers=1, joint_mix=True, patch=(16, 128, 128)),
     # CPU preset: base 8 channels, 64x64x16 training patches.
     "lite": dict(variant="vcnet", channels3d=(8, 16, 32, 64), channels2d=(4, 8, 16, 32),
                  res_units=1, feat3d=8, c1=8, joint=8, joint_layers=1, patch=(16, 64, 64)),
@@ -52,7 +53,8 @@ class VCNet(nn.Module):
 
     def __init__(self, variant: str = "vcnet", channels3d=(8, 16, 32, 64), channels2d=(4, 8, 16, 32),
                  res_units: int = 1, feat3d: int = 8, c1: int = 8, joint: int = 8, joint_layers: int = 2,
-                 mip_size: int = mip.MIP_SIZE, mip_step: int = mip.MIP_STEP, patch=(16, 64, 64)):
+                 joint_mix: bool = False, mip_size: int = mip.MIP_SIZE, mip_step: int = mip.MIP_STEP,
+                 patch=(16, 64, 64)):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"Unknown VC-Net variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
@@ -68,6 +70,9 @@ class VCNet(nn.Module):
         if variant != "unet2d":
             width = feat3d + (c1 if variant == "vcnet" else 0)
             layers: list[nn.Module] = []
+            if joint_mix:  # a 1x1x1 channel mix first keeps the full-resolution 3x3x3 layers narrow
+                layers += [nn.Conv3d(width, joint, kernel_size=1), nn.ReLU(inplace=True)]
+                width = joint
             for _ in range(joint_layers):
                 layers += [nn.Conv3d(width, joint, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
                 width = joint

@@ -76,3 +76,19 @@ def test_fine_tune_for_swi_from_shipped_weights(tmp_path):
     assert any(changed)
     assert (tmp_path / "run" / "best.pt").is_file() and held_out["n_val_cases"] == 1
     assert 0 <= held_out["dice"] <= 1
+
+
+def test_swi_fine_tuned_model_beats_the_inverted_mra_model():
+    import torch
+
+    from VesselReconLib.vcnet.logic import VCNetLogic
+
+    assert VCNetLogic().shipped_models()[:2] == ["lite", "vcnet-swi-lite"]
+    p = render_mra("swi", seed=4711, crop=(32, 96, 96))
+    image = normalize(p.image, p.brain_mask, dark=True)
+    scores = {}
+    for name in ("lite", "vcnet-swi-lite"):
+        net, _ = registry.load_model("vcnet", name, "cpu")
+        prob = predict_probability(net, image, torch.device("cpu"))[0] * p.brain_mask
+        scores[name] = metrics.dice(prob >= 0.5, p.label)
+    assert scores["vcnet-swi-lite"] > scores["lite"] + 0.1, scores

@@ -57,17 +57,12 @@ class VCNetLogic(VesselReconLogic):
     creator = "VCNet"
 
     def shipped_models(self) -> list[str]:
-        """Model choices: a preset for the first shipped model of each preset (what the preset name
-        loads), the registry name for the others (e.g. ``vcnet-swi-lite``, fine-tuned for SWI)."""
+        """Model choices: the preset for each preset's own ``vcnet-<preset>`` entry (what the preset
+        name loads), the registry name for the others (e.g. ``vcnet-swi-lite``, fine-tuned for SWI)."""
         from .. import registry
 
-        seen: set[str] = set()
-        choices = []
-        for entry in registry.load_registry():
-            if entry.module == self.method:
-                choices.append(entry.name if entry.preset in seen else entry.preset)
-                seen.add(entry.preset)
-        return choices
+        entries = [e for e in registry.load_registry() if e.module == self.method]
+        return [e.preset if e.name == f"{self.method}-{e.preset}" else e.name for e in entries]
 
     # ------------------------------------------------------------ validation helpers
 

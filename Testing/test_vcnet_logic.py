@@ -165,3 +165,15 @@ def test_gpu_matches_cpu(phantom):
 
     assert dice(gpu.labels, cpu.labels) > 0.9  # bf16 autocast on the GPU
     assert torch.cuda.max_memory_allocated() < 6 * 2**30
+
+
+def test_cancel_stops_before_any_scene_change(scene, phantom):
+    from VesselReconLib.progress import Cancelled
+
+    volume = mrml.array_to_volume(phantom.image, np.diag([*phantom.spacing, 1.0]), "MRA", scene=scene)
+    seen = []
+    before = node_names(scene)
+    with pytest.raises(Cancelled):
+        VCNetLogic(scene).process(volume, device="cpu", progress=lambda f, m: seen.append(m),
+                                  cancel=lambda: len(seen) >= 2)
+    assert node_names(scene) == before

@@ -85,12 +85,12 @@ def cmd_models(args) -> int:
     if not entries:
         print("No models in the registry.")
         return 0
-    print(f"{'name':28} {'module':10} {'preset':8} {'sha256':14} status")
+    print(f"{'name':28} {'module':10} {'preset':14} {'sha256':14} status")
     worst = 0
     for entry in entries:
         status = entry.status()
         worst = max(worst, 0 if status == "ok" else 1)
-        print(f"{entry.name:28} {entry.module:10} {entry.preset:8} {entry.sha256[:12]:14} {status}")
+        print(f"{entry.name:28} {entry.module:10} {entry.preset:14} {entry.sha256[:12]:14} {status}")
     return worst
 
 

@@ -166,22 +166,22 @@ def _node_names(scene):
 def test_logic_outputs_sit_on_input_geometry_and_survive_mrb(scene, tmp_path):
     logic = OCTADepthLogic(scene)
     sample = logic.load_sample(seed=HELD_OUT_SEEDS[0])
-    volume = sample["input_volume"]
+    volume = sample.inputVolume
     shifted = mrml.ijk_to_ras_matrix([0.01] * 3, (12.0, -4.0, 3.0), np.diag([-1.0, -1.0, 1.0]))
     volume.SetIJKToRASMatrix(mrml.vtk_matrix(shifted))
     result = logic.process(volume, device="cpu")
-    _, depth_geometry = mrml.volume_to_array(result.output_depth_volume)
+    _, depth_geometry = mrml.volume_to_array(result.outputDepthVolume)
     assert np.allclose(depth_geometry, shifted)
-    bounds = np.array(result.output_model.GetPolyData().GetBounds())
+    bounds = np.array(result.outputModel.GetPolyData().GetBounds())
     assert 12.0 - 3.1 < bounds[0] < bounds[1] < 12.0 + 0.05 and -4.0 - 3.1 < bounds[2] < bounds[3] < -4.0 + 0.05
     assert bounds[5] <= 3.0 + 0.05 and bounds[4] >= 3.0 - 0.25 - 0.05
-    assert result.output_model.GetPolyData().GetPointData().GetArray("depth") is not None
-    assert result.output_model.GetDisplayNode().GetActiveScalarName() == "depth"
-    rows = mrml.table_to_rows(result.output_table)
+    assert result.outputModel.GetPolyData().GetPointData().GetArray("depth") is not None
+    assert result.outputModel.GetDisplayNode().GetActiveScalarName() == "depth"
+    rows = mrml.table_to_rows(result.outputTable)
     assert rows[-1]["band"] == "all" and rows[-1]["segments"] > 10 and rows[-1]["length_mm"] > 1.0
-    labels, label_geometry = mrml.segmentation_to_labelmap(result.output_segmentation, volume)
+    labels, label_geometry = mrml.segmentation_to_labelmap(result.outputSegmentation, volume)
     assert labels.sum() > 0 and np.allclose(label_geometry, shifted)
-    depth_before, _ = mrml.volume_to_array(result.output_depth_volume)
+    depth_before, _ = mrml.volume_to_array(result.outputDepthVolume)
     mrml.save_scene(tmp_path / "octadepth.mrb", scene)
     mrml.load_scene(tmp_path / "octadepth.mrb", scene)
     loaded = scene.GetFirstNodeByName(NAMES["depth"])
@@ -195,10 +195,10 @@ def test_unknown_spacing_uses_field_of_view_and_says_so(scene):
     logic = OCTADepthLogic(scene)
     sample = data.render_samples([HELD_OUT_SEEDS[1]])[0]
     volume = mrml.array_to_volume(sample.image[None], np.eye(4), "png-like", scene=scene)
-    result = logic.process(volume, field_of_view_mm=3, device="cpu")
-    assert result.spacing_assumed and "no pixel spacing" in result.message
-    assert result.pixel_mm == pytest.approx(3.0 / 304)
-    _, geometry = mrml.volume_to_array(result.output_depth_volume)
+    result = logic.process(volume, fieldOfViewMm=3, device="cpu")
+    assert result.spacingAssumed and "no pixel spacing" in result.message
+    assert result.pixelMm == pytest.approx(3.0 / 304)
+    _, geometry = mrml.volume_to_array(result.outputDepthVolume)
     assert mrml.spacing_of(geometry)[:2] == pytest.approx([3.0 / 304] * 2)
 
 
@@ -215,7 +215,7 @@ def test_bad_inputs_are_refused_before_any_scene_change(scene, tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     before = _node_names(scene)
     cases = [(None, {}), (stack, {}), (flat, {}), (nan, {}), (good, {"model": str(wrong)}),
-             (good, {"model": str(garbage)}), (good, {"model": "no-such-preset"}), (good, {"depth_range_mm": -1})]
+             (good, {"model": str(garbage)}), (good, {"model": "no-such-preset"}), (good, {"depthRangeMm": -1})]
     for volume, kwargs in cases:
         with pytest.raises(InputError):
             logic.process(volume, device="cpu", **kwargs)

@@ -24,33 +24,34 @@ from VesselReconLib import slicer_widget
 
 # Apply, Evaluate and Load sample call the core logic (VesselReconLib.octadepth.logic.OCTADepthLogic)
 # with keyword arguments only; keywords it does not accept are dropped with a warning:
-#   process(input_volume, field_of_view_mm=3, depth_range_mm=0.25, threshold=0.5, min_segment_length_px=2,
-#           output_depth_volume=None, output_segmentation=None, output_model=None, output_centerlines=None,
-#           output_table=None, model="lite", device="auto", progress=None, cancel=None, background=None)
-#       -> dict (or dataclass) of output nodes keyed like the output keywords
-#   evaluate(prediction, reference, reference_centerlines=None, table=None, depth_range_mm=0.25)
-#       -> table node | list of row dicts | dict of metrics
-#   load_sample() -> {"input_volume": node, "reference_depth_volume": node, "reference_centerlines": node}
+#   process(inputVolume, fieldOfViewMm=None, pixelMm=None, depthRangeMm=0.25, threshold=0.5, minSegmentLengthPx=2,
+#           outputDepthVolume=None, outputSegmentation=None, outputModel=None, outputCenterlines=None,
+#           outputTable=None, model="lite", device="auto", progress=None, cancel=None, background=None)
+#       -> OCTADepthOutputs(outputDepthVolume, outputSegmentation, outputModel, outputCenterlines, outputTable,
+#                           pixelMm, spacingAssumed, message, timings)
+#   evaluate(prediction, reference, referenceCenterlines=None, table=None, depthRangeMm=0.25) -> table node
+#   load_sample(seed=7, sizePx=304, fieldOfViewMm=3.0)
+#       -> OCTADepthSample(inputVolume, referenceDepthVolume, referenceCenterlines, fieldOfViewMm)
 # `model` is a shipped preset or a checkpoint path; `progress(fraction, message)`, `cancel() -> bool`
 # follow VesselReconLib.progress; `background(fn)` runs the MRML-free heavy part off the GUI thread.
 # Missing inputs must raise VesselReconLib.errors.InputError (shown to the user as is).
 PROCESS_ARGS = {
-    "inputVolume": "input_volume",
-    "fieldOfViewMm": "field_of_view_mm",
-    "depthRangeMm": "depth_range_mm",
+    "inputVolume": "inputVolume",
+    "fieldOfViewMm": "fieldOfViewMm",
+    "depthRangeMm": "depthRangeMm",
     "threshold": "threshold",
-    "minSegmentLengthPx": "min_segment_length_px",
-    "outputDepthVolume": "output_depth_volume",
-    "outputSegmentation": "output_segmentation",
-    "outputModel": "output_model",
-    "outputCenterlines": "output_centerlines",
-    "outputTable": "output_table",
+    "minSegmentLengthPx": "minSegmentLengthPx",
+    "outputDepthVolume": "outputDepthVolume",
+    "outputSegmentation": "outputSegmentation",
+    "outputModel": "outputModel",
+    "outputCenterlines": "outputCenterlines",
+    "outputTable": "outputTable",
 }
 EVALUATE_ARGS = {
     "outputDepthVolume": "prediction",
     "referenceDepthVolume": "reference",
-    "referenceCenterlines": "reference_centerlines",
-    "depthRangeMm": "depth_range_mm",
+    "referenceCenterlines": "referenceCenterlines",
+    "depthRangeMm": "depthRangeMm",
     "evaluationTable": "table",
 }
 REQUIRED_INPUTS = ("inputVolume",)
@@ -195,7 +196,7 @@ class OCTADepthLogic(ScriptedLoadableModuleLogic):
     Instances are of ``class OCTADepthLogic(ScriptedLoadableModuleLogic, CoreOCTADepthLogic)`` where
     the core, ``VesselReconLib.octadepth.logic.OCTADepthLogic``, is imported on first instantiation
     (it loads torch), so Slicer starts fast. From the Python console:
-    ``OCTADepthLogic().process(input_volume=getNode("OCTA"))``.
+    ``OCTADepthLogic().process(inputVolume=getNode("OCTA"))``.
     """
 
     def __new__(cls, *args, **kwargs):

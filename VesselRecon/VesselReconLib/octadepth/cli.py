@@ -41,8 +41,8 @@ def run(args) -> int:
         logic = OCTADepthLogic(scene)
         volume = logic.load_image(path)
         bar = TqdmProgress(f"octadepth {Path(path).name}")
-        result = logic.process(volume, device=args.device, model=args.model, field_of_view_mm=args.field_mm,
-                               pixel_mm=args.pixel_mm, depth_range_mm=args.depth_range_mm,
+        result = logic.process(volume, device=args.device, model=args.model, fieldOfViewMm=args.field_mm,
+                               pixelMm=args.pixel_mm, depthRangeMm=args.depth_range_mm,
                                threshold=args.threshold, progress=bar)
         bar.close()
         stem = out / Path(path).stem
@@ -165,9 +165,9 @@ def demo(context) -> None:
 
     logic = OCTADepthLogic(context.scene)
     sample = logic.load_sample(seed=DEMO_SEED)
-    result = logic.process(sample["input_volume"], device=context.device, model="lite")
-    table = logic.evaluate(result.output_depth_volume, sample["reference_depth_volume"],
-                           reference_centerlines=sample["reference_centerlines"])
+    result = logic.process(sample.inputVolume, device=context.device, model="lite")
+    table = logic.evaluate(result.outputDepthVolume, sample.referenceDepthVolume,
+                           referenceCenterlines=sample.referenceCenterlines)
     result.render(context.render_path("octadepth_tubes"))
     render.save_image_png(result.depth_rgb(), context.render_path("octadepth_depth_map"))
     metrics = {row["metric"]: round(float(row["value"]), 4) for row in mrml.table_to_rows(table)}

@@ -4,9 +4,9 @@ centreline model and a depth-band table, all on the input's geometry. Qt-free; c
     from VesselReconLib.octadepth.logic import OCTADepthLogic
     logic = OCTADepthLogic()
     sample = logic.load_sample()
-    result = logic.process(sample["input_volume"], field_of_view_mm=3)
-    logic.evaluate(result.output_depth_volume, sample["reference_depth_volume"],
-                   reference_centerlines=sample["reference_centerlines"])
+    result = logic.process(sample.inputVolume, fieldOfViewMm=3)
+    logic.evaluate(result.outputDepthVolume, sample.referenceDepthVolume,
+                   referenceCenterlines=sample.referenceCenterlines)
 """
 
 from __future__ import annotations
@@ -41,25 +41,25 @@ def depth_ramp() -> list[tuple[float, float, float]]:
 class OCTADepthOutputs:
     """Nodes written by :meth:`OCTADepthLogic.process`, plus measures and messages."""
 
-    output_depth_volume: object
-    output_segmentation: object
-    output_model: object
-    output_centerlines: object
-    output_table: object
-    pixel_mm: float
-    spacing_assumed: bool
+    outputDepthVolume: object
+    outputSegmentation: object
+    outputModel: object
+    outputCenterlines: object
+    outputTable: object
+    pixelMm: float
+    spacingAssumed: bool
     message: str
     timings: dict = field(default_factory=dict)
     _pipeline: pipeline.OCTADepthResult | None = field(default=None, repr=False)
 
     @property
-    def pipeline_result(self) -> pipeline.OCTADepthResult:
+    def pipelineResult(self) -> pipeline.OCTADepthResult:
         return self._pipeline
 
     def summary(self) -> dict:
         network = self._pipeline.network
-        total = mrml.table_to_rows(self.output_table)[-1]
-        return {"pixel_mm": round(self.pixel_mm, 6), "spacing_assumed": self.spacing_assumed,
+        total = mrml.table_to_rows(self.outputTable)[-1]
+        return {"pixel_mm": round(self.pixelMm, 6), "spacing_assumed": self.spacingAssumed,
                 "segments": network.segment_count, "links": network.link_count, "junctions": network.junctions,
                 "vessel_length_mm": round(float(total["length_mm"]), 3),
                 "mean_depth_mm": round(float(total["mean_depth_mm"]), 4),
@@ -76,7 +76,7 @@ class OCTADepthOutputs:
         """PNG of the depth-coloured tubes seen obliquely."""
         from .. import render
 
-        layer = render.Layer(self.output_model.GetPolyData(), scalars="depth", ramp=depth_ramp(),
+        layer = render.Layer(self.outputModel.GetPolyData(), scalars="depth", ramp=depth_ramp(),
                              scalar_range=(0.0, self._pipeline.network.depth_range_mm))
         return render.render_meshes([layer], path, size=size, view=(20.0, 35.0))
 
@@ -95,13 +95,23 @@ class OCTADepthOutputs:
         Image.fromarray(np.round(np.clip(result.depth * result.vessel_mask, 0, 1) * 65535).astype(np.uint16)).save(paths[0])
         render.save_image_png(self.depth_rgb(), paths[1])
         Image.fromarray(result.vessel_mask.astype(np.uint8) * 255).save(paths[2])
-        meshes.save_polydata(self.output_model.GetPolyData(), paths[3])
-        rows = mrml.table_to_rows(self.output_table)
+        meshes.save_polydata(self.outputModel.GetPolyData(), paths[3])
+        rows = mrml.table_to_rows(self.outputTable)
         with open(paths[4], "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
         return paths
+
+
+@dataclass
+class OCTADepthSample:
+    """Nodes (and the scan size) made by :meth:`OCTADepthLogic.load_sample`."""
+
+    inputVolume: object
+    referenceDepthVolume: object
+    referenceCenterlines: object
+    fieldOfViewMm: int
 
 
 class OCTADepthLogic(VesselReconLogic):
@@ -173,24 +183,24 @@ class OCTADepthLogic(VesselReconLogic):
 
     # ------------------------------------------------------------ processing
 
-    def process(self, input_volume, field_of_view_mm: float | None = None, pixel_mm: float | None = None,
-                depth_range_mm: float = reconstruction.DEFAULT_DEPTH_RANGE_MM, threshold: float = 0.5,
-                min_segment_length_px: int = 2, output_depth_volume=None, output_segmentation=None,
-                output_model=None, output_centerlines=None, output_table=None, model: str = "lite",
+    def process(self, inputVolume, fieldOfViewMm: float | None = None, pixelMm: float | None = None,
+                depthRangeMm: float = reconstruction.DEFAULT_DEPTH_RANGE_MM, threshold: float = 0.5,
+                minSegmentLengthPx: int = 2, outputDepthVolume=None, outputSegmentation=None,
+                outputModel=None, outputCenterlines=None, outputTable=None, model: str = "lite",
                 device: str = "auto", progress=None, cancel=None, background=None) -> OCTADepthOutputs:
         """Predict the depth map and vessel mask, rebuild the 3D vessels and write the output nodes.
 
-        :param input_volume: single-slice scalar volume with the en face angiogram (304-512 px usual).
-        :param field_of_view_mm: scan size (3 or 6) used when the volume has no spacing (spacing 1.0).
-        :param pixel_mm: pixel size in mm; overrides the volume's spacing.
-        :param depth_range_mm: physical depth of relative depth 1 (0.25 mm: the inner retinal slab).
+        :param inputVolume: single-slice scalar volume with the en face angiogram (304-512 px usual).
+        :param fieldOfViewMm: scan size (3 or 6) used when the volume has no spacing (spacing 1.0).
+        :param pixelMm: pixel size in mm; overrides the volume's spacing.
+        :param depthRangeMm: physical depth of relative depth 1 (0.25 mm: the inner retinal slab).
         :param threshold: vessel probability threshold.
-        :param min_segment_length_px: shortest skeleton segment kept (pixels, at least 2), before re-linking.
-        :param output_depth_volume: volume to overwrite with the depth map (mm on vessels, 0 elsewhere).
-        :param output_segmentation: segmentation to overwrite with the vessel mask.
-        :param output_model: model to overwrite with the depth-coloured tubes (point scalars ``depth``).
-        :param output_centerlines: model to overwrite with the centreline polylines.
-        :param output_table: table to overwrite with length, segment count and mean depth per depth band.
+        :param minSegmentLengthPx: shortest skeleton segment kept (pixels, at least 2), before re-linking.
+        :param outputDepthVolume: volume to overwrite with the depth map (mm on vessels, 0 elsewhere).
+        :param outputSegmentation: segmentation to overwrite with the vessel mask.
+        :param outputModel: model to overwrite with the depth-coloured tubes (point scalars ``depth``).
+        :param outputCenterlines: model to overwrite with the centreline polylines.
+        :param outputTable: table to overwrite with length, segment count and mean depth per depth band.
         :param model: shipped preset (``lite``, ``unet-lite``) or a checkpoint path.
         :param device: ``auto``, ``cuda``, ``mps`` or ``cpu``.
         :param progress: ``progress(fraction, message)``.
@@ -199,24 +209,24 @@ class OCTADepthLogic(VesselReconLogic):
         :raises InputError: bad input or checkpoint (the scene is left untouched).
         """
         reporter = as_reporter(progress, cancel)
-        image, ijk_to_ras = self._validate(input_volume, depth_range_mm, threshold, model)
-        if pixel_mm is not None and not 0.0 < pixel_mm < 1.0:
-            raise InputError(f"Pixel size {pixel_mm} mm is implausible for OCTA: use e.g. 3 mm / 304 px = 0.00987.")
-        geometry, pixel, assumed, message = self._geometry(ijk_to_ras, image.shape[1], field_of_view_mm, pixel_mm)
+        image, ijk_to_ras = self._validate(inputVolume, depthRangeMm, threshold, model)
+        if pixelMm is not None and not 0.0 < pixelMm < 1.0:
+            raise InputError(f"Pixel size {pixelMm} mm is implausible for OCTA: use e.g. 3 mm / 304 px = 0.00987.")
+        geometry, pixel, assumed, message = self._geometry(ijk_to_ras, image.shape[1], fieldOfViewMm, pixelMm)
         net, _ = self.model(model, device)
         torch_device = str(next(net.parameters()).device)
 
         def compute():
-            return pipeline.run_pipeline(image, pixel, net, torch_device, depth_range_mm, threshold, geometry,
-                                         min_segment_length_px, progress=reporter.sub(0.0, 0.9))
+            return pipeline.run_pipeline(image, pixel, net, torch_device, depthRangeMm, threshold, geometry,
+                                         minSegmentLengthPx, progress=reporter.sub(0.0, 0.9))
 
         result = background(compute) if background is not None else compute()
         reporter(0.9, "writing scene nodes")
-        outputs = self._write_nodes(input_volume, result, geometry, pixel, depth_range_mm, output_depth_volume,
-                                    output_segmentation, output_model, output_centerlines, output_table)
+        outputs = self._write_nodes(inputVolume, result, geometry, pixel, depthRangeMm, outputDepthVolume,
+                                    outputSegmentation, outputModel, outputCenterlines, outputTable)
         log.info("OCTADepth: %s", message)
         reporter(1.0, "done")
-        return OCTADepthOutputs(*outputs, pixel_mm=pixel, spacing_assumed=assumed, message=message,
+        return OCTADepthOutputs(*outputs, pixelMm=pixel, spacingAssumed=assumed, message=message,
                                 timings=result.timings, _pipeline=result)
 
     def _write_nodes(self, input_volume, result, geometry, pixel, depth_range_mm, depth_node, segmentation_node,
@@ -249,17 +259,21 @@ class OCTADepthLogic(VesselReconLogic):
 
     # ------------------------------------------------------------ sample and evaluation
 
-    def load_sample(self, seed: int = 7, size_px: int = 304, field_mm: float = 3.0, progress=None, cancel=None,
-                    background=None) -> dict:
+    def load_sample(self, seed: int = 7, sizePx: int = 304, fieldOfViewMm: float = 3.0, progress=None, cancel=None,
+                    background=None) -> OCTADepthSample:
         """Render a phantom OCTA case into the scene: the image, its true depth map and centrelines.
 
-        :returns: ``{"input_volume", "reference_depth_volume", "reference_centerlines", "field_of_view_mm"}``.
+        :param sizePx: image width and height in pixels.
+        :param fieldOfViewMm: scan size in mm (3 or 6).
+        :returns: :class:`OCTADepthSample` (``inputVolume``, ``referenceDepthVolume``, ``referenceCenterlines``,
+            ``fieldOfViewMm``).
         """
         from ..phantoms.octa import render_octa
 
         from .data import centerline_points
 
-        case = background(lambda: render_octa(seed, size_px, field_mm)) if background else render_octa(seed, size_px, field_mm)
+        case = (background(lambda: render_octa(seed, sizePx, fieldOfViewMm)) if background
+                else render_octa(seed, sizePx, fieldOfViewMm))
         geometry = mrml.ijk_to_ras_matrix((case.pixel_mm, case.pixel_mm, case.pixel_mm))
         image = mrml.array_to_volume(case.image[None], geometry, f"OCTA sample {seed}", scene=self.scene,
                                      creator=self.creator)
@@ -274,16 +288,15 @@ class OCTADepthLogic(VesselReconLogic):
         curves = mrml.polydata_to_model(curve_data, f"OCTA sample {seed} reference centerlines", color=(0.2, 0.9, 0.2),
                                         scene=self.scene, creator=self.creator)
         curves.GetDisplayNode().SetVisibility(False)
-        return {"input_volume": image, "reference_depth_volume": reference, "reference_centerlines": curves,
-                "field_of_view_mm": int(field_mm)}
+        return OCTADepthSample(image, reference, curves, int(fieldOfViewMm))
 
-    def evaluate(self, prediction, reference, reference_centerlines=None, table=None,
-                 depth_range_mm: float = reconstruction.DEFAULT_DEPTH_RANGE_MM, progress=None, cancel=None,
+    def evaluate(self, prediction, reference, referenceCenterlines=None, table=None,
+                 depthRangeMm: float = reconstruction.DEFAULT_DEPTH_RANGE_MM, progress=None, cancel=None,
                  background=None):
         """Compare a predicted depth map with a reference depth map (both mm, 0 off vessels).
 
         Writes delta < 1.25^k, ARD and RMSE (mm) on the reference vessel pixels, vessel Dice, and, when
-        ``reference_centerlines`` (a model whose points are the true 3D centrelines) is given, the
+        ``referenceCenterlines`` (a model whose points are the true 3D centrelines) is given, the
         Chamfer and Hausdorff distances (mm) between the reconstructed and true centreline points.
 
         :param prediction: depth map volume from :meth:`process` (or an :class:`OCTADepthOutputs`).
@@ -292,7 +305,7 @@ class OCTADepthLogic(VesselReconLogic):
         :returns: the table node (rows ``metric``, ``value``).
         """
         if isinstance(prediction, OCTADepthOutputs):
-            prediction = prediction.output_depth_volume
+            prediction = prediction.outputDepthVolume
         if prediction is None or reference is None:
             raise InputError("Evaluation needs a predicted depth map (run Apply) and a reference depth map.")
         pred, pred_geometry = mrml.volume_to_array(prediction)
@@ -305,12 +318,12 @@ class OCTADepthLogic(VesselReconLogic):
             raise InputError("The reference depth map has no vessel pixels (all values are 0).")
         values = metrics.depth_report(pred, ref, ref > 0)
         values["dice"] = metrics.dice(pred > 0, ref > 0)
-        if reference_centerlines is not None and (pred > 0).any():
+        if referenceCenterlines is not None and (pred > 0).any():
             spacing = mrml.spacing_of(pred_geometry)
-            network = reconstruction.reconstruct(pred > 0, pred / depth_range_mm, (spacing[1], spacing[0]),
-                                                 depth_range_mm)
+            network = reconstruction.reconstruct(pred > 0, pred / depthRangeMm, (spacing[1], spacing[0]),
+                                                 depthRangeMm)
             points = reconstruction.to_ras(network.centerline_points(), pred_geometry)
-            truth = metrics.as_points(reference_centerlines.GetPolyData())
+            truth = metrics.as_points(referenceCenterlines.GetPolyData())
             values["chamfer_mm"] = metrics.chamfer_distance(points, truth)
             values["hausdorff_mm"] = metrics.hausdorff_distance(points, truth)
         rows = [{"metric": k, "value": float(v)} for k, v in values.items()]

@@ -69,42 +69,42 @@ def test_shipped_weights_beat_the_baselines_on_held_out_phantoms(held_out, logic
 
 def test_logic_segments_gradable_image_with_input_geometry_and_survives_mrb(scene, logic, tmp_path):
     sample = logic.load_sample()
-    volume, reference = sample["input_volume"], sample["reference_segmentation"]
+    volume, reference = sample.inputVolume, sample.referenceSegmentation
     result = logic.process(volume, None, device="cpu")
-    assert result.grade in GRADES[1:] and not result.flagged and result.fov_source == "metadata"
-    assert result.field_of_view_mm == pytest.approx(3.0)
-    labels, ijk_to_ras = mrml.segmentation_to_labelmap(result.output_segmentation, volume)
+    assert result.grade in GRADES[1:] and not result.flagged and result.fovSource == "metadata"
+    assert result.fieldOfViewMm == pytest.approx(3.0)
+    labels, ijk_to_ras = mrml.segmentation_to_labelmap(result.outputSegmentation, volume)
     _, volume_geometry = mrml.volume_to_array(volume)
     assert np.allclose(ijk_to_ras, volume_geometry) and labels.shape == (1, 304, 304)
     assert labels.sum() == result.metrics["faz_pixels"]
     assert result.metrics["faz_area_mm2"] == pytest.approx(labels.sum() * (3.0 / 304) ** 2)
-    evaluation = {r["metric"]: r["value"] for r in mrml.table_to_rows(logic.evaluate(result.output_segmentation,
+    evaluation = {r["metric"]: r["value"] for r in mrml.table_to_rows(logic.evaluate(result.outputSegmentation,
                                                                                       reference))}
     assert evaluation["dice"] > 0.8 and abs(evaluation["faz_area_error_mm2"]) < 0.05
-    rows = {r["measure"]: r["value"] for r in mrml.table_to_rows(result.output_table)}
+    rows = {r["measure"]: r["value"] for r in mrml.table_to_rows(result.outputTable)}
     assert rows["grade"] == result.grade and float(rows["faz_area_mm2"]) == pytest.approx(
         result.metrics["faz_area_mm2"], rel=1e-4)
     mrml.load_scene(mrml.save_scene(tmp_path / "coips.mrb", scene), scene)
-    loaded = scene.GetFirstNodeByName(result.output_segmentation.GetName())
+    loaded = scene.GetFirstNodeByName(result.outputSegmentation.GetName())
     loaded_volume = scene.GetFirstNodeByName(volume.GetName())
     reloaded, geometry = mrml.segmentation_to_labelmap(loaded, loaded_volume)
     assert np.array_equal(reloaded, labels) and np.allclose(geometry, ijk_to_ras)
-    assert scene.GetFirstNodeByName(result.output_table.GetName()).GetTable().GetNumberOfRows() == len(rows)
+    assert scene.GetFirstNodeByName(result.outputTable.GetName()).GetTable().GetNumberOfRows() == len(rows)
 
 
 def test_ungradable_image_is_flagged_and_only_segmented_when_forced(scene, logic, held_out):
     ungradable = next(c for c in held_out if c.quality == 0 and c.field_mm == 3.0)
     volume = _volume(scene, ungradable)
     result = logic.process(volume, 3.0, device="cpu")
-    assert result.grade == "ungradable" and result.flagged and result.output_segmentation is None
+    assert result.grade == "ungradable" and result.flagged and result.outputSegmentation is None
     assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
-    forced = logic.process(volume, 3.0, force_faz_on_ungradable=True, device="cpu")
-    assert forced.output_segmentation is not None and forced.metrics["faz_area_mm2"] >= 0
-    rows = {r["measure"]: r["value"] for r in mrml.table_to_rows(forced.output_table)}
+    forced = logic.process(volume, 3.0, forceFazOnUngradable=True, device="cpu")
+    assert forced.outputSegmentation is not None and forced.metrics["faz_area_mm2"] >= 0
+    rows = {r["measure"]: r["value"] for r in mrml.table_to_rows(forced.outputTable)}
     assert rows["faz_segmented"] == "forced" and rows["flagged_ungradable"] == "yes"
     again = logic.process(volume, 3.0, device="cpu")  # the forced FAZ must not pass for this run's result
-    assert again.output_segmentation is None
-    assert forced.output_segmentation.GetSegmentation().GetNumberOfSegments() == 0
+    assert again.outputSegmentation is None
+    assert forced.outputSegmentation.GetSegmentation().GetNumberOfSegments() == 0
 
 
 def test_bad_inputs_leave_the_scene_untouched(scene, logic, tmp_path):
@@ -123,14 +123,14 @@ def test_bad_inputs_leave_the_scene_untouched(scene, logic, tmp_path):
         return sorted(scene.GetNthNode(i).GetName() or "" for i in range(scene.GetNumberOfNodes()))
 
     before = names()
-    for kwargs, error in [({"input_volume": None}, "missing"), ({"input_volume": flat}, "constant"),
-                          ({"input_volume": stack}, "2D image"), ({"input_volume": nan_volume}, "NaN"),
-                          ({"input_volume": good, "model": str(broken)}, "corrupt"),
-                          ({"input_volume": good, "model": "resnet9000"}, "No shipped coips model")]:
+    for kwargs, error in [({"inputVolume": None}, "missing"), ({"inputVolume": flat}, "constant"),
+                          ({"inputVolume": stack}, "2D image"), ({"inputVolume": nan_volume}, "NaN"),
+                          ({"inputVolume": good, "model": str(broken)}, "corrupt"),
+                          ({"inputVolume": good, "model": "resnet9000"}, "No shipped coips model")]:
         with pytest.raises(InputError, match=error):
             logic.process(device="cpu", **kwargs)
     with pytest.raises(CheckpointError):
-        logic.process(good, model="lite", faz_model="lite", device="cpu")
+        logic.process(good, model="lite", fazModel="lite", device="cpu")
     assert names() == before
 
 
@@ -145,8 +145,8 @@ def test_batch_folder_with_dicom_corrupt_file_report_and_cancel(logic, held_out,
         _save_png(study / f"img{index}_{int(case.field_mm)}x{int(case.field_mm)}.png", case.image)
     _save_png(study / "sub" / "nested.png", held_out[4].image)
     (study / "corrupt.png").write_bytes(b"\x89PNG broken")
-    result = logic.process_batch(study, tmp_path / "out", device="cpu", num_workers=2, batch_size=2,
-                                 config_file=None)
+    result = logic.process_batch(study, tmp_path / "out", device="cpu", numWorkers=2, batchSize=2,
+                                 configFile=None)
     rows = {r["image"]: r for r in result.rows}
     assert len(rows) == 5 and rows["corrupt.png"]["status"] == "error" and "not a readable image" in rows["corrupt.png"]["error"]
     assert rows["img1_6x6.png"]["field_of_view_mm"] == 6.0 and rows["img1_6x6.png"]["fov_source"] == "filename"
@@ -155,17 +155,17 @@ def test_batch_folder_with_dicom_corrupt_file_report_and_cancel(logic, held_out,
             assert row["faz_segmented"] == (row["grade"] != "ungradable")
             assert (tmp_path / "out" / "thumbnails" / row["thumbnail"]).is_file()
             assert row["p_ungradable"] + row["p_gradable"] + row["p_outstanding"] == pytest.approx(1.0, abs=1e-5)
-    html = result.html_path.read_text()
+    html = result.htmlPath.read_text()
     assert "corrupt.png" in html and "Class distribution" in html and "<svg" in html
-    assert result.csv_path.read_text().count("\n") == 6
-    assert result.output_table.GetTable().GetNumberOfRows() == 5
+    assert result.csvPath.read_text().count("\n") == 6
+    assert result.outputTable.GetTable().GetNumberOfRows() == 5
     recursive = run_batch(CoipsConfig(input=str(study), output=str(tmp_path / "rec"), device="cpu", num_workers=0,
                                       recursive=True, segment_ungradable=True),
                           *logic.networks("lite", "faz-lite", "cpu")[:2])
     assert len(recursive.rows) == 6 and all(r["faz_segmented"] for r in recursive.rows if r["status"] == "ok")
     assert any(r["image"] == "sub/nested.png" for r in recursive.rows)
     with pytest.raises(Cancelled):
-        logic.process_batch(study, tmp_path / "cancelled", device="cpu", num_workers=0, cancel=lambda: True)
+        logic.process_batch(study, tmp_path / "cancelled", device="cpu", numWorkers=0, cancel=lambda: True)
     with pytest.raises(InputError, match="No PNG"):
         logic.process_batch(_empty(tmp_path), tmp_path / "x", device="cpu")
 

@@ -22,33 +22,35 @@ from VesselReconLib import slicer_widget
 
 # Apply, Run batch, Evaluate and Load sample call the core logic (VesselReconLib.coips.logic.COIPSLogic)
 # with keyword arguments only:
-#   process(input_volume, field_of_view_mm=None, force_faz_on_ungradable=False, output_segmentation=None,
-#           output_table=None, model="lite", faz_model="faz-lite", device="auto", progress, cancel, background)
-#       -> CoipsResult(output_table, output_segmentation (None when ungradable), grade, probabilities, metrics)
-#   process_batch(input_folder, output_folder, field_of_view_mm, force_faz_on_ungradable, output_table,
-#                 model, faz_model, device, num_workers, batch_size, config_file, progress, cancel, background)
-#       -> CoipsBatchResult(output_table, rows, csv_path, html_path, summary)
-#   evaluate(prediction, reference, table=None) -> table node (Dice, Jaccard, precision, recall, area error)
-#   load_sample() -> {"input_volume": node, "reference_segmentation": node}
+#   process(inputVolume, fieldOfViewMm=None, forceFazOnUngradable=False, outputSegmentation=None,
+#           outputTable=None, model="lite", fazModel="faz-lite", device="auto", progress, cancel, background)
+#       -> CoipsResult(outputTable, outputSegmentation (None when ungradable), grade, probabilities, metrics,
+#                      flagged, fieldOfViewMm, fovSource)
+#   process_batch(inputFolder, outputFolder, fieldOfViewMm, forceFazOnUngradable, outputTable,
+#                 model, fazModel, device, numWorkers, batchSize, configFile, progress, cancel, background)
+#       -> CoipsBatchResult(outputTable, rows, csvPath, htmlPath, summary)
+#   evaluate(prediction, reference, table=None, fieldOfViewMm=None, referenceVolume=None)
+#       -> table node (Dice, Jaccard, precision, recall, area error)
+#   load_sample() -> CoipsSample(inputVolume, referenceSegmentation)
 # `model` is a shipped quality preset or a checkpoint path (a FAZ U-Net checkpoint replaces the FAZ model).
 PROCESS_ARGS = {
-    "inputVolume": "input_volume",
-    "fieldOfViewMm": "field_of_view_mm",
-    "forceFazOnUngradable": "force_faz_on_ungradable",
-    "outputSegmentation": "output_segmentation",
-    "outputTable": "output_table",
+    "inputVolume": "inputVolume",
+    "fieldOfViewMm": "fieldOfViewMm",
+    "forceFazOnUngradable": "forceFazOnUngradable",
+    "outputSegmentation": "outputSegmentation",
+    "outputTable": "outputTable",
 }
 BATCH_ARGS = {
-    "batchInputFolder": "input_folder",
-    "batchOutputFolder": "output_folder",
-    "fieldOfViewMm": "field_of_view_mm",
-    "forceFazOnUngradable": "force_faz_on_ungradable",
-    "outputTable": "output_table",
+    "batchInputFolder": "inputFolder",
+    "batchOutputFolder": "outputFolder",
+    "fieldOfViewMm": "fieldOfViewMm",
+    "forceFazOnUngradable": "forceFazOnUngradable",
+    "outputTable": "outputTable",
 }
 EVALUATE_ARGS = {
     "outputSegmentation": "prediction",
     "referenceSegmentation": "reference",
-    "fieldOfViewMm": "field_of_view_mm",
+    "fieldOfViewMm": "fieldOfViewMm",
     "evaluationTable": "table",
 }
 REQUIRED_INPUTS = ("inputVolume",)

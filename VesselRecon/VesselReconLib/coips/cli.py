@@ -69,16 +69,16 @@ def run(args) -> int:
     logic = COIPSLogic(scene)
     bar = TqdmProgress("coips")
     result = logic.process_batch(config.input, config.output, config.field_of_view_mm, config.segment_ungradable,
-                                 model=config.quality_model, faz_model=config.faz_model, device=config.device,
-                                 num_workers=config.num_workers, batch_size=config.batch_size,
-                                 config_file=args.config, progress=bar)
+                                 model=config.quality_model, fazModel=config.faz_model, device=config.device,
+                                 numWorkers=config.num_workers, batchSize=config.batch_size,
+                                 configFile=args.config, progress=bar)
     bar.close()
     if Path(config.input).is_file():
         _single_image_scene(logic, config)
     summary = result.summary
     print(f"{summary['images']} images: " + ", ".join(f"{n} {g}" for g, n in summary["grades"].items())
           + f", {summary['errors']} unreadable")
-    print(f"Wrote {result.csv_path} and {result.html_path}")
+    print(f"Wrote {result.csvPath} and {result.htmlPath}")
     if not args.no_scene:
         print(f"Wrote {mrml.save_scene(Path(config.output) / 'coips.mrb', scene)}")
     return 0
@@ -95,7 +95,7 @@ def _single_image_scene(logic, config) -> None:
     volume = mrml.array_to_volume(image.pixels[None], en_face_geometry(image.field_of_view_mm / width, width),
                                   Path(config.input).stem, scene=logic.scene, creator=logic.creator)
     result = logic.process(volume, image.field_of_view_mm, config.segment_ungradable, model=config.quality_model,
-                           faz_model=config.faz_model, device=config.device)
+                           fazModel=config.faz_model, device=config.device)
     print(f"{Path(config.input).name}: {result.grade} " + json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
 
 

@@ -48,15 +48,15 @@ def run_demo(context) -> dict:
     out = Path(context.out) / "coips"
     truth = write_study(out / "study")
     logic = COIPSLogic(context.scene)
-    batch = logic.process_batch(out / "study", out / "report", field_of_view_mm=3.0, device=context.device,
-                                num_workers=0)
+    batch = logic.process_batch(out / "study", out / "report", fieldOfViewMm=3.0, device=context.device,
+                                numWorkers=0)
     correct = [row["grade"] == GRADES[truth[Path(row["image"]).name]] for row in batch.rows]
     sample = logic.load_sample()
-    result = logic.process(sample["input_volume"], 3.0, device=context.device)
+    result = logic.process(sample.inputVolume, 3.0, device=context.device)
     summary = {"study_images": len(batch.rows), "study_grade_accuracy": float(np.mean(correct)),
-               "sample_grade": result.grade, "report": str(batch.html_path)}
-    if result.output_segmentation is not None:
-        evaluation = logic.evaluate(result.output_segmentation, sample["reference_segmentation"])
+               "sample_grade": result.grade, "report": str(batch.htmlPath)}
+    if result.outputSegmentation is not None:
+        evaluation = logic.evaluate(result.outputSegmentation, sample.referenceSegmentation)
         metrics = {row["metric"]: row["value"] for row in mrml.table_to_rows(evaluation)}
         summary.update(sample_faz_dice=round(float(metrics["dice"]), 4),
                        sample_faz_area_mm2=round(float(metrics["faz_area_mm2"]), 4),

@@ -22,25 +22,33 @@ SAMPLE_SEED, SAMPLE_SIZE, SAMPLE_FOV = 20240, 304, 3.0
 class CoipsResult:
     """What :meth:`COIPSLogic.process` made: nodes, grade, probabilities and FAZ metrics."""
 
-    output_table: object
-    output_segmentation: object | None
+    outputTable: object
+    outputSegmentation: object | None
     grade: str
     probabilities: dict[str, float]
     metrics: dict[str, float] = field(default_factory=dict)
     flagged: bool = False
-    field_of_view_mm: float = 3.0
-    fov_source: str = "config"
+    fieldOfViewMm: float = 3.0
+    fovSource: str = "config"
 
 
 @dataclass
 class CoipsBatchResult:
     """What :meth:`COIPSLogic.process_batch` made: the results table node and the batch result."""
 
-    output_table: object
+    outputTable: object
     rows: list[dict]
-    csv_path: Path
-    html_path: Path
+    csvPath: Path
+    htmlPath: Path
     summary: dict
+
+
+@dataclass
+class CoipsSample:
+    """Nodes made by :meth:`COIPSLogic.load_sample`."""
+
+    inputVolume: object
+    referenceSegmentation: object
 
 
 def fov_from_geometry(ijk_to_ras: np.ndarray, width: int) -> float | None:
@@ -56,7 +64,7 @@ class COIPSLogic(VesselReconLogic):
     Usable from the Python console without the GUI::
 
         logic = COIPSLogic()
-        result = logic.process(volumeNode, field_of_view_mm=3)
+        result = logic.process(volumeNode, fieldOfViewMm=3)
         print(result.grade, result.metrics["faz_area_mm2"])
     """
 
@@ -69,7 +77,7 @@ class COIPSLogic(VesselReconLogic):
 
         return [name for name in super().shipped_models() if name not in FAZ_PRESETS]
 
-    def networks(self, model: str = "lite", faz_model: str = DEFAULT_FAZ_MODEL, device: str = "auto"):
+    def networks(self, model: str = "lite", fazModel: str = DEFAULT_FAZ_MODEL, device: str = "auto"):
         """``(quality_net, faz_net, torch_device)``; ``model`` may also be a FAZ U-Net checkpoint.
 
         :raises CheckpointError: unknown preset, missing or mismatching checkpoint.
@@ -80,10 +88,10 @@ class COIPSLogic(VesselReconLogic):
         if getattr(first, "kind", "") == "faz":
             quality_net, faz_net = self.model("lite", device)[0], first
         else:
-            quality_net, faz_net = first, self.model(faz_model, device)[0]
+            quality_net, faz_net = first, self.model(fazModel, device)[0]
         if getattr(faz_net, "kind", "") != "faz" or getattr(quality_net, "kind", "") != "quality":
-            raise CheckpointError("model must name a quality classifier and faz_model a FAZ U-Net "
-                                  "(e.g. model='lite', faz_model='faz-lite').")
+            raise CheckpointError("model must name a quality classifier and fazModel a FAZ U-Net "
+                                  "(e.g. model='lite', fazModel='faz-lite').")
         return quality_net, faz_net, resolve_device(device)
 
     def _read_input(self, input_volume, field_of_view_mm: float | None):
@@ -101,47 +109,48 @@ class COIPSLogic(VesselReconLogic):
         fov = fov_from_geometry(ijk_to_ras, pixels.shape[1])
         return pixels, ijk_to_ras, (fov or 3.0), ("metadata" if fov else "default")
 
-    def process(self, input_volume, field_of_view_mm: float | None = None, force_faz_on_ungradable: bool = False,
-                output_segmentation=None, output_table=None, model: str = "lite",
-                faz_model: str = DEFAULT_FAZ_MODEL, device: str = "auto", progress=None, cancel=None,
+    def process(self, inputVolume, fieldOfViewMm: float | None = None, forceFazOnUngradable: bool = False,
+                outputSegmentation=None, outputTable=None, model: str = "lite",
+                fazModel: str = DEFAULT_FAZ_MODEL, device: str = "auto", progress=None, cancel=None,
                 background=None) -> CoipsResult:
         """Grade one OCTA image; segment and measure its FAZ unless it is ungradable (or when forced).
 
-        :param input_volume: single-slice scalar volume holding an en face OCTA image.
-        :param field_of_view_mm: scan width (3 or 6 mm); ``None`` takes it from the volume spacing
+        :param inputVolume: single-slice scalar volume holding an en face OCTA image.
+        :param fieldOfViewMm: scan width (3 or 6 mm); ``None`` takes it from the volume spacing
             (if it is not the 1 mm placeholder of PNG/JPEG files), else 3 mm.
-        :param force_faz_on_ungradable: segment the FAZ even when the image is graded ungradable.
-        :param output_segmentation: segmentation node to overwrite (default: "<input> FAZ").
-        :param output_table: table node to overwrite (default: "<input> COIPS").
+        :param forceFazOnUngradable: segment the FAZ even when the image is graded ungradable.
+        :param outputSegmentation: segmentation node to overwrite (default: "<input> FAZ").
+        :param outputTable: table node to overwrite (default: "<input> COIPS").
         :param model: quality classifier preset or checkpoint (a FAZ U-Net checkpoint is also accepted).
-        :param faz_model: FAZ U-Net preset or checkpoint.
+        :param fazModel: FAZ U-Net preset or checkpoint.
         :param device: ``auto``, ``cuda``, ``mps`` or ``cpu``.
         :param progress: ``progress(fraction, message)``; ``cancel() -> bool`` aborts.
         :param background: ``background(fn)`` runs the MRML-free computation off the GUI thread.
+        :returns: :class:`CoipsResult`.
         :raises InputError: missing/invalid input or model; the scene is left untouched.
         """
         from ..progress import as_reporter
         from .inference import assess
 
         reporter = as_reporter(progress, cancel)
-        pixels, ijk_to_ras, fov, fov_source = self._read_input(input_volume, field_of_view_mm)
+        pixels, ijk_to_ras, fov, fov_source = self._read_input(inputVolume, fieldOfViewMm)
         reporter(0.1, "Loading networks")
-        quality_net, faz_net, torch_device = self.networks(model, faz_model, device)
+        quality_net, faz_net, torch_device = self.networks(model, fazModel, device)
         reporter(0.3, "Grading and segmenting")
-        compute = lambda: assess(pixels, fov, quality_net, faz_net, torch_device, force_faz_on_ungradable)  # noqa: E731
+        compute = lambda: assess(pixels, fov, quality_net, faz_net, torch_device, forceFazOnUngradable)  # noqa: E731
         assessment = background(compute) if background else compute()
         reporter(0.9, "Writing outputs")
-        name = input_volume.GetName()
+        name = inputVolume.GetName()
         flagged = assessment.grade == GRADES[0]
         rows = self._rows(assessment, fov, fov_source, flagged)
-        table = mrml.rows_to_table(rows, f"{name} COIPS", node=output_table, scene=self.scene, creator=self.creator)
+        table = mrml.rows_to_table(rows, f"{name} COIPS", node=outputTable, scene=self.scene, creator=self.creator)
         segmentation = None
         if not assessment.segmented:
-            self._clear_stale_segmentation(f"{name} FAZ", output_segmentation)
+            self._clear_stale_segmentation(f"{name} FAZ", outputSegmentation)
         else:
             segmentation = mrml.labelmap_to_segmentation(
-                assessment.mask.astype(np.uint8), ijk_to_ras, [FAZ_SEGMENT], f"{name} FAZ", node=output_segmentation,
-                reference_volume=input_volume, scene=self.scene, creator=self.creator)
+                assessment.mask.astype(np.uint8), ijk_to_ras, [FAZ_SEGMENT], f"{name} FAZ", node=outputSegmentation,
+                reference_volume=inputVolume, scene=self.scene, creator=self.creator)
         reporter(1.0, f"{assessment.grade}" + (" (flagged: FAZ not segmented)" if flagged and not assessment.segmented else ""))
         return CoipsResult(table, segmentation, assessment.grade, assessment.probabilities, assessment.metrics,
                            flagged, fov, fov_source)
@@ -170,65 +179,72 @@ class COIPSLogic(VesselReconLogic):
                  for key, unit in FAZ_METRIC_UNITS.items() if key in assessment.metrics]
         return rows
 
-    def process_batch(self, input_folder, output_folder, field_of_view_mm: float | None = None,
-                      force_faz_on_ungradable: bool = False, output_table=None, model: str = "lite",
-                      faz_model: str = DEFAULT_FAZ_MODEL, device: str = "auto", num_workers: int | None = None,
-                      batch_size: int = 32, config_file: str | None = None, progress=None, cancel=None,
+    def process_batch(self, inputFolder, outputFolder, fieldOfViewMm: float | None = None,
+                      forceFazOnUngradable: bool = False, outputTable=None, model: str = "lite",
+                      fazModel: str = DEFAULT_FAZ_MODEL, device: str = "auto", numWorkers: int | None = None,
+                      batchSize: int = 32, configFile: str | None = None, progress=None, cancel=None,
                       background=None) -> CoipsBatchResult:
         """Grade, segment and measure every image of a folder; write CSV + HTML report; fill a table node.
 
-        :param input_folder: folder of PNG/JPEG/BMP/TIFF/DICOM OCTA images.
-        :param output_folder: where the CSV, HTML report, thumbnails and masks go.
-        :param config_file: optional YAML configuration; the other arguments override it.
+        :param inputFolder: folder of PNG/JPEG/BMP/TIFF/DICOM OCTA images.
+        :param outputFolder: where the CSV, HTML report, thumbnails and masks go.
+        :param fieldOfViewMm: scan width (3 or 6 mm); ``None``: DICOM/TIFF metadata or a 3x3/6x6 token in the path.
+        :param forceFazOnUngradable: segment the FAZ of ungradable images too.
+        :param outputTable: table node to overwrite (default: "COIPS batch results").
+        :param numWorkers: decoding processes (default ``min(2, cores)``).
+        :param batchSize: images per forward pass.
+        :param configFile: optional YAML configuration; the other arguments override it.
+        :returns: :class:`CoipsBatchResult`.
         :raises InputError: missing folders, no images, bad model; :class:`~VesselReconLib.progress.Cancelled`.
         """
         from .batch import run_batch
         from .config import load_config
 
-        if not input_folder or not output_folder:
+        if not inputFolder or not outputFolder:
             raise InputError("Choose both an input folder and an output folder.")
-        config = load_config(config_file, input=str(input_folder), output=str(output_folder),
-                             field_of_view_mm=field_of_view_mm, segment_ungradable=force_faz_on_ungradable or None,
-                             quality_model=model, faz_model=faz_model, device=device, num_workers=num_workers,
-                             batch_size=batch_size)
+        config = load_config(configFile, input=str(inputFolder), output=str(outputFolder),
+                             field_of_view_mm=fieldOfViewMm, segment_ungradable=forceFazOnUngradable or None,
+                             quality_model=model, faz_model=fazModel, device=device, num_workers=numWorkers,
+                             batch_size=batchSize)
         quality_net, faz_net, _ = self.networks(config.quality_model, config.faz_model, config.device)
         compute = lambda: run_batch(config, quality_net, faz_net, progress, cancel)  # noqa: E731
         result = background(compute) if background else compute()
         columns = ("image", "status", "grade", "p_ungradable", "p_gradable", "p_outstanding", "field_of_view_mm",
                    "faz_segmented", "faz_area_mm2", "faz_perimeter_mm", "faz_circularity", "faz_axis_ratio", "error")
         rows = [{c: (str(r.get(c)) if isinstance(r.get(c), bool) else r.get(c, "")) for c in columns} for r in result.rows]
-        table = mrml.rows_to_table(rows, "COIPS batch results", node=output_table, scene=self.scene,
+        table = mrml.rows_to_table(rows, "COIPS batch results", node=outputTable, scene=self.scene,
                                    creator=self.creator)
         return CoipsBatchResult(table, result.rows, result.csv_path, result.html_path, result.summary)
 
-    def evaluate(self, prediction, reference, table=None, field_of_view_mm: float | None = None,
-                 reference_volume=None):
+    def evaluate(self, prediction, reference, table=None, fieldOfViewMm: float | None = None,
+                 referenceVolume=None):
         """Dice, Jaccard, precision, recall and FAZ area error (mm^2) of a FAZ segmentation.
 
         :param prediction: segmentation node (e.g. the output of :meth:`process`).
         :param reference: reference FAZ segmentation node.
         :param table: table node to overwrite.
-        :param field_of_view_mm: scan width for the area (default: from the reference geometry, else 3 mm).
+        :param fieldOfViewMm: scan width for the area (default: from the reference geometry, else 3 mm).
+        :param referenceVolume: the image grid both are compared on (default: the segmentations' own).
         :returns: the metrics table node.
         """
         if prediction is None or reference is None:
             raise InputError("Evaluation needs both a predicted and a reference FAZ segmentation.")
-        reference_volume = reference_volume or _geometry_volume(reference) or _geometry_volume(prediction)
+        reference_volume = referenceVolume or _geometry_volume(reference) or _geometry_volume(prediction)
         reference_labels, ijk_to_ras = mrml.segmentation_to_labelmap(reference, reference_volume)
         predicted_labels, predicted_geometry = mrml.segmentation_to_labelmap(prediction, reference_volume)
         if predicted_labels.shape != reference_labels.shape or not np.allclose(predicted_geometry, ijk_to_ras):
             raise InputError("The prediction and the reference lie on different grids: pass the input volume as "
-                             "reference_volume.")
-        fov = field_of_view_mm or fov_from_geometry(ijk_to_ras, reference_labels.shape[-1]) or 3.0
+                             "referenceVolume.")
+        fov = fieldOfViewMm or fov_from_geometry(ijk_to_ras, reference_labels.shape[-1]) or 3.0
         metrics = faz_comparison(squeeze_to_2d(predicted_labels > 0, "prediction"),
                                  squeeze_to_2d(reference_labels > 0, "reference"), fov)
         rows = [{"metric": k, "value": float(v)} for k, v in metrics.items()]
         return mrml.rows_to_table(rows, "COIPS evaluation", node=table, scene=self.scene, creator=self.creator)
 
-    def load_sample(self, progress=None, cancel=None, background=None) -> dict:
+    def load_sample(self, progress=None, cancel=None, background=None) -> CoipsSample:
         """Generate a gradable OCTA phantom (3x3 mm, 304 px) and its reference FAZ into the scene.
 
-        :returns: ``{"input_volume": volume node, "reference_segmentation": segmentation node}``.
+        :returns: :class:`CoipsSample` (``inputVolume`` volume node, ``referenceSegmentation`` segmentation node).
         """
         from ..phantoms.octa import render_octa
 
@@ -239,7 +255,7 @@ class COIPSLogic(VesselReconLogic):
         reference = mrml.labelmap_to_segmentation(case.faz_mask.astype(np.uint8), ijk_to_ras, [FAZ_SEGMENT],
                                                   "COIPS sample reference FAZ", reference_volume=volume,
                                                   scene=self.scene, creator=self.creator)
-        return {"input_volume": volume, "reference_segmentation": reference}
+        return CoipsSample(volume, reference)
 
 
 def _geometry_volume(segmentation):

@@ -26,7 +26,7 @@ def processed():
     scene = runtime.new_scene()
     logic = Angio3DLogic(scene)
     sample = logic.load_sample(seed=HELD_OUT_SEEDS[0])
-    result = logic.process(sample["view_a"], sample["view_b"], sample["points_a"], sample["points_b"], device="cpu")
+    result = logic.process(sample.viewA, sample.viewB, sample.pointsA, sample.pointsB, device="cpu")
     return scene, logic, sample, result
 
 
@@ -36,7 +36,7 @@ def test_outputs_are_placed_in_patient_space(processed):
     from VesselReconLib.phantoms.xray import make_case
 
     case = make_case(HELD_OUT_SEEDS[0])
-    mesh = result.output_model.GetPolyData()
+    mesh = result.outputModel.GetPolyData()
     assert meshes.is_watertight(mesh)
     lps = meshes.points_of(mesh) * np.array([-1, -1, 1])
     truth = np.concatenate([c["points"] for c in case["centerlines"]])
@@ -45,13 +45,13 @@ def test_outputs_are_placed_in_patient_space(processed):
     # every mesh point lies near the true centreline, within a vessel radius plus the reconstruction error
     assert np.percentile(cKDTree(truth).query(lps)[0], 95) < 4.0
     # the curve carries the radius measurement and follows the true main centreline
-    curve_points = np.array([result.output_centerline.GetNthControlPointPositionWorld(i)
-                             for i in range(result.output_centerline.GetNumberOfControlPoints())])
-    assert len(curve_points) == 100 and mrml.curve_radii(result.output_centerline).shape == (100,)
+    curve_points = np.array([result.outputCenterline.GetNthControlPointPositionWorld(i)
+                             for i in range(result.outputCenterline.GetNumberOfControlPoints())])
+    assert len(curve_points) == 100 and mrml.curve_radii(result.outputCenterline).shape == (100,)
     assert np.median(cKDTree(case["centerlines"][0]["points"]).query(curve_points * [-1, -1, 1])[0]) < 1.5
     # the reprojection shares the view's IJK-to-RAS and overlaps the true SOI mask
-    rep, rep_matrix = mrml.volume_to_array(result.output_reprojection_a)
-    _, view_matrix = mrml.volume_to_array(sample["view_a"])
+    rep, rep_matrix = mrml.volume_to_array(result.outputReprojectionA)
+    _, view_matrix = mrml.volume_to_array(sample.viewA)
     np.testing.assert_allclose(rep_matrix, view_matrix)
     from VesselReconLib import metrics
 
@@ -64,13 +64,13 @@ def test_outputs_are_placed_in_patient_space(processed):
 
 def test_qca_table_and_evaluation(processed):
     scene, logic, sample, result = processed
-    rows = mrml.table_to_rows(result.output_table)
+    rows = mrml.table_to_rows(result.outputTable)
     assert [r["branch"] for r in rows] == ["main", "side 1"]
     assert float(rows[0]["length_mm"]) > 30
-    assert abs(float(rows[0]["percent_diameter_stenosis"]) - sample["stenosis_percent"]) < 30
-    table = logic.evaluate(result.output_model, sample["reference_model"],
-                           reprojections=[result.output_reprojection_a, result.output_reprojection_b],
-                           reference_masks=[sample["reference_mask_a"], sample["reference_mask_b"]])
+    assert abs(float(rows[0]["percent_diameter_stenosis"]) - sample.stenosisPercent) < 30
+    table = logic.evaluate(result.outputModel, sample.referenceModel,
+                           reprojections=[result.outputReprojectionA, result.outputReprojectionB],
+                           referenceMasks=[sample.referenceMaskA, sample.referenceMaskB])
     metrics = {r["metric"]: float(r["value"]) for r in mrml.table_to_rows(table)}
     assert metrics["hausdorff_mm"] < 6 and metrics["fscore_1mm"] > 0.5 and metrics["dice_view_A"] > 0.5
 
@@ -85,23 +85,23 @@ def test_scene_round_trip(processed, tmp_path):
                  "Angio3D view B mesh reprojection", "Angio3D sample view A"):
         assert loaded.GetFirstNodeByName(name) is not None, name
     radii = mrml.curve_radii(loaded.GetFirstNodeByName("Angio3D centerline"))
-    np.testing.assert_allclose(radii, mrml.curve_radii(result.output_centerline), rtol=1e-5)
+    np.testing.assert_allclose(radii, mrml.curve_radii(result.outputCenterline), rtol=1e-5)
     view = loaded.GetFirstNodeByName("Angio3D sample view A")
-    assert float(view.GetAttribute("DICOM.PositionerPrimaryAngle")) == pytest.approx(sample["primary_angle_a"])
+    assert float(view.GetAttribute("DICOM.PositionerPrimaryAngle")) == pytest.approx(sample.primaryAngleA)
 
 
 def test_bad_inputs_leave_the_scene_untouched(processed, tmp_path):
     scene, logic, sample, result = processed
     before = scene_state(scene)
-    args = [sample["view_a"], sample["view_b"], sample["points_a"], sample["points_b"]]
+    args = [sample.viewA, sample.viewB, sample.pointsA, sample.pointsB]
     with pytest.raises(InputError, match="missing"):
         logic.process(None, *args[1:])
     with pytest.raises(InputError, match="frame"):
-        logic.process(*args, frame_a=5)
+        logic.process(*args, frameA=5)
     flat = mrml.array_to_volume(np.ones((1, 64, 64), np.float32), np.eye(4), "flat", scene=scene)
     before = scene_state(scene)
     with pytest.raises(InputError, match="constant"):
-        logic.process(flat, *args[1:], primary_angle_a=0, secondary_angle_a=0, sid_a=1000, sod_a=700, pixel_spacing_a=0.3)
+        logic.process(flat, *args[1:], primaryAngleA=0, secondaryAngleA=0, sidA=1000, sodA=700, pixelSpacingA=0.3)
     with pytest.raises(InputError, match="lacks"):
         logic.process(flat, *args[1:])
     odd = mrml.output_node("vtkMRMLMarkupsFiducialNode", "odd", scene=scene)

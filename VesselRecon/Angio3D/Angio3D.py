@@ -27,39 +27,39 @@ from VesselReconLib import slicer_widget
 
 # Apply, Evaluate and Load sample call the core logic (VesselReconLib.angio3d.logic.Angio3DLogic)
 # with keyword arguments only; keywords it does not accept are dropped with a warning:
-#   process(view_a, view_b, points_a, points_b, frame_a=0, frame_b=0,
-#           primary_angle_a, secondary_angle_a, sid_a, sod_a, pixel_spacing_a,   (view A geometry:
-#           primary_angle_b, secondary_angle_b, sid_b, sod_b, pixel_spacing_b,    degrees and mm)
-#           output_model=None, output_centerline=None, output_table=None,
+#   process(viewA, viewB, pointsA, pointsB, frameA=0, frameB=0,
+#           primaryAngleA, secondaryAngleA, sidA, sodA, pixelSpacingA,   (view A geometry:
+#           primaryAngleB, secondaryAngleB, sidB, sodB, pixelSpacingB,    degrees and mm)
+#           outputModel=None, outputCenterline=None, outputTable=None,
 #           model="lite", device="auto", progress=None, cancel=None, background=None)
-#       -> dict of output nodes keyed like the output keywords
-#   evaluate(prediction, reference, table=None) -> table node | list of row dicts | dict of metrics
-#   load_sample() -> {"view_a": node, "view_b": node, "points_a": node, "points_b": node,
-#                     "reference_model": node, ...}  (geometry values are set by the user or the logic)
-# View volumes hold the frames along K; points_* hold the start and end points (2 control points).
+#       -> Angio3DResult (outputModel, outputCenterline, outputTable, ... nodes)
+#   evaluate(prediction, reference, table=None) -> metrics table node
+#   load_sample() -> Angio3DSample (viewA, viewB, pointsA, pointsB, referenceModel, ... nodes and the
+#                    geometry values primaryAngleA ...; read by attribute name)
+# View volumes hold the frames along K; points* hold the start and end points (2 control points).
 # `model` is a shipped preset or a checkpoint path; `progress(fraction, message)`, `cancel() -> bool`
 # follow VesselReconLib.progress; `background(fn)` runs the MRML-free heavy part off the GUI thread.
 # Missing inputs must raise VesselReconLib.errors.InputError (shown to the user as is).
 PROCESS_ARGS = {
-    "viewA": "view_a",
-    "viewB": "view_b",
-    "pointsA": "points_a",
-    "pointsB": "points_b",
-    "frameA": "frame_a",
-    "frameB": "frame_b",
-    "primaryAngleA": "primary_angle_a",
-    "secondaryAngleA": "secondary_angle_a",
-    "sidA": "sid_a",
-    "sodA": "sod_a",
-    "pixelSpacingA": "pixel_spacing_a",
-    "primaryAngleB": "primary_angle_b",
-    "secondaryAngleB": "secondary_angle_b",
-    "sidB": "sid_b",
-    "sodB": "sod_b",
-    "pixelSpacingB": "pixel_spacing_b",
-    "outputModel": "output_model",
-    "outputCenterline": "output_centerline",
-    "outputTable": "output_table",
+    "viewA": "viewA",
+    "viewB": "viewB",
+    "pointsA": "pointsA",
+    "pointsB": "pointsB",
+    "frameA": "frameA",
+    "frameB": "frameB",
+    "primaryAngleA": "primaryAngleA",
+    "secondaryAngleA": "secondaryAngleA",
+    "sidA": "sidA",
+    "sodA": "sodA",
+    "pixelSpacingA": "pixelSpacingA",
+    "primaryAngleB": "primaryAngleB",
+    "secondaryAngleB": "secondaryAngleB",
+    "sidB": "sidB",
+    "sodB": "sodB",
+    "pixelSpacingB": "pixelSpacingB",
+    "outputModel": "outputModel",
+    "outputCenterline": "outputCenterline",
+    "outputTable": "outputTable",
 }
 EVALUATE_ARGS = {
     "outputModel": "prediction",

@@ -122,17 +122,17 @@ def run(args) -> int:
         volume = logic.add_view(frames, geometry, f"view {name}")
         nodes += [volume, logic.add_points(pixels, volume, f"SOI points {name}", frame)]
     bar = TqdmProgress("angio3d")
-    result = logic.process(nodes[0], nodes[2], nodes[1], nodes[3], frame_a=views[0][3], frame_b=views[1][3],
+    result = logic.process(nodes[0], nodes[2], nodes[1], nodes[3], frameA=views[0][3], frameB=views[1][3],
                            model=args.model, device=args.device, segmenter=args.segmenter,
-                           refine=not args.no_refine, radius_fusion=args.radius_fusion, progress=bar)
+                           refine=not args.no_refine, radiusFusion=args.radius_fusion, progress=bar)
     bar.close()
-    meshes.save_polydata(result.output_model.GetPolyData(), out / "mesh.vtp")
+    meshes.save_polydata(result.outputModel.GetPolyData(), out / "mesh.vtp")
     reconstruction = result.reconstruction
     branches = [{"points_lps": b.refined_centerline()[0].round(4).tolist(),
                  "radii_mm": b.refined_centerline()[1].round(4).tolist()} for b in reconstruction.branches]
     (out / "centerline.json").write_text(json.dumps({"frame": "DICOM patient LPS (mm)", "branches": branches}))
-    summary = {"qca": logic.qca_rows(reconstruction), "epipolar_error_px": result.epipolar_error_px,
-               "epipolar_error_before_px": result.epipolar_error_before_px, "timings_s": result.timings}
+    summary = {"qca": logic.qca_rows(reconstruction), "epipolar_error_px": result.epipolarErrorPx,
+               "epipolar_error_before_px": result.epipolarErrorBeforePx, "timings_s": result.timings}
     (out / "qca.json").write_text(json.dumps(summary, indent=1))
     for name, mask, silhouette in zip("ab", reconstruction.masks, reconstruction.silhouettes()):
         render.save_image_png(mask.astype(np.float32), out / f"segmentation_{name}.png")
@@ -308,22 +308,21 @@ def demo(context) -> None:
 
     logic = Angio3DLogic(context.scene)
     sample = logic.load_sample(seed=DEMO_SEED)
-    result = logic.process(sample["view_a"], sample["view_b"], sample["points_a"], sample["points_b"],
-                           device=context.device)
-    table = logic.evaluate(result.output_model, sample["reference_model"],
-                           reprojections=[result.output_reprojection_a, result.output_reprojection_b],
-                           reference_masks=[sample["reference_mask_a"], sample["reference_mask_b"]])
-    mesh = result.output_model.GetPolyData()
+    result = logic.process(sample.viewA, sample.viewB, sample.pointsA, sample.pointsB, device=context.device)
+    table = logic.evaluate(result.outputModel, sample.referenceModel,
+                           reprojections=[result.outputReprojectionA, result.outputReprojectionB],
+                           referenceMasks=[sample.referenceMaskA, sample.referenceMaskB])
+    mesh = result.outputModel.GetPolyData()
     render.render_meshes([render.Layer(mesh, color=(0.85, 0.25, 0.2)),
-                          render.Layer(sample["reference_model"].GetPolyData(), color=(0.3, 0.8, 0.3), opacity=0.35)],
+                          render.Layer(sample.referenceModel.GetPolyData(), color=(0.3, 0.8, 0.3), opacity=0.35)],
                          context.render_path("angio3d_mesh"), view=broadside_view(mesh))
     reconstruction = result.reconstruction
-    image = mrml.volume_to_array(sample["view_a"])[0][0]
+    image = mrml.volume_to_array(sample.viewA)[0][0]
     overlay = overlay_rgb(image, reconstruction.masks[0], reconstruction.silhouettes()[0] > 0)
     from PIL import Image
 
     Image.fromarray(overlay).save(context.render_path("angio3d_reprojection"))
     metrics = {row["metric"]: round(float(row["value"]), 4) for row in mrml.table_to_rows(table)}
     context.summary["angio3d"] = {**metrics, "percent_diameter_stenosis": round(result.qca["percent_diameter_stenosis"], 2),
-                                  "true_percent_diameter_stenosis": round(sample["stenosis_percent"], 2),
-                                  "epipolar_error_px": result.epipolar_error_px}
+                                  "true_percent_diameter_stenosis": round(sample.stenosisPercent, 2),
+                                  "epipolar_error_px": result.epipolarErrorPx}

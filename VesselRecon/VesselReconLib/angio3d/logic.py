@@ -4,13 +4,13 @@
     from VesselReconLib.angio3d.logic import Angio3DLogic
     logic = Angio3DLogic()
     sample = logic.load_sample()
-    result = logic.process(sample["view_a"], sample["view_b"], sample["points_a"], sample["points_b"])
+    result = logic.process(sample.viewA, sample.viewB, sample.pointsA, sample.pointsB)
     print(result.qca)
-    logic.evaluate(result.output_model, sample["reference_model"])
+    logic.evaluate(result.outputModel, sample.referenceModel)
 
 View volumes hold the frames along K. When a view volume carries the ``DICOM.*`` geometry attributes
 (set by :meth:`Angio3DLogic.load_xa` and :meth:`load_sample`) its geometry is read from them; typed
-values (``primary_angle_a`` ...) override them. Each markups point list holds the start and end point
+values (``primaryAngleA`` ...) override them. Each markups point list holds the start and end point
 of the main branch, then start (at the bifurcation) and end of each side branch.
 
 Volumes made here are placed on the detector plane in patient space (RAS), so the mesh, the
@@ -37,7 +37,7 @@ NAMES = {"model": "Angio3D lumen mesh", "centerline": "Angio3D centerline", "tab
          "segmentation": "Angio3D view {view} segmentation", "reprojection": "Angio3D view {view} mesh reprojection",
          "metrics": "Angio3D evaluation"}
 ATTRIBUTE = "DICOM.{}"
-GEOMETRY_ARGS = ("primary_angle", "secondary_angle", "sid", "sod", "pixel_spacing")
+GEOMETRY_ARGS = ("primaryAngle", "secondaryAngle", "sid", "sod", "pixelSpacing")
 BRANCH_COLORS = [(0.9, 0.25, 0.2), (0.2, 0.6, 0.95), (0.3, 0.85, 0.3), (0.95, 0.8, 0.2)]
 
 
@@ -59,17 +59,17 @@ def lps_to_ras_points(points: np.ndarray) -> np.ndarray:
 class Angio3DResult:
     """Nodes written by :meth:`Angio3DLogic.process` and the measures."""
 
-    output_model: object
-    output_centerline: object
-    output_table: object
-    output_segmentation_a: object
-    output_segmentation_b: object
-    output_reprojection_a: object
-    output_reprojection_b: object
-    side_centerlines: list = field(default_factory=list)
+    outputModel: object
+    outputCenterline: object
+    outputTable: object
+    outputSegmentationA: object
+    outputSegmentationB: object
+    outputReprojectionA: object
+    outputReprojectionB: object
+    sideCenterlines: list = field(default_factory=list)
     qca: dict = field(default_factory=dict)
-    epipolar_error_px: float = float("nan")
-    epipolar_error_before_px: float = float("nan")
+    epipolarErrorPx: float = float("nan")
+    epipolarErrorBeforePx: float = float("nan")
     timings: dict = field(default_factory=dict)
     _reconstruction: object = field(default=None, repr=False)
 
@@ -77,6 +77,31 @@ class Angio3DResult:
     def reconstruction(self):
         """The array-level :class:`~.pipeline.Reconstruction`."""
         return self._reconstruction
+
+
+@dataclass
+class Angio3DSample:
+    """Nodes and values made by :meth:`Angio3DLogic.load_sample`: both views with their SOI points, the
+    true lumen mesh and 2D SOI masks, each view's geometry (degrees and mm) and the true % stenosis."""
+
+    viewA: object
+    viewB: object
+    pointsA: object
+    pointsB: object
+    referenceModel: object
+    referenceMaskA: object
+    referenceMaskB: object
+    primaryAngleA: float
+    secondaryAngleA: float
+    sidA: float
+    sodA: float
+    pixelSpacingA: float
+    primaryAngleB: float
+    secondaryAngleB: float
+    sidB: float
+    sodB: float
+    pixelSpacingB: float
+    stenosisPercent: float
 
 
 class Angio3DLogic(VesselReconLogic):
@@ -99,8 +124,8 @@ class Angio3DLogic(VesselReconLogic):
         return list(dict.fromkeys(super().shipped_models()))
 
     # ------------------------------------------------------------------ inputs
-    def view_geometry(self, volume, primary_angle=None, secondary_angle=None, sid=None, sod=None,
-                      pixel_spacing=None) -> CArmGeometry:
+    def view_geometry(self, volume, primaryAngle=None, secondaryAngle=None, sid=None, sod=None,
+                      pixelSpacing=None) -> CArmGeometry:
         """A view's geometry: typed values over the volume's ``DICOM.*`` attributes.
 
         :raises InputError: when a value is neither typed nor stored on the volume.
@@ -109,7 +134,7 @@ class Angio3DLogic(VesselReconLogic):
         stored = {k: volume.GetAttribute(ATTRIBUTE.format(k)) for k in
                   ("PositionerPrimaryAngle", "PositionerSecondaryAngle", "DistanceSourceToDetector",
                    "DistanceSourceToPatient", "ImagerPixelSpacing")}
-        typed = dict(zip(stored, (primary_angle, secondary_angle, sid, sod, pixel_spacing)))
+        typed = dict(zip(stored, (primaryAngle, secondaryAngle, sid, sod, pixelSpacing)))
         tags = {}
         for key in stored:
             value = typed[key] if typed[key] is not None else stored[key]
@@ -153,35 +178,38 @@ class Angio3DLogic(VesselReconLogic):
         return ijk[:, :2].reshape(-1, 2, 2)
 
     # ------------------------------------------------------------------ process
-    def process(self, view_a, view_b, points_a, points_b, frame_a: int = 0, frame_b: int = 0,
-                primary_angle_a: float | None = None, secondary_angle_a: float | None = None,
-                sid_a: float | None = None, sod_a: float | None = None, pixel_spacing_a: float | None = None,
-                primary_angle_b: float | None = None, secondary_angle_b: float | None = None,
-                sid_b: float | None = None, sod_b: float | None = None, pixel_spacing_b: float | None = None,
-                output_model=None, output_centerline=None, output_table=None, model: str = "lite",
+    def process(self, viewA, viewB, pointsA, pointsB, frameA: int = 0, frameB: int = 0,
+                primaryAngleA: float | None = None, secondaryAngleA: float | None = None,
+                sidA: float | None = None, sodA: float | None = None, pixelSpacingA: float | None = None,
+                primaryAngleB: float | None = None, secondaryAngleB: float | None = None,
+                sidB: float | None = None, sodB: float | None = None, pixelSpacingB: float | None = None,
+                outputModel=None, outputCenterline=None, outputTable=None, model: str = "lite",
                 device: str = "auto", segmenter: str = "net", refine: bool = True, calibrate: bool = True,
-                radius_fusion: str = "mean", progress=None, cancel=None, background=None) -> Angio3DResult:
+                radiusFusion: str = "mean", progress=None, cancel=None, background=None) -> Angio3DResult:
         """Reconstruct the SOI from two views and write the outputs.
 
-        :param view_a: angiography volume of view A (frames along K).
-        :param points_a: markups point list with the SOI start/end points in view A (pairs per branch).
-        :param frame_a: frame index of view A to use.
-        :param primary_angle_a: PositionerPrimaryAngle (LAO+) in degrees; None reads the volume's attribute.
-        :param pixel_spacing_a: ImagerPixelSpacing in mm (one value or (row, column)).
-        :param output_model: model node to overwrite (else "Angio3D lumen mesh" is created/updated).
+        :param viewA: angiography volume of view A (frames along K); ``viewB`` likewise (all ``*B`` too).
+        :param pointsA: markups point list with the SOI start/end points in view A (pairs per branch).
+        :param frameA: frame index of view A to use.
+        :param primaryAngleA: PositionerPrimaryAngle (LAO+) in degrees; None reads the volume's attribute.
+            ``secondaryAngleA`` (degrees), ``sidA``, ``sodA`` (mm) likewise.
+        :param pixelSpacingA: ImagerPixelSpacing in mm (one value or (row, column)).
+        :param outputModel: model node to overwrite (else "Angio3D lumen mesh" is created/updated);
+            ``outputCenterline`` (main branch curve) and ``outputTable`` (QCA) likewise.
         :param model: shipped preset ("lite") or checkpoint path.
         :param segmenter: "net" (U-Net) or "frangi" (classical baseline).
         :param refine: run surface refinement; ``calibrate``: LM refinement of view B's geometry.
-        :param radius_fusion: "mean" of the two views' radii (paper) or "min" (better % stenosis on phantoms).
+        :param radiusFusion: "mean" of the two views' radii (paper) or "min" (better % stenosis on phantoms).
         :param background: optional ``fn -> fn()`` runner for the MRML-free computation (GUI thread safety).
+        :returns: :class:`Angio3DResult`.
         :raises InputError: bad inputs, before any scene change.
         """
         reporter = as_reporter(progress, cancel)
-        image_a, ijk_a = self.frame_of(view_a, frame_a, "View A")
-        image_b, ijk_b = self.frame_of(view_b, frame_b, "View B")
-        geometry_a = self.view_geometry(view_a, primary_angle_a, secondary_angle_a, sid_a, sod_a, pixel_spacing_a)
-        geometry_b = self.view_geometry(view_b, primary_angle_b, secondary_angle_b, sid_b, sod_b, pixel_spacing_b)
-        pixels = [self.soi_pixels(points_a, ijk_a, "View A"), self.soi_pixels(points_b, ijk_b, "View B")]
+        image_a, ijk_a = self.frame_of(viewA, frameA, "View A")
+        image_b, ijk_b = self.frame_of(viewB, frameB, "View B")
+        geometry_a = self.view_geometry(viewA, primaryAngleA, secondaryAngleA, sidA, sodA, pixelSpacingA)
+        geometry_b = self.view_geometry(viewB, primaryAngleB, secondaryAngleB, sidB, sodB, pixelSpacingB)
+        pixels = [self.soi_pixels(pointsA, ijk_a, "View A"), self.soi_pixels(pointsB, ijk_b, "View B")]
         if pixels[0].shape != pixels[1].shape:
             raise InputError("Both views need the same number of SOI points (a start and an end per branch).")
         from .pipeline import reconstruct, validate_inputs
@@ -192,13 +220,13 @@ class Angio3DLogic(VesselReconLogic):
 
         def compute():
             return reconstruct([image_a, image_b], [geometry_a, geometry_b], pixels, net=net, device=torch_device,
-                               segmenter=segmenter, refine=refine, calibrate=calibrate, radius_fusion=radius_fusion,
+                               segmenter=segmenter, refine=refine, calibrate=calibrate, radius_fusion=radiusFusion,
                                progress=reporter.sub(0.0, 0.9), cancel=cancel)
 
         result = background(compute) if background is not None else compute()
         reporter(0.92, "writing outputs")
-        outputs = self._write_outputs(result, [ijk_a, ijk_b], [view_a, view_b], output_model, output_centerline,
-                                      output_table)
+        outputs = self._write_outputs(result, [ijk_a, ijk_b], [viewA, viewB], outputModel, outputCenterline,
+                                      outputTable)
         reporter(1.0, "done")
         return outputs
 
@@ -224,9 +252,9 @@ class Angio3DLogic(VesselReconLogic):
                 NAMES["segmentation"].format(view=view), scene=scene, creator=self.creator))
             reprojections.append(mrml.array_to_volume(silhouette, matrix, NAMES["reprojection"].format(view=view),
                                                       scene=scene, labelmap=True, creator=self.creator))
-        return Angio3DResult(model_node, curves[0], table, *segmentations, *reprojections, side_centerlines=curves[1:],
-                             qca=result.qca, epipolar_error_px=result.calibration.epipolar_error_after,
-                             epipolar_error_before_px=result.calibration.epipolar_error_before,
+        return Angio3DResult(model_node, curves[0], table, *segmentations, *reprojections, sideCenterlines=curves[1:],
+                             qca=result.qca, epipolarErrorPx=result.calibration.epipolar_error_after,
+                             epipolarErrorBeforePx=result.calibration.epipolar_error_before,
                              timings=result.timings, _reconstruction=result)
 
     @staticmethod
@@ -245,14 +273,15 @@ class Angio3DLogic(VesselReconLogic):
         return rows
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, prediction, reference, table=None, reprojections=None, reference_masks=None,
-                 tau_mm: float = 1.0):
+    def evaluate(self, prediction, reference, table=None, reprojections=None, referenceMasks=None,
+                 tauMm: float = 1.0):
         """Compare a reconstructed mesh with a reference mesh (and reprojections with 2D truth masks).
 
         :param prediction: model node (the output mesh).
         :param reference: model node of the true lumen surface.
         :param reprojections: optional labelmap nodes (one per view) of the mesh reprojection.
-        :param reference_masks: optional labelmap nodes of the true 2D SOI masks, same order.
+        :param referenceMasks: optional labelmap nodes of the true 2D SOI masks, same order.
+        :param tauMm: distance threshold of the F-score (mm).
         :returns: the metrics table node.
         """
         from .. import metrics
@@ -262,11 +291,11 @@ class Angio3DLogic(VesselReconLogic):
         pred, ref = meshes.points_of(prediction.GetPolyData()), meshes.points_of(reference.GetPolyData())
         if not len(pred) or not len(ref):
             raise InputError("The prediction or the reference mesh has no points.")
-        report = metrics.surface_report(pred, ref, tau_mm)
-        row = {"hausdorff_mm": report["hausdorff"], "chamfer_mm": report["chamfer"], f"fscore_{tau_mm:g}mm": report["fscore"]}
+        report = metrics.surface_report(pred, ref, tauMm)
+        row = {"hausdorff_mm": report["hausdorff"], "chamfer_mm": report["chamfer"], f"fscore_{tauMm:g}mm": report["fscore"]}
         if len(pred) == len(ref):
             row["vertex_mae_mm"] = metrics.vertex_mae(pred, ref)
-        for view, (rep, truth) in enumerate(zip(reprojections or [], reference_masks or [])):
+        for view, (rep, truth) in enumerate(zip(reprojections or [], referenceMasks or [])):
             a, b = mrml.volume_to_array(rep)[0] > 0, mrml.volume_to_array(truth)[0] > 0
             row[f"dice_view_{'AB'[view]}"] = metrics.dice(a, b)
             row[f"jaccard_view_{'AB'[view]}"] = metrics.iou(a, b)
@@ -310,29 +339,29 @@ class Angio3DLogic(VesselReconLogic):
                              "it with Slicer's DICOM module.")
         return self.add_view(frames, geometry, name or Path(path).stem)
 
-    def load_sample(self, seed: int = 0) -> dict:
+    def load_sample(self, seed: int = 0) -> Angio3DSample:
         """Generate a two-view phantom (main branch with a stenosis and a side branch) into the scene.
 
-        :returns: dict with ``view_a``, ``view_b``, ``points_a``, ``points_b``, ``reference_model``,
-            ``reference_mask_a``/``_b`` and the typed geometry values (``primary_angle_a`` ...).
+        :returns: :class:`Angio3DSample` (``viewA``, ``viewB``, ``pointsA``, ``pointsB``, ``referenceModel``,
+            ``referenceMaskA``/``B``, the geometry values ``primaryAngleA`` ... and ``stenosisPercent``).
         """
         from ..phantoms.xray import make_case
         from .stitching import union_polydata
 
         case = make_case(seed)
         out = {}
-        for view, geometry, rendered, pixels in zip("ab", case["geometries"], case["views"], case["soi_points"]):
-            volume = self.add_view(rendered["image"], geometry, f"Angio3D sample view {view.upper()}")
-            out[f"view_{view}"] = volume
-            out[f"points_{view}"] = self.add_points(np.array(pixels), volume, f"Angio3D sample SOI points {view.upper()}")
-            out[f"reference_mask_{view}"] = mrml.array_to_volume(
-                rendered["soi"], detector_ijk_to_ras(geometry), f"Angio3D sample view {view.upper()} truth",
+        for view, geometry, rendered, pixels in zip("AB", case["geometries"], case["views"], case["soi_points"]):
+            volume = self.add_view(rendered["image"], geometry, f"Angio3D sample view {view}")
+            out[f"view{view}"] = volume
+            out[f"points{view}"] = self.add_points(np.array(pixels), volume, f"Angio3D sample SOI points {view}")
+            out[f"referenceMask{view}"] = mrml.array_to_volume(
+                rendered["soi"], detector_ijk_to_ras(geometry), f"Angio3D sample view {view} truth",
                 scene=self.scene, labelmap=True, creator=self.creator)
-            out.update({f"{arg}_{view}": value for arg, value in zip(GEOMETRY_ARGS, (
+            out.update({f"{arg}{view}": value for arg, value in zip(GEOMETRY_ARGS, (
                 geometry.primary_angle, geometry.secondary_angle, geometry.sid, geometry.sod, geometry.pixel_spacing[0]))})
         truth = [template.template_vertices(c["points"], c["radii"]) for c in case["centerlines"]]
-        out["reference_model"] = mrml.polydata_to_model(meshes.transform(union_polydata(truth), LPS_TO_RAS),
+        out["referenceModel"] = mrml.polydata_to_model(meshes.transform(union_polydata(truth), LPS_TO_RAS),
                                                         "Angio3D sample true lumen", color=(0.3, 0.8, 0.3),
                                                         opacity=0.5, scene=self.scene, creator=self.creator)
-        out["stenosis_percent"] = float(case["case"].stenosis["percent_diameter"])
-        return out
+        out["stenosisPercent"] = float(case["case"].stenosis["percent_diameter"])
+        return Angio3DSample(**out)

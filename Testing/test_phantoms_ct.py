@@ -65,7 +65,7 @@ def test_msd_writer_round_trip(tmp_path):
     import SimpleITK as sitk
 
     from VesselReconLib.phantoms.datasets import write_dataset
-    from VesselReconLib.vesselsdf.data import read_volume
+    from VesselReconLib.volume_io import read_volume
 
     out = write_dataset("ct", tmp_path / "ct", 1, seed=4, shape=(16, 48, 48))
     meta = json.loads((out / "dataset.json").read_text())

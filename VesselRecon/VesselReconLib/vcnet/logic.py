@@ -233,23 +233,9 @@ class VCNetLogic(VesselReconLogic):
 
     def load_volume(self, path: str, name: str, labelmap: bool = False):
         """Read a volume file (NRRD/NIfTI/MHA) or DICOM folder into a node."""
-        import SimpleITK as sitk
+        from ..volume_io import read_image
 
-        path_obj = Path(path)
-        if not path_obj.exists():
-            raise InputError(f"{path} does not exist.")
-        try:
-            if path_obj.is_dir():
-                reader = sitk.ImageSeriesReader()
-                files = reader.GetGDCMSeriesFileNames(str(path_obj))
-                if not files:
-                    raise InputError(f"{path} holds no DICOM series.")
-                reader.SetFileNames(files)
-                image = reader.Execute()
-            else:
-                image = sitk.ReadImage(str(path_obj))
-        except RuntimeError as exc:
-            raise InputError(f"Cannot read {path}: {str(exc).splitlines()[0][:200]}") from exc
+        image = read_image(path)
         if image.GetDimension() != 3:
             raise InputError(f"{path} is {image.GetDimension()}D; VC-Net needs a 3D volume.")
         return mrml.sitk_to_volume(image, name, scene=self.scene, labelmap=labelmap)

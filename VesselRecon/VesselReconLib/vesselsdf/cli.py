@@ -99,25 +99,6 @@ def add_arguments(parser) -> None:
                         help="drop surface pieces enclosing less volume (mm^3); 0 keeps all")
 
 
-def read_image(path: str | Path):
-    """A SimpleITK image from a volume file or a DICOM series folder."""
-    import SimpleITK as sitk
-
-    from ..errors import InputError
-
-    path = Path(path)
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        files = reader.GetGDCMSeriesFileNames(str(path))
-        if not files:
-            raise InputError(f"No DICOM series in {path}.")
-        reader.SetFileNames(files)
-        return reader.Execute()
-    if not path.is_file():
-        raise InputError(f"Input {path} does not exist.")
-    return sitk.ReadImage(str(path))
-
-
 def _write_like(array, reference_image, path: Path) -> None:
     import SimpleITK as sitk
 
@@ -131,6 +112,7 @@ def run(args) -> int:
 
     from .. import meshes, mrml, runtime
     from ..progress import TqdmProgress
+    from ..volume_io import read_image
     from .logic import VesselSDFLogic
 
     scene = runtime.new_scene()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..volume_io import read_volume
 from .inference import PORTAL_VENOUS_WINDOW, normalise_ct
 from .losses import signed_distance
 
@@ -35,29 +36,6 @@ class Case:
 
     def normalised(self, window=PORTAL_VENOUS_WINDOW) -> np.ndarray:
         return normalise_ct(self.image, window)
-
-
-def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A volume file (NIfTI/NRRD/MHA/DICOM folder) as a KJI array and its IJK-to-RAS matrix."""
-    import SimpleITK as sitk
-
-    from ..mrml import LPS_TO_RAS, ijk_to_ras_matrix
-
-    path = Path(path)
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        files = reader.GetGDCMSeriesFileNames(str(path))
-        if not files:
-            raise InputError(f"No DICOM series in {path}.")
-        reader.SetFileNames(files)
-        image = reader.Execute()
-    elif path.is_file():
-        image = sitk.ReadImage(str(path))
-    else:
-        raise InputError(f"Input {path} does not exist.")
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    lps = ijk_to_ras_matrix(image.GetSpacing(), image.GetOrigin(), direction)
-    return sitk.GetArrayFromImage(image), LPS_TO_RAS @ lps
 
 
 def dataset_entries(root: str | Path) -> list[dict]:

@@ -111,7 +111,8 @@ def evaluate_prediction(prediction: Prediction, case: EvalCase, factor: int | No
 def load_eval_cases(root, limit: int | None = None) -> list[EvalCase]:
     """Held-out cases of a ``vesselrecon phantoms ct`` folder (needs the high-res and mesh folders)."""
     from ..errors import InputError
-    from .data import dataset_entries, read_volume
+    from ..volume_io import read_volume
+    from .data import dataset_entries
 
     cases = []
     for entry in dataset_entries(root)[:limit]:

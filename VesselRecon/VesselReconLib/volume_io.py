@@ -1,0 +1,44 @@
+"""Reading volume files (NRRD, NIfTI, MHA, or a DICOM series folder) for the command line and Logics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+def read_image(path: str | Path):
+    """A SimpleITK image from a volume file or a folder holding one DICOM series.
+
+    :raises InputError: the path does not exist, holds no DICOM series, or cannot be read.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            files = reader.GetGDCMSeriesFileNames(str(path))
+            if not files:
+                raise InputError(f"No DICOM series in {path}.")
+            reader.SetFileNames(files)
+            return reader.Execute()
+        if not path.is_file():
+            raise InputError(f"Input {path} does not exist.")
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"Cannot read {path}: {str(exc).splitlines()[0][:200]}") from exc
+
+
+def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A volume file as a KJI array and its IJK-to-RAS matrix (LPS on disk converted to RAS)."""
+    import SimpleITK as sitk
+
+    from .mrml import LPS_TO_RAS, ijk_to_ras_matrix
+
+    image = read_image(path)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    lps = ijk_to_ras_matrix(image.GetSpacing(), image.GetOrigin(), direction)
+    return sitk.GetArrayFromImage(image), LPS_TO_RAS @ lps

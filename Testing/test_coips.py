@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from VesselReconLib.coips import GRADES, io
+from VesselReconLib import enface_io as io
+from VesselReconLib.coips import GRADES
 from VesselReconLib.coips.config import CoipsConfig, load_config
 from VesselReconLib.coips.faz import central_component, classical_faz, faz_metrics, largest_component
 from VesselReconLib.errors import CheckpointError, InputError

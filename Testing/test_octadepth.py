@@ -285,3 +285,20 @@ def test_demo_hook_adds_nodes_renders_and_metrics(tmp_path):
     assert summary["segments"] > 10 and 0.0 < summary["delta1"] <= 1.0 and summary["chamfer_mm"] > 0
     assert all(path.stat().st_size > 1000 for path in context.renders)
     assert context.scene.GetFirstNodeByName(NAMES["model"]) is not None
+
+
+def test_load_image_reads_jpeg_compressed_tiff_with_a_field_token(tmp_path, scene):
+    """JPEG-in-TIFF (common for exported OCTA) goes through the shared en face reader, not ITK."""
+    from PIL import Image
+
+    from VesselReconLib import mrml
+    from VesselReconLib.octadepth.logic import OCTADepthLogic
+
+    pixels = (np.add.outer(np.arange(64), np.arange(80)) % 50 * 5).astype(np.uint8)
+    path = tmp_path / "scan_6x6.tif"
+    Image.fromarray(pixels).save(path, compression="jpeg")
+    node = OCTADepthLogic().load_image(path)
+    array, ijk_to_ras = mrml.volume_to_array(node)
+    assert array.shape == (1, 64, 80)
+    np.testing.assert_allclose(mrml.spacing_of(ijk_to_ras)[:2], [6.0 / 80, 6.0 / 80])
+    assert abs(np.corrcoef(array[0].ravel(), pixels.ravel())[0, 1]) > 0.95

@@ -21,7 +21,7 @@ import torch
 from . import GRADES
 from .config import CoipsConfig
 from .inference import faz_masks, grade, thumbnails, work_size
-from .io import list_images, read_image, to_work_image
+from ..enface_io import list_images, read_image, to_work_image
 from .postprocess import finish_chunk, probability_columns
 from .reports import summarise, write_csv, write_html
 from ..errors import CheckpointError, InputError

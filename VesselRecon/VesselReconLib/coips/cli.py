@@ -87,7 +87,7 @@ def run(args) -> int:
 def _single_image_scene(logic, config) -> None:
     """Load the one input image as a volume and run the single-image Logic on it (for the .mrb)."""
     from .. import mrml
-    from .io import read_image
+    from ..enface_io import read_image
     from .logic import en_face_geometry
 
     image = read_image(config.input, config.field_of_view_mm, config.default_field_of_view_mm)

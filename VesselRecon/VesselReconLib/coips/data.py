@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import GRADES
-from .io import IMAGE_SUFFIXES, read_image, to_work_image
+from ..enface_io import IMAGE_SUFFIXES, read_image, to_work_image
 from ..errors import InputError
 
 IMAGE_COLUMNS = ("image", "file", "filename", "file_name", "name", "path")

@@ -18,7 +18,7 @@ from . import GRADES
 from .data import faz_samples, quality_samples, read_mask
 from .faz import classical_faz, largest_component
 from .inference import faz_masks, grade
-from .io import read_image, to_work_image
+from ..enface_io import read_image, to_work_image
 from .logic import faz_comparison
 
 QUALITY_COLUMNS = ("accuracy", "macro_precision", "macro_f1", "auc_ovr")

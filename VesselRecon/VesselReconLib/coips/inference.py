@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from . import GRADES
 from .faz import faz_metrics, largest_component
-from .io import to_work_image
+from ..enface_io import to_work_image
 
 
 def work_size(quality_net, faz_net=None) -> int:
@@ -70,7 +70,7 @@ def assess(pixels: np.ndarray, field_of_view_mm: float, quality_net, faz_net, de
            force_segmentation: bool = False) -> Assessment:
     """Grade one normalised image and, when gradable (or forced), segment and measure its FAZ.
 
-    :param pixels: ``(H, W)`` float image in ``[0, 1]`` (see :func:`.io.normalise`).
+    :param pixels: ``(H, W)`` float image in ``[0, 1]`` (see :func:`VesselReconLib.enface_io.normalise`).
     :param field_of_view_mm: scan width in mm.
     :param force_segmentation: segment even an ungradable image.
     """

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import GRADES
-from .io import normalise
+from ..enface_io import normalise
 from .. import mrml
 from ..errors import CheckpointError, InputError, squeeze_to_2d
 from ..logic_base import VesselReconLogic

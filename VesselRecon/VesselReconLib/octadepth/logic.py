@@ -125,27 +125,20 @@ class OCTADepthLogic(VesselReconLogic):
     def load_image(self, path: str | Path, name: str | None = None):
         """Read an en face image (PNG, JPEG, BMP, TIFF or DICOM) as a single-slice scalar volume.
 
-        Colour images become grey (channel mean). Spacing comes from the file (DICOM PixelSpacing,
-        TIFF resolution); files without it get spacing 1.0, which :meth:`process` treats as unknown.
+        Decoding is shared with COIPS (:mod:`VesselReconLib.enface_io`): colour becomes grey and the
+        pixel size comes from DICOM PixelSpacing, TIFF resolution or a ``3x3``/``6x6`` token in the
+        file name. Files without any get spacing 1.0, which :meth:`process` treats as unknown.
         """
-        import SimpleITK as sitk
+        from ..enface_io import read_image
 
         path = Path(path)
         if not path.exists():
             raise InputError(f"{path} does not exist: check the file name.")
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as exc:
-            raise InputError(f"Could not read {path.name} as an image ({str(exc).strip()[:200]}).") from exc
-        if image.GetNumberOfComponentsPerPixel() > 1:
-            channels = [sitk.VectorIndexSelectionCast(image, c, sitk.sitkFloat32)
-                        for c in range(min(3, image.GetNumberOfComponentsPerPixel()))]
-            grey = sum(channels[1:], channels[0]) / len(channels)
-            grey.CopyInformation(image)
-            image = grey
-        if image.GetDimension() == 2:
-            image = sitk.JoinSeries(sitk.Cast(image, sitk.sitkFloat32))
-        return mrml.sitk_to_volume(image, name or path.stem, scene=self.scene)
+        image = read_image(path)
+        pixel_mm = UNKNOWN_SPACING if image.fov_source == "default" else image.pixel_size_mm
+        geometry = mrml.ijk_to_ras_matrix((pixel_mm, pixel_mm, pixel_mm))
+        return mrml.array_to_volume(image.pixels[None], geometry, name or path.stem, scene=self.scene,
+                                    creator=self.creator)
 
     def _geometry(self, ijk_to_ras: np.ndarray, width: int, field_of_view_mm: float | None,
                   pixel_mm: float | None) -> tuple[np.ndarray, float, bool, str]:

@@ -1,4 +1,4 @@
-"""Format conversion: PNG, JPEG, BMP, TIFF or DICOM -> normalised grayscale image + field of view.
+"""En face (2D) image reading for OCTA: PNG, JPEG, BMP, TIFF or DICOM -> normalised grayscale + field of view.
 
 Every reader returns float32 pixels in ``[0, 1]`` (row, column order). The field of view (scan
 width in mm, 3 or 6 for OCTA-25K) comes from the configuration, else from the file's metadata
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, check_image, squeeze_to_2d
+from .errors import InputError, check_image, squeeze_to_2d
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")

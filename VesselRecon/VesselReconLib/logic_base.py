@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import registry, runtime
+import numpy as np
+
+from . import mrml, registry, runtime
 from .device import resolve_device
+from .errors import InputError
 
 
 class VesselReconLogic:
@@ -26,6 +29,19 @@ class VesselReconLogic:
     def scene(self):
         """The MRML scene outputs go into (Slicer's, or the headless runtime's)."""
         return self._scene if self._scene is not None else runtime.setup()
+
+    @staticmethod
+    def read_volume(node, missing: str) -> tuple[np.ndarray, np.ndarray]:
+        """A volume node's voxels (KJI) and IJK-to-RAS; an :class:`InputError` when absent or empty.
+
+        :param missing: the message telling the user which input to select.
+        """
+        if node is None:
+            raise InputError(missing)
+        try:
+            return mrml.volume_to_array(node)
+        except ValueError as exc:
+            raise InputError(f"{node.GetName()}: {exc}") from exc
 
     def shipped_models(self) -> list[str]:
         """Presets of this module's shipped models (for the widget's model choice)."""

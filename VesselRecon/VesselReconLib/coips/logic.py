@@ -95,12 +95,7 @@ class COIPSLogic(VesselReconLogic):
         return quality_net, faz_net, resolve_device(device)
 
     def _read_input(self, input_volume, field_of_view_mm: float | None):
-        if input_volume is None:
-            raise InputError("Input volume is missing: select an OCTA image first.")
-        try:
-            array, ijk_to_ras = mrml.volume_to_array(input_volume)
-        except ValueError as exc:
-            raise InputError(str(exc)) from exc
+        array, ijk_to_ras = self.read_volume(input_volume, "Input volume is missing: select an OCTA image first.")
         if array.ndim == 4 and array.shape[0] == 1:  # a single-slice colour (vector) volume
             array = array[0]
         pixels = normalise(squeeze_to_2d(array, "Input volume"), "Input volume")

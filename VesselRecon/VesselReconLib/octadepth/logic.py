@@ -161,12 +161,8 @@ class OCTADepthLogic(VesselReconLogic):
         return matrix, float(pixel_mm), assumed, message
 
     def _validate(self, input_volume, depth_range_mm: float, threshold: float, model: str):
-        if input_volume is None:
-            raise InputError("No input volume: load an en face OCTA image (PNG, JPEG, BMP, TIFF or DICOM) first.")
-        try:
-            array, ijk_to_ras = mrml.volume_to_array(input_volume)
-        except ValueError as exc:
-            raise InputError(str(exc)) from exc
+        array, ijk_to_ras = self.read_volume(
+            input_volume, "No input volume: load an en face OCTA image (PNG, JPEG, BMP, TIFF or DICOM) first.")
         image = pipeline.validate_image(array, f"Volume '{input_volume.GetName()}'")
         if not 0.0 < depth_range_mm <= 5.0:
             raise InputError(f"Depth range {depth_range_mm} mm is out of range: use 0.01-5 mm (retina: about 0.25).")

@@ -68,12 +68,7 @@ class VCNetLogic(VesselReconLogic):
 
     @staticmethod
     def _volume_array(node, name: str) -> tuple[np.ndarray, np.ndarray]:
-        if node is None:
-            raise InputError(f"{name} is missing: select a volume first.")
-        try:
-            array, ijk_to_ras = mrml.volume_to_array(node)
-        except ValueError as exc:
-            raise InputError(f"{name} has no image data: load an image first.") from exc
+        array, ijk_to_ras = VesselReconLogic.read_volume(node, f"{name} is missing: select a volume first.")
         if array.ndim == 4:
             raise InputError(f"{name} has {array.shape[-1]} components; VC-Net needs a scalar (grayscale) volume.")
         array = check_image(array, name, 3)

@@ -75,12 +75,7 @@ class VesselSDFLogic(VesselReconLogic):
         return array > 0
 
     def _read_input(self, inputVolume) -> tuple[np.ndarray, np.ndarray]:
-        if inputVolume is None:
-            raise InputError("Input CT volume is missing: select a CT volume.")
-        try:
-            array, ijk_to_ras = mrml.volume_to_array(inputVolume)
-        except ValueError as exc:
-            raise InputError(str(exc)) from exc
+        array, ijk_to_ras = self.read_volume(inputVolume, "Input CT volume is missing: select a CT volume.")
         if array.ndim == 4:
             raise InputError("The input CT has several components per voxel; select a scalar CT volume.")
         return check_image(array, "Input CT volume", 3, min_size=2), ijk_to_ras

@@ -96,3 +96,23 @@ def test_cuda_autocast_uses_half_precision():
     with dev.inference(device):
         y = torch.nn.Linear(8, 8).to(device)(torch.randn(2, 8, device=device))
     assert y.dtype in (torch.bfloat16, torch.float16)
+
+
+def test_time_call_warms_up_then_reduces_the_timed_calls():
+    import time
+
+    durations = iter([0.0, 0.03, 0.01, 0.02])  # the first call is the warm-up
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(next(durations))
+
+    cpu = torch.device("cpu")
+    best = dev.time_call(fn, cpu, repeats=3, warmup=1)
+    assert len(calls) == 4
+    assert 0.01 <= best < 0.02
+    durations = iter([0.0, 0.03, 0.01, 0.02])
+    import numpy as np
+
+    assert 0.02 <= dev.time_call(fn, cpu, repeats=3, reduce=np.median) < 0.03

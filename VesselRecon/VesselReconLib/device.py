@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -90,6 +91,30 @@ def run_with_fallback(fn: Callable[[torch.device, int], T], device: torch.device
 def _free_cache(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work, so wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time (s) of one ``fn()`` call, including its queued GPU work."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1,
+              reduce: Callable = min) -> float:
+    """``reduce`` (``min`` for the least disturbed run, or ``np.median``) of ``repeats`` timed calls
+    after ``warmup`` untimed ones; for the ``bench`` commands."""
+    for _ in range(warmup):
+        fn()
+    return float(reduce([timed_call(fn, device) for _ in range(repeats)]))
 
 
 def peak_memory_mb(device: torch.device) -> float | None:

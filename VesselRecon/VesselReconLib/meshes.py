@@ -138,23 +138,23 @@ def normals(polydata: vtkPolyData) -> vtkPolyData:
     return normal_filter.GetOutput()
 
 
-def component_sizes(polydata: vtkPolyData) -> np.ndarray:
-    """Number of points of each connected component, largest first."""
+def _region_sizes(polydata: vtkPolyData) -> np.ndarray:
+    """Point count of each connected region, in VTK's region order."""
     connectivity = fcore.vtkPolyDataConnectivityFilter()
     connectivity.SetInputData(polydata)
     connectivity.SetExtractionModeToAllRegions()
     connectivity.Update()
-    sizes = numpy_support.vtk_to_numpy(connectivity.GetRegionSizes())
-    return np.sort(sizes)[::-1]
+    return numpy_support.vtk_to_numpy(connectivity.GetRegionSizes())
+
+
+def component_sizes(polydata: vtkPolyData) -> np.ndarray:
+    """Number of points of each connected component, largest first."""
+    return np.sort(_region_sizes(polydata))[::-1]
 
 
 def remove_small_components(polydata: vtkPolyData, min_points: int) -> vtkPolyData:
     """Drop connected components with fewer than ``min_points`` points."""
-    connectivity = fcore.vtkPolyDataConnectivityFilter()
-    connectivity.SetInputData(polydata)
-    connectivity.SetExtractionModeToAllRegions()
-    connectivity.Update()
-    sizes = numpy_support.vtk_to_numpy(connectivity.GetRegionSizes())
+    sizes = _region_sizes(polydata)
     keep = fcore.vtkPolyDataConnectivityFilter()
     keep.SetInputData(polydata)
     keep.SetExtractionModeToSpecifiedRegions()

@@ -4,27 +4,11 @@ plain U-Net baseline of similar size on the same crops; one JSON line."""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import torch
 
-from ..device import inference, peak_memory_mb, resolve_device
-
-
-def _time(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+from ..device import inference, peak_memory_mb, resolve_device, time_call
 
 
 def plain_unet(net) -> torch.nn.Module:
@@ -91,8 +75,9 @@ def run_bench(device_name: str = "auto", model: str = "lite", preset: str = "lit
         torch.cuda.reset_peak_memory_stats(device)
     result = {"method": "angio3d", "device": str(device), "model": source, "preset": net.config["preset"],
               "input": "two 512x512 views, one SOI", "crop": size,
-              "pipeline_s": _time(pipeline, device, repeats), "network_s": _time(network, device, repeats),
-              "baseline_s": _time(plain, device, repeats),
+              "pipeline_s": time_call(pipeline, device, repeats, 2, np.median),
+              "network_s": time_call(network, device, repeats, 2, np.median),
+              "baseline_s": time_call(plain, device, repeats, 2, np.median),
               "params": int(sum(p.numel() for p in net.parameters())),
               "baseline_params": int(sum(p.numel() for p in baseline.parameters()))}
     result["network_vs_baseline"] = round(result["network_s"] / max(result["baseline_s"], 1e-9), 3)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import registry
-from ..device import inference, peak_memory_mb
+from ..device import inference, peak_memory_mb, time_call, timed_call
 from . import network, pipeline
 
 CPU_TARGET_S = 2.0
@@ -27,25 +27,6 @@ def _load(preset: str):
         return registry.load_model("octadepth", preset)[0], True
     except Exception:  # timing does not depend on the weights
         return network.build_model(preset).eval(), False
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def _best_time(fn, device: torch.device, repeats: int) -> float:
-    """Best of ``repeats`` runs after a warm-up (robust to other processes on a shared machine)."""
-    fn()
-    return min(_timed(fn, device) for _ in range(repeats))
 
 
 def _cpu_time_ratio(nets: dict, size: int, repeats: int) -> float:
@@ -83,7 +64,7 @@ def _network_times(nets: dict, size: int, device: torch.device, repeats: int) ->
     times = {name: [] for name in nets}
     for _ in range(repeats):
         for name, forward in forwards.items():
-            times[name].append(_timed(forward, device))
+            times[name].append(timed_call(forward, device))
     return {name: min(values) for name, values in times.items()}
 
 
@@ -97,7 +78,7 @@ def _measure(device: torch.device, image: np.ndarray, pixel_mm: float, nets: dic
     def whole():
         timings.append(pipeline.run_pipeline(image, pixel_mm, nets["ours"], str(device)).timings)
 
-    total = _best_time(whole, device, repeats)
+    total = time_call(whole, device, repeats)  # best of repeats after a warm-up
     target = CUDA_TARGET_S if device.type == "cuda" else CPU_TARGET_S
     return {"pipeline_ms": round(1000 * total, 1),
             "reconstruction_ms": round(1000 * min(t["reconstruction_s"] for t in timings), 1),

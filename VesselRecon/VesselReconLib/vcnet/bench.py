@@ -37,25 +37,14 @@ class PlainUNet(torch.nn.Module):
         return {"prob": torch.sigmoid(self.net(x))}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device: torch.device, repeats: int = 3) -> tuple[float, float | None]:
     """Fastest of ``repeats`` timed calls of ``fn()`` after one warm-up (the minimum is the least
     disturbed by other processes on a shared machine), and peak CUDA memory (MB)."""
     fn()
-    _sync(device)
+    devices.synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return float(np.min(times)), devices.peak_memory_mb(device)
+    return devices.time_call(fn, device, repeats, warmup=0), devices.peak_memory_mb(device)
 
 
 def bench_volume(net, volume: np.ndarray, device: torch.device, batch: int, repeats: int) -> dict:

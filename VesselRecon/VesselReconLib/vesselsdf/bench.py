@@ -8,28 +8,10 @@ import time
 import numpy as np
 import torch
 
-from ..device import inference, peak_memory_mb
+from ..device import inference, peak_memory_mb, synchronize, time_call
 from ..mrml import spacing_of
 from .inference import mesh_zero_level, normalise_ct, predict_tensor, refine_through_plane, refined_geometry
 from .network import build_model, parameter_count, parse_preset
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn, device: torch.device, repeats: int) -> float:
-    """Median wall time (s) of ``fn()`` after one warm-up call."""
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def pipeline(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: torch.device, factor: int) -> dict:
@@ -41,7 +23,7 @@ def pipeline(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: torch.de
         field = out[0, 1] if model.has_sdf else 0.5 - out[0, 0]
         fine = refine_through_plane(field, factor)
     fine = fine.float().cpu().numpy()
-    _sync(device)
+    synchronize(device)
     stamps["network"] = time.perf_counter()
     surface = mesh_zero_level(fine, refined_geometry(ijk_to_ras, factor), compute_normals=False)
     stamps["mesh"] = time.perf_counter()
@@ -69,7 +51,7 @@ def mesh_time(sdf: np.ndarray, ijk_to_ras: np.ndarray, device: torch.device, fac
         fine = refine_through_plane(field, factor).cpu().numpy()
         points.append(mesh_zero_level(fine, refined_geometry(ijk_to_ras, factor), compute_normals=False)
                       .GetNumberOfPoints())
-    return {"mesh_exact_sdf_s": round(time_call(call, device, repeats), 4), "mesh_exact_sdf_points": points[-1]}
+    return {"mesh_exact_sdf_s": round(time_call(call, device, repeats, reduce=np.median), 4), "mesh_exact_sdf_points": points[-1]}
 
 
 def bench_device(device: torch.device, preset: str, volume: np.ndarray, ijk_to_ras: np.ndarray, factor: int,
@@ -91,8 +73,8 @@ def bench_device(device: torch.device, preset: str, volume: np.ndarray, ijk_to_r
         return call
 
     runs = [pipeline(model, volume, ijk_to_ras, device, factor) for _ in range(repeats + 1)][1:]
-    ours = time_call(network(model), device, repeats)
-    plain = time_call(network(baseline), device, repeats)
+    ours = time_call(network(model), device, repeats, reduce=np.median)
+    plain = time_call(network(baseline), device, repeats, reduce=np.median)
     return {"preset": preset, "weights": weights, "params": parameter_count(model), "baseline": f"{size}-unet (MONAI UNet)",
             "baseline_params": parameter_count(baseline),
             "pipeline_s": round(float(np.median([r["total_s"] for r in runs])), 4),

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 
-try:
-    import VesselReconLib  # noqa: F401
-except ImportError:  # not pip-installed: use the source tree
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "VesselRecon"))
-
-from VesselReconLib import metrics as M  # noqa: E402
+from VesselReconLib import metrics as M
 
 approx = pytest.approx
 

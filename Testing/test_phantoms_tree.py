@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "VesselRecon"))
-
-from VesselReconLib.phantoms import (  # noqa: E402
+from VesselReconLib.phantoms import (
     BoxDomain,
     EllipsoidDomain,
     MaskDomain,
@@ -35,7 +31,7 @@ from VesselReconLib.phantoms import (  # noqa: E402
     tree_to_sdf,
     world_to_ijk,
 )
-from VesselReconLib.phantoms import datasets  # noqa: E402
+from VesselReconLib.phantoms import datasets
 
 
 def _small_params(**kw) -> TreeParams:

@@ -227,3 +227,88 @@ def load_polydata(path: str | Path) -> vtkPolyData:
     reader.SetFileName(str(path))
     reader.Update()
     return reader.GetOutput()
+
+
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_SLICER_HEADER = "3D Slicer output. SPACE="
+
+
+def save_polydata_lps(polydata_ras: vtkPolyData, path: str | Path) -> Path:
+    """Write a RAS mesh to disk in LPS, with the coordinate system marked in the file as Slicer does.
+
+    Follows ``vtkMRMLModelStorageNode::WriteDataInternal``: points (and normals) are flipped RAS -> LPS,
+    ``.stl`` is binary with the header ``3D Slicer output. SPACE=LPS``, ``.vtk`` is binary legacy 4.2 with
+    the same header, ``.vtp`` is zlib-compressed with a ``SPACE`` string field array, ``.ply`` is binary
+    with a ``SPACE=LPS`` comment and ``.obj`` carries the header as its comment. Slicer therefore loads
+    the file on top of the CT it came from, and :func:`load_polydata_ras` reads it back.
+    """
+    import vtkmodules.all as vtk_all
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _WRITERS:
+        raise ValueError(f"Unsupported mesh format {path.suffix!r}; use one of {', '.join(_WRITERS)}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lps = transform(polydata_ras, RAS_TO_LPS) if polydata_ras.GetNumberOfPoints() else vtkPolyData()
+    header = _SLICER_HEADER + "LPS"
+    if suffix == ".vtp":
+        data = vtkPolyData()
+        data.ShallowCopy(lps)
+        space = vtk_all.vtkStringArray()
+        space.SetName("SPACE")
+        space.InsertNextValue("LPS")
+        data.GetFieldData().AddArray(space)
+        writer = vtk_all.vtkXMLPolyDataWriter()
+        writer.SetInputData(data)
+        writer.SetCompressorTypeToZLib()
+        writer.SetDataModeToAppended()
+    elif suffix == ".obj":
+        writer = vtk_all.vtkOBJWriter()
+        writer.SetInputData(lps)
+        _write_obj_with_comment(writer, path, header)
+        return path
+    else:
+        writer = getattr(vtk_all, _WRITERS[suffix])()
+        writer.SetInputData(triangulate(lps) if suffix in (".stl", ".ply") else lps)
+        writer.SetFileTypeToBinary()
+        if suffix == ".ply":
+            writer.AddComment("SPACE=LPS")
+        else:
+            writer.SetHeader(header)
+        if suffix == ".vtk":
+            writer.SetFileVersion(42)
+    writer.SetFileName(str(path))
+    if not writer.Write():
+        raise OSError(f"Could not write {path}.")
+    return path
+
+
+def _write_obj_with_comment(writer, path: Path, header: str) -> None:
+    writer.SetFileName(str(path))
+    if not writer.Write():
+        raise OSError(f"Could not write {path}.")
+    body = path.read_text()
+    path.write_text(f"# {header}\n{body}")
+
+
+def mesh_coordinate_system(path: str | Path) -> str | None:
+    """'LPS' or 'RAS' when the file marks its coordinate system the way Slicer does, else None."""
+    import re
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".vtp":
+        field = load_polydata(path).GetFieldData().GetAbstractArray("SPACE")
+        return str(field.GetValue(0)).upper() if field is not None and field.GetNumberOfValues() else None
+    with open(path, "rb") as handle:
+        head = handle.read(4096 if suffix != ".stl" else 80).decode("latin-1")
+    match = re.search(r"SPACE=(RAS|LPS)", head, flags=re.IGNORECASE)
+    return match.group(1).upper() if match else None
+
+
+def load_polydata_ras(path: str | Path) -> vtkPolyData:
+    """Read a mesh into RAS the way Slicer does: files marked (or, like Slicer, assumed) LPS are flipped."""
+    polydata = load_polydata(path)
+    if mesh_coordinate_system(path) == "RAS":
+        return polydata
+    return transform(polydata, RAS_TO_LPS) if polydata.GetNumberOfPoints() else polydata

@@ -19,23 +19,31 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """Turn ``auto|cuda|cuda:N|mps|cpu`` into an available :class:`torch.device`.
 
     :param name: the requested device; ``auto`` picks CUDA, then MPS, then CPU.
-    :raises ValueError: when a named accelerator is not available.
+    :raises InputError: an unknown name (``tpu``, ``gpu0``) or an accelerator that is not available
+        (it is a ``ValueError`` too).
     """
+    from .errors import InputError
+
     if isinstance(name, torch.device):
         return name
-    name = (name or "auto").lower()
+    if name is not None and not isinstance(name, str):
+        raise InputError(f"Device must be one of {', '.join(DEVICE_CHOICES)}; got {name!r}.")
+    name = (name or "auto").strip().lower()
+    kind, _, index = name.partition(":")
+    if kind not in DEVICE_CHOICES or (index and (kind != "cuda" or not index.isdigit())):
+        raise InputError(f"Unknown device {name!r}: choose one of {', '.join(DEVICE_CHOICES)} (or cuda:N).")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("CUDA was requested but no CUDA GPU is available: choose device 'cpu' or 'auto'.")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("MPS was requested but is not available: choose device 'cpu' or 'auto'.")
-    if name.split(":")[0] not in DEVICE_CHOICES:
-        raise ValueError(f"Unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError("CUDA was requested but no CUDA GPU is available: choose device 'cpu' or 'auto'.")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise InputError(f"There is no GPU {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("MPS was requested but is not available: choose device 'cpu' or 'auto'.")
     return torch.device(name)
 
 

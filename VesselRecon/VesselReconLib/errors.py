@@ -13,6 +13,80 @@ class CheckpointError(InputError):
     """A model file is missing, corrupt, or does not match the expected architecture or preset."""
 
 
+class InferenceError(RuntimeError):
+    """A network or a numerical step produced NaN or infinite values; the message names the step."""
+
+
+def check_finite_output(values, step: str, hint: str = "") -> None:
+    """Raise :class:`InferenceError` naming ``step`` unless every value of ``values`` is finite.
+
+    :param values: a numpy array or torch tensor (or a tuple/list/dict of them).
+    :param step: what produced the values (for example ``"octadepth-lite network output"``).
+    """
+    for value in _leaves(values):
+        finite = value.isfinite().all() if hasattr(value, "isfinite") else np.isfinite(np.asarray(value)).all()
+        if not bool(finite):
+            raise InferenceError(f"{step} contains NaN or infinite values{': ' + hint if hint else ''}. "
+                                 "The model file may be corrupt: reinstall it or load another checkpoint.")
+
+
+def _leaves(values):
+    """The floating-point arrays/tensors inside ``values`` (nested lists, tuples and dicts)."""
+    if isinstance(values, dict):
+        values = list(values.values())
+    if isinstance(values, (list, tuple)):
+        for value in values:
+            yield from _leaves(value)
+    elif hasattr(values, "is_floating_point"):  # torch tensor
+        if values.is_floating_point():
+            yield values
+    elif isinstance(values, (np.ndarray, np.floating, float)) and np.issubdtype(np.asarray(values).dtype, np.floating):
+        yield values
+
+
+def check_number(value, name: str, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False, hint: str = "", integer: bool = False) -> float:
+    """Return ``value`` as a float after checking it is a finite number inside ``[low, high]``.
+
+    :param low_open: exclude ``low`` itself; ``high_open`` likewise.
+    :param hint: what to do instead (appended to the message).
+    :raises InputError: not a number, NaN/inf, outside the range, or not an integer when ``integer``.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number; got {value!r}.{' ' + hint if hint else ''}") from None
+    bad = not np.isfinite(number)
+    bad |= low is not None and (number < low or (low_open and number == low))
+    bad |= high is not None and (number > high or (high_open and number == high))
+    if integer and not bad and number != int(number):
+        raise InputError(f"{name} must be a whole number; got {value!r}.")
+    if bad:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        allowed = " and ".join(x for x in (lo, hi) if x) or "finite"
+        raise InputError(f"{name} is {value!r}; it must be {allowed}.{' ' + hint if hint else ''}")
+    return number
+
+
+def check_geometry(ijk_to_ras, name: str) -> np.ndarray:
+    """Check an IJK-to-RAS matrix: finite, invertible, with positive voxel spacing; return the spacing.
+
+    :raises InputError: NaN/inf entries, zero or NaN spacing, or a degenerate (flat) orientation.
+    """
+    matrix = np.asarray(ijk_to_ras, float)
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+        raise InputError(f"{name} has a non-finite image geometry (IJK-to-RAS): fix its spacing, origin and "
+                         "directions (Volumes module, Volume Information).")
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    if (spacing <= 1e-9).any():
+        raise InputError(f"{name} has voxel spacing {tuple(round(float(s), 6) for s in spacing)} mm; every spacing "
+                         "must be positive: set the true spacing (Volumes module, Volume Information).")
+    if abs(np.linalg.det(matrix[:3, :3] / spacing[None, :])) < 1e-6:
+        raise InputError(f"{name} has degenerate axis directions: fix its IJK-to-RAS directions.")
+    return spacing
+
+
 # Above this many voxels a volume is processed in windows rather than in one piece.
 MAX_VOXELS = 2_000_000_000
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from . import mrml, registry, runtime
 from .device import resolve_device
-from .errors import InputError
+from .errors import InputError, check_geometry, check_image, check_number
+from .progress import Reporter, as_reporter
+
+# Output parameter classes checked by :meth:`VesselReconLogic.check_outputs`.
+VOLUME, LABELMAP, SEGMENTATION = "vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode"
+MODEL, TABLE, CURVE, MARKUPS = "vtkMRMLModelNode", "vtkMRMLTableNode", "vtkMRMLMarkupsCurveNode", "vtkMRMLMarkupsNode"
 
 
 class VesselReconLogic:
@@ -32,16 +39,71 @@ class VesselReconLogic:
 
     @staticmethod
     def read_volume(node, missing: str) -> tuple[np.ndarray, np.ndarray]:
-        """A volume node's voxels (KJI) and IJK-to-RAS; an :class:`InputError` when absent or empty.
+        """The validation gate every Logic passes its input volumes through before any compute.
+
+        Checks, each refusal an :class:`InputError` that says what to do: the node is given and is a
+        volume node; it has image data with voxel values; its geometry is finite with positive
+        spacing; floating-point voxels are finite. Dimensionality and size are checked by
+        :meth:`read_image` (or the module's own image check).
 
         :param missing: the message telling the user which input to select.
+        :returns: the voxels (KJI, a copy) and the IJK-to-RAS matrix.
         """
         if node is None:
             raise InputError(missing)
+        name = f"Volume '{node.GetName()}'" if hasattr(node, "GetName") else "The input"
         try:
-            return mrml.volume_to_array(node)
+            array, ijk_to_ras = mrml.volume_to_array(node)
+        except InputError:
+            raise
         except ValueError as exc:
-            raise InputError(f"{node.GetName()}: {exc}") from exc
+            raise InputError(f"{name}: {exc}") from exc
+        check_geometry(ijk_to_ras, name)
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise InputError(f"{name} contains NaN or infinite values: fix or mask them before processing.")
+        return array, ijk_to_ras
+
+    @classmethod
+    def read_image(cls, node, missing: str, ndim: int = 3, min_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`read_volume` plus a scalar, non-constant image of ``ndim`` dimensions, each axis at
+        least ``min_size`` voxels (single-slice volumes count as 2D); returns float32 voxels."""
+        array, ijk_to_ras = cls.read_volume(node, missing)
+        name = f"Volume '{node.GetName()}'"
+        if array.ndim == 4:
+            raise InputError(f"{name} has {array.shape[-1]} components per voxel: select a scalar (grayscale) volume.")
+        if ndim == 2:
+            array = array[0] if array.shape[0] == 1 else array
+        return check_image(array, name, ndim, min_size), ijk_to_ras
+
+    @staticmethod
+    def check_outputs(**nodes) -> None:
+        """Check the class of every output node the caller passed, before any compute.
+
+        Call as ``check_outputs(outputModel=(outputModel, MODEL), ...)``; ``None`` nodes are skipped.
+        """
+        for parameter, (node, class_names) in nodes.items():
+            mrml.check_node_class(node, class_names, parameter)
+
+    @staticmethod
+    def check_range(value, name: str, low=None, high=None, **kwargs) -> float:
+        """:func:`~VesselReconLib.errors.check_number`: a finite number in ``[low, high]``."""
+        return check_number(value, name, low, high, **kwargs)
+
+    @contextlib.contextmanager
+    def writing(self, progress=None, cancel=None) -> Iterator[Reporter]:
+        """Write outputs all-or-nothing, after the last cancel check.
+
+        Cancel is checked once on entry; after that the reporter only reports (a Cancel pressed
+        while writing is too late to undo nothing). If the block raises, the nodes it created are
+        removed and the existing nodes it overwrote are restored (:func:`mrml.transaction`).
+
+        :param progress: the call's reporter (or ``progress`` callable); ``cancel`` likewise.
+        :returns: the committed reporter, for progress messages while writing.
+        """
+        reporter = as_reporter(progress, cancel)
+        reporter.commit()
+        with mrml.transaction(self.scene):
+            yield reporter
 
     def shipped_models(self) -> list[str]:
         """Presets of this module's shipped models (for the widget's model choice)."""
@@ -53,6 +115,8 @@ class VesselReconLogic:
         :returns: ``(network, metadata)``.
         """
         torch_device = resolve_device(device)
+        if not isinstance(model, str) or not model.strip():
+            raise InputError(f"Model must be a shipped preset name (e.g. 'lite') or a checkpoint path; got {model!r}.")
         key = (model, str(torch_device))
         if key not in self._models:
             self._models[key] = registry.load_model(self.method, model, str(torch_device))

@@ -7,7 +7,9 @@ survive every round trip. Only Logic classes call these, on the main thread.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import runtime
+from .errors import InputError
 
 CREATED_BY = "VesselRecon.CreatedBy"
 # SCT "Blood vessel" in Slicer's terminology string format (category~type~modifier~region...).
@@ -68,22 +71,125 @@ def spacing_of(ijk_to_ras: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(ijk_to_ras)[:3, :3], axis=0)
 
 
+# ---------------------------------------------------------------- all-or-nothing scene changes
+
+
+def node_ids(scene) -> list[str]:
+    """IDs of every node in the scene, in scene order."""
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
+def remove_nodes_added_since(scene, before: set[str]) -> None:
+    """Remove every node whose ID is not in ``before`` (newest first), except scene singletons such
+    as the subject hierarchy, which Slicer creates once and expects to keep."""
+    for node_id in reversed(node_ids(scene)):
+        node = scene.GetNodeByID(node_id)
+        if node_id not in before and node is not None and not node.GetSingletonTag():
+            scene.RemoveNode(node)
+
+
+@contextlib.contextmanager
+def scratch(scene) -> Iterator[None]:
+    """Remove, on leaving the block, every node added inside it (temporary export labelmaps and the
+    display nodes and colour tables that come with them)."""
+    before = set(node_ids(scene))
+    try:
+        yield
+    finally:
+        remove_nodes_added_since(scene, before)
+
+
+class SceneTransaction:
+    """Remembers the scene before a Logic writes; :meth:`rollback` removes the nodes added since and
+    restores the content of the existing nodes written to (see :func:`will_modify`)."""
+
+    def __init__(self, scene):
+        self.scene = scene
+        self.before = set(node_ids(scene))
+        self.saved: dict[str, list] = {}
+
+    def will_modify(self, node) -> None:
+        """Keep a copy of an existing node (and its display nodes) before it is overwritten."""
+        node_id = node.GetID() if node is not None else None
+        if node_id is None or node_id not in self.before or node_id in self.saved:
+            return
+        parts = [node] + [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())
+                          if node.GetNthDisplayNode(i) is not None] if node.IsA("vtkMRMLDisplayableNode") else [node]
+        self.saved[node_id] = [(part, _content_copy(part)) for part in parts]
+
+    def rollback(self) -> None:
+        remove_nodes_added_since(self.scene, self.before)
+        for parts in self.saved.values():
+            for part, copy in parts:
+                part.CopyContent(copy, True)
+
+
+def _content_copy(node):
+    copy = node.GetScene().CreateNodeByClass(node.GetClassName())
+    copy.CopyContent(node, True)
+    return copy
+
+
+_ACTIVE = threading.local()
+
+
+@contextlib.contextmanager
+def transaction(scene) -> Iterator[SceneTransaction]:
+    """All-or-nothing output writing: if the block raises, the scene is put back as it was.
+
+    Nodes added in the block are removed; existing nodes written through :func:`output_node` (or
+    announced with :func:`will_modify`) get their content and display back.
+    """
+    record = SceneTransaction(scene)
+    stack = _ACTIVE.__dict__.setdefault("stack", [])
+    stack.append(record)
+    try:
+        yield record
+    except BaseException:
+        record.rollback()
+        raise
+    finally:
+        stack.remove(record)
+
+
+def will_modify(node) -> None:
+    """Announce that an existing node is about to be overwritten (restored if the write fails)."""
+    for record in getattr(_ACTIVE, "stack", []):
+        if record.scene is node.GetScene():
+            record.will_modify(node)
+
+
+def check_node_class(node, class_names: str | Sequence[str], name: str) -> None:
+    """Raise :class:`InputError` unless ``node`` (when given) is one of ``class_names`` (or a subclass)."""
+    if node is None:
+        return
+    wanted = (class_names,) if isinstance(class_names, str) else tuple(class_names)
+    if not hasattr(node, "IsA") or not any(node.IsA(c) for c in wanted):
+        got = node.GetClassName() if hasattr(node, "GetClassName") else type(node).__name__
+        readable = " or ".join(c.replace("vtkMRML", "").replace("Node", " node") for c in wanted)
+        raise InputError(f"{name} is a {got.replace('vtkMRML', '').replace('Node', ' node')}; select a {readable}.")
+
+
 # ---------------------------------------------------------------- output nodes
 
 
 def output_node(class_name: str, name: str, node=None, scene=None, creator: str = "VesselRecon"):
     """The node to write an output into.
 
-    A node passed in is used as is. Otherwise a node this extension created earlier with the same
-    name is updated, and if none exists a new one is added. User nodes are never taken over.
+    A node passed in is used as is (it must be a ``class_name``). Otherwise a node this extension
+    created earlier with the same name is updated, and if none exists a new one is added. User nodes
+    are never taken over. Inside a :func:`transaction`, an existing node is saved before it is reused.
     """
     if node is not None:
+        check_node_class(node, class_name, f"The output node '{node.GetName() if hasattr(node, 'GetName') else node}'")
+        will_modify(node)
         return node
     scene = _scene(scene)
     existing = scene.GetNodesByClassByName(class_name, name)
     for index in range(existing.GetNumberOfItems()):
         candidate = existing.GetItemAsObject(index)
         if candidate.GetAttribute(CREATED_BY) == creator:
+            will_modify(candidate)
             return candidate
     created = scene.AddNewNodeByClass(class_name, name)
     created.SetAttribute(CREATED_BY, creator)
@@ -94,15 +200,27 @@ def output_node(class_name: str, name: str, node=None, scene=None, creator: str 
 
 
 def volume_to_array(node) -> tuple[np.ndarray, np.ndarray]:
-    """A volume node's voxels (a copy, KJI order) and its IJK-to-RAS matrix."""
-    if node is None or node.GetImageData() is None:
-        raise ValueError("The volume node has no image data: load an image first.")
+    """A volume node's voxels (a copy, KJI order) and its IJK-to-RAS matrix.
+
+    :raises InputError: not a volume node, no image data, no scalars, or an empty grid.
+    """
+    if node is None:
+        raise InputError("No volume selected: load or select an image first.")
+    check_node_class(node, "vtkMRMLVolumeNode", f"'{node.GetName() if hasattr(node, 'GetName') else node}'")
+    if node.GetImageData() is None:
+        raise InputError("The volume node has no image data: load an image first.")
     from vtkmodules.util import numpy_support
     from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
     image = node.GetImageData()
     dims = image.GetDimensions()
+    if image.GetPointData().GetScalars() is None or min(dims) < 1:
+        raise InputError(f"The volume node '{node.GetName()}' has image data without voxel values (dimensions "
+                         f"{dims}): reload the image.")
     scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    if scalars.size != int(np.prod(dims)) * image.GetNumberOfScalarComponents():
+        raise InputError(f"The volume node '{node.GetName()}' holds {scalars.size} values for a {dims} grid: "
+                         "reload the image.")
     components = image.GetNumberOfScalarComponents()
     shape = (dims[2], dims[1], dims[0]) + ((components,) if components > 1 else ())
     matrix = vtkMatrix4x4()
@@ -232,17 +350,46 @@ def _oriented_labelmap(mask: np.ndarray, ijk_to_ras: np.ndarray):
 
 def segmentation_to_labelmap(node, reference_volume=None, segment_ids: Sequence[str] | None = None
                              ) -> tuple[np.ndarray, np.ndarray]:
-    """Export segments to a KJI label array (1..n in segment order) on the reference geometry."""
+    """Export segments to a KJI label array (1..n in segment order) on the reference geometry.
+
+    The temporary labelmap, its display node and colour table never outlive the call. A segmentation
+    without segments gives an all-zero array on ``reference_volume``'s grid.
+
+    :raises InputError: not a segmentation node, or empty without a reference volume to size it.
+    """
     slicer = _slicer()
+    check_node_class(node, "vtkMRMLSegmentationNode", f"'{node.GetName() if hasattr(node, 'GetName') else node}'")
     scene = node.GetScene()
-    label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__vesselrecon_export")
-    try:
-        ids = _string_array(segment_ids or node.GetSegmentation().GetSegmentIDs())
+    ids = list(segment_ids or node.GetSegmentation().GetSegmentIDs())
+    if not ids:
+        if reference_volume is None:
+            raise InputError(f"The segmentation '{node.GetName()}' has no segments: paint one or select another.")
+        array, matrix = volume_to_array(reference_volume)
+        return np.zeros(array.shape[:3], np.uint8), matrix
+    with scratch(scene):
+        label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__vesselrecon_export")
         logic = slicer.vtkSlicerSegmentationsModuleLogic
-        logic.ExportSegmentsToLabelmapNode(node, ids, label_node, reference_volume)
+        if not logic.ExportSegmentsToLabelmapNode(node, _string_array(ids), label_node, reference_volume):
+            if reference_volume is not None and _all_segments_empty(node, ids):
+                array, matrix = volume_to_array(reference_volume)
+                return np.zeros(array.shape[:3], np.uint8), matrix
+            raise InputError(f"The segmentation '{node.GetName()}' could not be converted to a labelmap: "
+                             "check that it has a binary labelmap representation.")
         return volume_to_array(label_node)
-    finally:
-        scene.RemoveNode(label_node)
+
+
+def _all_segments_empty(node, ids) -> bool:
+    """True when none of the segments holds a single voxel (Slicer cannot export those)."""
+    slicer = _slicer()
+    name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    for segment_id in ids:
+        labelmap = node.GetSegmentation().GetSegment(segment_id).GetRepresentation(name)
+        if labelmap is not None and labelmap.GetPointData().GetScalars() is not None:
+            from vtkmodules.util import numpy_support
+
+            if numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).any():
+                return False
+    return True
 
 
 def _string_array(values):
@@ -377,13 +524,19 @@ def color_table(name: str, colors: Sequence[Sequence[float]], scene=None, n: int
 
 
 def save_scene(path: str | Path, scene=None) -> Path:
-    """Save the scene with all its data as a Slicer ``.mrb`` bundle."""
+    """Save the scene with all its data as a Slicer ``.mrb`` bundle.
+
+    The bundle is written under a temporary name in the target folder and then moved onto ``path``,
+    so an interrupted save never leaves a corrupt ``.mrb`` under the final name.
+    """
+    from .atomic import atomic_path
+
     scene = _scene(scene)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     _ensure_storage_nodes(scene)
-    if not scene.WriteToMRB(str(path)):
-        raise OSError(f"Could not write the scene to {path}.")
+    with atomic_path(path) as temporary:
+        if not scene.WriteToMRB(str(temporary)):
+            raise OSError(f"Could not write the scene to {path}.")
     return path
 
 

@@ -47,6 +47,15 @@ class Reporter:
         if self._cancel():
             raise Cancelled("Cancelled by the user.")
 
+    def commit(self) -> None:
+        """Mark the last cancel check as passed: from now on this reporter only reports progress.
+
+        Logic classes call this (through ``VesselReconLogic.writing``) right before they write their
+        outputs, so that a Cancel pressed while writing can no longer leave half the outputs behind.
+        """
+        self.check()
+        self._cancel = _never_cancel
+
     def sub(self, start: float, end: float) -> "Reporter":
         """A reporter for the sub-range ``[start, end]`` (fractions of this one)."""
         span = self.end - self.start

@@ -180,14 +180,50 @@ def build_model(module: str, preset: str, config: dict | None = None):
     return network.build_model(preset, **(config or {}))
 
 
+def check_finite_weights(state: dict, source: str) -> None:
+    """Refuse a state dict holding NaN or infinite weights (a corrupt or diverged checkpoint).
+
+    :raises CheckpointError: naming the file and the first bad tensor.
+    """
+    for key, tensor in state.items():
+        if hasattr(tensor, "is_floating_point") and tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise CheckpointError(f"Checkpoint {source} holds NaN or infinite weights (first in {key!r}); "
+                                  "the training diverged or the file is corrupt: retrain or load another model.")
+
+
+def _finite_output_hook(step: str):
+    """A forward hook refusing NaN/inf outputs of ``step`` before any post-processing sees them."""
+    from .errors import check_finite_output
+
+    def hook(module, inputs, output):
+        check_finite_output(output, f"The output of {step}",
+                            "the input may lie far outside what the model was trained on")
+
+    return hook
+
+
+def guard_outputs(model, source: str) -> None:
+    """Make the network and each of its direct parts (encoder, heads, segmenter...) refuse NaN/inf
+    outputs with an :class:`~VesselReconLib.errors.InferenceError` naming the part; idempotent."""
+    if getattr(model, "_vesselrecon_guarded", False):
+        return
+    model.register_forward_hook(_finite_output_hook(f"the {source} network"))
+    for name, child in model.named_children():
+        child.register_forward_hook(_finite_output_hook(f"the {source} network's {name}"))
+    model._vesselrecon_guarded = True
+
+
 def load_into(model, state: dict, source: str) -> None:
-    """Strictly load ``state`` into ``model``, turning key/shape mismatches into a clear error."""
+    """Strictly load ``state`` into ``model``, turning key/shape mismatches and NaN weights into a clear
+    error, and make every later forward pass refuse NaN/inf outputs (:class:`InferenceError`)."""
+    check_finite_weights(state, source)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()][:4]
         raise CheckpointError(f"{source} does not match the {type(model).__name__} architecture: "
                               + " ".join(lines)[:600]) from exc
+    guard_outputs(model, source)
 
 
 def load_model(module: str, model: str = "lite", device: str = "cpu", directory: str | Path | None = None):

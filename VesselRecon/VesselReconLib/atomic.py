@@ -1,0 +1,79 @@
+"""All-or-nothing output files: write to a temporary name in the target folder, then ``os.replace``.
+
+A crash, Ctrl-C or a full disk therefore never leaves a half-written file under the final name, and
+:func:`remove_stale` lets a re-run delete the outputs it is about to rewrite first, so that files of
+an older run never stand beside new ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .errors import InputError
+
+PARTIAL_PREFIX = ".vesselrecon-partial-"
+
+
+def output_folder(folder: str | Path) -> Path:
+    """Create ``folder`` (and its parents) if needed and return it.
+
+    :raises InputError: the path, or one of its parents, is an existing file, or it cannot be created.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"Output folder {folder} is a file (or lies under one): choose a folder.") from None
+    except PermissionError:
+        raise InputError(f"Output folder {folder} cannot be created: check its permissions.") from None
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"Output folder {folder} is not writable: choose another folder.")
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path with the same file name, in a hidden folder beside ``path``; when the
+    block succeeds, move it onto ``path`` with ``os.replace`` (atomic on one file system).
+
+    :raises InputError: ``path`` is a folder or its folder cannot be created.
+    :raises OSError: the block wrote nothing.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder: choose a file name.")
+    folder = output_folder(path.parent)
+    scratch = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=folder))
+    try:
+        temporary = scratch / path.name
+        yield temporary
+        if not temporary.exists():
+            raise OSError(f"Nothing was written to {path}.")
+        os.replace(temporary, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically; return its path."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+    return Path(path)
+
+
+def remove_stale(paths: Iterable[str | Path]) -> list[Path]:
+    """Delete the given output files if they exist (the outputs a re-run is about to rewrite).
+
+    :returns: the files removed.
+    """
+    removed = []
+    for path in map(Path, paths):
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            removed.append(path)
+    return removed

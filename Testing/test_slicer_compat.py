@@ -1,0 +1,206 @@
+"""The Slicer compatibility layer against fakes that behave like Slicer 5.8 and like 5.10+.
+
+Slicer 5.8 differs from the slicer-core 5.13 the rest of the suite runs on in exactly the calls that
+``VesselReconLib.slicer_compat`` wraps: segment terminology, Markups classes at import time, and
+package installs (no ``pip_ensure``, a silent blocking ``pip_install``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import pytest
+
+from VesselReconLib import mrml, slicer_compat, slicerdeps
+
+TERMINOLOGY = mrml.VESSEL_TERMINOLOGY
+TAG = "TerminologyEntry"
+
+
+class Segment58:
+    """A vtkSegment as in Slicer 5.8: terminology only through tags."""
+
+    def __init__(self):
+        self.tags = {}
+
+    @staticmethod
+    def GetTerminologyEntryTagName():
+        return TAG
+
+    def SetTag(self, key, value):
+        self.tags[key] = value
+
+    def GetTag(self, key):
+        return self.tags.get(key, "")
+
+
+class Segment510(Segment58):
+    """A vtkSegment as in Slicer 5.10 and later."""
+
+    def SetTerminology(self, value):
+        self.terminology = value
+
+    def GetTerminology(self):
+        return getattr(self, "terminology", "")
+
+
+def test_terminology_on_5_8_is_a_tag():
+    segment = Segment58()
+    assert not hasattr(segment, "SetTerminology")
+    slicer_compat.set_segment_terminology(segment, TERMINOLOGY)
+    assert segment.tags == {TAG: TERMINOLOGY}
+    assert slicer_compat.segment_terminology(segment) == TERMINOLOGY
+
+
+def test_terminology_on_5_10_uses_the_setter():
+    segment = Segment510()
+    slicer_compat.set_segment_terminology(segment, TERMINOLOGY)
+    assert segment.terminology == TERMINOLOGY and segment.tags == {}
+    assert slicer_compat.segment_terminology(segment) == TERMINOLOGY
+
+
+def test_real_segment_terminology_round_trip():
+    import slicer
+
+    segment = slicer.vtkSegment()
+    slicer_compat.set_segment_terminology(segment, TERMINOLOGY)
+    assert slicer_compat.segment_terminology(segment) == TERMINOLOGY
+    # What 5.8 reads: the tag that both versions store the terminology under.
+    assert slicer_compat.tag_value(segment, slicer.vtkSegment.GetTerminologyEntryTagName()) == TERMINOLOGY
+
+
+def _hidden(self):
+    raise AttributeError("vtkSegment has no SetTerminology before Slicer 5.10")
+
+
+def test_mrml_writes_terminology_on_a_5_8_like_segment(monkeypatch):
+    """The Logic's segmentation writer goes through the layer, so 5.8's vtkSegment works."""
+    import numpy as np
+    import slicer
+
+    from VesselReconLib import runtime
+
+    class Segment58Real(slicer.vtkSegment):  # a real vtkSegment without SetTerminology, as in 5.8
+        SetTerminology = property(_hidden)
+        GetTerminology = property(_hidden)
+
+    assert not hasattr(Segment58Real(), "SetTerminology")
+    fake_slicer = types.SimpleNamespace(vtkSegment=Segment58Real, vtkOrientedImageData=slicer.vtkOrientedImageData,
+                                        vtkSegmentationConverter=slicer.vtkSegmentationConverter)
+    monkeypatch.setattr(mrml, "_slicer", lambda: fake_slicer)
+    labels = np.zeros((2, 8, 8), np.uint8)
+    labels[:, 2:6, 2:6] = 1
+    node = mrml.labelmap_to_segmentation(labels, np.eye(4), [mrml.SegmentSpec(1, "vessel")], "seg",
+                                         scene=runtime.new_scene())
+    segmentation = node.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 1
+    segment = segmentation.GetNthSegment(0)
+    assert slicer_compat.segment_terminology(segment) == TERMINOLOGY
+
+
+def test_markups_classes_are_looked_up_at_call_time(monkeypatch):
+    """5.8: Markups classes are absent from ``slicer`` until the Markups module is loaded."""
+    fake_slicer = types.SimpleNamespace(vtkMRMLScalarVolumeNode=object)
+    wrapper = types.ModuleType("vtkSlicerMarkupsModuleMRMLPython")
+    monkeypatch.setitem(sys.modules, "vtkSlicerMarkupsModuleMRMLPython", wrapper)
+    with pytest.raises(ImportError, match="vtkMRMLMarkupsCurveNode is not available"):
+        slicer_compat.mrml_class("vtkMRMLMarkupsCurveNode", fake_slicer)
+
+    class Curve:
+        pass
+
+    wrapper.vtkMRMLMarkupsCurveNode = Curve  # the module's own wrapping is loaded: found there
+    assert slicer_compat.mrml_class("vtkMRMLMarkupsCurveNode", fake_slicer) is Curve
+    fake_slicer.vtkMRMLMarkupsCurveNode = "from slicer"  # once Markups has loaded: from slicer
+    assert slicer_compat.mrml_class("vtkMRMLMarkupsCurveNode", fake_slicer) == "from slicer"
+    assert slicer_compat.mrml_class("vtkMRMLScalarVolumeNode", fake_slicer) is object
+    import slicer
+
+    assert slicer_compat.mrml_class("vtkMRMLMarkupsFiducialNode") is slicer.vtkMRMLMarkupsFiducialNode
+
+
+def test_minimum_slicer_version():
+    app = lambda major, minor: types.SimpleNamespace(majorVersion=major, minorVersion=minor)  # noqa: E731
+    assert slicer_compat.MINIMUM_SLICER_VERSION == (5, 8)
+    assert slicer_compat.slicer_version(app(5, 8)) == (5, 8)
+    assert slicer_compat.version_supported((5, 8)) and slicer_compat.version_supported((5, 13))
+    assert slicer_compat.version_supported((6, 0)) and slicer_compat.version_supported(None)
+    assert not slicer_compat.version_supported((5, 6)) and not slicer_compat.version_supported((4, 11))
+    assert "5.8 or later" in slicer_compat.unsupported_version_message((5, 6))
+    assert slicer_compat.slicer_version(types.SimpleNamespace()) is None
+
+
+def test_torch_version_check():
+    requirement = slicerdeps.TORCH_REQUIREMENT
+    assert slicer_compat.torch_problem(requirement, "2.14.1") is None
+    assert slicer_compat.torch_problem(requirement, "2.5.1+cu121") is None
+    assert "1.13.1+cpu is installed" in slicer_compat.torch_problem(requirement, "1.13.1+cpu")
+    assert slicer_compat.torch_problem(requirement) is None  # the suite's torch, from its metadata
+    assert not slicer_compat.version_satisfies("not-a-version", requirement)
+    assert slicer_compat.installed_version("surely-not-a-distribution-xyz") is None
+    assert slicer_compat.installed_version("torch")  # the suite's own torch, read without importing
+
+
+def test_pip_ensure_gets_skip_packages_and_progress():
+    calls = []
+
+    def pip_ensure(requirements, constraints=None, skip_packages=None, prompt_install=True, prompt_restart=True,
+                   requester=None, skip_in_testing=True, show_progress=True):
+        calls.append(([str(r) for r in requirements], skip_packages, prompt_install, requester, show_progress,
+                      skip_in_testing))
+
+    slicer_compat.install_packages(["monai>=1.3", "pydicom"], ["numpy", "vtk"], ask=True, pip_ensure=pip_ensure)
+    assert calls == [(["monai>=1.3", "pydicom"], ["numpy", "vtk"], True, "VesselRecon", True, False)]
+
+
+def test_pip_install_fallback_on_5_8_asks_and_protects_slicer_packages():
+    runs, asked = [], []
+    no_deps = {"monai": [], "timm": ["huggingface-hub", "safetensors"]}
+    kwargs = dict(no_deps=no_deps, confirm=lambda message: asked.append(message) or True, run_pip=runs.append)
+    slicer_compat.install_packages(["monai>=1.3", "timm", "pydicom"], ["numpy"], ask=True, pip_ensure=None, **kwargs)
+    assert len(asked) == 1 and "monai>=1.3" in asked[0]
+    assert runs == [["install", "pydicom", "huggingface-hub", "safetensors"], ["install", "--no-deps", "monai>=1.3", "timm"]]
+    runs.clear()
+    with pytest.raises(slicer_compat.InstallDeclined):
+        slicer_compat.install_packages(["pydicom"], ["numpy"], ask=True, pip_ensure=None, no_deps=no_deps,
+                                       confirm=lambda message: False, run_pip=runs.append)
+    assert runs == []
+
+
+def test_pip_progress_streams_lines_and_reports_failure():
+    """The 5.8/5.10 install path: a child process whose output is shown line by line while the GUI pumps."""
+    lines, pumps = [], []
+    script = "import sys, time\nfor i in range(3):\n    print('Collecting package', i, flush=True); time.sleep(0.05)\n"
+    slicer_compat.run_pip_with_progress([], on_line=lines.append, pump=lambda: pumps.append(1),
+                                        command=[sys.executable, "-c", script])
+    assert lines == ["Collecting package 0", "Collecting package 1", "Collecting package 2"]
+    assert pumps, "the GUI was never pumped while pip ran"
+    failing = "import sys\nprint('ERROR: No matching distribution found for nothing')\nsys.exit(1)\n"
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        slicer_compat.run_pip_with_progress([], on_line=lines.append, command=[sys.executable, "-c", failing])
+    assert "No matching distribution" in info.value.output
+
+
+def test_pip_progress_cancel_kills_the_child():
+    script = "import time\nprint('Downloading torch', flush=True)\ntime.sleep(60)\n"
+    seen = []
+    with pytest.raises(slicer_compat.InstallDeclined):
+        slicer_compat.run_pip_with_progress([], on_line=seen.append, cancel=lambda: bool(seen),
+                                            command=[sys.executable, "-c", script])
+    assert seen == ["Downloading torch"]
+
+
+def test_no_worker_processes_inside_slicer(monkeypatch):
+    from VesselReconLib import runtime
+
+    assert slicer_compat.worker_processes_allowed()
+    monkeypatch.setattr(runtime, "in_slicer_app", lambda: True)
+    assert not slicer_compat.worker_processes_allowed()
+
+
+def test_requirement_names():
+    assert slicer_compat.requirement_name("monai>=1.3") == "monai"
+    assert slicer_compat.requirement_name("segmentation-models-pytorch") == "segmentation-models-pytorch"
+    assert slicer_compat.requirement_name("PyYAML[extra]; python_version>'3'") == "pyyaml"

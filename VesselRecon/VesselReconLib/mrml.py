@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import runtime
+from . import runtime, slicer_compat
 from .errors import InputError
 
 CREATED_BY = "VesselRecon.CreatedBy"
@@ -328,7 +328,7 @@ def labelmap_to_segmentation(labels: np.ndarray, ijk_to_ras: np.ndarray, segment
         segment.SetName(spec.name)
         segment.SetColor(*spec.color)
         if spec.terminology:
-            segment.SetTerminology(spec.terminology)
+            slicer_compat.set_segment_terminology(segment, spec.terminology)  # 5.8: a tag, 5.10+: a setter
         segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(), oriented)
         segmentation.AddSegment(segment, spec.name)
     if closed_surface:

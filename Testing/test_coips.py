@@ -33,8 +33,12 @@ def test_config_yaml_overrides_and_refusals(tmp_path):
     path.write_text("inputs: /x\n")
     with pytest.raises(InputError, match="Unknown configuration keys: inputs"):
         load_config(path)
-    with pytest.raises(InputError, match="implausible"):
-        CoipsConfig(field_of_view_mm=300)
+    for bad in (0, -3, float("nan"), 1e6, 300, "wide"):
+        with pytest.raises(InputError, match="plausible|not a number"):
+            CoipsConfig(field_of_view_mm=bad)
+    path.write_text("default_field_of_view_mm: 3\n")
+    with pytest.raises(InputError, match="never assumed"):
+        load_config(path)
     with pytest.raises(InputError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
 
@@ -76,8 +80,15 @@ def test_read_png_jpeg_bmp_tiff_and_dicom(tmp_path):
     rgb = np.stack([gradient] * 3, -1)
     Image.fromarray(rgb).save(tmp_path / "b.jpg", quality=95)
     Image.fromarray(rgb).save(tmp_path / "c.bmp")
-    assert np.allclose(io.read_image(tmp_path / "c.bmp").pixels, gradient / 255.0, atol=1 / 255)
-    assert io.read_image(tmp_path / "b.jpg", default_fov_mm=3.0).fov_source == "default"
+    assert np.allclose(io.read_image(tmp_path / "c.bmp", 3).pixels, gradient / 255.0, atol=1 / 255)
+    with pytest.raises(InputError, match=r"b\.jpg.*--fov"):
+        io.read_image(tmp_path / "b.jpg")
+    unknown = io.read_image(tmp_path / "b.jpg", required=False)
+    assert (unknown.field_of_view_mm, unknown.fov_source, unknown.pixel_size_mm) == (None, "unknown", None)
+    assert io.read_image(tmp_path / "b.jpg", 6).field_of_view_mm == 6.0
+    for bad in (0, -3, float("nan"), 1e6):
+        with pytest.raises(InputError, match="plausible"):
+            io.read_image(tmp_path / "b.jpg", bad)
     # 16-bit TIFF, 304 px at 1013.333 px/cm -> 3.0 mm field of view from the metadata
     wide = np.tile(np.arange(304, dtype=np.uint16) * 100, (304, 1))
     Image.fromarray(wide).save(tmp_path / "d.tif", resolution=1013.333, resolution_unit=3)
@@ -87,7 +98,7 @@ def test_read_png_jpeg_bmp_tiff_and_dicom(tmp_path):
     dicom = io.read_image(_write_dicom(tmp_path / "e.dcm", wide, spacing=6.0 / 304))
     assert dicom.fov_source == "metadata" and dicom.field_of_view_mm == pytest.approx(6.0)
     assert io.read_image(tmp_path / "e.dcm", field_of_view_mm=3).fov_source == "config"
-    inverted = io.read_image(_write_dicom(tmp_path / "f.dcm", wide, photometric="MONOCHROME1"))
+    inverted = io.read_image(_write_dicom(tmp_path / "f.dcm", wide, photometric="MONOCHROME1"), 6)
     assert np.allclose(inverted.pixels, 1.0 - dicom.pixels, atol=1e-6)
     assert sorted(p.name for p in io.list_images(tmp_path)) == ["a_6x6.png", "b.jpg", "c.bmp", "d.tif", "e.dcm", "f.dcm"]
 
@@ -114,6 +125,13 @@ def test_fov_tokens_and_work_image():
     assert io.fov_from_path("sOCTA-6x6-14k/img.png") == 6.0
     assert io.fov_from_path("/data/3 x 3 mm/img.png") == 3.0
     assert io.fov_from_path("img_33x3.png") is None
+    assert io.fov_from_path("octagon_angio3superf.tif") == 3.0 and io.fov_from_path("octagon_angio6prof.tif") == 6.0
+    assert io.fov_from_path("area6superf_system.png") == 6.0 and io.fov_from_path("p1_angio6deep.png") == 6.0
+    assert io.fov_from_path("scan_6mm.png") == 6.0 and io.fov_from_path("scan12.png") is None
+    assert io.fov_from_path("study_3x6.png") is None and io.fov_from_path("img_1000mm.png") is None
+    assert io.resolve_fov(None, 250.0, "x.png", required=False) == (None, "unknown")  # 72-dpi TIFF default
+    assert io.resolve_fov(None, 250.0, "x_6x6.png") == (6.0, "filename")
+    assert io.resolve_fov(3, 6.0, "x_6x6.png") == (3.0, "config")
     work = io.to_work_image(np.linspace(0, 1, 100 * 80, dtype=np.float32).reshape(100, 80), 64)
     assert work.shape == (64, 64) and work.dtype == np.uint8 and work.flags.writeable
 

@@ -125,12 +125,14 @@ def test_bad_inputs_leave_the_scene_untouched(scene, logic, tmp_path):
     before = names()
     for kwargs, error in [({"inputVolume": None}, "missing"), ({"inputVolume": flat}, "constant"),
                           ({"inputVolume": stack}, "2D image"), ({"inputVolume": nan_volume}, "NaN"),
-                          ({"inputVolume": good, "model": str(broken)}, "corrupt"),
-                          ({"inputVolume": good, "model": "resnet9000"}, "No shipped coips model")]:
+                          ({"inputVolume": good}, "field of view of 'good' is unknown.*3 mm or 6 mm"),
+                          ({"inputVolume": good, "fieldOfViewMm": 0}, "plausible"),
+                          ({"inputVolume": good, "fieldOfViewMm": "3 mm", "model": str(broken)}, "corrupt"),
+                          ({"inputVolume": good, "fieldOfViewMm": 3, "model": "resnet9000"}, "No shipped coips model")]:
         with pytest.raises(InputError, match=error):
             logic.process(device="cpu", **kwargs)
     with pytest.raises(CheckpointError):
-        logic.process(good, model="lite", fazModel="lite", device="cpu")
+        logic.process(good, 6, model="lite", fazModel="lite", device="cpu")
     assert names() == before
 
 
@@ -159,9 +161,15 @@ def test_batch_folder_with_dicom_corrupt_file_report_and_cancel(logic, held_out,
     assert "corrupt.png" in html and "Class distribution" in html and "<svg" in html
     assert result.csvPath.read_text().count("\n") == 6
     assert result.outputTable.GetTable().GetNumberOfRows() == 5
-    recursive = run_batch(CoipsConfig(input=str(study), output=str(tmp_path / "rec"), device="cpu", num_workers=0,
-                                      recursive=True, segment_ungradable=True),
-                          *logic.networks("lite", "faz-lite", "cpu")[:2])
+    config = CoipsConfig(input=str(study), output=str(tmp_path / "rec"), device="cpu", num_workers=0,
+                         recursive=True, segment_ungradable=True)
+    with pytest.raises(InputError, match=r"No field of view is known for sub/nested\.png.*--fov"):
+        run_batch(config, *logic.networks("lite", "faz-lite", "cpu")[:2])
+    assert not (tmp_path / "rec").exists()
+    (tmp_path / "fov.csv").write_text("image,field_of_view_mm\nsub/nested.png,6\nimg0_3x3.png,3\n")
+    config.fov_file = str(tmp_path / "fov.csv")
+    recursive = run_batch(config, *logic.networks("lite", "faz-lite", "cpu")[:2])
+    assert {r["image"]: r["fov_source"] for r in recursive.rows}["sub/nested.png"] == "config"
     assert len(recursive.rows) == 6 and all(r["faz_segmented"] for r in recursive.rows if r["status"] == "ok")
     assert any(r["image"] == "sub/nested.png" for r in recursive.rows)
     with pytest.raises(Cancelled):

@@ -116,7 +116,8 @@ class COIPSParameterNode:
     inputVolume - en-face OCTA image (single-slice volume).
     batchInputFolder, batchOutputFolder - folders of the Batch tab.
     model, checkpointPath, device - network weights (shipped preset or "Load checkpoint…") and device.
-    fieldOfViewMm - scan size (3x3 or 6x6 mm).
+    fieldOfViewMm - scan size: "auto (from the image)" (its spacing; refused when the image has none),
+        "3 mm" or "6 mm" (overrides the image's spacing).
     forceFazOnUngradable - segment the FAZ even on images graded ungradable.
     outputSegmentation, outputTable - FAZ segment; grade, probabilities and FAZ measurements.
     referenceSegmentation, evaluationTable - reference FAZ segment and metrics table (Evaluation).
@@ -128,7 +129,7 @@ class COIPSParameterNode:
     model: str = "lite"
     checkpointPath: Path
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
-    fieldOfViewMm: Annotated[int, Choice([3, 6])] = 3
+    fieldOfViewMm: Annotated[str, Choice(["auto (from the image)", "3 mm", "6 mm"])] = "auto (from the image)"
     forceFazOnUngradable: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode

@@ -1,12 +1,15 @@
 """En face (2D) image reading for OCTA: PNG, JPEG, BMP, TIFF or DICOM -> normalised grayscale + field of view.
 
 Every reader returns float32 pixels in ``[0, 1]`` (row, column order). The field of view (scan
-width in mm, 3 or 6 for OCTA-25K) comes from the configuration, else from the file's metadata
-(DICOM PixelSpacing, TIFF resolution), else from a ``3x3``/``6x6`` token in the path, else the default.
+width in mm, 3 or 6 for OCTA-25K) comes from the caller (``--fov``, a per-file override, the widget),
+else from the file's metadata (DICOM PixelSpacing, TIFF resolution), else from a clear token in the
+file or folder name (``3x3``, ``6 x 6 mm``, ``6mm``, OCTAGON's ``angio3superf``/``angio6prof``). It is
+never assumed: with none of these, :func:`read_image` raises :class:`InputError` naming the file.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,12 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES
 PLAUSIBLE_FOV_MM = (1.0, 16.0)
+UNKNOWN_FOV = "unknown"
 _FOV_TOKEN = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*(?:mm)?\s*[x×]\s*\1(?!\d|\.\d)", re.IGNORECASE)
+_MM_TOKEN = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?)\s*mm(?![a-z0-9])", re.IGNORECASE)
+# OCTAGON-style names: angio3superf, angio6prof, area3superf, angio6deep, angio_3_sup ...
+_SLAB_TOKEN = re.compile(r"(?<![a-z])(?:angio|area|octa)[_-]?(\d+(?:\.\d+)?)[_-]?(?:mm)?[_-]?"
+                         r"(?:superf|super|sup|prof|deep|scp|svp|dcp|dvp|icp)", re.IGNORECASE)
 
 
 @dataclass
@@ -27,14 +35,14 @@ class OctaImage:
     """A decoded OCTA en face image."""
 
     pixels: np.ndarray
-    field_of_view_mm: float
+    field_of_view_mm: float | None
     fov_source: str
     path: str = ""
 
     @property
-    def pixel_size_mm(self) -> float:
-        """Pixel size in mm: the field of view spans the image width (square pixels)."""
-        return self.field_of_view_mm / self.pixels.shape[1]
+    def pixel_size_mm(self) -> float | None:
+        """Pixel size in mm: the field of view spans the image width (square pixels); ``None`` if unknown."""
+        return None if self.field_of_view_mm is None else self.field_of_view_mm / self.pixels.shape[1]
 
 
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
@@ -62,29 +70,63 @@ def normalise(array: np.ndarray, name: str = "image") -> np.ndarray:
 
 
 def fov_from_path(path: str | Path) -> float | None:
-    """Field of view from a ``3x3``/``6x6 mm`` token in a file or folder name."""
+    """Field of view from a clear token in the file name, else in a folder name (innermost first):
+    ``3x3``/``6 x 6 mm``, ``6mm`` or an OCTAGON-style ``angio3superf``/``angio6prof``."""
     for part in reversed(Path(path).parts):
-        match = _FOV_TOKEN.search(part)
-        if match and _plausible(float(match.group(1))):
-            return float(match.group(1))
+        for pattern in (_FOV_TOKEN, _SLAB_TOKEN, _MM_TOKEN):
+            match = pattern.search(part)
+            if match and _plausible(float(match.group(1))):
+                return float(match.group(1))
     return None
 
 
 def _plausible(fov_mm: float | None) -> bool:
-    return fov_mm is not None and PLAUSIBLE_FOV_MM[0] <= fov_mm <= PLAUSIBLE_FOV_MM[1]
+    return fov_mm is not None and math.isfinite(fov_mm) and PLAUSIBLE_FOV_MM[0] <= fov_mm <= PLAUSIBLE_FOV_MM[1]
+
+
+def check_fov(value, name: str = "field of view") -> float:
+    """``value`` as a float scan width in mm, or :class:`InputError` when it is not a plausible OCTA field
+    (not a number, not finite, outside ``PLAUSIBLE_FOV_MM``: 0, -3, NaN and 1e6 are refused)."""
+    try:
+        fov = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} = {value!r} is not a number; give the scan width in mm (e.g. 3 or 6).") from None
+    if not _plausible(fov):
+        low, high = PLAUSIBLE_FOV_MM
+        raise InputError(f"{name} = {value!r} mm is not a plausible OCTA scan width; use a value between "
+                         f"{low:g} and {high:g} mm (usually 3 or 6).")
+    return fov
+
+
+def missing_fov_message(names) -> str:
+    """The error text for images whose field of view is unknown (names listed)."""
+    names = [str(n) for n in names]
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return (f"No field of view is known for {shown}: neither metadata (DICOM PixelSpacing, TIFF resolution) "
+            "nor the file name (e.g. 3x3, 6mm, angio6superf) gives the scan width. Give it with --fov 3 or "
+            "--fov 6 (or a per-file 'fov_file' CSV / 'field_of_view_per_file' in the configuration), or "
+            "choose 3 mm or 6 mm in the module's field-of-view selector.")
 
 
 def resolve_fov(configured: float | None, metadata: float | None, path: str | Path,
-                default: float = 3.0) -> tuple[float, str]:
-    """The field of view to use and where it came from (config, metadata, filename or default)."""
+                required: bool = True) -> tuple[float | None, str]:
+    """The field of view to use and where it came from: ``config``, ``metadata`` or ``filename``.
+
+    :param configured: the caller's value (``--fov``, a per-file override, the widget); range-checked.
+    :param metadata: the file's own value; ignored when implausible (e.g. a 72-dpi TIFF default).
+    :param required: when nothing gives it, raise (``True``) or return ``(None, "unknown")``.
+    :raises InputError: an implausible configured value, or no value while ``required``.
+    """
     if configured is not None:
-        return float(configured), "config"
+        return check_fov(configured, f"field of view for {Path(path).name}"), "config"
     if _plausible(metadata):
         return float(metadata), "metadata"
     from_name = fov_from_path(path)
     if from_name is not None:
         return from_name, "filename"
-    return float(default), "default"
+    if required:
+        raise InputError(missing_fov_message([Path(path).name]))
+    return None, UNKNOWN_FOV
 
 
 def _dicom_spacing(ds) -> tuple[float, float] | None:
@@ -145,21 +187,48 @@ def read_raster(path: str | Path) -> tuple[np.ndarray, float | None]:
     return pixels, fov
 
 
-def read_image(path: str | Path, field_of_view_mm: float | None = None, default_fov_mm: float = 3.0) -> OctaImage:
+def read_image(path: str | Path, field_of_view_mm: float | None = None, *, required: bool = True) -> OctaImage:
     """Decode one OCTA image into normalised grayscale pixels and its field of view.
 
     :param path: PNG, JPEG, BMP, TIFF or DICOM file.
-    :param field_of_view_mm: configured scan width; overrides metadata when given.
-    :param default_fov_mm: used when neither configuration nor metadata give the width.
-    :raises InputError: unreadable, unsupported, multi-frame, constant or NaN images.
+    :param field_of_view_mm: the caller's scan width in mm; overrides metadata and name when given.
+    :param required: ``False`` returns an image with ``field_of_view_mm=None`` and source ``"unknown"``
+        instead of raising when nothing gives the field of view.
+    :raises InputError: unreadable, unsupported, multi-frame, constant or NaN images; an implausible
+        ``field_of_view_mm``; no known field of view while ``required`` (the message names the file).
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(f"{path.name}: unsupported format {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}.")
     pixels, metadata_fov = read_dicom(path) if suffix in DICOM_SUFFIXES else read_raster(path)
-    fov, source = resolve_fov(field_of_view_mm, metadata_fov, path, default_fov_mm)
-    return OctaImage(normalise(pixels, path.name), fov, source, str(path))
+    pixels = normalise(pixels, path.name)
+    fov, source = resolve_fov(field_of_view_mm, metadata_fov, path, required)
+    return OctaImage(pixels, fov, source, str(path))
+
+
+def probe_fov(path: str | Path, field_of_view_mm: float | None = None) -> tuple[float | None, str]:
+    """``(fov, source)`` of a file from its header and name only (no pixel decoding); ``(None, "unknown")``
+    when nothing gives it. Used to refuse a batch up front, naming every image without a field of view."""
+    path = Path(path)
+    if field_of_view_mm is not None:
+        return resolve_fov(field_of_view_mm, None, path)
+    metadata = None
+    try:
+        if path.suffix.lower() in DICOM_SUFFIXES:
+            import pydicom
+
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+            spacing = _dicom_spacing(ds)
+            metadata = spacing[1] * int(ds.Columns) if spacing and getattr(ds, "Columns", None) else None
+        else:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                metadata = _tiff_fov(image, image.width) if image.format == "TIFF" else None
+    except Exception:  # unreadable files are reported by the decoder, with its own message
+        return None, "unreadable"
+    return resolve_fov(None, metadata, path, required=False)
 
 
 def to_work_image(pixels: np.ndarray, size: int) -> np.ndarray:

@@ -21,7 +21,7 @@ import torch
 from . import GRADES
 from .config import CoipsConfig
 from .inference import faz_masks, grade, thumbnails, work_size
-from ..enface_io import list_images, read_image, to_work_image
+from ..enface_io import UNKNOWN_FOV, list_images, missing_fov_message, probe_fov, read_image, to_work_image
 from .postprocess import finish_chunk, probability_columns
 from .reports import summarise, write_csv, write_html
 from ..errors import CheckpointError, InputError
@@ -32,25 +32,36 @@ CSV_NAME, HTML_NAME = "coips_results.csv", "coips_report.html"
 
 
 class FolderDataset(torch.utils.data.Dataset):
-    """Decodes images to ``size`` x ``size`` uint8 tensors; unreadable files become error items."""
+    """Decodes images to ``size`` x ``size`` uint8 tensors; unreadable files become error items and
+    unsuitable ones (non-square, wide-field) are marked with the reason.
 
-    def __init__(self, paths: list[Path], size: int, field_of_view_mm: float | None, default_fov_mm: float):
+    :param fields_of_view: the caller's field of view per path (``None``: metadata or name), or one value.
+    """
+
+    def __init__(self, paths: list[Path], size: int, fields_of_view=None):
         self.paths, self.size = list(paths), int(size)
-        self.field_of_view_mm, self.default_fov_mm = field_of_view_mm, default_fov_mm
+        if fields_of_view is None or isinstance(fields_of_view, (int, float)):
+            fields_of_view = [fields_of_view] * len(self.paths)
+        self.fields_of_view = list(fields_of_view)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        item = {"index": index, "error": "", "fov": math.nan, "fov_source": "", "height": self.size,
-                "width": self.size}
+        from .faz import unsuitable_reason
+
+        item = {"index": index, "error": "", "unsuitable": "", "fov": math.nan, "fov_source": "",
+                "height": self.size, "width": self.size}
         try:
-            image = read_image(self.paths[index], self.field_of_view_mm, self.default_fov_mm)
+            image = read_image(self.paths[index], self.fields_of_view[index])
         except InputError as exc:
             return {**item, "image": torch.zeros(self.size, self.size, dtype=torch.uint8), "error": str(exc)}
         height, width = image.pixels.shape
-        return {**item, "image": torch.from_numpy(to_work_image(image.pixels, self.size)),
-                "fov": image.field_of_view_mm, "fov_source": image.fov_source, "height": height, "width": width}
+        item.update(fov=image.field_of_view_mm, fov_source=image.fov_source, height=height, width=width,
+                    unsuitable=unsuitable_reason(height, width, image.field_of_view_mm))
+        if item["unsuitable"]:
+            return {**item, "image": torch.zeros(self.size, self.size, dtype=torch.uint8)}
+        return {**item, "image": torch.from_numpy(to_work_image(image.pixels, self.size))}
 
 
 @dataclass
@@ -132,10 +143,10 @@ class BatchRunner:
             for net in (quality_net, faz_net):
                 net.to(memory_format=torch.channels_last)
 
-    def _loader(self, paths: list[Path]):
+    def _loader(self, paths: list[Path], fields_of_view=None):
         config = self.config
         workers = decode_workers(int(config.num_workers))
-        dataset = FolderDataset(paths, self.size, config.field_of_view_mm, config.default_field_of_view_mm)
+        dataset = FolderDataset(paths, self.size, config.field_of_view_mm if fields_of_view is None else fields_of_view)
         return torch.utils.data.DataLoader(
             dataset, batch_size=int(config.batch_size), num_workers=workers, shuffle=False,
             pin_memory=self.device.type == "cuda", prefetch_factor=4 if workers else None,
@@ -167,7 +178,7 @@ class BatchRunner:
         x = batch["image"][start:stop].to(self.device, non_blocking=True)[:, None].float().div_(255.0)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        valid = np.array([not e for e in batch["error"][start:stop]])
+        valid = np.array([not (e or u) for e, u in zip(batch["error"][start:stop], batch["unsuitable"][start:stop])])
         with inference(self.device):
             probabilities = grade(self.quality_net, x)
             labels = probabilities.argmax(1).cpu().numpy()
@@ -184,14 +195,16 @@ class BatchRunner:
         probabilities, masks, thumbs = results
         items = []
         for position, index in enumerate(batch["index"].tolist()):
-            path, error = paths[index], batch["error"][position]
+            path, error, unsuitable = paths[index], batch["error"][position], batch["unsuitable"][position]
             stem = output_stem(path, root)
-            label = "" if error else GRADES[int(probabilities[position].argmax())]
+            skipped = bool(error or unsuitable)
+            label = "" if skipped else GRADES[int(probabilities[position].argmax())]
             row = {"index": index, "image": str(path.relative_to(root) if root.is_dir() else path.name),
-                   "status": "error" if error else "ok", "grade": label, "error": error,
+                   "status": "error" if error else ("unsuitable" if unsuitable else "ok"), "grade": label,
+                   "error": error or unsuitable,
                    "field_of_view_mm": float(batch["fov"][position]), "fov_source": batch["fov_source"][position],
                    "faz_segmented": position in masks, "faz_forced": position in masks and label == GRADES[0],
-                   **{c: (math.nan if error else float(p)) for c, p in zip(probability_columns(), probabilities[position])}}
+                   **{c: (math.nan if skipped else float(p)) for c, p in zip(probability_columns(), probabilities[position])}}
             item = {"row": row, "field_of_view_mm": row["field_of_view_mm"], "thumbnail": thumbs[position]}
             if position in masks:
                 item.update(packed_mask=masks[position],
@@ -203,15 +216,19 @@ class BatchRunner:
             items.append(item)
         return items
 
-    def run(self, paths: list[Path], root: Path, out: Path, progress=None, cancel=None) -> list[dict]:
-        """Rows for ``paths`` in input order; raises :class:`Cancelled` when cancelled."""
+    def run(self, paths: list[Path], root: Path, out: Path, progress=None, cancel=None,
+            fields_of_view=None) -> list[dict]:
+        """Rows for ``paths`` in input order; raises :class:`Cancelled` when cancelled.
+
+        :param fields_of_view: the caller's field of view per path (default ``config.field_of_view_mm``).
+        """
         reporter = as_reporter(progress, cancel)
         for sub in ("masks", "thumbnails"):
             (out / sub).mkdir(parents=True, exist_ok=True)
         pool = _post_pool(int(self.config.post_workers))
         pending, rows, done = deque(), [], 0
         try:
-            for batch in self._loader(paths):
+            for batch in self._loader(paths, fields_of_view):
                 reporter.check()
                 items = self._items(batch, paths, root, out, self._infer(batch))
                 if pool is None:
@@ -242,6 +259,21 @@ def load_networks(config: CoipsConfig, device: torch.device):
     return quality_net, faz_net
 
 
+def study_fields_of_view(config: CoipsConfig, paths: list[Path], root: Path) -> list[float | None]:
+    """The caller's field of view per image (per-file override, else ``field_of_view_mm``), after
+    checking from headers and names that every readable image has one.
+
+    :raises InputError: naming every image whose field of view nobody gives (asks for ``--fov``).
+    """
+    table = config.per_file_fov()
+    fields = [config.fov_for(path, root, table) for path in paths]
+    missing = [path.relative_to(root).as_posix() if root.is_dir() else path.name
+               for path, fov in zip(paths, fields) if fov is None and probe_fov(path)[1] == UNKNOWN_FOV]
+    if missing:
+        raise InputError(missing_fov_message(missing))
+    return fields
+
+
 def run_batch(config: CoipsConfig, quality_net=None, faz_net=None, progress=None, cancel=None) -> BatchResult:
     """Grade, segment, measure and report every image under ``config.input`` into ``config.output``.
 
@@ -258,6 +290,7 @@ def run_batch(config: CoipsConfig, quality_net=None, faz_net=None, progress=None
     paths = list_images(root, config.recursive)
     if not paths:
         raise InputError(f"No PNG/JPEG/BMP/TIFF/DICOM images in {root}.")
+    fields_of_view = study_fields_of_view(config, paths, root)
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise InputError(f"Output folder {out} is not writable.")
@@ -265,7 +298,7 @@ def run_batch(config: CoipsConfig, quality_net=None, faz_net=None, progress=None
     if quality_net is None or faz_net is None:
         quality_net, faz_net = load_networks(config, device)
     start = time.perf_counter()
-    rows = BatchRunner(config, quality_net, faz_net, device).run(paths, root, out, progress, cancel)
+    rows = BatchRunner(config, quality_net, faz_net, device).run(paths, root, out, progress, cancel, fields_of_view)
     csv_path = write_csv(rows, out / CSV_NAME)
     html_path = write_html(rows, out / HTML_NAME, title=f"COIPS report: {root.name}", csv_name=CSV_NAME)
     seconds = time.perf_counter() - start

@@ -32,7 +32,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", help="YAML configuration (see VesselRecon/COIPS/README.md)")
     parser.add_argument("--input", help="folder of OCTA images, or one image (PNG/JPEG/BMP/TIFF/DICOM)")
     parser.add_argument("--output", help="output folder (CSV, HTML report, thumbnails, masks, coips.mrb)")
-    parser.add_argument("--fov", type=float, dest="field_of_view_mm", help="scan width in mm (3 or 6); default: metadata")
+    parser.add_argument("--fov", type=float, dest="field_of_view_mm",
+                        help="scan width in mm (3 or 6) of every image; default: per image from metadata or the "
+                             "file name, refusing images where neither gives it")
+    parser.add_argument("--fov-file", dest="fov_file", metavar="CSV",
+                        help="per-file fields of view: CSV with columns image,field_of_view_mm (wins over --fov)")
     parser.add_argument("--model", dest="quality_model", help="quality classifier preset or checkpoint (default lite)")
     parser.add_argument("--faz-model", dest="faz_model", help="FAZ U-Net preset or checkpoint (default faz-lite)")
     parser.add_argument("--device", help="auto|cuda|mps|cpu")
@@ -50,7 +54,7 @@ def run(args) -> int:
     """Grade, segment and measure; write the report files and a .mrb scene through the Logic."""
     from .config import load_config, write_config
 
-    keys = ("input", "output", "field_of_view_mm", "quality_model", "faz_model", "device", "batch_size",
+    keys = ("input", "output", "field_of_view_mm", "fov_file", "quality_model", "faz_model", "device", "batch_size",
             "num_workers", "post_workers", "segment_ungradable", "recursive")
     config = load_config(args.config, **{k: getattr(args, k) for k in keys})
     if args.write_config:
@@ -90,7 +94,8 @@ def _single_image_scene(logic, config) -> None:
     from ..enface_io import read_image
     from .logic import en_face_geometry
 
-    image = read_image(config.input, config.field_of_view_mm, config.default_field_of_view_mm)
+    path = Path(config.input)
+    image = read_image(path, config.fov_for(path, path.parent))
     height, width = image.pixels.shape
     volume = mrml.array_to_volume(image.pixels[None], en_face_geometry(image.field_of_view_mm / width, width),
                                   Path(config.input).stem, scene=logic.scene, creator=logic.creator)

@@ -22,9 +22,12 @@ class CoipsConfig:
 
     :param input: folder (or single image) of PNG/JPEG/BMP/TIFF/DICOM OCTA images.
     :param output: folder for the CSV, the HTML report, thumbnails and FAZ masks.
-    :param field_of_view_mm: scan width (3 or 6 mm); ``None`` reads it from metadata
-        (DICOM PixelSpacing, TIFF resolution, a ``3x3``/``6x6`` token in the path).
-    :param default_field_of_view_mm: used when neither the configuration nor the metadata tell.
+    :param field_of_view_mm: scan width (3 or 6 mm) of every image; ``None`` reads it per image from
+        metadata (DICOM PixelSpacing, TIFF resolution) or the name (``3x3``, ``6mm``, ``angio6superf``).
+        It is never assumed: images with no known field make the run refuse, naming them.
+    :param fov_file: CSV with columns ``image`` (file name or path relative to the input folder) and
+        ``field_of_view_mm`` (or ``fov``/``fov_mm``/``field_mm``): per-file fields that override all else.
+    :param field_of_view_per_file: the same as a mapping in the YAML file (wins over ``fov_file``).
     :param quality_model: quality classifier: shipped preset/name or checkpoint path.
     :param faz_model: FAZ U-Net: shipped preset/name or checkpoint path.
     :param segment_ungradable: also segment images graded ungradable (forced).
@@ -35,7 +38,8 @@ class CoipsConfig:
     input: str | None = None
     output: str | None = None
     field_of_view_mm: float | None = None
-    default_field_of_view_mm: float = 3.0
+    fov_file: str | None = None
+    field_of_view_per_file: dict | None = None
     quality_model: str = "lite"
     faz_model: str = "faz-lite"
     device: str = "auto"
@@ -55,10 +59,16 @@ class CoipsConfig:
 
     def validate(self) -> None:
         """Raise :class:`InputError` for values that cannot work."""
-        for name in ("field_of_view_mm", "default_field_of_view_mm"):
-            value = getattr(self, name)
-            if value is not None and not 0.5 <= float(value) <= 30.0:
-                raise InputError(f"{name} = {value} mm is implausible for an OCTA scan; use 3 or 6.")
+        from ..enface_io import check_fov
+
+        if self.field_of_view_mm is not None:
+            self.field_of_view_mm = check_fov(self.field_of_view_mm, "field_of_view_mm")
+        if self.field_of_view_per_file is not None and not isinstance(self.field_of_view_per_file, dict):
+            raise InputError("field_of_view_per_file must map image names to scan widths in mm.")
+        for name, value in (self.field_of_view_per_file or {}).items():
+            check_fov(value, f"field_of_view_per_file[{name!r}]")
+        if self.fov_file is not None and not Path(self.fov_file).is_file():
+            raise InputError(f"fov_file {self.fov_file} does not exist.")
         if int(self.batch_size) < 1:
             raise InputError("batch_size must be at least 1.")
         if int(self.num_workers) < 0 or int(self.post_workers) < 0:
@@ -68,6 +78,45 @@ class CoipsConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def per_file_fov(self) -> dict[str, float]:
+        """Per-file fields of view (``fov_file`` CSV, then ``field_of_view_per_file``) keyed by name/path."""
+        table = read_fov_file(self.fov_file) if self.fov_file else {}
+        table.update({str(k): float(v) for k, v in (self.field_of_view_per_file or {}).items()})
+        return table
+
+    def fov_for(self, path: Path, root: Path, table: dict[str, float] | None = None) -> float | None:
+        """The caller's field of view for one image: its per-file entry (relative path, name or stem),
+        else ``field_of_view_mm``; ``None`` leaves it to the file's metadata and name."""
+        table = self.per_file_fov() if table is None else table
+        relative = path.relative_to(root).as_posix() if root.is_dir() and path.is_relative_to(root) else path.name
+        for key in (relative, path.name, path.stem):
+            if key in table:
+                return table[key]
+        return self.field_of_view_mm
+
+
+FOV_FILE_COLUMNS = ("field_of_view_mm", "fov_mm", "fov", "field_mm")
+
+
+def read_fov_file(path: str | Path) -> dict[str, float]:
+    """``{image: field of view mm}`` from a CSV with an ``image`` column and a field-of-view column.
+
+    :raises InputError: missing columns or an implausible value (the row is named).
+    """
+    import csv
+
+    from ..enface_io import check_fov
+
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        column = next((c for c in FOV_FILE_COLUMNS if c in header), None)
+        if "image" not in header or column is None:
+            raise InputError(f"fov_file {path} needs an 'image' column and one of {', '.join(FOV_FILE_COLUMNS)}.")
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    return {row["image"]: check_fov(row[column], f"{Path(path).name}: field of view of {row['image']}")
+            for row in rows if row.get("image")}
 
 
 def load_config(path: str | Path | None = None, **overrides) -> CoipsConfig:
@@ -90,6 +139,9 @@ def load_config(path: str | Path | None = None, **overrides) -> CoipsConfig:
             raise InputError(f"Configuration file {path} must hold a mapping of keys to values.")
     data.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(CoipsConfig)}
+    if "default_field_of_view_mm" in data:
+        raise InputError("default_field_of_view_mm is no longer supported: the field of view is never assumed. "
+                         "Set field_of_view_mm for all images, or per image with fov_file / field_of_view_per_file.")
     unknown = sorted(set(data) - known)
     if unknown:
         raise InputError(f"Unknown configuration keys: {', '.join(unknown)}. Known keys: {', '.join(sorted(known))}.")

@@ -145,7 +145,7 @@ class QualityDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         sample = self.samples[index]
         if index not in self._cache:
-            self._cache[index] = torch.from_numpy(to_work_image(read_image(sample.path).pixels, self.size))[None]
+            self._cache[index] = torch.from_numpy(to_work_image(read_image(sample.path, required=False).pixels, self.size))[None]
         image = self._cache[index]
         if self.transform is not None:
             image = self.transform(image)
@@ -174,7 +174,7 @@ class FazDataset(torch.utils.data.Dataset):
             from PIL import Image
 
             sample = self.samples[index]
-            image = torch.from_numpy(to_work_image(read_image(sample.image).pixels, self.size))[None]
+            image = torch.from_numpy(to_work_image(read_image(sample.image, required=False).pixels, self.size))[None]
             mask = Image.fromarray(read_mask(sample.mask).astype(np.uint8)).resize((self.size, self.size), Image.NEAREST)
             self._cache[index] = (image, torch.from_numpy(np.array(mask))[None])
         return self._cache[index]

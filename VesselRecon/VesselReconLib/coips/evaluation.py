@@ -35,7 +35,7 @@ def quality_predictions(quality_net, data: str | Path, device) -> tuple[np.ndarr
 
     labels, probabilities = [], []
     for sample in quality_samples(data):
-        image = read_image(sample.path)
+        image = read_image(sample.path, required=False)
         with inference(device):
             probabilities.append(grade(quality_net, _work_tensor(image.pixels, quality_net.input_size, device))[0].cpu().numpy())
         labels.append(sample.label)

@@ -14,6 +14,13 @@ import numpy as np
 
 FAZ_METRIC_UNITS = {"faz_area_mm2": "mm2", "faz_perimeter_mm": "mm", "faz_circularity": "",
                     "faz_acircularity_index": "", "faz_axis_ratio": "", "faz_pixels": "px"}
+# A FAZ outside these is flagged as implausible and kept out of study summaries.
+PLAUSIBLE_FAZ_AREA_MM2 = (0.05, 1.5)
+MAX_FAZ_AXIS_RATIO = 3.0
+MIN_FAZ_CIRCULARITY = 0.3
+# COIPS is made for square macular 3x3 and 6x6 mm scans; others are reported as unsuitable.
+SUITABLE_FOV_MM = (2.5, 6.5)
+MAX_ASPECT_RATIO = 1.1
 
 
 def faz_metrics(mask: np.ndarray, field_of_view_mm: float) -> dict[str, float]:
@@ -43,6 +50,66 @@ def faz_metrics(mask: np.ndarray, field_of_view_mm: float) -> dict[str, float]:
     if minor > 0:
         result["faz_axis_ratio"] = float(region.axis_major_length) / minor
     return result
+
+
+def unsuitable_reason(height: int, width: int, field_of_view_mm: float | None) -> str:
+    """Why an image cannot be graded and segmented by COIPS ("" when it can): non-square or wide-field."""
+    ratio = max(height, width) / max(min(height, width), 1)
+    if ratio > MAX_ASPECT_RATIO:
+        return (f"unsuitable: non-square image ({width}x{height} px, aspect ratio {ratio:.2f}); COIPS needs a square "
+                "3x3 or 6x6 mm macular OCTA scan")
+    if field_of_view_mm is not None and not SUITABLE_FOV_MM[0] <= field_of_view_mm <= SUITABLE_FOV_MM[1]:
+        kind = "wide-field" if field_of_view_mm > SUITABLE_FOV_MM[1] else "narrow-field"
+        return (f"unsuitable: {kind} scan ({field_of_view_mm:g} mm); COIPS is made for 3x3 and 6x6 mm "
+                "macular OCTA scans")
+    return ""
+
+
+def faz_flags(metrics: dict) -> list[str]:
+    """Reasons a measured FAZ is implausible: area outside 0.05-1.5 mm^2, axis ratio above 3, circularity
+    below 0.3 (empty list: plausible; an empty mask is flagged too)."""
+    area = metrics.get("faz_area_mm2", math.nan)
+    ratio, circularity = metrics.get("faz_axis_ratio", math.nan), metrics.get("faz_circularity", math.nan)
+    flags = []
+    if not metrics.get("faz_pixels"):
+        return ["no FAZ found"]
+    low, high = PLAUSIBLE_FAZ_AREA_MM2
+    if not low <= area <= high:
+        flags.append(f"area {area:.3f} mm2 outside {low:g}-{high:g}")
+    if ratio > MAX_FAZ_AXIS_RATIO:
+        flags.append(f"axis ratio {ratio:.1f} > {MAX_FAZ_AXIS_RATIO:g}")
+    if circularity < MIN_FAZ_CIRCULARITY:
+        flags.append(f"circularity {circularity:.2f} < {MIN_FAZ_CIRCULARITY:g}")
+    return flags
+
+
+def select_faz(mask: np.ndarray, field_of_view_mm: float | None = None) -> np.ndarray:
+    """The FAZ among a network's components: the one at, or nearest to, the image centre (the fovea).
+
+    Rule (neither the paper nor its code keeps only the largest component): rank the 8-connected
+    components by the distance from the image centre to their nearest pixel (0 when they hold it) and keep
+    the first whose shape is plausible (:func:`faz_flags`) among those within a quarter of the image width
+    of the centre; when none is plausible, the nearest one (then flagged by the caller). Holes are filled.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    if count == 0:
+        return mask
+    cy, cx = (np.asarray(mask.shape) - 1) / 2.0
+    rows, cols = np.nonzero(labels)
+    distance = np.hypot(rows - cy, cols - cx)
+    nearest = ndimage.minimum(distance, labels[rows, cols], index=np.arange(1, count + 1))
+    order = np.argsort(nearest, kind="stable") + 1
+    if field_of_view_mm is not None:
+        for label in order:
+            if nearest[label - 1] > 0.25 * mask.shape[1]:
+                break
+            component = ndimage.binary_fill_holes(labels == label)
+            if not faz_flags(faz_metrics(component, field_of_view_mm)):
+                return component
+    return ndimage.binary_fill_holes(labels == order[0])
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

@@ -53,9 +53,29 @@ class CoipsSample:
 
 def fov_from_geometry(ijk_to_ras: np.ndarray, width: int) -> float | None:
     """Scan width from the volume's spacing, unless the spacing is the 1 mm placeholder of plain images."""
+    from ..enface_io import PLAUSIBLE_FOV_MM
+
     spacing = float(mrml.spacing_of(ijk_to_ras)[0])
     fov = spacing * width
-    return fov if abs(spacing - 1.0) > 1e-6 and 1.0 <= fov <= 16.0 else None
+    return fov if abs(spacing - 1.0) > 1e-6 and PLAUSIBLE_FOV_MM[0] <= fov <= PLAUSIBLE_FOV_MM[1] else None
+
+
+def fov_choice(value) -> float | None:
+    """The field of view of a widget/console choice: ``None``/"auto (from the image)" -> ``None``,
+    "3 mm"/"6"/6.0 -> the number (range-checked)."""
+    from ..enface_io import check_fov
+
+    if value is None or (isinstance(value, str) and value.strip().lower().startswith("auto")):
+        return None
+    if isinstance(value, str):
+        value = value.lower().replace("mm", "").strip()
+    return check_fov(value, "fieldOfViewMm")
+
+
+def missing_volume_fov_message(name: str) -> str:
+    return (f"The field of view of '{name}' is unknown: its pixel spacing is the 1 mm placeholder of plain "
+            "image files. Choose 3 mm or 6 mm in the field-of-view selector (fieldOfViewMm=3 or 6), or load a "
+            "DICOM/TIFF with its spacing.")
 
 
 class COIPSLogic(VesselReconLogic):
@@ -99,10 +119,13 @@ class COIPSLogic(VesselReconLogic):
         if array.ndim == 4 and array.shape[0] == 1:  # a single-slice colour (vector) volume
             array = array[0]
         pixels = normalise(squeeze_to_2d(array, "Input volume"), "Input volume")
+        field_of_view_mm = fov_choice(field_of_view_mm)
         if field_of_view_mm is not None:
-            return pixels, ijk_to_ras, float(field_of_view_mm), "config"
+            return pixels, ijk_to_ras, field_of_view_mm, "config"
         fov = fov_from_geometry(ijk_to_ras, pixels.shape[1])
-        return pixels, ijk_to_ras, (fov or 3.0), ("metadata" if fov else "default")
+        if fov is None:
+            raise InputError(missing_volume_fov_message(input_volume.GetName()))
+        return pixels, ijk_to_ras, fov, "metadata"
 
     def process(self, inputVolume, fieldOfViewMm: float | None = None, forceFazOnUngradable: bool = False,
                 outputSegmentation=None, outputTable=None, model: str = "lite",
@@ -111,8 +134,8 @@ class COIPSLogic(VesselReconLogic):
         """Grade one OCTA image; segment and measure its FAZ unless it is ungradable (or when forced).
 
         :param inputVolume: single-slice scalar volume holding an en face OCTA image.
-        :param fieldOfViewMm: scan width (3 or 6 mm); ``None`` takes it from the volume spacing
-            (if it is not the 1 mm placeholder of PNG/JPEG files), else 3 mm.
+        :param fieldOfViewMm: scan width (3 or 6 mm); ``None`` ("auto") takes it from the volume spacing
+            and raises :class:`InputError` when that is the 1 mm placeholder of PNG/JPEG files.
         :param forceFazOnUngradable: segment the FAZ even when the image is graded ungradable.
         :param outputSegmentation: segmentation node to overwrite (default: "<input> FAZ").
         :param outputTable: table node to overwrite (default: "<input> COIPS").
@@ -198,7 +221,7 @@ class COIPSLogic(VesselReconLogic):
         if not inputFolder or not outputFolder:
             raise InputError("Choose both an input folder and an output folder.")
         config = load_config(configFile, input=str(inputFolder), output=str(outputFolder),
-                             field_of_view_mm=fieldOfViewMm, segment_ungradable=forceFazOnUngradable or None,
+                             field_of_view_mm=fov_choice(fieldOfViewMm), segment_ungradable=forceFazOnUngradable or None,
                              quality_model=model, faz_model=fazModel, device=device, num_workers=numWorkers,
                              batch_size=batchSize)
         quality_net, faz_net, _ = self.networks(config.quality_model, config.faz_model, config.device)
@@ -218,7 +241,7 @@ class COIPSLogic(VesselReconLogic):
         :param prediction: segmentation node (e.g. the output of :meth:`process`).
         :param reference: reference FAZ segmentation node.
         :param table: table node to overwrite.
-        :param fieldOfViewMm: scan width for the area (default: from the reference geometry, else 3 mm).
+        :param fieldOfViewMm: scan width for the area (default: from the reference geometry; refused if unknown).
         :param referenceVolume: the image grid both are compared on (default: the segmentations' own).
         :returns: the metrics table node.
         """
@@ -230,7 +253,9 @@ class COIPSLogic(VesselReconLogic):
         if predicted_labels.shape != reference_labels.shape or not np.allclose(predicted_geometry, ijk_to_ras):
             raise InputError("The prediction and the reference lie on different grids: pass the input volume as "
                              "referenceVolume.")
-        fov = fieldOfViewMm or fov_from_geometry(ijk_to_ras, reference_labels.shape[-1]) or 3.0
+        fov = fov_choice(fieldOfViewMm) or fov_from_geometry(ijk_to_ras, reference_labels.shape[-1])
+        if fov is None:
+            raise InputError(missing_volume_fov_message(reference.GetName()) + " (needed for the FAZ area)")
         metrics = faz_comparison(squeeze_to_2d(predicted_labels > 0, "prediction"),
                                  squeeze_to_2d(reference_labels > 0, "reference"), fov)
         rows = [{"metric": k, "value": float(v)} for k, v in metrics.items()]

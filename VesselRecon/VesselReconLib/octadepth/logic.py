@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import metrics, mrml
 from ..errors import InputError
-from ..logic_base import VesselReconLogic
+from ..logic_base import MODEL, SEGMENTATION, TABLE, VOLUME, VesselReconLogic
 from ..progress import as_reporter
 from . import pipeline, reconstruction
 
@@ -134,8 +134,8 @@ class OCTADepthLogic(VesselReconLogic):
         path = Path(path)
         if not path.exists():
             raise InputError(f"{path} does not exist: check the file name.")
-        image = read_image(path)
-        pixel_mm = UNKNOWN_SPACING if image.fov_source == "default" else image.pixel_size_mm
+        image = read_image(path, required=False)
+        pixel_mm = UNKNOWN_SPACING if image.field_of_view_mm is None else image.pixel_size_mm
         geometry = mrml.ijk_to_ras_matrix((pixel_mm, pixel_mm, pixel_mm))
         return mrml.array_to_volume(image.pixels[None], geometry, name or path.stem, scene=self.scene,
                                     creator=self.creator)
@@ -199,6 +199,12 @@ class OCTADepthLogic(VesselReconLogic):
         """
         reporter = as_reporter(progress, cancel)
         image, ijk_to_ras = self._validate(inputVolume, depthRangeMm, threshold, model)
+        self.check_outputs(outputDepthVolume=(outputDepthVolume, VOLUME), outputSegmentation=(outputSegmentation, SEGMENTATION),
+                           outputModel=(outputModel, MODEL), outputCenterlines=(outputCenterlines, MODEL),
+                           outputTable=(outputTable, TABLE))
+        if fieldOfViewMm is not None:
+            self.check_range(fieldOfViewMm, "Field of view (mm)", 1.0, 16.0, hint="OCTA scans are 3 or 6 mm wide.")
+        self.check_range(minSegmentLengthPx, "Shortest segment (px)", 1, 10000, integer=True)
         if pixelMm is not None and not 0.0 < pixelMm < 1.0:
             raise InputError(f"Pixel size {pixelMm} mm is implausible for OCTA: use e.g. 3 mm / 304 px = 0.00987.")
         geometry, pixel, assumed, message = self._geometry(ijk_to_ras, image.shape[1], fieldOfViewMm, pixelMm)
@@ -211,8 +217,9 @@ class OCTADepthLogic(VesselReconLogic):
 
         result = background(compute) if background is not None else compute()
         reporter(0.9, "writing scene nodes")
-        outputs = self._write_nodes(inputVolume, result, geometry, pixel, depthRangeMm, outputDepthVolume,
-                                    outputSegmentation, outputModel, outputCenterlines, outputTable)
+        with self.writing(reporter):
+            outputs = self._write_nodes(inputVolume, result, geometry, pixel, depthRangeMm, outputDepthVolume,
+                                        outputSegmentation, outputModel, outputCenterlines, outputTable)
         log.info("OCTADepth: %s", message)
         reporter(1.0, "done")
         return OCTADepthOutputs(*outputs, pixelMm=pixel, spacingAssumed=assumed, message=message,

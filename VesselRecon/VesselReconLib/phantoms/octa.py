@@ -1,20 +1,30 @@
 """Synthetic retinal OCT angiography (OCTA) phantoms with exact depth and FAZ ground truth.
 
 A phantom is a 3D retinal vasculature in a thin slab (the retina, ``depth_range_mm`` =
-``(0, 0.25)`` mm below the inner limiting membrane) rendered to a 2D en face angiogram:
+``(0, 0.25)`` mm below the inner limiting membrane) rendered to a realistic 2D en face angiogram
+(the approach of Menten et al. MICCAI 2022 / Kreitner et al. TMI 2024: simulated anatomy, physics
+and wide domain randomisation, so that networks trained on phantoms only work on real scans):
 
-* **superficial vascular plexus (SVP)** at ~0.04-0.09 mm depth: arterioles and venules grown by
-  space colonisation (:func:`~VesselReconLib.phantoms.tree.grow_tree`, Murray radii) from roots
-  on the optic-disc side of the field (left or right, by seed; plus arcade roots entering on the
-  top and bottom edges of that half), and a sparse capillary mesh;
-* **deep capillary plexus (DCP)** at ~0.17-0.20 mm depth: a dense polygonal capillary mesh
-  (edges of a Voronoi tessellation of jittered grid points, slightly wiggled);
-* short **diving capillaries** from SVP terminals down to the DCP, and a perifoveal capillary
-  ring;
-* a **foveal avascular zone (FAZ)** at the fovea (field centre unless off-centred): a disk whose
-  radius carries a random low-order Fourier perturbation, area 0.2-0.5 mm^2 (physical, so the
-  same on 3x3 and 6x6 fields); no vessel comes within ``r + 1 px`` of it. Both plexuses rise
-  towards the fovea (foveal pit).
+* **large vessels** of the superficial plexus (SVC) at ~0.04-0.09 mm depth: arterioles and
+  venules grown by space colonisation (:func:`~VesselReconLib.phantoms.tree.grow_tree`, Murray
+  radii) from roots on the optic-disc side of the field (left or right, by seed; plus arcade roots
+  entering on the top and bottom edges of that half). These are the **labelled vessels**
+  (``vessel_mask``), as in expert OCTA labels such as ROSSA (about 10 % of the pixels);
+* **dense capillary beds** of three plexuses (superficial, intermediate ~0.125 mm, deep ~0.185 mm),
+  each with its own intercapillary spacing (35-70, 30-60, 30-50 um) and perfusion field, drawn as
+  image-space textures (:func:`~.octa_physics.capillary_network`), thinned along the large
+  vessels (capillary-free zones); with the large vessels they form ``flow_mask``;
+* short **diving capillaries** from SVC terminals, and a perifoveal capillary ring;
+* a **foveal avascular zone (FAZ)** at the fovea (field centre unless off-centred): a shape from
+  Fourier orders 2-6 (elongated, irregular), log-normal area (median 0.27, 0.1-0.6 mm^2, physical,
+  so the same on 3x3 and 6x6 fields); no vessel or capillary enters it. The plexuses rise towards
+  the fovea (foveal pit).
+
+Acquisition physics and domain randomisation (:mod:`.octa_physics`): calibre-dependent flow
+signal, multiplicative speckle, decorrelation noise, projection artefacts, slab choice (superficial,
+inner, full retina), optical blur, stripe noise, motion bands, vignetting, global signal loss,
+device contrast curves, saturation, smoothing/sharpening, resolution and 8-bit quantisation; all
+drawn per seed (``randomize=False`` gives one fixed appearance).
 
 Coordinates and conventions
 ---------------------------
@@ -22,23 +32,22 @@ Coordinates and conventions
   pixel_mm``, ``y = (j + 0.5) * pixel_mm`` (origin at the top-left image corner, y down).
   ``pixel_mm = field_mm / size_px``.
 * ``z`` is the physical depth in mm below the retinal surface (ILM), increasing outwards.
-* ``depth[j, i] = (z* - z0) / (z1 - z0)`` for vessel pixels, ``(z0, z1) = depth_range_mm``,
+* ``depth[j, i] = (z* - z0) / (z1 - z0)`` for flow pixels (``flow_mask``: vessels and capillaries), ``(z0, z1) = depth_range_mm``,
   where ``z*`` is the depth of the *brightest vessel voxel* in that pixel's column: among the
   vessels covering the pixel, the one with the largest radius (largest flow signal), ties going
   to the shallower one, and ``z*`` is the depth of that vessel's axis at the axis point nearest
   to the pixel centre (in x, y). Vessels lie strictly inside the slab, so vessel depths are in
   ``(0, 1)``; background is exactly 0.
-* A vessel covers a pixel when the pixel centre is within ``max(r, 0.71 px)`` of its axis:
-  every pixel the axis crosses is covered, and capillaries (~7 um) are drawn 1-2 px wide as in
-  real OCTA.
+* A large vessel covers (labels) a pixel when the pixel centre is within ``max(r, 1.0 px)``
+  (:data:`LABEL_MIN_PX`) of its axis, so terminal branches are labelled 2-3 px wide as in expert
+  labels; ring and diving capillaries use ``max(r, 0.71 px)``.
 * ``centerlines`` is a graph ``{"points": (N, 3) mm (x, y, z), "radii": (N,) mm, "edges": (E, 2),
   "layer": (E,)}`` with layer codes :data:`LAYERS`; each edge is a round cone between its end
   points (radius linear along it). It describes the undistorted anatomy of the clean render
-  (off-centration by :func:`degrade` shifts it with the image).
+  (off-centration by :func:`degrade` shifts it with the image). Capillary pixels take the depth
+  of the plexus whose (gain-weighted) capillary signal is brightest there.
 
-Realism: multiplicative speckle and flow-signal noise, background decorrelation noise,
-projection artefacts (faint blurred tails of superficial vessels in the deep plexus) and
-vignetting in every render; quality degradations (:func:`degrade`, or ``render_octa(...,
+Quality degradations (:func:`degrade`, or ``render_octa(...,
 quality=...)``) add defocus blur, stripe noise, motion lines (bright lines with horizontal
 displacement of the band below them), regional signal loss and off-centration, with severities
 drawn from label-specific ranges (labels ``0`` ungradable, ``1`` gradable, ``2`` outstanding, as
@@ -97,6 +106,8 @@ SUPPORTED_SIZES = (304, 320, 400, 512)
 DEPTH_RANGE_MM = (0.0, 0.25)
 SVP_DEPTH_MM = 0.065
 DCP_DEPTH_MM = 0.185
+ICP_DEPTH_MM = 0.125
+LABEL_MIN_PX = 1.0  # minimum drawn half-width (pixels) of the labelled large vessels
 CAPILLARY_RADIUS_MM = 0.0035
 MIN_WIDTH_PX = 0.71  # minimum drawn half-width (pixels): every pixel an axis crosses is covered
 
@@ -136,6 +147,7 @@ class OCTACase:
     faz_center_mm: tuple[float, float] = (0.0, 0.0)
     faz_area_mm2: float = 0.0
     meta: dict = field(default_factory=dict)
+    flow_mask: np.ndarray | None = None
 
     @property
     def quality_name(self) -> str | None:
@@ -178,8 +190,12 @@ class _FAZ:
     coef: np.ndarray  # (K, 2) cos/sin amplitudes for orders 2..K+1
 
     def radius(self, theta: np.ndarray) -> np.ndarray:
+        theta = np.asarray(theta, float)
+        if theta.size > 10000:  # dense grids: interpolate a fine periodic table (error < 1e-6 r0)
+            tab = np.linspace(-math.pi, math.pi, 8193)
+            return np.interp(np.mod(theta + math.pi, 2 * math.pi) - math.pi, tab, self.radius(tab))
         k = np.arange(2, 2 + len(self.coef))
-        th = np.asarray(theta)[..., None]
+        th = theta[..., None]
         pert = (self.coef[:, 0] * np.cos(k * th) + self.coef[:, 1] * np.sin(k * th)).sum(-1)
         return self.r0 * (1.0 + pert)
 
@@ -194,9 +210,11 @@ class _FAZ:
 
 
 def _sample_faz(rng: np.random.Generator, center: np.ndarray) -> _FAZ:
-    area = rng.uniform(0.22, 0.46)
-    coef = rng.normal(size=(3, 2)) * (0.07 / np.arange(1, 4))[:, None]
-    coef = np.clip(coef, -0.12, 0.12)
+    """Healthy-eye FAZ: log-normal area (median 0.27 mm^2, clipped to 0.1-0.6 mm^2); an irregular
+    outline from Fourier orders 2-6 (order 2 = elongation)."""
+    area = float(np.clip(0.27 * math.exp(rng.normal(0.0, 0.38)), 0.1, 0.6))
+    coef = rng.normal(size=(5, 2)) * (0.11 / np.arange(1, 6) ** 0.8)[:, None]
+    coef = np.clip(coef, -0.18, 0.18)
     r0 = math.sqrt(area / (math.pi * (1.0 + 0.5 * (coef**2).sum())))
     return _FAZ(np.asarray(center, float), r0, coef)
 
@@ -247,6 +265,9 @@ class _DepthModel:
     def dcp(self, x, y):
         return (DCP_DEPTH_MM + 0.008 * self.dcp_wave(x, y)) * self.pit(x, y)
 
+    def icp(self, x, y):
+        return 0.5 * (self.svp(x, y) + self.dcp(x, y)) + (ICP_DEPTH_MM - 0.5 * (SVP_DEPTH_MM + DCP_DEPTH_MM))
+
 
 @dataclass
 class _Segments:
@@ -267,33 +288,34 @@ class _Segments:
         return len(self.a)
 
 
-def _grow_large_vessels(rng, field_mm, faz: _FAZ, depth: _DepthModel, disc_side: int) -> tuple[_Segments, np.ndarray]:
+def _grow_large_vessels(rng, field_mm, faz: _FAZ, depth: _DepthModel, disc_side: int,
+                        density: float = 1.0) -> tuple[_Segments, np.ndarray]:
     """Arterioles/venules of the SVP by space colonisation from the disc side.
 
     Returns the segments and the terminal nodes ``(x, y, z, r)`` (for diving capillaries).
     """
     F = field_mm
     scale = F / 3.0
-    n_attr = int(380 * scale**2)
+    n_attr = int(density * rng.uniform(170, 280) * scale**2)
     lo_z, hi_z = SVP_DEPTH_MM - 0.012, SVP_DEPTH_MM + 0.012
     pts = np.column_stack([rng.random(3 * n_attr) * F, rng.random(3 * n_attr) * F,
                            rng.uniform(lo_z, hi_z, 3 * n_attr)])
     # no large vessels in the FAZ and its capillary-only rim
-    pts = pts[faz.signed_gap(pts[:, :2]) > 0.12][:n_attr]
+    pts = pts[faz.signed_gap(pts[:, :2]) > 0.06][:n_attr]
     x_edge = 0.0 if disc_side < 0 else F
     inward = -float(disc_side)
     roots = []
     n_side = int(rng.integers(1, 3))
     for i, y in enumerate(np.sort(rng.uniform(0.3 * F, 0.7 * F, n_side))):
         roots.append(Root((x_edge, y, SVP_DEPTH_MM - 0.01), (inward, rng.normal(0, 0.3), 0.0),
-                          rng.uniform(0.03, 0.045) * min(scale, 1.5), 1 + (i % 2)))
+                          rng.uniform(0.022, 0.035) * scale**0.25, 1 + (i % 2)))
     for j, y_edge in enumerate((0.0, F)):  # superior / inferior arcade branches
         x = x_edge + inward * rng.uniform(0.1, 0.45) * F
         dy = 1.0 if y_edge == 0.0 else -1.0
         roots.append(Root((x, y_edge, SVP_DEPTH_MM - 0.01), (inward * 0.6, dy, 0.0),
-                          rng.uniform(0.035, 0.055) * min(scale, 1.5), 1 + ((j + n_side) % 2)))
-    params = TreeParams(step_mm=0.03 * math.sqrt(scale), influence_mm=0.5, kill_mm=0.06 * math.sqrt(scale), root_radius=0.045,
-                        min_radius=0.006, min_terminal_mm=0.05, tortuosity=0.35, inertia=0.4,
+                          rng.uniform(0.025, 0.04) * scale**0.25, 1 + ((j + n_side) % 2)))
+    params = TreeParams(step_mm=0.03 * math.sqrt(scale), influence_mm=0.5, kill_mm=0.06 * math.sqrt(scale), root_radius=0.035,
+                        min_radius=0.004, min_terminal_mm=0.05, tortuosity=rng.uniform(0.25, 0.5), inertia=0.4,
                         max_trunk_mm=0.6 * F, seed=int(rng.integers(2**31)))
     tree = grow_tree(None, roots, params, attractors=pts)
     nodes = tree.nodes.copy()
@@ -372,23 +394,29 @@ def _clear_faz(seg: _Segments, faz: _FAZ, pixel_mm: float) -> _Segments:
     return seg.select(keep)
 
 
-def _anatomy(rng: np.random.Generator, field_mm: float, pixel_mm: float, fovea_offset_mm=(0.0, 0.0)):
-    fovea = np.array([field_mm / 2, field_mm / 2]) + np.asarray(fovea_offset_mm, float)
-    faz = _sample_faz(rng, fovea)
-    depth = _DepthModel(rng, fovea)
-    disc_side = -1 if rng.random() < 0.5 else 1
-    large, terminals = _grow_large_vessels(rng, field_mm, faz, depth, disc_side)
-    svp_cap = _voronoi_mesh(rng, field_mm, rng.uniform(0.085, 0.11), depth.svp, 0.3, 1)
-    dcp_cap = _voronoi_mesh(rng, field_mm, rng.uniform(0.06, 0.075), depth.dcp, 0.08, 2)
-    diving = _diving_capillaries(rng, terminals, depth, pixel_mm)
-    seg = _Segments.concat([large, svp_cap, dcp_cap, diving])
-    seg = _clear_faz(seg, faz, pixel_mm)
-    seg = _Segments.concat([seg, _faz_ring(faz, depth, pixel_mm)])
+def _clip_depth(seg: _Segments) -> _Segments:
     lo, hi = DEPTH_RANGE_MM
     eps = 1e-3 * (hi - lo)
     seg.a[:, 2] = np.clip(seg.a[:, 2], lo + eps, hi - eps)
     seg.b[:, 2] = np.clip(seg.b[:, 2], lo + eps, hi - eps)
-    return seg, faz, disc_side
+    return seg
+
+
+def _anatomy(rng: np.random.Generator, field_mm: float, pixel_mm: float, fovea_offset_mm=(0.0, 0.0),
+             density: float = 1.0):
+    """Geometric anatomy: large-vessel tree (labelled), plus the FAZ ring and diving capillaries.
+
+    The dense capillary beds of the three plexuses are image-space textures (:func:`_capillaries`).
+    """
+    fovea = np.array([field_mm / 2, field_mm / 2]) + np.asarray(fovea_offset_mm, float)
+    faz = _sample_faz(rng, fovea)
+    depth = _DepthModel(rng, fovea)
+    disc_side = -1 if rng.random() < 0.5 else 1
+    large, terminals = _grow_large_vessels(rng, field_mm, faz, depth, disc_side, density)
+    large = _clip_depth(_clear_faz(large, faz, pixel_mm))
+    diving = _diving_capillaries(rng, terminals, depth, pixel_mm)
+    caps = _clip_depth(_Segments.concat([_clear_faz(diving, faz, pixel_mm), _faz_ring(faz, depth, pixel_mm)]))
+    return large, caps, faz, disc_side, depth
 
 
 def _centerline_graph(seg: _Segments) -> dict:
@@ -437,7 +465,7 @@ def _split_pieces(seg: _Segments, pixel_mm: float, max_px: float = 4.0) -> _Segm
                      seg.ra[idx] + f1[:, 0] * dr, seg.layer[idx])
 
 
-def _rasterize(seg: _Segments, size_px: int, pixel_mm: float):
+def _rasterize(seg: _Segments, size_px: int, pixel_mm: float, min_width_px: float = MIN_WIDTH_PX):
     """Per pixel: winning vessel depth (mm, NaN = background), and max flow signal per plexus.
 
     For each piece, every pixel centre in its bounding box is projected onto the piece's axis
@@ -450,7 +478,7 @@ def _rasterize(seg: _Segments, size_px: int, pixel_mm: float):
     # continuous pixel coordinates: pixel i's centre is at u = i
     ua = pcs.a[:, :2] / pixel_mm - 0.5
     ub = pcs.b[:, :2] / pixel_mm - 0.5
-    re = np.maximum(np.maximum(pcs.ra, pcs.rb) / pixel_mm, MIN_WIDTH_PX)
+    re = np.maximum(np.maximum(pcs.ra, pcs.rb) / pixel_mm, min_width_px)
     lo = np.floor(np.minimum(ua, ub) - re[:, None]).astype(np.int64)
     hi = np.ceil(np.maximum(ua, ub) + re[:, None]).astype(np.int64)
     lo_c = np.maximum(lo, 0)
@@ -476,7 +504,7 @@ def _rasterize(seg: _Segments, size_px: int, pixel_mm: float):
             ex, ey = px - (ax + t * dx), py - (ay + t * dy)
             dist = np.sqrt(ex * ex + ey * ey)
             r = pcs.ra[g, None] + t * (pcs.rb - pcs.ra)[g, None]
-            rdraw = np.maximum(r / pixel_mm, MIN_WIDTH_PX)
+            rdraw = np.maximum(r / pixel_mm, min_width_px)
             hit = (dist <= rdraw) & (px <= hi_c[g, 0:1]) & (py <= hi_c[g, 1:2])
             if not hit.any():
                 continue
@@ -509,10 +537,32 @@ def _rasterize(seg: _Segments, size_px: int, pixel_mm: float):
     return depth_mm.reshape(H, W), {k: v.reshape(H, W) for k, v in sig.items()}
 
 
-def _faz_mask(faz: _FAZ, size_px: int, pixel_mm: float) -> np.ndarray:
+def _faz_gap(faz: _FAZ, size_px: int, pixel_mm: float) -> np.ndarray:
+    """Signed distance-like gap (mm) of every pixel centre to the FAZ outline (< 0 inside)."""
     c = (np.arange(size_px) + 0.5) * pixel_mm
     xx, yy = np.meshgrid(c, c)
-    return faz.signed_gap(np.stack([xx, yy], -1)) < 0
+    return faz.signed_gap(np.stack([xx, yy], -1))
+
+
+def _faz_mask(faz: _FAZ, size_px: int, pixel_mm: float) -> np.ndarray:
+    return _faz_gap(faz, size_px, pixel_mm) < 0
+
+
+def _on_pixels(fun, size_px: int, pixel_mm: float, coarse: int = 48) -> np.ndarray:
+    """A smooth function of (x, y) mm evaluated at every pixel centre, via a coarse grid + bilinear
+    interpolation (the functions vary over >= 0.3 mm)."""
+    from scipy.ndimage import map_coordinates
+
+    n = min(int(size_px), coarse)
+    field = size_px * pixel_mm
+    g = (np.arange(n) + 0.5) * field / n
+    gx, gy = np.meshgrid(g, g)
+    vals = fun(gx, gy)
+    if n == size_px:
+        return vals
+    u = ((np.arange(size_px) + 0.5) * pixel_mm) / (field / n) - 0.5
+    uu, vv = np.meshgrid(u, u)
+    return map_coordinates(vals, [vv, uu], order=1, mode="nearest")
 
 
 # --------------------------------------------------------------------------------------------
@@ -641,6 +691,7 @@ def _shift_case(case: OCTACase, offset_mm) -> OCTACase:
     cl["points"] = cl["points"] + np.array([di * case.pixel_mm, dj * case.pixel_mm, 0.0])
     return replace(case, image=sh(case.image), depth=sh(case.depth), vessel_mask=sh(case.vessel_mask),
                    faz_mask=sh(case.faz_mask), centerlines=cl,
+                   flow_mask=None if case.flow_mask is None else sh(case.flow_mask),
                    layers={k: sh(v) for k, v in case.layers.items()},
                    faz_center_mm=(case.faz_center_mm[0] + di * case.pixel_mm, case.faz_center_mm[1] + dj * case.pixel_mm))
 
@@ -656,11 +707,12 @@ def _apply_degradation(case: OCTACase, p: dict, rng: np.random.Generator, shift:
     img = img * (1.0 + p["stripe"] * rng.normal(size=(H, 1)))
     img = img * _vignette(img.shape, p["vignette"], rng)
     img = np.clip(img + rng.normal(0, 0.01, img.shape), 0, 1)
-    img, depth, vm, fm = _motion_lines([img, case.depth, case.vessel_mask, case.faz_mask], p["motion_lines"],
-                                       p["motion_shift"] * scale, rng)
+    flow = case.vessel_mask if case.flow_mask is None else case.flow_mask
+    img, depth, vm, fm, flow = _motion_lines([img, case.depth, case.vessel_mask, case.faz_mask, flow],
+                                             p["motion_lines"], p["motion_shift"] * scale, rng)
     meta = dict(case.meta, degradation={k: v for k, v in p.items()})
     return replace(case, image=img.astype(np.float32), depth=depth, vessel_mask=vm, faz_mask=fm,
-                   quality=int(p["quality"]), meta=meta)
+                   quality=int(p["quality"]), meta=meta, flow_mask=flow)
 
 
 def degrade(case: OCTACase, quality: int, rng: np.random.Generator | int | None = None) -> OCTACase:
@@ -688,18 +740,29 @@ def render_octa(
     field_mm: float = 3.0,
     quality: int | None = None,
     fovea_offset_mm: Sequence[float] = (0.0, 0.0),
+    *,
+    randomize: bool = True,
+    vessel_density: float | None = None,
 ) -> OCTACase:
-    """Render one OCTA phantom.
+    """Render one realistic OCTA phantom.
 
     :param seed: RNG seed; the case is a pure function of all arguments.
     :param size_px: image edge in pixels (304, 320, 400, 512 are the usual device sizes; any
         positive size works).
     :param field_mm: field of view edge in mm (3 or 6 are the usual scan sizes).
-    :param quality: None for a clean render, or 0/1/2 (ungradable/gradable/outstanding) to
-        degrade it with severities sampled for that label (see :func:`degrade`).
+    :param quality: None for a render without quality degradation, or 0/1/2 (ungradable/gradable/
+        outstanding) to degrade it with severities sampled for that label (see :func:`degrade`).
     :param fovea_offset_mm: (dx, dy) displacement of the fovea from the field centre.
-    :returns: an :class:`OCTACase`.
+    :param randomize: domain randomisation of acquisition and device appearance (contrast curve,
+        gamma, speckle, noise, slab, blur/sharpening, resolution, motion bands, vignetting, signal
+        level); False gives one fixed, device-neutral appearance (same anatomy).
+    :param vessel_density: scale of the large-vessel attractor count (default: drawn in 0.8-1.25).
+    :returns: an :class:`OCTACase`. ``vessel_mask`` follows the expert labelling convention of
+        real datasets (ROSSA): the arteriole/venule tree down to its terminal branches, not the
+        capillary bed; ``flow_mask`` adds the capillary pixels; ``depth`` is set on ``flow_mask``.
     """
+    from .octa_physics import acquire, sample_appearance
+
     size_px = int(size_px)
     field_mm = float(field_mm)
     if size_px < 16 or field_mm <= 0:
@@ -711,31 +774,75 @@ def render_octa(
     if quality is not None:
         degr = _sample_degradation(int(quality), np.random.default_rng([int(seed), 0x0C7A, 1]), field_mm)
         offset = offset + np.asarray(degr["offset_mm"])
-    seg, faz, disc_side = _anatomy(rng, field_mm, pixel_mm, offset)
-    depth_mm, sig = _rasterize(seg, size_px, pixel_mm)
-    faz_mask = _faz_mask(faz, size_px, pixel_mm)
-    vessel = np.isfinite(depth_mm)
+    density = float(rng.uniform(0.8, 1.25)) if vessel_density is None else float(vessel_density)
+    tree, cap_seg, faz, disc_side, dmodel = _anatomy(rng, field_mm, pixel_mm, offset, density)
+    tree_depth, tree_sig = _rasterize(tree, size_px, pixel_mm, LABEL_MIN_PX)
+    vessel = np.isfinite(tree_depth)
+    _, cap_sig = _rasterize(cap_seg, size_px, pixel_mm)
+    gap = _faz_gap(faz, size_px, pixel_mm)
+    faz_mask = gap < 0
+    caps, cap_depth = _capillaries(rng, size_px, pixel_mm, gap, dmodel, tree_sig["superficial"], tree_depth)
+    caps[0] = np.maximum(caps[0], cap_sig["superficial"])
+    look = sample_appearance(np.random.default_rng([int(seed), 0x0C7A, 3]), randomize)
     z0, z1 = DEPTH_RANGE_MM
-    depth = np.where(vessel, (np.nan_to_num(depth_mm) - z0) / (z1 - z0), 0.0).astype(np.float32)
-    image = _appearance(sig, faz_mask, rng, pixel_mm, vignette=rng.uniform(0.05, 0.15))
+    gains = np.asarray(look["cap_gain"])[:, None, None]
+    cap_stack = np.stack(caps) * gains
+    best = np.argmax(cap_stack, 0)
+    cap_pix = (np.take_along_axis(cap_stack, best[None], 0)[0] > 0.5 * gains.min()) & ~vessel & ~faz_mask
+    depth_mm = np.where(vessel, tree_depth, np.where(cap_pix, np.take_along_axis(cap_depth, best[None], 0)[0], np.nan))
+    flow = np.isfinite(depth_mm)
+    depth = np.where(flow, (np.nan_to_num(depth_mm) - z0) / (z1 - z0), 0.0).astype(np.float32)
+    image, (depth, vessel, flow, faz_moved) = acquire(tree_sig["superficial"], caps, faz_mask.astype(float),
+                                                      np.random.default_rng([int(seed), 0x0C7A, 4]), look,
+                                                      [depth, vessel, flow, faz_mask])
     case = OCTACase(
         image=image.astype(np.float32),
-        depth=depth,
-        vessel_mask=vessel,
-        faz_mask=faz_mask,
+        depth=depth.astype(np.float32),
+        vessel_mask=vessel.astype(bool),
+        faz_mask=faz_moved.astype(bool),
         field_mm=field_mm,
         pixel_mm=pixel_mm,
-        centerlines=_centerline_graph(seg),
+        centerlines=_centerline_graph(_Segments.concat([tree, cap_seg])),
         depth_range_mm=DEPTH_RANGE_MM,
-        layers={k: v.astype(np.float32) for k, v in sig.items()},
+        layers={"superficial": np.maximum(tree_sig["superficial"], caps[0]).astype(np.float32),
+                "intermediate": caps[1].astype(np.float32), "deep": caps[2].astype(np.float32)},
         faz_center_mm=(float(faz.center[0]), float(faz.center[1])),
         faz_area_mm2=faz.area,
         meta={"seed": int(seed), "size_px": size_px, "field_mm": field_mm,
-              "disc_side": "left" if disc_side < 0 else "right"},
+              "disc_side": "left" if disc_side < 0 else "right", "vessel_density": density, "appearance": look},
+        flow_mask=flow.astype(bool),
     )
     if degr is not None:
         case = _apply_degradation(case, degr, np.random.default_rng([int(seed), 0x0C7A, 2]), shift=False)
     return case
+
+
+def _capillaries(rng, size_px: int, pixel_mm: float, faz_gap: np.ndarray, dmodel: _DepthModel,
+                 tree_sig: np.ndarray, tree_depth: np.ndarray):
+    """Capillary textures of the superficial, intermediate and deep plexus, and their depth maps (mm).
+
+    Each bed is a :func:`~.octa_physics.capillary_network` with its own intercapillary spacing,
+    modulated by a smooth perfusion field, absent from the FAZ (soft 1.5 px edge), and, in the
+    superficial plexus, thinned along the large vessels (capillary-free zones).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    from .octa_physics import capillary_network
+
+    shape = (size_px, size_px)
+    outside = np.clip(faz_gap / (1.5 * pixel_mm), 0.0, 1.0)
+    width = max(0.7, 0.008 / pixel_mm) * rng.uniform(0.7, 1.2)
+    big = np.isfinite(tree_depth) & (tree_sig > 0.7)
+    gap_px = rng.uniform(0.0, 0.03) / pixel_mm
+    cfz = np.clip((distance_transform_edt(~big) - gap_px) / 2.0, 0.0, 1.0) if big.any() else 1.0
+    caps, depths = [], []
+    for k, (lo, hi) in enumerate(((0.035, 0.07), (0.03, 0.06), (0.03, 0.05))):
+        net = capillary_network(rng, shape, rng.uniform(lo, hi) / pixel_mm, width)
+        wave = _smooth_field(rng, wavelength_mm=rng.uniform(0.3, 1.0))
+        perfusion = 0.65 + 0.35 * _on_pixels(wave, size_px, pixel_mm)
+        caps.append(np.clip(net * perfusion * outside * (cfz if k == 0 else 1.0), 0.0, 1.0))
+        depths.append(_on_pixels((dmodel.svp, dmodel.icp, dmodel.dcp)[k], size_px, pixel_mm))
+    return caps, np.stack(depths)
 
 
 def sharpness(image: np.ndarray) -> float:
@@ -846,7 +953,8 @@ def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress:
 
         images/<id>.png       8-bit en face angiogram
         depth/<id>.png        16-bit normalised depth (value / 65535 = depth in [0, 1], 0 = background)
-        vessels/<id>.png      8-bit vessel mask (0/255)
+        vessels/<id>.png      8-bit vessel mask (0/255): the labelled vessel tree (ROSSA convention)
+        flow/<id>.png         8-bit flow mask (0/255): vessels + capillary pixels (where depth > 0)
         faz/<id>.png          8-bit FAZ mask (0/255)
         centerlines/<id>.json 3D centreline graph in mm (see OCTACase.centerlines_json)
         cases.json            per case: files, seed, size_px, field_mm, pixel_mm, quality,
@@ -870,6 +978,7 @@ def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress:
             "image": "images/" + _save_png(case.image, out / "images" / f"{cid}.png"),
             "depth": "depth/" + _save_png(case.depth, out / "depth" / f"{cid}.png", bits=16),
             "vessels": "vessels/" + _save_png(case.vessel_mask, out / "vessels" / f"{cid}.png"),
+            "flow": "flow/" + _save_png(case.flow_mask, out / "flow" / f"{cid}.png"),
             "faz": "faz/" + _save_png(case.faz_mask, out / "faz" / f"{cid}.png"),
             "centerlines": f"centerlines/{cid}.json",
             "seed": s, "size_px": n, "field_mm": f, "pixel_mm": case.pixel_mm,

@@ -28,7 +28,8 @@ LIB = SRC / "VesselReconLib"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-from VesselReconLib import slicer_widget, slicerdeps  # noqa: E402
+from VesselReconLib import (slicer_compat, slicer_logic, slicer_results, slicer_samples,  # noqa: E402
+                            slicer_selftest, slicer_widget, slicerdeps)
 from VesselReconLib.errors import CheckpointError, InputError  # noqa: E402
 from VesselReconLib.progress import Reporter  # noqa: E402
 
@@ -142,7 +143,7 @@ def _literal(node):
 
 def parameter_fields(name: str) -> dict[str, dict]:
     """Fields of the module's ``@parameterNodeWrapper`` class: kind, node types, range, choices, default."""
-    for node in module_ast(name).body:
+    for node in ast.walk(module_ast(name)):  # Angio3D defines its class inside a function (Markups, 5.8)
         if isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "parameterNodeWrapper"
                                                   for d in node.decorator_list):
             assert node.name == f"{name}ParameterNode"
@@ -206,17 +207,82 @@ def test_every_module_folder_is_added():
     assert on_disk <= listed, f"folders with a CMakeLists.txt that are not built: {on_disk - listed}"
 
 
+RAW_URL = "https://raw.githubusercontent.com/vesselrecon/SlicerVesselRecon/main/"
+# Slicer/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json ("additionalProperties": false)
+CATALOG_SCHEMA = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json#"
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+CATALOG_PROPERTIES = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+                      "build_dependencies": list, "dicom_support_rule": str, "build_subdirectory": str,
+                      "enabled": bool, "tier": int}
+
+
+def catalog_entry() -> dict:
+    return json.loads((ROOT / "VesselRecon.json").read_text())
+
+
 def test_s4ext_matches_cmake_metadata():
     text, meta = cmake_text(ROOT / "CMakeLists.txt"), s4ext()
     for key in ("homepage", "category", "contributors", "description", "iconurl", "screenshoturls", "status"):
         assert meta[key] == " ".join(cmake_set(text, f"EXTENSION_{key.upper()}")), key
     assert meta["depends"] == " ".join(cmake_set(text, "EXTENSION_DEPENDS")) == "PyTorch"
     assert meta["scm"] == "git" and meta["scmurl"].startswith(meta["homepage"])
-    assert meta["build_subdirectory"] == "." and meta["enabled"] == "1"
+    assert meta["build_subdirectory"] == "." == cmake_set(text, "EXTENSION_BUILD_SUBDIRECTORY")[0]
+    assert meta["enabled"] == "1"
     assert meta["homepage"] == "https://github.com/vesselrecon/SlicerVesselRecon"
-    raw = "https://raw.githubusercontent.com/vesselrecon/SlicerVesselRecon/main/"
-    assert meta["iconurl"].startswith(raw) and (ROOT / meta["iconurl"][len(raw):]).is_file()
-    assert all(url.startswith(raw) for url in meta["screenshoturls"].split())
+
+
+def test_catalog_entry_follows_the_index_schema_and_matches_cmake():
+    """VesselRecon.json is the ExtensionsIndex catalog entry (JSON since April 2024); .s4ext stays for
+    older index branches. Both must say what CMake's extension metadata says."""
+    entry, meta, text = catalog_entry(), s4ext(), cmake_text(ROOT / "CMakeLists.txt")
+    assert CATALOG_REQUIRED <= set(entry) <= set(CATALOG_PROPERTIES), "the schema allows no other keys"
+    assert all(isinstance(entry[k], CATALOG_PROPERTIES[k]) for k in entry)
+    assert entry["$schema"] == CATALOG_SCHEMA
+    assert entry["category"] == meta["category"] == cmake_set(text, "EXTENSION_CATEGORY")[0]
+    assert entry["build_dependencies"] == cmake_set(text, "EXTENSION_DEPENDS") == meta["depends"].split()
+    assert entry["build_dependencies"] == ["PyTorch"]
+    assert entry["scm_url"] == meta["scmurl"] and entry["scm_url"].startswith(cmake_set(text, "EXTENSION_HOMEPAGE")[0])
+    assert entry["scm_revision"] == meta["scmrevision"] and entry.get("scm_type", "git") == meta["scm"]
+    assert entry["build_subdirectory"] == meta["build_subdirectory"]
+    assert entry.get("enabled", True) == (meta["enabled"] == "1") and 1 <= entry.get("tier", 1) <= 5
+
+
+def test_extension_urls_point_at_files_that_exist_with_that_case():
+    """Raw GitHub URLs are case-sensitive: OCTADepth.png 404s when the file is octadepth.png."""
+    meta = s4ext()
+    urls = [meta["iconurl"], *meta["screenshoturls"].split()]
+    assert len(urls) >= 2
+    for url in urls:
+        assert url.startswith(RAW_URL), url
+        relative = url[len(RAW_URL):]
+        folder = ROOT / Path(relative).parent
+        assert Path(relative).name in {p.name for p in folder.iterdir()}, f"{relative} does not exist (exact case)"
+
+
+def test_license_and_real_contributors():
+    text, meta = cmake_text(ROOT / "CMakeLists.txt"), s4ext()
+    license_text = (ROOT / "LICENSE.txt").read_text()
+    assert license_text.startswith("BSD 3-Clause License") and "Redistribution and use" in license_text
+    import tomllib
+
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"] == "BSD-3-Clause"
+    assert cmake_set(text, "EXTENSION_LICENSE_FILE") == ["${CMAKE_CURRENT_SOURCE_DIR}/LICENSE.txt"]
+    contributors = meta["contributors"]
+    assert contributors == cmake_set(text, "EXTENSION_CONTRIBUTORS")[0] == slicer_widget.CONTRIBUTORS[0]
+    assert "contributors" not in contributors.lower() and "(" in contributors, "a name with its organisation"
+
+
+def test_minimum_slicer_version_is_declared_everywhere():
+    """5.8 or later: the compatibility layer, the CMake check, the extension description, the README."""
+    text, meta = cmake_text(ROOT / "CMakeLists.txt"), s4ext()
+    minimum = ".".join(map(str, slicer_compat.MINIMUM_SLICER_VERSION))
+    assert minimum == "5.8" and slicer_compat.MINIMUM_SLICER_TEXT == f"3D Slicer {minimum} or later"
+    assert cmake_set(text, "VESSELRECON_MINIMUM_SLICER_VERSION") == [minimum]
+    assert "VERSION_LESS VESSELRECON_MINIMUM_SLICER_VERSION" in text and "FATAL_ERROR" in text
+    assert meta["description"].endswith(f"Requires {slicer_compat.MINIMUM_SLICER_TEXT}.")
+    readme = (ROOT / "README.md").read_text()
+    stated = set(re.findall(r"Slicer (\d+\.\d+) or later", readme))
+    assert stated <= {minimum}, f"README states another minimum version: {stated}"
 
 
 def test_icons_are_128_pixel_pngs():
@@ -387,6 +453,8 @@ def test_ui_parameter_names_match_the_parameter_node(name):
 @pytest.mark.parametrize("name", MODULES)
 def test_widget_code_only_uses_existing_ui_names(name):
     names = set(widgets(ui_file(name)))
+    if "FOLDER_BATCH = True" in module_file(name).read_text():
+        names |= set(widgets(slicer_widget.BATCH_UI))
     used = widget_code_names(module_file(name).read_text()) | widget_code_names((LIB / "slicer_widget.py").read_text())
     assert used, "no self.ui.<name> found: the check would be vacuous"
     assert used <= names, f"{name}.ui lacks {sorted(used - names)}"
@@ -465,6 +533,14 @@ class Blocker(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Blocker())
 sys.path.insert(0, SRC)
 import slicer  # slicer-core: MRML classes and slicer.util, no application
+
+# Slicer 5.8: the Markups MRML classes are not in ``slicer`` while scripted modules are imported; they
+# live in the Markups module's own wrapping until the Markups module has loaded.
+markups = types.ModuleType("vtkSlicerMarkupsModuleMRMLPython")
+for _name in [n for n in dir(slicer) if n.startswith("vtkMRMLMarkups")]:
+    setattr(markups, _name, getattr(slicer, _name))
+    delattr(slicer, _name)
+sys.modules["vtkSlicerMarkupsModuleMRMLPython"] = markups
 
 slm = types.ModuleType("slicer.ScriptedLoadableModule")
 class ScriptedLoadableModule:
@@ -546,6 +622,7 @@ for name, method in MODULES.items():
     entry["logic_is_slicer_logic"] = isinstance(logic, logic_class) and isinstance(logic, ScriptedLoadableModuleLogic)
     entry["logic_module_name"] = logic.moduleName
     entry["parameter_node"] = type(logic.getParameterNode()).__name__
+    entry["markups_in_slicer_during_test"] = any(n.startswith("vtkMRMLMarkups") for n in dir(slicer))
     entry["core_missing"] = getattr(logic, "core_missing", None)
     if entry["core_missing"]:
         try:
@@ -573,8 +650,10 @@ def stubbed():
 @pytest.mark.parametrize("name", MODULES)
 def test_module_file_runs_without_qt_ctk_or_torch(stubbed, name):
     report = stubbed[name]
-    expected = {name, f"{name}ParameterNode", f"{name}Widget", f"{name}Logic", f"{name}Test"}
+    expected = {name, f"{name}Widget", f"{name}Logic", f"{name}Test"}
     assert expected <= set(report["classes"])
+    if name != "Angio3D":  # Angio3D defines its parameter node class on first use (Markups classes, 5.8)
+        assert f"{name}ParameterNode" in report["classes"]
     assert not report["torch_imported"], "importing the module file must not load torch"
     assert report["title"] == name
     assert report["categories"] == [slicer_widget.CATEGORY]
@@ -593,6 +672,7 @@ def test_module_logic_binds_the_core_lazily(stubbed, name):
     report = stubbed[name]
     assert report["logic_is_slicer_logic"] and report["logic_module_name"] == name
     assert report["parameter_node"] == f"{name}ParameterNode"
+    assert not report["markups_in_slicer_during_test"], "the stand-in must behave like Slicer 5.8"
     if report["core_missing"]:
         assert report["missing_core_error"] == report["core_missing"]
         assert f"{MODULES[name][0]} processing code could not be loaded" in report["missing_core_error"]
@@ -617,7 +697,7 @@ def test_core_logic_accepts_the_widget_keywords(name):
         calls.append(("process_batch", module_constant(name, "BATCH_ARGS"), ("model", "device", "progress", "cancel")))
     for method_name, mapping, extra in calls:
         keywords = {k: None for k in [*mapping.values(), *extra]}
-        accepted = slicer_widget.accepted_kwargs(getattr(core, method_name), keywords)
+        accepted = slicer_results.accepted_kwargs(getattr(core, method_name), keywords)
         assert set(accepted) == set(keywords), f"{name}Logic.{method_name} lacks {sorted(set(keywords) - set(accepted))}"
     assert callable(getattr(core, "load_sample"))
 
@@ -707,24 +787,24 @@ def test_call_logic_drops_unknown_keywords(caplog):
 
     kwargs = {"input_volume": 1, "threshold": 0.7, "unknown_setting": 3, "progress": None, "background": None}
     with caplog.at_level("WARNING"):
-        assert slicer_widget.call_logic(process, kwargs) == (1, 0.7)
+        assert slicer_results.call_logic(process, kwargs) == (1, 0.7)
     assert "unknown_setting" in caplog.text and "background" not in caplog.text
-    assert slicer_widget.call_logic(lambda **kw: sorted(kw), kwargs) == sorted(kwargs)
+    assert slicer_results.call_logic(lambda **kw: sorted(kw), kwargs) == sorted(kwargs)
 
 
 def test_model_choice(tmp_path):
     param = types.SimpleNamespace(model="lite", checkpointPath=Path(""), device="cpu", inputVolume="node")
-    assert slicer_widget.logic_kwargs(param, {"inputVolume": "input_volume"}) == {
+    assert slicer_results.logic_kwargs(param, {"inputVolume": "input_volume"}) == {
         "input_volume": "node", "model": "lite", "device": "cpu"}
     param.model = slicer_widget.CHECKPOINT_ITEM
     with pytest.raises(InputError, match="Choose a checkpoint"):
-        slicer_widget.model_spec(param)
+        slicer_results.model_spec(param)
     param.checkpointPath = tmp_path / "missing.safetensors"
     with pytest.raises(InputError, match="does not exist"):
-        slicer_widget.model_spec(param)
+        slicer_results.model_spec(param)
     (tmp_path / "mine.safetensors").write_bytes(b"")
     param.checkpointPath = tmp_path / "mine.safetensors"
-    assert slicer_widget.model_spec(param) == str(tmp_path / "mine.safetensors")
+    assert slicer_results.model_spec(param) == str(tmp_path / "mine.safetensors")
 
 
 class FakeCombo:
@@ -791,17 +871,17 @@ class FakeParameters:
 def test_outputs_and_samples_go_into_the_parameter_node():
     param, mapping = FakeParameters(), {"inputVolume": "input_volume", "outputModel": "output_model"}
     volume, model = FakeNode("vtkMRMLScalarVolumeNode"), FakeNode("vtkMRMLModelNode")
-    assert slicer_widget.store_outputs(param, {"output_model": model, "frame_a": 3, "other": model}, mapping) == [
+    assert slicer_results.store_outputs(param, {"output_model": model, "frame_a": 3, "other": model}, mapping) == [
         "outputModel"]
     assert param.outputModel is model and param.frameA == 0
-    assert set(slicer_widget.apply_sample(param, {"input_volume": volume, "frameA": 4}, mapping)) == {
+    assert set(slicer_results.apply_sample(param, {"input_volume": volume, "frameA": 4}, mapping)) == {
         "inputVolume", "frameA"}
     assert param.frameA == 4
     fresh = FakeParameters()
-    assert slicer_widget.apply_sample(fresh, volume, mapping, inputs=("inputVolume",)) == ["inputVolume"]
+    assert slicer_results.apply_sample(fresh, volume, mapping, inputs=("inputVolume",)) == ["inputVolume"]
     table = FakeNode("vtkMRMLTableNode")
-    assert slicer_widget.result_table({"output_table": table, "output_model": model}) is table
-    assert slicer_widget.result_table(model) is None and slicer_widget.result_table(None) is None
+    assert slicer_results.result_table({"output_table": table, "output_model": model}) is table
+    assert slicer_results.result_table(model) is None and slicer_results.result_table(None) is None
 
 
 class FakeTableView:
@@ -902,7 +982,7 @@ def test_bind_core_combines_lazily_and_retries_a_missing_core(monkeypatch):
 
     class DemoLogic(Base):
         def __new__(cls, *args, **kwargs):
-            return super().__new__(slicer_widget.bind_core(cls, "_demo", "DemoLogic"))
+            return super().__new__(slicer_logic.bind_core(cls, "_demo", "DemoLogic"))
 
     logic = DemoLogic()
     assert hasattr(logic, "core_missing") and logic.shipped_models() == []
@@ -912,37 +992,71 @@ def test_bind_core_combines_lazily_and_retries_a_missing_core(monkeypatch):
     core_module.DemoLogic = Core
     monkeypatch.setitem(sys.modules, "VesselReconLib._demo", package)
     monkeypatch.setitem(sys.modules, "VesselReconLib._demo.logic", core_module)
-    logic = slicer_widget.fresh_logic(logic)
+    logic = slicer_logic.fresh_logic(logic)
     assert isinstance(logic, DemoLogic) and isinstance(logic, Core) and logic.core_initialized
     assert type(logic).__name__ == "DemoLogic" and logic.process(input_volume=5) == 5
     assert type(DemoLogic()) is type(logic), "the combined class is cached"
-    assert slicer_widget.fresh_logic(logic) is logic
+    assert slicer_logic.fresh_logic(logic) is logic
 
 
 # ---------------------------------------------------------------- dependency installer
 
 
 def test_dependency_list_covers_the_stack():
-    wanted = {"monai", "timm", "segmentation_models_pytorch", "safetensors", "skimage", "scipy", "pyvista",
+    wanted = {"monai", "timm", "segmentation_models_pytorch", "safetensors", "skimage", "scipy",
               "pytorch_msssim", "manifold3d", "pydicom", "yaml"}
     assert set(slicerdeps.REQUIREMENTS) == wanted
-    names = {slicerdeps._name(r) for r in slicerdeps.REQUIREMENTS.values()}
+    assert "pyvista" not in slicerdeps.REQUIREMENTS, "pyvista is not needed inside Slicer"
+    names = {slicer_compat.requirement_name(r) for r in slicerdeps.REQUIREMENTS.values()}
     assert not names & {p.lower() for p in slicerdeps.SLICER_PACKAGES}
     assert {"numpy", "vtk", "SimpleITK"} <= set(slicerdeps.SLICER_PACKAGES)
     assert slicerdeps.missing_modules(["json", "surely_not_a_module_xyz"]) == ["surely_not_a_module_xyz"]
 
 
+def test_pyvista_is_an_optional_extra_and_imported_nowhere():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(slicer_compat.requirement_name(d) == "pyvista" for d in project["dependencies"])
+    assert any(slicer_compat.requirement_name(d) == "pyvista" for d in project["optional-dependencies"]["notebook"])
+    imports = re.compile(r"^\s*(import pyvista|from pyvista)\b", re.MULTILINE)
+    assert not [p for p in LIB.rglob("*.py") if imports.search(p.read_text())]
+
+
 def test_dependency_installer_protects_slicer_packages(monkeypatch):
     calls = []
 
-    def pip_ensure(requirements, constraints=None, skip_packages=None, prompt_install=True, requester=None):
-        calls.append(([str(r) for r in requirements], skip_packages, prompt_install, requester))
+    def pip_ensure(requirements, constraints=None, skip_packages=None, prompt_install=True, requester=None,
+                   show_progress=True):
+        calls.append(([str(r) for r in requirements], skip_packages, prompt_install, requester, show_progress))
 
-    monkeypatch.setattr(slicerdeps, "_pip_ensure", lambda: pip_ensure)
-    assert slicerdeps._install_packages(["pyvista", "monai>=1.3"], None, ask=False)
-    assert calls == [(["pyvista", "monai>=1.3"], list(slicerdeps.SLICER_PACKAGES), False, "VesselRecon")]
+    assert slicerdeps._install_packages(["pydicom", "monai>=1.3"], None, ask=False, pip_ensure=pip_ensure)
+    assert calls == [(["pydicom", "monai>=1.3"], list(slicerdeps.SLICER_PACKAGES), False, "VesselRecon", True)]
     monkeypatch.setattr(slicerdeps, "missing_modules", lambda names=None: [])
     assert slicerdeps.ensure_dependencies() is True
+
+
+def test_an_old_torch_is_not_accepted(monkeypatch):
+    """As SlicerTotalSegmentator does: an installed torch below the requirement triggers an upgrade offer."""
+    shown, asked = [], []
+    monkeypatch.setattr(slicerdeps, "missing_modules", lambda names=None: [])
+    monkeypatch.setattr(slicer_compat, "installed_version", lambda name: "1.13.1+cu117")
+    monkeypatch.setattr(slicerdeps, "_show", lambda message, parent=None: shown.append(message))
+    fake_slicer = types.SimpleNamespace(app=types.SimpleNamespace(testingEnabled=lambda: False))
+    monkeypatch.setitem(sys.modules, "slicer", fake_slicer)
+
+    class Logic:
+        def installTorch(self, askConfirmation, torchVersionRequirement):
+            asked.append(torchVersionRequirement)
+            return object()
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=Logic))
+    assert slicerdeps.ensure_dependencies() is False
+    assert asked == [slicerdeps.TORCH_REQUIREMENT]
+    assert "1.13.1+cu117 is installed" in shown[-1] and "Restart Slicer" in shown[-1]
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # no PyTorch extension: say what to install
+    assert slicerdeps.ensure_dependencies() is False
+    assert "PyTorch\" extension" in shown[-1] and "1.13.1" in shown[-1]
 
 
 def test_dependency_failures_are_short_messages(monkeypatch):
@@ -950,28 +1064,64 @@ def test_dependency_failures_are_short_messages(monkeypatch):
     monkeypatch.setattr(slicerdeps, "_show", lambda message, parent=None: shown.append(message))
 
     def failing(requirements, **kwargs):
-        raise subprocess.CalledProcessError(1, ["pip", "install"])
+        raise subprocess.CalledProcessError(1, ["pip", "install"], output="ERROR: Could not connect to proxy")
 
-    monkeypatch.setattr(slicerdeps, "_pip_ensure", lambda: failing)
-    assert not slicerdeps._install_packages(["pyvista"], None, ask=True)
-    assert shown and "Installing pyvista failed" in shown[0] and "Traceback" not in shown[0]
+    assert not slicerdeps._install_packages(["pydicom"], None, ask=True, pip_ensure=failing)
+    assert "Installing pydicom failed" in shown[0] and "Traceback" not in shown[0]
+    assert "proxy" in shown[0].lower() and "HTTPS_PROXY" in shown[0]
 
     def declined(requirements, **kwargs):
         raise RuntimeError("User declined package installation")
 
-    monkeypatch.setattr(slicerdeps, "_pip_ensure", lambda: declined)
-    assert not slicerdeps._install_packages(["pyvista"], None, ask=True)
+    assert not slicerdeps._install_packages(["pydicom"], None, ask=True, pip_ensure=declined)
     assert "cannot run without" in shown[-1]
 
 
-def test_slicerdeps_and_slicer_widget_import_without_slicer_or_torch():
+SLICER_SIDE = ["slicer_compat", "slicer_results", "slicer_logic", "slicer_samples", "slicer_selftest",
+               "slicerdeps", "slicer_widget", "folder_batch"]
+
+
+def test_slicer_side_imports_without_slicer_or_torch():
+    modules = ", ".join(f"VesselReconLib.{m}" for m in SLICER_SIDE)
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(SRC)!r})
-        import VesselReconLib.slicer_widget, VesselReconLib.slicerdeps
+        import {modules}
         bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qt', 'ctk', 'torch', 'slicer'))
         print(bad)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def _library_imports(name: str) -> set[str]:
+    """VesselReconLib modules that ``name`` imports (anywhere in the file, top level or in functions)."""
+    found = set()
+    for node in ast.walk(ast.parse((LIB / f"{name}.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_slicer_side_has_no_import_circle():
+    """One file, one job: the Slicer-side modules import each other in one direction only."""
+    graph = {m: _library_imports(m) & set(SLICER_SIDE) for m in SLICER_SIDE}
+    assert "slicer_widget" not in set().union(*(graph[m] for m in SLICER_SIDE if m != "slicer_widget"))
+    order, seen = [], set()
+
+    def visit(node, stack):
+        assert node not in stack, f"import circle: {' -> '.join([*stack, node])}"
+        if node in seen:
+            return
+        for child in sorted(graph[node]):
+            visit(child, [*stack, node])
+        seen.add(node)
+        order.append(node)
+
+    for module in SLICER_SIDE:
+        visit(module, [])
+    assert len((LIB / "slicer_widget.py").read_text().splitlines()) < 450

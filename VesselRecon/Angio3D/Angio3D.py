@@ -15,15 +15,15 @@ from slicer.parameterNodeWrapper import (
     Choice,
 )
 
+# The Markups classes (vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsCurveNode) are not imported here:
+# Slicer 5.8 wraps them only once the Markups module has loaded, after this file is imported.
 from slicer import (
-    vtkMRMLMarkupsCurveNode,
-    vtkMRMLMarkupsFiducialNode,
     vtkMRMLModelNode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLTableNode,
 )
 
-from VesselReconLib import slicer_widget
+from VesselReconLib import slicer_compat, slicer_logic, slicer_samples, slicer_selftest, slicer_widget
 
 # Apply, Evaluate and Load sample call the core logic (VesselReconLib.angio3d.logic.Angio3DLogic)
 # with keyword arguments only; keywords it does not accept are dropped with a warning:
@@ -67,6 +67,9 @@ EVALUATE_ARGS = {
     "evaluationTable": "table",
 }
 REQUIRED_INPUTS = ("viewA", "viewB", "pointsA", "pointsB")
+# The self-test's floor on the phantom sample (the shipped model must reach it on the CPU), and the
+# outputs that must lie on the input's voxel grid.
+SELF_TEST = {"metric": ("fscore_1mm", 0.5)}
 
 
 #
@@ -84,7 +87,7 @@ class Angio3D(ScriptedLoadableModule):
         self.parent.title = _("Angio3D")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Vessel Reconstruction")]
         self.parent.dependencies = []
-        self.parent.contributors = ["VesselRecon contributors"]
+        self.parent.contributors = list(slicer_widget.CONTRIBUTORS)
         self.parent.helpText = _("""
 Reconstructs a 3D coronary vessel (surface mesh and centerline with radii) from two X-ray
 angiography views. For each view select the angiogram, browse to a well-filled frame (ideally
@@ -112,7 +115,7 @@ Please cite that paper when you use the module. Part of the VesselRecon extensio
 def registerSampleData():
     """Add the generated Angio3D sample to the Sample Data module (nothing is downloaded)."""
     iconsPath = os.path.join(os.path.dirname(__file__), "Resources/Icons")
-    slicer_widget.register_sample_data("Angio3D", Angio3DLogic, os.path.join(iconsPath, "Angio3D.png"),
+    slicer_samples.register_sample_data("Angio3D", Angio3DLogic, os.path.join(iconsPath, "Angio3D.png"),
                                        PROCESS_ARGS, EVALUATE_ARGS, inputs=REQUIRED_INPUTS)
 
 
@@ -121,43 +124,56 @@ def registerSampleData():
 #
 
 
-@parameterNodeWrapper
-class Angio3DParameterNode:
-    """
-    The parameters needed by module.
+Angio3DParameterNode = None  # defined by angio3DParameterNodeClass() on first use
 
-    viewA, viewB - angiography runs (frames along K); pointsA, pointsB - start and end points per view.
-    frameA, frameB - frame index used in each view.
-    primaryAngle*, secondaryAngle* (degrees), sid*, sod*, pixelSpacing* (mm) - C-arm geometry per view.
-    model, checkpointPath, device - network weights (shipped preset or "Load checkpoint…") and device.
-    outputModel, outputCenterline, outputTable - vessel mesh, centerline with radii, measurements.
-    referenceModel, evaluationTable - reference mesh and metrics table (Evaluation).
-    """
 
-    viewA: vtkMRMLScalarVolumeNode
-    viewB: vtkMRMLScalarVolumeNode
-    pointsA: vtkMRMLMarkupsFiducialNode
-    pointsB: vtkMRMLMarkupsFiducialNode
-    frameA: Annotated[int, WithinRange(0, 9999)] = 0
-    frameB: Annotated[int, WithinRange(0, 9999)] = 0
-    primaryAngleA: Annotated[float, WithinRange(-180.0, 180.0)] = -30.0
-    secondaryAngleA: Annotated[float, WithinRange(-90.0, 90.0)] = 0.0
-    sidA: Annotated[float, WithinRange(100.0, 2000.0)] = 1000.0
-    sodA: Annotated[float, WithinRange(50.0, 2000.0)] = 750.0
-    pixelSpacingA: Annotated[float, WithinRange(0.01, 5.0)] = 0.3
-    primaryAngleB: Annotated[float, WithinRange(-180.0, 180.0)] = 60.0
-    secondaryAngleB: Annotated[float, WithinRange(-90.0, 90.0)] = 0.0
-    sidB: Annotated[float, WithinRange(100.0, 2000.0)] = 1000.0
-    sodB: Annotated[float, WithinRange(50.0, 2000.0)] = 750.0
-    pixelSpacingB: Annotated[float, WithinRange(0.01, 5.0)] = 0.3
-    model: str = "lite"
-    checkpointPath: Path
-    device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
-    outputModel: vtkMRMLModelNode
-    outputCenterline: vtkMRMLMarkupsCurveNode
-    outputTable: vtkMRMLTableNode
-    referenceModel: vtkMRMLModelNode
-    evaluationTable: vtkMRMLTableNode
+def angio3DParameterNodeClass():
+    """The parameter node wrapper class, defined on first use (when the Markups module is loaded)."""
+    global Angio3DParameterNode
+    if Angio3DParameterNode is not None:
+        return Angio3DParameterNode
+    vtkMRMLMarkupsFiducialNode = slicer_compat.mrml_class("vtkMRMLMarkupsFiducialNode")
+    vtkMRMLMarkupsCurveNode = slicer_compat.mrml_class("vtkMRMLMarkupsCurveNode")
+
+    @parameterNodeWrapper
+    class Angio3DParameterNode:
+        """
+        The parameters needed by module.
+
+        viewA, viewB - angiography runs (frames along K); pointsA, pointsB - start and end points per view.
+        frameA, frameB - frame index used in each view.
+        primaryAngle*, secondaryAngle* (degrees), sid*, sod*, pixelSpacing* (mm) - C-arm geometry per view.
+        model, checkpointPath, device - network weights (shipped preset or "Load checkpoint…") and device.
+        outputModel, outputCenterline, outputTable - vessel mesh, centerline with radii, measurements.
+        referenceModel, evaluationTable - reference mesh and metrics table (Evaluation).
+        """
+
+        viewA: vtkMRMLScalarVolumeNode
+        viewB: vtkMRMLScalarVolumeNode
+        pointsA: vtkMRMLMarkupsFiducialNode
+        pointsB: vtkMRMLMarkupsFiducialNode
+        frameA: Annotated[int, WithinRange(0, 9999)] = 0
+        frameB: Annotated[int, WithinRange(0, 9999)] = 0
+        primaryAngleA: Annotated[float, WithinRange(-180.0, 180.0)] = -30.0
+        secondaryAngleA: Annotated[float, WithinRange(-90.0, 90.0)] = 0.0
+        sidA: Annotated[float, WithinRange(100.0, 2000.0)] = 1000.0
+        sodA: Annotated[float, WithinRange(50.0, 2000.0)] = 750.0
+        pixelSpacingA: Annotated[float, WithinRange(0.01, 5.0)] = 0.3
+        primaryAngleB: Annotated[float, WithinRange(-180.0, 180.0)] = 60.0
+        secondaryAngleB: Annotated[float, WithinRange(-90.0, 90.0)] = 0.0
+        sidB: Annotated[float, WithinRange(100.0, 2000.0)] = 1000.0
+        sodB: Annotated[float, WithinRange(50.0, 2000.0)] = 750.0
+        pixelSpacingB: Annotated[float, WithinRange(0.01, 5.0)] = 0.3
+        model: str = "lite"
+        checkpointPath: Path
+        device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
+        outputModel: vtkMRMLModelNode
+        outputCenterline: vtkMRMLMarkupsCurveNode
+        outputTable: vtkMRMLTableNode
+        referenceModel: vtkMRMLModelNode
+        evaluationTable: vtkMRMLTableNode
+
+    return Angio3DParameterNode
 
 
 #
@@ -177,6 +193,7 @@ class Angio3DWidget(slicer_widget.ModuleWidgetMixin, ScriptedLoadableModuleWidge
     PROCESS_ARGS = PROCESS_ARGS
     EVALUATE_ARGS = EVALUATE_ARGS
     REQUIRED_INPUTS = REQUIRED_INPUTS
+    FOLDER_BATCH = True  # the shared folder-batch section (VesselReconLib.folder_batch)
 
     def __init__(self, parent=None) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -269,14 +286,14 @@ class Angio3DLogic(ScriptedLoadableModuleLogic):
     """
 
     def __new__(cls, *args, **kwargs):
-        return super().__new__(slicer_widget.bind_core(cls, "angio3d", "Angio3DLogic"))
+        return super().__new__(slicer_logic.bind_core(cls, "angio3d", "Angio3DLogic"))
 
     def __init__(self) -> None:
         """Called when the logic class is instantiated (also initializes the core logic)."""
         ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self):
-        return Angio3DParameterNode(super().getParameterNode())
+        return angio3DParameterNodeClass()(super().getParameterNode())
 
 
 #
@@ -302,4 +319,4 @@ class Angio3DTest(ScriptedLoadableModuleTest):
 
     def test_Angio3D1(self):
         """Generated two-view sample -> 3D vessel on the CPU -> evaluation; a missing input is refused."""
-        slicer_widget.self_test(self, Angio3DLogic(), PROCESS_ARGS, EVALUATE_ARGS, REQUIRED_INPUTS)
+        slicer_selftest.self_test(self, Angio3DLogic(), PROCESS_ARGS, EVALUATE_ARGS, REQUIRED_INPUTS, **SELF_TEST)

@@ -18,7 +18,7 @@ from slicer import (
     vtkMRMLTableNode,
 )
 
-from VesselReconLib import slicer_widget
+from VesselReconLib import slicer_logic, slicer_results, slicer_samples, slicer_selftest, slicer_widget
 
 # Apply, Run batch, Evaluate and Load sample call the core logic (VesselReconLib.coips.logic.COIPSLogic)
 # with keyword arguments only:
@@ -54,6 +54,9 @@ EVALUATE_ARGS = {
     "evaluationTable": "table",
 }
 REQUIRED_INPUTS = ("inputVolume",)
+# The self-test's floor on the phantom sample (the shipped model must reach it on the CPU), and the
+# outputs that must lie on the input's voxel grid.
+SELF_TEST = {"metric": ("dice", 0.8)}
 
 
 #
@@ -71,7 +74,7 @@ class COIPS(ScriptedLoadableModule):
         self.parent.title = _("COIPS")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Vessel Reconstruction")]
         self.parent.dependencies = []
-        self.parent.contributors = ["VesselRecon contributors"]
+        self.parent.contributors = list(slicer_widget.CONTRIBUTORS)
         self.parent.helpText = _("""
 Grades the quality of en-face OCT-angiography images (ungradable, gradable, outstanding), segments the
 foveal avascular zone (FAZ) on gradable images and measures it (area in mm², perimeter, circularity,
@@ -99,7 +102,7 @@ paper when you use the module. Part of the VesselRecon extension.
 def registerSampleData():
     """Add the generated COIPS sample to the Sample Data module (nothing is downloaded)."""
     iconsPath = os.path.join(os.path.dirname(__file__), "Resources/Icons")
-    slicer_widget.register_sample_data("COIPS", COIPSLogic, os.path.join(iconsPath, "COIPS.png"),
+    slicer_samples.register_sample_data("COIPS", COIPSLogic, os.path.join(iconsPath, "COIPS.png"),
                                        PROCESS_ARGS, EVALUATE_ARGS, inputs=REQUIRED_INPUTS)
 
 
@@ -187,7 +190,7 @@ class COIPSWidget(slicer_widget.ModuleWidgetMixin, ScriptedLoadableModuleWidget,
         p = self._parameterNode
         if p is not None and not self.runner.busy:
             folders = (p.batchInputFolder, p.batchOutputFolder)
-            self.ui.batchRunButton.enabled = all(slicer_widget.path_or_none(f) for f in folders)
+            self.ui.batchRunButton.enabled = all(slicer_results.path_or_none(f) for f in folders)
 
     def onBatchRunButton(self) -> None:
         """Grade every image of the input folder and segment its FAZ (``Logic.process_batch``)."""
@@ -209,7 +212,7 @@ class COIPSLogic(ScriptedLoadableModuleLogic):
     """
 
     def __new__(cls, *args, **kwargs):
-        return super().__new__(slicer_widget.bind_core(cls, "coips", "COIPSLogic"))
+        return super().__new__(slicer_logic.bind_core(cls, "coips", "COIPSLogic"))
 
     def __init__(self) -> None:
         """Called when the logic class is instantiated (also initializes the core logic)."""
@@ -242,4 +245,4 @@ class COIPSTest(ScriptedLoadableModuleTest):
 
     def test_COIPS1(self):
         """Generated OCTA sample -> grade and FAZ on the CPU -> evaluation; a missing input is refused."""
-        slicer_widget.self_test(self, COIPSLogic(), PROCESS_ARGS, EVALUATE_ARGS, REQUIRED_INPUTS)
+        slicer_selftest.self_test(self, COIPSLogic(), PROCESS_ARGS, EVALUATE_ARGS, REQUIRED_INPUTS, **SELF_TEST)

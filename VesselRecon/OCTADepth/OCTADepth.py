@@ -20,7 +20,7 @@ from slicer import (
     vtkMRMLTableNode,
 )
 
-from VesselReconLib import slicer_widget
+from VesselReconLib import slicer_logic, slicer_samples, slicer_selftest, slicer_widget
 
 # Apply, Evaluate and Load sample call the core logic (VesselReconLib.octadepth.logic.OCTADepthLogic)
 # with keyword arguments only; keywords it does not accept are dropped with a warning:
@@ -55,6 +55,9 @@ EVALUATE_ARGS = {
     "evaluationTable": "table",
 }
 REQUIRED_INPUTS = ("inputVolume",)
+# The self-test's floor on the phantom sample (the shipped model must reach it on the CPU), and the
+# outputs that must lie on the input's voxel grid.
+SELF_TEST = {"metric": ("dice", 0.8), "same_grid_outputs": ("outputDepthVolume",)}
 
 
 #
@@ -72,7 +75,7 @@ class OCTADepth(ScriptedLoadableModule):
         self.parent.title = _("OCTADepth")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Vessel Reconstruction")]
         self.parent.dependencies = []
-        self.parent.contributors = ["VesselRecon contributors"]
+        self.parent.contributors = list(slicer_widget.CONTRIBUTORS)
         self.parent.helpText = _("""
 Reconstructs 3D retinal vessels from a single en-face OCT-angiography image. A network segments the
 vessels and estimates the depth of every vessel pixel; the vessel mask lifted to its depth gives a
@@ -100,7 +103,7 @@ paper when you use the module. Part of the VesselRecon extension.
 def registerSampleData():
     """Add the generated OCTADepth sample to the Sample Data module (nothing is downloaded)."""
     iconsPath = os.path.join(os.path.dirname(__file__), "Resources/Icons")
-    slicer_widget.register_sample_data("OCTADepth", OCTADepthLogic, os.path.join(iconsPath, "OCTADepth.png"),
+    slicer_samples.register_sample_data("OCTADepth", OCTADepthLogic, os.path.join(iconsPath, "OCTADepth.png"),
                                        PROCESS_ARGS, EVALUATE_ARGS, inputs=REQUIRED_INPUTS)
 
 
@@ -157,6 +160,7 @@ class OCTADepthWidget(slicer_widget.ModuleWidgetMixin, ScriptedLoadableModuleWid
     PROCESS_ARGS = PROCESS_ARGS
     EVALUATE_ARGS = EVALUATE_ARGS
     REQUIRED_INPUTS = REQUIRED_INPUTS
+    FOLDER_BATCH = True  # the shared folder-batch section (VesselReconLib.folder_batch)
 
     def __init__(self, parent=None) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -200,7 +204,7 @@ class OCTADepthLogic(ScriptedLoadableModuleLogic):
     """
 
     def __new__(cls, *args, **kwargs):
-        return super().__new__(slicer_widget.bind_core(cls, "octadepth", "OCTADepthLogic"))
+        return super().__new__(slicer_logic.bind_core(cls, "octadepth", "OCTADepthLogic"))
 
     def __init__(self) -> None:
         """Called when the logic class is instantiated (also initializes the core logic)."""
@@ -233,4 +237,4 @@ class OCTADepthTest(ScriptedLoadableModuleTest):
 
     def test_OCTADepth1(self):
         """Generated sample -> depth map and 3D vessels on the CPU -> evaluation; a missing input is refused."""
-        slicer_widget.self_test(self, OCTADepthLogic(), PROCESS_ARGS, EVALUATE_ARGS, REQUIRED_INPUTS)
+        slicer_selftest.self_test(self, OCTADepthLogic(), PROCESS_ARGS, EVALUATE_ARGS, REQUIRED_INPUTS, **SELF_TEST)

@@ -20,7 +20,7 @@ from slicer import (
     vtkMRMLTableNode,
 )
 
-from VesselReconLib import slicer_widget
+from VesselReconLib import slicer_logic, slicer_samples, slicer_selftest, slicer_widget
 
 # Apply, Evaluate and Load sample call the core logic (VesselReconLib.vcnet.logic.VCNetLogic):
 #   process(inputVolume, maskVolume=None, darkVessels=False, model="lite", device="auto", overlap=0.0,
@@ -52,6 +52,9 @@ EVALUATE_ARGS = {
     "evaluationTable": "table",
 }
 REQUIRED_INPUTS = ("inputVolume",)
+# The self-test's floor on the phantom sample (the shipped model must reach it on the CPU), and the
+# outputs that must lie on the input's voxel grid.
+SELF_TEST = {"metric": ("dice", 0.6), "same_grid_outputs": ("outputProbabilityVolume",)}
 
 
 #
@@ -69,7 +72,7 @@ class VCNet(ScriptedLoadableModule):
         self.parent.title = _("VCNet")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Vessel Reconstruction")]
         self.parent.dependencies = []
-        self.parent.contributors = ["VesselRecon contributors"]
+        self.parent.contributors = list(slicer_widget.CONTRIBUTORS)
         self.parent.helpText = _("""
 Segments highly sparse and noisy vessels in 3D images (MR angiography, susceptibility-weighted
 imaging, microscopy). The network combines 3D patches with their maximum-intensity projections, so
@@ -98,7 +101,7 @@ the VesselRecon extension.
 def registerSampleData():
     """Add the generated VCNet sample to the Sample Data module (nothing is downloaded)."""
     iconsPath = os.path.join(os.path.dirname(__file__), "Resources/Icons")
-    slicer_widget.register_sample_data("VCNet", VCNetLogic, os.path.join(iconsPath, "VCNet.png"),
+    slicer_samples.register_sample_data("VCNet", VCNetLogic, os.path.join(iconsPath, "VCNet.png"),
                                        PROCESS_ARGS, EVALUATE_ARGS, inputs=REQUIRED_INPUTS)
 
 
@@ -156,6 +159,7 @@ class VCNetWidget(slicer_widget.ModuleWidgetMixin, ScriptedLoadableModuleWidget,
     PROCESS_ARGS = PROCESS_ARGS
     EVALUATE_ARGS = EVALUATE_ARGS
     REQUIRED_INPUTS = REQUIRED_INPUTS
+    FOLDER_BATCH = True  # the shared folder-batch section (VesselReconLib.folder_batch)
 
     def __init__(self, parent=None) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -198,7 +202,7 @@ class VCNetLogic(ScriptedLoadableModuleLogic):
     """
 
     def __new__(cls, *args, **kwargs):
-        return super().__new__(slicer_widget.bind_core(cls, "vcnet", "VCNetLogic"))
+        return super().__new__(slicer_logic.bind_core(cls, "vcnet", "VCNetLogic"))
 
     def __init__(self) -> None:
         """Called when the logic class is instantiated (also initializes the core logic)."""
@@ -231,4 +235,4 @@ class VCNetTest(ScriptedLoadableModuleTest):
 
     def test_VCNet1(self):
         """Generated noisy volume -> vessel segmentation on the CPU -> evaluation; a missing input is refused."""
-        slicer_widget.self_test(self, VCNetLogic(), PROCESS_ARGS, EVALUATE_ARGS, REQUIRED_INPUTS)
+        slicer_selftest.self_test(self, VCNetLogic(), PROCESS_ARGS, EVALUATE_ARGS, REQUIRED_INPUTS, **SELF_TEST)

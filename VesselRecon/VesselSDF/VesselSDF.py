@@ -21,7 +21,7 @@ from slicer import (
     vtkMRMLTableNode,
 )
 
-from VesselReconLib import slicer_widget
+from VesselReconLib import slicer_logic, slicer_samples, slicer_selftest, slicer_widget
 
 # Apply, Evaluate and Load sample call the core logic (VesselReconLib.vesselsdf.logic.VesselSDFLogic)
 # with keyword arguments only:
@@ -56,6 +56,9 @@ EVALUATE_ARGS = {
     "outputModel": "predictionModel",
 }
 REQUIRED_INPUTS = ("inputVolume",)
+# The self-test's floor on the phantom sample (the shipped model must reach it on the CPU), and the
+# outputs that must lie on the input's voxel grid.
+SELF_TEST = {"metric": ("dice", 0.4)}
 
 
 #
@@ -73,7 +76,7 @@ class VesselSDF(ScriptedLoadableModule):
         self.parent.title = _("VesselSDF")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Vessel Reconstruction")]
         self.parent.dependencies = []
-        self.parent.contributors = ["VesselRecon contributors"]
+        self.parent.contributors = list(slicer_widget.CONTRIBUTORS)
         self.parent.helpText = _("""
 Reconstructs vascular networks (e.g. the hepatic and portal veins) from CT with thick slices. A
 network predicts a signed distance field to the vessel wall, evaluated on slices thinner than the
@@ -100,7 +103,7 @@ VesselRecon extension.
 def registerSampleData():
     """Add the generated VesselSDF sample to the Sample Data module (nothing is downloaded)."""
     iconsPath = os.path.join(os.path.dirname(__file__), "Resources/Icons")
-    slicer_widget.register_sample_data("VesselSDF", VesselSDFLogic, os.path.join(iconsPath, "VesselSDF.png"),
+    slicer_samples.register_sample_data("VesselSDF", VesselSDFLogic, os.path.join(iconsPath, "VesselSDF.png"),
                                        PROCESS_ARGS, EVALUATE_ARGS, inputs=REQUIRED_INPUTS)
 
 
@@ -158,6 +161,7 @@ class VesselSDFWidget(slicer_widget.ModuleWidgetMixin, ScriptedLoadableModuleWid
     PROCESS_ARGS = PROCESS_ARGS
     EVALUATE_ARGS = EVALUATE_ARGS
     REQUIRED_INPUTS = REQUIRED_INPUTS
+    FOLDER_BATCH = True  # the shared folder-batch section (VesselReconLib.folder_batch)
 
     def __init__(self, parent=None) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -200,7 +204,7 @@ class VesselSDFLogic(ScriptedLoadableModuleLogic):
     """
 
     def __new__(cls, *args, **kwargs):
-        return super().__new__(slicer_widget.bind_core(cls, "vesselsdf", "VesselSDFLogic"))
+        return super().__new__(slicer_logic.bind_core(cls, "vesselsdf", "VesselSDFLogic"))
 
     def __init__(self) -> None:
         """Called when the logic class is instantiated (also initializes the core logic)."""
@@ -233,4 +237,4 @@ class VesselSDFTest(ScriptedLoadableModuleTest):
 
     def test_VesselSDF1(self):
         """Generated anisotropic CT -> distance field and vessels on the CPU -> evaluation; bad input refused."""
-        slicer_widget.self_test(self, VesselSDFLogic(), PROCESS_ARGS, EVALUATE_ARGS, REQUIRED_INPUTS)
+        slicer_selftest.self_test(self, VesselSDFLogic(), PROCESS_ARGS, EVALUATE_ARGS, REQUIRED_INPUTS, **SELF_TEST)

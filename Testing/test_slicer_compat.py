@@ -204,3 +204,16 @@ def test_requirement_names():
     assert slicer_compat.requirement_name("monai>=1.3") == "monai"
     assert slicer_compat.requirement_name("segmentation-models-pytorch") == "segmentation-models-pytorch"
     assert slicer_compat.requirement_name("PyYAML[extra]; python_version>'3'") == "pyyaml"
+
+
+def test_coips_batch_starts_no_worker_processes_inside_slicer(monkeypatch):
+    """COIPS batch decodes with DataLoader workers and finishes images in a process pool; inside Slicer
+    (fork copies the GUI; on macOS/Windows each child is another PythonSlicer) it uses neither."""
+    pytest.importorskip("torch")
+    from VesselReconLib import runtime
+    from VesselReconLib.coips import batch
+
+    assert batch.decode_workers(2) == 2
+    monkeypatch.setattr(runtime, "in_slicer_app", lambda: True)
+    assert batch.decode_workers(2) == 0
+    assert batch._post_pool(2) is None

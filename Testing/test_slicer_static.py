@@ -1125,3 +1125,282 @@ def test_slicer_side_has_no_import_circle():
     for module in SLICER_SIDE:
         visit(module, [])
     assert len((LIB / "slicer_widget.py").read_text().splitlines()) < 450
+
+
+# ---------------------------------------------------------------- Slicer names used by the modules
+
+
+SLICER_APP_ONLY = {  # attributes of ``slicer`` that exist only in the application, not in slicer-core
+    "app", "mrmlScene", "modules", "ScriptedLoadableModule", "parameterNodeWrapper", "i18n", "packaging",
+    "moduleNames", "testing", "selfTests",
+}
+QT_ALLOWED = set()  # the modules use no qt/ctk names directly: .ui files and slicer.util helpers do it
+DIFFERING_API = {"SetTerminology", "GetTerminology", "pip_ensure", "pip_install"}  # 5.8 vs 5.13
+SLICER_FILES = [*(module_file(name) for name in MODULES),
+                *(LIB / f"{name}.py" for name in ("slicer_compat", "slicer_results", "slicer_logic", "slicer_samples",
+                                                  "slicer_selftest", "slicerdeps", "slicer_widget", "folder_batch",
+                                                  "mrml"))]
+
+
+def _uses(tree: ast.AST):
+    """(root name, attribute chain, line, in a function, in a try block) for every ``x.y.z`` use."""
+    found = []
+
+    def chain(node):
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        return (node.id, parts[::-1]) if isinstance(node, ast.Name) else (None, [])
+
+    def visit(node, in_function, in_try, parent_is_attribute=False):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            in_function = True
+        if isinstance(node, ast.Try):
+            for child in node.body:
+                visit(child, in_function, True)
+            for child in [*node.handlers, *node.orelse, *node.finalbody]:
+                visit(child, in_function, in_try)
+            return
+        if isinstance(node, ast.Attribute) and not parent_is_attribute:
+            root, parts = chain(node)
+            if root is not None:
+                found.append((root, parts, node.lineno, in_function, in_try))
+        for child in ast.iter_child_nodes(node):
+            visit(child, in_function, in_try, isinstance(node, ast.Attribute))
+
+    visit(tree, False, False)
+    return found
+
+
+def _slicer_name_problems(path: Path) -> list[str]:
+    import slicer
+    import slicer.util
+
+    problems = []
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):  # ``from slicer import X``: X must exist in slicer-core (Markups: not at import)
+        if isinstance(node, ast.ImportFrom) and node.module == "slicer":
+            for alias in node.names:
+                if alias.name.startswith("vtkMRMLMarkups"):
+                    problems.append(f"{path.name}:{node.lineno}: {alias.name} imported from slicer (absent in 5.8)")
+                elif alias.name != "*" and not hasattr(slicer, alias.name) and alias.name not in SLICER_APP_ONLY:
+                    problems.append(f"{path.name}:{node.lineno}: slicer.{alias.name} does not exist")
+    for root, parts, line, in_function, in_try in _uses(tree):
+        where = f"{path.name}:{line}: {root}.{'.'.join(parts)}"
+        if root == "slicer" and parts:
+            head = parts[0]
+            if head == "util" and len(parts) > 1 and not hasattr(slicer.util, parts[1]) and not in_try:
+                problems.append(where + " is not in slicer.util")
+            elif head.startswith("vtk") and not hasattr(slicer, head) and not in_try:
+                problems.append(where + " is not a slicer-core class")
+            elif head not in SLICER_APP_ONLY and head != "util" and not head.startswith("vtk") \
+                    and not hasattr(slicer, head) and not in_try:
+                problems.append(where + " is not in slicer-core nor a known application attribute")
+            if head == "app" and not in_function:
+                problems.append(where + " at import time")
+        if root in ("qt", "ctk") and parts and parts[0] not in QT_ALLOWED:
+            problems.append(where + " (qt/ctk used directly)")
+        if path.name != "slicer_compat.py" and set(parts) & DIFFERING_API:
+            problems.append(where + " differs between Slicer 5.8 and 5.13: call it through slicer_compat")
+    return problems
+
+
+def test_slicer_names_exist_in_slicer_core_or_are_guarded():
+    """Every slicer.*, slicer.util.*, slicer.vtkMRML* name the modules and the Slicer-side library use
+    exists in slicer-core (or is an application attribute, or sits in a try block); Markups classes are
+    never imported at import time; the calls that differ between 5.8 and 5.13 go through slicer_compat."""
+    problems = [p for path in SLICER_FILES for p in _slicer_name_problems(path)]
+    assert problems == []
+    uses = [u for path in SLICER_FILES for u in _uses(ast.parse(path.read_text())) if u[0] == "slicer"]
+    assert len(uses) > 30, "the check would be vacuous"
+
+
+def test_the_name_check_catches_5_8_breakers(tmp_path):
+    bad = tmp_path / "Bad.py"
+    bad.write_text(textwrap.dedent("""
+        import slicer
+        from slicer import vtkMRMLMarkupsCurveNode, vtkMRMLNoSuchNode
+        slicer.app.connect("startupCompleted()", print)
+        def apply(segment):
+            segment.SetTerminology("x")
+            slicer.util.noSuchHelper()
+            try:
+                slicer.util.anotherMissingHelper()
+            except AttributeError:
+                pass
+    """))
+    problems = "\n".join(_slicer_name_problems(bad))
+    for needle in ("vtkMRMLMarkupsCurveNode imported", "vtkMRMLNoSuchNode does not exist", "at import time",
+                   "SetTerminology differs", "noSuchHelper is not in slicer.util"):
+        assert needle in problems, needle
+    assert "anotherMissingHelper" not in problems
+
+
+# ---------------------------------------------------------------- first run, scene close, isolation
+
+
+class MissingTorchLogic(slicer_logic.missing_core("octadepth", ImportError("No module named 'torch'"))):
+    pass
+
+
+def test_model_box_without_torch_comes_from_the_registry():
+    choices = slicer_logic.registry_choices("octadepth")
+    assert "lite" in choices and slicer_results.CHECKPOINT_ITEM not in choices
+    assert MissingTorchLogic().shipped_models() == choices
+    assert slicer_logic.registry_choices("coips") == ["lite"], "the FAZ U-Net is not a model-box choice"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_registry_choices_are_what_the_core_offers(name):
+    """Before torch is installed the model box lists what the core Logic will list afterwards."""
+    method = MODULES[name][0]
+    core = getattr(__import__(f"VesselReconLib.{method}.logic", fromlist=["*"]), f"{name}Logic")
+    offered = core.__new__(core).shipped_models()
+    choices = slicer_logic.registry_choices(method)
+    assert choices and set(choices) <= set(offered)
+    default = parameter_fields(name)["model"]["default"]
+    assert default in choices, f"the parameter node's default model {default!r} is not shipped"
+
+
+def test_first_run_never_turns_the_model_into_load_checkpoint():
+    """The first Apply used to fail with 'Choose a checkpoint file': without torch the combo held only
+    'Load checkpoint…', which _checkCanApply copied into the parameter node."""
+    widget, combo = _demo_widget()
+    p = widget._parameterNode
+    widget.logic = MissingTorchLogic()
+    slicer_widget.fill_model_combo(combo, [])  # the worst case: nothing listed at all
+    widget._checkCanApply()
+    assert p.model == "lite"
+    slicer_widget.fill_model_combo(combo, widget.logic.shipped_models())
+    widget._checkCanApply()
+    assert p.model == "lite" and combo.currentText == "lite"
+    p.model = ""
+    widget._checkCanApply()
+    assert p.model == "lite", "an empty model becomes the first shipped one, never 'Load checkpoint…'"
+
+
+def test_dependencies_are_asked_for_on_apply_not_on_enter(monkeypatch):
+    from VesselReconLib import slicerdeps as deps
+
+    calls = []
+    monkeypatch.setattr(deps, "ensure_dependencies", lambda parent=None, ask=True: calls.append(parent) or True)
+    widget, combo = _demo_widget(real_ensure=True)
+    widget.logic = MissingTorchLogic()
+    widget.initializeParameterNode = lambda: None
+    widget.enter()
+    assert calls == [], "opening the module must not install anything"
+    monkeypatch.setattr(slicer_logic, "fresh_logic", lambda logic: DemoLogic())
+    widget._parameterNode.model = "lite"
+    assert widget.ensureDependencies()
+    assert len(calls) == 1 and isinstance(widget.logic, DemoLogic)
+    assert combo.items == ["lite", slicer_results.CHECKPOINT_ITEM] and widget._parameterNode.model == "lite"
+
+
+def _demo_widget(real_ensure: bool = False):
+    class DemoWidget(slicer_widget.ModuleWidgetMixin):
+        PROCESS_ARGS = {"inputVolume": "input_volume", "outputModel": "output_model", "outputTable": "output_table"}
+        EVALUATE_ARGS = {"outputModel": "prediction", "referenceModel": "reference", "evaluationTable": "table"}
+        REQUIRED_INPUTS = ("inputVolume",)
+        moduleName = "Demo"
+        parent = None
+
+        def setParameterNode(self, node):
+            self._parameterNode = node
+
+        if not real_ensure:
+            def ensureDependencies(self):
+                return True
+
+    widget, combo = DemoWidget(), FakeCombo()
+    widget.ui = types.SimpleNamespace(**vars(fake_ui()), modelComboBox=combo, checkpointPathLineEdit=FakeWidget(),
+                                      resultsTableView=FakeTableView(), evaluationTableView=FakeTableView())
+    widget.logic, widget._parameterNode = DemoLogic(), DemoParameters()
+    widget.runner = slicer_widget.TaskRunner(widget.ui, on_idle=widget._checkCanApply, error_display=pytest.fail)
+    slicer_widget.fill_model_combo(combo, widget.logic.shipped_models())
+    return widget, combo
+
+
+def test_closing_the_scene_cancels_a_running_task():
+    """Scene close during Apply: the task is cancelled and nothing is written to the closed scene's nodes."""
+    widget, _ = _demo_widget()
+    p = widget._parameterNode
+    p.inputVolume = FakeNode("vtkMRMLScalarVolumeNode")
+    closed = []
+
+    def pump():  # the user closes the scene while the worker runs
+        if not closed:
+            closed.append(True)
+            widget.onSceneStartClose(None, None)
+
+    widget.runner.pump_events = pump
+
+    class SlowLogic(DemoLogic):
+        def process(self, input_volume, model="lite", device="auto", progress=None, cancel=None, background=None,
+                    **kwargs):
+            def compute():
+                while not cancel():
+                    threading.Event().wait(0.01)
+                return "late result"
+
+            return {"output_model": FakeNode("vtkMRMLModelNode"), "computed": background(compute)}
+
+    widget.logic = SlowLogic()
+    widget.onApplyButton()
+    assert closed and widget._parameterNode is None, "the scene close detached the parameter node"
+    assert p.outputModel is None, "no write-back after the scene closed"
+    assert "cancelled" in widget.ui.statusLabel.text and not widget.runner.busy
+
+
+def _forward_with_hooks(hook):
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 3, padding=1))
+    for layer in net:
+        layer.register_forward_hook(hook)
+    with torch.no_grad():
+        return net(torch.rand(1, 1, 32, 32))
+
+
+def test_in_process_worker_survives_out_of_memory_and_cancel_mid_forward():
+    """The GUI path runs inference in-process on a worker thread. A CUDA out-of-memory error raised in the
+    middle of a forward pass, and a Cancel pressed between two layers of one, leave the widget usable."""
+    pytest.importorskip("torch")
+    ui, shown = fake_ui(), []
+    cancel_pressed = threading.Event()
+    runner = slicer_widget.TaskRunner(ui, lambda: runner.cancel() if cancel_pressed.is_set() else None,
+                                      error_display=shown.append)
+    workers = []
+
+    def oom_hook(module, inputs, output):
+        workers.append(threading.current_thread())
+        if len(workers) == 2:  # the second layer of the forward pass runs out of memory
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 7.79 GiB total capacity)")
+
+    assert runner.run_compute(lambda progress, cancel: _forward_with_hooks(oom_hook), title="Processing") is None
+    assert shown and shown[-1].startswith("Processing failed: CUDA out of memory")
+    assert slicer_widget.OOM_HELP in shown[-1] and "Traceback" not in shown[-1]
+    assert workers[0] is not threading.main_thread() and not workers[0].is_alive()
+    assert ui.applyButton.enabled and not ui.cancelButton.enabled and not runner.busy
+
+    layers = []
+
+    def compute(progress, cancel):
+        report = Reporter(progress, cancel)
+
+        def cancel_hook(module, inputs, output):  # what the sliding-window loops do between windows
+            layers.append(type(module).__name__)
+            cancel_pressed.set()  # the user presses Cancel while the forward pass runs
+            threading.Event().wait(0.2)  # the GUI thread pumps and delivers the click
+            report(len(layers) / 3, "forward")
+
+        return _forward_with_hooks(cancel_hook)
+
+    assert runner.run_compute(compute, title="Processing") is None
+    assert ui.statusLabel.text == "Processing cancelled." and 1 <= len(layers) < 3, layers
+    assert not runner.busy and ui.applyButton.enabled and len(shown) == 1
+    cancel_pressed.clear()
+    output = runner.run_compute(lambda progress, cancel: _forward_with_hooks(lambda *a: None), title="Processing")
+    assert tuple(output.shape) == (1, 1, 32, 32), "the worker runs again after an OOM and a cancel"
+    assert ui.statusLabel.text == "Processing finished."

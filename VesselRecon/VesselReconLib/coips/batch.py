@@ -89,7 +89,9 @@ def output_stem(path: Path, root: Path) -> str:
 def _post_pool(workers: int):
     """Worker processes for :func:`finish_chunk`: a forkserver (clean children) when the main module
     can be re-imported, else fork; ``None`` (work in this process) when neither is available."""
-    if workers <= 0:
+    from ..slicer_compat import worker_processes_allowed
+
+    if workers <= 0 or not worker_processes_allowed():  # never inside Slicer
         return None
     import multiprocessing
     import sys
@@ -121,15 +123,12 @@ def _masks_by_size(faz_net, x: torch.Tensor, heights, widths) -> dict[int, np.nd
 
 
 def decode_workers(requested: int) -> int:
-    """Decoding processes to use: as requested, except 0 inside the Slicer application where worker
-    processes cannot be forked (spawned children would start another Slicer)."""
-    import multiprocessing
+    """Decoding processes to use: as requested, except 0 inside the Slicer application, where no worker
+    processes are started (a fork copies the GUI and OpenGL state; a spawned child is another
+    ``PythonSlicer``): see :func:`VesselReconLib.slicer_compat.worker_processes_allowed`."""
+    from ..slicer_compat import worker_processes_allowed
 
-    from ..runtime import in_slicer_app
-
-    if requested and in_slicer_app() and "fork" not in multiprocessing.get_all_start_methods():
-        return 0
-    return requested
+    return requested if worker_processes_allowed() else 0
 
 
 class BatchRunner:

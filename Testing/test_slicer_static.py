@@ -1404,3 +1404,265 @@ def test_in_process_worker_survives_out_of_memory_and_cancel_mid_forward():
     output = runner.run_compute(lambda progress, cancel: _forward_with_hooks(lambda *a: None), title="Processing")
     assert tuple(output.shape) == (1, 1, 32, 32), "the worker runs again after an OOM and a cancel"
     assert ui.statusLabel.text == "Processing finished."
+
+
+# ---------------------------------------------------------------- Sample Data, self-test, folder batch
+
+
+def _volume(scene, name="input", value=1.0, shape=(2, 8, 8)):
+    import numpy as np
+
+    from VesselReconLib import mrml
+
+    return mrml.array_to_volume(np.full(shape, value, np.float32), np.diag([0.5, 0.5, 2.0, 1.0]), name, scene=scene)
+
+
+def test_scripted_sample_download_goes_through_the_vesselrecon_url_scheme(tmp_path):
+    """SampleData.downloadSample() fetches the source URI into its cache and loads it (it never calls the
+    custom downloader): the vesselrecon:// scheme generates the sample as a scene bundle on the fly."""
+    import urllib.error
+    import urllib.request
+
+    from VesselReconLib import mrml, runtime
+
+    class DemoCore:
+        def __init__(self, scene=None):
+            self.scene = scene
+
+        def load_sample(self, progress=None):
+            progress(0.5, "rendering the phantom")
+            return {"inputVolume": _volume(self.scene, "DemoSample input")}
+
+    messages = []
+    slicer_samples.GENERATORS["Demo"] = lambda path: slicer_samples.write_sample_bundle(
+        DemoCore, path, progress=lambda f, m="": messages.append(m))
+    try:
+        slicer_samples.install_url_handler()
+        slicer_samples.install_url_handler()  # idempotent
+        target = tmp_path / "DemoSample.mrb"
+        urllib.request.urlretrieve(slicer_samples.sample_uri("Demo"), target)
+        assert messages == ["rendering the phantom"]
+        scene = mrml.load_scene(target, runtime.new_scene())
+        assert scene.GetFirstNodeByName("DemoSample input") is not None
+        with pytest.raises(urllib.error.URLError, match="No VesselRecon sample"):
+            urllib.request.urlretrieve("vesselrecon://Unknown/UnknownSample.mrb", tmp_path / "x.mrb")
+        urllib.request.urlopen("file://" + str(target)).close()  # other schemes still work
+    finally:
+        slicer_samples.GENERATORS.pop("Demo", None)
+    assert slicer_samples.sample_uri("OCTADepth") == "vesselrecon://OCTADepth/OCTADepthSample.mrb"
+
+
+def test_sample_data_registration_works_for_scripts(monkeypatch):
+    registered = []
+    sample_data = types.ModuleType("SampleData")
+    sample_data.SampleDataLogic = types.SimpleNamespace(
+        registerCustomSampleDataSource=lambda **kwargs: registered.append(kwargs))
+    monkeypatch.setitem(sys.modules, "SampleData", sample_data)
+    slicer_samples.register_sample_data("Demo", object, "icon.png", {"inputVolume": "inputVolume"},
+                                        inputs=("inputVolume",))
+    try:
+        (source,) = registered
+        assert source["uris"] == "vesselrecon://Demo/DemoSample.mrb" and source["fileNames"] == "DemoSample.mrb"
+        assert source["loadFileType"] == "SceneFile" and source["loadFiles"] is True
+        assert source["sampleName"] == "DemoSample" and source["category"] == slicer_samples.CATEGORY
+        assert repr(source["customDownloader"]) == "VesselReconSampleLoader(Demo)"
+        assert "Demo" in slicer_samples.GENERATORS
+    finally:
+        slicer_samples.GENERATORS.pop("Demo", None)
+
+
+class SelfTestCase:
+    """What ScriptedLoadableModuleTest offers self_test: unittest assertions and delayDisplay."""
+
+    def __init__(self):
+        import unittest
+
+        self.tc, self.shown = unittest.TestCase(), []
+
+    def __getattr__(self, name):
+        return getattr(self.tc, name)
+
+    def delayDisplay(self, message):
+        self.shown.append(message)
+
+
+def _selftest_logic(dice: float, output_shape=(2, 8, 8)):
+    from VesselReconLib import mrml, runtime
+
+    scene = runtime.new_scene()
+
+    class Params:
+        inputVolume: object
+        outputVolume: object
+        evaluationTable: object
+        referenceVolume: object
+        model: str
+        checkpointPath: Path
+        device: str
+
+        def __init__(self):
+            self.inputVolume = self.outputVolume = self.evaluationTable = self.referenceVolume = None
+            self.model, self.checkpointPath, self.device = "lite", Path(""), "auto"
+
+    class Logic:
+        params = Params()
+
+        def getParameterNode(self):
+            return self.params
+
+        def load_sample(self):
+            return {"inputVolume": _volume(scene), "referenceVolume": _volume(scene, "reference")}
+
+        def process(self, inputVolume, model="lite", device="auto"):
+            if inputVolume is None:
+                raise InputError("Select an input volume.")
+            assert device == "cpu"
+            return {"outputVolume": _volume(scene, "output", 2.0, output_shape)}
+
+        def evaluate(self, prediction, reference, table=None):
+            return mrml.rows_to_table([{"Metric": "Dice", "Value": dice}], "evaluation", scene=scene)
+
+    return Logic()
+
+
+SELFTEST_MAPS = ({"inputVolume": "inputVolume", "outputVolume": "outputVolume"},
+                 {"outputVolume": "prediction", "referenceVolume": "reference", "evaluationTable": "table"})
+
+
+def test_self_test_asserts_real_behaviour(monkeypatch):
+    monkeypatch.setattr(slicer_selftest, "torch_missing_reason", lambda: None)
+    case = SelfTestCase()
+    slicer_selftest.self_test(case, _selftest_logic(0.9), *SELFTEST_MAPS, ("inputVolume",),
+                              metric=("dice", 0.8), same_grid_outputs=("outputVolume",))
+    assert case.shown[-1] == "Test passed"
+    with pytest.raises(AssertionError, match="below the floor"):
+        slicer_selftest.self_test(SelfTestCase(), _selftest_logic(0.3), *SELFTEST_MAPS, ("inputVolume",),
+                                  metric=("dice", 0.8))
+    with pytest.raises(AssertionError, match="not on the input's grid"):
+        slicer_selftest.self_test(SelfTestCase(), _selftest_logic(0.9, (2, 8, 9)), *SELFTEST_MAPS, ("inputVolume",),
+                                  metric=("dice", 0.8), same_grid_outputs=("outputVolume",))
+
+
+def test_self_test_skips_cleanly_without_torch(monkeypatch):
+    monkeypatch.setattr(slicer_selftest, "torch_missing_reason", lambda: "torch, monai not installed")
+    case = SelfTestCase()
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"the skipped self-test used the Logic ({name})")
+
+    slicer_selftest.self_test(case, Untouchable(), *SELFTEST_MAPS, ("inputVolume",), metric=("dice", 0.8))
+    assert case.shown == ["Self-test skipped: torch, monai not installed"]
+    case = SelfTestCase()
+    monkeypatch.setattr(slicer_selftest, "torch_missing_reason", lambda: None)
+    slicer_selftest.self_test(case, MissingTorchLogic(), *SELFTEST_MAPS, ("inputVolume",))
+    assert case.shown[0].startswith("Self-test skipped: The octadepth processing code could not be loaded")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_self_tests_declare_a_metric_floor(name):
+    checks = module_constant(name, "SELF_TEST")
+    metric, floor = checks["metric"]
+    assert isinstance(metric, str) and 0 < floor < 1
+    fields = parameter_fields(name)
+    for field in checks.get("same_grid_outputs", ()):
+        assert fields[field]["nodes"] and all("Volume" in n for n in fields[field]["nodes"]), field
+    assert "**SELF_TEST)" in module_file(name).read_text()
+
+
+class BatchCore:
+    """A core Logic without process_batch: the folder batch is mixed in by bind_core."""
+
+    method = "vcnet"
+
+    def __init__(self, scene=None):
+        self.scene = scene
+
+    def process(self, inputVolume, threshold=0.5, model="lite", device="auto", progress=None, cancel=None,
+                background=None):
+        from VesselReconLib import mrml
+
+        array, ijk_to_ras = mrml.volume_to_array(inputVolume)
+        mrml.array_to_volume((array > threshold).astype("uint8"), ijk_to_ras, "segmentation", scene=self.scene)
+        worker = background(lambda: threading.current_thread()) if background else None
+        return {"metrics": {"mean": float(array.mean()), "threshold": threshold}, "worker": worker}
+
+
+def _volume_folder(folder: Path) -> Path:
+    import numpy as np
+    import SimpleITK as sitk
+
+    folder.mkdir()
+    for index in range(2):
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((3, 6, 6), index + 1, np.float32)), str(folder / f"case{index}.nii.gz"))
+    (folder / "broken.nrrd").write_text("not a volume")
+    (folder / "notes.txt").write_text("ignored")
+    return folder
+
+
+def test_folder_batch_processes_every_input_and_reports_failures(tmp_path):
+    import csv
+
+    class Base:
+        def __init__(self):
+            pass
+
+    combined = slicer_logic._combine(Base, BatchCore)
+    assert hasattr(combined, "process_batch") and combined.core_class is BatchCore
+    inputs, out = _volume_folder(tmp_path / "in"), tmp_path / "out"
+    seen = []
+    result = combined.process_batch(combined.__new__(combined), inputFolder=inputs, outputFolder=out,
+                                    threshold=1.5, model="lite", device="cpu", outputTable=FakeNode("vtkMRMLTableNode"),
+                                    progress=lambda f, m="": seen.append(f), background=lambda fn: fn())
+    rows = {Path(r["input"]).name: r for r in result.rows}
+    assert set(rows) == {"broken.nrrd", "case0.nii.gz", "case1.nii.gz"} and result.failed == 1
+    assert rows["broken.nrrd"]["status"] == "failed" and "broken.nrrd" in rows["broken.nrrd"]["error"]
+    assert rows["case1.nii.gz"]["status"] == "ok" and rows["case1.nii.gz"]["mean"] == 2.0
+    assert rows["case0.nii.gz"]["threshold"] == 1.5, "the widget's settings reach every run"
+    assert (out / "case0.mrb").is_file() and (out / "case1.mrb").is_file()
+    with open(result.csvPath) as handle:
+        written = list(csv.DictReader(handle))
+    assert [r["status"] for r in written] == [rows[Path(r["input"]).name]["status"] for r in written]
+    assert seen and seen[-1] == 1.0 and seen == sorted(seen)
+    table_rows = slicer_results._rows(result, slicer_results._items(result))
+    assert len(table_rows) == 3, "the widget shows one row per input"
+
+
+def test_folder_batch_cancel_keeps_the_csv_of_what_finished(tmp_path):
+    from VesselReconLib.progress import Cancelled
+
+    inputs, out = _volume_folder(tmp_path / "in"), tmp_path / "out"
+    done = []
+
+    class Base:
+        pass
+
+    combined = slicer_logic._combine(Base, BatchCore)
+    with pytest.raises(Cancelled):
+        combined.__new__(combined).process_batch(inputFolder=inputs, outputFolder=out,
+                                                 progress=lambda f, m="": done.append(m),
+                                                 cancel=lambda: len(done) >= 2)  # Cancel pressed while the 2nd input runs
+    lines = (out / "batch_results.csv").read_text().splitlines()
+    assert len(lines) == 3 and "case1" not in "".join(lines), "the header and the two inputs that finished"
+
+
+def test_folder_batch_refuses_missing_folders(tmp_path):
+    from VesselReconLib import folder_batch
+
+    with pytest.raises(InputError, match="does not exist"):
+        folder_batch.list_inputs(tmp_path / "absent", "volume")
+    with pytest.raises(InputError, match="output folder"):
+        folder_batch.process_folder(BatchCore, "volume", tmp_path, "", {})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="No inputs"):
+        folder_batch.process_folder(BatchCore, "volume", tmp_path / "empty", tmp_path / "o", {})
+    assert set(folder_batch.INPUT_KIND) == {"octadepth", "vcnet", "vesselsdf", "angio3d"}
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if m != "COIPS"])
+def test_3d_modules_have_the_folder_batch_section(name):
+    assert "FOLDER_BATCH = True" in module_file(name).read_text()
+    section = widgets(slicer_widget.BATCH_UI)
+    assert {"batchInputPathLineEdit", "batchOutputPathLineEdit", "batchRunButton"} <= set(section)
+    assert not set(section) & (set(widgets(ui_file(name))) - {"batchRunButton"}), "names clash with the module .ui"
+    assert section["batchInputPathLineEdit"].get("class") == "ctkPathLineEdit"

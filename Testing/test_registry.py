@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from VesselReconLib import cli, registry, training
+from VesselReconLib import METHODS, cli, registry, training
 from VesselReconLib.errors import CheckpointError
 
 
@@ -134,7 +134,7 @@ def test_models_command_empty_and_corrupt(tmp_path, tiny_method, capsys):
 def test_shipped_registry_is_valid_and_intact():
     for entry in registry.load_registry():
         assert entry.status() == "ok", entry.name
-        assert entry.module in ("octadepth", "angio3d", "coips", "vcnet", "vesselsdf")
+        assert entry.module in METHODS
         assert entry.path.stat().st_size < 8 * 2**20, f"{entry.name} is too large to ship"
 
 

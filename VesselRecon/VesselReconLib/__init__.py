@@ -5,4 +5,4 @@ Submodules are imported on demand so that ``import VesselReconLib`` stays light.
 
 __version__ = "0.1.0"
 
-METHODS = ("octadepth", "angio3d", "coips", "vcnet", "vesselsdf")
+METHODS = ("octadepth", "angio3d", "coips", "vcnet", "vesselsdf", "octavessel")

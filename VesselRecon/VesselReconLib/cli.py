@@ -111,10 +111,16 @@ def cmd_demo(args) -> int:
 
 def _add_phantoms_parser(sub) -> None:
     parser = sub.add_parser("phantoms", help="write a synthetic dataset in a public dataset's layout")
-    parser.add_argument("kind", help="octa | octa-quality | xray | mra | swi | ct, or 'gallery' for the README pictures")
+    parser.add_argument("kind", help="octa | octa-quality | xray | mra | swi | ct, 'gallery' for the README pictures, "
+                        "or 'realism' to compare OCTA phantoms with real scans (--real)")
     parser.add_argument("--count", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", help="output folder (required except for realism)")
+    parser.add_argument("--real", action="append", help="realism: folder of real en face OCTA scans "
+                        "(ROSSA layout image/ + label/, or plain images); repeatable")
+    parser.add_argument("--size-px", type=int, default=320, help="realism: phantom size")
+    parser.add_argument("--field-mm", type=float, nargs="+", default=[3.0, 6.0], help="realism: phantom fields (one batch each)")
+    parser.add_argument("--limit", type=int, default=100, help="realism: real scans per folder (seeded random subset)")
     parser.set_defaults(func=cmd_phantoms)
 
 
@@ -124,6 +130,14 @@ def cmd_phantoms(args) -> int:
     from .phantoms.datasets import write_dataset
     from .progress import TqdmProgress
 
+    if args.kind == "realism":
+        from .phantoms.realism import run_realism
+
+        return run_realism(args)
+    if not args.out:
+        from .errors import InputError
+
+        raise InputError(f"phantoms {args.kind} needs --out FOLDER.")
     if args.kind == "gallery":
         from .phantoms.gallery import write_gallery
 

@@ -4,7 +4,7 @@ Each shipped model has ``models/<name>.json`` beside its weights file. Entry fie
 unless marked optional)::
 
     name          unique model name, e.g. "octadepth-lite"
-    module        method package: octadepth | angio3d | coips | vcnet | vesselsdf
+    module        method package: one of VesselReconLib.METHODS (octadepth, angio3d, coips, vcnet, vesselsdf, octavessel)
     preset        network preset passed to ``<module>.network.build_model`` (e.g. "lite")
     architecture  model class name, checked against checkpoint metadata
     file          weights file name, relative to the registry folder

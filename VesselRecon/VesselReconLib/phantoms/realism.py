@@ -226,3 +226,22 @@ def realism_table(real: ImageStats, phantoms: dict[str, ImageStats]) -> str:
     for name, s in sums.items():
         lines.append(f"| {name} | " + " | ".join(f"{s[k]:.3f}" for k in keys) + " |")
     return "\n".join(lines)
+
+
+def run_realism(args) -> int:
+    """``vesselrecon phantoms realism --real DIR [--real DIR2] [--count N] [--field-mm 3 6]``."""
+    from ..errors import InputError
+
+    if not args.real:
+        raise InputError("phantoms realism needs --real FOLDER (e.g. ../shared/datasets/rossa).")
+    for folder in args.real:
+        if not Path(folder).is_dir():
+            raise InputError(f"--real {folder} is not a folder.")
+    batches = {f"phantoms {f:g} mm, {args.size_px} px (n={args.count})":
+               phantom_stats(args.count, args.seed, args.size_px, f) for f in args.field_mm}
+    for folder in args.real:
+        real = real_folder_stats(folder, args.limit, seed=args.seed)
+        print(f"Real: {folder} ({len(real.histograms)} scans; FAZ of real scans by the classical estimate at 3 mm)")
+        print(realism_table(real, batches))
+        print()
+    return 0

@@ -1,0 +1,86 @@
+"""Transfer test of the OCTA phantom engine: OCTAVessel, trained on phantoms only, on real ROSSA scans."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from VesselReconLib import cli, registry
+from VesselReconLib.octavessel import data, evaluate, network, train
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROSSA = SHARED / "datasets" / "rossa"
+
+
+def _shipped() -> bool:
+    try:
+        return registry.find_entry("octavessel", "lite").status() == "ok"
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def test_network_shapes_any_size():
+    net = network.build_model("lite").eval()
+    with torch.no_grad():
+        for h, w in ((64, 64), (70, 90)):
+            assert net(torch.zeros(1, 1, h, w)).shape == (1, 1, h, w)
+    with pytest.raises(ValueError):
+        network.build_model("huge")
+
+
+def test_loss_and_one_training_step_on_phantoms():
+    rng = np.random.default_rng(0)
+    sample = data.render_phantom(5, rng, sizes=(96,), field_mm=(3.0, 3.0))
+    assert sample.image.dtype == np.float32 and sample.vessel.dtype == bool
+    assert 0.03 < sample.vessel.mean() < 0.3
+    img, lab = data.augment_crop(sample.image, sample.vessel, 64, rng)
+    assert img.shape == lab.shape == (64, 64) and set(np.unique(lab)) <= {0.0, 1.0}
+    y = torch.from_numpy(lab)[None, None]
+    perfect = train.dice_bce_loss(torch.where(y > 0, 20.0, -20.0), y)
+    wrong = train.dice_bce_loss(torch.where(y > 0, -20.0, 20.0), y)
+    assert float(perfect) < 0.01 < 1.5 < float(wrong)
+
+
+def test_classical_baselines_on_a_drawn_vessel():
+    img = np.full((64, 64), 0.1, np.float32)
+    img[30:34, :] = 0.9
+    ref = img > 0.5
+    assert evaluate.otsu_mask(img).sum() == ref.sum()
+    from VesselReconLib.metrics import dice
+
+    assert dice(evaluate.frangi_mask(img), ref) > 0.6
+
+
+def _fake_rossa(root: Path, n: int = 2) -> Path:
+    from VesselReconLib.phantoms.octa import render_octa
+
+    for i in range(n):
+        case = render_octa(200 + i, 96, 3.0)
+        for sub, arr in (("image", case.image), ("label", case.vessel_mask.astype(float))):
+            (root / "test" / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray((arr * 255).astype(np.uint8)).save(root / "test" / sub / f"{i + 1}.png")
+    return root
+
+
+@pytest.mark.skipif(not _shipped(), reason="octavessel-lite is not in the registry")
+def test_eval_command_prints_the_table(tmp_path, capsys):
+    root = _fake_rossa(tmp_path / "rossa")
+    assert cli.main(["eval", "octavessel", "--rossa", str(root), "--no-octadepth"]) == 0
+    out = capsys.readouterr().out
+    assert "octavessel-lite (phantoms only)" in out and "intensity > Otsu" in out and "Frangi > Otsu" in out
+    assert cli.main(["eval", "octavessel", "--rossa", str(tmp_path / "none")]) == 2
+
+
+@pytest.mark.skipif(not (ROSSA / "test").is_dir(), reason="needs ../shared/datasets/rossa")
+@pytest.mark.skipif(not _shipped(), reason="octavessel-lite is not in the registry")
+def test_phantom_only_segmenter_on_20_real_rossa_test_images():
+    from VesselReconLib.metrics import dice
+
+    samples = evaluate.load_split(ROSSA, "test", limit=20)
+    seg = evaluate.octavessel_segmenter("lite")
+    scores = [dice(seg(s), s.vessel) for s in samples]
+    otsu = [dice(evaluate.otsu_mask(s.image), s.vessel) for s in samples]
+    assert np.mean(scores) >= 0.70
+    assert np.mean(scores) > np.mean(otsu) + 0.1

@@ -1666,3 +1666,31 @@ def test_3d_modules_have_the_folder_batch_section(name):
     assert {"batchInputPathLineEdit", "batchOutputPathLineEdit", "batchRunButton"} <= set(section)
     assert not set(section) & (set(widgets(ui_file(name))) - {"batchRunButton"}), "names clash with the module .ui"
     assert section["batchInputPathLineEdit"].get("class") == "ctkPathLineEdit"
+
+
+TORCH_FREE_SAMPLES = {"COIPS": "coips"}  # modules whose core Logic imports, and samples render, without torch
+
+
+@pytest.mark.parametrize("name", TORCH_FREE_SAMPLES)
+def test_sample_bundles_generate_without_torch(name, tmp_path):
+    """The phantoms are numpy: a first-time user gets the sample before PyTorch is installed."""
+    script = textwrap.dedent(f"""
+        import importlib, importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "monai", "timm", "segmentation_models_pytorch"):
+                    raise ImportError("blocked " + name)
+        sys.meta_path.insert(0, Block())
+        sys.path.insert(0, {str(SRC)!r})
+        from pathlib import Path
+        from VesselReconLib import mrml, runtime, slicer_samples
+        core = getattr(importlib.import_module("VesselReconLib.{TORCH_FREE_SAMPLES[name]}.logic"), "{name}Logic")
+        path = slicer_samples.write_sample_bundle(core, Path({str(tmp_path)!r}) / "sample.mrb")
+        scene = mrml.load_scene(path, runtime.new_scene())
+        print(scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems(), "torch" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    volumes, torch_loaded = done.stdout.split()[-2:]
+    assert int(volumes) >= 1 and torch_loaded == "False"

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from . import mrml, registry, runtime
-from .device import resolve_device
 from .errors import InputError, check_geometry, check_image, check_number
 from .progress import Reporter, as_reporter
 
@@ -114,6 +113,8 @@ class VesselReconLogic:
 
         :returns: ``(network, metadata)``.
         """
+        from .device import resolve_device  # torch: imported on first use, so samples need none
+
         torch_device = resolve_device(device)
         if not isinstance(model, str) or not model.strip():
             raise InputError(f"Model must be a shipped preset name (e.g. 'lite') or a checkpoint path; got {model!r}.")

@@ -7,10 +7,15 @@ does (``PositionerPrimaryAngle`` LAO+/RAO-, ``PositionerSecondaryAngle`` CRA+/CA
 ``ImagerPixelSpacing``, 512x512 detector). Pixels are cone-beam line integrals: the chord of every
 pixel ray through every round-cone vessel piece is computed analytically (closest approach of the ray
 to the piece's axis, vectorised over padded pixel windows), weighted by the iodine attenuation, on top
-of a smooth body, rib- and spine-like bands, blobs, a contrast-filled catheter and Poisson quantum noise.
+of a body with the heart shadow, lungs with texture, the diaphragm, spine and ribs, neighbouring
+arteries that overlap the SOI, a contrast-filled catheter, then blur, Poisson quantum noise at clinical
+dose, log/linear transfer, edge enhancement and gamma (:func:`imaging_chain`); contrast, blur and
+vessel/background ratio are randomised widely. :func:`render_run` makes a cine run with contrast inflow
+and washout.
 
 Ground truth per case folder: ``view_a.png``/``view_b.png`` (16-bit), ``vessels_a.png``/``vessels_b.png``
-(all contrast-filled vessels), ``soi_a.png``/``soi_b.png`` (label 1 main SOI, 2.. side branches),
+(all contrast-filled vessels), ``soi_a.png``/``soi_b.png`` (label 1 main SOI, 2.. side branches), ``soibits_{a,b}.png`` (bit b set
+where branch b projects, overlaps included),
 ``geometry.json`` (DICOM-style geometry per view and the SOI start/end pixels per view and branch),
 ``centerline.json`` (3D centreline, 100 points + radii per branch, LPS mm, and the stenosis record),
 ``mesh.vtp`` (the SOI lumen surface from :func:`tree_to_mesh`).
@@ -243,34 +248,179 @@ def _tube_pieces(points: np.ndarray, radius: float):
     return points[:-1], points[1:], r, r
 
 
+def _soft(x: np.ndarray, width: float) -> np.ndarray:
+    """Smooth step 0 -> 1 around x = 0 (logistic of width ``width``)."""
+    return 1.0 / (1.0 + np.exp(-np.clip(x / width, -40, 40)))
+
+
+def _texture(rng, shape, sigma: float) -> np.ndarray:
+    """Band-pass random texture (unit std) with structures of about ``sigma`` pixels."""
+    from scipy import ndimage
+
+    noise = rng.normal(size=shape)
+    band = ndimage.gaussian_filter(noise, sigma) - ndimage.gaussian_filter(noise, 3 * sigma)
+    return band / max(band.std(), 1e-9)
+
+
 def _background(rng, shape) -> np.ndarray:
-    """Attenuation of the body: smooth field, rib-like curved bands, a spine-like band and blobs."""
+    """Attenuation of the body behind the coronaries (line-integral units).
+
+    A smooth body, the heart shadow (a soft ellipse), the lungs around it with band-pass lung texture,
+    the diaphragm dome, the spine (a band with vertebral bodies), ribs (curved bands with cortical
+    edges), blobs and, at random, a collimator field with a soft dark border like many real runs.
+    """
     rows, cols = shape
     y, x = np.mgrid[0:rows, 0:cols] / max(shape)
-    field = 1.6 + 0.4 * np.sin(2 * np.pi * (rng.uniform(0.3, 0.8) * x + rng.uniform(0, 1))) \
-        * np.cos(2 * np.pi * (rng.uniform(0.3, 0.8) * y + rng.uniform(0, 1)))
-    freq, phase, bend = rng.uniform(3, 5), rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.5)
-    field += 0.25 * np.clip(np.sin(2 * np.pi * freq * (y + bend * (x - 0.5) ** 2) + phase), 0, None) ** 2
-    centre, width = rng.uniform(0.2, 0.8), rng.uniform(0.08, 0.15)
-    field += 0.5 * np.exp(-((x - centre) / width) ** 2)
-    for _ in range(rng.integers(4, 9)):
-        cy, cx, s = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.02, 0.08)
-        field += rng.uniform(0.05, 0.2) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s))
+    field = 1.6 + 0.3 * np.sin(2 * np.pi * (rng.uniform(0.2, 0.6) * x + rng.uniform(0, 1))) \
+        * np.cos(2 * np.pi * (rng.uniform(0.2, 0.6) * y + rng.uniform(0, 1)))
+    # heart shadow
+    cy, cx, angle = rng.uniform(0.35, 0.75), rng.uniform(0.3, 0.7), rng.uniform(0, np.pi)
+    ay, ax = rng.uniform(0.25, 0.5), rng.uniform(0.3, 0.55)
+    u = (x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)
+    v = -(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)
+    heart = _soft(1.0 - np.sqrt((u / ax) ** 2 + (v / ay) ** 2), rng.uniform(0.03, 0.12))
+    field += rng.uniform(0.3, 0.9) * heart
+    # lungs (outside the heart) with texture
+    lung = 1.0 - heart
+    field += lung * (-rng.uniform(0.1, 0.5) + rng.uniform(0.02, 0.08) * _texture(rng, shape, rng.uniform(2, 5)))
+    # diaphragm dome
+    if rng.random() < 0.7:
+        y0, x0, curve = rng.uniform(0.6, 1.1), rng.uniform(0.2, 0.8), rng.uniform(0.5, 2.0)
+        field += rng.uniform(0.4, 1.0) * _soft(y - (y0 + curve * (x - x0) ** 2), rng.uniform(0.005, 0.03))
+    # spine with vertebral bodies
+    if rng.random() < 0.8:
+        sx, sw, tilt = rng.uniform(0.2, 0.8), rng.uniform(0.07, 0.14), rng.uniform(-0.2, 0.2)
+        across = (x - sx - tilt * (y - 0.5)) / sw
+        vertebrae = 0.75 + 0.25 * np.cos(2 * np.pi * (rng.uniform(3.5, 7) * y + rng.uniform(0, 1)))
+        field += rng.uniform(0.2, 0.6) * np.exp(-across ** 4) * vertebrae
+    # ribs: curved bands, denser at their cortical edges
+    spacing, bend, phase = rng.uniform(0.16, 0.3), rng.uniform(0.3, 1.5), rng.uniform(0, 1)
+    position = (y + bend * (x - rng.uniform(0.3, 0.7)) ** 2) / spacing + phase
+    rib_half = rng.uniform(0.15, 0.3)
+    offset = np.abs(position - np.round(position))
+    edge = np.exp(-((offset - rib_half) / 0.04) ** 2)
+    field += rng.uniform(0.03, 0.15) * (_soft(rib_half - offset, 0.03) + 0.8 * edge) * (0.4 + 0.6 * lung)
+    for _ in range(rng.integers(3, 8)):
+        by, bx, s = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.02, 0.08)
+        field += rng.uniform(0.05, 0.2) * np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * s * s))
+    # collimator / field edge
+    if rng.random() < 0.4:
+        margin, round_ = rng.uniform(0.0, 0.06), rng.uniform(0.02, 0.08)
+        inside = np.minimum(np.minimum(x, 1 - x), np.minimum(y, 1 - y)) - margin
+        field += rng.uniform(1.0, 2.5) * _soft(-inside, round_ / 4)
     return field
 
 
-def render_view(case: CoronaryCase, geometry, rng: np.random.Generator) -> dict:
-    """Image (uint16), all-vessel mask and SOI label mask of one view."""
+def chain_parameters(rng) -> dict:
+    """Random detector and post-processing settings of one run (see :func:`imaging_chain`)."""
+    return {"blur": rng.uniform(0.3, 1.2), "photons": 10 ** rng.uniform(2.3, 3.7), "log": rng.random() < 0.6,
+            "unsharp": rng.uniform(0.0, 1.5), "unsharp_radius": rng.uniform(1.5, 8.0),
+            "gamma": rng.uniform(0.6, 1.6), "gain": rng.uniform(0.5, 1.5), "offset": rng.uniform(200, 3000)}
+
+
+def imaging_chain(rng, attenuation: np.ndarray, params: dict | None = None,
+                  window: tuple[float, float] | None = None) -> np.ndarray:
+    """Detector and device post-processing of a line-integral image -> uint16 display frame.
+
+    Focal-spot/detector blur, Poisson quantum noise at clinical dose (200-5000 photons per pixel
+    behind the body), then, as angiography systems do, a log or linear transfer, edge enhancement
+    (unsharp masking) and a display gamma; vessels stay dark (MONOCHROME2). ``window`` fixes the
+    display window (a cine run keeps one window for all frames).
+    """
+    from scipy import ndimage
+
+    params = params or chain_parameters(rng)
+    transmitted = ndimage.gaussian_filter(np.exp(-attenuation), params["blur"])
+    photons = params["photons"]
+    counts = rng.poisson(photons * transmitted) / photons
+    signal = np.log(np.maximum(counts, 0.5 / photons)) if params["log"] else counts
+    low, high = window if window is not None else np.percentile(signal, (0.5, 99.5))
+    signal = np.clip((signal - low) / max(high - low, 1e-9), 0, 1)
+    signal = signal + params["unsharp"] * (signal - ndimage.gaussian_filter(signal, params["unsharp_radius"]))
+    signal = np.clip(signal, 0, 1) ** params["gamma"]
+    return np.clip(signal * INTENSITY_SCALE * params["gain"] + params["offset"], 0, 65535).astype(np.uint16)
+
+
+def neighbour_vessels(rng, case: "CoronaryCase", count: int) -> list[tuple]:
+    """Round-cone pieces of other arteries (not in the SOI) running near the SOI, so that the views
+    hold overlaps and crossings that the SOI target must ignore."""
+    soi = case.tree.nodes[case.soi_paths[0]]
+    pieces = []
+    for _ in range(count):
+        through = soi[rng.integers(len(soi))] + rng.normal(0, 12, 3)
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        length = rng.uniform(60, 120)
+        walk = _smooth_walk(rng, through - direction * length / 2, direction, length, curvature=0.015)
+        radii = np.linspace(rng.uniform(0.9, 1.8), rng.uniform(0.6, 1.0), len(walk))
+        pieces.append((walk[:-1], walk[1:], radii[:-1], radii[1:]))
+    return pieces
+
+
+def render_view(case: CoronaryCase, geometry, rng: np.random.Generator, neighbours: list | None = None) -> dict:
+    """Image (uint16), all-vessel mask, SOI label mask and per-branch SOI bit mask of one view.
+
+    The vessel/background contrast is randomised widely (diluted contrast x 0.25-1.2).
+    """
     shape = (geometry.rows, geometry.columns)
     vessels = chord_image(geometry, *_pieces(case.tree))
+    for piece in neighbours or []:
+        vessels = vessels + chord_image(geometry, *piece)
     catheter = chord_image(geometry, *_tube_pieces(case.catheter, 0.9))
     soi = np.zeros(shape, np.uint8)
+    bits = np.zeros(shape, np.uint8)
     for label, path in reversed(list(enumerate(case.soi_paths, start=1))):
-        soi[chord_image(geometry, *_pieces(case.tree, [path])) > 0] = label
-    attenuation = _background(rng, shape) + CONTRAST_MU * vessels + CATHETER_MU * catheter
-    counts = rng.poisson(PHOTONS * np.exp(-attenuation)) / PHOTONS
-    image = np.clip(counts * INTENSITY_SCALE, 0, 65535).astype(np.uint16)
-    return {"image": image, "vessels": (vessels > 0).astype(np.uint8), "soi": soi}
+        inside = chord_image(geometry, *_pieces(case.tree, [path])) > 0
+        soi[inside] = label
+        bits[inside] |= np.uint8(1 << (label - 1))
+    contrast = CONTRAST_MU * rng.uniform(0.25, 1.2)
+    attenuation = _background(rng, shape) + contrast * vessels + CATHETER_MU * rng.uniform(0.5, 1.2) * catheter
+    image = imaging_chain(rng, attenuation)
+    return {"image": image, "vessels": (vessels > 0).astype(np.uint8), "soi": soi, "soi_bits": bits}
+
+
+def bolus_curve(n_frames: int, rng: np.random.Generator) -> np.ndarray:
+    """Relative iodine concentration per frame: a gamma-variate inflow and washout (peak 1)."""
+    t = np.arange(n_frames, dtype=float)
+    arrival, peak = rng.uniform(1, 3), rng.uniform(0.4, 0.6) * n_frames
+    shape = np.clip(t - arrival, 0, None) / max(peak - arrival, 1.0)
+    curve = shape ** 2 * np.exp(2 * (1 - shape))
+    return curve / max(curve.max(), 1e-9)
+
+
+def render_run(case: CoronaryCase, geometry, rng: np.random.Generator, n_frames: int = 12) -> np.ndarray:
+    """A cine run (frames, rows, columns) uint16: contrast flows in from the ostium (distal vessels
+    fill later) and washes out; one body, dose, post-processing and display window for the run."""
+    shape = (geometry.rows, geometry.columns)
+    distance = _path_distance(case.tree)
+    pieces = _pieces(case.tree)
+    along = 0.5 * (distance[case.tree.edges[:, 0]] + distance[case.tree.edges[:, 1]])
+    bins = np.digitize(along, np.quantile(along, [0.25, 0.5, 0.75]))
+    layers = [chord_image(geometry, *(p[bins == k] for p in pieces)) for k in range(4)]
+    catheter = chord_image(geometry, *_tube_pieces(case.catheter, 0.9))
+    body = _background(rng, shape) + CATHETER_MU * catheter
+    curve = bolus_curve(n_frames, rng)
+    params = chain_parameters(rng)
+    transfer = np.log if params["log"] else (lambda v: v)
+    window = (float(transfer(np.exp(-body.max() - 1.0))), float(transfer(np.exp(-body.min()))))
+    frames, peak = [], int(np.argmax(curve))
+    for k, level in enumerate(curve):
+        front = 4.0 * min(1.0, (k + 1) / (peak + 1))           # filling reaches the distal quarter at the peak
+        fill = np.clip(front - np.arange(4), 0, 1) * level
+        vessels = sum(f * layer for f, layer in zip(fill, layers))
+        frames.append(imaging_chain(rng, body + CONTRAST_MU * vessels, params, window))
+    return np.stack(frames)
+
+
+def _path_distance(tree: VascularTree) -> np.ndarray:
+    """Distance (mm) from node 0 (the ostium) along the tree to every node."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    e = tree.edges
+    w = np.linalg.norm(tree.nodes[e[:, 0]] - tree.nodes[e[:, 1]], axis=1)
+    graph = coo_matrix((w, (e[:, 0], e[:, 1])), shape=(tree.n_nodes, tree.n_nodes))
+    return dijkstra(graph, directed=False, indices=0)
 
 
 def random_views(rng: np.random.Generator, size: int = 512, spacing: float = 0.3) -> list[dict]:
@@ -320,7 +470,8 @@ def make_case(seed: int, size: int = 512, spacing: float = 0.3, side_branches: i
                          for g, view in zip(geometries, pixels) for p, chord in zip(view, chords))
         if inside and apart and open_views:
             break
-    views = [render_view(case, g, rng) for g in geometries]
+    neighbours = neighbour_vessels(rng, case, int(rng.integers(1, 3)))
+    views = [render_view(case, g, rng, neighbours) for g in geometries]
     return {"case": case, "tags": tags, "geometries": geometries, "views": views,
             "centerlines": centerlines, "soi_points": pixels}
 
@@ -346,6 +497,7 @@ def write_case(data: dict, folder: Path, with_mesh: bool = True) -> Path:
         sitk.WriteImage(sitk.GetImageFromArray(view["image"]), str(folder / f"view_{name}.png"))
         sitk.WriteImage(sitk.GetImageFromArray(view["vessels"]), str(folder / f"vessels_{name}.png"))
         sitk.WriteImage(sitk.GetImageFromArray(view["soi"]), str(folder / f"soi_{name}.png"))
+        sitk.WriteImage(sitk.GetImageFromArray(view["soi_bits"]), str(folder / f"soibits_{name}.png"))
     geometry = {"frame": "DICOM patient LPS, isocentre at origin",
                 "views": {"a": data["tags"][0], "b": data["tags"][1]},
                 "soi": {name: [{"start": p[0].tolist(), "end": p[1].tolist()} for p in view]
@@ -357,9 +509,10 @@ def write_case(data: dict, folder: Path, with_mesh: bool = True) -> Path:
                   "tree": data["case"].tree.to_dict()}
     (folder / "centerline.json").write_text(json.dumps(centerline))
     if with_mesh:
-        from ..meshes import save_polydata
+        from ..meshes import RAS_TO_LPS, save_polydata_lps, transform
 
-        save_polydata(soi_mesh(data["case"]), folder / "mesh.vtp")
+        # the tree is in LPS; the writer takes RAS and marks the file SPACE=LPS as Slicer does
+        save_polydata_lps(transform(soi_mesh(data["case"]), RAS_TO_LPS), folder / "mesh.vtp")
     return folder
 
 
@@ -375,6 +528,13 @@ class XrayCase:
     centerlines: list[dict]
     stenosis: dict
     folder: Path | None = None
+    soi_bits: list[np.ndarray] | None = None
+
+    def branch_mask(self, view: int, branch: int) -> np.ndarray:
+        """Boolean mask of one SOI branch in one view (overlaps with other branches included)."""
+        if self.soi_bits is not None:
+            return (self.soi_bits[view] & (1 << branch)) > 0
+        return self.soi_masks[view] == branch + 1
 
 
 def load_case(folder: str | Path) -> XrayCase:
@@ -392,7 +552,9 @@ def load_case(folder: str | Path) -> XrayCase:
         geometries=[_carm(geometry["views"][v]) for v in "ab"],
         soi_points=[[np.array([b["start"], b["end"]]) for b in geometry["soi"][v]] for v in "ab"],
         centerlines=[{"points": np.array(b["points"]), "radii": np.array(b["radii"])} for b in centerline["branches"]],
-        stenosis=centerline.get("stenosis", {}), folder=folder)
+        stenosis=centerline.get("stenosis", {}), folder=folder,
+        soi_bits=[read(f"soibits_{v}.png").astype(np.uint8) for v in "ab"]
+        if (folder / "soibits_a.png").is_file() else None)
 
 
 @register_dataset("xray")

@@ -879,14 +879,16 @@ def depth_to_rgb(depth: np.ndarray, mask: np.ndarray | None = None, intensity: n
 
 
 def vessel_depth_rgb(case: OCTACase) -> np.ndarray:
-    """The case's depth map colour-coded on its vessels, brightness from the angiogram."""
-    return depth_to_rgb(case.depth, case.vessel_mask, np.clip(0.35 + case.image, 0, 1))
+    """The case's depth map colour-coded on its flow pixels (vessels and capillaries), brightness
+    from the angiogram."""
+    mask = case.vessel_mask if case.flow_mask is None else case.flow_mask
+    return depth_to_rgb(case.depth, mask, np.clip(0.35 + case.image, 0, 1))
 
 
 def _panel_row(case: OCTACase) -> np.ndarray:
     g = lambda a: np.repeat(np.asarray(a, np.float32)[..., None], 3, -1)  # noqa: E731
     sep = np.ones((case.size_px, 4, 3), np.float32)
-    tiles = [g(case.image), vessel_depth_rgb(case), g(case.vessel_mask), g(case.faz_mask)]
+    tiles = [g(case.image), vessel_depth_rgb(case), g(case.vessel_mask), g(case.flow_mask), g(case.faz_mask)]
     out = []
     for t in tiles:
         out += [t, sep]
@@ -896,8 +898,8 @@ def _panel_row(case: OCTACase) -> np.ndarray:
 def save_octa_panel(path: str | Path, seed: int = 0, size_px: int = 304, field_mm: float = 3.0,
                     width_px: int = 800) -> Path:
     """Save a PNG panel: rows = outstanding, gradable, ungradable renders of ``seed``; columns =
-    image | depth colour-coded | vessel mask | FAZ mask (resized to at most ``width_px`` wide,
-    64-colour palette)."""
+    image | depth colour-coded | vessel label | flow (vessels + capillaries) | FAZ mask (resized to
+    at most ``width_px`` wide, 64-colour palette)."""
     from PIL import Image
 
     rows = [_panel_row(render_octa(seed, size_px, field_mm, quality=q)) for q in (2, 1, 0)]

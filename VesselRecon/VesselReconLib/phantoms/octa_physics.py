@@ -80,7 +80,7 @@ def sample_appearance(rng: np.random.Generator, randomize: bool = True) -> dict:
         post_sigma=float(rng.choice([0.0, rng.uniform(0.3, 1.0)])),
         sharpen=float(rng.choice([0.0, 0.0, rng.uniform(0.3, 1.5)])),
         resample=float(rng.choice([1.0, 1.0, rng.uniform(0.6, 0.95)])),
-        faz_floor=float(rng.uniform(0.3, 1.0)),
+        faz_floor=float(rng.uniform(0.45, 1.0)),
     )
 
 

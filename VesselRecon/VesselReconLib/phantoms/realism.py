@@ -8,8 +8,9 @@ Statistics per image, pooled over a batch:
 * ``vessel_fraction``: fraction of labelled vessel pixels (from the labels);
 * ``calibre``: vessel calibre distribution, ``2 x`` the distance-to-background on the label's
   skeleton, in pixels (histogram on 1..16 px);
-* ``faz_area``: FAZ area in mm^2 (phantom ground truth; real scans: the largest vessel-free
-  component of low flow around the image centre, the classical estimate).
+* ``faz_area``: FAZ area in mm^2 by the same classical estimate on both sides (the dark, smooth
+  region nearest the image centre), at the phantom's pixel size and, for real scans whose field is
+  not stated (ROSSA), an assumed 3 mm field.
 
 Distances: the 1-Wasserstein distance between the pooled histograms (``histogram``, ``calibre``,
 ``vessel_fraction``, ``faz_area``), in the statistic's own unit, and the mean absolute difference of
@@ -151,7 +152,7 @@ def phantom_stats(count: int = 32, seed: int = 0, size_px: int = 320, field_mm: 
     st = ImageStats()
     for i in range(count):
         c = render_octa(seed + i, size_px, field_mm, **options)
-        st.extend(image_stats(c.image, c.vessel_mask, c.faz_area_mm2))
+        st.extend(image_stats(c.image, c.vessel_mask, _classical_faz_area(c.image, c.pixel_mm)))
     return st
 
 

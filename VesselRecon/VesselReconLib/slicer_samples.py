@@ -19,6 +19,7 @@ import email.message
 import io
 import logging
 import tempfile
+import urllib.error
 import urllib.request
 import urllib.response
 from collections.abc import Callable, Mapping
@@ -132,14 +133,20 @@ class SampleLoader:
         return f"VesselReconSampleLoader({self.module_name})"
 
     def __call__(self, source=None):
+        from .slicer_logic import fresh_logic
+
         try:
             logic = self.logic_class()
-            if not _ensure_dependencies():
+            if hasattr(logic, "core_missing") and not _ensure_dependencies():
                 return None
-            from .slicer_logic import fresh_logic
-
             logic = fresh_logic(logic)
-            sample = generate_sample(logic)
+            try:
+                sample = generate_sample(logic)
+            except ModuleNotFoundError:  # this phantom needs a package (torch) that is not installed yet
+                if not _ensure_dependencies():
+                    return None
+                logic = fresh_logic(self.logic_class())
+                sample = generate_sample(logic)
             apply_sample(logic.getParameterNode(), sample, *self.mappings, inputs=self.inputs)
             return sample
         except InputError as exc:

@@ -7,9 +7,9 @@ never tests for versions itself:
   ``SetTag(vtkSegment.GetTerminologyEntryTagName(), …)`` (5.8);
 - loadable-module MRML classes (Markups): looked up at call time, since in 5.8 they are wrapped
   into ``slicer`` only once the Markups module has been loaded, after scripted modules are imported;
-- package installs: ``slicer.packaging.pip_ensure`` (with its own progress dialog) where it exists,
-  else ``pip`` in a ``PythonSlicer`` child process whose output is shown as progress (``pip_install``
-  of 5.8/5.10 blocks the GUI silently);
+- package installs: ``slicer.packaging.pip_ensure`` (with its own progress dialog) in the Slicer
+  versions that have it, else ``pip`` in a ``PythonSlicer`` child process whose output is shown as
+  progress (``slicer.util.pip_install`` of 5.8/5.10 blocks the GUI silently);
 - torch: its installed version is read from the package metadata, without importing it.
 
 Nothing here imports ``qt``, ``ctk`` or ``slicer.app`` at module level; ``slicer`` is imported
@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
-import os
 import queue
 import shutil
 import subprocess
@@ -193,7 +192,7 @@ class InstallDeclined(Exception):
 
 
 def pip_ensure_function(slicer_module=None):
-    """``slicer.packaging.pip_ensure`` where this Slicer has it (5.11 and later), else None."""
+    """``slicer.packaging.pip_ensure`` where this Slicer has it (not 5.8/5.10), else None."""
     if slicer_module is not None:
         packaging = getattr(slicer_module, "packaging", None)
     else:
@@ -299,9 +298,9 @@ def run_pip_with_progress(arguments: list[str], on_line: Callable[[str], None] |
 
 
 def _stream_process(command: list[str], on_line, pump, cancel, poll_seconds: float = 0.05) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME",)} if in_slicer_app() else None
+    # Slicer's own environment, as slicer.util.executePythonModule uses for pip (HTTPS_PROXY included).
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               errors="replace", env=env)
+                               errors="replace")
     lines: queue.SimpleQueue = queue.SimpleQueue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True)
     reader.start()

@@ -77,3 +77,37 @@ def remove_stale(paths: Iterable[str | Path]) -> list[Path]:
             path.unlink()
             removed.append(path)
     return removed
+
+
+def _manifest(folder: Path, tag: str) -> Path:
+    return folder / f".vesselrecon-{tag}.outputs"
+
+
+@contextlib.contextmanager
+def staging(folder: str | Path, tag: str) -> Iterator[Path]:
+    """Write a run's output files into a hidden folder beside their final place, then move them in.
+
+    On entry the files the previous run with this ``tag`` wrote (listed in a hidden manifest) are
+    deleted, so an interrupted re-run never leaves old files beside new ones. When the block
+    succeeds every file it wrote is moved (``os.replace``, sub-folders kept) into ``folder`` and
+    listed in the manifest; when it fails, nothing it wrote appears.
+
+    :param folder: the output folder (created; :class:`InputError` if it is a file).
+    :param tag: names this kind of run (for example ``"angio3d"`` or ``"octadepth-scan1"``).
+    :returns: the staging folder to write into.
+    """
+    folder = output_folder(folder)
+    manifest = _manifest(folder, tag)
+    if manifest.is_file():
+        remove_stale(folder / line for line in manifest.read_text().splitlines() if line and ".." not in line)
+        manifest.unlink()
+    scratch = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=folder))
+    try:
+        yield scratch
+        written = sorted(p.relative_to(scratch) for p in scratch.rglob("*") if p.is_file())
+        for relative in written:
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(scratch / relative, folder / relative)
+        write_text(manifest, "".join(f"{p.as_posix()}\n" for p in written))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

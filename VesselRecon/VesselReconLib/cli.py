@@ -7,6 +7,10 @@ Each method package may provide ``VesselReconLib.<method>.cli`` with any of thes
 - ``add_eval_arguments(parser)`` and ``evaluate(args) -> int`` for ``vesselrecon eval <method>``;
 - ``add_bench_arguments(parser)`` and ``bench(args) -> int`` for ``vesselrecon bench <method>``;
 - ``demo(context: DemoContext) -> None``: adds the method's part to ``vesselrecon demo``.
+
+Exit codes: 0 success; 1 internal error (the traceback is shown with ``--debug``); 2 bad input
+(files, parameters, device) or a batch in which some inputs failed; 3 bad checkpoint or invalid
+network output; 130 interrupted or cancelled. Every expected error is one line on stderr.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vesselrecon", description="VesselRecon: vascular 3D reconstruction.")
     parser.add_argument("--version", action="version", version=f"vesselrecon {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an internal error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_models_parser(sub)
     _add_demo_parser(sub)
@@ -158,13 +163,57 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from .errors import InputError
+    return run_command(args)
+
+
+EXIT_INTERNAL, EXIT_INPUT, EXIT_CHECKPOINT, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or exc.__class__.__name__
+
+
+def run_command(args) -> int:
+    """Run ``args.func`` and turn every failure into a one-line message and an exit code."""
+    import traceback
 
     try:
         return int(args.func(args) or 0)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the last line of defence of the command line
+        code, message = classify(exc)
+        if getattr(args, "debug", False) and code != EXIT_INTERRUPTED:
+            traceback.print_exception(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return code
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """The exit code and one-line message for an exception that ended a command."""
+    from .errors import CheckpointError, InferenceError, InputError
+    from .progress import Cancelled
+
+    if isinstance(exc, (CheckpointError, InferenceError)):
+        return EXIT_CHECKPOINT, _one_line(exc)
+    if isinstance(exc, InputError):
+        return EXIT_INPUT, _one_line(exc)
+    if isinstance(exc, (KeyboardInterrupt, Cancelled)):
+        return EXIT_INTERRUPTED, "interrupted: no partial output was left under a final file name"
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError)):
+        return EXIT_INPUT, f"{exc.strerror or exc.__class__.__name__}: {exc.filename or _one_line(exc)}"
+    if _is_yaml_error(exc):
+        return EXIT_INPUT, f"invalid YAML: {_one_line(exc)}"
+    return EXIT_INTERNAL, (f"internal error ({exc.__class__.__name__}: {_one_line(exc)[:300]}); "
+                           "run again with --debug for the traceback and report it")
+
+
+def _is_yaml_error(exc: BaseException) -> bool:
+    try:
+        import yaml
+    except ImportError:
+        return False
+    return isinstance(exc, yaml.YAMLError)
 
 
 if __name__ == "__main__":

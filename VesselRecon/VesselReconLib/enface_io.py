@@ -178,11 +178,18 @@ def read_raster(path: str | Path) -> tuple[np.ndarray, float | None]:
 
     try:
         with Image.open(path) as image:
+            if image.width * image.height > (Image.MAX_IMAGE_PIXELS or 1 << 62):  # a decompression bomb
+                raise InputError(f"{Path(path).name} claims {image.width} x {image.height} pixels, far more than "
+                                 "an en face OCTA image: it is corrupt or not an OCTA scan; skipped.")
             fov = _tiff_fov(image, image.width) if image.format == "TIFF" else None
             if image.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr", "1"):
                 image = image.convert("L")
             pixels = np.array(image)
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{Path(path).name} is too large to decode safely ({exc}); skipped.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        if isinstance(exc, InputError):
+            raise
         raise InputError(f"{Path(path).name} is not a readable image ({exc}).") from exc
     return pixels, fov
 

@@ -133,3 +133,33 @@ def squeeze_to_2d(array: np.ndarray, name: str) -> np.ndarray:
     if array.ndim != 2:
         raise InputError(f"{name} must be a 2D image or a single-slice volume; got shape {array.shape}.")
     return array
+
+
+def check_hounsfield(array: np.ndarray, name: str, hint: str) -> None:
+    """Refuse a CT that is clearly not in Hounsfield units (8-bit, normalised, or raw unsigned values).
+
+    :param hint: what to do instead (for example how to switch the HU window off).
+    :raises InputError: 8-bit data, a value spread under 20 (normalised to 0..1), or non-negative
+        values with a median above 500 (stored values without the -1024 rescale intercept).
+    """
+    array = np.asarray(array)
+    low, median, high = (float(v) for v in np.percentile(array, [0.5, 50, 99.5]))
+    reason = None
+    if array.dtype in (np.uint8, np.bool_):
+        reason = f"it is {array.dtype} data"
+    elif float(array.min()) >= 0 and float(array.max()) <= 255 and np.array_equal(array, np.round(array)):
+        reason = "its values are whole numbers from 0 to 255 (8-bit, probably windowed, data)"
+    elif high - low < 20:
+        reason = f"its values span only {low:.3g}..{high:.3g}"
+    elif float(array.min()) >= 0 and median > 500:
+        reason = f"its values are all positive with median {median:.0f} (raw stored values without the -1024 intercept?)"
+    if reason:
+        raise InputError(f"{name} does not look like CT in Hounsfield units: {reason}. {hint}")
+
+
+def check_voxel_budget(shape, name: str, limit: int = 400_000_000, hint: str = "") -> None:
+    """Refuse a computation whose grid of ``shape`` would exceed ``limit`` voxels (memory blow-up)."""
+    count = int(np.prod([int(s) for s in shape], dtype=np.float64))
+    if count > limit:
+        raise InputError(f"{name} would need a {' x '.join(map(str, shape))} grid ({count:,} voxels, more than "
+                         f"{limit:,}).{' ' + hint if hint else ''}")

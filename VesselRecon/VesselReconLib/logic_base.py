@@ -27,6 +27,13 @@ class VesselReconLogic:
     method: str = ""
     creator: str = "VesselRecon"
 
+    def __init_subclass__(cls, **kwargs):
+        """Make every subclass's ``load_sample`` and ``evaluate`` all-or-nothing (see :func:`_guarded`)."""
+        super().__init_subclass__(**kwargs)
+        for name in ("load_sample", "evaluate"):
+            if name in cls.__dict__:
+                setattr(cls, name, _guarded(cls.__dict__[name], name == "load_sample"))
+
     def __init__(self, scene=None):
         self._scene = scene
         self._models: dict[tuple[str, str], tuple[Any, dict]] = {}
@@ -126,3 +133,25 @@ class VesselReconLogic:
     def clear_models(self) -> None:
         """Forget cached networks (frees GPU memory)."""
         self._models.clear()
+
+
+def _guarded(method, arguments_are_input: bool):
+    """Wrap a Logic method so that a failure leaves the scene as it was; with ``arguments_are_input``
+    a ``ValueError``/``TypeError`` from bad arguments becomes an :class:`InputError`."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            with mrml.transaction(self.scene):
+                return method(self, *args, **kwargs)
+        except InputError:
+            raise
+        except (ValueError, TypeError, IndexError, OverflowError) as exc:
+            if not arguments_are_input:
+                raise
+            raise InputError(f"{type(self).__name__}.{method.__name__}: invalid arguments {args or ''}"
+                             f"{kwargs or ''} ({exc.__class__.__name__}: {exc}); see its docstring for the "
+                             "allowed values.") from exc
+
+    return wrapper

@@ -268,6 +268,9 @@ def sitk_to_volume(image, name: str, node=None, scene=None, labelmap: bool = Fal
     """A SimpleITK image (LPS) as a volume node (RAS)."""
     import SimpleITK as sitk
 
+    if image.GetDimension() != 3:
+        raise InputError(f"'{name}' is a {image.GetDimension()}D image; a 3D volume (NRRD, NIfTI, MHA or a DICOM "
+                         "series) is needed here.")
     array = sitk.GetArrayFromImage(image)
     direction = np.array(image.GetDirection()).reshape(3, 3)
     lps = ijk_to_ras_matrix(image.GetSpacing(), image.GetOrigin(), direction)

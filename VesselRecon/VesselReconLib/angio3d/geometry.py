@@ -35,6 +35,14 @@ class CArmGeometry:
     offset: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self):
+        values = (self.primary_angle, self.secondary_angle, self.sid, self.sod, *self.pixel_spacing, *self.offset)
+        if len(self.pixel_spacing) != 2 or not np.isfinite(np.asarray(values, float)).all():
+            raise InputError(f"The C-arm geometry has a missing or non-finite value (angles {self.primary_angle}, "
+                             f"{self.secondary_angle}; SID {self.sid}; SOD {self.sod}; pixel spacing "
+                             f"{self.pixel_spacing}): type in the true values.")
+        if abs(self.primary_angle) > 360 or abs(self.secondary_angle) > 90:
+            raise InputError(f"C-arm angles {self.primary_angle}, {self.secondary_angle} degrees are out of range: "
+                             "the primary angle lies within ±360 and the secondary within ±90 degrees.")
         if not (self.sid > 0 and 0 < self.sod < self.sid):
             raise InputError(f"Need 0 < DistanceSourceToPatient ({self.sod}) < DistanceSourceToDetector "
                              f"({self.sid}); check the acquisition geometry.")
@@ -59,10 +67,20 @@ class CArmGeometry:
         if missing:
             raise InputError(f"The acquisition geometry lacks {', '.join(missing)}; type it in by hand.")
         spacing = tags.get("ImagerPixelSpacing") or tags.get("PixelSpacing") or (0.3, 0.3)
-        return cls(float(tags["PositionerPrimaryAngle"]), float(tags["PositionerSecondaryAngle"]),
-                   float(tags["DistanceSourceToDetector"]), float(tags["DistanceSourceToPatient"]),
-                   (float(spacing[0]), float(spacing[1])), int(tags["Rows"]), int(tags["Columns"]),
-                   tuple(float(o) for o in tags.get("DetectorOffsetPixels", (0.0, 0.0))))
+        try:
+            spacing = [float(s) for s in (spacing if isinstance(spacing, (list, tuple, np.ndarray)) else [spacing] * 2)]
+            if len(spacing) != 2:
+                raise InputError(f"ImagerPixelSpacing has {len(spacing)} values {spacing}; it needs two "
+                                 "(row and column spacing in mm).")
+            return cls(float(tags["PositionerPrimaryAngle"]), float(tags["PositionerSecondaryAngle"]),
+                       float(tags["DistanceSourceToDetector"]), float(tags["DistanceSourceToPatient"]),
+                       (spacing[0], spacing[1]), int(tags["Rows"]), int(tags["Columns"]),
+                       tuple(float(o) for o in tags.get("DetectorOffsetPixels", (0.0, 0.0))))
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"A C-arm geometry attribute is malformed ({exc}): angles in degrees, SID, SOD and "
+                             "pixel spacing in mm must be numbers.") from None
 
     def with_changes(self, **changes) -> "CArmGeometry":
         return replace(self, **changes)

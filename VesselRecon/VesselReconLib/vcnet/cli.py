@@ -33,6 +33,9 @@ def run(args) -> int:
     from ..progress import TqdmProgress
     from .logic import VCNetLogic
 
+    from .. import atomic
+
+    final = atomic.output_folder(args.out)
     scene = runtime.new_scene()
     logic = VCNetLogic(scene)
     volume = logic.load_volume(args.input, "VCNet input")
@@ -44,9 +47,10 @@ def run(args) -> int:
                            batchSize=args.batch_size, outputProbability=True, outputMip=args.mips,
                            referenceLabelmap=reference, progress=bar)
     bar.close()
-    out = Path(args.out)
-    written = logic.write_outputs(result, out)
-    mrml.save_scene(out / "vcnet.mrb", scene)
+    with atomic.staging(final, "vcnet") as stage:
+        written = [final / p.relative_to(stage) for p in logic.write_outputs(result, stage)]
+        mrml.save_scene(stage / "vcnet.mrb", scene)
+    out = final
     print(json.dumps({"metrics": result.metrics, "files": [str(p) for p in written] + [str(out / "vcnet.mrb")]}))
     return 0
 

@@ -13,7 +13,8 @@ import numpy as np
 
 from .. import metrics, mrml
 from ..errors import InputError, check_image
-from ..logic_base import VesselReconLogic
+from ..progress import as_reporter
+from ..logic_base import SEGMENTATION, TABLE, VOLUME, VesselReconLogic
 
 VESSEL_SEGMENT = mrml.SegmentSpec(1, "Vessels", (0.86, 0.24, 0.22))
 MIP_SIZE_SLICES = 5
@@ -125,6 +126,11 @@ class VCNetLogic(VesselReconLogic):
         from ..device import resolve_device
         from .inference import segment
 
+        self.check_outputs(outputSegmentation=(outputSegmentation, SEGMENTATION), outputTable=(outputTable, TABLE),
+                           outputProbabilityVolume=(outputProbabilityVolume, VOLUME), outputMipVolume=(outputMipVolume, VOLUME))
+        self.check_range(minComponentMm3, "minComponentMm3", 0, hint="Use 0 to keep every component.")
+        if batchSize is not None:
+            self.check_range(batchSize, "batchSize", 1, 4096, integer=True)
         array, ijk_to_ras = self._volume_array(inputVolume, "Input volume")
         mask = None
         if maskVolume is not None:
@@ -150,8 +156,9 @@ class VCNetLogic(VesselReconLogic):
         result = background(compute) if background is not None else compute()
         nodes = {"segmentation": outputSegmentation, "probability": outputProbabilityVolume,
                  "mip": outputMipVolume, "table": outputTable}
-        return self._write_nodes(inputVolume, ijk_to_ras, net, result, ref, nodes,
-                                 outputProbability or outputProbabilityVolume is not None)
+        with self.writing(as_reporter(progress, cancel)):
+            return self._write_nodes(inputVolume, ijk_to_ras, net, result, ref, nodes,
+                                     outputProbability or outputProbabilityVolume is not None)
 
     def _write_nodes(self, inputVolume, ijk_to_ras, net, result, ref, nodes: dict, with_probability: bool):
         scene = self.scene

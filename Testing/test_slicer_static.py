@@ -1545,6 +1545,16 @@ def test_self_test_asserts_real_behaviour(monkeypatch):
                                   metric=("dice", 0.8), same_grid_outputs=("outputVolume",))
 
 
+def test_metric_value_reads_every_module_table_layout():
+    rows = {"OCTADepth/COIPS/Angio3D": [{"metric": "dice", "value": 0.9}],
+            "VesselSDF": [{"Metric": "Dice", "Value": 0.9, "Unit": ""}],
+            "VCNet": [{"Measurement": "dice", "Value": 0.9, "Unit": ""}],
+            "columns": [{"Dice": 0.9, "IoU": 0.8}]}
+    for layout, table in rows.items():
+        assert slicer_selftest.metric_value(table, "dice") == 0.9, layout
+    assert slicer_selftest.metric_value([{"metric": "iou", "value": 1}], "dice") is None
+
+
 def test_self_test_skips_cleanly_without_torch(monkeypatch):
     monkeypatch.setattr(slicer_selftest, "torch_missing_reason", lambda: "torch, monai not installed")
     case = SelfTestCase()

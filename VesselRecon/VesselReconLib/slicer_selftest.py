@@ -56,14 +56,14 @@ def same_grid(a, b) -> bool:
 
 
 def metric_value(table, name: str) -> float | None:
-    """A metric from an evaluation table: rows ``metric``/``value`` (any case) or a column of the first row."""
+    """A metric from an evaluation table: a row naming it with a ``value`` column (any case), or a column."""
     from . import mrml
 
     rows = [{str(k).lower(): v for k, v in row.items()}
             for row in (mrml.table_to_rows(table) if is_node(table) else list(table or []))]
     wanted = name.lower()
-    for row in rows:
-        if str(row.get("metric", "")).lower() == wanted and "value" in row:
+    for row in rows:  # a name column ("metric", "Measurement", ...) and a "value" column
+        if "value" in row and any(isinstance(v, str) and v.lower() == wanted for v in row.values()):
             return _number(row["value"])
     return _number(rows[0].get(wanted)) if rows else None
 

@@ -1451,7 +1451,9 @@ def test_scripted_sample_download_goes_through_the_vesselrecon_url_scheme(tmp_pa
         urllib.request.urlopen("file://" + str(target)).close()  # other schemes still work
     finally:
         slicer_samples.GENERATORS.pop("Demo", None)
-    assert slicer_samples.sample_uri("OCTADepth") == "vesselrecon://OCTADepth/OCTADepthSample.mrb"
+    from VesselReconLib import __version__
+
+    assert slicer_samples.sample_uri("OCTADepth") == f"vesselrecon://OCTADepth/VesselRecon-{__version__}-OCTADepthSample.mrb"
 
 
 def test_sample_data_registration_works_for_scripts(monkeypatch):
@@ -1464,7 +1466,8 @@ def test_sample_data_registration_works_for_scripts(monkeypatch):
                                         inputs=("inputVolume",))
     try:
         (source,) = registered
-        assert source["uris"] == "vesselrecon://Demo/DemoSample.mrb" and source["fileNames"] == "DemoSample.mrb"
+        assert source["uris"] == slicer_samples.sample_uri("Demo") and source["uris"].endswith(source["fileNames"])
+        assert source["fileNames"].endswith("-DemoSample.mrb")
         assert source["loadFileType"] == "SceneFile" and source["loadFiles"] is True
         assert source["sampleName"] == "DemoSample" and source["category"] == slicer_samples.CATEGORY
         assert repr(source["customDownloader"]) == "VesselReconSampleLoader(Demo)"

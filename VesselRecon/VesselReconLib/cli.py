@@ -82,6 +82,11 @@ def cmd_models(args) -> int:
     """Print the registry: name, module, preset, sha256 prefix and status (never crashes on bad files)."""
     from . import registry
 
+    from pathlib import Path
+
+    if args.registry and not Path(args.registry).is_dir():
+        print(f"error: registry folder {args.registry} does not exist or is not a folder.", file=sys.stderr)
+        return 2
     try:
         entries = registry.load_registry(args.registry)
     except (registry.RegistryError, ValueError) as exc:
@@ -143,6 +148,9 @@ def cmd_phantoms(args) -> int:
         from .errors import InputError
 
         raise InputError(f"phantoms {args.kind} needs --out FOLDER.")
+    from .errors import InputError, check_number
+
+    check_number(args.count, "--count", 1, 1_000_000, integer=True)
     if args.kind == "gallery":
         from .phantoms.gallery import write_gallery
 
@@ -150,8 +158,12 @@ def cmd_phantoms(args) -> int:
             print(f"Wrote {path}")
         return 0
     bar = TqdmProgress(f"phantoms {args.kind}")
-    path = write_dataset(args.kind, Path(args.out), args.count, args.seed, progress=bar)
-    bar.close()
+    try:
+        path = write_dataset(args.kind, Path(args.out), args.count, args.seed, progress=bar)
+    except KeyError as exc:  # an unknown kind
+        raise InputError(str(exc).strip("'\"")) from None
+    finally:
+        bar.close()
     print(f"Wrote {args.count} {args.kind} cases to {path}")
     return 0
 
@@ -182,6 +194,9 @@ def run_command(args) -> int:
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - the last line of defence of the command line
+        from .progress import close_bars
+
+        close_bars()
         code, message = classify(exc)
         if getattr(args, "debug", False) and code != EXIT_INTERRUPTED:
             traceback.print_exception(exc)

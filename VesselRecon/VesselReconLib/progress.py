@@ -107,13 +107,27 @@ def run_in_worker(compute: Callable[[], T], pump_events: Callable[[], None],
     return box["result"]
 
 
+_OPEN_BARS: "weakref.WeakSet[TqdmProgress]" = None  # set on first use
+
+
+def close_bars() -> None:
+    """Close every open terminal bar (so that an error message starts on a line of its own)."""
+    for bar in list(_OPEN_BARS or ()):
+        bar.close()
+
+
 class TqdmProgress:
     """A ``progress`` callable drawing a tqdm bar on the terminal (for the CLI)."""
 
     def __init__(self, desc: str = "", disable: bool = False):
+        import weakref
+
         from tqdm import tqdm
 
+        global _OPEN_BARS
         self._bar = tqdm(total=1000, desc=desc, disable=disable, bar_format="{l_bar}{bar}| {postfix}")
+        _OPEN_BARS = _OPEN_BARS if _OPEN_BARS is not None else weakref.WeakSet()
+        _OPEN_BARS.add(self)
 
     def __call__(self, fraction: float, message: str) -> None:
         self._bar.n = int(round(1000 * min(max(fraction, 0.0), 1.0)))
@@ -122,3 +136,5 @@ class TqdmProgress:
 
     def close(self) -> None:
         self._bar.close()
+        if _OPEN_BARS is not None:
+            _OPEN_BARS.discard(self)

@@ -69,12 +69,12 @@ class CoipsConfig:
             check_fov(value, f"field_of_view_per_file[{name!r}]")
         if self.fov_file is not None and not Path(self.fov_file).is_file():
             raise InputError(f"fov_file {self.fov_file} does not exist.")
-        if int(self.batch_size) < 1:
-            raise InputError("batch_size must be at least 1.")
-        if int(self.num_workers) < 0 or int(self.post_workers) < 0:
-            raise InputError("num_workers and post_workers must be >= 0.")
-        if not 16 <= int(self.thumbnail_size) <= 1024:
-            raise InputError("thumbnail_size must be between 16 and 1024 pixels.")
+        from ..errors import check_number
+
+        check_number(self.batch_size, "batch_size", 1, 100_000, integer=True)
+        check_number(self.num_workers, "num_workers", 0, 256, integer=True)
+        check_number(self.post_workers, "post_workers", 0, 256, integer=True)
+        check_number(self.thumbnail_size, "thumbnail_size", 16, 1024, integer=True)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -32,6 +32,7 @@ class VCNetResult:
     metrics: dict = field(default_factory=dict)
     labels: np.ndarray | None = None
     ijkToRas: np.ndarray | None = None
+    warnings: list = field(default_factory=list)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class VCNetLogic(VesselReconLogic):
         array, ijk_to_ras = VesselReconLogic.read_volume(node, f"{name} is missing: select a volume first.")
         if array.ndim == 4:
             raise InputError(f"{name} has {array.shape[-1]} components; VC-Net needs a scalar (grayscale) volume.")
-        array = check_image(array, name, 3)
+        array = check_image(array, name, 3, min_size=MIP_SIZE_SLICES)  # thinner than a patch: padded
         if array.shape[0] < MIP_SIZE_SLICES:
             raise InputError(f"{name} has {array.shape[0]} slices; VC-Net needs at least {MIP_SIZE_SLICES} "
                              "(one 5-slice MIP). Use a 3D MRA/SWI volume.")
@@ -100,11 +101,13 @@ class VCNetLogic(VesselReconLogic):
                 batchSize: int | None = None, outputProbability: bool = False, outputMip: bool = False,
                 outputSegmentation=None, outputProbabilityVolume=None, outputMipVolume=None, outputTable=None,
                 referenceSegmentation=None, referenceLabelmap=None, progress=None, cancel=None,
-                background=None) -> VCNetResult:
+                background=None, resampleToModelSpacing: bool = True) -> VCNetResult:
         """Segment vessels with VC-Net.
 
         :param inputVolume: scalar MRA/TOF or SWI volume node (slices along K).
-        :param maskVolume: optional brain/ROI labelmap or scalar mask (same grid); outside is background.
+        :param maskVolume: optional brain/ROI labelmap or scalar mask (same grid): sets the intensity
+            statistics (without one, the whole volume's dominant tissue intensity is used, with a
+            warning); outside is background.
         :param darkVessels: SWI/MinIP: vessels are dark; intensities are inverted inside the mask.
         :param model: shipped preset/name (``lite``) or a ``.safetensors``/``.pt`` checkpoint path.
         :param device: ``auto``, ``cuda``, ``mps`` or ``cpu``.
@@ -121,6 +124,8 @@ class VCNetLogic(VesselReconLogic):
         :param referenceSegmentation: reference segmentation node (adds Dice, precision, FPR).
         :param referenceLabelmap: reference labelmap volume (alternative to ``referenceSegmentation``).
         :param background: ``background(fn) -> fn()`` runs the MRML-free computation off the GUI thread.
+        :param resampleToModelSpacing: resample to the model's training spacing (0.5 x 0.5 x 0.8 mm for
+            the shipped models) and the result back to the input grid.
         :returns: :class:`VCNetResult`.
         """
         from ..device import resolve_device
@@ -151,7 +156,7 @@ class VCNetLogic(VesselReconLogic):
         spacing = tuple(mrml.spacing_of(ijk_to_ras))
         def compute():
             return segment(array, spacing, net, mask, darkVessels, overlap, threshold, minComponentMm3, torch_device,
-                           batchSize, outputMip, progress, cancel)
+                           batchSize, outputMip, progress, cancel, resample_to_model=resampleToModelSpacing)
 
         result = background(compute) if background is not None else compute()
         nodes = {"segmentation": outputSegmentation, "probability": outputProbabilityVolume,
@@ -166,14 +171,17 @@ class VCNetLogic(VesselReconLogic):
         segmentation = mrml.labelmap_to_segmentation(
             result.labels, ijk_to_ras, [VESSEL_SEGMENT], f"{name} VCNet vessels", node=nodes["segmentation"],
             reference_volume=inputVolume, scene=scene, closed_surface=True, creator=self.creator)
-        out = VCNetResult(segmentation, labels=result.labels, ijkToRas=ijk_to_ras)
+        out = VCNetResult(segmentation, labels=result.labels, ijkToRas=ijk_to_ras,
+                          warnings=list(result.info.get("warnings", [])))
         if with_probability:
             out.outputProbabilityVolume = mrml.array_to_volume(
                 result.probability, ijk_to_ras, f"{name} VCNet probability", node=nodes["probability"], scene=scene,
                 window_level=(1.0, 0.5), creator=self.creator)
         if result.mip_image is not None:
-            mip_matrix = ijk_to_ras.copy()
-            mip_matrix[:3, 2] *= net.patch[0]
+            mip_matrix = ijk_to_ras.copy()  # columns scaled to the MIP grid (model spacing, K3 slices a slab)
+            native = mrml.spacing_of(ijk_to_ras)
+            for axis, size in enumerate(result.info.get("mip_spacing", (native[0], native[1], native[2] * net.patch[0]))):
+                mip_matrix[:3, axis] *= size / native[axis]
             out.outputMipVolume = mrml.array_to_volume(result.mip_image, mip_matrix, f"{name} VCNet composited MIPs",
                                                        node=nodes["mip"], scene=scene, creator=self.creator)
             out.outputMipLabelmap = mrml.array_to_volume(result.mip_labels, mip_matrix,
@@ -249,13 +257,11 @@ class VCNetLogic(VesselReconLogic):
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         written = []
-        label_node = mrml.array_to_volume(result.labels, result.ijkToRas, "__vcnet_export", scene=self.scene,
-                                          labelmap=True, creator=self.creator)
-        try:
+        with mrml.scratch(self.scene):  # the export node and its display node never outlive the call
+            label_node = mrml.array_to_volume(result.labels, result.ijkToRas, "__vcnet_export", scene=self.scene,
+                                              labelmap=True, creator=self.creator)
             sitk.WriteImage(mrml.volume_to_sitk(label_node), str(out / "vcnet_vessels.nii.gz"), True)
             written.append(out / "vcnet_vessels.nii.gz")
-        finally:
-            self.scene.RemoveNode(label_node)
         for node, file_name in ((result.outputProbabilityVolume, "vcnet_probability.nii.gz"),
                                 (result.outputMipVolume, "vcnet_mips.nii.gz"),
                                 (result.outputMipLabelmap, "vcnet_mip_labels.nii.gz")):
@@ -264,7 +270,7 @@ class VCNetLogic(VesselReconLogic):
                 written.append(out / file_name)
         rows = mrml.table_to_rows(result.outputTable)
         csv = out / "vcnet_measurements.csv"
-        csv.write_text("measurement,value,unit\n" + "".join(f"{r['Measurement']},{r['Value']},{r['Unit']}\n" for r in rows))
+        csv.write_text("measurement,value,unit\n" + "".join(csv_row(r) for r in rows))
         written.append(csv)
         return written
 
@@ -277,6 +283,16 @@ def reference_metrics(pred: np.ndarray, ref: np.ndarray) -> dict:
     report = metrics.segmentation_report(pred, ref)
     return {"dice": report["dice"], "precision": report["precision"], "recall": report["recall"],
             "fpr": report["fpr"]}
+
+
+def csv_row(row: dict) -> str:
+    """One CSV line: numbers to 4 significant decimals (6 significant digits for small values such as
+    the FPR); a text value (the device) goes to the value column instead of ``nan``."""
+    value = row["Value"]
+    if isinstance(value, float) and np.isnan(value):
+        return f"{row['Measurement']},{row['Unit']},\n"
+    text = f"{value:.4f}" if abs(value) >= 0.01 or value == 0 else f"{value:.3e}"
+    return f"{row['Measurement']},{text},{row['Unit']}\n"
 
 
 def metric_rows(values: dict) -> list[dict]:

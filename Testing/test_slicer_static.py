@@ -1728,3 +1728,25 @@ def test_load_sample_asks_for_packages_only_when_the_phantom_needs_them():
     widget.logic = TorchSampleLogic()
     widget.onLoadSampleButton()
     assert asked == [True] and widget._parameterNode.inputVolume is not None
+
+
+def test_batch_and_samples_use_a_private_scene_inside_slicer(monkeypatch):
+    """Inside Slicer the batch and the scripted samples never touch the user's scene: they get a new scene
+    that knows every node class the application's scene knows (Markups, segmentations, tables...)."""
+    import slicer
+
+    from VesselReconLib import folder_batch, runtime
+
+    app_scene = runtime.setup()
+    user_node = _volume(app_scene, "the user's volume")
+    monkeypatch.setattr(runtime, "in_slicer_app", lambda: True)
+    monkeypatch.setattr(slicer, "mrmlScene", app_scene, raising=False)
+    scene = folder_batch.private_scene()
+    assert scene is not app_scene
+    registered = lambda s: {s.GetNthRegisteredNodeClass(i).GetClassName()  # noqa: E731
+                            for i in range(s.GetNumberOfRegisteredNodeClasses())}
+    assert registered(app_scene) <= registered(scene)
+    for cls in ("vtkMRMLMarkupsFiducialNode", "vtkMRMLSegmentationNode", "vtkMRMLTableNode"):
+        assert scene.AddNewNodeByClass(cls) is not None, cls
+    scene.Clear(1)
+    assert app_scene.GetNodeByID(user_node.GetID()) is user_node

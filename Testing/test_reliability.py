@@ -490,6 +490,14 @@ def test_cli_refusals(tmp_path, capsys, ckpt):
     config = tmp_path / "bad.yaml"
     config.write_text("input: [unclosed\n")
     cli_case("COIPS bad YAML", capsys, ["coips", "--config", str(config)], 2)
+    config.write_text(f"input: {tmp_path}\noutput: {out}\nbatch_size: abc\n")
+    cli_case("COIPS bad YAML value", capsys, ["coips", "--config", str(config)], 2, ("batch_size",))
+    views = ["--view-a", str(junk), "--view-b", str(junk), "--points-a", "1,2 30,40", "--points-b", "1,2 30,40",
+             "--geometry-a", "0,0,1100,760,0.3", "--geometry-b", "90,0,1100,760,0.3", "--out", str(out)]
+    cli_case("Angio3D text file as a view", capsys, ["angio3d", *views], 2, ("junk.png",))
+    cli_case("Angio3D a file as the case folder", capsys, ["angio3d", "--case", str(flat), "--out", str(out)], 2)
+    cli_case("phantoms unknown kind", capsys, ["phantoms", "bogus", "--out", str(out)], 2, ("bogus",))
+    cli_case("models: registry is a file", capsys, ["models", "--registry", str(as_file)], 2, ("registry",))
     # the junk file first: reported on one line, the good file after it is still processed
     err = cli_case("OCTADepth junk file first", capsys, octa + [str(junk), str(good)], 2, ("junk.png",))
     assert (out / "scan_3x3.mrb").is_file() and (out / "scan_3x3_depth.png").is_file(), err

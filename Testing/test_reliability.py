@@ -239,7 +239,31 @@ def cached_compute(monkeypatch, owner, attribute: str):
         return box["result"]
 
     monkeypatch.setattr(owner, attribute, replay)
+    box["restore"] = lambda: monkeypatch.setattr(owner, attribute, real)
     return box
+
+
+def cancel_stages(name, scene, run, template, computed: dict, stages: int = 4):
+    """Cancel at evenly spaced cancel checks of a real run (the compute no longer replayed)."""
+    computed["restore"]()
+    calls = {"n": 0}
+
+    def counting():
+        calls["n"] += 1
+        return False
+
+    run(template, cancel=counting)
+    total = calls["n"]
+    assert total >= 2, f"{name}: only {total} cancel checks"
+    for k in sorted(set(np.linspace(1, total, min(total, stages)).round().astype(int))):
+        calls["n"] = 0
+
+        def cancel_at(k=k):
+            calls["n"] += 1
+            return calls["n"] >= k
+
+        refuses(f"{name}: cancel at check {k} of {total}", scene, lambda: run(template, cancel=cancel_at), Cancelled,
+                words=("cancel",))
 
 
 # ---------------------------------------------------------------- the five modules
@@ -270,6 +294,7 @@ def test_octadepth(scene, ckpt, monkeypatch):
     refuses("OCTADepth: tiny image", scene, lambda: run(tiny), words=("small",))
     computed = cached_compute(monkeypatch, pipeline, "run_pipeline")
     write_cases("OCTADepth", scene, monkeypatch, run, template, computed, "rows_to_table")
+    cancel_stages("OCTADepth", scene, run, template, computed, 3)
 
 
 def test_coips(scene, ckpt, monkeypatch):
@@ -300,6 +325,7 @@ def test_coips(scene, ckpt, monkeypatch):
             words=("coips-huge", "NaN or infinite"))
     computed = cached_compute(monkeypatch, inference, "assess")
     write_cases("COIPS", scene, monkeypatch, run, template, computed, "labelmap_to_segmentation")
+    cancel_stages("COIPS", scene, run, template, computed)
 
 
 def test_vcnet(scene, ckpt, monkeypatch):
@@ -332,12 +358,13 @@ def test_vcnet(scene, ckpt, monkeypatch):
     created = set(mrml.node_ids(scene)) - before
     owned = {n for n in created if scene.GetNodeByID(n).GetAttribute(mrml.CREATED_BY) == "VCNet"}
     leftovers = [scene.GetNodeByID(n).GetName() for n in created - owned
-                 if not any(scene.GetNodeByID(o).GetDisplayNodeID() == n for o in owned)
+                 if not any(getattr(scene.GetNodeByID(o), "GetDisplayNodeID", lambda: None)() == n for o in owned)
                  and not scene.GetNodeByID(n).IsA("vtkMRMLStorageNode")]
     _record("VCNet: segmentation mask leaves no temporary nodes", "scene" if leftovers else "ok")
     assert not leftovers
     assert result.outputSegmentation.GetSegmentation().GetNumberOfSegments() == 1
     write_cases("VCNet", scene, monkeypatch, run, template, computed, "rows_to_table")
+    cancel_stages("VCNet", scene, run, template, computed)
 
 
 def test_vesselsdf(scene, ckpt, monkeypatch):
@@ -376,6 +403,7 @@ def test_vesselsdf(scene, ckpt, monkeypatch):
     _record("VesselSDF: segmentation ROI leaves no temporary nodes", "scene" if stray else "ok")
     assert not stray
     write_cases("VesselSDF", scene, monkeypatch, run, template, computed, "rows_to_table")
+    cancel_stages("VesselSDF", scene, run, template, computed)
 
 
 def test_angio3d(scene, ckpt, monkeypatch):
@@ -412,6 +440,25 @@ def test_angio3d(scene, ckpt, monkeypatch):
             InferenceError, words=("centreline",))
     computed = cached_compute(monkeypatch, pipeline, "reconstruct")
     write_cases("Angio3D", scene, monkeypatch, run, sample.viewA, computed, "rows_to_table")
+    cancel_stages("Angio3D", scene, run, sample.viewA, computed, 3)
+
+
+def test_evaluate_refuses_wrong_nodes(scene):
+    from VesselReconLib.angio3d.logic import Angio3DLogic
+    from VesselReconLib.coips.logic import COIPSLogic
+    from VesselReconLib.octadepth.logic import OCTADepthLogic
+    from VesselReconLib.vcnet.logic import VCNetLogic
+    from VesselReconLib.vesselsdf.logic import VesselSDFLogic
+
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", "user table")
+    model = scene.AddNewNodeByClass("vtkMRMLModelNode", "user model")
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user empty segmentation")
+    volume, single = mra(scene), en_face(scene)
+    for logic in (OCTADepthLogic, COIPSLogic, VCNetLogic, VesselSDFLogic, Angio3DLogic):
+        for label, args in (("tables", (table, table)), ("model vs volume", (model, volume)),
+                            ("empty segmentations", (empty, empty)), ("different grids", (volume, single)),
+                            ("missing prediction", (None, volume))):
+            refuses(f"{logic.__name__}.evaluate: {label}", scene, lambda args=args: logic(scene).evaluate(*args))
 
 
 def test_load_sample_bad_arguments(scene):

@@ -207,14 +207,17 @@ def _io_class(path: Path, table: dict[str, str]):
 
 
 def save_polydata(polydata: vtkPolyData, path: str | Path) -> Path:
-    """Write a mesh; the format follows the extension (.vtp .vtk .stl .ply .obj)."""
+    """Write a mesh; the format follows the extension (.vtp .vtk .stl .ply .obj). The file appears
+    under its final name only once complete (:func:`VesselReconLib.atomic.atomic_path`)."""
+    from .atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     writer = _io_class(path, _WRITERS)
-    writer.SetFileName(str(path))
     writer.SetInputData(polydata)
-    if not writer.Write():
-        raise OSError(f"Could not write {path}.")
+    with atomic_path(path) as temporary:
+        writer.SetFileName(str(temporary))
+        if not writer.Write():
+            raise OSError(f"Could not write {path}.")
     return path
 
 
@@ -277,9 +280,12 @@ def save_polydata_lps(polydata_ras: vtkPolyData, path: str | Path) -> Path:
             writer.SetHeader(header)
         if suffix == ".vtk":
             writer.SetFileVersion(42)
-    writer.SetFileName(str(path))
-    if not writer.Write():
-        raise OSError(f"Could not write {path}.")
+    from .atomic import atomic_path
+
+    with atomic_path(path) as temporary:
+        writer.SetFileName(str(temporary))
+        if not writer.Write():
+            raise OSError(f"Could not write {path}.")
     return path
 
 

@@ -106,6 +106,8 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--model", default="lite", help="octavessel model (shipped preset or checkpoint)")
     parser.add_argument("--no-octadepth", action="store_true", help="skip the OCTADepth vessel-head row")
     parser.add_argument("--json", default=None, help="also write the results as JSON")
+    parser.add_argument("--figure", default=None, help="also write a transfer figure (PNG): two real scans and "
+                        "one phantom with prediction, label and errors")
 
 
 def evaluate(args) -> int:
@@ -136,4 +138,58 @@ def evaluate(args) -> int:
     print(format_table(results, ref))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.figure:
+        from .data import render_phantom
+        from .evaluate import save_transfer_figure
+
+        shown = samples[:2] + [render_phantom(9100, np.random.default_rng(9100))]
+        print(f"Wrote {save_transfer_figure(args.figure, shown, rows['octavessel-lite (phantoms only)'])}")
+    return 0
+
+
+# ------------------------------------------------------------------ bench
+
+
+def add_bench_arguments(parser) -> None:
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size-px", type=int, default=320)
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def bench(args) -> int:
+    """JSON line: OCTA phantom render and OCTAVessel inference, wall and CPU seconds per 320 px image,
+    each with its ratio to the Frangi baseline timed interleaved on the same images."""
+    import time
+
+    import torch
+
+    from ..phantoms.octa import render_octa
+    from .data import normalize_image
+    from .evaluate import frangi_mask, octavessel_segmenter
+
+    torch.set_num_threads(args.threads)
+    seg = octavessel_segmenter("lite")
+    times = {"render": [], "octavessel": [], "frangi": []}
+
+    def timed(key, fn):
+        w, c = time.perf_counter(), time.process_time()
+        out = fn()
+        times[key].append((time.perf_counter() - w, time.process_time() - c))
+        return out
+
+    for i in range(args.repeats):
+        field = (3.0, 6.0)[i % 2]
+        case = timed("render", lambda: render_octa(500 + i, args.size_px, field))
+        image = normalize_image(case.image)
+        sample = type("S", (), {"image": image})()
+        timed("octavessel", lambda: seg(sample))
+        timed("frangi", lambda: frangi_mask(image))
+    mean = {k: np.mean(v, 0) for k, v in times.items()}
+    out = {"size_px": args.size_px, "threads": args.threads, "repeats": args.repeats}
+    for k in ("render", "octavessel", "frangi"):
+        out[f"{k}_wall_s"], out[f"{k}_cpu_s"] = round(float(mean[k][0]), 4), round(float(mean[k][1]), 4)
+    for k in ("render", "octavessel"):
+        out[f"{k}_vs_frangi_wall"] = round(float(mean[k][0] / mean["frangi"][0]), 3)
+        out[f"{k}_vs_frangi_cpu"] = round(float(mean[k][1] / mean["frangi"][1]), 3)
+    print(json.dumps(out))
     return 0

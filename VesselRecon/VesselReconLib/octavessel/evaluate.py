@@ -90,3 +90,35 @@ def load_split(root: str | Path, split: str = "test", limit: int | None = None) 
     for s in samples:
         s.raw_path = Path(root) / split / "image" / f"{s.name}.png"
     return samples
+
+
+def error_overlay(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """RGB: true positives white, false positives red, false negatives blue, background black."""
+    rgb = np.zeros(pred.shape + (3,), np.float32)
+    rgb[pred & ref] = 1.0
+    rgb[pred & ~ref] = (1.0, 0.2, 0.2)
+    rgb[~pred & ref] = (0.2, 0.4, 1.0)
+    return rgb
+
+
+def save_transfer_figure(path: str | Path, samples: list[Sample], segment: Callable[[Sample], np.ndarray],
+                         width_px: int = 900) -> Path:
+    """One row per sample: angiogram | prediction | expert label | errors (white TP, red FP, blue FN)."""
+    from PIL import Image
+
+    rows = []
+    for s in samples:
+        pred = np.asarray(segment(s), bool)
+        gray = lambda a: np.repeat(np.clip(np.asarray(a, np.float32), 0, 1)[..., None], 3, -1)  # noqa: E731
+        tiles = [gray(s.image), gray(pred), gray(s.vessel), error_overlay(pred, s.vessel)]
+        sep = np.ones((s.image.shape[0], 4, 3), np.float32)
+        rows.append(np.concatenate([t for tile in tiles for t in (tile, sep)][:-1], 1))
+        rows.append(np.ones((4, rows[-1].shape[1], 3), np.float32))
+    panel = np.concatenate(rows[:-1], 0)
+    img = Image.fromarray((panel * 255).astype(np.uint8))
+    if img.width > width_px:
+        img = img.resize((width_px, round(img.height * width_px / img.width)), Image.LANCZOS)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    return path

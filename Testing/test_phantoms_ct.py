@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from VesselReconLib.phantoms.ct import HU, CTPhantomParams, make_ct_phantom
+from VesselReconLib.phantoms.ct import APPEARANCE, HU, CTPhantomParams, make_ct_phantom
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +28,28 @@ def test_grids_and_ground_truth(case):
 
 
 def test_intensities_are_portal_venous(case):
+    """Per-case realistic appearance: liver level, low vessel contrast, clinical noise (module docs)."""
+    look = case.params["appearance"]
+    assert APPEARANCE["liver_hu"][0] <= look["liver_hu"] <= APPEARANCE["liver_hu"][1]
+    assert APPEARANCE["noise_hu"][0] <= look["noise_hu"] <= APPEARANCE["noise_hu"][1]
     core = ndimage.binary_erosion(case.hires_sdf < -1.0)
     liver = ndimage.binary_erosion(case.organ > 0, iterations=3) & (case.sdf > 3)
-    assert 95 < np.median(case.image[liver]) < 125
-    assert 180 < np.median(case.hires_image[core]) < 250
-    assert HU["fat"] < np.median(case.image[case.organ == 0]) < HU["liver"]
+    assert abs(np.median(case.image[liver]) - look["liver_hu"]) < 15
+    assert np.median(case.hires_image[core]) > look["liver_hu"] + 10
+    assert HU["fat"] < np.median(case.image[case.organ == 0]) < look["liver_hu"]
+
+
+def test_fixed_appearance_keeps_the_nominal_levels():
+    fixed = make_ct_phantom(CTPhantomParams(shape=(16, 64, 64), seed=3, fixed_appearance=True))
+    core = ndimage.binary_erosion(fixed.hires_sdf < -1.0)
+    assert 180 < np.median(fixed.hires_image[core]) < 250
+
+
+def test_tumours_and_thin_slabs_are_drawn_per_case():
+    looks = [make_ct_phantom(CTPhantomParams(shape=(16, 48, 48), seed=s, thin_slab=True)).params for s in range(4)]
+    assert any(p["appearance"]["tumours"] > 0 for p in looks)
+    assert all(1 <= p["slab_subslices"] <= 5 for p in looks)
+    assert len({p["appearance"]["noise_hu"] for p in looks}) == 4
 
 
 def test_thick_slices_average_the_high_resolution_rendering(case):

@@ -94,7 +94,8 @@ def test_shipped_model_beats_the_classical_baseline(held_out):
     """
     from VesselReconLib.registry import find_entry, load_model
     from VesselReconLib.vesselsdf.evaluation import EvalCase, classical_baseline, evaluate_prediction
-    from VesselReconLib.vesselsdf.inference import normalise_ct, predict
+    from VesselReconLib.vesselsdf.inference import predict_in_roi
+    from VesselReconLib.vesselsdf.preprocess import canonicalise
 
     assert find_entry("vesselsdf", "lite").status() == "ok"
     net, _ = load_model("vesselsdf", "lite", "cpu")
@@ -102,8 +103,9 @@ def test_shipped_model_beats_the_classical_baseline(held_out):
     for case in held_out:
         eval_case = EvalCase("held-out", case.image, case.labels > 0, case.ijk_to_ras, case.hires_labels > 0,
                              case.hires_ijk_to_ras, case.mesh())
-        ours.append(evaluate_prediction(predict(net, normalise_ct(case.image), "cpu", case.spacing), eval_case))
-        classical.append(evaluate_prediction(classical_baseline(case.image, case.spacing), eval_case))
+        canonical = canonicalise(case.image, case.ijk_to_ras, case.organ > 0)
+        ours.append(evaluate_prediction(predict_in_roi(net, canonical, "cpu", case.spacing), eval_case))
+        classical.append(evaluate_prediction(classical_baseline(case.image, case.spacing, case.organ > 0), eval_case))
     mean = lambda rows, key: float(np.mean([r[key] for r in rows]))  # noqa: E731
     assert mean(ours, "components") < 0.9 * mean(classical, "components")
     assert mean(ours, "cd_x100") < 1.05 * mean(classical, "cd_x100")
@@ -116,17 +118,32 @@ def test_cli_run_writes_files_and_scene(tmp_path, capsys):
 
     case = make_ct_phantom(CTPhantomParams(shape=(16, 48, 48), seed=12))
     image = save_nifti(case.image, case.spacing, (-case.origin[0], -case.origin[1], case.origin[2]),
-                       tmp_path / "ct.nii.gz", direction=np.diag([-1.0, -1.0, 1.0]))
+                       tmp_path / "ct.v1.nii.gz", direction=np.diag([-1.0, -1.0, 1.0]))
     reference = save_nifti(case.labels, case.spacing, (-case.origin[0], -case.origin[1], case.origin[2]),
                            tmp_path / "ref.nii.gz", direction=np.diag([-1.0, -1.0, 1.0]))
     out = tmp_path / "out"
     assert main(["vesselsdf", str(image), "--out", str(out), "--device", "cpu", "--reference", str(reference),
-                 "--min-component-mm3", "1"]) == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert "dice" in printed and printed["components"] >= 1
-    for name in ("ct_vessels.vtp", "ct_vessels.stl", "ct_vessels.nii.gz", "ct_sdf.nii.gz", "ct_measurements.csv",
-                 "ct_vesselsdf.mrb"):
-        assert (out / name).is_file(), name
+                 "--min-component-mm3", "1", "--fine-slice-mm", "1.0"]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out.strip().splitlines()[-1])
+    assert "dice" in printed and printed["components"] >= 1 and printed["spacing_z_mm"] == pytest.approx(5.0)
+    assert "spacing used: 0.7 x 0.7 x 5 mm" in captured.err
+    for name in ("ct.v1_vessels.vtp", "ct.v1_vessels.stl", "ct.v1_vessels.nii.gz", "ct.v1_sdf.nii.gz",
+                 "ct.v1_measurements.csv", "ct.v1_vesselsdf.mrb", "ct.v1_vessels_fine.nii.gz"):
+        assert (out / name).is_file(), name  # the full input stem, dots included
+    stl = (out / "ct.v1_vessels.stl").read_bytes()
+    assert stl[:80].rstrip(b"\0") == b"3D Slicer output. SPACE=LPS" and not stl.startswith(b"solid")
+    assert meshes.mesh_coordinate_system(out / "ct.v1_vessels.vtp") == "LPS"
+    # the mesh read back into RAS lies where the CT is
+    bounds = meshes.points_of(meshes.load_polydata_ras(out / "ct.v1_vessels.stl"))
+    corners = case.ijk_to_ras @ np.array([[0, 0, 0, 1], [47, 47, 15, 1]]).T
+    assert (bounds.min(0) >= corners[:3].min(1) - 1).all() and (bounds.max(0) <= corners[:3].max(1) + 1).all()
+    from VesselReconLib.volume_io import read_volume
+
+    fine, fine_matrix = read_volume(out / "ct.v1_vessels_fine.nii.gz")
+    assert fine.shape == (76, 48, 48) and fine_matrix[2, 2] == pytest.approx(1.0)
+    thick, _ = read_volume(out / "ct.v1_vessels.nii.gz")
+    np.testing.assert_array_equal(fine[::5], thick)  # every 5th fine slice is a thick slice
     assert main(["vesselsdf", str(tmp_path / "missing.nii.gz"), "--out", str(out)]) == 2
 
 
@@ -136,7 +153,8 @@ def test_bench_reports_one_json_line_on_a_small_input():
     result = bench(shape=(16, 32, 32), repeats=1)
     json.dumps(result)
     cpu = result["cpu"]
-    assert cpu["preset"] == "lite" and cpu["baseline"].startswith("lite-unet")
+    assert cpu["preset"] == "lite" and cpu["baseline"].startswith("plain MONAI UNet")
+    assert abs(cpu["baseline_params"] - cpu["params"]) / cpu["params"] < 0.15
     assert cpu["pipeline_s"] > 0 and cpu["network_vs_baseline"] > 0 and result["mesh_slices"] == 106
     assert cpu["weights"] == "shipped" and cpu["mesh_exact_sdf_points"] > 0
 

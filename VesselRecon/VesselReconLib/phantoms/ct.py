@@ -1,18 +1,28 @@
-"""Contrast-enhanced (portal-venous) liver CT phantom with a hepatic vessel tree, sampled as thick slices.
+"""Contrast-enhanced (portal-venous) liver CT phantom with portal and hepatic venous trees, as thick slices.
 
 Geometry: a smooth random ellipsoid-like organ blob (the "liver") fills most of the field of view;
 two vessel trees are grown inside it by space colonisation (:func:`.tree.grow_tree` in a
-:class:`.tree.MaskDomain`): a portal-like tree (label 1) entering at an inferior-medial hilum and a
-hepatic-like tree (label 2) draining towards a superior outlet.
+:class:`.tree.MaskDomain`): a portal tree (label 1) entering at an inferior-medial hilum and a
+hepatic venous tree (label 2) draining towards a superior outlet (the IVC side). Root calibres are
+clinical: portal trunk radius 4-7 mm, hepatic vein 3.5-6 mm at the outlet, down to 0.7 mm leaves
+(Murray's law in between). Zero to three tumours (hypodense, some with an enhancing rim) are
+distractors.
 
-Intensities (HU, portal-venous phase): surrounding soft tissue ~50 HU with fat patches ~−90 HU,
-liver ~110 HU (with a faint smooth texture), portal vessels ~220 HU, hepatic veins ~190 HU,
-Gaussian noise (default σ = 12 HU).
+Appearance (HU, portal-venous phase), drawn per case from ranges measured on real CT
+(:data:`APPEARANCE`): inside the liver of 3D-IRCADb-01 patient 1.7 the parenchyma is 120 HU
+(5-95 %: 97-141 HU) and the labelled vessels 144 HU (113-181 HU), i.e. a vessel/parenchyma
+contrast of only 1-3 parenchyma standard deviations; the 20 LVSD slabs (windowed uint8) show the
+same ratio (vessels 2-3 robust standard deviations above the parenchyma). So the phantom draws the
+parenchyma level, a smooth two-scale texture, the portal and hepatic contrasts (15-110 HU above the
+parenchyma, varying along the vessels), an in-plane point-spread blur and spatially correlated
+noise (8-25 HU, clinical dose) per case. The old fixed 110/220/190 HU with 12 HU white noise gave a
+contrast-to-noise ratio of 9, which real CT never has.
 
 Partial volume: the scene is rendered on a high-resolution grid (same in-plane spacing, slices
 ``hires_z_mm`` thick) with a sub-voxel soft vessel occupancy ``clip(0.5 − sdf/Δx, 0, 1)`` from the
-exact tree SDF and a slightly blurred organ boundary, and each thick slice is the *mean* of the
-high-resolution slices inside its slab (a 5 mm slice = 5 × 1 mm sub-slices by default).
+exact tree SDF, and each thick slice is the *mean* of the high-resolution slices of its slab. The
+slab is the whole slice gap (contiguous 5 mm slices) or, with ``thin_slab``, a random part of it (a
+thin slice kept every few slices, the 3D-IRCADb setting of 1.6 mm slices every 4.8 mm).
 
 Ground truth at both resolutions: the binary vessel labelmap (voxel centre inside the vessel union)
 and the exact signed distance (mm, negative inside), plus the surface mesh (:meth:`CTPhantom.mesh`).
@@ -30,6 +40,12 @@ from .geometry import tree_to_labelmap, tree_to_mesh, tree_to_sdf
 from .tree import MaskDomain, Root, TreeParams, VascularTree, grow_tree
 
 HU = {"fat": -90.0, "soft_tissue": 50.0, "liver": 110.0, "portal": 220.0, "hepatic": 190.0}
+"""Nominal levels (the ``fixed_appearance`` phantom of older releases and the outside tissues)."""
+APPEARANCE = {"liver_hu": (90.0, 135.0), "portal_contrast_hu": (15.0, 110.0), "hepatic_ratio": (0.5, 1.1),
+              "texture_hu": (3.0, 10.0), "texture_mm": (1.5, 4.0), "noise_hu": (8.0, 25.0),
+              "psf_mm": (0.3, 0.7), "tumours": (0, 3), "tumour_radius_mm": (4.0, 16.0),
+              "tumour_contrast_hu": (-60.0, -15.0), "root_scale": (0.9, 1.5)}
+"""Per-case appearance ranges (uniform draws), measured on 3D-IRCADb-01 1.7 and the LVSD slabs (module docs)."""
 
 
 @dataclass
@@ -40,6 +56,10 @@ class CTPhantomParams:
         tests and training use in-plane crops such as (16, 128, 128).
     :param spacing: thick-slice spacing ``(Δx, Δy, Δz)`` mm.
     :param hires_z_mm: slice spacing of the high-resolution rendering; must divide ``Δz``.
+    :param fixed_appearance: the nominal HU levels and ``noise_hu`` white noise instead of per-case
+        realistic draws from :data:`APPEARANCE`.
+    :param thin_slab: thick slices average a random part of the slice gap (thin slices kept
+        sparsely) instead of the whole gap.
     """
 
     shape: tuple[int, int, int] = (16, 128, 128)
@@ -49,6 +69,8 @@ class CTPhantomParams:
     n_attractors: int = 350
     min_radius_mm: float = 0.7
     seed: int = 0
+    fixed_appearance: bool = False
+    thin_slab: bool = False
 
     @property
     def factor(self) -> int:
@@ -123,12 +145,13 @@ def organ_blob(shape, spacing, origin, rng: np.random.Generator) -> tuple[np.nda
     return (level + 0.18 * bumps < 1.0), centre, axes
 
 
-def _roots(centre: np.ndarray, axes: np.ndarray, scale: float) -> list[Root]:
+def _roots(centre: np.ndarray, axes: np.ndarray, scale: float, calibre: tuple[float, float] = (1.0, 1.0)
+           ) -> list[Root]:
     """Portal inlet (inferior-medial hilum) and hepatic outlet (superior), pointing inwards."""
     portal = Root(position=centre + axes * np.array([-0.75, -0.35, -0.85]), direction=(0.6, 0.3, 0.75),
-                  radius=2.8 * scale, label=1)
+                  radius=2.8 * scale * calibre[0], label=1)
     hepatic = Root(position=centre + axes * np.array([0.2, 0.45, 0.95]), direction=(-0.2, -0.3, -0.95),
-                   radius=2.4 * scale, label=2)
+                   radius=2.4 * scale * calibre[1], label=2)
     return [portal, hepatic]
 
 
@@ -140,7 +163,8 @@ def grow_hepatic_tree(organ: np.ndarray, spacing, origin, centre, axes, params: 
                              influence_mm=14.0 * scale, kill_mm=3.0 * scale, tortuosity=0.15,
                              min_radius=params.min_radius_mm, min_terminal_mm=3.0 * scale,
                              seed=int(rng.integers(2**31)))
-    return grow_tree(MaskDomain(organ, spacing, origin), _roots(centre, axes, scale), tree_params)
+    calibre = (1.0, 1.0) if params.fixed_appearance else tuple(rng.uniform(*APPEARANCE["root_scale"], 2))
+    return grow_tree(MaskDomain(organ, spacing, origin), _roots(centre, axes, scale, calibre), tree_params)
 
 
 def _background(shape, spacing, rng) -> np.ndarray:
@@ -149,22 +173,79 @@ def _background(shape, spacing, rng) -> np.ndarray:
     return np.where(fat, HU["fat"], HU["soft_tissue"]).astype(np.float32)
 
 
-def render_hires(organ: np.ndarray, tree: VascularTree, shape, spacing, origin, rng) -> tuple[np.ndarray, ...]:
-    """Noise-free high-resolution HU image, vessel labels (1 portal, 2 hepatic) and vessel SDF."""
+def draw_appearance(rng: np.random.Generator, fixed: bool = False) -> dict:
+    """One case's appearance (HU levels, texture, noise, blur, tumours) from :data:`APPEARANCE`."""
+    if fixed:
+        return {"liver_hu": HU["liver"], "portal_hu": HU["portal"], "hepatic_hu": HU["hepatic"], "texture_hu": 4.0,
+                "texture_mm": 3.0, "noise_hu": None, "psf_mm": 0.0, "tumours": 0}
+    draw = {k: float(rng.uniform(*v)) for k, v in APPEARANCE.items() if k not in ("tumours",)}
+    portal = draw["liver_hu"] + draw["portal_contrast_hu"]
+    hepatic = draw["liver_hu"] + draw["portal_contrast_hu"] * draw["hepatic_ratio"]
+    return {"liver_hu": draw["liver_hu"], "portal_hu": portal, "hepatic_hu": hepatic,
+            "texture_hu": draw["texture_hu"], "texture_mm": draw["texture_mm"], "noise_hu": draw["noise_hu"],
+            "psf_mm": draw["psf_mm"], "tumours": int(rng.integers(APPEARANCE["tumours"][0], APPEARANCE["tumours"][1] + 1))}
+
+
+def tumours(organ: np.ndarray, spacing, origin, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` bumpy spherical lesions inside the organ: soft occupancy [0, 1] and rim weight [0, 1]."""
     from scipy.ndimage import gaussian_filter
 
+    lesion = np.zeros(organ.shape, np.float32)
+    rim = np.zeros(organ.shape, np.float32)
+    inside = np.argwhere(organ)
+    x, y, z = _grid_points(organ.shape, spacing, origin)
+    for _ in range(count if len(inside) else 0):
+        k, j, i = inside[rng.integers(len(inside))]
+        centre = np.array([x[0, 0, i], y[0, j, 0], z[k, 0, 0]])
+        radius = rng.uniform(*APPEARANCE["tumour_radius_mm"])
+        dist = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
+        soft = np.clip((radius - dist) / 1.0 + 0.5, 0.0, 1.0)
+        lesion = np.maximum(lesion, soft)
+        if rng.random() < 0.4:
+            rim = np.maximum(rim, np.exp(-((dist - radius) / 1.2) ** 2))
+    smooth = (0.6 / spacing[2], 0.6 / spacing[1], 0.6 / spacing[0])
+    return gaussian_filter(lesion, smooth) * organ, rim * organ
+
+
+def render_hires(organ: np.ndarray, tree: VascularTree, shape, spacing, origin, rng,
+                 appearance: dict | None = None) -> tuple[np.ndarray, ...]:
+    """Noise-free high-resolution HU image, vessel labels (1 portal, 2 hepatic) and vessel SDF."""
+    from scipy.ndimage import distance_transform_edt, gaussian_filter
+
+    look = appearance or draw_appearance(rng, fixed=True)
     sdf = tree_to_sdf(tree, shape, spacing, origin)
     kinds = tree_to_labelmap(tree, shape, spacing, origin, label_by="labels")
     soft = np.clip(0.5 - sdf / spacing[0], 0.0, 1.0)
     organ_soft = gaussian_filter(organ.astype(np.float32), (0.6 / spacing[2], 0.6 / spacing[1], 0.6 / spacing[0]))
-    texture = 4.0 * _smooth_field(shape, rng, tuple(3.0 / np.asarray(spacing)[::-1]))
-    image = _background(shape, spacing, rng) * (1 - organ_soft) + (HU["liver"] + texture) * organ_soft
-    from scipy.ndimage import distance_transform_edt
-
+    mm = np.asarray(spacing)[::-1]
+    texture = look["texture_hu"] * _smooth_field(shape, rng, tuple(look["texture_mm"] / mm))
+    if look["tumours"]:
+        texture = texture + 0.5 * look["texture_hu"] * _smooth_field(shape, rng, tuple(8.0 / mm))
+    liver = look["liver_hu"] + texture
+    if look["tumours"]:
+        lesion, rim = tumours(organ, spacing, origin, look["tumours"], rng)
+        liver = liver + lesion * rng.uniform(*APPEARANCE["tumour_contrast_hu"]) + rim * rng.uniform(10.0, 40.0)
+    image = _background(shape, spacing, rng) * (1 - organ_soft) + liver * organ_soft
     nearest = distance_transform_edt(kinds == 0, return_distances=False, return_indices=True)
-    vessel_hu = np.where(kinds[tuple(nearest)] == 2, HU["hepatic"], HU["portal"]).astype(np.float32)
+    vessel_hu = np.where(kinds[tuple(nearest)] == 2, look["hepatic_hu"], look["portal_hu"]).astype(np.float32)
+    if look["noise_hu"] is not None:  # enhancement varies along the vessels (inflow, mixing)
+        vessel_hu = look["liver_hu"] + (vessel_hu - look["liver_hu"]) * (
+            1.0 + 0.15 * _smooth_field(shape, rng, tuple(10.0 / mm)))
     image = image * (1 - soft) + vessel_hu * soft
+    if look["psf_mm"]:
+        image = gaussian_filter(image, (0.0, look["psf_mm"] / spacing[1], look["psf_mm"] / spacing[0]))
     return image.astype(np.float32), kinds, sdf
+
+
+def ct_noise(shape, sigma_hu: float, rng: np.random.Generator, correlated: bool) -> np.ndarray:
+    """Zero-mean CT noise of standard deviation ``sigma_hu`` (in-plane correlated like filtered back-projection)."""
+    from scipy.ndimage import gaussian_filter
+
+    noise = rng.standard_normal(shape).astype(np.float32)
+    if correlated:
+        noise = gaussian_filter(noise, (0.0, 0.7, 0.7))
+        noise /= max(float(noise.std()), 1e-6)
+    return sigma_hu * noise
 
 
 def make_ct_phantom(params: CTPhantomParams | None = None, progress=None) -> CTPhantom:
@@ -189,11 +270,16 @@ def make_ct_phantom(params: CTPhantomParams | None = None, progress=None) -> CTP
     report(0.15, "vessel tree")
     tree = grow_hepatic_tree(organ_hr, hires_spacing, hires_origin, centre, axes, params, rng)
     report(0.45, "rendering")
-    hires_image, kinds_hr, hires_sdf = render_hires(organ_hr, tree, hires_shape, hires_spacing, hires_origin, rng)
+    look = draw_appearance(rng, params.fixed_appearance)
+    hires_image, kinds_hr, hires_sdf = render_hires(organ_hr, tree, hires_shape, hires_spacing, hires_origin, rng, look)
     report(0.75, "thick slices")
-    image = hires_image.reshape(nk, factor, nj, ni).mean(axis=1)
-    image += rng.normal(0.0, params.noise_hu, image.shape).astype(np.float32)
-    hires_image = hires_image + rng.normal(0.0, params.noise_hu, hires_image.shape).astype(np.float32)
+    slab = factor if not params.thin_slab else int(rng.integers(1, factor + 1))
+    first = (factor - slab) // 2
+    image = hires_image.reshape(nk, factor, nj, ni)[:, first:first + slab].mean(axis=1)
+    noise_hu = params.noise_hu if look["noise_hu"] is None else look["noise_hu"]
+    correlated = look["noise_hu"] is not None
+    image += ct_noise(image.shape, noise_hu, rng, correlated)
+    hires_image = hires_image + ct_noise(hires_image.shape, noise_hu, rng, correlated)
     sdf = tree_to_sdf(tree, params.shape, params.spacing, origin)
     organ = organ_hr.reshape(nk, factor, nj, ni)[:, factor // 2]
     report(1.0, "done")
@@ -201,7 +287,9 @@ def make_ct_phantom(params: CTPhantomParams | None = None, progress=None) -> CTP
                      organ=organ.astype(np.uint8), hires_image=hires_image.astype(np.float32),
                      hires_labels=(kinds_hr > 0).astype(np.uint8), hires_sdf=hires_sdf,
                      spacing=tuple(float(s) for s in params.spacing), hires_spacing=hires_spacing,
-                     origin=origin, hires_origin=hires_origin, tree=tree, params=asdict(params))
+                     origin=origin, hires_origin=hires_origin, tree=tree,
+                     params={**asdict(params), "appearance": {k: (round(v, 2) if isinstance(v, float) else v)
+                                                             for k, v in look.items()}, "slab_subslices": slab})
 
 
 # ------------------------------------------------------------------------------ dataset writer
@@ -264,13 +352,20 @@ def _register():
                          spacing: tuple[float, float, float] = (0.7, 0.7, 5.0), **options) -> Path:
         """``count`` CT phantoms in Medical Segmentation Decathlon layout (+ SDF and high-res GT folders).
 
-        Case ``n`` uses seed ``seed * 1000 + n``. Extra options go to :class:`CTPhantomParams`.
+        Case ``n`` uses seed ``seed * 1000 + n``. Extra options go to :class:`CTPhantomParams`;
+        ``slice_mm_choices`` (e.g. ``(2.5, 3.2, 4.0, 4.8, 5.0)``) draws each case's slice spacing from
+        the list (high-resolution slices at a fifth of it).
         """
+        choices = options.pop("slice_mm_choices", None)
         out_dir = Path(out_dir).resolve()
         report = progress or (lambda f, m: None)
         entries = []
         for index in range(count):
-            params = CTPhantomParams(shape=tuple(shape), spacing=tuple(spacing), seed=seed * 1000 + index, **options)
+            case_spacing, case_options = tuple(spacing), dict(options)
+            if choices:
+                dz = float(np.random.default_rng(seed * 1000 + index).choice(choices))
+                case_spacing, case_options["hires_z_mm"] = (spacing[0], spacing[1], dz), dz / 5
+            params = CTPhantomParams(shape=tuple(shape), spacing=case_spacing, seed=seed * 1000 + index, **case_options)
             case = make_ct_phantom(params)
             entries.append(write_ct_case(case, out_dir, f"ct_{index:03d}"))
             report((index + 1) / count, f"case {index + 1}/{count}")

@@ -10,18 +10,19 @@ import torch
 
 from ..device import inference, peak_memory_mb, synchronize, time_call
 from ..mrml import spacing_of
-from .inference import mesh_zero_level, normalise_ct, predict_tensor, refine_through_plane, refined_geometry
+from .inference import mesh_zero_level, predict_in_roi, refine_through_plane, refined_geometry
 from .network import build_model, parameter_count, parse_preset
+from .preprocess import canonicalise, normalise_ct
 
 
-def pipeline(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: torch.device, factor: int) -> dict:
-    """CT -> normalise -> network -> SDF interpolation on the device -> flying edges; stage times (s)."""
+def pipeline(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: torch.device, factor: int,
+             roi: np.ndarray | None = None) -> dict:
+    """CT -> ROI + normalise -> network on the ROI box -> SDF interpolation -> flying edges; times (s)."""
     stamps = {"start": time.perf_counter()}
-    x = torch.from_numpy(normalise_ct(volume))[None, None].to(device)
+    canonical = canonicalise(volume, ijk_to_ras, roi)
+    prediction = predict_in_roi(model, canonical, device, tuple(spacing_of(ijk_to_ras)))
     with inference(device):
-        out = predict_tensor(model, x, spacing_of(ijk_to_ras))
-        field = out[0, 1] if model.has_sdf else 0.5 - out[0, 0]
-        fine = refine_through_plane(field, factor)
+        fine = refine_through_plane(torch.from_numpy(prediction.surface_field()).to(device), factor)
     fine = fine.float().cpu().numpy()
     synchronize(device)
     stamps["network"] = time.perf_counter()
@@ -54,28 +55,41 @@ def mesh_time(sdf: np.ndarray, ijk_to_ras: np.ndarray, device: torch.device, fac
     return {"mesh_exact_sdf_s": round(time_call(call, device, repeats, reduce=np.median), 4), "mesh_exact_sdf_points": points[-1]}
 
 
+def plain_unet_like(params: int, levels: int = 4) -> torch.nn.Module:
+    """A plain MONAI UNet (same strides, batch norm, one residual unit) with about ``params`` parameters."""
+    from monai.networks.nets import UNet
+
+    from .network import _strides
+
+    def make(width: int):
+        return UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=[width * 2 ** i for i in range(levels)],
+                    strides=_strides(levels), num_res_units=1, norm="batch")
+
+    width = min(range(2, 65), key=lambda w: abs(parameter_count(make(w)) - params))
+    return make(width)
+
+
 def bench_device(device: torch.device, preset: str, volume: np.ndarray, ijk_to_ras: np.ndarray, factor: int,
-                 repeats: int) -> dict:
-    """Pipeline and network-only times of ``preset`` and of its plain U-Net baseline on ``device``."""
-    size, _ = parse_preset(preset)
+                 repeats: int, roi: np.ndarray | None = None) -> dict:
+    """Pipeline and network-only times of ``preset`` and of a plain U-Net of equal size on ``device``."""
     model, weights = _model(preset, device)
-    baseline = build_model(f"{size}-unet").to(device).eval()
-    x = torch.from_numpy(normalise_ct(volume))[None, None].to(device)
+    baseline = plain_unet_like(parameter_count(model)).to(device).eval()
+    x = torch.from_numpy(normalise_ct(volume, roi))[None, None].to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     spacing = tuple(spacing_of(ijk_to_ras))
 
-    def network(net):
+    def network(net, plain=False):
         def call():
             with inference(device):
-                net(x, spacing)
+                net(x) if plain else net(x, spacing)
         return call
 
-    runs = [pipeline(model, volume, ijk_to_ras, device, factor) for _ in range(repeats + 1)][1:]
+    runs = [pipeline(model, volume, ijk_to_ras, device, factor, roi) for _ in range(repeats + 1)][1:]
     ours = time_call(network(model), device, repeats, reduce=np.median)
-    plain = time_call(network(baseline), device, repeats, reduce=np.median)
-    return {"preset": preset, "weights": weights, "params": parameter_count(model), "baseline": f"{size}-unet (MONAI UNet)",
+    plain = time_call(network(baseline, plain=True), device, repeats, reduce=np.median)
+    return {"preset": preset, "weights": weights, "params": parameter_count(model), "baseline": "plain MONAI UNet of equal parameter count",
             "baseline_params": parameter_count(baseline),
             "pipeline_s": round(float(np.median([r["total_s"] for r in runs])), 4),
             "mesh_s": round(float(np.median([r["mesh_s"] for r in runs])), 4),
@@ -99,7 +113,7 @@ def bench(shape=(16, 512, 512), cpu_preset: str = "lite", cuda_preset: str = "pa
         if name == "cuda" and not torch.cuda.is_available():
             continue
         device = torch.device(name)
-        result[name] = {**bench_device(device, preset, case.image, case.ijk_to_ras, factor, repeats),
+        result[name] = {**bench_device(device, preset, case.image, case.ijk_to_ras, factor, repeats, case.organ > 0),
                         **mesh_time(case.sdf, case.ijk_to_ras, device, factor, repeats)}
     if "cuda" in result:
         result["cuda"]["device"] = torch.cuda.get_device_name(0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+
+import numpy as np
 import shlex
 import sys
 from pathlib import Path
@@ -21,9 +23,13 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--preset", default="lite", help="lite | paper, optionally -occ/-sdfonly/-nogauss/-unet")
     parser.add_argument("--epochs", type=int, default=100, help="epochs (paper: 100)")
     parser.add_argument("--steps-per-epoch", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop", type=int, nargs=2, default=(64, 64), metavar=("ROWS", "COLS"),
-                        help="in-plane crop (all slices are used); the paper uses whole 512x512x16 volumes")
+                        help="in-plane crop; the paper uses whole 512x512x16 volumes")
+    parser.add_argument("--slices", type=int, default=8, help="consecutive slices per crop (0: all)")
+    parser.add_argument("--occupancy-from", help="full-model checkpoint whose occupancy stage is loaded and frozen")
+    parser.add_argument("--ablations", action="store_true",
+                        help="train the full model with its ablations (occ, nogauss, sdfonly) on the same batches")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-cases", type=int, default=2, help="last cases held out for validation")
@@ -39,45 +45,55 @@ def train(args) -> int:
     import torch
 
     from ..progress import TqdmProgress
-    from .train import TrainConfig, train_model
+    from .train import TrainConfig, train_model, train_with_ablations
 
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TrainConfig(preset=args.preset, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                         batch_size=args.batch_size, crop=tuple(args.crop), lr=args.lr, seed=args.seed,
-                         val_cases=args.val_cases, device=args.device)
+                         batch_size=args.batch_size, crop=tuple(args.crop), slices=args.slices or None, lr=args.lr,
+                         seed=args.seed, val_cases=args.val_cases, device=args.device,
+                         occupancy_from=args.occupancy_from)
     bar = TqdmProgress(f"train {METHOD} {args.preset}")
-    model, trainer = train_model(args.data, args.out, config, progress=bar, resume=not args.no_resume)
+    if args.ablations:
+        models, trainer = train_with_ablations(args.data, args.out, config, progress=bar, resume=not args.no_resume)
+    else:
+        model, trainer = train_model(args.data, args.out, config, progress=bar, resume=not args.no_resume)
+        models = {args.preset: model}
     bar.close()
     print(json.dumps({"epochs": trainer.epoch, "best": trainer.best, "last": trainer.history[-1] if trainer.history else {}}))
     if args.ship:
-        _ship(model, args, config)
+        for preset, model in models.items():
+            _ship(model, args, config, preset)
     return 0
 
 
-def _ship(model, args, config) -> None:
+def _ship(model, args, config, preset: str | None = None) -> None:
     from ..training import ship_model
     from .evaluation import evaluate_methods, load_eval_cases
-    from .inference import PORTAL_VENOUS_WINDOW
     from .train import loss_config_for
 
+    preset = preset or args.preset
     model_metrics = {}
     if args.heldout:
         cases = load_eval_cases(args.heldout)
-        table = evaluate_methods(cases, {args.preset: model.cpu()}, "cpu")
-        model_metrics = {"heldout": str(args.heldout), "cases": len(cases), **{k: round(v, 4) for k, v in table[args.preset].items()},
+        table = evaluate_methods(cases, {preset: model.cpu()}, "cpu")
+        model_metrics = {"heldout": str(args.heldout), "cases": len(cases), **{k: round(v, 4) for k, v in table[preset].items()},
                          "classical": {k: round(v, 4) for k, v in table["classical"].items()}}
     entry = ship_model(
-        model.cpu(), METHOD, args.preset, command="vesselrecon " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        model.cpu(), METHOD, preset, command="vesselrecon " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         data=args.data_command or str(args.data), seed=args.seed, metrics=model_metrics,
-        input_spec={"channels": 1, "layout": "KJI thick-slice CT", "intensity": "HU, window W400 L100 -> [0, 1]",
-                    "window": list(PORTAL_VENOUS_WINDOW), "spacing_mm": [0.7, 0.7, 5.0],
-                    "size": "any; multiples of (4, 8, 8) after padding; paper 16x512x512"},
+        input_spec={"channels": 1, "layout": "KJI thick-slice CT",
+                    "intensity": "liver-relative: clip((v - liver median) / liver robust SD, -5, 10) / 5, -1 outside "
+                                 "the liver ROI (vesselsdf.preprocess)",
+                    "spacing_mm": "any (trained on 0.7 x 0.7 x 2.5-5 mm)",
+                    "size": "any; padded to multiples of (2, 8); paper 16x512x512"},
         extra_training={"epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch,
-                        "batch_size": config.batch_size, "crop": list(config.crop), "lr": config.lr,
-                        "optimizer": "Adam", "augmentation": "none", "loss": loss_config_for(args.preset).to_dict(),
-                        "note": "CPU-trained shipped model: far fewer epochs/steps than the paper's 100 "
-                                "whole-volume epochs, on in-plane crops of small phantoms."})
+                        "batch_size": config.batch_size, "crop": list(config.crop), "slices": config.slices,
+                        "lr": config.lr, "optimizer": "Adam", "augmentation": "in-plane flips",
+                        "loss": loss_config_for(preset).to_dict(),
+                        "data_licence": "synthetic phantoms generated by this repository (no real data used)",
+                        "note": "CPU-trained shipped model (1 thread, about 25 min wall on a shared 2-core machine): far "
+                                "fewer steps than the paper's 100 whole-volume epochs, on crops of phantoms."})
     print(f"Shipped {entry.name} ({entry.sha256[:12]}) to {entry.directory}")
 
 
@@ -85,14 +101,17 @@ def _ship(model, args, config) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("input", help="CT volume (NIfTI/NRRD/MHA file or DICOM folder), HU")
+    parser.add_argument("input", help="CT volume (NIfTI/NRRD/MHA file or DICOM folder), HU or windowed/uint8")
     parser.add_argument("--out", default="out/vesselsdf", help="output folder")
-    parser.add_argument("--roi", help="organ/ROI mask volume on the CT grid (optional)")
+    parser.add_argument("--roi", help="liver/ROI mask volume on the CT grid (optional; found automatically otherwise)")
     parser.add_argument("--reference", help="reference vessel labelmap on the CT grid: adds metrics")
     parser.add_argument("--model", default="lite", help="shipped preset or checkpoint path")
     parser.add_argument("--device", default="auto", help="auto|cuda|mps|cpu")
     parser.add_argument("--no-window", action="store_true",
-                        help="input is not in HU: normalise by percentiles instead of the W400/L100 window")
+                        help="accept input that is not in HU (windowed/uint8; detected automatically anyway)")
+    parser.add_argument("--fine-slice-mm", type=float, default=None,
+                        help="also write the vessel mask resampled to this slice spacing (mm), e.g. the original "
+                             "thin slices, as <stem>_vessels_fine.nii.gz")
     parser.add_argument("--occupancy", action="store_true", help="also write the occupancy probability")
     parser.add_argument("--factor", type=int, default=None, help="sub-slices per slice gap when meshing")
     parser.add_argument("--min-component-mm3", type=float, default=0.0,
@@ -107,6 +126,38 @@ def _write_like(array, reference_image, path: Path) -> None:
     sitk.WriteImage(image, str(path), True)
 
 
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+def input_stem(path) -> str:
+    """The input's name without its volume extension only (``a.b.nii.gz`` -> ``a.b``; folders keep their name)."""
+    name = Path(path).name or Path(path).resolve().name
+    for suffix in _VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def _write_fine_mask(recon, image, slice_mm: float, path: Path) -> None:
+    """The vessel mask interpolated (through the SDF) onto slices ``slice_mm`` apart, same in-plane grid."""
+    import SimpleITK as sitk
+
+    from ..mrml import LPS_TO_RAS, ijk_to_ras_matrix
+
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    source = LPS_TO_RAS @ ijk_to_ras_matrix(image.GetSpacing(), image.GetOrigin(), direction)
+    dz = float(image.GetSpacing()[2])
+    count = int(np.floor((image.GetSize()[2] - 1) * dz / slice_mm + 1e-6)) + 1
+    target = source.copy()
+    target[:3, 2] *= slice_mm / dz
+    mask = recon.mask_on_grid(source, target, (count, image.GetSize()[1], image.GetSize()[0]))
+    fine = sitk.GetImageFromArray(mask)
+    fine.SetOrigin(image.GetOrigin())
+    fine.SetDirection(image.GetDirection())
+    fine.SetSpacing((image.GetSpacing()[0], image.GetSpacing()[1], slice_mm))
+    sitk.WriteImage(fine, str(path), True)
+
+
 def run(args) -> int:
     import csv
 
@@ -115,78 +166,127 @@ def run(args) -> int:
     from ..volume_io import read_image
     from .logic import VesselSDFLogic
 
+    from .. import atomic
+
+    final = atomic.output_folder(args.out)
+    import SimpleITK as sitk
+
+    from .preprocess import looks_like_hu
+
     scene = runtime.new_scene()
     image = read_image(args.input)
-    name = Path(args.input).name.split(".")[0]
+    name = input_stem(args.input)
     ct = mrml.sitk_to_volume(image, name, scene=scene)
+    hounsfield = not args.no_window and looks_like_hu(sitk.GetArrayViewFromImage(image))
+    if not args.no_window and not hounsfield:
+        print(f"{args.input}: not in Hounsfield units (windowed or uint8): mapping it to HU-like values "
+              "through the liver statistics", file=sys.stderr)
     roi = mrml.sitk_to_volume(read_image(args.roi), f"{name} ROI", scene=scene, labelmap=True) if args.roi else None
     reference = (mrml.sitk_to_volume(read_image(args.reference), f"{name} reference", scene=scene, labelmap=True)
                  if args.reference else None)
     bar = TqdmProgress(f"{METHOD} {name}")
     result = VesselSDFLogic(scene).process(
-        ct, roiMask=roi, model=args.model, device=args.device, portalVenousWindow=not args.no_window,
+        ct, roiMask=roi, model=args.model, device=args.device, portalVenousWindow=hounsfield,
         createOccupancy=args.occupancy, throughPlaneFactor=args.factor or 0,
         minComponentMm3=args.min_component_mm3, referenceSegmentation=reference, progress=bar)
     bar.close()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     recon = result.reconstruction
-    meshes.save_polydata(recon.surface, out / f"{name}_vessels.vtp")
-    meshes.save_polydata(recon.surface, out / f"{name}_vessels.stl")
-    _write_like(recon.mask.astype("uint8"), image, out / f"{name}_vessels.nii.gz")
-    _write_like(recon.prediction.surface_field().astype("float32"), image, out / f"{name}_sdf.nii.gz")
-    if args.occupancy and recon.prediction.occupancy is not None:
-        _write_like(recon.prediction.occupancy.astype("float32"), image, out / f"{name}_occupancy.nii.gz")
-    with open(out / f"{name}_measurements.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["metric", "value"])
-        writer.writerows(sorted(result.metrics.items()))
-    mrml.save_scene(out / f"{name}_vesselsdf.mrb", scene)
+    for note in recon.canonical.notes if recon.canonical else []:
+        print(f"warning: {note}", file=sys.stderr)
+    spacing = recon.spacing
+    print(f"spacing used: {spacing[0]:.4g} x {spacing[1]:.4g} x {spacing[2]:.4g} mm; liver ROI: "
+          f"{recon.canonical.roi_source if recon.canonical else 'given'}", file=sys.stderr)
+    with atomic.staging(final, f"vesselsdf-{name}") as out:
+        meshes.save_polydata_lps(recon.surface, out / f"{name}_vessels.vtp")
+        meshes.save_polydata_lps(recon.surface, out / f"{name}_vessels.stl")
+        _write_like(recon.mask.astype("uint8"), image, out / f"{name}_vessels.nii.gz")
+        if args.fine_slice_mm:
+            _write_fine_mask(recon, image, args.fine_slice_mm, out / f"{name}_vessels_fine.nii.gz")
+        _write_like(recon.prediction.surface_field().astype("float32"), image, out / f"{name}_sdf.nii.gz")
+        if args.occupancy and recon.prediction.occupancy is not None:
+            _write_like(recon.prediction.occupancy.astype("float32"), image, out / f"{name}_occupancy.nii.gz")
+        with open(out / f"{name}_measurements.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["metric", "value"])
+            writer.writerows(sorted(result.metrics.items()))
+        mrml.save_scene(out / f"{name}_vesselsdf.mrb", scene)
+    out = final
     print(json.dumps({"out": str(out), **{k: round(v, 4) for k, v in result.metrics.items()}}))
     return 0
 
 
 # ------------------------------------------------------------------------------------ eval
 
-ABLATIONS = ("lite", "lite-occ", "lite-sdfonly", "lite-nogauss", "lite-unet")
+ABLATIONS = ("lite", "lite-occ", "lite-sdfonly", "lite-nogauss")
 
 
 def add_eval_arguments(parser) -> None:
-    parser.add_argument("--data", required=True, help="held-out `vesselrecon phantoms ct` folder")
+    parser.add_argument("--data", required=True,
+                        help="a `vesselrecon phantoms ct` folder, a 3D-IRCADb patient folder (PATIENT_DICOM + "
+                             "MASKS_DICOM, folders or archives), LVSD slabs (*.nii.gz) or an MSD folder")
     parser.add_argument("--models", nargs="*", default=list(ABLATIONS),
                         help="shipped presets or checkpoint paths (default: ours and the ablation variants)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N cases")
+    parser.add_argument("--keep-every", type=int, default=None,
+                        help="real CT: keep every Nth slice as the input (default 3 for 3D-IRCADb, 1 for MSD)")
+    parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                        help="LVSD: voxel spacing in mm instead of the files' 1 x 1 x 1 header")
+    parser.add_argument("--no-roi", action="store_true", help="real CT: skip the rows with the reference liver ROI")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="also write the table as JSON here")
 
 
 def _row_key(name: str) -> str:
-    """Table row of a model: ``lite`` -> ours, ``lite-occ`` -> ``occ``, a checkpoint -> its file stem."""
-    if Path(name).suffix:
-        return Path(name).stem
-    return name.split("-", 1)[1] if "-" in name else name
+    """Table row of a model: a preset keeps its name, a checkpoint -> its file stem."""
+    return Path(name).stem if Path(name).suffix else name
 
 
-def evaluate(args) -> int:
-    from ..device import resolve_device
+def _load_models(names, device) -> dict:
     from ..errors import CheckpointError
     from ..registry import load_model
-    from .evaluation import evaluate_methods, format_table, load_eval_cases
 
-    device = resolve_device(args.device)
     models = {}
-    for name in args.models:
+    for name in names:
         try:
             models[_row_key(name)] = load_model(METHOD, name, str(device))[0]
         except CheckpointError as exc:
             print(f"skipping {name}: {exc}", file=sys.stderr)
-    cases = load_eval_cases(args.data, args.limit)
-    table = evaluate_methods(cases, models, device)
-    print(f"VesselSDF on {len(cases)} held-out cases of {args.data}")
-    print(format_table(table))
+    return models
+
+
+def evaluate(args) -> int:
+    from ..device import resolve_device
+    from . import realdata
+    from .evaluation import evaluate_methods, format_table, load_eval_cases
+
+    device = resolve_device(args.device)
+    models = _load_models(args.models, device)
+    layout = realdata.detect_layout(args.data)
+    if layout == "phantom":
+        cases = load_eval_cases(args.data, args.limit)
+        table = evaluate_methods(cases, {_phantom_key(k): v for k, v in models.items()}, device)
+        print(f"VesselSDF on {len(cases)} held-out phantom cases of {args.data}")
+        print(format_table(table))
+    else:
+        if layout == "ircadb":
+            cases = realdata.read_ircadb(args.data, args.keep_every or 3)
+        elif layout == "lvsd":
+            cases = realdata.read_lvsd(args.data, tuple(args.spacing) if args.spacing else None)[:args.limit]
+        else:
+            cases = realdata.read_msd(args.data, args.keep_every or 1, args.limit)
+        table = realdata.evaluate_real(cases, models, device, with_roi=not args.no_roi)
+        spacing = np.linalg.norm(cases[0].ijk_to_ras[:3, :3], axis=0)
+        print(f"VesselSDF on {len(cases)} real {layout} case(s) of {args.data} (input spacing "
+              f"{spacing[0]:.3g} x {spacing[1]:.3g} x {spacing[2]:.3g} mm; {cases[0].notes})")
+        print(realdata.format_real_table(table))
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2))
     return 0
+
+
+def _phantom_key(name: str) -> str:
+    """Phantom table rows: ``lite`` -> ours, ``lite-occ`` -> ``occ``, checkpoints by stem."""
+    return name.split("-", 1)[1] if name.startswith(("lite-", "paper-")) else name
 
 
 # ------------------------------------------------------------------------------------ bench

@@ -19,8 +19,8 @@ import torch
 
 from ..errors import InputError
 from ..volume_io import read_volume
-from .inference import PORTAL_VENOUS_WINDOW, normalise_ct
 from .losses import signed_distance
+from .preprocess import normalise_with, roi_statistics
 
 
 @dataclass
@@ -33,9 +33,19 @@ class Case:
     spacing: tuple[float, float, float]
     ijk_to_ras: np.ndarray
     sdf: np.ndarray | None = None
+    organ: np.ndarray | None = None
 
-    def normalised(self, window=PORTAL_VENOUS_WINDOW) -> np.ndarray:
-        return normalise_ct(self.image, window)
+    def __post_init__(self):
+        roi = self.roi
+        self.stats = roi_statistics(self.image, roi)
+
+    @property
+    def roi(self) -> np.ndarray:
+        return self.organ > 0 if self.organ is not None else np.ones(self.image.shape, bool)
+
+    def normalised(self) -> np.ndarray:
+        """The network input: liver-relative normalisation with the statistics of the whole organ."""
+        return normalise_with(self.image, self.roi, *self.stats)
 
 
 def dataset_entries(root: str | Path) -> list[dict]:
@@ -69,8 +79,9 @@ def load_case(entry: dict, vessel_labels: Sequence[int] | None = None, with_sdf:
         sdf = read_volume(entry["sdf"])[0].astype(np.float32)
     elif with_sdf:
         sdf = signed_distance(mask, spacing)
+    organ = read_volume(entry["organ"])[0] > 0 if "organ" in entry else None
     return Case(Path(entry["image"]).name.split(".")[0], image.astype(np.float32), mask.astype(np.uint8),
-                spacing, matrix, sdf)
+                spacing, matrix, sdf, organ)
 
 
 def load_dataset(root: str | Path, limit: int | None = None, vessel_labels=None) -> list[Case]:
@@ -78,27 +89,50 @@ def load_dataset(root: str | Path, limit: int | None = None, vessel_labels=None)
     return [load_case(e, vessel_labels) for e in dataset_entries(root)[:limit]]
 
 
-def random_crop(case: Case, size: tuple[int, int], rng: np.random.Generator,
-                window=PORTAL_VENOUS_WINDOW) -> dict[str, np.ndarray]:
-    """An in-plane crop (all slices) of image, mask and SDF target; centred on a vessel half the time."""
-    _, nj, ni = case.image.shape
+def random_crop(case: Case, size: tuple[int, int], rng: np.random.Generator, slices: int | None = None
+                ) -> dict[str, np.ndarray]:
+    """A crop (``slices`` consecutive slices, default all) of image, mask and SDF target.
+
+    Centred on a vessel half the time. The image is normalised with the whole case's liver
+    statistics, so a crop looks exactly like the same region of the whole volume.
+    """
+    nk, nj, ni = case.image.shape
     cj, ci = min(size[0], nj), min(size[1], ni)
+    ck = min(slices or nk, nk)
     if rng.random() < 0.5 and case.label.any():
         k, j, i = np.argwhere(case.label)[rng.integers(int(case.label.sum()))]
         j0 = int(np.clip(j - cj // 2 + rng.integers(-cj // 4, cj // 4 + 1), 0, nj - cj))
         i0 = int(np.clip(i - ci // 2 + rng.integers(-ci // 4, ci // 4 + 1), 0, ni - ci))
+        k0 = int(np.clip(k - ck // 2, 0, nk - ck))
     else:
         j0, i0 = int(rng.integers(0, nj - cj + 1)), int(rng.integers(0, ni - ci + 1))
-    window_slice = (slice(None), slice(j0, j0 + cj), slice(i0, i0 + ci))
-    return {"image": normalise_ct(case.image[window_slice], window), "mask": case.label[window_slice],
+        k0 = int(rng.integers(0, nk - ck + 1))
+    window_slice = (slice(k0, k0 + ck), slice(j0, j0 + cj), slice(i0, i0 + ci))
+    image = normalise_with(case.image[window_slice], case.roi[window_slice], *case.stats)
+    return {"image": image, "mask": case.label[window_slice],
             "sdf": case.sdf[window_slice], "spacing": np.asarray(case.spacing, np.float32)}
 
 
-def batches(cases: Sequence[Case], crop: tuple[int, int], batch_size: int, steps: int, seed: int
-            ) -> Iterator[dict[str, torch.Tensor]]:
-    """``steps`` random batches of crops (tensors ``(N, 1, K, J, I)``; spacing ``(N, 3)``)."""
+def flip(crop: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random in-plane flips (the only augmentation; intensities are already liver-relative)."""
+    axes = [axis for axis in (1, 2) if rng.random() < 0.5]
+    if not axes:
+        return crop
+    return {k: np.ascontiguousarray(np.flip(v, axes)) if k != "spacing" else v for k, v in crop.items()}
+
+
+def batches(cases: Sequence[Case], crop: tuple[int, int], batch_size: int, steps: int, seed: int,
+            augment: bool = True, slices: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """``steps`` random batches of crops (tensors ``(N, 1, K, J, I)``; spacing ``(N, 3)``).
+
+    A batch holds crops of cases with the same number of slices (the first case drawn decides).
+    """
     rng = np.random.default_rng(seed)
     for _ in range(steps):
-        crops = [random_crop(cases[int(rng.integers(len(cases)))], crop, rng) for _ in range(batch_size)]
+        first = cases[int(rng.integers(len(cases)))]
+        same = [c for c in cases if c.image.shape[0] == first.image.shape[0]]
+        crops = [random_crop(same[int(rng.integers(len(same)))], crop, rng, slices) for _ in range(batch_size)]
+        if augment:
+            crops = [flip(c, rng) for c in crops]
         yield {key: torch.from_numpy(np.stack([c[key] for c in crops]))[:, None] if key != "spacing"
                else torch.from_numpy(np.stack([c[key] for c in crops])) for key in crops[0]}

@@ -1,4 +1,8 @@
-"""VesselSDF inference: CT normalisation, network prediction, through-plane SDF interpolation, meshing.
+"""VesselSDF inference: input canonicalisation, network prediction, through-plane SDF interpolation, meshing.
+
+The CT is first brought into the model's domain (:mod:`.preprocess`: HU or windowed input, liver
+ROI given or found, liver-relative normalisation); the network then runs on the ROI's bounding
+box only (batch-normalised networks give the same answer on the box as on the whole image).
 
 The SDF predicted on the thick-slice grid is interpolated (torch trilinear, on the device) to a
 finer through-plane spacing before its zero level is extracted with VTK's threaded flying edges
@@ -19,21 +23,12 @@ from .. import meshes
 from ..device import inference
 from ..progress import as_reporter
 
+from .preprocess import Canonical, canonicalise, normalise_ct  # noqa: F401  (normalise_ct re-exported)
+
 PORTAL_VENOUS_WINDOW = (400.0, 100.0)
-"""(width, level) in HU: [-100, 300] HU maps to [0, 1] (liver ~110 HU, contrast vessels ~200 HU)."""
+"""Display window (width, level) in HU of the portal-venous phase (the network no longer uses it)."""
 WINDOW_VOXELS = 512 * 512 * 32
 """Inputs above this many voxels run in sliding windows (MONAI ``sliding_window_inference``)."""
-
-
-def normalise_ct(volume: np.ndarray, window: tuple[float, float] | None = PORTAL_VENOUS_WINDOW) -> np.ndarray:
-    """Map a CT to [0, 1]: through a (width, level) HU window, or by 0.5/99.5 percentiles when None."""
-    volume = np.asarray(volume, dtype=np.float32)
-    if window is not None:
-        width, level = window
-        low = level - width / 2
-        return np.clip((volume - low) / width, 0.0, 1.0).astype(np.float32)
-    low, high = np.percentile(volume, [0.5, 99.5])
-    return np.clip((volume - low) / max(float(high - low), 1e-6), 0.0, 1.0).astype(np.float32)
 
 
 @dataclass
@@ -101,7 +96,7 @@ def predict(model, image01: np.ndarray, device: str | torch.device = "cpu", spac
     """Occupancy probability and SDF (mm) of a normalised KJI volume.
 
     :param model: a :class:`.network.VesselSDFNet` (any variant), in eval mode.
-    :param image01: normalised CT ``[k, j, i]`` in [0, 1] (:func:`normalise_ct`).
+    :param image01: normalised CT ``[k, j, i]`` (:func:`.preprocess.normalise_ct`).
     :param spacing: ``(Δx, Δy, Δz)`` mm.
     """
     device = torch.device(device)
@@ -209,31 +204,67 @@ class Reconstruction:
     fine_field: np.ndarray
     fine_ijk_to_ras: np.ndarray
     factor: int
+    canonical: Canonical | None = None
+    spacing: tuple[float, float, float] | None = None
+
+    def fine_mask(self) -> np.ndarray:
+        """Vessel mask on the refined slice grid (``fine_ijk_to_ras``): the interpolated field < 0."""
+        return (self.fine_field < 0).astype(np.uint8)
+
+    def mask_on_grid(self, ijk_to_ras: np.ndarray, ijk_to_ras_target: np.ndarray, shape) -> np.ndarray:
+        """Vessel mask resampled to any target grid (e.g. the original fine slices), from the field."""
+        return (resample_field(self.prediction.surface_field(), ijk_to_ras, ijk_to_ras_target, shape) < 0
+                ).astype(np.uint8)
+
+
+def resample_field(field: np.ndarray, ijk_to_ras: np.ndarray, target_ijk_to_ras: np.ndarray, shape) -> np.ndarray:
+    """Linear interpolation of a KJI field onto another grid (outside the source: the field's maximum).
+
+    When both grids share the in-plane axes it interpolates between slices only (fast path).
+    """
+    field = np.asarray(field, np.float32)
+    source = np.asarray(ijk_to_ras, float)
+    target = np.asarray(target_ijk_to_ras, float)
+    to_source = np.linalg.inv(source) @ target
+    outside = float(np.nanmax(field)) if field.size else 1.0
+    if np.allclose(to_source[:3, :2], np.eye(3)[:, :2], atol=1e-4) and np.allclose(to_source[:2, 2:], 0, atol=1e-4) \
+            and tuple(shape[1:]) == field.shape[1:]:
+        k = to_source[2, 2] * np.arange(shape[0]) + to_source[2, 3]
+        k0 = np.clip(np.floor(k).astype(int), 0, field.shape[0] - 1)
+        k1 = np.clip(k0 + 1, 0, field.shape[0] - 1)
+        w = np.clip(k - k0, 0.0, 1.0).astype(np.float32)[:, None, None]
+        out = (1 - w) * field[k0] + w * field[k1]
+        out[(k < -1e-3) | (k > field.shape[0] - 1 + 1e-3)] = outside
+        return out.astype(np.float32)
+    from scipy.ndimage import map_coordinates
+
+    kk, jj, ii = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    points = to_source @ np.stack([ii.ravel(), jj.ravel(), kk.ravel(), np.ones(ii.size)])
+    values = map_coordinates(field, points[2::-1], order=1, mode="constant", cval=outside)
+    return values.reshape(shape).astype(np.float32)
 
 
 def reconstruct(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: str | torch.device = "cpu",
-                window: tuple[float, float] | None = PORTAL_VENOUS_WINDOW, roi_mask: np.ndarray | None = None,
+                window=None, roi_mask: np.ndarray | None = None,
                 factor: int | None = None, min_component_mm3: float = 0.0, progress=None, cancel=None
                 ) -> Reconstruction:
     """CT volume -> occupancy, SDF, vessel mask and smooth vessel surface.
 
     :param model: a VesselSDF network in eval mode on ``device``.
-    :param volume: CT ``[k, j, i]`` in HU (or any intensity with ``window=None``).
+    :param volume: CT ``[k, j, i]`` in HU, or windowed/uint8 (detected, :mod:`.preprocess`).
     :param ijk_to_ras: the volume's geometry.
-    :param window: (width, level) HU window for normalisation; ``None`` = percentile normalisation.
-    :param roi_mask: optional organ/ROI mask ``[k, j, i]``: only its in-plane bounding box (plus a
-        margin) is processed; everything outside counts as background.
+    :param window: unused (kept for callers of earlier releases: normalisation is liver-relative).
+    :param roi_mask: optional liver/organ mask ``[k, j, i]``; found automatically when None. The
+        network runs on its in-plane bounding box (plus a margin); outside the ROI is background.
     :param factor: sub-slices per slice gap for meshing (default ``round(Δz/Δx)``).
     :param min_component_mm3: remove surface components enclosing less volume (0 keeps all).
     """
     reporter = as_reporter(progress, cancel)
-    spacing = np.linalg.norm(np.asarray(ijk_to_ras)[:3, :3], axis=0)
-    reporter(0.05, "normalising")
-    image = normalise_ct(volume, window)
-    box = roi_box(roi_mask, volume.shape) if roi_mask is not None else None
-    crop = image if box is None else image[:, box[0]:box[1], box[2]:box[3]]
+    spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(ijk_to_ras)[:3, :3], axis=0))
+    reporter(0.02, "liver ROI and normalisation")
+    canonical = canonicalise(volume, ijk_to_ras, roi_mask)
     reporter(0.15, "network")
-    prediction = _uncrop(predict(model, crop, device, spacing), box, volume.shape)
+    prediction = predict_in_roi(model, canonical, device, spacing)
     reporter(0.6, "interpolating the SDF through the slice gaps")
     factor = through_plane_factor(spacing, factor)
     field = prediction.surface_field()
@@ -242,7 +273,29 @@ def reconstruct(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: str |
     reporter(0.75, "meshing the zero level")
     surface = mesh_zero_level(fine, fine_matrix, min_component_mm3)
     reporter(1.0, "done")
-    return Reconstruction(prediction, prediction.mask(), surface, fine, fine_matrix, factor)
+    return Reconstruction(prediction, prediction.mask(), surface, fine, fine_matrix, factor, canonical, spacing)
+
+
+def predict_in_roi(model, canonical: Canonical, device, spacing) -> Prediction:
+    """The network on the ROI's bounding box of the normalised CT; background outside the ROI."""
+    image = canonical.normalised()
+    box = roi_box(canonical.roi, image.shape)
+    crop = image if box is None else image[:, box[0]:box[1], box[2]:box[3]]
+    prediction = _uncrop(predict(model, crop, device, spacing), box, image.shape)
+    return _outside_is_background(prediction, canonical.roi, model)
+
+
+def _outside_is_background(prediction: Prediction, roi: np.ndarray, model) -> Prediction:
+    """Occupancy 0 and SDF at least the bound outside the (2-pixel dilated) ROI."""
+    from scipy.ndimage import binary_dilation
+
+    keep = binary_dilation(roi, np.ones((1, 5, 5), bool))
+    occupancy = None if prediction.occupancy is None else np.where(keep, prediction.occupancy, 0.0).astype(np.float32)
+    sdf = prediction.sdf
+    if sdf is not None:
+        bound = float(getattr(model, "sdf_bound_mm", 6.0))
+        sdf = np.where(keep, sdf, np.maximum(sdf, bound)).astype(np.float32)
+    return Prediction(occupancy=occupancy, sdf=sdf)
 
 
 def roi_box(mask: np.ndarray, shape, margin: int = 8) -> tuple[int, int, int, int] | None:

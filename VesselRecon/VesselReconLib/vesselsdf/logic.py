@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import meshes, metrics, mrml
 from ..errors import InputError, check_image
-from ..logic_base import VesselReconLogic
+from ..logic_base import MODEL, SEGMENTATION, TABLE, VOLUME, VesselReconLogic
 from ..progress import as_reporter
 from .inference import PORTAL_VENOUS_WINDOW, Reconstruction, reconstruct
 
@@ -90,8 +90,11 @@ class VesselSDFLogic(VesselReconLogic):
 
         :param volume: CT ``[k, j, i]`` (HU when ``portalVenousWindow``).
         :param ijk_to_ras: its geometry.
-        :param roi: optional organ/ROI mask ``[k, j, i]``.
-        :param portalVenousWindow: normalise with the W400/L100 HU window (else percentiles).
+        :param roi: optional liver/organ mask ``[k, j, i]``; found automatically when None
+            (:func:`.preprocess.auto_liver_roi`, classical).
+        :param portalVenousWindow: the input is HU (refused when it clearly is not); False accepts
+            windowed/uint8 input. Either way the network sees the liver-relative normalisation of
+            :mod:`.preprocess` (windowed input is mapped to HU-like values first).
         :param throughPlaneFactor: sub-slices per slice gap for meshing (0: round(Δz/Δx)).
         """
         net, _ = self.model(model, device)
@@ -115,7 +118,8 @@ class VesselSDFLogic(VesselReconLogic):
         :param outputTable: table node for the measurements.
         :param model: shipped preset (``lite``) or a checkpoint path.
         :param device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-        :param portalVenousWindow: normalise the CT with the W400/L100 HU window (else percentiles).
+        :param portalVenousWindow: the input is HU (refused when it clearly is not); False accepts
+            windowed/uint8 input (mapped to HU-like values, liver median 110 HU).
         :param createOccupancy: also output the stage-1 occupancy probability.
         :param throughPlaneFactor: sub-slices per slice gap for meshing (0: round(Δz/Δx)).
         :param minComponentMm3: drop surface components enclosing less volume (mm³; 0 keeps all).
@@ -127,7 +131,11 @@ class VesselSDFLogic(VesselReconLogic):
         :raises InputError: bad input or checkpoint, before any scene change.
         """
         reporter = as_reporter(progress, cancel)
+        self.check_outputs(outputModel=(outputModel, MODEL), outputSegmentation=(outputSegmentation, SEGMENTATION),
+                           outputSdfVolume=(outputSdfVolume, VOLUME), outputOccupancyVolume=(outputOccupancyVolume, VOLUME),
+                           outputTable=(outputTable, TABLE))
         volume, ijk_to_ras = self._read_input(inputVolume)
+        check_ct_parameters(volume, ijk_to_ras, portalVenousWindow, throughPlaneFactor, minComponentMm3)
         roi = self._mask_array(roiMask, inputVolume, volume.shape)
         reference = self._reference_array(referenceSegmentation, inputVolume, volume.shape)
         self.model(model, device)
@@ -139,9 +147,10 @@ class VesselSDFLogic(VesselReconLogic):
         values = self.measure(recon)
         if reference is not None:
             values.update(self.compare(recon, reference, ijk_to_ras))
-        result = self._write_outputs(recon, ijk_to_ras, name, inputVolume, values, outputModel, outputSegmentation,
-                                     outputSdfVolume, outputOccupancyVolume if createOccupancy or outputOccupancyVolume
-                                     else False, outputTable)
+        with self.writing(reporter):
+            result = self._write_outputs(recon, ijk_to_ras, name, inputVolume, values, outputModel, outputSegmentation,
+                                         outputSdfVolume, outputOccupancyVolume if createOccupancy or outputOccupancyVolume
+                                         else False, outputTable)
         reporter(1.0, "done")
         return result
 
@@ -178,19 +187,28 @@ class VesselSDFLogic(VesselReconLogic):
     def measure(recon: Reconstruction) -> dict[str, float]:
         """Vessel volume (mm³), surface area (mm²) and connected-component count of the surface."""
         surface = recon.surface
+        spacing = {f"spacing_{axis}_mm": float(v) for axis, v in zip("xyz", recon.spacing or ())}
         if surface.GetNumberOfPoints() == 0:
-            return {"vessel_volume_mm3": 0.0, "surface_area_mm2": 0.0, "components": 0.0}
+            return {"vessel_volume_mm3": 0.0, "surface_area_mm2": 0.0, "components": 0.0, **spacing}
         area, volume = meshes.surface_area_and_volume(surface)
         return {"vessel_volume_mm3": volume, "surface_area_mm2": area,
-                "components": float(len(meshes.component_sizes(surface)))}
+                "components": float(len(meshes.component_sizes(surface))), **spacing}
 
     @staticmethod
     def compare(recon: Reconstruction, reference: np.ndarray, ijk_to_ras: np.ndarray,
                 reference_surface=None) -> dict[str, float]:
-        """Dice, IoU, Jaccard distance vs a reference mask; Chamfer ×100 / Hausdorff vs its surface."""
+        """Dice, IoU, Jaccard distance vs a reference mask; Chamfer ×100 / Hausdorff vs its surface.
+
+        A reference labelled on a few slices only (at most a fifth, e.g. one middle slice) is scored
+        on those slices:
+        Dice, IoU, Jaccard distance, and in-plane Chamfer and HD95 (mm) of the mask outlines.
+        """
         from .evaluation import surface_metrics
         from .inference import mesh_zero_level, refine_through_plane, refined_geometry
 
+        labelled = np.asarray(reference).any(axis=(1, 2))
+        if reference_surface is None and 0 < labelled.sum() <= max(1, len(labelled) // 5):
+            return labelled_slice_scores(recon.mask, reference, labelled, ijk_to_ras)
         report = metrics.segmentation_report(recon.mask, reference)
         if reference_surface is None and np.any(reference):
             field = 0.5 - refine_through_plane(reference.astype(np.float32), recon.factor).numpy()
@@ -277,11 +295,45 @@ class VesselSDFLogic(VesselReconLogic):
                                referenceModel=reference_model)
 
 
+def labelled_slice_scores(mask: np.ndarray, reference: np.ndarray, labelled: np.ndarray, ijk_to_ras) -> dict:
+    """Scores of a prediction on the slices where the reference has labels."""
+    from .realdata import surface_distances
+
+    pred, ref = np.asarray(mask)[labelled] > 0, np.asarray(reference)[labelled] > 0
+    report = metrics.segmentation_report(pred, ref)
+    spacing = mrml.spacing_of(ijk_to_ras)
+    chamfer, hd95 = surface_distances(pred, ref, (1e6, spacing[1], spacing[0]))
+    return {"dice": report["dice"], "iou": report["iou"], "jaccard_distance": report["jaccard_distance"],
+            "chamfer_mm": chamfer, "hd95_mm": hd95, "labelled_slices": float(labelled.sum())}
+
+
+def check_ct_parameters(volume: np.ndarray, ijk_to_ras: np.ndarray, hounsfield: bool, factor, min_component) -> None:
+    """VesselSDF's own input checks: slice count and in-plane size, HU range, the through-plane
+    factor (bounded by memory) and the component size; each refusal an :class:`InputError`."""
+    from ..errors import check_hounsfield, check_number, check_voxel_budget
+    from .inference import through_plane_factor
+
+    if volume.shape[0] < 3 or min(volume.shape[1:]) < 16:
+        raise InputError(f"The CT is {volume.shape[0]} x {volume.shape[1]} x {volume.shape[2]} voxels; VesselSDF needs "
+                         "at least 3 slices of at least 16 x 16 pixels: select the whole thick-slice series.")
+    if hounsfield:
+        check_hounsfield(volume, "The input CT", "If it is windowed or scaled, turn the portal-venous HU window off "
+                         "(portalVenousWindow=False, CLI --no-window).")
+    check_number(factor, "throughPlaneFactor", 0, 64, integer=True, hint="Use 0 (automatic: slice gap / pixel size).")
+    check_number(min_component, "minComponentMm3", 0, hint="Use 0 to keep every piece.")
+    refined = ((volume.shape[0] - 1) * through_plane_factor(mrml.spacing_of(ijk_to_ras), int(factor) or None) + 1,
+               *volume.shape[1:])
+    check_voxel_budget(refined, "Meshing at this throughPlaneFactor",
+                       hint="Lower throughPlaneFactor (0 picks slice gap / pixel size) or crop the CT.")
+
+
 def metric_rows(values: dict[str, float]) -> list[dict]:
     """Measurement dict -> table rows (metric, value, unit)."""
     units = {"vessel_volume_mm3": ("Vessel volume", "mm3"), "surface_area_mm2": ("Surface area", "mm2"),
              "components": ("Connected components", ""), "dice": ("Dice", ""), "iou": ("IoU", ""),
              "jaccard_distance": ("Jaccard distance", ""), "cd_x100": ("Chamfer distance x100", "% of diagonal"),
-             "chamfer_mm": ("Chamfer distance", "mm"), "hausdorff_mm": ("Hausdorff distance", "mm")}
+             "chamfer_mm": ("Chamfer distance", "mm"), "hausdorff_mm": ("Hausdorff distance", "mm"),
+             "hd95_mm": ("HD95", "mm"), "labelled_slices": ("Labelled slices scored", ""),
+             "spacing_x_mm": ("Spacing x", "mm"), "spacing_y_mm": ("Spacing y", "mm"), "spacing_z_mm": ("Spacing z", "mm")}
     return [{"Metric": units.get(k, (k, ""))[0], "Value": float(v), "Unit": units.get(k, (k, ""))[1]}
             for k, v in values.items()]

@@ -1,84 +1,78 @@
-"""VesselSDF networks: occupancy attention U-Net + two-level SDF refiner U-Net (MONAI blocks).
+"""VesselSDF networks: occupancy U-Net + SDF refiner U-Net conditioned on the image and the occupancy.
 
-Tensor layout is ``(N, C, K, J, I)`` = ``(batch, channel, z, y, x)`` (KJI volumes). The first
-encoder level only downsamples in-plane (stride ``(1, 2, 2)``) because thick-slice CT has far
-fewer slices than in-plane pixels (16 vs 512).
+Tensor layout is ``(N, C, K, J, I)`` = ``(batch, channel, z, y, x)`` (KJI volumes). Both stages are
+MONAI ``UNet`` networks with residual units, **batch normalisation** (at inference it uses the running
+statistics, so the output of a voxel does not depend on how much of the image the network sees:
+whole slice, liver box or sliding-window patch give the same answer) and a **strided first level**
+(stride ``(1, 2, 2)``: the only full-resolution layers are the first strided convolution and a
+4-channel output head), because thick-slice CT has 16 slices of 512 x 512 pixels.
 
 Presets (``build_model(preset)``): ``"<size>"`` or ``"<size>-<variant>"`` with size ``lite`` or
 ``paper`` and variant
 
-* ``full`` (default): occupancy stage + SDF refiner on the detached occupancy probabilities;
+* ``full`` (default): occupancy stage; the refiner regresses the SDF directly,
+  ``f = B·tanh(R([image, p, d₀/T]))``, from the image, the detached occupancy probability ``p`` and
+  ``d₀``, the exact signed Euclidean distance of ``p > 0.5`` (scipy's EDT on the anisotropic grid,
+  truncated to ``T`` = 5 mm), as the paper's refinement network conditioned on both;
 * ``occ``: occupancy stage only (ablation "occupancy only");
-* ``sdfonly``: the refiner on the CT directly, no occupancy stage (ablation "SDF only");
+* ``sdfonly``: the refiner on the CT alone, no occupancy stage, **capacity-matched**: its U-Net is
+  widened so it has as many parameters as the full model (ablation "SDF only");
 * ``nogauss``: the full network trained without the Gaussian loss (a loss setting, see
   :data:`VARIANT_LOSS`; architecture identical to ``full``);
-* ``unet``: a plain MONAI 3D U-Net predicting occupancy (baseline; ``paper-unet`` is the
-  19.2 M-parameter MONAI UNet ``(32, 64, 128, 256, 512)`` with two residual units per level).
+* ``unet``: a plain MONAI 3D U-Net predicting occupancy (speed baseline of ``vesselrecon bench``;
+  ``paper-unet`` is the 19.2 M-parameter MONAI UNet ``(32, 64, 128, 256, 512)``).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from monai.networks.nets import AttentionUnet, UNet
+from monai.networks.nets import UNet
 from torch import nn
 
 VARIANTS = ("full", "occ", "sdfonly", "nogauss", "unet")
 VARIANT_LOSS = {"nogauss": {"lambda_gauss": 0.0}}
 """Loss overrides implied by a variant (see :class:`..losses.LossConfig`)."""
-OCCUPANCY_PRIOR = -4.6
-"""Constant added to the occupancy logits: sigmoid(-4.6) = 1 %, about the vessel fraction of a liver
-CT, so training starts from the class prior instead of 50 % (as RetinaNet's prior bias)."""
-SDF_PRIOR = 0.8
-"""Constant start of the ``sdfonly`` head on the CT: ``B·tanh(0.8)`` ≈ 4 mm ("background")."""
+OCCUPANCY_PRIOR = -3.0
+"""Constant added to the occupancy logits: sigmoid(-3) = 5 %, about the vessel fraction inside a
+liver, so training starts from the class prior instead of 50 % (as RetinaNet's prior bias)."""
 TRUNCATION_MM = 5.0
-"""Band of the occupancy distance start (and of the training target, see ``LossConfig``)."""
+"""Truncation of the occupancy distance input (and of the training target, see ``LossConfig``)."""
+HEAD_CHANNELS = 4
+"""Channels of the full-resolution output head of every U-Net."""
 
 
 def occupancy_distance(prob: torch.Tensor, spacing, truncation_mm: float = TRUNCATION_MM) -> torch.Tensor:
-    """Truncated signed distance (mm) of the ``prob > 0.5`` region, by iterated max-pooling.
+    """Exact truncated signed distance (mm, negative inside) of the ``prob > 0.5`` region.
 
-    In-plane it is the chessboard distance in steps of the pixel size (one 3x3 dilation per step,
-    cheap on any device); through-plane one extra step of ``Δz`` to the neighbouring slices. Values
-    are ``±(d − Δx/2)`` like :func:`.losses.signed_distance`, clamped to ``±truncation_mm``.
+    scipy's Euclidean distance transform on the anisotropic grid (per batch item, on the CPU),
+    ``±(d − min spacing / 2)`` like :func:`.losses.signed_distance`, clamped to ``±truncation_mm``.
 
     :param prob: ``(N, 1, K, J, I)`` occupancy probabilities.
     :param spacing: ``(Δx, Δy, Δz)`` mm (one triple for the batch).
     """
-    dx, dz = float(spacing[0]), float(spacing[2])
-    steps = max(1, int(math.ceil(truncation_mm / dx)))
-    inside = prob > 0.5
+    from .losses import signed_distance
 
-    def distance_to(region: torch.Tensor) -> torch.Tensor:
-        grown = region.float()
-        dist = torch.where(region, 0.0, truncation_mm + dx).to(prob.dtype)
-        for step in range(1, steps + 1):
-            grown = F.max_pool3d(grown, (1, 3, 3), stride=1, padding=(0, 1, 1))
-            dist = torch.where((grown > 0) & (dist > step * dx), step * dx, dist)
-        if dist.shape[2] > 1:
-            padded = F.pad(dist, (0, 0, 0, 0, 1, 1), value=truncation_mm + dx)
-            dist = torch.minimum(dist, dz + torch.minimum(padded[:, :, :-2], padded[:, :, 2:]))
-        return dist
-
-    outside = distance_to(inside) - dx / 2
-    depth = distance_to(~inside) - dx / 2
-    return torch.where(inside, -depth, outside).clamp(-truncation_mm, truncation_mm)
+    inside = (prob.detach() > 0.5).cpu().numpy()
+    fields = [signed_distance(item[0], spacing, far_mm=truncation_mm) for item in inside]
+    out = torch.from_numpy(np.stack(fields)[:, None]).to(prob.device, prob.dtype)
+    return out.clamp(-truncation_mm, truncation_mm)
 
 
 @dataclass(frozen=True)
 class Size:
     occupancy_channels: tuple[int, ...]
-    refiner_channels: tuple[int, int, int]
+    refiner_channels: tuple[int, ...]
+    sdfonly_channels: tuple[int, ...]
     unet_channels: tuple[int, ...]
-    unet_res_units: int
+    res_units: int
 
 
 SIZES = {
-    "lite": Size((8, 16, 32, 64), (8, 16, 32), (8, 16, 32, 64), 1),
-    "paper": Size((32, 64, 128, 256, 512), (16, 32, 64), (32, 64, 128, 256, 512), 2),
+    "lite": Size((8, 16, 32, 64), (8, 16, 32), (9, 18, 36, 70), (8, 16, 32, 64), 1),
+    "paper": Size((32, 64, 128, 256, 512), (16, 32, 64), (32, 64, 128, 256, 520), (32, 64, 128, 256, 512), 2),
 }
 
 
@@ -93,35 +87,37 @@ def parse_preset(preset: str) -> tuple[str, str]:
 
 
 def _strides(levels: int) -> list:
-    """In-plane-only first stride, isotropic after (thick slices: 16 slices, 512 pixels)."""
-    return [(1, 2, 2)] + [2] * (levels - 2)
+    """In-plane-only strides for the first two levels (thick slices: 16 slices, 512 pixels), then isotropic."""
+    return [(1, 2, 2)] * min(2, levels - 1) + [2] * max(levels - 3, 0)
 
 
-def occupancy_net(channels: tuple[int, ...], in_channels: int = 1) -> nn.Module:
-    """Oktay-style attention U-Net (MONAI ``AttentionUnet``) giving one occupancy logit per voxel."""
-    return AttentionUnet(spatial_dims=3, in_channels=in_channels, out_channels=1, channels=channels,
-                         strides=_strides(len(channels)))
+class HeadUNet(nn.Sequential):
+    """MONAI ``UNet`` (batch norm, residual units) with a ``HEAD_CHANNELS`` output and a 1x1x1 projection."""
+
+    def __init__(self, channels: tuple[int, ...], in_channels: int = 1, res_units: int = 1):
+        unet = UNet(spatial_dims=3, in_channels=in_channels, out_channels=HEAD_CHANNELS, channels=channels,
+                    strides=_strides(len(channels)), num_res_units=res_units, norm="batch")
+        super().__init__(unet, nn.Conv3d(HEAD_CHANNELS, 1, 1))
+        self.levels = len(channels)
 
 
-def refiner_net(channels: tuple[int, int, int], in_channels: int = 1) -> nn.Module:
-    """Light 3D U-Net with two encoder-decoder levels (MONAI ``UNet``) regressing the SDF.
+def occupancy_net(channels: tuple[int, ...], in_channels: int = 1, res_units: int = 1) -> nn.Module:
+    """U-Net giving one occupancy logit per voxel."""
+    return HeadUNet(channels, in_channels, res_units)
 
-    Without residual units, so the output layer is a plain (transposed) convolution: MONAI puts an
-    instance norm on the single output channel otherwise, which removes the offset a distance
-    regression needs.
-    """
-    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=1, channels=channels,
-                strides=_strides(len(channels)), num_res_units=0)
+
+def refiner_net(channels: tuple[int, ...], in_channels: int = 3, res_units: int = 1) -> nn.Module:
+    """U-Net regressing the raw SDF (``B·tanh`` of it is the SDF in mm)."""
+    return HeadUNet(channels, in_channels, res_units)
 
 
 class VesselSDFNet(nn.Module):
     """Occupancy stage and/or SDF refiner; ``forward`` returns ``{"occupancy": logits, "sdf": mm}``.
 
-    Missing outputs of an ablation variant are ``None``. The refiner of the full model sees the
-    occupancy probabilities *detached*, so the SDF losses do not flow into the occupancy stage, and
-    refines a start field: ``f = f₀ + R·tanh(refiner(p))`` with ``f₀`` the truncated distance of
-    ``p > 0.5`` (:func:`occupancy_distance`) and ``R = sdf_bound_mm`` (a zero-initialised last
-    layer makes ``f = f₀`` at the start). ``sdfonly`` regresses ``f = B·tanh(refiner(CT) + 0.8)``.
+    Missing outputs of an ablation variant are ``None``. The refiner of the full model sees the image,
+    the occupancy probability *detached* (the SDF losses do not flow into the occupancy stage) and
+    its exact truncated distance (:func:`occupancy_distance`), and regresses the SDF
+    ``f = B·tanh(refiner(...))`` directly. ``sdfonly`` regresses ``f = B·tanh(refiner(CT))``.
 
     :param size: ``lite`` or ``paper``.
     :param variant: one of :data:`VARIANTS`.
@@ -140,36 +136,57 @@ class VesselSDFNet(nn.Module):
         self.refiner = None
         if variant == "unet":
             self.occupancy = UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=spec.unet_channels,
-                                  strides=_strides(len(spec.unet_channels)), num_res_units=spec.unet_res_units)
+                                  strides=_strides(len(spec.unet_channels)), num_res_units=spec.res_units,
+                                  norm="batch")
         elif variant != "sdfonly":
-            self.occupancy = occupancy_net(spec.occupancy_channels)
-        if variant in ("full", "nogauss", "sdfonly"):
-            self.refiner = refiner_net(spec.refiner_channels)
-            if variant != "sdfonly":
-                last = [m for m in self.refiner.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))][-1]
-                nn.init.zeros_(last.weight)
-                nn.init.zeros_(last.bias)
+            self.occupancy = occupancy_net(spec.occupancy_channels, res_units=spec.res_units)
+        if variant in ("full", "nogauss"):
+            self.refiner = refiner_net(spec.refiner_channels, 3, spec.res_units)
+        elif variant == "sdfonly":
+            self.refiner = refiner_net(spec.sdfonly_channels, 1, spec.res_units)
 
     @property
     def has_sdf(self) -> bool:
         return self.refiner is not None
 
+    def freeze_occupancy(self, state: dict) -> None:
+        """Load the occupancy stage from a full model's state dict and keep it fixed (eval mode, no grad)."""
+        prefix = "occupancy."
+        self.occupancy.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        for parameter in self.occupancy.parameters():
+            parameter.requires_grad_(False)
+        self._frozen_occupancy = True
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "_frozen_occupancy", False):
+            self.occupancy.eval()
+        return self
+
     @property
     def divisor(self) -> tuple[int, int]:
         """Input sizes must be multiples of ``(slices, in-plane)``."""
-        levels = max(len(SIZES[self.size].occupancy_channels), len(SIZES[self.size].unet_channels))
-        return 2 ** (levels - 2), 2 ** (levels - 1)
+        spec = SIZES[self.size]
+        levels = max(len(c) for c in (spec.occupancy_channels, spec.unet_channels, spec.sdfonly_channels))
+        strides = _strides(levels)
+        slices = int(np.prod([s if isinstance(s, int) else s[0] for s in strides]))
+        plane = int(np.prod([s if isinstance(s, int) else s[1] for s in strides]))
+        return slices, plane
+
+    def refine(self, image: torch.Tensor, prob: torch.Tensor, spacing) -> torch.Tensor:
+        """The refiner's SDF (mm) from the image and a (detached) occupancy probability."""
+        start = occupancy_distance(prob.float(), spacing or self.default_spacing)
+        inputs = torch.cat([image, prob.to(image.dtype), (start / TRUNCATION_MM).to(image.dtype)], dim=1)
+        return self.sdf_bound_mm * torch.tanh(self.refiner(inputs))
 
     def forward(self, image: torch.Tensor, spacing=None) -> dict[str, torch.Tensor | None]:
         """``image`` ``(N, 1, K, J, I)`` normalised CT; ``spacing`` ``(Δx, Δy, Δz)`` mm of the batch."""
         logits = self.occupancy(image) + OCCUPANCY_PRIOR if self.occupancy is not None else None
         sdf = None
         if self.refiner is not None and logits is None:
-            sdf = torch.tanh(self.refiner(image) + SDF_PRIOR) * self.sdf_bound_mm
+            sdf = torch.tanh(self.refiner(image)) * self.sdf_bound_mm
         elif self.refiner is not None:
-            prob = torch.sigmoid(logits).detach()
-            start = occupancy_distance(prob.float(), spacing or self.default_spacing)
-            sdf = start + self.sdf_bound_mm * torch.tanh(self.refiner(prob))
+            sdf = self.refine(image, torch.sigmoid(logits).detach(), spacing)
         return {"occupancy": logits, "sdf": sdf}
 
 

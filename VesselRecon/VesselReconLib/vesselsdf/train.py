@@ -1,4 +1,11 @@
-"""Joint training of both VesselSDF stages (Adam, lr 5e-4, no augmentation) with the shared Trainer."""
+"""Training of VesselSDF (Adam, lr 5e-4, in-plane flips) with the shared Trainer.
+
+``train_model`` trains one preset. ``train_with_ablations`` trains, in one run on the same batches,
+the full model together with the paper's ablations: the occupancy stage is shared (the refiner sees
+it detached, so it is trained exactly as an occupancy-only network would be), a second refiner is
+trained without the Gaussian term (``nogauss``) and a capacity-matched ``sdfonly`` network on the
+CT alone. The ``occ`` ablation is the full model's occupancy stage on its own.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from .. import metrics
 from ..device import resolve_device
@@ -15,7 +23,7 @@ from ..training import Trainer, seed_everything
 from .data import Case, batches, load_dataset
 from .inference import predict
 from .losses import LossConfig, vesselsdf_loss
-from .network import VARIANT_LOSS, build_model, parse_preset
+from .network import VARIANT_LOSS, VesselSDFNet, build_model, parse_preset
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +32,25 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """What ``vesselrecon train vesselsdf`` runs (paper: 100 epochs of whole volumes, lr 5e-4).
 
-    :param crop: in-plane crop ``(rows, columns)``; all slices are always used.
+    :param crop: in-plane crop ``(rows, columns)``.
+    :param slices: consecutive slices per crop (None: all).
     :param steps_per_epoch: batches per epoch (crops are drawn at random from the training cases).
     :param val_cases: the last cases of the folder held out for per-epoch validation (Dice).
+    :param occupancy_from: checkpoint of a full model whose occupancy stage is loaded and frozen
+        (trains only the refiner: how the ``nogauss`` ablation shares the full model's first stage).
     """
 
     preset: str = "lite"
     epochs: int = 100
     steps_per_epoch: int = 20
-    batch_size: int = 2
+    batch_size: int = 4
     crop: tuple[int, int] = (64, 64)
+    slices: int | None = 8
     lr: float = 5e-4
     seed: int = 0
     val_cases: int = 2
     device: str = "auto"
+    occupancy_from: str | None = None
     loss: LossConfig = field(default_factory=LossConfig)
 
 
@@ -58,11 +71,19 @@ def make_loss_fn(loss_config: LossConfig, device: torch.device):
     return loss_fn
 
 
-def validation_dice(cases: list[Case], device: torch.device):
+def validation_dice(cases: list[Case], device: torch.device, pick=lambda model: model):
     def validate(model) -> dict:
-        return {"dice": float(np.mean([metrics.dice(predict(model, c.normalised(), device, c.spacing).mask(), c.label)
+        net = pick(model)
+        return {"dice": float(np.mean([metrics.dice(predict(net, c.normalised(), device, c.spacing).mask(), c.label)
                                        for c in cases]))}
     return validate
+
+
+def _split(data_dir, config: TrainConfig) -> tuple[list[Case], list[Case]]:
+    cases = load_dataset(data_dir)
+    if len(cases) <= config.val_cases:
+        raise ValueError(f"{data_dir} has {len(cases)} cases; need more than --val-cases={config.val_cases}.")
+    return cases[:len(cases) - config.val_cases], cases[len(cases) - config.val_cases:]
 
 
 def train_model(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, progress=None, cancel=None,
@@ -73,20 +94,81 @@ def train_model(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, 
     """
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    cases = load_dataset(data_dir)
-    if len(cases) <= config.val_cases:
-        raise ValueError(f"{data_dir} has {len(cases)} cases; need more than --val-cases={config.val_cases}.")
-    train_cases, val_cases = cases[:len(cases) - config.val_cases], cases[len(cases) - config.val_cases:]
+    train_cases, val_cases = _split(data_dir, config)
     model = build_model(config.preset).to(device)
+    if config.occupancy_from:
+        from ..registry import read_checkpoint
+
+        model.freeze_occupancy(read_checkpoint(config.occupancy_from)[0])
     loss_config = loss_config_for(config.preset, config.loss)
-    trainer = Trainer(model=model, optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainer = Trainer(model=model, optimizer=torch.optim.Adam(trainable, lr=config.lr),
                       loss_fn=make_loss_fn(loss_config, device), out_dir=Path(out_dir), device=device,
                       monitor="val_dice" if val_cases else "loss", mode="max" if val_cases else "min")
     if resume:
         trainer.resume()
     trainer.fit(lambda epoch: batches(train_cases, config.crop, config.batch_size, config.steps_per_epoch,
-                                      config.seed * 100003 + epoch),
+                                      config.seed * 100003 + epoch, slices=config.slices),
                 config.epochs, validate=validation_dice(val_cases, device) if val_cases else None,
                 batches_per_epoch=config.steps_per_epoch, progress=progress, cancel=cancel)
     trainer.load_best()
     return model.eval(), trainer
+
+
+class AblationSet(nn.Module):
+    """The full model, a second refiner trained without the Gaussian term, and the SDF-only network."""
+
+    def __init__(self, size: str = "lite"):
+        super().__init__()
+        self.full = build_model(size)
+        self.nogauss = build_model(f"{size}-nogauss")
+        self.nogauss.occupancy = None  # shares the full model's occupancy stage
+        self.sdfonly = build_model(f"{size}-sdfonly")
+
+    def networks(self) -> dict[str, VesselSDFNet]:
+        """Stand-alone networks per preset variant (sharing weights with this module)."""
+        size = self.full.size
+        nogauss = build_model(f"{size}-nogauss")
+        nogauss.occupancy, nogauss.refiner = self.full.occupancy, self.nogauss.refiner
+        occ = build_model(f"{size}-occ")
+        occ.occupancy = self.full.occupancy
+        return {size: self.full, f"{size}-occ": occ, f"{size}-nogauss": nogauss, f"{size}-sdfonly": self.sdfonly}
+
+
+def ablation_loss_fn(loss_config: LossConfig, device: torch.device):
+    nogauss_config = LossConfig(**{**loss_config.to_dict(), "lambda_gauss": 0.0})
+
+    def loss_fn(model: AblationSet, batch):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        spacing = tuple(float(v) for v in batch["spacing"][0])
+        image, mask, sdf = batch["image"], batch["mask"], batch["sdf"]
+        full = model.full(image, spacing)
+        total, _ = vesselsdf_loss(full, mask, sdf, batch["spacing"], loss_config)
+        prob = torch.sigmoid(full["occupancy"]).detach()
+        no_gauss = {"occupancy": None, "sdf": model.nogauss.refine(image, prob, spacing)}
+        total = total + vesselsdf_loss(no_gauss, mask, sdf, batch["spacing"], nogauss_config)[0]
+        total = total + vesselsdf_loss(model.sdfonly(image, spacing), mask, sdf, batch["spacing"], loss_config)[0]
+        return total
+    return loss_fn
+
+
+def train_with_ablations(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, progress=None,
+                         cancel=None, resume: bool = True) -> tuple[dict[str, VesselSDFNet], Trainer]:
+    """Train the full model and its ablations together (module docs); returns networks per preset."""
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    train_cases, val_cases = _split(data_dir, config)
+    size, _ = parse_preset(config.preset)
+    model = AblationSet(size).to(device)
+    trainer = Trainer(model=model, optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
+                      loss_fn=ablation_loss_fn(loss_config_for(config.preset, config.loss), device),
+                      out_dir=Path(out_dir), device=device,
+                      monitor="val_dice" if val_cases else "loss", mode="max" if val_cases else "min")
+    if resume:
+        trainer.resume()
+    trainer.fit(lambda epoch: batches(train_cases, config.crop, config.batch_size, config.steps_per_epoch,
+                                      config.seed * 100003 + epoch, slices=config.slices),
+                config.epochs, validate=validation_dice(val_cases, device, lambda m: m.full) if val_cases else None,
+                batches_per_epoch=config.steps_per_epoch, progress=progress, cancel=cancel)
+    trainer.load_best()
+    return {name: net.eval() for name, net in model.eval().networks().items()}, trainer

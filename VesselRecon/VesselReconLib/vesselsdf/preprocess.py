@@ -1,0 +1,231 @@
+"""Bringing a CT into the model's domain: HU detection, liver ROI, liver-relative normalisation, checks.
+
+The network never sees raw HU. It sees ``z = (v − m) / s`` where ``m`` and ``s`` are the median and
+the robust standard deviation (1.4826 · MAD) of the CT *inside the liver ROI*, clipped to
+``[−5, 10]`` and divided by 5, with everything outside the ROI set to −1
+(:func:`normalise_ct`). The statistics come from the whole ROI, never from the crop or window the
+network runs on, so the answer does not depend on the crop; and they make the input independent
+of the display window, of uint8 conversion and of the contrast level: on real CT the portal-venous
+vessels sit 1-3 parenchyma standard deviations above the parenchyma (3D-IRCADb-01 1.7: 120 vs 144
+HU with s = 13 HU; LVSD uint8 slabs: 75 vs 170 with s = 38), whatever the units.
+
+When no ROI is given, :func:`auto_liver_roi` finds one *classically* (no learning): for input that
+is already liver-masked (a large share of voxels at the minimum value, like the LVSD slabs) the ROI
+is the non-background part; otherwise the largest soft-tissue component (60-200 HU after
+smoothing, 90-200 HU, separated from its neighbours by a 10 mm opening) on the patient's right side,
+hole-filled per slice and closed (:func:`auto_liver_roi`; Dice 0.82 against the reference liver of
+3D-IRCADb-01 1.7).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+Z_CLIP = (-5.0, 10.0)
+Z_SCALE = 5.0
+OUTSIDE = -1.0
+"""Network input outside the ROI (= the lowest in-ROI value)."""
+MIN_SLICES = 2
+MIN_IN_PLANE = 16
+HU_LIKE = {"liver": 110.0, "sigma": 20.0}
+"""Windowed input is mapped so that its liver median is 110 HU and its robust SD 20 HU."""
+
+
+@dataclass
+class Canonical:
+    """A CT mapped into the model's domain and what was done to get there."""
+
+    hu: np.ndarray
+    roi: np.ndarray
+    roi_source: str
+    median: float
+    sigma: float
+    windowed: bool
+    notes: list[str] = field(default_factory=list)
+
+    def normalised(self) -> np.ndarray:
+        return normalise_with(self.hu, self.roi, self.median_hu, self.sigma_hu)
+
+    @property
+    def median_hu(self) -> float:
+        return HU_LIKE["liver"] if self.windowed else self.median
+
+    @property
+    def sigma_hu(self) -> float:
+        return HU_LIKE["sigma"] if self.windowed else self.sigma
+
+
+def looks_like_hu(volume: np.ndarray) -> bool:
+    """False for windowed input: uint8, values within 0..255, or normalised (a span of at most 2)."""
+    volume = np.asarray(volume)
+    if volume.dtype in (np.uint8, np.bool_):
+        return False
+    low, high = float(np.min(volume)), float(np.max(volume))
+    return not ((low >= 0.0 and high <= 255.0) or high - low <= 2.0)
+
+
+def lacks_intercept(volume: np.ndarray) -> bool:
+    """Stored CT values without the −1024 rescale intercept: all non-negative with a median above 500."""
+    volume = np.asarray(volume)
+    return float(np.min(volume)) >= 0.0 and float(np.median(volume)) > 500.0
+
+
+def premasked_roi(volume: np.ndarray, share: float = 0.3) -> np.ndarray | None:
+    """The non-background voxels of a volume already masked to an organ (≥ ``share`` at the minimum)."""
+    volume = np.asarray(volume)
+    low = volume.min()
+    background = volume == low
+    if background.mean() < share or background.all():
+        return None
+    return _fill_and_close(~background, 1)
+
+
+def _fill_and_close(mask: np.ndarray, radius: int) -> np.ndarray:
+    from scipy import ndimage
+
+    structure = np.zeros((1, 2 * radius + 1, 2 * radius + 1), bool)
+    structure[0] = _disk(radius)
+    closed = ndimage.binary_closing(mask, structure, border_value=0) | mask
+    return np.stack([ndimage.binary_fill_holes(s) for s in closed])
+
+
+def _disk(radius: int) -> np.ndarray:
+    y, x = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    return x * x + y * y <= radius * radius
+
+
+def auto_liver_roi(hu: np.ndarray, ijk_to_ras: np.ndarray, tissue_hu: tuple[float, float] = (90.0, 200.0),
+                   opening_mm: float = 10.0, cell_mm: float = 3.0) -> np.ndarray:
+    """A classical liver mask of a HU CT (KJI): largest right-sided enhancing soft-tissue component.
+
+    On a grid coarsened in-plane to about ``cell_mm``: smooth, keep ``tissue_hu`` (enhanced liver in
+    the portal-venous phase), open with a ``opening_mm`` ball to cut the bridges to neighbouring
+    organs, take the largest 3D component (components on the patient's left count 5x less: spleen,
+    stomach), dilate back, fill holes (the vessels) and close per slice. On 3D-IRCADb-01 1.7
+    (every 3rd slice) it overlaps the reference liver with Dice 0.82.
+    """
+    from scipy import ndimage
+
+    hu = np.asarray(hu, np.float32)
+    spacing = np.linalg.norm(np.asarray(ijk_to_ras)[:3, :3], axis=0)
+    f = max(1, int(round(cell_mm / spacing[0])))
+    nk, nj, ni = hu.shape
+    pj, pi = (-nj) % f, (-ni) % f
+    padded = np.pad(hu, ((0, 0), (0, pj), (0, pi)), mode="edge")
+    small = padded.reshape(nk, (nj + pj) // f, f, (ni + pi) // f, f).mean(axis=(2, 4))
+    small = ndimage.gaussian_filter(small, (0.0, 1.0, 1.0))
+    tissue = (small > tissue_hu[0]) & (small < tissue_hu[1])
+    radius = max(1, int(round(opening_mm / (spacing[0] * f))))
+    ball = np.zeros((3, 2 * radius + 1, 2 * radius + 1), bool)
+    ball[1] = _disk(radius)
+    ball[0] = ball[2] = np.pad(_disk(max(radius - 1, 1)), radius - max(radius - 1, 1))
+    if nk < 3:
+        ball = ball[1:2]
+    opened = ndimage.binary_opening(tissue, ball)
+    labels, count = ndimage.label(opened)
+    if count == 0:
+        return np.ones(hu.shape, bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    centres = ndimage.center_of_mass(opened, labels, range(1, count + 1))
+    body_i = np.flatnonzero((small > -300).any(axis=(0, 1)))
+    mid_i = 0.5 * (body_i[0] + body_i[-1]) if body_i.size else small.shape[2] / 2
+    right_is_low_i = np.asarray(ijk_to_ras)[0, 0] < 0  # RAS x (towards the patient's right) falls with i
+    scores = [size * (1.0 if (centre[2] < mid_i) == right_is_low_i else 0.2) for size, centre in zip(sizes, centres)]
+    liver = ndimage.binary_dilation(labels == int(np.argmax(scores)) + 1, ball) & (small > tissue_hu[0])
+    liver = np.stack([ndimage.binary_fill_holes(ndimage.binary_closing(s, _disk(radius)) | s) for s in liver])
+    full = np.repeat(np.repeat(liver, f, axis=1), f, axis=2)
+    return full[:, :nj, :ni]
+
+
+def roi_statistics(volume: np.ndarray, roi: np.ndarray) -> tuple[float, float]:
+    """Median and robust SD (1.4826 · MAD) of the voxels inside the ROI."""
+    values = np.asarray(volume, np.float32)[roi]
+    if values.size < 32:
+        values = np.asarray(volume, np.float32).ravel()
+    median = float(np.median(values))
+    sigma = 1.4826 * float(np.median(np.abs(values - median)))
+    return median, max(sigma, 1e-3 * max(abs(median), 1.0), 1e-6)
+
+
+def normalise_with(volume: np.ndarray, roi: np.ndarray | None, median: float, sigma: float) -> np.ndarray:
+    """``clip((v − median) / sigma, −5, 10) / 5`` inside the ROI, −1 outside (float32)."""
+    z = np.clip((np.asarray(volume, np.float32) - median) / sigma, *Z_CLIP) / Z_SCALE
+    if roi is not None:
+        z = np.where(roi, z, OUTSIDE)
+    return z.astype(np.float32)
+
+
+def normalise_ct(volume: np.ndarray, roi: np.ndarray | None = None) -> np.ndarray:
+    """Liver-relative normalisation with the statistics of the whole ROI (module docs)."""
+    roi = None if roi is None else np.asarray(roi).astype(bool)
+    median, sigma = roi_statistics(volume, roi if roi is not None else np.ones(np.shape(volume), bool))
+    return normalise_with(volume, roi, median, sigma)
+
+
+def check_shape(shape) -> None:
+    """Refuse volumes too thin to reconstruct in 3D."""
+    if len(shape) != 3 or shape[0] < MIN_SLICES:
+        raise InputError(f"The CT has {shape[0] if len(shape) == 3 else 'no'} slice(s): VesselSDF reconstructs "
+                         f"between slices and needs at least {MIN_SLICES}. Load the whole series.")
+    if min(shape[1:]) < MIN_IN_PLANE:
+        raise InputError(f"The CT slices are {shape[1]}x{shape[2]} pixels: too small to find vessels "
+                         f"(at least {MIN_IN_PLANE}x{MIN_IN_PLANE}).")
+
+
+def spacing_warnings(spacing, shape) -> list[str]:
+    """Messages for implausible CT voxel spacings (x, y, z in mm)."""
+    dx, dy, dz = (float(s) for s in spacing)
+    notes = []
+    if not (0.3 <= dx <= 1.5 and 0.3 <= dy <= 1.5):
+        notes.append(f"in-plane spacing {dx:.3g} x {dy:.3g} mm is unusual for abdominal CT (0.3-1.5 mm)")
+    if not 0.5 <= dz <= 10.0:
+        notes.append(f"slice spacing {dz:.3g} mm is unusual for CT (0.5-10 mm)")
+    if abs(dx - 1) < 1e-6 and abs(dy - 1) < 1e-6 and abs(dz - 1) < 1e-6 and shape[1] >= 256:
+        notes.append("spacing is exactly 1 x 1 x 1 mm on a large slice: the file probably has no spacing "
+                     "in its header; set the real spacing (distances and meshes are scaled by it)")
+    return notes
+
+
+def canonicalise(volume: np.ndarray, ijk_to_ras: np.ndarray, roi: np.ndarray | None = None) -> Canonical:
+    """Detect windowed input, find the ROI, measure the liver statistics, check spacing.
+
+    :param volume: CT ``[k, j, i]``: HU, or windowed/uint8 intensities.
+    :param roi: liver/organ mask; found by :func:`auto_liver_roi` (or the pre-masked area) when None.
+    :returns: a :class:`Canonical` whose ``hu`` is HU (or HU-like for windowed input: liver median
+        mapped to 110 HU, robust SD to 20 HU) and whose ``notes`` say what was assumed.
+    """
+    volume = np.asarray(volume)
+    check_shape(volume.shape)
+    if not np.isfinite(volume).all():
+        raise InputError("The CT contains NaN or infinite values.")
+    spacing = np.linalg.norm(np.asarray(ijk_to_ras)[:3, :3], axis=0)
+    notes = spacing_warnings(spacing, volume.shape)
+    windowed = not looks_like_hu(volume)
+    if not windowed and lacks_intercept(volume):
+        volume = np.asarray(volume, np.float32) - 1024.0
+        notes.append("values are all positive with a median above 500: assumed stored values without the "
+                     "-1024 HU rescale intercept, subtracted 1024")
+    source = "given"
+    if roi is None and windowed:
+        roi, source = premasked_roi(volume), "pre-masked input"
+        if roi is None:
+            roi, source = np.ones(volume.shape, bool), "whole image"
+    elif roi is None:
+        roi, source = auto_liver_roi(volume, ijk_to_ras), "automatic (classical)"
+    roi = np.asarray(roi).astype(bool)
+    median, sigma = roi_statistics(volume, roi)
+    hu = np.asarray(volume, np.float32)
+    if windowed:
+        hu = HU_LIKE["liver"] + (hu - median) * (HU_LIKE["sigma"] / sigma)
+        notes.append(f"input is not in HU (range {float(volume.min()):.4g}..{float(volume.max()):.4g}, "
+                     f"{volume.dtype}): treated as windowed; liver median {median:.4g} -> {HU_LIKE['liver']:.0f} HU")
+    for note in notes:
+        log.warning(note)
+    return Canonical(hu=hu, roi=roi, roi_source=source, median=median, sigma=sigma, windowed=windowed, notes=notes)

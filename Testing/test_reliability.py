@@ -440,7 +440,7 @@ def test_angio3d(scene, ckpt, monkeypatch):
             InferenceError, words=("centreline",))
     computed = cached_compute(monkeypatch, pipeline, "reconstruct")
     write_cases("Angio3D", scene, monkeypatch, run, sample.viewA, computed, "rows_to_table")
-    cancel_stages("Angio3D", scene, run, sample.viewA, computed, 3)
+    cancel_stages("Angio3D", scene, run, sample.viewA, computed, 2)
 
 
 def test_evaluate_refuses_wrong_nodes(scene):

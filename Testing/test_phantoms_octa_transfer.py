@@ -84,3 +84,14 @@ def test_phantom_only_segmenter_on_20_real_rossa_test_images():
     otsu = [dice(evaluate.otsu_mask(s.image), s.vessel) for s in samples]
     assert np.mean(scores) >= 0.70
     assert np.mean(scores) > np.mean(otsu) + 0.1
+
+
+def test_finetune_keeps_the_best_validation_weights(tmp_path):
+    rng = np.random.default_rng(1)
+    real = [data.render_phantom(40 + i, rng, sizes=(96,), field_mm=(3.0, 3.0)) for i in range(2)]
+    init = network.build_model("lite").state_dict()
+    model, record = train.finetune(tmp_path, init, real, real[:1], steps=2, batch=2, crop=64, pool_size=1,
+                                   validate_every=1)
+    assert record["steps_done"] == 2 and 0.0 <= record["best_val_dice"] <= 1.0
+    assert record["best_step"] in (0, 1, 2) and (tmp_path / "finetune.json").is_file()
+    assert not model.training

@@ -54,8 +54,14 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--pool", type=int, default=48, help="phantoms held at once (one is replaced every few steps)")
     parser.add_argument("--minutes", type=float, default=None, help="stop after this wall time")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--ship", action="store_true", help="write the registry entry octavessel-lite")
+    parser.add_argument("--ship", action="store_true", help="write the registry entry (octavessel-lite, or "
+                        "octavessel-finetune-lite with --real)")
     parser.add_argument("--rossa", default=str(DEFAULT_ROSSA), help="ROSSA folder for the held-out real metrics (--ship)")
+    parser.add_argument("--real", action="append", default=None, help="fine-tune: ROSSA-style labelled folder "
+                        "(image/ + label/) mixed with phantoms; repeatable")
+    parser.add_argument("--val", default=None, help="fine-tune: labelled folder for model selection (best val Dice)")
+    parser.add_argument("--init", default="lite", help="fine-tune: starting weights (shipped preset or checkpoint)")
+    parser.add_argument("--real-fraction", type=float, default=0.5, help="fine-tune: share of real crops per batch")
 
 
 def train(args) -> int:
@@ -66,16 +72,42 @@ def train(args) -> int:
     from .train import train_phantoms
 
     torch.set_num_threads(args.threads)
+    command = "vesselrecon " + " ".join(sys.argv[1:])
+    if args.real:
+        return _finetune(args, command)
     model, record = train_phantoms(args.out, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
                                    seed=args.seed, pool_size=args.pool, minutes=args.minutes)
     print(json.dumps(record))
     if args.ship:
-        ship(model, record, "vesselrecon " + " ".join(sys.argv[1:]), args.rossa, args.seed)
+        ship(model, record, command, args.rossa, args.seed)
     return 0
 
 
-def ship(model, record: dict, command: str, rossa: str, seed: int):
-    """Measure held-out phantom and ROSSA metrics and write ``octavessel-lite`` to the registry."""
+def _finetune(args, command: str) -> int:
+    from ..errors import InputError
+    from ..registry import load_model
+    from .data import load_folder
+    from .train import finetune
+
+    if not args.val:
+        raise InputError("Fine-tuning needs --val FOLDER for model selection.")
+    real = [s for folder in args.real for s in load_folder(folder)]
+    val = load_folder(args.val)
+    init, _ = load_model("octavessel", args.init)
+    model, record = finetune(args.out, init.state_dict(), real, val, steps=args.steps, batch=args.batch,
+                             crop=args.crop, lr=args.lr, seed=args.seed, pool_size=args.pool,
+                             real_fraction=args.real_fraction, minutes=args.minutes)
+    print(json.dumps(record))
+    if args.ship:
+        record["init"] = args.init
+        ship(model, record, command, args.rossa, args.seed, name="octavessel-finetune-lite",
+             data="phantoms (rolling pool, as octavessel-lite) + real labelled scans: " + ", ".join(args.real)
+                  + f"; selected on {args.val} (best mean Dice at threshold 0.5)")
+    return 0
+
+
+def ship(model, record: dict, command: str, rossa: str, seed: int, name: str = "octavessel-lite", data: str | None = None):
+    """Measure held-out phantom and ROSSA metrics and write the registry entry ``name``."""
     from ..training import ship_model
     from .evaluate import evaluate_rows, load_split, predict_probability
     from .train import held_out_phantoms
@@ -85,15 +117,16 @@ def ship(model, record: dict, command: str, rossa: str, seed: int):
     if Path(rossa).is_dir():
         for split in ("val", "test"):
             metrics[f"rossa_{split}_dice"] = round(evaluate_rows(load_split(rossa, split), {"m": seg})["m"]["dice"], 4)
-    return ship_model(model, "octavessel", "lite", command=command, seed=seed, metrics=metrics,
-                      data="phantoms only: VesselReconLib.phantoms.octa.render_octa, rolling pool (seeds "
+    return ship_model(model, "octavessel", "lite", command=command, seed=seed, metrics=metrics, name=name,
+                      data=data or "phantoms only: VesselReconLib.phantoms.octa.render_octa, rolling pool (seeds "
                            "1000001+), 320 px, field 2.5-6.5 mm, 20 % quality-degraded; no real image",
                       input_spec={"channels": 1, "kind": "en face OCTA angiogram (superficial or full-retina slab)",
                                   "intensity": "any; scaled by the 1st/99.5th percentiles",
                                   "size": "any (padded to a multiple of 16); trained on 3-6 mm fields at 320 px",
                                   "outputs": ["vessel logit (expert convention: arteriole/venule tree, no capillaries)"]},
                       extra_training={**record, "real_metrics_source": "ROSSA (nhjydywd/OCTA-FRNet dataset/ROSSA, "
-                                      "commit 53e87f8, MIT); evaluation only, never trained on"})
+                                      "commit 53e87f8, MIT)" + ("; evaluation only, never trained on" if data is None
+                                      else "; trained on the --real folders, selected on --val, reported on test")})
 
 
 # ------------------------------------------------------------------ eval
@@ -126,6 +159,11 @@ def evaluate(args) -> int:
         raise InputError(f"No ROSSA split at {Path(args.rossa, args.split)}; pass --rossa ../shared/datasets/rossa.")
     samples = load_split(args.rossa, args.split, args.limit)
     rows = {"octavessel-lite (phantoms only)": octavessel_segmenter(args.model)}
+    try:
+        rows["octavessel-finetune-lite (phantoms + ROSSA train, selected on val)"] = \
+            octavessel_segmenter("octavessel-finetune-lite")
+    except Exception as exc:  # noqa: BLE001 - optional row
+        log.info("no fine-tuned octavessel: %s", exc)
     if not args.no_octadepth:
         od = octadepth_segmenter()
         if od is not None:

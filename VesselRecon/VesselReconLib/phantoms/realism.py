@@ -118,7 +118,8 @@ def _pairs(folder: Path):
                     and p.parent.name in ("image", "images"))
     if not images:
         images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".bmp")
-                        and "label" not in p.parent.name and "mask" not in p.name.lower())
+                        and "label" not in p.parent.name
+                        and not any(t in p.name.lower() for t in ("mask", "label", "system", "faz")))
     for p in images:
         lab = None
         for cand in (p.parent.parent / "label" / p.name, p.parent.parent / "labels" / p.name):
@@ -128,7 +129,8 @@ def _pairs(folder: Path):
 
 
 def real_folder_stats(folder: str | Path, limit: int = 100, field_mm: float = 3.0, seed: int = 0) -> ImageStats:
-    """Statistics of up to ``limit`` real scans (a random, seeded subset) of a folder."""
+    """Statistics of up to ``limit`` real scans (a random, seeded subset) of a folder. The field of
+    view comes from the file or folder name when it says (``angio6superf``, ``3x3``), else ``field_mm``."""
     pairs = list(_pairs(Path(folder)))
     if not pairs:
         from ..errors import InputError
@@ -139,9 +141,12 @@ def real_folder_stats(folder: str | Path, limit: int = 100, field_mm: float = 3.
     st = ImageStats()
     for i in sorted(pick):
         ip, lp = pairs[i]
+        from ..enface_io import fov_from_path
+
         img = _read_gray(ip)
         lab = _read_gray(lp) > 0.5 if lp is not None else None
-        st.extend(image_stats(img, lab, _classical_faz_area(img, field_mm / img.shape[0])))
+        field = fov_from_path(ip) or field_mm
+        st.extend(image_stats(img, lab, _classical_faz_area(img, field / img.shape[0])))
     return st
 
 
@@ -242,7 +247,8 @@ def run_realism(args) -> int:
                phantom_stats(args.count, args.seed, args.size_px, f) for f in args.field_mm}
     for folder in args.real:
         real = real_folder_stats(folder, args.limit, seed=args.seed)
-        print(f"Real: {folder} ({len(real.histograms)} scans; FAZ of real scans by the classical estimate at 3 mm)")
+        print(f"Real: {folder} ({len(real.histograms)} scans; {len(real.vessel_fractions)} with vessel labels; "
+              "field from the file name, else 3 mm)")
         print(realism_table(real, batches))
         print()
     return 0

@@ -117,11 +117,11 @@ class VesselSDFParameterNode:
     """
     The parameters needed by module.
 
-    inputVolume - CT volume; roiMask - optional region of interest.
+    inputVolume - CT volume; roiMask - optional liver ROI (found automatically when empty).
     model, checkpointPath, device - network weights (shipped preset or "Load checkpoint…") and device.
     upsamplingFactor - sub-slices per slice gap when meshing the distance field (0 = auto, about
         isotropic: round(slice spacing / pixel spacing)).
-    minComponentMm3 - smaller pieces are removed; windowPortalVenous - clip to a portal-venous window.
+    minComponentMm3 - smaller pieces are removed; windowPortalVenous - the input is in HU (unchecked: windowed/8-bit accepted).
     outputOccupancy - also write the occupancy volume.
     output* - segmentation, signed distance field, occupancy, vessel surface, results table.
     referenceSegmentation, evaluationTable - reference vessels and metrics table (Evaluation).

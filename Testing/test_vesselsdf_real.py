@@ -1,0 +1,123 @@
+"""VesselSDF inputs in the model's domain, real-data readers and metrics, and floors on real CT (../shared)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from VesselReconLib.errors import InputError
+from VesselReconLib.vesselsdf import preprocess, realdata
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+IRCADB = SHARED / "datasets" / "ircadb_1.7"
+LVSD = SHARED / "samples" / "liver-ct-lvsd"
+RAS = np.diag([-0.7, -0.7, 5.0, 1.0])
+
+
+def abdomen(seed=0, shape=(6, 96, 96)):
+    """Air, a body at 40 HU, a right-sided liver at 110 HU with 180 HU vessels, a left spleen."""
+    rng = np.random.default_rng(seed)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    hu = np.full(shape, -1000.0)
+    hu[(j - 48) ** 2 + (i - 48) ** 2 < 44 ** 2] = 40.0
+    liver = (j - 48) ** 2 / 30 ** 2 + (i - 30) ** 2 / 22 ** 2 < 1  # low i = patient's right (RAS x falls with i)
+    spleen = (j - 40) ** 2 + (i - 76) ** 2 < 8 ** 2
+    hu[liver], hu[spleen] = 110.0, 115.0
+    vessels = liver & (np.abs(j - 48) < 2)
+    hu[vessels] = 180.0
+    return (hu + rng.normal(0, 8, shape)).astype(np.float32), liver, vessels
+
+
+def test_hu_windowed_and_intercept_detection():
+    hu, _, _ = abdomen()
+    assert preprocess.looks_like_hu(hu)
+    windowed = np.clip((hu + 100) / 400 * 255, 0, 255).astype(np.uint8)
+    assert not preprocess.looks_like_hu(windowed) and not preprocess.looks_like_hu(windowed / 255.0)
+    assert preprocess.lacks_intercept(np.clip(hu + 1024, 0, None)) and not preprocess.lacks_intercept(hu)
+
+
+def test_normalisation_is_window_and_crop_independent():
+    hu, liver, _ = abdomen()
+    windowed = np.clip((hu + 100) / 400 * 255, 0, 255)
+    a = preprocess.canonicalise(hu, RAS, liver).normalised()
+    b = preprocess.canonicalise(windowed, RAS, liver).normalised()
+    assert preprocess.canonicalise(windowed, RAS, liver).windowed
+    np.testing.assert_allclose(a[liver], b[liver], atol=0.05)  # the window does not matter inside the liver
+    assert (a[~liver] == preprocess.OUTSIDE).all()
+    z = np.median(a[..., 40:56, 20:40][liver[..., 40:56, 20:40] & (hu[..., 40:56, 20:40] > 150)])
+    assert z > 0.5  # vessels: several liver SDs above the parenchyma
+
+
+def test_auto_liver_roi_finds_the_right_sided_organ():
+    hu, liver, _ = abdomen()
+    roi = preprocess.canonicalise(hu, np.diag([-2.0, -2.0, 5.0, 1.0])).roi  # 2 mm pixels: a 19 cm body
+    from VesselReconLib import metrics
+
+    assert metrics.dice(roi, liver) > 0.8
+    assert not roi[:, 40, 76].any()  # not the spleen
+
+
+def test_too_thin_volumes_and_odd_spacing():
+    with pytest.raises(InputError, match="slice"):
+        preprocess.canonicalise(np.zeros((1, 64, 64), np.float32), RAS)
+    notes = preprocess.spacing_warnings((1.0, 1.0, 1.0), (7, 512, 512))
+    assert any("header" in n for n in notes)
+    assert preprocess.spacing_warnings((0.7, 0.7, 5.0), (16, 512, 512)) == []
+    assert preprocess.spacing_warnings((3.0, 3.0, 5.0), (16, 512, 512))
+
+
+def test_centreline_scores_and_surface_distances_on_known_masks():
+    ref = np.zeros((5, 40, 40), bool)
+    ref[:, 18:22, 5:35] = True
+    assert realdata.centreline_scores(ref, ref) == (1.0, 1.0)
+    half = ref.copy()
+    half[:, :, 20:] = False
+    cl_dice, recall = realdata.centreline_scores(half, ref)
+    assert 0.35 < recall < 0.65 and cl_dice < 1.0
+    chamfer, hd95 = realdata.surface_distances(ref, ref, (1.0, 1.0, 1.0))
+    assert chamfer == 0.0 and hd95 == 0.0
+    shifted = np.roll(ref, 2, axis=1)
+    chamfer, hd95 = realdata.surface_distances(shifted, ref, (1.0, 0.5, 0.5))
+    assert 0.3 < chamfer <= 1.0 and hd95 == pytest.approx(1.0, abs=0.01)  # a 2-pixel (1 mm) shift
+
+
+def test_volume_metrics_score_only_labelled_slices():
+    ref = np.zeros((7, 32, 32), bool)
+    ref[3, 10:14, 4:28] = True
+    pred = np.zeros_like(ref)
+    pred[:, 10:14, 4:28] = True  # also "wrong" on unlabelled slices
+    case = realdata.RealCase("slab", np.zeros((7, 32, 32), np.float32), RAS, ref, RAS, np.ones_like(ref),
+                             labelled_slices=np.array([3]))
+    scores = realdata.volume_metrics(pred, case)
+    assert scores["dice"] == 1.0 and scores["fragments"] == 1.0 and scores["hd95_mm"] == 0.0
+
+
+def test_layout_detection(tmp_path):
+    (tmp_path / "PATIENT_DICOM.tar.gz").write_bytes(b"")
+    assert realdata.detect_layout(tmp_path) == "ircadb"
+    with pytest.raises(InputError):
+        realdata.detect_layout(tmp_path / "missing")
+
+
+@pytest.mark.skipif(not LVSD.is_dir(), reason="../shared/samples/liver-ct-lvsd is not available")
+def test_lvsd_slabs_beat_the_classical_baseline():
+    from VesselReconLib.registry import load_model
+
+    cases = realdata.read_lvsd(LVSD)
+    assert len(cases) == 20 and cases[0].image.shape == (7, 512, 512)
+    net, _ = load_model("vesselsdf", "lite", "cpu")
+    table = realdata.evaluate_real(cases[::4], {"lite": net})
+    assert table["lite"]["dice"] > 0.55
+    assert table["lite"]["dice"] > table["classical"]["dice"] + 0.1
+
+
+@pytest.mark.skipif(not IRCADB.is_dir(), reason="../shared/datasets/ircadb_1.7 is not available")
+def test_ircadb_reader_sparse_setting():
+    cases = realdata.read_ircadb(IRCADB)
+    case = cases[0]
+    assert case.image.shape == (51, 512, 512) and case.reference.shape == (151, 512, 512)
+    assert case.ijk_to_ras[2, 2] == pytest.approx(3 * case.reference_ijk_to_ras[2, 2])
+    assert case.roi.shape == case.image.shape and case.region.sum() > 1e6
+    assert 0.03 < case.reference[case.region].mean() < 0.1

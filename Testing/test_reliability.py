@@ -461,6 +461,19 @@ def test_evaluate_refuses_wrong_nodes(scene):
             refuses(f"{logic.__name__}.evaluate: {label}", scene, lambda args=args: logic(scene).evaluate(*args))
 
 
+def test_malformed_xa_dicom_is_refused(scene, tmp_path):
+    from VesselReconLib.angio3d.dicom_io import write_xa
+    from VesselReconLib.angio3d.geometry import CArmGeometry
+    from VesselReconLib.angio3d.logic import Angio3DLogic
+
+    frames = np.random.default_rng(5).random((1, 64, 64)).astype(np.float32) * 1000
+    good = write_xa(tmp_path / "view.dcm", frames, CArmGeometry(37.25, 0, 1100, 760, (0.3, 0.3), 64, 64))
+    bad = tmp_path / "malformed.dcm"
+    bad.write_bytes(Path(good).read_bytes().replace(b"37.25", b"3x.25"))
+    refuses("Angio3D: malformed DICOM angle in an XA file", scene, lambda: Angio3DLogic(scene).load_xa(bad),
+            words=("malformed",))
+
+
 def test_load_sample_bad_arguments(scene):
     from VesselReconLib.octadepth.logic import OCTADepthLogic
     from VesselReconLib.vcnet.logic import VCNetLogic

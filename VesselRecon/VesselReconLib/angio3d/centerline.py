@@ -42,6 +42,11 @@ def geodesic_path(probability: np.ndarray, start: np.ndarray, end: np.ndarray, m
     hi = np.minimum(box.max(0) + margin + 1, (rows, cols))
     ends = np.clip(ends, 0, [rows - 1, cols - 1])
     cost = cost_map(probability[lo[0]:hi[0], lo[1]:hi[1]])
+    if not np.isfinite(cost).all():  # route_through_array crashes the process on NaN costs
+        from ..errors import InferenceError
+
+        raise InferenceError("The vessel probability of a view holds NaN values (centreline extraction step): "
+                             "the segmenter output is invalid; load another model or use the Frangi segmenter.")
     path, _ = route_through_array(cost, tuple(ends[0] - lo), tuple(ends[1] - lo), fully_connected=True, geometric=True)
     return (np.asarray(path, float) + lo)[:, ::-1]
 

@@ -28,10 +28,14 @@ def geometry_tags(dataset) -> dict:
     if not spacing and dataset.get("IntensifierSize"):
         size = float(dataset.IntensifierSize) / max(int(dataset.Rows), int(dataset.Columns))
         spacing = (size, size)
-    tags["ImagerPixelSpacing"] = [float(s) for s in spacing] if spacing else None
-    for key in ("PositionerPrimaryAngle", "PositionerSecondaryAngle", "DistanceSourceToDetector",
-                "DistanceSourceToPatient"):
-        tags[key] = None if tags[key] is None else float(tags[key])
+    try:
+        tags["ImagerPixelSpacing"] = [float(s) for s in spacing] if spacing else None
+        for key in ("PositionerPrimaryAngle", "PositionerSecondaryAngle", "DistanceSourceToDetector",
+                    "DistanceSourceToPatient"):
+            tags[key] = None if tags[key] is None else float(tags[key])
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"A C-arm geometry tag of the DICOM file is malformed ({exc}): fix the file or type the "
+                         "acquisition geometry in by hand.") from None
     return tags
 
 

@@ -52,7 +52,9 @@ def _read_view(path: str):
 
     if not Path(path).is_file():
         raise InputError(f"Image {path} does not exist.")
-    array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    from ..volume_io import read_image
+
+    array = sitk.GetArrayFromImage(read_image(path))
     return squeeze_to_2d(array, Path(path).name)[None].astype(np.float32), None
 
 
@@ -112,9 +114,10 @@ def run(args) -> int:
     from ..progress import TqdmProgress
     from .logic import Angio3DLogic
 
+    from .. import atomic
+
     views = _inputs(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    final = atomic.output_folder(args.out)
     scene = runtime.new_scene()
     logic = Angio3DLogic(scene)
     nodes = []
@@ -126,18 +129,20 @@ def run(args) -> int:
                            model=args.model, device=args.device, segmenter=args.segmenter,
                            refine=not args.no_refine, radiusFusion=args.radius_fusion, progress=bar)
     bar.close()
-    meshes.save_polydata(result.outputModel.GetPolyData(), out / "mesh.vtp")
-    reconstruction = result.reconstruction
-    branches = [{"points_lps": b.refined_centerline()[0].round(4).tolist(),
-                 "radii_mm": b.refined_centerline()[1].round(4).tolist()} for b in reconstruction.branches]
-    (out / "centerline.json").write_text(json.dumps({"frame": "DICOM patient LPS (mm)", "branches": branches}))
-    summary = {"qca": logic.qca_rows(reconstruction), "epipolar_error_px": result.epipolarErrorPx,
-               "epipolar_error_before_px": result.epipolarErrorBeforePx, "timings_s": result.timings}
-    (out / "qca.json").write_text(json.dumps(summary, indent=1))
-    for name, mask, silhouette in zip("ab", reconstruction.masks, reconstruction.silhouettes()):
-        render.save_image_png(mask.astype(np.float32), out / f"segmentation_{name}.png")
-        render.save_image_png(silhouette.astype(np.float32), out / f"reprojection_{name}.png")
-    mrml.save_scene(out / "angio3d.mrb", scene)
+    with atomic.staging(final, "angio3d") as out:
+        meshes.save_polydata(result.outputModel.GetPolyData(), out / "mesh.vtp")
+        reconstruction = result.reconstruction
+        branches = [{"points_lps": b.refined_centerline()[0].round(4).tolist(),
+                     "radii_mm": b.refined_centerline()[1].round(4).tolist()} for b in reconstruction.branches]
+        (out / "centerline.json").write_text(json.dumps({"frame": "DICOM patient LPS (mm)", "branches": branches}))
+        summary = {"qca": logic.qca_rows(reconstruction), "epipolar_error_px": result.epipolarErrorPx,
+                   "epipolar_error_before_px": result.epipolarErrorBeforePx, "timings_s": result.timings}
+        (out / "qca.json").write_text(json.dumps(summary, indent=1))
+        for name, mask, silhouette in zip("ab", reconstruction.masks, reconstruction.silhouettes()):
+            render.save_image_png(mask.astype(np.float32), out / f"segmentation_{name}.png")
+            render.save_image_png(silhouette.astype(np.float32), out / f"reprojection_{name}.png")
+        mrml.save_scene(out / "angio3d.mrb", scene)
+    out = final
     print(json.dumps({"out": str(out), **summary["qca"][0], "epipolar_error_px": summary["epipolar_error_px"],
                       "seconds": round(sum(result.timings.values()), 3)}))
     return 0

@@ -26,7 +26,8 @@ import numpy as np
 
 from .. import meshes, mrml
 from ..errors import InputError
-from ..logic_base import VesselReconLogic
+from ..device import resolve_device
+from ..logic_base import CURVE, MARKUPS, MODEL, TABLE, VesselReconLogic
 from ..progress import as_reporter
 from . import template
 from .geometry import CArmGeometry
@@ -143,9 +144,13 @@ class Angio3DLogic(VesselReconLogic):
                                  "(C-arm angles in degrees, distances and pixel spacing in mm).")
             tags[key] = value
         spacing = tags["ImagerPixelSpacing"]
-        if isinstance(spacing, str):
-            spacing = [float(s) for s in spacing.replace("\\", " ").replace(",", " ").split()]
-        spacing = np.broadcast_to(np.asarray(spacing, float), (2,))
+        try:
+            if isinstance(spacing, str):
+                spacing = [float(s) for s in spacing.replace("\\", " ").replace(",", " ").split()]
+            spacing = np.broadcast_to(np.asarray(spacing, float), (2,))
+        except ValueError:
+            raise InputError(f"The pixel spacing of {volume.GetName()} is {tags['ImagerPixelSpacing']!r}; give one "
+                             "value or two (row, column) in mm.") from None
         tags["ImagerPixelSpacing"] = spacing.tolist()
         tags["Rows"], tags["Columns"] = array.shape[-2], array.shape[-1]
         return CArmGeometry.from_dicom(tags)
@@ -153,9 +158,8 @@ class Angio3DLogic(VesselReconLogic):
     @staticmethod
     def frame_of(volume, frame: int, name: str) -> tuple[np.ndarray, np.ndarray]:
         """One frame (rows, columns) of a view volume and that frame's IJK-to-RAS."""
-        if volume is None:
-            raise InputError(f"{name} is missing: select an angiogram.")
-        array, ijk_to_ras = mrml.volume_to_array(volume)
+        array, ijk_to_ras = VesselReconLogic.read_volume(volume, f"{name} is missing: select an angiogram.")
+        VesselReconLogic.check_range(frame, f"The frame of {name}", 0, integer=True)
         if array.ndim != 3:
             raise InputError(f"{name} must be a grayscale image or a run of frames; got shape {array.shape}.")
         if not 0 <= int(frame) < array.shape[0]:
@@ -169,6 +173,7 @@ class Angio3DLogic(VesselReconLogic):
         """Markups control points -> (branches, 2, 2) (column, row) pixels of one view."""
         if points_node is None:
             raise InputError(f"The SOI points of {name} are missing: place the start and end points.")
+        mrml.check_node_class(points_node, MARKUPS, f"The SOI points of {name}")
         n = points_node.GetNumberOfControlPoints()
         if n < 2 or n % 2:
             raise InputError(f"{name} has {n} SOI points; place a start and an end point per branch "
@@ -205,6 +210,8 @@ class Angio3DLogic(VesselReconLogic):
         :raises InputError: bad inputs, before any scene change.
         """
         reporter = as_reporter(progress, cancel)
+        self.check_outputs(outputModel=(outputModel, MODEL), outputCenterline=(outputCenterline, CURVE),
+                           outputTable=(outputTable, TABLE))
         image_a, ijk_a = self.frame_of(viewA, frameA, "View A")
         image_b, ijk_b = self.frame_of(viewB, frameB, "View B")
         geometry_a = self.view_geometry(viewA, primaryAngleA, secondaryAngleA, sidA, sodA, pixelSpacingA)
@@ -215,6 +222,7 @@ class Angio3DLogic(VesselReconLogic):
         from .pipeline import reconstruct, validate_inputs
 
         validate_inputs([image_a, image_b], [geometry_a, geometry_b], pixels)
+        resolve_device(device)  # refuse a bad device even when no network runs
         net = self.model(model, device)[0] if (segmenter == "net" or refine) else None
         torch_device = next(net.parameters()).device if net is not None else "cpu"
 
@@ -225,8 +233,9 @@ class Angio3DLogic(VesselReconLogic):
 
         result = background(compute) if background is not None else compute()
         reporter(0.92, "writing outputs")
-        outputs = self._write_outputs(result, [ijk_a, ijk_b], [viewA, viewB], outputModel, outputCenterline,
-                                      outputTable)
+        with self.writing(reporter):
+            outputs = self._write_outputs(result, [ijk_a, ijk_b], [viewA, viewB], outputModel, outputCenterline,
+                                          outputTable)
         reporter(1.0, "done")
         return outputs
 
@@ -286,6 +295,7 @@ class Angio3DLogic(VesselReconLogic):
         """
         from .. import metrics
 
+        self.check_outputs(prediction=(prediction, MODEL), reference=(reference, MODEL))
         if prediction is None or reference is None or prediction.GetPolyData() is None or reference.GetPolyData() is None:
             raise InputError("Select the reconstructed mesh and a reference mesh to evaluate.")
         pred, ref = meshes.points_of(prediction.GetPolyData()), meshes.points_of(reference.GetPolyData())

@@ -69,6 +69,21 @@ class Reconstruction:
         return out
 
 
+MIN_VIEW_ANGLE_DEG = 10.0
+
+
+def views_differ(geometry_a, geometry_b) -> float:
+    """The angle (degrees) between the two beams; :class:`InputError` when the views are nearly the same
+    (two identical views give no depth: triangulation is singular)."""
+    cosine = float(np.clip(np.dot(geometry_a.direction, geometry_b.direction), -1.0, 1.0))
+    angle = float(np.degrees(np.arccos(abs(cosine))))
+    if angle < MIN_VIEW_ANGLE_DEG:
+        raise InputError(f"The two views look along almost the same direction ({angle:.1f} degrees apart); "
+                         f"3D reconstruction needs views at least {MIN_VIEW_ANGLE_DEG:g} degrees apart (30-90 is "
+                         "best): choose a second projection, or check the C-arm angles.")
+    return angle
+
+
 def validate_inputs(images, geometries, soi_points) -> tuple[list[np.ndarray], np.ndarray]:
     """Check images, geometry and SOI points; returns float32 images and points (2, B, 2, 2)."""
     from ..errors import check_image
@@ -82,6 +97,7 @@ def validate_inputs(images, geometries, soi_points) -> tuple[list[np.ndarray], n
             raise InputError(f"{name} is {image.shape[0]}x{image.shape[1]} pixels but its geometry says "
                              f"{geometry.rows}x{geometry.columns} (Rows x Columns): fix the geometry.")
         checked.append(image)
+    views_differ(*geometries)
     points = [np.asarray(p, float).reshape(-1, 2, 2) for p in soi_points]
     if len(points) != 2 or points[0].shape != points[1].shape or len(points[0]) == 0:
         raise InputError("Give the SOI start and end point of every branch in both views, in the same order "
@@ -141,6 +157,8 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
     :param stitch: union the branch meshes (``False`` leaves ``mesh`` as None; used in training).
     :param radius_fusion: ``"mean"`` (paper) or ``"min"`` of the two views' radii.
     """
+    if segmenter not in SEGMENTERS:
+        raise InputError(f"segmenter must be one of {', '.join(SEGMENTERS)}, not {segmenter!r}.")
     if radius_fusion not in ("mean", "min"):
         raise InputError(f"radius_fusion must be 'mean' or 'min', not {radius_fusion!r}.")
     if segmenter not in SEGMENTERS:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -54,8 +53,9 @@ class FolderDataset(torch.utils.data.Dataset):
                 "height": self.size, "width": self.size}
         try:
             image = read_image(self.paths[index], self.fields_of_view[index])
-        except InputError as exc:
-            return {**item, "image": torch.zeros(self.size, self.size, dtype=torch.uint8), "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - one bad file must not abort the batch
+            message = str(exc) if isinstance(exc, InputError) else f"{self.paths[index].name}: {exc.__class__.__name__}: {exc}"
+            return {**item, "image": torch.zeros(self.size, self.size, dtype=torch.uint8), "error": message}
         height, width = image.pixels.shape
         item.update(fov=image.field_of_view_mm, fov_source=image.fov_source, height=height, width=width,
                     unsuitable=unsuitable_reason(height, width, image.field_of_view_mm))
@@ -290,9 +290,9 @@ def run_batch(config: CoipsConfig, quality_net=None, faz_net=None, progress=None
     if not paths:
         raise InputError(f"No PNG/JPEG/BMP/TIFF/DICOM images in {root}.")
     fields_of_view = study_fields_of_view(config, paths, root)
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise InputError(f"Output folder {out} is not writable.")
+    from ..atomic import output_folder
+
+    output_folder(out)  # InputError when it is a file or not writable
     device = resolve_device(config.device)
     if quality_net is None or faz_net is None:
         quality_net, faz_net = load_networks(config, device)

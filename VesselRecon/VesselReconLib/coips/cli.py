@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,10 @@ def run(args) -> int:
     print(f"Wrote {result.csvPath} and {result.htmlPath}")
     if not args.no_scene:
         print(f"Wrote {mrml.save_scene(Path(config.output) / 'coips.mrb', scene)}")
-    return 0
+    failed = [row for row in result.rows if row.get("status") == "error"]
+    for row in failed:
+        print(f"error: {row.get('image')}: {' '.join(str(row.get('error', '')).split())}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _single_image_scene(logic, config) -> None:

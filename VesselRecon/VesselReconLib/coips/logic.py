@@ -11,7 +11,7 @@ from . import GRADES
 from ..enface_io import normalise
 from .. import mrml
 from ..errors import CheckpointError, InputError, squeeze_to_2d
-from ..logic_base import VesselReconLogic
+from ..logic_base import SEGMENTATION, TABLE, VesselReconLogic
 
 FAZ_SEGMENT = mrml.SegmentSpec(1, "FAZ", (0.95, 0.85, 0.1), terminology=None)
 DEFAULT_FAZ_MODEL = "faz-lite"
@@ -151,6 +151,7 @@ class COIPSLogic(VesselReconLogic):
         from .inference import assess
 
         reporter = as_reporter(progress, cancel)
+        self.check_outputs(outputSegmentation=(outputSegmentation, SEGMENTATION), outputTable=(outputTable, TABLE))
         pixels, ijk_to_ras, fov, fov_source = self._read_input(inputVolume, fieldOfViewMm)
         reporter(0.1, "Loading networks")
         quality_net, faz_net, torch_device = self.networks(model, fazModel, device)
@@ -161,14 +162,15 @@ class COIPSLogic(VesselReconLogic):
         name = inputVolume.GetName()
         flagged = assessment.grade == GRADES[0]
         rows = self._rows(assessment, fov, fov_source, flagged)
-        table = mrml.rows_to_table(rows, f"{name} COIPS", node=outputTable, scene=self.scene, creator=self.creator)
         segmentation = None
-        if not assessment.segmented:
-            self._clear_stale_segmentation(f"{name} FAZ", outputSegmentation)
-        else:
-            segmentation = mrml.labelmap_to_segmentation(
-                assessment.mask.astype(np.uint8), ijk_to_ras, [FAZ_SEGMENT], f"{name} FAZ", node=outputSegmentation,
-                reference_volume=inputVolume, scene=self.scene, creator=self.creator)
+        with self.writing(reporter):
+            table = mrml.rows_to_table(rows, f"{name} COIPS", node=outputTable, scene=self.scene, creator=self.creator)
+            if not assessment.segmented:
+                self._clear_stale_segmentation(f"{name} FAZ", outputSegmentation)
+            else:
+                segmentation = mrml.labelmap_to_segmentation(
+                    assessment.mask.astype(np.uint8), ijk_to_ras, [FAZ_SEGMENT], f"{name} FAZ",
+                    node=outputSegmentation, reference_volume=inputVolume, scene=self.scene, creator=self.creator)
         reporter(1.0, f"{assessment.grade}" + (" (flagged: FAZ not segmented)" if flagged and not assessment.segmented else ""))
         return CoipsResult(table, segmentation, assessment.grade, assessment.probabilities, assessment.metrics,
                            flagged, fov, fov_source)
@@ -181,6 +183,7 @@ class COIPSLogic(VesselReconLogic):
         nodes += [existing.GetItemAsObject(i) for i in range(existing.GetNumberOfItems())
                   if existing.GetItemAsObject(i).GetAttribute(mrml.CREATED_BY) == self.creator]
         for node in nodes:
+            mrml.will_modify(node)
             node.GetSegmentation().RemoveAllSegments()
 
     @staticmethod
@@ -220,6 +223,7 @@ class COIPSLogic(VesselReconLogic):
 
         if not inputFolder or not outputFolder:
             raise InputError("Choose both an input folder and an output folder.")
+        self.check_outputs(outputTable=(outputTable, TABLE))
         config = load_config(configFile, input=str(inputFolder), output=str(outputFolder),
                              field_of_view_mm=fov_choice(fieldOfViewMm), segment_ungradable=forceFazOnUngradable or None,
                              quality_model=model, faz_model=fazModel, device=device, num_workers=numWorkers,
@@ -230,8 +234,9 @@ class COIPSLogic(VesselReconLogic):
         columns = ("image", "status", "grade", "p_ungradable", "p_gradable", "p_outstanding", "field_of_view_mm",
                    "faz_segmented", "faz_area_mm2", "faz_perimeter_mm", "faz_circularity", "faz_axis_ratio", "error")
         rows = [{c: (str(r.get(c)) if isinstance(r.get(c), bool) else r.get(c, "")) for c in columns} for r in result.rows]
-        table = mrml.rows_to_table(rows, "COIPS batch results", node=outputTable, scene=self.scene,
-                                   creator=self.creator)
+        with self.writing():
+            table = mrml.rows_to_table(rows, "COIPS batch results", node=outputTable, scene=self.scene,
+                                       creator=self.creator)
         return CoipsBatchResult(table, result.rows, result.csv_path, result.html_path, result.summary)
 
     def evaluate(self, prediction, reference, table=None, fieldOfViewMm: float | None = None,

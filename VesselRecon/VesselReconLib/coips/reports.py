@@ -38,9 +38,10 @@ def _cell(value) -> str:
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:
     """One line per image, columns :data:`COLUMNS`."""
+    from ..atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         for row in rows:
@@ -149,7 +150,9 @@ def write_html(rows: list[dict], path: str | Path, title: str = "COIPS report", 
 {_rows_table(rejected, thumbnail_folder, ['image', 'grade', *probability_columns(), 'error']) if rejected else '<p>None.</p>'}
 <h2>All images</h2>{more}{_rows_table(shown, thumbnail_folder, metric_columns)}
 </body></html>"""
+    from ..atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    with atomic_path(path) as temporary:
+        temporary.write_text(page, encoding="utf-8")
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,26 +31,45 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from .. import mrml, runtime
+    """Process every input; a bad file is reported on one line and skipped. Exit 2 (3 for a bad
+    model) when any input failed, after all the good ones were written."""
+    from .. import atomic
+    from ..errors import CheckpointError, InferenceError, InputError
+
+    out = atomic.output_folder(args.out)
+    failed = []
+    for path in args.inputs:
+        try:
+            _run_one(args, Path(path), out)
+        except (InputError, InferenceError) as exc:
+            failed.append(exc)
+            print(f"error: {Path(path).name}: {' '.join(str(exc).split())}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(args.inputs)} inputs failed; the others were written to {out}.", file=sys.stderr)
+        return 3 if all(isinstance(e, (CheckpointError, InferenceError)) for e in failed) else 2
+    return 0
+
+
+def _run_one(args, path: Path, out: Path) -> None:
+    """One input image -> depth map, masks, tubes, table and .mrb in ``out`` (all files or none)."""
+    from .. import atomic, mrml, runtime
     from ..progress import TqdmProgress
     from .logic import OCTADepthLogic
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in args.inputs:
-        scene = runtime.new_scene()
-        logic = OCTADepthLogic(scene)
-        volume = logic.load_image(path)
-        bar = TqdmProgress(f"octadepth {Path(path).name}")
+    scene = runtime.new_scene()
+    logic = OCTADepthLogic(scene)
+    volume = logic.load_image(path)
+    bar = TqdmProgress(f"octadepth {path.name}")
+    try:
         result = logic.process(volume, device=args.device, model=args.model, fieldOfViewMm=args.field_mm,
                                pixelMm=args.pixel_mm, depthRangeMm=args.depth_range_mm,
                                threshold=args.threshold, progress=bar)
+    finally:
         bar.close()
-        stem = out / Path(path).stem
-        result.save_files(stem)
-        mrml.save_scene(f"{stem}.mrb", scene)
-        print(json.dumps({"input": str(path), "outputs": f"{stem}.*", **result.summary()}))
-    return 0
+    with atomic.staging(out, f"octadepth-{path.stem}") as stage:
+        result.save_files(stage / path.stem)
+        mrml.save_scene(stage / f"{path.stem}.mrb", scene)
+    print(json.dumps({"input": str(path), "outputs": f"{out / path.stem}.*", **result.summary()}))
 
 
 # ------------------------------------------------------------------ train

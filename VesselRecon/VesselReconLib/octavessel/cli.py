@@ -62,6 +62,8 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--val", default=None, help="fine-tune: labelled folder for model selection (best val Dice)")
     parser.add_argument("--init", default="lite", help="fine-tune: starting weights (shipped preset or checkpoint)")
     parser.add_argument("--real-fraction", type=float, default=0.5, help="fine-tune: share of real crops per batch")
+    parser.add_argument("--no-randomize", action="store_true", help="ablation: phantoms without the acquisition/device "
+                        "domain randomisation (ships as octavessel-norandom-lite)")
 
 
 def train(args) -> int:
@@ -76,9 +78,14 @@ def train(args) -> int:
     if args.real:
         return _finetune(args, command)
     model, record = train_phantoms(args.out, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
-                                   seed=args.seed, pool_size=args.pool, minutes=args.minutes)
+                                   seed=args.seed, pool_size=args.pool, minutes=args.minutes,
+                                   randomize=not args.no_randomize)
     print(json.dumps(record))
-    if args.ship:
+    if args.ship and args.no_randomize:
+        ship(model, record, command, args.rossa, args.seed, name="octavessel-norandom-lite",
+             data="phantoms only, render_octa(..., randomize=False): one fixed device-neutral appearance (ablation "
+                  "of the domain randomisation); otherwise as octavessel-lite; no real image")
+    elif args.ship:
         ship(model, record, command, args.rossa, args.seed)
     return 0
 
@@ -102,11 +109,12 @@ def _finetune(args, command: str) -> int:
         record["init"] = args.init
         ship(model, record, command, args.rossa, args.seed, name="octavessel-finetune-lite",
              data="phantoms (rolling pool, as octavessel-lite) + real labelled scans: " + ", ".join(args.real)
-                  + f"; selected on {args.val} (best mean Dice at threshold 0.5)")
+                  + f"; selected on {args.val} (best mean Dice at threshold 0.5)", trained_on_real=True)
     return 0
 
 
-def ship(model, record: dict, command: str, rossa: str, seed: int, name: str = "octavessel-lite", data: str | None = None):
+def ship(model, record: dict, command: str, rossa: str, seed: int, name: str = "octavessel-lite", data: str | None = None,
+         trained_on_real: bool = False):
     """Measure held-out phantom and ROSSA metrics and write the registry entry ``name``."""
     from ..training import ship_model
     from .evaluate import evaluate_rows, load_split, predict_probability
@@ -125,8 +133,8 @@ def ship(model, record: dict, command: str, rossa: str, seed: int, name: str = "
                                   "size": "any (padded to a multiple of 16); trained on 3-6 mm fields at 320 px",
                                   "outputs": ["vessel logit (expert convention: arteriole/venule tree, no capillaries)"]},
                       extra_training={**record, "real_metrics_source": "ROSSA (nhjydywd/OCTA-FRNet dataset/ROSSA, "
-                                      "commit 53e87f8, MIT)" + ("; evaluation only, never trained on" if data is None
-                                      else "; trained on the --real folders, selected on --val, reported on test")})
+                                      "commit 53e87f8, MIT)" + ("; trained on the --real folders, selected on --val, reported on test"
+                                      if trained_on_real else "; evaluation only, never trained on")})
 
 
 # ------------------------------------------------------------------ eval
@@ -159,11 +167,13 @@ def evaluate(args) -> int:
         raise InputError(f"No ROSSA split at {Path(args.rossa, args.split)}; pass --rossa ../shared/datasets/rossa.")
     samples = load_split(args.rossa, args.split, args.limit)
     rows = {"octavessel-lite (phantoms only)": octavessel_segmenter(args.model)}
-    try:
-        rows["octavessel-finetune-lite (phantoms + ROSSA train, selected on val)"] = \
-            octavessel_segmenter("octavessel-finetune-lite")
-    except Exception as exc:  # noqa: BLE001 - optional row
-        log.info("no fine-tuned octavessel: %s", exc)
+    optional = {"octavessel-norandom-lite (ablation: phantoms without domain randomisation)": "octavessel-norandom-lite",
+                "octavessel-finetune-lite (phantoms + ROSSA train, selected on val)": "octavessel-finetune-lite"}
+    for label, name in optional.items():
+        try:
+            rows[label] = octavessel_segmenter(name)
+        except Exception as exc:  # noqa: BLE001 - optional rows
+            log.info("%s not shipped: %s", name, exc)
     if not args.no_octadepth:
         od = octadepth_segmenter()
         if od is not None:

@@ -23,14 +23,16 @@ class Sample:
     raw_path: Path | None = None
 
 
-def render_phantom(seed: int, rng: np.random.Generator, sizes=(320,), field_mm=(2.5, 6.5)) -> Sample:
-    """One randomised phantom: size drawn from ``sizes``, field uniform in ``field_mm``."""
+def render_phantom(seed: int, rng: np.random.Generator, sizes=(320,), field_mm=(2.5, 6.5),
+                   randomize: bool = True) -> Sample:
+    """One phantom: size drawn from ``sizes``, field uniform in ``field_mm``; ``randomize=False``
+    switches the engine's acquisition/device domain randomisation off (the ablation)."""
     from ..phantoms.octa import render_octa
 
     size = int(rng.choice(sizes))
     field = float(rng.uniform(*field_mm))
     quality = None if rng.random() < 0.8 else int(rng.integers(1, 3))
-    case = render_octa(int(seed), size, field, quality=quality)
+    case = render_octa(int(seed), size, field, quality=quality, randomize=randomize)
     return Sample(normalize_image(case.image), case.vessel_mask.copy(), f"phantom{seed}")
 
 
@@ -38,15 +40,16 @@ class PhantomPool:
     """A pool of phantoms refreshed during training (one new phantom replaces a random one per call
     to :meth:`refresh`), so a run sees many more anatomies and appearances than it holds."""
 
-    def __init__(self, size: int, seed: int, sizes=(320,), field_mm=(2.5, 6.5)):
+    def __init__(self, size: int, seed: int, sizes=(320,), field_mm=(2.5, 6.5), randomize: bool = True):
         self.rng = np.random.default_rng([seed, 11])
+        self.randomize = randomize
         self.next_seed = 1_000_000 + 10_000 * seed
         self.sizes, self.field_mm = sizes, field_mm
         self.items = [self._new() for _ in range(size)]
 
     def _new(self) -> Sample:
         self.next_seed += 1
-        return render_phantom(self.next_seed, self.rng, self.sizes, self.field_mm)
+        return render_phantom(self.next_seed, self.rng, self.sizes, self.field_mm, self.randomize)
 
     def refresh(self) -> None:
         self.items[int(self.rng.integers(len(self.items)))] = self._new()

@@ -38,7 +38,7 @@ def batch_from_pool(pool: PhantomPool, batch: int, crop: int, rng: np.random.Gen
 
 def train_phantoms(out: str | Path, steps: int = 1500, batch: int = 8, crop: int = 128, lr: float = 2e-3,
                    seed: int = 0, pool_size: int = 48, refresh_every: int = 3, preset: str = "lite",
-                   minutes: float | None = None, checkpoint_every: int = 100):
+                   minutes: float | None = None, checkpoint_every: int = 100, randomize: bool = True):
     """Train on a rolling phantom pool; save ``last.pt`` every ``checkpoint_every`` steps and at the end.
 
     :param minutes: stop early after this wall time (the step count still sets the LR schedule).
@@ -51,7 +51,7 @@ def train_phantoms(out: str | Path, steps: int = 1500, batch: int = 8, crop: int
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 7])
     t0 = time.time()
-    pool = PhantomPool(pool_size, seed)
+    pool = PhantomPool(pool_size, seed, randomize=randomize)
     log.info("pool of %d phantoms in %.0f s", pool_size, time.time() - t0)
     model = build_model(preset)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -78,7 +78,7 @@ def train_phantoms(out: str | Path, steps: int = 1500, batch: int = 8, crop: int
             break
     torch.save(model.state_dict(), out / "last.pt")
     record = {"steps_done": done, "steps": steps, "batch": batch, "crop": crop, "lr": lr, "seed": seed,
-              "pool_size": pool_size, "refresh_every": refresh_every, "phantoms_seen": pool.next_seed - 1_000_000 - 10_000 * seed,
+              "pool_size": pool_size, "refresh_every": refresh_every, "randomize": randomize, "phantoms_seen": pool.next_seed - 1_000_000 - 10_000 * seed,
               "final_loss": float(np.mean(history[-50:])), "wall_s": round(time.time() - t0)}
     (out / "train.json").write_text(json.dumps(record, indent=1))
     return model.eval(), record

@@ -144,11 +144,52 @@ def test_cli_run_on_a_case_folder(tmp_path):
     folder = write_case(make_case(HELD_OUT_SEEDS[1]), tmp_path / "case", with_mesh=False)
     out = tmp_path / "out"
     assert main(["angio3d", "--case", str(folder), "--out", str(out), "--device", "cpu"]) == 0
-    for name in ("mesh.vtp", "centerline.json", "qca.json", "segmentation_a.png", "reprojection_b.png", "angio3d.mrb"):
+    for name in ("mesh.vtp", "mesh.stl", "centerline.json", "qca.json", "segmentation_a.png", "reprojection_b.png",
+                 "angio3d.mrb"):
         assert (out / name).is_file(), name
-    assert len(json.loads((out / "centerline.json").read_text())["branches"]) == 2
+    centerline = json.loads((out / "centerline.json").read_text())
+    assert len(centerline["branches"]) == 2 and "LPS" in centerline["frame"]
+    from VesselReconLib import meshes
+
+    # the mesh files are in LPS, like the centreline, and say so as Slicer writes it
+    assert meshes.mesh_coordinate_system(out / "mesh.vtp") == "LPS" == meshes.mesh_coordinate_system(out / "mesh.stl")
+    mesh_lps = meshes.points_of(meshes.load_polydata(out / "mesh.vtp"))
+    line = np.array(centerline["branches"][0]["points_lps"])
+    assert np.abs(np.median(mesh_lps, 0) - np.median(line, 0)).max() < 10
+    # overlays show the angiogram under the masks
+    from PIL import Image
+
+    overlay = np.asarray(Image.open(out / "segmentation_a.png"))
+    assert overlay.ndim == 3 and overlay.shape[2] == 3 and len(np.unique(overlay[..., 0])) > 50
+    summary = json.loads((out / "qca.json").read_text())
+    assert summary["qca"][0]["radius_view"] in ("A", "B", "A+B") and "calibration" in summary["quality"]
     assert main(["angio3d", "--view-a", str(folder / "view_a.png"), "--view-b", str(folder / "view_b.png"),
                  "--points-a", "10,10 100,100", "--points-b", "10,10 100,100", "--out", str(out)]) == 2
+
+
+def test_qca_on_held_out_phantoms():
+    """QCA % diameter stenosis against the phantom truth on held-out cases (never trained on)."""
+    from VesselReconLib.angio3d.pipeline import reconstruct
+    from VesselReconLib.phantoms.xray import make_case
+
+    net = registry.load_model("angio3d", "angio3d-lite", "cpu")[0]
+    errors = []
+    with torch.no_grad():
+        for seed in QCA_SEEDS:
+            case = make_case(seed)
+            result = reconstruct([v["image"].astype(np.float32) for v in case["views"]], case["geometries"],
+                                 [np.array(p) for p in case["soi_points"]], net=net, refine=False, stitch=False)
+            errors.append(result.qca["percent_diameter_stenosis"] - case["case"].stenosis["percent_diameter"])
+    errors = np.array(errors)
+    assert np.median(np.abs(errors)) <= QCA_MEDIAN_ERROR
+    assert np.mean(np.abs(errors) <= 10) >= 0.75
+    assert np.abs(errors).mean() <= QCA_MEAN_ERROR and abs(errors.mean()) <= QCA_BIAS
+
+
+QCA_SEEDS = tuple(range(9101, 9109))
+# Measured floors (shipped lite, these seeds: median 6.7, mean 13.3, bias -8.9, one gross miss of -63 at
+# 85 % stenosis). The issue's target (mean absolute error <= 4, |bias| <= 2) is NOT met; see the README.
+QCA_MEDIAN_ERROR, QCA_MEAN_ERROR, QCA_BIAS = 8.0, 15.0, 10.0
 
 
 @pytest.mark.gpu

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -21,31 +22,47 @@ NODIFFREND = "angio3d-nodiffrend-lite"
 # ------------------------------------------------------------------ run
 
 
+NEGATIVE_VALUES = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.]+(,[-\d.eE+]*)+$")
+
+
+def allow_negative_lists(parser) -> None:
+    """Let option values that start with a minus sign and hold a comma list (``--geometry-a -27.7,0,...``:
+    RAO/CAU angles are negative) be read as values, not as unknown options."""
+    parser._negative_number_matcher = NEGATIVE_VALUES
+    parser._has_negative_number_optionals = []
+
+
 def add_arguments(parser) -> None:
+    allow_negative_lists(parser)
     parser.add_argument("--case", help="an xray phantom case folder (images, geometry.json with SOI points)")
     parser.add_argument("--view-a", help="view A: XA DICOM (multi-frame) or a 2D image (PNG, TIFF, ...)")
     parser.add_argument("--view-b", help="view B image")
-    parser.add_argument("--frame-a", type=int, default=0, help="frame of view A")
-    parser.add_argument("--frame-b", type=int, default=0, help="frame of view B")
+    parser.add_argument("--frame-a", type=int, default=None,
+                        help="frame of view A (default: the DICOM representative frame, else the frame of maximal "
+                             "vessel contrast)")
+    parser.add_argument("--frame-b", type=int, default=None, help="frame of view B (default as for view A)")
     parser.add_argument("--points-a", help="SOI pixels of view A as 'col,row col,row ...' (start end per branch)")
     parser.add_argument("--points-b", help="SOI pixels of view B, same order")
-    parser.add_argument("--geometry-a", help="'primary,secondary,SID,SOD,pixel_mm' for view A (else from DICOM)")
+    parser.add_argument("--geometry-a", help="'primary,secondary,SID,SOD,pixel_mm' for view A (else from DICOM); "
+                        "negative angles (RAO, CAU) work as --geometry-a=-27.7,... or --geometry-a -27.7,...")
     parser.add_argument("--geometry-b", help="same for view B")
     parser.add_argument("--out", default="out/angio3d", help="output folder")
     parser.add_argument("--model", default="lite", help="shipped preset (lite) or checkpoint path")
     parser.add_argument("--device", default="auto", help="|".join(DEVICE_CHOICES))
     parser.add_argument("--segmenter", default="net", choices=("net", "frangi"))
     parser.add_argument("--no-refine", action="store_true", help="skip surface refinement ('(-) SR')")
-    parser.add_argument("--radius-fusion", default="mean", choices=("mean", "min"),
-                        help="combine the two views' radii by their mean (paper) or minimum")
+    parser.add_argument("--radius-fusion", default="lesion", choices=("lesion", "mean", "min"),
+                        help="mesh radii from the two views: mean except where one view is overlapped or floored "
+                             "(lesion, default), plain mean (paper) or minimum; QCA always uses the view that "
+                             "shows the lesion without overlap")
 
 
 def _read_view(path: str):
-    """Frames and geometry (None for non-DICOM) of one view file."""
-    from .dicom_io import read_xa
+    """Frames, geometry (None for non-DICOM) and representative frame (1-based or None) of one view file."""
+    from .dicom_io import read_xa, representative_frame
 
     if Path(path).suffix.lower() in (".dcm", ".dicom", "") or _is_dicom(path):
-        return read_xa(path)[:2]
+        return (*read_xa(path)[:2], representative_frame(path))
     import SimpleITK as sitk
 
     from ..errors import squeeze_to_2d
@@ -55,7 +72,7 @@ def _read_view(path: str):
     from ..volume_io import read_image
 
     array = sitk.GetArrayFromImage(read_image(path))
-    return squeeze_to_2d(array, Path(path).name)[None].astype(np.float32), None
+    return squeeze_to_2d(array, Path(path).name)[None].astype(np.float32), None, None
 
 
 def _is_dicom(path: str) -> bool:
@@ -98,14 +115,16 @@ def _inputs(args):
         from ..phantoms.xray import load_case
 
         case = load_case(args.case)
-        return [(img[None], geo, np.array(pts), 0) for img, geo, pts in zip(case.images, case.geometries, case.soi_points)]
+        return [(img[None], geo, np.array(pts), 0, None)
+                for img, geo, pts in zip(case.images, case.geometries, case.soi_points)]
     if not (args.view_a and args.view_b):
         raise InputError("Give --case, or --view-a and --view-b with their SOI points.")
     views = []
     for name, path, frame, points, geometry in (("a", args.view_a, args.frame_a, args.points_a, args.geometry_a),
                                                 ("b", args.view_b, args.frame_b, args.points_b, args.geometry_b)):
-        frames, dicom_geometry = _read_view(path)
-        views.append((frames, _geometry(geometry, dicom_geometry, frames.shape, name), _points(points, name), frame))
+        frames, dicom_geometry, representative = _read_view(path)
+        views.append((frames, _geometry(geometry, dicom_geometry, frames.shape, name), _points(points, name), frame,
+                      representative))
     return views
 
 
@@ -121,30 +140,42 @@ def run(args) -> int:
     scene = runtime.new_scene()
     logic = Angio3DLogic(scene)
     nodes = []
-    for name, (frames, geometry, pixels, frame) in zip("AB", views):
-        volume = logic.add_view(frames, geometry, f"view {name}")
+    frames_used = []
+    for name, (frames, geometry, pixels, frame, representative) in zip("AB", views):
+        volume = logic.add_view(frames, geometry, f"view {name}", representative)
+        frame = logic.choose_frame(volume, frame)
+        frames_used.append(frame)
         nodes += [volume, logic.add_points(pixels, volume, f"SOI points {name}", frame)]
     bar = TqdmProgress("angio3d")
-    result = logic.process(nodes[0], nodes[2], nodes[1], nodes[3], frameA=views[0][3], frameB=views[1][3],
+    result = logic.process(nodes[0], nodes[2], nodes[1], nodes[3], frameA=frames_used[0], frameB=frames_used[1],
                            model=args.model, device=args.device, segmenter=args.segmenter,
                            refine=not args.no_refine, radiusFusion=args.radius_fusion, progress=bar)
     bar.close()
     with atomic.staging(final, "angio3d") as out:
-        meshes.save_polydata(result.outputModel.GetPolyData(), out / "mesh.vtp")
+        meshes.save_polydata_lps(result.outputModel.GetPolyData(), out / "mesh.vtp")
+        meshes.save_polydata_lps(result.outputModel.GetPolyData(), out / "mesh.stl")
         reconstruction = result.reconstruction
         branches = [{"points_lps": b.refined_centerline()[0].round(4).tolist(),
                      "radii_mm": b.refined_centerline()[1].round(4).tolist()} for b in reconstruction.branches]
         (out / "centerline.json").write_text(json.dumps({"frame": "DICOM patient LPS (mm)", "branches": branches}))
         summary = {"qca": logic.qca_rows(reconstruction), "epipolar_error_px": result.epipolarErrorPx,
-                   "epipolar_error_before_px": result.epipolarErrorBeforePx, "timings_s": result.timings}
+                   "epipolar_error_before_px": result.epipolarErrorBeforePx, "frames": frames_used,
+                   "quality": result.quality, "warnings": result.warnings, "timings_s": result.timings,
+                   "frame_of_reference": "mesh.vtp and centerline.json: DICOM patient LPS (mm), marked in the files"}
         (out / "qca.json").write_text(json.dumps(summary, indent=1))
-        for name, mask, silhouette in zip("ab", reconstruction.masks, reconstruction.silhouettes()):
-            render.save_image_png(mask.astype(np.float32), out / f"segmentation_{name}.png")
-            render.save_image_png(silhouette.astype(np.float32), out / f"reprojection_{name}.png")
+        from PIL import Image
+
+        for index, (name, mask, silhouette) in enumerate(zip("ab", reconstruction.masks, reconstruction.silhouettes())):
+            image = views[index][0][frames_used[index]]
+            lines = [b.centerlines_2d[index].points for b in reconstruction.branches]
+            Image.fromarray(overlay_rgb(image, mask, np.zeros_like(mask), lines)).save(out / f"segmentation_{name}.png")
+            Image.fromarray(overlay_rgb(image, np.zeros_like(mask), silhouette > 0)).save(out / f"reprojection_{name}.png")
         mrml.save_scene(out / "angio3d.mrb", scene)
     out = final
     print(json.dumps({"out": str(out), **summary["qca"][0], "epipolar_error_px": summary["epipolar_error_px"],
-                      "seconds": round(sum(result.timings.values()), 3)}))
+                      "frames": frames_used, "seconds": round(sum(result.timings.values()), 3)}))
+    for warning in result.warnings:
+        log.warning("%s", warning)
     return 0
 
 
@@ -159,6 +190,8 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--seg-epochs", type=int, default=8)
     parser.add_argument("--sr-epochs", type=int, default=3)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N training cases")
+    parser.add_argument("--init", default=None, help="start from a shipped model or checkpoint (fine-tuning); "
+                        "with --sr-epochs 0 its surface refinement is kept as it is")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a busy machine)")
     parser.add_argument("--ship", action="store_true", help="write the registry entries (angio3d-<preset> and "
@@ -181,13 +214,23 @@ def train(args) -> int:
     out = Path(args.out)
     cases = training.load_cases(args.data, args.limit)
     val_cases = training.load_cases(args.val)
+    from .. import registry
+
     net = build_model(args.preset)
+    ablation = None
+    if args.init:
+        net = registry.load_model("angio3d", args.init, "cpu")[0].train()
+        ablation = registry.load_model("angio3d", NODIFFREND, "cpu")[0] if args.sr_epochs == 0 else None
     history = training.train_segmentation(net, cases, val_cases, out, args.seg_epochs, seed=args.seed)
     net.eval()
-    samples, val_samples = training.sr_samples(net, cases), training.sr_samples(net, val_cases, float("inf"))
-    ablation = copy.deepcopy(net)
-    history += training.train_refinement(net, samples, val_samples, out, args.sr_epochs, True, args.seed)
-    history += training.train_refinement(ablation, samples, val_samples, out, args.sr_epochs, False, args.seed)
+    if ablation is not None:               # keep the ablation's own SR, share the new segmenter
+        ablation.segmenter.load_state_dict(net.segmenter.state_dict())
+    else:
+        ablation = copy.deepcopy(net)
+    if args.sr_epochs > 0:
+        samples, val_samples = training.sr_samples(net, cases), training.sr_samples(net, val_cases, float("inf"))
+        history += training.train_refinement(net, samples, val_samples, out, args.sr_epochs, True, args.seed)
+        history += training.train_refinement(ablation, samples, val_samples, out, args.sr_epochs, False, args.seed)
     net.eval(), ablation.eval()
     with torch.no_grad():
         table = evaluate_cases(val_cases, net, ablation)
@@ -220,7 +263,13 @@ def _dataset_seed(folder) -> int | None:
 
 
 def add_eval_arguments(parser) -> None:
-    parser.add_argument("--data", required=True, help="held-out xray dataset folder")
+    parser.add_argument("--data", default=None, help="held-out xray dataset folder")
+    parser.add_argument("--real-phantom", action="store_true",
+                        help="the real 3D check: reconstruct the static phantom's branches seen in IM3 and IM4 and "
+                             "compare them with the registered reference (needs --shared)")
+    parser.add_argument("--shared", default=None, help="the shared data folder (default: ../shared from the repo)")
+    parser.add_argument("--angle-noise", type=float, default=0.0,
+                        help="degrees of random error added to view B's recorded angles (the calibration corrects it)")
     parser.add_argument("--model", default="lite", help="shipped preset or checkpoint")
     parser.add_argument("--ablation", default=NODIFFREND, help="'(-) DiffRend' model (name or checkpoint); '' skips")
     parser.add_argument("--device", default="cpu", help="|".join(DEVICE_CHOICES))
@@ -238,11 +287,27 @@ def evaluate(args) -> int:
     limit_cpu_threads(1)
     net = registry.load_model("angio3d", "angio3d-lite" if args.model == "lite" else args.model, args.device)[0]
     ablation = registry.load_model("angio3d", args.ablation, args.device)[0] if args.ablation else None
-    cases = load_cases(args.data, args.limit)
-    with torch.no_grad():
-        rows = evaluate_cases(cases, net, ablation)
-    print(f"3DAngioNet on {len(cases)} held-out cases ({args.data}); tau = 1 mm")
-    print(format_table(rows))
+    if not args.data and not args.real_phantom:
+        raise InputError("Give --data (a held-out xray phantom folder) and/or --real-phantom.")
+    if args.data:
+        cases = load_cases(args.data, args.limit)
+        with torch.no_grad():
+            rows = evaluate_cases(cases, net, ablation, angle_noise=args.angle_noise)
+        print(f"3DAngioNet on {len(cases)} held-out cases ({args.data}); F-score at tau = 1 mm; calibration on"
+              f"{f', view B angles perturbed by {args.angle_noise} deg' if args.angle_noise else ''}")
+        print(format_table(rows))
+    if args.real_phantom:
+        from .eval import variants
+        from .real_phantom import evaluate_real_phantom, format_real
+
+        shared = Path(args.shared) if args.shared else Path(__file__).resolve().parents[3].parent / "shared"
+        if not (shared / "datasets" / "xa_static_phantom").is_dir():
+            raise InputError(f"No static phantom data under {shared}: give --shared (the folder holding "
+                             "datasets/xa_static_phantom and samples/xa-phantom).")
+        with torch.no_grad():
+            report = evaluate_real_phantom(shared, variants(net, ablation))
+        print(format_real(report))
+        print(json.dumps(report))
     return 0
 
 
@@ -270,16 +335,23 @@ def bench(args) -> int:
 # ------------------------------------------------------------------ demo
 
 
-def overlay_rgb(image: np.ndarray, segmentation: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
-    """An angiogram (grey) with the 2D segmentation outline (yellow) and the mesh reprojection (red tint)."""
+def overlay_rgb(image: np.ndarray, segmentation: np.ndarray, silhouette: np.ndarray,
+                lines: list | None = None) -> np.ndarray:
+    """An angiogram (grey) with the 2D segmentation outline (yellow), the mesh reprojection (red tint)
+    and 2D centrelines (cyan)."""
     from scipy import ndimage
 
+    segmentation, silhouette = np.asarray(segmentation, bool), np.asarray(silhouette, bool)
     low, high = np.percentile(image, (1, 99))
     grey = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
     rgb = np.repeat(grey[..., None], 3, -1)
     rgb[silhouette] = 0.55 * rgb[silhouette] + 0.45 * np.array([1.0, 0.15, 0.1])
     outline = segmentation & ~ndimage.binary_erosion(segmentation)
     rgb[outline] = (1.0, 0.85, 0.1)
+    for line in lines or []:
+        pix = np.round(np.asarray(line)).astype(int)
+        keep = (pix[:, 0] >= 0) & (pix[:, 0] < image.shape[1]) & (pix[:, 1] >= 0) & (pix[:, 1] < image.shape[0])
+        rgb[pix[keep, 1], pix[keep, 0]] = (0.1, 0.9, 1.0)
     return (255 * rgb).astype(np.uint8)
 
 

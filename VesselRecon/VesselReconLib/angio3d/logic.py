@@ -72,6 +72,9 @@ class Angio3DResult:
     epipolarErrorPx: float = float("nan")
     epipolarErrorBeforePx: float = float("nan")
     timings: dict = field(default_factory=dict)
+    quality: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    frames: tuple = (0, 0)
     _reconstruction: object = field(default=None, repr=False)
 
     @property
@@ -183,19 +186,20 @@ class Angio3DLogic(VesselReconLogic):
         return ijk[:, :2].reshape(-1, 2, 2)
 
     # ------------------------------------------------------------------ process
-    def process(self, viewA, viewB, pointsA, pointsB, frameA: int = 0, frameB: int = 0,
+    def process(self, viewA, viewB, pointsA, pointsB, frameA: int | None = None, frameB: int | None = None,
                 primaryAngleA: float | None = None, secondaryAngleA: float | None = None,
                 sidA: float | None = None, sodA: float | None = None, pixelSpacingA: float | None = None,
                 primaryAngleB: float | None = None, secondaryAngleB: float | None = None,
                 sidB: float | None = None, sodB: float | None = None, pixelSpacingB: float | None = None,
                 outputModel=None, outputCenterline=None, outputTable=None, model: str = "lite",
                 device: str = "auto", segmenter: str = "net", refine: bool = True, calibrate: bool = True,
-                radiusFusion: str = "mean", progress=None, cancel=None, background=None) -> Angio3DResult:
+                radiusFusion: str = "lesion", progress=None, cancel=None, background=None) -> Angio3DResult:
         """Reconstruct the SOI from two views and write the outputs.
 
         :param viewA: angiography volume of view A (frames along K); ``viewB`` likewise (all ``*B`` too).
         :param pointsA: markups point list with the SOI start/end points in view A (pairs per branch).
-        :param frameA: frame index of view A to use.
+        :param frameA: frame index of view A to use; None takes the DICOM representative frame, else the
+            frame of maximal vessel contrast.
         :param primaryAngleA: PositionerPrimaryAngle (LAO+) in degrees; None reads the volume's attribute.
             ``secondaryAngleA`` (degrees), ``sidA``, ``sodA`` (mm) likewise.
         :param pixelSpacingA: ImagerPixelSpacing in mm (one value or (row, column)).
@@ -204,7 +208,9 @@ class Angio3DLogic(VesselReconLogic):
         :param model: shipped preset ("lite") or checkpoint path.
         :param segmenter: "net" (U-Net) or "frangi" (classical baseline).
         :param refine: run surface refinement; ``calibrate``: LM refinement of view B's geometry.
-        :param radiusFusion: "mean" of the two views' radii (paper) or "min" (better % stenosis on phantoms).
+        :param radiusFusion: mesh radii from the two views: "lesion" (mean, but the clean view where the other
+            is overlapped or floored), "mean" (paper) or "min". The QCA always uses the view that shows the
+            lesion without overlap and names it (``radius_view``).
         :param background: optional ``fn -> fn()`` runner for the MRML-free computation (GUI thread safety).
         :returns: :class:`Angio3DResult`.
         :raises InputError: bad inputs, before any scene change.
@@ -212,6 +218,7 @@ class Angio3DLogic(VesselReconLogic):
         reporter = as_reporter(progress, cancel)
         self.check_outputs(outputModel=(outputModel, MODEL), outputCenterline=(outputCenterline, CURVE),
                            outputTable=(outputTable, TABLE))
+        frameA, frameB = self.choose_frame(viewA, frameA), self.choose_frame(viewB, frameB)
         image_a, ijk_a = self.frame_of(viewA, frameA, "View A")
         image_b, ijk_b = self.frame_of(viewB, frameB, "View B")
         geometry_a = self.view_geometry(viewA, primaryAngleA, secondaryAngleA, sidA, sodA, pixelSpacingA)
@@ -264,22 +271,38 @@ class Angio3DLogic(VesselReconLogic):
         return Angio3DResult(model_node, curves[0], table, *segmentations, *reprojections, sideCenterlines=curves[1:],
                              qca=result.qca, epipolarErrorPx=result.calibration.epipolar_error_after,
                              epipolarErrorBeforePx=result.calibration.epipolar_error_before,
-                             timings=result.timings, _reconstruction=result)
+                             timings=result.timings, quality=result.quality, warnings=result.warnings,
+                             _reconstruction=result)
 
     @staticmethod
     def qca_rows(result) -> list[dict]:
-        """QCA per branch (main first): length, MLD, reference diameter, % diameter stenosis."""
+        """QCA per branch (main first): length, MLD, reference diameter, % diameter stenosis, the view whose
+        radii were used (``radius_view``: "A", "B" or "fused") and the warnings ("" when none)."""
         from .pipeline import quantitative_coronary_analysis
 
         rows = []
         for index, branch in enumerate(result.branches):
-            qca = quantitative_coronary_analysis(*branch.refined_centerline())
+            qca = branch.qca or quantitative_coronary_analysis(*branch.refined_centerline())
             rows.append({"branch": "main" if index == 0 else f"side {index}",
                          "length_mm": round(qca["length_mm"], 3), "mld_mm": round(qca["mld_mm"], 3),
                          "reference_diameter_mm": round(qca["reference_diameter_mm"], 3),
                          "percent_diameter_stenosis": round(qca["percent_diameter_stenosis"], 2),
-                         "mld_position_mm": round(qca["mld_position_mm"], 3)})
+                         "mld_position_mm": round(qca["mld_position_mm"], 3),
+                         "radius_view": qca.get("radius_view", "fused"),
+                         "warnings": "; ".join(qca.get("warnings", []))})
         return rows
+
+    @staticmethod
+    def choose_frame(volume, frame):
+        """``frame`` when given, else the volume's DICOM representative frame, else the frame of maximal
+        vessel contrast (frame 0 of a cine run is usually before the contrast arrives)."""
+        if frame is not None or volume is None:
+            return frame
+        from .dicom_io import default_frame
+
+        array = mrml.volume_to_array(volume)[0]
+        stored = volume.GetAttribute(ATTRIBUTE.format("RepresentativeFrameNumber"))
+        return default_frame(array if array.ndim == 3 else array[None], int(stored) if stored else None)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, prediction, reference, table=None, reprojections=None, referenceMasks=None,
@@ -313,8 +336,9 @@ class Angio3DLogic(VesselReconLogic):
         return mrml.rows_to_table(rows, NAMES["metrics"], node=table, scene=self.scene, creator=self.creator)
 
     # ------------------------------------------------------------------ data
-    def add_view(self, frames: np.ndarray, geometry: CArmGeometry, name: str):
-        """A view volume (frames along K) on its detector plane, with the DICOM geometry as attributes."""
+    def add_view(self, frames: np.ndarray, geometry: CArmGeometry, name: str, representative: int | None = None):
+        """A view volume (frames along K) on its detector plane, with the DICOM geometry (and the
+        1-based ``RepresentativeFrameNumber`` when known) as attributes."""
         frames = np.asarray(frames, np.float32)
         frames = frames[None] if frames.ndim == 2 else frames
         node = mrml.array_to_volume(frames, detector_ijk_to_ras(geometry), name, scene=self.scene, creator=self.creator)
@@ -322,6 +346,8 @@ class Angio3DLogic(VesselReconLogic):
             if key in ("Rows", "Columns", "DetectorOffsetPixels"):
                 continue
             node.SetAttribute(ATTRIBUTE.format(key), " ".join(map(str, value)) if isinstance(value, list) else str(value))
+        if representative is not None:
+            node.SetAttribute(ATTRIBUTE.format("RepresentativeFrameNumber"), str(int(representative)))
         return node
 
     def add_points(self, pixels: np.ndarray, volume, name: str, frame: int = 0):
@@ -340,14 +366,14 @@ class Angio3DLogic(VesselReconLogic):
         """Load a (multi-frame) XA DICOM file as a view volume with its geometry attributes."""
         from pathlib import Path
 
-        from .dicom_io import read_xa
+        from .dicom_io import read_xa, representative_frame
 
         frames, geometry, tags = read_xa(path)
         if geometry is None:
             missing = [k for k, v in tags.items() if v is None]
             raise InputError(f"{Path(path).name} lacks {', '.join(missing)}; type the geometry in after loading "
                              "it with Slicer's DICOM module.")
-        return self.add_view(frames, geometry, name or Path(path).stem)
+        return self.add_view(frames, geometry, name or Path(path).stem, representative_frame(path))
 
     def load_sample(self, seed: int = 0) -> Angio3DSample:
         """Generate a two-view phantom (main branch with a stenosis and a side branch) into the scene.

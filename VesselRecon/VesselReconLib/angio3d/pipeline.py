@@ -19,7 +19,8 @@ from .centerline import Centerline2D, extract_centerline
 from .geometry import Calibration, CArmGeometry, refine_calibration
 from .rasterizer import hard_silhouette
 from .refinement import mesh_frame, refine_vertices, sr_images
-from .segmentation import crop_affine, frangi_crops, invert_affine, paste_back, sample_crops, segment_crops
+from .segmentation import (STRIP_HEIGHT, crop_affine, frangi_crops, invert_affine, paste_back, sample_crops,
+                           segment_crops, slab_weights, strip_affine, strip_width)
 
 SEGMENTERS = ("net", "frangi")
 
@@ -34,6 +35,8 @@ class BranchReconstruction:
     initial_vertices: np.ndarray      # (6000, 3) template mesh before SR
     vertices: np.ndarray              # (6000, 3) after SR (== initial without SR) and stitching
     offset: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    views: dict = field(default_factory=dict)   # per-view radii (2, 100) mm, floored and overlap flags
+    qca: dict = field(default_factory=dict)
 
     def refined_centerline(self) -> tuple[np.ndarray, np.ndarray]:
         """Ring centres and mean ring radii of the final mesh."""
@@ -55,6 +58,16 @@ class Reconstruction:
     affines: np.ndarray = None          # (2, B, 2, 3) crop-to-image affines
     raw_crops: torch.Tensor = None      # (2B, 1, S, S) view A crops then view B crops
     crop_probabilities: torch.Tensor = None
+    quality: dict = field(default_factory=dict)   # see :func:`~.quality.quality_report`
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every warning of the quality signals and of each branch's QCA."""
+        out = list(self.quality.get("warnings", []))
+        for index, branch in enumerate(self.branches):
+            name = "main" if index == 0 else f"side {index}"
+            out += [f"{name} QCA: {w}" for w in branch.qca.get("warnings", [])]
+        return out
 
     def silhouettes(self) -> list[np.ndarray]:
         """Binary reprojection of the final mesh onto each view (label = branch index + 1)."""
@@ -112,22 +125,96 @@ def validate_inputs(images, geometries, soi_points) -> tuple[list[np.ndarray], n
     return checked, np.stack(points)
 
 
-def quantitative_coronary_analysis(centerline: np.ndarray, radii: np.ndarray, end_fraction: float = 0.15) -> dict:
+def _end_samples(valid: np.ndarray, n: int, from_end: bool) -> np.ndarray:
+    """Indices of the first ``n`` valid samples counted from the start (or the end)."""
+    order = np.arange(len(valid))[::-1] if from_end else np.arange(len(valid))
+    return order[valid[order]][:n]
+
+
+def quantitative_coronary_analysis(centerline: np.ndarray, radii: np.ndarray, end_fraction: float = 0.15,
+                                   valid: np.ndarray | None = None) -> dict:
     """QCA along a centreline: length, minimal lumen diameter (MLD), reference diameter, % stenosis.
 
     The reference diameter at the MLD position is interpolated linearly between the mean diameters of
-    the proximal and distal ``end_fraction`` of the segment (the interpolated-reference method).
+    the proximal and distal ``end_fraction`` of the segment (the interpolated-reference method), using
+    only ``valid`` samples there (floored radii at a faint end would shrink the reference and give a
+    negative stenosis). ``warnings`` lists what a reader must know: a negative stenosis (MLD wider
+    than the reference: no lesion in the segment, or a wrong reference) is flagged, not hidden.
     """
     diameters = 2 * np.asarray(radii, float)
+    valid = np.ones(len(diameters), bool) if valid is None else np.asarray(valid, bool)
     s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(centerline, axis=0), axis=1))]
     n = max(2, int(round(end_fraction * len(diameters))))
-    inner = slice(n, len(diameters) - n) if len(diameters) > 2 * n + 1 else slice(None)
-    k = np.arange(len(diameters))[inner][np.argmin(diameters[inner])]
-    proximal, distal = diameters[:n].mean(), diameters[-n:].mean()
-    reference = proximal + (distal - proximal) * s[k] / max(s[-1], 1e-9)
+    inner = np.zeros(len(diameters), bool)
+    inner[n:len(diameters) - n] = True
+    if len(diameters) <= 2 * n + 1:
+        inner[:] = True
+    k = np.flatnonzero(inner)[np.argmin(diameters[inner])]
+    warnings = []
+    if valid.sum() < 2 * n:
+        warnings.append(f"only {int(valid.sum())} of {len(valid)} samples have a measured lumen: QCA unreliable")
+        valid = np.ones(len(diameters), bool)
+    proximal_idx, distal_idx = _end_samples(valid, n, False), _end_samples(valid, n, True)
+    proximal, distal = diameters[proximal_idx].mean(), diameters[distal_idx].mean()
+    s_prox, s_dist = s[proximal_idx].mean(), s[distal_idx].mean()
+    t = np.clip((s[k] - s_prox) / max(s_dist - s_prox, 1e-9), 0, 1)
+    reference = proximal + (distal - proximal) * t
+    percent = float(100 * (1 - diameters[k] / max(reference, 1e-9)))
+    if percent < 0:
+        warnings.append(f"negative stenosis ({percent:.0f} %): the minimal lumen is wider than the reference; "
+                        "check the start/end points and the segmentation")
+    dropped = int((~valid[:n]).sum() + (~valid[-n:]).sum())
     return {"length_mm": float(s[-1]), "mld_mm": float(diameters[k]), "reference_diameter_mm": float(reference),
-            "percent_diameter_stenosis": float(100 * (1 - diameters[k] / max(reference, 1e-9))),
-            "mld_position_mm": float(s[k])}
+            "percent_diameter_stenosis": percent, "mld_position_mm": float(s[k]), "mld_index": int(k),
+            "dropped_end_samples": dropped, "warnings": warnings}
+
+
+QCA_MEDIAN_SAMPLES = 5     # running median over 5 samples (~2.5 mm) against single-profile noise
+
+
+def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_branch: bool = False) -> dict:
+    """QCA of a branch from the view(s) that show the lesion without overlap.
+
+    Each view gets its own QCA on its edge-profile radii (``views["qca_radii"]``, see
+    :func:`~.centerline.profile_radii_px`; a running median of ``QCA_MEDIAN_SAMPLES``), with floored end
+    samples dropped from the reference. When another vessel overlaps one view at its MLD (densitometry)
+    and not the other, the clean view alone is used (overlap hides a lesion, it never creates one);
+    otherwise the two views' measures are averaged. ``radius_view`` says which: "A", "B" or "A+B".
+    A side branch's first 15 % lie in the parent vessel's shadow: they are left out of its reference.
+    """
+    from scipy import ndimage
+
+    floored, overlap = views["floored"].copy(), views["overlap"]
+    radii = views.get("qca_radii", views["radii"])
+    if side_branch:
+        floored[:, :int(round(0.15 * floored.shape[1]))] = True
+    per_view = []
+    for v in range(2):
+        smooth = ndimage.median_filter(radii[v], QCA_MEDIAN_SAMPLES, mode="nearest")
+        per_view.append(quantitative_coronary_analysis(centerline, smooth, valid=~floored[v]))
+    deep = int(np.argmax([q["percent_diameter_stenosis"] for q in per_view]))
+    k = per_view[deep]["mld_index"]                       # where the lesion is seen
+    hidden = [bool(overlap[v, max(0, k - 2):k + 3].any()) for v in range(2)]
+    use = [hidden.index(False)] if hidden[0] != hidden[1] else [0, 1]
+    if len(use) == 1:
+        qca, source = dict(per_view[use[0]]), "AB"[use[0]]
+    else:
+        keys = ("mld_mm", "reference_diameter_mm", "percent_diameter_stenosis", "mld_position_mm")
+        qca = dict(per_view[0])
+        qca.update({k: float(np.mean([q[k] for q in per_view])) for k in keys})
+        qca["dropped_end_samples"] = int(sum(q["dropped_end_samples"] for q in per_view))
+        qca["warnings"] = list(dict.fromkeys(per_view[0]["warnings"] + per_view[1]["warnings"]))
+        source = "A+B"
+    if qca["percent_diameter_stenosis"] < 0 and not any("negative" in w for w in qca["warnings"]):
+        qca["warnings"].append(f"negative stenosis ({qca['percent_diameter_stenosis']:.0f} %): check the points")
+    qca["radius_view"] = source
+    qca["percent_diameter_stenosis_views"] = [round(q["percent_diameter_stenosis"], 2) for q in per_view]
+    for v, name in enumerate("AB"):
+        fraction = float(views["floored"][v].mean())
+        if fraction > 0.1:
+            qca["warnings"].append(f"view {name}: {100 * fraction:.0f} % of the radii sit on the "
+                                   "0.5 px floor (lumen not found there)")
+    return qca
 
 
 def _probabilities(net, segmenter: str, raw: torch.Tensor) -> torch.Tensor:
@@ -143,7 +230,7 @@ def _probabilities(net, segmenter: str, raw: torch.Tensor) -> torch.Tensor:
 
 def reconstruct(images, geometries, soi_points, net=None, device: str | torch.device = "cpu",
                 segmenter: str = "net", refine: bool = True, calibrate: bool = True, stitch: bool = True,
-                radius_fusion: str = "mean", progress=None, cancel=None) -> Reconstruction:
+                radius_fusion: str = "lesion", qca_views: bool = True, progress=None, cancel=None) -> Reconstruction:
     """Reconstruct the SOI lumen mesh from two views.
 
     :param images: two 2D arrays (rows x columns) of the chosen frames.
@@ -155,12 +242,17 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
     :param refine: run surface refinement (``False`` gives the "(-) SR" ablation).
     :param calibrate: refine view B's geometry with Levenberg-Marquardt on the SOI end points.
     :param stitch: union the branch meshes (``False`` leaves ``mesh`` as None; used in training).
-    :param radius_fusion: ``"mean"`` (paper) or ``"min"`` of the two views' radii.
+    :param radius_fusion: mesh radii from the two views: ``"lesion"`` (mean, but the clean view where
+        the other is overlapped or floored), ``"mean"`` (paper) or ``"min"``; see :func:`~.triangulation.fuse_radii`.
+    :param qca_views: QCA from the view that shows the lesion without overlap (:func:`view_qca`);
+        ``False`` measures the mesh's ring radii (the paper's mean radius).
     """
     if segmenter not in SEGMENTERS:
         raise InputError(f"segmenter must be one of {', '.join(SEGMENTERS)}, not {segmenter!r}.")
-    if radius_fusion not in ("mean", "min"):
-        raise InputError(f"radius_fusion must be 'mean' or 'min', not {radius_fusion!r}.")
+    from .triangulation import RADIUS_FUSIONS
+
+    if radius_fusion not in RADIUS_FUSIONS:
+        raise InputError(f"radius_fusion must be one of {', '.join(RADIUS_FUSIONS)}, not {radius_fusion!r}.")
     if segmenter not in SEGMENTERS:
         raise InputError(f"Unknown segmenter {segmenter!r}; choose one of {', '.join(SEGMENTERS)}.")
     reporter = as_reporter(progress, cancel)
@@ -175,7 +267,7 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
         clock = now
 
     reporter(0.02, "calibrating the two views")
-    geometries = list(geometries)
+    geometries = recorded = list(geometries)
     calibration = (refine_calibration(geometries[0], geometries[1], points[0].reshape(-1, 2), points[1].reshape(-1, 2))
                    if calibrate else Calibration(geometries[0], geometries[1], np.nan, np.nan, np.zeros(4)))
     geometries = [calibration.geometry_a, calibration.geometry_b]
@@ -184,18 +276,24 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
     reporter(0.1, "segmenting the SOI")
     size = net.crop_size if net is not None else 128
     n_branches = points.shape[1]
-    affines = np.array([[crop_affine(p[0], p[1], size) for p in view] for view in points])     # (2, B, 2, 3)
-    raw = torch.cat([sample_crops(torch.as_tensor(img, device=device), affines[v], size)
-                     for v, img in enumerate(images)])                                        # (2B, 1, S, S)
-    probs = _probabilities(net, segmenter, raw)
-    probs_np = probs.float().cpu().numpy().reshape(2, n_branches, size, size)
+    width = strip_width(points)
+    strips = np.array([[strip_affine(p[0], p[1], width) for p in view] for view in points])      # (2, B, 2, 3)
+    raw_strips = torch.cat([sample_crops(torch.as_tensor(img, device=device), strips[v], (STRIP_HEIGHT, width))
+                            for v, img in enumerate(images)])                                  # (2B, 1, H, W)
+    strip_probs = _probabilities(net, segmenter, raw_strips).float().cpu().numpy()
+    strip_probs = strip_probs.reshape(2, n_branches, STRIP_HEIGHT, width)
     tick("segmentation")
 
     reporter(0.3, "extracting 2D centrelines")
-    full_probs = [[paste_back(probs_np[v, b], affines[v, b], images[v].shape) for b in range(n_branches)]
-                  for v in range(2)]
-    lines = [[extract_centerline(full_probs[v][b], points[v, b, 0], points[v, b, 1], geometries[v])
+    full_probs = [[paste_back(strip_probs[v, b] * slab_weights(*points[v, b], strips[v, b], (STRIP_HEIGHT, width)),
+                              strips[v, b], images[v].shape) for b in range(n_branches)] for v in range(2)]
+    lines = [[extract_centerline(full_probs[v][b], points[v, b, 0], points[v, b, 1], geometries[v], image=images[v])
               for b in range(n_branches)] for v in range(2)]
+    affines = np.array([[crop_affine(p[0], p[1], size) for p in view] for view in points])     # SR crops
+    raw = torch.cat([sample_crops(torch.as_tensor(img, device=device), affines[v], size)
+                     for v, img in enumerate(images)])                                        # (2B, 1, S, S)
+    probs = torch.cat([sample_crops(torch.as_tensor(full_probs[v][b], device=device), affines[v, b:b + 1], size)
+                       for v in range(2) for b in range(n_branches)])[:, 0]
     tick("centerlines")
 
     reporter(0.5, "triangulating")
@@ -203,9 +301,14 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
 
     branches = []
     for b in range(n_branches):
-        centerline, radii = triangulate_centerline(lines[0][b], lines[1][b], *geometries, radius_fusion=radius_fusion)
+        centerline, radii, views = triangulate_centerline(lines[0][b], lines[1][b], *geometries,
+                                                          radius_fusion=radius_fusion, details=True)
         vertices = template.template_vertices(centerline, radii)
-        branches.append(BranchReconstruction([lines[0][b], lines[1][b]], centerline, radii, vertices, vertices.copy()))
+        branches.append(BranchReconstruction([lines[0][b], lines[1][b]], centerline, radii, vertices, vertices.copy(),
+                                             views=views))
+    from .quality import quality_report
+
+    quality = quality_report(branches, geometries, calibration, points, recorded)
     tick("triangulation")
 
     if refine and net is not None:
@@ -224,12 +327,15 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
         for branch, vertices, offset in zip(branches, moved, offsets):
             branch.vertices, branch.offset = vertices, offset
     tick("stitching")
-    main_centres, main_radii = branches[0].refined_centerline()
-    qca = quantitative_coronary_analysis(main_centres, main_radii)
+    for index, branch in enumerate(branches):
+        centres, ring_radii = branch.refined_centerline()
+        branch.qca = view_qca(centres, branch.views, ring_radii, side_branch=index > 0) if qca_views else \
+            quantitative_coronary_analysis(centres, ring_radii)
+    qca = branches[0].qca
     masks = [np.max([p > 0.5 for p in view], axis=0) for view in full_probs]
     reporter(1.0, "done")
     return Reconstruction(branches, [np.max(view, axis=0) for view in full_probs], masks, geometries, calibration,
-                          mesh, qca, timings, affines, raw.cpu(), probs.cpu())
+                          mesh, qca, timings, affines, raw.cpu(), probs.cpu(), quality)
 
 
 def _refine(net, branches, raw, probs, affines, geometries, device) -> None:

@@ -1,4 +1,10 @@
-"""SOI crops (rotated so start -> end runs along +x), U-Net segmentation and the Frangi baseline.
+"""SOI strips and crops (rotated so start -> end runs along +x), U-Net segmentation and the Frangi baseline.
+
+Segmentation runs on **strips at the angiogram's native pixel size** (:func:`strip_affine`): one
+rotated rectangle per branch, ``STRIP_HEIGHT`` pixels across and as long as the SOI plus a margin, so
+the network sees vessels at the scale it was trained on whatever the segment's length (a crop
+rescaled by the segment length made a 2 mm artery 1 px wide on long segments and 6 px on short
+ones). The surface refinement keeps its square crops scaled to the SOI (:func:`crop_affine`).
 
 A crop is defined by a 2x3 affine ``A`` mapping crop pixel ``(x, y, 1)`` to image pixel ``(col, row)``;
 pixel indices are pixel centres on both sides (``grid_sample(..., align_corners=True)``).
@@ -12,6 +18,42 @@ import torch.nn.functional as F
 
 MIN_SIDE = 72.0
 MARGIN = 1.35
+STRIP_HEIGHT = 128      # px across the SOI axis (native pixels)
+STRIP_MARGIN = 24       # px before the start and after the end
+STRIP_MULTIPLE = 32     # strip length rounded up to this (U-Net stride)
+SLAB_MARGIN = 6.0       # px: probabilities beyond start/end (along the SOI axis) are cut
+
+
+def strip_affine(start: np.ndarray, end: np.ndarray, width: int, height: int = STRIP_HEIGHT,
+                 scale: float = 1.0) -> np.ndarray:
+    """Crop-to-image affine of a native-scale strip (``scale`` image pixels per strip pixel, 1 at
+    inference) centred on the SOI chord, rotated so that start -> end is the strip's +x axis."""
+    start, end = np.asarray(start, float), np.asarray(end, float)
+    delta = end - start
+    angle = np.arctan2(delta[1], delta[0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) * scale
+    centre = (start + end) / 2 - rot @ np.array([(width - 1) / 2, (height - 1) / 2])
+    return np.c_[rot, centre]
+
+
+def strip_width(points: np.ndarray, margin: float = STRIP_MARGIN, multiple: int = STRIP_MULTIPLE,
+                minimum: int = STRIP_HEIGHT) -> int:
+    """One strip length (px) for all branches and views: the longest chord plus margins, rounded up."""
+    points = np.asarray(points, float).reshape(-1, 2, 2)
+    chord = float(np.linalg.norm(points[:, 1] - points[:, 0], axis=1).max())
+    return int(max(minimum, np.ceil((chord + 2 * margin) / multiple) * multiple))
+
+
+def slab_weights(start: np.ndarray, end: np.ndarray, affine: np.ndarray, shape: tuple[int, int],
+                 margin: float = SLAB_MARGIN) -> np.ndarray:
+    """(H, W) 1 where a strip pixel lies between the SOI start and end along the SOI axis (+ margin)."""
+    start, end = np.asarray(start, float), np.asarray(end, float)
+    axis = (end - start) / max(np.linalg.norm(end - start), 1e-9)
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
+    pix = apply_affine(affine, np.c_[xs.ravel(), ys.ravel()])
+    along = (pix - start) @ axis
+    keep = (along >= -margin) & (along <= np.linalg.norm(end - start) + margin)
+    return keep.reshape(shape).astype(np.float32)
 
 
 def crop_affine(start: np.ndarray, end: np.ndarray, size: int, margin: float = MARGIN,
@@ -39,17 +81,19 @@ def apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.asarray(points, float) @ np.asarray(affine)[:2, :2].T + np.asarray(affine)[:2, 2]
 
 
-def _crop_grid(affines: torch.Tensor, size: int, shape: tuple[int, int]) -> torch.Tensor:
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=affines.dtype, device=affines.device),
-                            torch.arange(size, dtype=affines.dtype, device=affines.device), indexing="ij")
+def _crop_grid(affines: torch.Tensor, size, shape: tuple[int, int]) -> torch.Tensor:
+    height, width = (size, size) if np.isscalar(size) else size
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=affines.dtype, device=affines.device),
+                            torch.arange(width, dtype=affines.dtype, device=affines.device), indexing="ij")
     crop = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)
-    pix = crop @ affines.transpose(1, 2)                                         # (N, S*S, 2)
+    pix = crop @ affines.transpose(1, 2)                                         # (N, H*W, 2)
     norm = torch.stack([2 * pix[..., 0] / (shape[1] - 1) - 1, 2 * pix[..., 1] / (shape[0] - 1) - 1], -1)
-    return norm.reshape(len(affines), size, size, 2)
+    return norm.reshape(len(affines), height, width, 2)
 
 
-def sample_crops(image: torch.Tensor, affines: np.ndarray, size: int, mode: str = "bilinear") -> torch.Tensor:
-    """Crops (N, C, S, S) of an image (C, H, W) or (H, W) tensor for N crop affines."""
+def sample_crops(image: torch.Tensor, affines: np.ndarray, size, mode: str = "bilinear") -> torch.Tensor:
+    """Crops (N, C, H, W) of an image (C, H, W) or (H, W) tensor for N crop affines; ``size`` is S
+    (square) or (H, W)."""
     image = image[None] if image.ndim == 2 else image
     affines_t = torch.as_tensor(np.asarray(affines), dtype=torch.float32, device=image.device).reshape(-1, 2, 3)
     grid = _crop_grid(affines_t, size, image.shape[-2:])
@@ -65,11 +109,11 @@ def normalize_crops(crops: torch.Tensor) -> torch.Tensor:
 
 
 def paste_back(crop: np.ndarray, affine: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A crop-space map (S, S) resampled onto the full image (zero outside the crop)."""
+    """A crop-space map (H, W) resampled onto the full image (zero outside the crop)."""
     from scipy import ndimage
 
-    size = crop.shape[0]
-    corners = apply_affine(affine, np.array([[0, 0], [size - 1, 0], [0, size - 1], [size - 1, size - 1]]))
+    h, w = crop.shape
+    corners = apply_affine(affine, np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]]))
     lo = np.clip(np.floor(corners.min(0)).astype(int), 0, [shape[1] - 1, shape[0] - 1])
     hi = np.clip(np.ceil(corners.max(0)).astype(int), 0, [shape[1] - 1, shape[0] - 1])
     cols, rows = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1))
@@ -81,7 +125,7 @@ def paste_back(crop: np.ndarray, affine: np.ndarray, shape: tuple[int, int]) -> 
 
 
 def segment_crops(net, crops: torch.Tensor) -> torch.Tensor:
-    """Vessel probabilities (N, S, S) of raw crops (N, 1, S, S) with the U-Net."""
+    """Vessel probabilities (N, H, W) of raw crops or strips (N, 1, H, W) with the U-Net."""
     return torch.sigmoid(net.segment(normalize_crops(crops)))[:, 0].float()
 
 

@@ -1,7 +1,8 @@
 """Training of 3DAngioNet on ``xray`` phantom datasets: segmentation first, then surface refinement.
 
-Stage 1 (segmentation): SOI crops of both views (start/end jittered by a few pixels), target = the
-contrast-filled vessels in the crop; BCE + Dice, Adam lr 1e-3, learning rate x0.96 per epoch.
+Stage 1 (segmentation): native-scale tiles along each branch's SOI in both views (rotated so that
+start -> end runs along +x), target = that SOI branch only (neighbours and overlaps are in the image,
+not in the label); BCE + Dice, Adam lr 1e-3, learning rate x0.96 per epoch.
 Stage 2 (SR): the "(-) SR" pipeline (trained U-Net, centrelines, triangulation, template) gives the
 initial mesh of every branch; the target is the template built on the true 3D centreline with the
 same ring phase; L = L_MSE + 0.01 L_Norm + 2.5 L_Edge + 100 L_Lap + 0.0002 L_Seg, Adam lr 1e-3, batch
@@ -39,58 +40,137 @@ def load_cases(folder: str | Path, limit: int | None = None) -> list[XrayCase]:
 # ------------------------------------------------------------------------------- segmentation
 
 
-def segmentation_crops(cases: list[XrayCase], size: int, rng: np.random.Generator, jitter: float = 4.0,
-                       repeats: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw SOI crops (N, 1, S, S) and vessel-mask crops of every case, view and branch."""
-    images, masks = [], []
-    for _ in range(repeats):
-        for case in cases:
-            for view in range(2):
-                image = torch.as_tensor(case.images[view])
-                vessels = torch.as_tensor(case.vessels[view].astype(np.float32))
-                affines = [crop_affine(*(p + rng.normal(0, jitter, p.shape)), size) for p in case.soi_points[view]]
-                images.append(sample_crops(image, affines, size))
-                masks.append((sample_crops(vessels, affines, size) > 0.5).float())
-    return torch.cat(images), torch.cat(masks)
+def segmentation_tiles(cases: list[XrayCase], size: int, rng: np.random.Generator, per_branch: int = 2,
+                       augment: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Native-scale training tiles (N, 1, S, S), their SOI targets and loss weights.
+
+    Each tile is centred on a random point of a branch's SOI chord (plus a few pixels across it) and
+    rotated so that start -> end runs along +x, as the inference strips are; with ``augment`` the angle
+    is jittered by ~8 degrees and the scale by 0.75-1.35 (other pixel sizes and magnifications). The
+    target is the **segment of interest only**: that branch's own projection; neighbouring,
+    overlapping and crossing vessels, the catheter and the vessel beyond the SOI ends are in the image
+    but not in the label. The weight is zero beyond the start/end along the axis (where the inference
+    strip is cut anyway).
+    """
+    from .segmentation import slab_weights, strip_affine
+
+    images, targets, weights = [], [], []
+    for case in cases:
+        for view in range(2):
+            image = torch.as_tensor(case.images[view])
+            for branch, (start, end) in enumerate(case.soi_points[view]):
+                label = torch.as_tensor(case.branch_mask(view, branch).astype(np.float32))
+                axis = (end - start) / max(np.linalg.norm(end - start), 1e-9)
+                normal = np.array([-axis[1], axis[0]])
+                for _ in range(per_branch):
+                    u = rng.uniform(0, 1) if augment else 0.5
+                    centre = start + u * (end - start) + (rng.normal(0, 4) if augment else 0.0) * normal
+                    angle = np.arctan2(axis[1], axis[0]) + (np.radians(rng.normal(0, 8)) if augment else 0.0)
+                    direction = np.array([np.cos(angle), np.sin(angle)])
+                    scale = float(np.exp(rng.uniform(np.log(0.75), np.log(1.35)))) if augment else 1.0
+                    affine = strip_affine(centre - direction, centre + direction, size, size, scale)
+                    images.append(sample_crops(image, [affine], size))
+                    targets.append((sample_crops(label, [affine], size) > 0.5).float())
+                    weights.append(torch.as_tensor(slab_weights(start, end, affine, (size, size)))[None, None])
+    return torch.cat(images), torch.cat(targets), torch.cat(weights)
+
+
+def weighted_bce_dice(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice restricted to the weighted pixels (the paper's segmentation loss)."""
+    import torch.nn.functional as F
+
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum() / weight.sum().clamp(min=1)
+    prob = torch.sigmoid(logits) * weight
+    dice = 1 - (2 * (prob * target).sum((1, 2, 3)) + 1) / (prob.sum((1, 2, 3)) + (target * weight).sum((1, 2, 3)) + 1)
+    return bce + dice.mean()
+
+
+def augment_intensity(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random gamma, blur and noise per tile (on top of the phantoms' own randomisation)."""
+    import torch.nn.functional as F
+
+    n = len(x)
+    lo = x.amin((1, 2, 3), keepdim=True)
+    hi = x.amax((1, 2, 3), keepdim=True)
+    unit = (x - lo) / (hi - lo).clamp(min=1e-6)
+    gamma = torch.exp(torch.empty(n, 1, 1, 1).uniform_(-0.5, 0.5, generator=generator))
+    unit = unit.clamp(min=0) ** gamma
+    blur = torch.rand(n, generator=generator) < 0.3
+    if blur.any():
+        kernel = torch.tensor([0.25, 0.5, 0.25])
+        k2 = (kernel[:, None] * kernel[None])[None, None]
+        unit[blur] = F.conv2d(F.pad(unit[blur], (1, 1, 1, 1), mode="replicate"), k2)
+    noise = torch.rand(n, 1, 1, 1, generator=generator) * 0.05
+    return unit + noise * torch.randn(unit.shape, generator=generator)
 
 
 def train_segmentation(net: Angio3DNet, cases, val_cases, out_dir: Path, epochs: int, batch_size: int = 8,
                        seed: int = 0, progress=None) -> list[dict]:
-    """Stage 1 with the shared :class:`~VesselReconLib.training.Trainer` (only the U-Net is optimised)."""
+    """Stage 1 with the shared :class:`~VesselReconLib.training.Trainer` (only the U-Net is optimised):
+    native-scale SOI tiles, segment-of-interest target, weighted BCE + Dice, Adam 1e-3 x0.96/epoch."""
     from ..metrics import dice
     from ..training import Trainer
     from .segmentation import normalize_crops
 
     rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
     size = net.crop_size
-    x_val, y_val = segmentation_crops(val_cases, size, np.random.default_rng(seed + 1), jitter=0.0)
-    criterion = losses.BCEDiceLoss()
+    set_bn_momentum(net.segmenter, 0.1)            # EfficientNet's 0.01 lags far behind a fine-tuned network
+    x_val, y_val, w_val = segmentation_tiles(val_cases, size, np.random.default_rng(seed + 1), per_branch=1,
+                                             augment=False)
     optimizer = torch.optim.Adam(net.segmenter.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.96)
 
     def make_batches(epoch):
-        x, y = segmentation_crops(cases, size, rng)
-        flip = torch.rand(len(x)) < 0.5                        # mirror across the start -> end axis
-        x[flip], y[flip] = x[flip].flip(-2), y[flip].flip(-2)
-        order = torch.randperm(len(x))
+        x, y, w = segmentation_tiles(cases, size, rng)
+        x = augment_intensity(x, generator)
+        flip = torch.rand(len(x), generator=generator) < 0.5           # mirror across the start -> end axis
+        x[flip], y[flip], w[flip] = x[flip].flip(-2), y[flip].flip(-2), w[flip].flip(-2)
+        order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch_size):
             index = order[start:start + batch_size]
-            yield x[index], y[index]
+            yield x[index], y[index], w[index]
 
     def loss_fn(model, batch):
-        x, y = batch
-        return criterion(model.segment(normalize_crops(x)), y)
+        x, y, w = batch
+        return weighted_bce_dice(model.segment(normalize_crops(x)), y, w)
 
     def validate(model):
-        probs = torch.sigmoid(model.segment(normalize_crops(x_val)))
-        return {"dice": dice(probs.numpy() > 0.5, y_val.numpy() > 0.5)}
+        probs = torch.sigmoid(model.segment(normalize_crops(x_val))) * w_val
+        return {"dice": dice(probs.numpy() > 0.5, (y_val * w_val).numpy() > 0.5)}
 
     trainer = Trainer(net, optimizer, loss_fn, out_dir / "segmentation", scheduler=scheduler, monitor="val_dice",
                       mode="max")
-    n_batches = int(np.ceil(sum(2 * len(c.soi_points[0]) for c in cases) / batch_size))
+    n_batches = int(np.ceil(sum(4 * len(c.soi_points[0]) for c in cases) / batch_size))
     history = trainer.fit(make_batches, epochs, validate=validate, batches_per_epoch=n_batches, progress=progress)
     trainer.load_best()
+    recalibrate_batchnorm(net, make_batches(epochs))
     return history
+
+
+def set_bn_momentum(module: torch.nn.Module, momentum: float) -> None:
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.momentum = momentum
+
+
+def recalibrate_batchnorm(net: Angio3DNet, batches, limit: int = 60) -> None:
+    """Re-estimate the U-Net's BatchNorm running statistics with the final weights (cumulative average
+    over ``limit`` training batches), so that eval mode sees the statistics the weights were trained with."""
+    from .segmentation import normalize_crops
+
+    layers = [m for m in net.segmenter.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    net.segmenter.train()
+    with torch.no_grad():
+        for index, (x, _, _) in enumerate(batches):
+            if index >= limit:
+                break
+            net.segment(normalize_crops(x))
+    set_bn_momentum(net.segmenter, 0.1)
+    net.eval()
 
 
 # ------------------------------------------------------------------------------- refinement
@@ -148,7 +228,7 @@ def sr_samples(net: Angio3DNet, cases: list[XrayCase], max_initial_mae: float = 
             frame = mesh_frame(branch.centerline, branch.initial_vertices)
             target_n = torch.as_tensor(frame.to_normalised(target), dtype=torch.float32)[None]
             raster_affines = [crop_affine(*case.soi_points[v][b], raster) for v in range(2)]
-            masks = torch.cat([(sample_crops(torch.as_tensor((case.soi_masks[v] == b + 1).astype(np.float32)),
+            masks = torch.cat([(sample_crops(torch.as_tensor(case.branch_mask(v, b).astype(np.float32)),
                                              [raster_affines[v]], raster) > 0.5).float()[:, 0] for v in range(2)])
             samples.append(SRSample(
                 images_a=images[b:b + 1], images_b=images[n + b:n + b + 1],

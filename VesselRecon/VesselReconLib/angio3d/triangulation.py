@@ -63,17 +63,38 @@ def _at(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(index, grid, values[:, k]) for k in range(values.shape[1])], 1)
 
 
+RADIUS_FUSIONS = ("lesion", "mean", "min")
+
+
+def fuse_radii(radii: np.ndarray, unreliable: np.ndarray, fusion: str = "lesion") -> np.ndarray:
+    """One radius per sample from the two views' radii (2, N).
+
+    ``"mean"``: the paper's mean of the two views; ``"min"``: the narrower view; ``"lesion"``: the
+    mean, except where one view is unreliable there (another vessel overlaps the SOI, or its radius sits
+    on the floor) and the other is not: then the clean view alone.
+    """
+    if fusion not in RADIUS_FUSIONS:
+        raise ValueError(f"radius_fusion must be one of {', '.join(RADIUS_FUSIONS)}, not {fusion!r}")
+    if fusion == "min":
+        return radii.min(0)
+    fused = radii.mean(0)
+    if fusion == "lesion":
+        only_a, only_b = unreliable[1] & ~unreliable[0], unreliable[0] & ~unreliable[1]
+        fused = np.where(only_a, radii[0], np.where(only_b, radii[1], fused))
+    return fused
+
+
 def triangulate_centerline(line_a, line_b, geom_a, geom_b, n: int = 100, smooth: float = 1.5,
-                           radius_fusion: str = "mean"):
+                           radius_fusion: str = "mean", details: bool = False):
     """3D centreline P (n, 3) and lumen radius R (n,) from two :class:`Centerline2D`.
 
     Radii: each view's radius converted from pixels to mm at the triangulated point's own depth
-    (pixel size x distance from the source / SID), then fused: ``"mean"`` of the two views (the
-    paper's mean lumen radius) or ``"min"`` (the narrower view, which is robust to overlapping vessels
-    and is closer to QCA practice at stenoses).
+    (pixel size x distance from the source / SID), then fused by :func:`fuse_radii`. With
+    ``details`` a third value holds, per view and resampled on P, the radii (2, n) in mm and the
+    ``floored`` and ``overlap`` flags (2, n).
     """
-    if radius_fusion not in ("mean", "min"):
-        raise ValueError(f"radius_fusion must be 'mean' or 'min', not {radius_fusion!r}")
+    if radius_fusion not in RADIUS_FUSIONS:
+        raise ValueError(f"radius_fusion must be one of {', '.join(RADIUS_FUSIONS)}, not {radius_fusion!r}")
     p_a, p_b = geom_a.projection_matrix(), geom_b.projection_matrix()
     match = epipolar_correspondence(line_a.points, line_b.points, fundamental_matrix(p_a, p_b))
     matched_b = _at(line_b.points, match)
@@ -84,6 +105,16 @@ def triangulate_centerline(line_a, line_b, geom_a, geom_b, n: int = 100, smooth:
         points = inner
     mm_a = np.mean(geom_a.pixel_spacing) * geom_a.depth(points) / geom_a.sid
     mm_b = np.mean(geom_b.pixel_spacing) * geom_b.depth(points) / geom_b.sid
-    radii_a, radii_b = line_a.radii_px * mm_a, _at(line_b.radii_px, match) * mm_b
-    radii = 0.5 * (radii_a + radii_b) if radius_fusion == "mean" else np.minimum(radii_a, radii_b)
-    return resample_polyline(points, radii, n)
+    per_view = np.stack([line_a.radii_px * mm_a, _at(line_b.radii_px, match) * mm_b])
+    floored = np.stack([line_a.floored, _at(line_b.floored.astype(float), match) > 0.5])
+    overlap = np.stack([line_a.overlap, _at(line_b.overlap.astype(float), match) > 0.5])
+    radii = fuse_radii(per_view, floored | overlap, radius_fusion)
+    out_points, out_radii = resample_polyline(points, radii, n)
+    if not details:
+        return out_points, out_radii
+    qca_view = np.stack([line_a.qca_radii_px * mm_a, _at(line_b.qca_radii_px, match) * mm_b])
+    extra = {"radii": np.stack([resample_polyline(points, r, n)[1] for r in per_view]),
+             "qca_radii": np.stack([resample_polyline(points, r, n)[1] for r in qca_view]),
+             "floored": np.stack([resample_polyline(points, f.astype(float), n)[1] > 0.5 for f in floored]),
+             "overlap": np.stack([resample_polyline(points, f.astype(float), n)[1] > 0.5 for f in overlap])}
+    return out_points, out_radii, extra

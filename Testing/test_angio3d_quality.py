@@ -1,0 +1,186 @@
+"""Angio3D issue 14: native-scale strips, segment-of-interest targets, QCA a clinician can trust, quality
+signals, default frame, negative-angle CLI values and LPS-marked outputs."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from VesselReconLib.angio3d import geometry as geo
+
+
+# ------------------------------------------------------------------ segmentation at the native pixel scale
+
+
+def test_strips_sample_the_image_at_its_own_pixel_size():
+    import torch
+
+    from VesselReconLib.angio3d.segmentation import sample_crops, slab_weights, strip_affine, strip_width
+
+    image = np.add.outer(np.arange(200.0), 1000 * np.arange(300.0)).astype(np.float32)   # row + 1000 col
+    start, end = np.array([40.0, 100.0]), np.array([240.0, 100.0])                      # horizontal SOI
+    width = strip_width(np.array([[start, end]]))
+    assert width == 256 and width % 32 == 0                                               # 200 px + margins
+    affine = strip_affine(start, end, width, 64)
+    strip = sample_crops(torch.as_tensor(image), [affine], (64, width))[0, 0].numpy()
+    # one strip pixel is one image pixel: neighbouring columns differ by one image column
+    assert np.allclose(np.diff(strip[32, 10:-10]), 1000.0, atol=0.1)
+    assert np.allclose(np.diff(strip[10:-10, 100]), 1.0, atol=0.1)
+    # a long and a short segment see a vessel at the same scale (no rescaling by the segment length)
+    short = strip_affine(start, start + [60, 0], 128, 64)
+    assert np.allclose(np.linalg.norm(short[:, :2], axis=0), 1.0)
+    weights = slab_weights(start, end, affine, (64, width))
+    columns = np.flatnonzero(weights[32])
+    assert abs(columns[0] - (width - 200) / 2) <= 7 and abs(columns[-1] - (width + 200) / 2) <= 7
+
+
+def test_training_tiles_hold_neighbours_in_the_image_but_not_in_the_target(tmp_path):
+    import torch
+
+    from VesselReconLib.angio3d.segmentation import sample_crops
+    from VesselReconLib.angio3d.train import segmentation_tiles
+    from VesselReconLib.phantoms import xray
+
+    case = xray.load_case(xray.write_case(xray.make_case(31), tmp_path / "c", with_mesh=False))
+    x, y, w = segmentation_tiles([case], 128, np.random.default_rng(0), per_branch=3, augment=False)
+    assert x.shape == y.shape == w.shape == (12, 1, 128, 128)
+    # targets are the SOI branch only: never outside the branch's own projection
+    from VesselReconLib.angio3d.segmentation import strip_affine
+
+    index = 0
+    other_vessel_pixels = 0
+    for view in range(2):
+        vessels = torch.as_tensor(case.vessels[view].astype(np.float32))
+        for branch, (start, end) in enumerate(case.soi_points[view]):
+            mask = torch.as_tensor(case.branch_mask(view, branch).astype(np.float32))
+            axis = (end - start) / np.linalg.norm(end - start)
+            affine = strip_affine(start + 0.5 * (end - start) - axis, start + 0.5 * (end - start) + axis, 128, 128)
+            expected = (sample_crops(mask, [affine], 128) > 0.5).float()
+            assert torch.equal(y[index], expected[0])
+            seen = (sample_crops(vessels, [affine], 128) > 0.5)[0]
+            other_vessel_pixels += int((seen & (y[index] == 0)).sum())
+            index += 3
+    assert other_vessel_pixels > 100            # other vessels (side branches, neighbours) are in the image
+
+
+# ------------------------------------------------------------------ QCA
+
+
+def straight(n=100, length=50.0):
+    s = np.linspace(0, length, n)
+    return s, np.c_[s, np.zeros(n), np.zeros(n)]
+
+
+def test_floored_end_samples_do_not_make_a_negative_stenosis():
+    from VesselReconLib.angio3d.pipeline import quantitative_coronary_analysis
+
+    s, line = straight()
+    radii = np.full(100, 1.5)
+    radii[-12:] = 0.1                                            # a click past the faint end: floored radii
+    naive = quantitative_coronary_analysis(line, radii)
+    assert naive["percent_diameter_stenosis"] < 0 and "negative stenosis" in naive["warnings"][0]   # flagged
+    valid = np.ones(100, bool)
+    valid[-12:] = False
+    fixed = quantitative_coronary_analysis(line, radii, valid=valid)
+    assert fixed["reference_diameter_mm"] == pytest.approx(3.0)
+    assert fixed["percent_diameter_stenosis"] == pytest.approx(0.0, abs=1e-6)
+    assert fixed["dropped_end_samples"] == 12 and not fixed["warnings"]
+
+
+def test_view_qca_uses_the_view_that_shows_the_lesion_without_overlap():
+    from VesselReconLib.angio3d.pipeline import view_qca
+
+    s, line = straight()
+    lesion = 1.6 * (1 - 0.6 * np.exp(-((s - 25) / 3) ** 2))
+    hidden = np.full(100, 1.6)                                   # an overlapping vessel hides the lesion
+    none = np.zeros((2, 100), bool)
+    overlap = none.copy()
+    overlap[1, 40:60] = True
+    for radii, expected in (((lesion, hidden), "A"), ((hidden, lesion), "B")):
+        flags = overlap if expected == "A" else overlap[::-1]
+        qca = view_qca(line, {"radii": np.stack(radii), "floored": none, "overlap": flags}, np.mean(radii, 0))
+        assert qca["radius_view"] == expected
+        assert qca["percent_diameter_stenosis"] == pytest.approx(60, abs=5)      # 5-sample running median
+    # the plain mean halves the lesion
+    from VesselReconLib.angio3d.pipeline import quantitative_coronary_analysis
+
+    assert quantitative_coronary_analysis(line, (lesion + hidden) / 2)["percent_diameter_stenosis"] < 35
+
+
+def test_radius_fusion_keeps_the_clean_view():
+    from VesselReconLib.angio3d.triangulation import fuse_radii
+
+    radii = np.array([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]])
+    unreliable = np.array([[False, True, False], [True, False, False]])
+    np.testing.assert_allclose(fuse_radii(radii, unreliable, "lesion"), [1.0, 2.0, 1.5])
+    np.testing.assert_allclose(fuse_radii(radii, unreliable, "mean"), [1.5, 1.5, 1.5])
+    np.testing.assert_allclose(fuse_radii(radii, unreliable, "min"), [1.0, 1.0, 1.0])
+
+
+def test_densitometry_flags_an_overlap():
+    from VesselReconLib.angio3d.centerline import overlap_flags
+
+    image = np.full((80, 160), 1000.0)
+    image[37:44, 10:150] -= 300                                  # the SOI, 7 px wide
+    image[20:60, 70:77] -= 300                                   # a crossing vessel
+    points = np.c_[np.linspace(15, 145, 100), np.full(100, 40.0)]
+    flags = overlap_flags(image, points, np.full(100, 3.5))
+    crossing = (points[:, 0] > 70) & (points[:, 0] < 77)
+    assert flags[crossing].all() and flags[np.abs(points[:, 0] - 73) > 12].sum() == 0
+
+
+# ------------------------------------------------------------------ quality signals
+
+
+def test_calibration_report_warns_on_large_corrections():
+    from VesselReconLib.angio3d.quality import calibration_report
+
+    small = geo.Calibration(geo.CArmGeometry(), geo.CArmGeometry(), 3.0, 0.1, np.array([0.5, -0.4, 2.0, 1.0]))
+    large = geo.Calibration(geo.CArmGeometry(), geo.CArmGeometry(), 9.0, 0.1, np.array([-5.8, -6.6, 30.0, 18.0]))
+    assert calibration_report(small)["warnings"] == []
+    report = calibration_report(large)
+    assert report["delta_primary_deg"] == -5.8 and report["offset_px"] == [30.0, 18.0]
+    assert "large calibration correction" in report["warnings"][0]
+
+
+def test_end_on_and_swapped_ends_are_detected():
+    from VesselReconLib.angio3d.quality import foreshortening, swapped_ends
+
+    a, b = geo.CArmGeometry(-30, 10), geo.CArmGeometry(50, -5)
+    line = np.c_[np.linspace(-20, 25, 50), np.linspace(-10, 12, 50), np.linspace(5, -15, 50)]
+    ends = line[[0, -1]]
+    pa, pb = a.project(ends), b.project(ends)
+    assert not swapped_ends(pa, pb, a, b)
+    assert swapped_ends(pa, pb[::-1], a, b)
+    assert foreshortening(line, a) > 0.5
+    along_beam = np.outer(np.linspace(-20, 20, 50), a.direction) + np.outer(np.linspace(0, 3, 50), [1, 0, 0])
+    assert foreshortening(along_beam, a) < 0.2
+
+
+# ------------------------------------------------------------------ frames, CLI values, files
+
+
+def test_default_frame_is_the_frame_of_maximal_contrast_or_the_representative_one(tmp_path):
+    from VesselReconLib.angio3d import dicom_io
+    from VesselReconLib.phantoms import xray
+
+    case = xray.make_case(5)
+    run = xray.render_run(case["case"], case["geometries"][0], np.random.default_rng(1), n_frames=10)
+    scores = dicom_io.contrast_scores(run)
+    best = dicom_io.default_frame(run)
+    assert best != 0 and scores[best] > scores[0] + 0.05        # frame 0 is before the contrast arrives
+    assert dicom_io.default_frame(run, representative=3) == 2
+    path = dicom_io.write_xa(tmp_path / "run.dcm", run, case["geometries"][0], representative=4)
+    assert dicom_io.representative_frame(path) == 4
+
+
+def test_negative_angles_parse_in_both_forms():
+    from VesselReconLib.angio3d.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--geometry-a", "-27.7,-20,1000,750,0.3", "--geometry-b=-3,25.5,1000,750,0.3"])
+    assert args.geometry_a.startswith("-27.7") and args.geometry_b.startswith("-3,")
+    assert args.frame_a is None and args.radius_fusion == "lesion"

@@ -1,0 +1,47 @@
+"""Angio3D on the real static coronary phantom (../shared): the reference registered to the two real views
+by one rigid transform, then the branches seen in both views reconstructed and compared in 3D.
+Skips cleanly without the shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+pytestmark = pytest.mark.skipif(not (SHARED / "datasets" / "xa_static_phantom").is_dir()
+                                or not (SHARED / "samples" / "xa-phantom" / "IM3.dcm").is_file(),
+                                reason="needs ../shared/datasets/xa_static_phantom and ../shared/samples/xa-phantom")
+
+
+@pytest.fixture(scope="module")
+def report():
+    import torch
+
+    from VesselReconLib import registry
+    from VesselReconLib.angio3d.real_phantom import evaluate_real_phantom
+
+    net = registry.load_model("angio3d", "angio3d-lite", "cpu")[0]
+    with torch.no_grad():
+        return evaluate_real_phantom(SHARED, [("3DAngioNet", net, "net", True)])
+
+
+def test_reference_registers_onto_both_real_views(report):
+    # one rigid transform puts the reference centrelines on the vessels of both views
+    assert report["registration_residual_visible_px"] < 2.0
+    assert len(report["branches"]) >= 4
+
+
+def test_real_phantom_centrelines_and_radii(report):
+    row = report["rows"][0]
+    # measured floors on the shared phantom (see the module README for the numbers and the targets)
+    assert row["mean_mm"] < MEAN_FLOOR_MM
+    assert row["worst_max_mm"] < MAX_FLOOR_MM
+    assert 0.55 < row["radius_ratio"] < 1.4
+
+
+# Measured (shipped lite): mean 1.93 mm, worst max 10.0 mm, radius ratio 0.68 over 6 branches. The issue's
+# targets (mean <= 0.8 mm, max <= 2.5 mm) are NOT met; these floors only catch regressions.
+MEAN_FLOOR_MM = 2.5
+MAX_FLOOR_MM = 12.0

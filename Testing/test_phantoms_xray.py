@@ -111,3 +111,12 @@ def test_dataset_writer_layout(tmp_path):
     assert meshes.mesh_coordinate_system(folder / "mesh.vtp") == "LPS"
     lps = meshes.points_of(meshes.load_polydata(folder / "mesh.vtp"))
     assert np.abs(lps.mean(0) - loaded.centerlines[0]["points"].mean(0)).max() < 15
+
+
+def test_real_vs_phantom_figure(tmp_path):
+    from PIL import Image
+
+    shared = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared"
+    path = xray.real_vs_phantom_figure(tmp_path / "real.png", shared=shared, height=64)
+    image = np.asarray(Image.open(path))
+    assert image.shape[0] == 64 and image.shape[1] > 6 * 60          # six panels side by side

@@ -583,3 +583,28 @@ def list_cases(folder: str | Path) -> list[Path]:
     if (folder / "geometry.json").is_file():
         return [folder]
     return sorted(p for p in folder.iterdir() if (p / "geometry.json").is_file())
+
+
+def real_vs_phantom_figure(path: str | Path, shared: str | Path | None = None, seed: int = 0,
+                           height: int = 256) -> Path:
+    """README figure: the two real static-phantom frames (``samples/xa-phantom`` IM3, IM4, when the
+    shared data are there) beside four phantom views, all windowed alike (1-99.5 percentiles)."""
+    import logging
+
+    from .gallery import _gray, _row, _save
+
+    shared = Path(shared) if shared else Path(__file__).resolve().parents[3].parent / "shared"
+    panels = []
+    samples = shared / "samples" / "xa-phantom"
+    if (samples / "IM3.dcm").is_file():
+        from ..angio3d.dicom_io import default_frame, read_xa
+
+        for name in ("IM3.dcm", "IM4.dcm"):
+            run = read_xa(samples / name)[0]
+            panels.append(_gray(run[default_frame(run)]))
+    else:
+        logging.getLogger(__name__).warning("no shared XA samples under %s: phantom frames only", shared)
+    for k in range(4 if panels else 6):
+        data = make_case(seed + k)
+        panels.append(_gray(data["views"][k % 2]["image"].astype(float)))
+    return _save(_row(panels, height=height), Path(path))

@@ -54,7 +54,10 @@ def run_bench(device_name: str = "auto", model: str = "lite", preset: str = "lit
     def pipeline():
         reconstruct(images, case["geometries"], points, net=net, device=device)
 
-    crops = torch.randn(2, 1, size, size, device=device)
+    from .segmentation import STRIP_HEIGHT, strip_width
+
+    width = strip_width(np.concatenate([np.array(p) for p in points]))
+    crops = torch.randn(2, 1, STRIP_HEIGHT, width, device=device)      # native-scale strips of both views
     sr_images = torch.randn(1, 3, size, size, device=device)
     grid = torch.rand(1, vertices, 2, device=device) * 2 - 1
     coords = torch.rand(1, vertices, 3, device=device)
@@ -65,16 +68,18 @@ def run_bench(device_name: str = "auto", model: str = "lite", preset: str = "lit
             net(sr_images, sr_images, grid, grid, coords)
 
     baseline = plain_unet(net).to(device).eval()
-    two_crops = torch.randn(4, 1, size, size, device=device)   # seg (2 views) + SR encoder inputs (2 views)
+    two_crops = torch.randn(2, 1, STRIP_HEIGHT, width, device=device)   # the same strips ...
+    sr_pair = torch.randn(2, 1, size, size, device=device)              # ... and the SR encoder's crops
 
     def plain():
         with inference(device, allow_half=False):
             baseline(two_crops)
+            baseline(sr_pair)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result = {"method": "angio3d", "device": str(device), "model": source, "preset": net.config["preset"],
-              "input": "two 512x512 views, one SOI", "crop": size,
+              "input": "two 512x512 views, one SOI", "crop": size, "strip": [STRIP_HEIGHT, width],
               "pipeline_s": time_call(pipeline, device, repeats, 2, np.median),
               "network_s": time_call(network, device, repeats, 2, np.median),
               "baseline_s": time_call(plain, device, repeats, 2, np.median),

@@ -265,6 +265,21 @@ class Angio3DWidget(slicer_widget.ModuleWidgetMixin, ScriptedLoadableModuleWidge
                     setattr(self._parameterNode, f"{field}{view}", float(value.split()[0]))
                 except (ValueError, TypeError):
                     pass
+        self._selectDefaultFrame(view, volume)
+
+    def _selectDefaultFrame(self, view: str, volume) -> None:
+        """Start on the run's representative frame, else its frame of maximal contrast (frame 0 of a cine
+        run is usually before the contrast arrives)."""
+        try:
+            from VesselReconLib.angio3d.logic import Angio3DLogic as CoreLogic
+
+            frame = int(CoreLogic.choose_frame(volume, None))
+        except Exception:  # never block selecting a view
+            return
+        setattr(self._parameterNode, f"frame{view}", frame)
+        if hasattr(self, "frameSliders"):
+            self.frameSliders[view].maximum = max(self._frameCount(view) - 1, frame)
+            self.frameSliders[view].value = frame
 
     def onUseFrame(self, view: str) -> None:
         """Use the frame shown by the view's slider for the reconstruction."""

@@ -119,7 +119,8 @@ class OCTADepthParameterNode:
 
     inputVolume - en-face OCTA image (single-slice volume).
     model, checkpointPath, device - network weights (shipped preset or "Load checkpoint…") and device.
-    fieldOfViewMm - scan size (3x3 or 6x6 mm).
+    fieldOfViewMm - scan size: "auto (from the image)" (its spacing or a 3x3/6x6 name token; an image without
+        either is refused with a request to choose), "3 mm" or "6 mm" (overrides the image's spacing).
     depthRangeMm - axial extent that normalized depths are scaled to.
     threshold - vessel probability threshold; minSegmentLengthPx - shorter vessel segments are dropped.
     output* - depth map, 2D vessel segmentation, 3D vessel surface and centerlines, results table.
@@ -130,7 +131,7 @@ class OCTADepthParameterNode:
     model: str = "lite"
     checkpointPath: Path
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
-    fieldOfViewMm: Annotated[int, Choice([3, 6])] = 3
+    fieldOfViewMm: Annotated[str, Choice(["auto (from the image)", "3 mm", "6 mm"])] = "auto (from the image)"
     depthRangeMm: Annotated[float, WithinRange(0.01, 2.0)] = 0.25
     threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
     minSegmentLengthPx: Annotated[int, WithinRange(0, 500)] = 2

@@ -23,8 +23,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="out/octadepth", help="output folder")
     parser.add_argument("--model", default="lite", help="shipped preset (lite, unet-lite) or checkpoint path")
     parser.add_argument("--device", default="auto", help="|".join(DEVICE_CHOICES))
-    parser.add_argument("--field-mm", type=float, default=None,
-                        help="field of view (3 or 6 mm) when the image has no pixel spacing")
+    parser.add_argument("--fov", "--field-mm", dest="field_mm", type=float, default=None,
+                        help="scan width in mm (3 or 6); needed when neither the file's metadata nor its name "
+                             "(3x3, 6mm, angio6superf) gives it: it is never guessed")
     parser.add_argument("--pixel-mm", type=float, default=None, help="pixel size in mm (overrides metadata)")
     parser.add_argument("--depth-range-mm", type=float, default=0.25, help="physical depth of relative depth 1")
     parser.add_argument("--threshold", type=float, default=0.5, help="vessel probability threshold")
@@ -58,16 +59,17 @@ def _run_one(args, path: Path, out: Path) -> None:
 
     scene = runtime.new_scene()
     logic = OCTADepthLogic(scene)
-    volume = logic.load_image(path)
+    volume = logic.load_image(path, fieldOfViewMm=args.field_mm)
     bar = TqdmProgress(f"octadepth {path.name}")
     try:
-        result = logic.process(volume, device=args.device, model=args.model, fieldOfViewMm=args.field_mm,
-                               pixelMm=args.pixel_mm, depthRangeMm=args.depth_range_mm,
-                               threshold=args.threshold, progress=bar)
+        # --fov went into the volume's spacing at load (source "config"); process reads it from there
+        result = logic.process(volume, device=args.device, model=args.model, pixelMm=args.pixel_mm,
+                               depthRangeMm=args.depth_range_mm, threshold=args.threshold, progress=bar)
     finally:
         bar.close()
     with atomic.staging(out, f"octadepth-{path.stem}") as stage:
         result.save_files(stage / path.stem)
+        result.render(stage / f"{path.stem}_tubes.png")
         mrml.save_scene(stage / f"{path.stem}.mrb", scene)
     print(json.dumps({"input": str(path), "outputs": f"{out / path.stem}.*", **result.summary()}))
 
@@ -91,6 +93,12 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--ship", action="store_true", help="write the model into the registry (models/)")
     parser.add_argument("--data-command", default="", help="how --data was made (recorded when shipping)")
+    parser.add_argument("--rossa", default=None,
+                        help="ROSSA dataset root (e.g. ../shared/datasets/rossa): real images train the vessel head")
+    parser.add_argument("--real-per-batch", type=int, default=0, help="real (ROSSA) crops in each batch")
+    parser.add_argument("--val-real", type=int, default=40, help="ROSSA val images used for checkpoint selection")
+    parser.add_argument("--phantom-vessels", choices=("large", "all"), default="all",
+                        help="phantom vessel target: its vessel mask (all), or only vessels ~3 px wide and up")
 
 
 def train(args) -> int:
@@ -102,7 +110,8 @@ def train(args) -> int:
     config = training_run.TrainConfig(
         data_dir=Path(args.data), out_dir=Path(args.out), preset=args.preset, plain=args.plain, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed,
-        device=args.device, resume=args.resume)
+        device=args.device, resume=args.resume, rossa_dir=Path(args.rossa) if args.rossa else None,
+        real_per_batch=args.real_per_batch, val_real=args.val_real, phantom_vessels=args.phantom_vessels)
     bar = TqdmProgress(f"train octadepth {config.model_preset}")
     model, trainer, val_samples = training_run.train(config, progress=bar)
     bar.close()
@@ -125,27 +134,58 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--constant", type=float, default=None,
                         help="relative depth of the constant-depth baseline (default: the ablation's "
                              "training-set mean recorded in the registry, else the held-out mean)")
+    parser.add_argument("--size-px", type=int, default=320, help="size of the rendered phantoms")
+    parser.add_argument("--field-mm", type=float, nargs="+", default=[3.0, 6.0],
+                        help="fields of the rendered phantoms (cycled over the seeds)")
+    parser.add_argument("--no-phantoms", action="store_true", help="skip the phantom table")
+    parser.add_argument("--rossa", default=None,
+                        help="ROSSA root (e.g. ../shared/datasets/rossa): vessel Dice on real labelled images")
+    parser.add_argument("--rossa-split", default="test", help="ROSSA split to report (test; val selects models)")
+    parser.add_argument("--real-pairs", default=None,
+                        help="folder of superficial/deep slab pairs (e.g. ../shared/samples/octa-octagon): "
+                             "AUC of predicted depth, deep- against superficial-dominant pixels")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
 
 
 def evaluate(args) -> int:
     from .. import registry
-    from . import data, eval as evaluation
+    from . import data, eval as evaluation, real_eval
 
-    samples = data.load_dataset(args.data) if args.data else data.render_samples(range(args.seed, args.seed + args.count))
     models = {}
     for label, name in (("OCTADepth " + args.model, args.model), ("plain U-Net " + args.ablation, args.ablation)):
         net, _ = registry.load_model("octadepth", name, args.device)
         models[label] = net
-    constant = args.constant if args.constant is not None else _training_constant(registry)
-    if constant is None:
-        constant = evaluation.mean_vessel_depth(samples)
-    rows = evaluation.results_table(samples, models, constant, args.device)
-    print(f"OCTADepth on {len(samples)} held-out cases ({args.data or f'phantom seeds {args.seed}..'})")
-    print(evaluation.format_table(rows))
+    tables = {}
+    if not args.no_phantoms:
+        if args.data:
+            samples = data.load_dataset(args.data)
+        else:
+            fields = [args.field_mm[i % len(args.field_mm)] for i in range(args.count)]
+            samples = [data.render_samples([args.seed + i], args.size_px, field)[0] for i, field in enumerate(fields)]
+        constant = args.constant if args.constant is not None else _training_constant(registry)
+        if constant is None:
+            constant = evaluation.mean_vessel_depth(samples)
+        rows = evaluation.results_table(samples, models, constant, args.device)
+        source = args.data or f"phantom seeds {args.seed}..{args.seed + args.count - 1}, {args.size_px} px, fields {args.field_mm} mm"
+        print(f"OCTADepth on {len(samples)} held-out phantoms ({source}); depth on every pixel with a true depth")
+        print(evaluation.format_table(rows))
+        tables["phantoms"] = rows
+    if args.rossa:
+        real = data.load_rossa(args.rossa, args.rossa_split)
+        rows = real_eval.vessel_dice_rows(real, models, args.device)
+        print(f"\nVessel Dice on ROSSA {args.rossa_split} ({len(real)} real images, expert labels)")
+        print(real_eval.format_rows(rows, ["dice", "vessel_fraction", "true_fraction"], "method"))
+        tables["rossa"] = rows
+    if args.real_pairs:
+        rows = real_eval.depth_pair_rows(args.real_pairs, models, args.device)
+        print(f"\nDepth AUC, deep- against superficial-dominant vessel pixels ({args.real_pairs}; "
+              "composite = max of the registered slabs)")
+        columns = ["shift_px", "deep_px", "superficial_px", *models, "naive_dimmer_is_deeper"]
+        print(real_eval.format_rows(rows, columns, "pair"))
+        tables["real_pairs"] = rows
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps(tables, indent=1))
     return 0
 
 

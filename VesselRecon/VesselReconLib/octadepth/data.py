@@ -1,5 +1,6 @@
 """OCTADepth data: cases from an ``octa`` dataset folder (phantoms or real data in the same layout),
-or rendered on the fly; random crops with flips and 90-degree rotations for training.
+rendered on the fly, or real ROSSA images with vessel labels only; random crops with flips and
+90-degree rotations for training, phantoms and real images mixed in one batch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class OCTASample:
     centerlines: np.ndarray | None = None
     name: str = ""
     depth_range_mm: float = 0.25
+    has_depth: bool = True
+    vessel_weight: np.ndarray | None = None
+    """``None``: every pixel's vessel label counts; else 1 where it counts, 0 where it does not."""
 
 
 def centerline_points(centerlines: dict, pixel_mm: float, z0: float = 0.0, step_px: float = 1.0) -> np.ndarray:
@@ -76,24 +80,79 @@ def augment(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarr
     return out
 
 
+LARGE_VESSEL_CORE_PX = 1.5
+"""Phantom vessels whose centre lies at least this far (px) from the background (about 3 px wide and
+up) are the vessels an expert labels on real OCTA (ROSSA's labels: median width ~2.5 px, no capillaries)."""
+
+
+def large_vessel_target(vessel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vessel target and label weight for a phantom, matched to real expert labels.
+
+    Vessels about 3 px wide and up are 1, the background 0; thinner capillaries (labelled vessels in
+    the phantom, left unlabelled in ROSSA) get weight 0, so the vessel head learns the real labels'
+    notion of a vessel without being told that capillaries are background.
+    """
+    from scipy import ndimage
+
+    core = ndimage.distance_transform_edt(vessel) >= LARGE_VESSEL_CORE_PX
+    large = ndimage.binary_dilation(core, iterations=2) & vessel
+    return large, ~(vessel & ~large)
+
+
+def with_large_vessel_targets(samples: list[OCTASample]) -> list[OCTASample]:
+    """Phantom samples whose vessel target is :func:`large_vessel_target` (depth labels unchanged)."""
+    from dataclasses import replace
+
+    out = []
+    for sample in samples:
+        large, weight = large_vessel_target(sample.vessel)
+        out.append(replace(sample, vessel=large, vessel_weight=weight))
+    return out
+
+
+@dataclass
+class Batch:
+    """Training tensors ``(B, 1, H, W)`` and the per-sample depth flag ``(B,)``."""
+
+    image: torch.Tensor
+    vessel: torch.Tensor
+    vessel_weight: torch.Tensor
+    depth: torch.Tensor
+    has_depth: torch.Tensor
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.image, self.vessel, self.vessel_weight, self.depth,
+                                              self.has_depth)))
+
+
+def _crop(sample: OCTASample, crop: int, rng: np.random.Generator, train: bool) -> list[np.ndarray]:
+    height, width = sample.image.shape
+    top, left = int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
+    window = (slice(top, top + crop), slice(left, left + crop))
+    weight = np.ones(sample.image.shape, bool) if sample.vessel_weight is None else sample.vessel_weight
+    arrays = [normalize_image(sample.image)[window], sample.vessel[window].astype(np.float32),
+              weight[window].astype(np.float32), sample.depth[window].astype(np.float32)]
+    return augment(arrays, rng) if train else arrays
+
+
+def mixed_crop_batch(groups: list[list[OCTASample]], counts: list[int], crop: int, rng: np.random.Generator,
+                     train: bool = True) -> Batch:
+    """``counts[i]`` random augmented crops from ``groups[i]`` (e.g. phantoms and real images)."""
+    crops, flags = [], []
+    for samples, count in zip(groups, counts):
+        for _ in range(count):
+            sample = samples[int(rng.integers(len(samples)))]
+            crops.append(_crop(sample, crop, rng, train))
+            flags.append(float(sample.has_depth))
+    stacked = [torch.from_numpy(np.stack([c[k] for c in crops])[:, None]) for k in range(4)]
+    return Batch(*stacked, torch.tensor(flags, dtype=torch.float32))
+
+
 def random_crop_batch(samples: list[OCTASample], batch: int, crop: int, rng: np.random.Generator,
                       train: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(image, vessel, depth)`` tensors ``(batch, 1, crop, crop)`` of random augmented crops."""
-    images, vessels, depths = [], [], []
-    for _ in range(batch):
-        sample = samples[int(rng.integers(len(samples)))]
-        height, width = sample.image.shape
-        top, left = int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
-        window = (slice(top, top + crop), slice(left, left + crop))
-        arrays = [normalize_image(sample.image)[window], sample.vessel[window].astype(np.float32),
-                  sample.depth[window].astype(np.float32)]
-        if train:
-            arrays = augment(arrays, rng)
-        images.append(arrays[0])
-        vessels.append(arrays[1])
-        depths.append(arrays[2])
-    as_tensor = lambda items: torch.from_numpy(np.stack(items)[:, None])  # noqa: E731
-    return as_tensor(images), as_tensor(vessels), as_tensor(depths)
+    mixed = mixed_crop_batch([samples], [batch], crop, rng, train)
+    return mixed.image, mixed.vessel, mixed.depth
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -135,4 +194,44 @@ def load_dataset(data_dir: str | Path, limit: int | None = None) -> list[OCTASam
                                   record.get("id", Path(record["image"]).stem), float(z1 - z0)))
     if not samples:
         raise InputError(f"{index} lists no cases.")
+    return samples
+
+
+ROSSA_TRAIN = ("train_manual", "train_sam")
+ROSSA_SOURCE = ("ROSSA (GitHub nhjydywd/OCTA-FRNet, dataset/ROSSA at commit 53e87f8, MIT License, "
+                "Copyright (c) 2023 Haojian Ning; arXiv 2309.09483)")
+
+
+def shared_root() -> Path:
+    """``../shared`` next to the repository (present on CI and the team machine, not on users')."""
+    return Path(__file__).resolve().parents[3].parent / "shared"
+
+
+def rossa_dir() -> Path:
+    return shared_root() / "datasets" / "rossa"
+
+
+def load_rossa(root: str | Path, splits=ROSSA_TRAIN, limit: int | None = None) -> list[OCTASample]:
+    """ROSSA en face images with expert (or SAM-assisted) vessel labels; no depth label.
+
+    ``root/<split>/image/<id>.png`` and ``root/<split>/label/<id>.png`` (0/255). The field of view
+    is not stated; ``pixel_mm`` is set to 3 mm / width (it does not enter training).
+    """
+    from PIL import Image
+
+    root = Path(root)
+    samples = []
+    for split_name in (splits,) if isinstance(splits, str) else splits:
+        folder = root / split_name
+        if not (folder / "image").is_dir():
+            raise InputError(f"{folder} has no image/ folder: point --rossa at the ROSSA dataset root.")
+        paths = sorted((folder / "image").glob("*.png"), key=lambda p: int(p.stem) if p.stem.isdigit() else p.stem)
+        for path in paths[:limit]:
+            image = np.asarray(Image.open(path).convert("L"))
+            label = np.asarray(Image.open(folder / "label" / path.name).convert("L")) > 127
+            no_depth = np.broadcast_to(np.float32(0.0), image.shape)  # read-only, no memory
+            samples.append(OCTASample(image, label, no_depth,
+                                      3.0 / image.shape[1], None, f"{split_name}/{path.stem}", has_depth=False))
+    if not samples:
+        raise InputError(f"No ROSSA images found under {root} ({splits}).")
     return samples

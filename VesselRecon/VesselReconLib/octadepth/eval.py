@@ -16,8 +16,9 @@ COLUMNS = ("delta1", "delta2", "delta3", "ard", "rmse", "chamfer_mm", "hausdorff
 
 
 def case_metrics(sample: OCTASample, vessel_mask: np.ndarray, depth: np.ndarray) -> dict:
-    """Depth metrics on the true vessel pixels, vessel Dice, and 3D distances of the reconstruction."""
-    report = metrics.depth_report(depth, sample.depth, sample.vessel)
+    """Depth metrics on every pixel with a true depth (vessels and capillaries), vessel Dice, and 3D
+    distances of the reconstruction."""
+    report = metrics.depth_report(depth, sample.depth, sample.depth > 0)
     report["dice"] = metrics.dice(vessel_mask, sample.vessel)
     if sample.centerlines is not None and vessel_mask.any():
         network = reconstruct(vessel_mask, depth, sample.pixel_mm, sample.depth_range_mm)
@@ -44,7 +45,7 @@ def evaluate_model(net, samples: list[OCTASample], device: str = "cpu", threshol
 
 def mean_vessel_depth(samples: list[OCTASample]) -> float:
     """Mean relative depth over the vessel pixels of (training) cases: the constant-depth model."""
-    return float(np.mean(np.concatenate([s.depth[s.vessel] for s in samples])))
+    return float(np.mean(np.concatenate([s.depth[s.depth > 0] for s in samples if s.has_depth])))
 
 
 def frangi_mask(image: np.ndarray, pixel_mm: float) -> np.ndarray:

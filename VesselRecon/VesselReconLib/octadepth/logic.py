@@ -29,6 +29,67 @@ NAMES = {"depth": "OCTADepth depth map", "segmentation": "OCTADepth vessels", "m
          "centerlines": "OCTADepth centerlines", "table": "OCTADepth depth bands", "metrics": "OCTADepth evaluation"}
 UNKNOWN_SPACING = 1.0
 FIELDS_MM = (3.0, 6.0)
+FOV_SOURCE_ATTRIBUTE = "VesselRecon.fovSource"
+MAX_ASPECT = 1.1
+"""Width/height (either way) above which an image is called non-square."""
+WIDE_FIELD_MM = 6.5
+"""Fields wider than this are wide-field scans or montages, outside the 3-6 mm scans OCTADepth knows."""
+MAX_VESSEL_FRACTION = 0.6
+MIN_VESSEL_FRACTION = 0.01
+MIN_DEPTH_SPREAD = 0.05
+"""Smallest 5th-95th percentile spread of the relative depth on vessels before it counts as collapsed."""
+
+
+def fov_choice(value) -> float | None:
+    """A field-of-view choice as a number: ``None``/``0``/"auto (from the image)" -> ``None``,
+    "3 mm"/"6"/6.0 -> the number."""
+    if value is None or (isinstance(value, str) and value.strip().lower().startswith("auto")):
+        return None
+    if isinstance(value, str):
+        value = value.lower().replace("mm", "").strip()
+    try:
+        number = float(value)
+    except ValueError:
+        raise InputError(f"Field of view {value!r} is not a number of mm (use 3 or 6).") from None
+    return None if number == 0 else number
+
+
+def missing_volume_fov_message(name: str) -> str:
+    return (f"The field of view of '{name}' is unknown: the image carries no pixel spacing (DICOM/TIFF "
+            "metadata) and its file name no 3x3/6x6 token, and OCTADepth does not guess it (a 6 mm scan "
+            "taken for 3 mm halves every length and radius). Give it: --fov 3 or --fov 6 on the command "
+            "line, fieldOfViewMm=3 or 6 in Python, or choose 3 mm or 6 mm in the module's field-of-view "
+            "selector.")
+
+
+def shape_warnings(shape: tuple[int, int], field_mm: float) -> list[str]:
+    """Warnings for non-square images and wide-field scans (OCTADepth is made for 3-6 mm square scans)."""
+    height, width = shape
+    warnings = []
+    if max(height, width) > MAX_ASPECT * min(height, width):
+        warnings.append(f"The image is not square ({width} x {height} px): OCTADepth is made for square "
+                        "3x3 or 6x6 mm macular scans; a montage or cropped export may give wrong depths.")
+    if field_mm > WIDE_FIELD_MM:
+        warnings.append(f"The field of view is {field_mm:.1f} mm wide: a wide-field scan or montage, outside "
+                        "the 3-6 mm scans OCTADepth was trained and checked on.")
+    return warnings
+
+
+def plausibility_warnings(vessel_mask: np.ndarray, depth: np.ndarray) -> list[str]:
+    """Warnings for an implausible vessel fraction or a collapsed depth range."""
+    warnings = []
+    fraction = float(np.mean(vessel_mask))
+    if fraction > MAX_VESSEL_FRACTION:
+        warnings.append(f"{fraction:.0%} of the image was marked as vessel (expert labels mark about 10-20 %): "
+                        "the image is probably not an en face OCTA angiogram like the training data.")
+    elif fraction < MIN_VESSEL_FRACTION:
+        warnings.append(f"Only {fraction:.1%} of the image was marked as vessel: check the image and threshold.")
+    if vessel_mask.sum() >= 20:
+        low, high = np.percentile(depth[vessel_mask], (5, 95))
+        if high - low < MIN_DEPTH_SPREAD:
+            warnings.append(f"The predicted depth has collapsed (5th-95th percentile {low:.2f}-{high:.2f} of the "
+                            "relative range): the 3D model is flat and carries no depth information.")
+    return warnings
 
 
 def depth_ramp() -> list[tuple[float, float, float]]:
@@ -48,8 +109,13 @@ class OCTADepthOutputs:
     outputTable: object
     pixelMm: float
     spacingAssumed: bool
+    """True when the pixel size came from the user (``fieldOfViewMm``/``pixelMm``), not the image."""
     message: str
     timings: dict = field(default_factory=dict)
+    fieldOfViewMm: float = 0.0
+    fovSource: str = ""
+    """``metadata``, ``filename``, ``config`` (read with a given field), ``user`` or ``user pixel size``."""
+    warnings: list = field(default_factory=list)
     _pipeline: pipeline.OCTADepthResult | None = field(default=None, repr=False)
 
     @property
@@ -60,6 +126,8 @@ class OCTADepthOutputs:
         network = self._pipeline.network
         total = mrml.table_to_rows(self.outputTable)[-1]
         return {"pixel_mm": round(self.pixelMm, 6), "spacing_assumed": self.spacingAssumed,
+                "field_of_view_mm": round(self.fieldOfViewMm, 4), "fov_source": self.fovSource,
+                "warnings": list(self.warnings),
                 "segments": network.segment_count, "links": network.link_count, "junctions": network.junctions,
                 "vessel_length_mm": round(float(total["length_mm"]), 3),
                 "mean_depth_mm": round(float(total["mean_depth_mm"]), 4),
@@ -122,43 +190,58 @@ class OCTADepthLogic(VesselReconLogic):
 
     # ------------------------------------------------------------ inputs
 
-    def load_image(self, path: str | Path, name: str | None = None):
+    def load_image(self, path: str | Path, name: str | None = None, fieldOfViewMm: float | None = None):
         """Read an en face image (PNG, JPEG, BMP, TIFF or DICOM) as a single-slice scalar volume.
 
         Decoding is shared with COIPS (:mod:`VesselReconLib.enface_io`): colour becomes grey and the
-        pixel size comes from DICOM PixelSpacing, TIFF resolution or a ``3x3``/``6x6`` token in the
-        file name. Files without any get spacing 1.0, which :meth:`process` treats as unknown.
+        pixel size comes from ``fieldOfViewMm``, else DICOM PixelSpacing, TIFF resolution or a
+        ``3x3``/``6mm``/``angio6superf`` token in the file name. Files without any get spacing 1.0,
+        which :meth:`process` refuses unless it is given the field of view. The source of the field
+        of view is kept in the node attribute ``VesselRecon.fovSource``.
         """
         from ..enface_io import read_image
 
         path = Path(path)
         if not path.exists():
             raise InputError(f"{path} does not exist: check the file name.")
-        image = read_image(path, required=False)
+        image = read_image(path, fieldOfViewMm, required=False)
         pixel_mm = UNKNOWN_SPACING if image.field_of_view_mm is None else image.pixel_size_mm
         geometry = mrml.ijk_to_ras_matrix((pixel_mm, pixel_mm, pixel_mm))
-        return mrml.array_to_volume(image.pixels[None], geometry, name or path.stem, scene=self.scene,
+        node = mrml.array_to_volume(image.pixels[None], geometry, name or path.stem, scene=self.scene,
                                     creator=self.creator)
+        node.SetAttribute(FOV_SOURCE_ATTRIBUTE, image.fov_source)
+        return node
 
     def _geometry(self, ijk_to_ras: np.ndarray, width: int, field_of_view_mm: float | None,
-                  pixel_mm: float | None) -> tuple[np.ndarray, float, bool, str]:
-        """The geometry outputs sit on: the input's, with the in-plane spacing set when it is unknown."""
+                  pixel_mm: float | None, name: str = "the image",
+                  image_source: str | None = None) -> tuple[np.ndarray, float, bool, str, str]:
+        """The geometry outputs sit on and where its field of view came from.
+
+        Order: ``pixel_mm`` (user), ``field_of_view_mm`` (user: ``--fov`` / the widget), the volume's
+        own spacing (metadata or file name, ``image_source``). Never assumed: an image without any of
+        these raises :class:`InputError` asking for the field of view.
+
+        :returns: ``(ijk_to_ras, pixel_mm, from_user, message, fov_source)``.
+        """
         spacing = mrml.spacing_of(ijk_to_ras)
         known = not np.allclose(spacing[:2], UNKNOWN_SPACING)
-        if pixel_mm is None and known:
-            return ijk_to_ras, float(spacing[0]), False, f"pixel size {spacing[0]:.5f} mm from the image"
-        assumed = pixel_mm is None
-        if assumed:
-            field_mm = float(field_of_view_mm or FIELDS_MM[0])
-            pixel_mm = field_mm / width
-            message = (f"The image has no pixel spacing (1.0): assumed a {field_mm:g} x {field_mm:g} mm field, "
-                       f"{pixel_mm:.5f} mm per pixel ({field_mm:g} mm / {width} px); outputs use that spacing.")
+        if pixel_mm is None and field_of_view_mm is None:
+            if not known:
+                raise InputError(missing_volume_fov_message(name))
+            source = image_source if image_source not in (None, "", "unknown") else "image spacing"
+            return (ijk_to_ras, float(spacing[0]), False,
+                    f"pixel size {spacing[0]:.5f} mm from the image ({source})", source)
+        if pixel_mm is not None:
+            message, source = f"pixel size {pixel_mm:.5f} mm set by the user", "user pixel size"
         else:
-            message = f"pixel size {pixel_mm:.5f} mm set by the user"
+            pixel_mm = float(field_of_view_mm) / width
+            message = (f"field of view {field_of_view_mm:g} x {field_of_view_mm:g} mm set by the user: "
+                       f"{pixel_mm:.5f} mm per pixel ({field_of_view_mm:g} mm / {width} px)")
+            source = "user"
         matrix = np.array(ijk_to_ras, float)
         directions = matrix[:3, :3] / spacing[None, :]
         matrix[:3, :2] = directions[:, :2] * pixel_mm
-        return matrix, float(pixel_mm), assumed, message
+        return matrix, float(pixel_mm), True, message, source
 
     def _validate(self, input_volume, depth_range_mm: float, threshold: float, model: str):
         array, ijk_to_ras = self.read_volume(
@@ -180,7 +263,9 @@ class OCTADepthLogic(VesselReconLogic):
         """Predict the depth map and vessel mask, rebuild the 3D vessels and write the output nodes.
 
         :param inputVolume: single-slice scalar volume with the en face angiogram (304-512 px usual).
-        :param fieldOfViewMm: scan size (3 or 6) used when the volume has no spacing (spacing 1.0).
+        :param fieldOfViewMm: scan width in mm (3 or 6; "3 mm"; ``None``/0/"auto (from the image)": the
+            volume's own spacing). Overrides the volume's spacing when given. A volume without spacing
+            (1.0, plain PNG/JPEG without a 3x3/6x6 name token) and no ``fieldOfViewMm``/``pixelMm`` is refused.
         :param pixelMm: pixel size in mm; overrides the volume's spacing.
         :param depthRangeMm: physical depth of relative depth 1 (0.25 mm: the inner retinal slab).
         :param threshold: vessel probability threshold.
@@ -202,12 +287,17 @@ class OCTADepthLogic(VesselReconLogic):
         self.check_outputs(outputDepthVolume=(outputDepthVolume, VOLUME), outputSegmentation=(outputSegmentation, SEGMENTATION),
                            outputModel=(outputModel, MODEL), outputCenterlines=(outputCenterlines, MODEL),
                            outputTable=(outputTable, TABLE))
+        fieldOfViewMm = fov_choice(fieldOfViewMm)
         if fieldOfViewMm is not None:
             self.check_range(fieldOfViewMm, "Field of view (mm)", 1.0, 16.0, hint="OCTA scans are 3 or 6 mm wide.")
         self.check_range(minSegmentLengthPx, "Shortest segment (px)", 1, 10000, integer=True)
         if pixelMm is not None and not 0.0 < pixelMm < 1.0:
             raise InputError(f"Pixel size {pixelMm} mm is implausible for OCTA: use e.g. 3 mm / 304 px = 0.00987.")
-        geometry, pixel, assumed, message = self._geometry(ijk_to_ras, image.shape[1], fieldOfViewMm, pixelMm)
+        geometry, pixel, assumed, message, fov_source = self._geometry(
+            ijk_to_ras, image.shape[1], fieldOfViewMm, pixelMm, inputVolume.GetName(),
+            inputVolume.GetAttribute(FOV_SOURCE_ATTRIBUTE))
+        field_mm = pixel * image.shape[1]
+        warnings = shape_warnings(image.shape, field_mm)
         net, _ = self.model(model, device)
         torch_device = str(next(net.parameters()).device)
 
@@ -216,17 +306,24 @@ class OCTADepthLogic(VesselReconLogic):
                                          minSegmentLengthPx, progress=reporter.sub(0.0, 0.9))
 
         result = background(compute) if background is not None else compute()
+        warnings += plausibility_warnings(result.vessel_probability > threshold, result.depth)
+        for warning in warnings:
+            log.warning("OCTADepth: %s", warning)
+        field = {"field_of_view_mm": round(field_mm, 4), "fov_source": fov_source}
         reporter(0.9, "writing scene nodes")
         with self.writing(reporter):
             outputs = self._write_nodes(inputVolume, result, geometry, pixel, depthRangeMm, outputDepthVolume,
-                                        outputSegmentation, outputModel, outputCenterlines, outputTable)
+                                        outputSegmentation, outputModel, outputCenterlines, outputTable, field)
         log.info("OCTADepth: %s", message)
         reporter(1.0, "done")
+        if warnings:
+            message = message + ". Warnings: " + " ".join(warnings)
         return OCTADepthOutputs(*outputs, pixelMm=pixel, spacingAssumed=assumed, message=message,
-                                timings=result.timings, _pipeline=result)
+                                timings=result.timings, fieldOfViewMm=field_mm, fovSource=fov_source,
+                                warnings=warnings, _pipeline=result)
 
     def _write_nodes(self, input_volume, result, geometry, pixel, depth_range_mm, depth_node, segmentation_node,
-                     model_node, centerline_node, table_node):
+                     model_node, centerline_node, table_node, field: dict):
         scene = self.scene
         colors = self.depth_color_table()
         depth_mm = np.where(result.vessel_mask, np.maximum(result.depth_mm, depth_range_mm / 255.0), 0.0)
@@ -243,8 +340,8 @@ class OCTADepthLogic(VesselReconLogic):
                                                  color=(1.0, 0.8, 0.1), scalars="depth", color_node_id=colors.GetID(),
                                                  scalar_range=(0.0, depth_range_mm), node=centerline_node,
                                                  scene=scene, creator=self.creator)
-        table_node = mrml.rows_to_table(reconstruction.depth_band_rows(result.network), NAMES["table"], table_node,
-                                        scene, creator=self.creator)
+        rows = [{**row, **field} for row in reconstruction.depth_band_rows(result.network)]
+        table_node = mrml.rows_to_table(rows, NAMES["table"], table_node, scene, creator=self.creator)
         return depth_node, segmentation_node, model_node, centerline_node, table_node
 
     def depth_color_table(self):

@@ -8,8 +8,10 @@
    the segment) scaled to ``depth_range_mm``;
 4. re-link segment ends at the removed junctions: each end joins its cheapest partner among nearby ends
    of compatible depth, preferring straight continuation (a crossing's two vessels at different depths
-   stay apart, a bifurcation's branches join);
-5. sweep one VTK tube filter over all segments, radius from the mask's distance transform (mm);
+   stay apart, a bifurcation's branches join); links whose two ends have no other link merge their
+   segments into one continuous polyline, the others (branchings) stay two-point bridges;
+5. sweep one VTK tube filter over all segments, radius from the mask's distance transform (mm), capped
+   at :data:`MAX_RADIUS_MM`;
 6. carry the depth (mm) on the tube as the ``depth`` point array for red-near, blue-far colouring.
 
 Points are in the *image frame*: ``x = column * spacing_x``, ``y = row * spacing_y`` and
@@ -31,6 +33,8 @@ from ..progress import as_reporter
 
 DEFAULT_DEPTH_RANGE_MM = 0.25
 """Depth range of relative depth 0..1: about the inner retinal vascular slab (ILM to the deep plexus)."""
+MAX_RADIUS_MM = 0.075
+"""Largest tube radius: the widest retinal vessels (veins at the optic disc) are about 0.15 mm across."""
 EIGHT = np.ones((3, 3), bool)
 FORWARD_OFFSETS = ((0, 1), (1, -1), (1, 0), (1, 1))
 
@@ -287,8 +291,8 @@ def link_ends(points: np.ndarray, offsets: np.ndarray, end_cluster: np.ndarray, 
 
 def reconstruct(vessel_mask: np.ndarray, depth: np.ndarray, spacing: float | tuple[float, float],
                 depth_range_mm: float = DEFAULT_DEPTH_RANGE_MM, depth_tolerance: float = 0.15,
-                smoothing: int = 2, min_points: int = 2, link_radius_px: float = 8.0, progress=None,
-                cancel=None) -> VesselNetwork3D:
+                smoothing: int = 2, min_points: int = 2, link_radius_px: float = 8.0,
+                max_radius_mm: float = MAX_RADIUS_MM, progress=None, cancel=None) -> VesselNetwork3D:
     """Build the 3D centreline network from a 2D vessel mask and a relative depth map.
 
     :param vessel_mask: ``(H, W)`` boolean (or probability > 0.5) vessel mask.
@@ -299,6 +303,7 @@ def reconstruct(vessel_mask: np.ndarray, depth: np.ndarray, spacing: float | tup
     :param smoothing: half width (points) of the moving averages along each segment.
     :param min_points: shortest segment kept (pixels).
     :param link_radius_px: farthest two segment ends re-linked across one junction region (pixels).
+    :param max_radius_mm: cap of the tube radius (mm).
     """
     reporter = as_reporter(progress, cancel)
     mask = np.asarray(vessel_mask) > 0.5 if np.asarray(vessel_mask).dtype != bool else np.asarray(vessel_mask)
@@ -317,6 +322,7 @@ def reconstruct(vessel_mask: np.ndarray, depth: np.ndarray, spacing: float | tup
     rel_depth = ndimage.map_coordinates(np.asarray(depth, np.float32), smooth.T, order=1, mode="nearest")
     rel_depth = segment_moving_average(rel_depth, offsets, smoothing)
     radii = np.maximum(ndimage.map_coordinates(distance, smooth.T, order=1) - 0.5 * min(sx, sy), 0.5 * min(sx, sy))
+    radii = np.minimum(radii, max(max_radius_mm, 0.5 * min(sx, sy)))
     points = np.c_[smooth[:, 1] * sx, smooth[:, 0] * sy, rel_depth * depth_range_mm]
     reporter(0.8, "re-linking at junctions")
     ends, _ = _end_tangents(points, offsets)
@@ -324,11 +330,67 @@ def reconstruct(vessel_mask: np.ndarray, depth: np.ndarray, spacing: float | tup
     end_cluster = clusters[pixels[ends, 0], pixels[ends, 1]] if len(ends) else np.zeros(0, int)
     links = link_ends(points, offsets, end_cluster, link_radius_px * max(sx, sy), depth_tolerance * depth_range_mm,
                       radii)
+    points, radii, offsets, links = merge_continuations(points, radii, offsets, links)
     network = _with_bridges(points, radii, offsets, links)
     network.junctions, network.spacing, network.depth_range_mm = junctions, (sy, sx), depth_range_mm
     network.skeleton = skeleton
     reporter(1.0, f"{network.segment_count} segments, {network.link_count} links")
     return network
+
+
+def merge_continuations(points: np.ndarray, radii: np.ndarray, offsets: np.ndarray,
+                        links: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Join segments whose ends are linked one-to-one into continuous polylines.
+
+    A link whose two end points take part in no other link is a continuation (a vessel cut at a
+    crossing or a depth step); the chain of segments it joins becomes one polyline. Links at an end
+    with several links (branchings) are kept, re-indexed into the merged points.
+
+    :returns: merged points, radii, offsets, and the remaining links (point index pairs).
+    """
+    if len(links) == 0:
+        return points, radii, offsets, links
+    segment_of = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    ends, counts = np.unique(links.ravel(), return_counts=True)
+    degree = dict(zip(ends.tolist(), counts.tolist()))
+    partner = {}
+    for a, b in links.tolist():
+        if degree[a] == 1 and degree[b] == 1:
+            partner[a], partner[b] = b, a
+    kept = np.array([pair for pair in links.tolist() if pair[0] not in partner], int).reshape(-1, 2)
+    starts, stops = offsets[:-1], offsets[1:] - 1
+    visited = np.zeros(len(starts), bool)
+    order, new_index = [], np.empty(len(points), np.int64)
+    new_offsets = [0]
+
+    def walk(segment: int, first_end: int) -> None:
+        while True:
+            visited[segment] = True
+            forward = first_end == starts[segment]
+            span = np.arange(starts[segment], stops[segment] + 1)
+            span = span if forward else span[::-1]
+            new_index[span] = len(order) + np.arange(len(span))
+            order.extend(span.tolist())
+            last = span[-1]
+            nxt = partner.get(int(last))
+            if nxt is None or visited[segment_of[nxt]]:
+                return
+            segment, first_end = int(segment_of[nxt]), nxt
+
+    # chains from their free ends first, then closed rings of continuations
+    for segment in range(len(starts)):
+        if visited[segment]:
+            continue
+        start_free, stop_free = int(starts[segment]) not in partner, int(stops[segment]) not in partner
+        if start_free or stop_free:
+            walk(segment, int(starts[segment]) if start_free else int(stops[segment]))
+            new_offsets.append(len(order))
+    for segment in range(len(starts)):
+        if not visited[segment]:
+            walk(segment, int(starts[segment]))
+            new_offsets.append(len(order))
+    order = np.asarray(order, np.int64)
+    return points[order], radii[order], np.asarray(new_offsets), new_index[kept] if len(kept) else kept
 
 
 def _with_bridges(points, radii, offsets, links) -> VesselNetwork3D:

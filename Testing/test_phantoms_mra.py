@@ -78,3 +78,41 @@ def test_msd_dataset_writer(tmp_path):
     assert set(np.unique(label)) <= {0, 1}
     assert (out / entry["mask"]).is_file()
     assert json.loads((out / "phantom.json").read_text())["case_kinds"] == ["swi", "swi"]
+
+
+def test_tof_realism_circle_of_willis_fat_sinuses_and_saturation():
+    from VesselReconLib.phantoms.mra import STYLES, cow_centre, full_shape, head_geometry, vessel_contrast
+
+    assert full_shape((0.3, 0.3, 0.3)) == (341, 747, 747) and full_shape((0.5, 0.5, 0.8)) == (128, 448, 448)
+    p = render_mra("mra", seed=12, spacing=(0.3, 0.3, 0.3), crop=(40, 150, 160), crop_centre="cow")
+    tree = p.tree
+    assert tree.meta["cow_chains"] >= 13  # ICA x2, basilar, M1/A1/A2/P1/P2 x2, ACom (+ PComs)
+    assert 1.2 <= tree.radii.max() <= 1.75  # internal carotid / basilar calibre (2.5-3.5 mm)
+    assert (p.image < 150).mean() < 0.05 and p.label.mean() > 0.01  # a circle-of-Willis crop: no air
+    # inflow saturation: the same calibre is fainter far from the slab entry
+    style = STYLES["mra"]
+    far, near = tree.copy(), tree.copy()
+    far.generation = np.full(tree.n_nodes, 300)
+    near.generation = np.zeros(tree.n_nodes, np.int32)
+    grid, origin = (40, 150, 160), tuple(np.array(p.meta["start"])[::-1] * 0.3)
+    assert vessel_contrast(far, style, grid, p.spacing, origin)[1].max() < \
+        0.8 * vessel_contrast(near, style, grid, p.spacing, origin)[1].max()
+    # bright subcutaneous fat and bright, unlabelled venous sinuses in a whole slab
+    whole = render_mra("mra", seed=12, shape=(32, 112, 112), spacing=(2.0, 2.0, 3.2))
+    centre, radii = head_geometry((32, 112, 112), (2.0, 2.0, 3.2))
+    brain = whole.brain_mask > 0
+    tissue = np.median(whole.image[brain & (whole.label == 0)])
+    assert np.percentile(whole.image[~brain], 99) > 2 * tissue  # fat is brighter than the brain
+    assert np.percentile(whole.image[brain & (whole.label == 0)], 99.9) > 1.5 * tissue  # sinuses, not labelled
+    assert cow_centre(centre, radii)[2] < centre[2]  # the circle sits at the base of the brain
+
+
+def test_dataset_mixes_cow_crops_and_spacings(tmp_path):
+    from VesselReconLib.phantoms.mra import write_mra_dataset
+
+    out = write_mra_dataset(tmp_path / "mra", 3, seed=3, crop=(16, 48, 48), micro_fraction=0, cow_fraction=1.0,
+                            spacing_jitter=0.1)
+    info = json.loads((out / "phantom.json").read_text())
+    assert info["case_kinds"] == ["mra-cow"] * 3
+    spacings = np.array(info["case_spacings"])
+    assert np.all(np.abs(spacings / [0.5, 0.5, 0.8] - 1) <= 0.1 + 1e-6) and len({tuple(s) for s in spacings}) == 3

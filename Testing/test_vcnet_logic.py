@@ -177,3 +177,95 @@ def test_cancel_stops_before_any_scene_change(scene, phantom):
         VCNetLogic(scene).process(volume, device="cpu", progress=lambda f, m: seen.append(m),
                                   cancel=lambda: len(seen) >= 2)
     assert node_names(scene) == before
+
+
+def test_thin_slab_is_padded_and_runs(scene, phantom):
+    volume = mrml.array_to_volume(phantom.image[:7], np.diag([*phantom.spacing, 1.0]), "thin", scene=scene)
+    result = VCNetLogic(scene).process(volume, device="cpu", outputProbability=True, outputMip=True)
+    prob, _ = mrml.volume_to_array(result.outputProbabilityVolume)
+    assert result.labels.shape == prob.shape == (7, CROP[1], CROP[2])
+    assert np.isfinite(prob).all() and 0 <= prob.min() and prob.max() <= 1
+
+
+def test_spacing_path_resamples_to_the_model_grid_and_back():
+    import torch
+
+    from VesselReconLib.vcnet.inference import model_grid, resample, segment
+    from VesselReconLib.vcnet.network import build_model
+
+    assert model_grid((20, 64, 80), (0.5, 0.5, 0.8), (0.5, 0.5, 0.8)) is None
+    assert model_grid((20, 64, 80), (0.52, 0.52, 0.75), (0.5, 0.5, 0.8)) is None  # within 10 %: native grid
+    assert model_grid((40, 100, 120), (0.3, 0.3, 0.3), (0.5, 0.5, 0.8)) == (15, 60, 72)
+    field = np.fromfunction(lambda k, j, i: np.sin(j / 9.0) + np.cos(i / 11.0) + k / 20.0, (40, 100, 120))
+    back = resample(resample(field, (15, 60, 72), torch.device("cpu")), field.shape, torch.device("cpu"))
+    assert np.abs(back - field)[3:-3, 3:-3, 3:-3].max() < 0.1  # smooth fields survive the round trip
+    torch.manual_seed(0)
+    net = build_model("lite").eval()
+    p = render_mra("mra", seed=5, spacing=(0.3, 0.3, 0.3), crop=(30, 90, 100), crop_centre="cow")
+    result = segment(p.image, p.spacing, net, device="cpu", with_mips=True)
+    assert result.info["resampled_kji"] == [11, 54, 60]
+    assert result.probability.shape == result.labels.shape == p.image.shape
+    assert result.mip_image.shape[1:] == (3 * 54, 2 * 60)  # composited MIPs on the model grid
+    native = segment(p.image, p.spacing, net, device="cpu", resample_to_model=False)
+    assert native.info["resampled_kji"] is None and native.probability.shape == p.image.shape
+
+
+def test_warnings_for_no_mask_and_an_implausible_slice_axis(phantom):
+    import torch
+
+    from VesselReconLib.vcnet.inference import NO_MASK_WARNING, check_slice_axis, segment
+    from VesselReconLib.vcnet.network import build_model
+
+    torch.manual_seed(0)
+    net = build_model("lite").eval()
+    assert NO_MASK_WARNING in segment(phantom.image, phantom.spacing, net, device="cpu").info["warnings"]
+    masked = segment(phantom.image, phantom.spacing, net, phantom.brain_mask, device="cpu")
+    assert masked.info["warnings"] == []
+    assert check_slice_axis((60, 200, 200), (0.5, 0.5, 0.8)) is None
+    assert check_slice_axis((60, 200, 200), (0.3, 0.3, 0.3)) is None  # isotropic is fine
+    assert "slice axis" in check_slice_axis((200, 60, 60), (0.8, 0.8, 0.4))  # K finer than in-plane
+    assert "slice axis" in check_slice_axis((400, 60, 60), (0.5, 0.5, 0.5))  # a long thin K
+
+
+def test_last_window_batch_is_padded_and_mips_come_from_the_main_pass():
+    import torch
+
+    from VesselReconLib.vcnet import mip
+    from VesselReconLib.vcnet.inference import predict_probability, segment
+    from VesselReconLib.vcnet.network import build_model
+
+    torch.manual_seed(0)
+    net = build_model("lite").eval()
+    seen = []
+    original = net.forward
+    net.forward = lambda x: seen.append(x.shape[0]) or original(x)
+    volume = np.random.default_rng(0).random((16, 64, 192)).astype(np.float32)  # 3 windows, batch 2
+    batched, _ = predict_probability(net, volume, torch.device("cpu"), batch_size=2)
+    single, _ = predict_probability(net, volume, torch.device("cpu"), batch_size=1)
+    assert seen[:2] == [2, 2]  # the last window was padded to a full batch
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    net.forward = original
+    result = segment(volume * 100 + 100, (0.5, 0.5, 0.8), net, device="cpu", with_mips=True)
+    with torch.no_grad():
+        window = torch.from_numpy(result.mip_image[0][:, :64].copy())  # first window's tiles (3 rows x 2)
+        stack = mip.untile(torch.from_numpy(result.mip_image[:1])[None], 6)[0, 0]
+        direct = net.mip_stream(mip.tile(stack[:, :, :64][None, None]))[1]
+    expected = (mip.untile(direct, 6)[0, 0] >= 0.5).numpy()
+    got = mip.untile(torch.from_numpy(result.mip_labels[:1].astype(np.float32))[None], 6)[0, 0][:, :, :64].numpy()
+    np.testing.assert_array_equal(got > 0, expected)
+    assert window.shape[0] == 3 * 64
+
+
+def test_model_list_and_csv_report(tmp_path, scene, phantom):
+    logic = VCNetLogic(scene)
+    models = logic.shipped_models()
+    assert len(models) == len(set(models)) and models[0] == "lite" and "vcnet-swi-lite" in models
+    volume = mrml.array_to_volume(phantom.image, np.diag([*phantom.spacing, 1.0]), "MRA", scene=scene)
+    result = logic.process(volume, device="cpu")
+    csv = (logic.write_outputs(result, tmp_path)[-1]).read_text().splitlines()
+    assert csv[0] == "measurement,value,unit"
+    assert "nan" not in "\n".join(csv) and "device,cpu," in csv
+    for line in csv[1:]:
+        value = line.split(",")[1]
+        if value != "cpu":
+            assert len(value.split(".")[-1].split("e")[0]) <= 4, line

@@ -15,16 +15,17 @@ def reference_compose(volume: np.ndarray, size=5, step=2):
     """Pixel loops: composited MIP (rows*H, 2W) and source slices (m, H, W) of a (D, H, W) volume."""
     depth, h, w = volume.shape
     m = (depth - size) // step + 1
+    starts = [i * step for i in range(m - 1)] + [depth - size]  # the last window ends at the last slice
     rows = -(-m // 2)
     image = np.zeros((rows * h, 2 * w), volume.dtype)
     source = np.zeros((m, h, w), np.int64)
-    for i in range(m):
+    for i, first in enumerate(starts):
         r, c = divmod(i, 2)
         for y in range(h):
             for x in range(w):
-                column = volume[i * step:i * step + size, y, x]
+                column = volume[first:first + size, y, x]
                 image[r * h + y, c * w + x] = column.max()
-                source[i, y, x] = i * step + int(np.argmax(column))
+                source[i, y, x] = first + int(np.argmax(column))
     return image, source
 
 
@@ -44,6 +45,7 @@ def reference_unproject(features: np.ndarray, source: np.ndarray, depth: int):
 
 def test_mip_count_and_paper_layout():
     assert mip.mip_count(16) == 6
+    assert mip.window_starts(16) == [0, 2, 4, 6, 8, 11]  # the authors' Unproject layer pads the last MIP by [11, 0]
     image, source = mip.compose(torch.rand(1, 1, 16, 128, 128))
     assert image.shape == (1, 1, 384, 256)  # 0.5 m K1 x 2 K2
     assert source.shape == (1, 6, 128, 128)
@@ -76,8 +78,21 @@ def test_unproject_matches_reference_loop_with_overlaps():
     out = mip.unproject(torch.from_numpy(features)[None], source, 16)[0].numpy()
     expected = reference_unproject(features, source[0].numpy(), 16)
     np.testing.assert_array_equal(out, expected)
-    # slice 15 lies beyond the last MIP window (slices 10..14): it never receives features
-    assert np.all(out[:, 15] == 0)
+
+
+def test_last_slice_of_a_patch_receives_mip_features():
+    volume = torch.zeros(1, 1, 16, 4, 4)
+    volume[0, 0, 15, 1, 2] = 1.0  # a vessel voxel in the last slice only
+    _, source = mip.compose(volume)
+    assert source[0, -1, 1, 2].item() == 15  # the last window (11..15) sees it
+    features = torch.ones(1, 3, 3 * 4, 2 * 4)
+    out = mip.unproject(features, source, 16)
+    assert torch.all(out[0, :, 15, 1, 2] == 1)
+    # in a trained-size network, the 2D stream's features reach slice 15 of the patch
+    net = build_model("lite").eval()
+    image, indices = mip.compose(torch.rand(1, 1, 16, 32, 32))
+    feat2d, _ = net.mip_stream(image)
+    assert mip.unproject(feat2d, indices, 16)[:, :, 15].abs().sum() > 0
 
 
 def test_unproject_takes_max_where_mips_overlap():
@@ -116,7 +131,7 @@ def test_loss_against_hand_computed_case():
     assert loss(output, label, "unet3d").item() == pytest.approx(dice3d, rel=1e-6)
 
 
-@pytest.mark.parametrize("preset", ["lite", "unet3d-lite", "unet2d-lite"])
+@pytest.mark.parametrize("preset", ["lite", "unet3d-lite", "unet2d-lite", "slice2d-lite"])
 def test_lite_shapes_and_ranges(preset):
     torch.manual_seed(0)
     net = build_model(preset).eval()
@@ -126,16 +141,21 @@ def test_lite_shapes_and_ranges(preset):
     assert out["prob"].shape == (2, 1, 16, 64, 64)
     assert odd["prob"].shape == (1, 1, 13, 40, 36)
     assert 0 <= out["prob"].min() and out["prob"].max() <= 1
-    if preset != "unet3d-lite":
+    if preset in ("lite", "unet2d-lite"):
         assert out["mip_prob"].shape == (2, 1, 192, 128)
         assert odd["mip_prob"].shape == (1, 1, 3 * 40, 2 * 36)
 
 
-def test_paper_preset_shapes_without_batchnorm():
+def test_paper_preset_matches_the_authors_layout():
     net = build_model("paper").eval()
     assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.InstanceNorm3d))
                    for m in net.modules())
-    assert net.stream2d.model[-1][-1].conv.unit0.conv.out_channels == PRESETS["paper"]["c1"] == 32
+    assert net.stream2d.final_conv.out_channels == PRESETS["paper"]["c1"] == 32
+    assert 7.6e6 < count_parameters(net.stream2d) < 8.0e6  # the authors' 2D U-Net, 32..512 channels: 7.8 M
+    # the 3D stream's full top-level width (32) and the 2D features go into a 1x1x1 fusion, nothing else
+    fusion = [m for m in net.joint.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert [m.kernel_size for m in fusion] == [(1, 1, 1), (1, 1, 1)]
+    assert fusion[0].in_channels == 32 + 32 and fusion[0].out_channels == 32
     with torch.no_grad():
         out = net(torch.rand(1, 1, 16, 32, 32))
     assert out["prob"].shape == (1, 1, 16, 32, 32) and out["mip_prob"].shape == (1, 1, 96, 64)
@@ -146,7 +166,7 @@ def test_gradients_reach_both_streams():
     net = build_model("lite")
     label = (torch.rand(1, 1, 16, 32, 32) > 0.9).float()
     VCNetLoss()(net(torch.rand(1, 1, 16, 32, 32)), label).backward()
-    assert net.stream2d.model[0].conv.unit0.conv.weight.grad.abs().sum() > 0
+    assert next(net.stream2d.parameters()).grad.abs().sum() > 0
     assert net.stream3d.model[0].conv.unit0.conv.weight.grad.abs().sum() > 0
 
 
@@ -165,8 +185,36 @@ def test_normalize_is_scale_free_and_inverts_dark_vessels_inside_the_mask():
     dark = normalize(volume, mask, dark=True)
     np.testing.assert_allclose(dark[mask], -a[mask])
     np.testing.assert_allclose(dark[~mask], a[~mask])
-    # without a mask the statistics come from the foreground (the air is ignored)
+    # without a mask the statistics come from the whole volume's tissue mode (the air is ignored)
     assert abs(np.median(normalize(volume)[mask])) < 0.01
+
+
+def test_tissue_level_ignores_air_vessels_and_bright_fat():
+    from VesselReconLib.vcnet.data import tissue_level
+
+    rng = np.random.default_rng(1)
+    tissue = rng.normal(108, 12, 60_000)
+    vessels = rng.uniform(250, 700, 4_000)  # ~5 % vessels, as in circle-of-Willis crops
+    fat = rng.normal(280, 30, 12_000)  # bright fat and scalp
+    air = rng.rayleigh(25, 150_000)  # most of a whole-head field of view
+    crop = np.concatenate([tissue, vessels, fat]).astype(np.float32).reshape(1, 1, -1)
+    head = np.concatenate([tissue, vessels, fat, air]).astype(np.float32).reshape(1, 1, -1)
+    assert tissue_level(crop) == pytest.approx(108, rel=0.05)  # the issue's crop: median above Otsu/2 was 292
+    assert tissue_level(head) == pytest.approx(108, rel=0.05)
+
+
+def test_no_mask_normalisation_on_a_no_air_phantom_crop():
+    from VesselReconLib.phantoms.mra import render_mra
+    from VesselReconLib.vcnet.data import normalize
+
+    p = render_mra("mra", seed=21, spacing=(0.3, 0.3, 0.3), crop=(34, 123, 140), crop_centre="cow")
+    assert (p.image < 150).mean() < 0.05 and p.brain_mask.mean() > 0.95  # no air, no background
+    tissue = (p.brain_mask > 0) & (p.label == 0)
+    without = normalize(p.image)
+    with_mask = normalize(p.image, p.brain_mask)
+    assert abs(np.median(without[tissue])) < 0.05
+    assert abs(np.median(without[tissue]) - np.median(with_mask[tissue])) < 0.03
+    assert np.median(without[p.label > 0]) > 0.5  # vessels stay bright
 
 
 def test_sliding_window_helpers():

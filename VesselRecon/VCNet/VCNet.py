@@ -77,8 +77,10 @@ class VCNet(ScriptedLoadableModule):
 Segments highly sparse and noisy vessels in 3D images (MR angiography, susceptibility-weighted
 imaging, microscopy). The network combines 3D patches with their maximum-intensity projections, so
 faint vessels that are hard to see slice by slice are still found; the result is a vessel
-segmentation, an optional probability volume and its MIP for a quick overview. Check <b>Dark
-vessels</b> for images where vessels are darker than the background. <b>Load sample</b> generates
+segmentation, an optional probability volume and the composited sliding MIPs the network sees, with
+their 2D segmentation. The input is resampled to the model's training spacing and the result back.
+The optional mask also sets the intensity statistics; without it the whole volume's tissue level is
+used. Check <b>Dark vessels</b> for images where vessels are darker than the background. <b>Load sample</b> generates
 a synthetic noisy vessel volume with its reference segmentation.
 See the <a href="https://github.com/vesselrecon/SlicerVesselRecon#vcnet">documentation</a>.
 """)
@@ -119,7 +121,7 @@ class VCNetParameterNode:
     model, checkpointPath, device - network weights (shipped preset or "Load checkpoint…") and device.
     darkVessels - vessels darker than the background; overlap - sliding-window patch overlap.
     threshold - probability threshold; minComponentMm3 - smaller pieces are removed.
-    outputProbability, outputMip - also write the probability volume / its MIP.
+    outputProbability, outputMip - also write the probability volume / the composited MIPs and their 2D segmentation.
     output* - segmentation, probability, MIP, results table.
     referenceSegmentation, evaluationTable - reference vessels and metrics table (Evaluation).
     """

@@ -111,9 +111,10 @@ def find_entry(module: str, model: str, directory: str | Path | None = None) -> 
     for entry in candidates:
         if entry.preset == model:
             return entry
-    shipped = ", ".join(e.preset for e in candidates) or "none"
+    # each model once: its preset when the preset name loads it, else its registry name (e.g. an SWI model)
+    shipped = ", ".join(e.preset if e.name == f"{module}-{e.preset}" else e.name for e in candidates) or "none"
     raise CheckpointError(
-        f"No shipped {module} model named {model!r} (shipped presets: {shipped}). Train one with "
+        f"No shipped {module} model named {model!r} (shipped models: {shipped}). Train one with "
         f"`vesselrecon train {module} --preset {model}` and load the checkpoint file instead.")
 
 

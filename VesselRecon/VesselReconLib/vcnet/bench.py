@@ -1,18 +1,23 @@
 """``vesselrecon bench vcnet``: speed and memory of VC-Net vs a plain MONAI 3D U-Net (one JSON line).
 
 Measured in one run on the same 448 x 448 x 128 phantom volume (slices first: 128 x 448 x 448):
-- ``phantom_s``: rendering the full-size MRA phantom (target < 10 s on 2 cores);
-- per device and preset: the network alone over the whole volume in patches (non-overlapping,
-  MONAI sliding window, bf16 autocast on CUDA) for VC-Net and for the plain 3D U-Net of the same
-  size (``paper``: MONAI UNet 32..512, 2 residual units, 19.2 M parameters), their ratio and peak
-  GPU memory; and the whole pipeline (normalise, windows, threshold, measurements).
-On CPU the ``paper`` preset is timed on a 16 x 128 x 128 patch batch only (the full volume would take
-minutes); the ``lite`` preset runs on the whole volume (target <= 60 s on 2 cores).
+- ``phantom_s``: rendering the full-size MRA phantom;
+- per device and preset, VC-Net and the plain MONAI 3D U-Net **of the same parameter count** (the
+  preset's 3D stream widened until it has as many parameters as the whole VC-Net) on the same
+  input, timed **interleaved** (VC-Net, U-Net, VC-Net, U-Net, ...; the fastest of ``repeats`` calls
+  of each), in wall time and in CPU time of this process (less disturbed by other jobs on a shared
+  machine), with their ratios and peak GPU memory. On CPU the ``paper`` preset runs on a batch of
+  16 x 128 x 128 patches (the whole volume would take minutes), ``lite`` on the whole volume; on CUDA
+  both run on the whole volume (bf16 autocast);
+- ``pipeline_lite``: the whole default call with the shipped ``lite`` weights (normalise without a
+  mask, windows, threshold, measurements) on the whole volume;
+- ``load_avg``: the machine's 1-minute load average before and after, to judge how quiet it was.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 
@@ -26,34 +31,60 @@ from .network import build_model, count_parameters, plain_unet3d
 
 
 class PlainUNet(torch.nn.Module):
-    """The plain 3D U-Net wrapped to VC-Net's interface (``{"prob": ...}``, ``patch``)."""
+    """The plain 3D U-Net wrapped to VC-Net's interface (``{"prob": ...}``, ``patch``).
 
-    def __init__(self, preset: str):
+    :param match_parameters: widened to the parameter count of the preset's whole VC-Net.
+    """
+
+    def __init__(self, preset: str, match_parameters: bool = True):
         super().__init__()
-        self.net = plain_unet3d(preset)
+        self.net = plain_unet3d(preset, match_parameters)
         self.patch = build_model(preset).patch
 
     def forward(self, x):
         return {"prob": torch.sigmoid(self.net(x))}
 
 
-def timed(fn, device: torch.device, repeats: int = 3) -> tuple[float, float | None]:
-    """Fastest of ``repeats`` timed calls of ``fn()`` after one warm-up (the minimum is the least
-    disturbed by other processes on a shared machine), and peak CUDA memory (MB)."""
+def load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def timed_pair(fn, device: torch.device) -> tuple[float, float]:
+    """Wall and CPU seconds of one device-synchronised call."""
+    devices.synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
     devices.synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    return devices.time_call(fn, device, repeats, warmup=0), devices.peak_memory_mb(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def bench_volume(net, volume: np.ndarray, device: torch.device, batch: int, repeats: int) -> dict:
+def interleaved(calls: dict, device: torch.device, repeats: int = 3) -> dict:
+    """Time several calls interleaved, round after round, after one warm-up each: ``{name: {"s": fastest
+    wall seconds, "cpu_s": fastest CPU seconds, "peak_mb"}}``."""
+    for fn in calls.values():
+        fn()
+    times = {name: [] for name in calls}
+    peaks = {}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            times[name].append(timed_pair(fn, device))
+            peaks[name] = devices.peak_memory_mb(device)
+    return {name: {"s": round(min(t[0] for t in pairs), 4), "cpu_s": round(min(t[1] for t in pairs), 4),
+                   "peak_mb": None if peaks[name] is None else round(peaks[name], 1)}
+            for name, pairs in times.items()}
+
+
+def _volume_call(net, volume: np.ndarray, device: torch.device, batch: int):
     net = net.to(device).eval()
-    seconds, peak = timed(lambda: predict_probability(net, volume, device, 0.0, batch), device, repeats)
-    return {"s": round(seconds, 4), "peak_mb": None if peak is None else round(peak, 1)}
+    return lambda: predict_probability(net, volume, device, 0.0, batch)
 
 
-def bench_patch(net, device: torch.device, batch: int, repeats: int) -> dict:
+def _patch_call(net, device: torch.device, batch: int):
     net = net.to(device).eval()
     x = torch.rand(batch, 1, *net.patch, device=device)
 
@@ -61,55 +92,60 @@ def bench_patch(net, device: torch.device, batch: int, repeats: int) -> dict:
         with devices.inference(device):
             net(x)
 
-    seconds, peak = timed(call, device, repeats)
-    return {"s": round(seconds, 4), "peak_mb": None if peak is None else round(peak, 1), "batch": batch}
+    return call
+
+
+def compare_preset(preset: str, volume: np.ndarray, device: torch.device, full_volume: bool, batch: int | None,
+                   repeats: int) -> dict:
+    """VC-Net vs the equal-parameter plain 3D U-Net, interleaved on the same input."""
+    vc, plain = build_model(preset).eval(), PlainUNet(preset).eval()
+    if full_volume:
+        size = batch or (16 if device.type == "cuda" else 2)
+        calls = {"vcnet": _volume_call(vc, volume, device, size), "plain_unet3d": _volume_call(plain, volume, device, size)}
+        scope = "whole volume"
+    else:
+        size = batch or 4
+        calls = {"vcnet": _patch_call(vc, device, size), "plain_unet3d": _patch_call(plain, device, size)}
+        scope = f"patch batch {size}x{'x'.join(map(str, vc.patch))}"
+    result = interleaved(calls, device, repeats)
+    return {"scope": scope, **result,
+            "params": {"vcnet": count_parameters(vc), "plain_unet3d": count_parameters(plain.net)},
+            "ratio_wall": round(result["vcnet"]["s"] / max(result["plain_unet3d"]["s"], 1e-9), 3),
+            "ratio_cpu": round(result["vcnet"]["cpu_s"] / max(result["plain_unet3d"]["cpu_s"], 1e-9), 3)}
 
 
 def run_bench(devices_to_run: list[str], repeats: int = 3, cpu_full_paper: bool = False, batch: int | None = None) -> dict:
+    report = {"load_avg_before": load_average()}
     start = time.perf_counter()
     phantom = render_mra("mra", FULL_SHAPE, seed=0)
-    report = {"volume_kji": list(FULL_SHAPE), "phantom_s": round(time.perf_counter() - start, 2),
-              "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-              "params": {"vcnet_paper": count_parameters(build_model("paper")),
-                         "plain_unet3d_paper": count_parameters(plain_unet3d("paper")),
-                         "vcnet_lite": count_parameters(build_model("lite"))}}
+    report.update({"volume_kji": list(FULL_SHAPE), "phantom_s": round(time.perf_counter() - start, 2),
+                   "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()})
     from .data import normalize
 
     volume = normalize(phantom.image)
     for name in devices_to_run:
         device = devices.resolve_device(name)
         entry = {}
-        full_volume = device.type == "cuda" or cpu_full_paper
         for preset in ("paper", "lite"):
-            vc, plain = build_model(preset), PlainUNet(preset)
-            if preset == "paper" and not full_volume:
-                size = batch or 4
-                vc_t, plain_t = bench_patch(vc, device, size, repeats), bench_patch(plain, device, size, repeats)
-                scope = f"patch batch {size}x16x128x128"
-            else:
-                size = batch or (16 if device.type == "cuda" else 2)
-                vc_t, plain_t = (bench_volume(vc, volume, device, size, repeats),
-                                 bench_volume(plain, volume, device, size, repeats))
-                scope = "whole volume"
-            entry[preset] = {"scope": scope, "vcnet": vc_t, "plain_unet3d": plain_t,
-                             "ratio": round(vc_t["s"] / max(plain_t["s"], 1e-9), 3)}
-        lite = build_model("lite").eval()
+            full_volume = preset == "lite" or device.type == "cuda" or cpu_full_paper
+            entry[preset] = compare_preset(preset, volume, device, full_volume, batch, repeats)
         try:
             from .. import registry
 
             lite, _ = registry.load_model("vcnet", "lite", str(device))
             weights = "shipped"
         except Exception:
-            weights = "untrained"
+            lite, weights = build_model("lite").eval(), "untrained"
         results = []
-        seconds, _ = timed(lambda: results.append(segment(phantom.image, phantom.spacing, lite, device=device)),
-                           device, repeats)
-        entry["pipeline_lite"] = {"s": round(seconds, 3), "weights": weights,
+        timing = interleaved({"pipeline": lambda: results.append(segment(phantom.image, phantom.spacing, lite,
+                                                                         device=device))}, device, repeats)
+        entry["pipeline_lite"] = {**timing["pipeline"], "weights": weights, "mask": None,
                                   "vessel_volume_mm3": round(results[-1].measurements["vessel_volume_mm3"], 1)}
         if device.type == "cuda":
             entry["gpu"] = torch.cuda.get_device_name(device)
             entry["dtype"] = str(devices.autocast_dtype(device))
         report[device.type] = entry
+    report["load_avg_after"] = load_average()
     return report
 
 

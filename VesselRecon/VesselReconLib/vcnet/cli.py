@@ -18,7 +18,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="out/vcnet", help="output folder (segmentation, probability, table, .mrb)")
     parser.add_argument("--model", default="lite", help="shipped preset/name or a .safetensors/.pt checkpoint")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    parser.add_argument("--mask", help="brain/ROI mask volume")
+    parser.add_argument("--mask", help="brain/ROI mask volume; it also sets the intensity statistics (tissue level) "
+                                       "used to normalise the image. Without it the whole volume's dominant tissue "
+                                       "intensity is used, with a warning")
     parser.add_argument("--dark", action="store_true", help="dark vessels (SWI/MinIP): invert inside the mask")
     parser.add_argument("--overlap", type=float, default=0.0, help="window overlap (0 = non-overlapping, paper)")
     parser.add_argument("--threshold", type=float, default=0.5)
@@ -26,14 +28,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, help="patches per forward pass (default: per device)")
     parser.add_argument("--mips", action="store_true", help="also write composited MIPs and their 2D segmentation")
     parser.add_argument("--reference", help="reference vessel labelmap: adds Dice, precision and FPR")
+    parser.add_argument("--no-resample", action="store_true",
+                        help="run at the native spacing (default: resample to the model's training spacing, "
+                             "0.5 x 0.5 x 0.8 mm for the shipped models, and the result back)")
 
 
 def run(args) -> int:
-    from .. import mrml, runtime
-    from ..progress import TqdmProgress
+    from .. import atomic, mrml, runtime
     from .logic import VCNetLogic
-
-    from .. import atomic
 
     final = atomic.output_folder(args.out)
     scene = runtime.new_scene()
@@ -41,18 +43,41 @@ def run(args) -> int:
     volume = logic.load_volume(args.input, "VCNet input")
     mask = logic.load_volume(args.mask, "VCNet mask", labelmap=True) if args.mask else None
     reference = logic.load_volume(args.reference, "VCNet reference", labelmap=True) if args.reference else None
-    bar = TqdmProgress("vcnet")
-    result = logic.process(volume, maskVolume=mask, darkVessels=args.dark, model=args.model, device=args.device,
-                           overlap=args.overlap, threshold=args.threshold, minComponentMm3=args.min_component,
-                           batchSize=args.batch_size, outputProbability=True, outputMip=args.mips,
-                           referenceLabelmap=reference, progress=bar)
-    bar.close()
+    bar = LazyBar("vcnet")  # drawn on the first progress report, so errors in validation print no empty bar
+    try:
+        result = logic.process(volume, maskVolume=mask, darkVessels=args.dark, model=args.model, device=args.device,
+                               overlap=args.overlap, threshold=args.threshold, minComponentMm3=args.min_component,
+                               batchSize=args.batch_size, outputProbability=True, outputMip=args.mips,
+                               referenceLabelmap=reference, progress=bar,
+                               resampleToModelSpacing=not args.no_resample)
+    finally:
+        bar.close()
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     with atomic.staging(final, "vcnet") as stage:
         written = [final / p.relative_to(stage) for p in logic.write_outputs(result, stage)]
         mrml.save_scene(stage / "vcnet.mrb", scene)
     out = final
     print(json.dumps({"metrics": result.metrics, "files": [str(p) for p in written] + [str(out / "vcnet.mrb")]}))
     return 0
+
+
+class LazyBar:
+    """A progress callable that creates its tqdm bar on the first report."""
+
+    def __init__(self, desc: str):
+        self.desc, self._bar = desc, None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self._bar is None:
+            from ..progress import TqdmProgress
+
+            self._bar = TqdmProgress(self.desc)
+        self._bar(fraction, message)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 # ---------------------------------------------------------------- train
@@ -104,8 +129,10 @@ def train(args) -> int:
         entry = ship_model(model.cpu(), "vcnet", args.preset, name=args.name, command=command,
                            data=args.data_command or args.data, seed=args.seed, metrics=held_out,
                            input_spec={"channels": 1, "patch_kji": list(model.patch), "axis_order": "KJI",
-                                       "spacing": "native (no resampling), slice axis first",
-                                       "intensity": "raw; normalised inside the brain/head mask; dark vessels inverted",
+                                       "spacing": "resampled to spacing_xyz_mm at inference, slice axis first",
+                                       "spacing_xyz_mm": list(model.spacing),
+                                       "intensity": "raw; (x - m) / m with m the tissue level (histogram mode) inside "
+                                                    "the brain mask or of the whole volume; dark vessels inverted",
                                        "mip": {"size": model.mip_size, "step": model.mip_step}},
                            extra_training={"lr": args.lr, "epochs": held_out.get("epochs"), "steps": args.steps,
                                            "batch": args.batch, "dark": args.dark, "init": args.init},

@@ -1,12 +1,12 @@
 """Intensity preparation, MSD-style dataset loading and foreground-focused patch sampling for VC-Net.
 
-Intensities: contrast relative to the tissue, ``(x - m) / m`` with ``m`` the median inside the brain
-mask (or the foreground above half the Otsu threshold without one); sparse vessels do not move the median, so crops and whole
-volumes, with or without a mask, get the same scale. Dark vessels (SWI/MinIP) are inverted
-inside the mask by negating the normalised value (inversion around the tissue median), which turns
-dark veins into bright ones while the air outside the mask stays dark. Without a mask an automatic
-head mask (Otsu threshold, slice-wise hole filling) is used. No resampling: patches follow the
-native (anisotropic) grid, K3 slices along the slice axis.
+Intensities: contrast relative to the tissue, ``(x - m) / m``, with ``m`` the tissue level: the
+dominant non-air mode of the intensity histogram (refined by the median of the voxels near it),
+taken inside the brain mask when one is given and over the whole volume otherwise. Vessels, bright
+fat and scalp, dark CSF and air do not move the mode, so a crop without air, a whole head with air
+and a masked brain all put the tissue at 0. Dark vessels (SWI/MinIP) are inverted inside the mask
+(an automatic head mask without one) by negating the normalised value, which turns dark veins into
+bright ones while the air outside stays dark.
 """
 
 from __future__ import annotations
@@ -17,17 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
+HISTOGRAM_BINS = 256
+AIR_RATIO = 4.0  # tissue is at least this many times brighter than air (the noise floor) in MR magnitude
+AIR_FRACTION = 0.15  # only a tallest peak below this fraction of the bright end can be air
 
-def auto_head_mask(volume: np.ndarray) -> np.ndarray:
-    """Head mask: Otsu threshold, opening, holes filled slice by slice (the slab cuts the head).
 
-    Computed on every second row and column and repeated back to the full grid.
-    """
+def auto_head_mask(volume: np.ndarray, level: float | None = None) -> np.ndarray:
+    """Head mask: voxels above ``0.4 x`` the tissue level (default: :func:`tissue_level`), opened,
+    holes filled slice by slice (the slab cuts the head). Computed on every second row and column."""
     from scipy import ndimage
-    from skimage.filters import threshold_otsu
 
+    level = tissue_level(volume) if level is None else level
     coarse = volume[:, ::2, ::2]
-    mask = ndimage.binary_opening(coarse > threshold_otsu(coarse), iterations=1)
+    mask = ndimage.binary_opening(coarse > 0.4 * level, iterations=1)
     mask = np.stack([ndimage.binary_fill_holes(s) for s in mask])
     if not mask.any():
         return np.ones(volume.shape, bool)
@@ -35,36 +37,64 @@ def auto_head_mask(volume: np.ndarray) -> np.ndarray:
     return full[:, : volume.shape[1], : volume.shape[2]]
 
 
-def foreground(volume: np.ndarray) -> np.ndarray:
-    """Voxels above half the Otsu threshold: tissue rather than air and bone when the field of view
-    holds air (Otsu splits air from tissue), and all tissue when it does not (Otsu then splits
-    tissue classes, and half of it lies below them)."""
-    from skimage.filters import threshold_otsu
+def _subsample(volume: np.ndarray, region: np.ndarray | None, limit: int = 2_000_000) -> np.ndarray:
+    count = volume.size if region is None else int(region.sum())
+    step = max(1, int(round((count / limit) ** (1 / 3))))
+    values = volume[::step, ::step, ::step]
+    if region is not None:
+        values = values[region[::step, ::step, ::step]]
+        if not values.size:
+            values = volume[region]
+    return values.astype(np.float32, copy=False).ravel()
 
-    return volume > 0.5 * threshold_otsu(volume[::2, ::2, ::2])
+
+def tissue_level(volume: np.ndarray, region: np.ndarray | None = None) -> float:
+    """Robust tissue intensity of a volume (inside ``region`` if given).
+
+    The tallest peak of the smoothed histogram between the 0.1st and 99.5th percentiles, unless it is
+    dark (below ``AIR_FRACTION`` of the 99.5th percentile) and a peak at least ``AIR_RATIO`` times
+    brighter holds 5 % of its height (then the tallest is air and the tallest of those brighter peaks
+    is the tissue); refined by the median of the voxels within +-40 % of the peak. Sparse vessels, fat and scalp (bright) and CSF (dark) do not move it.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    values = _subsample(np.asarray(volume), region)
+    low, high = np.percentile(values, [0.1, 99.5])
+    if not high > low:
+        return float(np.median(values))
+    counts, edges = np.histogram(values, HISTOGRAM_BINS, (low, high))
+    smooth = gaussian_filter1d(counts.astype(np.float64), 2.0)
+    floor = min(float(low), 0.0)  # magnitude images start at 0; shifted ones at their minimum
+    centres = (edges[:-1] + edges[1:]) / 2 - floor
+    peak = int(np.argmax(smooth))
+    if centres[peak] < AIR_FRACTION * (high - floor):  # a dark tallest peak may be air: look for tissue above it
+        brighter = (centres > AIR_RATIO * max(centres[peak], (high - low) / HISTOGRAM_BINS)) & \
+            (smooth >= 0.05 * smooth[peak])
+        if brighter.any():
+            peak = int(np.flatnonzero(brighter)[np.argmax(smooth[brighter])])
+    mode = centres[peak] + floor
+    near = values[(values >= mode - 0.4 * abs(mode)) & (values <= mode + 0.4 * abs(mode))]
+    return float(np.median(near)) if near.size else float(mode)
 
 
 def normalize(volume: np.ndarray, mask: np.ndarray | None = None, dark: bool = False) -> np.ndarray:
-    """Normalised float32 volume (vessels bright): contrast relative to the tissue median.
+    """Normalised float32 volume (vessels bright): ``(x - m) / m`` with ``m`` the :func:`tissue_level`
+    inside the mask (or of the whole volume without one). Dark vessels are inverted inside the mask
+    (automatic head mask without one).
 
-    ``(x - m) / m`` with ``m`` the median of the mask (or, without a mask, of :func:`foreground`):
-    vessels are sparse, so ``m`` is the tissue level whether the field of view is a small crop or the
-    whole head. Dark vessels are inverted inside the mask (automatic head mask without one).
-
-    :param mask: brain/ROI mask (statistics and inversion region).
+    :param mask: brain/ROI mask: sets the intensity statistics and the inversion region.
     :param dark: invert intensities inside the mask (SWI / MinIP: dark vessels).
     """
     volume = np.asarray(volume, dtype=np.float32)
-    region = np.asarray(mask) > 0 if mask is not None else foreground(volume)
-    if not region.any():
-        region = np.ones(volume.shape, bool)
-    step = max(1, int(round((region.sum() / 2_000_000) ** (1 / 3))))  # statistics on <= ~2 M voxels
-    values = volume[::step, ::step, ::step][region[::step, ::step, ::step]]
-    centre = float(np.median(values if values.size else volume[region]))
-    scale = max(abs(centre), float(np.ptp(values)) * 1e-3, 1e-6)
+    region = np.asarray(mask) > 0 if mask is not None else None
+    if region is not None and not region.any():
+        region = None
+    centre = tissue_level(volume, region)
+    spread = float(np.ptp(volume))
+    scale = max(abs(centre), spread * 1e-3, 1e-6)
     out = (volume - np.float32(centre)) / np.float32(scale)
     if dark:
-        out[auto_head_mask(volume) if mask is None else region] *= -1.0
+        out[auto_head_mask(volume, centre) if region is None else region] *= -1.0
     return out.astype(np.float32, copy=False)
 
 
@@ -77,6 +107,7 @@ class Case:
     label: np.ndarray
     mask: np.ndarray | None
     spacing: tuple[float, float, float]
+    raw: np.ndarray | None = None  # the image as read (for the whole-pipeline calls of eval)
 
 
 def read_dataset(folder: str | Path) -> list[dict]:
@@ -92,7 +123,7 @@ def read_dataset(folder: str | Path) -> list[dict]:
             for e in entries]
 
 
-def load_case(entry: dict, dark: bool = False) -> Case:
+def load_case(entry: dict, dark: bool = False, keep_raw: bool = False) -> Case:
     """Load and normalise one dataset entry (brain mask from ``mask`` if present)."""
     from ..phantoms.datasets import load_nifti
 
@@ -100,11 +131,12 @@ def load_case(entry: dict, dark: bool = False) -> Case:
     label, _, _ = load_nifti(entry["label"])
     mask = load_nifti(entry["mask"])[0] if entry.get("mask") and Path(entry["mask"]).is_file() else None
     name = Path(entry["image"]).name.split(".")[0]
-    return Case(name, normalize(image, mask, dark), (label > 0).astype(np.uint8), mask, tuple(spacing))
+    return Case(name, normalize(image, mask, dark), (label > 0).astype(np.uint8), mask, tuple(spacing),
+                np.asarray(image, np.float32) if keep_raw else None)
 
 
-def load_cases(folder: str | Path, dark: bool = False, limit: int | None = None) -> list[Case]:
-    return [load_case(e, dark) for e in read_dataset(folder)[:limit]]
+def load_cases(folder: str | Path, dark: bool = False, limit: int | None = None, keep_raw: bool = False) -> list[Case]:
+    return [load_case(e, dark, keep_raw) for e in read_dataset(folder)[:limit]]
 
 
 class PatchSampler:
@@ -112,7 +144,8 @@ class PatchSampler:
     ``generate_pos_neg_label_crop_centers``, the sampler behind ``RandCropByPosNegLabel``).
 
     :param patch: ``(K3, K1, K2)`` patch size (slices first), e.g. (16, 64, 64).
-    :param pos_fraction: probability that a patch is centred on a vessel voxel.
+    :param pos_fraction: probability that a patch is centred on a vessel voxel; the others are
+        centred on a non-vessel voxel inside the brain mask (anywhere when a case has no mask).
     """
 
     def __init__(self, cases: list[Case], patch, pos_fraction: float = 0.75, seed: int = 0):
@@ -120,7 +153,8 @@ class PatchSampler:
 
         self.cases, self.patch, self.pos_fraction = cases, tuple(int(p) for p in patch), pos_fraction
         self.rng = np.random.RandomState(seed)
-        self.indices = [map_binary_to_indices(c.label[None], image=None) for c in cases]
+        self.indices = [map_binary_to_indices(c.label[None], image=None if c.mask is None else c.mask[None],
+                                              image_threshold=0) for c in cases]
 
     def _pad(self, array: np.ndarray, value: float) -> np.ndarray:
         pads = [(0, max(0, p - s)) for p, s in zip(self.patch, array.shape[1:])]

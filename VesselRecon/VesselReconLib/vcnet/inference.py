@@ -1,14 +1,21 @@
 """Whole-volume VC-Net inference, post-processing and measurements.
 
-The volume is cut into patches of the model's size (K3 x K1 x K2, slices first): non-overlapping as
-in the paper (``overlap=0``), or overlapping with Gaussian blending (``overlap>0``), through MONAI
-``sliding_window_inference``. The patch batch size shrinks on out-of-memory and falls back to the
-CPU (``device.run_with_fallback``). Probabilities are thresholded at 0.5, restricted to the optional
-mask, and components smaller than a volume in mm^3 can be removed.
+The normalised volume is resampled (trilinear, on the compute device) to the spacing the model was
+trained at, and the probability back to the input grid, so that vessels have the calibre in voxels
+the weights expect. A volume thinner than a patch is padded by reflection along the slice axis
+(and in-plane) rather than refused. It is cut into patches of the model's size (K3 x K1 x K2,
+slices first): non-overlapping as in the paper (``overlap=0``), or overlapping with Gaussian
+blending (``overlap>0``), through MONAI ``sliding_window_inference``; the last, incomplete batch of
+windows is padded to the full batch (an odd batch size falls onto slow convolution paths). The
+batch size shrinks on out-of-memory and falls back to the CPU (``device.run_with_fallback``).
+Probabilities are thresholded at 0.5, restricted to the optional mask, and components smaller than
+a volume in mm^3 can be removed. The composited-MIP output reuses the 2D stream's output of the
+main pass.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,6 +29,10 @@ from . import mip
 from .data import normalize
 
 DEFAULT_BATCH = {"cuda": 16, "mps": 8, "cpu": 2}
+SPACING_TOLERANCE = 0.1  # resample when an axis' spacing differs from the model's by more than this
+NO_MASK_WARNING = ("No brain mask given: the intensity statistics come from the whole volume (its dominant "
+                   "tissue intensity). Pass a brain mask for the most reliable normalisation.")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,65 +59,81 @@ def window_count(shape, roi, overlap: float) -> int:
 
 
 def predict_probability(model, volume: np.ndarray, device: torch.device, overlap: float = 0.0,
-                        batch_size: int | None = None, progress=None, cancel=None) -> tuple[np.ndarray, int]:
-    """Vessel probability of a normalised volume; returns it and the batch size that fit."""
+                        batch_size: int | None = None, progress=None, cancel=None, mip_sink: dict | None = None
+                        ) -> tuple[np.ndarray, int]:
+    """Vessel probability of a normalised volume; returns it and the batch size that fit.
+
+    :param mip_sink: if a dict, it receives ``{slab_start: (m, J, I) float32 array}``: the 2D stream's
+        MIP probabilities of every window that starts a K3-slice slab (:func:`slab_starts`), pasted
+        at the window's in-plane position (maximum where windows overlap).
+    """
     from monai.inferers import sliding_window_inference
 
     reporter = as_reporter(progress, cancel)
     roi = tuple(int(r) for r in model.patch)
     total = window_count(volume.shape, roi, overlap)
+    starts = set(slab_starts(volume.shape[0], roi[0]))
 
     def run(dev: torch.device, batch: int):
         net = model.to(dev)
         done = [0]
+        canvases: dict[int, torch.Tensor] = {}
 
-        def predictor(windows: torch.Tensor) -> torch.Tensor:
-            done[0] += windows.shape[0]
+        def predictor(windows: torch.Tensor, coords) -> torch.Tensor:
+            count = windows.shape[0]
+            done[0] += count
             reporter(min(done[0] / total, 1.0), f"VC-Net window {min(done[0], total)}/{total}")
-            return net(windows)["prob"]
+            if count < batch:  # pad the last batch: a partial batch falls onto slow convolution paths
+                windows = torch.cat([windows, windows.new_zeros((batch - count, *windows.shape[1:]))])
+            out = net(windows)
+            if mip_sink is not None and "mip_prob" in out:
+                _paste_mips(canvases, out["mip_prob"][:count], coords, starts, volume.shape[1:], net)
+            return out["prob"][:count]
 
         tensor = torch.from_numpy(np.ascontiguousarray(volume))[None, None].to(dev)
         with devices.inference(dev):
             prob = sliding_window_inference(tensor, roi, batch, predictor, overlap=overlap,
                                             mode="gaussian" if overlap > 0 else "constant", padding_mode="constant",
-                                            cval=float(volume.min()))
+                                            cval=float(volume.min()), with_coord=True)
+        if mip_sink is not None:
+            mip_sink.clear()
+            mip_sink.update({k: v.float().cpu().numpy() for k, v in canvases.items()})
         return prob[0, 0].float().cpu().numpy(), batch
 
     batch_size = batch_size or DEFAULT_BATCH.get(device.type, 2)
     return devices.run_with_fallback(run, device, batch_size)
 
 
-def predict_mips(model, volume: np.ndarray, device: torch.device, batch_size: int = 4
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _paste_mips(canvases: dict, mip_prob: torch.Tensor, coords, starts: set, plane, net) -> None:
+    """Paste the untiled MIP probabilities of slab-starting windows into per-slab canvases."""
+    m = mip.mip_count(int(net.patch[0]), net.mip_size, net.mip_step)
+    stacks = mip.untile(mip_prob.float(), m)[:, 0]  # (B, m, K1, K2)
+    for stack, coord in zip(stacks, coords):
+        k, j, i = coord[2], coord[3], coord[4]
+        if k.start not in starts:
+            continue
+        canvas = canvases.setdefault(k.start, stack.new_zeros((m, *plane)))
+        region = canvas[:, j, i]
+        canvas[:, j, i] = torch.maximum(region, stack[:, : region.shape[1], : region.shape[2]])
+
+
+def composited_mips(model, volume: np.ndarray, mip_probs: dict | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Composited sliding MIPs of every K3-slice slab and the 2D stream's probability on them.
 
     Slabs start every K3 slices (the last one aligned with the end). Returns two float32 arrays
-    ``(n_slabs, rows*J, 2*I)``: the MIP images and the 2D probabilities (for a model without a 2D
-    stream, ``None``).
+    ``(n_slabs, rows*J, 2*I)``: the MIP images, and the 2D probabilities taken from the main pass
+    (``mip_probs`` from :func:`predict_probability`; ``None`` for a model without a 2D stream).
     """
-    from monai.inferers import sliding_window_inference
-
     depth = int(model.patch[0])
     starts = slab_starts(volume.shape[0], depth)
     tensor = torch.from_numpy(np.ascontiguousarray(volume))[None, None]
     stacks = [mip.sliding_mips(_slab(tensor, s, depth), model.mip_size, model.mip_step)[0][:, 0] for s in starts]
     images = np.stack([mip.tile(s[:, None])[0, 0].numpy() for s in stacks])
-    if not hasattr(model, "stream2d"):
+    if not hasattr(model, "stream2d") or not mip_probs or any(s not in mip_probs for s in starts):
         return images, None
-    net = model.to(device)
-
-    def predictor(windows: torch.Tensor) -> torch.Tensor:  # (B, m, K1, K2) -> same
-        m = windows.shape[1]
-        tiled = mip.tile(windows[:, None])
-        prob = torch.sigmoid(net.head2d(torch.relu(net.stream2d(tiled))))
-        return mip.untile(prob, m)[:, 0]
-
-    probs = []
-    with devices.inference(device):
-        for stack in stacks:
-            out = sliding_window_inference(stack.to(device), tuple(model.patch[1:]), batch_size, predictor,
-                                           padding_mode="constant", cval=float(volume.min()))
-            probs.append(mip.tile(out[:, None].float().cpu())[0, 0].numpy())
+    plane = volume.shape[1:]
+    probs = [mip.tile(torch.from_numpy(np.ascontiguousarray(mip_probs[s][:, : plane[0], : plane[1]]))[None, None])[0, 0].numpy()
+             for s in starts]
     return images, np.stack(probs)
 
 
@@ -174,28 +201,77 @@ def measurements(labels: np.ndarray, spacing) -> dict:
             "centerline_length_mm": centerline_length(labels, spacing)}
 
 
+def check_slice_axis(shape, spacing) -> str | None:
+    """A warning when the array's K axis does not look like the acquisition slice axis."""
+    sx, sy, sz = (float(v) for v in spacing)
+    if sz < 0.8 * min(sx, sy):
+        return (f"The slice spacing ({sz:.2f} mm) is finer than the in-plane spacing ({sx:.2f} x {sy:.2f} mm): "
+                "the volume's K axis may not be the acquisition slice axis (reorient it so that K runs "
+                "through the axial TOF slab).")
+    if shape[0] * sz > 2.0 * max(shape[1] * sy, shape[2] * sx):
+        return (f"The volume is {shape[0] * sz:.0f} mm along K but only {shape[1] * sy:.0f} x {shape[2] * sx:.0f} mm "
+                "in-plane: K may not be the slice axis of the slab.")
+    return None
+
+
+def model_grid(shape, spacing, model_spacing, tolerance: float = SPACING_TOLERANCE):
+    """``(k, j, i)`` shape of the volume resampled to ``model_spacing``, or None if it is close enough."""
+    ratios = [float(s) / float(m) for s, m in zip(spacing, model_spacing)]  # x, y, z
+    if all(abs(r - 1) <= tolerance for r in ratios):
+        return None
+    return tuple(max(1, int(round(n * r))) for n, r in zip(shape, ratios[::-1]))
+
+
+def resample(array: np.ndarray, shape, device: torch.device) -> np.ndarray:
+    """Trilinear resampling of a ``[k, j, i]`` array to ``shape`` on ``device`` (CPU or GPU)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(device)
+    out = torch.nn.functional.interpolate(tensor, size=tuple(int(s) for s in shape), mode="trilinear",
+                                          align_corners=False)
+    return out[0, 0].cpu().numpy()
+
+
+def pad_to_patch(volume: np.ndarray, patch) -> tuple[np.ndarray, tuple]:
+    """Reflect-pad a volume thinner than the patch up to it (at the end of each short axis)."""
+    pads = [(0, max(0, int(p) - n)) for n, p in zip(volume.shape, patch)]
+    if not any(after for _, after in pads):
+        return volume, volume.shape
+    return np.pad(volume, pads, mode="symmetric"), volume.shape
+
+
 def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, dark: bool = False,
             overlap: float = 0.0, threshold: float = 0.5, min_component_mm3: float = 0.0,
             device: str | torch.device = "cpu", batch_size: int | None = None, with_mips: bool = False,
-            progress=None, cancel=None) -> SegmentationResult:
+            progress=None, cancel=None, resample_to_model: bool = True) -> SegmentationResult:
     """Segment vessels in a raw volume.
 
-    :param volume: ``[k, j, i]`` intensities (K is the slice axis; no resampling).
+    :param volume: ``[k, j, i]`` intensities (K is the slice axis).
     :param spacing: ``(sx, sy, sz)`` mm.
     :param model: a :class:`~.network.VCNet` in eval mode.
-    :param mask: optional brain/ROI mask; voxels outside are background.
+    :param mask: optional brain/ROI mask: sets the intensity statistics; voxels outside are background.
     :param dark: dark vessels (SWI/MinIP): intensities are inverted inside the mask.
     :param overlap: window overlap; 0 = non-overlapping (paper), > 0 Gaussian blending.
     :param min_component_mm3: remove components smaller than this.
     :param with_mips: also return the composited MIPs of each slab and their 2D segmentation.
+    :param resample_to_model: resample to the model's training spacing (and the probability back).
     """
     reporter = as_reporter(progress, cancel)
     torch_device = devices.resolve_device(device)
     start = time.perf_counter()
+    warnings = [w for w in (None if mask is not None else NO_MASK_WARNING, check_slice_axis(volume.shape, spacing)) if w]
+    for warning in warnings:
+        log.warning(warning)
     reporter(0.0, "normalising intensities")
     normalized = normalize(volume, mask, dark)
-    prob, used_batch = predict_probability(model, normalized, torch_device, overlap, batch_size,
-                                           reporter.sub(0.02, 0.85))
+    model_spacing = tuple(getattr(model, "spacing", spacing))
+    grid = model_grid(volume.shape, spacing, model_spacing) if resample_to_model else None
+    work = resample(normalized, grid, torch_device) if grid is not None else normalized
+    work, unpadded = pad_to_patch(work, model.patch)
+    sink = {} if with_mips else None
+    work_prob, used_batch = predict_probability(model, work, torch_device, overlap, batch_size,
+                                                reporter.sub(0.02, 0.85), mip_sink=sink)
+    prob = work_prob[: unpadded[0], : unpadded[1], : unpadded[2]]
+    if grid is not None:
+        prob = np.clip(resample(prob, volume.shape, torch_device), 0.0, 1.0)
     if mask is not None:
         prob = prob * (np.asarray(mask) > 0)
     labels = (prob >= threshold).astype(np.uint8)
@@ -203,12 +279,18 @@ def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, 
     result = SegmentationResult(prob.astype(np.float32), labels, {})
     if with_mips:
         reporter(0.87, "composited MIPs")
-        images, probs = predict_mips(model, normalized, torch_device, used_batch)
+        in_plane = work[:, : unpadded[1], : unpadded[2]]  # slabs of the model grid (thin slabs stay padded)
+        images, probs = composited_mips(model, in_plane, sink)
         result.mip_image = images
-        result.mip_labels = (probs >= threshold).astype(np.uint8) if probs is not None else label_mips(labels, model)
+        result.mip_labels = ((probs >= threshold).astype(np.uint8) if probs is not None
+                             else label_mips((work_prob[:, : unpadded[1], : unpadded[2]] >= threshold).astype(np.uint8),
+                                             model))
     reporter(0.93, "measuring")
     result.measurements = measurements(labels, spacing)
-    result.info = {"seconds": time.perf_counter() - start, "device": str(torch_device), "batch_size": used_batch}
+    work_spacing = model_spacing if grid is not None else tuple(spacing)
+    result.info = {"seconds": time.perf_counter() - start, "device": str(torch_device), "batch_size": used_batch,
+                   "warnings": warnings, "resampled_kji": list(grid) if grid is not None else None,
+                   "mip_spacing": (work_spacing[0], work_spacing[1], work_spacing[2] * int(model.patch[0]))}
     reporter(1.0, "done")
     return result
 

@@ -2,7 +2,9 @@
 
 Tensors are ``(B, C, K3, K1, K2)``: the slice (axial) axis comes first, as in Slicer's KJI arrays.
 From a patch of K3 slices, ``m = (K3 - s) // t + 1`` maximum intensity projections are taken over
-``s`` consecutive slices every ``t`` slices (paper: s = 5, t = 2, K3 = 16 -> m = 6). They are tiled
+``s`` consecutive slices every ``t`` slices (paper: s = 5, t = 2, K3 = 16 -> m = 6), the last window
+shifted to end at the last slice (starts 0, 2, 4, 6, 8, 11 for K3 = 16, as in the authors' Keras
+``Unproject`` layer), so that every slice of the patch lies in at least one window. They are tiled
 row-major into a grid of ``ceil(m / 2)`` rows and 2 columns (MIP ``i`` at row ``i // 2``, column
 ``i % 2``), giving a ``ceil(m/2)*K1 x 2*K2`` image (384 x 256 for a 128 x 128 x 16 patch). An odd
 ``m`` leaves the last tile zero. For every MIP pixel the slice it came from (argmax, first on ties)
@@ -11,8 +13,7 @@ is kept so that 2D features can be scattered back to exactly that voxel.
 Unprojection fills a zero volume and scatters each MIP pixel's feature vector into the voxel of its
 source slice with ``scatter_reduce(..., "amax", include_self=True)``: where overlapping MIPs send
 features to the same voxel the element-wise maximum over channels is kept (Eq. 2 of the paper).
-Voxels that no MIP pixel came from (including slices beyond the last MIP window, e.g. slice 15 of
-a 16-slice patch) keep zeros. Because the 2D features are ReLU outputs (>= 0), zero is the neutral
+Voxels that no MIP pixel came from keep zeros. Because the 2D features are ReLU outputs (>= 0), zero is the neutral
 element of the maximum, so the initial zeros never change a scattered value.
 """
 
@@ -40,17 +41,24 @@ def grid_rows(m: int) -> int:
     return math.ceil(m / COLUMNS)
 
 
+def window_starts(depth: int, size: int = MIP_SIZE, step: int = MIP_STEP) -> list[int]:
+    """First slices of the ``m`` MIP windows: every ``step`` slices, the last one shifted to end at
+    the last slice (``depth - size``) so that no slice is left out."""
+    starts = [i * step for i in range(mip_count(depth, size, step))]
+    starts[-1] = depth - size
+    return starts
+
+
 def sliding_mips(volume: torch.Tensor, size: int = MIP_SIZE, step: int = MIP_STEP
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """MIP stack ``(B, C, m, K1, K2)`` and source-slice indices ``(B, C, m, K1, K2)`` (int64).
 
     :param volume: ``(B, C, K3, K1, K2)``.
     """
-    windows = volume.unfold(2, size, step)  # (B, C, m, K1, K2, size)
+    starts = torch.tensor(window_starts(volume.shape[2], size, step), device=volume.device)
+    windows = volume.unfold(2, size, 1).index_select(2, starts)  # (B, C, m, K1, K2, size)
     values, offsets = windows.max(dim=-1)
-    m = values.shape[2]
-    starts = torch.arange(m, device=volume.device).view(1, 1, m, 1, 1) * step
-    return values, offsets + starts
+    return values, offsets + starts.view(1, 1, -1, 1, 1)
 
 
 def tile(stack: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,21 @@
-"""VC-Net: a 3D U-Net stream on the patch, a half-width 2D U-Net stream on its composited sliding
-MIPs, 2D-to-3D unprojection and a joint 3D embedding (Wang et al., IEEE VIS 2020 / TVCG 2021).
+"""VC-Net: a 3D U-Net stream on the patch, a 2D U-Net stream on its composited sliding MIPs,
+2D-to-3D unprojection and a 1x1x1 fusion (Wang et al., IEEE VIS 2020 / TVCG 2021), laid out as in
+the authors' Keras code (SuperStacie/JointVesselNet_VC-Net, ``model/vc_net.py``).
 
-Both streams are MONAI ``UNet`` s with ReLU and no normalisation (``norm=None``). Their outputs are
-linear feature maps passed through ReLU; the 2D stream also has a 1x1 head with a sigmoid (the MIP
-segmentation supervised by the Dice_MIP term). The unprojected 2D features (``c1`` channels) are
-concatenated with the 3D stream's features and fed to the joint embedding: an optional 1x1x1
-channel mix (``joint_mix``), ``joint_layers`` 3x3x3 convolutions (ReLU) and a 1x1x1 convolution with
-a sigmoid: the final vessel probability.
+- 3D stream: MONAI ``UNet`` (ReLU, ``norm=None``) whose full-resolution output has the stream's full
+  top-level width (``feat3d`` = the first entry of ``channels3d``: 32 in ``paper``).
+- 2D stream: MONAI ``BasicUNet`` (two 3x3 convolutions per level, ReLU, no normalisation, transposed
+  convolution upsampling): the plain 2D U-Net of the authors' code, 32..512 channels in ``paper``
+  (7.8 M parameters), ``c1`` output features, plus a 1x1 head with a sigmoid (the MIP segmentation
+  supervised by Dice_MIP).
+- Fusion: concatenate the 3D features and the unprojected 2D features, a 1x1x1 convolution to
+  ``fuse`` channels (32 in ``paper``), ReLU, a 1x1x1 convolution and a sigmoid. No 3x3x3 layer runs at
+  full resolution outside the streams.
 
-Variants (for the paper's ablations): ``"vcnet"`` (both streams), ``"unet3d"`` (the same network
-without the MIP stream), ``"unet2d"`` (the 2D stream alone; its 3D output is the unprojected MIP
-probability).
+Variants (for the paper's ablations and baselines): ``"vcnet"`` (both streams), ``"unet3d"`` (the
+same network without the MIP stream), ``"unet2d"`` (the 2D stream alone; its 3D output is the
+unprojected MIP probability), ``"slice2d"`` (a 2D U-Net of the 2D stream's widths applied slice by
+slice: the paper's slice-wise 2D baseline).
 """
 
 from __future__ import annotations
@@ -19,24 +24,26 @@ import math
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import UNet
+from monai.networks.nets import BasicUNet, UNet
 from torch import nn
 
 from . import mip
 
 PRESETS: dict[str, dict] = {
-    # Paper: 128x128x16 patches, 19 M-parameter 3D U-Net, half-width 2D U-Net with C1 = 32 features.
-    "paper": dict(variant="vcnet", channels3d=(32, 64, 128, 256, 512), channels2d=(16, 32, 64, 128, 256),
-                  res_units=2, feat3d=8, c1=32, joint=16, joint_layers=1, joint_mix=True, patch=(16, 128, 128)),
-    # CPU preset: base 8 channels, 64x64x16 training patches.
-    "lite": dict(variant="vcnet", channels3d=(8, 16, 32, 64), channels2d=(4, 8, 16, 32),
-                 res_units=1, feat3d=8, c1=8, joint=8, joint_layers=1, patch=(16, 64, 64)),
+    # Paper: 128x128x16 patches, 19 M-parameter 3D U-Net, 7.8 M-parameter 2D U-Net with C1 = 32 features.
+    "paper": dict(variant="vcnet", channels3d=(32, 64, 128, 256, 512), channels2d=(32, 64, 128, 256, 512),
+                  res_units=2, c1=32, fuse=32, patch=(16, 128, 128)),
+    # CPU preset: 3D base 8 channels, 2D base 4 (BasicUNet runs two full-resolution convolutions per
+    # level), 64x64x16 training patches.
+    "lite": dict(variant="vcnet", channels3d=(8, 16, 32, 64), channels2d=(4, 8, 16, 32, 64),
+                 res_units=1, c1=8, fuse=8, patch=(16, 64, 64)),
 }
 for _size in ("lite", "paper"):
-    for _variant in ("unet3d", "unet2d"):
+    for _variant in ("unet3d", "unet2d", "slice2d"):
         PRESETS[f"{_variant}-{_size}"] = {**PRESETS[_size], "variant": _variant}
-VARIANTS = ("vcnet", "unet3d", "unet2d")
+VARIANTS = ("vcnet", "unet3d", "unet2d", "slice2d")
 PRIOR_LOGIT = -2.0
+TRAINING_SPACING = (0.5, 0.5, 0.8)  # (sx, sy, sz) mm of the training phantoms; inference resamples to it
 
 
 def _unet(dims: int, out_channels: int, channels, res_units: int) -> UNet:
@@ -44,45 +51,50 @@ def _unet(dims: int, out_channels: int, channels, res_units: int) -> UNet:
                 strides=(2,) * (len(channels) - 1), num_res_units=res_units, act="relu", norm=None)
 
 
+def _unet2d(out_channels: int, channels) -> BasicUNet:
+    """The plain 2D U-Net (two 3x3 convolutions per level, 4 poolings) of the authors' code."""
+    return BasicUNet(spatial_dims=2, in_channels=1, out_channels=out_channels,
+                     features=(*tuple(channels), channels[0]), act="relu", norm=None, dropout=0.0)
+
+
 class VCNet(nn.Module):
     """Volume-composition network. ``forward`` returns a dict:
 
     ``prob`` (B,1,K3,K1,K2) final probability; ``mip_prob`` (B,1,rows*K1,2*K2) 2D-stream MIP
-    probability (absent for ``unet3d``); ``mip_image`` the composited input MIPs.
+    probability (``vcnet`` and ``unet2d``); ``mip_image`` the composited input MIPs.
     """
 
-    def __init__(self, variant: str = "vcnet", channels3d=(8, 16, 32, 64), channels2d=(4, 8, 16, 32),
-                 res_units: int = 1, feat3d: int = 8, c1: int = 8, joint: int = 8, joint_layers: int = 2,
-                 joint_mix: bool = False, mip_size: int = mip.MIP_SIZE, mip_step: int = mip.MIP_STEP,
-                 patch=(16, 64, 64)):
+    def __init__(self, variant: str = "vcnet", channels3d=(8, 16, 32, 64), channels2d=(4, 8, 16, 32, 64),
+                 res_units: int = 1, feat3d: int | None = None, c1: int = 8, fuse: int = 8,
+                 mip_size: int = mip.MIP_SIZE, mip_step: int = mip.MIP_STEP, patch=(16, 64, 64),
+                 spacing=TRAINING_SPACING):
         super().__init__()
+        self.spacing = tuple(float(s) for s in spacing)  # (sx, sy, sz) mm the weights expect
         if variant not in VARIANTS:
             raise ValueError(f"Unknown VC-Net variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
         self.variant, self.mip_size, self.mip_step = variant, mip_size, mip_step
         self.patch = tuple(patch)
-        self.multiple3d = 2 ** (len(channels3d) - 1)
-        self.multiple2d = 2 ** (len(channels2d) - 1)
-        if variant != "unet2d":
+        feat3d = feat3d or channels3d[0]
+        self.multiple3d = 2 ** (len(channels3d) - 1) if variant in ("vcnet", "unet3d") else 1
+        self.multiple2d = 2 ** (len(channels2d) - 1) if variant != "unet3d" else 1
+        if variant in ("vcnet", "unet3d"):
             self.stream3d = _unet(3, feat3d, channels3d, res_units)
-        if variant != "unet3d":
-            self.stream2d = _unet(2, c1, channels2d, res_units)
+        if variant in ("vcnet", "unet2d"):
+            self.stream2d = _unet2d(c1, channels2d)
             self.head2d = nn.Conv2d(c1, 1, kernel_size=1)
-        if variant != "unet2d":
+        if variant == "slice2d":
+            self.slices2d = _unet2d(1, channels2d)
+        if variant in ("vcnet", "unet3d"):
             width = feat3d + (c1 if variant == "vcnet" else 0)
-            layers: list[nn.Module] = []
-            if joint_mix:  # a 1x1x1 channel mix first keeps the full-resolution 3x3x3 layers narrow
-                layers += [nn.Conv3d(width, joint, kernel_size=1), nn.ReLU(inplace=True)]
-                width = joint
-            for _ in range(joint_layers):
-                layers += [nn.Conv3d(width, joint, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
-                width = joint
-            layers.append(nn.Conv3d(width, 1, kernel_size=1))
-            self.joint = nn.Sequential(*layers)
+            self.joint = nn.Sequential(nn.Conv3d(width, fuse, kernel_size=1), nn.ReLU(inplace=True),
+                                       nn.Conv3d(fuse, 1, kernel_size=1))
         self._init_output_bias()
 
     def _init_output_bias(self) -> None:
-        """Start both sigmoid heads at a low vessel prior (p = 0.12): vessels fill ~1% of a volume."""
-        for head in (getattr(self, "head2d", None), self.joint[-1] if hasattr(self, "joint") else None):
+        """Start the sigmoid heads at a low vessel prior (p = 0.12): vessels fill ~1% of a volume."""
+        heads = [getattr(self, "head2d", None), self.joint[-1] if hasattr(self, "joint") else None,
+                 self.slices2d.final_conv if hasattr(self, "slices2d") else None]
+        for head in heads:
             if head is not None:
                 nn.init.constant_(head.bias, PRIOR_LOGIT)
 
@@ -101,16 +113,25 @@ class VCNet(nn.Module):
     def _m(self, depth: int) -> int:
         return mip.mip_count(depth, self.mip_size, self.mip_step)
 
+    def mip_stream(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """2D stream on composited MIPs: ReLU features ``(B, c1, H, W)`` and MIP probability."""
+        feat2d = F.relu(self.stream2d(image))
+        return feat2d, torch.sigmoid(self.head2d(feat2d))
+
     def _forward_padded(self, volume: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
+        if self.variant == "slice2d":
+            b, c, d, h, w = volume.shape
+            planes = volume.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
+            prob = torch.sigmoid(self.slices2d(planes)).reshape(b, d, 1, h, w).permute(0, 2, 1, 3, 4)
+            return {"prob": prob}
         features = []
         if self.variant != "unet2d":
             features.append(F.relu(self.stream3d(volume)))
         if self.variant != "unet3d":
             image, indices = mip.compose(volume, self.mip_size, self.mip_step)
-            feat2d = F.relu(self.stream2d(image))
+            feat2d, out["mip_prob"] = self.mip_stream(image)
             out["mip_image"] = image
-            out["mip_prob"] = torch.sigmoid(self.head2d(feat2d))
             if self.variant == "unet2d":
                 out["prob"] = mip.unproject(out["mip_prob"], indices, volume.shape[2])
                 return out
@@ -138,7 +159,8 @@ def _crop_tiles(image: torch.Tensor, padded_hw, hw, m: int) -> torch.Tensor:
 def build_model(preset: str = "lite", **config) -> VCNet:
     """Build VC-Net.
 
-    :param preset: ``lite`` | ``paper`` | ``unet3d-lite`` | ``unet2d-lite`` | ``unet3d-paper`` | ``unet2d-paper``.
+    :param preset: ``lite`` | ``paper`` | ``<variant>-lite`` | ``<variant>-paper`` with variant
+        ``unet3d``, ``unet2d`` or ``slice2d``.
     :param config: overrides of the preset's keyword arguments.
     """
     if preset not in PRESETS:
@@ -146,14 +168,30 @@ def build_model(preset: str = "lite", **config) -> VCNet:
     return VCNet(**{**PRESETS[preset], **config})
 
 
-def plain_unet3d(preset: str = "paper") -> nn.Module:
-    """The plain MONAI 3D U-Net of the same size (bench baseline: 19.2 M parameters for ``paper``)."""
+def plain_unet3d(preset: str = "paper", match_parameters: bool = False) -> nn.Module:
+    """The plain MONAI 3D U-Net of the preset's 3D stream (19.2 M parameters for ``paper``).
+
+    :param match_parameters: widen its channels (same depth and residual units) until it has about
+        as many parameters as the whole VC-Net of the preset (the bench's equal-parameter baseline).
+    """
     spec = PRESETS[preset]
-    return _unet(3, 1, spec["channels3d"], spec["res_units"])
+    if not match_parameters:
+        return _unet(3, 1, spec["channels3d"], spec["res_units"])
+    target = count_parameters(build_model(preset))
+    base = spec["channels3d"]
+    best = None
+    for factor in [1 + 0.02 * i for i in range(60)]:
+        channels = tuple(max(1, int(round(c * factor))) for c in base)
+        net = _unet(3, 1, channels, spec["res_units"])
+        if best is None or abs(count_parameters(net) - target) < abs(count_parameters(best) - target):
+            best = net
+        if count_parameters(net) >= target:
+            break
+    return best
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["VCNet", "build_model", "PRESETS", "plain_unet3d", "count_parameters"]
+__all__ = ["VCNet", "build_model", "PRESETS", "VARIANTS", "plain_unet3d", "count_parameters"]

@@ -63,7 +63,17 @@ def validation_metrics(model, cases: list[Case], device: torch.device) -> dict:
 
 
 def load_initial_weights(model, init: str) -> None:
-    """Fine-tuning: copy weights from a shipped model name/preset or a checkpoint path."""
+    """Fine-tuning: copy weights from a shipped model name/preset or a checkpoint path. A checkpoint
+    file of another layout (e.g. an earlier VC-Net version) gives every tensor whose name and shape
+    match (for instance the 3D stream); the rest keeps its initialisation."""
+    if Path(init).suffix in (".safetensors", ".pt", ".pth"):
+        state, _ = registry.read_checkpoint(init)
+        own = model.state_dict()
+        matching = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+        if len(matching) < len(own):
+            log.warning("initialised %d of %d tensors from %s (name and shape match)", len(matching), len(own), init)
+            model.load_state_dict(matching, strict=False)
+            return
     source, _ = registry.load_model("vcnet", init, "cpu")
     registry.load_into(model, source.state_dict(), init)
 

@@ -247,3 +247,20 @@ def test_refiner_is_conditioned_on_image_and_occupancy():
         c = net.refine(torch.rand_like(image), torch.zeros_like(image), SPACING)
     assert not torch.allclose(a, b) and not torch.allclose(a, c)
     assert a.abs().max() <= net.sdf_bound_mm
+
+
+def test_distance_start_refiner_begins_at_the_occupancy_distance():
+    """``correction_mm``: the SDF is the occupancy's exact distance plus a bounded learned correction."""
+    from VesselReconLib.vesselsdf.network import occupancy_distance
+
+    torch.manual_seed(0)
+    net = build_model("lite", correction_mm=3.0).eval()
+    image = torch.rand(1, 1, 8, 32, 32)
+    with torch.no_grad():
+        out = net(image, SPACING)
+        start = occupancy_distance(torch.sigmoid(out["occupancy"]), SPACING)
+    np.testing.assert_allclose(out["sdf"].numpy(), start.numpy(), atol=1e-6)  # zero-initialised correction
+    with torch.no_grad():
+        net.refiner[-1].bias.fill_(10.0)
+        shifted = net(image, SPACING)["sdf"]
+    assert torch.all(shifted - start <= 3.0 + 1e-5) and shifted.abs().max() <= net.sdf_bound_mm

@@ -28,6 +28,9 @@ def add_train_arguments(parser) -> None:
                         help="in-plane crop; the paper uses whole 512x512x16 volumes")
     parser.add_argument("--slices", type=int, default=8, help="consecutive slices per crop (0: all)")
     parser.add_argument("--occupancy-from", help="full-model checkpoint whose occupancy stage is loaded and frozen")
+    parser.add_argument("--correction-mm", type=float, default=0.0,
+                        help="refiner regresses the SDF as the occupancy's exact distance + a correction of at most "
+                             "this many mm (0: from scratch)")
     parser.add_argument("--ablations", action="store_true",
                         help="train the full model with its ablations (occ, nogauss, sdfonly) on the same batches")
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -52,7 +55,8 @@ def train(args) -> int:
     config = TrainConfig(preset=args.preset, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                          batch_size=args.batch_size, crop=tuple(args.crop), slices=args.slices or None, lr=args.lr,
                          seed=args.seed, val_cases=args.val_cases, device=args.device,
-                         occupancy_from=args.occupancy_from)
+                         occupancy_from=args.occupancy_from,
+                         model_config={"correction_mm": args.correction_mm} if args.correction_mm else {})
     bar = TqdmProgress(f"train {METHOD} {args.preset}")
     if args.ablations:
         models, trainer = train_with_ablations(args.data, args.out, config, progress=bar, resume=not args.no_resume)
@@ -81,6 +85,7 @@ def _ship(model, args, config, preset: str | None = None) -> None:
                          "classical": {k: round(v, 4) for k, v in table["classical"].items()}}
     entry = ship_model(
         model.cpu(), METHOD, preset, command="vesselrecon " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        config=dict(config.model_config) or None,
         data=args.data_command or str(args.data), seed=args.seed, metrics=model_metrics,
         input_spec={"channels": 1, "layout": "KJI thick-slice CT",
                     "intensity": "liver-relative: clip((v - liver median) / liver robust SD, -5, 10) / 5, -1 outside "

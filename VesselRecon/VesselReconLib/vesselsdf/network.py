@@ -124,13 +124,17 @@ class VesselSDFNet(nn.Module):
     :param sdf_bound_mm: the SDF head is ``B·tanh(raw)`` with ``B`` = this (mm): 1.2 × the 5 mm
         truncation of the training target (:class:`..losses.LossConfig`), so the target is reachable
         while far-field values and the ``|f|``-weighted Gaussian term stay bounded.
+    :param correction_mm: 0 (default): the refiner regresses the SDF from scratch. ``C`` > 0: it
+        regresses the SDF as ``d₀ + C·tanh(raw)`` (zero-initialised last layer, so it starts at the
+        occupancy's exact distance and learns a correction of at most ``C`` mm).
     """
 
     def __init__(self, size: str = "lite", variant: str = "full", sdf_bound_mm: float = 6.0,
-                 spacing: tuple[float, float, float] = (0.7, 0.7, 5.0)):
+                 spacing: tuple[float, float, float] = (0.7, 0.7, 5.0), correction_mm: float = 0.0):
         super().__init__()
         spec = SIZES[size]
         self.size, self.variant, self.sdf_bound_mm = size, variant, float(sdf_bound_mm)
+        self.correction_mm = float(correction_mm)
         self.default_spacing = tuple(float(s) for s in spacing)
         self.occupancy = None
         self.refiner = None
@@ -144,6 +148,9 @@ class VesselSDFNet(nn.Module):
             self.refiner = refiner_net(spec.refiner_channels, 3, spec.res_units)
         elif variant == "sdfonly":
             self.refiner = refiner_net(spec.sdfonly_channels, 1, spec.res_units)
+        if self.correction_mm and variant in ("full", "nogauss"):
+            nn.init.zeros_(self.refiner[-1].weight)
+            nn.init.zeros_(self.refiner[-1].bias)
 
     @property
     def has_sdf(self) -> bool:
@@ -177,7 +184,10 @@ class VesselSDFNet(nn.Module):
         """The refiner's SDF (mm) from the image and a (detached) occupancy probability."""
         start = occupancy_distance(prob.float(), spacing or self.default_spacing)
         inputs = torch.cat([image, prob.to(image.dtype), (start / TRUNCATION_MM).to(image.dtype)], dim=1)
-        return self.sdf_bound_mm * torch.tanh(self.refiner(inputs))
+        raw = self.refiner(inputs)
+        if self.correction_mm:  # the exact distance of the occupancy plus a bounded learned correction
+            return (start + self.correction_mm * torch.tanh(raw)).clamp(-self.sdf_bound_mm, self.sdf_bound_mm)
+        return self.sdf_bound_mm * torch.tanh(raw)
 
     def forward(self, image: torch.Tensor, spacing=None) -> dict[str, torch.Tensor | None]:
         """``image`` ``(N, 1, K, J, I)`` normalised CT; ``spacing`` ``(Δx, Δy, Δz)`` mm of the batch."""

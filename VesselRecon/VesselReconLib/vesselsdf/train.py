@@ -51,6 +51,7 @@ class TrainConfig:
     val_cases: int = 2
     device: str = "auto"
     occupancy_from: str | None = None
+    model_config: dict = field(default_factory=dict)
     loss: LossConfig = field(default_factory=LossConfig)
 
 
@@ -95,7 +96,7 @@ def train_model(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, 
     seed_everything(config.seed)
     device = resolve_device(config.device)
     train_cases, val_cases = _split(data_dir, config)
-    model = build_model(config.preset).to(device)
+    model = build_model(config.preset, **config.model_config).to(device)
     if config.occupancy_from:
         from ..registry import read_checkpoint
 

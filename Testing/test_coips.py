@@ -146,8 +146,12 @@ def test_presets_follow_the_paper_input_sizes():
     assert sizes["resnet101"] == ("resnet101", 224) and sizes["inception_v3"] == ("inception_v3", 299)
     assert sizes["efficientnet_b7"] == ("efficientnet_b7", 600)
     assert sizes["seresnext101"] == sizes["paper"] == ("seresnext101_32x4d", 224)
-    assert sizes["swin_large"] == ("swin_large_patch4_window12_384", 384)
+    assert sizes["swin_large"] == sizes["paper-3mm"] == ("swin_large_patch4_window12_384", 384)
+    assert sizes["paper-6mm"] == ("seresnext101_32x4d", 224)
     assert all(len(spec["filters"]) >= 5 for spec in FAZ_PRESETS.values())
+    paper = FAZ_PRESETS["faz-paper"]
+    assert paper["input_size"] == 512 and paper["deep_supervision"] and paper["mirror_axes"] == (2, 3)
+    assert FAZ_PRESETS["faz-lite"]["window_mm"] == 2.0
 
 
 def test_network_shapes_both_kinds_and_presets():
@@ -162,7 +166,9 @@ def test_network_shapes_both_kinds_and_presets():
         assert lite(torch.rand(2, 1, 128, 128)).shape == (2, 3)
         assert paper(torch.rand(1, 1, 224, 224)).shape == (1, 3)
         assert faz_lite(torch.rand(2, 1, 64, 64)).shape == (2, 2, 64, 64)
-        assert faz_paper(torch.rand(1, 1, 128, 128)).shape == (1, 2, 128, 128)
+        assert faz_paper(torch.rand(1, 1, 128, 128)).shape == (1, 2, 128, 128)   # mirrored average
+    faz_paper.train()
+    assert faz_paper(torch.rand(1, 1, 128, 128)).shape == (1, 3, 2, 128, 128)    # deep supervision heads
     strides = [tuple(s) for s in faz_paper.strides]
     assert strides[0] == (1, 1) and set(strides[1:]) == {(2, 2)} and len(strides) == 7
     assert all(tuple(k) == (3, 3) for k in faz_paper.kernel_size)
@@ -286,9 +292,15 @@ def test_optimisers_follow_the_paper():
     assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and scheduler.T_max == 5
     swin = build_model("lite")
     swin.backbone_name = "swin_large_patch4_window12_384"
-    optimiser, scheduler = quality_optimiser(swin, TrainSettings(warmup_epochs=2))
+    optimiser, scheduler = quality_optimiser(swin, TrainSettings())
     assert isinstance(optimiser, torch.optim.AdamW) and isinstance(scheduler, torch.optim.lr_scheduler.SequentialLR)
-    assert optimiser.param_groups[0]["lr"] == pytest.approx(5e-5)  # warm-up starts at 10 %
+    assert optimiser.param_groups[0]["lr"] == pytest.approx(5e-7)  # the paper's warm-up: from 5e-7 ...
+    for _ in range(20):
+        optimiser.step()
+        scheduler.step()
+    assert optimiser.param_groups[0]["lr"] == pytest.approx(5e-4, rel=1e-3)  # ... to 5e-4 over 20 epochs
+    optimiser, _ = quality_optimiser(build_model("lite"), TrainSettings(preset="paper-6mm"))
+    assert isinstance(optimiser, torch.optim.AdamW) and optimiser.param_groups[0]["lr"] == pytest.approx(5e-7)
     head = build_model("lite")
     quality_optimiser(head, TrainSettings(finetune="head"))
     trainable = {n for n, p in head.named_parameters() if p.requires_grad}

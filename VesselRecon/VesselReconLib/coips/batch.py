@@ -19,9 +19,10 @@ import torch
 
 from . import GRADES
 from .config import CoipsConfig
-from .inference import faz_masks, grade, thumbnails, work_size
+from .inference import faz_logits, faz_window, grade, paste_masks, thumbnails, work_size
 from ..enface_io import UNKNOWN_FOV, list_images, missing_fov_message, probe_fov, read_image, to_work_image
-from .postprocess import finish_chunk, probability_columns
+from .faz import FAZ_METRIC_UNITS
+from .postprocess import finish_chunk, finish_image, probability_columns
 from .reports import summarise, write_csv, write_html
 from ..errors import CheckpointError, InputError
 from ..progress import Cancelled, as_reporter
@@ -35,10 +36,12 @@ class FolderDataset(torch.utils.data.Dataset):
     unsuitable ones (non-square, wide-field) are marked with the reason.
 
     :param fields_of_view: the caller's field of view per path (``None``: metadata or name), or one value.
+    :param faz_net: the FAZ U-Net whose input window (:func:`.inference.faz_window`) is cut here too.
     """
 
-    def __init__(self, paths: list[Path], size: int, fields_of_view=None):
+    def __init__(self, paths: list[Path], size: int, fields_of_view=None, faz_net=None):
         self.paths, self.size = list(paths), int(size)
+        self.faz_spec = _FazSpec(getattr(faz_net, "input_size", size), getattr(faz_net, "window_mm", None))
         if fields_of_view is None or isinstance(fields_of_view, (int, float)):
             fields_of_view = [fields_of_view] * len(self.paths)
         self.fields_of_view = list(fields_of_view)
@@ -49,19 +52,32 @@ class FolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         from .faz import unsuitable_reason
 
+        faz_size = self.faz_spec.input_size
         item = {"index": index, "error": "", "unsuitable": "", "fov": math.nan, "fov_source": "",
-                "height": self.size, "width": self.size}
+                "height": self.size, "width": self.size, "box": torch.zeros(3, dtype=torch.int64),
+                "image": torch.zeros(self.size, self.size, dtype=torch.uint8),
+                "faz": torch.zeros(faz_size, faz_size, dtype=torch.uint8)}
         try:
             image = read_image(self.paths[index], self.fields_of_view[index])
         except Exception as exc:  # noqa: BLE001 - one bad file must not abort the batch
             message = str(exc) if isinstance(exc, InputError) else f"{self.paths[index].name}: {exc.__class__.__name__}: {exc}"
-            return {**item, "image": torch.zeros(self.size, self.size, dtype=torch.uint8), "error": message}
+            return {**item, "error": message}
         height, width = image.pixels.shape
         item.update(fov=image.field_of_view_mm, fov_source=image.fov_source, height=height, width=width,
                     unsuitable=unsuitable_reason(height, width, image.field_of_view_mm))
         if item["unsuitable"]:
-            return {**item, "image": torch.zeros(self.size, self.size, dtype=torch.uint8)}
-        return {**item, "image": torch.from_numpy(to_work_image(image.pixels, self.size))}
+            return item
+        window, box = faz_window(image.pixels, image.field_of_view_mm, self.faz_spec)
+        return {**item, "image": torch.from_numpy(to_work_image(image.pixels, self.size)),
+                "faz": torch.from_numpy(window), "box": torch.tensor(box, dtype=torch.int64)}
+
+
+@dataclass
+class _FazSpec:
+    """What the decoders need to know of the FAZ U-Net (picklable, no weights)."""
+
+    input_size: int
+    window_mm: float | None
 
 
 @dataclass
@@ -110,16 +126,11 @@ def _post_pool(workers: int):
     return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
-def _masks_by_size(faz_net, x: torch.Tensor, heights, widths) -> dict[int, np.ndarray]:
-    """FAZ masks at each image's original size (images grouped by size), packed to bits."""
-    masks = {}
-    sizes = torch.stack([heights, widths], 1).tolist()
-    for size in {tuple(s) for s in sizes}:
-        members = [i for i, s in enumerate(sizes) if tuple(s) == size]
-        predicted = faz_masks(faz_net, x[members], size).cpu().numpy()
-        for local, index in enumerate(members):
-            masks[index] = np.packbits(predicted[local])
-    return masks
+def _window_masks(faz_net, windows: torch.Tensor, boxes, heights, widths) -> list[np.ndarray]:
+    """FAZ masks at each image's original size from one batched U-Net pass over the windows, packed to bits."""
+    logits = faz_logits(faz_net, windows)
+    shapes = list(zip(heights.tolist(), widths.tolist()))
+    return [np.packbits(mask) for mask in paste_masks(logits, boxes.tolist(), shapes)]
 
 
 def decode_workers(requested: int) -> int:
@@ -145,7 +156,8 @@ class BatchRunner:
     def _loader(self, paths: list[Path], fields_of_view=None):
         config = self.config
         workers = decode_workers(int(config.num_workers))
-        dataset = FolderDataset(paths, self.size, config.field_of_view_mm if fields_of_view is None else fields_of_view)
+        dataset = FolderDataset(paths, self.size, config.field_of_view_mm if fields_of_view is None else fields_of_view,
+                                self.faz_net)
         return torch.utils.data.DataLoader(
             dataset, batch_size=int(config.batch_size), num_workers=workers, shuffle=False,
             pin_memory=self.device.type == "cuda", prefetch_factor=4 if workers else None,
@@ -185,8 +197,10 @@ class BatchRunner:
             masks = {}
             if chosen.size:
                 heights, widths = batch["height"][start:stop], batch["width"][start:stop]
-                packed = _masks_by_size(self.faz_net, x[chosen], heights[chosen], widths[chosen])
-                masks = {start + int(chosen[k]): v for k, v in packed.items()}
+                windows = batch["faz"][start:stop][chosen].to(self.device, non_blocking=True)[:, None].float().div_(255.0)
+                packed = _window_masks(self.faz_net, windows, batch["box"][start:stop][chosen], heights[chosen],
+                                       widths[chosen])
+                masks = {start + int(chosen[k]): v for k, v in enumerate(packed)}
             thumbs = thumbnails(x, int(self.config.thumbnail_size)).cpu().numpy()
         return probabilities.cpu().numpy(), masks, thumbs
 
@@ -258,6 +272,27 @@ def load_networks(config: CoipsConfig, device: torch.device):
     return quality_net, faz_net
 
 
+def apply_pair_grades(rows: list[dict], config: CoipsConfig, faz_net, device, paths, fields_of_view, out: Path) -> None:
+    """Deep slabs take their superficial partner's grade (:mod:`.pairs`); a deep image that becomes
+    ungradable loses its FAZ (unless forced), one that becomes gradable is segmented now."""
+    from .inference import segment_faz
+    from .pairs import propagate_pair_grades
+
+    for row in propagate_pair_grades(rows):
+        ungradable = row["grade"] == GRADES[0]
+        if ungradable and row.get("faz_segmented") and not config.segment_ungradable:
+            row.update({key: math.nan for key in FAZ_METRIC_UNITS}, faz_segmented=False, faz_plausible="",
+                       faz_flags="", mask="")
+            (out / "masks" / f"{output_stem(paths[row['index']], Path(config.input))}_faz.png").unlink(missing_ok=True)
+        elif not ungradable and not row.get("faz_segmented"):
+            index = row["index"]
+            image = read_image(paths[index], fields_of_view[index] if fields_of_view else config.field_of_view_mm)
+            mask = segment_faz(faz_net, image.pixels, image.field_of_view_mm, device)
+            row.update(finish_image({"row": row, "field_of_view_mm": image.field_of_view_mm,
+                                     "packed_mask": np.packbits(mask), "shape": mask.shape}))
+            row["faz_segmented"] = True
+
+
 def study_fields_of_view(config: CoipsConfig, paths: list[Path], root: Path) -> list[float | None]:
     """The caller's field of view per image (per-file override, else ``field_of_view_mm``), after
     checking from headers and names that every readable image has one.
@@ -298,6 +333,7 @@ def run_batch(config: CoipsConfig, quality_net=None, faz_net=None, progress=None
         quality_net, faz_net = load_networks(config, device)
     start = time.perf_counter()
     rows = BatchRunner(config, quality_net, faz_net, device).run(paths, root, out, progress, cancel, fields_of_view)
+    apply_pair_grades(rows, config, faz_net, device, paths, fields_of_view, out)
     csv_path = write_csv(rows, out / CSV_NAME)
     html_path = write_html(rows, out / HTML_NAME, title=f"COIPS report: {root.name}", csv_name=CSV_NAME)
     seconds = time.perf_counter() - start

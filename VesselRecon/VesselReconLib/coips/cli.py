@@ -13,7 +13,7 @@ QUALITY_SHIP_NAME, FAZ_SHIP_NAME = "coips-quality-{preset}", "coips-{preset}"
 
 
 TRAIN_OPTIONS = ("task", "data", "preset", "epochs", "batch_size", "lr", "finetune", "patience", "patch", "seed",
-                 "workers", "device", "out", "heldout", "data_command")
+                 "workers", "device", "degrade", "rossa", "out", "heldout", "data_command")
 
 
 def _train_command(args) -> str:
@@ -72,17 +72,23 @@ def run(args) -> int:
 
     scene = runtime.new_scene()
     logic = COIPSLogic(scene)
-    bar = TqdmProgress("coips")
-    result = logic.process_batch(config.input, config.output, config.field_of_view_mm, config.segment_ungradable,
-                                 model=config.quality_model, fazModel=config.faz_model, device=config.device,
-                                 numWorkers=config.num_workers, batchSize=config.batch_size,
-                                 configFile=args.config, progress=bar)
-    bar.close()
+    bar = LazyProgress(TqdmProgress, "coips")
+    try:
+        result = logic.process_batch(config.input, config.output, config.field_of_view_mm, config.segment_ungradable,
+                                     model=config.quality_model, fazModel=config.faz_model, device=config.device,
+                                     numWorkers=config.num_workers, batchSize=config.batch_size,
+                                     configFile=args.config, fovFile=config.fov_file, progress=bar)
+    finally:
+        bar.close()
     if Path(config.input).is_file():
         _single_image_scene(logic, config)
     summary = result.summary
     print(f"{summary['images']} images: " + ", ".join(f"{n} {g}" for g, n in summary["grades"].items())
-          + f", {summary['errors']} unreadable")
+          + f", {summary['errors']} unreadable, {summary['unsuitable']} unsuitable, "
+          f"{summary['implausible_faz']} implausible FAZ")
+    for row in result.rows:
+        if row.get("status") == "unsuitable":
+            print(f"warning: {row.get('image')}: {row.get('error')}", file=sys.stderr)
     print(f"Wrote {result.csvPath} and {result.htmlPath}")
     if not args.no_scene:
         print(f"Wrote {mrml.save_scene(Path(config.output) / 'coips.mrb', scene)}")
@@ -90,6 +96,22 @@ def run(args) -> int:
     for row in failed:
         print(f"error: {row.get('image')}: {' '.join(str(row.get('error', '')).split())}", file=sys.stderr)
     return 2 if failed else 0
+
+
+class LazyProgress:
+    """A progress bar that appears at the first report, so that nothing is drawn before an early error."""
+
+    def __init__(self, factory, *args):
+        self.factory, self.args, self.bar = factory, args, None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is None:
+            self.bar = self.factory(*self.args)
+        self.bar(fraction, message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _single_image_scene(logic, config) -> None:
@@ -120,7 +142,11 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, help="learning rate (default: the paper's)")
     parser.add_argument("--finetune", choices=("all", "head"), default="all", help="train the whole network or the head")
     parser.add_argument("--patience", type=int, default=20)
-    parser.add_argument("--patch", type=int, help="FAZ: train on random square crops of this size (nnU-Net style)")
+    parser.add_argument("--patch", type=int, help="(unused: the FAZ U-Net trains on its jittered central window)")
+    parser.add_argument("--degrade", type=float, default=0.7,
+                        help="quality: probability of degrading a training image on the fly (coips.degradations)")
+    parser.add_argument("--rossa", help="quality: also use the real ROSSA images under this folder as sources "
+                                        "(train_manual + train_sam), degraded on the fly")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -143,7 +169,7 @@ def train(args) -> int:
     preset = args.preset or ("lite" if args.task == "quality" else "faz-lite")
     settings = TrainSettings(preset=preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              finetune=args.finetune, patience=args.patience, seed=args.seed, workers=args.workers,
-                             patch=args.patch, device=args.device)
+                             patch=args.patch, device=args.device, degrade=args.degrade, rossa=args.rossa)
     bar = TqdmProgress(f"train coips {args.task}")
     fit = train_quality if args.task == "quality" else train_faz
     model, history = fit(args.data, Path(args.out) / args.task, settings, progress=bar)
@@ -175,19 +201,47 @@ def _ship(model, args, preset: str, history: list[dict]) -> None:
         spec = {"channels": 1, "size": model.input_size, "intensity": "grayscale [0, 1], z-scored inside",
                 "classes": ["background", "faz"]}
     metrics = {k: v for k, v in metrics.items() if k != "method"}
-    metrics.update(heldout=str(heldout), epochs_trained=len(history))
+    metrics.update(heldout=str(heldout), epochs_trained=len(history), **_real_metrics(model, args.task, device))
+    sources = [f"phantoms (VesselReconLib.phantoms.octa, this repository): {args.data_command or args.data}"]
+    if getattr(args, "rossa", None):
+        sources.append("ROSSA train_manual + train_sam (GitHub nhjydywd/OCTA-FRNet, dataset/ROSSA at commit 53e87f8, "
+                       "MIT License, Copyright (c) 2023 Haojian Ning; arXiv 2309.09483), degraded on the fly")
     entry = ship_model(model.cpu(), "coips", preset, command=_train_command(args), data=args.data_command or str(args.data),
                        seed=args.seed, metrics=metrics, input_spec=spec, name=name,
-                       extra_training={"task": args.task, "heldout_data": str(heldout)},
+                       extra_training={"task": args.task, "heldout_data": str(heldout), "data_sources": sources,
+                                       "real_evaluation": "OCTAGON samples (../shared/samples/octa-octagon), never "
+                                                          "used for training"},
                        directory=Path(args.registry) if args.registry else None)
     print(f"Shipped {entry.name} ({entry.path.stat().st_size / 1e6:.2f} MB): {json.dumps(metrics)}")
+
+
+def _real_metrics(model, task: str, device) -> dict:
+    """Real-scan metrics for the registry entry when the OCTAGON samples are present (else none)."""
+    from .realeval import default_octagon_dir
+
+    folder = default_octagon_dir()
+    if folder is None:
+        return {}
+    if task == "faz":
+        from .realeval import faz_rows
+
+        return {f"real_{row['scan'].removesuffix('.tif')}_{key}": round(float(row[key]), 4)
+                for row in faz_rows(model, folder, device) if row["method"] == "unet"
+                for key in ("dice", "area_error_pct")}
+    from .realeval import degradation_series, octagon_images
+
+    rows = degradation_series(model, octagon_images(folder), device)
+    return {"real_octagon_series_monotone": f"{sum(r['monotone'] for r in rows)}/{len(rows)}",
+            "real_octagon_series_worst_ungradable": f"{sum(r['worst_ungradable'] for r in rows)}/{len(rows)}"}
 
 
 # ---------------------------------------------------------------- vesselrecon eval coips
 
 
 def add_eval_arguments(parser) -> None:
-    parser.add_argument("--data", required=True, help="held-out set in the octa-quality layout")
+    parser.add_argument("--data", help="held-out phantom set in the octa-quality layout (phantom tables)")
+    parser.add_argument("--real", help="folder of the OCTAGON sample scans (default: ../shared/samples/octa-octagon "
+                                       "when present; 'none' skips the real-scan tables)")
     parser.add_argument("--model", default="lite", help="quality classifier preset or checkpoint")
     parser.add_argument("--faz-model", default="faz-lite", help="FAZ U-Net preset or checkpoint")
     parser.add_argument("--compare", nargs="*", default=[], metavar="NAME=CHECKPOINT",
@@ -211,14 +265,28 @@ def evaluate(args) -> int:
     for item in args.compare:
         name, _, path = item.partition("=")
         extra[name] = registry.load_model("coips", path or name, str(device))[0]
-    result = run_evaluation(args.data, quality_net, faz_net, device, extra,
-                            quality_name=f"COIPS {args.model}", faz_name=f"COIPS {args.faz_model}")
-    print(format_table(f"Quality assessment ({result['n_quality']} images)", result["quality"], QUALITY_COLUMNS))
-    print(f"\nConfusion matrix of {result['quality'][0]['method']}:")
-    print(format_confusion(result["quality"][0]["confusion_matrix"]))
-    print()
-    print(format_table(f"FAZ segmentation ({result['n_faz']} gradable/outstanding images)", result["faz"],
-                       ("n",) + FAZ_COLUMNS))
+    from .realeval import default_octagon_dir, format_real, run_real_evaluation
+
+    real = None if args.real == "none" else (Path(args.real) if args.real else default_octagon_dir())
+    if args.data is None and real is None:
+        from ..errors import InputError
+
+        raise InputError("Nothing to evaluate: give --data (phantom held-out set) and/or --real (OCTAGON scans).")
+    result = {}
+    if args.data:
+        result = run_evaluation(args.data, quality_net, faz_net, device, extra,
+                                quality_name=f"COIPS {args.model}", faz_name=f"COIPS {args.faz_model}")
+        print(format_table(f"Quality assessment on phantoms ({result['n_quality']} images)", result["quality"],
+                           QUALITY_COLUMNS))
+        print(f"\nConfusion matrix of {result['quality'][0]['method']}:")
+        print(format_confusion(result["quality"][0]["confusion_matrix"]))
+        print()
+        print(format_table(f"FAZ segmentation on phantoms ({result['n_faz']} gradable/outstanding images)",
+                           result["faz"], ("n",) + FAZ_COLUMNS))
+    if real is not None:
+        result["real"] = run_real_evaluation(quality_net, faz_net, real, device)
+        print()
+        print(format_real(result["real"], f"COIPS {args.faz_model}"))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

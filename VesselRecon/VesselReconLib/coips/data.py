@@ -124,6 +124,46 @@ def split(n: int, val_fraction: float, seed: int, labels=None) -> tuple[np.ndarr
     return np.sort(np.array(train, int)), np.sort(np.array(val, int))
 
 
+def rossa_samples(root: str | Path, splits=("train_manual", "train_sam")) -> list[QualitySample]:
+    """Real ROSSA OCTA images (``root/<split>/image/*.png``) as quality sources of unknown field and of
+    the best grade (they are degraded on the fly, see :class:`QualityDataset`)."""
+    root = Path(root)
+    samples = [QualitySample(path, len(GRADES) - 1, None) for split_name in splits
+               for path in sorted((root / split_name / "image").glob("*.png"))]
+    if not samples:
+        raise InputError(f"No ROSSA images under {root}/<{'|'.join(splits)}>/image.")
+    return samples
+
+
+def fovea_of(pixels: np.ndarray) -> tuple[float, float]:
+    """The fovea's (row, column): the classical FAZ's centroid when it lies near the centre, else the centre."""
+    from .faz import classical_faz
+
+    height, width = pixels.shape
+    centre = ((height - 1) / 2, (width - 1) / 2)
+    mask = classical_faz(pixels)
+    if not mask.any():
+        return centre
+    rows, cols = np.nonzero(mask)
+    found = (float(rows.mean()), float(cols.mean()))
+    return found if np.hypot(found[0] - centre[0], found[1] - centre[1]) < 0.2 * width else centre
+
+
+def _zoom(pixels: np.ndarray, fovea, rng) -> tuple[np.ndarray, tuple[float, float]]:
+    """With p = 0.5 a central crop of 60-100 % of the width resized back (a 3x3 mm look), and the fovea in it."""
+    from PIL import Image
+
+    if rng.random() >= 0.5:
+        return pixels, fovea
+    height, width = pixels.shape
+    side = int(round(width * rng.uniform(0.6, 1.0)))
+    top, left = (height - side) // 2, (width - side) // 2
+    crop = Image.fromarray(pixels[top:top + side, left:left + side].astype(np.float32)).resize((width, height),
+                                                                                               Image.BILINEAR)
+    scale = width / side
+    return np.asarray(crop), ((fovea[0] - top) * scale, (fovea[1] - left) * scale)
+
+
 def augmentation():
     """The paper's augmentation: horizontal flip (p = 0.5) and rotation within +-15 degrees."""
     from torchvision.transforms import v2
@@ -132,24 +172,128 @@ def augmentation():
 
 
 class QualityDataset(torch.utils.data.Dataset):
-    """``(uint8 image (1, S, S), label)`` pairs, augmented when ``train`` (decoded images are cached)."""
+    """``(uint8 image (1, S, S), label)`` pairs, augmented when ``train`` (decoded images are cached).
 
-    def __init__(self, samples: list[QualitySample], size: int, train: bool = False):
+    With ``degrade`` (a probability) a training image is, that often, degraded on the fly by one of
+    :data:`.degradations.KINDS` at a severity drawn uniformly from ``[0, 1]`` and relabelled
+    ``min(label, grade_for_severity(severity))`` (decentration moves the fovea found by :func:`fovea_of`).
+    Training images are also zoomed (p = 0.5: a central crop of 60-100 % of the width, as 3x3 mm scans
+    magnify 6x6 mm ones) and their contrast changed (gamma 0.7-1.4) before the degradation.
+    Without ``train`` the same images are degraded the same way at every call (a fixed validation set).
+    """
+
+    def __init__(self, samples: list[QualitySample], size: int, train: bool = False, degrade: float = 0.0,
+                 seed: int = 0):
         self.samples, self.size = samples, int(size)
         self.transform = augmentation() if train else None
-        self._cache: dict[int, torch.Tensor] = {}
+        self.degrade, self.train = float(degrade), train
+        self.rng = np.random.default_rng(seed)
+        self._cache: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
-        sample = self.samples[index]
+    def _load(self, index: int):
         if index not in self._cache:
-            self._cache[index] = torch.from_numpy(to_work_image(read_image(sample.path, required=False).pixels, self.size))[None]
-        image = self._cache[index]
+            pixels = read_image(self.samples[index].path, required=False).pixels
+            native = np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8) if self.degrade else None
+            fovea = fovea_of(pixels) if self.degrade else None
+            self._cache[index] = (torch.from_numpy(to_work_image(pixels, self.size))[None], native, fovea)
+        return self._cache[index]
+
+    def __getitem__(self, index: int):
+        from .degradations import KINDS, degrade, grade_for_severity
+
+        sample = self.samples[index]
+        image, native, fovea = self._load(index)
+        label = sample.label
+        rng = self.rng if self.train else np.random.default_rng([index, 17])
+        if self.degrade and rng.random() < self.degrade:
+            kind, severity = KINDS[rng.integers(len(KINDS))], float(rng.uniform(0, 1))
+            pixels, fovea_now = native / np.float32(255), fovea
+            if self.train:
+                pixels, fovea_now = _zoom(pixels, fovea, rng)
+                pixels = np.clip(pixels, 0, 1) ** np.float32(rng.uniform(0.7, 1.4))
+            pixels = degrade(pixels, kind, severity, int(rng.integers(2**31)), fovea_now)
+            image = torch.from_numpy(to_work_image(pixels, self.size))[None]
+            label = min(label, grade_for_severity(severity, label))
         if self.transform is not None:
             image = self.transform(image)
-        return image, sample.label
+        return image, label
+
+
+def _noise_floor(image: np.ndarray, rng) -> np.ndarray:
+    """Speckle noise (gamma, slightly correlated) with a mean of 10-50 % of the image's mean intensity."""
+    from scipy import ndimage
+
+    speckle = ndimage.gaussian_filter(rng.gamma(2.0, 0.5, image.shape), 0.7)
+    return (speckle / speckle.mean() * rng.uniform(0.1, 0.5) * float(image.mean())).astype(np.float32)
+
+
+class FazWindowDataset(torch.utils.data.Dataset):
+    """``(uint8 window (1, S, S), int64 mask (1, S, S))`` pairs of the FAZ U-Net's central window
+    (:func:`.inference.faz_window`).
+
+    In training the window is jittered (side x0.85-1.15, centre within +-12 % of the side: decentred
+    foveae), flipped and rotated by multiples of 90 degrees, its contrast changed (gamma 0.6-1.6), a
+    third of the images are mildly degraded (blur, motion, low signal at severities up to 0.4), and
+    (p = 0.7) a speckle noise floor is laid over the whole window (real scans have no pure-black FAZ).
+    """
+
+    def __init__(self, samples: list[FazSample], size: int, window_mm: float | None, train: bool = False,
+                 seed: int = 0):
+        self.samples, self.size, self.window_mm, self.train = samples, int(size), window_mm, train
+        self.rng = np.random.default_rng(seed)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, index: int):
+        if index not in self._cache:
+            sample = self.samples[index]
+            image = read_image(sample.image, sample.field_of_view_mm, required=False)
+            if image.field_of_view_mm is None and self.window_mm:
+                raise InputError(f"{sample.image.name}: no field of view (give field_mm in labels.csv).")
+            pixels = np.clip(np.rint(image.pixels * 255), 0, 255).astype(np.uint8)
+            self._cache[index] = (pixels, read_mask(sample.mask), image.field_of_view_mm)
+        return self._cache[index]
+
+    def _box(self, shape, fov: float | None) -> tuple[int, int, int]:
+        from .inference import window_box
+
+        top, left, side = window_box(*shape, fov, self.window_mm)
+        if not self.train:
+            return top, left, side
+        side = int(min(min(shape), max(16, round(side * self.rng.uniform(0.85, 1.15)))))
+        centre = np.array([top, left]) + side / 2 + self.rng.uniform(-0.12, 0.12, 2) * side
+        top, left = np.clip(np.round(centre - side / 2).astype(int), 0, np.array(shape) - side)
+        return int(top), int(left), side
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        from .degradations import degrade
+
+        pixels, mask, fov = self._load(index)
+        top, left, side = self._box(pixels.shape, fov)
+        image = pixels[top:top + side, left:left + side].astype(np.float32) / 255
+        window_mask = mask[top:top + side, left:left + side]
+        if self.train:
+            if self.rng.random() < 1 / 3:
+                kind = ("blur", "motion", "low_signal")[self.rng.integers(3)]
+                image = degrade(image, kind, float(self.rng.uniform(0, 0.4)), int(self.rng.integers(2**31)))
+            image = np.clip(image, 0, 1) ** self.rng.uniform(0.6, 1.6)
+            if self.rng.random() < 0.7:
+                image = np.maximum(image, _noise_floor(image, self.rng))
+            k, flip = int(self.rng.integers(4)), bool(self.rng.random() < 0.5)
+            image, window_mask = np.rot90(image, k), np.rot90(window_mask, k)
+            if flip:
+                image, window_mask = image[:, ::-1], window_mask[:, ::-1]
+        work = to_work_image(np.ascontiguousarray(image), self.size)
+        target = Image.fromarray(np.ascontiguousarray(window_mask).astype(np.uint8) * 255)
+        target = np.asarray(target.resize((self.size, self.size), Image.BILINEAR)) >= 128
+        return torch.from_numpy(work)[None], torch.from_numpy(target.astype(np.int64))[None]
 
 
 class FazDataset(torch.utils.data.Dataset):

@@ -16,8 +16,8 @@ import torch
 
 from . import GRADES
 from .data import faz_samples, quality_samples, read_mask
-from .faz import classical_faz, largest_component
-from .inference import faz_masks, grade
+from .faz import classical_faz, largest_component, select_faz
+from .inference import faz_logits, faz_window, grade, paste_masks
 from ..enface_io import read_image, to_work_image
 from .logic import faz_comparison
 
@@ -59,20 +59,34 @@ def quality_rows(labels: np.ndarray, probabilities: dict[str, np.ndarray], train
     return rows
 
 
-def faz_records(faz_net, data: str | Path, device) -> list[dict]:
-    """Per-image comparisons on ``data/faz``: U-Net, U-Net without post-processing, classical baseline."""
+def raw_faz_mask(faz_net, pixels: np.ndarray, field_of_view_mm: float, device) -> np.ndarray:
+    """The U-Net's FAZ mask of one image before component selection (full image size)."""
     from ..device import inference
 
+    device = torch.device(device)
+    window, box = faz_window(pixels, field_of_view_mm, faz_net)
+    with inference(device):
+        logits = faz_logits(faz_net, torch.from_numpy(window).to(device)[None, None].float() / 255.0)
+    return paste_masks(logits, [box], [pixels.shape])[0]
+
+
+def faz_method_masks(faz_net, pixels: np.ndarray, field_of_view_mm: float, device) -> dict[str, np.ndarray]:
+    """The FAZ of every compared method: U-Net + central selection (ours), U-Net + largest component
+    (the old post-processing), U-Net alone, classical baseline."""
+    raw = raw_faz_mask(faz_net, pixels, field_of_view_mm, device)
+    return {"unet": select_faz(raw, field_of_view_mm), "unet_largest_component": largest_component(raw),
+            "unet_no_postprocessing": raw, "classical": classical_faz(pixels)}
+
+
+def faz_records(faz_net, data: str | Path, device) -> list[dict]:
+    """Per-image comparisons on ``data/faz`` for every method of :func:`faz_method_masks`."""
     records = []
     for sample in faz_samples(data):
         image = read_image(sample.image, sample.field_of_view_mm)
         reference = read_mask(sample.mask)
-        with inference(device):
-            raw = faz_masks(faz_net, _work_tensor(image.pixels, faz_net.input_size, device), reference.shape)[0].cpu().numpy()
         fov = image.field_of_view_mm
         grade_name = GRADES[sample.label] if sample.label is not None else ""
-        for method, mask in (("unet", largest_component(raw)), ("unet_no_postprocessing", raw),
-                             ("classical", classical_faz(image.pixels))):
+        for method, mask in faz_method_masks(faz_net, image.pixels, fov, device).items():
             records.append({"method": method, "grade": grade_name, **faz_comparison(mask, reference, fov)})
     return records
 
@@ -121,10 +135,18 @@ def run_evaluation(data: str | Path, quality_net, faz_net, device, extra_quality
     for name, net in (extra_quality or {}).items():
         all_probabilities[name] = quality_predictions(net, data, device)[1]
     records = faz_records(faz_net, data, device)
-    names = {"unet": faz_name, "unet_no_postprocessing": f"{faz_name} without largest-component post-processing",
-             "classical": "classical (smoothing + low-intensity threshold + central component)"}
-    return {"quality": quality_rows(labels, all_probabilities), "faz": faz_rows(records, names),
-            "n_quality": int(labels.size), "n_faz": len(records) // 3}
+    return {"quality": quality_rows(labels, all_probabilities), "faz": faz_rows(records, faz_method_names(faz_name)),
+            "n_quality": int(labels.size), "n_faz": len(records) // len(FAZ_METHODS)}
+
+
+FAZ_METHODS = ("unet", "unet_largest_component", "unet_no_postprocessing", "classical")
+
+
+def faz_method_names(faz_name: str) -> dict[str, str]:
+    return {"unet": f"{faz_name} (central component)",
+            "unet_largest_component": f"{faz_name} with largest-component post-processing (old)",
+            "unet_no_postprocessing": f"{faz_name} without post-processing",
+            "classical": "classical (smoothing + low-intensity threshold + central component)"}
 
 
 __all__ = ["run_evaluation", "format_table", "quality_rows", "faz_rows", "faz_records", "quality_predictions"]

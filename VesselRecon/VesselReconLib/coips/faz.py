@@ -23,19 +23,21 @@ SUITABLE_FOV_MM = (2.5, 6.5)
 MAX_ASPECT_RATIO = 1.1
 
 
-def faz_metrics(mask: np.ndarray, field_of_view_mm: float) -> dict[str, float]:
+def faz_metrics(mask: np.ndarray, field_of_view_mm: float, image_width: int | None = None) -> dict[str, float]:
     """Area (mm^2), perimeter (mm), circularity 4*pi*A/P^2, acircularity index P/(2*sqrt(pi*A))
     and major/minor axis ratio of a binary FAZ mask; NaN shape metrics for an empty mask.
 
-    :param mask: 2D boolean mask (the FAZ).
+    :param mask: 2D boolean mask (the FAZ), or a crop of it.
     :param field_of_view_mm: scan width ``a`` in mm (3 or 6 for OCTA-25K).
+    :param image_width: the whole image's width ``z`` when ``mask`` is a crop (default: its own width).
     """
     from skimage.measure import regionprops
 
     mask = np.asarray(mask, dtype=bool)
-    pixel_mm = field_of_view_mm / mask.shape[1]
+    width = int(image_width or mask.shape[1])
+    pixel_mm = field_of_view_mm / width
     count = int(mask.sum())
-    area = count * field_of_view_mm ** 2 / mask.shape[1] ** 2
+    area = count * field_of_view_mm ** 2 / width ** 2
     result = {"faz_area_mm2": area, "faz_perimeter_mm": math.nan, "faz_circularity": math.nan,
               "faz_acircularity_index": math.nan, "faz_axis_ratio": math.nan, "faz_pixels": float(count)}
     if count == 0:
@@ -94,22 +96,42 @@ def select_faz(mask: np.ndarray, field_of_view_mm: float | None = None) -> np.nd
     from scipy import ndimage
 
     mask = np.asarray(mask, dtype=bool)
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
-    if count == 0:
+    any_rows, any_cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if any_rows.size == 0:
         return mask
-    cy, cx = (np.asarray(mask.shape) - 1) / 2.0
+    top, left = int(any_rows[0]), int(any_cols[0])
+    region = (slice(top, int(any_rows[-1]) + 1), slice(left, int(any_cols[-1]) + 1))
+    labels, count = ndimage.label(mask[region], structure=np.ones((3, 3)))
+    cy, cx = (np.asarray(mask.shape) - 1) / 2.0 - np.array([top, left])
     rows, cols = np.nonzero(labels)
     distance = np.hypot(rows - cy, cols - cx)
     nearest = ndimage.minimum(distance, labels[rows, cols], index=np.arange(1, count + 1))
     order = np.argsort(nearest, kind="stable") + 1
+    boxes = ndimage.find_objects(labels)
+    chosen = order[0]
     if field_of_view_mm is not None:
         for label in order:
             if nearest[label - 1] > 0.25 * mask.shape[1]:
                 break
-            component = ndimage.binary_fill_holes(labels == label)
-            if not faz_flags(faz_metrics(component, field_of_view_mm)):
-                return component
-    return ndimage.binary_fill_holes(labels == order[0])
+            box = boxes[label - 1]
+            if not faz_flags(faz_metrics(ndimage.binary_fill_holes(labels[box] == label), field_of_view_mm,
+                                         mask.shape[1])):
+                chosen = label
+                break
+    out = np.zeros_like(mask)
+    box = boxes[chosen - 1]
+    out[region][box] = ndimage.binary_fill_holes(labels[box] == chosen)
+    return out
+
+
+def bounding_crop(mask: np.ndarray) -> np.ndarray:
+    """The smallest crop of ``mask`` that holds all of its pixels (for fast metrics)."""
+    rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
+    if not rows.any():
+        return mask
+    r0, r1 = np.flatnonzero(rows)[[0, -1]]
+    c0, c1 = np.flatnonzero(cols)[[0, -1]]
+    return mask[r0:r1 + 1, c0:c1 + 1]
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -140,12 +162,13 @@ def central_component(mask: np.ndarray) -> np.ndarray:
     return labels == labels[rows[nearest], cols[nearest]]
 
 
-def classical_faz(pixels: np.ndarray, sigma_fraction: float = 0.02, threshold_fraction: float = 0.5,
+def classical_faz(pixels: np.ndarray, sigma_fraction: float = 0.01, threshold_fraction: float = 0.5,
                   opening_fraction: float = 0.01) -> np.ndarray:
     """Classical FAZ segmentation: Gaussian smoothing, a low-intensity threshold, the central component.
 
     The FAZ is the capillary-free (dark) area at the fovea: smooth with ``sigma = sigma_fraction * width``,
-    keep pixels darker than ``threshold_fraction`` times the median of the smoothed image, open with a
+    keep pixels darker than the level ``threshold_fraction`` of the way from the darkest central level
+    (1st percentile within 0.15 widths of the centre) to the median of the smoothed image, open with a
     disk of ``opening_fraction * width``, keep the central component and fill its holes.
 
     :param pixels: 2D grayscale image (any range).
@@ -157,7 +180,10 @@ def classical_faz(pixels: np.ndarray, sigma_fraction: float = 0.02, threshold_fr
     pixels = np.asarray(pixels, dtype=np.float32)
     width = pixels.shape[1]
     smooth = ndimage.gaussian_filter(pixels, sigma=max(sigma_fraction * width, 0.5))
-    dark = smooth < threshold_fraction * np.median(smooth)
+    rows, cols = np.mgrid[:pixels.shape[0], :width]
+    central = np.hypot(rows - (pixels.shape[0] - 1) / 2, cols - (width - 1) / 2) < 0.15 * width
+    floor = float(np.percentile(smooth[central], 1))
+    dark = smooth < floor + threshold_fraction * (float(np.median(smooth)) - floor)
     radius = int(round(opening_fraction * width))
     if radius >= 1:
         dark = ndimage.binary_opening(dark, structure=disk(radius))

@@ -1,7 +1,9 @@
 """The network steps shared by the single-image and the batch pipeline (torch, any device).
 
-Images enter as ``(B, 1, S, S)`` float tensors in ``[0, 1]`` at the *work size* (the larger of the
-two networks' input sizes, see :func:`work_size`); each network resizes to its own input size.
+The classifier sees the whole image at its input size. The FAZ U-Net sees its *window*: a square of
+``window_mm`` around the image centre (the fovea), cut from the decoded pixels and resampled once to
+its input size (:func:`faz_window`); its logits are resampled back onto the window's pixels and pasted
+into a mask of the image's size (:func:`paste_masks`). ``window_mm=None`` means the whole image.
 """
 
 from __future__ import annotations
@@ -13,14 +15,46 @@ import torch
 import torch.nn.functional as F
 
 from . import GRADES
-from .faz import faz_metrics, largest_component
+from .faz import faz_flags, faz_metrics, select_faz
 from ..enface_io import to_work_image
 
 
 def work_size(quality_net, faz_net=None) -> int:
-    """Pixel size images are decoded to: the larger network input size."""
-    sizes = [quality_net.input_size] + ([faz_net.input_size] if faz_net is not None else [])
-    return int(max(sizes))
+    """Pixel size images are decoded to for grading (and thumbnails): the classifier's input size."""
+    return int(quality_net.input_size)
+
+
+def window_box(height: int, width: int, field_of_view_mm: float | None, window_mm: float | None) -> tuple[int, int, int]:
+    """``(top, left, side)`` of the FAZ window: ``window_mm`` square around the image centre, at most the
+    image's shorter side (the whole image when ``window_mm`` or the field is unknown)."""
+    shortest = min(height, width)
+    side = shortest
+    if window_mm and field_of_view_mm:
+        side = int(min(shortest, max(16, round(window_mm / field_of_view_mm * width))))
+    return (height - side) // 2, (width - side) // 2, side
+
+
+def faz_window(pixels: np.ndarray, field_of_view_mm: float | None, faz_net) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The FAZ U-Net's input (uint8, ``input_size`` square) and its window box in the image."""
+    top, left, side = window_box(*pixels.shape, field_of_view_mm, getattr(faz_net, "window_mm", None))
+    return to_work_image(pixels[top:top + side, left:left + side], faz_net.input_size), (top, left, side)
+
+
+def paste_masks(logits: torch.Tensor, boxes, shapes) -> list[np.ndarray]:
+    """Full-size boolean masks from window logits ``(B, 2, s, s)``: resampled onto each box, argmax."""
+    masks = []
+    for index, ((top, left, side), (height, width)) in enumerate(zip(boxes, shapes)):
+        window = F.interpolate(logits[index:index + 1].float(), size=(int(side), int(side)), mode="bilinear",
+                               align_corners=False)
+        mask = np.zeros((int(height), int(width)), bool)
+        mask[top:top + side, left:left + side] = (window[0, 1] > window[0, 0]).cpu().numpy()
+        masks.append(mask)
+    return masks
+
+
+def faz_logits(faz_net, windows: torch.Tensor) -> torch.Tensor:
+    """Logits of ``(B, 1, s, s)`` window batches in ``[0, 1]`` (one forward pass per batch)."""
+    return faz_net(resize(windows, faz_net.input_size)).float()
 
 
 def resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
@@ -60,6 +94,7 @@ class Assessment:
     forced: bool = False
     mask: np.ndarray | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
 
     @property
     def gradable(self) -> bool:
@@ -84,9 +119,19 @@ def assess(pixels: np.ndarray, field_of_view_mm: float, quality_net, faz_net, de
     result = Assessment(label, {g: float(p) for g, p in zip(GRADES, probabilities)}, segmented=False)
     if label == GRADES[0] and not force_segmentation:
         return result
-    with inference(device):
-        mask = faz_masks(faz_net, work, pixels.shape)[0].cpu().numpy()
-    result.mask = largest_component(mask)
+    result.mask = segment_faz(faz_net, pixels, field_of_view_mm, device)
     result.segmented, result.forced = True, label == GRADES[0]
     result.metrics = faz_metrics(result.mask, field_of_view_mm)
+    result.flags = faz_flags(result.metrics)
     return result
+
+
+def segment_faz(faz_net, pixels: np.ndarray, field_of_view_mm: float, device: torch.device | str = "cpu") -> np.ndarray:
+    """The FAZ of one normalised image: U-Net on its window, then :func:`select_faz` (central component)."""
+    from ..device import inference
+
+    device = torch.device(device)
+    window, box = faz_window(pixels, field_of_view_mm, faz_net)
+    with inference(device):
+        logits = faz_logits(faz_net, torch.from_numpy(window).to(device)[None, None].float() / 255.0)
+    return select_faz(paste_masks(logits, [box], [pixels.shape])[0], field_of_view_mm)

@@ -192,10 +192,13 @@ class COIPSLogic(VesselReconLogic):
 
         rows = [{"measure": "grade", "value": assessment.grade, "unit": ""},
                 {"measure": "flagged_ungradable", "value": "yes" if flagged else "no", "unit": ""},
-                *({"measure": f"p_{g}", "value": f"{p:.4f}", "unit": ""} for g, p in assessment.probabilities.items()),
+                *({"measure": f"p_{g}", "value": f"{p:.3f}", "unit": ""} for g, p in assessment.probabilities.items()),
                 {"measure": "field_of_view_mm", "value": f"{fov:g}", "unit": f"mm ({fov_source})"},
                 {"measure": "faz_segmented", "value": "forced" if assessment.forced else
                  ("yes" if assessment.segmented else "no"), "unit": ""}]
+        if assessment.segmented:
+            rows.append({"measure": "faz_plausible", "value": "no" if assessment.flags else "yes",
+                         "unit": "; ".join(assessment.flags)})
         rows += [{"measure": key, "value": f"{assessment.metrics[key]:.6g}", "unit": unit}
                  for key, unit in FAZ_METRIC_UNITS.items() if key in assessment.metrics]
         return rows
@@ -203,8 +206,8 @@ class COIPSLogic(VesselReconLogic):
     def process_batch(self, inputFolder, outputFolder, fieldOfViewMm: float | None = None,
                       forceFazOnUngradable: bool = False, outputTable=None, model: str = "lite",
                       fazModel: str = DEFAULT_FAZ_MODEL, device: str = "auto", numWorkers: int | None = None,
-                      batchSize: int = 32, configFile: str | None = None, progress=None, cancel=None,
-                      background=None) -> CoipsBatchResult:
+                      batchSize: int = 32, configFile: str | None = None, fovFile: str | None = None,
+                      progress=None, cancel=None, background=None) -> CoipsBatchResult:
         """Grade, segment and measure every image of a folder; write CSV + HTML report; fill a table node.
 
         :param inputFolder: folder of PNG/JPEG/BMP/TIFF/DICOM OCTA images.
@@ -215,6 +218,7 @@ class COIPSLogic(VesselReconLogic):
         :param numWorkers: decoding processes (default ``min(2, cores)``).
         :param batchSize: images per forward pass.
         :param configFile: optional YAML configuration; the other arguments override it.
+        :param fovFile: CSV of per-file fields of view (``image,field_of_view_mm``), overriding all else.
         :returns: :class:`CoipsBatchResult`.
         :raises InputError: missing folders, no images, bad model; :class:`~VesselReconLib.progress.Cancelled`.
         """
@@ -227,13 +231,14 @@ class COIPSLogic(VesselReconLogic):
         config = load_config(configFile, input=str(inputFolder), output=str(outputFolder),
                              field_of_view_mm=fov_choice(fieldOfViewMm), segment_ungradable=forceFazOnUngradable or None,
                              quality_model=model, faz_model=fazModel, device=device, num_workers=numWorkers,
-                             batch_size=batchSize)
+                             batch_size=batchSize, fov_file=str(fovFile) if fovFile else None)
         quality_net, faz_net, _ = self.networks(config.quality_model, config.faz_model, config.device)
         compute = lambda: run_batch(config, quality_net, faz_net, progress, cancel)  # noqa: E731
         result = background(compute) if background else compute()
-        columns = ("image", "status", "grade", "p_ungradable", "p_gradable", "p_outstanding", "field_of_view_mm",
-                   "faz_segmented", "faz_area_mm2", "faz_perimeter_mm", "faz_circularity", "faz_axis_ratio", "error")
-        rows = [{c: (str(r.get(c)) if isinstance(r.get(c), bool) else r.get(c, "")) for c in columns} for r in result.rows]
+        columns = ("image", "status", "grade", "p_ungradable", "p_gradable", "p_outstanding", "slab", "grade_source",
+                   "field_of_view_mm", "fov_source", "faz_segmented", "faz_plausible", "faz_flags", "faz_area_mm2",
+                   "faz_perimeter_mm", "faz_circularity", "faz_axis_ratio", "error")
+        rows = [{c: _table_value(r.get(c, ""), c) for c in columns} for r in result.rows]
         with self.writing():
             table = mrml.rows_to_table(rows, "COIPS batch results", node=outputTable, scene=self.scene,
                                        creator=self.creator)
@@ -281,6 +286,15 @@ class COIPSLogic(VesselReconLogic):
                                                   "COIPS sample reference FAZ", reference_volume=volume,
                                                   scene=self.scene, creator=self.creator)
         return CoipsSample(volume, reference)
+
+
+def _table_value(value, column: str):
+    """A results-table cell: booleans as text, probabilities rounded to 3 digits."""
+    if isinstance(value, bool):
+        return str(value)
+    if column.startswith("p_") and isinstance(value, float):
+        return round(value, 3)
+    return value
 
 
 def _geometry_volume(segmentation):

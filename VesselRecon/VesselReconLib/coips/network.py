@@ -2,9 +2,11 @@
 
 ``build_model(preset)`` builds either kind by preset name:
 
-- quality presets: ``lite`` (shipped), ``paper`` (= ``seresnext101``), ``resnet101``, ``inception_v3``,
+- quality presets: ``lite`` (shipped), ``paper-3mm`` (Swin-L, the paper's best for 3x3 mm scans),
+  ``paper-6mm`` and ``paper`` (SE-ResNeXt-101 32x4d, its best for 6x6 mm), ``resnet101``, ``inception_v3``,
   ``efficientnet_b7``, ``seresnext101``, ``swin_large`` -- each at the paper's input size;
-- FAZ presets: ``faz-lite`` (shipped) and ``faz-paper`` (nnU-Net 2D configuration).
+- FAZ presets: ``faz-lite`` (shipped: a 2.0 mm window around the image centre at 96 px) and
+  ``faz-paper`` (nnU-Net 2D configuration on whole 512 px images, deep supervision, mirroring).
 
 Both networks z-score each input image themselves, so callers pass images scaled to ``[0, 1]``.
 Backbones are always built with ``pretrained=False`` (no downloads).
@@ -29,13 +31,21 @@ QUALITY_PRESETS: dict[str, dict] = {
     "seresnext101": {"backbone": "seresnext101_32x4d", "input_size": 224},
     "swin_large": {"backbone": "swin_large_patch4_window12_384", "input_size": 384},
 }
+# The paper's best model per field (training: AdamW, warm-up from 5e-7 over 20 epochs; see train.py).
+QUALITY_PRESETS["paper-3mm"] = dict(QUALITY_PRESETS["swin_large"])
+QUALITY_PRESETS["paper-6mm"] = dict(QUALITY_PRESETS["seresnext101"])
 QUALITY_PRESETS["paper"] = dict(QUALITY_PRESETS["seresnext101"])
+PAPER_QUALITY_BY_FIELD_MM = {3.0: "paper-3mm", 6.0: "paper-6mm"}
 
 FAZ_PRESETS: dict[str, dict] = {
-    # nnU-Net 2D plan for 320-px patches: 7 stages, 3x3 kernels, stride-2 downsampling, 32..512 filters.
-    "faz-paper": {"filters": (32, 64, 128, 256, 512, 512, 512), "input_size": 320},
-    # Lite: trained on crops on a CPU, so batch norm (eval-mode statistics do not depend on the crop).
-    "faz-lite": {"filters": (8, 16, 32, 64, 64), "input_size": 224, "norm": "batch"},
+    # nnU-Net 2D plan for the paper's 512-px patches: 7 stages, 3x3 kernels, stride-2 downsampling,
+    # 32..512 filters, deep supervision, test-time mirroring along both axes; the whole image.
+    "faz-paper": {"filters": (32, 64, 128, 256, 512, 512, 512), "input_size": 512, "deep_supervision": True,
+                  "mirror_axes": (2, 3)},
+    # Lite (CPU): a 2.0 mm square window around the image centre (the fovea) resampled to 96 px
+    # (21 um/px: a 6x6 mm scan at its own resolution, a 3x3 mm one at half), batch norm, deep supervision.
+    "faz-lite": {"filters": (8, 16, 32, 64, 64), "input_size": 96, "norm": "batch", "window_mm": 2.0,
+                 "deep_supervision": True},
 }
 
 
@@ -98,12 +108,17 @@ class FAZUNet(DynUNet):
     :param filters: feature maps per resolution stage.
     :param input_size: square input size in pixels.
     :param norm: ``instance`` (nnU-Net) or ``batch``.
+    :param window_mm: side of the square window around the image centre that is segmented (resampled to
+        ``input_size``); ``None``: the whole image.
+    :param deep_supervision: in training mode also return two lower-resolution heads (nnU-Net).
+    :param mirror_axes: test-time mirroring: logits averaged over flips along these axes (nnU-Net).
     """
 
     kind = "faz"
 
     def __init__(self, filters=(8, 16, 32, 64, 64), input_size: int = 128, in_channels: int = 1,
-                 out_channels: int = 2, norm: str = "instance"):
+                 out_channels: int = 2, norm: str = "instance", window_mm: float | None = None,
+                 deep_supervision: bool = False, mirror_axes=()):
         filters = [int(f) for f in filters]
         stages = len(filters)
         if input_size % 2 ** (stages - 1):
@@ -112,8 +127,11 @@ class FAZUNet(DynUNet):
         super().__init__(spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
                          kernel_size=[[3, 3]] * stages, strides=strides, upsample_kernel_size=strides[1:],
                          filters=filters, norm_name=(norm, {"affine": True}),
-                         act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}), res_block=False)
+                         act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}), res_block=False,
+                         deep_supervision=bool(deep_supervision), deep_supr_num=2 if deep_supervision else 1)
         self.input_size = int(input_size)
+        self.window_mm = None if window_mm is None else float(window_mm)
+        self.mirror_axes = tuple(int(a) for a in mirror_axes)
         # DynUNet's ``skip_layers`` re-references the encoder/decoder blocks; keep it out of the module
         # tree so that the state dict has each tensor once (safetensors refuses shared tensors).
         object.__setattr__(self, "skip_layers", self._modules.pop("skip_layers"))
@@ -124,7 +142,15 @@ class FAZUNet(DynUNet):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(zscore(x))
+        """Logits ``(B, 2, H, W)``; in training mode with deep supervision ``(B, 3, 2, H, W)``."""
+        x = zscore(x)
+        if self.training or not self.mirror_axes:
+            return super().forward(x)
+        logits = super().forward(x)
+        flips = [(a,) for a in self.mirror_axes] + ([tuple(self.mirror_axes)] if len(self.mirror_axes) > 1 else [])
+        for dims in flips:
+            logits = logits + torch.flip(super().forward(torch.flip(x, dims)), dims)
+        return logits / (1 + len(flips))
 
 
 PRESETS = {**QUALITY_PRESETS, **FAZ_PRESETS}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import GRADES
-from .faz import FAZ_METRIC_UNITS, faz_metrics, largest_component
+from .faz import FAZ_METRIC_UNITS, bounding_crop, faz_flags, faz_metrics, select_faz
 
 GRADE_COLORS = {"ungradable": (214, 39, 40), "gradable": (255, 170, 0), "outstanding": (44, 160, 44),
                 "error": (120, 120, 120)}
@@ -46,18 +46,29 @@ def finish_image(item: dict) -> dict:
     row = dict(item["row"])
     mask = None
     if item.get("packed_mask") is not None:
-        mask = largest_component(unpack_mask(item["packed_mask"], item["shape"]))
-        row.update(faz_metrics(mask, item["field_of_view_mm"]))
+        mask = select_faz(unpack_mask(item["packed_mask"], item["shape"]), item["field_of_view_mm"])
+        row.update(faz_metrics(bounding_crop(mask), item["field_of_view_mm"], mask.shape[1]))
+        flags = faz_flags(row)
+        row.update(faz_plausible=not flags, faz_flags="; ".join(flags), **faz_centre(mask))
         if item.get("mask_path"):
             Image.fromarray(mask.astype(np.uint8) * 255).save(item["mask_path"], compress_level=1)
             row["mask"] = Path(item["mask_path"]).name
     else:
-        row.update({key: float("nan") for key in FAZ_METRIC_UNITS})
+        row.update({key: float("nan") for key in FAZ_METRIC_UNITS}, faz_plausible="", faz_flags="",
+                   faz_centre_x=float("nan"), faz_centre_y=float("nan"))
     if item.get("thumbnail_path") and item.get("thumbnail") is not None:
         Image.fromarray(overlay(item["thumbnail"], mask, row.get("grade", "error"))).save(
             item["thumbnail_path"], compress_level=1)
         row["thumbnail"] = Path(item["thumbnail_path"]).name
     return row
+
+
+def faz_centre(mask: np.ndarray) -> dict[str, float]:
+    """The FAZ centroid as fractions of the image width (x) and height (y); NaN for an empty mask."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return {"faz_centre_x": float("nan"), "faz_centre_y": float("nan")}
+    return {"faz_centre_x": float(cols.mean() / mask.shape[1]), "faz_centre_y": float(rows.mean() / mask.shape[0])}
 
 
 def finish_chunk(items: list[dict]) -> list[dict]:

@@ -13,26 +13,55 @@ from . import GRADES
 from .faz import FAZ_METRIC_UNITS
 from .postprocess import GRADE_COLORS, probability_columns
 
-COLUMNS = (["image", "status", "grade", *probability_columns(), "field_of_view_mm", "fov_source",
-            "faz_segmented", "faz_forced", *FAZ_METRIC_UNITS, "thumbnail", "mask", "error"])
+COLUMNS = (["image", "status", "grade", *probability_columns(), "slab", "grade_own", "grade_source",
+            "field_of_view_mm", "fov_source", "faz_segmented", "faz_forced", "faz_plausible", "faz_flags",
+            *FAZ_METRIC_UNITS, "faz_centre_x", "faz_centre_y", "thumbnail", "mask", "error"])
+PROBABILITY_DIGITS = 3
 
 
-def summarise(rows: list[dict]) -> dict:
-    """Counts per grade, errors, and FAZ area statistics (mm^2) over segmented images."""
-    counts = {g: sum(r.get("grade") == g for r in rows) for g in GRADES}
-    areas = np.array([r["faz_area_mm2"] for r in rows if r.get("faz_segmented") and
-                      np.isfinite(r.get("faz_area_mm2", math.nan))], dtype=float)
+def _area_stats(areas) -> dict:
+    areas = np.asarray(areas, dtype=float)
     stats = {"n": int(areas.size)}
     if areas.size:
         stats.update(mean=float(areas.mean()), sd=float(areas.std(ddof=1)) if areas.size > 1 else 0.0,
                      median=float(np.median(areas)), min=float(areas.min()), max=float(areas.max()))
+    return stats
+
+
+def _plausible_areas(rows: list[dict]) -> list[float]:
+    """FAZ areas of segmented images whose FAZ is not flagged as implausible."""
+    return [r["faz_area_mm2"] for r in rows if r.get("faz_segmented") and r.get("faz_plausible") is not False
+            and np.isfinite(r.get("faz_area_mm2", math.nan))]
+
+
+def study_group(row: dict) -> str:
+    """The summary group of an image: its slab and field, e.g. ``superficial 3 mm`` (``unknown slab 6 mm``)."""
+    fov = row.get("field_of_view_mm", math.nan)
+    field = f"{fov:g} mm" if isinstance(fov, float) and math.isfinite(fov) else "unknown field"
+    return f"{row.get('slab') or 'unknown slab'} {field}"
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Counts per grade, errors, unsuitable images, implausible FAZ, and FAZ area statistics (mm^2) over
+    segmented images with a plausible FAZ, overall and per slab and field (:func:`study_group`)."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    groups = {}
+    for name in sorted({study_group(r) for r in ok}):
+        members = [r for r in ok if study_group(r) == name]
+        groups[name] = {"images": len(members), "grades": {g: sum(r.get("grade") == g for r in members) for g in GRADES},
+                        "faz_area_mm2": _area_stats(_plausible_areas(members))}
     return {"images": len(rows), "errors": sum(r.get("status") == "error" for r in rows),
-            "grades": counts, "faz_area_mm2": stats}
+            "unsuitable": sum(r.get("status") == "unsuitable" for r in rows),
+            "grades": {g: sum(r.get("grade") == g for r in rows) for g in GRADES},
+            "implausible_faz": sum(r.get("faz_plausible") is False for r in rows),
+            "faz_area_mm2": _area_stats(_plausible_areas(rows)), "groups": groups}
 
 
-def _cell(value) -> str:
+def _cell(value, column: str = "") -> str:
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
+        if math.isnan(value):
+            return ""
+        return f"{value:.{PROBABILITY_DIGITS}f}" if column.startswith("p_") else f"{value:.6g}"
     return "" if value is None else str(value)
 
 
@@ -45,7 +74,7 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         for row in rows:
-            writer.writerow([_cell(row.get(column)) for column in COLUMNS])
+            writer.writerow([_cell(row.get(column), column) for column in COLUMNS])
     return path
 
 
@@ -119,7 +148,7 @@ def _rows_table(rows: list[dict], folder: str, columns: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["thumbnail", *columns])
     body = []
     for row in rows:
-        cells = "".join(f"<td>{html.escape(_cell(row.get(c)))}</td>" for c in columns)
+        cells = "".join(f"<td>{html.escape(_cell(row.get(c), c))}</td>" for c in columns)
         body.append(f"<tr><td>{_image_cell(row, folder)}</td>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -129,25 +158,48 @@ STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-c
          ".charts{display:flex;gap:3em;flex-wrap:wrap}")
 
 
+def _groups_table(groups: dict) -> str:
+    """Grades and plausible FAZ areas per slab and field."""
+    if not groups:
+        return "<p>No graded images.</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["group", "images", *GRADES, "FAZ n", "FAZ mean mm²",
+                                                             "FAZ SD", "FAZ median"])
+    body = []
+    for name, group in groups.items():
+        stats = group["faz_area_mm2"]
+        area = [f"{stats[k]:.3f}" if k in stats else "" for k in ("mean", "sd", "median")]
+        cells = [name, str(group["images"]), *(str(group["grades"][g]) for g in GRADES), str(stats["n"]), *area]
+        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
 def write_html(rows: list[dict], path: str | Path, title: str = "COIPS report", thumbnail_folder: str = "thumbnails",
                csv_name: str = "coips_results.csv", max_rows: int = 2000) -> Path:
     """The batch report: class distribution, FAZ area histogram, rejected images, per-image table."""
     summary = summarise(rows)
     stats = summary["faz_area_mm2"]
-    rejected = [r for r in rows if r.get("grade") == GRADES[0] or r.get("status") == "error"]
-    area_text = (f"FAZ area over {stats['n']} segmented images: mean {stats['mean']:.3f} mm², SD {stats['sd']:.3f}, "
-                 f"median {stats['median']:.3f}, range {stats['min']:.3f}-{stats['max']:.3f}."
-                 if stats["n"] else "No FAZ was segmented.")
-    metric_columns = ["image", "grade", *probability_columns(), "field_of_view_mm", *FAZ_METRIC_UNITS]
+    rejected = [r for r in rows if r.get("grade") == GRADES[0] or r.get("status") in ("error", "unsuitable")]
+    implausible = [r for r in rows if r.get("faz_plausible") is False]
+    area_text = (f"FAZ area over {stats['n']} segmented images with a plausible FAZ: mean {stats['mean']:.3f} mm², "
+                 f"SD {stats['sd']:.3f}, median {stats['median']:.3f}, range {stats['min']:.3f}-{stats['max']:.3f}."
+                 if stats["n"] else "No plausible FAZ was segmented.")
+    metric_columns = ["image", "grade", *probability_columns(), "slab", "grade_source", "field_of_view_mm",
+                      "fov_source", "faz_flags", *FAZ_METRIC_UNITS]
     shown = rows[:max_rows]
     more = f"<p>First {max_rows} of {len(rows)} images; all are in the CSV.</p>" if len(rows) > max_rows else ""
     page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>
-<p>{summary['images']} images, {summary['errors']} unreadable. Results: <a href="{html.escape(csv_name)}">{html.escape(csv_name)}</a>.</p>
+<p>{summary['images']} images, {summary['errors']} unreadable, {summary['unsuitable']} unsuitable (non-square or
+wide-field), {summary['implausible_faz']} with an implausible FAZ (kept out of the summaries). Field of view
+source per image: 'config' (--fov, per-file override or the module's choice), 'metadata' (DICOM/TIFF) or
+'filename'. Results: <a href="{html.escape(csv_name)}">{html.escape(csv_name)}</a>.</p>
 <div class="charts"><div><h2>Class distribution</h2>{svg_bar_chart(summary['grades'])}</div>
-<div><h2>FAZ area</h2>{svg_histogram([r['faz_area_mm2'] for r in rows if r.get('faz_segmented')])}<p>{area_text}</p></div></div>
+<div><h2>FAZ area</h2>{svg_histogram(_plausible_areas(rows))}<p>{area_text}</p></div></div>
+<h2>By slab and field</h2>{_groups_table(summary['groups'])}
+<h2>Implausible FAZ ({len(implausible)})</h2>
+{_rows_table(implausible, thumbnail_folder, ['image', 'grade', 'faz_flags', *FAZ_METRIC_UNITS]) if implausible else '<p>None.</p>'}
 <h2>Rejected images ({len(rejected)})</h2>
-{_rows_table(rejected, thumbnail_folder, ['image', 'grade', *probability_columns(), 'error']) if rejected else '<p>None.</p>'}
+{_rows_table(rejected, thumbnail_folder, ['image', 'status', 'grade', *probability_columns(), 'error']) if rejected else '<p>None.</p>'}
 <h2>All images</h2>{more}{_rows_table(shown, thumbnail_folder, metric_columns)}
 </body></html>"""
     from ..atomic import atomic_path

@@ -1,8 +1,12 @@
 """Training of the quality classifier and the FAZ U-Net with the paper's optimisers and schedules.
 
-Quality: class-weighted CE, Adam lr 1e-3 (AdamW 5e-4 with linear warm-up for Swin), CosineAnnealingLR
-``T_max=5``, early stopping patience 20; ``finetune="head"`` trains only the classification head.
-FAZ: 0.5 CE + 0.5 Dice, SGD lr 0.01 with Nesterov momentum 0.99, poly LR decay (exponent 0.9).
+Quality: class-weighted CE, Adam lr 1e-3, CosineAnnealingLR ``T_max=5``, early stopping patience 20;
+the paper presets (``paper-3mm`` Swin-L, ``paper-6mm`` SE-ResNeXt-101) and Swin backbones use AdamW 5e-4
+after the paper's warm-up: linear from 5e-7 over the first 20 epochs. ``finetune="head"`` trains only
+the classification head. Training images are degraded on the fly (``degrade`` probability, see
+:class:`.data.QualityDataset`); real ROSSA images may be added as sources (``rossa``).
+FAZ: 0.5 CE + 0.5 Dice with deep supervision (weights 1, 1/2, 1/4 normalised, nnU-Net), SGD lr 0.01 with
+Nesterov momentum 0.99, poly LR decay (exponent 0.9), on the U-Net's window (:class:`.data.FazWindowDataset`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import FazDataset, QualityDataset, faz_samples, quality_samples, split
+from .data import FazWindowDataset, QualityDataset, faz_samples, quality_samples, rossa_samples, split
 from .losses import faz_loss, quality_loss
 from .network import build_model
 from ..errors import InputError
@@ -36,9 +40,12 @@ class TrainSettings:
     val_fraction: float = 0.2
     seed: int = 0
     workers: int = 0
-    warmup_epochs: int = 2
+    warmup_epochs: int = 20
+    warmup_start_lr: float = 5e-7
     patch: int | None = None
     device: str = "auto"
+    degrade: float = 0.7
+    rossa: str | None = None
 
 
 def _loader(dataset, batch_size: int, workers: int, shuffle: bool, seed: int = 0):
@@ -48,16 +55,19 @@ def _loader(dataset, batch_size: int, workers: int, shuffle: bool, seed: int = 0
 
 
 def quality_optimiser(model, settings: TrainSettings):
-    """Adam 1e-3 + cosine (T_max 5), or AdamW 5e-4 + warm-up + cosine for Swin backbones."""
+    """Adam 1e-3 + cosine (T_max 5), or for Swin / the paper presets AdamW 5e-4 after a linear warm-up
+    from ``warmup_start_lr`` (5e-7) over ``warmup_epochs`` (20), then cosine."""
     if settings.finetune == "head":
         model.freeze_backbone()
     elif settings.finetune != "all":
         raise InputError("finetune must be 'head' or 'all'.")
     parameters = [p for p in model.parameters() if p.requires_grad]
     cosine = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)  # noqa: E731
-    if model.backbone_name.startswith("swin"):
-        optimiser = torch.optim.AdamW(parameters, lr=settings.lr or 5e-4)
-        warmup = torch.optim.lr_scheduler.LinearLR(optimiser, start_factor=0.1, total_iters=settings.warmup_epochs)
+    if model.backbone_name.startswith("swin") or settings.preset.startswith("paper"):
+        lr = settings.lr or 5e-4
+        optimiser = torch.optim.AdamW(parameters, lr=lr)
+        warmup = torch.optim.lr_scheduler.LinearLR(optimiser, start_factor=settings.warmup_start_lr / lr,
+                                                   end_factor=1.0, total_iters=settings.warmup_epochs)
         scheduler = torch.optim.lr_scheduler.SequentialLR(optimiser, [warmup, cosine(optimiser)],
                                                           milestones=[settings.warmup_epochs])
         return optimiser, scheduler
@@ -88,6 +98,15 @@ def evaluate_quality(model, loader, device) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(labels), np.concatenate(probabilities)
 
 
+def deep_supervision_loss(criterion, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """nnU-Net's deep-supervision loss: heads weighted 1, 1/2, 1/4 (normalised); plain loss otherwise."""
+    if logits.ndim == 4:
+        return criterion(logits.float(), masks)
+    weights = torch.tensor([0.5 ** i for i in range(logits.shape[1])])
+    weights = weights / weights.sum()
+    return sum(w * criterion(logits[:, i].float(), masks) for i, w in enumerate(weights.tolist()))
+
+
 def evaluate_faz(model, loader, device) -> float:
     """Mean per-image Dice of the FAZ over a loader."""
     from ..metrics import dice
@@ -110,12 +129,16 @@ def train_quality(data: str | Path, out: str | Path, settings: TrainSettings, pr
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
     samples = quality_samples(data)
+    if settings.rossa:
+        samples += rossa_samples(settings.rossa)
     labels = [s.label for s in samples]
     train_idx, val_idx = split(len(samples), settings.val_fraction, settings.seed, labels)
     model = build_model(settings.preset).to(device)
     size = model.input_size
-    train_set = QualityDataset([samples[i] for i in train_idx], size, train=True)
-    val_loader = _loader(QualityDataset([samples[i] for i in val_idx], size), settings.batch_size, settings.workers, False)
+    train_set = QualityDataset([samples[i] for i in train_idx], size, train=True, degrade=settings.degrade,
+                               seed=settings.seed)
+    val_set = QualityDataset([samples[i] for i in val_idx], size, degrade=settings.degrade)
+    val_loader = _loader(val_set, settings.batch_size, settings.workers, False)
     train_loader = _loader(train_set, settings.batch_size, settings.workers, True, settings.seed)
     criterion = quality_loss([labels[i] for i in train_idx]).to(device)
     optimiser, scheduler = quality_optimiser(model, settings)
@@ -147,16 +170,17 @@ def train_faz(data: str | Path, out: str | Path, settings: TrainSettings, progre
     samples = faz_samples(data)
     train_idx, val_idx = split(len(samples), settings.val_fraction, settings.seed)
     model = build_model(settings.preset).to(device)
-    size = model.input_size
-    train_set = FazDataset([samples[i] for i in train_idx], size, train=True, patch=settings.patch, seed=settings.seed)
+    size, window = model.input_size, model.window_mm
+    train_set = FazWindowDataset([samples[i] for i in train_idx], size, window, train=True, seed=settings.seed)
     train_loader = _loader(train_set, settings.batch_size, settings.workers, True, settings.seed)
-    val_loader = _loader(FazDataset([samples[i] for i in val_idx], size), settings.batch_size, settings.workers, False)
+    val_loader = _loader(FazWindowDataset([samples[i] for i in val_idx], size, window), settings.batch_size,
+                         settings.workers, False)
     criterion = faz_loss()
     optimiser, scheduler = faz_optimiser(model, settings)
 
     def loss_fn(net, batch):
         images, masks = batch
-        return criterion(net(_to_input(images, device)).float(), masks.to(device))
+        return deep_supervision_loss(criterion, net(_to_input(images, device)), masks.to(device))
 
     trainer = Trainer(model, optimiser, loss_fn, Path(out), scheduler=scheduler, device=device,
                       monitor="val_dice", mode="max", patience=settings.patience, grad_clip=12.0)

@@ -222,7 +222,7 @@ def run(args) -> int:
 
 # ------------------------------------------------------------------------------------ eval
 
-ABLATIONS = ("lite", "lite-occ", "lite-sdfonly", "lite-nogauss")
+ABLATIONS = ("lite", "lite-dstart", "lite-occ", "lite-sdfonly", "lite-nogauss")
 
 
 def add_eval_arguments(parser) -> None:

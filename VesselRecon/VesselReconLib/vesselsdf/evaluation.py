@@ -29,7 +29,7 @@ from .inference import (Prediction, mesh_zero_level, refine_through_plane, refin
 
 ROW_NAMES = {"lite": "VesselSDF (ours)", "paper": "VesselSDF (ours, paper)", "occ": "occupancy only",
              "sdfonly": "SDF only", "nogauss": "w/o Gaussian loss", "unet": "plain 3D U-Net",
-             "direct": "refiner from scratch (no distance start)",
+             "dstart": "refiner with distance start (d0 + 3 mm correction)",
              "classical": "classical (smoothed adaptive HU threshold)"}
 
 

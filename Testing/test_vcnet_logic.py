@@ -83,7 +83,7 @@ def test_dark_vessels_with_brain_mask(scene):
     sample = VCNetLogic(scene).load_sample("swi", seed=77, crop=(20, 64, 64))
     logic = VCNetLogic(scene)
     result = logic.process(sample.inputVolume, maskVolume=sample.maskNode, darkVessels=True, device="cpu",
-                           referenceSegmentation=sample.referenceSegmentation)
+                           model="vcnet-swi-lite", referenceSegmentation=sample.referenceSegmentation)
     plain = logic.process(sample.inputVolume, maskVolume=sample.maskNode, darkVessels=False, device="cpu",
                           referenceSegmentation=sample.referenceSegmentation,
                           outputSegmentation=scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "plain"))

@@ -26,7 +26,6 @@ import numpy as np
 
 from .. import meshes, mrml
 from ..errors import InputError
-from ..device import resolve_device
 from ..logic_base import CURVE, MARKUPS, MODEL, TABLE, VesselReconLogic
 from ..progress import as_reporter
 from . import template
@@ -226,6 +225,7 @@ class Angio3DLogic(VesselReconLogic):
         pixels = [self.soi_pixels(pointsA, ijk_a, "View A"), self.soi_pixels(pointsB, ijk_b, "View B")]
         if pixels[0].shape != pixels[1].shape:
             raise InputError("Both views need the same number of SOI points (a start and an end per branch).")
+        from ..device import resolve_device  # torch: imported on first use, so the sample needs none
         from .pipeline import reconstruct, validate_inputs
 
         validate_inputs([image_a, image_b], [geometry_a, geometry_b], pixels)

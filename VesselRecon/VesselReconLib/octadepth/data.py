@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..errors import InputError
-from .pipeline import normalize_image
+
+if TYPE_CHECKING:  # torch is imported where batches are built, so the Slicer sample needs none
+    import torch
 
 
 @dataclass
@@ -129,6 +131,8 @@ def _crop(sample: OCTASample, crop: int, rng: np.random.Generator, train: bool) 
     height, width = sample.image.shape
     top, left = int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
     window = (slice(top, top + crop), slice(left, left + crop))
+    from .pipeline import normalize_image
+
     weight = np.ones(sample.image.shape, bool) if sample.vessel_weight is None else sample.vessel_weight
     arrays = [normalize_image(sample.image)[window], sample.vessel[window].astype(np.float32),
               weight[window].astype(np.float32), sample.depth[window].astype(np.float32)]
@@ -138,6 +142,8 @@ def _crop(sample: OCTASample, crop: int, rng: np.random.Generator, train: bool) 
 def mixed_crop_batch(groups: list[list[OCTASample]], counts: list[int], crop: int, rng: np.random.Generator,
                      train: bool = True) -> Batch:
     """``counts[i]`` random augmented crops from ``groups[i]`` (e.g. phantoms and real images)."""
+    import torch
+
     crops, flags = [], []
     for samples, count in zip(groups, counts):
         for _ in range(count):

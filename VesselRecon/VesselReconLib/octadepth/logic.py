@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,7 +22,10 @@ from .. import metrics, mrml
 from ..errors import InputError
 from ..logic_base import MODEL, SEGMENTATION, TABLE, VOLUME, VesselReconLogic
 from ..progress import as_reporter
-from . import pipeline, reconstruction
+from . import reconstruction
+
+if TYPE_CHECKING:  # pipeline imports torch: loaded on first use, so the sample needs none
+    from . import pipeline
 
 log = logging.getLogger(__name__)
 DEPTH_COLORS = "OCTADepth depth colors"
@@ -246,6 +250,8 @@ class OCTADepthLogic(VesselReconLogic):
     def _validate(self, input_volume, depth_range_mm: float, threshold: float, model: str):
         array, ijk_to_ras = self.read_volume(
             input_volume, "No input volume: load an en face OCTA image (PNG, JPEG, BMP, TIFF or DICOM) first.")
+        from . import pipeline
+
         image = pipeline.validate_image(array, f"Volume '{input_volume.GetName()}'")
         if not 0.0 < depth_range_mm <= 5.0:
             raise InputError(f"Depth range {depth_range_mm} mm is out of range: use 0.01-5 mm (retina: about 0.25).")
@@ -300,6 +306,8 @@ class OCTADepthLogic(VesselReconLogic):
         warnings = shape_warnings(image.shape, field_mm)
         net, _ = self.model(model, device)
         torch_device = str(next(net.parameters()).device)
+
+        from . import pipeline
 
         def compute():
             return pipeline.run_pipeline(image, pixel, net, torch_device, depthRangeMm, threshold, geometry,

@@ -13,6 +13,7 @@ Qt-free; used by the Slicer module, the CLI and the Python console::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,7 +21,9 @@ from .. import meshes, metrics, mrml
 from ..errors import InputError, check_image
 from ..logic_base import MODEL, SEGMENTATION, TABLE, VOLUME, VesselReconLogic
 from ..progress import as_reporter
-from .inference import PORTAL_VENOUS_WINDOW, Reconstruction, reconstruct
+
+if TYPE_CHECKING:  # inference imports torch: loaded on first use, so the sample needs none
+    from .inference import Reconstruction
 
 SDF_COLORS = ((0.05, 0.2, 0.8), (1.0, 1.0, 1.0), (0.8, 0.05, 0.05))
 """Diverging blue (inside, negative) - white (wall) - red (outside, positive)."""
@@ -97,6 +100,8 @@ class VesselSDFLogic(VesselReconLogic):
             :mod:`.preprocess` (windowed input is mapped to HU-like values first).
         :param throughPlaneFactor: sub-slices per slice gap for meshing (0: round(Δz/Δx)).
         """
+        from .inference import PORTAL_VENOUS_WINDOW, reconstruct
+
         net, _ = self.model(model, device)
         device_ = next(net.parameters()).device
         return reconstruct(net, volume, ijk_to_ras, device_, PORTAL_VENOUS_WINDOW if portalVenousWindow else None,
@@ -235,7 +240,8 @@ class VesselSDFLogic(VesselReconLogic):
         :param referenceModel: reference surface model (else meshed from the reference).
         """
         from .evaluation import ROW_NAMES, classical_baseline
-        from .inference import Prediction, mesh_zero_level, refine_through_plane, refined_geometry, through_plane_factor
+        from .inference import (Prediction, Reconstruction, mesh_zero_level, refine_through_plane, refined_geometry,
+                                through_plane_factor)
 
         reporter = as_reporter(progress, cancel)
         if prediction is None or reference is None:

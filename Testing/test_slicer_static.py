@@ -1449,6 +1449,13 @@ def test_scripted_sample_download_goes_through_the_vesselrecon_url_scheme(tmp_pa
         with pytest.raises(urllib.error.URLError, match="No VesselRecon sample"):
             urllib.request.urlretrieve("vesselrecon://Unknown/UnknownSample.mrb", tmp_path / "x.mrb")
         urllib.request.urlopen("file://" + str(target)).close()  # other schemes still work
+
+        def needs_torch(path):
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+        slicer_samples.GENERATORS["Demo"] = needs_torch
+        with pytest.raises(urllib.error.URLError, match="Demo sample needs the Python package 'torch'"):
+            urllib.request.urlretrieve(slicer_samples.sample_uri("Demo"), tmp_path / "y.mrb")
     finally:
         slicer_samples.GENERATORS.pop("Demo", None)
     from VesselReconLib import __version__

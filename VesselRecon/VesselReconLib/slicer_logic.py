@@ -1,8 +1,10 @@
 """The Slicer-side Logic classes: the core Logic bound on first use, a stand-in while torch is missing.
 
 Each module's ``<Module>Logic(ScriptedLoadableModuleLogic)`` creates instances of ``cls`` combined
-with the Qt-free core Logic (``VesselReconLib.<method>.logic.<Module>Logic``). The core imports torch,
-so it is imported only when the first Logic is created, and Slicer starts fast. Without torch, a
+with the Qt-free core Logic (``VesselReconLib.<method>.logic.<Module>Logic``). It is imported only
+when the first Logic is created, and Slicer starts fast. The core Logic modules import torch only where
+a network runs, so the samples are generated without torch (except VCNet's: its MRA phantom renders
+with torch, and the sample then asks for the install). If a core cannot be imported, a
 stand-in takes its place: it lists the shipped models from the registry JSON (no torch needed) and
 its entry points explain what is missing. Nothing here imports ``qt``, ``ctk``, ``slicer`` or torch
 at module level.

@@ -113,6 +113,10 @@ class SampleHandler(urllib.request.BaseHandler):
                 data = GENERATORS[module_name](Path(folder) / f"{sample_name(module_name)}.mrb").read_bytes()
             except InputError as exc:  # e.g. missing dependencies: say so, SampleData logs it
                 raise urllib.error.URLError(str(exc)) from exc
+            except ModuleNotFoundError as exc:  # this phantom needs a package (torch) that is not installed yet
+                raise urllib.error.URLError(
+                    f"The {module_name} sample needs the Python package {exc.name!r}: open the {module_name} "
+                    "module and click Load sample to install it.") from exc
         headers = email.message.Message()
         headers["Content-Type"] = "application/octet-stream"
         headers["Content-Length"] = str(len(data))

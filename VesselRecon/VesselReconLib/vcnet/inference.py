@@ -31,7 +31,8 @@ from .data import normalize
 DEFAULT_BATCH = {"cuda": 16, "mps": 8, "cpu": 2}
 SPACING_TOLERANCE = 0.1  # resample when an axis' spacing differs from the model's by more than this
 NO_MASK_WARNING = ("No brain mask given: the intensity statistics come from the whole volume (its dominant "
-                   "tissue intensity). Pass a brain mask for the most reliable normalisation.")
+                   "tissue intensity) and vessels are searched everywhere; on a whole head the bright fat and "
+                   "scalp can be marked as vessels. Pass a brain mask for whole-head scans.")
 log = logging.getLogger(__name__)
 
 

@@ -100,7 +100,14 @@ def octa_panel(path: Path, seed: int = 0) -> Path:
     return save_octa_panel(path, seed=seed)
 
 
-PANELS = {"octa": octa_panel, "xray": xray_panel, "mra": mra_panel, "ct": ct_panel}
+def xray_real_panel(path: Path, seed: int = 0) -> Path:
+    """Real static-phantom angiograms (shared samples, when present) beside X-ray phantom views."""
+    from .xray import real_vs_phantom_figure
+
+    return real_vs_phantom_figure(path, seed=seed)
+
+
+PANELS = {"octa": octa_panel, "xray": xray_panel, "xray_real": xray_real_panel, "mra": mra_panel, "ct": ct_panel}
 
 
 def write_gallery(out_dir: str | Path, seed: int = 0, kinds=None) -> list[Path]:

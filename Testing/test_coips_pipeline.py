@@ -297,3 +297,17 @@ def test_bench_prints_one_json_line_with_pipeline_and_baseline(capsys):
     assert line["ratio_pipeline_vs_plain_backbone"] == pytest.approx(
         line["pipeline_images_per_s"] / line["plain_backbone_images_per_s"], rel=0.02)
     assert line["target_images_per_s"] == 10.0 and isinstance(line["meets_target"], bool)
+
+
+
+def test_rerun_removes_the_previous_runs_masks_and_thumbnails(logic, held_out, tmp_path):
+    """A re-run into the same output folder leaves no PNG of the first run beside its own outputs."""
+    out = tmp_path / "out"
+    for study, names in (("first", ("old_3x3.png",)), ("second", ("new_3x3.png",))):
+        (tmp_path / study).mkdir()
+        for name in names:
+            _save_png(tmp_path / study / name, held_out[0].image)
+        logic.process_batch(tmp_path / study, out, device="cpu", numWorkers=0, batchSize=2, configFile=None)
+    thumbnails = sorted(p.name for p in (out / "thumbnails").glob("*.png"))
+    assert thumbnails == ["new_3x3.png"]
+    assert not list(out.rglob("old_3x3*")) and not list(out.rglob(".vesselrecon-partial*"))

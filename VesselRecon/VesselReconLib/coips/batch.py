@@ -20,6 +20,7 @@ import torch
 from . import GRADES
 from .config import CoipsConfig
 from .inference import faz_logits, faz_window, grade, paste_masks, thumbnails, work_size
+from ..atomic import remove_stale
 from ..enface_io import UNKNOWN_FOV, list_images, missing_fov_message, probe_fov, read_image, to_work_image
 from .faz import FAZ_METRIC_UNITS
 from .postprocess import finish_chunk, finish_image, probability_columns
@@ -236,8 +237,9 @@ class BatchRunner:
         :param fields_of_view: the caller's field of view per path (default ``config.field_of_view_mm``).
         """
         reporter = as_reporter(progress, cancel)
-        for sub in ("masks", "thumbnails"):
+        for sub in ("masks", "thumbnails"):   # this tool's own folders: a previous run's PNGs never stay beside new ones
             (out / sub).mkdir(parents=True, exist_ok=True)
+            remove_stale((out / sub).glob("*.png"))
         pool = _post_pool(int(self.config.post_workers))
         pending, rows, done = deque(), [], 0
         try:

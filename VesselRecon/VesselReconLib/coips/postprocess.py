@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
 from . import GRADES
 from .faz import FAZ_METRIC_UNITS, bounding_crop, faz_flags, faz_metrics, select_faz
 
@@ -51,14 +52,16 @@ def finish_image(item: dict) -> dict:
         flags = faz_flags(row)
         row.update(faz_plausible=not flags, faz_flags="; ".join(flags), **faz_centre(mask))
         if item.get("mask_path"):
-            Image.fromarray(mask.astype(np.uint8) * 255).save(item["mask_path"], compress_level=1)
+            with atomic_path(item["mask_path"]) as temporary:
+                Image.fromarray(mask.astype(np.uint8) * 255).save(temporary, compress_level=1)
             row["mask"] = Path(item["mask_path"]).name
     else:
         row.update({key: float("nan") for key in FAZ_METRIC_UNITS}, faz_plausible="", faz_flags="",
                    faz_centre_x=float("nan"), faz_centre_y=float("nan"))
     if item.get("thumbnail_path") and item.get("thumbnail") is not None:
-        Image.fromarray(overlay(item["thumbnail"], mask, row.get("grade", "error"))).save(
-            item["thumbnail_path"], compress_level=1)
+        with atomic_path(item["thumbnail_path"]) as temporary:
+            Image.fromarray(overlay(item["thumbnail"], mask, row.get("grade", "error"))).save(
+                temporary, compress_level=1)
         row["thumbnail"] = Path(item["thumbnail_path"]).name
     return row
 

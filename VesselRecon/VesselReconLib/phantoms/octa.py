@@ -68,6 +68,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..progress import as_reporter
+from .octa_physics import displace_rows
 from .datasets import register_dataset
 from .tree import Root, TreeParams, grow_tree
 
@@ -649,12 +650,7 @@ def _motion_lines(arrays: list[np.ndarray], n: int, max_shift: float, rng) -> li
         band = int(rng.integers(max(2, H // 40), max(3, H // 6)))
         shift = int(np.round(rng.uniform(-max_shift, max_shift)))
         sl = slice(row, min(H, row + band))
-        for a in out:
-            a[sl] = np.roll(a[sl], shift, axis=1)
-            if shift > 0:
-                a[sl, :shift] = a[sl, shift : shift + 1]
-            elif shift < 0:
-                a[sl, shift:] = a[sl, shift - 1 : shift]
+        displace_rows(out, sl, shift)
         width = int(rng.integers(1, 3))
         streak = slice(row, min(H, row + width))
         out[0][streak] = np.clip(rng.uniform(0.55, 0.95) + 0.1 * rng.normal(size=out[0][streak].shape), 0, 1)

@@ -92,6 +92,16 @@ def _vignette(shape, strength: float, rng) -> np.ndarray:
     return 1.0 - strength * np.clip(r2 / 2.0, 0, 1)
 
 
+def displace_rows(arrays: list[np.ndarray], rows: slice, shift: int) -> None:
+    """Shift ``rows`` of every array sideways by ``shift`` px in place, repeating the edge column."""
+    for a in arrays:
+        a[rows] = np.roll(a[rows], shift, axis=1)
+        if shift > 0:
+            a[rows, :shift] = a[rows, shift : shift + 1]
+        elif shift < 0:
+            a[rows, shift:] = a[rows, shift - 1 : shift]
+
+
 def motion_bands(arrays: list[np.ndarray], n: int, max_shift: float, rng) -> list[np.ndarray]:
     """Horizontal motion artefacts: the band below a line is displaced sideways (in every array,
     so labels stay aligned); the first array (the image) gets a bright or dark streak at the line."""
@@ -102,12 +112,7 @@ def motion_bands(arrays: list[np.ndarray], n: int, max_shift: float, rng) -> lis
         band = int(rng.integers(max(2, H // 40), max(3, H // 4)))
         shift = int(np.round(rng.uniform(-max_shift, max_shift)))
         sl = slice(row, min(H, row + band))
-        for a in out:
-            a[sl] = np.roll(a[sl], shift, axis=1)
-            if shift > 0:
-                a[sl, :shift] = a[sl, shift : shift + 1]
-            elif shift < 0:
-                a[sl, shift:] = a[sl, shift - 1 : shift]
+        displace_rows(out, sl, shift)
         streak = slice(row, min(H, row + int(rng.integers(1, 3))))
         gain = rng.uniform(1.3, 2.5) if rng.random() < 0.7 else rng.uniform(0.3, 0.7)
         out[0][streak] = out[0][streak] * gain + (0.05 * gain if gain > 1 else 0.0)

@@ -16,6 +16,16 @@ from .network import build_model
 log = logging.getLogger(__name__)
 
 
+def _step(model, opt, sched, x, y) -> float:
+    """One optimiser step on the Dice + BCE loss; returns the loss."""
+    loss = dice_bce_loss(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy + soft Dice (per batch)."""
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
@@ -59,14 +69,8 @@ def train_phantoms(out: str | Path, steps: int = 1500, batch: int = 8, crop: int
     history, done = [], 0
     model.train()
     for step in range(steps):
-        x, y = batch_from_pool(pool, batch, crop, rng)
-        loss = dice_bce_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        history.append(_step(model, opt, sched, *batch_from_pool(pool, batch, crop, rng)))
         done = step + 1
-        history.append(float(loss.detach()))
         if step % refresh_every == 0:
             pool.refresh()
         if done % 25 == 0:
@@ -137,14 +141,8 @@ def finetune(out: str | Path, init_state: dict, real: list, val: list, steps: in
     log.info("step 0 val Dice %.4f", best)
     model.train()
     for step in range(steps):
-        x, y = _mixed_batch(pool, real, batch, crop, rng, real_fraction)
-        loss = dice_bce_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        history.append(_step(model, opt, sched, *_mixed_batch(pool, real, batch, crop, rng, real_fraction)))
         done = step + 1
-        history.append(float(loss.detach()))
         if step % 4 == 0:
             pool.refresh()
         stop = minutes is not None and time.time() - t0 > 60 * minutes

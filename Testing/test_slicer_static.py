@@ -933,21 +933,7 @@ class DemoLogic:
 
 
 def test_module_widget_mixin_drives_the_logic():
-    class DemoWidget(slicer_widget.ModuleWidgetMixin):
-        PROCESS_ARGS = {"inputVolume": "input_volume", "outputModel": "output_model", "outputTable": "output_table"}
-        EVALUATE_ARGS = {"outputModel": "prediction", "referenceModel": "reference", "evaluationTable": "table"}
-        REQUIRED_INPUTS = ("inputVolume",)
-        moduleName = "Demo"
-
-        def ensureDependencies(self):
-            return True
-
-    widget, combo = DemoWidget(), FakeCombo()
-    widget.ui = types.SimpleNamespace(**vars(fake_ui()), modelComboBox=combo, checkpointPathLineEdit=FakeWidget(),
-                                      resultsTableView=FakeTableView(), evaluationTableView=FakeTableView())
-    widget.logic, widget._parameterNode = DemoLogic(), DemoParameters()
-    widget.runner = slicer_widget.TaskRunner(widget.ui, on_idle=widget._checkCanApply, error_display=pytest.fail)
-    slicer_widget.fill_model_combo(combo, widget.logic.shipped_models())
+    widget, combo = _demo_widget()
     p, ui = widget._parameterNode, widget.ui
 
     widget._checkCanApply()

@@ -328,6 +328,35 @@ def test_coips(scene, ckpt, monkeypatch):
     cancel_stages("COIPS", scene, run, template, computed)
 
 
+def _display_support(scene, node_ids: set[str]) -> set[str]:
+    """IDs of the display nodes of the given nodes and of the colour tables those display nodes use."""
+    support = set()
+    for node_id in node_ids:
+        node = scene.GetNodeByID(node_id)
+        for i in range(node.GetNumberOfDisplayNodes() if node.IsA("vtkMRMLDisplayableNode") else 0):
+            display = node.GetNthDisplayNode(i)
+            if display is not None:
+                support.add(display.GetID())
+                if display.GetColorNodeID():
+                    support.add(display.GetColorNodeID())
+    return support
+
+
+def no_temporary_nodes_left(case: str, scene, creator: str, call):
+    """Run ``call``; every node it added must be an output of ``creator``, a display node or colour table
+    that such an output shows with, or a storage node (temporary export nodes never outlive the call).
+    Returns the call's result."""
+    before = set(mrml.node_ids(scene))
+    result = call()
+    created = set(mrml.node_ids(scene)) - before
+    owned = {n for n in created if scene.GetNodeByID(n).GetAttribute(mrml.CREATED_BY) == creator}
+    leftovers = [scene.GetNodeByID(n).GetName() for n in created - owned - _display_support(scene, owned)
+                 if not scene.GetNodeByID(n).IsA("vtkMRMLStorageNode")]
+    _record(f"{case} leaves no temporary nodes", "scene" if leftovers else "ok")
+    assert not leftovers, leftovers
+    return result
+
+
 def test_vcnet(scene, ckpt, monkeypatch):
     from VesselReconLib.vcnet import inference
     from VesselReconLib.vcnet.logic import VCNetLogic
@@ -353,15 +382,7 @@ def test_vcnet(scene, ckpt, monkeypatch):
     # a segmentation as mask: the temporary export nodes never outlive the call
     mask = mrml.labelmap_to_segmentation(np.ones((8, 32, 32), np.uint8), np.eye(4), [mrml.SegmentSpec(1, "brain")],
                                          "user brain", reference_volume=template, scene=scene, creator="user")
-    before = set(mrml.node_ids(scene))
-    result = run(template, maskVolume=mask)
-    created = set(mrml.node_ids(scene)) - before
-    owned = {n for n in created if scene.GetNodeByID(n).GetAttribute(mrml.CREATED_BY) == "VCNet"}
-    leftovers = [scene.GetNodeByID(n).GetName() for n in created - owned
-                 if not any(getattr(scene.GetNodeByID(o), "GetDisplayNodeID", lambda: None)() == n for o in owned)
-                 and not scene.GetNodeByID(n).IsA("vtkMRMLStorageNode")]
-    _record("VCNet: segmentation mask leaves no temporary nodes", "scene" if leftovers else "ok")
-    assert not leftovers
+    result = no_temporary_nodes_left("VCNet: segmentation mask", scene, "VCNet", lambda: run(template, maskVolume=mask))
     assert result.outputSegmentation.GetSegmentation().GetNumberOfSegments() == 1
     write_cases("VCNet", scene, monkeypatch, run, template, computed, "rows_to_table")
     cancel_stages("VCNet", scene, run, template, computed)
@@ -396,12 +417,7 @@ def test_vesselsdf(scene, ckpt, monkeypatch):
     roi = mrml.labelmap_to_segmentation(np.ones((6, 32, 32), np.uint8), mrml.ijk_to_ras_matrix((0.7, 0.7, 5.0)),
                                         [mrml.SegmentSpec(1, "liver")], "user liver", reference_volume=template,
                                         scene=scene, creator="user")
-    before = set(mrml.node_ids(scene))
-    run(template, roiMask=roi)
-    created = [scene.GetNodeByID(n) for n in set(mrml.node_ids(scene)) - before]
-    stray = [n.GetName() for n in created if n.GetName() and n.GetName().startswith("__")]
-    _record("VesselSDF: segmentation ROI leaves no temporary nodes", "scene" if stray else "ok")
-    assert not stray
+    no_temporary_nodes_left("VesselSDF: segmentation ROI", scene, "VesselSDF", lambda: run(template, roiMask=roi))
     write_cases("VesselSDF", scene, monkeypatch, run, template, computed, "rows_to_table")
     cancel_stages("VesselSDF", scene, run, template, computed)
 

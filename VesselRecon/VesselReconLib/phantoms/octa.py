@@ -68,7 +68,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..progress import as_reporter
-from .octa_physics import displace_rows
+from .octa_physics import displace_random_band
 from .datasets import register_dataset
 from .tree import Root, TreeParams, grow_tree
 
@@ -656,11 +656,7 @@ def _motion_lines(arrays: list[np.ndarray], n: int, max_shift: float, rng) -> li
     H, W = arrays[0].shape
     out = [a.copy() for a in arrays]
     for _ in range(n):
-        row = int(rng.integers(int(0.05 * H), int(0.95 * H)))
-        band = int(rng.integers(max(2, H // 40), max(3, H // 6)))
-        shift = int(np.round(rng.uniform(-max_shift, max_shift)))
-        sl = slice(row, min(H, row + band))
-        displace_rows(out, sl, shift)
+        row = displace_random_band(out, H // 6, max_shift, rng)
         width = int(rng.integers(1, 3))
         streak = slice(row, min(H, row + width))
         out[0][streak] = np.clip(rng.uniform(0.55, 0.95) + 0.1 * rng.normal(size=out[0][streak].shape), 0, 1)

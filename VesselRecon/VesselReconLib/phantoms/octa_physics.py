@@ -102,17 +102,24 @@ def displace_rows(arrays: list[np.ndarray], rows: slice, shift: int) -> None:
             a[rows, shift:] = a[rows, shift - 1 : shift]
 
 
+def displace_random_band(arrays: list[np.ndarray], max_band: int, max_shift: float, rng) -> int:
+    """Displace a band of random row, height (up to ``max_band``) and shift in every array; return its
+    first row."""
+    H = arrays[0].shape[0]
+    row = int(rng.integers(int(0.05 * H), int(0.95 * H)))
+    band = int(rng.integers(max(2, H // 40), max(3, max_band)))
+    shift = int(np.round(rng.uniform(-max_shift, max_shift)))
+    displace_rows(arrays, slice(row, min(H, row + band)), shift)
+    return row
+
+
 def motion_bands(arrays: list[np.ndarray], n: int, max_shift: float, rng) -> list[np.ndarray]:
     """Horizontal motion artefacts: the band below a line is displaced sideways (in every array,
     so labels stay aligned); the first array (the image) gets a bright or dark streak at the line."""
     H, W = arrays[0].shape
     out = [a.copy() for a in arrays]
     for _ in range(n):
-        row = int(rng.integers(int(0.05 * H), int(0.95 * H)))
-        band = int(rng.integers(max(2, H // 40), max(3, H // 4)))
-        shift = int(np.round(rng.uniform(-max_shift, max_shift)))
-        sl = slice(row, min(H, row + band))
-        displace_rows(out, sl, shift)
+        row = displace_random_band(out, H // 4, max_shift, rng)
         streak = slice(row, min(H, row + int(rng.integers(1, 3))))
         gain = rng.uniform(1.3, 2.5) if rng.random() < 0.7 else rng.uniform(0.3, 0.7)
         out[0][streak] = out[0][streak] * gain + (0.05 * gain if gain > 1 else 0.0)

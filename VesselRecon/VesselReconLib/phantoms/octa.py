@@ -68,7 +68,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..progress import as_reporter
-from .octa_physics import displace_random_band
+from .octa_physics import displace_random_band, vignette
 from .datasets import register_dataset
 from .tree import Root, TreeParams, grow_tree
 
@@ -587,41 +587,6 @@ def _gaussian(img: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(img, sigma, mode="nearest") if sigma > 0 else img
 
 
-def _vignette(shape, strength: float, rng) -> np.ndarray:
-    H, W = shape
-    y, x = np.mgrid[0:H, 0:W]
-    cx, cy = W * rng.uniform(0.4, 0.6), H * rng.uniform(0.4, 0.6)
-    r2 = ((x - cx) ** 2 + (y - cy) ** 2) / (0.5 * max(H, W)) ** 2
-    return 1.0 - strength * np.clip(r2 / 2.0, 0, 1)
-
-
-def _appearance(sig: dict, faz_mask: np.ndarray, rng: np.random.Generator, pixel_mm: float,
-                vignette: float) -> np.ndarray:
-    """Flow images -> en face angiogram with speckle, flow noise, projection artefacts."""
-    shape = faz_mask.shape
-    px = 0.01 / pixel_mm  # pixels per 10 um
-    flow_gain = 1.0 + 0.12 * _gaussian(rng.normal(size=shape), 6 * px) / max(_gaussian_std(6 * px), 1e-6)
-    sup = sig["superficial"] * flow_gain * _speckle(shape, rng)
-    deep = sig["deep"] * flow_gain * _speckle(shape, rng)
-    # projection artefact: superficial large-vessel flow casts blurred tails into the deep slab
-    tails = 0.18 * _gaussian(np.where(sig["superficial"] > 0.75, sig["superficial"], 0.0), 1.2 * px)
-    flow = np.maximum(sup, np.maximum(deep, tails * rng.gamma(4.0, 0.25, shape)))
-    background = rng.gamma(2.0, 0.025, shape) * np.where(faz_mask, 0.6, 1.0)
-    img = np.maximum(flow, background) * _vignette(shape, vignette, rng)
-    return np.clip(img, 0.0, 1.0)
-
-
-def _speckle(shape, rng: np.random.Generator, looks: float = 5.0, grain_px: float = 0.6) -> np.ndarray:
-    """Multiplicative speckle: unit-mean gamma noise with a slight spatial correlation."""
-    g = _gaussian(rng.gamma(looks, 1.0 / looks, shape), grain_px)
-    return g / g.mean()
-
-
-def _gaussian_std(sigma: float) -> float:
-    """Standard deviation of unit white noise after a 2D Gaussian blur (for normalising)."""
-    return 1.0 / (2.0 * math.sqrt(math.pi) * max(sigma, 1e-6))
-
-
 # --------------------------------------------------------------------------------------------
 # Quality degradations
 # --------------------------------------------------------------------------------------------
@@ -707,7 +672,7 @@ def _apply_degradation(case: OCTACase, p: dict, rng: np.random.Generator, shift:
     img = img * _signal_loss(img.shape, p["signal_loss"], rng)
     img = _gaussian(img, p["blur"] * scale)
     img = img * (1.0 + p["stripe"] * rng.normal(size=(H, 1)))
-    img = img * _vignette(img.shape, p["vignette"], rng)
+    img = img * vignette(img.shape, p["vignette"], rng, centre=(0.4, 0.6))
     img = np.clip(img + rng.normal(0, 0.01, img.shape), 0, 1)
     flow = case.vessel_mask if case.flow_mask is None else case.flow_mask
     img, depth, vm, fm, flow = _motion_lines([img, case.depth, case.vessel_mask, case.faz_mask, flow],

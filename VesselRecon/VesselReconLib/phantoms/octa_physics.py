@@ -84,10 +84,11 @@ def sample_appearance(rng: np.random.Generator, randomize: bool = True) -> dict:
     )
 
 
-def _vignette(shape, strength: float, rng) -> np.ndarray:
+def vignette(shape, strength: float, rng, centre=(0.3, 0.7)) -> np.ndarray:
+    """Radial fall-off of ``strength`` around a random centre (fractions of the size within ``centre``)."""
     H, W = shape
     y, x = np.mgrid[0:H, 0:W]
-    cx, cy = W * rng.uniform(0.3, 0.7), H * rng.uniform(0.3, 0.7)
+    cx, cy = W * rng.uniform(*centre), H * rng.uniform(*centre)
     r2 = ((x - cx) ** 2 + (y - cy) ** 2) / (0.5 * max(H, W)) ** 2
     return 1.0 - strength * np.clip(r2 / 2.0, 0, 1)
 
@@ -157,7 +158,7 @@ def acquire(tree: np.ndarray, caps: list[np.ndarray], faz_soft: np.ndarray, rng:
     img = flow + noise * (1.0 - (1.0 - p["faz_floor"]) * faz_soft)
     img = _g(img, p["psf"])
     img = img * (1.0 + p["stripe"] * rng.standard_normal((shape[0], 1)))
-    img = img * _vignette(shape, p["vignette"], rng) * p["dim"]
+    img = img * vignette(shape, p["vignette"], rng) * p["dim"]
     if p["motion"]:
         img, *labels = motion_bands([img, *labels], p["motion"], p["motion_shift"], rng)
     img = _device(img, p)

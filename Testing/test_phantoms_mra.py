@@ -116,3 +116,16 @@ def test_dataset_mixes_cow_crops_and_spacings(tmp_path):
     assert info["case_kinds"] == ["mra-cow"] * 3
     spacings = np.array(info["case_spacings"])
     assert np.all(np.abs(spacings / [0.5, 0.5, 0.8] - 1) <= 0.1 + 1e-6) and len({tuple(s) for s in spacings}) == 3
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_numpy_resize_matches_torch_trilinear(align_corners):
+    """The phantom is numpy (no torch for Sample Data); its linear resize samples where torch's trilinear does."""
+    torch = pytest.importorskip("torch")
+    from VesselReconLib.phantoms.mra import resize_linear
+
+    volume = np.random.default_rng(0).standard_normal((5, 7, 9)).astype(np.float32)
+    for size in [(16, 20, 30), (3, 7, 4)]:
+        expected = torch.nn.functional.interpolate(torch.from_numpy(volume)[None, None], size=size, mode="trilinear",
+                                                   align_corners=align_corners)[0, 0].numpy()
+        np.testing.assert_allclose(resize_linear(volume, size, align_corners), expected, atol=1e-5)

@@ -1694,9 +1694,6 @@ SAMPLES = {
                                            "referenceSegmentation": "vtkMRMLSegmentationNode",
                                            "referenceModel": "vtkMRMLModelNode"}),
 }
-# The MRA phantom behind VCNet's sample renders with torch tensor ops (torch's random generator,
-# trilinear interpolation), so that sample still needs torch; SampleLoader then offers the install.
-NEEDS_TORCH = {"VCNet"}
 TORCH_BLOCK = f"""
 import importlib, importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
@@ -1748,7 +1745,7 @@ def samples_without_torch(tmp_path_factory) -> dict:
     return _run_without_torch(body)
 
 
-@pytest.mark.parametrize("name", [n for n in SAMPLES if n not in NEEDS_TORCH])
+@pytest.mark.parametrize("name", list(SAMPLES))
 def test_samples_load_into_a_scene_without_torch(samples_without_torch, name):
     """The phantoms are numpy: a first-time user gets the sample before PyTorch is installed."""
     assert not samples_without_torch["torch_imported"], "loading a sample must never import torch"
@@ -1758,14 +1755,7 @@ def test_samples_load_into_a_scene_without_torch(samples_without_torch, name):
     assert sample["in_scene"]
 
 
-@pytest.mark.parametrize("name", sorted(NEEDS_TORCH))
-def test_samples_that_need_torch_say_so(samples_without_torch, name):
-    """Without torch such a sample stops with ModuleNotFoundError('torch'), which SampleLoader and the
-    Load sample button turn into the install offer (the documented exception, checked so it is not forgotten)."""
-    assert samples_without_torch[name] == {"missing": "torch"}
-
-
-@pytest.mark.parametrize("name", [n for n in SAMPLES if n not in NEEDS_TORCH])
+@pytest.mark.parametrize("name", list(SAMPLES))
 def test_sample_bundles_generate_without_torch(samples_without_torch, name):
     """``SampleData.downloadSample`` path: the default-size sample as a loadable ``.mrb``, without torch."""
     assert samples_without_torch[name]["bundle_volumes"] >= 1

@@ -17,7 +17,9 @@ the surface; ``"micro"`` bright, dominated by 1-2 voxel vessels. The head has th
 at any spacing (``full_shape(spacing)``); crops can be centred on the brain or on the circle of
 Willis (``crop_centre="cow"``: small crops with no air, as real CoW crops are). Arrays are ``[k, j, i]``;
 spacing ``(sx, sy, sz)`` mm; world position of voxel ``[k, j, i]`` is ``(i*sx, j*sy, k*sz)``.
-Heavy voxel work runs as torch tensor ops (interpolation, separable convolution, noise).
+Pure numpy (no torch): a numpy ``Generator`` for the noise fields, separable linear interpolation
+(the same sample positions as trilinear resizing) and a small separable blur, so the phantoms (and
+VCNet's Sample Data) work before PyTorch is installed.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .datasets import register_dataset, save_nifti, write_msd_dataset_json
 from .geometry import tree_to_labelmap
@@ -91,23 +91,44 @@ STYLES = {
 SATURATION_FLOOR = 0.5  # distal arterial signal never falls below this fraction
 
 
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed))
+def _generator(seed: int) -> np.random.Generator:
+    """The image-noise stream of a case (separate from the tree's ``default_rng(seed)`` stream)."""
+    return np.random.default_rng([int(seed), 0x4D5241])
 
 
-def smooth_noise(shape, cell_mm: float, spacing, gen: torch.Generator) -> torch.Tensor:
-    """Band-limited random field of unit scale: coarse Gaussian noise upsampled trilinearly."""
+def resize_linear(volume: np.ndarray, size, align_corners: bool) -> np.ndarray:
+    """Separable linear resize of a 3D float32 array to ``size``: the sample positions and edge clamping
+    of trilinear interpolation with ``align_corners`` True (corner centres aligned) or False (half-pixel)."""
+    out = np.asarray(volume, np.float32)
+    for axis, n_out in enumerate(int(s) for s in size):
+        n_in = out.shape[axis]
+        if n_in == n_out:
+            continue
+        if align_corners:
+            pos = np.arange(n_out) * ((n_in - 1) / max(n_out - 1, 1))
+        else:
+            pos = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        low = np.minimum(np.floor(pos).astype(np.intp), n_in - 1)
+        high = np.minimum(low + 1, n_in - 1)
+        weight = (pos - low).astype(np.float32).reshape([-1 if d == axis else 1 for d in range(out.ndim)])
+        first = np.take(out, low, axis=axis)
+        out = first + (np.take(out, high, axis=axis) - first) * weight
+    return out
+
+
+def smooth_noise(shape, cell_mm: float, spacing, gen: np.random.Generator) -> np.ndarray:
+    """Band-limited random field of unit scale: coarse Gaussian noise upsampled (linear, corners aligned)."""
     extent = np.asarray(shape) * np.asarray(spacing)[::-1]
     coarse = [max(2, int(np.ceil(e / cell_mm)) + 1) for e in extent]
-    field = torch.randn(1, 1, *coarse, generator=gen)
-    return F.interpolate(field, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=True)[0, 0]
+    return resize_linear(gen.standard_normal(coarse, dtype=np.float32), shape, align_corners=True)
 
 
-def _axes(shape, spacing, origin=(0.0, 0.0, 0.0)) -> list[torch.Tensor]:
+def _axes(shape, spacing, origin=(0.0, 0.0, 0.0)) -> list[np.ndarray]:
     """World coordinates (mm) along k, j, i, broadcastable to ``shape``."""
-    k, j, i = (torch.arange(n, dtype=torch.float32) for n in shape)
-    return [k.view(-1, 1, 1) * spacing[2] + origin[2], j.view(1, -1, 1) * spacing[1] + origin[1],
-            i.view(1, 1, -1) * spacing[0] + origin[0]]
+    k, j, i = (np.arange(n, dtype=np.float32) for n in shape)
+    return [k.reshape(-1, 1, 1) * np.float32(spacing[2]) + np.float32(origin[2]),
+            j.reshape(1, -1, 1) * np.float32(spacing[1]) + np.float32(origin[1]),
+            i.reshape(1, 1, -1) * np.float32(spacing[0]) + np.float32(origin[0])]
 
 
 def full_shape(spacing) -> tuple[int, int, int]:
@@ -124,10 +145,11 @@ def head_geometry(shape, spacing) -> tuple[np.ndarray, np.ndarray]:
     return centre, radii
 
 
-def ellipsoid_level(shape, spacing, centre, radii, origin=(0.0, 0.0, 0.0)) -> torch.Tensor:
-    """``sum(((x - c) / r)^2)`` on the grid (``<= 1`` inside)."""
+def ellipsoid_level(shape, spacing, centre, radii, origin=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """``sum(((x - c) / r)^2)`` on the grid (``<= 1`` inside), float32."""
     z, y, x = _axes(shape, spacing, origin)
-    return ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((z - centre[2]) / radii[2]) ** 2
+    terms = [((a - np.float32(c)) / np.float32(r)) ** 2 for a, c, r in zip((x, y, z), centre, radii)]
+    return (terms[0] + terms[1]) + terms[2]
 
 
 def _roots(style: KindStyle, centre, radii, rng: np.random.Generator) -> list[Root]:
@@ -288,18 +310,20 @@ def grow_vessels(style: KindStyle, shape, spacing, seed: int) -> VascularTree:
     return tree
 
 
-def _blur3(volume: torch.Tensor, sigma_vox) -> torch.Tensor:
+def _blur3(volume: np.ndarray, sigma_vox) -> np.ndarray:
     """Small separable blur ``[a, 1-2a, a]`` per axis with ``a = sigma^2 / 2`` (same variance as a
     Gaussian of ``sigma`` voxels; for the sub-voxel point-spread function, sigma <= 0.8)."""
-    out = volume.clone()
+    out = np.array(volume, np.float32)
     for axis, sigma in enumerate(sigma_vox):
-        a = min(float(sigma) ** 2 / 2, 1 / 3)
+        a = np.float32(min(float(sigma) ** 2 / 2, 1 / 3))
         if a <= 0 or out.shape[axis] < 2:
             continue
+        head = [slice(None)] * out.ndim
+        tail = [slice(None)] * out.ndim
+        head[axis], tail[axis] = slice(1, None), slice(None, -1)
         centre = out * (1 - 2 * a)
-        length = out.shape[axis]
-        centre.narrow(axis, 1, length - 1).add_(out.narrow(axis, 0, length - 1), alpha=a)
-        centre.narrow(axis, 0, length - 1).add_(out.narrow(axis, 1, length - 1), alpha=a)
+        centre[tuple(head)] += a * out[tuple(tail)]
+        centre[tuple(tail)] += a * out[tuple(head)]
         out = centre
     return out
 
@@ -307,7 +331,7 @@ def _blur3(volume: torch.Tensor, sigma_vox) -> torch.Tensor:
 PSF_MM = 0.22
 
 
-def vessel_contrast(tree: VascularTree, style: KindStyle, shape, spacing, origin) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+def vessel_contrast(tree: VascularTree, style: KindStyle, shape, spacing, origin) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Binary label, the PSF-blurred vessel intensity map and the blurred vessel coverage.
 
     Intensity per node: radius-dependent (partial volume of thin vessels) times the inflow
@@ -330,16 +354,16 @@ def _draw_tubes(tree: VascularTree, value: np.ndarray, shape, spacing, origin, t
     label = (level > 0).astype(np.uint8)
     lut = np.maximum(np.arange(256, dtype=np.float32) - 1, 0) * (top / 253)
     lut[0] = 0.0
-    both = torch.stack([torch.from_numpy(lut[level]), torch.from_numpy(label).float()])
+    both = np.stack([lut[level], label.astype(np.float32)])
     psf = (0, PSF_MM / spacing[2], PSF_MM / spacing[1], PSF_MM / spacing[0])
     blurred = _blur3(both, psf)
     return label, blurred[0], blurred[1]
 
 
-def tissue(shape, spacing, origin, head, style: KindStyle, gen: torch.Generator) -> torch.Tensor:
+def tissue(shape, spacing, origin, head, style: KindStyle, gen: np.random.Generator) -> np.ndarray:
     """Head tissue intensities: fat and scalp, skull and a grey/white-matter texture with CSF-like folds.
 
-    Rendered at half in-plane resolution (the texture is smooth) and upsampled trilinearly.
+    Rendered at half in-plane resolution (the texture is smooth) and upsampled linearly (half-pixel).
     :param head: ``(centre, radii)`` of the head ellipsoid.
     """
     coarse = (shape[0], max(2, shape[1] // 2), max(2, shape[2] // 2))
@@ -347,33 +371,38 @@ def tissue(shape, spacing, origin, head, style: KindStyle, gen: torch.Generator)
     shift = (np.asarray(coarse_spacing) - np.asarray(spacing)) / 2
     level = ellipsoid_level(coarse, coarse_spacing, head[0], head[1], np.asarray(origin) + shift)
     folds = smooth_noise(coarse, 6.0, coarse_spacing, gen)
-    white = torch.sigmoid(3.0 * (folds + 0.2))
-    matter = style.grey + (style.white - style.grey) * white
-    matter.mul_(1 + 0.06 * smooth_noise(coarse, 2.0, coarse_spacing, gen))
-    matter.mul_(1 - (0.3 if style.dark else 0.35) * torch.exp(-((folds + 0.9) / 0.12) ** 2))
+    white = 1 / (1 + np.exp(-3.0 * (folds + 0.2)))
+    matter = np.float32(style.grey) + np.float32(style.white - style.grey) * white
+    matter *= 1 + np.float32(0.06) * smooth_noise(coarse, 2.0, coarse_spacing, gen)
+    matter *= 1 - np.float32(0.3 if style.dark else 0.35) * np.exp(-((folds + 0.9) / 0.12) ** 2)
     inner = BRAIN_SCALE ** 2
-    scalp = torch.where(level > 0.93, torch.tensor(style.fat or style.scalp), torch.tensor(style.scalp))
-    shell = torch.where(level > (1 + inner) / 2, scalp, torch.tensor(0.06))
-    image = torch.where(level <= inner, matter, torch.where(level <= 1, shell, torch.zeros(())))
-    return F.interpolate(image[None, None], size=tuple(shape), mode="trilinear", align_corners=False)[0, 0]
+    scalp = np.where(level > 0.93, np.float32(style.fat or style.scalp), np.float32(style.scalp))
+    shell = np.where(level > (1 + inner) / 2, scalp, np.float32(0.06))
+    image = np.where(level <= inner, matter, np.where(level <= 1, shell, np.float32(0.0))).astype(np.float32)
+    return resize_linear(image, shape, align_corners=False)
 
 
 def brain_mask(shape, spacing, origin, head) -> np.ndarray:
     """The brain ellipsoid as a ``uint8`` mask."""
     level = ellipsoid_level(shape, spacing, head[0], head[1] * BRAIN_SCALE, origin)
-    return (level <= 1).numpy().astype(np.uint8)
+    return (level <= 1).astype(np.uint8)
 
 
-def bias_field(shape, spacing, gen: torch.Generator, strength: float = 0.18) -> torch.Tensor:
+def bias_field(shape, spacing, gen: np.random.Generator, strength: float = 0.18) -> np.ndarray:
     """Smooth multiplicative field ``exp(strength * noise)`` with ~60 mm correlation."""
-    return smooth_noise(shape, 60.0, spacing, gen).mul_(strength).exp_()
+    field = smooth_noise(shape, 60.0, spacing, gen)
+    field *= np.float32(strength)
+    return np.exp(field, out=field)
 
 
-def add_rician_noise(image: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.Tensor:
+def add_rician_noise(image: np.ndarray, sigma: float, gen: np.random.Generator) -> np.ndarray:
     """Magnitude of the image plus complex Gaussian noise (Rician; Rayleigh where the signal is 0)."""
-    real = torch.randn(image.shape, generator=gen).mul_(sigma).add_(image)
-    imag = torch.randn(image.shape, generator=gen).mul_(sigma)
-    return real.mul_(real).addcmul_(imag, imag).sqrt_()
+    real = gen.standard_normal(image.shape, dtype=np.float32)
+    real *= np.float32(sigma)
+    real += image
+    imag = gen.standard_normal(image.shape, dtype=np.float32)
+    imag *= np.float32(sigma)
+    return np.hypot(real, imag, out=real)
 
 
 def crop_start(full_shape, crop, rng: np.random.Generator, centre_kji=None) -> tuple[int, int, int]:
@@ -426,14 +455,17 @@ def render_mra(kind: str = "mra", shape=None, spacing=FULL_SPACING, seed: int = 
     if style.sinus > 0:
         sinuses = venous_sinuses(*head, np.random.default_rng(seed + 11))
         _, sinus_value, sinus_cover = _draw_tubes(sinuses, np.full(sinuses.n_nodes, style.sinus), grid, spacing, origin)
-        image.mul_(1 - sinus_cover.clamp_(0, 1)).add_(sinus_value)
-    image.mul_(1 - coverage.clamp_(0, 1)).add_(vessels)
-    image.mul_(bias_field(grid, spacing, gen))
-    image = add_rician_noise(image, style.noise, gen).mul_(1000.0)
+        image *= 1 - np.clip(sinus_cover, 0, 1)
+        image += sinus_value
+    image *= 1 - np.clip(coverage, 0, 1)
+    image += vessels
+    image *= bias_field(grid, spacing, gen)
+    image = add_rician_noise(image, style.noise, gen)
+    image *= np.float32(1000.0)
     meta = {"kind": kind, "seed": seed, "shape": list(grid), "head_shape": list(full), "start": list(start),
             "spacing": list(spacing), "vessel_fraction": float(label.mean()), "tree_nodes": int(tree.n_nodes),
             "dark_vessels": style.dark, "crop_centre": crop_centre}
-    return MRAPhantom(image.numpy(), label, brain, spacing, kind, seed, tree, meta)
+    return MRAPhantom(image.astype(np.float32, copy=False), label, brain, spacing, kind, seed, tree, meta)
 
 
 TRAIN_CROP = (48, 160, 160)

@@ -710,6 +710,7 @@ def render_octa(
     *,
     randomize: bool = True,
     vessel_density: float | None = None,
+    depth_realism: bool = False,
 ) -> OCTACase:
     """Render one realistic OCTA phantom.
 
@@ -724,6 +725,8 @@ def render_octa(
         gamma, speckle, noise, slab, blur/sharpening, resolution, motion bands, vignetting, signal
         level); False gives one fixed, device-neutral appearance (same anatomy).
     :param vessel_density: scale of the large-vessel attractor count (default: drawn in 0.8-1.25).
+    :param depth_realism: render depth as it shows in real superficial + deep slab composites
+        (:data:`DEPTH_REALISM`); False (default) keeps the renderer's outputs unchanged.
     :returns: an :class:`OCTACase`. ``vessel_mask`` follows the expert labelling convention of
         real datasets (ROSSA): the arteriole/venule tree down to its terminal branches, not the
         capillary bed; ``flow_mask`` adds the capillary pixels; ``depth`` is set on ``flow_mask``.
@@ -748,9 +751,12 @@ def render_octa(
     _, cap_sig = _rasterize(cap_seg, size_px, pixel_mm)
     gap = _faz_gap(faz, size_px, pixel_mm)
     faz_mask = gap < 0
-    caps, cap_depth = _capillaries(rng, size_px, pixel_mm, gap, dmodel, tree_sig["superficial"], tree_depth)
+    caps, cap_depth = _capillaries(rng, size_px, pixel_mm, gap, dmodel, tree_sig["superficial"], tree_depth,
+                                   depth_realism)
     caps[0] = np.maximum(caps[0], cap_sig["superficial"])
     look = sample_appearance(np.random.default_rng([int(seed), 0x0C7A, 3]), randomize)
+    if depth_realism:
+        look = _realistic_depth_look(look, np.random.default_rng([int(seed), 0x0C7A, 5]))
     z0, z1 = DEPTH_RANGE_MM
     gains = np.asarray(look["cap_gain"])[:, None, None]
     cap_stack = np.stack(caps) * gains
@@ -784,13 +790,39 @@ def render_octa(
     return case
 
 
+#: ``depth_realism=True``: how depth shows in real OCTA (OCTAGON superficial/deep slab pairs, see
+#: OCTADepth's README). The image is the whole inner retina (the composite of the superficial and
+#: deep slabs), so every plexus that the depth label names is visible; the deep capillary plexus is
+#: the brightest, densest, finest polygonal mesh filling the space between the large vessels; the
+#: superficial capillaries are coarser, about as bright or dimmer, and concentrate beside the large
+#: vessels they branch from; the intermediate plexus is sparse and dim.
+DEPTH_REALISM = {
+    "spacing_mm": ((0.045, 0.08), (0.04, 0.07), (0.025, 0.04)),  # superficial, intermediate, deep
+    "dcp_gain": (0.35, 0.8),
+    "svp_to_dcp_gain": (0.55, 1.05),
+    "icp_to_dcp_gain": (0.25, 0.6),
+    "svp_near_vessel_mm": 0.08,  # superficial capillary density falls off with this scale ...
+    "svp_far_floor": 0.35,  # ... to this fraction far from the large vessels
+}
+
+
+def _realistic_depth_look(look: dict, rng: np.random.Generator) -> dict:
+    """Appearance for ``depth_realism``: full inner-retina slab and plexus gains as in real composites."""
+    dcp = float(rng.uniform(*DEPTH_REALISM["dcp_gain"]))
+    svp = dcp * float(rng.uniform(*DEPTH_REALISM["svp_to_dcp_gain"]))
+    icp = dcp * float(rng.uniform(*DEPTH_REALISM["icp_to_dcp_gain"]))
+    return {**look, "slab": "full", "cap_gain": [svp, icp, dcp]}
+
+
 def _capillaries(rng, size_px: int, pixel_mm: float, faz_gap: np.ndarray, dmodel: _DepthModel,
-                 tree_sig: np.ndarray, tree_depth: np.ndarray):
+                 tree_sig: np.ndarray, tree_depth: np.ndarray, depth_realism: bool = False):
     """Capillary textures of the superficial, intermediate and deep plexus, and their depth maps (mm).
 
     Each bed is a :func:`~.octa_physics.capillary_network` with its own intercapillary spacing,
     modulated by a smooth perfusion field, absent from the FAZ (soft 1.5 px edge), and, in the
-    superficial plexus, thinned along the large vessels (capillary-free zones).
+    superficial plexus, thinned along the large vessels (capillary-free zones). With
+    ``depth_realism`` the spacings are :data:`DEPTH_REALISM`'s and the superficial bed concentrates
+    beside the large vessels.
     """
     from scipy.ndimage import distance_transform_edt
 
@@ -801,9 +833,16 @@ def _capillaries(rng, size_px: int, pixel_mm: float, faz_gap: np.ndarray, dmodel
     width = max(0.7, 0.008 / pixel_mm) * rng.uniform(0.7, 1.2)
     big = np.isfinite(tree_depth) & (tree_sig > 0.7)
     gap_px = rng.uniform(0.0, 0.03) / pixel_mm
-    cfz = np.clip((distance_transform_edt(~big) - gap_px) / 2.0, 0.0, 1.0) if big.any() else 1.0
+    distance_px = distance_transform_edt(~big) if big.any() else None
+    cfz = np.clip((distance_px - gap_px) / 2.0, 0.0, 1.0) if big.any() else 1.0
+    spacings = ((0.035, 0.07), (0.03, 0.06), (0.03, 0.05))
+    if depth_realism:
+        spacings = DEPTH_REALISM["spacing_mm"]
+        if distance_px is not None:
+            floor = DEPTH_REALISM["svp_far_floor"]
+            cfz = cfz * (floor + (1 - floor) * np.exp(-distance_px * pixel_mm / DEPTH_REALISM["svp_near_vessel_mm"]))
     caps, depths = [], []
-    for k, (lo, hi) in enumerate(((0.035, 0.07), (0.03, 0.06), (0.03, 0.05))):
+    for k, (lo, hi) in enumerate(spacings):
         net = capillary_network(rng, shape, rng.uniform(lo, hi) / pixel_mm, width)
         wave = _smooth_field(rng, wavelength_mm=rng.uniform(0.3, 1.0))
         perfusion = 0.65 + 0.35 * _on_pixels(wave, size_px, pixel_mm)
@@ -917,7 +956,7 @@ def _case_plan(count: int, seed: int, size_px, field_mm):
 @register_dataset("octa")
 def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress: Callable | None = None,
                        size_px: int | Sequence[int] = 304, field_mm: float | Sequence[float] = 3.0,
-                       quality: int | str | None = None) -> Path:
+                       quality: int | str | None = None, depth_realism: bool = False) -> Path:
     """OCTA depth-estimation set::
 
         images/<id>.png       8-bit en face angiogram
@@ -932,6 +971,7 @@ def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress:
     :param size_px: image size, or a list to draw from per case (e.g. ``[304, 320, 400, 512]``).
     :param field_mm: field of view, or a list to draw from per case (e.g. ``[3, 6]``).
     :param quality: None (clean renders), 0/1/2 for that label, or ``"random"`` (uniform labels).
+    :param depth_realism: passed to :func:`render_octa` (default False: unchanged outputs).
     """
     out = Path(out_dir)
     report = as_reporter(progress)
@@ -940,7 +980,7 @@ def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress:
     for i, (s, n, f) in enumerate(plan):
         report(i / max(count, 1), f"OCTA case {i + 1}/{count}")
         q = int(rng.integers(3)) if quality == "random" else quality
-        case = render_octa(s, n, f, quality=q)
+        case = render_octa(s, n, f, quality=q, depth_realism=depth_realism)
         cid = f"octa_{i:05d}"
         rec = {
             "id": cid,

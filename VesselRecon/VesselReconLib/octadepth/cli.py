@@ -97,6 +97,12 @@ def add_train_arguments(parser) -> None:
                         help="ROSSA dataset root (e.g. ../shared/datasets/rossa): real images train the vessel head")
     parser.add_argument("--real-per-batch", type=int, default=0, help="real (ROSSA) crops in each batch")
     parser.add_argument("--val-real", type=int, default=40, help="ROSSA val images used for checkpoint selection")
+    parser.add_argument("--init", default=None,
+                        help="warm start: weights (.safetensors/.pt or a shipped name) whose matching tensors are copied")
+    parser.add_argument("--intensity-aug", action="store_true",
+                        help="random gamma/contrast/offset/noise on the training crops")
+    parser.add_argument("--select-threshold", action="store_true",
+                        help="when shipping: pick the vessel threshold on ROSSA val and fold it into the head's bias")
     parser.add_argument("--phantom-vessels", choices=("large", "all"), default="all",
                         help="phantom vessel target: its vessel mask (all), or only vessels ~3 px wide and up")
 
@@ -111,7 +117,8 @@ def train(args) -> int:
         data_dir=Path(args.data), out_dir=Path(args.out), preset=args.preset, plain=args.plain, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed,
         device=args.device, resume=args.resume, rossa_dir=Path(args.rossa) if args.rossa else None,
-        real_per_batch=args.real_per_batch, val_real=args.val_real, phantom_vessels=args.phantom_vessels)
+        real_per_batch=args.real_per_batch, val_real=args.val_real, phantom_vessels=args.phantom_vessels,
+        init=args.init, intensity_augmentation=args.intensity_aug, select_threshold=args.select_threshold)
     bar = TqdmProgress(f"train octadepth {config.model_preset}")
     model, trainer, val_samples = training_run.train(config, progress=bar)
     bar.close()

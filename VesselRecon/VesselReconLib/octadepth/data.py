@@ -57,13 +57,14 @@ def centerline_points(centerlines: dict, pixel_mm: float, z0: float = 0.0, step_
     return np.unique(np.round(sampled, 6), axis=0)
 
 
-def render_samples(seeds, size_px: int = 304, field_mm: float = 3.0) -> list[OCTASample]:
-    """Render phantom cases in memory (for tests, demos and on-the-fly evaluation)."""
+def render_samples(seeds, size_px: int = 304, field_mm: float = 3.0, depth_realism: bool = True) -> list[OCTASample]:
+    """Render phantom cases in memory (for tests, demos and on-the-fly evaluation); ``depth_realism``:
+    the renderer's real-composite depth appearance (what OCTADepth trains on)."""
     from ..phantoms.octa import render_octa
 
     samples = []
     for seed in seeds:
-        case = render_octa(int(seed), size_px, field_mm)
+        case = render_octa(int(seed), size_px, field_mm, depth_realism=depth_realism)
         samples.append(OCTASample(case.image, case.vessel_mask, case.depth, case.pixel_mm,
                                   centerline_points(case.centerlines, case.pixel_mm, case.depth_range_mm[0]),
                                   f"seed{seed}",
@@ -127,7 +128,18 @@ class Batch:
                                               self.has_depth)))
 
 
-def _crop(sample: OCTASample, crop: int, rng: np.random.Generator, train: bool) -> list[np.ndarray]:
+def augment_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random gamma (exp U(-0.35, 0.35)), contrast (0.8-1.2), offset (+-0.08) and, in 30 % of the
+    crops, Gaussian noise (sigma 0.01-0.08) on a normalised image (as OCTAVessel's fine-tuning)."""
+    image = np.clip(image, 0, None) ** float(np.exp(rng.uniform(-0.35, 0.35)))
+    image = image * rng.uniform(0.8, 1.2) + rng.uniform(-0.08, 0.08)
+    if rng.random() < 0.3:
+        image = image + rng.normal(0, rng.uniform(0.01, 0.08), image.shape)
+    return image.astype(np.float32)
+
+
+def _crop(sample: OCTASample, crop: int, rng: np.random.Generator, train: bool,
+          intensity: bool = False) -> list[np.ndarray]:
     height, width = sample.image.shape
     top, left = int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
     window = (slice(top, top + crop), slice(left, left + crop))
@@ -136,19 +148,25 @@ def _crop(sample: OCTASample, crop: int, rng: np.random.Generator, train: bool) 
     weight = np.ones(sample.image.shape, bool) if sample.vessel_weight is None else sample.vessel_weight
     arrays = [normalize_image(sample.image)[window], sample.vessel[window].astype(np.float32),
               weight[window].astype(np.float32), sample.depth[window].astype(np.float32)]
-    return augment(arrays, rng) if train else arrays
+    if not train:
+        return arrays
+    arrays = augment(arrays, rng)
+    if intensity:
+        arrays[0] = augment_intensity(arrays[0], rng)
+    return arrays
 
 
 def mixed_crop_batch(groups: list[list[OCTASample]], counts: list[int], crop: int, rng: np.random.Generator,
-                     train: bool = True) -> Batch:
-    """``counts[i]`` random augmented crops from ``groups[i]`` (e.g. phantoms and real images)."""
+                     train: bool = True, intensity: bool = False) -> Batch:
+    """``counts[i]`` random augmented crops from ``groups[i]`` (e.g. phantoms and real images);
+    ``intensity``: also :func:`augment_intensity` on the training crops."""
     import torch
 
     crops, flags = [], []
     for samples, count in zip(groups, counts):
         for _ in range(count):
             sample = samples[int(rng.integers(len(samples)))]
-            crops.append(_crop(sample, crop, rng, train))
+            crops.append(_crop(sample, crop, rng, train, intensity))
             flags.append(float(sample.has_depth))
     stacked = [torch.from_numpy(np.stack([c[k] for c in crops])[:, None]) for k in range(4)]
     return Batch(*stacked, torch.tensor(flags, dtype=torch.float32))

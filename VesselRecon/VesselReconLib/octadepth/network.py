@@ -34,8 +34,9 @@ from torch import nn
 
 LEVELS = 5
 PRESETS = {
-    "paper": {"base": 64, "plain": False, "structure_stride": 1},
-    "lite": {"base": 8, "plain": False, "structure_stride": 1},
+    "paper": {"base": 64, "plain": False, "structure_stride": 1, "attention_kernel": 3, "skip_scale": "own"},
+    "lite": {"base": 8, "plain": False, "structure_stride": 1, "hidden": 4, "attention_kernel": 1, "vessel_hidden": 8,
+             "skip_scale": "own"},
     "unet-paper": {"base": 64, "plain": True},
     "unet-lite": {"base": 8, "plain": True},
 }
@@ -83,12 +84,12 @@ class StructureConstraintBlock(nn.Module):
     latter runs before the upsampling (both linear: the same result, at far lower cost).
     """
 
-    def __init__(self, encoder_channels: int, structure_channels: int, hidden: int = 4):
+    def __init__(self, encoder_channels: int, structure_channels: int, hidden: int = 4, kernel: int = 3):
         super().__init__()
         self.from_structure = nn.Conv2d(structure_channels, hidden, kernel_size=1, bias=False)
         self.from_encoder = nn.Conv2d(encoder_channels, hidden, kernel_size=1)
         self.attention = nn.Sequential(nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-                                       nn.Conv2d(hidden, 1, kernel_size=3, padding=1), nn.Sigmoid())
+                                       nn.Conv2d(hidden, 1, kernel_size=kernel, padding=kernel // 2), nn.Sigmoid())
 
     def gate(self, encoder_features: torch.Tensor, structure: GatedFeatures, size) -> torch.Tensor:
         """The attention map ``a_{t-1}`` at the structure branch's resolution ``size``."""
@@ -134,24 +135,29 @@ class OCTADepthNet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, base: int = 8, plain: bool = False, structure_stride: int = 2,
-                 hidden: int | None = None):
+                 hidden: int | None = None, vessel_hidden: int | None = None, attention_kernel: int = 3,
+                 skip_scale: str = "own"):
         super().__init__()
+        if skip_scale not in ("own", "previous"):
+            raise ValueError(f"skip_scale must be 'own' or 'previous', got {skip_scale!r}.")
         self.plain = plain
         self.structure_stride = structure_stride
+        self.skip_scale = skip_scale
         widths = [base * 2**level for level in range(LEVELS)]
         self.encoders = nn.ModuleList(
             [_conv_block(in_channels if level == 0 else widths[level - 1], widths[level]) for level in range(LEVELS)])
         hidden = hidden or max(16, base // 2)
+        vessel_hidden = vessel_hidden or hidden
         if plain:
             skips = widths[:-1]
         else:
-            self.scbs = nn.ModuleList([StructureConstraintBlock(widths[t], widths[t - 1], hidden)
+            self.scbs = nn.ModuleList([StructureConstraintBlock(widths[t], widths[t - 1], hidden, attention_kernel)
                                        for t in range(1, LEVELS)])
-            self.vessel_reduce = nn.Conv2d(widths[-1], hidden, kernel_size=1, bias=False)
+            self.vessel_reduce = nn.Conv2d(widths[-1], vessel_hidden, kernel_size=1, bias=False)
             self.vessel_head = nn.Sequential(
-                Convolution(2, hidden, hidden, kernel_size=3, norm=NORM, act=ACT, adn_ordering="NA"),
-                Convolution(2, hidden, 1, kernel_size=1, conv_only=True))
-            skips = widths[1:]
+                Convolution(2, vessel_hidden, vessel_hidden, kernel_size=3, norm=NORM, act=ACT, adn_ordering="NA"),
+                Convolution(2, vessel_hidden, 1, kernel_size=1, conv_only=True))
+            skips = widths[1:] if skip_scale == "previous" else widths[:-1]
         self.decoders = nn.ModuleList(
             [UpBlock(widths[level + 1], skips[level], widths[level]) for level in range(LEVELS - 1)])
         self.head = Convolution(2, widths[0], 2 if plain else 1, kernel_size=1, conv_only=True)
@@ -182,13 +188,18 @@ class OCTADepthNet(nn.Module):
         if x.shape[-1] % 16 or x.shape[-2] % 16:
             raise ValueError(f"OCTADepthNet needs H and W divisible by 16, got {tuple(x.shape[-2:])}.")
         features = self.encode(x)
+        decoded = features[-1]
         if self.plain:
             skips = features[:-1]
-        else:
+        elif self.skip_scale == "previous":
             outputs = self.structure_branch(features)
             # SCB t replaces the skip at decoder scale t - 1 (where the plain U-Net uses e_{t-1})
             skips = [out.at(features[level].shape[-2:]) for level, out in enumerate(outputs)]
-        decoded = features[-1]
+        else:
+            outputs = self.structure_branch(features)
+            # s_t replaces e_t at its own scale: skips s_1 = e_1, s_2 .. s_4, and s_5 enters the decoder
+            gated = [out.at(features[level + 1].shape[-2:]) for level, out in enumerate(outputs)]
+            skips, decoded = [features[0], *gated[:-1]], gated[-1]
         for level in reversed(range(LEVELS - 1)):
             decoded = self.decoders[level](decoded, skips[level])
         if self.plain:

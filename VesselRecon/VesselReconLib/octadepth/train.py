@@ -46,6 +46,13 @@ class TrainConfig:
     rossa_dir: Path | None = None
     real_per_batch: int = 0
     val_real: int = 40
+    init: Path | None = None
+    """Start from these weights (a ``.safetensors``/``.pt`` file or a shipped name): every tensor whose
+    name and shape match is copied (warm start), the rest keep their fresh initialisation."""
+    intensity_augmentation: bool = False
+    select_threshold: bool = False
+    """After training, pick the vessel threshold with the best ROSSA ``val`` Dice and fold it into the
+    vessel head's bias (so the shipped model's 0.5 is that threshold)."""
     phantom_vessels: str = "all"
     """``all``: the phantom's vessel mask (which follows the expert, ROSSA, convention: the arteriole/
     venule tree, no capillary bed); ``large``: only its vessels about 3 px wide and up
@@ -130,7 +137,10 @@ def train(config: TrainConfig, progress=None, cancel=None) -> tuple[torch.nn.Mod
     train_samples, val_samples, real_train, real_val = load_training_data(config)
     crop = min(config.crop, *(min(s.image.shape) // 16 * 16 for s in train_samples + real_train))
     device = resolve_device(config.device)
-    model = network.build_model(config.model_preset).to(device)
+    model = network.build_model(config.model_preset)
+    if config.init:
+        warm_start(model, config.init)
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     total_steps = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -145,7 +155,8 @@ def train(config: TrainConfig, progress=None, cancel=None) -> tuple[torch.nn.Mod
     def make_batches(epoch: int):
         rng = np.random.default_rng([config.seed, epoch])
         for _ in range(config.steps_per_epoch):
-            yield data.mixed_crop_batch(groups if real else groups[:1], counts if real else counts[:1], crop, rng)
+            yield data.mixed_crop_batch(groups if real else groups[:1], counts if real else counts[:1], crop, rng,
+                                        intensity=config.intensity_augmentation)
 
     log.info("training %s on %d phantoms (%d held out) + %d real images (%d per batch; %d real held out), "
              "%d epochs x %d steps", config.model_preset, len(train_samples), len(val_samples), len(real_train),
@@ -155,6 +166,50 @@ def train(config: TrainConfig, progress=None, cancel=None) -> tuple[torch.nn.Mod
     trainer.load_best()
     config.mean_vessel_depth = eval_mean_depth(train_samples)
     return model.eval(), trainer, val_samples
+
+
+def warm_start(model: torch.nn.Module, source: str | Path) -> list[str]:
+    """Copy every tensor of ``source`` whose name and shape match ``model``'s; returns the copied names."""
+    from .. import registry
+
+    path = Path(source)
+    if path.suffix in (".safetensors", ".pt", ".pth") and path.is_file():
+        state = registry.read_checkpoint(path)[0] if path.suffix == ".safetensors" else \
+            torch.load(path, map_location="cpu", weights_only=True)["model"]
+    else:
+        state = registry.load_model("octadepth", str(source))[0].state_dict()
+    own = model.state_dict()
+    copied = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
+    model.load_state_dict({**own, **{k: state[k] for k in copied}})
+    log.info("warm start from %s: %d of %d tensors copied", source, len(copied), len(own))
+    return copied
+
+
+def vessel_logit_layer(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """The layer whose output channel is the vessel logit, and that channel."""
+    if model.plain:
+        return model.head.conv, 0
+    return model.vessel_head[-1].conv, 0
+
+
+def select_threshold(model: torch.nn.Module, samples: list[data.OCTASample],
+                     candidates=tuple(np.round(np.arange(0.3, 0.71, 0.05), 2))) -> tuple[float, float]:
+    """Vessel threshold with the best mean Dice on ``samples``; returns ``(threshold, dice)``."""
+    from .. import metrics
+
+    with torch.no_grad():
+        maps = [_forward_whole(model, s.image)[0] for s in samples]
+    scores = {t: float(np.mean([metrics.dice(m > t, s.vessel) for m, s in zip(maps, samples)])) for t in candidates}
+    best = max(scores, key=scores.get)
+    log.info("val Dice by threshold: %s", {k: round(v, 4) for k, v in scores.items()})
+    return float(best), scores[best]
+
+
+def fold_threshold(model: torch.nn.Module, threshold: float) -> None:
+    """Shift the vessel logit by ``-logit(threshold)``: the model's probability 0.5 becomes ``threshold``."""
+    layer, channel = vessel_logit_layer(model)
+    with torch.no_grad():
+        layer.bias[channel] -= math.log(threshold / (1 - threshold))
 
 
 def eval_mean_depth(samples: list) -> float:
@@ -177,6 +232,10 @@ def ship(model: torch.nn.Module, config: TrainConfig, val_samples: list, data_co
     from .eval import evaluate_model
 
     model = model.cpu().eval()
+    threshold = None
+    if config.select_threshold and config.rossa_dir:
+        threshold, _ = select_threshold(model, data.load_rossa(config.rossa_dir, "val"))
+        fold_threshold(model, threshold)
     held_out_ids = {s.name for s in val_samples}
     phantoms = [s for s in data.load_dataset(config.data_dir) if s.name in held_out_ids]
     held_out = {k: round(v, 5) for k, v in evaluate_model(model, phantoms).items()}
@@ -198,6 +257,11 @@ def ship(model: torch.nn.Module, config: TrainConfig, val_samples: list, data_co
         extra_training={"epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch, "batch": config.batch,
                         "crop": config.crop, "lr": config.lr, "optimizer": "Adam + per-step cosine decay",
                         "real_per_batch": config.real_per_batch, "phantom_vessels": config.phantom_vessels,
-                        "held_out_cases": len(val_samples), "mean_vessel_depth": config.mean_vessel_depth},
+                        "held_out_cases": len(val_samples), "mean_vessel_depth": config.mean_vessel_depth,
+                        "init": str(config.init) if config.init else None,
+                        "intensity_augmentation": config.intensity_augmentation,
+                        "vessel_threshold_selected_on_val": threshold,
+                        "vessel_threshold_note": "folded into the vessel logit bias; the shipped model's 0.5 is it"
+                        if threshold is not None else None},
         name=f"octadepth-{config.model_preset}")
     return entry.path

@@ -86,6 +86,39 @@ def test_vessel_map_is_fed_by_the_last_scb_only():
     assert float((after_scb[:, 0] - after_head[:, 0]).abs().max()) > 1e-3
 
 
+def test_scb_outputs_replace_the_skips_at_their_own_scale_as_wide_as_the_plain_unet():
+    torch.manual_seed(0)
+    net, plain = network.build_model("lite").eval(), network.build_model("unet-lite")
+    widths = [d.block.conv1.conv.in_channels for d in net.decoders]
+    assert widths == [d.block.conv1.conv.in_channels for d in plain.decoders]  # not thinner, not wider
+    image = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        features = net.encode(image)
+        outputs = net.structure_branch(features)
+        skip = outputs[0].at(features[1].shape[-2:])  # s_2 at e_2's scale: e_2 gated by a_1
+        a1 = torch.nn.functional.avg_pool2d(outputs[0].attention, 2)
+        torch.testing.assert_close(skip, features[1] * a1)
+        net.train()  # batch statistics: untrained activations are not tiny
+        batch = torch.rand(2, 1, 64, 64)
+        before = net(batch)
+        net.scbs[0].attention[-2].weight.mul_(-3.0)  # the first SCB gates the depth decoder's skips
+        after = net(batch)
+    assert float((after[:, 1] - before[:, 1]).abs().max()) > 1e-3
+
+
+def test_threshold_selected_on_val_is_folded_into_the_vessel_logit():
+    from VesselReconLib.octadepth import train
+
+    for preset in ("lite", "unet-lite"):
+        net = network.build_model(preset).eval()
+        image = torch.rand(1, 1, 32, 32)
+        with torch.no_grad():
+            before = net(image)[:, 0]
+            train.fold_threshold(net, 0.35)
+            after = net(image)[:, 0]
+        assert torch.equal(before > 0.35, after > 0.5)
+
+
 def test_network_refuses_sizes_not_divisible_by_16():
     with pytest.raises(ValueError, match="divisible by 16"):
         network.build_model("lite")(torch.rand(1, 1, 40, 40))
@@ -328,6 +361,24 @@ def test_bad_inputs_are_refused_before_any_scene_change(scene, tmp_path):
         assert _node_names(scene) == before
     with pytest.raises(CheckpointError):
         logic.process(good, device="cpu", model=str(garbage))
+
+
+# ------------------------------------------------------------------ depth-realistic phantoms
+
+
+def test_depth_realistic_phantoms_show_every_labelled_plexus_and_no_dimmer_is_deeper_cue():
+    """Real slab composites (OCTAGON): the deep plexus is as bright as the superficial capillaries and
+    visible wherever it is labelled. The default renderer can label an invisible deep plexus."""
+    from VesselReconLib.phantoms.octa import render_octa
+
+    for seed in (5, 6):
+        case = render_octa(seed, 256, 3.0, depth_realism=True)
+        assert case.meta["appearance"]["slab"] == "full"
+        capillary = (case.depth > 0) & ~case.vessel_mask
+        deep, superficial = capillary & (case.depth > 0.6), capillary & (case.depth < 0.45)
+        assert deep.sum() > superficial.sum() > 1000  # the deep mesh fills the space between vessels
+        assert case.image[deep].mean() > 0.9 * case.image[superficial].mean()
+        assert case.image[deep].mean() > 1.15 * case.image[case.depth == 0].mean()
 
 
 # ------------------------------------------------------------------ shipped weights vs baselines

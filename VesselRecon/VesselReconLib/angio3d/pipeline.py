@@ -169,46 +169,41 @@ def quantitative_coronary_analysis(centerline: np.ndarray, radii: np.ndarray, en
             "dropped_end_samples": dropped, "warnings": warnings}
 
 
-QCA_MEDIAN_SAMPLES = 5     # running median over 5 samples (~2.5 mm) against single-profile noise
+QCA_MEDIAN_SAMPLES = 3     # running median over 3 samples (~1.5 mm) against single-profile outliers
+VIEW_TIE = 0.05            # views within 5 % of each other at the MLD: "A+B"
 
 
 def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_branch: bool = False) -> dict:
-    """QCA of a branch from the view(s) that show the lesion without overlap.
+    """QCA of a branch from both views' profile radii, fused sample by sample.
 
-    Each view gets its own QCA on its edge-profile radii (``views["qca_radii"]``, see
-    :func:`~.centerline.profile_radii_px`; a running median of ``QCA_MEDIAN_SAMPLES``), with floored end
-    samples dropped from the reference. When another vessel overlaps one view at its MLD (densitometry)
-    and not the other, the clean view alone is used (overlap hides a lesion, it never creates one);
-    otherwise the two views' measures are averaged. ``radius_view`` says which: "A", "B" or "A+B".
-    A side branch's first 15 % lie in the parent vessel's shadow: they are left out of its reference.
+    Each view's radii (``views["qca_radii"]``, :func:`~.centerline.profile_radii_px`, mm on the 3D
+    centreline) get a running median of ``QCA_MEDIAN_SAMPLES``; a round lumen projects to the same width
+    in both views, and what corrupts one view's measure -- another vessel overlapping or crossing it,
+    the catheter, a rib edge -- adds darkness and widens it, so the fused radius is the **narrower
+    view** at each sample (the clean one where only one view is overlapped). Where one view found no
+    lumen (floored) the other is used. ``radius_view`` says which view gave the MLD: "A", "B" or "A+B"
+    (within 5 %). The per-view QCAs are kept in ``percent_diameter_stenosis_views``. A side branch's
+    first 15 % lie in the parent vessel's shadow: they are left out of its reference.
     """
     from scipy import ndimage
 
     floored, overlap = views["floored"].copy(), views["overlap"]
     radii = views.get("qca_radii", views["radii"])
-    if side_branch:
-        floored[:, :int(round(0.15 * floored.shape[1]))] = True
-    per_view = []
+    smooth = np.stack([ndimage.median_filter(radii[v], QCA_MEDIAN_SAMPLES, mode="nearest") for v in range(2)])
+    fused = smooth.min(0)
     for v in range(2):
-        smooth = ndimage.median_filter(radii[v], QCA_MEDIAN_SAMPLES, mode="nearest")
-        per_view.append(quantitative_coronary_analysis(centerline, smooth, valid=~floored[v]))
-    deep = int(np.argmax([q["percent_diameter_stenosis"] for q in per_view]))
-    k = per_view[deep]["mld_index"]                       # where the lesion is seen
-    hidden = [bool(overlap[v, max(0, k - 2):k + 3].any()) for v in range(2)]
-    use = [hidden.index(False)] if hidden[0] != hidden[1] else [0, 1]
-    if len(use) == 1:
-        qca, source = dict(per_view[use[0]]), "AB"[use[0]]
-    else:
-        keys = ("mld_mm", "reference_diameter_mm", "percent_diameter_stenosis", "mld_position_mm")
-        qca = dict(per_view[0])
-        qca.update({k: float(np.mean([q[k] for q in per_view])) for k in keys})
-        qca["dropped_end_samples"] = int(sum(q["dropped_end_samples"] for q in per_view))
-        qca["warnings"] = list(dict.fromkeys(per_view[0]["warnings"] + per_view[1]["warnings"]))
-        source = "A+B"
-    if qca["percent_diameter_stenosis"] < 0 and not any("negative" in w for w in qca["warnings"]):
-        qca["warnings"].append(f"negative stenosis ({qca['percent_diameter_stenosis']:.0f} %): check the points")
-    qca["radius_view"] = source
-    qca["percent_diameter_stenosis_views"] = [round(q["percent_diameter_stenosis"], 2) for q in per_view]
+        only_other = (floored[v] | overlap[v]) & ~(floored[1 - v] | overlap[1 - v])
+        fused = np.where(only_other, smooth[1 - v], fused)
+    valid = ~(floored[0] & floored[1])
+    if side_branch:
+        valid[:int(round(0.15 * len(valid)))] = False
+    qca = quantitative_coronary_analysis(centerline, fused, valid=valid)
+    per_view = [quantitative_coronary_analysis(centerline, smooth[v], valid=valid)["percent_diameter_stenosis"]
+                for v in range(2)]
+    k = qca["mld_index"]
+    a, b = smooth[:, k]
+    qca["radius_view"] = "A+B" if abs(a - b) <= VIEW_TIE * max(a, b) else ("A" if a < b else "B")
+    qca["percent_diameter_stenosis_views"] = [round(q, 2) for q in per_view]
     for v, name in enumerate("AB"):
         fraction = float(views["floored"][v].mean())
         if fraction > 0.1:

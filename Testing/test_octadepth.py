@@ -173,6 +173,22 @@ def test_real_images_without_depth_train_only_the_vessel_head():
     assert float(mixed.structure) == pytest.approx(float(alone.structure), rel=1e-4)
 
 
+def test_background_depth_target_is_the_nearest_known_depth_and_the_support_stays_the_truth():
+    depth = np.zeros((5, 5), np.float32)
+    depth[0, 0], depth[4, 4] = 0.2, 0.8
+    filled = data.fill_background_depth(depth)
+    assert filled[1, 0] == pytest.approx(0.2) and filled[3, 4] == pytest.approx(0.8) and (filled > 0).all()
+    assert data.fill_background_depth(np.zeros((3, 3), np.float32)).max() == 0  # real images: no depth
+    pred = torch.full((1, 2, 5, 5), 0.5)
+    pred[:, 1] = torch.from_numpy(filled)  # a depth map equal to the filled target
+    gt, support = torch.from_numpy(filled)[None, None], torch.from_numpy(depth > 0)[None, None].float()
+    seg = torch.zeros(1, 1, 5, 5)
+    terms = losses.octadepth_loss(pred, seg, gt, depth_support=support)
+    assert float(terms.accuracy) == pytest.approx(0.0, abs=1e-7)
+    zero_target = losses.octadepth_loss(pred, seg, torch.from_numpy(depth)[None, None])
+    assert float(zero_target.accuracy) > 0.01  # the paper's 0 background penalises the same map
+
+
 def test_structure_loss_of_constant_images_matches_ssim_formula():
     a, b = 0.2, 0.6
     c1 = (0.01 * 1.0) ** 2

@@ -30,22 +30,22 @@ def _load(preset: str):
 
 
 def _cpu_time_ratio(nets: dict, size: int, repeats: int) -> float:
-    """Ours / plain U-Net in process CPU seconds on one thread: insensitive to other processes' load."""
+    """Ours / plain U-Net in process CPU seconds on one thread (best of ``repeats``, the networks
+    interleaved): insensitive to other processes' load."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     x = torch.rand(1, 1, size, size)
-    best = {}
+    samples = {name: [] for name in nets}
     with torch.inference_mode():
-        for name, net in nets.items():
+        for net in nets.values():
             net.cpu()(x)
-            samples = []
-            for _ in range(repeats):
+        for _ in range(repeats):
+            for name, net in nets.items():
                 start = time.process_time()
                 net(x)
-                samples.append(time.process_time() - start)
-            best[name] = min(samples)
+                samples[name].append(time.process_time() - start)
     torch.set_num_threads(threads)
-    return best["ours"] / best["plain"]
+    return min(samples["ours"]) / min(samples["plain"])
 
 
 def _network_times(nets: dict, size: int, device: torch.device, repeats: int) -> dict:

@@ -101,6 +101,8 @@ def add_train_arguments(parser) -> None:
                         help="warm start: weights (.safetensors/.pt or a shipped name) whose matching tensors are copied")
     parser.add_argument("--intensity-aug", action="store_true",
                         help="random gamma/contrast/offset/noise on the training crops")
+    parser.add_argument("--background-depth", choices=("zero", "nearest"), default="zero",
+                        help="depth target on the background: 0 (the paper) or the nearest known depth")
     parser.add_argument("--select-threshold", action="store_true",
                         help="when shipping: pick the vessel threshold on ROSSA val and fold it into the head's bias")
     parser.add_argument("--phantom-vessels", choices=("large", "all"), default="all",
@@ -118,7 +120,8 @@ def train(args) -> int:
         steps_per_epoch=args.steps_per_epoch, batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed,
         device=args.device, resume=args.resume, rossa_dir=Path(args.rossa) if args.rossa else None,
         real_per_batch=args.real_per_batch, val_real=args.val_real, phantom_vessels=args.phantom_vessels,
-        init=args.init, intensity_augmentation=args.intensity_aug, select_threshold=args.select_threshold)
+        init=args.init, intensity_augmentation=args.intensity_aug, select_threshold=args.select_threshold,
+        background_depth=args.background_depth)
     bar = TqdmProgress(f"train octadepth {config.model_preset}")
     model, trainer, val_samples = training_run.train(config, progress=bar)
     bar.close()

@@ -122,10 +122,12 @@ class Batch:
     vessel_weight: torch.Tensor
     depth: torch.Tensor
     has_depth: torch.Tensor
+    depth_support: torch.Tensor | None = None
+    """1 where the true depth is known; ``None``: where ``depth > 0``."""
 
     def to(self, device) -> "Batch":
-        return Batch(*(t.to(device) for t in (self.image, self.vessel, self.vessel_weight, self.depth,
-                                              self.has_depth)))
+        return Batch(*(None if t is None else t.to(device) for t in (
+            self.image, self.vessel, self.vessel_weight, self.depth, self.has_depth, self.depth_support)))
 
 
 def augment_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -138,8 +140,20 @@ def augment_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return image.astype(np.float32)
 
 
+def fill_background_depth(depth: np.ndarray) -> np.ndarray:
+    """Depth with every background pixel (0) set to the depth of the nearest pixel with a depth
+    (unchanged when no pixel has one)."""
+    from scipy import ndimage
+
+    background = depth <= 0
+    if background.all() or not background.any():
+        return depth
+    index = ndimage.distance_transform_edt(background, return_distances=False, return_indices=True)
+    return depth[tuple(index)]
+
+
 def _crop(sample: OCTASample, crop: int, rng: np.random.Generator, train: bool,
-          intensity: bool = False) -> list[np.ndarray]:
+          intensity: bool = False, fill_background: bool = False) -> list[np.ndarray]:
     height, width = sample.image.shape
     top, left = int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
     window = (slice(top, top + crop), slice(left, left + crop))
@@ -148,6 +162,8 @@ def _crop(sample: OCTASample, crop: int, rng: np.random.Generator, train: bool,
     weight = np.ones(sample.image.shape, bool) if sample.vessel_weight is None else sample.vessel_weight
     arrays = [normalize_image(sample.image)[window], sample.vessel[window].astype(np.float32),
               weight[window].astype(np.float32), sample.depth[window].astype(np.float32)]
+    if fill_background:
+        arrays = [*arrays[:3], fill_background_depth(arrays[3]), (arrays[3] > 0).astype(np.float32)]
     if not train:
         return arrays
     arrays = augment(arrays, rng)
@@ -157,19 +173,20 @@ def _crop(sample: OCTASample, crop: int, rng: np.random.Generator, train: bool,
 
 
 def mixed_crop_batch(groups: list[list[OCTASample]], counts: list[int], crop: int, rng: np.random.Generator,
-                     train: bool = True, intensity: bool = False) -> Batch:
+                     train: bool = True, intensity: bool = False, fill_background: bool = False) -> Batch:
     """``counts[i]`` random augmented crops from ``groups[i]`` (e.g. phantoms and real images);
-    ``intensity``: also :func:`augment_intensity` on the training crops."""
+    ``intensity``: also :func:`augment_intensity` on the training crops; ``fill_background``: the depth
+    target on the background is :func:`fill_background_depth`'s (``depth_support`` marks the known depth)."""
     import torch
 
     crops, flags = [], []
     for samples, count in zip(groups, counts):
         for _ in range(count):
             sample = samples[int(rng.integers(len(samples)))]
-            crops.append(_crop(sample, crop, rng, train, intensity))
+            crops.append(_crop(sample, crop, rng, train, intensity, fill_background))
             flags.append(float(sample.has_depth))
-    stacked = [torch.from_numpy(np.stack([c[k] for c in crops])[:, None]) for k in range(4)]
-    return Batch(*stacked, torch.tensor(flags, dtype=torch.float32))
+    stacked = [torch.from_numpy(np.stack([c[k] for c in crops])[:, None]) for k in range(len(crops[0]))]
+    return Batch(*stacked[:4], torch.tensor(flags, dtype=torch.float32), *stacked[4:])
 
 
 def random_crop_batch(samples: list[OCTASample], batch: int, crop: int, rng: np.random.Generator,

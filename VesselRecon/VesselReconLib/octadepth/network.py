@@ -8,19 +8,21 @@ As in the paper (ISBI 2021):
 * SCB ``t`` (``t = 2..5``) outputs ``s_t = up(e_t) * a_{t-1}``, keeping ``e_t``'s channels, where the
   attention map ``a_{t-1} = sigmoid(f([s_{t-1}, up(e_t)]))`` and ``up`` resizes ``e_t`` bilinearly to
   the structure branch's resolution. The branch starts from the first encoder block, ``s_1 = e_1``.
-* SCB ``t``'s output replaces U-Net's skip connection at decoder scale ``t - 1`` (where the plain
-  U-Net concatenates ``e_{t-1}``), evaluated at that scale as ``resize(e_t) * resize(a_{t-1})``
-  (:class:`GatedFeatures`: the wide product is formed only where it is consumed).
+* ``s_t`` replaces ``e_t`` in the U-Net at ``e_t``'s own scale (``skip_scale="own"``, the default):
+  the skips are ``s_1 = e_1, s_2, s_3, s_4`` and ``s_5`` enters the decoder, each evaluated at that
+  scale as ``e_t * resize(a_{t-1})`` (:class:`GatedFeatures`), so every skip is exactly as wide as the
+  plain U-Net's. (``skip_scale="previous"``, the round-1 layout kept to load its weights, fed ``s_t``
+  to decoder scale ``t - 1``: skips twice as wide, 2x the plain U-Net's CPU time.)
 * The vessel map comes from the last SCB output only: a 1x1 conv, upsampled to full size, then a
   3x3 conv + BN + ReLU and a 1x1 conv (no bypass from other features).
 
-Choices where the paper is silent: ``f`` is a 1x1 conv (to ``max(16, base // 2)`` channels) + BN + ReLU, then a
-3x3 conv to one channel (cheap on the wide, deep SCB inputs); the 1x1 conv's ``e_t`` part runs before
-the upsampling (both are linear, so the result is the same). The ``paper`` preset runs the branch at
-the first block's full resolution (``structure_stride=1``), and so does ``lite``: with the factored
-SCB output (:class:`GatedFeatures`) the half-resolution branch (``structure_stride=2``) saved only
-about 10 % of the CPU time, and full resolution keeps one- and two-pixel vessels in the vessel map
-(module README: measured ratios against the plain U-Net).
+Choices where the paper is silent: ``f`` is a 1x1 conv (to ``hidden`` channels) + BN + ReLU, then a
+conv (``attention_kernel``, 1 or 3) to one channel; the 1x1 conv's ``e_t`` part runs before the
+upsampling (both are linear, so the result is the same). Both presets run the branch at the first
+block's full resolution (``structure_stride=1``; the issue allowed ``lite`` a half-resolution branch
+for speed, which it no longer needs). ``lite`` uses ``hidden=4``, a 1x1 attention conv and an
+8-channel vessel head: the network then costs ~1.3x the plain U-Net on the CPU (a 3x3 conv to one
+channel at full resolution alone cost as much as a U-Net level); ``paper`` uses ``base // 2`` and 3x3.
 """
 
 from __future__ import annotations
@@ -129,9 +131,11 @@ class OCTADepthNet(nn.Module):
     :param base: channels of the first level (doubling per level).
     :param plain: plain U-Net with ordinary skips and both heads on the decoder (the paper's ablation).
     :param structure_stride: resolution of the structure branch relative to the input (1 or 2).
-    :param hidden: width of the SCB attention convolution and of the vessel head (default ``base // 2``,
-        at least 16: with 4 the vessel map of the lite network, which reaches full resolution only through
-        the chain of one-channel attention maps, stayed empty for 180 training steps).
+    :param hidden: width of the SCB attention convolution (default ``base // 2``, at least 16).
+    :param vessel_hidden: width of the vessel head (default ``hidden``).
+    :param attention_kernel: kernel of the attention's last conv (1 or 3).
+    :param skip_scale: ``"own"``: ``s_t`` replaces ``e_t`` at its own scale; ``"previous"``: the round-1
+        layout (``s_t`` at decoder scale ``t - 1``, twice-as-wide skips).
     """
 
     def __init__(self, in_channels: int = 1, base: int = 8, plain: bool = False, structure_stride: int = 2,

@@ -50,6 +50,9 @@ class TrainConfig:
     """Start from these weights (a ``.safetensors``/``.pt`` file or a shipped name): every tensor whose
     name and shape match is copied (warm start), the rest keep their fresh initialisation."""
     intensity_augmentation: bool = False
+    background_depth: str = "zero"
+    """Depth target on the background: ``zero`` (the paper) or ``nearest`` (the nearest known depth,
+    :func:`data.fill_background_depth`; the loss module explains why)."""
     select_threshold: bool = False
     """After training, pick the vessel threshold with the best ROSSA ``val`` Dice and fold it into the
     vessel head's bias (so the shipped model's 0.5 is that threshold)."""
@@ -76,7 +79,7 @@ def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
         batch = data.Batch(image, vessel, torch.ones_like(vessel), depth, torch.ones(len(image)))
     batch = batch.to(next(model.parameters()).device)
     return losses.octadepth_loss(model(batch.image), batch.vessel, batch.depth, batch.vessel_weight,
-                                 batch.has_depth).total
+                                 batch.has_depth, batch.depth_support).total
 
 
 def _forward_whole(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
@@ -156,7 +159,8 @@ def train(config: TrainConfig, progress=None, cancel=None) -> tuple[torch.nn.Mod
         rng = np.random.default_rng([config.seed, epoch])
         for _ in range(config.steps_per_epoch):
             yield data.mixed_crop_batch(groups if real else groups[:1], counts if real else counts[:1], crop, rng,
-                                        intensity=config.intensity_augmentation)
+                                        intensity=config.intensity_augmentation,
+                                        fill_background=config.background_depth == "nearest")
 
     log.info("training %s on %d phantoms (%d held out) + %d real images (%d per batch; %d real held out), "
              "%d epochs x %d steps", config.model_preset, len(train_samples), len(val_samples), len(real_train),
@@ -260,6 +264,7 @@ def ship(model: torch.nn.Module, config: TrainConfig, val_samples: list, data_co
                         "held_out_cases": len(val_samples), "mean_vessel_depth": config.mean_vessel_depth,
                         "init": str(config.init) if config.init else None,
                         "intensity_augmentation": config.intensity_augmentation,
+                        "background_depth": config.background_depth,
                         "vessel_threshold_selected_on_val": threshold,
                         "vessel_threshold_note": "folded into the vessel logit bias; the shipped model's 0.5 is it"
                         if threshold is not None else None},

@@ -157,6 +157,7 @@ def test_bench_reports_one_json_line_on_a_small_input():
     assert abs(cpu["baseline_params"] - cpu["params"]) / cpu["params"] < 0.15
     assert cpu["pipeline_s"] > 0 and cpu["network_vs_baseline"] > 0 and result["mesh_slices"] == 106
     assert cpu["weights"] == "shipped" and cpu["mesh_exact_sdf_points"] > 0
+    assert cpu["network_cpu_s"] > 0 and cpu["baseline_network_cpu_s"] > 0 and len(cpu["load_avg_1min"]) == 2
 
 
 def test_cli_eval_prints_the_ablation_table(tmp_path, capsys):

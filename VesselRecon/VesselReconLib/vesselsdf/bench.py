@@ -1,7 +1,15 @@
-"""``vesselrecon bench vesselsdf``: input-to-mesh time and network time vs a plain 3D U-Net baseline."""
+"""``vesselrecon bench vesselsdf``: input-to-mesh time and network time vs a plain 3D U-Net baseline.
+
+Our network and a plain MONAI U-Net of equal parameter count run on the same whole 512 x 512 x 16
+volume, **interleaved** (ours, plain, ours, plain, ...) so both see the same load from other jobs;
+the pipeline is interleaved with the plain U-Net likewise. Each is reported as the median wall time
+and the median CPU time of this process (less disturbed by other jobs on a shared machine), with the
+1-minute load average before and after.
+"""
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 
@@ -10,26 +18,48 @@ import torch
 
 from ..device import inference, peak_memory_mb, synchronize, time_call
 from ..mrml import spacing_of
-from .inference import mesh_zero_level, predict_in_roi, refine_through_plane, refined_geometry
+from .inference import (mesh_zero_level, predict_in_roi, refine_in_box, refine_through_plane, refined_geometry,
+                        roi_box)
 from .network import build_model, parameter_count, parse_preset
 from .preprocess import canonicalise, normalise_ct
 
 
 def pipeline(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: torch.device, factor: int,
              roi: np.ndarray | None = None) -> dict:
-    """CT -> ROI + normalise -> network on the ROI box -> SDF interpolation -> flying edges; times (s)."""
-    stamps = {"start": time.perf_counter()}
+    """CT -> ROI + normalise -> network on the ROI box -> SDF interpolation on the box -> flying edges
+    (what :func:`.inference.reconstruct` does, without the normals); the mesh's point count."""
     canonical = canonicalise(volume, ijk_to_ras, roi)
     prediction = predict_in_roi(model, canonical, device, tuple(spacing_of(ijk_to_ras)))
     with inference(device):
-        fine = refine_through_plane(torch.from_numpy(prediction.surface_field()).to(device), factor)
-    fine = fine.float().cpu().numpy()
-    synchronize(device)
-    stamps["network"] = time.perf_counter()
-    surface = mesh_zero_level(fine, refined_geometry(ijk_to_ras, factor), compute_normals=False)
-    stamps["mesh"] = time.perf_counter()
-    return {"total_s": stamps["mesh"] - stamps["start"], "mesh_s": stamps["mesh"] - stamps["network"],
-            "points": surface.GetNumberOfPoints()}
+        fine, matrix = refine_in_box(prediction.surface_field(), ijk_to_ras, roi_box(canonical.roi, volume.shape),
+                                     factor, device)
+    surface = mesh_zero_level(fine, matrix, compute_normals=False)
+    return {"points": surface.GetNumberOfPoints()}
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def interleaved(calls: dict, device: torch.device, repeats: int) -> dict:
+    """Time the calls interleaved (A, B, A, B, ...) after one warm-up each, so they share the machine's
+    load: ``{name: {"s": median wall seconds, "cpu_s": median CPU seconds of this process}}``."""
+    for fn in calls.values():
+        fn()
+    samples = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            synchronize(device)
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            synchronize(device)
+            samples[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return {name: {"s": round(float(np.median([w for w, _ in values])), 4),
+                   "cpu_s": round(float(np.median([c for _, c in values])), 4)} for name, values in samples.items()}
 
 
 def _model(preset: str, device: torch.device):
@@ -86,17 +116,23 @@ def bench_device(device: torch.device, preset: str, volume: np.ndarray, ijk_to_r
                 net(x) if plain else net(x, spacing)
         return call
 
-    runs = [pipeline(model, volume, ijk_to_ras, device, factor, roi) for _ in range(repeats + 1)][1:]
-    ours = time_call(network(model), device, repeats, reduce=np.median)
-    plain = time_call(network(baseline, plain=True), device, repeats, reduce=np.median)
-    return {"preset": preset, "weights": weights, "params": parameter_count(model), "baseline": "plain MONAI UNet of equal parameter count",
-            "baseline_params": parameter_count(baseline),
-            "pipeline_s": round(float(np.median([r["total_s"] for r in runs])), 4),
-            "mesh_s": round(float(np.median([r["mesh_s"] for r in runs])), 4),
-            "network_s": round(ours, 4), "baseline_network_s": round(plain, 4),
-            "network_vs_baseline": round(ours / plain, 3),
-            "pipeline_vs_baseline_network": round(float(np.median([r["total_s"] for r in runs])) / plain, 3),
-            "mesh_points": int(runs[-1]["points"]), "peak_gpu_mb": peak_memory_mb(device)}
+    load_before = load_average()
+    nets = interleaved({"ours": network(model), "plain": network(baseline, plain=True)}, device, repeats)
+    points = []
+    runs = interleaved({"pipeline": lambda: points.append(pipeline(model, volume, ijk_to_ras, device, factor, roi)),
+                        "plain": network(baseline, plain=True)}, device, repeats)
+    ours, plain = nets["ours"], nets["plain"]
+    return {"preset": preset, "weights": weights, "params": parameter_count(model),
+            "baseline": "plain MONAI UNet of equal parameter count", "baseline_params": parameter_count(baseline),
+            "timing": f"median of {repeats}, interleaved with the baseline; wall and CPU seconds of this process",
+            "pipeline_s": runs["pipeline"]["s"], "pipeline_cpu_s": runs["pipeline"]["cpu_s"],
+            "network_s": ours["s"], "network_cpu_s": ours["cpu_s"],
+            "baseline_network_s": plain["s"], "baseline_network_cpu_s": plain["cpu_s"],
+            "network_vs_baseline": round(ours["s"] / plain["s"], 3),
+            "network_vs_baseline_cpu": round(ours["cpu_s"] / plain["cpu_s"], 3),
+            "pipeline_vs_baseline_network": round(runs["pipeline"]["s"] / runs["plain"]["s"], 3),
+            "mesh_points": int(points[-1]["points"]), "peak_gpu_mb": peak_memory_mb(device),
+            "load_avg_1min": [load_before, load_average()]}
 
 
 def bench(shape=(16, 512, 512), cpu_preset: str = "lite", cuda_preset: str = "paper", repeats: int = 3,

@@ -202,6 +202,7 @@ class Reconstruction:
     mask: np.ndarray
     surface: object
     fine_field: np.ndarray
+    """The surface field interpolated through the slice gaps, on the ROI's in-plane box."""
     fine_ijk_to_ras: np.ndarray
     factor: int
     canonical: Canonical | None = None
@@ -267,13 +268,27 @@ def reconstruct(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: str |
     prediction = predict_in_roi(model, canonical, device, spacing)
     reporter(0.6, "interpolating the SDF through the slice gaps")
     factor = through_plane_factor(spacing, factor)
-    field = prediction.surface_field()
-    fine = refine_through_plane(torch.from_numpy(field).to(device), factor).cpu().numpy()
-    fine_matrix = refined_geometry(ijk_to_ras, factor)
+    fine, fine_matrix = refine_in_box(prediction.surface_field(), ijk_to_ras, roi_box(canonical.roi, volume.shape),
+                                      factor, device)
     reporter(0.75, "meshing the zero level")
     surface = mesh_zero_level(fine, fine_matrix, min_component_mm3)
     reporter(1.0, "done")
     return Reconstruction(prediction, prediction.mask(), surface, fine, fine_matrix, factor, canonical, spacing)
+
+
+def refine_in_box(field: np.ndarray, ijk_to_ras: np.ndarray, box, factor: int, device="cpu"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The field interpolated through the slice gaps on the ROI box only, and that grid's IJK-to-RAS.
+
+    Outside the box the field is positive (background), so the surface lies inside it: interpolating
+    and meshing the box (about half of a 512² slice for a liver) gives the same surface for less work.
+    """
+    matrix = np.array(ijk_to_ras, dtype=float)
+    if box is not None:
+        field = field[:, box[0]:box[1], box[2]:box[3]]
+        matrix[:3, 3] += matrix[:3, 0] * box[2] + matrix[:3, 1] * box[0]
+    fine = refine_through_plane(torch.from_numpy(np.ascontiguousarray(field)).to(device), factor).cpu().numpy()
+    return fine, refined_geometry(matrix, factor)
 
 
 def predict_in_roi(model, canonical: Canonical, device, spacing) -> Prediction:
@@ -289,7 +304,7 @@ def _outside_is_background(prediction: Prediction, roi: np.ndarray, model) -> Pr
     """Occupancy 0 and SDF at least the bound outside the (2-pixel dilated) ROI."""
     from scipy.ndimage import binary_dilation
 
-    keep = binary_dilation(roi, np.ones((1, 5, 5), bool))
+    keep = binary_dilation(binary_dilation(roi, np.ones((1, 5, 1), bool)), np.ones((1, 1, 5), bool))  # 1x5x5, separably
     occupancy = None if prediction.occupancy is None else np.where(keep, prediction.occupancy, 0.0).astype(np.float32)
     sdf = prediction.sdf
     if sdf is not None:

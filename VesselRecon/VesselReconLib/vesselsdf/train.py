@@ -38,6 +38,10 @@ class TrainConfig:
     :param val_cases: the last cases of the folder held out for per-epoch validation (Dice).
     :param occupancy_from: checkpoint of a full model whose occupancy stage is loaded and frozen
         (trains only the refiner: how the ``nogauss`` ablation shares the full model's first stage).
+    :param init_from: checkpoint whose weights (all that match) start the training (a longer run
+        continued with another loss).
+    :param calibrate: validate at the calibrated level (:func:`calibrate_level`) and ship the best
+        epoch with its level (``model_config["level_mm"]``).
     """
 
     preset: str = "lite"
@@ -51,6 +55,8 @@ class TrainConfig:
     val_cases: int = 2
     device: str = "auto"
     occupancy_from: str | None = None
+    init_from: str | None = None
+    calibrate: bool = False
     model_config: dict = field(default_factory=dict)
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -72,9 +78,27 @@ def make_loss_fn(loss_config: LossConfig, device: torch.device):
     return loss_fn
 
 
-def validation_dice(cases: list[Case], device: torch.device, pick=lambda model: model):
+LEVELS_MM = tuple(np.round(np.arange(-1.0, 2.01, 0.125), 3))
+"""Candidate surface levels (mm) of :func:`calibrate_level`."""
+
+
+def calibrate_level(net, cases: list[Case], device: torch.device, levels=LEVELS_MM) -> tuple[float, float]:
+    """(level, mean Dice): the SDF level (mm, the network's current output) whose mask ``f < level``
+    has the best mean Dice on ``cases`` (validation phantoms). Occupancy-only networks: ``(0, Dice)``."""
+    predictions = [predict(net, c.normalised(), device, c.spacing) for c in cases]
+    if predictions[0].sdf is None:
+        return 0.0, float(np.mean([metrics.dice(p.mask(), c.label) for p, c in zip(predictions, cases)]))
+    scores = [np.mean([metrics.dice(p.sdf < level, c.label) for p, c in zip(predictions, cases)]) for level in levels]
+    best = int(np.argmax(scores))
+    return float(levels[best]), float(scores[best])
+
+
+def validation_dice(cases: list[Case], device: torch.device, pick=lambda model: model, calibrated: bool = False):
     def validate(model) -> dict:
         net = pick(model)
+        if calibrated:
+            level, dice = calibrate_level(net, cases, device)
+            return {"dice": dice, "level_mm": level}
         return {"dice": float(np.mean([metrics.dice(predict(net, c.normalised(), device, c.spacing).mask(), c.label)
                                        for c in cases]))}
     return validate
@@ -97,6 +121,11 @@ def train_model(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, 
     device = resolve_device(config.device)
     train_cases, val_cases = _split(data_dir, config)
     model = build_model(config.preset, **config.model_config).to(device)
+    if config.init_from:
+        from ..registry import read_checkpoint
+
+        missing, unexpected = model.load_state_dict(read_checkpoint(config.init_from)[0], strict=False)
+        log.info("initialised from %s (missing %d, unexpected %d keys)", config.init_from, len(missing), len(unexpected))
     if config.occupancy_from:
         from ..registry import read_checkpoint
 
@@ -110,10 +139,16 @@ def train_model(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, 
         trainer.resume()
     trainer.fit(lambda epoch: batches(train_cases, config.crop, config.batch_size, config.steps_per_epoch,
                                       config.seed * 100003 + epoch, slices=config.slices),
-                config.epochs, validate=validation_dice(val_cases, device) if val_cases else None,
+                config.epochs, validate=validation_dice(val_cases, device, calibrated=config.calibrate) if val_cases else None,
                 batches_per_epoch=config.steps_per_epoch, progress=progress, cancel=cancel)
     trainer.load_best()
-    return model.eval(), trainer
+    model.eval()
+    if config.calibrate and val_cases and model.has_sdf:
+        level, dice = calibrate_level(model, val_cases, device)
+        model.level_mm = level
+        config.model_config = {**config.model_config, "level_mm": level}
+        log.info("calibrated surface level %.3f mm (validation Dice %.4f)", level, dice)
+    return model, trainer
 
 
 class AblationSet(nn.Module):

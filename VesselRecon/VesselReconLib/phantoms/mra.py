@@ -405,6 +405,16 @@ def add_rician_noise(image: np.ndarray, sigma: float, gen: np.random.Generator) 
     return np.hypot(real, imag, out=real)
 
 
+def edge_centre(centre, radii, rng: np.random.Generator) -> np.ndarray:
+    """A point (x, y, z mm) on the skull at a random in-plane angle and height: crops around it hold air,
+    bright fat, scalp, skull and the brain surface (hard negatives for training)."""
+    angle = rng.uniform(0, 2 * np.pi)
+    z = centre[2] + rng.uniform(-0.3, 0.3) * radii[2]
+    scale = np.sqrt(max(1 - ((z - centre[2]) / radii[2]) ** 2, 0.0))  # the slab's cross-section at that height
+    return np.array([centre[0] + 0.93 * scale * radii[0] * np.cos(angle),
+                     centre[1] + 0.93 * scale * radii[1] * np.sin(angle), z])
+
+
 def crop_start(full_shape, crop, rng: np.random.Generator, centre_kji=None) -> tuple[int, int, int]:
     """A random crop start inside the brain's central region (vessel-rich), or around ``centre_kji``
     (voxels; e.g. the circle of Willis), clipped to the volume."""
@@ -429,8 +439,9 @@ def render_mra(kind: str = "mra", shape=None, spacing=FULL_SPACING, seed: int = 
     :param spacing: ``(sx, sy, sz)`` in mm (default 0.5 x 0.5 x 0.8, anisotropic).
     :param seed: makes the case reproducible.
     :param crop: render only a ``(nk, nj, ni)`` crop of the slab (same head, tree and spacing);
-        ``start`` is its first voxel (default: a seeded random crop of the central brain, or of the
-        circle of Willis with ``crop_centre="cow"``).
+        ``start`` is its first voxel (default: a seeded random crop of the central brain, of the
+        circle of Willis with ``crop_centre="cow"``, or across the head's edge with ``crop_centre="edge"``:
+        air, bright fat, scalp, skull and the brain surface).
     """
     if kind not in STYLES:
         raise ValueError(f"Unknown MRA phantom kind {kind!r}; choose one of {', '.join(KINDS)}.")
@@ -441,9 +452,9 @@ def render_mra(kind: str = "mra", shape=None, spacing=FULL_SPACING, seed: int = 
     head = head_geometry(full, spacing)
     if start is None:
         centre_kji = None
-        if crop_centre == "cow":
-            cow = cow_centre(*head)
-            centre_kji = (cow[2] / spacing[2], cow[1] / spacing[1], cow[0] / spacing[0])
+        if crop_centre in ("cow", "edge"):
+            point = cow_centre(*head) if crop_centre == "cow" else edge_centre(*head, np.random.default_rng(seed + 13))
+            centre_kji = (point[2] / spacing[2], point[1] / spacing[1], point[0] / spacing[0])
         start = crop_start(full, grid, np.random.default_rng(seed + 7), centre_kji) if crop else (0, 0, 0)
     origin = (start[2] * spacing[0], start[1] * spacing[1], start[0] * spacing[2])
     gen = _generator(seed)
@@ -485,7 +496,7 @@ def write_case(phantom: MRAPhantom, out_dir: Path, case: str) -> dict:
 
 def write_mra_dataset(out_dir: Path, count: int, seed: int, kind: str = "mra", progress=None,
                       crop=TRAIN_CROP, spacing=FULL_SPACING, micro_fraction: float = 0.34,
-                      cow_fraction: float = 0.5, spacing_jitter: float = 0.0) -> Path:
+                      cow_fraction: float = 0.5, spacing_jitter: float = 0.0, edge_fraction: float = 0.0) -> Path:
     """Write an MSD-style dataset (imagesTr, labelsTr, dataset.json; plus masksTr brain masks).
 
     :param kind: ``mra`` (a ``micro_fraction`` of the cases use the micro variant) or ``swi``.
@@ -493,6 +504,8 @@ def write_mra_dataset(out_dir: Path, count: int, seed: int, kind: str = "mra", p
         ``None`` writes the whole slab.
     :param cow_fraction: for ``mra``, the fraction of (non-micro) crops centred on the circle of
         Willis (no air in the crop) rather than on the brain.
+    :param edge_fraction: for ``mra``, the fraction of (non-micro) crops taken across the head's edge
+        (fat and scalp beside the brain surface; drawn before ``cow_fraction``).
     :param spacing_jitter: each case's spacing is ``spacing`` times a random factor in
         ``[1 - jitter, 1 + jitter]`` (in-plane and slice factors drawn separately).
     """
@@ -505,8 +518,12 @@ def write_mra_dataset(out_dir: Path, count: int, seed: int, kind: str = "mra", p
         case_seed = seed * 100_003 + index
         in_plane, through = rng.uniform(1 - spacing_jitter, 1 + spacing_jitter, 2)
         case_spacing = (spacing[0] * in_plane, spacing[1] * in_plane, spacing[2] * through)
-        centre = "cow" if case_kind == "mra" and rng.random() < cow_fraction else "brain"
-        kinds.append(case_kind if centre == "brain" else f"{case_kind}-cow")
+        centre = "brain"
+        if case_kind == "mra" and edge_fraction > 0 and rng.random() < edge_fraction:
+            centre = "edge"
+        elif case_kind == "mra" and rng.random() < cow_fraction:
+            centre = "cow"
+        kinds.append(case_kind if centre == "brain" else f"{case_kind}-{centre}")
         spacings.append([round(s, 4) for s in case_spacing])
         phantom = render_mra(case_kind, None, case_spacing, case_seed, crop=crop, crop_centre=centre)
         entries.append(write_case(phantom, out_dir, f"{kind}_{index:03d}"))

@@ -91,6 +91,9 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
     parser.add_argument("--val-fraction", type=float, default=0.25)
+    parser.add_argument("--hard-negatives", type=float, default=0.1,
+                        help="fraction of patches centred on bright fat/scalp outside the brain mask (0 = paper: "
+                             "negatives from inside the brain only)")
     parser.add_argument("--out", default="runs/vcnet", help="checkpoint folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dark", action="store_true", help="dark vessels: invert inside the brain mask")
@@ -119,7 +122,8 @@ def train(args) -> int:
         torch.set_num_threads(args.threads)
     config = TrainConfig(data=args.data, preset=args.preset, epochs=args.epochs, steps=args.steps, batch=args.batch,
                          lr=args.lr, val_fraction=args.val_fraction, out=args.out, seed=args.seed, dark=args.dark,
-                         init=args.init, resume=args.resume, device=args.device, patience=args.patience)
+                         init=args.init, resume=args.resume, device=args.device, patience=args.patience,
+                         hard_fraction=args.hard_negatives)
     bar = TqdmProgress(f"train vcnet {args.preset}")
     model, held_out = run_training(config, progress=bar)
     bar.close()

@@ -37,6 +37,40 @@ def auto_head_mask(volume: np.ndarray, level: float | None = None) -> np.ndarray
     return full[:, : volume.shape[1], : volume.shape[2]]
 
 
+HEAD_MARGIN_MM = 8.0  # fat + scalp: 5-7 mm on adult heads, the brain surface lies >= ~10 mm deep
+MIN_AIR_FRACTION = 0.05  # below this much air outside the head mask, a volume is a crop inside the head
+AIR_MIN_THICKNESS_MM = 12.0  # air around a head is thick; skull (5-10 mm) or CSF cut by the field of view is not
+
+
+def intracranial_region(volume: np.ndarray, spacing, level: float | None = None,
+                        margin_mm: float = HEAD_MARGIN_MM) -> np.ndarray:
+    """Where the no-mask call may mark vessels: voxels at least ``margin_mm`` from the air around the
+    head, which removes the bright subcutaneous fat and the scalp.
+
+    The air is what lies outside the automatic head mask (:func:`auto_head_mask`) and is thick: an
+    opening with a ``AIR_MIN_THICKNESS_MM`` ball drops thin dark bands (the skull or CSF cut by the
+    field of view). The volume's faces do not count as air (a slab cutting the head, a crop inside
+    it), and a volume with less than ``MIN_AIR_FRACTION`` air keeps every voxel. On a ~2 mm grid.
+    """
+    from scipy import ndimage
+
+    spacing = np.asarray(spacing, float)[::-1]  # (sz, sy, sx) for (k, j, i)
+    stride = np.maximum(1, np.round(2.0 / spacing)).astype(int)
+    head = auto_head_mask(volume, level)[:: stride[0], :: stride[1], :: stride[2]]
+    step = spacing * stride
+    radius = np.maximum(1, np.round(AIR_MIN_THICKNESS_MM / 2 / step)).astype(int)
+    grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
+    ball = sum((g / r) ** 2 for g, r in zip(grid, radius)) <= 1
+    air = ndimage.binary_erosion(~head, ball, border_value=1)
+    air = ndimage.binary_dilation(air, ball) & ~head
+    if margin_mm <= 0 or air.mean() < MIN_AIR_FRACTION:  # a crop inside the head
+        return np.ones(volume.shape, bool)
+    keep = ndimage.distance_transform_edt(~air, sampling=step) >= margin_mm
+    for axis, n in enumerate(stride):
+        keep = keep.repeat(n, axis=axis)
+    return np.ascontiguousarray(keep[: volume.shape[0], : volume.shape[1], : volume.shape[2]])
+
+
 def _subsample(volume: np.ndarray, region: np.ndarray | None, limit: int = 2_000_000) -> np.ndarray:
     count = volume.size if region is None else int(region.sum())
     step = max(1, int(round((count / limit) ** (1 / 3))))
@@ -145,16 +179,24 @@ class PatchSampler:
 
     :param patch: ``(K3, K1, K2)`` patch size (slices first), e.g. (16, 64, 64).
     :param pos_fraction: probability that a patch is centred on a vessel voxel; the others are
-        centred on a non-vessel voxel inside the brain mask (anywhere when a case has no mask).
+        centred on a non-vessel voxel inside the brain mask (anywhere when a case has no mask), or
+        on a hard negative.
+    :param hard_fraction: probability that a patch is centred on a **hard negative**: a bright
+        voxel (normalised contrast above ``HARD_NEGATIVE_CONTRAST``) outside the brain mask, i.e.
+        subcutaneous fat, scalp or a sinus, which a whole head without a mask shows the network.
+        Cases without such voxels fall back to the other two kinds.
     """
 
-    def __init__(self, cases: list[Case], patch, pos_fraction: float = 0.75, seed: int = 0):
+    def __init__(self, cases: list[Case], patch, pos_fraction: float = 0.75, seed: int = 0,
+                 hard_fraction: float = 0.0):
         from monai.transforms.utils import map_binary_to_indices
 
         self.cases, self.patch, self.pos_fraction = cases, tuple(int(p) for p in patch), pos_fraction
+        self.hard_fraction = float(hard_fraction)
         self.rng = np.random.RandomState(seed)
         self.indices = [map_binary_to_indices(c.label[None], image=None if c.mask is None else c.mask[None],
                                               image_threshold=0) for c in cases]
+        self.hard = [hard_negatives(c) for c in cases]
 
     def _pad(self, array: np.ndarray, value: float) -> np.ndarray:
         pads = [(0, max(0, p - s)) for p, s in zip(self.patch, array.shape[1:])]
@@ -167,8 +209,13 @@ class PatchSampler:
         index = int(self.rng.randint(len(self.cases)))
         case = self.cases[index]
         fg, bg = self.indices[index]
-        centre = generate_pos_neg_label_crop_centers(self.patch, 1, self.pos_fraction, case.label.shape, fg, bg,
-                                                     rand_state=self.rng, allow_smaller=True)[0]
+        hard = self.hard[index]
+        if self.hard_fraction > 0 and self.rng.rand() < self.hard_fraction and hard.size:
+            centre = np.unravel_index(int(hard[self.rng.randint(hard.size)]), case.label.shape)
+        else:  # keep the overall share of vessel-centred patches at pos_fraction
+            pos = min(1.0, self.pos_fraction / (1 - self.hard_fraction)) if self.hard_fraction > 0 else self.pos_fraction
+            centre = generate_pos_neg_label_crop_centers(self.patch, 1, pos, case.label.shape, fg, bg,
+                                                         rand_state=self.rng, allow_smaller=True)[0]
         stacked = np.stack([case.image, case.label.astype(np.float32)])
         patch = _crop_at(stacked, centre, self.patch)
         return self._pad(patch[0:1], float(case.image.min())), self._pad(patch[1:2], 0.0)
@@ -179,6 +226,17 @@ class PatchSampler:
 
         pairs = [self.sample() for _ in range(size)]
         return (torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs])))
+
+
+HARD_NEGATIVE_CONTRAST = 0.8  # normalised (x - m) / m: fat in TOF is ~2, vessels 0.6-3, brain 0
+
+
+def hard_negatives(case: Case) -> np.ndarray:
+    """Flat indices of bright non-vessel voxels outside the brain mask (fat, scalp, sinuses)."""
+    if case.mask is None:
+        return np.zeros(0, np.int64)
+    bright = (case.image > HARD_NEGATIVE_CONTRAST) & (case.mask == 0) & (case.label == 0)
+    return np.flatnonzero(bright)
 
 
 def _crop_at(array: np.ndarray, centre, patch) -> np.ndarray:

@@ -8,8 +8,9 @@ slices first): non-overlapping as in the paper (``overlap=0``), or overlapping w
 blending (``overlap>0``), through MONAI ``sliding_window_inference``; the last, incomplete batch of
 windows is padded to the full batch (an odd batch size falls onto slow convolution paths). The
 batch size shrinks on out-of-memory and falls back to the CPU (``device.run_with_fallback``).
-Probabilities are thresholded at 0.5, restricted to the optional mask, and components smaller than
-a volume in mm^3 can be removed. The composited-MIP output reuses the 2D stream's output of the
+Probabilities are thresholded at 0.5, restricted to the optional mask (without one, to the head
+eroded by ``head_margin_mm``: no vessels in the bright subcutaneous fat and scalp; windows entirely
+outside it are not run), and components smaller than a volume in mm^3 can be removed. The composited-MIP output reuses the 2D stream's output of the
 main pass.
 """
 
@@ -26,13 +27,13 @@ import torch
 from .. import device as devices
 from ..progress import as_reporter
 from . import mip
-from .data import normalize
+from .data import HEAD_MARGIN_MM, intracranial_region, normalize
 
 DEFAULT_BATCH = {"cuda": 16, "mps": 8, "cpu": 2}
 SPACING_TOLERANCE = 0.1  # resample when an axis' spacing differs from the model's by more than this
 NO_MASK_WARNING = ("No brain mask given: the intensity statistics come from the whole volume (its dominant "
-                   "tissue intensity) and vessels are searched everywhere; on a whole head the bright fat and "
-                   "scalp can be marked as vessels. Pass a brain mask for whole-head scans.")
+                   "tissue intensity) and vessels are searched in the head minus an outer 8 mm (subcutaneous fat "
+                   "and scalp; a crop with no air keeps every voxel). Pass a brain mask for exact results.")
 log = logging.getLogger(__name__)
 
 
@@ -60,9 +61,12 @@ def window_count(shape, roi, overlap: float) -> int:
 
 
 def predict_probability(model, volume: np.ndarray, device: torch.device, overlap: float = 0.0,
-                        batch_size: int | None = None, progress=None, cancel=None, mip_sink: dict | None = None
-                        ) -> tuple[np.ndarray, int]:
+                        batch_size: int | None = None, progress=None, cancel=None, mip_sink: dict | None = None,
+                        region: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Vessel probability of a normalised volume; returns it and the batch size that fit.
+
+    :param region: optional boolean array of the volume's shape: windows with no voxel in it are not
+        run (probability 0 there).
 
     :param mip_sink: if a dict, it receives ``{slab_start: (m, J, I) float32 array}``: the 2D stream's
         MIP probabilities of every window that starts a K3-slice slab (:func:`slab_starts`), pasted
@@ -84,12 +88,19 @@ def predict_probability(model, volume: np.ndarray, device: torch.device, overlap
             count = windows.shape[0]
             done[0] += count
             reporter(min(done[0] / total, 1.0), f"VC-Net window {min(done[0], total)}/{total}")
-            if count < batch:  # pad the last batch: a partial batch falls onto slow convolution paths
-                windows = torch.cat([windows, windows.new_zeros((batch - count, *windows.shape[1:]))])
-            out = net(windows)
+            run = [n for n, c in enumerate(coords) if region is None or region[c[2], c[3], c[4]].any()]
+            prob = windows.new_zeros((count, 1, *windows.shape[2:]))
+            if not run:
+                return prob
+            chosen = windows[run]
+            if len(run) < batch:  # pad the last batch: a partial batch falls onto slow convolution paths
+                chosen = torch.cat([chosen, chosen.new_zeros((batch - len(run), *chosen.shape[1:]))])
+            out = net(chosen)
             if mip_sink is not None and "mip_prob" in out:
-                _paste_mips(canvases, out["mip_prob"][:count], coords, starts, volume.shape[1:], net)
-            return out["prob"][:count]
+                _paste_mips(canvases, out["mip_prob"][: len(run)], [coords[n] for n in run], starts,
+                            volume.shape[1:], net)
+            prob[run] = out["prob"][: len(run)].to(prob.dtype)
+            return prob
 
         tensor = torch.from_numpy(np.ascontiguousarray(volume))[None, None].to(dev)
         with devices.inference(dev):
@@ -172,8 +183,12 @@ def centerline_length(labels: np.ndarray, spacing) -> float:
     from scipy.sparse.csgraph import minimum_spanning_tree
     from skimage.morphology import skeletonize
 
-    skeleton = skeletonize(labels.astype(bool))
-    points = np.argwhere(skeleton)
+    found = np.argwhere(labels)
+    if len(found) < 2:
+        return 0.0
+    low, high = np.maximum(found.min(0) - 1, 0), found.max(0) + 2  # the skeleton of the bounding box only
+    box = labels[low[0]:high[0], low[1]:high[1], low[2]:high[2]].astype(bool)
+    points = np.argwhere(skeletonize(box))
     if len(points) < 2:
         return 0.0
     step = np.asarray(spacing, float)[::-1]  # (sz, sy, sx) for (k, j, i)
@@ -223,9 +238,20 @@ def model_grid(shape, spacing, model_spacing, tolerance: float = SPACING_TOLERAN
     return tuple(max(1, int(round(n * r))) for n, r in zip(shape, ratios[::-1]))
 
 
-def resample(array: np.ndarray, shape, device: torch.device) -> np.ndarray:
-    """Trilinear resampling of a ``[k, j, i]`` array to ``shape`` on ``device`` (CPU or GPU)."""
+def resample(array: np.ndarray, shape, device: torch.device, antialias: bool = True) -> np.ndarray:
+    """Trilinear resampling of a ``[k, j, i]`` array to ``shape`` on ``device`` (CPU or GPU).
+
+    :param antialias: along axes that shrink by a factor ``f``, first blur with a Gaussian of
+        ``(f - 1) / 2`` voxels (scikit-image's ``resize`` rule, MONAI ``GaussianFilter`` on the device),
+        so a fine scan looks like one acquired at the coarser spacing (noise averaged, not aliased).
+    """
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(device)
+    sigma = [max(0.0, (n / float(s) - 1) / 2) for n, s in zip(array.shape, shape)]
+    if antialias and max(sigma) > 0.1:
+        from monai.networks.layers import GaussianFilter
+
+        with torch.no_grad():
+            tensor = GaussianFilter(3, sigma=[max(s, 1e-3) for s in sigma]).to(device)(tensor)
     out = torch.nn.functional.interpolate(tensor, size=tuple(int(s) for s in shape), mode="trilinear",
                                           align_corners=False)
     return out[0, 0].cpu().numpy()
@@ -242,7 +268,8 @@ def pad_to_patch(volume: np.ndarray, patch) -> tuple[np.ndarray, tuple]:
 def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, dark: bool = False,
             overlap: float = 0.0, threshold: float = 0.5, min_component_mm3: float = 0.0,
             device: str | torch.device = "cpu", batch_size: int | None = None, with_mips: bool = False,
-            progress=None, cancel=None, resample_to_model: bool = True) -> SegmentationResult:
+            progress=None, cancel=None, resample_to_model: bool = True,
+            head_margin_mm: float = HEAD_MARGIN_MM) -> SegmentationResult:
     """Segment vessels in a raw volume.
 
     :param volume: ``[k, j, i]`` intensities (K is the slice axis).
@@ -254,6 +281,9 @@ def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, 
     :param min_component_mm3: remove components smaller than this.
     :param with_mips: also return the composited MIPs of each slab and their 2D segmentation.
     :param resample_to_model: resample to the model's training spacing (and the probability back).
+    :param head_margin_mm: without a mask, vessels are only searched at least this far from the air
+        around the head (:func:`~.data.intracranial_region`: removes the bright fat and scalp of a
+        whole head; a crop with no air keeps every voxel); 0 searches everywhere.
     """
     reporter = as_reporter(progress, cancel)
     torch_device = devices.resolve_device(device)
@@ -265,16 +295,24 @@ def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, 
     normalized = normalize(volume, mask, dark)
     model_spacing = tuple(getattr(model, "spacing", spacing))
     grid = model_grid(volume.shape, spacing, model_spacing) if resample_to_model else None
+    region = np.asarray(mask) > 0 if mask is not None else None
+    if region is None and head_margin_mm > 0:
+        region = intracranial_region(volume, spacing, margin_mm=head_margin_mm)
+        region = None if region.all() else region
     work = resample(normalized, grid, torch_device) if grid is not None else normalized
     work, unpadded = pad_to_patch(work, model.patch)
+    work_region = None
+    if region is not None:  # the windows to run (on the model grid; generous at the border)
+        work_region = resample(region.astype(np.float32), grid, torch_device) > 0 if grid is not None else region
+        work_region, _ = pad_to_patch(work_region, model.patch)
     sink = {} if with_mips else None
     work_prob, used_batch = predict_probability(model, work, torch_device, overlap, batch_size,
-                                                reporter.sub(0.02, 0.85), mip_sink=sink)
+                                                reporter.sub(0.02, 0.85), mip_sink=sink, region=work_region)
     prob = work_prob[: unpadded[0], : unpadded[1], : unpadded[2]]
     if grid is not None:
         prob = np.clip(resample(prob, volume.shape, torch_device), 0.0, 1.0)
-    if mask is not None:
-        prob = prob * (np.asarray(mask) > 0)
+    if region is not None:
+        prob = prob * region
     labels = (prob >= threshold).astype(np.uint8)
     labels = remove_small_components(labels, spacing, min_component_mm3)
     result = SegmentationResult(prob.astype(np.float32), labels, {})
@@ -290,7 +328,8 @@ def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, 
     result.measurements = measurements(labels, spacing)
     work_spacing = model_spacing if grid is not None else tuple(spacing)
     result.info = {"seconds": time.perf_counter() - start, "device": str(torch_device), "batch_size": used_batch,
-                   "warnings": warnings, "resampled_kji": list(grid) if grid is not None else None,
+                   "warnings": warnings, "searched_fraction": 1.0 if region is None else float(region.mean()),
+                   "resampled_kji": list(grid) if grid is not None else None,
                    "mip_spacing": (work_spacing[0], work_spacing[1], work_spacing[2] * int(model.patch[0]))}
     reporter(1.0, "done")
     return result

@@ -43,6 +43,7 @@ class TrainConfig:
     device: str = "auto"
     patience: int | None = None
     pos_fraction: float = 0.75
+    hard_fraction: float = 0.1  # patches centred on bright fat/scalp outside the brain (hard negatives)
 
 
 def split_cases(cases: list[Case], val_fraction: float) -> tuple[list[Case], list[Case]]:
@@ -89,7 +90,7 @@ def train(config: TrainConfig, progress=None, cancel=None) -> tuple[torch.nn.Mod
         load_initial_weights(model, config.init)
     model.to(device)
     criterion = VCNetLoss()
-    sampler = PatchSampler(train_cases, model.patch, config.pos_fraction, config.seed)
+    sampler = PatchSampler(train_cases, model.patch, config.pos_fraction, config.seed, config.hard_fraction)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=10)
 

@@ -238,20 +238,11 @@ def model_grid(shape, spacing, model_spacing, tolerance: float = SPACING_TOLERAN
     return tuple(max(1, int(round(n * r))) for n, r in zip(shape, ratios[::-1]))
 
 
-def resample(array: np.ndarray, shape, device: torch.device, antialias: bool = True) -> np.ndarray:
-    """Trilinear resampling of a ``[k, j, i]`` array to ``shape`` on ``device`` (CPU or GPU).
-
-    :param antialias: along axes that shrink by a factor ``f``, first blur with a Gaussian of
-        ``(f - 1) / 2`` voxels (scikit-image's ``resize`` rule, MONAI ``GaussianFilter`` on the device),
-        so a fine scan looks like one acquired at the coarser spacing (noise averaged, not aliased).
-    """
+def resample(array: np.ndarray, shape, device: torch.device) -> np.ndarray:
+    """Trilinear resampling of a ``[k, j, i]`` array to ``shape`` on ``device`` (CPU or GPU). No
+    anti-aliasing blur: on the 0.3 mm phantoms a Gaussian prefilter (scikit-image's rule) lowered the
+    default call's Dice from 0.749 to 0.743 (fainter thin vessels)."""
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(device)
-    sigma = [max(0.0, (n / float(s) - 1) / 2) for n, s in zip(array.shape, shape)]
-    if antialias and max(sigma) > 0.1:
-        from monai.networks.layers import GaussianFilter
-
-        with torch.no_grad():
-            tensor = GaussianFilter(3, sigma=[max(s, 1e-3) for s in sigma]).to(device)(tensor)
     out = torch.nn.functional.interpolate(tensor, size=tuple(int(s) for s in shape), mode="trilinear",
                                           align_corners=False)
     return out[0, 0].cpu().numpy()

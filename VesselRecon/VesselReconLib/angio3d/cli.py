@@ -192,6 +192,9 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N training cases")
     parser.add_argument("--init", default=None, help="start from a shipped model or checkpoint (fine-tuning); "
                         "with --sr-epochs 0 its surface refinement is kept as it is")
+    parser.add_argument("--offset-scale", type=float, default=None,
+                        help="SR output scale (normalised mesh units per unit of the last layer; presets: 0.01). "
+                        "With --init the last layer is rescaled so the starting mesh is unchanged")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a busy machine)")
     parser.add_argument("--ship", action="store_true", help="write the registry entries (angio3d-<preset> and "
@@ -221,7 +224,15 @@ def train(args) -> int:
     if args.init:
         net = registry.load_model("angio3d", args.init, "cpu")[0].train()
         ablation = registry.load_model("angio3d", NODIFFREND, "cpu")[0] if args.sr_epochs == 0 else None
-    history = training.train_segmentation(net, cases, val_cases, out, args.seg_epochs, seed=args.seed)
+    config = {}
+    if args.offset_scale is not None:
+        config["offset_scale"] = args.offset_scale
+        for model in (net, ablation):
+            if model is not None:
+                training.set_offset_scale(model, args.offset_scale)
+    history = []
+    if args.seg_epochs > 0:
+        history = training.train_segmentation(net, cases, val_cases, out, args.seg_epochs, seed=args.seed)
     net.eval()
     if ablation is not None:               # keep the ablation's own SR, share the new segmenter
         ablation.segmenter.load_state_dict(net.segmenter.state_dict())
@@ -249,7 +260,8 @@ def train(args) -> int:
             ship_model(model, "angio3d", args.preset, command=command, data=json.dumps(data), seed=args.seed,
                        metrics={"held_out": metrics[key], "held_out_cases": len(val_cases),
                                 "baselines": {k: v for k, v in metrics.items() if k != key}},
-                       input_spec=spec, name=name, extra_training={"history_tail": history[-3:]})
+                       input_spec=spec, name=name, config=config or None,
+                       extra_training={"history_tail": history[-3:]})
     print(json.dumps({"held_out": metrics}))
     return 0
 

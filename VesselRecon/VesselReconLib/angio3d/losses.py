@@ -1,14 +1,17 @@
 """3DAngioNet losses: L = L_MSE + 0.01 L_Norm + 2.5 L_Edge + 100 L_Lap + 0.0002 L_Seg, and BCE + Dice.
 
 All mesh terms work on (B, V, 3) vertex tensors in the normalised mesh space and the template's
-fixed edge list; they follow Pixel2Mesh (Wang et al., ECCV 2018) with vertex correspondence:
+fixed edge list, with vertex correspondence to the true template mesh (same ring phase), written as
+the paper writes them (it builds on Pixel2Mesh, Wang et al., ECCV 2018):
 
-- ``L_MSE``: mean over vertices and coordinates of ``(v - v_gt)^2``;
-- ``L_Norm``: mean over edges ``(i, j)`` of ``(e_ij / |e_ij| . n_gt(i))^2`` (edges lie in the true surface);
-- ``L_Edge``: mean squared edge length;
-- ``L_Lap``: mean over vertices of ``|delta(v) - delta(v_init)|^2`` with ``delta(v) = v - mean(neighbours)``;
-- ``L_Seg``: per view, the sum over crop pixels of ``(S - M)^2`` between the soft silhouette ``S`` and
-  the 2D vessel mask ``M``, averaged over views and batch (a sum, hence the small weight).
+- ``L_MSE = 1/(3V) sum_i |v_i - v*_i|^2``;
+- ``L_Norm`` (eq. 3) ``= 1/|E| sum_(i,j) < (v_i - v_j) / |v_i - v_j| , n*_i >^2``: every predicted edge
+  lies in the true surface, i.e. is orthogonal to the true vertex normal ``n*_i``;
+- ``L_Edge = 1/|E| sum_(i,j) |v_i - v_j|^2``;
+- ``L_Lap = 1/V sum_i |delta(v_i) - delta(v*_i)|^2`` with ``delta(v_i) = v_i - mean of its neighbours``:
+  the predicted mesh's local shape against the **ground truth**'s;
+- ``L_Seg``: per view, binary cross-entropy + Dice between the soft silhouette ``S`` of the predicted
+  mesh and the 2D SOI mask ``M``, averaged over views and batch.
 """
 
 from __future__ import annotations
@@ -46,13 +49,18 @@ def laplacian(vertices: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     return vertices - sums / degree[None, :, None]
 
 
-def laplacian_loss(pred: torch.Tensor, initial: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    return ((laplacian(pred, edges) - laplacian(initial, edges)) ** 2).sum(-1).mean()
+def laplacian_loss(pred: torch.Tensor, target: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the predicted and the true meshes' Laplacian coordinates."""
+    return ((laplacian(pred, edges) - laplacian(target, edges)) ** 2).sum(-1).mean()
 
 
-def silhouette_loss(silhouettes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Sum over pixels of squared differences, averaged over the leading (batch x view) axes."""
-    return ((silhouettes - masks) ** 2).flatten(-2).sum(-1).mean()
+def silhouette_loss(silhouettes: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """BCE + Dice between soft silhouettes (probabilities) and masks (..., H, W), averaged over views."""
+    s = silhouettes.flatten(-2).clamp(eps, 1 - eps)
+    m = masks.flatten(-2).to(s.dtype)
+    bce = F.binary_cross_entropy(s, m, reduction="none").mean(-1)
+    dice = 1 - (2 * (s * m).sum(-1) + eps) / (s.sum(-1) + m.sum(-1) + eps)
+    return (bce + dice).mean()
 
 
 def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
@@ -65,13 +73,13 @@ def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Ten
     return F.normalize(normals, dim=-1)
 
 
-def mesh_loss(pred, target, initial, target_normals, edges, silhouettes=None, masks=None,
+def mesh_loss(pred, target, target_normals, edges, silhouettes=None, masks=None,
               weights: dict | None = None) -> tuple[torch.Tensor, dict]:
     """The weighted total and each term (as floats). ``silhouettes``/``masks`` may be None
     (the "(-) DiffRend" ablation trains without ``L_Seg``)."""
     weights = {**WEIGHTS, **(weights or {})}
     terms = {"mse": mse_loss(pred, target), "norm": normal_loss(pred, target_normals, edges),
-             "edge": edge_loss(pred, edges), "lap": laplacian_loss(pred, initial, edges)}
+             "edge": edge_loss(pred, edges), "lap": laplacian_loss(pred, target, edges)}
     if silhouettes is not None and weights["seg"] > 0:
         terms["seg"] = silhouette_loss(silhouettes, masks)
     total = sum(weights[k] * v for k, v in terms.items())

@@ -28,9 +28,11 @@ from . import template
 
 PRESETS = {
     "paper": {"encoder": "efficientnet-b3", "encoder_depth": 5, "decoder_channels": (256, 128, 64, 32, 16),
-              "crop_size": 256, "vgg_width": 1.0, "channel_group": 4, "hidden": 128, "layers": 8, "raster_size": 128},
+              "crop_size": 256, "vgg_width": 1.0, "channel_group": 4, "hidden": 128, "layers": 8, "raster_size": 128,
+              "offset_scale": 0.01},
     "lite": {"encoder": "efficientnet-b3", "encoder_depth": 3, "decoder_channels": (32, 16, 8),
-             "crop_size": 128, "vgg_width": 0.125, "channel_group": 1, "hidden": 64, "layers": 8, "raster_size": 64},
+             "crop_size": 128, "vgg_width": 0.125, "channel_group": 1, "hidden": 64, "layers": 8, "raster_size": 64,
+             "offset_scale": 0.01},
 }
 VGG_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512))
 IMAGE_CHANNELS = 3  # normalised image, vessel probability, thresholded vessel mask
@@ -112,14 +114,15 @@ class GraphConv(nn.Module):
 class SurfaceRefiner(nn.Module):
     """8 graph convolutions with residual connections regressing per-vertex offsets (zero at init).
 
-    Offsets are returned in units of ``offset_scale`` (1 % of the normalised mesh size), so that one
-    Adam step of the last layer moves vertices by a fraction of a millimetre, not by centimetres.
+    Offsets are returned in units of ``offset_scale`` of the normalised mesh size. The first SR
+    (``offset_scale`` 0.01, the presets' default, kept so its weights load unchanged) learnt 100x more
+    slowly in output space than its layers and moved vertices by hundredths of a millimetre; a
+    model trained with ``offset_scale`` 1 says so in its registry config.
     """
 
-    offset_scale = 0.01
-
-    def __init__(self, in_dim: int, hidden: int = 128, layers: int = 8):
+    def __init__(self, in_dim: int, hidden: int = 128, layers: int = 8, offset_scale: float = 0.01):
         super().__init__()
+        self.offset_scale = float(offset_scale)
         self.first = GraphConv(in_dim, hidden)
         self.middle = nn.ModuleList([GraphConv(hidden, hidden) for _ in range(layers - 2)])
         self.last = GraphConv(hidden, 3)
@@ -149,7 +152,8 @@ class Angio3DNet(nn.Module):
         self.channel_group = int(cfg["channel_group"])
         self.view_dim = sum(c // self.channel_group for c in self.encoder.channels)
         self.vertex_dim = 3 + 2 * self.view_dim
-        self.refiner = SurfaceRefiner(self.vertex_dim, int(cfg["hidden"]), int(cfg["layers"]))
+        self.refiner = SurfaceRefiner(self.vertex_dim, int(cfg["hidden"]), int(cfg["layers"]),
+                                      float(cfg.get("offset_scale", 0.01)))
         self._adjacency: dict[str, torch.Tensor] = {}
 
     def segment(self, crops: torch.Tensor) -> torch.Tensor:

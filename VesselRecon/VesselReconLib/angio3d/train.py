@@ -193,6 +193,17 @@ class SRSample:
     masks: torch.Tensor
 
 
+def set_offset_scale(net: Angio3DNet, scale: float) -> None:
+    """Change the SR output scale, rescaling the last layer so the refined mesh stays the same."""
+    refiner = net.refiner
+    ratio = refiner.offset_scale / float(scale)
+    with torch.no_grad():
+        refiner.last.linear.weight.mul_(ratio)
+        refiner.last.linear.bias.mul_(ratio)
+    refiner.offset_scale = float(scale)
+    net.config["offset_scale"] = float(scale)
+
+
 def target_vertices(case: XrayCase, branch: int, initial: np.ndarray) -> np.ndarray:
     """The true template mesh of a branch, with the initial mesh's ring phase."""
     truth = case.centerlines[branch]
@@ -243,7 +254,7 @@ def sr_samples(net: Angio3DNet, cases: list[XrayCase], max_initial_mae: float = 
 
 def sr_forward(net: Angio3DNet, sample: SRSample, with_silhouette: bool = True):
     """Refined world vertices and the loss terms of one sample."""
-    world, initial_n, refined_n = refine_vertices(
+    world, _, refined_n = refine_vertices(
         net, sample.images_a, sample.images_b, sample.matrices[0], sample.matrices[1], sample.inverse[0],
         sample.inverse[1], sample.initial, [sample.frame])
     edges = torch.as_tensor(template.edges())
@@ -254,7 +265,7 @@ def sr_forward(net: Angio3DNet, sample: SRSample, with_silhouette: bool = True):
             soft_silhouette(to_crop(project_torch(sample.matrices[v], world), sample.raster_inverse[v])[0],
                             triangles, (net.raster_size, net.raster_size), sigma=SIGMA)
             for v in range(2)])
-    total, terms = losses.mesh_loss(refined_n, sample.target, initial_n, sample.target_normals, edges,
+    total, terms = losses.mesh_loss(refined_n, sample.target, sample.target_normals, edges,
                                     silhouettes, sample.masks if with_silhouette else None,
                                     weights=None if with_silhouette else {"seg": 0.0})
     return world, total, terms

@@ -84,8 +84,62 @@ def fuse_radii(radii: np.ndarray, unreliable: np.ndarray, fusion: str = "lesion"
     return fused
 
 
+DEPTH_SMOOTHNESS = 30.0    # px of view-B distance per mm of the 3D curve's second difference
+
+
+def refine_depths(points: np.ndarray, pts_a: np.ndarray, pts_b: np.ndarray, geom_a, geom_b, match: np.ndarray,
+                  weight: float | None = None, window: int = 10) -> np.ndarray:
+    """Depths of view A's centreline points along their rays, fitted to view B's whole centreline.
+
+    Each 3D point stays on its view-A ray (view A's centreline is honoured exactly); its depth ``t_i``
+    minimises the signed distance of its view-B projection to view B's centreline (nearest point
+    within ``window`` samples of the epipolar match) plus ``weight`` times the curve's second
+    difference. Where the vessel runs along the epipolar lines the distance term is flat in ``t`` (the
+    depth is unobservable there) and the smoothness term carries the depth over from the well-seen
+    neighbours, instead of a point-wise match that slides along the vessel. The two ends (the clicked
+    start and end, triangulated directly) are kept.
+    """
+    from scipy.optimize import least_squares
+    from scipy.sparse import lil_matrix
+
+    weight = DEPTH_SMOOTHNESS if weight is None else weight
+    source, rays = geom_a.pixel_rays(pts_a)
+    t0 = ((np.asarray(points, float) - source) * rays).sum(1)
+    n, nb = len(t0), len(pts_b)
+    factor = 8
+    fine = resample_polyline(np.asarray(pts_b, float), n=factor * (nb - 1) + 1)
+    tangent = np.gradient(fine, axis=0)
+    normal = np.c_[-tangent[:, 1], tangent[:, 0]] / np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
+    centre = np.round(np.asarray(match, float) * factor).astype(int)
+    candidates = np.clip(centre[:, None] + np.arange(-window * factor, window * factor + 1)[None], 0, len(fine) - 1)
+    p_b = geom_b.projection_matrix()
+    rows = np.arange(n)
+
+    def residuals(inner):
+        t = np.r_[t0[0], inner, t0[-1]]                       # the clicked ends stay where the DLT put them
+        world = source + t[:, None] * rays
+        proj = project_points(p_b, world)
+        nearest = candidates[rows, np.argmin(((fine[candidates] - proj[:, None]) ** 2).sum(-1), axis=1)]
+        data = ((proj - fine[nearest]) * normal[nearest]).sum(1)
+        second = world[:-2] - 2 * world[1:-1] + world[2:]
+        return np.r_[data, weight * second.ravel()]
+
+    sparsity = lil_matrix((n + 3 * (n - 2), n), dtype=int)
+    sparsity[np.arange(n), np.arange(n)] = 1
+    for i in range(n - 2):
+        sparsity[n + 3 * i:n + 3 * i + 3, i:i + 3] = 1
+    result = least_squares(residuals, t0[1:-1], jac_sparsity=sparsity[:, 1:-1], method="trf", loss="soft_l1",
+                           f_scale=2.0, max_nfev=50, x_scale=10.0)
+    return source + np.r_[t0[0], result.x, t0[-1]][:, None] * rays
+
+
+def project_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    homog = np.c_[points, np.ones(len(points))] @ matrix.T
+    return homog[:, :2] / homog[:, 2:3]
+
+
 def triangulate_centerline(line_a, line_b, geom_a, geom_b, n: int = 100, smooth: float = 1.5,
-                           radius_fusion: str = "mean", details: bool = False):
+                           radius_fusion: str = "mean", details: bool = False, depth_refine: bool = True):
     """3D centreline P (n, 3) and lumen radius R (n,) from two :class:`Centerline2D`.
 
     Radii: each view's radius converted from pixels to mm at the triangulated point's own depth
@@ -99,6 +153,8 @@ def triangulate_centerline(line_a, line_b, geom_a, geom_b, n: int = 100, smooth:
     match = epipolar_correspondence(line_a.points, line_b.points, fundamental_matrix(p_a, p_b))
     matched_b = _at(line_b.points, match)
     points = triangulate_dlt(p_a, p_b, line_a.points, matched_b)
+    if depth_refine:
+        points = refine_depths(points, line_a.points, line_b.points, geom_a, geom_b, match)
     if smooth:
         inner = ndimage.gaussian_filter1d(points, smooth, axis=0, mode="nearest")
         inner[0], inner[-1] = points[0], points[-1]

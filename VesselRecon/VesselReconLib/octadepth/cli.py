@@ -101,6 +101,8 @@ def add_train_arguments(parser) -> None:
                         help="warm start: weights (.safetensors/.pt or a shipped name) whose matching tensors are copied")
     parser.add_argument("--intensity-aug", action="store_true",
                         help="random gamma/contrast/offset/noise on the training crops")
+    parser.add_argument("--speckle-aug", action="store_true",
+                        help="per-pixel multiplicative speckle on half of the training crops")
     parser.add_argument("--background-depth", choices=("zero", "nearest"), default="zero",
                         help="depth target on the background: 0 (the paper) or the nearest known depth")
     parser.add_argument("--select-threshold", action="store_true",
@@ -121,7 +123,7 @@ def train(args) -> int:
         device=args.device, resume=args.resume, rossa_dir=Path(args.rossa) if args.rossa else None,
         real_per_batch=args.real_per_batch, val_real=args.val_real, phantom_vessels=args.phantom_vessels,
         init=args.init, intensity_augmentation=args.intensity_aug, select_threshold=args.select_threshold,
-        background_depth=args.background_depth)
+        background_depth=args.background_depth, speckle_augmentation=args.speckle_aug)
     bar = TqdmProgress(f"train octadepth {config.model_preset}")
     model, trainer, val_samples = training_run.train(config, progress=bar)
     bar.close()
@@ -177,7 +179,8 @@ def evaluate(args) -> int:
         if constant is None:
             constant = evaluation.mean_vessel_depth(samples)
         rows = evaluation.results_table(samples, models, constant, args.device)
-        source = args.data or f"phantom seeds {args.seed}..{args.seed + args.count - 1}, {args.size_px} px, fields {args.field_mm} mm"
+        source = args.data or (f"depth-realistic phantom seeds {args.seed}..{args.seed + args.count - 1}, "
+                               f"{args.size_px} px, fields {args.field_mm} mm")
         print(f"OCTADepth on {len(samples)} held-out phantoms ({source}); depth on every pixel with a true depth")
         print(evaluation.format_table(rows))
         tables["phantoms"] = rows

@@ -152,8 +152,18 @@ def fill_background_depth(depth: np.ndarray) -> np.ndarray:
     return depth[tuple(index)]
 
 
+def augment_speckle(image: np.ndarray, rng: np.random.Generator, probability: float = 0.5) -> np.ndarray:
+    """In ``probability`` of the crops, per-pixel multiplicative speckle (gamma noise of mean 1 with
+    1.5-6 looks, no smoothing): the one-pixel grain of real slab composites, which the phantoms'
+    smoothed speckle lacks (a network trained without it read a real composite's grain as background)."""
+    if rng.random() >= probability:
+        return image
+    looks = rng.uniform(1.5, 6.0)
+    return (image * rng.gamma(looks, 1.0 / looks, image.shape)).astype(np.float32)
+
+
 def _crop(sample: OCTASample, crop: int, rng: np.random.Generator, train: bool,
-          intensity: bool = False, fill_background: bool = False) -> list[np.ndarray]:
+          intensity: bool = False, fill_background: bool = False, speckle: bool = False) -> list[np.ndarray]:
     height, width = sample.image.shape
     top, left = int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
     window = (slice(top, top + crop), slice(left, left + crop))
@@ -167,13 +177,16 @@ def _crop(sample: OCTASample, crop: int, rng: np.random.Generator, train: bool,
     if not train:
         return arrays
     arrays = augment(arrays, rng)
+    if speckle:
+        arrays[0] = augment_speckle(arrays[0], rng)
     if intensity:
         arrays[0] = augment_intensity(arrays[0], rng)
     return arrays
 
 
 def mixed_crop_batch(groups: list[list[OCTASample]], counts: list[int], crop: int, rng: np.random.Generator,
-                     train: bool = True, intensity: bool = False, fill_background: bool = False) -> Batch:
+                     train: bool = True, intensity: bool = False, fill_background: bool = False,
+                     speckle: bool = False) -> Batch:
     """``counts[i]`` random augmented crops from ``groups[i]`` (e.g. phantoms and real images);
     ``intensity``: also :func:`augment_intensity` on the training crops; ``fill_background``: the depth
     target on the background is :func:`fill_background_depth`'s (``depth_support`` marks the known depth)."""
@@ -183,7 +196,7 @@ def mixed_crop_batch(groups: list[list[OCTASample]], counts: list[int], crop: in
     for samples, count in zip(groups, counts):
         for _ in range(count):
             sample = samples[int(rng.integers(len(samples)))]
-            crops.append(_crop(sample, crop, rng, train, intensity, fill_background))
+            crops.append(_crop(sample, crop, rng, train, intensity, fill_background, speckle))
             flags.append(float(sample.has_depth))
     stacked = [torch.from_numpy(np.stack([c[k] for c in crops])[:, None]) for k in range(len(crops[0]))]
     return Batch(*stacked[:4], torch.tensor(flags, dtype=torch.float32), *stacked[4:])

@@ -373,8 +373,10 @@ class OCTADepthLogic(VesselReconLogic):
 
         from .data import centerline_points
 
-        case = (background(lambda: render_octa(seed, sizePx, fieldOfViewMm)) if background
-                else render_octa(seed, sizePx, fieldOfViewMm))
+        def render():  # the depth-realistic phantoms OCTADepth trains on
+            return render_octa(seed, sizePx, fieldOfViewMm, depth_realism=True)
+
+        case = background(render) if background else render()
         geometry = mrml.ijk_to_ras_matrix((case.pixel_mm, case.pixel_mm, case.pixel_mm))
         image = mrml.array_to_volume(case.image[None], geometry, f"OCTA sample {seed}", scene=self.scene,
                                      creator=self.creator)

@@ -50,6 +50,7 @@ class TrainConfig:
     """Start from these weights (a ``.safetensors``/``.pt`` file or a shipped name): every tensor whose
     name and shape match is copied (warm start), the rest keep their fresh initialisation."""
     intensity_augmentation: bool = False
+    speckle_augmentation: bool = False
     background_depth: str = "zero"
     """Depth target on the background: ``zero`` (the paper) or ``nearest`` (the nearest known depth,
     :func:`data.fill_background_depth`; the loss module explains why)."""
@@ -160,7 +161,8 @@ def train(config: TrainConfig, progress=None, cancel=None) -> tuple[torch.nn.Mod
         for _ in range(config.steps_per_epoch):
             yield data.mixed_crop_batch(groups if real else groups[:1], counts if real else counts[:1], crop, rng,
                                         intensity=config.intensity_augmentation,
-                                        fill_background=config.background_depth == "nearest")
+                                        fill_background=config.background_depth == "nearest",
+                                        speckle=config.speckle_augmentation)
 
     log.info("training %s on %d phantoms (%d held out) + %d real images (%d per batch; %d real held out), "
              "%d epochs x %d steps", config.model_preset, len(train_samples), len(val_samples), len(real_train),
@@ -265,6 +267,7 @@ def ship(model: torch.nn.Module, config: TrainConfig, val_samples: list, data_co
                         "init": str(config.init) if config.init else None,
                         "intensity_augmentation": config.intensity_augmentation,
                         "background_depth": config.background_depth,
+                        "speckle_augmentation": config.speckle_augmentation,
                         "vessel_threshold_selected_on_val": threshold,
                         "vessel_threshold_note": "folded into the vessel logit bias; the shipped model's 0.5 is it"
                         if threshold is not None else None},

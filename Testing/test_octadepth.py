@@ -119,6 +119,21 @@ def test_threshold_selected_on_val_is_folded_into_the_vessel_logit():
         assert torch.equal(before > 0.35, after > 0.5)
 
 
+def test_prediction_averages_the_maps_over_the_image_flips():
+    torch.manual_seed(0)
+    net = network.build_model("lite").eval()
+    image = np.random.default_rng(0).random((48, 64)).astype(np.float32)
+    vessels, depth = pipeline.predict(net, image, normalized=True)
+    with torch.no_grad():
+        x = torch.from_numpy(image)[None, None]
+        maps = [net(x.flip(d)).flip(d) if d else net(x) for d in ((), (-1,), (-2,), (-2, -1))]
+    expected = torch.stack(maps).mean(0)[0].numpy()
+    np.testing.assert_allclose(vessels, expected[0], atol=1e-5)
+    np.testing.assert_allclose(depth, expected[1], atol=1e-5)
+    net.flip_average = False  # one pass
+    np.testing.assert_allclose(pipeline.predict(net, image, normalized=True)[1], maps[0][0, 1].numpy(), atol=1e-5)
+
+
 def test_network_refuses_sizes_not_divisible_by_16():
     with pytest.raises(ValueError, match="divisible by 16"):
         network.build_model("lite")(torch.rand(1, 1, 40, 40))

@@ -168,6 +168,9 @@ def evaluate(args) -> int:
     for label, name in (("OCTADepth " + args.model, args.model), ("plain U-Net " + args.ablation, args.ablation)):
         net, _ = registry.load_model("octadepth", name, args.device)
         models[label] = net
+    one_pass, _ = registry.load_model("octadepth", args.model, args.device)
+    one_pass.flip_average = False  # transparency: our model without the flip averaging of the pipeline
+    models[f"OCTADepth {args.model}, one pass"] = one_pass
     tables = {}
     if not args.no_phantoms:
         if args.data:

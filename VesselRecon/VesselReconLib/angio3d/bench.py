@@ -51,8 +51,23 @@ def run_bench(device_name: str = "auto", model: str = "lite", preset: str = "lit
     size = net.crop_size
     vertices = 6000
 
+    stages = {}
+
     def pipeline():
-        reconstruct(images, case["geometries"], points, net=net, device=device)
+        stages.update(reconstruct(images, case["geometries"], points, net=net, device=device).timings)
+
+    def cpu_seconds(fn, repeats_cpu: int) -> float:
+        """Median process CPU time (all threads) of ``fn``: on a shared machine this, not the wall time,
+        is what the code costs."""
+        import time
+
+        fn()
+        values = []
+        for _ in range(repeats_cpu):
+            start = time.process_time()
+            fn()
+            values.append(time.process_time() - start)
+        return float(np.median(values))
 
     from .segmentation import STRIP_HEIGHT, strip_width
 
@@ -83,10 +98,14 @@ def run_bench(device_name: str = "auto", model: str = "lite", preset: str = "lit
               "pipeline_s": time_call(pipeline, device, repeats, 2, np.median),
               "network_s": time_call(network, device, repeats, 2, np.median),
               "baseline_s": time_call(plain, device, repeats, 2, np.median),
+              "pipeline_cpu_s": cpu_seconds(pipeline, repeats), "baseline_cpu_s": cpu_seconds(plain, repeats),
+              "threads": torch.get_num_threads(),
               "params": int(sum(p.numel() for p in net.parameters())),
               "baseline_params": int(sum(p.numel() for p in baseline.parameters()))}
     result["network_vs_baseline"] = round(result["network_s"] / max(result["baseline_s"], 1e-9), 3)
     result["pipeline_vs_baseline"] = round(result["pipeline_s"] / max(result["baseline_s"], 1e-9), 3)
+    result["pipeline_cpu_vs_baseline"] = round(result["pipeline_cpu_s"] / max(result["baseline_cpu_s"], 1e-9), 3)
+    result["stages_s"] = {k: round(float(v), 4) for k, v in stages.items()}
     result["peak_memory_mb"] = peak_memory_mb(device)
     if result["peak_memory_mb"] is None:
         import resource

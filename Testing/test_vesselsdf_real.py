@@ -121,3 +121,16 @@ def test_ircadb_reader_sparse_setting():
     assert case.ijk_to_ras[2, 2] == pytest.approx(3 * case.reference_ijk_to_ras[2, 2])
     assert case.roi.shape == case.image.shape and case.region.sum() > 1e6
     assert 0.03 < case.reference[case.region].mean() < 0.1
+
+
+@pytest.mark.skipif(not IRCADB.is_dir(), reason="../shared/datasets/ircadb_1.7 is not available")
+def test_ircadb_sparse_setting_floor_with_the_liver_roi():
+    from VesselReconLib.registry import load_model
+
+    case = realdata.read_ircadb(IRCADB)[0]
+    net, _ = load_model("vesselsdf", "lite", "cpu")
+    ours = realdata.volume_metrics(realdata.model_fine(net, case, case.roi)[0], case)
+    otsu = realdata.volume_metrics(realdata.otsu_baseline(case, case.roi), case)
+    assert ours["dice"] >= 0.55 and ours["dice"] >= otsu["dice"] + 0.10
+    assert ours["chamfer_mm"] < otsu["chamfer_mm"] and ours["hd95_mm"] < otsu["hd95_mm"]
+    assert ours["fragments"] < otsu["fragments"]

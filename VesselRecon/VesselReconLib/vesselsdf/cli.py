@@ -34,6 +34,8 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--init-from", help="checkpoint whose matching weights start the training (continue a run)")
     parser.add_argument("--sdf-dice", type=float, default=0.0,
                         help="weight of the soft Dice of the SDF's own mask (ours; 0: the paper's loss)")
+    parser.add_argument("--full-res-skip", action="store_true",
+                        help="refiner output layer also sees the occupancy and its distance at full resolution")
     parser.add_argument("--calibrate-level", action="store_true",
                         help="validate at, and ship, the SDF level with the best validation-phantom Dice")
     parser.add_argument("--ablations", action="store_true",
@@ -63,7 +65,8 @@ def train(args) -> int:
                          seed=args.seed, val_cases=args.val_cases, device=args.device,
                          occupancy_from=args.occupancy_from, init_from=args.init_from,
                          calibrate=args.calibrate_level,
-                         model_config={"correction_mm": args.correction_mm} if args.correction_mm else {},
+                         model_config={**({"correction_mm": args.correction_mm} if args.correction_mm else {}),
+                                       **({"full_res_skip": True} if args.full_res_skip else {})},
                          loss=LossConfig(lambda_sdf_dice=args.sdf_dice))
     bar = TqdmProgress(f"train {METHOD} {args.preset}")
     if args.ablations:
@@ -230,13 +233,14 @@ def run(args) -> int:
 
 # ------------------------------------------------------------------------------------ eval
 
-ABLATIONS = ("lite", "lite-dstart", "lite-occ", "lite-sdfonly", "lite-nogauss")
+ABLATIONS = ("lite", "lite-direct", "lite-dstart", "lite-occ", "lite-sdfonly", "lite-nogauss")
 
 
 def add_eval_arguments(parser) -> None:
-    parser.add_argument("--data", required=True,
-                        help="a `vesselrecon phantoms ct` folder, a 3D-IRCADb patient folder (PATIENT_DICOM + "
-                             "MASKS_DICOM, folders or archives), LVSD slabs (*.nii.gz) or an MSD folder")
+    parser.add_argument("--data", required=True, nargs="+",
+                        help="one or more of: a `vesselrecon phantoms ct` folder, a 3D-IRCADb patient folder "
+                             "(PATIENT_DICOM + MASKS_DICOM, folders or archives), LVSD slabs (*.nii.gz), an MSD "
+                             "folder; several give one table each in the same run (same models)")
     parser.add_argument("--models", nargs="*", default=list(ABLATIONS),
                         help="shipped presets or checkpoint paths (default: ours and the ablation variants)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N cases")
@@ -269,32 +273,39 @@ def _load_models(names, device) -> dict:
 
 def evaluate(args) -> int:
     from ..device import resolve_device
-    from . import realdata
-    from .evaluation import evaluate_methods, format_table, load_eval_cases
 
     device = resolve_device(args.device)
     models = _load_models(args.models, device)
-    layout = realdata.detect_layout(args.data)
-    if layout == "phantom":
-        cases = load_eval_cases(args.data, args.limit)
-        table = evaluate_methods(cases, {_phantom_key(k): v for k, v in models.items()}, device)
-        print(f"VesselSDF on {len(cases)} held-out phantom cases of {args.data}")
-        print(format_table(table))
-    else:
-        if layout == "ircadb":
-            cases = realdata.read_ircadb(args.data, args.keep_every or 3)
-        elif layout == "lvsd":
-            cases = realdata.read_lvsd(args.data, tuple(args.spacing) if args.spacing else None)[:args.limit]
-        else:
-            cases = realdata.read_msd(args.data, args.keep_every or 1, args.limit)
-        table = realdata.evaluate_real(cases, models, device, with_roi=not args.no_roi)
-        spacing = np.linalg.norm(cases[0].ijk_to_ras[:3, :3], axis=0)
-        print(f"VesselSDF on {len(cases)} real {layout} case(s) of {args.data} (input spacing "
-              f"{spacing[0]:.3g} x {spacing[1]:.3g} x {spacing[2]:.3g} mm; {cases[0].notes})")
-        print(realdata.format_real_table(table))
+    folders = args.data if isinstance(args.data, (list, tuple)) else [args.data]
+    tables = {str(folder): _evaluate_folder(folder, models, device, args) for folder in folders}
     if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=2))
+        Path(args.json).write_text(json.dumps(tables[str(folders[0])] if len(folders) == 1 else tables, indent=2))
     return 0
+
+
+def _evaluate_folder(folder, models: dict, device, args) -> dict:
+    from . import realdata
+    from .evaluation import evaluate_methods, format_table, load_eval_cases
+
+    layout = realdata.detect_layout(folder)
+    if layout == "phantom":
+        cases = load_eval_cases(folder, args.limit)
+        table = evaluate_methods(cases, {_phantom_key(k): v for k, v in models.items()}, device)
+        print(f"VesselSDF on {len(cases)} held-out phantom cases of {folder}")
+        print(format_table(table), flush=True)
+        return table
+    if layout == "ircadb":
+        cases = realdata.read_ircadb(folder, args.keep_every or 3)
+    elif layout == "lvsd":
+        cases = realdata.read_lvsd(folder, tuple(args.spacing) if args.spacing else None)[:args.limit]
+    else:
+        cases = realdata.read_msd(folder, args.keep_every or 1, args.limit)
+    table = realdata.evaluate_real(cases, models, device, with_roi=not args.no_roi)
+    spacing = np.linalg.norm(cases[0].ijk_to_ras[:3, :3], axis=0)
+    print(f"VesselSDF on {len(cases)} real {layout} case(s) of {folder} (input spacing "
+          f"{spacing[0]:.3g} x {spacing[1]:.3g} x {spacing[2]:.3g} mm; {cases[0].notes})")
+    print(realdata.format_real_table(table), flush=True)
+    return table
 
 
 def _phantom_key(name: str) -> str:

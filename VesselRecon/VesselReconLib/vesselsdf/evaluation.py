@@ -30,6 +30,7 @@ from .inference import (Prediction, mesh_zero_level, refine_through_plane, refin
 ROW_NAMES = {"lite": "VesselSDF (ours)", "paper": "VesselSDF (ours, paper)", "occ": "occupancy only",
              "sdfonly": "SDF only", "nogauss": "w/o Gaussian loss", "unet": "plain 3D U-Net",
              "dstart": "refiner with distance start (d0 + 3 mm correction)",
+             "direct": "refiner w/o SDF Dice term, zero level (release 1)",
              "classical": "classical (smoothed adaptive HU threshold)"}
 
 

@@ -184,6 +184,10 @@ class VesselSDFNet(nn.Module):
     :param correction_mm: 0 (default): the refiner regresses the SDF from scratch. ``C`` > 0: it
         regresses the SDF as ``d₀ + C·tanh(raw)`` (zero-initialised last layer, so it starts at the
         occupancy's exact distance and learns a correction of at most ``C`` mm).
+    :param full_res_skip: the refiner's 1x1x1 output layer sees, besides the U-Net's 4-channel head,
+        the occupancy ``p`` and its distance ``d₀/T`` at full resolution. The U-Net's first level is
+        strided, so without this skip the refiner builds its output from half-resolution features and
+        loses vessels one or two pixels wide that the occupancy stage found.
     :param level_mm: calibrated surface level: the returned SDF is the refiner's minus this (mm),
         so its zero level is the refiner's ``level_mm`` level. Chosen after training to maximise the
         Dice on the training folder's validation phantoms (:func:`.train.calibrate_level`), never on
@@ -192,9 +196,10 @@ class VesselSDFNet(nn.Module):
 
     def __init__(self, size: str = "lite", variant: str = "full", sdf_bound_mm: float = 6.0,
                  spacing: tuple[float, float, float] = (0.7, 0.7, 5.0), correction_mm: float = 0.0,
-                 level_mm: float = 0.0):
+                 level_mm: float = 0.0, full_res_skip: bool = False):
         super().__init__()
         self.level_mm = float(level_mm)
+        self.full_res_skip = bool(full_res_skip) and variant in ("full", "nogauss")
         spec = SIZES[size]
         self.size, self.variant, self.sdf_bound_mm = size, variant, float(sdf_bound_mm)
         self.correction_mm = float(correction_mm)
@@ -209,6 +214,10 @@ class VesselSDFNet(nn.Module):
             self.occupancy = occupancy_net(spec.occupancy_channels, res_units=spec.res_units)
         if variant in ("full", "nogauss"):
             self.refiner = refiner_net(spec.refiner_channels, 3, spec.res_units)
+            if self.full_res_skip:  # output layer also sees p and d0 at full resolution (zero-initialised)
+                head = nn.Conv3d(HEAD_CHANNELS + 2, 1, 1)
+                nn.init.zeros_(head.weight)
+                self.refiner[1] = head
         elif variant == "sdfonly":
             self.refiner = refiner_net(spec.sdfonly_channels, 1, spec.res_units)
         if self.correction_mm and variant in ("full", "nogauss"):
@@ -247,7 +256,10 @@ class VesselSDFNet(nn.Module):
         """The refiner's SDF (mm) from the image and a (detached) occupancy probability."""
         start = occupancy_distance(prob.float(), spacing or self.default_spacing)
         inputs = torch.cat([image, prob.to(image.dtype), (start / TRUNCATION_MM).to(image.dtype)], dim=1)
-        raw = self.refiner(inputs)
+        if self.full_res_skip:
+            raw = self.refiner[1](torch.cat([self.refiner[0](inputs), inputs[:, 1:]], dim=1))
+        else:
+            raw = self.refiner(inputs)
         if self.correction_mm:  # the exact distance of the occupancy plus a bounded learned correction
             return (start + self.correction_mm * torch.tanh(raw)).clamp(-self.sdf_bound_mm, self.sdf_bound_mm)
         return self.sdf_bound_mm * torch.tanh(raw)

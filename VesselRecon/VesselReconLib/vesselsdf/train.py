@@ -111,6 +111,18 @@ def _split(data_dir, config: TrainConfig) -> tuple[list[Case], list[Case]]:
     return cases[:len(cases) - config.val_cases], cases[len(cases) - config.val_cases:]
 
 
+def widened_head(state: dict, model: VesselSDFNet) -> dict:
+    """A checkpoint without the refiner's full-resolution skip, for a model with it: the output
+    layer's extra inputs get zero weights, so training starts from the checkpoint's exact output."""
+    key = "refiner.1.weight"
+    target = model.state_dict().get(key)
+    if key in state and target is not None and state[key].shape != target.shape:
+        weight = torch.zeros_like(target)
+        weight[:, :state[key].shape[1]] = state[key]
+        state = {**state, key: weight}
+    return state
+
+
 def train_model(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, progress=None, cancel=None,
                 resume: bool = True) -> tuple[torch.nn.Module, Trainer]:
     """Train a preset on a dataset folder; returns the best-validation model and the trainer.
@@ -124,7 +136,7 @@ def train_model(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, 
     if config.init_from:
         from ..registry import read_checkpoint
 
-        missing, unexpected = model.load_state_dict(read_checkpoint(config.init_from)[0], strict=False)
+        missing, unexpected = model.load_state_dict(widened_head(read_checkpoint(config.init_from)[0], model), strict=False)
         log.info("initialised from %s (missing %d, unexpected %d keys)", config.init_from, len(missing), len(unexpected))
     if config.occupancy_from:
         from ..registry import read_checkpoint

@@ -119,14 +119,93 @@ def series_rows(networks):
 def test_degradation_series_ends_ungradable_for_every_kind(series_rows):
     assert len(series_rows) == len(_series_images()) * len(KINDS)
     assert not [(r["image"], r["kind"], r["grades"]) for r in series_rows if not r["worst_ungradable"]]
-    motion = [r for r in series_rows if r["kind"] == "motion"]
-    assert all(r["monotone"] for r in motion)
 
 
 @pytest.mark.xfail(reason="missed target (VesselRecon/COIPS/README.md): on real OCTAGON scans mild blur raises the "
                           "lite grader's grade (the clean scans' fine texture reads as low signal)", strict=OCTAGON.is_dir())
 def test_degradation_series_never_raises_the_grade(series_rows):
     assert not [(r["image"], r["kind"], r["grades"]) for r in series_rows if not r["monotone"]]
+
+
+ROSSA_TEST = SHARED / "datasets" / "rossa" / "test"
+
+
+@pytest.mark.skipif(not ROSSA_TEST.is_dir(), reason="needs ../shared/datasets/rossa")
+def test_grader_on_held_out_real_rossa_images(networks):
+    """ROSSA test images (neither trained nor calibrated on): clean ones are gradable or better, their
+    series end ungradable and almost never rise (floors below the measured 97/100, 387/400, 380/400)."""
+    from VesselReconLib.coips.realeval import rossa_grades
+
+    result = rossa_grades(networks[0], ROSSA_TEST, limit=12)
+    assert result["clean_grades"][0] <= 2, result
+    assert result["series_worst_ungradable"] >= 0.85 and result["series_monotone"] >= 0.8, result
+
+
+@pytest.mark.xfail(reason="missed target (VesselRecon/COIPS/README.md): the clean 3x3 mm superficial OCTAGON scan "
+                          "is graded ungradable", strict=OCTAGON.is_dir())
+@pytest.mark.skipif(not OCTAGON.is_dir(), reason="needs ../shared/samples/octa-octagon")
+def test_clean_superficial_octagon_scans_are_gradable(networks):
+    from VesselReconLib.coips.realeval import grade_images, octagon_images
+
+    images = {k: v for k, v in octagon_images(OCTAGON).items() if "superf" in k}
+    grades = grade_images(networks[0], list(images.values())).argmax(1)
+    assert (grades > 0).all(), dict(zip(images, grades.tolist()))
+
+
+# ---------------------------------------------------------------- calibration and position
+
+
+def test_calibration_folds_offsets_and_temperature_into_the_head():
+    import torch
+
+    from VesselReconLib.coips.calibration import CalibrationSet, fit_offsets, fold_into_head, objective
+    from VesselReconLib.coips.network import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lite").eval()
+    x = torch.rand(4, 1, 128, 128)
+    with torch.no_grad():
+        before = model(x)
+    offsets = np.array([0.0, 0.5, -0.25], np.float32)
+    fold_into_head(model, offsets, 2.0)
+    with torch.no_grad():
+        after = model(x)
+    assert torch.allclose(after, (before + torch.from_numpy(offsets)) / 2.0, atol=1e-4)
+    # series logits that rise with mild severity unless the outstanding offset lifts the clean image
+    logits = np.zeros((2, len(KINDS), len(SERIES_SEVERITIES), 3), np.float32)
+    logits[..., 0, :] = [0.0, 0.0, -0.5]                    # clean: ungradable by a hair (tie -> 0)
+    logits[..., 1:3, 1] = 1.0                              # mild: gradable
+    logits[..., 3:, 0] = 2.0                               # severe: ungradable
+    calibration = CalibrationSet(["a", "b"], logits)
+    assert objective(calibration, np.zeros(3))["monotone"] == 0.0
+    fitted, result = fit_offsets(calibration)
+    assert result["monotone"] == 1.0 and result["worst_ungradable"] == 1.0 and fitted[2] > 0.5
+
+
+def test_coordinate_channels_let_the_grader_see_position():
+    import torch
+
+    from VesselReconLib.coips.network import build_model, coordinates
+
+    grid = coordinates(torch.zeros(2, 1, 5, 7))
+    assert grid.shape == (2, 2, 5, 7) and grid[0, 0, 0, 0] == -1 and grid[0, 1, 0, -1] == 1
+    model = build_model("lite")
+    assert model.coord_channels and model.backbone.conv1[0].in_channels == 3
+    assert not build_model("paper-6mm").coord_channels
+
+
+def test_boundary_refinement_redraws_a_loose_mask_on_the_image():
+    from VesselReconLib.coips.faz import refine_faz
+
+    size, pixel_mm = 200, 3.0 / 200
+    truth = _disk(size, 30, (100, 100))
+    rng = np.random.default_rng(0)
+    image = np.where(truth, 0.05, 0.6) + rng.normal(0, 0.03, (size, size))
+    loose = _disk(size, 34, (101, 99))
+    refined = refine_faz(loose, image, pixel_mm)
+    dice = lambda a, b: 2 * (a & b).sum() / (a.sum() + b.sum())  # noqa: E731
+    assert dice(refined, truth) > dice(loose, truth) and dice(refined, truth) > 0.97
+    assert not refine_faz(np.zeros_like(truth), image, pixel_mm).any()
 
 
 # ---------------------------------------------------------------- real FAZ and the motion-band scan

@@ -13,7 +13,7 @@ QUALITY_SHIP_NAME, FAZ_SHIP_NAME = "coips-quality-{preset}", "coips-{preset}"
 
 
 TRAIN_OPTIONS = ("task", "data", "preset", "epochs", "batch_size", "lr", "finetune", "patience", "patch", "seed",
-                 "workers", "device", "degrade", "rossa", "out", "heldout", "data_command")
+                 "workers", "device", "degrade", "rossa", "zoom_min", "calibrate", "out", "heldout", "data_command")
 
 
 def _train_command(args) -> str:
@@ -147,6 +147,11 @@ def add_train_arguments(parser) -> None:
                         help="quality: probability of degrading a training image on the fly (coips.degradations)")
     parser.add_argument("--rossa", help="quality: also use the real ROSSA images under this folder as sources "
                                         "(train_manual + train_sam), degraded on the fly")
+    parser.add_argument("--zoom-min", type=float, default=0.6,
+                        help="quality: smallest central crop (fraction of the width) of the zoom augmentation")
+    parser.add_argument("--calibrate", metavar="FOLDER",
+                        help="quality: fit class offsets and a temperature on these held-out real images (e.g. "
+                             "../shared/datasets/rossa/val) and fold them into the head (coips/calibration.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -169,13 +174,20 @@ def train(args) -> int:
     preset = args.preset or ("lite" if args.task == "quality" else "faz-lite")
     settings = TrainSettings(preset=preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              finetune=args.finetune, patience=args.patience, seed=args.seed, workers=args.workers,
-                             patch=args.patch, device=args.device, degrade=args.degrade, rossa=args.rossa)
+                             patch=args.patch, device=args.device, degrade=args.degrade, rossa=args.rossa,
+                             zoom_min=args.zoom_min)
     bar = TqdmProgress(f"train coips {args.task}")
     fit = train_quality if args.task == "quality" else train_faz
     model, history = fit(args.data, Path(args.out) / args.task, settings, progress=bar)
     bar.close()
     best = max(history, key=lambda h: h.get("val_macro_f1", h.get("val_dice", 0.0))) if history else {}
     print(json.dumps({"task": args.task, "preset": preset, "epochs": len(history), "best": best}))
+    args.calibration = None
+    if getattr(args, "calibrate", None) and args.task == "quality":
+        from .calibration import calibrate
+
+        args.calibration = calibrate(model, args.calibrate, resolve_device(args.device))
+        print(json.dumps({"calibration": args.calibration}))
     if args.ship:
         _ship(model, args, preset, history)
     return 0
@@ -206,11 +218,16 @@ def _ship(model, args, preset: str, history: list[dict]) -> None:
     if getattr(args, "rossa", None):
         sources.append("ROSSA train_manual + train_sam (GitHub nhjydywd/OCTA-FRNet, dataset/ROSSA at commit 53e87f8, "
                        "MIT License, Copyright (c) 2023 Haojian Ning; arXiv 2309.09483), degraded on the fly")
+    extra_training = {}
+    if getattr(args, "calibration", None):
+        sources.append(f"calibration: {args.calibrate} (held-out real images: ROSSA val, same commit and licence; "
+                       "never the OCTAGON evaluation scans), clean and degradation series")
+        extra_training["calibration"] = args.calibration
     entry = ship_model(model.cpu(), "coips", preset, command=_train_command(args), data=args.data_command or str(args.data),
                        seed=args.seed, metrics=metrics, input_spec=spec, name=name,
                        extra_training={"task": args.task, "heldout_data": str(heldout), "data_sources": sources,
                                        "real_evaluation": "OCTAGON samples (../shared/samples/octa-octagon), never "
-                                                          "used for training"},
+                                                          "used for training or calibration", **extra_training},
                        directory=Path(args.registry) if args.registry else None)
     print(f"Shipped {entry.name} ({entry.path.stat().st_size / 1e6:.2f} MB): {json.dumps(metrics)}")
 
@@ -230,9 +247,26 @@ def _real_metrics(model, task: str, device) -> dict:
                 for key in ("dice", "area_error_pct")}
     from .realeval import degradation_series, octagon_images
 
-    rows = degradation_series(model, octagon_images(folder), device)
-    return {"real_octagon_series_monotone": f"{sum(r['monotone'] for r in rows)}/{len(rows)}",
-            "real_octagon_series_worst_ungradable": f"{sum(r['worst_ungradable'] for r in rows)}/{len(rows)}"}
+    from .realeval import OCTAGON_SCANS, default_rossa_dir, grade_images, rossa_grades
+
+    images = octagon_images(folder)
+    rows = degradation_series(model, images, device)
+    metrics = {"real_octagon_series_monotone": f"{sum(r['monotone'] for r in rows)}/{len(rows)}",
+               "real_octagon_series_worst_ungradable": f"{sum(r['worst_ungradable'] for r in rows)}/{len(rows)}"}
+    probabilities = grade_images(model, list(images.values()), device)
+    from . import GRADES
+
+    metrics.update({f"real_{name.removesuffix('.tif')}_grade": GRADES[int(p.argmax())] for name, p in
+                    zip(images, probabilities) if name in OCTAGON_SCANS})
+    rossa = default_rossa_dir("test")
+    if rossa is not None:
+        result = rossa_grades(model, rossa, device)
+        n = result["series_total"]
+        metrics.update({"real_rossa_test_clean_grades_ungr_grad_outs": result["clean_grades"],
+                        "real_rossa_test_macro_f1": round(result["macro_f1"], 4),
+                        "real_rossa_test_series_monotone": f"{round(result['series_monotone'] * n)}/{n}",
+                        "real_rossa_test_series_worst_ungradable": f"{round(result['series_worst_ungradable'] * n)}/{n}"})
+    return metrics
 
 
 # ---------------------------------------------------------------- vesselrecon eval coips

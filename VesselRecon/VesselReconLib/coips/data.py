@@ -149,14 +149,15 @@ def fovea_of(pixels: np.ndarray) -> tuple[float, float]:
     return found if np.hypot(found[0] - centre[0], found[1] - centre[1]) < 0.2 * width else centre
 
 
-def _zoom(pixels: np.ndarray, fovea, rng) -> tuple[np.ndarray, tuple[float, float]]:
-    """With p = 0.5 a central crop of 60-100 % of the width resized back (a 3x3 mm look), and the fovea in it."""
+def _zoom(pixels: np.ndarray, fovea, rng, zoom_min: float = 0.6) -> tuple[np.ndarray, tuple[float, float]]:
+    """With p = 0.5 a central crop of ``zoom_min``-100 % of the width resized back (a 3x3 mm look), and the
+    fovea in it."""
     from PIL import Image
 
     if rng.random() >= 0.5:
         return pixels, fovea
     height, width = pixels.shape
-    side = int(round(width * rng.uniform(0.6, 1.0)))
+    side = int(round(width * rng.uniform(zoom_min, 1.0)))
     top, left = (height - side) // 2, (width - side) // 2
     crop = Image.fromarray(pixels[top:top + side, left:left + side].astype(np.float32)).resize((width, height),
                                                                                                Image.BILINEAR)
@@ -177,14 +178,15 @@ class QualityDataset(torch.utils.data.Dataset):
     With ``degrade`` (a probability) a training image is, that often, degraded on the fly by one of
     :data:`.degradations.KINDS` at a severity drawn uniformly from ``[0, 1]`` and relabelled
     ``min(label, grade_for_severity(severity))`` (decentration moves the fovea found by :func:`fovea_of`).
-    Training images are also zoomed (p = 0.5: a central crop of 60-100 % of the width, as 3x3 mm scans
-    magnify 6x6 mm ones) and their contrast changed (gamma 0.7-1.4) before the degradation.
+    Every training image is also zoomed (p = 0.5: a central crop of ``zoom_min``-100 % of the width, as 3x3 mm scans
+    magnify 6x6 mm ones), its contrast changed (gamma 0.7-1.4) and given another device's look
+    (:func:`device_appearance`) before the degradation, degraded or not.
     Without ``train`` the same images are degraded the same way at every call (a fixed validation set).
     """
 
     def __init__(self, samples: list[QualitySample], size: int, train: bool = False, degrade: float = 0.0,
-                 seed: int = 0):
-        self.samples, self.size = samples, int(size)
+                 seed: int = 0, zoom_min: float = 0.6):
+        self.samples, self.size, self.zoom_min = samples, int(size), float(zoom_min)
         self.transform = augmentation() if train else None
         self.degrade, self.train = float(degrade), train
         self.rng = np.random.default_rng(seed)
@@ -208,18 +210,54 @@ class QualityDataset(torch.utils.data.Dataset):
         image, native, fovea = self._load(index)
         label = sample.label
         rng = self.rng if self.train else np.random.default_rng([index, 17])
-        if self.degrade and rng.random() < self.degrade:
+        degraded = bool(self.degrade) and rng.random() < self.degrade
+        if self.train and native is not None:
+            pixels, fovea_now = _zoom(native / np.float32(255), fovea, rng, self.zoom_min)
+            pixels = device_appearance(np.clip(pixels, 0, 1) ** np.float32(rng.uniform(0.7, 1.4)), rng)
+            if degraded:
+                kind, severity = KINDS[rng.integers(len(KINDS))], float(rng.uniform(0, 1))
+                pixels = degrade(pixels, kind, severity, int(rng.integers(2**31)), fovea_now)
+                label = min(label, grade_for_severity(severity, label))
+            image = torch.from_numpy(to_work_image(pixels, self.size))[None]
+        elif degraded:
             kind, severity = KINDS[rng.integers(len(KINDS))], float(rng.uniform(0, 1))
-            pixels, fovea_now = native / np.float32(255), fovea
-            if self.train:
-                pixels, fovea_now = _zoom(pixels, fovea, rng)
-                pixels = np.clip(pixels, 0, 1) ** np.float32(rng.uniform(0.7, 1.4))
-            pixels = degrade(pixels, kind, severity, int(rng.integers(2**31)), fovea_now)
+            pixels = degrade(native / np.float32(255), kind, severity, int(rng.integers(2**31)), fovea)
             image = torch.from_numpy(to_work_image(pixels, self.size))[None]
             label = min(label, grade_for_severity(severity, label))
         if self.transform is not None:
             image = self.transform(image)
         return image, label
+
+
+def device_appearance(pixels: np.ndarray, rng) -> np.ndarray:
+    """Grade-preserving device/export variation of a training image: JPEG re-encoding (p = 0.5, quality
+    25-95, as OCTAGON's TIFFs), a slightly lower lateral resolution (p = 0.3, down- and upsampled by up
+    to 1.3x: less than the mildest blur grade) and a contrast stretch with saturation (p = 0.3)."""
+    import io
+
+    from PIL import Image
+
+    height, width = pixels.shape
+    out = np.clip(pixels, 0, 1).astype(np.float32)
+    if rng.random() < 0.3:
+        out = np.clip(out * np.float32(rng.uniform(0.8, 1.4)), 0, 1)
+    if rng.random() < 0.5:
+        from scipy import ndimage
+
+        shape = float(rng.uniform(2.0, 8.0))
+        speckle = ndimage.gaussian_filter(rng.gamma(shape, 1.0 / shape, out.shape).astype(np.float32),
+                                          float(rng.uniform(0.4, 0.8)))
+        out = np.clip(out * speckle / speckle.mean(), 0, 1)
+    if rng.random() < 0.3:
+        factor = rng.uniform(1.0, 1.3)
+        small = Image.fromarray(out).resize((max(8, int(width / factor)), max(8, int(height / factor))), Image.BILINEAR)
+        out = np.asarray(small.resize((width, height), Image.BILINEAR), np.float32)
+    if rng.random() < 0.5:
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)).save(
+            buffer, format="JPEG", quality=int(rng.integers(25, 96)))
+        out = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L"), np.float32) / 255
+    return np.clip(out, 0, 1).astype(np.float32)
 
 
 def _noise_floor(image: np.ndarray, rng) -> np.ndarray:

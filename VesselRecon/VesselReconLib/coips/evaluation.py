@@ -2,8 +2,9 @@
 
 Quality: accuracy, macro precision, macro F1, one-vs-rest AUC (``metrics.classification_report``) of
 the classifier and of a majority-class baseline. FAZ (on the gradable/outstanding segmentation subset):
-Dice, Jaccard, precision, recall and FAZ area error (mm^2) of the U-Net, of the U-Net without its
-largest-component post-processing, per input grade, and of the classical baseline (:func:`.faz.classical_faz`).
+Dice, Jaccard, precision, recall and FAZ area error (mm^2) of the U-Net (central component), with a
+boundary refinement (ablation), with the old largest-component post-processing, without
+post-processing, per input grade, and of the classical baseline (:func:`.faz.classical_faz`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from . import GRADES
 from .data import faz_samples, quality_samples, read_mask
-from .faz import classical_faz, largest_component, select_faz
+from .faz import classical_faz, largest_component, refine_faz, select_faz
 from .inference import faz_logits, faz_window, grade, paste_masks
 from ..enface_io import read_image, to_work_image
 from .logic import faz_comparison
@@ -71,10 +72,13 @@ def raw_faz_mask(faz_net, pixels: np.ndarray, field_of_view_mm: float, device) -
 
 
 def faz_method_masks(faz_net, pixels: np.ndarray, field_of_view_mm: float, device) -> dict[str, np.ndarray]:
-    """The FAZ of every compared method: U-Net + central selection (ours), U-Net + largest component
-    (the old post-processing), U-Net alone, classical baseline."""
+    """The FAZ of every compared method: U-Net + central selection (ours), with a boundary refinement
+    (ablation: :func:`.faz.refine_faz`, not the default), U-Net + largest component (the old
+    post-processing), U-Net alone, classical baseline."""
     raw = raw_faz_mask(faz_net, pixels, field_of_view_mm, device)
-    return {"unet": select_faz(raw, field_of_view_mm), "unet_largest_component": largest_component(raw),
+    selected = select_faz(raw, field_of_view_mm)
+    return {"unet": selected, "unet_refined": refine_faz(selected, pixels, field_of_view_mm / pixels.shape[1]),
+            "unet_largest_component": largest_component(raw),
             "unet_no_postprocessing": raw, "classical": classical_faz(pixels)}
 
 
@@ -139,11 +143,12 @@ def run_evaluation(data: str | Path, quality_net, faz_net, device, extra_quality
             "n_quality": int(labels.size), "n_faz": len(records) // len(FAZ_METHODS)}
 
 
-FAZ_METHODS = ("unet", "unet_largest_component", "unet_no_postprocessing", "classical")
+FAZ_METHODS = ("unet", "unet_refined", "unet_largest_component", "unet_no_postprocessing", "classical")
 
 
 def faz_method_names(faz_name: str) -> dict[str, str]:
     return {"unet": f"{faz_name} (central component)",
+            "unet_refined": f"{faz_name} + boundary refinement (not default)",
             "unet_largest_component": f"{faz_name} with largest-component post-processing (old)",
             "unet_no_postprocessing": f"{faz_name} without post-processing",
             "classical": "classical (smoothing + low-intensity threshold + central component)"}

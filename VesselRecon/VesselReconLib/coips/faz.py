@@ -124,6 +124,50 @@ def select_faz(mask: np.ndarray, field_of_view_mm: float | None = None) -> np.nd
     return out
 
 
+# Boundary refinement (an ablation, not the default: selected on a phantom validation set, out/coips/val-r2,
+# where it helps; on the real OCTAGON scans it hurts, see the module README).
+REFINE_BAND_MM, REFINE_SIGMA_MM, REFINE_LEVEL = 0.06, 0.01, 0.4
+
+
+def refine_faz(mask: np.ndarray, pixels: np.ndarray, pixel_mm: float, band_mm: float = REFINE_BAND_MM,
+               sigma_mm: float = REFINE_SIGMA_MM, level: float = REFINE_LEVEL) -> np.ndarray:
+    """Boundary refinement of a FAZ mask at the image's own resolution.
+
+    The U-Net sees a resampled window; its boundary is redrawn on the image's pixels: smooth with
+    ``sigma_mm``, take the median inside the mask eroded by ``band_mm`` (the FAZ floor) and in the
+    ring out to ``2 * band_mm`` beyond it (the capillaries around it), and within ``band_mm`` of the
+    boundary keep the pixels darker than ``level`` of the way from the floor to the ring. The result
+    is the part connected to the eroded core, holes filled. ``mask`` and ``pixels`` have one shape (the
+    whole image or any crop of it); ``pixel_mm`` is the pixel size. Masks too thin for a core are kept.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return mask
+    radius = max(1, int(round(band_mm / pixel_mm)))
+    sigma = sigma_mm / pixel_mm
+    pad = 2 * radius + int(np.ceil(3 * sigma)) + 2
+    top, left = max(0, rows.min() - pad), max(0, cols.min() - pad)
+    bottom, right = min(mask.shape[0], rows.max() + pad + 1), min(mask.shape[1], cols.max() + pad + 1)
+    crop = mask[top:bottom, left:right]
+    smooth = ndimage.gaussian_filter(np.asarray(pixels[top:bottom, left:right], np.float32), sigma)
+    cross = ndimage.generate_binary_structure(2, 1)
+    core = ndimage.binary_erosion(crop, cross, radius)
+    near = ndimage.binary_dilation(crop, cross, radius)
+    ring = ndimage.binary_dilation(crop, cross, 2 * radius) & ~crop
+    if not core.any() or not ring.any():
+        return mask
+    floor, around = float(np.median(smooth[core])), float(np.median(smooth[ring]))
+    redrawn = core | (near & (smooth < floor + level * (around - floor)))
+    labels, _ = ndimage.label(redrawn)
+    kept = np.isin(labels, np.unique(labels[core]))
+    out = mask.copy()
+    out[top:bottom, left:right] = ndimage.binary_fill_holes(kept & (labels > 0))
+    return out
+
+
 def bounding_crop(mask: np.ndarray) -> np.ndarray:
     """The smallest crop of ``mask`` that holds all of its pixels (for fast metrics)."""
     rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)

@@ -22,8 +22,9 @@ from . import GRADES
 from ..errors import CheckpointError
 
 QUALITY_PRESETS: dict[str, dict] = {
-    # A 4-stage ResNet-10 with 16..128 channels: ~0.3 M parameters, 1.3 MB.
-    "lite": {"backbone": "resnet10t", "input_size": 128,
+    # A 4-stage ResNet-10 with 16..128 channels: ~0.3 M parameters, 1.3 MB; two coordinate channels
+    # (CoordConv) so that it can tell where the fovea lies (decentration), which pooling otherwise hides.
+    "lite": {"backbone": "resnet10t", "input_size": 128, "coord_channels": True,
              "backbone_kwargs": {"channels": (16, 32, 64, 128), "stem_width": 16}},
     "resnet101": {"backbone": "resnet101", "input_size": 224},
     "inception_v3": {"backbone": "inception_v3", "input_size": 299},
@@ -57,6 +58,15 @@ def zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (x - mean) / (std + eps)
 
 
+def coordinates(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 2, H, W)`` row and column coordinates in ``[-1, 1]`` matching ``x`` (CoordConv channels)."""
+    batch, _, height, width = x.shape
+    rows = torch.linspace(-1.0, 1.0, height, device=x.device, dtype=x.dtype)
+    cols = torch.linspace(-1.0, 1.0, width, device=x.device, dtype=x.dtype)
+    grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"))
+    return grid[None].expand(batch, -1, -1, -1)
+
+
 class QualityClassifier(nn.Module):
     """A timm backbone graded into ungradable / gradable / outstanding.
 
@@ -64,12 +74,15 @@ class QualityClassifier(nn.Module):
     :param input_size: square input size in pixels (the paper's size for each backbone).
     :param in_chans: input channels (1 for grayscale OCTA).
     :param backbone_kwargs: extra ``timm.create_model`` arguments (e.g. channel widths of ``lite``).
+    :param coord_channels: append two channels holding the row and column coordinate in ``[-1, 1]``
+        (CoordConv) to the z-scored image, so that the grader can judge where the fovea lies.
     """
 
     kind = "quality"
 
     def __init__(self, backbone: str = "resnet10t", input_size: int = 128, in_chans: int = 1,
-                 num_classes: int = len(GRADES), backbone_kwargs: dict | None = None, drop_rate: float = 0.0):
+                 num_classes: int = len(GRADES), backbone_kwargs: dict | None = None, drop_rate: float = 0.0,
+                 coord_channels: bool = False):
         super().__init__()
         import timm
 
@@ -81,13 +94,16 @@ class QualityClassifier(nn.Module):
         self.backbone_name = backbone
         self.input_size = int(input_size)
         self.in_chans = int(in_chans)
+        self.coord_channels = bool(coord_channels)
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=num_classes,
-                                          in_chans=in_chans, drop_rate=drop_rate, **kwargs)
+                                          in_chans=in_chans + 2 * self.coord_channels, drop_rate=drop_rate, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = zscore(x)
         if self.in_chans != x.shape[1]:
             x = x.expand(-1, self.in_chans, -1, -1)
+        if self.coord_channels:
+            x = torch.cat([x, coordinates(x)], dim=1)
         return self.backbone(x)
 
     def head_parameters(self) -> list[nn.Parameter]:

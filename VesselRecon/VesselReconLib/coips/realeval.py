@@ -32,6 +32,27 @@ def default_octagon_dir() -> Path | None:
     return folder if folder.is_dir() else None
 
 
+def default_rossa_dir(split: str = "test") -> Path | None:
+    """``../shared/datasets/rossa/<split>`` next to the repository, if it is there."""
+    folder = Path(__file__).resolve().parents[3].parent / "shared" / "datasets" / "rossa" / split
+    return folder if folder.is_dir() else None
+
+
+def rossa_grades(quality_net, folder: Path, device="cpu", limit: int | None = None) -> dict:
+    """Grades of held-out real ROSSA images (``test``: neither trained nor calibrated on): clean grade
+    counts, macro F1 against the severity labels, and the two series checks (every kind)."""
+    from .calibration import _macro_f1, calibration_images, collect_logits, series_scores
+
+    calibration = collect_logits(quality_net, calibration_images(folder, limit), device)
+    grades = calibration.series_logits.argmax(-1)
+    monotone, worst = series_scores(grades)
+    return {"folder": str(folder), "images": len(calibration.names),
+            "clean_grades": np.bincount(grades[:, 0, 0], minlength=3).tolist(),
+            "macro_f1": _macro_f1(calibration.labels().ravel(), grades.ravel()),
+            "series_monotone": monotone, "series_worst_ungradable": worst,
+            "series_total": int(np.prod(grades.shape[:2]))}
+
+
 def read_device_faz(path: str | Path) -> np.ndarray:
     """The device's FAZ mask from an OCTAGON ``*_system.png`` (the FAZ drawn in yellow on purple)."""
     from PIL import Image
@@ -117,9 +138,10 @@ def octagon_images(folder: Path) -> dict[str, np.ndarray]:
     return {scan: read_image(folder / scan).pixels for scan in OCTAGON_SCANS if (folder / scan).is_file()}
 
 
-def run_real_evaluation(quality_net, faz_net, folder: Path, device="cpu") -> dict:
+def run_real_evaluation(quality_net, faz_net, folder: Path, device="cpu", rossa: Path | None = None) -> dict:
     series_rows = degradation_series(quality_net, octagon_images(folder), device)
-    return {"faz": faz_rows(faz_net, folder, device), "scans": scan_rows(quality_net, faz_net, folder, device),
+    rossa = rossa if rossa is not None else default_rossa_dir("test")
+    return {"rossa_test": rossa_grades(quality_net, rossa, device) if rossa else None,"faz": faz_rows(faz_net, folder, device), "scans": scan_rows(quality_net, faz_net, folder, device),
             "series": series_rows,
             "series_monotone": sum(r["monotone"] for r in series_rows),
             "series_worst_ungradable": sum(r["worst_ungradable"] for r in series_rows),
@@ -129,6 +151,7 @@ def run_real_evaluation(quality_net, faz_net, folder: Path, device="cpu") -> dic
 def format_real(result: dict, faz_name: str) -> str:
     """The real-scan tables as text."""
     names = {"unet": f"{faz_name} + central component (default)",
+             "unet_refined": f"{faz_name} + central + boundary refinement",
              "unet_largest_component": f"{faz_name} + largest component (old)",
              "unet_no_postprocessing": f"{faz_name}, no post-processing", "classical": "classical baseline"}
     lines = ["FAZ on OCTAGON scans with the device's FAZ (true fields from the file names)",
@@ -149,6 +172,15 @@ def format_real(result: dict, faz_name: str) -> str:
                      f"{'  worst ungradable' if row['worst_ungradable'] else '  worst NOT ungradable'}")
     lines.append(f"monotone {result['series_monotone']}/{result['series_total']}, ungradable at the worst severity "
                  f"{result['series_worst_ungradable']}/{result['series_total']}")
+    rossa = result.get("rossa_test")
+    if rossa:
+        n = rossa["series_total"]
+        lines += ["", f"Held-out real ROSSA images ({rossa['folder']}, {rossa['images']} images, never trained or "
+                      "calibrated on)",
+                  f"clean images graded ungradable/gradable/outstanding: {rossa['clean_grades']}",
+                  f"macro F1 against the severity labels (clean + 4 kinds x 5 severities): {rossa['macro_f1']:.3f}",
+                  f"series monotone {round(rossa['series_monotone'] * n)}/{n}, ungradable at the worst severity "
+                  f"{round(rossa['series_worst_ungradable'] * n)}/{n}"]
     return "\n".join(lines)
 
 

@@ -46,6 +46,7 @@ class TrainSettings:
     device: str = "auto"
     degrade: float = 0.7
     rossa: str | None = None
+    zoom_min: float = 0.6
 
 
 def _loader(dataset, batch_size: int, workers: int, shuffle: bool, seed: int = 0):
@@ -136,7 +137,7 @@ def train_quality(data: str | Path, out: str | Path, settings: TrainSettings, pr
     model = build_model(settings.preset).to(device)
     size = model.input_size
     train_set = QualityDataset([samples[i] for i in train_idx], size, train=True, degrade=settings.degrade,
-                               seed=settings.seed)
+                               seed=settings.seed, zoom_min=settings.zoom_min)
     val_set = QualityDataset([samples[i] for i in val_idx], size, degrade=settings.degrade)
     val_loader = _loader(val_set, settings.batch_size, settings.workers, False)
     train_loader = _loader(train_set, settings.batch_size, settings.workers, True, settings.seed)

@@ -167,8 +167,9 @@ def test_cli_run_on_a_case_folder(tmp_path):
                  "--points-a", "10,10 100,100", "--points-b", "10,10 100,100", "--out", str(out)]) == 2
 
 
-def test_qca_on_held_out_phantoms():
-    """QCA % diameter stenosis against the phantom truth on held-out cases (never trained on)."""
+@pytest.fixture(scope="module")
+def qca_errors():
+    """Signed QCA % diameter stenosis errors against the phantom truth on held-out cases (never trained on)."""
     from VesselReconLib.angio3d.pipeline import reconstruct
     from VesselReconLib.phantoms.xray import make_case
 
@@ -180,18 +181,28 @@ def test_qca_on_held_out_phantoms():
             result = reconstruct([v["image"].astype(np.float32) for v in case["views"]], case["geometries"],
                                  [np.array(p) for p in case["soi_points"]], net=net, refine=False, stitch=False)
             errors.append(result.qca["percent_diameter_stenosis"] - case["case"].stenosis["percent_diameter"])
-    errors = np.array(errors)
+    return np.array(errors)
+
+
+def test_qca_on_held_out_phantoms(qca_errors):
+    errors = qca_errors
     assert np.median(np.abs(errors)) <= QCA_MEDIAN_ERROR
     assert np.mean(np.abs(errors) <= 10) >= 0.6
     assert np.abs(errors).mean() <= QCA_MEAN_ERROR and abs(errors.mean()) <= QCA_BIAS
 
 
+@pytest.mark.xfail(strict=True, reason="issue 14 target not met on these seeds (mean 14.3, bias -5.5): two "
+                   "high-grade lesions overlapped by another vessel in both views; see the README")
+def test_qca_meets_the_issue_target(qca_errors):
+    assert np.abs(qca_errors).mean() <= 4.0 and abs(qca_errors.mean()) <= 2.0
+
+
 QCA_SEEDS = tuple(range(9101, 9109))
-# Measured floors (shipped lite, model-fitted profile radii + narrower-view fusion, these seeds: median 7.2,
-# mean 14.7, bias -6.3; two gross misses, -26 and -44, at 85-89 % lesions overlapped by another vessel in
-# both views; before this change: median 6.7, mean 13.3, bias -8.9). On a fresh held-out set (seed 24, 14
-# cases) the same code gives mean 4.7, bias -1.0 (before: 10.9, -6.2). The issue's target (mean absolute
-# error <= 4, |bias| <= 2) is NOT met on these seeds; see the README.
+# Measured floors (shipped lite, model-fitted profile radii + narrower-view fusion, these seeds: median 6.3,
+# mean 14.3, bias -5.5; two gross misses, -22 and -47, at 85-89 % lesions overlapped by another vessel in
+# both views; before this change: median 6.7, mean 13.3, bias -8.9). On the 14 cases of seed 24 the same
+# code gives mean 4.4, bias 0.0 (before: 10.9, -6.2). The issue's target (mean absolute error <= 4,
+# |bias| <= 2) is NOT met on these seeds; see the README.
 QCA_MEDIAN_ERROR, QCA_MEAN_ERROR, QCA_BIAS = 8.0, 15.0, 7.0
 
 

@@ -187,8 +187,13 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
     """
     from scipy import ndimage
 
-    floored, overlap = views["floored"].copy(), views["overlap"]
-    radii = views.get("qca_radii", views["radii"])
+    if "qca_samples" in views:                  # the radii where they were measured (not resampled)
+        samples = views["qca_samples"]
+        centerline, radii = samples["points"], samples["radii"]
+        floored, overlap = samples["floored"].copy(), samples["overlap"]
+    else:
+        floored, overlap = views["floored"].copy(), views["overlap"]
+        radii = views.get("qca_radii", views["radii"])
     smooth = np.stack([ndimage.median_filter(radii[v], QCA_MEDIAN_SAMPLES, mode="nearest") for v in range(2)])
     fused = smooth.min(0)
     for v in range(2):
@@ -205,7 +210,7 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
     qca["radius_view"] = "A+B" if abs(a - b) <= VIEW_TIE * max(a, b) else ("A" if a < b else "B")
     qca["percent_diameter_stenosis_views"] = [round(q, 2) for q in per_view]
     for v, name in enumerate("AB"):
-        fraction = float(views["floored"][v].mean())
+        fraction = float(floored[v].mean())
         if fraction > 0.1:
             qca["warnings"].append(f"view {name}: {100 * fraction:.0f} % of the radii sit on the "
                                    "0.5 px floor (lumen not found there)")

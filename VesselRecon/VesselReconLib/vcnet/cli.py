@@ -20,7 +20,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--mask", help="brain/ROI mask volume; it also sets the intensity statistics (tissue level) "
                                        "used to normalise the image. Without it the whole volume's dominant tissue "
-                                       "intensity is used, with a warning")
+                                       "intensity is used, with a warning, and vessels are searched only at "
+                                       "least 8 mm inside the head (no bright fat or scalp; a crop with no air "
+                                       "keeps every voxel)")
     parser.add_argument("--dark", action="store_true", help="dark vessels (SWI/MinIP): invert inside the mask")
     parser.add_argument("--overlap", type=float, default=0.0, help="window overlap (0 = non-overlapping, paper)")
     parser.add_argument("--threshold", type=float, default=0.5)

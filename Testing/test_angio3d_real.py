@@ -41,7 +41,15 @@ def test_real_phantom_centrelines_and_radii(report):
     assert 0.55 < row["radius_ratio"] < 1.4
 
 
-# Measured (shipped lite): mean 1.93 mm, worst max 10.0 mm, radius ratio 0.68 over 6 branches. The issue's
-# targets (mean <= 0.8 mm, max <= 2.5 mm) are NOT met; these floors only catch regressions.
-MEAN_FLOOR_MM = 2.5
-MAX_FLOOR_MM = 12.0
+@pytest.mark.xfail(strict=True, reason="issue 14 target not met: wrong 2D paths on branches 0 and 4 and a "
+                   "near-degenerate view pair on branch 1; see the README")
+def test_real_phantom_meets_the_issue_target(report):
+    rows = report["per_branch"][0]["rows"]
+    assert all(r["mean_mm"] <= 0.8 and r["max_mm"] <= 2.5 for r in rows)
+
+
+# Measured (shipped lite, depth refinement): mean 1.93 mm, worst max 8.4 mm, radius ratio 0.68 over 6
+# branches (before it: 1.93 / 10.0). The issue's targets (mean <= 0.8 mm, max <= 2.5 mm) are met on three
+# branches of six; these floors only catch regressions.
+MEAN_FLOOR_MM = 2.3
+MAX_FLOOR_MM = 10.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import PARTIAL_PREFIX
 from . import GRADES
 from .faz import FAZ_METRIC_UNITS, bounding_crop, faz_flags, faz_metrics, select_faz
 
@@ -32,6 +32,21 @@ def overlay(gray: np.ndarray, mask: np.ndarray | None, grade: str, border: int =
     return rgb
 
 
+def save_png_atomically(image, path: str | Path) -> None:
+    """Save a PNG under a hidden partial name in its folder (which the batch has made), then
+    ``os.replace`` it onto ``path``: never a half-written file under the final name, and no scratch
+    folder per file (``atomic.atomic_path`` makes one, which cost the batch a fifth of its time)."""
+    import os
+
+    path = Path(path)
+    temporary = path.with_name(f"{PARTIAL_PREFIX}{path.name}")
+    try:
+        image.save(temporary, format="PNG", compress_level=1)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def unpack_mask(packed: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
 
@@ -52,16 +67,14 @@ def finish_image(item: dict) -> dict:
         flags = faz_flags(row)
         row.update(faz_plausible=not flags, faz_flags="; ".join(flags), **faz_centre(mask))
         if item.get("mask_path"):
-            with atomic_path(item["mask_path"]) as temporary:
-                Image.fromarray(mask.astype(np.uint8) * 255).save(temporary, compress_level=1)
+            save_png_atomically(Image.fromarray(mask.astype(np.uint8) * 255), item["mask_path"])
             row["mask"] = Path(item["mask_path"]).name
     else:
         row.update({key: float("nan") for key in FAZ_METRIC_UNITS}, faz_plausible="", faz_flags="",
                    faz_centre_x=float("nan"), faz_centre_y=float("nan"))
     if item.get("thumbnail_path") and item.get("thumbnail") is not None:
-        with atomic_path(item["thumbnail_path"]) as temporary:
-            Image.fromarray(overlay(item["thumbnail"], mask, row.get("grade", "error"))).save(
-                temporary, compress_level=1)
+        save_png_atomically(Image.fromarray(overlay(item["thumbnail"], mask, row.get("grade", "error"))),
+                            item["thumbnail_path"])
         row["thumbnail"] = Path(item["thumbnail_path"]).name
     return row
 

@@ -157,6 +157,7 @@ def test_view_qca_takes_the_narrower_view_sample_by_sample():
                           "floored": none, "overlap": none}, lesion)
     assert qca["radius_view"] == "B" and qca["percent_diameter_stenosis"] == pytest.approx(70, abs=3)
     assert qca["percent_diameter_stenosis_views"][0] < 30
+    assert any("views disagree" in w for w in qca["warnings"])            # the reader is told
 
 
 def test_radius_fusion_keeps_the_clean_view():

@@ -171,6 +171,7 @@ def quantitative_coronary_analysis(centerline: np.ndarray, radii: np.ndarray, en
 
 QCA_MEDIAN_SAMPLES = 3     # running median over 3 samples (~1.5 mm) against single-profile outliers
 VIEW_TIE = 0.05            # views within 5 % of each other at the MLD: "A+B"
+VIEW_DISAGREEMENT = 20.0   # % stenosis points between the two views' own QCAs: warn
 
 
 def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_branch: bool = False) -> dict:
@@ -209,6 +210,10 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
     a, b = smooth[:, k]
     qca["radius_view"] = "A+B" if abs(a - b) <= VIEW_TIE * max(a, b) else ("A" if a < b else "B")
     qca["percent_diameter_stenosis_views"] = [round(q, 2) for q in per_view]
+    if abs(per_view[0] - per_view[1]) > VIEW_DISAGREEMENT:
+        qca["warnings"].append(f"the views disagree on the lesion ({per_view[0]:.0f} % in A, {per_view[1]:.0f} % in B): "
+                               "another vessel may overlap it in one view, or a 2D path may be off; the narrower "
+                               "view is used -- check both views")
     for v, name in enumerate("AB"):
         fraction = float(floored[v].mean())
         if fraction > 0.1:

@@ -89,6 +89,7 @@ STYLES = {
                        saturation_mm=200.0),
 }
 SATURATION_FLOOR = 0.5  # distal arterial signal never falls below this fraction
+DISTAL_PATH_MM = 60.0  # inflow path (mm) of vessels that start away from the carotids and basilar
 
 
 def _generator(seed: int) -> np.random.Generator:
@@ -244,11 +245,9 @@ def circle_of_willis(centre, radii, rng: np.random.Generator) -> tuple[list[Vasc
         p2_end = c + np.array([side * 24, -32, 6]) + jitter()
         add([p1_end, c + np.array([side * 18, -22, 2]) + jitter(), p2_end], 0.9, basilar_len + p1_len)
         roots.append(Root(tuple(p2_end), (side * 0.4, -1.0, 0.3), scale(0.85)))
-    left_a1 = chains[3].nodes[-1] if len(chains) > 3 else c
     acom = _chain([c + np.array([-2.5, 18, 3]), c + np.array([2.5, 18, 3])], 0.5, rng, wiggle_mm=0.1)
     chains.append(acom)
-    offsets.append(np.full(acom.n_nodes, 60.0) + _path_from_start(acom))
-    del left_a1
+    offsets.append(DISTAL_PATH_MM + _path_from_start(acom))
     return chains, offsets, roots
 
 
@@ -299,7 +298,7 @@ def grow_vessels(style: KindStyle, shape, spacing, seed: int) -> VascularTree:
     for node in forest.topological_order():
         parent = parents[node]
         if parent < 0:
-            start_of[node] = root_offsets.get(tuple(np.round(forest.nodes[node], 6)), 60.0)
+            start_of[node] = root_offsets.get(tuple(np.round(forest.nodes[node], 6)), DISTAL_PATH_MM)
         else:
             start_of[node] = start_of[parent]
     for chain, offset in zip(chains, offsets):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -64,6 +65,22 @@ def inference(device: torch.device, allow_half: bool = True) -> Iterator[None]:
         else:
             with torch.autocast(device_type="cuda", dtype=dtype):
                 yield
+
+
+def mirror_flips(axes) -> list[tuple[int, ...]]:
+    """Every non-empty combination of ``axes`` to flip together (nnU-Net's test-time mirroring)."""
+    axes = tuple(int(a) for a in axes)
+    return [dims for n in range(1, len(axes) + 1) for dims in itertools.combinations(axes, n)]
+
+
+def mirrored_mean(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, axes) -> torch.Tensor:
+    """Test-time mirroring: the mean of ``flip(forward(flip(x)))`` over ``x`` and its flips along every
+    combination of ``axes``, one pass each (the memory of a single pass)."""
+    flips = mirror_flips(axes)
+    total = forward(x)
+    for dims in flips:
+        total = total + torch.flip(forward(torch.flip(x, dims)), dims)
+    return total / (1 + len(flips))
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -19,6 +19,7 @@ from monai.networks.nets import DynUNet
 from torch import nn
 
 from . import GRADES
+from ..device import mirrored_mean
 from ..errors import CheckpointError
 
 QUALITY_PRESETS: dict[str, dict] = {
@@ -162,11 +163,7 @@ class FAZUNet(DynUNet):
         x = zscore(x)
         if self.training or not self.mirror_axes:
             return super().forward(x)
-        logits = super().forward(x)
-        flips = [(a,) for a in self.mirror_axes] + ([tuple(self.mirror_axes)] if len(self.mirror_axes) > 1 else [])
-        for dims in flips:
-            logits = logits + torch.flip(super().forward(torch.flip(x, dims)), dims)
-        return logits / (1 + len(flips))
+        return mirrored_mean(super().forward, x, self.mirror_axes)
 
 
 PRESETS = {**QUALITY_PRESETS, **FAZ_PRESETS}

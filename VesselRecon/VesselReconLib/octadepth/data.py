@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InputError
+from ..octavessel.data import augment_intensity
 
 if TYPE_CHECKING:  # torch is imported where batches are built, so the Slicer sample needs none
     import torch
@@ -128,16 +129,6 @@ class Batch:
     def to(self, device) -> "Batch":
         return Batch(*(None if t is None else t.to(device) for t in (
             self.image, self.vessel, self.vessel_weight, self.depth, self.has_depth, self.depth_support)))
-
-
-def augment_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random gamma (exp U(-0.35, 0.35)), contrast (0.8-1.2), offset (+-0.08) and, in 30 % of the
-    crops, Gaussian noise (sigma 0.01-0.08) on a normalised image (as OCTAVessel's fine-tuning)."""
-    image = np.clip(image, 0, None) ** float(np.exp(rng.uniform(-0.35, 0.35)))
-    image = image * rng.uniform(0.8, 1.2) + rng.uniform(-0.08, 0.08)
-    if rng.random() < 0.3:
-        image = image + rng.normal(0, rng.uniform(0.01, 0.08), image.shape)
-    return image.astype(np.float32)
 
 
 def fill_background_depth(depth: np.ndarray) -> np.ndarray:

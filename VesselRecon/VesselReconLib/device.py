@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -124,13 +125,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_call(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall time (s) of one ``fn()`` call, including its queued GPU work."""
+def timed_pair(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """Wall and CPU seconds (this process) of one ``fn()`` call, including its queued GPU work."""
     synchronize(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def timed_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time (s) of one ``fn()`` call, including its queued GPU work."""
+    return timed_pair(fn, device)[0]
 
 
 def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1,
@@ -140,6 +146,34 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 3, 
     for _ in range(warmup):
         fn()
     return float(reduce([timed_call(fn, device) for _ in range(repeats)]))
+
+
+def interleaved(calls: dict, device: torch.device, repeats: int = 3, reduce: Callable = min) -> dict:
+    """Time several calls interleaved (A, B, A, B, ...) after one warm-up each, so they share the
+    machine's load: ``{name: {"s": reduce of the wall seconds, "cpu_s": reduce of this process's CPU
+    seconds, "peak_mb"}}`` (``reduce``: ``min`` for the least disturbed run, or ``np.median``)."""
+    for fn in calls.values():
+        fn()
+    times = {name: [] for name in calls}
+    peaks = {}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            times[name].append(timed_pair(fn, device))
+            peaks[name] = peak_memory_mb(device)
+    return {name: {"s": round(float(reduce([t[0] for t in pairs])), 4),
+                   "cpu_s": round(float(reduce([t[1] for t in pairs])), 4),
+                   "peak_mb": None if peaks[name] is None else round(peaks[name], 1)}
+            for name, pairs in times.items()}
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the OS has none), for the bench reports."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def peak_memory_mb(device: torch.device) -> float | None:

@@ -17,7 +17,6 @@ Measured in one run on the same 448 x 448 x 128 phantom volume (slices first: 12
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from .. import device as devices
+from ..device import interleaved, load_average
 from ..phantoms.mra import FULL_SHAPE, render_mra
 from .inference import predict_probability, segment
 from .network import build_model, count_parameters, plain_unet3d
@@ -43,40 +43,6 @@ class PlainUNet(torch.nn.Module):
 
     def forward(self, x):
         return {"prob": torch.sigmoid(self.net(x))}
-
-
-def load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-def timed_pair(fn, device: torch.device) -> tuple[float, float]:
-    """Wall and CPU seconds of one device-synchronised call."""
-    devices.synchronize(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    devices.synchronize(device)
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def interleaved(calls: dict, device: torch.device, repeats: int = 3) -> dict:
-    """Time several calls interleaved, round after round, after one warm-up each: ``{name: {"s": fastest
-    wall seconds, "cpu_s": fastest CPU seconds, "peak_mb"}}``."""
-    for fn in calls.values():
-        fn()
-    times = {name: [] for name in calls}
-    peaks = {}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            times[name].append(timed_pair(fn, device))
-            peaks[name] = devices.peak_memory_mb(device)
-    return {name: {"s": round(min(t[0] for t in pairs), 4), "cpu_s": round(min(t[1] for t in pairs), 4),
-                   "peak_mb": None if peaks[name] is None else round(peaks[name], 1)}
-            for name, pairs in times.items()}
 
 
 def _volume_call(net, volume: np.ndarray, device: torch.device, batch: int):

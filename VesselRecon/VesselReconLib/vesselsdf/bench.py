@@ -9,14 +9,12 @@ and the median CPU time of this process (less disturbed by other jobs on a share
 
 from __future__ import annotations
 
-import os
 import resource
-import time
 
 import numpy as np
 import torch
 
-from ..device import inference, peak_memory_mb, synchronize, time_call
+from ..device import inference, interleaved, load_average, peak_memory_mb, time_call
 from ..mrml import spacing_of
 from .inference import (mesh_zero_level, predict_in_roi, refine_in_box, refine_through_plane, refined_geometry,
                         roi_box)
@@ -35,31 +33,6 @@ def pipeline(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: torch.de
                                      factor, device)
     surface = mesh_zero_level(fine, matrix, compute_normals=False)
     return {"points": surface.GetNumberOfPoints()}
-
-
-def load_average() -> float | None:
-    """The machine's 1-minute load average (None where the OS has none)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-def interleaved(calls: dict, device: torch.device, repeats: int) -> dict:
-    """Time the calls interleaved (A, B, A, B, ...) after one warm-up each, so they share the machine's
-    load: ``{name: {"s": median wall seconds, "cpu_s": median CPU seconds of this process}}``."""
-    for fn in calls.values():
-        fn()
-    samples = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            synchronize(device)
-            wall, cpu = time.perf_counter(), time.process_time()
-            fn()
-            synchronize(device)
-            samples[name].append((time.perf_counter() - wall, time.process_time() - cpu))
-    return {name: {"s": round(float(np.median([w for w, _ in values])), 4),
-                   "cpu_s": round(float(np.median([c for _, c in values])), 4)} for name, values in samples.items()}
 
 
 def _model(preset: str, device: torch.device):
@@ -117,10 +90,10 @@ def bench_device(device: torch.device, preset: str, volume: np.ndarray, ijk_to_r
         return call
 
     load_before = load_average()
-    nets = interleaved({"ours": network(model), "plain": network(baseline, plain=True)}, device, repeats)
+    nets = interleaved({"ours": network(model), "plain": network(baseline, plain=True)}, device, repeats, np.median)
     points = []
     runs = interleaved({"pipeline": lambda: points.append(pipeline(model, volume, ijk_to_ras, device, factor, roi)),
-                        "plain": network(baseline, plain=True)}, device, repeats)
+                        "plain": network(baseline, plain=True)}, device, repeats, np.median)
     ours, plain = nets["ours"], nets["plain"]
     return {"preset": preset, "weights": weights, "params": parameter_count(model),
             "baseline": "plain MONAI UNet of equal parameter count", "baseline_params": parameter_count(baseline),

@@ -7,13 +7,11 @@ excluded); the network no slower than 1.5x the plain U-Net of the same size. Tim
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
 from .. import registry
-from ..device import inference, peak_memory_mb, time_call, timed_call
+from ..device import inference, interleaved, peak_memory_mb, time_call
 from . import network, pipeline
 
 CPU_TARGET_S = 2.0
@@ -35,17 +33,12 @@ def _cpu_time_ratio(nets: dict, size: int, repeats: int) -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     x = torch.rand(1, 1, size, size)
-    samples = {name: [] for name in nets}
+    for net in nets.values():
+        net.cpu()
     with torch.inference_mode():
-        for net in nets.values():
-            net.cpu()(x)
-        for _ in range(repeats):
-            for name, net in nets.items():
-                start = time.process_time()
-                net(x)
-                samples[name].append(time.process_time() - start)
+        times = interleaved({name: lambda net=net: net(x) for name, net in nets.items()}, torch.device("cpu"), repeats)
     torch.set_num_threads(threads)
-    return min(samples["ours"]) / min(samples["plain"])
+    return times["ours"]["cpu_s"] / times["plain"]["cpu_s"]
 
 
 def _network_times(nets: dict, size: int, device: torch.device, repeats: int) -> dict:
@@ -59,13 +52,8 @@ def _network_times(nets: dict, size: int, device: torch.device, repeats: int) ->
             with inference(device):
                 net(x)
 
-        forward()
         forwards[name] = forward
-    times = {name: [] for name in nets}
-    for _ in range(repeats):
-        for name, forward in forwards.items():
-            times[name].append(timed_call(forward, device))
-    return {name: min(values) for name, values in times.items()}
+    return {name: timing["s"] for name, timing in interleaved(forwards, device, repeats).items()}
 
 
 def _measure(device: torch.device, image: np.ndarray, pixel_mm: float, nets: dict, repeats: int) -> dict:

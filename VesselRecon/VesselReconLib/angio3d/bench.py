@@ -8,7 +8,7 @@ import json
 import numpy as np
 import torch
 
-from ..device import inference, peak_memory_mb, resolve_device, time_call
+from ..device import inference, interleaved, resolve_device
 
 
 def plain_unet(net) -> torch.nn.Module:
@@ -56,19 +56,6 @@ def run_bench(device_name: str = "auto", model: str = "lite", preset: str = "lit
     def pipeline():
         stages.update(reconstruct(images, case["geometries"], points, net=net, device=device).timings)
 
-    def cpu_seconds(fn, repeats_cpu: int) -> float:
-        """Median process CPU time (all threads) of ``fn``: on a shared machine this, not the wall time,
-        is what the code costs."""
-        import time
-
-        fn()
-        values = []
-        for _ in range(repeats_cpu):
-            start = time.process_time()
-            fn()
-            values.append(time.process_time() - start)
-        return float(np.median(values))
-
     from .segmentation import STRIP_HEIGHT, strip_width
 
     width = strip_width(np.concatenate([np.array(p) for p in points]))
@@ -91,14 +78,14 @@ def run_bench(device_name: str = "auto", model: str = "lite", preset: str = "lit
             baseline(two_crops)
             baseline(sr_pair)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    times = interleaved({"pipeline": pipeline, "network": network, "baseline": plain}, device, repeats, np.median)
+    peaks = [t["peak_mb"] for t in times.values() if t["peak_mb"] is not None]
     result = {"method": "angio3d", "device": str(device), "model": source, "preset": net.config["preset"],
               "input": "two 512x512 views, one SOI", "crop": size, "strip": [STRIP_HEIGHT, width],
-              "pipeline_s": time_call(pipeline, device, repeats, 2, np.median),
-              "network_s": time_call(network, device, repeats, 2, np.median),
-              "baseline_s": time_call(plain, device, repeats, 2, np.median),
-              "pipeline_cpu_s": cpu_seconds(pipeline, repeats), "baseline_cpu_s": cpu_seconds(plain, repeats),
+              "timing": f"median of {repeats}, the three interleaved; wall and CPU seconds of this process",
+              "pipeline_s": times["pipeline"]["s"], "network_s": times["network"]["s"],
+              "baseline_s": times["baseline"]["s"],
+              "pipeline_cpu_s": times["pipeline"]["cpu_s"], "baseline_cpu_s": times["baseline"]["cpu_s"],
               "threads": torch.get_num_threads(),
               "params": int(sum(p.numel() for p in net.parameters())),
               "baseline_params": int(sum(p.numel() for p in baseline.parameters()))}
@@ -106,7 +93,7 @@ def run_bench(device_name: str = "auto", model: str = "lite", preset: str = "lit
     result["pipeline_vs_baseline"] = round(result["pipeline_s"] / max(result["baseline_s"], 1e-9), 3)
     result["pipeline_cpu_vs_baseline"] = round(result["pipeline_cpu_s"] / max(result["baseline_cpu_s"], 1e-9), 3)
     result["stages_s"] = {k: round(float(v), 4) for k, v in stages.items()}
-    result["peak_memory_mb"] = peak_memory_mb(device)
+    result["peak_memory_mb"] = max(peaks) if peaks else None
     if result["peak_memory_mb"] is None:
         import resource
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from ..phantoms.xray import resample_polyline
@@ -35,7 +36,10 @@ class Centerline2D:
             self.overlap = np.zeros(len(self.points), bool)
 
 
-def cost_map(probability: np.ndarray, eps: float = 0.05, threshold: float = 0.5) -> np.ndarray:
+PATH_EPS = 0.05       # probability floor of the path cost (the price of a gap), see :func:`cost_map`
+
+
+def cost_map(probability: np.ndarray, eps: float = PATH_EPS, threshold: float = 0.5) -> np.ndarray:
     """Travel cost ``1 / ((p + eps) (1 + EDT))``: cheap inside the vessel and cheapest on its medial
     axis (so paths do not cut corners); ``eps`` bounds the price of crossing the short gap of a tight
     stenosis (chosen on the validation phantoms against a squared-EDT and an additive variant)."""
@@ -43,7 +47,8 @@ def cost_map(probability: np.ndarray, eps: float = 0.05, threshold: float = 0.5)
     return 1.0 / (np.clip(probability, 0, 1) + eps) / (1.0 + distance)
 
 
-def geodesic_path(probability: np.ndarray, start: np.ndarray, end: np.ndarray, margin: int = 12) -> np.ndarray:
+def geodesic_path(probability: np.ndarray, start: np.ndarray, end: np.ndarray, margin: int = 12,
+                  eps: float | None = None) -> np.ndarray:
     """Minimal path (K, 2) in (column, row) from ``start`` to ``end`` with ``skimage.graph.route_through_array``,
     searched inside the probability map's support box (plus a margin)."""
     from skimage.graph import route_through_array
@@ -55,7 +60,7 @@ def geodesic_path(probability: np.ndarray, start: np.ndarray, end: np.ndarray, m
     lo = np.clip(box.min(0) - margin, 0, None)
     hi = np.minimum(box.max(0) + margin + 1, (rows, cols))
     ends = np.clip(ends, 0, [rows - 1, cols - 1])
-    cost = cost_map(probability[lo[0]:hi[0], lo[1]:hi[1]])
+    cost = cost_map(probability[lo[0]:hi[0], lo[1]:hi[1]], PATH_EPS if eps is None else eps)
     if not np.isfinite(cost).all():  # route_through_array crashes the process on NaN costs
         from ..errors import InferenceError
 
@@ -80,9 +85,14 @@ def smooth_resample(path: np.ndarray, start: np.ndarray, end: np.ndarray, n: int
 def lumen_radii_px(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Radius (pixels) at each centreline point: the distance transform's ridge value near the point,
     minus a quarter pixel (the transform measures to background pixel centres; calibrated on phantoms)."""
-    distance = ndimage.distance_transform_edt(mask)
+    points = np.asarray(points, float)
+    lo = np.clip(np.floor(points.min(0)).astype(int) - 40, 0, None)           # the SOI's box (+ 40 px)
+    hi = np.minimum(np.ceil(points.max(0)).astype(int) + 41, mask.shape[::-1])
+    box = np.pad(mask[lo[1]:hi[1], lo[0]:hi[0]], 1)          # outside the image counts as background
+    distance = ndimage.distance_transform_edt(box)[1:-1, 1:-1]
     ridge = ndimage.maximum_filter(distance, size=3)
-    values = ndimage.map_coordinates(ridge, [points[:, 1], points[:, 0]], order=1, mode="nearest")
+    local = points - lo
+    values = ndimage.map_coordinates(ridge, [local[:, 1], local[:, 0]], order=1, mode="nearest")
     return np.maximum(values - 0.25, RADIUS_FLOOR_PX)
 
 
@@ -130,27 +140,53 @@ def vessel_profiles(image: np.ndarray, points: np.ndarray, reach: float, step: f
     return offsets, total / len(along)
 
 
-@lru_cache(maxsize=8)
+TEMPLATE_STEP = 0.05                    # px: the fine grid the blurred chords are computed on
+
+
+@lru_cache(maxsize=4)
+def _blurred_chords(sigma: float) -> np.ndarray:
+    """(R, F) projected chord of a round lumen of each radius in ``FIT_RADII_PX``, blurred by a Gaussian
+    of ``sigma`` px, on a fine grid of ``TEMPLATE_STEP`` px from -60 to 60 px (computed once)."""
+    fine = np.arange(-60.0, 60.0001, TEMPLATE_STEP)
+    kernel = np.exp(-0.5 * (np.arange(-6 * sigma, 6 * sigma + 0.001, TEMPLATE_STEP) / sigma) ** 2)
+    kernel /= kernel.sum()
+    chords = 2 * np.sqrt(np.maximum(FIT_RADII_PX[:, None] ** 2 - fine[None] ** 2, 0))
+    return ndimage.convolve1d(chords, kernel, axis=1, mode="constant")
+
+
 def _lumen_templates(offsets: tuple, sigma: float) -> np.ndarray:
     """(R * C, L) projected chord of a round lumen of each radius in ``FIT_RADII_PX`` centred at each
-    of ``FIT_CENTRES_PX``, blurred by a Gaussian of ``sigma`` px, sampled at ``offsets``."""
-    offsets = np.asarray(offsets)
-    fine = np.arange(-60.0, 60.0001, 0.05)
-    kernel = np.exp(-0.5 * (np.arange(-6 * sigma, 6 * sigma + 0.001, 0.05) / sigma) ** 2)
-    kernel /= kernel.sum()
-    out = []
-    for radius in FIT_RADII_PX:
-        chord = ndimage.convolve1d(2 * np.sqrt(np.maximum(radius ** 2 - fine ** 2, 0)), kernel, mode="constant")
-        out += [np.interp(offsets - c, fine, chord) for c in FIT_CENTRES_PX]
-    return np.asarray(out)
+    of ``FIT_CENTRES_PX``, blurred by a Gaussian of ``sigma`` px, sampled at ``offsets`` (linear
+    interpolation of :func:`_blurred_chords`)."""
+    chords = _blurred_chords(float(sigma))
+    position = (np.asarray(offsets)[None, :] - FIT_CENTRES_PX[:, None] + 60.0) / TEMPLATE_STEP   # (C, L)
+    position = np.clip(position, 0, chords.shape[1] - 1)
+    low = np.minimum(np.floor(position).astype(int), chords.shape[1] - 2)
+    frac = position - low
+    values = chords[:, low] * (1 - frac) + chords[:, low + 1] * frac                            # (R, C, L)
+    return values.reshape(len(FIT_RADII_PX) * len(FIT_CENTRES_PX), -1)
 
 
 CONTRAST_PRIOR = 0.3                    # std of log(iodine per chord) about the healthy vessel's value
 CONTRAST_STEPS = np.exp(np.linspace(-0.9, 0.9, 13))
 
 
+def _fit_terms(profiles: np.ndarray, offsets: np.ndarray, sigma: float) -> tuple:
+    """The profiles and lumen templates with their linear background projected out, and their inner
+    products (shared by the free and the constrained fit of :func:`_fit_lumen`)."""
+    templates = _lumen_templates(tuple(np.round(offsets, 6)), float(sigma))
+    basis, _ = np.linalg.qr(np.c_[np.ones_like(offsets), offsets / np.abs(offsets).max()])
+    shapes = templates - (templates @ basis) @ basis.T            # removes the linear background
+    data = profiles - (profiles @ basis) @ basis.T                # (K, L), (N, L)
+    energy = (shapes * shapes).sum(1) + 1e-12
+    # the one large product through torch, so that it runs on the caller's torch threads (a
+    # multi-threaded BLAS on a busy machine is ~50 x slower for these sizes)
+    dot = (torch.from_numpy(np.ascontiguousarray(data)) @ torch.from_numpy(np.ascontiguousarray(shapes)).T).numpy()
+    return energy, dot, (data * data).sum(1)                      # (K,), (N, K), (N,)
+
+
 def _fit_lumen(profiles: np.ndarray, offsets: np.ndarray, sigma: float, contrast: np.ndarray | None = None,
-               noise: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               noise: float | None = None, terms: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares fit of ``b0 + b1 x - A chord(x; r, c)`` (blurred) to each profile: a linear
     background, the iodine per unit chord ``A``, radius ``r`` and centre ``c`` on a grid.
 
@@ -160,21 +196,15 @@ def _fit_lumen(profiles: np.ndarray, offsets: np.ndarray, sigma: float, contrast
     darkness (its cross-section) is read with the healthy vessel's contrast. Returns r (px), A and the
     residual sum of squares per profile.
     """
-    templates = _lumen_templates(tuple(np.round(offsets, 6)), float(sigma))
-    basis, _ = np.linalg.qr(np.c_[np.ones_like(offsets), offsets / np.abs(offsets).max()])
-    project = np.eye(len(offsets)) - basis @ basis.T           # removes the linear background
-    shapes, data = templates @ project, profiles @ project       # (K, L), (N, L)
-    energy = (shapes * shapes).sum(1) + 1e-12
-    dot = data @ shapes.T                                        # (N, K)
-    base = (data * data).sum(1)
-    rows = np.arange(len(data))
+    energy, dot, base = _fit_terms(profiles, offsets, sigma) if terms is None else terms
+    rows = np.arange(len(dot))
     if contrast is None:
         amplitude = np.maximum(-dot / energy, 0)
         error = amplitude ** 2 * energy + 2 * amplitude * dot
         best = np.argmin(error, 1)
         return FIT_RADII_PX[best // len(FIT_CENTRES_PX)], amplitude[rows, best], base + error[rows, best]
-    best_cost = np.full(len(data), np.inf)
-    best_k, best_a, best_sse = np.zeros(len(data), int), np.zeros(len(data)), np.zeros(len(data))
+    best_cost = np.full(len(dot), np.inf)
+    best_k, best_a, best_sse = np.zeros(len(dot), int), np.zeros(len(dot)), np.zeros(len(dot))
     for step in CONTRAST_STEPS:
         amplitude = np.asarray(contrast, float)[:, None] * step
         error = amplitude ** 2 * energy + 2 * amplitude * dot
@@ -203,7 +233,8 @@ def profile_radii_px(image: np.ndarray, points: np.ndarray, mask_radii: np.ndarr
     mask_radii = np.asarray(mask_radii, float)
     reach = float(max(10.0, np.percentile(mask_radii, 90) + 6.0))
     offsets, profiles = vessel_profiles(image, points, reach)
-    free, amplitude, sse = _fit_lumen(profiles, offsets, sigma)
+    terms = _fit_terms(profiles, offsets, sigma)
+    free, amplitude, sse = _fit_lumen(profiles, offsets, sigma, terms=terms)
     typical = np.median(free)
     resolved = np.flatnonzero((free > 0.6 * typical) & (free < 1.4 * typical) & (amplitude > 0))
     faint = amplitude <= 0
@@ -212,7 +243,7 @@ def profile_radii_px(image: np.ndarray, points: np.ndarray, mask_radii: np.ndarr
     nearest = np.argsort(np.abs(resolved[None, :] - np.arange(len(points))[:, None]), axis=1)[:, :21]
     contrast = np.median(amplitude[resolved][nearest], axis=1) * DENSITOMETRIC_GAIN
     noise = float(np.median(sse[resolved])) / max(len(offsets) - 5, 1)
-    prior, _, _ = _fit_lumen(profiles, offsets, sigma, contrast, noise)
+    prior, _, _ = _fit_lumen(profiles, offsets, sigma, contrast, noise, terms=terms)
     radii = np.where(free >= RESOLVED_PX, free, prior)
     radii = np.where(faint, mask_radii, radii)
     return np.maximum(radii, RADIUS_FLOOR_PX), faint

@@ -224,10 +224,13 @@ def refine_calibration(geom_a: CArmGeometry, geom_b: CArmGeometry, pts_a: np.nda
     pts_a, pts_b = np.atleast_2d(pts_a).astype(float), np.atleast_2d(pts_b).astype(float)
     p_a = geom_a.projection_matrix()
     prior = np.array([prior_deg, prior_deg, prior_px, prior_px])
+    centre_a, inverse_a = np.linalg.svd(p_a)[2][-1], np.linalg.pinv(p_a)     # fixed: only view B moves
 
     def residuals(params):
-        f = fundamental_matrix(p_a, _apply(geom_b, params).projection_matrix())
-        return np.r_[epipolar_distances(f, pts_a, pts_b).ravel(), params / prior]
+        p_b = _apply(geom_b, params).projection_matrix()
+        e = p_b @ centre_a
+        skew = np.array([[0, -e[2], e[1]], [e[2], 0, -e[0]], [-e[1], e[0], 0]])
+        return np.r_[epipolar_distances(skew @ p_b @ inverse_a, pts_a, pts_b).ravel(), params / prior]
 
     before = mean_epipolar_error(geom_a, geom_b, pts_a, pts_b)
     solution = least_squares(residuals, np.zeros(4), method="lm", x_scale=prior)

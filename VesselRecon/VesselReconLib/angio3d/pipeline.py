@@ -346,8 +346,10 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
 def _refine(net, branches, raw, probs, affines, geometries, device) -> None:
     from ..device import inference
 
+    from .segmentation import channels_last
+
     n = len(branches)
-    images = sr_images(raw, probs)
+    images = channels_last(net.encoder, sr_images(raw, probs))
     frames = [mesh_frame(b.centerline, b.initial_vertices) for b in branches]
     vertices = torch.as_tensor(np.stack([b.initial_vertices for b in branches]), dtype=torch.float32, device=device)
     mats = [torch.as_tensor(np.repeat(g.projection_matrix()[None], n, 0), dtype=torch.float32, device=device)

@@ -36,11 +36,29 @@ def union_polydata(vertex_sets: list[np.ndarray]):
 
     from ..meshes import polydata_from_arrays
 
+    if len(vertex_sets) == 1:          # one branch: the capped template mesh is watertight as it is
+        polydata = polydata_from_arrays(template.closed_vertices(vertex_sets[0]).astype(float))
+        polydata.SetPolys(triangle_cells(template.closed_triangles()))
+        return polydata
     manifolds = [to_manifold(v) for v in vertex_sets]
     union = manifolds[0] if len(manifolds) == 1 else manifold3d.Manifold.batch_boolean(manifolds, manifold3d.OpType.Add)
     mesh = union.to_mesh()
-    return polydata_from_arrays(np.asarray(mesh.vert_properties)[:, :3].astype(float),
-                                np.asarray(mesh.tri_verts).astype(np.int64))
+    polydata = polydata_from_arrays(np.asarray(mesh.vert_properties)[:, :3].astype(float))
+    polydata.SetPolys(triangle_cells(np.asarray(mesh.tri_verts)))
+    return polydata
+
+
+def triangle_cells(triangles: np.ndarray):
+    """A vtkCellArray of triangles (T, 3), built from numpy arrays at once (not cell by cell)."""
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonDataModel import vtkCellArray
+
+    triangles = np.ascontiguousarray(triangles, dtype=np.int64)
+    offsets = numpy_support.numpy_to_vtk(np.arange(0, 3 * len(triangles) + 1, 3, dtype=np.int64), deep=True)
+    connectivity = numpy_support.numpy_to_vtk(triangles.ravel(), deep=True)
+    cells = vtkCellArray()
+    cells.SetData(offsets, connectivity)
+    return cells
 
 
 def stitch(branch_vertices: list[np.ndarray], branch_centerlines: list[np.ndarray]):

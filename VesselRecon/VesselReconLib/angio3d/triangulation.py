@@ -24,7 +24,8 @@ def epipolar_correspondence(points_a: np.ndarray, points_b: np.ndarray, f: np.nd
     guess = np.linspace(0, nb - 1, na)
     cost = np.abs(signed) + prior * np.abs(np.arange(nb)[None] - guess[:, None])
     path = _dtw_path(cost)
-    match = np.array([np.mean([j for i, j in path if i == k]) for k in range(na)], float)
+    path = np.asarray(path)
+    match = np.bincount(path[:, 0], weights=path[:, 1], minlength=na) / np.bincount(path[:, 0], minlength=na)
     for i in range(1, na - 1):
         j = int(np.clip(round(match[i]), 1, nb - 2))
         d = signed[i, j - 1:j + 2]
@@ -43,8 +44,8 @@ def _dtw_path(cost: np.ndarray) -> list[tuple[int, int]]:
     total[0] = np.cumsum(cost[0])
     for i in range(1, n):
         row = cost[i] + np.minimum(total[i - 1], np.r_[np.inf, total[i - 1, :-1]])
-        for j in range(1, m):                     # horizontal moves within the row
-            row[j] = min(row[j], row[j - 1] + cost[i, j])
+        cumulative = np.cumsum(cost[i])           # horizontal moves within the row:
+        row = cumulative + np.minimum.accumulate(row - cumulative)   # row[j] = min(row[j], row[j-1] + cost[i, j])
         total[i] = row
     i, j, path = n - 1, m - 1, [(n - 1, m - 1)]
     while i > 0 or j > 0:
@@ -99,38 +100,73 @@ def refine_depths(points: np.ndarray, pts_a: np.ndarray, pts_b: np.ndarray, geom
     neighbours, instead of a point-wise match that slides along the vessel. The two ends (the clicked
     start and end, triangulated directly) are kept.
     """
-    from scipy.optimize import least_squares
-    from scipy.sparse import lil_matrix
+    from scipy.linalg import solveh_banded
 
     weight = DEPTH_SMOOTHNESS if weight is None else weight
     source, rays = geom_a.pixel_rays(pts_a)
-    t0 = ((np.asarray(points, float) - source) * rays).sum(1)
-    n, nb = len(t0), len(pts_b)
+    t = ((np.asarray(points, float) - source) * rays).sum(1)
+    n, nb = len(t), len(pts_b)
     factor = 8
     fine = resample_polyline(np.asarray(pts_b, float), n=factor * (nb - 1) + 1)
     tangent = np.gradient(fine, axis=0)
     normal = np.c_[-tangent[:, 1], tangent[:, 0]] / np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
     centre = np.round(np.asarray(match, float) * factor).astype(int)
     candidates = np.clip(centre[:, None] + np.arange(-window * factor, window * factor + 1)[None], 0, len(fine) - 1)
+    near_points, near_normals = fine[candidates], normal[candidates]           # (n, K, 2)
     p_b = geom_b.projection_matrix()
+    ray_h = rays @ p_b[:, :3].T                     # d(homogeneous view-B projection)/dt, per point
+    source_h = p_b[:, :3] @ source + p_b[:, 3]
     rows = np.arange(n)
+    # smoothness: second difference of the 3D curve, linear in t -> constant pentadiagonal normal matrix
+    # (the Gram matrix of the rays' second-difference stencil); only the inner depths move
+    gram = rays @ rays.T
+    stencil = ((0, 1.0), (1, -2.0), (2, 1.0))
+    smooth_normal = np.zeros((3, n))                # upper banded form for solveh_banded (full index)
+    inner = np.arange(n - 2)
+    for a, ca in stencil:
+        for b, cb in stencil:
+            if b >= a:
+                np.add.at(smooth_normal[2 - (b - a)], inner + b, weight ** 2 * ca * cb * gram[inner + a, inner + b])
 
-    def residuals(inner):
-        t = np.r_[t0[0], inner, t0[-1]]                       # the clicked ends stay where the DLT put them
-        world = source + t[:, None] * rays
-        proj = project_points(p_b, world)
-        nearest = candidates[rows, np.argmin(((fine[candidates] - proj[:, None]) ** 2).sum(-1), axis=1)]
-        data = ((proj - fine[nearest]) * normal[nearest]).sum(1)
-        second = world[:-2] - 2 * world[1:-1] + world[2:]
-        return np.r_[data, weight * second.ravel()]
+    def terms(depths):
+        homog = source_h[None] + depths[:, None] * ray_h
+        proj = homog[:, :2] / homog[:, 2:3]
+        k = np.argmin(((near_points - proj[:, None]) ** 2).sum(-1), axis=1)
+        data = ((proj - near_points[rows, k]) * near_normals[rows, k]).sum(1)
+        slope = ((ray_h[:, :2] * homog[:, 2:3] - homog[:, :2] * ray_h[:, 2:3]) / homog[:, 2:3] ** 2
+                 * near_normals[rows, k]).sum(1)
+        world = source + depths[:, None] * rays
+        second = weight * (world[:-2] - 2 * world[1:-1] + world[2:])
+        return data, slope, second
 
-    sparsity = lil_matrix((n + 3 * (n - 2), n), dtype=int)
-    sparsity[np.arange(n), np.arange(n)] = 1
-    for i in range(n - 2):
-        sparsity[n + 3 * i:n + 3 * i + 3, i:i + 3] = 1
-    result = least_squares(residuals, t0[1:-1], jac_sparsity=sparsity[:, 1:-1], method="trf", loss="soft_l1",
-                           f_scale=2.0, max_nfev=50, x_scale=10.0)
-    return source + np.r_[t0[0], result.x, t0[-1]][:, None] * rays
+    def cost(data, second):
+        return float((2 * f_scale ** 2 * (np.sqrt(1 + (data / f_scale) ** 2) - 1)).sum() + (second ** 2).sum())
+
+    f_scale = 2.0
+    data, slope, second = terms(t)
+    current = cost(data, second)
+    damping = 1e-3
+    for _ in range(30):
+        robust = 1.0 / np.sqrt(1 + (data / f_scale) ** 2)            # IRLS weight of the soft-L1 loss
+        gradient = robust * slope * data
+        for a, ca in stencil:                                        # smoothness gradient: S^T (S t + c)
+            gradient[a:n - 2 + a] += weight * ca * (second * rays[a:n - 2 + a]).sum(1)
+        band = smooth_normal.copy()
+        band[2] += robust * slope ** 2
+        band[2] += damping * (band[2].max() + 1e-9)
+        step = -solveh_banded(band[:, 1:-1], gradient[1:-1])
+        trial = t.copy()
+        trial[1:-1] += step                                          # the clicked ends stay where the DLT put them
+        trial_terms = terms(trial)
+        trial_cost = cost(trial_terms[0], trial_terms[2])
+        if trial_cost <= current:
+            t, (data, slope, second), improvement, current = trial, trial_terms, current - trial_cost, trial_cost
+            damping = max(damping / 3, 1e-7)
+            if improvement < 1e-6 * max(current, 1e-9) or np.abs(step).max() < 1e-4:
+                break
+        else:
+            damping *= 10
+    return source + t[:, None] * rays
 
 
 def project_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -291,3 +291,47 @@ def test_distance_start_refiner_begins_at_the_occupancy_distance():
         net.refiner[-1].bias.fill_(10.0)
         shifted = net(image, SPACING)["sdf"]
     assert torch.all(shifted - start <= 3.0 + 1e-5) and shifted.abs().max() <= net.sdf_bound_mm
+
+
+def test_occupancy_union_adds_confident_occupancy_and_keeps_a_distance_field():
+    """min(SDF, distance of p > τ) is the union; ``connected`` adds only pieces touching the SDF's vessels."""
+    from VesselReconLib.vesselsdf.network import occupancy_union, truncated_signed_distance
+
+    tube = np.zeros((6, 40, 40), bool)
+    tube[:, 10:14, 5:20] = True
+    sdf = as_tensor(truncated_signed_distance(tube, SPACING))
+    prob = np.zeros(tube.shape, np.float32)
+    prob[:, 11:13, 19:30] = 0.95  # continues the tube
+    prob[:, 30:32, 30:33] = 0.95  # an isolated piece
+    prob[:, 25:27, 5:10] = 0.6  # not confident at τ = 0.9
+    both = occupancy_union(sdf, as_tensor(prob), SPACING, 0.9, connected=False)[0, 0].numpy()
+    linked = occupancy_union(sdf, as_tensor(prob), SPACING, 0.9, connected=True)[0, 0].numpy()
+    assert (both[tube] < 0).all() and (both[:, 11:13, 25] < 0).all() and (both[:, 31, 31] < 0).all()
+    assert (both[:, 26, 7] > 0).all()
+    assert (linked[:, 11:13, 25] < 0).all() and (linked[:, 31, 31] > 0).all()
+    np.testing.assert_allclose(both, np.minimum(sdf[0, 0].numpy(), truncated_signed_distance(prob > 0.9, SPACING)))
+    net = build_model("lite", union_threshold=0.9).eval()
+    base = build_model("lite").eval()
+    base.load_state_dict(net.state_dict())
+    x = torch.randn(1, 1, 4, 16, 16)
+    with torch.no_grad():
+        assert torch.all(net(x, SPACING)["sdf"] <= base(x, SPACING)["sdf"] + 1e-6)
+
+
+def test_network_sees_context_beyond_the_roi_but_answers_inside_it_only():
+    from VesselReconLib.vesselsdf.inference import CONTEXT_MM, context_roi, predict_in_roi
+    from VesselReconLib.vesselsdf.preprocess import canonicalise
+
+    roi = np.zeros((4, 40, 40), bool)
+    roi[:, 10:30, 10:30] = True
+    grown = context_roi(roi, SPACING, CONTEXT_MM)
+    pad = int(round(CONTEXT_MM / SPACING[0]))
+    assert grown[0, 10 - pad, 20] and not grown[0, 9 - pad, 20] and grown.sum() > roi.sum()
+    torch.manual_seed(0)
+    net = build_model("lite").eval()
+    volume = np.random.default_rng(0).normal(110, 15, roi.shape).astype(np.float32)
+    canonical = canonicalise(volume, np.diag([0.7, 0.7, 5.0, 1.0]), roi)
+    with_context = predict_in_roi(net, canonical, "cpu", SPACING)
+    without = predict_in_roi(net, canonical, "cpu", SPACING, context_mm=0.0)
+    assert (with_context.occupancy[:, :7, :] == 0).all() and (with_context.sdf[:, :7, :] >= net.sdf_bound_mm).all()
+    assert not np.allclose(with_context.occupancy[:, 10:12, 10:30], without.occupancy[:, 10:12, 10:30])

@@ -134,3 +134,17 @@ def test_ircadb_sparse_setting_floor_with_the_liver_roi():
     assert ours["dice"] >= 0.55 and ours["dice"] >= otsu["dice"] + 0.10
     assert ours["chamfer_mm"] < otsu["chamfer_mm"] and ours["hd95_mm"] < otsu["hd95_mm"]
     assert ours["fragments"] < otsu["fragments"]
+
+
+def test_roi_statistics_are_dequantised_and_trimmed():
+    """Integer CT gives a continuous SD, and a loose ROI's other tissue moves it little."""
+    rng = np.random.default_rng(1)
+    liver = np.round(rng.normal(120, 9.3, 200_000))
+    median, sigma = preprocess.roi_statistics(liver, np.ones(liver.shape, bool))
+    assert median == pytest.approx(120, abs=0.2) and sigma == pytest.approx(9.3, rel=0.03)
+    plain = 1.4826 * np.median(np.abs(liver - np.median(liver)))
+    assert plain == pytest.approx(1.4826 * round(plain / 1.4826))  # the plain MAD of integers is quantised
+    loose = np.concatenate([liver, np.round(rng.normal(40, 15, 40_000))])  # + 17 % muscle/bowel
+    loose_median, loose_sigma = preprocess.roi_statistics(loose, np.ones(loose.shape, bool))
+    plain_loose = 1.4826 * np.median(np.abs(loose - np.median(loose)))
+    assert abs(loose_sigma / sigma - 1) < 0.5 * abs(plain_loose / plain - 1)

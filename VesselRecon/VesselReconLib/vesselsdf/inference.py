@@ -23,7 +23,7 @@ from .. import meshes
 from ..device import inference
 from ..progress import as_reporter
 
-from .preprocess import Canonical, canonicalise, normalise_ct  # noqa: F401  (normalise_ct re-exported)
+from .preprocess import Canonical, canonicalise, normalise_ct, normalise_with  # noqa: F401  (normalise_ct re-exported)
 
 PORTAL_VENOUS_WINDOW = (400.0, 100.0)
 """Display window (width, level) in HU of the portal-venous phase (the network no longer uses it)."""
@@ -291,10 +291,32 @@ def refine_in_box(field: np.ndarray, ijk_to_ras: np.ndarray, box, factor: int, d
     return fine, refined_geometry(matrix, factor)
 
 
-def predict_in_roi(model, canonical: Canonical, device, spacing) -> Prediction:
-    """The network on the ROI's bounding box of the normalised CT; background outside the ROI."""
-    image = canonical.normalised()
-    box = roi_box(canonical.roi, image.shape)
+CONTEXT_MM = 3.0
+"""The network sees the CT this far (mm, in-plane) beyond the ROI; its output is kept inside the ROI only."""
+
+
+def context_roi(roi: np.ndarray, spacing, context_mm: float = CONTEXT_MM) -> np.ndarray:
+    """The ROI dilated in-plane by ``context_mm`` (a square, separably)."""
+    from scipy.ndimage import binary_dilation
+
+    rows, cols = (max(0, int(round(context_mm / float(s)))) for s in (spacing[1], spacing[0]))
+    if not rows and not cols:
+        return roi
+    grown = binary_dilation(roi, np.ones((1, 2 * rows + 1, 1), bool)) if rows else roi
+    return binary_dilation(grown, np.ones((1, 1, 2 * cols + 1), bool)) if cols else grown
+
+
+def predict_in_roi(model, canonical: Canonical, device, spacing, context_mm: float = CONTEXT_MM) -> Prediction:
+    """The network on the ROI's bounding box of the normalised CT; background outside the ROI.
+
+    The network sees the CT ``context_mm`` beyond the ROI (−1 further out), so the ROI's own edge is
+    not an image edge inside the kept region: with the input cut exactly at the ROI, the network
+    answers the artificial liver/−1 edge, and its answers along the ROI border become false vessel
+    pieces inside the scored liver. The normalisation statistics still come from the ROI alone.
+    """
+    seen = context_roi(canonical.roi, spacing, context_mm)
+    image = normalise_with(canonical.hu, seen, canonical.median_hu, canonical.sigma_hu)
+    box = roi_box(seen, image.shape)
     crop = image if box is None else image[:, box[0]:box[1], box[2]:box[3]]
     prediction = _uncrop(predict(model, crop, device, spacing), box, image.shape)
     return _outside_is_background(prediction, canonical.roi, model)

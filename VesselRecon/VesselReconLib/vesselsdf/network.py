@@ -118,6 +118,29 @@ def occupancy_distance(prob: torch.Tensor, spacing, truncation_mm: float = TRUNC
     return torch.from_numpy(np.stack(fields)[:, None]).to(prob.device, prob.dtype)
 
 
+def occupancy_union(sdf: torch.Tensor, prob: torch.Tensor, spacing, threshold: float, connected: bool = True
+                    ) -> torch.Tensor:
+    """``min(sdf, d_τ)``: the union of the SDF's vessels and the confident occupancy ``p > threshold``.
+
+    ``d_τ`` is the exact truncated signed distance of the confident occupancy
+    (:func:`truncated_signed_distance`), so the result is still a distance field (the minimum of two
+    SDFs is the SDF of the union, exactly outside both shapes). ``connected``: only the occupancy's
+    26-connected components that touch the SDF's vessels (dilated by one voxel) are added, i.e. the
+    occupancy extends the refined vessel tree but adds no isolated pieces of its own.
+    """
+    from scipy.ndimage import binary_dilation, label
+
+    fields, confident = sdf.detach().cpu().numpy(), (prob.detach() > threshold).cpu().numpy()
+    out = []
+    for field, occ in zip(fields[:, 0], confident[:, 0]):
+        if connected and occ.any():
+            labels, _ = label(occ, np.ones((3, 3, 3), bool))
+            touching = np.unique(labels[binary_dilation(field < 0, np.ones((3, 3, 3), bool)) & occ])
+            occ = np.isin(labels, touching[touching > 0])
+        out.append(np.minimum(field, truncated_signed_distance(occ, spacing)) if occ.any() else field)
+    return torch.from_numpy(np.stack(out)[:, None].astype(np.float32)).to(sdf.device, sdf.dtype)
+
+
 @dataclass(frozen=True)
 class Size:
     occupancy_channels: tuple[int, ...]
@@ -192,13 +215,20 @@ class VesselSDFNet(nn.Module):
         so its zero level is the refiner's ``level_mm`` level. Chosen after training to maximise the
         Dice on the training folder's validation phantoms (:func:`.train.calibrate_level`), never on
         real data; 0 for the paper's zero level.
+    :param union_threshold: 0 (default): the SDF alone. ``τ`` > 0: the returned SDF is
+        :func:`occupancy_union` of the (levelled) SDF and the occupancy ``p > τ``: the refiner keeps
+        its surfaces, the occupancy stage adds the (thin) vessels the refiner misses. Calibrated with
+        the level on validation phantoms (:func:`.train.calibrate_surface`).
+    :param union_connected: only occupancy components touching the refined vessels are added.
     """
 
     def __init__(self, size: str = "lite", variant: str = "full", sdf_bound_mm: float = 6.0,
                  spacing: tuple[float, float, float] = (0.7, 0.7, 5.0), correction_mm: float = 0.0,
-                 level_mm: float = 0.0, full_res_skip: bool = False):
+                 level_mm: float = 0.0, full_res_skip: bool = False, union_threshold: float = 0.0,
+                 union_connected: bool = True):
         super().__init__()
         self.level_mm = float(level_mm)
+        self.union_threshold, self.union_connected = float(union_threshold), bool(union_connected)
         self.full_res_skip = bool(full_res_skip) and variant in ("full", "nogauss")
         spec = SIZES[size]
         self.size, self.variant, self.sdf_bound_mm = size, variant, float(sdf_bound_mm)
@@ -274,6 +304,9 @@ class VesselSDFNet(nn.Module):
             sdf = self.refine(image, torch.sigmoid(logits).detach(), spacing)
         if sdf is not None and self.level_mm:
             sdf = sdf - self.level_mm
+        if sdf is not None and logits is not None and self.union_threshold:
+            sdf = occupancy_union(sdf, torch.sigmoid(logits), spacing or self.default_spacing, self.union_threshold,
+                                  self.union_connected)
         return {"occupancy": logits, "sdf": sdf}
 
 

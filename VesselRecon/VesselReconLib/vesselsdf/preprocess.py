@@ -144,13 +144,37 @@ def auto_liver_roi(hu: np.ndarray, ijk_to_ras: np.ndarray, tissue_hu: tuple[floa
     return full[:, :nj, :ni]
 
 
-def roi_statistics(volume: np.ndarray, roi: np.ndarray) -> tuple[float, float]:
-    """Median and robust SD (1.4826 · MAD) of the voxels inside the ROI."""
+TRIM_SIGMAS = 3.0
+"""Statistics of the ROI keep the voxels within this many robust SDs of the median (iterated)."""
+
+
+def roi_statistics(volume: np.ndarray, roi: np.ndarray, trim: float = TRIM_SIGMAS, iterations: int = 3
+                   ) -> tuple[float, float]:
+    """Median and robust SD (1.4826 · MAD) of the liver parenchyma inside the ROI.
+
+    Two things make them depend less on how tightly the ROI outlines the liver:
+
+    * **dequantised**: integer CT (HU, uint8) gets a fixed uniform dither of ±0.5 before the median,
+      otherwise the MAD is an integer and the SD jumps in steps of 1.48 HU (≈ 10 % of a liver's SD:
+      3D-IRCADb 1.7 gives 13.3 HU inside the reference liver and 14.8 HU inside the automatic ROI);
+    * **trimmed**: voxels more than ``trim`` SDs from the median (neighbouring organs, fat, bone in a
+      loose ROI) are dropped and the statistics recomputed, ``iterations`` times. On a liver-only
+      phantom this changes the SD by 1-5 % (a Gaussian trimmed at 3 SD: < 1 %).
+    """
     values = np.asarray(volume, np.float32)[roi]
     if values.size < 32:
         values = np.asarray(volume, np.float32).ravel()
+    values = values.astype(np.float64)
+    if np.array_equal(values, np.round(values)):
+        values = values + (np.random.default_rng(0).random(values.size) - 0.5)
     median = float(np.median(values))
     sigma = 1.4826 * float(np.median(np.abs(values - median)))
+    for _ in range(iterations if trim else 0):
+        kept = values[np.abs(values - median) <= trim * sigma]
+        if kept.size < 32 or sigma <= 0:
+            break
+        median = float(np.median(kept))
+        sigma = 1.4826 * float(np.median(np.abs(kept - median)))
     return median, max(sigma, 1e-3 * max(abs(median), 1.0), 1e-6)
 
 

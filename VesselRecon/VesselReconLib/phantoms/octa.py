@@ -711,6 +711,7 @@ def render_octa(
     randomize: bool = True,
     vessel_density: float | None = None,
     depth_realism: bool = False,
+    svp_branches: bool = False,
 ) -> OCTACase:
     """Render one realistic OCTA phantom.
 
@@ -727,6 +728,10 @@ def render_octa(
     :param vessel_density: scale of the large-vessel attractor count (default: drawn in 0.8-1.25).
     :param depth_realism: render depth as it shows in real superficial + deep slab composites
         (:data:`DEPTH_REALISM`); False (default) keeps the renderer's outputs unchanged.
+    :param svp_branches: add the superficial plexus's small tree-attached branches
+        (:func:`_svp_branches`: oriented 1-px twigs leaving the arterioles/venules, branching once or
+        twice, at the superficial depth, not in ``vessel_mask``); False (default) keeps the outputs
+        unchanged.
     :returns: an :class:`OCTACase`. ``vessel_mask`` follows the expert labelling convention of
         real datasets (ROSSA): the arteriole/venule tree down to its terminal branches, not the
         capillary bed; ``flow_mask`` adds the capillary pixels; ``depth`` is set on ``flow_mask``.
@@ -754,6 +759,9 @@ def render_octa(
     caps, cap_depth = _capillaries(rng, size_px, pixel_mm, gap, dmodel, tree_sig["superficial"], tree_depth,
                                    depth_realism)
     caps[0] = np.maximum(caps[0], cap_sig["superficial"])
+    if svp_branches:
+        twigs = _svp_branches(np.random.default_rng([int(seed), 0x0C7A, 6]), vessel, pixel_mm, gap < 0)
+        caps[0] = np.maximum(caps[0], twigs)
     look = sample_appearance(np.random.default_rng([int(seed), 0x0C7A, 3]), randomize)
     if depth_realism:
         look = _realistic_depth_look(look, np.random.default_rng([int(seed), 0x0C7A, 5]))
@@ -812,6 +820,60 @@ def _realistic_depth_look(look: dict, rng: np.random.Generator) -> dict:
     svp = dcp * float(rng.uniform(*DEPTH_REALISM["svp_to_dcp_gain"]))
     icp = dcp * float(rng.uniform(*DEPTH_REALISM["icp_to_dcp_gain"]))
     return {**look, "slab": "full", "cap_gain": [svp, icp, dcp]}
+
+
+#: ``svp_branches=True``: the small superficial branches that leave the arterioles/venules (real
+#: superficial slabs show a tapering tree down to capillary calibre, oriented away from its parent).
+SVP_BRANCHES = {
+    "spacing_mm": (0.04, 0.09),  # one twig per this length of vessel edge
+    "length_mm": (0.06, 0.3),
+    "turn_rad_per_px": 0.12,
+    "branch_every_mm": 0.1,
+    "brightness": (0.55, 1.0),
+}
+
+
+def _svp_branches(rng: np.random.Generator, tree: np.ndarray, pixel_mm: float, faz: np.ndarray) -> np.ndarray:
+    """Twigs in [0, 1]: 1-px anti-aliased random walks that start on the edge of the vessel tree, leave
+    it along its outward normal (+- 25 degrees), turn slowly, fork once or twice (30-70 degrees), fade
+    slightly towards their tips, and stop at another vessel, the FAZ or the image edge."""
+    from scipy.ndimage import distance_transform_edt, sobel
+    from skimage.draw import line_aa
+    from skimage.segmentation import find_boundaries
+
+    out = np.zeros(tree.shape, np.float32)
+    if not tree.any():
+        return out
+    distance = distance_transform_edt(~tree)
+    gy, gx = sobel(distance, 0), sobel(distance, 1)
+    edge = np.argwhere(find_boundaries(tree, mode="outer"))
+    p = SVP_BRANCHES
+    count = int(len(edge) * 0.5 * pixel_mm / rng.uniform(*p["spacing_mm"]))  # outer boundary ~ 2 px per px of edge
+    starts = edge[rng.choice(len(edge), size=min(count, len(edge)), replace=False)] if count else edge[:0]
+    height, width = tree.shape
+    stack = []
+    for y, x in starts:
+        normal = np.arctan2(gy[y, x], gx[y, x]) + rng.normal(0.0, np.deg2rad(25))
+        stack.append((float(y), float(x), normal, rng.uniform(*p["length_mm"]) / pixel_mm,
+                      rng.uniform(*p["brightness"]), 0))
+    while stack:
+        y, x, angle, length, value, generation = stack.pop()
+        walked = 0.0
+        while walked < length:
+            angle += rng.normal(0.0, p["turn_rad_per_px"])
+            ny, nx = y + np.sin(angle), x + np.cos(angle)
+            iy, ix = int(round(ny)), int(round(nx))
+            if not (0 <= iy < height and 0 <= ix < width) or faz[iy, ix] or (walked > 2 and tree[iy, ix]):
+                break
+            rr, cc, aa = line_aa(int(round(y)), int(round(x)), iy, ix)
+            keep = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
+            shade = value * (1.0 - 0.3 * walked / length)
+            out[rr[keep], cc[keep]] = np.maximum(out[rr[keep], cc[keep]], shade * aa[keep])
+            y, x, walked = ny, nx, walked + 1.0
+            if generation < 2 and rng.random() < pixel_mm / p["branch_every_mm"]:
+                side = rng.choice([-1.0, 1.0]) * np.deg2rad(rng.uniform(30, 70))
+                stack.append((y, x, angle + side, 0.6 * (length - walked), value * 0.9, generation + 1))
+    return out
 
 
 def _capillaries(rng, size_px: int, pixel_mm: float, faz_gap: np.ndarray, dmodel: _DepthModel,
@@ -956,7 +1018,8 @@ def _case_plan(count: int, seed: int, size_px, field_mm):
 @register_dataset("octa")
 def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress: Callable | None = None,
                        size_px: int | Sequence[int] = 304, field_mm: float | Sequence[float] = 3.0,
-                       quality: int | str | None = None, depth_realism: bool = False) -> Path:
+                       quality: int | str | None = None, depth_realism: bool = False,
+                       svp_branches: bool = False) -> Path:
     """OCTA depth-estimation set::
 
         images/<id>.png       8-bit en face angiogram
@@ -972,6 +1035,7 @@ def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress:
     :param field_mm: field of view, or a list to draw from per case (e.g. ``[3, 6]``).
     :param quality: None (clean renders), 0/1/2 for that label, or ``"random"`` (uniform labels).
     :param depth_realism: passed to :func:`render_octa` (default False: unchanged outputs).
+    :param svp_branches: passed to :func:`render_octa` (default False: unchanged outputs).
     """
     out = Path(out_dir)
     report = as_reporter(progress)
@@ -980,7 +1044,7 @@ def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress:
     for i, (s, n, f) in enumerate(plan):
         report(i / max(count, 1), f"OCTA case {i + 1}/{count}")
         q = int(rng.integers(3)) if quality == "random" else quality
-        case = render_octa(s, n, f, quality=q, depth_realism=depth_realism)
+        case = render_octa(s, n, f, quality=q, depth_realism=depth_realism, svp_branches=svp_branches)
         cid = f"octa_{i:05d}"
         rec = {
             "id": cid,

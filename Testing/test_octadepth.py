@@ -69,6 +69,30 @@ def test_paper_and_lite_presets_run_the_structure_branch_at_full_resolution():
     assert [o.at((64, 64)).shape[1] for o in outputs] == [16, 32, 64, 128]  # e_2..e_5 channels
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_inference_folds_batchnorm_into_the_scb_and_vessel_head_without_changing_the_function(stride):
+    """In eval mode the SCB attention and the vessel head's 3x3 conv run with their BatchNorm folded
+    in (fewer full-resolution passes); the maps equal the unfolded modules' with the same statistics."""
+    torch.manual_seed(0)
+    net = network.build_model("lite", structure_stride=stride)
+    with torch.no_grad():
+        for module in net.modules():  # non-trivial running statistics and affine parameters
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    image = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        folded = net.eval()(image)
+        net.train()
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()  # the unfolded path with the running statistics
+        unfolded = net(image)
+    torch.testing.assert_close(folded, unfolded, atol=1e-5, rtol=1e-4)
+
+
 def test_vessel_map_is_fed_by_the_last_scb_only():
     torch.manual_seed(0)
     net = network.build_model("lite").train()  # batch statistics: untrained activations are not tiny
@@ -410,6 +434,38 @@ def test_depth_realistic_phantoms_show_every_labelled_plexus_and_no_dimmer_is_de
         assert deep.sum() > superficial.sum() > 1000  # the deep mesh fills the space between vessels
         assert case.image[deep].mean() > 0.9 * case.image[superficial].mean()
         assert case.image[deep].mean() > 1.15 * case.image[case.depth == 0].mean()
+
+
+def test_svp_branches_are_thin_superficial_twigs_attached_to_the_tree_and_off_by_default():
+    """``svp_branches``: the superficial plexus's small branches leave the labelled tree at the
+    superficial depth (not in the expert-style vessel mask); without it the render is unchanged."""
+    from scipy import ndimage
+
+    from VesselReconLib.phantoms.octa import _svp_branches, render_octa
+
+    plain = render_octa(5, 256, 3.0, depth_realism=True)
+    again = render_octa(5, 256, 3.0, depth_realism=True, svp_branches=False)
+    np.testing.assert_array_equal(plain.image, again.image)
+    np.testing.assert_array_equal(plain.depth, again.depth)
+    twigs = render_octa(5, 256, 3.0, depth_realism=True, svp_branches=True)
+    np.testing.assert_array_equal(twigs.vessel_mask, plain.vessel_mask)
+    superficial = lambda c: ((c.depth > 0) & (c.depth < 0.45) & ~c.vessel_mask).sum()  # noqa: E731
+    assert superficial(twigs) > 1.2 * superficial(plain)
+    tree = plain.vessel_mask
+    drawn = _svp_branches(np.random.default_rng(0), tree, plain.pixel_mm, np.zeros_like(tree)) > 0.3
+    assert drawn.sum() > 500 and (drawn & ndimage.binary_erosion(tree)).sum() < 0.05 * drawn.sum()  # outside it
+    labels, _ = ndimage.label(drawn | tree, structure=np.ones((3, 3)))
+    attached = np.isin(labels[drawn], np.unique(labels[tree]))
+    assert attached.mean() > 0.95  # the twigs hang off the tree
+
+
+def test_resolution_augmentation_keeps_the_shape_and_softens_the_grain():
+    rng = np.random.default_rng(0)
+    image = rng.random((96, 96)).astype(np.float32)
+    outs = [data.augment_resolution(image, np.random.default_rng(seed)) for seed in range(12)]
+    assert all(o.shape == image.shape and o.dtype == np.float32 for o in outs)
+    changed = [o for o in outs if not np.array_equal(o, image)]
+    assert changed and all(np.diff(o, axis=1).std() < np.diff(image, axis=1).std() for o in changed)
 
 
 # ------------------------------------------------------------------ shipped weights vs baselines

@@ -103,6 +103,10 @@ def add_train_arguments(parser) -> None:
                         help="random gamma/contrast/offset/noise on the training crops")
     parser.add_argument("--speckle-aug", action="store_true",
                         help="per-pixel multiplicative speckle on half of the training crops")
+    parser.add_argument("--structure-stride", type=int, choices=(1, 2), default=None,
+                        help="structure branch at full (1) or half (2) resolution (default: the preset's)")
+    parser.add_argument("--resolution-aug", action="store_true",
+                        help="blur (sigma 0-1 px) / down-sampling (0.6-1.0) drawn per training crop")
     parser.add_argument("--background-depth", choices=("zero", "nearest"), default="zero",
                         help="depth target on the background: 0 (the paper) or the nearest known depth")
     parser.add_argument("--select-threshold", action="store_true",
@@ -123,7 +127,8 @@ def train(args) -> int:
         device=args.device, resume=args.resume, rossa_dir=Path(args.rossa) if args.rossa else None,
         real_per_batch=args.real_per_batch, val_real=args.val_real, phantom_vessels=args.phantom_vessels,
         init=args.init, intensity_augmentation=args.intensity_aug, select_threshold=args.select_threshold,
-        background_depth=args.background_depth, speckle_augmentation=args.speckle_aug)
+        background_depth=args.background_depth, speckle_augmentation=args.speckle_aug,
+        resolution_augmentation=args.resolution_aug, structure_stride=args.structure_stride)
     bar = TqdmProgress(f"train octadepth {config.model_preset}")
     model, trainer, val_samples = training_run.train(config, progress=bar)
     bar.close()

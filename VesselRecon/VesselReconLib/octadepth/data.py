@@ -153,8 +153,29 @@ def augment_speckle(image: np.ndarray, rng: np.random.Generator, probability: fl
     return (image * rng.gamma(looks, 1.0 / looks, image.shape)).astype(np.float32)
 
 
+#: ``augment_resolution``: ranges drawn per crop (blur sigma in px, down-sampling factor)
+RESOLUTION_AUG = {"blur_px": (0.0, 1.0), "scale": (0.6, 1.0), "p_blur": 0.5, "p_scale": 0.3}
+
+
+def augment_resolution(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Device resolution drawn from a range: in half of the crops a Gaussian blur (sigma 0-1 px), in
+    30 % a down-sampling by 0.6-1.0 and back (bilinear). Real composites differ in sharpness and grain
+    from the phantoms and from each other; the depth head must not depend on one of them."""
+    from scipy import ndimage
+
+    out = image
+    if rng.random() < RESOLUTION_AUG["p_blur"]:
+        out = ndimage.gaussian_filter(out, rng.uniform(*RESOLUTION_AUG["blur_px"]))
+    if rng.random() < RESOLUTION_AUG["p_scale"]:
+        factor = rng.uniform(*RESOLUTION_AUG["scale"])
+        small = ndimage.zoom(out, factor, order=1)
+        out = ndimage.zoom(small, np.divide(image.shape, small.shape), order=1)[:image.shape[0], :image.shape[1]]
+    return np.asarray(out, np.float32)
+
+
 def _crop(sample: OCTASample, crop: int, rng: np.random.Generator, train: bool,
-          intensity: bool = False, fill_background: bool = False, speckle: bool = False) -> list[np.ndarray]:
+          intensity: bool = False, fill_background: bool = False, speckle: bool = False,
+          resolution: bool = False) -> list[np.ndarray]:
     height, width = sample.image.shape
     top, left = int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
     window = (slice(top, top + crop), slice(left, left + crop))
@@ -168,6 +189,8 @@ def _crop(sample: OCTASample, crop: int, rng: np.random.Generator, train: bool,
     if not train:
         return arrays
     arrays = augment(arrays, rng)
+    if resolution:
+        arrays[0] = augment_resolution(arrays[0], rng)
     if speckle:
         arrays[0] = augment_speckle(arrays[0], rng)
     if intensity:
@@ -177,7 +200,7 @@ def _crop(sample: OCTASample, crop: int, rng: np.random.Generator, train: bool,
 
 def mixed_crop_batch(groups: list[list[OCTASample]], counts: list[int], crop: int, rng: np.random.Generator,
                      train: bool = True, intensity: bool = False, fill_background: bool = False,
-                     speckle: bool = False) -> Batch:
+                     speckle: bool = False, resolution: bool = False) -> Batch:
     """``counts[i]`` random augmented crops from ``groups[i]`` (e.g. phantoms and real images);
     ``intensity``: also :func:`augment_intensity` on the training crops; ``fill_background``: the depth
     target on the background is :func:`fill_background_depth`'s (``depth_support`` marks the known depth)."""
@@ -187,7 +210,7 @@ def mixed_crop_batch(groups: list[list[OCTASample]], counts: list[int], crop: in
     for samples, count in zip(groups, counts):
         for _ in range(count):
             sample = samples[int(rng.integers(len(samples)))]
-            crops.append(_crop(sample, crop, rng, train, intensity, fill_background, speckle))
+            crops.append(_crop(sample, crop, rng, train, intensity, fill_background, speckle, resolution))
             flags.append(float(sample.has_depth))
     stacked = [torch.from_numpy(np.stack([c[k] for c in crops])[:, None]) for k in range(len(crops[0]))]
     return Batch(*stacked[:4], torch.tensor(flags, dtype=torch.float32), *stacked[4:])

@@ -95,8 +95,26 @@ class StructureConstraintBlock(nn.Module):
 
     def gate(self, encoder_features: torch.Tensor, structure: GatedFeatures, size) -> torch.Tensor:
         """The attention map ``a_{t-1}`` at the structure branch's resolution ``size``."""
+        if not self.training:
+            return self._folded_gate(encoder_features, structure, size)
         mixed = structure.project(self.from_structure, size) + _resize(self.from_encoder(encoder_features), size)
         return self.attention(mixed)
+
+    def _folded_gate(self, encoder_features: torch.Tensor, structure: GatedFeatures, size) -> torch.Tensor:
+        """:meth:`gate` in inference: the BatchNorm (an affine map per channel with its running
+        statistics) folded into the two 1x1 convolutions, which run before the upsampling, and the
+        gating and the sum done in one ``addcmul``: the same function with fewer full-resolution passes."""
+        norm, conv = self.attention[0], self.attention[2]
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
+        mixed = _resize(F.conv2d(encoder_features, self.from_encoder.weight * scale[:, None, None, None],
+                                 self.from_encoder.bias * scale + shift), size)
+        structural = _resize(F.conv2d(structure.features, self.from_structure.weight * scale[:, None, None, None]), size)
+        if structure.attention is None:
+            mixed = mixed + structural
+        else:
+            mixed = torch.addcmul(mixed, structural, _resize(structure.attention, size))
+        return torch.sigmoid(conv(torch.relu(mixed)))
 
     def forward(self, encoder_features: torch.Tensor, structure: GatedFeatures, size) -> GatedFeatures:
         return GatedFeatures(encoder_features, self.gate(encoder_features, structure, size))
@@ -185,8 +203,19 @@ class OCTADepthNet(nn.Module):
         return outputs
 
     def vessel_map(self, last_scb: GatedFeatures, size) -> torch.Tensor:
-        """Vessel logits from the last SCB output: 1x1 conv, upsampled to full ``size``, 3x3 conv, 1x1 conv."""
-        return self.vessel_head(last_scb.project(self.vessel_reduce, size))
+        """Vessel logits from the last SCB output: 1x1 conv, upsampled to full ``size``, 3x3 conv, 1x1 conv.
+
+        In inference the 3x3 conv's BatchNorm is folded into its weights (the same function, one
+        full-resolution pass fewer)."""
+        projected = last_scb.project(self.vessel_reduce, size)
+        if self.training:
+            return self.vessel_head(projected)
+        first, last = self.vessel_head
+        conv, norm = first.conv, first.adn.N
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        bias = (conv.bias if conv.bias is not None else 0.0) * scale + norm.bias - norm.running_mean * scale
+        hidden = F.conv2d(projected, conv.weight * scale[:, None, None, None], bias, padding=conv.padding)
+        return last(torch.relu(hidden))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 16 or x.shape[-2] % 16:

@@ -51,6 +51,10 @@ class TrainConfig:
     name and shape match is copied (warm start), the rest keep their fresh initialisation."""
     intensity_augmentation: bool = False
     speckle_augmentation: bool = False
+    resolution_augmentation: bool = False
+    structure_stride: int | None = None
+    """Override of the preset's structure-branch resolution (1 full, 2 half); recorded in the registry config."""
+    """:func:`data.augment_resolution` (blur and down-sampling drawn from a range) on the training crops."""
     background_depth: str = "zero"
     """Depth target on the background: ``zero`` (the paper) or ``nearest`` (the nearest known depth,
     :func:`data.fill_background_depth`; the loss module explains why)."""
@@ -61,6 +65,11 @@ class TrainConfig:
     """``all``: the phantom's vessel mask (which follows the expert, ROSSA, convention: the arteriole/
     venule tree, no capillary bed); ``large``: only its vessels about 3 px wide and up
     (:func:`data.large_vessel_target`, thinner ones ignored)."""
+
+    @property
+    def network_config(self) -> dict:
+        """``build_model`` overrides (empty: the preset as it is)."""
+        return {} if self.structure_stride is None else {"structure_stride": int(self.structure_stride)}
 
     @property
     def model_preset(self) -> str:
@@ -141,7 +150,7 @@ def train(config: TrainConfig, progress=None, cancel=None) -> tuple[torch.nn.Mod
     train_samples, val_samples, real_train, real_val = load_training_data(config)
     crop = min(config.crop, *(min(s.image.shape) // 16 * 16 for s in train_samples + real_train))
     device = resolve_device(config.device)
-    model = network.build_model(config.model_preset)
+    model = network.build_model(config.model_preset, **config.network_config)
     if config.init:
         warm_start(model, config.init)
     model = model.to(device)
@@ -162,7 +171,8 @@ def train(config: TrainConfig, progress=None, cancel=None) -> tuple[torch.nn.Mod
             yield data.mixed_crop_batch(groups if real else groups[:1], counts if real else counts[:1], crop, rng,
                                         intensity=config.intensity_augmentation,
                                         fill_background=config.background_depth == "nearest",
-                                        speckle=config.speckle_augmentation)
+                                        speckle=config.speckle_augmentation,
+                                        resolution=config.resolution_augmentation)
 
     log.info("training %s on %d phantoms (%d held out) + %d real images (%d per batch; %d real held out), "
              "%d epochs x %d steps", config.model_preset, len(train_samples), len(val_samples), len(real_train),
@@ -254,7 +264,7 @@ def ship(model: torch.nn.Module, config: TrainConfig, val_samples: list, data_co
     entry = training.ship_model(
         model, "octadepth", config.model_preset,
         command="vesselrecon train octadepth " + " ".join(shlex.quote(a) for a in sys.argv[3:]),
-        data="; ".join(sources), seed=config.seed, metrics=held_out,
+        data="; ".join(sources), seed=config.seed, metrics=held_out, config=config.network_config,
         input_spec={"channels": 1, "kind": "en face OCTA angiogram (superficial+deep slab)",
                     "size": "304-512 px (any multiple of 16 after padding)", "field_mm": [3.0, 6.0],
                     "intensity": "any; scaled by the 0.5/99.5 percentiles",
@@ -268,6 +278,7 @@ def ship(model: torch.nn.Module, config: TrainConfig, val_samples: list, data_co
                         "intensity_augmentation": config.intensity_augmentation,
                         "background_depth": config.background_depth,
                         "speckle_augmentation": config.speckle_augmentation,
+                        "resolution_augmentation": config.resolution_augmentation,
                         "vessel_threshold_selected_on_val": threshold,
                         "vessel_threshold_note": "folded into the vessel logit bias; the shipped model's 0.5 is it"
                         if threshold is not None else None},

@@ -289,7 +289,7 @@ def test_bench_prints_one_json_line_with_pipeline_and_baseline(capsys):
     from VesselReconLib.cli import main
 
     assert main(["bench", "coips", "--device", "cpu", "--count", "4", "--size", "128", "--batch-size", "2",
-                 "--workers", "0", "--threads", "1", "--seconds", "0.2"]) == 0
+                 "--workers", "0", "--threads", "1", "--repeats", "1"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["preset"] == "lite" and line["weights"] == "shipped" and line["images"] == 4
     for key in ("pipeline_images_per_s", "plain_backbone_images_per_s", "faz_unet_images_per_s", "peak_memory_mb"):
@@ -297,6 +297,7 @@ def test_bench_prints_one_json_line_with_pipeline_and_baseline(capsys):
     assert line["ratio_pipeline_vs_plain_backbone"] == pytest.approx(
         line["pipeline_images_per_s"] / line["plain_backbone_images_per_s"], rel=0.02)
     assert line["target_images_per_s"] == 10.0 and isinstance(line["meets_target"], bool)
+    assert line["pipeline_cpu_seconds"] > 0 and line["ratio_pipeline_vs_plain_backbone_cpu"] > 0
 
 
 

@@ -1,5 +1,7 @@
 """``vesselrecon bench coips``: the whole batch pipeline against the plain backbone, in one run.
 
+All four are timed interleaved (pipeline, plain backbone, classifier, FAZ U-Net, repeated; the fastest run
+of each), so that they share the machine's load; wall and CPU seconds (the decoders' included) are reported.
 The pipeline time covers decoding (DataLoader workers), grading, FAZ segmentation (of the images
 graded gradable/outstanding with trained weights; of every image with untrained ones or
 ``--segment-all``, the worst case), FAZ measurement, mask/thumbnail files and the CSV/HTML report. The plain timm backbone
@@ -45,6 +47,43 @@ def throughput(net, size: int, batch: int, device: torch.device, channels: int =
             images += batch
         _sync(device)
     return images / (time.perf_counter() - start)
+
+
+def network_pass(net, size: int, batch: int, count: int, device: torch.device, channels: int = 1):
+    """A call that runs ``net`` over ``count`` random images in batches of ``batch`` (inference mode)."""
+    from ..device import inference
+
+    x = torch.rand(batch, channels, size, size, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def run():
+        with inference(device):
+            for start in range(0, count, batch):
+                net(x[: min(batch, count - start)])
+    return run
+
+
+def interleaved_with_children(calls: dict, device: torch.device, repeats: int = 3) -> dict:
+    """:func:`VesselReconLib.device.interleaved` (A, B, A, B, ...; fastest of ``repeats``), with the CPU
+    seconds of finished child processes (the pipeline's decoders) added to this process's."""
+    from ..device import synchronize
+
+    for fn in calls.values():
+        fn()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            synchronize(device)
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            synchronize(device)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            child_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu + child_cpu))
+    return {name: {"s": round(min(t[0] for t in pairs), 4), "cpu_s": round(min(t[1] for t in pairs), 4)}
+            for name, pairs in times.items()}
 
 
 def cpu_threads(decode_workers: int) -> int:
@@ -109,6 +148,8 @@ def run_bench(args) -> dict:
     import timm
 
     from ..device import resolve_device
+    from ..device import load_average
+    from ..enface_io import list_images
     from .batch import run_batch
     from .config import CoipsConfig
 
@@ -135,17 +176,25 @@ def run_bench(args) -> dict:
     for path in sorted(study.iterdir())[: 2 * batch_size]:
         shutil.copyfile(path, warm_study / path.name)
     run_batch(CoipsConfig(**{**warm.to_dict(), "input": str(warm_study)}), quality_net, faz_net)
-    result = run_batch(config, quality_net, faz_net)
-    pipeline = len(result.rows) / result.seconds
-    peak = _peak_memory_mb(device)
-    seconds = float(getattr(args, "seconds", 3.0))
-    ours = throughput(quality_net, quality_net.input_size, batch_size, device, seconds=seconds)
     plain = timm.create_model(quality_net.backbone_name, pretrained=False, num_classes=3, **_plain_kwargs(quality_net))
     plain = plain.to(device).eval()
     if cuda:
         plain = plain.to(memory_format=torch.channels_last)
-    backbone = throughput(plain, quality_net.input_size, batch_size, device, channels=3, seconds=seconds)
-    faz = throughput(faz_net, faz_net.input_size, batch_size, device, seconds=seconds)
+    runs: list = []
+
+    def pipeline_once():
+        runs.append(run_batch(config, quality_net, faz_net))
+
+    count_images = len(list_images(study, False))
+    calls = {"pipeline": pipeline_once,
+             "plain": network_pass(plain, quality_net.input_size, batch_size, count_images, device, channels=3),
+             "classifier": network_pass(quality_net, quality_net.input_size, batch_size, count_images, device),
+             "faz": network_pass(faz_net, faz_net.input_size, batch_size, count_images, device)}
+    times = interleaved_with_children(calls, device, repeats=int(getattr(args, "repeats", 3) or 3))
+    result = runs[-1]
+    pipeline = len(result.rows) / times["pipeline"]["s"]
+    peak = _peak_memory_mb(device)
+    ours, backbone, faz = (count_images / times[name]["s"] for name in ("classifier", "plain", "faz"))
     target = TARGETS.get((device.type, preset))
     line = {
         "bench": "coips", "device": torch.cuda.get_device_name(device) if cuda else f"cpu x{torch.get_num_threads()}",
@@ -153,7 +202,12 @@ def run_bench(args) -> dict:
         "quality_input": quality_net.input_size, "faz_input": faz_net.input_size, "images": len(result.rows),
         "image_size": args.size, "batch_size": batch_size, "num_workers": workers, "post_workers": post,
         "faz_segmented_fraction": round(float(np.mean([r["faz_segmented"] for r in result.rows])), 3),
-        "pipeline_images_per_s": round(pipeline, 1), "pipeline_seconds": round(result.seconds, 2),
+        "pipeline_images_per_s": round(pipeline, 1), "pipeline_seconds": round(times["pipeline"]["s"], 2),
+        "timing": "interleaved: pipeline, plain backbone, classifier, FAZ U-Net, each over the study's images, "
+                  f"repeated {len(runs) - 1} times after a warm-up; fastest run of each",
+        "pipeline_cpu_seconds": times["pipeline"]["cpu_s"], "plain_backbone_cpu_seconds": times["plain"]["cpu_s"],
+        "ratio_pipeline_vs_plain_backbone_cpu": round(times["plain"]["cpu_s"] / times["pipeline"]["cpu_s"], 3),
+        "load_average": load_average(),
         "classifier_images_per_s": round(ours, 1), "plain_backbone_images_per_s": round(backbone, 1),
         "faz_unet_images_per_s": round(faz, 1),
         "ratio_pipeline_vs_plain_backbone": round(pipeline / backbone, 3),

@@ -13,7 +13,7 @@ QUALITY_SHIP_NAME, FAZ_SHIP_NAME = "coips-quality-{preset}", "coips-{preset}"
 
 
 TRAIN_OPTIONS = ("task", "data", "preset", "epochs", "batch_size", "lr", "finetune", "patience", "patch", "seed",
-                 "workers", "device", "degrade", "rossa", "zoom_min", "calibrate", "out", "heldout", "data_command")
+                 "workers", "device", "degrade", "rossa", "zoom_min", "rank_weight", "rank_margin", "deep_look", "composite", "device_look", "init", "calibrate", "out", "heldout", "data_command")
 
 
 def _train_command(args) -> str:
@@ -149,6 +149,20 @@ def add_train_arguments(parser) -> None:
                                         "(train_manual + train_sam), degraded on the fly")
     parser.add_argument("--zoom-min", type=float, default=0.6,
                         help="quality: smallest central crop (fraction of the width) of the zoom augmentation")
+    parser.add_argument("--rank-weight", type=float, default=0.0,
+                        help="quality: weight of the ranking loss over pairs of one source at two severities "
+                             "(a more degraded copy must not score higher); 0 trains on single images")
+    parser.add_argument("--rank-margin", type=float, default=0.05, help="quality: margin of the ranking loss")
+    parser.add_argument("--composite", type=float, default=0.0,
+                        help="quality, with --rank-weight: probability that a pair's source is first degraded by "
+                             "any kind (pairs that start gradable or ungradable)")
+    parser.add_argument("--deep-look", type=float, default=0.0,
+                        help="quality: probability of giving a ROSSA source a deep-slab look (large vessels "
+                             "filled with its own capillary texture, grade kept)")
+    parser.add_argument("--device-look", type=float, default=0.0,
+                        help="faz: probability of giving a training window another device's look (JPEG, speckle, "
+                             "resolution, contrast; coips.data.device_appearance)")
+    parser.add_argument("--init", help="start from these weights (registry name, .safetensors or .pt)")
     parser.add_argument("--calibrate", metavar="FOLDER",
                         help="quality: fit class offsets and a temperature on these held-out real images (e.g. "
                              "../shared/datasets/rossa/val) and fold them into the head (coips/calibration.py)")
@@ -175,7 +189,8 @@ def train(args) -> int:
     settings = TrainSettings(preset=preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              finetune=args.finetune, patience=args.patience, seed=args.seed, workers=args.workers,
                              patch=args.patch, device=args.device, degrade=args.degrade, rossa=args.rossa,
-                             zoom_min=args.zoom_min)
+                             zoom_min=args.zoom_min, rank_weight=args.rank_weight, rank_margin=args.rank_margin,
+                             deep_look=args.deep_look, composite=args.composite, device_look=args.device_look, init=args.init)
     bar = TqdmProgress(f"train coips {args.task}")
     fit = train_quality if args.task == "quality" else train_faz
     model, history = fit(args.data, Path(args.out) / args.task, settings, progress=bar)
@@ -342,7 +357,8 @@ def add_bench_arguments(parser) -> None:
                         help="segment the FAZ of every image (default only with untrained weights)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data", help="existing image folder to time instead of a generated one")
-    parser.add_argument("--seconds", type=float, default=3.0, help="timing window of each network alone")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed rounds (pipeline, backbone, classifier, FAZ U-Net interleaved; fastest of each)")
     parser.add_argument("--out", help="output folder (default: a temporary folder)")
 
 

@@ -34,6 +34,7 @@ class QualitySample:
     path: Path
     label: int
     field_of_view_mm: float | None = None
+    vessel_mask: Path | None = None
 
 
 @dataclass
@@ -128,11 +129,37 @@ def rossa_samples(root: str | Path, splits=("train_manual", "train_sam")) -> lis
     """Real ROSSA OCTA images (``root/<split>/image/*.png``) as quality sources of unknown field and of
     the best grade (they are degraded on the fly, see :class:`QualityDataset`)."""
     root = Path(root)
-    samples = [QualitySample(path, len(GRADES) - 1, None) for split_name in splits
+    samples = [QualitySample(path, len(GRADES) - 1, None, _mask_beside(path)) for split_name in splits
                for path in sorted((root / split_name / "image").glob("*.png"))]
     if not samples:
         raise InputError(f"No ROSSA images under {root}/<{'|'.join(splits)}>/image.")
     return samples
+
+
+def _mask_beside(image: Path) -> Path | None:
+    """ROSSA's vessel mask of an image (``<split>/label/<name>``), if there is one."""
+    mask = image.parent.parent / "label" / image.name
+    return mask if mask.is_file() else None
+
+
+def remove_large_vessels(pixels: np.ndarray, vessels: np.ndarray, rng) -> np.ndarray:
+    """A deep-slab look of a superficial image (grade kept): the large vessels of ``vessels`` (a mask of
+    the arteriole/venule tree, dilated by 1-2 px) are filled with the image's own capillary texture,
+    copied from randomly shifted vessel-free places, so only the capillary mesh and the FAZ remain."""
+    from scipy import ndimage
+
+    hole = ndimage.binary_dilation(vessels, iterations=int(rng.integers(1, 3)))
+    out = pixels.copy()
+    for _ in range(8):
+        if not hole.any():
+            break
+        dy, dx = rng.integers(-pixels.shape[0] // 4, pixels.shape[0] // 4 + 1, 2)
+        source, source_hole = np.roll(pixels, (dy, dx), (0, 1)), np.roll(hole, (dy, dx), (0, 1))
+        fill = hole & ~source_hole
+        out[fill] = source[fill]
+        hole = hole & ~fill
+    out[hole] = np.median(pixels)
+    return out
 
 
 def fovea_of(pixels: np.ndarray) -> tuple[float, float]:
@@ -185,8 +212,10 @@ class QualityDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, samples: list[QualitySample], size: int, train: bool = False, degrade: float = 0.0,
-                 seed: int = 0, zoom_min: float = 0.6):
+                 seed: int = 0, zoom_min: float = 0.6, pairs: bool = False, deep_look: float = 0.0,
+                 composite: float = 0.0):
         self.samples, self.size, self.zoom_min = samples, int(size), float(zoom_min)
+        self.pairs, self.deep_look, self.composite = bool(pairs), float(deep_look), float(composite)
         self.transform = augmentation() if train else None
         self.degrade, self.train = float(degrade), train
         self.rng = np.random.default_rng(seed)
@@ -200,19 +229,28 @@ class QualityDataset(torch.utils.data.Dataset):
             pixels = read_image(self.samples[index].path, required=False).pixels
             native = np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8) if self.degrade else None
             fovea = fovea_of(pixels) if self.degrade else None
-            self._cache[index] = (torch.from_numpy(to_work_image(pixels, self.size))[None], native, fovea)
+            vessels = None
+            if self.deep_look and self.samples[index].vessel_mask is not None:
+                vessels = read_mask(self.samples[index].vessel_mask)
+                vessels = vessels if vessels.shape == pixels.shape else None
+            self._cache[index] = (torch.from_numpy(to_work_image(pixels, self.size))[None], native, fovea, vessels)
         return self._cache[index]
 
     def __getitem__(self, index: int):
         from .degradations import KINDS, degrade, grade_for_severity
 
         sample = self.samples[index]
-        image, native, fovea = self._load(index)
+        image, native, fovea, vessels = self._load(index)
         label = sample.label
         rng = self.rng if self.train else np.random.default_rng([index, 17])
+        if self.train and self.pairs and native is not None:
+            return self._pair(native, fovea, vessels, label, rng)
         degraded = bool(self.degrade) and rng.random() < self.degrade
         if self.train and native is not None:
-            pixels, fovea_now = _zoom(native / np.float32(255), fovea, rng, self.zoom_min)
+            source = native / np.float32(255)
+            if vessels is not None and rng.random() < self.deep_look:
+                source = remove_large_vessels(source, vessels, rng)
+            pixels, fovea_now = _zoom(source, fovea, rng, self.zoom_min)
             pixels = device_appearance(np.clip(pixels, 0, 1) ** np.float32(rng.uniform(0.7, 1.4)), rng)
             if degraded:
                 kind, severity = KINDS[rng.integers(len(KINDS))], float(rng.uniform(0, 1))
@@ -227,6 +265,36 @@ class QualityDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, label
+
+    def _pair(self, native, fovea, vessels, label: int, rng):
+        """Two images of one source degraded by one kind at severities ``s1 < s2`` (``s1 = 0`` one time in
+        three; with probability ``composite`` the source is first degraded by any kind, so that pairs also
+        start from gradable and ungradable images), with their labels: ``(images (2, S, S), labels (2,))``, flipped/rotated alike. The ranking
+        loss asks the grader to score the second no higher than the first."""
+        from .degradations import KINDS, degrade, grade_for_severity
+
+        source = native / np.float32(255)
+        if vessels is not None and rng.random() < self.deep_look:
+            source = remove_large_vessels(source, vessels, rng)
+        pixels, fovea_now = _zoom(source, fovea, rng, self.zoom_min)
+        pixels = device_appearance(np.clip(pixels, 0, 1) ** np.float32(rng.uniform(0.7, 1.4)), rng)
+        if rng.random() < self.composite:   # an already degraded source: degrading it further must not help
+            first, severity = KINDS[rng.integers(len(KINDS))], float(rng.uniform(0, 1))
+            pixels = degrade(pixels, first, severity, int(rng.integers(2**31)), fovea_now)
+            label = min(label, grade_for_severity(severity, label))
+            fovea_now = fovea_now if first != "decentration" else None
+        kind, seed = KINDS[rng.integers(len(KINDS))], int(rng.integers(2**31))
+        low = 0.0 if rng.random() < 1 / 3 else float(rng.uniform(0, 0.8))
+        high = min(1.0, low + float(rng.uniform(0.1, 0.6)))
+        images, labels = [], []
+        for severity in (low, high):
+            degraded = degrade(pixels, kind, severity, seed, fovea_now) if severity > 0 else pixels
+            images.append(torch.from_numpy(to_work_image(degraded, self.size)))
+            labels.append(min(label, grade_for_severity(severity, label)))
+        image = torch.stack(images)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, torch.tensor(labels)
 
 
 def device_appearance(pixels: np.ndarray, rng) -> np.ndarray:
@@ -275,12 +343,15 @@ class FazWindowDataset(torch.utils.data.Dataset):
     In training the window is jittered (side x0.85-1.15, centre within +-12 % of the side: decentred
     foveae), flipped and rotated by multiples of 90 degrees, its contrast changed (gamma 0.6-1.6), a
     third of the images are mildly degraded (blur, motion, low signal at severities up to 0.4), and
-    (p = 0.7) a speckle noise floor is laid over the whole window (real scans have no pure-black FAZ).
+    (p = 0.7) a speckle noise floor is laid over the whole window (real scans have no pure-black FAZ);
+    with ``device_look`` (a probability) the window then gets another device's look at its own pixels
+    (:func:`device_appearance`: JPEG re-encoding, as OCTAGON's TIFFs, speckle, resolution, contrast).
     """
 
     def __init__(self, samples: list[FazSample], size: int, window_mm: float | None, train: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, device_look: float = 0.0):
         self.samples, self.size, self.window_mm, self.train = samples, int(size), window_mm, train
+        self.device_look = float(device_look)
         self.rng = np.random.default_rng(seed)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
 
@@ -324,6 +395,8 @@ class FazWindowDataset(torch.utils.data.Dataset):
             image = np.clip(image, 0, 1) ** self.rng.uniform(0.6, 1.6)
             if self.rng.random() < 0.7:
                 image = np.maximum(image, _noise_floor(image, self.rng))
+            if self.rng.random() < self.device_look:
+                image = device_appearance(image.astype(np.float32), self.rng)
             k, flip = int(self.rng.integers(4)), bool(self.rng.random() < 0.5)
             image, window_mask = np.rot90(image, k), np.rot90(window_mask, k)
             if flip:

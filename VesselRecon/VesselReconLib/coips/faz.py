@@ -109,7 +109,7 @@ def select_faz(mask: np.ndarray, field_of_view_mm: float | None = None) -> np.nd
     order = np.argsort(nearest, kind="stable") + 1
     boxes = ndimage.find_objects(labels)
     chosen = order[0]
-    if field_of_view_mm is not None:
+    if field_of_view_mm is not None and count > 1:   # one component: kept whatever its shape
         for label in order:
             if nearest[label - 1] > 0.25 * mask.shape[1]:
                 break

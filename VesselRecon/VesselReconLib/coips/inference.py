@@ -42,12 +42,15 @@ def faz_window(pixels: np.ndarray, field_of_view_mm: float | None, faz_net) -> t
 
 def paste_masks(logits: torch.Tensor, boxes, shapes) -> list[np.ndarray]:
     """Full-size boolean masks from window logits ``(B, 2, s, s)``: resampled onto each box, argmax."""
+    # bilinear resampling is linear, so resampling the margin (FAZ minus background logit) and taking its
+    # sign is the argmax of the resampled logits, at half the cost
+    margins = (logits[:, 1:2].float() - logits[:, 0:1].float())
     masks = []
     for index, ((top, left, side), (height, width)) in enumerate(zip(boxes, shapes)):
-        window = F.interpolate(logits[index:index + 1].float(), size=(int(side), int(side)), mode="bilinear",
+        window = F.interpolate(margins[index:index + 1], size=(int(side), int(side)), mode="bilinear",
                                align_corners=False)
         mask = np.zeros((int(height), int(width)), bool)
-        mask[top:top + side, left:left + side] = (window[0, 1] > window[0, 0]).cpu().numpy()
+        mask[top:top + side, left:left + side] = (window[0, 0] > 0).cpu().numpy()
         masks.append(mask)
     return masks
 

@@ -1,4 +1,4 @@
-"""Training losses: class-weighted cross-entropy (quality) and 0.5 CE + 0.5 Dice (FAZ)."""
+"""Training losses: class-weighted cross-entropy and the severity ranking loss (quality), 0.5 CE + 0.5 Dice (FAZ)."""
 
 from __future__ import annotations
 
@@ -30,3 +30,19 @@ def faz_loss(lambda_ce: float = 0.5, lambda_dice: float = 0.5) -> nn.Module:
 
     return DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
                       lambda_ce=lambda_ce, lambda_dice=lambda_dice)
+
+
+def expected_grade(logits: torch.Tensor) -> torch.Tensor:
+    """The ordinal quality score ``sum_k k * p_k`` (0 ungradable .. 2 outstanding) of logits ``(..., 3)``."""
+    grades = torch.arange(logits.shape[-1], device=logits.device, dtype=logits.dtype)
+    return (torch.softmax(logits, -1) * grades).sum(-1)
+
+
+def ranking_loss(pair_logits: torch.Tensor, margin: float = 0.05, pair_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Hinge on pairs ``(B, 2, 3)`` (less, more degraded copy of one source):
+    ``mean(relu(q(more) - q(less) + m))`` with ``q`` the expected grade: a degraded copy must not score
+    higher quality than its source. ``m`` is ``margin`` where the labels ``(B, 2)`` fall, else 0 (without
+    labels, ``margin`` everywhere)."""
+    scores = expected_grade(pair_logits)
+    m = margin if pair_labels is None else margin * (pair_labels[:, 1] < pair_labels[:, 0]).to(scores.dtype)
+    return torch.relu(scores[:, 1] - scores[:, 0] + m).mean()

@@ -81,10 +81,12 @@ def finish_image(item: dict) -> dict:
 
 def faz_centre(mask: np.ndarray) -> dict[str, float]:
     """The FAZ centroid as fractions of the image width (x) and height (y); NaN for an empty mask."""
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
+    any_rows, any_cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if any_rows.size == 0:
         return {"faz_centre_x": float("nan"), "faz_centre_y": float("nan")}
-    return {"faz_centre_x": float(cols.mean() / mask.shape[1]), "faz_centre_y": float(rows.mean() / mask.shape[0])}
+    rows, cols = np.nonzero(mask[any_rows[0]:any_rows[-1] + 1, any_cols[0]:any_cols[-1] + 1])
+    return {"faz_centre_x": float((cols.mean() + any_cols[0]) / mask.shape[1]),
+            "faz_centre_y": float((rows.mean() + any_rows[0]) / mask.shape[0])}
 
 
 def finish_chunk(items: list[dict]) -> list[dict]:

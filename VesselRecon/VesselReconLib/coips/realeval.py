@@ -97,21 +97,30 @@ def faz_rows(faz_net, folder: Path, device="cpu") -> list[dict]:
 
 
 def scan_rows(quality_net, faz_net, folder: Path, device="cpu") -> list[dict]:
-    """Grade, probabilities, FAZ area and flags of every OCTAGON scan (the single-image pipeline)."""
+    """Grade, probabilities, FAZ area and flags of every OCTAGON scan (the single-image pipeline), then
+    the slab-pair rule of the batch pipeline (:func:`.pairs.propagate_pair_grades`: a deep image takes its
+    superficial partner's grade unless their FAZ centres show two acquisitions; the centres come from a
+    forced segmentation of both). ``grade`` is the grade after pairing, ``grade_own`` the image's own."""
     from ..enface_io import read_image
     from .inference import assess
+    from .pairs import propagate_pair_grades
+    from .postprocess import faz_centre
 
     rows = []
     for scan in OCTAGON_SCANS:
         if not (folder / scan).is_file():
             continue
         image = read_image(folder / scan)
-        result = assess(image.pixels, image.field_of_view_mm, quality_net, faz_net, torch.device(device))
-        rows.append({"scan": scan, "field_mm": image.field_of_view_mm, "grade": result.grade,
-                     **{f"p_{g}": round(p, 3) for g, p in result.probabilities.items()},
-                     "faz_area_mm2": result.metrics.get("faz_area_mm2", math.nan),
-                     "faz_axis_ratio": result.metrics.get("faz_axis_ratio", math.nan),
-                     "faz_flags": "; ".join(result.flags)})
+        result = assess(image.pixels, image.field_of_view_mm, quality_net, faz_net, torch.device(device),
+                        force_segmentation=True)
+        rows.append({"scan": scan, "image": scan, "status": "ok", "field_mm": image.field_of_view_mm,
+                     "grade": result.grade, **{f"p_{g}": round(p, 3) for g, p in result.probabilities.items()},
+                     "faz_area_mm2": result.metrics.get("faz_area_mm2", math.nan) if not result.forced else math.nan,
+                     "faz_axis_ratio": result.metrics.get("faz_axis_ratio", math.nan) if not result.forced else math.nan,
+                     "forced_faz_area_mm2": result.metrics.get("faz_area_mm2", math.nan),
+                     "forced_faz_axis_ratio": result.metrics.get("faz_axis_ratio", math.nan),
+                     "faz_flags": "" if result.forced else "; ".join(result.flags), **faz_centre(result.mask)})
+    propagate_pair_grades(rows)
     return rows
 
 
@@ -162,8 +171,13 @@ def format_real(result: dict, faz_name: str) -> str:
     lines += ["", "Grades of the OCTAGON scans (single-image pipeline)",
               f"{'scan':28s}{'grade':>12s}{'p_ungr':>8s}{'p_grad':>8s}{'p_outs':>8s}{'FAZ mm2':>9s}{'ratio':>7s}  flags"]
     for row in result["scans"]:
-        lines.append(f"{row['scan']:28s}{row['grade']:>12s}{row['p_ungradable']:8.3f}{row['p_gradable']:8.3f}"
+        lines.append(f"{row['scan']:28s}{row.get('grade_own', row['grade']):>12s}{row['p_ungradable']:8.3f}{row['p_gradable']:8.3f}"
                      f"{row['p_outstanding']:8.3f}{row['faz_area_mm2']:9.3f}{row['faz_axis_ratio']:7.2f}  {row['faz_flags']}")
+    lines += ["", "Slab pairs (a deep image takes its superficial partner's grade when they are one acquisition)",
+              f"{'scan':28s}{'own grade':>12s}{'grade':>12s}{'forced FAZ mm2':>16s}  grade source"]
+    for row in result["scans"]:
+        lines.append(f"{row['scan']:28s}{row.get('grade_own', row['grade']):>12s}{row['grade']:>12s}"
+                     f"{row.get('forced_faz_area_mm2', math.nan):16.3f}  {row.get('grade_source', '')}")
     lines += ["", f"Degradation series (severities {', '.join(f'{s:g}' for s in SERIES_SEVERITIES)}; grade 2 "
                   "outstanding, 1 gradable, 0 ungradable)"]
     for row in result["series"]:

@@ -7,6 +7,9 @@ the classification head. Training images are degraded on the fly (``degrade`` pr
 :class:`.data.QualityDataset`); real ROSSA images may be added as sources (``rossa``).
 FAZ: 0.5 CE + 0.5 Dice with deep supervision (weights 1, 1/2, 1/4 normalised, nnU-Net), SGD lr 0.01 with
 Nesterov momentum 0.99, poly LR decay (exponent 0.9), on the U-Net's window (:class:`.data.FazWindowDataset`).
+With ``rank_weight`` the grader trains on pairs of one source degraded by one kind at two severities and
+adds a ranking loss (:func:`.losses.ranking_loss`): the more degraded copy must not score a higher
+expected grade than the less degraded one (the degradation-series test's condition, learnt).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 
 from .data import FazWindowDataset, QualityDataset, faz_samples, quality_samples, rossa_samples, split
-from .losses import faz_loss, quality_loss
+from .losses import faz_loss, quality_loss, ranking_loss
 from .network import build_model
 from ..errors import InputError
 from ..training import Trainer, seed_everything
@@ -47,6 +50,12 @@ class TrainSettings:
     degrade: float = 0.7
     rossa: str | None = None
     zoom_min: float = 0.6
+    rank_weight: float = 0.0
+    rank_margin: float = 0.05
+    deep_look: float = 0.0
+    composite: float = 0.0
+    device_look: float = 0.0
+    init: str | None = None
 
 
 def _loader(dataset, batch_size: int, workers: int, shuffle: bool, seed: int = 0):
@@ -136,8 +145,12 @@ def train_quality(data: str | Path, out: str | Path, settings: TrainSettings, pr
     train_idx, val_idx = split(len(samples), settings.val_fraction, settings.seed, labels)
     model = build_model(settings.preset).to(device)
     size = model.input_size
+    if settings.init:
+        load_initial_weights(model, settings.init)
+    pairs = settings.rank_weight > 0
     train_set = QualityDataset([samples[i] for i in train_idx], size, train=True, degrade=settings.degrade,
-                               seed=settings.seed, zoom_min=settings.zoom_min)
+                               seed=settings.seed, zoom_min=settings.zoom_min, pairs=pairs,
+                               deep_look=settings.deep_look, composite=settings.composite)
     val_set = QualityDataset([samples[i] for i in val_idx], size, degrade=settings.degrade)
     val_loader = _loader(val_set, settings.batch_size, settings.workers, False)
     train_loader = _loader(train_set, settings.batch_size, settings.workers, True, settings.seed)
@@ -146,7 +159,13 @@ def train_quality(data: str | Path, out: str | Path, settings: TrainSettings, pr
 
     def loss_fn(net, batch):
         images, targets = batch
-        return criterion(net(_to_input(images, device)).float(), targets.to(device))
+        if not pairs:
+            return criterion(net(_to_input(images, device)).float(), targets.to(device))
+        logits = net(_to_input(images.flatten(0, 1)[:, None], device)).float()
+        targets = targets.to(device)
+        loss = criterion(logits, targets.flatten())
+        return loss + settings.rank_weight * ranking_loss(logits.view(-1, 2, logits.shape[-1]), settings.rank_margin,
+                                                          targets)
 
     def validate(net):
         y, p = evaluate_quality(net, val_loader, device)
@@ -162,6 +181,14 @@ def train_quality(data: str | Path, out: str | Path, settings: TrainSettings, pr
     return model.eval(), trainer.history
 
 
+def load_initial_weights(model, checkpoint: str | Path) -> None:
+    """Start from a checkpoint's weights (a registry name, ``.safetensors`` or ``.pt``); the optimiser starts afresh."""
+    from .. import registry
+
+    source, _ = registry.load_model("coips", str(checkpoint), "cpu")
+    model.load_state_dict(source.state_dict())
+
+
 def train_faz(data: str | Path, out: str | Path, settings: TrainSettings, progress=None, cancel=None):
     """Train a FAZ U-Net on ``data/faz`` (images + masks); returns ``(model, history)``."""
     from ..device import resolve_device
@@ -171,8 +198,11 @@ def train_faz(data: str | Path, out: str | Path, settings: TrainSettings, progre
     samples = faz_samples(data)
     train_idx, val_idx = split(len(samples), settings.val_fraction, settings.seed)
     model = build_model(settings.preset).to(device)
+    if settings.init:
+        load_initial_weights(model, settings.init)
     size, window = model.input_size, model.window_mm
-    train_set = FazWindowDataset([samples[i] for i in train_idx], size, window, train=True, seed=settings.seed)
+    train_set = FazWindowDataset([samples[i] for i in train_idx], size, window, train=True, seed=settings.seed,
+                                 device_look=settings.device_look)
     train_loader = _loader(train_set, settings.batch_size, settings.workers, True, settings.seed)
     val_loader = _loader(FazWindowDataset([samples[i] for i in val_idx], size, window), settings.batch_size,
                          settings.workers, False)

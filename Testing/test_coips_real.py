@@ -302,3 +302,49 @@ def test_widget_field_of_view_choice():
     with pytest.raises(InputError):
         fov_choice("0 mm")
     assert GRADES[0] == "ungradable"
+
+
+# ---------------------------------------------------------------- ranking loss, pairs, deep-slab look
+
+
+def test_ranking_loss_penalises_only_a_degraded_copy_that_scores_higher():
+    import torch
+
+    from VesselReconLib.coips.losses import expected_grade, ranking_loss
+
+    good, bad = torch.tensor([0.0, 0.0, 6.0]), torch.tensor([6.0, 0.0, 0.0])
+    assert expected_grade(good[None]).item() == pytest.approx(2.0, abs=0.01)
+    ordered, raised = torch.stack([good, bad])[None], torch.stack([bad, good])[None]
+    assert ranking_loss(ordered, 0.05, torch.tensor([[2, 0]])).item() == 0.0
+    assert ranking_loss(raised, 0.05, torch.tensor([[2, 0]])).item() > 1.9
+    same = torch.stack([bad, bad])[None]          # equal labels: no margin, equal scores cost nothing
+    assert ranking_loss(same, 0.05, torch.tensor([[0, 0]])).item() == 0.0
+
+
+def test_pair_dataset_gives_two_severities_of_one_source_with_falling_labels():
+    from VesselReconLib.coips.data import QualityDataset, QualitySample
+    from VesselReconLib.phantoms.octa import render_octa
+    from PIL import Image
+
+    import tempfile
+    folder = Path(tempfile.mkdtemp())
+    path = folder / "src.png"
+    Image.fromarray((render_octa(3, 160, 3.0).image * 255).astype(np.uint8)).save(path)
+    dataset = QualityDataset([QualitySample(path, 2)], 64, train=True, degrade=0.7, pairs=True, composite=0.5)
+    for _ in range(12):
+        images, labels = dataset[0]
+        assert images.shape == (2, 64, 64) and labels.shape == (2,)
+        assert labels[1] <= labels[0]
+
+
+def test_deep_slab_look_fills_the_large_vessels_with_capillary_texture():
+    from VesselReconLib.coips.data import remove_large_vessels
+
+    rng = np.random.default_rng(0)
+    texture = rng.uniform(0.1, 0.4, (96, 96)).astype(np.float32)
+    vessels = np.zeros((96, 96), bool)
+    vessels[40:46, :] = True
+    image = np.where(vessels, 1.0, texture).astype(np.float32)
+    out = remove_large_vessels(image, vessels, np.random.default_rng(1))
+    assert out[vessels].max() <= 0.4 + 1e-6 and abs(out[vessels].mean() - texture.mean()) < 0.05
+    assert np.array_equal(out[:30], image[:30])

@@ -47,10 +47,33 @@ def cost_map(probability: np.ndarray, eps: float = PATH_EPS, threshold: float = 
     return 1.0 / (np.clip(probability, 0, 1) + eps) / (1.0 + distance)
 
 
+GUIDE_PX = 4.0        # corridor half-width (px) of a guided path: cost x (1 + (d / GUIDE_PX)^2)
+
+
+def guide_distance(guide: np.ndarray, lo: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Distance (px) of every pixel of a box (origin ``lo`` = (row, col), ``shape``) to a guide polyline (K, 2)."""
+    from ..phantoms.xray import resample_polyline as resample
+
+    guide = np.asarray(guide, float)
+    length = np.linalg.norm(np.diff(guide, axis=0), axis=1).sum()
+    dense = np.round(resample(guide, n=max(int(2 * length), 2))[:, ::-1] - lo).astype(int)
+    dense = dense[((dense >= 0) & (dense < np.asarray(shape))).all(1)]
+    marks = np.ones(shape, bool)
+    marks[dense[:, 0], dense[:, 1]] = False
+    return ndimage.distance_transform_edt(marks) if len(dense) else np.zeros(shape)
+
+
+AVOID_PX, AVOID_GAIN = 4.0, 50.0     # an avoided stretch: cost x 51 within 4 px of it
+
+
 def geodesic_path(probability: np.ndarray, start: np.ndarray, end: np.ndarray, margin: int = 12,
-                  eps: float | None = None) -> np.ndarray:
+                  eps: float | None = None, guide: np.ndarray | None = None,
+                  avoid: np.ndarray | None = None) -> np.ndarray:
     """Minimal path (K, 2) in (column, row) from ``start`` to ``end`` with ``skimage.graph.route_through_array``,
-    searched inside the probability map's support box (plus a margin)."""
+    searched inside the probability map's support box (plus a margin). With a ``guide`` polyline (K, 2)
+    the cost grows with the distance from it (a corridor of ``GUIDE_PX``): used to re-route a view's
+    path along where the other view says the vessel is. With ``avoid`` (a polyline) the pixels near it cost
+    ``1 + AVOID_GAIN`` times more: the second-best route, around a stretch the other view disagrees with."""
     from skimage.graph import route_through_array
 
     rows, cols = probability.shape
@@ -61,6 +84,10 @@ def geodesic_path(probability: np.ndarray, start: np.ndarray, end: np.ndarray, m
     hi = np.minimum(box.max(0) + margin + 1, (rows, cols))
     ends = np.clip(ends, 0, [rows - 1, cols - 1])
     cost = cost_map(probability[lo[0]:hi[0], lo[1]:hi[1]], PATH_EPS if eps is None else eps)
+    if guide is not None:
+        cost = cost * (1.0 + (guide_distance(guide, lo, cost.shape) / GUIDE_PX) ** 2)
+    if avoid is not None and len(avoid) > 1:
+        cost = cost * (1.0 + AVOID_GAIN * (guide_distance(avoid, lo, cost.shape) < AVOID_PX))
     if not np.isfinite(cost).all():  # route_through_array crashes the process on NaN costs
         from ..errors import InferenceError
 
@@ -250,14 +277,15 @@ def profile_radii_px(image: np.ndarray, points: np.ndarray, mask_radii: np.ndarr
 
 
 def extract_centerline(probability: np.ndarray, start: np.ndarray, end: np.ndarray, geometry,
-                       n: int = N_POINTS, threshold: float = 0.5, image: np.ndarray | None = None) -> Centerline2D:
+                       n: int = N_POINTS, threshold: float = 0.5, image: np.ndarray | None = None,
+                       guide: np.ndarray | None = None, avoid: np.ndarray | None = None) -> Centerline2D:
     """Centreline and radii of one view's SOI from its vessel probability map (and, given the
     ``image``, the densitometric overlap flags).
 
     Radii in mm are given at the isocentre: pixels x ImagerPixelSpacing / (SID / SOD).
     """
     start, end = np.asarray(start, float), np.asarray(end, float)
-    points = smooth_resample(geodesic_path(probability, start, end), start, end, n)
+    points = smooth_resample(geodesic_path(probability, start, end, guide=guide, avoid=avoid), start, end, n)
     radii = lumen_radii_px(probability > threshold, points)
     overlap, qca_radii = None, None
     if image is not None:

@@ -4,7 +4,10 @@
 - the whole-centreline reprojection error per view (3D centreline projected against the 2D one);
 - a warning when a segment is seen nearly end-on (strong foreshortening) in a view;
 - a warning when the start/end points look swapped between the views (the swapped pairing fits the
-  epipolar geometry much better than the given one).
+  epipolar geometry much better than the given one);
+- per branch, the depth uncertainty (1-sigma, mm) of its points from the view pair's geometry and the
+  two views' residual disagreement (:func:`~.triangulation.depth_uncertainty`), with a warning where
+  a fifth of the branch is poorly measured.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ MAX_ANGLE_CORRECTION_DEG = 3.0
 MAX_OFFSET_CORRECTION_PX = 15.0
 END_ON_FORESHORTENING = 0.5      # projected / true length below this: nearly end-on
 SWAP_MIN_ERROR_PX = 8.0
+POOR_DEPTH_MM = 1.0              # depth 1-sigma above this: the two views do not pin the point
 
 
 def calibration_report(calibration) -> dict:
@@ -92,6 +96,23 @@ def quality_report(branches, geometries, calibration, soi_points, recorded_geome
         if swapped_ends(np.asarray(soi_points[0][index]), np.asarray(soi_points[1][index]), *recorded):
             report["warnings"].append(f"{name} branch: the start and end points look swapped between the views "
                                       "(the reverse pairing fits the geometry much better)")
+    report["uncertainty_mm"] = {}
+    for index, branch in enumerate(branches):
+        sigma = branch.views.get("depth_sigma_mm") if isinstance(branch.views, dict) else None
+        if sigma is None:
+            continue
+        name = "main" if index == 0 else f"side {index}"
+        summary = {"median": round(float(np.median(sigma)), 3), "p90": round(float(np.percentile(sigma, 90)), 3),
+                   "poorly_measured_fraction": round(float(np.mean(sigma > POOR_DEPTH_MM)), 3)}
+        report["uncertainty_mm"][name] = summary
+        if branch.views.get("rerouted"):
+            report["warnings"].append(f"{name} branch: the two views' first 2D paths disagreed (one followed another "
+                                      "vessel); both were re-routed jointly -- check the overlays")
+        if summary["poorly_measured_fraction"] > 0.2:
+            report["warnings"].append(
+                f"{name} branch: the depth is poorly measured along {100 * summary['poorly_measured_fraction']:.0f} % "
+                f"of it (1-sigma > {POOR_DEPTH_MM:g} mm; median {summary['median']:.1f} mm): it runs along the "
+                "epipolar lines of this view pair or the views disagree there -- a third view would pin it")
     for view, values in report["reprojection_px"].items():
         if values["mean_px"] > 3.0:
             report["warnings"].append(f"view {view}: the 3D centreline reprojects {values['mean_px']:.1f} px "

@@ -229,6 +229,7 @@ def evaluate_real_phantom(shared: str | Path, variants: list[tuple[str, object, 
             rows.append({"branch": index, "mean_mm": float(distance.mean()), "max_mm": float(distance.max()),
                          "radius_ratio": ratio, "calibration_deg": result.quality["calibration"]["delta_primary_deg"],
                          "reprojection_px": result.quality["reprojection_px"],
+                         "uncertainty_mm": result.quality.get("uncertainty_mm", {}).get("main", {}),
                          "seconds": float(sum(result.timings.values()))})
         out["per_branch"].append({"method": name, "rows": rows})
         out["rows"].append({"method": name, **{k: float(np.mean([r[k] for r in rows])) for k in

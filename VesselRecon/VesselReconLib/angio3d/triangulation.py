@@ -98,7 +98,9 @@ def refine_depths(points: np.ndarray, pts_a: np.ndarray, pts_b: np.ndarray, geom
     difference. Where the vessel runs along the epipolar lines the distance term is flat in ``t`` (the
     depth is unobservable there) and the smoothness term carries the depth over from the well-seen
     neighbours, instead of a point-wise match that slides along the vessel. The two ends (the clicked
-    start and end, triangulated directly) are kept.
+    start and end, triangulated directly) are kept. Solved by damped Gauss-Newton with the soft-L1
+    loss on the data term as iteratively reweighted least squares: each step is one banded
+    (pentadiagonal) solve with the analytic Jacobian (the smoothness term is linear in the depths).
     """
     from scipy.linalg import solveh_banded
 
@@ -169,6 +171,38 @@ def refine_depths(points: np.ndarray, pts_a: np.ndarray, pts_b: np.ndarray, geom
     return source + t[:, None] * rays
 
 
+SIGMA_2D_PX = 1.0    # typical 2D centreline error (px) assumed for the depth uncertainty
+MAX_SIGMA_MM = 50.0
+
+
+def depth_uncertainty(points: np.ndarray, pts_a: np.ndarray, pts_b: np.ndarray, geom_a, geom_b,
+                      sigma_px: float = SIGMA_2D_PX) -> np.ndarray:
+    """Per point, the 1-sigma error (mm) of its position along view A's ray (its depth).
+
+    The depth is read in view B: moving a point along its view-A ray moves its view-B projection along
+    the epipolar line at ``rate`` px per mm; only the part across view B's centreline (``rate_perp``)
+    is measured. A 2D error of ``sigma`` px -- ``sigma_px`` plus whatever the two views still disagree
+    there (the distance of the projection from view B's centreline) -- gives ``sigma / rate_perp`` mm.
+    Where the vessel runs along the epipolar lines ``rate_perp`` -> 0 and the depth is not measured at
+    all (capped at ``MAX_SIGMA_MM``); the smoothness of the depth refit then only interpolates it.
+    """
+    source, rays = geom_a.pixel_rays(pts_a)
+    t = ((np.asarray(points, float) - source) * rays).sum(1)
+    p_b = geom_b.projection_matrix()
+    ray_h = rays @ p_b[:, :3].T
+    homog = (p_b[:, :3] @ source + p_b[:, 3])[None] + t[:, None] * ray_h
+    proj = homog[:, :2] / homog[:, 2:3]
+    rate = (ray_h[:, :2] * homog[:, 2:3] - homog[:, :2] * ray_h[:, 2:3]) / homog[:, 2:3] ** 2     # px / mm
+    fine = resample_polyline(np.asarray(pts_b, float), n=8 * (len(pts_b) - 1) + 1)
+    tangent = np.gradient(fine, axis=0)
+    normal = np.c_[-tangent[:, 1], tangent[:, 0]] / np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
+    nearest = np.argmin(((fine[None] - proj[:, None]) ** 2).sum(-1), axis=1)
+    disagreement = np.abs(((proj - fine[nearest]) * normal[nearest]).sum(1))
+    rate_perp = np.abs((rate * normal[nearest]).sum(1))
+    sigma = np.sqrt(sigma_px ** 2 + disagreement ** 2)
+    return np.minimum(sigma / np.maximum(rate_perp, 1e-6), MAX_SIGMA_MM)
+
+
 def project_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     homog = np.c_[points, np.ones(len(points))] @ matrix.T
     return homog[:, :2] / homog[:, 2:3]
@@ -206,7 +240,9 @@ def triangulate_centerline(line_a, line_b, geom_a, geom_b, n: int = 100, smooth:
     if not details:
         return out_points, out_radii
     qca_view = np.stack([line_a.qca_radii_px * mm_a, _at(line_b.qca_radii_px, match) * mm_b])
+    sigma = depth_uncertainty(points, line_a.points, line_b.points, geom_a, geom_b)
     extra = {"radii": np.stack([resample_polyline(points, r, n)[1] for r in per_view]),
+             "depth_sigma_mm": resample_polyline(points, sigma, n)[1],
              "qca_radii": np.stack([resample_polyline(points, r, n)[1] for r in qca_view]),
              "floored": np.stack([resample_polyline(points, f.astype(float), n)[1] > 0.5 for f in floored]),
              "overlap": np.stack([resample_polyline(points, f.astype(float), n)[1] > 0.5 for f in overlap])}

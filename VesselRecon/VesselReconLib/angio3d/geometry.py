@@ -120,8 +120,9 @@ class CArmGeometry:
 
     def projection_matrix(self) -> np.ndarray:
         """3x4 matrix mapping homogeneous LPS points to homogeneous pixels (column, row, 1)."""
-        rc = self.rotation().T
-        return self.intrinsics() @ np.c_[rc, -rc @ self.source]
+        rotation = self.rotation()
+        rc = rotation.T
+        return self.intrinsics() @ np.c_[rc, self.sod * (rc @ rotation[:, 2])]
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """(N, 3) LPS mm -> (N, 2) pixel (column, row)."""

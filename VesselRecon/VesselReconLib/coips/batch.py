@@ -20,6 +20,7 @@ import torch
 from . import GRADES
 from .config import CoipsConfig
 from .inference import faz_logits, faz_window, grade, paste_masks, thumbnails, work_size
+from .network import fused_for_inference
 from ..atomic import remove_stale
 from ..enface_io import UNKNOWN_FOV, list_images, missing_fov_message, probe_fov, read_image, to_work_image
 from .faz import FAZ_METRIC_UNITS
@@ -149,10 +150,11 @@ class BatchRunner:
     def __init__(self, config: CoipsConfig, quality_net, faz_net, device: torch.device):
         self.config, self.quality_net, self.faz_net, self.device = config, quality_net, faz_net, device
         self.size = work_size(quality_net, faz_net)
+        # the FAZ U-Net runs as a fused, channels-last copy (batch norms folded into the convolutions)
+        self.faz_net = fused_for_inference(faz_net, channels_last=True)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-            for net in (quality_net, faz_net):
-                net.to(memory_format=torch.channels_last)
+            quality_net.to(memory_format=torch.channels_last)
 
     def _loader(self, paths: list[Path], fields_of_view=None):
         config = self.config
@@ -199,6 +201,7 @@ class BatchRunner:
             if chosen.size:
                 heights, widths = batch["height"][start:stop], batch["width"][start:stop]
                 windows = batch["faz"][start:stop][chosen].to(self.device, non_blocking=True)[:, None].float().div_(255.0)
+                windows = windows.contiguous(memory_format=torch.channels_last)
                 packed = _window_masks(self.faz_net, windows, batch["box"][start:stop][chosen], heights[chosen],
                                        widths[chosen])
                 masks = {start + int(chosen[k]): v for k, v in enumerate(packed)}

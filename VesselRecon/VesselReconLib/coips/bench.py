@@ -49,12 +49,13 @@ def throughput(net, size: int, batch: int, device: torch.device, channels: int =
     return images / (time.perf_counter() - start)
 
 
-def network_pass(net, size: int, batch: int, count: int, device: torch.device, channels: int = 1):
+def network_pass(net, size: int, batch: int, count: int, device: torch.device, channels: int = 1,
+                 channels_last: bool = False):
     """A call that runs ``net`` over ``count`` random images in batches of ``batch`` (inference mode)."""
     from ..device import inference
 
     x = torch.rand(batch, channels, size, size, device=device)
-    if device.type == "cuda":
+    if device.type == "cuda" or channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
 
     def run():
@@ -152,6 +153,7 @@ def run_bench(args) -> dict:
     from ..enface_io import list_images
     from .batch import run_batch
     from .config import CoipsConfig
+    from .network import fused_for_inference
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -189,7 +191,8 @@ def run_bench(args) -> dict:
     calls = {"pipeline": pipeline_once,
              "plain": network_pass(plain, quality_net.input_size, batch_size, count_images, device, channels=3),
              "classifier": network_pass(quality_net, quality_net.input_size, batch_size, count_images, device),
-             "faz": network_pass(faz_net, faz_net.input_size, batch_size, count_images, device)}
+             "faz": network_pass(fused_for_inference(faz_net, channels_last=True), faz_net.input_size, batch_size,
+                                 count_images, device, channels_last=True)}   # as the pipeline runs it
     times = interleaved_with_children(calls, device, repeats=int(getattr(args, "repeats", 3) or 3))
     result = runs[-1]
     pipeline = len(result.rows) / times["pipeline"]["s"]

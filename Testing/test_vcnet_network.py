@@ -70,12 +70,14 @@ def test_odd_mip_count_pads_last_tile_and_roundtrips():
     torch.testing.assert_close(mip.untile(tiled, 3), stack)
 
 
-def test_unproject_matches_reference_loop_with_overlaps():
+@pytest.mark.parametrize("grad", [True, False])  # scatter_reduce (training) and the window loop (inference)
+def test_unproject_matches_reference_loop_with_overlaps(grad):
     rng = np.random.default_rng(3)
     volume = rng.random((16, 6, 5)).astype(np.float32)
     _, source = mip.compose(torch.from_numpy(volume)[None, None])
     features = np.maximum(rng.normal(size=(4, 18, 10)), 0).astype(np.float32)  # ReLU features
-    out = mip.unproject(torch.from_numpy(features)[None], source, 16)[0].numpy()
+    with torch.set_grad_enabled(grad):
+        out = mip.unproject(torch.from_numpy(features)[None], source, 16)[0].numpy()
     expected = reference_unproject(features, source[0].numpy(), 16)
     np.testing.assert_array_equal(out, expected)
 
@@ -223,3 +225,35 @@ def test_sliding_window_helpers():
     assert slab_starts(40, 16) == [0, 16, 24] and slab_starts(10, 16) == [0] and slab_starts(32, 16) == [0, 16]
     assert window_count((128, 448, 448), (16, 128, 128), 0.0) == 8 * 4 * 4
     assert window_count((16, 64, 64), (16, 64, 64), 0.5) == 1
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25])
+def test_window_loop_matches_monai_sliding_window(overlap):
+    """predict_probability's own window loop (region skipping, dense batches) gives MONAI's result."""
+    from monai.inferers import sliding_window_inference
+
+    from VesselReconLib.vcnet.inference import predict_probability
+
+    torch.manual_seed(0)
+    net = build_model("lite").eval()
+    volume = np.random.default_rng(1).standard_normal((20, 70, 66)).astype(np.float32)
+    counts = {}
+    mine, _ = predict_probability(net, volume, torch.device("cpu"), overlap, batch_size=2, counts=counts)
+    with torch.inference_mode():
+        ref = sliding_window_inference(torch.from_numpy(volume)[None, None], net.patch, 2, lambda x: net(x)["prob"],
+                                       overlap=overlap, mode="gaussian" if overlap > 0 else "constant")[0, 0].numpy()
+    np.testing.assert_allclose(mine, ref, atol=1e-5)
+    assert counts["windows_run"] == counts["windows_total"] == (8 if overlap == 0 else 27)
+
+
+def test_channels_last_keeps_the_output():
+    from VesselReconLib.vcnet.network import channels_last
+
+    torch.manual_seed(0)
+    net = build_model("lite").eval()
+    x = torch.rand(2, 1, 16, 64, 64)
+    with torch.inference_mode():
+        before = net(x)["prob"]
+        after = channels_last(net)(x)["prob"]
+    assert net.stream3d.model[0].conv.unit0.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)

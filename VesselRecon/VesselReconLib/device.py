@@ -188,3 +188,25 @@ def limit_cpu_threads(n: int | None = None) -> None:
     import os
 
     torch.set_num_threads(max(1, n or os.cpu_count() or 1))
+
+
+_HEAP_KEPT = False
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed CPU memory for reuse instead of handing it back to the OS, so that the
+    several-MB activations of a network forward pass (below 32 MB) are not page-faulted afresh on
+    every pass (VC-Net ``lite``: ~20 % of its CPU time). Once per process; a no-op off glibc."""
+    global _HEAP_KEPT
+    if _HEAP_KEPT:
+        return
+    _HEAP_KEPT = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: blocks below 32 MB come from the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GB of freed heap
+        libc.mallopt(-2, 64 * 2**20)  # M_TOP_PAD: grow the heap in 64 MB steps
+    except (OSError, AttributeError):
+        pass

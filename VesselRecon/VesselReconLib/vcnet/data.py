@@ -22,19 +22,27 @@ AIR_RATIO = 4.0  # tissue is at least this many times brighter than air (the noi
 AIR_FRACTION = 0.15  # only a tallest peak below this fraction of the bright end can be air
 
 
-def auto_head_mask(volume: np.ndarray, level: float | None = None) -> np.ndarray:
+def auto_head_mask(volume: np.ndarray, level: float | None = None, stride=(1, 2, 2)) -> np.ndarray:
     """Head mask: voxels above ``0.4 x`` the tissue level (default: :func:`tissue_level`), opened,
-    holes filled slice by slice (the slab cuts the head). Computed on every second row and column."""
+    holes filled slice by slice (the slab cuts the head). Computed on every ``stride`` voxel
+    (default every second row and column) and repeated back to the volume's shape."""
+    level = tissue_level(volume) if level is None else level
+    mask = _coarse_head_mask(volume, level, stride)
+    if mask is None:
+        return np.ones(volume.shape, bool)
+    for axis, n in enumerate(stride):
+        mask = mask.repeat(n, axis=axis) if n > 1 else mask
+    return mask[: volume.shape[0], : volume.shape[1], : volume.shape[2]]
+
+
+def _coarse_head_mask(volume: np.ndarray, level: float, stride) -> np.ndarray | None:
+    """:func:`auto_head_mask` on the ``stride`` grid (None when nothing is above the threshold)."""
     from scipy import ndimage
 
-    level = tissue_level(volume) if level is None else level
-    coarse = volume[:, ::2, ::2]
+    coarse = volume[:: stride[0], :: stride[1], :: stride[2]]
     mask = ndimage.binary_opening(coarse > 0.4 * level, iterations=1)
     mask = np.stack([ndimage.binary_fill_holes(s) for s in mask])
-    if not mask.any():
-        return np.ones(volume.shape, bool)
-    full = mask.repeat(2, axis=1).repeat(2, axis=2)
-    return full[:, : volume.shape[1], : volume.shape[2]]
+    return mask if mask.any() else None
 
 
 HEAD_MARGIN_MM = 8.0  # fat + scalp: 5-7 mm on adult heads, the brain surface lies >= ~10 mm deep
@@ -56,7 +64,10 @@ def intracranial_region(volume: np.ndarray, spacing, level: float | None = None,
 
     spacing = np.asarray(spacing, float)[::-1]  # (sz, sy, sx) for (k, j, i)
     stride = np.maximum(1, np.round(2.0 / spacing)).astype(int)
-    head = auto_head_mask(volume, level)[:: stride[0], :: stride[1], :: stride[2]]
+    level = tissue_level(volume) if level is None else level
+    head = _coarse_head_mask(volume, level, stride)  # on the ~2 mm grid directly
+    if head is None:
+        return np.ones(volume.shape, bool)
     step = spacing * stride
     radius = np.maximum(1, np.round(AIR_MIN_THICKNESS_MM / 2 / step)).astype(int)
     grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
@@ -111,19 +122,21 @@ def tissue_level(volume: np.ndarray, region: np.ndarray | None = None) -> float:
     return float(np.median(near)) if near.size else float(mode)
 
 
-def normalize(volume: np.ndarray, mask: np.ndarray | None = None, dark: bool = False) -> np.ndarray:
+def normalize(volume: np.ndarray, mask: np.ndarray | None = None, dark: bool = False,
+              level: float | None = None) -> np.ndarray:
     """Normalised float32 volume (vessels bright): ``(x - m) / m`` with ``m`` the :func:`tissue_level`
     inside the mask (or of the whole volume without one). Dark vessels are inverted inside the mask
     (automatic head mask without one).
 
     :param mask: brain/ROI mask: sets the intensity statistics and the inversion region.
     :param dark: invert intensities inside the mask (SWI / MinIP: dark vessels).
+    :param level: the tissue level if already known (:func:`tissue_level` of the volume in the mask).
     """
     volume = np.asarray(volume, dtype=np.float32)
     region = np.asarray(mask) > 0 if mask is not None else None
     if region is not None and not region.any():
         region = None
-    centre = tissue_level(volume, region)
+    centre = tissue_level(volume, region) if level is None else float(level)
     spread = float(np.ptp(volume))
     scale = max(abs(centre), spread * 1e-3, 1e-6)
     out = (volume - np.float32(centre)) / np.float32(scale)

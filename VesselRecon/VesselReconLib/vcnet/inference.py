@@ -5,8 +5,9 @@ trained at, and the probability back to the input grid, so that vessels have the
 the weights expect. A volume thinner than a patch is padded by reflection along the slice axis
 (and in-plane) rather than refused. It is cut into patches of the model's size (K3 x K1 x K2,
 slices first): non-overlapping as in the paper (``overlap=0``), or overlapping with Gaussian
-blending (``overlap>0``), through MONAI ``sliding_window_inference``; the last, incomplete batch of
-windows is padded to the full batch (an odd batch size falls onto slow convolution paths). The
+blending (``overlap>0``), as MONAI's ``sliding_window_inference`` (its window scan and importance map);
+only windows with a voxel in the searched region are run, in full batches (the last, incomplete one is
+padded: an odd batch size falls onto slow convolution paths). The
 batch size shrinks on out-of-memory and falls back to the CPU (``device.run_with_fallback``).
 Probabilities are thresholded at 0.5, restricted to the optional mask (without one, to the head
 eroded by ``head_margin_mm``: no vessels in the bright subcutaneous fat and scalp; windows entirely
@@ -27,7 +28,8 @@ import torch
 from .. import device as devices
 from ..progress import as_reporter
 from . import mip
-from .data import HEAD_MARGIN_MM, intracranial_region, normalize
+from .data import HEAD_MARGIN_MM, intracranial_region, normalize, tissue_level
+from .network import channels_last
 
 DEFAULT_BATCH = {"cuda": 16, "mps": 8, "cpu": 2}
 SPACING_TOLERANCE = 0.1  # resample when an axis' spacing differs from the model's by more than this
@@ -60,57 +62,81 @@ def window_count(shape, roi, overlap: float) -> int:
     return count
 
 
+def scan_windows(shape, roi, overlap: float) -> list[tuple[slice, slice, slice]]:
+    """The sliding windows over ``shape`` (MONAI's ``dense_patch_slices`` with its scan interval
+    ``int(roi * (1 - overlap))``; the last window of an axis ends at the volume's end)."""
+    from monai.data.utils import dense_patch_slices
+
+    interval = [r if r >= n else max(int(r * (1 - overlap)), 1) for n, r in zip(shape, roi)]
+    return [tuple(w) for w in dense_patch_slices(tuple(shape), tuple(roi), interval)]
+
+
 def predict_probability(model, volume: np.ndarray, device: torch.device, overlap: float = 0.0,
                         batch_size: int | None = None, progress=None, cancel=None, mip_sink: dict | None = None,
-                        region: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """Vessel probability of a normalised volume; returns it and the batch size that fit.
+                        region: np.ndarray | None = None, counts: dict | None = None) -> tuple[np.ndarray, int]:
+    """Vessel probability of a normalised volume (at least one patch in every axis); returns it and
+    the batch size that fit.
+
+    The windows of :func:`scan_windows` with a voxel in ``region`` are run in full batches (the last
+    one padded: a partial batch falls onto slow convolution paths); where windows overlap, their
+    probabilities are averaged (``overlap=0``: only the last window of an axis overlaps) or blended
+    with MONAI's Gaussian importance map (``overlap > 0``), as MONAI's ``sliding_window_inference``.
+    On CPU the convolutions run channels-last and freed memory is kept for the next batch.
 
     :param region: optional boolean array of the volume's shape: windows with no voxel in it are not
         run (probability 0 there).
-
+    :param counts: if a dict, it receives ``windows_run`` and ``windows_total``.
     :param mip_sink: if a dict, it receives ``{slab_start: (m, J, I) float32 array}``: the 2D stream's
         MIP probabilities of every window that starts a K3-slice slab (:func:`slab_starts`), pasted
         at the window's in-plane position (maximum where windows overlap).
     """
-    from monai.inferers import sliding_window_inference
+    from monai.data.utils import compute_importance_map
 
     reporter = as_reporter(progress, cancel)
     roi = tuple(int(r) for r in model.patch)
-    total = window_count(volume.shape, roi, overlap)
+    shape = volume.shape
+    if any(n < r for n, r in zip(shape, roi)):  # a volume smaller than a patch: pad with its minimum
+        pads = [(0, max(0, r - n)) for n, r in zip(shape, roi)]
+        volume = np.pad(volume, pads, constant_values=float(volume.min()))
+        region = None if region is None else np.pad(region, pads)
+    windows = scan_windows(volume.shape, roi, overlap)
+    total_windows = len(windows)
+    if region is not None:
+        windows = [w for w in windows if region[w].any()]
+    if counts is not None:
+        counts.update(windows_run=len(windows), windows_total=total_windows)
     starts = set(slab_starts(volume.shape[0], roi[0]))
 
     def run(dev: torch.device, batch: int):
         net = model.to(dev)
-        done = [0]
+        if dev.type == "cpu":
+            devices.keep_freed_memory()
+            channels_last(net)
         canvases: dict[int, torch.Tensor] = {}
-
-        def predictor(windows: torch.Tensor, coords) -> torch.Tensor:
-            count = windows.shape[0]
-            done[0] += count
-            reporter(min(done[0] / total, 1.0), f"VC-Net window {min(done[0], total)}/{total}")
-            run = [n for n, c in enumerate(coords) if region is None or region[c[2], c[3], c[4]].any()]
-            prob = windows.new_zeros((count, 1, *windows.shape[2:]))
-            if not run:
-                return prob
-            chosen = windows[run]
-            if len(run) < batch:  # pad the last batch: a partial batch falls onto slow convolution paths
-                chosen = torch.cat([chosen, chosen.new_zeros((batch - len(run), *chosen.shape[1:]))])
-            out = net(chosen)
-            if mip_sink is not None and "mip_prob" in out:
-                _paste_mips(canvases, out["mip_prob"][: len(run)], [coords[n] for n in run], starts,
-                            volume.shape[1:], net)
-            prob[run] = out["prob"][: len(run)].to(prob.dtype)
-            return prob
-
-        tensor = torch.from_numpy(np.ascontiguousarray(volume))[None, None].to(dev)
+        tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(dev)
+        total = torch.zeros(volume.shape, dtype=torch.float32, device=dev)
+        weight = torch.zeros(volume.shape, dtype=torch.float32, device=dev)
+        importance = (compute_importance_map(roi, mode="gaussian", device=dev).float() if overlap > 0
+                      else torch.ones(roi, device=dev))
         with devices.inference(dev):
-            prob = sliding_window_inference(tensor, roi, batch, predictor, overlap=overlap,
-                                            mode="gaussian" if overlap > 0 else "constant", padding_mode="constant",
-                                            cval=float(volume.min()), with_coord=True)
+            for first in range(0, len(windows), batch):
+                chosen = windows[first:first + batch]
+                reporter(first / max(len(windows), 1), f"VC-Net window {first + 1}/{len(windows)}")
+                patches = torch.stack([tensor[w] for w in chosen])[:, None]
+                if len(chosen) < batch:  # pad the last batch: a partial batch falls onto slow convolution paths
+                    patches = torch.cat([patches, patches.new_zeros((batch - len(chosen), *patches.shape[1:]))])
+                out = net(patches)
+                if mip_sink is not None and "mip_prob" in out:
+                    _paste_mips(canvases, out["mip_prob"][: len(chosen)],
+                                [(slice(None), slice(None), *w) for w in chosen], starts, volume.shape[1:], net)
+                for w, prob in zip(chosen, out["prob"][: len(chosen), 0].float()):
+                    total[w] += prob * importance
+                    weight[w] += importance
         if mip_sink is not None:
             mip_sink.clear()
             mip_sink.update({k: v.float().cpu().numpy() for k, v in canvases.items()})
-        return prob[0, 0].float().cpu().numpy(), batch
+        prob = (total / weight.clamp_min(1e-12))[: shape[0], : shape[1], : shape[2]]
+        return prob.cpu().numpy(), batch
 
     batch_size = batch_size or DEFAULT_BATCH.get(device.type, 2)
     return devices.run_with_fallback(run, device, batch_size)
@@ -192,20 +218,19 @@ def centerline_length(labels: np.ndarray, spacing) -> float:
     if len(points) < 2:
         return 0.0
     step = np.asarray(spacing, float)[::-1]  # (sz, sy, sx) for (k, j, i)
-    index = {tuple(p): n for n, p in enumerate(points)}
+    index = np.full(np.asarray(box.shape) + 2, -1, np.int64)  # point number per voxel, a 1-voxel rim of -1
+    index[tuple((points + 1).T)] = np.arange(len(points))
     rows, cols, weights = [], [], []
-    offsets = [np.array(o) for o in np.ndindex(3, 3, 3)]
-    for offset in offsets:
-        delta = offset - 1
+    for offset in np.ndindex(3, 3, 3):
+        delta = np.asarray(offset) - 1
         if tuple(delta) <= (0, 0, 0):
             continue
-        length = float(np.linalg.norm(delta * step))
-        for n, p in enumerate(points):
-            m = index.get(tuple(p + delta))
-            if m is not None:
-                rows.append(n)
-                cols.append(m)
-                weights.append(length)
+        other = index[tuple((points + 1 + delta).T)]
+        found = other >= 0
+        rows.append(np.flatnonzero(found))
+        cols.append(other[found])
+        weights.append(np.full(int(found.sum()), float(np.linalg.norm(delta * step))))
+    rows, cols, weights = (np.concatenate(v) for v in (rows, cols, weights))
     graph = coo_matrix((weights, (rows, cols)), shape=(len(points), len(points))).tocsr()
     return float(minimum_spanning_tree(graph).sum())
 
@@ -283,12 +308,13 @@ def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, 
     for warning in warnings:
         log.warning(warning)
     reporter(0.0, "normalising intensities")
-    normalized = normalize(volume, mask, dark)
+    region = np.asarray(mask) > 0 if mask is not None else None
+    level = tissue_level(volume, region if region is not None and region.any() else None)
+    normalized = normalize(volume, mask, dark, level)
     model_spacing = tuple(getattr(model, "spacing", spacing))
     grid = model_grid(volume.shape, spacing, model_spacing) if resample_to_model else None
-    region = np.asarray(mask) > 0 if mask is not None else None
     if region is None and head_margin_mm > 0:
-        region = intracranial_region(volume, spacing, margin_mm=head_margin_mm)
+        region = intracranial_region(volume, spacing, level, margin_mm=head_margin_mm)
         region = None if region.all() else region
     work = resample(normalized, grid, torch_device) if grid is not None else normalized
     work, unpadded = pad_to_patch(work, model.patch)
@@ -297,14 +323,16 @@ def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, 
         work_region = resample(region.astype(np.float32), grid, torch_device) > 0 if grid is not None else region
         work_region, _ = pad_to_patch(work_region, model.patch)
     sink = {} if with_mips else None
+    counts: dict = {}
     work_prob, used_batch = predict_probability(model, work, torch_device, overlap, batch_size,
-                                                reporter.sub(0.02, 0.85), mip_sink=sink, region=work_region)
+                                                reporter.sub(0.02, 0.85), mip_sink=sink, region=work_region,
+                                                counts=counts)
     prob = work_prob[: unpadded[0], : unpadded[1], : unpadded[2]]
     if grid is not None:
         prob = np.clip(resample(prob, volume.shape, torch_device), 0.0, 1.0)
     if region is not None:
-        prob = prob * region
-    labels = (prob >= threshold).astype(np.uint8)
+        prob = np.multiply(prob, region, dtype=np.float32)
+    labels = (prob >= threshold).view(np.uint8)
     labels = remove_small_components(labels, spacing, min_component_mm3)
     result = SegmentationResult(prob.astype(np.float32), labels, {})
     if with_mips:
@@ -320,6 +348,7 @@ def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, 
     work_spacing = model_spacing if grid is not None else tuple(spacing)
     result.info = {"seconds": time.perf_counter() - start, "device": str(torch_device), "batch_size": used_batch,
                    "warnings": warnings, "searched_fraction": 1.0 if region is None else float(region.mean()),
+                   **counts,
                    "resampled_kji": list(grid) if grid is not None else None,
                    "mip_spacing": (work_spacing[0], work_spacing[1], work_spacing[2] * int(model.patch[0]))}
     reporter(1.0, "done")

@@ -90,20 +90,39 @@ def compose(volume: torch.Tensor, size: int = MIP_SIZE, step: int = MIP_STEP
     return tile(values), indices[:, 0]
 
 
-def unproject(features: torch.Tensor, indices: torch.Tensor, depth: int) -> torch.Tensor:
+def unproject(features: torch.Tensor, indices: torch.Tensor, depth: int, size: int = MIP_SIZE,
+              step: int = MIP_STEP) -> torch.Tensor:
     """Scatter composited 2D features back into a ``(B, C, depth, K1, K2)`` volume.
 
     :param features: ``(B, C, rows*K1, 2*K2)`` non-negative (ReLU) features.
     :param indices: ``(B, m, K1, K2)`` source slice of every MIP pixel (from :func:`compose`).
     :param depth: number of slices K3 of the patch.
+    :param size, step: the MIP windows (as in :func:`compose`).
     :returns: per voxel the channel-wise maximum over the MIPs whose pixel came from it, else 0.
     """
     b, c = features.shape[:2]
     m, h, w = indices.shape[1:]
     stack = untile(features, m)  # (B, C, m, H, W)
+    if not torch.is_grad_enabled():
+        return _unproject_windows(stack, indices, window_starts(depth, size, step), size)
     index = indices.unsqueeze(1).expand(b, c, m, h, w)
     out = torch.zeros((b, c, depth, h, w), dtype=stack.dtype, device=stack.device)
     return out.scatter_reduce(2, index, stack, reduce="amax", include_self=True)
+
+
+def _unproject_windows(stack: torch.Tensor, indices: torch.Tensor, starts: list[int], size: int) -> torch.Tensor:
+    """:func:`unproject` without autograd, window by window (faster than ``scatter_reduce`` on CPU:
+    1.7 against 5.7 ms for two ``lite`` windows): each MIP's features go to the slice of its window
+    that each pixel came from (a one-hot over the window's slices), kept where larger than what the
+    overlapping windows already sent (the same maximum)."""
+    b, c, m, h, w = stack.shape
+    depth = starts[-1] + size
+    out = stack.new_zeros((b, c, depth, h, w))
+    for i, start in enumerate(starts):
+        slices = torch.arange(start, start + size, device=indices.device).view(1, 1, size, 1, 1)
+        part = out[:, :, start:start + size]
+        torch.maximum(part, stack[:, :, i:i + 1] * (indices[:, None, i:i + 1] == slices), out=part)
+    return out
 
 
 def label_mip(label: torch.Tensor, size: int = MIP_SIZE, step: int = MIP_STEP) -> torch.Tensor:

@@ -41,15 +41,25 @@ def test_real_phantom_centrelines_and_radii(report):
     assert 0.55 < row["radius_ratio"] < 1.4
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 target not met: wrong 2D paths on branches 0 and 4 and a "
-                   "near-degenerate view pair on branch 1; see the README")
+def test_branches_that_miss_the_target_are_flagged_by_their_depth_uncertainty(report):
+    # the honest per-branch uncertainty: a branch whose centreline is off by more than 2.5 mm somewhere
+    # is one the view pair does not pin (poorly measured depth along a fifth of it or more) and warns
+    for row in report["per_branch"][0]["rows"]:
+        if row["max_mm"] > 2.5:
+            assert row["uncertainty_mm"]["poorly_measured_fraction"] > 0.2, row
+        if row["uncertainty_mm"]["poorly_measured_fraction"] == 0:
+            assert row["max_mm"] < 2.5, row
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14 target not met: branch 4 follows a parallel tube in view A, "
+                   "branches 0 and 1 are poorly measured by this view pair (depth along the epipolar lines); see the README")
 def test_real_phantom_meets_the_issue_target(report):
     rows = report["per_branch"][0]["rows"]
     assert all(r["mean_mm"] <= 0.8 and r["max_mm"] <= 2.5 for r in rows)
 
 
-# Measured (shipped lite, depth refinement): mean 1.93 mm, worst max 8.4 mm, radius ratio 0.68 over 6
-# branches (before it: 1.93 / 10.0). The issue's targets (mean <= 0.8 mm, max <= 2.5 mm) are met on three
-# branches of six; these floors only catch regressions.
-MEAN_FLOOR_MM = 2.3
-MAX_FLOOR_MM = 10.0
+# Measured (shipped lite, joint path choice, round 3): mean 1.67 mm, worst max 7.8 mm, radius ratio 0.67 over
+# 7 branches (before the joint path choice: 1.84 / 8.4 on the same 7; round 2: 1.93 / 8.4 on 6). The issue's targets (mean <= 0.8 mm,
+# max <= 2.5 mm) are met on three branches of seven; these floors only catch regressions.
+MEAN_FLOOR_MM = 2.0
+MAX_FLOOR_MM = 9.0

@@ -64,16 +64,19 @@ def run_bench(device_name: str = "auto", model: str = "lite", preset: str = "lit
     grid = torch.rand(1, vertices, 2, device=device) * 2 - 1
     coords = torch.rand(1, vertices, 3, device=device)
 
-    def network():
+    from .segmentation import channels_last, segment_crops
+
+    def network():                     # as the pipeline runs them (channels-last on the CPU)
         with inference(device, allow_half=False):
-            net.segment(crops)
-            net(sr_images, sr_images, grid, grid, coords)
+            segment_crops(net, crops)
+            images = channels_last(net.encoder, sr_images)
+            net(images, images, grid, grid, coords)
 
     baseline = plain_unet(net).to(device).eval()
     two_crops = torch.randn(2, 1, STRIP_HEIGHT, width, device=device)   # the same strips ...
     sr_pair = torch.randn(2, 1, size, size, device=device)              # ... and the SR encoder's crops
 
-    def plain():
+    def plain():                       # as it comes (channels-last made this one slower, 0.084 vs 0.074 CPU-s)
         with inference(device, allow_half=False):
             baseline(two_crops)
             baseline(sr_pair)

@@ -131,7 +131,8 @@ def test_ircadb_sparse_setting_floor_with_the_liver_roi():
     net, _ = load_model("vesselsdf", "lite", "cpu")
     ours = realdata.volume_metrics(realdata.model_fine(net, case, case.roi)[0], case)
     otsu = realdata.volume_metrics(realdata.otsu_baseline(case, case.roi), case)
-    assert ours["dice"] >= 0.55 and ours["dice"] >= otsu["dice"] + 0.10
+    assert ours["dice"] >= 0.58 and ours["dice"] >= otsu["dice"] + 0.10  # release 3: 0.601
+    assert ours["cl_recall"] >= 0.57 and ours["cldice"] >= 0.60  # release 3: 0.589 and 0.632 (target recall 0.60)
     assert ours["chamfer_mm"] < otsu["chamfer_mm"] and ours["hd95_mm"] < otsu["hd95_mm"]
     assert ours["fragments"] < otsu["fragments"]
 

@@ -13,8 +13,11 @@ function (partial volume). A smooth multiplicative bias field and Rician noise f
 Ground truth is the arterial labelmap.
 
 Kinds: ``"mra"`` TOF as above; ``"swi"`` dark veins (SWI/MinIP-like) in bright tissue draining to
-the surface; ``"micro"`` bright, dominated by 1-2 voxel vessels. The head has the same size in mm
-at any spacing (``full_shape(spacing)``); crops can be centred on the brain or on the circle of
+the surface; ``"micro"`` bright, dominated by 1-2 voxel vessels. The standard head (``shape=None``) is the same
+in mm at any spacing (``full_shape(spacing)`` voxels, the slab's corners aligned): its head ellipsoid,
+vessel tree and sinuses are laid out on the default grid, so a 0.3 mm rendering shows the same vessels as
+the 0.5 x 0.5 x 0.8 mm one (voxel 0 lies ``(s - s_default) / 2`` from the default grid's voxel 0,
+``meta["origin_mm"]`` of a crop); crops can be centred on the brain or on the circle of
 Willis (``crop_centre="cow"``: small crops with no air, as real CoW crops are). Arrays are ``[k, j, i]``;
 spacing ``(sx, sy, sz)`` mm; world position of voxel ``[k, j, i]`` is ``(i*sx, j*sy, k*sz)``.
 Pure numpy (no torch): a numpy ``Generator`` for the noise fields, separable linear interpolation
@@ -448,16 +451,22 @@ def render_mra(kind: str = "mra", shape=None, spacing=FULL_SPACING, seed: int = 
     spacing = tuple(float(s) for s in spacing)
     full = tuple(int(s) for s in (shape or full_shape(spacing)))
     grid = tuple(int(s) for s in (crop or full))
-    head = head_geometry(full, spacing)
+    if shape is None:  # the standard head: the same head, tree and sinuses in mm at any spacing
+        geometry_grid, geometry_spacing = FULL_SHAPE, FULL_SPACING
+        shift = (np.asarray(spacing) - np.asarray(FULL_SPACING)) / 2  # voxel 0's centre when the slab corners align
+    else:
+        geometry_grid, geometry_spacing, shift = full, spacing, np.zeros(3)
+    head = head_geometry(geometry_grid, geometry_spacing)
     if start is None:
         centre_kji = None
         if crop_centre in ("cow", "edge"):
             point = cow_centre(*head) if crop_centre == "cow" else edge_centre(*head, np.random.default_rng(seed + 13))
+            point = point - shift
             centre_kji = (point[2] / spacing[2], point[1] / spacing[1], point[0] / spacing[0])
         start = crop_start(full, grid, np.random.default_rng(seed + 7), centre_kji) if crop else (0, 0, 0)
-    origin = (start[2] * spacing[0], start[1] * spacing[1], start[0] * spacing[2])
+    origin = tuple(float(v) for v in np.array([start[2] * spacing[0], start[1] * spacing[1], start[0] * spacing[2]]) + shift)
     gen = _generator(seed)
-    tree = grow_vessels(style, full, spacing, seed)
+    tree = grow_vessels(style, geometry_grid, geometry_spacing, seed)
     label, vessels, coverage = vessel_contrast(tree, style, grid, spacing, origin)
     brain = brain_mask(grid, spacing, origin, head)
     label *= brain
@@ -473,6 +482,7 @@ def render_mra(kind: str = "mra", shape=None, spacing=FULL_SPACING, seed: int = 
     image = add_rician_noise(image, style.noise, gen)
     image *= np.float32(1000.0)
     meta = {"kind": kind, "seed": seed, "shape": list(grid), "head_shape": list(full), "start": list(start),
+            "origin_mm": [round(v, 4) for v in origin],
             "spacing": list(spacing), "vessel_fraction": float(label.mean()), "tree_nodes": int(tree.n_nodes),
             "dark_vessels": style.dark, "crop_centre": crop_centre}
     return MRAPhantom(image.astype(np.float32, copy=False), label, brain, spacing, kind, seed, tree, meta)

@@ -105,6 +105,8 @@ def add_train_arguments(parser) -> None:
                         help="per-pixel multiplicative speckle on half of the training crops")
     parser.add_argument("--structure-stride", type=int, choices=(1, 2), default=None,
                         help="structure branch at full (1) or half (2) resolution (default: the preset's)")
+    parser.add_argument("--hidden", type=int, default=None, help="SCB attention width (default: the preset's)")
+    parser.add_argument("--vessel-hidden", type=int, default=None, help="vessel-head width (default: the preset's)")
     parser.add_argument("--resolution-aug", action="store_true",
                         help="blur (sigma 0-1 px) / down-sampling (0.6-1.0) drawn per training crop")
     parser.add_argument("--background-depth", choices=("zero", "nearest"), default="zero",
@@ -128,7 +130,8 @@ def train(args) -> int:
         real_per_batch=args.real_per_batch, val_real=args.val_real, phantom_vessels=args.phantom_vessels,
         init=args.init, intensity_augmentation=args.intensity_aug, select_threshold=args.select_threshold,
         background_depth=args.background_depth, speckle_augmentation=args.speckle_aug,
-        resolution_augmentation=args.resolution_aug, structure_stride=args.structure_stride)
+        resolution_augmentation=args.resolution_aug, structure_stride=args.structure_stride,
+        hidden=args.hidden, vessel_hidden=args.vessel_hidden)
     bar = TqdmProgress(f"train octadepth {config.model_preset}")
     model, trainer, val_samples = training_run.train(config, progress=bar)
     bar.close()

@@ -54,6 +54,10 @@ class TrainConfig:
     resolution_augmentation: bool = False
     structure_stride: int | None = None
     """Override of the preset's structure-branch resolution (1 full, 2 half); recorded in the registry config."""
+    hidden: int | None = None
+    """Override of the preset's SCB attention width; recorded in the registry config."""
+    vessel_hidden: int | None = None
+    """Override of the preset's vessel-head width; recorded in the registry config."""
     """:func:`data.augment_resolution` (blur and down-sampling drawn from a range) on the training crops."""
     background_depth: str = "zero"
     """Depth target on the background: ``zero`` (the paper) or ``nearest`` (the nearest known depth,
@@ -69,7 +73,9 @@ class TrainConfig:
     @property
     def network_config(self) -> dict:
         """``build_model`` overrides (empty: the preset as it is)."""
-        return {} if self.structure_stride is None else {"structure_stride": int(self.structure_stride)}
+        overrides = {"structure_stride": self.structure_stride, "hidden": self.hidden,
+                     "vessel_hidden": self.vessel_hidden}
+        return {name: int(value) for name, value in overrides.items() if value is not None}
 
     @property
     def model_preset(self) -> str:
@@ -284,3 +290,41 @@ def ship(model: torch.nn.Module, config: TrainConfig, val_samples: list, data_co
                         if threshold is not None else None},
         name=f"octadepth-{config.model_preset}")
     return entry.path
+
+
+def narrow_state(state: dict, hidden: int, vessel_hidden: int) -> dict:
+    """A ``lite`` state dict cut to a narrower SCB attention (``hidden``) and vessel head
+    (``vessel_hidden``) for a warm start: each block keeps the channels that contribute most to its
+    one-channel output (|last conv weight| x |BatchNorm gain / std|); everything else is copied."""
+    import re
+
+    out = dict(state)
+
+    def contribution(prefix_norm: str, last_weight: torch.Tensor) -> torch.Tensor:
+        gain = state[f"{prefix_norm}.weight"].abs() / torch.sqrt(state[f"{prefix_norm}.running_var"] + 1e-5)
+        return last_weight.abs().reshape(-1) * gain
+
+    def cut_norm(prefix: str, keep: torch.Tensor) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            out[f"{prefix}.{name}"] = state[f"{prefix}.{name}"][keep].clone()
+
+    for index in sorted({int(m.group(1)) for key in state if (m := re.match(r"scbs\.(\d+)\.", key))}):
+        p = f"scbs.{index}"
+        keep = contribution(f"{p}.attention.0", state[f"{p}.attention.2.weight"]).argsort(descending=True)[:hidden]
+        keep = keep.sort().values
+        out[f"{p}.from_structure.weight"] = state[f"{p}.from_structure.weight"][keep].clone()
+        out[f"{p}.from_encoder.weight"] = state[f"{p}.from_encoder.weight"][keep].clone()
+        out[f"{p}.from_encoder.bias"] = state[f"{p}.from_encoder.bias"][keep].clone()
+        cut_norm(f"{p}.attention.0", keep)
+        out[f"{p}.attention.2.weight"] = state[f"{p}.attention.2.weight"][:, keep].clone()
+    if "vessel_reduce.weight" in state:
+        conv = state["vessel_head.0.conv.weight"]
+        keep_out = contribution("vessel_head.0.adn.N", state["vessel_head.1.conv.weight"]).argsort(descending=True)
+        keep_out = keep_out[:vessel_hidden].sort().values
+        keep_in = conv[keep_out].abs().sum(dim=(0, 2, 3)).argsort(descending=True)[:vessel_hidden].sort().values
+        out["vessel_reduce.weight"] = state["vessel_reduce.weight"][keep_in].clone()
+        out["vessel_head.0.conv.weight"] = conv[keep_out][:, keep_in].clone()
+        out["vessel_head.0.conv.bias"] = state["vessel_head.0.conv.bias"][keep_out].clone()
+        cut_norm("vessel_head.0.adn.N", keep_out)
+        out["vessel_head.1.conv.weight"] = state["vessel_head.1.conv.weight"][:, keep_out].clone()
+    return out

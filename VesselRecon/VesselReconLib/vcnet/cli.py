@@ -30,6 +30,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, help="patches per forward pass (default: per device)")
     parser.add_argument("--mips", action="store_true", help="also write composited MIPs and their 2D segmentation")
     parser.add_argument("--reference", help="reference vessel labelmap: adds Dice, precision and FPR")
+    parser.add_argument("--no-refine", action="store_true",
+                        help="threshold the probability alone (default: the vessel boundary is redrawn on the input "
+                             "grid where the intensity falls below 0.4x the local vessel intensity)")
     parser.add_argument("--no-resample", action="store_true",
                         help="run at the native spacing (default: resample to the model's training spacing, "
                              "0.5 x 0.5 x 0.8 mm for the shipped models, and the result back)")
@@ -51,7 +54,7 @@ def run(args) -> int:
                                overlap=args.overlap, threshold=args.threshold, minComponentMm3=args.min_component,
                                batchSize=args.batch_size, outputProbability=True, outputMip=args.mips,
                                referenceLabelmap=reference, progress=bar,
-                               resampleToModelSpacing=not args.no_resample)
+                               resampleToModelSpacing=not args.no_resample, refineBoundary=not args.no_refine)
     finally:
         bar.close()
     for warning in result.warnings:

@@ -6,7 +6,8 @@ MIPs alone (probabilities unprojected to 3D); a slice-wise 2D U-Net (the paper's
 average and max fusion of the separate 2D and 3D U-Nets (the paper's supplementary table; voxels
 that receive no 2D value count as 0); and the classical Frangi (the paper's) and Sato vesselness
 filters, thresholds calibrated on separate phantoms. Networks run through the whole pipeline
-(:func:`..inference.segment`: normalisation, resampling to the model spacing and back, windows);
+(:func:`..inference.segment`: normalisation, resampling to the model spacing and back, windows, the
+boundary refined on the input grid) and are scored on its labels (the fusions on thresholded averages);
 except for the default-call row they get the brain mask when the dataset has one. Metrics: Dice,
 precision, recall, FPR (means over cases), predictions restricted to the brain mask when there is one
 (not for the default call).
@@ -101,18 +102,19 @@ def evaluate_cases(cases: list[Case], model: str = "vcnet-lite", ablation3d: str
     def add(method: str, pred: np.ndarray, case: Case) -> None:
         rows.setdefault(method, []).append(metrics.segmentation_report(pred, case.label))
 
-    def probability(net, case: Case, mask) -> np.ndarray:
+    def run(net, case: Case, mask):
         raw = case.raw if case.raw is not None else case.image
-        return segment(raw, case.spacing, net, mask, dark, overlap, device=torch_device).probability
+        return segment(raw, case.spacing, net, mask, dark, overlap, device=torch_device)
 
     for case in cases:
-        probs = {k: probability(net, case, case.mask) for k, net in nets.items() if net is not None}
+        results = {k: run(net, case, case.mask) for k, net in nets.items() if net is not None}
+        probs = {k: r.probability for k, r in results.items()}
         for key, label in (("vcnet", "VC-Net"), ("unet3d", "3D U-Net (no MIP stream)"), ("unet2d", "2D U-Net on MIPs"),
                            ("slice2d", "2D U-Net, slice by slice")):
-            if key in probs:
-                add(label, probs[key] >= 0.5, case)
+            if key in results:
+                add(label, results[key].labels, case)  # the pipeline's labels (boundary refined on the input grid)
         if nets["vcnet"] is not None:
-            add("VC-Net, default call (no mask)", probability(nets["vcnet"], case, None) >= 0.5, case)
+            add("VC-Net, default call (no mask)", run(nets["vcnet"], case, None).labels, case)
         if "unet3d" in probs and "unet2d" in probs:
             add("Average fusion 2D+3D", (probs["unet3d"] + probs["unet2d"]) / 2 >= 0.5, case)
             add("Max fusion 2D+3D", np.maximum(probs["unet3d"], probs["unet2d"]) >= 0.5, case)

@@ -101,7 +101,7 @@ class VCNetLogic(VesselReconLogic):
                 batchSize: int | None = None, outputProbability: bool = False, outputMip: bool = False,
                 outputSegmentation=None, outputProbabilityVolume=None, outputMipVolume=None, outputTable=None,
                 referenceSegmentation=None, referenceLabelmap=None, progress=None, cancel=None,
-                background=None, resampleToModelSpacing: bool = True) -> VCNetResult:
+                background=None, resampleToModelSpacing: bool = True, refineBoundary: bool = True) -> VCNetResult:
         """Segment vessels with VC-Net.
 
         :param inputVolume: scalar MRA/TOF or SWI volume node (slices along K).
@@ -124,6 +124,9 @@ class VCNetLogic(VesselReconLogic):
         :param referenceSegmentation: reference segmentation node (adds Dice, precision, FPR).
         :param referenceLabelmap: reference labelmap volume (alternative to ``referenceSegmentation``).
         :param background: ``background(fn) -> fn()`` runs the MRML-free computation off the GUI thread.
+        :param refineBoundary: draw the vessel boundary on the input grid where the intensity falls below
+            0.4x the local vessel intensity, among voxels of probability >= 0.1 near detected vessels
+            (``inference.refine_boundary``); False thresholds the probability alone.
         :param resampleToModelSpacing: resample to the model's training spacing (0.5 x 0.5 x 0.8 mm for
             the shipped models) and the result back to the input grid.
         :returns: :class:`VCNetResult`.
@@ -156,7 +159,8 @@ class VCNetLogic(VesselReconLogic):
         spacing = tuple(mrml.spacing_of(ijk_to_ras))
         def compute():
             return segment(array, spacing, net, mask, darkVessels, overlap, threshold, minComponentMm3, torch_device,
-                           batchSize, outputMip, progress, cancel, resample_to_model=resampleToModelSpacing)
+                           batchSize, outputMip, progress, cancel, resample_to_model=resampleToModelSpacing,
+                           refine=refineBoundary)
 
         result = background(compute) if background is not None else compute()
         nodes = {"segmentation": outputSegmentation, "probability": outputProbabilityVolume,

@@ -149,3 +149,23 @@ def test_roi_statistics_are_dequantised_and_trimmed():
     loose_median, loose_sigma = preprocess.roi_statistics(loose, np.ones(loose.shape, bool))
     plain_loose = 1.4826 * np.median(np.abs(loose - np.median(loose)))
     assert abs(loose_sigma / sigma - 1) < 0.5 * abs(plain_loose / plain - 1)
+
+
+@pytest.mark.skipif(not LVSD.is_dir(), reason="../shared/samples/liver-ct-lvsd is not available")
+def test_lvsd_distance_start_equals_occupancy_on_native_slices():
+    """Why the LVSD rows of lite-dstart and lite-occ are identical (not an eval bug): on a native
+    slice the occupancy's distance is at least half a pixel from 0, and dstart's correction never
+    flips its sign, although the two fields differ."""
+    from VesselReconLib.registry import load_model
+    from VesselReconLib.vesselsdf.inference import predict_in_roi
+    from VesselReconLib.vesselsdf.network import truncated_signed_distance
+
+    case = realdata.read_lvsd(LVSD)[0]
+    spacing = tuple(float(v) for v in np.linalg.norm(case.ijk_to_ras[:3, :3], axis=0))
+    canonical = preprocess.canonicalise(case.image, case.ijk_to_ras)
+    dstart = predict_in_roi(load_model("vesselsdf", "lite-dstart", "cpu")[0], canonical, "cpu", spacing)
+    occ = predict_in_roi(load_model("vesselsdf", "lite-occ", "cpu")[0], canonical, "cpu", spacing)
+    start = truncated_signed_distance(occ.occupancy > 0.5, spacing)
+    assert np.abs(start).min() == pytest.approx(0.5)  # half of a 1 mm pixel
+    assert np.abs(dstart.sdf - start)[canonical.roi].max() > 0.5  # the fields differ ...
+    np.testing.assert_array_equal(dstart.mask(), occ.mask())  # ... their masks do not

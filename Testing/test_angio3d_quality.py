@@ -278,3 +278,20 @@ def test_quality_reports_a_per_branch_depth_uncertainty():
                          [np.array(p) for p in case["soi_points"]], segmenter="frangi", refine=False, stitch=False)
     summary = result.quality["uncertainty_mm"]["main"]
     assert 0 < summary["median"] <= summary["p90"] and 0 <= summary["poorly_measured_fraction"] <= 1
+
+
+def test_darkness_map_shows_a_tube_the_network_missed():
+    """The classical alternative of the joint path choice: every dark tube inside the strip's box, also one
+    the network gave no probability."""
+    from VesselReconLib.angio3d.pipeline import darkness_map
+
+    rng = np.random.default_rng(0)
+    image = 1000 + rng.normal(0, 5, (80, 120))
+    image[18:23, 5:115] -= 200                      # the tube the network found
+    image[48:53, 5:115] -= 200                      # a tube it missed
+    prob = np.zeros((80, 120))
+    prob[5:75, 2:118] = 0.01
+    prob[18:23, 5:115] = 1.0
+    dark = darkness_map(image, prob)
+    assert dark[50, 60] > 0.8 and dark[20, 60] > 0.8 and dark[35, 60] < 0.2
+    assert dark[78, 60] == 0                        # outside the strip's box

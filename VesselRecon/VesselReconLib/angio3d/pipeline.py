@@ -368,15 +368,34 @@ def view_disagreement(centerline: np.ndarray, line_b, geometry_b) -> np.ndarray:
     return polyline_distance(geometry_b.project(centerline), line_b.points)
 
 
+DARKNESS_WINDOW = 15       # px: black top-hat window of the classical darkness map
+
+
+def darkness_map(image: np.ndarray, probability: np.ndarray) -> np.ndarray:
+    """A classical vessel map in [0, 1] inside the box where ``probability`` is defined (the SOI strip):
+    the black top-hat of the lightly smoothed angiogram over its 99.5th percentile there. Every dark tube
+    is in it, including one the network gave little probability (a neighbour it took for another vessel)."""
+    rows, cols = np.nonzero(probability > 0)
+    out = np.zeros(probability.shape, np.float32)
+    if len(rows) == 0:
+        return out
+    lo, hi = (rows.min(), cols.min()), (rows.max() + 1, cols.max() + 1)
+    window = ndimage.gaussian_filter(np.asarray(image, np.float32)[lo[0]:hi[0], lo[1]:hi[1]], 1.0)
+    tophat = ndimage.grey_closing(window, size=(DARKNESS_WINDOW, DARKNESS_WINDOW)) - window
+    out[lo[0]:hi[0], lo[1]:hi[1]] = np.clip(tophat / max(float(np.percentile(tophat, 99.5)), 1e-6), 0, 1)
+    return out
+
+
 def reroute_inconsistent(centerline, lines, probabilities, images, geometries, points, radius_fusion):
     """Choose the 2D paths of both views jointly where they disagree (a path that follows a neighbouring,
     parallel tube in one view, or detours around a tight lesion through another vessel).
 
     Where the triangulated centreline reprojects more than ``INCONSISTENT_PX`` from view B's path (the
-    two paths cannot be the same 3D vessel there), three alternatives are tried: in view A and in view B
-    alone, the second-best route around that stretch of its first path (``avoid``); and in both views,
-    a path guided along the projection of the straight 3D interpolation between the consistent points on
-    either side (``guide``). The pair whose views agree best is kept when its worst disagreement is at
+    two paths cannot be the same 3D vessel there), five alternatives are tried: in view A and in view B
+    alone, the second-best route around that stretch of its first path (``avoid``), on the network's map
+    and on the image's own darkness (:func:`darkness_map`); and in both views, a path guided along the
+    projection of the straight 3D interpolation between the consistent points on either side
+    (``guide``). The pair whose views agree best is kept when its worst disagreement is at
     least 30 % lower and its mean not higher. Returns ``((line_a, line_b), triangulation)`` or ``None``.
     """
     from .triangulation import triangulate_centerline
@@ -396,8 +415,13 @@ def reroute_inconsistent(centerline, lines, probabilities, images, geometries, p
     def line(v, **kwargs):
         return extract_centerline(probabilities[v], points[v, 0], points[v, 1], geometries[v], image=images[v], **kwargs)
 
+    def classical(v):           # the same detour search on the image's own darkness, not the network's map
+        return extract_centerline(darkness_map(images[v], probabilities[v]), points[v, 0], points[v, 1],
+                                  geometries[v], image=images[v], avoid=stretches[v])
+
     candidates = [[line(0, avoid=stretches[0]), lines[1]], [lines[0], line(1, avoid=stretches[1])],
-                  [line(v, guide=geometries[v].project(guide3d)) for v in range(2)]]
+                  [line(v, guide=geometries[v].project(guide3d)) for v in range(2)],
+                  [classical(0), lines[1]], [lines[0], classical(1)]]
     best = None
     for pair in candidates:
         result = triangulate_centerline(*pair, *geometries, radius_fusion=radius_fusion, details=True)

@@ -318,6 +318,19 @@ def test_occupancy_union_adds_confident_occupancy_and_keeps_a_distance_field():
         assert torch.all(net(x, SPACING)["sdf"] <= base(x, SPACING)["sdf"] + 1e-6)
 
 
+def test_occupancy_union_on_the_bounding_box_equals_the_whole_volume_union():
+    """The union's distance is computed on the occupancy's grown bounding box only; the field is the same."""
+    from VesselReconLib.vesselsdf.network import _union_with, truncated_signed_distance
+
+    occ = np.zeros((12, 120, 140), bool)
+    occ[2:6, 30:40, 40:44] = True
+    occ[8:12, 100:119, 0:6] = True
+    field = np.random.default_rng(3).normal(0.0, 8.0, occ.shape).astype(np.float32)
+    for spacing in (SPACING, (0.5, 0.6, 1.0)):
+        whole = np.minimum(field, truncated_signed_distance(occ, spacing))
+        np.testing.assert_array_equal(_union_with(field, occ, spacing), whole)
+
+
 def test_network_sees_context_beyond_the_roi_but_answers_inside_it_only():
     from VesselReconLib.vesselsdf.inference import CONTEXT_MM, context_roi, predict_in_roi
     from VesselReconLib.vesselsdf.preprocess import canonicalise

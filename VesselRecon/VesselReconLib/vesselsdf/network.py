@@ -142,8 +142,19 @@ def occupancy_union(sdf: torch.Tensor, prob: torch.Tensor, spacing, threshold: f
             keep[labels[(near > 0) & occ]] = True
             keep[0] = False
             occ = keep[labels]
-        out.append(np.minimum(field, truncated_signed_distance(occ, spacing)) if occ.any() else field)
+        out.append(_union_with(field, occ, spacing) if occ.any() else field)
     return torch.from_numpy(np.stack(out)[:, None].astype(np.float32)).to(sdf.device, sdf.dtype)
+
+
+def _union_with(field: np.ndarray, occ: np.ndarray, spacing, truncation_mm: float = TRUNCATION_MM) -> np.ndarray:
+    """``min(field, truncated_signed_distance(occ))``, with the distance computed only on ``occ``'s
+    bounding box grown by the truncation (beyond it the distance is the cap: same result, less work)."""
+    margin = [int(np.ceil(truncation_mm / float(step))) + 2 for step in (spacing[2], spacing[1], spacing[0])]
+    box = tuple(slice(max(0, int(idx.min()) - pad), int(idx.max()) + pad + 1)
+                for idx, pad in zip(np.nonzero(occ), margin))
+    united = np.minimum(field, np.float32(truncation_mm))
+    united[box] = np.minimum(field[box], truncated_signed_distance(occ[box], spacing, truncation_mm))
+    return united
 
 
 @dataclass(frozen=True)

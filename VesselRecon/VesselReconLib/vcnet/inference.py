@@ -298,7 +298,7 @@ def refine_boundary(prob: np.ndarray, image: np.ndarray, spacing, threshold: flo
     ``prob >= band``. This recovers the calibre of vessels the model grid renders one voxel too thin
     or too thick: the probability comes back from the model grid by trilinear interpolation, which
     cannot place a boundary finer than a model voxel (0.5 x 0.5 x 0.8 mm); the input's own grid
-    can. Computed with torch on ``device`` (separable max pooling and Gaussian) on the band's bounding box.
+    can. Computed with torch on ``device`` (separable box maximum and Gaussian) on the band's bounding box.
 
     :param image: the normalised volume (vessels bright; tissue 0), on the grid of ``prob``.
     """
@@ -323,12 +323,13 @@ def refine_boundary(prob: np.ndarray, image: np.ndarray, spacing, threshold: flo
             shape, padding = [1, 1, 1, 1, 1], [0, 0, 0]
             shape[2 + axis], padding[axis] = 5, 2
             values = torch.nn.functional.conv3d(values, (kernel / kernel.sum()).view(shape), padding=tuple(padding))
-        local = torch.where(torch.from_numpy(core[box]).to(device)[None, None], values, torch.full_like(values, -1e3))
-        for axis, k in enumerate(size):  # the box maximum, separably
-            kernel, padding = [1, 1, 1], [0, 0, 0]
-            kernel[axis], padding[axis] = k, k // 2
-            local = torch.nn.functional.max_pool3d(local, tuple(kernel), stride=1, padding=tuple(padding))
-        labels = torch.from_numpy(near[box]).to(device)[None, None] & (local > 0) & (values >= fraction * local)
+        local = torch.where(torch.from_numpy(core[box]).to(device)[None, None], values, torch.full_like(values, -1e3))[0, 0]
+        for axis, k in enumerate(size):  # the box maximum, separably (unfold + amax: 3x faster than max_pool3d on CPU)
+            pads = [0] * 6
+            pads[2 * (2 - axis)] = pads[2 * (2 - axis) + 1] = k // 2
+            local = torch.nn.functional.pad(local[None], pads, value=-1e3)[0].unfold(axis, k, 1).amax(-1)
+        labels = torch.from_numpy(near[box]).to(device)[None, None] & (local[None, None] > 0) & \
+            (values >= fraction * local[None, None])
     out[box] = labels[0, 0].cpu().numpy()
     return out
 

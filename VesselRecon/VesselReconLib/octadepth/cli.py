@@ -7,7 +7,6 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from ..device import DEVICE_CHOICES
 

@@ -7,7 +7,6 @@ import logging
 import sys
 from pathlib import Path
 
-
 from ..device import DEVICE_CHOICES
 
 log = logging.getLogger(__name__)

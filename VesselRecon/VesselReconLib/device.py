@@ -196,7 +196,8 @@ _HEAP_KEPT = False
 def keep_freed_memory() -> None:
     """Let glibc keep freed CPU memory for reuse instead of handing it back to the OS, so that the
     several-MB activations of a network forward pass (below 32 MB) are not page-faulted afresh on
-    every pass (VC-Net ``lite``: ~20 % of its CPU time). Once per process; a no-op off glibc."""
+    every pass (VC-Net ``lite``: ~20 % of its CPU time). Once per process; a no-op off glibc.
+    Called by command-line entry points and benches only, never inside Slicer (a process-wide policy)."""
     global _HEAP_KEPT
     if _HEAP_KEPT:
         return

@@ -39,9 +39,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from .. import atomic, mrml, runtime
+    from .. import atomic, device, mrml, runtime
     from .logic import VCNetLogic
 
+    device.keep_freed_memory()  # a command-line process only: Slicer's own heap policy is left alone
     final = atomic.output_folder(args.out)
     scene = runtime.new_scene()
     logic = VCNetLogic(scene)

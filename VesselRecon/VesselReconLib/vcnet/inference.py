@@ -110,7 +110,6 @@ def predict_probability(model, volume: np.ndarray, device: torch.device, overlap
     def run(dev: torch.device, batch: int):
         net = model.to(dev)
         if dev.type == "cpu":
-            devices.keep_freed_memory()
             channels_last(net)
         canvases: dict[int, torch.Tensor] = {}
         tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(dev)

@@ -146,6 +146,17 @@ def occupancy_union(sdf: torch.Tensor, prob: torch.Tensor, spacing, threshold: f
     return torch.from_numpy(np.stack(out)[:, None].astype(np.float32)).to(sdf.device, sdf.dtype)
 
 
+def surface_field(sdf: torch.Tensor, prob: torch.Tensor | None, spacing, level_mm: float, union_threshold: float,
+                  union_connected: bool = True) -> torch.Tensor:
+    """The field whose zero level is the output surface: ``sdf − level_mm``, united with the confident
+    occupancy (:func:`occupancy_union`) when ``union_threshold`` > 0 and ``prob`` is given."""
+    if level_mm:
+        sdf = sdf - level_mm
+    if prob is not None and union_threshold:
+        sdf = occupancy_union(sdf, prob, spacing, union_threshold, union_connected)
+    return sdf
+
+
 def _union_with(field: np.ndarray, occ: np.ndarray, spacing, truncation_mm: float = TRUNCATION_MM) -> np.ndarray:
     """``min(field, truncated_signed_distance(occ))``, with the distance computed only on ``occ``'s
     bounding box grown by the truncation (beyond it the distance is the cap: same result, less work)."""
@@ -318,11 +329,10 @@ class VesselSDFNet(nn.Module):
             sdf = torch.tanh(self.refiner(image)) * self.sdf_bound_mm
         elif self.refiner is not None:
             sdf = self.refine(image, torch.sigmoid(logits).detach(), spacing)
-        if sdf is not None and self.level_mm:
-            sdf = sdf - self.level_mm
-        if sdf is not None and logits is not None and self.union_threshold:
-            sdf = occupancy_union(sdf, torch.sigmoid(logits), spacing or self.default_spacing, self.union_threshold,
-                                  self.union_connected)
+        if sdf is not None:
+            prob = torch.sigmoid(logits) if logits is not None and self.union_threshold else None
+            sdf = surface_field(sdf, prob, spacing or self.default_spacing, self.level_mm, self.union_threshold,
+                                self.union_connected)
         return {"occupancy": logits, "sdf": sdf}
 
 

@@ -244,7 +244,7 @@ def calibrate_surface(net: VesselSDFNet, cases, device="cpu", levels=SURFACE_LEV
     """
     from .evaluation import hires_field
     from .inference import Prediction, predict_in_roi
-    from .network import occupancy_union
+    from .network import surface_field
     from .preprocess import canonicalise
     from .realdata import centreline_scores
 
@@ -263,10 +263,9 @@ def calibrate_surface(net: VesselSDFNet, cases, device="cpu", levels=SURFACE_LEV
         for level in levels:
             scores = []
             for prediction, case in zip(raw, cases):
-                field = torch.from_numpy(prediction.sdf - float(level))[None, None]
-                if threshold:
-                    field = occupancy_union(field, torch.from_numpy(prediction.occupancy)[None, None], case.spacing,
-                                            threshold, connected)
+                field = surface_field(torch.from_numpy(prediction.sdf)[None, None],
+                                      torch.from_numpy(prediction.occupancy)[None, None], case.spacing,
+                                      float(level), threshold, connected)
                 candidate = Prediction(prediction.occupancy, field[0, 0].numpy())
                 fine = hires_field(candidate, case.label.shape, case.ijk_to_ras[2, 3], case.spacing[2],
                                    case.hires_label.shape, case.hires_ijk_to_ras[2, 3],

@@ -108,8 +108,7 @@ class StructureConstraintBlock(nn.Module):
         statistics) folded into the two 1x1 convolutions, which run before the upsampling, and the
         gating and the sum done in one ``addcmul``: the same function with fewer full-resolution passes."""
         norm, conv = self.attention[0], self.attention[2]
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        shift = norm.bias - norm.running_mean * scale
+        scale, shift = _batchnorm_affine(norm)
         mixed = _resize(F.conv2d(encoder_features, self.from_encoder.weight * scale[:, None, None, None],
                                  self.from_encoder.bias * scale + shift), size)
         structural = _resize(F.conv2d(structure.features, self.from_structure.weight * scale[:, None, None, None]), size)
@@ -121,6 +120,12 @@ class StructureConstraintBlock(nn.Module):
 
     def forward(self, encoder_features: torch.Tensor, structure: GatedFeatures, size) -> GatedFeatures:
         return GatedFeatures(encoder_features, self.gate(encoder_features, structure, size))
+
+
+def _batchnorm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """An inference BatchNorm as the per-channel affine map ``x * scale + shift`` (running statistics)."""
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    return scale, norm.bias - norm.running_mean * scale
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -215,8 +220,8 @@ class OCTADepthNet(nn.Module):
             return self.vessel_head(projected)
         first, last = self.vessel_head
         conv, norm = first.conv, first.adn.N
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        bias = (conv.bias if conv.bias is not None else 0.0) * scale + norm.bias - norm.running_mean * scale
+        scale, shift = _batchnorm_affine(norm)
+        bias = (conv.bias if conv.bias is not None else 0.0) * scale + shift
         hidden = F.conv2d(projected, conv.weight * scale[:, None, None, None], bias, padding=conv.padding)
         return last(torch.relu(hidden))
 

@@ -237,8 +237,6 @@ class QualityDataset(torch.utils.data.Dataset):
         return self._cache[index]
 
     def __getitem__(self, index: int):
-        from .degradations import KINDS, degrade, grade_for_severity
-
         sample = self.samples[index]
         image, native, fovea, vessels = self._load(index)
         label = sample.label
@@ -247,24 +245,25 @@ class QualityDataset(torch.utils.data.Dataset):
             return self._pair(native, fovea, vessels, label, rng)
         degraded = bool(self.degrade) and rng.random() < self.degrade
         if self.train and native is not None:
-            source = native / np.float32(255)
-            if vessels is not None and rng.random() < self.deep_look:
-                source = remove_large_vessels(source, vessels, rng)
-            pixels, fovea_now = _zoom(source, fovea, rng, self.zoom_min)
-            pixels = device_appearance(np.clip(pixels, 0, 1) ** np.float32(rng.uniform(0.7, 1.4)), rng)
+            pixels, fovea_now = self._augmented(native, fovea, vessels, rng)
             if degraded:
-                kind, severity = KINDS[rng.integers(len(KINDS))], float(rng.uniform(0, 1))
-                pixels = degrade(pixels, kind, severity, int(rng.integers(2**31)), fovea_now)
-                label = min(label, grade_for_severity(severity, label))
+                pixels, label, _ = _random_degradation(pixels, fovea_now, label, rng)
             image = torch.from_numpy(to_work_image(pixels, self.size))[None]
         elif degraded:
-            kind, severity = KINDS[rng.integers(len(KINDS))], float(rng.uniform(0, 1))
-            pixels = degrade(native / np.float32(255), kind, severity, int(rng.integers(2**31)), fovea)
+            pixels, label, _ = _random_degradation(native / np.float32(255), fovea, label, rng)
             image = torch.from_numpy(to_work_image(pixels, self.size))[None]
-            label = min(label, grade_for_severity(severity, label))
         if self.transform is not None:
             image = self.transform(image)
         return image, label
+
+    def _augmented(self, native, fovea, vessels, rng) -> tuple[np.ndarray, tuple[float, float] | None]:
+        """A training image's look before any degradation: the deep-slab look (p = ``deep_look``), the
+        zoom, a gamma of 0.7-1.4 and another device's look; with the fovea in the zoomed image."""
+        source = native / np.float32(255)
+        if vessels is not None and rng.random() < self.deep_look:
+            source = remove_large_vessels(source, vessels, rng)
+        pixels, fovea_now = _zoom(source, fovea, rng, self.zoom_min)
+        return device_appearance(np.clip(pixels, 0, 1) ** np.float32(rng.uniform(0.7, 1.4)), rng), fovea_now
 
     def _pair(self, native, fovea, vessels, label: int, rng):
         """Two images of one source degraded by one kind at severities ``s1 < s2`` (``s1 = 0`` one time in
@@ -273,15 +272,9 @@ class QualityDataset(torch.utils.data.Dataset):
         loss asks the grader to score the second no higher than the first."""
         from .degradations import KINDS, degrade, grade_for_severity
 
-        source = native / np.float32(255)
-        if vessels is not None and rng.random() < self.deep_look:
-            source = remove_large_vessels(source, vessels, rng)
-        pixels, fovea_now = _zoom(source, fovea, rng, self.zoom_min)
-        pixels = device_appearance(np.clip(pixels, 0, 1) ** np.float32(rng.uniform(0.7, 1.4)), rng)
+        pixels, fovea_now = self._augmented(native, fovea, vessels, rng)
         if rng.random() < self.composite:   # an already degraded source: degrading it further must not help
-            first, severity = KINDS[rng.integers(len(KINDS))], float(rng.uniform(0, 1))
-            pixels = degrade(pixels, first, severity, int(rng.integers(2**31)), fovea_now)
-            label = min(label, grade_for_severity(severity, label))
+            pixels, label, first = _random_degradation(pixels, fovea_now, label, rng)
             fovea_now = fovea_now if first != "decentration" else None
         kind, seed = KINDS[rng.integers(len(KINDS))], int(rng.integers(2**31))
         low = 0.0 if rng.random() < 1 / 3 else float(rng.uniform(0, 0.8))
@@ -295,6 +288,15 @@ class QualityDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, torch.tensor(labels)
+
+
+def _random_degradation(pixels: np.ndarray, fovea, label: int, rng) -> tuple[np.ndarray, int, str]:
+    """``pixels`` degraded by a random kind at a random severity, the label that severity allows, the kind."""
+    from .degradations import KINDS, degrade, grade_for_severity
+
+    kind, severity = KINDS[rng.integers(len(KINDS))], float(rng.uniform(0, 1))
+    pixels = degrade(pixels, kind, severity, int(rng.integers(2**31)), fovea)
+    return pixels, min(label, grade_for_severity(severity, label)), kind
 
 
 def device_appearance(pixels: np.ndarray, rng) -> np.ndarray:

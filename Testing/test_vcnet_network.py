@@ -220,11 +220,11 @@ def test_no_mask_normalisation_on_a_no_air_phantom_crop():
 
 
 def test_sliding_window_helpers():
-    from VesselReconLib.vcnet.inference import slab_starts, window_count
+    from VesselReconLib.vcnet.inference import scan_windows, slab_starts
 
     assert slab_starts(40, 16) == [0, 16, 24] and slab_starts(10, 16) == [0] and slab_starts(32, 16) == [0, 16]
-    assert window_count((128, 448, 448), (16, 128, 128), 0.0) == 8 * 4 * 4
-    assert window_count((16, 64, 64), (16, 64, 64), 0.5) == 1
+    assert len(scan_windows((128, 448, 448), (16, 128, 128), 0.0)) == 8 * 4 * 4
+    assert len(scan_windows((16, 64, 64), (16, 64, 64), 0.5)) == 1
 
 
 @pytest.mark.parametrize("overlap", [0.0, 0.25])
@@ -243,9 +243,7 @@ def test_window_loop_matches_monai_sliding_window(overlap):
         ref = sliding_window_inference(torch.from_numpy(volume)[None, None], net.patch, 2, lambda x: net(x)["prob"],
                                        overlap=overlap, mode="gaussian" if overlap > 0 else "constant")[0, 0].numpy()
     np.testing.assert_allclose(mine, ref, atol=1e-5)
-    from VesselReconLib.vcnet.inference import window_count
-
-    assert counts["windows_run"] == counts["windows_total"] == window_count(volume.shape, net.patch, overlap) == 8
+    assert counts["windows_run"] == counts["windows_total"] == 8
 
 
 def test_channels_last_keeps_the_output():

@@ -51,17 +51,6 @@ class SegmentationResult:
     info: dict = field(default_factory=dict)
 
 
-def window_count(shape, roi, overlap: float) -> int:
-    """Number of sliding windows MONAI visits for ``shape`` (same scan rule as MONAI)."""
-    count = 1
-    for size, r in zip(shape, roi):
-        if size <= r:
-            continue
-        interval = max(int(r * (1 - overlap)), 1)
-        count *= math.ceil((size - r) / interval) + 1
-    return count
-
-
 def scan_windows(shape, roi, overlap: float) -> list[tuple[slice, slice, slice]]:
     """The sliding windows over ``shape`` (MONAI's ``dense_patch_slices`` with its scan interval
     ``int(roi * (1 - overlap))``; the last window of an axis ends at the volume's end)."""
@@ -81,7 +70,7 @@ def predict_probability(model, volume: np.ndarray, device: torch.device, overlap
     one padded: a partial batch falls onto slow convolution paths); where windows overlap, their
     probabilities are averaged (``overlap=0``: only the last window of an axis overlaps) or blended
     with MONAI's Gaussian importance map (``overlap > 0``), as MONAI's ``sliding_window_inference``.
-    On CPU the convolutions run channels-last and freed memory is kept for the next batch.
+    On CPU the convolutions run channels-last.
 
     :param region: optional boolean array of the volume's shape: windows with no voxel in it are not
         run (probability 0 there).

@@ -134,7 +134,7 @@ def overlap_flags(image: np.ndarray, points: np.ndarray, radii_px: np.ndarray,
     hi = np.minimum(np.ceil(points.max(0)).astype(int) + size + 1, image.shape[::-1])
     window = np.asarray(image, np.float32)[lo[1]:hi[1], lo[0]:hi[0]]
     window = ndimage.uniform_filter(window, 3)
-    darkness = ndimage.grey_closing(window, size=(size, size)) - window
+    darkness = ndimage.black_tophat(window, size=(size, size))
     local = points - lo
     values = ndimage.map_coordinates(ndimage.maximum_filter(darkness, 3), [local[:, 1], local[:, 0]], order=1)
     per_diameter = values / np.maximum(2 * radii_px, 1.0)

@@ -70,7 +70,7 @@ def contrast_scores(frames: np.ndarray, block: int = 4) -> np.ndarray:
     small = small.reshape(k, rows // block, block, cols // block, block).mean((2, 4))
     scores = []
     for frame in small:
-        tophat = ndimage.grey_closing(frame, size=(5, 5)) - frame
+        tophat = ndimage.black_tophat(frame, size=(5, 5))
         spread = max(float(np.percentile(frame, 95) - np.percentile(frame, 5)), 1e-6)
         scores.append(float(np.sort(tophat.ravel())[-max(1, tophat.size // 50):].mean()) / spread)
     return np.array(scores)

@@ -381,7 +381,7 @@ def darkness_map(image: np.ndarray, probability: np.ndarray) -> np.ndarray:
         return out
     lo, hi = (rows.min(), cols.min()), (rows.max() + 1, cols.max() + 1)
     window = ndimage.gaussian_filter(np.asarray(image, np.float32)[lo[0]:hi[0], lo[1]:hi[1]], 1.0)
-    tophat = ndimage.grey_closing(window, size=(DARKNESS_WINDOW, DARKNESS_WINDOW)) - window
+    tophat = ndimage.black_tophat(window, size=(DARKNESS_WINDOW, DARKNESS_WINDOW))
     out[lo[0]:hi[0], lo[1]:hi[1]] = np.clip(tophat / max(float(np.percentile(tophat, 99.5)), 1e-6), 0, 1)
     return out
 

@@ -74,7 +74,7 @@ def vessel_mask(image: np.ndarray, size: int = 21, border: int = 24) -> np.ndarr
     from skimage.morphology import remove_small_objects
 
     smooth = ndimage.gaussian_filter(np.asarray(image, np.float32), 1.0)
-    tophat = ndimage.grey_closing(smooth, size=(size, size)) - smooth
+    tophat = ndimage.black_tophat(smooth, size=(size, size))
     field = np.zeros(tophat.shape, bool)
     field[border:-border, border:-border] = True
     mask = (tophat > threshold_otsu(tophat[field])) & field

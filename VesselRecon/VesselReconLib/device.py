@@ -185,8 +185,6 @@ def peak_memory_mb(device: torch.device) -> float | None:
 
 def limit_cpu_threads(n: int | None = None) -> None:
     """Cap torch's intra-op threads (defaults to the machine's core count, at least 1)."""
-    import os
-
     torch.set_num_threads(max(1, n or os.cpu_count() or 1))
 
 

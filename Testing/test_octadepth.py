@@ -459,6 +459,35 @@ def test_svp_branches_are_thin_superficial_twigs_attached_to_the_tree_and_off_by
     assert attached.mean() > 0.95  # the twigs hang off the tree
 
 
+def test_distinct_beds_draw_a_loop_rich_deep_mesh_and_tree_to_tree_superficial_links():
+    """``distinct_beds``: the deep bed is a closed polygonal mesh (many cells per mm^2), the superficial
+    bed long links that leave the tree and end on it (few loops of their own), the deep plexus is
+    labelled and visible over a large area; without it the render is unchanged."""
+    from scipy import ndimage
+
+    from VesselReconLib.phantoms.octa import _dcp_mesh, _svp_links, render_octa
+
+    plain = render_octa(5, 256, 3.0, depth_realism=True, svp_branches=True)
+    again = render_octa(5, 256, 3.0, depth_realism=True, svp_branches=True, distinct_beds=False)
+    np.testing.assert_array_equal(plain.image, again.image)
+    np.testing.assert_array_equal(plain.depth, again.depth)
+    beds = render_octa(5, 256, 3.0, depth_realism=True, svp_branches=True, distinct_beds=True)
+    np.testing.assert_array_equal(beds.vessel_mask, plain.vessel_mask)
+    tree, pixel = plain.vessel_mask, plain.pixel_mm
+    area = (256 * pixel) ** 2
+    mesh = _dcp_mesh(np.random.default_rng(0), 256, pixel, 1.0) > 0.3
+    assert ndimage.label(~mesh)[1] / area > 120  # closed cells of 45-75 um
+    links = _svp_links(np.random.default_rng(0), tree, pixel, np.zeros_like(tree)) > 0.3
+    assert 0.01 < links.mean() < 0.15
+    labels, _ = ndimage.label(links | tree, structure=np.ones((3, 3)))
+    assert np.isin(labels[links], np.unique(labels[tree])).mean() > 0.95  # they start and end on the tree
+    assert ndimage.label(~(links | tree))[1] / area < 0.3 * ndimage.label(~mesh)[1] / area  # far fewer loops
+    deep = (beds.depth > 0.6) & beds.flow_mask
+    superficial_capillaries = (beds.depth > 0) & (beds.depth < 0.4) & ~tree
+    assert deep.mean() > 0.1 and deep.sum() > superficial_capillaries.sum()
+    assert np.median(beds.image[deep]) > 0.8 * np.median(beds.image[superficial_capillaries])
+
+
 def test_resolution_augmentation_keeps_the_shape_and_softens_the_grain():
     rng = np.random.default_rng(0)
     image = rng.random((96, 96)).astype(np.float32)

@@ -712,6 +712,7 @@ def render_octa(
     vessel_density: float | None = None,
     depth_realism: bool = False,
     svp_branches: bool = False,
+    distinct_beds: bool = False,
 ) -> OCTACase:
     """Render one realistic OCTA phantom.
 
@@ -732,6 +733,10 @@ def render_octa(
         (:func:`_svp_branches`: oriented 1-px twigs leaving the arterioles/venules, branching once or
         twice, at the superficial depth, not in ``vessel_mask``); False (default) keeps the outputs
         unchanged.
+    :param distinct_beds: draw the superficial and the deep capillary bed as different structures
+        (:data:`DISTINCT_BEDS`): the deep bed a loop-rich polygonal mesh with vortex centres
+        (:func:`_dcp_mesh`), the superficial bed long tree-to-tree links (:func:`_svp_links`) instead of
+        the shared band-pass texture; False (default) keeps the outputs unchanged.
     :returns: an :class:`OCTACase`. ``vessel_mask`` follows the expert labelling convention of
         real datasets (ROSSA): the arteriole/venule tree down to its terminal branches, not the
         capillary bed; ``flow_mask`` adds the capillary pixels; ``depth`` is set on ``flow_mask``.
@@ -756,8 +761,11 @@ def render_octa(
     _, cap_sig = _rasterize(cap_seg, size_px, pixel_mm)
     gap = _faz_gap(faz, size_px, pixel_mm)
     faz_mask = gap < 0
+    beds = None
+    if distinct_beds:
+        beds = _distinct_beds(np.random.default_rng([int(seed), 0x0C7A, 7]), size_px, pixel_mm, vessel, gap < 0)
     caps, cap_depth = _capillaries(rng, size_px, pixel_mm, gap, dmodel, tree_sig["superficial"], tree_depth,
-                                   depth_realism)
+                                   depth_realism, beds)
     caps[0] = np.maximum(caps[0], cap_sig["superficial"])
     if svp_branches:
         twigs = _svp_branches(np.random.default_rng([int(seed), 0x0C7A, 6]), vessel, pixel_mm, gap < 0)
@@ -765,6 +773,8 @@ def render_octa(
     look = sample_appearance(np.random.default_rng([int(seed), 0x0C7A, 3]), randomize)
     if depth_realism:
         look = _realistic_depth_look(look, np.random.default_rng([int(seed), 0x0C7A, 5]))
+    if distinct_beds:
+        look = _distinct_beds_look(look, np.random.default_rng([int(seed), 0x0C7A, 8]))
     z0, z1 = DEPTH_RANGE_MM
     gains = np.asarray(look["cap_gain"])[:, None, None]
     cap_stack = np.stack(caps) * gains
@@ -876,15 +886,180 @@ def _svp_branches(rng: np.random.Generator, tree: np.ndarray, pixel_mm: float, f
     return out
 
 
+#: ``distinct_beds=True``: the superficial and the deep capillary bed as different structures, as real
+#: superficial/deep slab pairs show them (OCTAGON, see OCTADepth's README). The deep capillary plexus is a
+#: crisp, loop-rich polygonal mesh of short 1-2 px segments (Voronoi edges, closed cells) with vortex-like
+#: centres where segments converge radially; the superficial capillaries are long, smooth vessels that
+#: run from one branch of the arteriole/venule tree to another, with no closed mesh of their own.
+DISTINCT_BEDS = {
+    "dcp_cell_mm": (0.045, 0.075),  # seed spacing of the deep mesh's Voronoi cells
+    "dcp_drop": (0.03, 0.15),  # fraction of mesh edges left out (a few open loops)
+    "dcp_vortices_per_mm2": (0.5, 2.0),
+    "dcp_vortex_radius_cells": (2.5, 5.0),
+    "dcp_brightness": (0.45, 1.0),  # per mesh edge
+    "svp_link_spacing_mm": (0.1, 0.2),  # one link per this length of vessel edge
+    "svp_link_mm": (0.1, 0.45),  # straight distance from the start to the target on the tree
+    "svp_turn_rad_per_px": 0.08,
+    "svp_steer": 0.25,  # fraction of the heading error to the target corrected per pixel
+    "svp_brightness": (0.5, 1.0),
+    # gains against the large vessels: a device scales each slab to its own range, so in the composite
+    # the deep mesh is about as bright as the superficial arterioles, the superficial capillaries dimmer
+    "dcp_to_tree_gain": (1.0, 1.6),
+    "svp_to_tree_gain": (0.35, 0.8),
+}
+
+
+def _distinct_beds_look(look: dict, rng: np.random.Generator) -> dict:
+    """Appearance for ``distinct_beds``: full inner-retina slab; plexus gains set against the large vessels'
+    as each slab's own scaling puts them (:data:`DISTINCT_BEDS`)."""
+    p = DISTINCT_BEDS
+    dcp = look["tree_gain"] * float(rng.uniform(*p["dcp_to_tree_gain"]))
+    svp = look["tree_gain"] * float(rng.uniform(*p["svp_to_tree_gain"]))
+    icp = dcp * float(rng.uniform(*DEPTH_REALISM["icp_to_dcp_gain"]))
+    return {**look, "slab": "full", "cap_gain": [svp, icp, dcp]}
+
+
+def _draw_lines(a: np.ndarray, b: np.ndarray, value: np.ndarray, shape, width_px: float) -> np.ndarray:
+    """Straight lines from ``a`` to ``b`` (pixel coordinates ``(x, y)``, pixel centres at integers) with a
+    Gaussian cross-profile of full width at half maximum ``width_px``, peak ``value``, max-composited."""
+    height, width = shape
+    d = b - a
+    n = np.maximum(2, np.ceil(np.hypot(d[:, 0], d[:, 1]) / 0.4).astype(np.int64) + 1)
+    idx = np.repeat(np.arange(len(a)), n)
+    k = np.arange(len(idx)) - np.repeat(np.cumsum(n) - n, n)
+    p = a[idx] + (k / (n[idx] - 1))[:, None] * d[idx]
+    v = value[idx]
+    centre = np.round(p).astype(np.int64)
+    out = np.zeros(height * width)
+    two_sigma2 = 2.0 * (0.425 * width_px) ** 2
+    for oy in (-1, 0, 1):
+        for ox in (-1, 0, 1):
+            qx, qy = centre[:, 0] + ox, centre[:, 1] + oy
+            ok = (qx >= 0) & (qx < width) & (qy >= 0) & (qy < height)
+            w = np.exp(-((qx - p[:, 0]) ** 2 + (qy - p[:, 1]) ** 2) / two_sigma2)
+            np.maximum.at(out, qy[ok] * width + qx[ok], (v * w)[ok])
+    return out.reshape(shape)
+
+
+def _vortex_seeds(rng: np.random.Generator, centre: np.ndarray, radius: float, cell: float) -> np.ndarray:
+    """Voronoi seeds on rings around a vortex centre: their cells are radial spokes that converge."""
+    rings, r, k = [], 0.5 * cell, 0
+    twist = rng.uniform(-0.4, 0.4)
+    while r < radius:
+        m = max(3, int(round(2 * math.pi * r / (0.7 * cell))))
+        th = rng.uniform(0, 2 * math.pi) + twist * k + np.arange(m) * 2 * math.pi / m
+        rings.append(centre + r * np.column_stack([np.cos(th), np.sin(th)]))
+        r, k = r + 1.3 * cell, k + 1
+    return np.concatenate(rings)
+
+
+def _dcp_mesh(rng: np.random.Generator, size_px: int, pixel_mm: float, width_px: float) -> np.ndarray:
+    """Deep capillary mesh in [0, 1]: Voronoi edges of jittered grid seeds (closed polygonal cells),
+    with a few vortices (seeds on rings, so their edges converge radially), some edges dropped, edge
+    midpoints wiggled, per-edge brightness (:data:`DISTINCT_BEDS`)."""
+    from scipy.spatial import Voronoi
+
+    p = DISTINCT_BEDS
+    F = size_px * pixel_mm
+    cell = rng.uniform(*p["dcp_cell_mm"])
+    g = np.arange(-3 * cell, F + 3 * cell, cell)
+    gx, gy = np.meshgrid(g, g)
+    seeds = np.column_stack([gx.ravel(), gy.ravel()]) + rng.uniform(-0.45, 0.45, (gx.size, 2)) * cell
+    for _ in range(int(rng.poisson(rng.uniform(*p["dcp_vortices_per_mm2"]) * F * F))):
+        centre = rng.uniform(0, F, 2)
+        radius = rng.uniform(*p["dcp_vortex_radius_cells"]) * cell
+        seeds = np.concatenate([seeds[np.hypot(*(seeds - centre).T) > radius + 0.3 * cell],
+                                _vortex_seeds(rng, centre, radius, cell)])
+    vor = Voronoi(seeds)
+    ridges = np.asarray(vor.ridge_vertices)
+    ridges = ridges[(ridges >= 0).all(1)]
+    va, vb = vor.vertices[ridges[:, 0]], vor.vertices[ridges[:, 1]]
+    inside = ((va > -cell) & (va < F + cell)).all(1) & ((vb > -cell) & (vb < F + cell)).all(1)
+    va, vb = va[inside], vb[inside]
+    keep = rng.random(len(va)) >= rng.uniform(*p["dcp_drop"])
+    va, vb = va[keep], vb[keep]
+    d = vb - va
+    mid = 0.5 * (va + vb) + np.column_stack([-d[:, 1], d[:, 0]]) * rng.normal(0, 0.12, (len(va), 1))
+    value = rng.uniform(*p["dcp_brightness"], len(va))
+    a = np.concatenate([va, mid]) / pixel_mm - 0.5
+    b = np.concatenate([mid, vb]) / pixel_mm - 0.5
+    return _draw_lines(a, b, np.concatenate([value, value]), (size_px, size_px), width_px)
+
+
+def _svp_links(rng: np.random.Generator, tree: np.ndarray, pixel_mm: float, faz: np.ndarray) -> np.ndarray:
+    """Superficial capillaries in [0, 1] as links between branches of the vessel tree: 1-px anti-aliased
+    paths that leave the tree's edge and are steered, with a slow random turn, towards another point of
+    the tree edge 0.1-0.45 mm away across open tissue, ending where they meet the tree (or at the FAZ,
+    the image edge, or after twice the straight distance)."""
+    from scipy.ndimage import distance_transform_edt
+    from scipy.spatial import cKDTree
+    from skimage.draw import line_aa
+    from skimage.segmentation import find_boundaries
+
+    out = np.zeros(tree.shape, np.float32)
+    if not tree.any():
+        return out
+    p = DISTINCT_BEDS
+    distance = distance_transform_edt(~tree)
+    edge = np.argwhere(find_boundaries(tree, mode="outer"))
+    count = int(len(edge) * 0.5 * pixel_mm / rng.uniform(*p["svp_link_spacing_mm"]))
+    starts = edge[rng.choice(len(edge), size=min(count, len(edge)), replace=False)] if count else edge[:0]
+    lookup = cKDTree(edge)
+    lo, hi = (v / pixel_mm for v in p["svp_link_mm"])
+    height, width = tree.shape
+    for y0, x0 in starts:
+        near = np.asarray(lookup.query_ball_point((y0, x0), hi), np.int64)
+        if not near.size:
+            continue
+        gap = np.hypot(*(edge[near] - (y0, x0)).T)
+        near = near[gap >= lo]
+        target = None
+        for c in rng.permutation(near)[:8]:
+            ty, tx = edge[c]
+            my, mx = int(round(0.5 * (y0 + ty))), int(round(0.5 * (x0 + tx)))
+            if distance[my, mx] > 0.2 * math.hypot(ty - y0, tx - x0):  # across open tissue, not along a vessel
+                target = (float(ty), float(tx))
+                break
+        if target is None:
+            continue
+        y, x = float(y0), float(x0)
+        straight = math.hypot(target[0] - y, target[1] - x)
+        angle = math.atan2(target[0] - y, target[1] - x) + rng.normal(0.0, np.deg2rad(30))
+        value = rng.uniform(*p["svp_brightness"])
+        walked = 0.0
+        while walked < 2 * straight:
+            error = (math.atan2(target[0] - y, target[1] - x) - angle + math.pi) % (2 * math.pi) - math.pi
+            angle += p["svp_steer"] * error + rng.normal(0.0, p["svp_turn_rad_per_px"])
+            ny, nx = y + math.sin(angle), x + math.cos(angle)
+            iy, ix = int(round(ny)), int(round(nx))
+            if not (0 <= iy < height and 0 <= ix < width) or faz[iy, ix]:
+                break
+            rr, cc, aa = line_aa(int(round(y)), int(round(x)), iy, ix)
+            keep = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
+            out[rr[keep], cc[keep]] = np.maximum(out[rr[keep], cc[keep]], value * aa[keep])
+            y, x, walked = ny, nx, walked + 1.0
+            if walked > 2 and tree[iy, ix]:
+                break
+    return out
+
+
+def _distinct_beds(rng: np.random.Generator, size_px: int, pixel_mm: float, tree: np.ndarray,
+                   faz: np.ndarray) -> tuple:
+    """``distinct_beds``: (superficial links, None = the intermediate plexus keeps its texture, deep mesh)."""
+    width_px = max(0.7, 0.008 / pixel_mm) * rng.uniform(0.7, 1.2)
+    return _svp_links(rng, tree, pixel_mm, faz), None, _dcp_mesh(rng, size_px, pixel_mm, width_px)
+
+
 def _capillaries(rng, size_px: int, pixel_mm: float, faz_gap: np.ndarray, dmodel: _DepthModel,
-                 tree_sig: np.ndarray, tree_depth: np.ndarray, depth_realism: bool = False):
+                 tree_sig: np.ndarray, tree_depth: np.ndarray, depth_realism: bool = False, beds=None):
     """Capillary textures of the superficial, intermediate and deep plexus, and their depth maps (mm).
 
     Each bed is a :func:`~.octa_physics.capillary_network` with its own intercapillary spacing,
     modulated by a smooth perfusion field, absent from the FAZ (soft 1.5 px edge), and, in the
     superficial plexus, thinned along the large vessels (capillary-free zones). With
     ``depth_realism`` the spacings are :data:`DEPTH_REALISM`'s and the superficial bed concentrates
-    beside the large vessels.
+    beside the large vessels. ``beds`` (``distinct_beds``): drawn beds that replace the texture of the
+    plexuses where they are not None (the superficial links attach to the tree, so no capillary-free zone).
     """
     from scipy.ndimage import distance_transform_edt
 
@@ -905,10 +1080,12 @@ def _capillaries(rng, size_px: int, pixel_mm: float, faz_gap: np.ndarray, dmodel
             cfz = cfz * (floor + (1 - floor) * np.exp(-distance_px * pixel_mm / DEPTH_REALISM["svp_near_vessel_mm"]))
     caps, depths = [], []
     for k, (lo, hi) in enumerate(spacings):
-        net = capillary_network(rng, shape, rng.uniform(lo, hi) / pixel_mm, width)
-        wave = _smooth_field(rng, wavelength_mm=rng.uniform(0.3, 1.0))
-        perfusion = 0.65 + 0.35 * _on_pixels(wave, size_px, pixel_mm)
-        caps.append(np.clip(net * perfusion * outside * (cfz if k == 0 else 1.0), 0.0, 1.0))
+        drawn = beds is not None and beds[k] is not None
+        net = beds[k] if drawn else capillary_network(rng, shape, rng.uniform(lo, hi) / pixel_mm, width)
+        wave = _on_pixels(_smooth_field(rng, wavelength_mm=rng.uniform(0.3, 1.0)), size_px, pixel_mm)
+        # drawn beds: perfusion varies without the texture's drop-out holes (the wave reaches about +-3)
+        perfusion = 0.75 + 0.25 * np.clip(wave, -1.0, 1.0) if drawn else 0.65 + 0.35 * wave
+        caps.append(np.clip(net * perfusion * outside * (cfz if k == 0 and not drawn else 1.0), 0.0, 1.0))
         depths.append(_on_pixels((dmodel.svp, dmodel.icp, dmodel.dcp)[k], size_px, pixel_mm))
     return caps, np.stack(depths)
 
@@ -1019,7 +1196,7 @@ def _case_plan(count: int, seed: int, size_px, field_mm):
 def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress: Callable | None = None,
                        size_px: int | Sequence[int] = 304, field_mm: float | Sequence[float] = 3.0,
                        quality: int | str | None = None, depth_realism: bool = False,
-                       svp_branches: bool = False) -> Path:
+                       svp_branches: bool = False, distinct_beds: bool = False) -> Path:
     """OCTA depth-estimation set::
 
         images/<id>.png       8-bit en face angiogram
@@ -1036,6 +1213,7 @@ def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress:
     :param quality: None (clean renders), 0/1/2 for that label, or ``"random"`` (uniform labels).
     :param depth_realism: passed to :func:`render_octa` (default False: unchanged outputs).
     :param svp_branches: passed to :func:`render_octa` (default False: unchanged outputs).
+    :param distinct_beds: passed to :func:`render_octa` (default False: unchanged outputs).
     """
     out = Path(out_dir)
     report = as_reporter(progress)
@@ -1044,7 +1222,8 @@ def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress:
     for i, (s, n, f) in enumerate(plan):
         report(i / max(count, 1), f"OCTA case {i + 1}/{count}")
         q = int(rng.integers(3)) if quality == "random" else quality
-        case = render_octa(s, n, f, quality=q, depth_realism=depth_realism, svp_branches=svp_branches)
+        case = render_octa(s, n, f, quality=q, depth_realism=depth_realism, svp_branches=svp_branches,
+                           distinct_beds=distinct_beds)
         cid = f"octa_{i:05d}"
         rec = {
             "id": cid,

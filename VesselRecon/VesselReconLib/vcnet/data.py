@@ -139,7 +139,8 @@ def normalize(volume: np.ndarray, mask: np.ndarray | None = None, dark: bool = F
     centre = tissue_level(volume, region) if level is None else float(level)
     spread = float(np.ptp(volume))
     scale = max(abs(centre), spread * 1e-3, 1e-6)
-    out = (volume - np.float32(centre)) / np.float32(scale)
+    out = np.subtract(volume, np.float32(centre))  # (x - m) / m, one new array
+    np.divide(out, np.float32(scale), out=out)
     if dark:
         out[auto_head_mask(volume, centre) if region is None else region] *= -1.0
     return out.astype(np.float32, copy=False)

@@ -123,7 +123,7 @@ def predict_probability(model, volume: np.ndarray, device: torch.device, overlap
         if mip_sink is not None:
             mip_sink.clear()
             mip_sink.update({k: v.float().cpu().numpy() for k, v in canvases.items()})
-        prob = (total / weight.clamp_min(1e-12))[: shape[0], : shape[1], : shape[2]]
+        prob = total.div_(weight.clamp_min_(1e-12))[: shape[0], : shape[1], : shape[2]]
         return prob.cpu().numpy(), batch
 
     batch_size = batch_size or DEFAULT_BATCH.get(device.type, 2)
@@ -286,40 +286,83 @@ def refine_boundary(prob: np.ndarray, image: np.ndarray, spacing, threshold: flo
     ``prob >= band``. This recovers the calibre of vessels the model grid renders one voxel too thin
     or too thick: the probability comes back from the model grid by trilinear interpolation, which
     cannot place a boundary finer than a model voxel (0.5 x 0.5 x 0.8 mm); the input's own grid
-    can. Computed with torch on ``device`` (separable box maximum and Gaussian) on the band's bounding box.
+    can. Computed on the band's bounding box: the Gaussian with torch on ``device``; the box maximum
+    densely (torch) where the band fills much of the box (a crop), else gathered at the band's voxels
+    only (a whole head, where vessels are sparse); both give the same labels.
 
     :param image: the normalised volume (vessels bright; tissue 0), on the grid of ``prob``.
     """
     core = prob >= threshold
-    near = prob >= band
-    if not core.any():
-        return core
+    near = np.flatnonzero(prob >= band)  # the band's voxels (flat indices)
+    if not core.any() or not near.size:
+        return np.zeros(prob.shape, bool)
     step = np.asarray(spacing, float)[::-1]  # (sz, sy, sx) for (k, j, i)
-    size = [int(2 * round(window_mm / s / 2) + 1) for s in step]
-    found = np.argwhere(near)  # work on the band's bounding box (plus the window) only
-    low = np.maximum(found.min(0) - np.asarray(size), 0)
-    high = np.minimum(found.max(0) + np.asarray(size) + 1, prob.shape)
+    size = np.asarray([int(2 * round(window_mm / s / 2) + 1) for s in step])
+    points = np.stack(np.unravel_index(near, prob.shape), 1)
+    low = np.maximum(points.min(0) - size, 0)  # work on the band's bounding box (plus the window) only
+    high = np.minimum(points.max(0) + size + 1, prob.shape)
     box = tuple(slice(lo, hi) for lo, hi in zip(low, high))
-    out = np.zeros(prob.shape, bool)
+    sigmas = sigma_mm / step
     with torch.inference_mode():
-        values = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32)).to(device)[None, None]
-        for axis, sigma in enumerate(sigma_mm / step):  # separable Gaussian, where it is >= half a voxel
-            if sigma < 0.5:
-                continue
-            taps = torch.arange(-2, 3, dtype=torch.float32, device=device)
-            kernel = torch.exp(-0.5 * (taps / float(sigma)) ** 2)
-            shape, padding = [1, 1, 1, 1, 1], [0, 0, 0]
-            shape[2 + axis], padding[axis] = 5, 2
-            values = torch.nn.functional.conv3d(values, (kernel / kernel.sum()).view(shape), padding=tuple(padding))
-        local = torch.where(torch.from_numpy(core[box]).to(device)[None, None], values, torch.full_like(values, -1e3))[0, 0]
-        for axis, k in enumerate(size):  # the box maximum, separably (unfold + amax: 3x faster than max_pool3d on CPU)
-            pads = [0] * 6
-            pads[2 * (2 - axis)] = pads[2 * (2 - axis) + 1] = k // 2
-            local = torch.nn.functional.pad(local[None], pads, value=-1e3)[0].unfold(axis, k, 1).amax(-1)
-        labels = torch.from_numpy(near[box]).to(device)[None, None] & (local[None, None] > 0) & \
-            (values >= fraction * local[None, None])
-    out[box] = labels[0, 0].cpu().numpy()
+        if (sigmas >= 0.5).any():
+            values = _smooth(image[box], sigmas, device)
+        else:  # no axis needs smoothing: read the image where needed only
+            values = image[box]
+        points = points - low
+        if len(points) * int(np.prod(size)) < values.size * int(size.sum()):  # sparse vessels (a whole head)
+            inside = _sparse_rule(values, core[box], points, size, fraction)
+        else:
+            inside = _dense_rule(values, core[box], points, size, fraction, device)
+    out = np.zeros(prob.shape, bool)
+    out.ravel()[near[inside]] = True
     return out
+
+
+def _smooth(values: np.ndarray, sigmas, device: torch.device) -> np.ndarray:
+    """Separable 5-tap Gaussian along the axes whose sigma (voxels) is at least half a voxel."""
+    tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(device)[None, None]
+    for axis, sigma in enumerate(sigmas):
+        if sigma < 0.5:
+            continue
+        taps = torch.arange(-2, 3, dtype=torch.float32, device=device)
+        kernel = torch.exp(-0.5 * (taps / float(sigma)) ** 2)
+        shape, padding = [1, 1, 1, 1, 1], [0, 0, 0]
+        shape[2 + axis], padding[axis] = 5, 2
+        tensor = torch.nn.functional.conv3d(tensor, (kernel / kernel.sum()).view(shape), padding=tuple(padding))
+    return tensor[0, 0].cpu().numpy()
+
+
+def _dense_rule(values: np.ndarray, core: np.ndarray, points: np.ndarray, size, fraction: float,
+                device: torch.device) -> np.ndarray:
+    """The half-maximum rule at ``points`` from a dense box maximum over the whole box (separable
+    ``unfold`` + ``amax``: 3x faster than ``max_pool3d`` on CPU); for dense vessels (a crop)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(device)
+    local = torch.where(torch.from_numpy(core).to(device), tensor, torch.full_like(tensor, -1e3))
+    for axis, k in enumerate(size):
+        pads = [0] * 6
+        pads[2 * (2 - axis)] = pads[2 * (2 - axis) + 1] = int(k) // 2
+        local = torch.nn.functional.pad(local[None], pads, value=-1e3)[0].unfold(axis, int(k), 1).amax(-1)
+    index = tuple(torch.from_numpy(points[:, a]).to(device) for a in range(3))
+    peak, value = local[index], tensor[index]
+    return ((peak > 0) & (value >= fraction * peak)).cpu().numpy()
+
+
+def _sparse_rule(values: np.ndarray, core: np.ndarray, points: np.ndarray, size, fraction: float) -> np.ndarray:
+    """The same rule with the box maximum gathered at ``points`` only (offset by offset): for sparse
+    vessels, where the band is a small part of its bounding box (a whole head: ~50 times faster)."""
+    half = np.asarray(size) // 2
+    padded = np.full(np.asarray(values.shape) + 2 * half, -1e3, np.float32)
+    inner = padded[half[0]:half[0] + values.shape[0], half[1]:half[1] + values.shape[1], half[2]:half[2] + values.shape[2]]
+    found = np.nonzero(core)
+    inner[found] = values[found]
+    strides = np.asarray([padded.shape[1] * padded.shape[2], padded.shape[2], 1])
+    centre = (points + half) @ strides
+    flat = padded.ravel()
+    peak = np.full(len(points), -1e3, np.float32)
+    for offset in np.ndindex(*size):
+        np.maximum(peak, flat[centre + (np.asarray(offset) - half) @ strides], out=peak)
+    value = values[tuple(points.T)].astype(np.float32, copy=False)
+    return (peak > 0) & (value >= np.float32(fraction) * peak)
 
 
 def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, dark: bool = False,
@@ -373,14 +416,15 @@ def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, 
     prob = work_prob[: unpadded[0], : unpadded[1], : unpadded[2]]
     if grid is not None:
         prob = np.clip(resample(prob, volume.shape, torch_device), 0.0, 1.0)
-    if region is not None:
-        prob = np.multiply(prob, region, dtype=np.float32)
+    if region is not None:  # in place, with torch's threads (the MIP labels' fallback reads work_prob)
+        prob = prob.copy() if grid is None and with_mips else prob
+        torch.from_numpy(prob).mul_(torch.from_numpy(region))
     if refine:
         labels = refine_boundary(prob, normalized, spacing, threshold, torch_device).view(np.uint8)
     else:
         labels = (prob >= threshold).view(np.uint8)
     labels = remove_small_components(labels, spacing, min_component_mm3)
-    result = SegmentationResult(prob.astype(np.float32), labels, {})
+    result = SegmentationResult(prob.astype(np.float32, copy=False), labels, {})
     if with_mips:
         reporter(0.87, "composited MIPs")
         in_plane = work[:, : unpadded[1], : unpadded[2]]  # slabs of the model grid (thin slabs stay padded)

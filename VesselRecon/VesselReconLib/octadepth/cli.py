@@ -156,6 +156,9 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--field-mm", type=float, nargs="+", default=[3.0, 6.0],
                         help="fields of the rendered phantoms (cycled over the seeds)")
     parser.add_argument("--no-phantoms", action="store_true", help="skip the phantom table")
+    parser.add_argument("--distinct-beds", action="store_true",
+                        help="render the phantoms with the superficial twigs and distinct capillary beds (round 4's "
+                             "training phantoms) instead of round 2's depth-realistic ones")
     parser.add_argument("--rossa", default=None,
                         help="ROSSA root (e.g. ../shared/datasets/rossa): vessel Dice on real labelled images")
     parser.add_argument("--rossa-split", default="test", help="ROSSA split to report (test; val selects models)")
@@ -183,12 +186,14 @@ def evaluate(args) -> int:
             samples = data.load_dataset(args.data)
         else:
             fields = [args.field_mm[i % len(args.field_mm)] for i in range(args.count)]
-            samples = [data.render_samples([args.seed + i], args.size_px, field)[0] for i, field in enumerate(fields)]
+            samples = [data.render_samples([args.seed + i], args.size_px, field, distinct_beds=args.distinct_beds)[0]
+                       for i, field in enumerate(fields)]
         constant = args.constant if args.constant is not None else _training_constant(registry)
         if constant is None:
             constant = evaluation.mean_vessel_depth(samples)
         rows = evaluation.results_table(samples, models, constant, args.device)
-        source = args.data or (f"depth-realistic phantom seeds {args.seed}..{args.seed + args.count - 1}, "
+        kind = "distinct-bed" if args.distinct_beds else "depth-realistic"
+        source = args.data or (f"{kind} phantom seeds {args.seed}..{args.seed + args.count - 1}, "
                                f"{args.size_px} px, fields {args.field_mm} mm")
         print(f"OCTADepth on {len(samples)} held-out phantoms ({source}); depth on every pixel with a true depth")
         print(evaluation.format_table(rows))

@@ -58,14 +58,17 @@ def centerline_points(centerlines: dict, pixel_mm: float, z0: float = 0.0, step_
     return np.unique(np.round(sampled, 6), axis=0)
 
 
-def render_samples(seeds, size_px: int = 304, field_mm: float = 3.0, depth_realism: bool = True) -> list[OCTASample]:
+def render_samples(seeds, size_px: int = 304, field_mm: float = 3.0, depth_realism: bool = True,
+                   distinct_beds: bool = False) -> list[OCTASample]:
     """Render phantom cases in memory (for tests, demos and on-the-fly evaluation); ``depth_realism``:
-    the renderer's real-composite depth appearance (what OCTADepth trains on)."""
+    the renderer's real-composite depth appearance; ``distinct_beds``: also the superficial twigs and the
+    two capillary beds drawn as different structures (what OCTADepth trains on since round 4)."""
     from ..phantoms.octa import render_octa
 
     samples = []
     for seed in seeds:
-        case = render_octa(int(seed), size_px, field_mm, depth_realism=depth_realism)
+        extra = {"svp_branches": True, "distinct_beds": True} if distinct_beds else {}
+        case = render_octa(int(seed), size_px, field_mm, depth_realism=depth_realism, **extra)
         samples.append(OCTASample(case.image, case.vessel_mask, case.depth, case.pixel_mm,
                                   centerline_points(case.centerlines, case.pixel_mm, case.depth_range_mm[0]),
                                   f"seed{seed}",

@@ -295,3 +295,75 @@ def test_darkness_map_shows_a_tube_the_network_missed():
     dark = darkness_map(image, prob)
     assert dark[50, 60] > 0.8 and dark[20, 60] > 0.8 and dark[35, 60] < 0.2
     assert dark[78, 60] == 0                        # outside the strip's box
+
+
+# ------------------------------------------------------------------ issue 14 round 4: own-view QCA, lumen regressor
+
+
+def own_samples(radii_a: np.ndarray, radii_b: np.ndarray) -> dict:
+    """QCA samples of a straight 50 mm branch seen in two views, each view with its own radii (mm)."""
+    n = len(radii_a)
+    points = np.c_[np.linspace(0, 50, n), np.zeros(n), np.zeros(n)]
+    pixels = np.c_[np.linspace(20, 270, n), np.full(n, 100.0)]
+    own = [{"pixels": pixels, "points": points, "a_index": np.arange(n, dtype=float), "radii": r,
+            "floored": np.zeros(n, bool)} for r in (radii_a, radii_b)]
+    return {"points": points, "own": own}
+
+
+def test_own_view_qca_reports_the_view_that_shows_the_tighter_lesion():
+    """A lesion hidden in one view (its path detoured, or another vessel lies over it) only reads milder
+    there: the tighter view is reported, says so, and the reader is warned that the views disagree."""
+    from VesselReconLib.angio3d.pipeline import view_qca
+
+    s = np.linspace(0, 50, 100)
+    lesion = 1.6 * (1 - 0.7 * np.exp(-((s - 25) / 3) ** 2))
+    hidden = np.full(100, 1.6)
+    qca = view_qca(None, {"qca_samples": own_samples(hidden, lesion)}, lesion)
+    assert qca["radius_view"] == "B" and qca["percent_diameter_stenosis"] == pytest.approx(70, abs=3)
+    assert qca["percent_diameter_stenosis_views"][0] < 5 and qca["length_mm"] == pytest.approx(50)
+    assert qca["mld_position_mm"] == pytest.approx(25, abs=1)
+    assert any("views disagree" in w for w in qca["warnings"])
+    both = view_qca(None, {"qca_samples": own_samples(lesion, lesion * 1.02)}, lesion)
+    assert both["radius_view"] == "A+B" and not any("disagree" in w for w in both["warnings"])
+
+
+def test_own_view_samples_follow_each_views_own_path():
+    """View B's QCA radii stay at view B's own samples (mm at the matched 3D depth), even where the epipolar
+    match of view A's samples would skip a stretch of view B's path."""
+    from VesselReconLib.angio3d.centerline import Centerline2D
+    from VesselReconLib.angio3d.triangulation import own_view_samples
+
+    a, b = geo.CArmGeometry(30, 0, 1000, 750), geo.CArmGeometry(-60, 20, 1000, 750)
+    points = np.c_[np.linspace(-20, 20, 100), np.linspace(-5, 5, 100), np.zeros(100)]
+    lines = [Centerline2D(g.project(points), np.full(100, 5.0), np.full(100, 1.0)) for g in (a, b)]
+    match = np.r_[np.linspace(0, 30, 50), np.linspace(70, 99, 50)]          # B's samples 31-69 skipped
+    own = own_view_samples(points, lines[0], lines[1], match, a, b)
+    assert np.array_equal(own[1]["pixels"], lines[1].points) and len(own[1]["radii"]) == 100
+    assert np.all(np.diff(own[1]["a_index"]) >= 0) and own[1]["a_index"][50] == pytest.approx(49.5, abs=0.6)
+    expected = 5.0 * 0.3 * b.depth(own[1]["points"]) / b.sid              # px -> mm at each point's depth
+    assert np.allclose(own[1]["radii"], expected)
+
+
+def test_lumen_regressor_reads_a_synthetic_lesion():
+    """The shipped regressor (trained on phantoms through their imaging chain) reads a clean synthetic
+    vessel's healthy radius to 0.5 px and its lesions in the right order, within 10 points (it reads this
+    idealised chord image's lesions 4-8 points milder than the model fit, which is exact for it)."""
+    from VesselReconLib.angio3d.centerline import profile_radii_px
+    from VesselReconLib.angio3d.lumen import N_FEATURES, features, shipped_regressor
+    from VesselReconLib.angio3d.pipeline import quantitative_coronary_analysis
+
+    model = shipped_regressor()
+    assert model is not None
+    readings = []
+    for percent in (50.0, 80.0):
+        image, points, truth = synthetic_lesion(percent)
+        fit, _ = profile_radii_px(image, points, np.full(100, 5.0))
+        mask = np.maximum(truth - 0.25, 0.5)
+        assert features(np.zeros((100, 57)), fit, mask).shape == (100, N_FEATURES)
+        radii = model.radii(image, points, fit, mask)
+        healthy = truth > 5.9
+        assert np.abs(radii[healthy] - truth[healthy]).mean() < 0.5
+        line = np.c_[points[:, 0] * 0.2, np.zeros(100), np.zeros(100)]
+        readings.append(quantitative_coronary_analysis(line, radii)["percent_diameter_stenosis"])
+        assert readings[-1] == pytest.approx(percent, abs=10)
+    assert readings[1] > readings[0] + 20

@@ -278,9 +278,11 @@ def profile_radii_px(image: np.ndarray, points: np.ndarray, mask_radii: np.ndarr
 
 def extract_centerline(probability: np.ndarray, start: np.ndarray, end: np.ndarray, geometry,
                        n: int = N_POINTS, threshold: float = 0.5, image: np.ndarray | None = None,
-                       guide: np.ndarray | None = None, avoid: np.ndarray | None = None) -> Centerline2D:
+                       guide: np.ndarray | None = None, avoid: np.ndarray | None = None,
+                       lumen=None) -> Centerline2D:
     """Centreline and radii of one view's SOI from its vessel probability map (and, given the
-    ``image``, the densitometric overlap flags).
+    ``image``, the densitometric overlap flags and the QCA radii: the profile model fit, or, given a
+    ``lumen`` regressor (:class:`~.lumen.LumenRegressor`), its reading of the same profiles).
 
     Radii in mm are given at the isocentre: pixels x ImagerPixelSpacing / (SID / SOD).
     """
@@ -291,5 +293,7 @@ def extract_centerline(probability: np.ndarray, start: np.ndarray, end: np.ndarr
     if image is not None:
         overlap = overlap_flags(image, points, radii)
         qca_radii = profile_radii_px(image, points, radii)[0]
+        if lumen is not None:
+            qca_radii = np.maximum(lumen.radii(image, points, qca_radii, radii), RADIUS_FLOOR_PX)
     return Centerline2D(points, radii, radii * geometry.isocentre_mm_per_pixel(), overlap=overlap,
                         qca_radii_px=qca_radii)

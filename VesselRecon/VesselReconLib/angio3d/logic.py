@@ -208,8 +208,9 @@ class Angio3DLogic(VesselReconLogic):
         :param segmenter: "net" (U-Net) or "frangi" (classical baseline).
         :param refine: run surface refinement; ``calibrate``: LM refinement of view B's geometry.
         :param radiusFusion: mesh radii from the two views: "lesion" (mean, but the clean view where the other
-            is overlapped or floored), "mean" (paper) or "min". The QCA always uses the view that shows the
-            lesion without overlap and names it (``radius_view``).
+            is overlapped or floored), "mean" (paper) or "min". The QCA measures each view along its own
+            path (radii read by the shipped lumen regressor) and reports the view that shows the tighter
+            lesion, naming it (``radius_view``).
         :param background: optional ``fn -> fn()`` runner for the MRML-free computation (GUI thread safety).
         :returns: :class:`Angio3DResult`.
         :raises InputError: bad inputs, before any scene change.

@@ -190,6 +190,11 @@ class Angio3DNet(nn.Module):
         return self.refiner(features, self.adjacency(features.device))
 
 
-def build_model(preset: str = "lite", **config) -> Angio3DNet:
-    """The registry hook: an untrained :class:`Angio3DNet` for ``preset`` (``lite`` or ``paper``)."""
+def build_model(preset: str = "lite", **config):
+    """The registry hook: an untrained :class:`Angio3DNet` for ``preset`` (``lite`` or ``paper``), or the
+    QCA lumen-radius regressor for ``lumen`` (:class:`~.lumen.LumenRegressor`)."""
+    if preset == "lumen":
+        from .lumen import LumenRegressor
+
+        return LumenRegressor(**config)
     return Angio3DNet(preset, **config)

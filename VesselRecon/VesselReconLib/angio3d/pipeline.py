@@ -189,6 +189,8 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
     """
     from scipy import ndimage
 
+    if "own" in views.get("qca_samples", {}):
+        return own_view_qca(views["qca_samples"], side_branch)
     if "qca_samples" in views:                  # the radii where they were measured (not resampled)
         samples = views["qca_samples"]
         centerline, radii = samples["points"], samples["radii"]
@@ -223,6 +225,54 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
     return qca
 
 
+FLOORED_VIEW = 0.1         # warn when a view has more of its radii than this on the floor
+
+
+def own_view_qca(samples: dict, side_branch: bool = False) -> dict:
+    """QCA of a branch from each view's radii at its own 2D samples (:func:`~.triangulation.own_view_samples`):
+    each view's % stenosis on its own path (running median of ``QCA_MEDIAN_SAMPLES``; the reference from its
+    valid samples, arc length along its own path), and the view that shows the **tighter lesion** is reported.
+
+    A round lumen narrows alike in both views; what hides a lesion in one view -- another vessel across or
+    alongside it, a path that detours around it -- only makes that view read it milder, so the tighter
+    reading is the better one (on 60 fresh design phantoms, seeds 7001-7060: mean |error| 6.8 vs 9.8 points
+    for the round-3 fusion sample by sample at view A's samples, which loses the lesion of a view whose
+    path the epipolar match does not follow). Floored samples (no mask there: the network often breaks a
+    tight lesion) keep the radius read from the profiles, are left out of the reference and make a warning
+    above ``FLOORED_VIEW``. ``radius_view``: the view reported, "A+B" when the two views' readings are
+    within 5 points.
+    """
+    from scipy import ndimage
+
+    own = samples["own"]
+    arc = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(samples["points"], axis=0), axis=1))]
+    per_view, floored = [], []
+    for view in own:
+        radii = ndimage.median_filter(view["radii"], QCA_MEDIAN_SAMPLES, mode="nearest")
+        valid = ~view["floored"]
+        if side_branch:
+            valid[:int(round(0.15 * len(valid)))] = False
+        per_view.append(quantitative_coronary_analysis(view["pixels"], radii, valid=valid))
+        floored.append(float(view["floored"].mean()))
+    percents = [q["percent_diameter_stenosis"] for q in per_view]
+    chosen = int(np.argmax(percents))
+    qca = dict(per_view[chosen])
+    qca["warnings"] = list(qca["warnings"])
+    qca["length_mm"] = float(arc[-1])
+    qca["mld_position_mm"] = float(np.interp(own[chosen]["a_index"][qca["mld_index"]], np.arange(len(arc)), arc))
+    qca["radius_view"] = "A+B" if abs(percents[0] - percents[1]) <= 5.0 else "AB"[chosen]
+    qca["percent_diameter_stenosis_views"] = [round(q, 2) for q in percents]
+    if abs(percents[0] - percents[1]) > VIEW_DISAGREEMENT:
+        qca["warnings"].append(f"the views disagree on the lesion ({percents[0]:.0f} % in A, {percents[1]:.0f} % in B): "
+                               "another vessel may hide it in one view, or a 2D path may be off; the tighter "
+                               f"view ({'AB'[chosen]}) is reported -- check both views")
+    for v, name in enumerate("AB"):
+        if floored[v] > FLOORED_VIEW:
+            qca["warnings"].append(f"view {name}: {100 * floored[v]:.0f} % of the radii sit on the "
+                                   "0.5 px floor (lumen not found there)")
+    return qca
+
+
 def _probabilities(net, segmenter: str, raw: torch.Tensor) -> torch.Tensor:
     if segmenter == "frangi":
         return frangi_crops(raw).to(raw.device)
@@ -236,8 +286,8 @@ def _probabilities(net, segmenter: str, raw: torch.Tensor) -> torch.Tensor:
 
 def reconstruct(images, geometries, soi_points, net=None, device: str | torch.device = "cpu",
                 segmenter: str = "net", refine: bool = True, calibrate: bool = True, stitch: bool = True,
-                radius_fusion: str = "lesion", qca_views: bool = True, reroute: bool = True, progress=None,
-                cancel=None) -> Reconstruction:
+                radius_fusion: str = "lesion", qca_views: bool = True, reroute: bool = True,
+                qca_radius: str = "regressor", progress=None, cancel=None) -> Reconstruction:
     """Reconstruct the SOI lumen mesh from two views.
 
     :param images: two 2D arrays (rows x columns) of the chosen frames.
@@ -254,6 +304,8 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
     :param qca_views: QCA from the view that shows the lesion without overlap (:func:`view_qca`);
         ``False`` measures the mesh's ring radii (the paper's mean radius).
     :param reroute: re-route both views' 2D paths jointly where they disagree (:func:`reroute_inconsistent`).
+    :param qca_radius: QCA radii from ``"regressor"`` (the shipped :class:`~.lumen.LumenRegressor` reading
+        the profiles; the model fit if it is not installed) or ``"profile"`` (the model fit alone).
     """
     if segmenter not in SEGMENTERS:
         raise InputError(f"segmenter must be one of {', '.join(SEGMENTERS)}, not {segmenter!r}.")
@@ -263,8 +315,13 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
         raise InputError(f"radius_fusion must be one of {', '.join(RADIUS_FUSIONS)}, not {radius_fusion!r}.")
     if segmenter not in SEGMENTERS:
         raise InputError(f"Unknown segmenter {segmenter!r}; choose one of {', '.join(SEGMENTERS)}.")
+    if qca_radius not in ("regressor", "profile"):
+        raise InputError(f"qca_radius must be 'regressor' or 'profile', not {qca_radius!r}.")
     reporter = as_reporter(progress, cancel)
     images, points = validate_inputs(images, geometries, soi_points)
+    from .lumen import shipped_regressor
+
+    lumen = shipped_regressor() if qca_radius == "regressor" else None
     device = torch.device(device)
     timings, clock = {}, time.perf_counter()
 
@@ -295,8 +352,8 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
     reporter(0.3, "extracting 2D centrelines")
     full_probs = [[paste_back(strip_probs[v, b] * slab_weights(*points[v, b], strips[v, b], (STRIP_HEIGHT, width)),
                               strips[v, b], images[v].shape) for b in range(n_branches)] for v in range(2)]
-    lines = [[extract_centerline(full_probs[v][b], points[v, b, 0], points[v, b, 1], geometries[v], image=images[v])
-              for b in range(n_branches)] for v in range(2)]
+    lines = [[extract_centerline(full_probs[v][b], points[v, b, 0], points[v, b, 1], geometries[v], image=images[v],
+                                 lumen=lumen) for b in range(n_branches)] for v in range(2)]
     affines = np.array([[crop_affine(p[0], p[1], size) for p in view] for view in points])     # SR crops
     raw = torch.cat([sample_crops(torch.as_tensor(img, device=device), affines[v], size)
                      for v, img in enumerate(images)])                                        # (2B, 1, S, S)

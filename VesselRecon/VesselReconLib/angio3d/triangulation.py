@@ -248,5 +248,22 @@ def triangulate_centerline(line_a, line_b, geom_a, geom_b, n: int = 100, smooth:
              "overlap": np.stack([resample_polyline(points, f.astype(float), n)[1] > 0.5 for f in overlap])}
     # QCA reads the per-view radii where they were measured (view A's samples), not resampled: every
     # linear resampling of a sharp narrowing raises its minimum
-    extra["qca_samples"] = {"points": points, "radii": qca_view, "floored": floored, "overlap": overlap}
+    extra["qca_samples"] = {"points": points, "radii": qca_view, "floored": floored, "overlap": overlap,
+                            "own": own_view_samples(points, line_a, line_b, match, geom_a, geom_b)}
     return out_points, out_radii, extra
+
+
+def own_view_samples(points: np.ndarray, line_a, line_b, match: np.ndarray, geom_a, geom_b) -> list[dict]:
+    """Each view's QCA radii at its **own** 2D samples (mm at the depth of the 3D point each corresponds to),
+    with their pixels and 3D points: a view's lesion is measured where that view's path saw it, even where
+    the other view's path detours (a correspondence through the epipolar match would skip it)."""
+    index = np.arange(len(points), dtype=float)
+    order = np.maximum.accumulate(np.asarray(match, float)) + 1e-9 * index        # strictly increasing
+    a_of_b = np.interp(np.arange(len(line_b.points), dtype=float), order, index)
+    points_b = _at(points, a_of_b)
+    out = []
+    for line, geometry, where, at in ((line_a, geom_a, points, index), (line_b, geom_b, points_b, a_of_b)):
+        mm = np.mean(geometry.pixel_spacing) * geometry.depth(where) / geometry.sid
+        out.append({"pixels": line.points, "points": where, "a_index": at, "radii": line.qca_radii_px * mm,
+                    "floored": np.asarray(line.floored, bool)})
+    return out

@@ -348,3 +348,38 @@ def test_network_sees_context_beyond_the_roi_but_answers_inside_it_only():
     without = predict_in_roi(net, canonical, "cpu", SPACING, context_mm=0.0)
     assert (with_context.occupancy[:, :7, :] == 0).all() and (with_context.sdf[:, :7, :] >= net.sdf_bound_mm).all()
     assert not np.allclose(with_context.occupancy[:, 10:12, 10:30], without.occupancy[:, 10:12, 10:30])
+
+
+def test_small_isolated_pieces_are_removed_by_volume_and_vanish_between_slices():
+    """Pieces of ``field < 0`` below the volume (mm³, 26-connected) get ``|f|``; larger ones are unchanged."""
+    from VesselReconLib.vesselsdf.inference import refine_through_plane
+    from VesselReconLib.vesselsdf.network import remove_small_pieces, truncated_signed_distance
+
+    mask = np.zeros((8, 40, 40), bool)
+    mask[1:7, 10:14, 5:30] = True  # a vessel: 6 x 4 x 25 voxels x 2.45 mm³ = 1470 mm³
+    mask[3, 30:32, 30:32] = True  # an isolated piece of 4 voxels = 9.8 mm³
+    field = truncated_signed_distance(mask, SPACING)
+    kept = remove_small_pieces(as_tensor(field), SPACING, 20.0)[0, 0].numpy()
+    assert (kept[3, 30:32, 30:32] > 0).all() and (kept[mask & (np.arange(40)[None, :, None] < 20)] < 0).all()
+    np.testing.assert_array_equal(np.abs(kept), np.abs(field))
+    assert (refine_through_plane(kept, 5).numpy()[10:20, 30:32, 30:32] > 0).all()  # gone between slices too
+    np.testing.assert_array_equal(remove_small_pieces(as_tensor(field), SPACING, 5.0)[0, 0].numpy(), field)
+    net = build_model("lite", union_threshold=0.9, min_piece_mm3=20.0)
+    assert net.min_piece_mm3 == 20.0 and build_model("lite").min_piece_mm3 == 0.0
+
+
+def test_surface_calibration_choice_rules():
+    """Release 3's objective among settings with Dice >= the occupancy's; ``surface`` also demands lower
+    Chamfer and HD95 and no more pieces than the occupancy stage whenever some setting has them."""
+    from VesselReconLib.vesselsdf.train import select_surface
+
+    def row(name, dice, objective, chamfer, hd95, pieces):
+        return {"name": name, "dice": dice, "objective": objective, "chamfer_mm": chamfer, "hd95_mm": hd95,
+                "pieces": pieces}
+
+    occupancy = {"dice": 0.55, "chamfer_mm": 1.5, "hd95_mm": 5.4, "pieces": 140.0}
+    table = [row("best objective, low Dice", 0.54, 0.60, 1.4, 5.0, 100), row("connected", 0.56, 0.54, 1.7, 7.8, 42),
+             row("surface", 0.556, 0.52, 1.48, 5.2, 138), row("many pieces", 0.56, 0.51, 1.4, 5.0, 150)]
+    assert select_surface(table, occupancy)["name"] == "connected"
+    assert select_surface(table, occupancy, surface=True)["name"] == "surface"
+    assert select_surface(table[:2], occupancy, surface=True)["name"] == "connected"  # none beats it: Dice rule only

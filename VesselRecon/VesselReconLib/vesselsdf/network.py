@@ -147,14 +147,39 @@ def occupancy_union(sdf: torch.Tensor, prob: torch.Tensor, spacing, threshold: f
 
 
 def surface_field(sdf: torch.Tensor, prob: torch.Tensor | None, spacing, level_mm: float, union_threshold: float,
-                  union_connected: bool = True) -> torch.Tensor:
+                  union_connected: bool = True, min_piece_mm3: float = 0.0) -> torch.Tensor:
     """The field whose zero level is the output surface: ``sdf − level_mm``, united with the confident
-    occupancy (:func:`occupancy_union`) when ``union_threshold`` > 0 and ``prob`` is given."""
+    occupancy (:func:`occupancy_union`) when ``union_threshold`` > 0 and ``prob`` is given, without
+    the isolated pieces smaller than ``min_piece_mm3`` (:func:`remove_small_pieces`)."""
     if level_mm:
         sdf = sdf - level_mm
     if prob is not None and union_threshold:
         sdf = occupancy_union(sdf, prob, spacing, union_threshold, union_connected)
+    if min_piece_mm3:
+        sdf = remove_small_pieces(sdf, spacing, min_piece_mm3)
     return sdf
+
+
+def remove_small_pieces(field: torch.Tensor, spacing, min_volume_mm3: float) -> torch.Tensor:
+    """The field without its vessel pieces smaller than ``min_volume_mm3``: the 26-connected components
+    of ``field < 0`` (on the field's own grid, voxel volume Δx·Δy·Δz) below that volume get ``|f|``.
+
+    A piece of the through-plane interpolated field always contains voxels of such a component (linear
+    interpolation between two positive values is positive), so removed pieces vanish on any finer
+    slice grid and from the mesh too. The larger pieces and the vessel tree are unchanged.
+    """
+    from scipy.ndimage import label
+
+    fields = field.detach().cpu().numpy().copy()
+    voxel_mm3 = float(np.prod([float(s) for s in spacing]))
+    for item in fields[:, 0]:
+        labels, count = label(item < 0, np.ones((3, 3, 3), bool))
+        if not count:
+            continue
+        small = np.bincount(labels.ravel())[1:] * voxel_mm3 < min_volume_mm3
+        drop = np.concatenate([[False], small])[labels]
+        item[drop] = np.abs(item[drop])
+    return torch.from_numpy(fields).to(field.device, field.dtype)
 
 
 def _union_with(field: np.ndarray, occ: np.ndarray, spacing, truncation_mm: float = TRUNCATION_MM) -> np.ndarray:
@@ -247,14 +272,16 @@ class VesselSDFNet(nn.Module):
         its surfaces, the occupancy stage adds the (thin) vessels the refiner misses. Calibrated with
         the level on validation phantoms (:func:`.train.calibrate_surface`).
     :param union_connected: only occupancy components touching the refined vessels are added.
+    :param min_piece_mm3: isolated vessel pieces of the returned field smaller than this (mm³) are
+        removed (:func:`remove_small_pieces`); calibrated with the level on validation phantoms.
     """
 
     def __init__(self, size: str = "lite", variant: str = "full", sdf_bound_mm: float = 6.0,
                  spacing: tuple[float, float, float] = (0.7, 0.7, 5.0), correction_mm: float = 0.0,
                  level_mm: float = 0.0, full_res_skip: bool = False, union_threshold: float = 0.0,
-                 union_connected: bool = True):
+                 union_connected: bool = True, min_piece_mm3: float = 0.0):
         super().__init__()
-        self.level_mm = float(level_mm)
+        self.level_mm, self.min_piece_mm3 = float(level_mm), float(min_piece_mm3)
         self.union_threshold, self.union_connected = float(union_threshold), bool(union_connected)
         self.full_res_skip = bool(full_res_skip) and variant in ("full", "nogauss")
         spec = SIZES[size]
@@ -332,7 +359,7 @@ class VesselSDFNet(nn.Module):
         if sdf is not None:
             prob = torch.sigmoid(logits) if logits is not None and self.union_threshold else None
             sdf = surface_field(sdf, prob, spacing or self.default_spacing, self.level_mm, self.union_threshold,
-                                self.union_connected)
+                                self.union_connected, self.min_piece_mm3)
         return {"occupancy": logits, "sdf": sdf}
 
 

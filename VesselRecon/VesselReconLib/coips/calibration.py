@@ -10,6 +10,11 @@ classification head, so the shipped weights carry them and nothing changes at in
   ``macro F1 + fraction of monotone series + fraction of series ending ungradable`` (the
   degradation-series test's two conditions, on the calibration images);
 - a temperature ``T`` (logits divided by it) minimising the negative log-likelihood after the offsets.
+
+With ``phantoms`` (a phantom *validation* set in the octa-quality layout, e.g. ``out/coips/val-r2``; never the
+held-out set) the offsets maximise the ROSSA objective **plus** the phantom set's macro F1 (round 4: with
+ROSSA alone, every fine-tuned grader traded the phantoms' outstanding class away), and the temperature
+is kept at 1.
 """
 
 from __future__ import annotations
@@ -96,14 +101,19 @@ def objective(calibration: CalibrationSet, offsets: np.ndarray) -> dict:
             "clean_grades": clean.tolist()}
 
 
-def fit_offsets(calibration: CalibrationSet) -> tuple[np.ndarray, dict]:
-    """Grid search of the gradable/outstanding offsets (ties: the smallest change)."""
+def fit_offsets(calibration: CalibrationSet, phantom_labels=None, phantom_logits=None) -> tuple[np.ndarray, dict]:
+    """Grid search of the gradable/outstanding offsets (ties: the smallest change); with phantom labels and
+    logits their macro F1 is added to the objective (``result["phantom_macro_f1"]``)."""
     best = None
     for b1 in OFFSET_GRID:
         for b2 in OFFSET_GRID:
             offsets = np.array([0.0, b1, b2], np.float32)
             result = objective(calibration, offsets)
-            key = (round(result["score"], 6), -abs(b1) - abs(b2))
+            total = result["score"]
+            if phantom_labels is not None:
+                result["phantom_macro_f1"] = _macro_f1(phantom_labels, (phantom_logits + offsets).argmax(1))
+                total += result["phantom_macro_f1"]
+            key = (round(total, 6), -abs(b1) - abs(b2))
             if best is None or key > best[0]:
                 best = (key, offsets, result)
     return best[1], best[2]
@@ -132,12 +142,29 @@ def fold_into_head(model, offsets: np.ndarray, temperature: float) -> None:
         head.bias.div_(temperature)
 
 
-def calibrate(model, folder: str | Path, device="cpu", limit: int | None = None) -> dict:
-    """Fit offsets and temperature on ``folder``'s real images and fold them into ``model``'s head."""
+def phantom_logits(model, data: str | Path, device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Labels and log-probabilities (logits up to a per-image constant) of a phantom set's images."""
+    from .evaluation import quality_predictions
+
+    labels, probabilities = quality_predictions(model.eval(), data, torch.device(device))
+    return labels, np.log(np.clip(probabilities, 1e-12, 1.0))
+
+
+def calibrate(model, folder: str | Path, device="cpu", limit: int | None = None,
+              phantoms: str | Path | None = None) -> dict:
+    """Fit offsets and temperature on ``folder``'s real images (and, with ``phantoms``, a phantom validation
+    set's macro F1; temperature then 1) and fold them into ``model``'s head."""
     calibration = collect_logits(model, calibration_images(folder, limit), device)
     before = objective(calibration, np.zeros(3, np.float32))
-    offsets, after = fit_offsets(calibration)
-    temperature = fit_temperature(calibration, offsets)
+    labels = logits = None
+    if phantoms is not None:
+        labels, logits = phantom_logits(model, phantoms, device)
+        before["phantom_macro_f1"] = _macro_f1(labels, logits.argmax(1))
+    offsets, after = fit_offsets(calibration, labels, logits)
+    temperature = 1.0 if phantoms is not None else fit_temperature(calibration, offsets)
     fold_into_head(model, offsets, temperature)
-    return {"images": len(calibration.names), "folder": str(folder), "offsets": [float(o) for o in offsets],
-            "temperature": temperature, "before": before, "after": after}
+    result = {"images": len(calibration.names), "folder": str(folder), "offsets": [float(o) for o in offsets],
+              "temperature": temperature, "before": before, "after": after}
+    if phantoms is not None:
+        result["phantoms"] = str(phantoms)
+    return result

@@ -13,7 +13,7 @@ QUALITY_SHIP_NAME, FAZ_SHIP_NAME = "coips-quality-{preset}", "coips-{preset}"
 
 
 TRAIN_OPTIONS = ("task", "data", "preset", "epochs", "batch_size", "lr", "finetune", "patience", "patch", "seed",
-                 "workers", "device", "degrade", "rossa", "zoom_min", "rank_weight", "rank_margin", "deep_look", "composite", "device_look", "init", "calibrate", "out", "heldout", "data_command")
+                 "workers", "device", "degrade", "rossa", "zoom_min", "rank_weight", "rank_margin", "deep_look", "composite", "device_look", "init", "canonical", "calibrate", "calibrate_phantoms", "out", "heldout", "data_command")
 
 
 def _train_command(args) -> str:
@@ -163,9 +163,15 @@ def add_train_arguments(parser) -> None:
                         help="faz: probability of giving a training window another device's look (JPEG, speckle, "
                              "resolution, contrast; coips.data.device_appearance)")
     parser.add_argument("--init", help="start from these weights (registry name, .safetensors or .pt)")
+    parser.add_argument("--canonical", type=float, default=None, metavar="RATIO",
+                        help="quality: spectral canonicalisation inside the grader (network.spectral_canonical): "
+                             "inputs whose fine-to-mid power ratio exceeds RATIO are low-passed down to it")
     parser.add_argument("--calibrate", metavar="FOLDER",
                         help="quality: fit class offsets and a temperature on these held-out real images (e.g. "
                              "../shared/datasets/rossa/val) and fold them into the head (coips/calibration.py)")
+    parser.add_argument("--calibrate-phantoms", metavar="FOLDER",
+                        help="quality, with --calibrate: also maximise the macro F1 on this phantom validation set "
+                             "(e.g. out/coips/val-r2; never the held-out set) when fitting the class offsets")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -190,7 +196,8 @@ def train(args) -> int:
                              finetune=args.finetune, patience=args.patience, seed=args.seed, workers=args.workers,
                              patch=args.patch, device=args.device, degrade=args.degrade, rossa=args.rossa,
                              zoom_min=args.zoom_min, rank_weight=args.rank_weight, rank_margin=args.rank_margin,
-                             deep_look=args.deep_look, composite=args.composite, device_look=args.device_look, init=args.init)
+                             deep_look=args.deep_look, composite=args.composite, device_look=args.device_look, init=args.init,
+                             canonical=getattr(args, "canonical", None))
     bar = TqdmProgress(f"train coips {args.task}")
     fit = train_quality if args.task == "quality" else train_faz
     model, history = fit(args.data, Path(args.out) / args.task, settings, progress=bar)
@@ -201,7 +208,8 @@ def train(args) -> int:
     if getattr(args, "calibrate", None) and args.task == "quality":
         from .calibration import calibrate
 
-        args.calibration = calibrate(model, args.calibrate, resolve_device(args.device))
+        args.calibration = calibrate(model, args.calibrate, resolve_device(args.device),
+                                     phantoms=getattr(args, "calibrate_phantoms", None))
         print(json.dumps({"calibration": args.calibration}))
     if args.ship:
         _ship(model, args, preset, history)
@@ -238,8 +246,13 @@ def _ship(model, args, preset: str, history: list[dict]) -> None:
         sources.append(f"calibration: {args.calibrate} (held-out real images: ROSSA val, same commit and licence; "
                        "never the OCTAGON evaluation scans), clean and degradation series")
         extra_training["calibration"] = args.calibration
+        if getattr(args, "calibrate_phantoms", None):
+            sources.append(f"calibration: {args.calibrate_phantoms} (phantom validation set, macro F1; not the "
+                           "held-out set)")
+    config = {} if getattr(model, "canonical_fine_ratio", None) is None else \
+        {"canonical_fine_ratio": model.canonical_fine_ratio}
     entry = ship_model(model.cpu(), "coips", preset, command=_train_command(args), data=args.data_command or str(args.data),
-                       seed=args.seed, metrics=metrics, input_spec=spec, name=name,
+                       seed=args.seed, metrics=metrics, input_spec=spec, name=name, config=config,
                        extra_training={"task": args.task, "heldout_data": str(heldout), "data_sources": sources,
                                        "real_evaluation": "OCTAGON samples (../shared/samples/octa-octagon), never "
                                                           "used for training or calibration", **extra_training},

@@ -168,6 +168,73 @@ def refine_faz(mask: np.ndarray, pixels: np.ndarray, pixel_mm: float, band_mm: f
     return out
 
 
+def open_faz(mask: np.ndarray, fraction: float) -> np.ndarray:
+    """Morphological opening of a FAZ mask by a disk of ``fraction`` times its equivalent radius
+    ``sqrt(area / pi)`` (removes protrusions narrower than the disk); the component holding the most of
+    the original is kept, holes filled. A mask the opening would empty is returned unchanged."""
+    from scipy import ndimage
+    from skimage.morphology import disk
+
+    mask = np.asarray(mask, dtype=bool)
+    radius = int(round(fraction * math.sqrt(mask.sum() / math.pi)))
+    if radius < 1:
+        return mask
+    rows, cols = np.nonzero(mask)
+    pad = radius + 1
+    top, left = max(0, rows.min() - pad), max(0, cols.min() - pad)
+    bottom, right = min(mask.shape[0], rows.max() + pad + 1), min(mask.shape[1], cols.max() + pad + 1)
+    crop = mask[top:bottom, left:right]
+    opened = ndimage.binary_opening(np.pad(crop, pad), structure=disk(radius))[pad:-pad, pad:-pad]
+    if not opened.any():
+        return mask
+    labels, count = ndimage.label(opened, structure=np.ones((3, 3)))
+    if count > 1:
+        opened = labels == int(np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    out = np.zeros_like(mask)
+    out[top:bottom, left:right] = ndimage.binary_fill_holes(opened)
+    return out
+
+
+def radial_profile(mask: np.ndarray, centre: tuple[float, float], angles: int = 256, step: float = 0.25) -> np.ndarray:
+    """Radius of a star-shaped mask along ``angles`` rays from ``centre``: the distance to the first
+    pixel outside the mask on each ray (nearest-pixel sampling every ``step`` px)."""
+    from scipy import ndimage
+
+    theta = np.linspace(0, 2 * np.pi, angles, endpoint=False)
+    reach = float(np.hypot(*mask.shape))
+    radii = np.arange(0, reach, step)
+    rows = centre[0] + radii[None, :] * np.sin(theta)[:, None]
+    cols = centre[1] + radii[None, :] * np.cos(theta)[:, None]
+    inside = ndimage.map_coordinates(mask.astype(np.uint8), [rows.ravel(), cols.ravel()], order=0,
+                                     mode="constant", cval=0).reshape(rows.shape).astype(bool)
+    first_out = np.argmax(~inside, axis=1)
+    first_out[inside.all(axis=1)] = len(radii) - 1
+    return radii[first_out]
+
+
+def fourier_smooth_faz(mask: np.ndarray, harmonics: int, angles: int = 256) -> np.ndarray:
+    """A FAZ outline as a smooth star-shaped curve: the radius ``r(theta)`` around the mask's centroid
+    (:func:`radial_profile`) keeps its Fourier harmonics ``0..harmonics`` and is drawn as a polygon."""
+    from skimage.draw import polygon
+
+    mask = np.asarray(mask, dtype=bool)
+    rows, cols = np.nonzero(mask)
+    if rows.size < 8:
+        return mask
+    centre = (float(rows.mean()), float(cols.mean()))
+    if not mask[int(round(centre[0])), int(round(centre[1]))]:
+        return mask                                     # not star-shaped around its centroid: kept
+    radius = radial_profile(mask, centre, angles)
+    spectrum = np.fft.rfft(radius)
+    spectrum[harmonics + 1:] = 0
+    smooth = np.clip(np.fft.irfft(spectrum, n=angles), 0, None)
+    theta = np.linspace(0, 2 * np.pi, angles, endpoint=False)
+    rr, cc = polygon(centre[0] + smooth * np.sin(theta), centre[1] + smooth * np.cos(theta), mask.shape)
+    out = np.zeros_like(mask)
+    out[rr, cc] = True
+    return out
+
+
 def bounding_crop(mask: np.ndarray) -> np.ndarray:
     """The smallest crop of ``mask`` that holds all of its pixels (for fast metrics)."""
     rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)

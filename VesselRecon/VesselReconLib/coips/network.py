@@ -14,7 +14,10 @@ Backbones are always built with ``pretrained=False`` (no downloads).
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import DynUNet
 from torch import nn
 
@@ -59,6 +62,77 @@ def zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (x - mean) / (std + eps)
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian low-pass of a ``(B, C, H, W)`` batch (reflected borders, radius 3 sigma)."""
+    radius = max(1, int(round(3 * sigma)))
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).repeat(x.shape[1], 1, 1, 1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(-1, 1, 1, 2 * radius + 1), groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(-1, 1, 2 * radius + 1, 1), groups=x.shape[1])
+
+
+# Bands of the spectral canonicalisation, in cycles per input pixel: "mid" holds the capillary mesh and
+# the FAZ outline, "fine" the pixel-scale texture (speckle, compression, the densest capillaries).
+MID_BAND, FINE_BAND = (1 / 16, 1 / 8), (1 / 4, 0.5 + 1e-6)
+CANONICAL_SIGMAS = torch.linspace(0.0, 2.0, 81)
+
+
+def fine_to_mid_ratio(power: torch.Tensor, frequency: torch.Tensor) -> torch.Tensor:
+    """Mean power in :data:`FINE_BAND` over mean power in :data:`MID_BAND` (last two dims: frequencies)."""
+    fine = (frequency >= FINE_BAND[0]) & (frequency < FINE_BAND[1])
+    mid = (frequency >= MID_BAND[0]) & (frequency < MID_BAND[1])
+    return power[..., fine].mean(-1) / power[..., mid].mean(-1).clamp_min(1e-12)
+
+
+def _radial_frequency(height: int, width: int, device) -> torch.Tensor:
+    fy = torch.fft.fftfreq(height, device=device)[:, None]
+    fx = torch.fft.rfftfreq(width, device=device)[None, :]
+    return torch.sqrt(fy ** 2 + fx ** 2)
+
+
+def image_fine_ratio(x: torch.Tensor) -> torch.Tensor:
+    """The fine-to-mid power ratio of each image of a ``(B, 1, H, W)`` batch (Hann-windowed spectrum)."""
+    x = x.float()
+    height, width = x.shape[-2:]
+    window = torch.hann_window(height, periodic=False, device=x.device)[:, None] * \
+        torch.hann_window(width, periodic=False, device=x.device)[None, :]
+    power = torch.fft.rfft2((x - x.mean(dim=(-2, -1), keepdim=True)) * window).abs() ** 2
+    return fine_to_mid_ratio(power, _radial_frequency(height, width, x.device))[:, 0]
+
+
+def spectral_canonical(x: torch.Tensor, reference_ratio: float) -> torch.Tensor:
+    """Spectral canonicalisation of a ``(B, 1, H, W)`` batch: an image whose fine-to-mid power ratio
+    (:func:`image_fine_ratio`) exceeds ``reference_ratio`` (the training images' level) is low-passed by
+    the smallest Gaussian (sigma on the grid :data:`CANONICAL_SIGMAS`, up to 2 px) that brings the ratio
+    down to it; the others are returned unchanged. A blur never raises the ratio, so an image that is
+    already smoother than the reference is never touched."""
+    x = x.float()
+    height, width = x.shape[-2:]
+    frequency = _radial_frequency(height, width, x.device)
+    window = torch.hann_window(height, periodic=False, device=x.device)[:, None] * \
+        torch.hann_window(width, periodic=False, device=x.device)[None, :]
+    power = torch.fft.rfft2((x - x.mean(dim=(-2, -1), keepdim=True)) * window).abs().square()[:, 0]   # (B, h, w')
+    sigmas = CANONICAL_SIGMAS.to(x.device)
+    fine = (frequency >= FINE_BAND[0]) & (frequency < FINE_BAND[1])
+    mid = (frequency >= MID_BAND[0]) & (frequency < MID_BAND[1])
+    gain = lambda f: torch.exp(-4 * math.pi ** 2 * f[:, None] ** 2 * sigmas[None, :] ** 2)      # (N, S) power gain
+    ratios = (power[:, fine] @ gain(frequency[fine])) / fine.sum() / \
+        ((power[:, mid] @ gain(frequency[mid])) / mid.sum()).clamp_min(1e-12)                 # (B, S)
+    above = ratios > reference_ratio
+    changed = torch.nonzero(above[:, 0]).flatten()
+    if changed.numel() == 0:
+        return x
+    above = above[changed]
+    # the first grid sigma at or below the reference (the largest sigma when none reaches it)
+    index = torch.where(above.all(1), torch.full_like(changed, len(sigmas) - 1), (~above).float().argmax(1))
+    sigma = sigmas[index]
+    amplitude = torch.exp(-2 * math.pi ** 2 * sigma[:, None, None, None] ** 2 * frequency ** 2)
+    out = x.clone()
+    out[changed] = torch.fft.irfft2(torch.fft.rfft2(x[changed]) * amplitude, s=(height, width))
+    return out
+
+
 def coordinates(x: torch.Tensor) -> torch.Tensor:
     """``(B, 2, H, W)`` row and column coordinates in ``[-1, 1]`` matching ``x`` (CoordConv channels)."""
     batch, _, height, width = x.shape
@@ -77,13 +151,18 @@ class QualityClassifier(nn.Module):
     :param backbone_kwargs: extra ``timm.create_model`` arguments (e.g. channel widths of ``lite``).
     :param coord_channels: append two channels holding the row and column coordinate in ``[-1, 1]``
         (CoordConv) to the z-scored image, so that the grader can judge where the fovea lies.
+    :param prefilter_sigma: Gaussian low-pass (sigma in input pixels) applied before the z-score, a
+        test-time input canonicalisation (0: none).
+    :param canonical_fine_ratio: spectral canonicalisation (:func:`spectral_canonical`): an input whose
+        fine-to-mid power ratio exceeds this is low-passed down to it (``None``: off).
     """
 
     kind = "quality"
 
     def __init__(self, backbone: str = "resnet10t", input_size: int = 128, in_chans: int = 1,
                  num_classes: int = len(GRADES), backbone_kwargs: dict | None = None, drop_rate: float = 0.0,
-                 coord_channels: bool = False):
+                 coord_channels: bool = False, prefilter_sigma: float = 0.0,
+                 canonical_fine_ratio: float | None = None):
         super().__init__()
         import timm
 
@@ -96,10 +175,16 @@ class QualityClassifier(nn.Module):
         self.input_size = int(input_size)
         self.in_chans = int(in_chans)
         self.coord_channels = bool(coord_channels)
+        self.prefilter_sigma = float(prefilter_sigma)
+        self.canonical_fine_ratio = None if canonical_fine_ratio is None else float(canonical_fine_ratio)
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=num_classes,
                                           in_chans=in_chans + 2 * self.coord_channels, drop_rate=drop_rate, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prefilter_sigma > 0:
+            x = gaussian_blur(x.float(), self.prefilter_sigma)
+        if self.canonical_fine_ratio is not None:
+            x = spectral_canonical(x, self.canonical_fine_ratio)
         x = zscore(x)
         if self.in_chans != x.shape[1]:
             x = x.expand(-1, self.in_chans, -1, -1)

@@ -161,6 +161,9 @@ def format_real(result: dict, faz_name: str) -> str:
     """The real-scan tables as text."""
     names = {"unet": f"{faz_name} + central component (default)",
              "unet_refined": f"{faz_name} + central + boundary refinement",
+             "unet_mirrored": f"{faz_name} + central, mirrored (rows)",
+             "unet_opened": f"{faz_name} + central + opening 0.1 r_eq",
+             "unet_fourier": f"{faz_name} + central + Fourier outline K=12",
              "unet_largest_component": f"{faz_name} + largest component (old)",
              "unet_no_postprocessing": f"{faz_name}, no post-processing", "classical": "classical baseline"}
     lines = ["FAZ on OCTAGON scans with the device's FAZ (true fields from the file names)",

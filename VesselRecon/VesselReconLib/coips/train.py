@@ -56,6 +56,7 @@ class TrainSettings:
     composite: float = 0.0
     device_look: float = 0.0
     init: str | None = None
+    canonical: float | None = None
 
 
 def _loader(dataset, batch_size: int, workers: int, shuffle: bool, seed: int = 0):
@@ -143,7 +144,8 @@ def train_quality(data: str | Path, out: str | Path, settings: TrainSettings, pr
         samples += rossa_samples(settings.rossa)
     labels = [s.label for s in samples]
     train_idx, val_idx = split(len(samples), settings.val_fraction, settings.seed, labels)
-    model = build_model(settings.preset).to(device)
+    config = {} if settings.canonical is None else {"canonical_fine_ratio": settings.canonical}
+    model = build_model(settings.preset, **config).to(device)
     size = model.input_size
     if settings.init:
         load_initial_weights(model, settings.init)

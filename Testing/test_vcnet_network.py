@@ -259,6 +259,52 @@ def test_channels_last_keeps_the_output():
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
 
 
+def test_forward_without_mip_outputs_gives_the_same_probability():
+    torch.manual_seed(0)
+    net = build_model("lite").eval()
+    x = torch.rand(2, 1, 16, 64, 64)
+    with torch.inference_mode():
+        full, lean = net(x), net(x, mips=False)
+    assert set(lean) == {"prob"} and {"mip_prob", "mip_image"} <= set(full)
+    assert torch.equal(full["prob"], lean["prob"])
+
+
+def test_finite_output_check_finds_nan_and_inf_but_accepts_a_sum_that_overflows():
+    from VesselReconLib.errors import InferenceError, check_finite_output
+
+    big = torch.full((4, 4), 3e38)  # finite values whose sum overflows: the exact check accepts them
+    check_finite_output({"prob": big}, "test")
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        values = torch.zeros(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+        values[1, 2, 3, 1] = bad
+        with pytest.raises(InferenceError):
+            check_finite_output({"prob": values}, "test")
+
+
+def test_sparse_and_dense_boundary_rules_give_the_same_labels(monkeypatch):
+    """The refinement's box maximum gathered at the band's voxels (sparse vessels) equals the dense one."""
+    from VesselReconLib.vcnet import inference
+
+    rng = np.random.default_rng(1)
+    image = rng.normal(0, 0.2, (24, 60, 60)).astype(np.float32)
+    prob = np.zeros(image.shape, np.float32)
+    for k, j, i in rng.integers(3, 57, (12, 3)):  # short bright vessels, sparse in the volume
+        k = k % 21
+        image[k:k + 3, j - 1:j + 2, i - 2:i + 2] += rng.uniform(0.8, 2.0)
+        prob[k:k + 3, j - 2:j + 3, i - 3:i + 3] = rng.uniform(0.2, 1.0, (3, 5, 6))
+    for spacing in ((0.5, 0.5, 0.8), (0.3, 0.3, 0.3)):
+        dense = inference._dense_rule
+        monkeypatch.setattr(inference, "_sparse_rule", lambda v, c, p, s, f: dense(v, c, p, s, f, torch.device("cpu")))
+        forced_dense = inference.refine_boundary(prob, image, spacing, 0.5, torch.device("cpu"))
+        monkeypatch.undo()
+        sparse = inference._sparse_rule
+        monkeypatch.setattr(inference, "_dense_rule", lambda v, c, p, s, f, d: sparse(v, c, p, s, f))
+        forced_sparse = inference.refine_boundary(prob, image, spacing, 0.5, torch.device("cpu"))
+        monkeypatch.undo()
+        assert forced_dense.any() and np.array_equal(forced_dense, forced_sparse)
+        assert np.array_equal(inference.refine_boundary(prob, image, spacing, 0.5, torch.device("cpu")), forced_dense)
+
+
 def test_boundary_refinement_restores_the_calibre_on_the_input_grid():
     """A 0.3 mm tube whose probability came back from the coarse model grid too thin (and blurred) gets
     its calibre from the image (half-maximum rule); bright tissue away from detected vessels stays out."""

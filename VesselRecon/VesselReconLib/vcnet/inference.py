@@ -29,7 +29,7 @@ from .. import device as devices
 from ..progress import as_reporter
 from . import mip
 from .data import HEAD_MARGIN_MM, intracranial_region, normalize, tissue_level
-from .network import channels_last
+from .network import VCNet, channels_last
 
 DEFAULT_BATCH = {"cuda": 16, "mps": 8, "cpu": 2}
 SPACING_TOLERANCE = 0.1  # resample when an axis' spacing differs from the model's by more than this
@@ -96,6 +96,8 @@ def predict_probability(model, volume: np.ndarray, device: torch.device, overlap
         counts.update(windows_run=len(windows), windows_total=total_windows)
     starts = set(slab_starts(volume.shape[0], roi[0]))
 
+    skip_mips = mip_sink is None and isinstance(model, VCNet)  # the MIP head's output is not needed
+
     def run(dev: torch.device, batch: int):
         net = model.to(dev)
         if dev.type == "cpu":
@@ -113,7 +115,7 @@ def predict_probability(model, volume: np.ndarray, device: torch.device, overlap
                 patches = torch.stack([tensor[w] for w in chosen])[:, None]
                 if len(chosen) < batch:  # pad the last batch: a partial batch falls onto slow convolution paths
                     patches = torch.cat([patches, patches.new_zeros((batch - len(chosen), *patches.shape[1:]))])
-                out = net(patches)
+                out = net(patches, mips=False) if skip_mips else net(patches)
                 if mip_sink is not None and "mip_prob" in out:
                     _paste_mips(canvases, out["mip_prob"][: len(chosen)],
                                 [(slice(None), slice(None), *w) for w in chosen], starts, volume.shape[1:], net)

@@ -98,12 +98,14 @@ class VCNet(nn.Module):
             if head is not None:
                 nn.init.constant_(head.bias, PRIOR_LOGIT)
 
-    def forward(self, volume: torch.Tensor) -> dict[str, torch.Tensor]:
-        """:param volume: ``(B, 1, K3, K1, K2)`` normalised intensities (vessels bright)."""
+    def forward(self, volume: torch.Tensor, mips: bool = True) -> dict[str, torch.Tensor]:
+        """:param volume: ``(B, 1, K3, K1, K2)`` normalised intensities (vessels bright).
+        :param mips: also return ``mip_prob`` and ``mip_image`` (False: ``prob`` only, the MIP head is
+            not run; whole-volume inference without the composited-MIP output)."""
         depth, height, width = volume.shape[2:]
         plane = math.lcm(self.multiple3d, self.multiple2d)
         padded = _pad_to(volume, (self.multiple3d, plane, plane))
-        out = self._forward_padded(padded)
+        out = self._forward_padded(padded, mips or self.variant == "unet2d")
         out["prob"] = out["prob"][:, :, :depth, :height, :width]
         if "mip_prob" in out:
             out["mip_prob"] = _crop_tiles(out["mip_prob"], padded.shape[3:], (height, width), self._m(depth))
@@ -113,12 +115,14 @@ class VCNet(nn.Module):
     def _m(self, depth: int) -> int:
         return mip.mip_count(depth, self.mip_size, self.mip_step)
 
-    def mip_stream(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """2D stream on composited MIPs: ReLU features ``(B, c1, H, W)`` and MIP probability."""
-        feat2d = F.relu(self.stream2d(image))
-        return feat2d, torch.sigmoid(self.head2d(feat2d))
+    def mip_stream(self, image: torch.Tensor, head: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """2D stream on composited MIPs: ReLU features ``(B, c1, H, W)`` and MIP probability (None
+        when ``head`` is False)."""
+        feat2d = self.stream2d(image)
+        feat2d = F.relu(feat2d) if torch.is_grad_enabled() else feat2d.relu_()
+        return feat2d, torch.sigmoid(self.head2d(feat2d)) if head else None
 
-    def _forward_padded(self, volume: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _forward_padded(self, volume: torch.Tensor, mips: bool = True) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if self.variant == "slice2d":
             b, c, d, h, w = volume.shape
@@ -127,11 +131,13 @@ class VCNet(nn.Module):
             return {"prob": prob}
         features = []
         if self.variant != "unet2d":
-            features.append(F.relu(self.stream3d(volume)))
+            feat3d = self.stream3d(volume)
+            features.append(F.relu(feat3d) if torch.is_grad_enabled() else feat3d.relu_())
         if self.variant != "unet3d":
             image, indices = mip.compose(volume, self.mip_size, self.mip_step)
-            feat2d, out["mip_prob"] = self.mip_stream(image)
-            out["mip_image"] = image
+            feat2d, mip_prob = self.mip_stream(image, head=mips)
+            if mips:
+                out.update(mip_prob=mip_prob, mip_image=image)
             if self.variant == "unet2d":
                 out["prob"] = mip.unproject(out["mip_prob"], indices, volume.shape[2], self.mip_size, self.mip_step)
                 return out

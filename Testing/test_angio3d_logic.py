@@ -163,6 +163,7 @@ def test_cli_run_on_a_case_folder(tmp_path):
     assert overlay.ndim == 3 and overlay.shape[2] == 3 and len(np.unique(overlay[..., 0])) > 50
     summary = json.loads((out / "qca.json").read_text())
     assert summary["qca"][0]["radius_view"] in ("A", "B", "A+B") and "calibration" in summary["quality"]
+    assert summary["qca_radius"] == "regressor"
     assert main(["angio3d", "--view-a", str(folder / "view_a.png"), "--view-b", str(folder / "view_b.png"),
                  "--points-a", "10,10 100,100", "--points-b", "10,10 100,100", "--out", str(out)]) == 2
 

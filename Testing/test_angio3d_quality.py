@@ -367,3 +367,12 @@ def test_lumen_regressor_reads_a_synthetic_lesion():
         readings.append(quantitative_coronary_analysis(line, radii)["percent_diameter_stenosis"])
         assert readings[-1] == pytest.approx(percent, abs=10)
     assert readings[1] > readings[0] + 20
+
+
+def test_reconstruct_refuses_an_unknown_qca_radius_source():
+    from VesselReconLib.angio3d.pipeline import reconstruct
+    from VesselReconLib.errors import InputError
+
+    with pytest.raises(InputError, match="qca_radius"):
+        reconstruct([np.zeros((64, 64))] * 2, [geo.CArmGeometry(0, 0, 1000, 750)] * 2, [np.zeros((1, 2, 2))] * 2,
+                    segmenter="frangi", qca_radius="mask")

@@ -53,8 +53,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-refine", action="store_true", help="skip surface refinement ('(-) SR')")
     parser.add_argument("--radius-fusion", default="lesion", choices=("lesion", "mean", "min"),
                         help="mesh radii from the two views: mean except where one view is overlapped or floored "
-                             "(lesion, default), plain mean (paper) or minimum; QCA always uses the view that "
-                             "shows the lesion without overlap")
+                             "(lesion, default), plain mean (paper) or minimum; QCA measures each view along its "
+                             "own path and reports the view that shows the tighter lesion")
+    parser.add_argument("--qca-radius", default="regressor", choices=("regressor", "profile"),
+                        help="QCA radii from the shipped lumen regressor (default, trained on phantoms) or the "
+                             "model fit of the lumen's projection (profile)")
 
 
 def _read_view(path: str):
@@ -149,7 +152,8 @@ def run(args) -> int:
     bar = TqdmProgress("angio3d")
     result = logic.process(nodes[0], nodes[2], nodes[1], nodes[3], frameA=frames_used[0], frameB=frames_used[1],
                            model=args.model, device=args.device, segmenter=args.segmenter,
-                           refine=not args.no_refine, radiusFusion=args.radius_fusion, progress=bar)
+                           refine=not args.no_refine, radiusFusion=args.radius_fusion, qcaRadius=args.qca_radius,
+                           progress=bar)
     bar.close()
     with atomic.staging(final, "angio3d") as out:
         meshes.save_polydata_lps(result.outputModel.GetPolyData(), out / "mesh.vtp")
@@ -160,6 +164,7 @@ def run(args) -> int:
         (out / "centerline.json").write_text(json.dumps({"frame": "DICOM patient LPS (mm)", "branches": branches}))
         summary = {"qca": logic.qca_rows(reconstruction), "epipolar_error_px": result.epipolarErrorPx,
                    "epipolar_error_before_px": result.epipolarErrorBeforePx, "frames": frames_used,
+                   "qca_radius": args.qca_radius,
                    "quality": result.quality, "warnings": result.warnings, "timings_s": result.timings,
                    "frame_of_reference": "mesh.vtp and centerline.json: DICOM patient LPS (mm), marked in the files"}
         (out / "qca.json").write_text(json.dumps(summary, indent=1))

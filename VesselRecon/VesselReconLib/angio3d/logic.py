@@ -192,7 +192,8 @@ class Angio3DLogic(VesselReconLogic):
                 sidB: float | None = None, sodB: float | None = None, pixelSpacingB: float | None = None,
                 outputModel=None, outputCenterline=None, outputTable=None, model: str = "lite",
                 device: str = "auto", segmenter: str = "net", refine: bool = True, calibrate: bool = True,
-                radiusFusion: str = "lesion", progress=None, cancel=None, background=None) -> Angio3DResult:
+                radiusFusion: str = "lesion", qcaRadius: str = "regressor", progress=None, cancel=None,
+                background=None) -> Angio3DResult:
         """Reconstruct the SOI from two views and write the outputs.
 
         :param viewA: angiography volume of view A (frames along K); ``viewB`` likewise (all ``*B`` too).
@@ -211,6 +212,8 @@ class Angio3DLogic(VesselReconLogic):
             is overlapped or floored), "mean" (paper) or "min". The QCA measures each view along its own
             path (radii read by the shipped lumen regressor) and reports the view that shows the tighter
             lesion, naming it (``radius_view``).
+        :param qcaRadius: QCA radii from the shipped lumen "regressor" (default) or the "profile" model fit
+            (for angiograms whose imaging chain differs much from the training phantoms').
         :param background: optional ``fn -> fn()`` runner for the MRML-free computation (GUI thread safety).
         :returns: :class:`Angio3DResult`.
         :raises InputError: bad inputs, before any scene change.
@@ -237,7 +240,7 @@ class Angio3DLogic(VesselReconLogic):
         def compute():
             return reconstruct([image_a, image_b], [geometry_a, geometry_b], pixels, net=net, device=torch_device,
                                segmenter=segmenter, refine=refine, calibrate=calibrate, radius_fusion=radiusFusion,
-                               progress=reporter.sub(0.0, 0.9), cancel=cancel)
+                               qca_radius=qcaRadius, progress=reporter.sub(0.0, 0.9), cancel=cancel)
 
         result = background(compute) if background is not None else compute()
         reporter(0.92, "writing outputs")

@@ -121,11 +121,17 @@ def test_degradation_series_ends_ungradable_for_every_kind(series_rows):
     assert not [(r["image"], r["kind"], r["grades"]) for r in series_rows if not r["worst_ungradable"]]
 
 
-@pytest.mark.xfail(reason="missed target (VesselRecon/COIPS/README.md): on real OCTAGON scans (12/16 monotone) mild "
-                          "blur raises the grade of the three clean scans graded ungradable (their dense texture reads "
-                          "as degraded)", strict=OCTAGON.is_dir())
+@pytest.mark.xfail(reason="missed target (VesselRecon/COIPS/README.md): on real OCTAGON scans 15/16 series are "
+                          "monotone; mild blur softens the motion band of the 6 mm deep scan and raises its grade",
+                   strict=OCTAGON.is_dir())
 def test_degradation_series_never_raises_the_grade(series_rows):
     assert not [(r["image"], r["kind"], r["grades"]) for r in series_rows if not r["monotone"]]
+
+
+def test_degradation_series_rise_at_most_once(series_rows):
+    """Floor below the target: at most one series rises (round 4 measured 15/16 on OCTAGON; round 3 12/16)."""
+    assert sum(not r["monotone"] for r in series_rows) <= 1, [(r["image"], r["kind"], r["grades"])
+                                                               for r in series_rows if not r["monotone"]]
 
 
 ROSSA_TEST = SHARED / "datasets" / "rossa" / "test"
@@ -142,8 +148,19 @@ def test_grader_on_held_out_real_rossa_images(networks):
     assert result["series_worst_ungradable"] >= 0.85 and result["series_monotone"] >= 0.8, result
 
 
-@pytest.mark.xfail(reason="missed target (VesselRecon/COIPS/README.md): clean OCTAGON scans graded ungradable",
-                   strict=OCTAGON.is_dir())
+@pytest.mark.skipif(not OCTAGON.is_dir(), reason="needs ../shared/samples/octa-octagon")
+def test_octagon_scans_without_artefact_are_gradable(networks):
+    """Round 4 (spectral canonicalisation + joint calibration): the three OCTAGON scans without a visible
+    artefact (3 mm superficial and deep, 6 mm superficial) are graded gradable or outstanding."""
+    from VesselReconLib.coips.realeval import MOTION_BAND_SCAN, scan_rows
+
+    rows = [r for r in scan_rows(*networks, OCTAGON) if r["scan"] != MOTION_BAND_SCAN]
+    assert len(rows) == 3
+    assert not [(r["scan"], r["grade"]) for r in rows if r["grade"] == "ungradable"]
+
+
+@pytest.mark.xfail(reason="missed target (VesselRecon/COIPS/README.md): the 6 mm deep scan (with its motion band) is "
+                          "graded ungradable; the other three are gradable or outstanding", strict=OCTAGON.is_dir())
 @pytest.mark.skipif(not OCTAGON.is_dir(), reason="needs ../shared/samples/octa-octagon")
 def test_clean_octagon_scans_are_not_ungradable(networks):
     """All four OCTAGON scans (superficial and deep, 3 and 6 mm) after the slab-pair rule, as the

@@ -116,5 +116,7 @@ def degrade(pixels: np.ndarray, kind: str, severity: float, seed=0, fovea_rc=Non
 
 
 def series(pixels: np.ndarray, kind: str, seed=0, fovea_rc=None) -> list[np.ndarray]:
-    """The six-level degradation series of one image (level 0 is the image itself)."""
+    """The six-level degradation series of one image. Level 0 is the image itself, except for
+    ``decentration``, whose levels are measured from the fovea: level 0 is the image shifted so that
+    ``fovea_rc`` lies at the centre (the image itself when no fovea is given or it is centred)."""
     return [degrade(pixels, kind, s, seed, fovea_rc) for s in SERIES_SEVERITIES]

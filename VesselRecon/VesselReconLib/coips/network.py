@@ -116,7 +116,9 @@ def spectral_canonical(x: torch.Tensor, reference_ratio: float) -> torch.Tensor:
     sigmas = CANONICAL_SIGMAS.to(x.device)
     fine = (frequency >= FINE_BAND[0]) & (frequency < FINE_BAND[1])
     mid = (frequency >= MID_BAND[0]) & (frequency < MID_BAND[1])
-    gain = lambda f: torch.exp(-4 * math.pi ** 2 * f[:, None] ** 2 * sigmas[None, :] ** 2)      # (N, S) power gain
+    def gain(f: torch.Tensor) -> torch.Tensor:                      # (N, S) power gain of each sigma
+        return torch.exp(-4 * math.pi ** 2 * f[:, None] ** 2 * sigmas[None, :] ** 2)
+
     ratios = (power[:, fine] @ gain(frequency[fine])) / fine.sum() / \
         ((power[:, mid] @ gain(frequency[mid])) / mid.sum()).clamp_min(1e-12)                 # (B, S)
     above = ratios > reference_ratio

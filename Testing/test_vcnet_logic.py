@@ -193,22 +193,26 @@ def test_thin_slab_is_padded_and_runs(scene, phantom):
 def test_spacing_path_resamples_to_the_model_grid_and_back():
     import torch
 
-    from VesselReconLib.vcnet.inference import model_grid, resample, segment
+    from VesselReconLib.vcnet.inference import model_grid, resample, segment, trained_spacing
     from VesselReconLib.vcnet.network import build_model
 
     assert model_grid((20, 64, 80), (0.5, 0.5, 0.8), (0.5, 0.5, 0.8)) is None
     assert model_grid((20, 64, 80), (0.52, 0.52, 0.75), (0.5, 0.5, 0.8)) is None  # within 10 %: native grid
-    assert model_grid((40, 100, 120), (0.3, 0.3, 0.3), (0.5, 0.5, 0.8)) == (15, 60, 72)
+    # to the nearest trained spacing (model spacing +- 10 %): 0.3 mm -> 0.45 x 0.45 x 0.72 mm
+    np.testing.assert_allclose(trained_spacing((0.3, 0.3, 0.3), (0.5, 0.5, 0.8)), (0.45, 0.45, 0.72))
+    np.testing.assert_allclose(trained_spacing((1.0, 0.5, 0.8), (0.5, 0.5, 0.8)), (0.55, 0.5, 0.8))
+    assert model_grid((40, 100, 120), (0.3, 0.3, 0.3), (0.5, 0.5, 0.8)) == (17, 67, 80)
     field = np.fromfunction(lambda k, j, i: np.sin(j / 9.0) + np.cos(i / 11.0) + k / 20.0, (40, 100, 120))
-    back = resample(resample(field, (15, 60, 72), torch.device("cpu")), field.shape, torch.device("cpu"))
+    back = resample(resample(field, (17, 67, 80), torch.device("cpu")), field.shape, torch.device("cpu"))
     assert np.abs(back - field)[3:-3, 3:-3, 3:-3].max() < 0.1  # smooth fields survive the round trip
     torch.manual_seed(0)
     net = build_model("lite").eval()
     p = render_mra("mra", seed=5, spacing=(0.3, 0.3, 0.3), crop=(30, 90, 100), crop_centre="cow")
     result = segment(p.image, p.spacing, net, device="cpu", with_mips=True)
-    assert result.info["resampled_kji"] == [11, 54, 60]
+    assert result.info["resampled_kji"] == [12, 60, 67]
     assert result.probability.shape == result.labels.shape == p.image.shape
-    assert result.mip_image.shape[1:] == (3 * 54, 2 * 60)  # composited MIPs on the model grid
+    assert result.mip_image.shape[1:] == (3 * 60, 2 * 67)  # composited MIPs on the model grid
+    np.testing.assert_allclose(result.info["mip_spacing"], (0.45, 0.45, 0.72 * 16))
     native = segment(p.image, p.spacing, net, device="cpu", resample_to_model=False)
     assert native.info["resampled_kji"] is None and native.probability.shape == p.image.shape
 

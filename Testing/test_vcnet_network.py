@@ -305,6 +305,18 @@ def test_sparse_and_dense_boundary_rules_give_the_same_labels(monkeypatch):
         assert np.array_equal(inference.refine_boundary(prob, image, spacing, 0.5, torch.device("cpu")), forced_dense)
 
 
+def test_skeleton_by_component_equals_the_whole_skeleton():
+    from skimage.morphology import skeletonize
+
+    from VesselReconLib.vcnet.inference import _skeleton_by_component
+
+    k, j, i = np.mgrid[:20, :50, :50]
+    labels = (np.hypot(j - 12.0, i - 12.0) <= 3) | (np.hypot(k - 10.0, j - 35.0) <= 2.5)  # two tubes
+    labels |= (np.abs(k - 5) <= 1) & (np.abs(j - 40) <= 1) & (i > 8)  # touches the second tube
+    labels[15:17, 2:4, 40:42] = True  # a speck
+    assert np.array_equal(_skeleton_by_component(labels), skeletonize(labels))
+
+
 def test_boundary_refinement_restores_the_calibre_on_the_input_grid():
     """A 0.3 mm tube whose probability came back from the coarse model grid too thin (and blurred) gets
     its calibre from the image (half-maximum rule); bright tissue away from detected vessels stays out."""

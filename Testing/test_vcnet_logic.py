@@ -245,7 +245,7 @@ def test_last_window_batch_is_padded_and_mips_come_from_the_main_pass():
     net = build_model("lite").eval()
     seen = []
     original = net.forward
-    net.forward = lambda x: seen.append(x.shape[0]) or original(x)
+    net.forward = lambda x, **options: seen.append(x.shape[0]) or original(x, **options)
     volume = np.random.default_rng(0).random((16, 64, 192)).astype(np.float32)  # 3 windows, batch 2
     batched, _ = predict_probability(net, volume, torch.device("cpu"), batch_size=2)
     single, _ = predict_probability(net, volume, torch.device("cpu"), batch_size=1)

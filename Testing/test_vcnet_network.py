@@ -308,13 +308,13 @@ def test_sparse_and_dense_boundary_rules_give_the_same_labels(monkeypatch):
 def test_skeleton_by_component_equals_the_whole_skeleton():
     from skimage.morphology import skeletonize
 
-    from VesselReconLib.vcnet.inference import _skeleton_by_component
+    from VesselReconLib.vcnet.inference import _skeleton_points
 
     k, j, i = np.mgrid[:20, :50, :50]
     labels = (np.hypot(j - 12.0, i - 12.0) <= 3) | (np.hypot(k - 10.0, j - 35.0) <= 2.5)  # two tubes
     labels |= (np.abs(k - 5) <= 1) & (np.abs(j - 40) <= 1) & (i > 8)  # touches the second tube
     labels[15:17, 2:4, 40:42] = True  # a speck
-    assert np.array_equal(_skeleton_by_component(labels), skeletonize(labels))
+    assert np.array_equal(_skeleton_points(labels), np.argwhere(skeletonize(labels)))
 
 
 def test_boundary_refinement_restores_the_calibre_on_the_input_grid():

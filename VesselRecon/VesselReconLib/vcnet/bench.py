@@ -29,7 +29,7 @@ import torch
 from .. import device as devices
 from ..device import interleaved, load_average
 from ..phantoms.mra import FULL_SHAPE, render_mra
-from .inference import predict_probability, segment
+from .inference import DEFAULT_BATCH, predict_probability, segment
 from .network import build_model, channels_last, count_parameters, plain_unet3d
 
 
@@ -72,9 +72,9 @@ def compare_preset(preset: str, volume: np.ndarray, device: torch.device, full_v
     """VC-Net vs the equal-parameter plain 3D U-Net, interleaved on the same input."""
     vc, plain = build_model(preset).eval(), PlainUNet(preset).eval()
     if full_volume:
-        size = batch or (16 if device.type == "cuda" else 2)
+        size = batch or DEFAULT_BATCH.get(device.type, 2)  # the default call's batch, for both networks
         calls = {"vcnet": _volume_call(vc, volume, device, size), "plain_unet3d": _volume_call(plain, volume, device, size)}
-        scope = "whole volume"
+        scope = f"whole volume, batch {size}"
     else:
         size = batch or 4
         calls = {"vcnet": _patch_call(vc, device, size), "plain_unet3d": _patch_call(plain, device, size)}

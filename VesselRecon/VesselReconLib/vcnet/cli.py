@@ -139,7 +139,9 @@ def train(args) -> int:
         entry = ship_model(model.cpu(), "vcnet", args.preset, name=args.name, command=command,
                            data=args.data_command or args.data, seed=args.seed, metrics=held_out,
                            input_spec={"channels": 1, "patch_kji": list(model.patch), "axis_order": "KJI",
-                                       "spacing": "resampled to spacing_xyz_mm at inference, slice axis first",
+                                       "spacing": "resampled at inference to the nearest spacing within 10 % of "
+                                                  "spacing_xyz_mm (the training jitter) when an axis lies outside "
+                                                  "it, slice axis first",
                                        "spacing_xyz_mm": list(model.spacing),
                                        "intensity": "raw; (x - m) / m with m the tissue level (histogram mode) inside "
                                                     "the brain mask or of the whole volume; dark vessels inverted",

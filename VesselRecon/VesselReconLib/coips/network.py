@@ -91,14 +91,18 @@ def _radial_frequency(height: int, width: int, device) -> torch.Tensor:
     return torch.sqrt(fy ** 2 + fx ** 2)
 
 
-def image_fine_ratio(x: torch.Tensor) -> torch.Tensor:
-    """The fine-to-mid power ratio of each image of a ``(B, 1, H, W)`` batch (Hann-windowed spectrum)."""
-    x = x.float()
+def _windowed_power(x: torch.Tensor) -> torch.Tensor:
+    """Power spectrum (``rfft2``) of each mean-removed, Hann-windowed image of a float batch."""
     height, width = x.shape[-2:]
     window = torch.hann_window(height, periodic=False, device=x.device)[:, None] * \
         torch.hann_window(width, periodic=False, device=x.device)[None, :]
-    power = torch.fft.rfft2((x - x.mean(dim=(-2, -1), keepdim=True)) * window).abs() ** 2
-    return fine_to_mid_ratio(power, _radial_frequency(height, width, x.device))[:, 0]
+    return torch.fft.rfft2((x - x.mean(dim=(-2, -1), keepdim=True)) * window).abs().square()
+
+
+def image_fine_ratio(x: torch.Tensor) -> torch.Tensor:
+    """The fine-to-mid power ratio of each image of a ``(B, 1, H, W)`` batch (Hann-windowed spectrum)."""
+    x = x.float()
+    return fine_to_mid_ratio(_windowed_power(x), _radial_frequency(*x.shape[-2:], x.device))[:, 0]
 
 
 def spectral_canonical(x: torch.Tensor, reference_ratio: float) -> torch.Tensor:
@@ -110,9 +114,7 @@ def spectral_canonical(x: torch.Tensor, reference_ratio: float) -> torch.Tensor:
     x = x.float()
     height, width = x.shape[-2:]
     frequency = _radial_frequency(height, width, x.device)
-    window = torch.hann_window(height, periodic=False, device=x.device)[:, None] * \
-        torch.hann_window(width, periodic=False, device=x.device)[None, :]
-    power = torch.fft.rfft2((x - x.mean(dim=(-2, -1), keepdim=True)) * window).abs().square()[:, 0]   # (B, h, w')
+    power = _windowed_power(x)[:, 0]                                 # (B, h, w')
     sigmas = CANONICAL_SIGMAS.to(x.device)
     fine = (frequency >= FINE_BAND[0]) & (frequency < FINE_BAND[1])
     mid = (frequency >= MID_BAND[0]) & (frequency < MID_BAND[1])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -312,3 +314,44 @@ def test_rerun_removes_the_previous_runs_masks_and_thumbnails(logic, held_out, t
     thumbnails = sorted(p.name for p in (out / "thumbnails").glob("*.png"))
     assert thumbnails == ["new_3x3.png"]
     assert not list(out.rglob("old_3x3*")) and not list(out.rglob(".vesselrecon-partial*"))
+
+
+def test_save_png_atomically_replaces_whole_files_and_leaves_no_partial(tmp_path):
+    from PIL import Image
+
+    from VesselReconLib.coips.postprocess import save_png_atomically
+
+    target = tmp_path / "case.mask.png"
+    save_png_atomically(Image.fromarray(np.full((4, 6), 255, np.uint8)), target)
+    save_png_atomically(Image.fromarray(np.zeros((5, 3), np.uint8)), target)
+    assert np.asarray(Image.open(target)).shape == (5, 3)
+
+    class Broken:
+        def save(self, *args, **kwargs):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_png_atomically(Broken(), target)
+    assert np.asarray(Image.open(target)).shape == (5, 3)       # the old file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["case.mask.png"]
+
+
+def test_save_png_atomically_gives_each_writer_its_own_partial_file(tmp_path):
+    """Two writers of the same file (two batch processes) never share a partial file, so neither can
+    move the other's half-written PNG into place or delete it."""
+    from PIL import Image
+
+    from VesselReconLib.coips.postprocess import save_png_atomically
+
+    target, partials = tmp_path / "case.png", []
+
+    class RecordingImage:
+        def save(self, file, **kwargs):
+            partials.append(str(file))
+            Image.fromarray(np.zeros((2, 2), np.uint8)).save(file, **kwargs)
+
+    save_png_atomically(RecordingImage(), target)
+    save_png_atomically(RecordingImage(), target)
+    assert partials[0] != partials[1]
+    assert all(Path(p).parent == tmp_path and Path(p).name.startswith(".") for p in partials)
+    assert [p.name for p in tmp_path.iterdir()] == ["case.png"]

@@ -33,13 +33,17 @@ def overlay(gray: np.ndarray, mask: np.ndarray | None, grade: str, border: int =
 
 
 def save_png_atomically(image, path: str | Path) -> None:
-    """Save a PNG under a hidden partial name in its folder (which the batch has made), then
-    ``os.replace`` it onto ``path``: never a half-written file under the final name, and no scratch
-    folder per file (``atomic.atomic_path`` makes one, which cost the batch a fifth of its time)."""
+    """Save a PNG under a unique hidden partial name in its folder (which the batch has made), then
+    ``os.replace`` it onto ``path``: never a half-written file under the final name, no clash between
+    processes writing the same name, and no scratch folder per file (``atomic.atomic_path`` makes one,
+    which cost the batch a fifth of its time)."""
     import os
+    import tempfile
 
     path = Path(path)
-    temporary = path.with_name(f"{PARTIAL_PREFIX}{path.name}")
+    handle, name = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{path.stem}-", suffix=".png", dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
     try:
         image.save(temporary, format="PNG", compress_level=1)
         os.replace(temporary, path)

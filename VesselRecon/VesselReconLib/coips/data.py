@@ -331,11 +331,10 @@ def device_appearance(pixels: np.ndarray, rng) -> np.ndarray:
 
 
 def _noise_floor(image: np.ndarray, rng) -> np.ndarray:
-    """Speckle noise (gamma, slightly correlated) with a mean of 10-50 % of the image's mean intensity."""
-    from scipy import ndimage
+    """Speckle noise (:func:`degradations.speckle_noise`) with a mean of 10-50 % of the image's mean intensity."""
+    from .degradations import speckle_noise
 
-    speckle = ndimage.gaussian_filter(rng.gamma(2.0, 0.5, image.shape), 0.7)
-    return (speckle / speckle.mean() * rng.uniform(0.1, 0.5) * float(image.mean())).astype(np.float32)
+    return (speckle_noise(rng, image.shape) * rng.uniform(0.1, 0.5) * float(image.mean())).astype(np.float32)
 
 
 class FazWindowDataset(torch.utils.data.Dataset):

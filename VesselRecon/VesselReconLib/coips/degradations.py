@@ -72,14 +72,19 @@ def motion(pixels: np.ndarray, severity: float, seed=0) -> np.ndarray:
     return out
 
 
-def low_signal(pixels: np.ndarray, severity: float, seed=0) -> np.ndarray:
+def speckle_noise(rng: np.random.Generator, shape) -> np.ndarray:
+    """Mean-1 speckle of an OCTA noise floor: gamma noise (2 looks), slightly correlated (sigma 0.7 px)."""
     from scipy import ndimage
 
+    speckle = ndimage.gaussian_filter(rng.gamma(2.0, 0.5, shape), 0.7)
+    return speckle / speckle.mean()
+
+
+def low_signal(pixels: np.ndarray, severity: float, seed=0) -> np.ndarray:
     if severity <= 0:
         return pixels.copy()
     rng = _rng(seed)
-    speckle = ndimage.gaussian_filter(rng.gamma(2.0, 0.5, pixels.shape), 0.7)
-    noise = speckle / speckle.mean() * float(np.mean(pixels))
+    noise = speckle_noise(rng, pixels.shape) * float(np.mean(pixels))
     signal = 1.0 - 0.95 * severity
     return np.clip(signal * pixels + severity * 1.2 * noise, 0.0, 1.0)
 

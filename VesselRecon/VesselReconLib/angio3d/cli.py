@@ -132,7 +132,7 @@ def _inputs(args):
 
 
 def run(args) -> int:
-    from .. import meshes, mrml, render, runtime
+    from .. import meshes, mrml, runtime
     from ..progress import TqdmProgress
     from .logic import Angio3DLogic
 

@@ -52,11 +52,9 @@ GUIDE_PX = 4.0        # corridor half-width (px) of a guided path: cost x (1 + (
 
 def guide_distance(guide: np.ndarray, lo: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Distance (px) of every pixel of a box (origin ``lo`` = (row, col), ``shape``) to a guide polyline (K, 2)."""
-    from ..phantoms.xray import resample_polyline as resample
-
     guide = np.asarray(guide, float)
     length = np.linalg.norm(np.diff(guide, axis=0), axis=1).sum()
-    dense = np.round(resample(guide, n=max(int(2 * length), 2))[:, ::-1] - lo).astype(int)
+    dense = np.round(resample_polyline(guide, n=max(int(2 * length), 2))[:, ::-1] - lo).astype(int)
     dense = dense[((dense >= 0) & (dense < np.asarray(shape))).all(1)]
     marks = np.ones(shape, bool)
     marks[dense[:, 0], dense[:, 1]] = False

@@ -187,8 +187,6 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
     (within 5 %). The per-view QCAs are kept in ``percent_diameter_stenosis_views``. A side branch's
     first 15 % lie in the parent vessel's shadow: they are left out of its reference.
     """
-    from scipy import ndimage
-
     if "own" in views.get("qca_samples", {}):
         return own_view_qca(views["qca_samples"], side_branch)
     if "qca_samples" in views:                  # the radii where they were measured (not resampled)
@@ -242,8 +240,6 @@ def own_view_qca(samples: dict, side_branch: bool = False) -> dict:
     above ``FLOORED_VIEW``. ``radius_view``: the view reported, "A+B" when the two views' readings are
     within 5 points.
     """
-    from scipy import ndimage
-
     own = samples["own"]
     arc = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(samples["points"], axis=0), axis=1))]
     per_view, floored = [], []

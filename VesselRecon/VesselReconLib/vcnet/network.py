@@ -118,8 +118,7 @@ class VCNet(nn.Module):
     def mip_stream(self, image: torch.Tensor, head: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """2D stream on composited MIPs: ReLU features ``(B, c1, H, W)`` and MIP probability (None
         when ``head`` is False)."""
-        feat2d = self.stream2d(image)
-        feat2d = F.relu(feat2d) if torch.is_grad_enabled() else feat2d.relu_()
+        feat2d = _relu(self.stream2d(image))
         return feat2d, torch.sigmoid(self.head2d(feat2d)) if head else None
 
     def _forward_padded(self, volume: torch.Tensor, mips: bool = True) -> dict[str, torch.Tensor]:
@@ -131,8 +130,7 @@ class VCNet(nn.Module):
             return {"prob": prob}
         features = []
         if self.variant != "unet2d":
-            feat3d = self.stream3d(volume)
-            features.append(F.relu(feat3d) if torch.is_grad_enabled() else feat3d.relu_())
+            features.append(_relu(self.stream3d(volume)))
         if self.variant != "unet3d":
             image, indices = mip.compose(volume, self.mip_size, self.mip_step)
             feat2d, mip_prob = self.mip_stream(image, head=mips)
@@ -144,6 +142,11 @@ class VCNet(nn.Module):
             features.append(mip.unproject(feat2d, indices, volume.shape[2], self.mip_size, self.mip_step))
         out["prob"] = torch.sigmoid(self.joint(torch.cat(features, dim=1)))
         return out
+
+
+def _relu(x: torch.Tensor) -> torch.Tensor:
+    """ReLU, in place when autograd is off (inference: no second full-resolution feature array)."""
+    return F.relu(x) if torch.is_grad_enabled() else x.relu_()
 
 
 def _pad_to(volume: torch.Tensor, multiples) -> torch.Tensor:

@@ -328,29 +328,40 @@ def _grow_large_vessels(rng, field_mm, faz: _FAZ, depth: _DepthModel, disc_side:
     return seg, np.column_stack([nodes[leaves], tree.radii[leaves]])
 
 
-def _voronoi_mesh(rng, field_mm, spacing_mm, z_of, drop_fraction, layer) -> _Segments:
-    """Polygonal capillary mesh: Voronoi ridges of jittered grid points, midpoints wiggled."""
+def _jittered_grid(rng, field_mm: float, spacing_mm: float, margin_mm: float) -> np.ndarray:
+    """Voronoi seeds ``(x, y)``: a square grid of ``spacing_mm`` over the field plus ``margin_mm``, each point
+    jittered by up to 0.45 spacings."""
+    g = np.arange(-margin_mm, field_mm + margin_mm, spacing_mm)
+    gx, gy = np.meshgrid(g, g)
+    return np.column_stack([gx.ravel(), gy.ravel()]) + rng.uniform(-0.45, 0.45, (gx.size, 2)) * spacing_mm
+
+
+def _voronoi_ridges(seeds: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """End points of the finite Voronoi ridges of ``seeds`` with both ends strictly inside ``(lo, hi)``."""
     from scipy.spatial import Voronoi
 
-    F = field_mm
-    margin = 2 * spacing_mm
-    g = np.arange(-margin, F + margin, spacing_mm)
-    gx, gy = np.meshgrid(g, g)
-    pts = np.column_stack([gx.ravel(), gy.ravel()]) + rng.uniform(-0.45, 0.45, (gx.size, 2)) * spacing_mm
-    vor = Voronoi(pts)
+    vor = Voronoi(seeds)
     ridges = np.asarray(vor.ridge_vertices)
     ridges = ridges[(ridges >= 0).all(1)]
     va, vb = vor.vertices[ridges[:, 0]], vor.vertices[ridges[:, 1]]
-    lim = spacing_mm
-    inside = ((va > -lim) & (va < F + lim)).all(1) & ((vb > -lim) & (vb < F + lim)).all(1)
-    va, vb = va[inside], vb[inside]
-    keep = rng.random(len(va)) >= drop_fraction
-    va, vb = va[keep], vb[keep]
+    inside = ((va > lo) & (va < hi)).all(1) & ((vb > lo) & (vb < hi)).all(1)
+    return va[inside], vb[inside]
+
+
+def _wiggled_halves(rng, va: np.ndarray, vb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each edge ``va -> vb`` as two halves meeting at its midpoint moved sideways (normal, 0.12 x length)."""
     d = vb - va
     normal = np.column_stack([-d[:, 1], d[:, 0]])
     mid = 0.5 * (va + vb) + normal * rng.normal(0, 0.12, (len(va), 1))
-    a2 = np.concatenate([va, mid])
-    b2 = np.concatenate([mid, vb])
+    return np.concatenate([va, mid]), np.concatenate([mid, vb])
+
+
+def _voronoi_mesh(rng, field_mm, spacing_mm, z_of, drop_fraction, layer) -> _Segments:
+    """Polygonal capillary mesh: Voronoi ridges of jittered grid points, midpoints wiggled."""
+    F = field_mm
+    va, vb = _voronoi_ridges(_jittered_grid(rng, F, spacing_mm, 2 * spacing_mm), -spacing_mm, F + spacing_mm)
+    keep = rng.random(len(va)) >= drop_fraction
+    a2, b2 = _wiggled_halves(rng, va[keep], vb[keep])
     a = np.column_stack([a2, z_of(a2[:, 0], a2[:, 1])])
     b = np.column_stack([b2, z_of(b2[:, 0], b2[:, 1])])
     r = np.full(len(a), CAPILLARY_RADIUS_MM)
@@ -957,33 +968,21 @@ def _dcp_mesh(rng: np.random.Generator, size_px: int, pixel_mm: float, width_px:
     """Deep capillary mesh in [0, 1]: Voronoi edges of jittered grid seeds (closed polygonal cells),
     with a few vortices (seeds on rings, so their edges converge radially), some edges dropped, edge
     midpoints wiggled, per-edge brightness (:data:`DISTINCT_BEDS`)."""
-    from scipy.spatial import Voronoi
-
     p = DISTINCT_BEDS
     F = size_px * pixel_mm
     cell = rng.uniform(*p["dcp_cell_mm"])
-    g = np.arange(-3 * cell, F + 3 * cell, cell)
-    gx, gy = np.meshgrid(g, g)
-    seeds = np.column_stack([gx.ravel(), gy.ravel()]) + rng.uniform(-0.45, 0.45, (gx.size, 2)) * cell
+    seeds = _jittered_grid(rng, F, cell, 3 * cell)
     for _ in range(int(rng.poisson(rng.uniform(*p["dcp_vortices_per_mm2"]) * F * F))):
         centre = rng.uniform(0, F, 2)
         radius = rng.uniform(*p["dcp_vortex_radius_cells"]) * cell
         seeds = np.concatenate([seeds[np.hypot(*(seeds - centre).T) > radius + 0.3 * cell],
                                 _vortex_seeds(rng, centre, radius, cell)])
-    vor = Voronoi(seeds)
-    ridges = np.asarray(vor.ridge_vertices)
-    ridges = ridges[(ridges >= 0).all(1)]
-    va, vb = vor.vertices[ridges[:, 0]], vor.vertices[ridges[:, 1]]
-    inside = ((va > -cell) & (va < F + cell)).all(1) & ((vb > -cell) & (vb < F + cell)).all(1)
-    va, vb = va[inside], vb[inside]
+    va, vb = _voronoi_ridges(seeds, -cell, F + cell)
     keep = rng.random(len(va)) >= rng.uniform(*p["dcp_drop"])
-    va, vb = va[keep], vb[keep]
-    d = vb - va
-    mid = 0.5 * (va + vb) + np.column_stack([-d[:, 1], d[:, 0]]) * rng.normal(0, 0.12, (len(va), 1))
-    value = rng.uniform(*p["dcp_brightness"], len(va))
-    a = np.concatenate([va, mid]) / pixel_mm - 0.5
-    b = np.concatenate([mid, vb]) / pixel_mm - 0.5
-    return _draw_lines(a, b, np.concatenate([value, value]), (size_px, size_px), width_px)
+    a, b = _wiggled_halves(rng, va[keep], vb[keep])
+    value = rng.uniform(*p["dcp_brightness"], int(keep.sum()))
+    return _draw_lines(a / pixel_mm - 0.5, b / pixel_mm - 0.5, np.concatenate([value, value]), (size_px, size_px),
+                       width_px)
 
 
 def _svp_links(rng: np.random.Generator, tree: np.ndarray, pixel_mm: float, faz: np.ndarray) -> np.ndarray:

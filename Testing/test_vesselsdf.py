@@ -383,3 +383,20 @@ def test_surface_calibration_choice_rules():
     assert select_surface(table, occupancy)["name"] == "connected"
     assert select_surface(table, occupancy, surface=True)["name"] == "surface"
     assert select_surface(table[:2], occupancy, surface=True)["name"] == "connected"  # none beats it: Dice rule only
+
+
+@pytest.mark.parametrize("surface", [False, True])
+def test_surface_calibration_runs_on_a_phantom(surface):
+    """``calibrate_surface`` end to end on one small phantom: its choice is a row of its table."""
+    from VesselReconLib.phantoms.ct import CTPhantomParams, make_ct_phantom
+    from VesselReconLib.registry import load_model
+    from VesselReconLib.vesselsdf.evaluation import EvalCase
+    from VesselReconLib.vesselsdf.train import calibrate_surface
+
+    case = make_ct_phantom(CTPhantomParams(shape=(16, 48, 48), seed=424242))
+    eval_case = EvalCase("phantom", case.image, case.labels > 0, case.ijk_to_ras, case.hires_labels > 0,
+                         case.hires_ijk_to_ras, case.mesh(), case.organ)
+    result = calibrate_surface(load_model("vesselsdf", "lite", "cpu")[0], [eval_case], levels=(0.5,),
+                               unions=((0.0, True), (0.7, True)), min_pieces=(0.0, 20.0), surface=surface)
+    assert len(result["table"]) == 4 and {k: result[k] for k in result["table"][0]} in result["table"]
+    assert ("pieces" in result["occupancy"] and "hd95_mm" in result) == surface

@@ -295,10 +295,10 @@ def calibrate_surface(net: VesselSDFNet, cases, device="cpu", levels=SURFACE_LEV
                                     c.spacing, float(level), threshold, connected) for p, c in zip(raw, cases)]
             for pieces in min_pieces:
                 scores = []
-                for surface, prediction, case in zip(united, raw, cases):
+                for sdf, prediction, case in zip(united, raw, cases):
                     if pieces:
-                        surface = remove_small_pieces(surface, case.spacing, float(pieces))
-                    candidate = Prediction(prediction.occupancy, surface[0, 0].numpy())
+                        sdf = remove_small_pieces(sdf, case.spacing, float(pieces))
+                    candidate = Prediction(prediction.occupancy, sdf[0, 0].numpy())
                     fine = hires_field(candidate, case.label.shape, case.ijk_to_ras[2, 3], case.spacing[2],
                                        case.hires_label.shape, case.hires_ijk_to_ras[2, 3],
                                        float(np.linalg.norm(case.hires_ijk_to_ras[:3, 2]))) < 0

@@ -117,8 +117,7 @@ def predict_probability(model, volume: np.ndarray, device: torch.device, overlap
                     patches = torch.cat([patches, patches.new_zeros((batch - len(chosen), *patches.shape[1:]))])
                 out = net(patches, mips=False) if skip_mips else net(patches)
                 if mip_sink is not None and "mip_prob" in out:
-                    _paste_mips(canvases, out["mip_prob"][: len(chosen)],
-                                [(slice(None), slice(None), *w) for w in chosen], starts, volume.shape[1:], net)
+                    _paste_mips(canvases, out["mip_prob"][: len(chosen)], chosen, starts, volume.shape[1:], net)
                 for w, prob in zip(chosen, out["prob"][: len(chosen), 0].float()):
                     total[w] += prob * importance
                     weight[w] += importance
@@ -132,12 +131,12 @@ def predict_probability(model, volume: np.ndarray, device: torch.device, overlap
     return devices.run_with_fallback(run, device, batch_size)
 
 
-def _paste_mips(canvases: dict, mip_prob: torch.Tensor, coords, starts: set, plane, net) -> None:
-    """Paste the untiled MIP probabilities of slab-starting windows into per-slab canvases."""
+def _paste_mips(canvases: dict, mip_prob: torch.Tensor, windows, starts: set, plane, net) -> None:
+    """Paste the untiled MIP probabilities of slab-starting windows (``(k, j, i)`` slices, from
+    :func:`scan_windows`) into per-slab canvases."""
     m = mip.mip_count(int(net.patch[0]), net.mip_size, net.mip_step)
     stacks = mip.untile(mip_prob.float(), m)[:, 0]  # (B, m, K1, K2)
-    for stack, coord in zip(stacks, coords):
-        k, j, i = coord[2], coord[3], coord[4]
+    for stack, (k, j, i) in zip(stacks, windows):
         if k.start not in starts:
             continue
         canvas = canvases.setdefault(k.start, stack.new_zeros((m, *plane)))

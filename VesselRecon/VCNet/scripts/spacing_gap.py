@@ -1,5 +1,5 @@
 """Decompose the 0.3 mm gap: input domain vs output resampling (4 held-out CoW crops, seeds 800024..7)."""
-import json, sys, time, logging, numpy as np, torch
+import json, sys, logging, numpy as np, torch
 from scipy import ndimage
 torch.set_num_threads(1); logging.disable(logging.WARNING)
 from VesselReconLib import registry, metrics

@@ -774,12 +774,12 @@ def render_octa(
     faz_mask = gap < 0
     beds = None
     if distinct_beds:
-        beds = _distinct_beds(np.random.default_rng([int(seed), 0x0C7A, 7]), size_px, pixel_mm, vessel, gap < 0)
+        beds = _distinct_beds(np.random.default_rng([int(seed), 0x0C7A, 7]), size_px, pixel_mm, vessel, faz_mask)
     caps, cap_depth = _capillaries(rng, size_px, pixel_mm, gap, dmodel, tree_sig["superficial"], tree_depth,
                                    depth_realism, beds)
     caps[0] = np.maximum(caps[0], cap_sig["superficial"])
     if svp_branches:
-        twigs = _svp_branches(np.random.default_rng([int(seed), 0x0C7A, 6]), vessel, pixel_mm, gap < 0)
+        twigs = _svp_branches(np.random.default_rng([int(seed), 0x0C7A, 6]), vessel, pixel_mm, faz_mask)
         caps[0] = np.maximum(caps[0], twigs)
     look = sample_appearance(np.random.default_rng([int(seed), 0x0C7A, 3]), randomize)
     if depth_realism:

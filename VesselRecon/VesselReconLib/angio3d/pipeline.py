@@ -189,13 +189,8 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
     """
     if "own" in views.get("qca_samples", {}):
         return own_view_qca(views["qca_samples"], side_branch)
-    if "qca_samples" in views:                  # the radii where they were measured (not resampled)
-        samples = views["qca_samples"]
-        centerline, radii = samples["points"], samples["radii"]
-        floored, overlap = samples["floored"].copy(), samples["overlap"]
-    else:
-        floored, overlap = views["floored"].copy(), views["overlap"]
-        radii = views.get("qca_radii", views["radii"])
+    floored, overlap = views["floored"].copy(), views["overlap"]
+    radii = views.get("qca_radii", views["radii"])
     smooth = np.stack([ndimage.median_filter(radii[v], QCA_MEDIAN_SAMPLES, mode="nearest") for v in range(2)])
     fused = smooth.min(0)
     for v in range(2):

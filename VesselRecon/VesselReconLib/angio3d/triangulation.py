@@ -215,8 +215,8 @@ def triangulate_centerline(line_a, line_b, geom_a, geom_b, n: int = 100, smooth:
     Radii: each view's radius converted from pixels to mm at the triangulated point's own depth
     (pixel size x distance from the source / SID), then fused by :func:`fuse_radii`. With
     ``details`` a third value holds, per view and resampled on P, the radii (2, n) in mm and the
-    ``floored`` and ``overlap`` flags (2, n), and under ``qca_samples`` the QCA radii and flags at view
-    A's own samples with their 3D points (not resampled).
+    ``floored`` and ``overlap`` flags (2, n), and under ``qca_samples`` the 3D points at view A's own
+    samples and each view's QCA radii at its own samples (:func:`own_view_samples`, not resampled).
     """
     if radius_fusion not in RADIUS_FUSIONS:
         raise ValueError(f"radius_fusion must be one of {', '.join(RADIUS_FUSIONS)}, not {radius_fusion!r}")
@@ -246,10 +246,9 @@ def triangulate_centerline(line_a, line_b, geom_a, geom_b, n: int = 100, smooth:
              "qca_radii": np.stack([resample_polyline(points, r, n)[1] for r in qca_view]),
              "floored": np.stack([resample_polyline(points, f.astype(float), n)[1] > 0.5 for f in floored]),
              "overlap": np.stack([resample_polyline(points, f.astype(float), n)[1] > 0.5 for f in overlap])}
-    # QCA reads the per-view radii where they were measured (view A's samples), not resampled: every
-    # linear resampling of a sharp narrowing raises its minimum
-    extra["qca_samples"] = {"points": points, "radii": qca_view, "floored": floored, "overlap": overlap,
-                            "own": own_view_samples(points, line_a, line_b, match, geom_a, geom_b)}
+    # QCA reads the per-view radii where they were measured (each view's own samples), not resampled:
+    # every linear resampling of a sharp narrowing raises its minimum
+    extra["qca_samples"] = {"points": points, "own": own_view_samples(points, line_a, line_b, match, geom_a, geom_b)}
     return out_points, out_radii, extra
 
 

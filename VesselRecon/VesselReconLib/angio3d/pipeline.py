@@ -173,6 +173,7 @@ def quantitative_coronary_analysis(centerline: np.ndarray, radii: np.ndarray, en
 QCA_MEDIAN_SAMPLES = 3     # running median over 3 samples (~1.5 mm) against single-profile outliers
 VIEW_TIE = 0.05            # views within 5 % of each other at the MLD: "A+B"
 VIEW_DISAGREEMENT = 20.0   # % stenosis points between the two views' own QCAs: warn
+FLOORED_VIEW = 0.1         # warn when a view has more of its radii than this on the floor
 
 
 def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_branch: bool = False) -> dict:
@@ -212,13 +213,10 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
                                "view is used -- check both views")
     for v, name in enumerate("AB"):
         fraction = float(floored[v].mean())
-        if fraction > 0.1:
+        if fraction > FLOORED_VIEW:
             qca["warnings"].append(f"view {name}: {100 * fraction:.0f} % of the radii sit on the "
                                    "0.5 px floor (lumen not found there)")
     return qca
-
-
-FLOORED_VIEW = 0.1         # warn when a view has more of its radii than this on the floor
 
 
 def own_view_qca(samples: dict, side_branch: bool = False) -> dict:

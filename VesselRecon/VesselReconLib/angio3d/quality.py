@@ -98,7 +98,7 @@ def quality_report(branches, geometries, calibration, soi_points, recorded_geome
                                       "(the reverse pairing fits the geometry much better)")
     report["uncertainty_mm"] = {}
     for index, branch in enumerate(branches):
-        sigma = branch.views.get("depth_sigma_mm") if isinstance(branch.views, dict) else None
+        sigma = branch.views.get("depth_sigma_mm")
         if sigma is None:
             continue
         name = "main" if index == 0 else f"side {index}"

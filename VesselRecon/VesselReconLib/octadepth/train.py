@@ -52,13 +52,13 @@ class TrainConfig:
     intensity_augmentation: bool = False
     speckle_augmentation: bool = False
     resolution_augmentation: bool = False
+    """:func:`data.augment_resolution` (blur and down-sampling drawn from a range) on the training crops."""
     structure_stride: int | None = None
     """Override of the preset's structure-branch resolution (1 full, 2 half); recorded in the registry config."""
     hidden: int | None = None
     """Override of the preset's SCB attention width; recorded in the registry config."""
     vessel_hidden: int | None = None
     """Override of the preset's vessel-head width; recorded in the registry config."""
-    """:func:`data.augment_resolution` (blur and down-sampling drawn from a range) on the training crops."""
     background_depth: str = "zero"
     """Depth target on the background: ``zero`` (the paper) or ``nearest`` (the nearest known depth,
     :func:`data.fill_background_depth`; the loss module explains why)."""

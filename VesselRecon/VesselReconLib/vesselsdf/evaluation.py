@@ -112,13 +112,19 @@ def evaluate_prediction(prediction: Prediction, case: EvalCase, factor: int | No
     field = hires_field(prediction, case.label.shape, case.ijk_to_ras[2, 3], case.spacing[2],
                         case.hires_label.shape, case.hires_ijk_to_ras[2, 3],
                         float(np.linalg.norm(case.hires_ijk_to_ras[:3, 2])))
+    return {"dice": report["dice"], "iou": report["iou"], "jaccard_distance": report["jaccard_distance"],
+            "hires_dice": metrics.dice(field < 0, case.hires_label > 0),
+            **mesh_scores(prediction.surface_field(), case, factor)}
+
+
+def mesh_scores(field: np.ndarray, case: EvalCase, factor: int | None = None) -> dict[str, float]:
+    """:func:`surface_metrics` and the surface pieces (``components``) of a thick-grid field's zero
+    level, meshed on the through-plane refined grid."""
     factor = through_plane_factor(case.spacing, factor)
-    fine = refine_through_plane(prediction.surface_field(), factor).numpy()
+    fine = refine_through_plane(field, factor).numpy()
     surface = mesh_zero_level(fine, refined_geometry(case.ijk_to_ras, factor), compute_normals=False)
     sizes = meshes.component_sizes(surface) if surface.GetNumberOfPoints() else np.zeros(0)
-    return {"dice": report["dice"], "iou": report["iou"], "jaccard_distance": report["jaccard_distance"],
-            "hires_dice": metrics.dice(field < 0, case.hires_label > 0), **surface_metrics(surface, case.mesh),
-            "components": float(len(sizes))}
+    return {**surface_metrics(surface, case.mesh), "components": float(len(sizes))}
 
 
 def load_eval_cases(root, limit: int | None = None) -> list[EvalCase]:

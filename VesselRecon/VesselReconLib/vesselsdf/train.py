@@ -233,22 +233,12 @@ SURFACE_PIECES_MM3 = (0.0,)
 
 
 def _surface_scores(field: np.ndarray, case) -> dict:
-    """Chamfer, HD95 (mm, mesh vertices as in the phantom table) and surface pieces of a thick-grid field."""
-    from scipy.spatial import cKDTree
+    """Chamfer, HD95 (mm, mesh vertices as in the phantom table) and surface pieces of a thick-grid
+    field (:func:`.evaluation.mesh_scores`)."""
+    from .evaluation import mesh_scores
 
-    from .. import meshes
-    from .inference import mesh_zero_level, refine_through_plane, refined_geometry, through_plane_factor
-
-    factor = through_plane_factor(case.spacing)
-    fine = refine_through_plane(field, factor).numpy()
-    surface = mesh_zero_level(fine, refined_geometry(case.ijk_to_ras, factor), compute_normals=False)
-    if not surface.GetNumberOfPoints():
-        return {"chamfer_mm": float("nan"), "hd95_mm": float("nan"), "pieces": 0.0}
-    points, ref_points = metrics.as_points(surface), metrics.as_points(case.mesh)
-    d_ab, d_ba = cKDTree(ref_points).query(points)[0], cKDTree(points).query(ref_points)[0]
-    return {"chamfer_mm": float(0.5 * (d_ab.mean() + d_ba.mean())),
-            "hd95_mm": float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95))),
-            "pieces": float(len(meshes.component_sizes(surface)))}
+    scores = mesh_scores(field, case)
+    return {"chamfer_mm": scores["chamfer_mm"], "hd95_mm": scores["hd95_mm"], "pieces": scores["components"]}
 
 
 def calibrate_surface(net: VesselSDFNet, cases, device="cpu", levels=SURFACE_LEVELS_MM, unions=SURFACE_UNIONS,

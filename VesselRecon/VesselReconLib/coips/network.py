@@ -78,10 +78,15 @@ MID_BAND, FINE_BAND = (1 / 16, 1 / 8), (1 / 4, 0.5 + 1e-6)
 CANONICAL_SIGMAS = torch.linspace(0.0, 2.0, 81)
 
 
+def _band_masks(frequency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where ``frequency`` lies in :data:`FINE_BAND` and in :data:`MID_BAND`."""
+    return ((frequency >= FINE_BAND[0]) & (frequency < FINE_BAND[1]),
+            (frequency >= MID_BAND[0]) & (frequency < MID_BAND[1]))
+
+
 def fine_to_mid_ratio(power: torch.Tensor, frequency: torch.Tensor) -> torch.Tensor:
     """Mean power in :data:`FINE_BAND` over mean power in :data:`MID_BAND` (last two dims: frequencies)."""
-    fine = (frequency >= FINE_BAND[0]) & (frequency < FINE_BAND[1])
-    mid = (frequency >= MID_BAND[0]) & (frequency < MID_BAND[1])
+    fine, mid = _band_masks(frequency)
     return power[..., fine].mean(-1) / power[..., mid].mean(-1).clamp_min(1e-12)
 
 
@@ -116,8 +121,8 @@ def spectral_canonical(x: torch.Tensor, reference_ratio: float) -> torch.Tensor:
     frequency = _radial_frequency(height, width, x.device)
     power = _windowed_power(x)[:, 0]                                 # (B, h, w')
     sigmas = CANONICAL_SIGMAS.to(x.device)
-    fine = (frequency >= FINE_BAND[0]) & (frequency < FINE_BAND[1])
-    mid = (frequency >= MID_BAND[0]) & (frequency < MID_BAND[1])
+    fine, mid = _band_masks(frequency)
+
     def gain(f: torch.Tensor) -> torch.Tensor:                      # (N, S) power gain of each sigma
         return torch.exp(-4 * math.pi ** 2 * f[:, None] ** 2 * sigmas[None, :] ** 2)
 

@@ -84,8 +84,8 @@ def faz_method_masks(faz_net, pixels: np.ndarray, field_of_view_mm: float, devic
     finally:
         faz_net.mirror_axes = mirror_axes
     return {"unet": selected, "unet_refined": refine_faz(selected, pixels, field_of_view_mm / pixels.shape[1]),
-            "unet_mirrored": mirrored, "unet_opened": open_faz(selected, OPENING_FRACTION) if selected.any() else selected,
-            "unet_fourier": fourier_smooth_faz(selected, FOURIER_HARMONICS) if selected.any() else selected,
+            "unet_mirrored": mirrored, "unet_opened": open_faz(selected, OPENING_FRACTION),
+            "unet_fourier": fourier_smooth_faz(selected, FOURIER_HARMONICS),
             "unet_largest_component": largest_component(raw),
             "unet_no_postprocessing": raw, "classical": classical_faz(pixels)}
 

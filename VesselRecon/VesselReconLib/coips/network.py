@@ -160,8 +160,6 @@ class QualityClassifier(nn.Module):
     :param backbone_kwargs: extra ``timm.create_model`` arguments (e.g. channel widths of ``lite``).
     :param coord_channels: append two channels holding the row and column coordinate in ``[-1, 1]``
         (CoordConv) to the z-scored image, so that the grader can judge where the fovea lies.
-    :param prefilter_sigma: Gaussian low-pass (sigma in input pixels) applied before the z-score, a
-        test-time input canonicalisation (0: none).
     :param canonical_fine_ratio: spectral canonicalisation (:func:`spectral_canonical`): an input whose
         fine-to-mid power ratio exceeds this is low-passed down to it (``None``: off).
     """
@@ -170,8 +168,7 @@ class QualityClassifier(nn.Module):
 
     def __init__(self, backbone: str = "resnet10t", input_size: int = 128, in_chans: int = 1,
                  num_classes: int = len(GRADES), backbone_kwargs: dict | None = None, drop_rate: float = 0.0,
-                 coord_channels: bool = False, prefilter_sigma: float = 0.0,
-                 canonical_fine_ratio: float | None = None):
+                 coord_channels: bool = False, canonical_fine_ratio: float | None = None):
         super().__init__()
         import timm
 
@@ -184,14 +181,11 @@ class QualityClassifier(nn.Module):
         self.input_size = int(input_size)
         self.in_chans = int(in_chans)
         self.coord_channels = bool(coord_channels)
-        self.prefilter_sigma = float(prefilter_sigma)
         self.canonical_fine_ratio = None if canonical_fine_ratio is None else float(canonical_fine_ratio)
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=num_classes,
                                           in_chans=in_chans + 2 * self.coord_channels, drop_rate=drop_rate, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.prefilter_sigma > 0:
-            x = gaussian_blur(x.float(), self.prefilter_sigma)
         if self.canonical_fine_ratio is not None:
             x = spectral_canonical(x, self.canonical_fine_ratio)
         x = zscore(x)

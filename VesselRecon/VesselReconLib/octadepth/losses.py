@@ -30,7 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from pytorch_msssim import ssim
 
 INSIDE_WEIGHT = 0.8

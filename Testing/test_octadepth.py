@@ -488,6 +488,31 @@ def test_distinct_beds_draw_a_loop_rich_deep_mesh_and_tree_to_tree_superficial_l
     assert np.median(beds.image[deep]) > 0.8 * np.median(beds.image[superficial_capillaries])
 
 
+def test_svp_mesh_spreads_the_superficial_bed_and_flattens_its_share_near_the_tree():
+    """``svp_mesh`` (round 5): the real slabs' share of deep-dominant pixels does not change with the
+    distance to the large vessels, so the superficial bed is faded out right beside the tree and spread
+    over the tissue as a faint open mesh; without it the ``distinct_beds`` render is unchanged."""
+    from scipy import ndimage
+
+    from VesselReconLib.phantoms.octa import render_octa
+
+    kw = dict(depth_realism=True, svp_branches=True, distinct_beds=True)
+    beds = render_octa(5, 256, 3.0, **kw)
+    np.testing.assert_array_equal(beds.image, render_octa(5, 256, 3.0, svp_mesh=False, **kw).image)
+    mesh = render_octa(5, 256, 3.0, svp_mesh=True, **kw)
+    np.testing.assert_array_equal(mesh.vessel_mask, beds.vessel_mask)
+    distance = ndimage.distance_transform_edt(~beds.vessel_mask)
+
+    def superficial_capillaries(case, near):
+        band = (distance > 0) & (distance <= 2) if near else distance > 6
+        return ((case.depth > 0) & (case.depth < 0.4) & band).sum()
+
+    near_to_far = [superficial_capillaries(c, True) / superficial_capillaries(c, False) for c in (beds, mesh)]
+    assert near_to_far[1] < 0.25 * near_to_far[0]  # no superficial excess beside the tree
+    assert superficial_capillaries(mesh, near=False) > 0.5 * superficial_capillaries(beds, near=False)
+    assert ((mesh.depth > 0.6) & mesh.flow_mask).mean() > 0.1  # the deep plexus stays labelled and wide
+
+
 def test_resolution_augmentation_keeps_the_shape_and_softens_the_grain():
     rng = np.random.default_rng(0)
     image = rng.random((96, 96)).astype(np.float32)

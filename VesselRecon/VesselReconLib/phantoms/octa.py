@@ -724,6 +724,7 @@ def render_octa(
     depth_realism: bool = False,
     svp_branches: bool = False,
     distinct_beds: bool = False,
+    svp_mesh: bool = False,
 ) -> OCTACase:
     """Render one realistic OCTA phantom.
 
@@ -748,6 +749,9 @@ def render_octa(
         (:data:`DISTINCT_BEDS`): the deep bed a loop-rich polygonal mesh with vortex centres
         (:func:`_dcp_mesh`), the superficial bed long tree-to-tree links (:func:`_svp_links`) instead of
         the shared band-pass texture; False (default) keeps the outputs unchanged.
+    :param svp_mesh: with ``distinct_beds``, also a faint open superficial capillary mesh spread over the
+        tissue between the large vessels and a granular, broken deep mesh (:data:`SVP_MESH`); False
+        (default) keeps the outputs unchanged.
     :returns: an :class:`OCTACase`. ``vessel_mask`` follows the expert labelling convention of
         real datasets (ROSSA): the arteriole/venule tree down to its terminal branches, not the
         capillary bed; ``flow_mask`` adds the capillary pixels; ``depth`` is set on ``flow_mask``.
@@ -775,12 +779,16 @@ def render_octa(
     beds = None
     if distinct_beds:
         beds = _distinct_beds(np.random.default_rng([int(seed), 0x0C7A, 7]), size_px, pixel_mm, vessel, faz_mask)
+        if svp_mesh:
+            beds = _granular_dcp(np.random.default_rng([int(seed), 0x0C7A, 9]), beds)
     caps, cap_depth = _capillaries(rng, size_px, pixel_mm, gap, dmodel, tree_sig["superficial"], tree_depth,
                                    depth_realism, beds)
     caps[0] = np.maximum(caps[0], cap_sig["superficial"])
     if svp_branches:
         twigs = _svp_branches(np.random.default_rng([int(seed), 0x0C7A, 6]), vessel, pixel_mm, faz_mask)
         caps[0] = np.maximum(caps[0], twigs)
+    if distinct_beds and svp_mesh:
+        caps[0] = _svp_mesh(np.random.default_rng([int(seed), 0x0C7A, 10]), caps[0], pixel_mm, ~faz_mask, vessel)
     look = sample_appearance(np.random.default_rng([int(seed), 0x0C7A, 3]), randomize)
     if depth_realism:
         look = _realistic_depth_look(look, np.random.default_rng([int(seed), 0x0C7A, 5]))
@@ -1049,6 +1057,59 @@ def _distinct_beds(rng: np.random.Generator, size_px: int, pixel_mm: float, tree
     return _svp_links(rng, tree, pixel_mm, faz), None, _dcp_mesh(rng, size_px, pixel_mm, width_px)
 
 
+#: ``svp_mesh=True`` (with ``distinct_beds``): what round 5's diagnosis found missing at capillary level. In
+#: the real OCTAGON composites the superficial-dominant capillary pixels are not concentrated beside the
+#: large vessels (their distance to the predicted tree is, if anything, larger than the deep ones'), their
+#: neighbourhood is no brighter than the deep ones', and the deep mesh is a granular, broken pattern rather
+#: than clean polygons. So: a faint, open superficial mesh over all the tissue between the large vessels,
+#: and a deep mesh modulated by a fine granular field with extra breaks.
+SVP_MESH = {
+    "svp_cell_mm": (0.06, 0.11),  # seed spacing of the superficial mesh's Voronoi cells
+    "svp_drop": (0.25, 0.5),  # fraction of its edges left out (an open mesh, few closed loops)
+    "svp_brightness": (0.35, 0.8),  # per edge, before the superficial gain
+    "svp_attached_kept": (0.15, 0.4),
+    "svp_fade_px": 3.0,  # the superficial bed fades in over this distance from the tree (real deep share is flat)  # fraction of the tree-attached links and twigs kept (connected pieces)
+    "dcp_grain": (0.35, 0.7),  # relative std of the deep mesh's granular modulation
+    "dcp_grain_px": 0.8,  # its correlation length (Gaussian sigma, px)
+    "dcp_breaks": (0.05, 0.2),  # fraction of the deep mesh set to zero in short gaps
+}
+
+
+def _granular_dcp(rng: np.random.Generator, beds: tuple) -> tuple:
+    """``svp_mesh``: the deep mesh modulated by a fine granular field, with short breaks (:data:`SVP_MESH`)."""
+    p = SVP_MESH
+    svp, icp, dcp = beds
+    grain = _gaussian(rng.normal(0.0, 1.0, dcp.shape), p["dcp_grain_px"])
+    grain = 1.0 + rng.uniform(*p["dcp_grain"]) * grain / max(float(grain.std()), 1e-6)
+    gaps = _gaussian(rng.normal(0.0, 1.0, dcp.shape), 1.5)
+    broken = gaps > np.quantile(gaps, 1.0 - rng.uniform(*p["dcp_breaks"]))
+    return svp, icp, (np.clip(dcp * grain, 0.0, 1.0) * ~broken).astype(np.float32)
+
+
+def _svp_mesh(rng: np.random.Generator, svp: np.ndarray, pixel_mm: float, tissue: np.ndarray,
+              tree: np.ndarray) -> np.ndarray:
+    """``svp_mesh``: the superficial bed with part of its tree-attached capillaries (links, twigs) left out,
+    as connected pieces, plus a faint open Voronoi mesh over the tissue, both faded out within a few pixels
+    of the vessel tree (:data:`SVP_MESH`)."""
+    from scipy.ndimage import distance_transform_edt, label
+
+    p = SVP_MESH
+    pieces, count = label(svp > 0.05)
+    kept = np.r_[False, rng.random(count) < rng.uniform(*p["svp_attached_kept"])]
+    svp = svp * (kept[pieces] | (svp <= 0.05))
+    size_px = svp.shape[0]
+    F = size_px * pixel_mm
+    cell = rng.uniform(*p["svp_cell_mm"])
+    va, vb = _voronoi_ridges(_jittered_grid(rng, F, cell, 3 * cell), -cell, F + cell)
+    keep = rng.random(len(va)) >= rng.uniform(*p["svp_drop"])
+    a, b = _wiggled_halves(rng, va[keep], vb[keep])
+    value = rng.uniform(*p["svp_brightness"], int(keep.sum()))
+    width_px = max(0.7, 0.008 / pixel_mm) * rng.uniform(0.7, 1.1)
+    mesh = _draw_lines(a / pixel_mm - 0.5, b / pixel_mm - 0.5, np.concatenate([value, value]), svp.shape, width_px)
+    fade = np.clip((distance_transform_edt(~tree) - 1.0) / p["svp_fade_px"], 0.0, 1.0) if tree.any() else 1.0
+    return (np.maximum(svp, mesh * tissue) * fade).astype(np.float32)
+
+
 def _capillaries(rng, size_px: int, pixel_mm: float, faz_gap: np.ndarray, dmodel: _DepthModel,
                  tree_sig: np.ndarray, tree_depth: np.ndarray, depth_realism: bool = False, beds=None):
     """Capillary textures of the superficial, intermediate and deep plexus, and their depth maps (mm).
@@ -1195,7 +1256,7 @@ def _case_plan(count: int, seed: int, size_px, field_mm):
 def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress: Callable | None = None,
                        size_px: int | Sequence[int] = 304, field_mm: float | Sequence[float] = 3.0,
                        quality: int | str | None = None, depth_realism: bool = False,
-                       svp_branches: bool = False, distinct_beds: bool = False) -> Path:
+                       svp_branches: bool = False, distinct_beds: bool = False, svp_mesh: bool = False) -> Path:
     """OCTA depth-estimation set::
 
         images/<id>.png       8-bit en face angiogram
@@ -1213,6 +1274,7 @@ def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress:
     :param depth_realism: passed to :func:`render_octa` (default False: unchanged outputs).
     :param svp_branches: passed to :func:`render_octa` (default False: unchanged outputs).
     :param distinct_beds: passed to :func:`render_octa` (default False: unchanged outputs).
+    :param svp_mesh: passed to :func:`render_octa` (default False: unchanged outputs).
     """
     out = Path(out_dir)
     report = as_reporter(progress)
@@ -1222,7 +1284,7 @@ def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress:
         report(i / max(count, 1), f"OCTA case {i + 1}/{count}")
         q = int(rng.integers(3)) if quality == "random" else quality
         case = render_octa(s, n, f, quality=q, depth_realism=depth_realism, svp_branches=svp_branches,
-                           distinct_beds=distinct_beds)
+                           distinct_beds=distinct_beds, svp_mesh=svp_mesh)
         cid = f"octa_{i:05d}"
         rec = {
             "id": cid,

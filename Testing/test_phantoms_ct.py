@@ -96,3 +96,14 @@ def test_msd_writer_round_trip(tmp_path):
     np.testing.assert_array_equal(image, np.round(case.image).astype(np.int16))
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(out / entry["label"])))
     np.testing.assert_array_equal(label, case.labels)
+
+
+def test_arterial_distractors_change_the_image_not_the_truth():
+    """``arteries=True`` draws an unlabelled arterial tree: labels, SDF and organ are unchanged."""
+    plain = make_ct_phantom(CTPhantomParams(shape=(8, 96, 96), seed=5))
+    arteries = make_ct_phantom(CTPhantomParams(shape=(8, 96, 96), seed=5, arteries=True))
+    np.testing.assert_array_equal(plain.labels, arteries.labels)
+    np.testing.assert_array_equal(plain.hires_labels, arteries.hires_labels)
+    np.testing.assert_array_equal(plain.organ, arteries.organ)
+    brighter = arteries.hires_image - plain.hires_image
+    assert brighter.max() > 20 and 0 < (np.abs(brighter) > 1).mean() < 0.05  # thin, enhancing, sparse

@@ -368,6 +368,51 @@ def test_small_isolated_pieces_are_removed_by_volume_and_vanish_between_slices()
     assert net.min_piece_mm3 == 20.0 and build_model("lite").min_piece_mm3 == 0.0
 
 
+def test_small_pieces_that_are_confident_or_near_the_tree_are_kept():
+    """Release 5: a small piece survives when its peak occupancy reaches ``keep_prob`` or when it lies
+    within ``keep_near_mm`` of a piece of at least the minimum volume; other small pieces go."""
+    from VesselReconLib.vesselsdf.network import remove_small_pieces, truncated_signed_distance
+
+    mask = np.zeros((8, 40, 40), bool)
+    mask[1:7, 10:14, 5:30] = True  # the tree (1470 mm³)
+    mask[3, 15:17, 10:12] = True  # 2 pixels (1.4 mm) beside the tree, 9.8 mm³
+    mask[3, 30:32, 30:32] = True  # far from the tree, 9.8 mm³
+    field = as_tensor(truncated_signed_distance(mask, SPACING))
+    prob = np.where(mask, 0.6, 0.0).astype(np.float32)
+    prob[3, 30, 30] = 0.95
+    near_kept = remove_small_pieces(field, SPACING, 20.0, keep_near_mm=2.0)[0, 0].numpy()
+    assert (near_kept[3, 15:17, 10:12] < 0).all() and (near_kept[3, 30:32, 30:32] > 0).all()
+    confident = remove_small_pieces(field, SPACING, 20.0, as_tensor(prob), keep_prob=0.9)[0, 0].numpy()
+    assert (confident[3, 30:32, 30:32] < 0).all() and (confident[3, 15:17, 10:12] > 0).all()
+    both = remove_small_pieces(field, SPACING, 20.0, as_tensor(prob), 0.9, 2.0)[0, 0].numpy()
+    np.testing.assert_array_equal(both, field[0, 0].numpy())
+    net = build_model("lite", min_piece_mm3=20.0, piece_keep_prob=0.9, piece_keep_near_mm=2.0)
+    assert (net.piece_keep_prob, net.piece_keep_near_mm) == (0.9, 2.0)
+
+
+def test_given_roi_changes_only_where_the_output_is_kept():
+    """Release 5: with a given ROI the statistics (and the input the network sees) come from the
+    automatic liver ROI, so inside both ROIs the answer is the one without a ROI."""
+    from VesselReconLib.phantoms.ct import CTPhantomParams, make_ct_phantom
+    from VesselReconLib.vesselsdf.inference import predict_in_roi
+    from VesselReconLib.vesselsdf.preprocess import canonicalise
+    from scipy.ndimage import binary_erosion
+
+    case = make_ct_phantom(CTPhantomParams(shape=(4, 96, 96), seed=3))
+    auto = canonicalise(case.image, case.ijk_to_ras)
+    given_roi = binary_erosion(auto.roi, np.ones((1, 9, 9), bool))
+    given = canonicalise(case.image, case.ijk_to_ras, given_roi)
+    assert given.seen is not None and (given.median, given.sigma) == (auto.median, auto.sigma)
+    torch.manual_seed(0)
+    net = build_model("lite", union_threshold=0.9, min_piece_mm3=5.0).eval()
+    a, g = (predict_in_roi(net, c, "cpu", case.spacing) for c in (auto, given))
+    np.testing.assert_allclose(g.sdf[given_roi], a.sdf[given_roi], atol=1e-5)
+    np.testing.assert_allclose(g.occupancy[given_roi], a.occupancy[given_roi], atol=1e-6)
+    elsewhere = np.zeros(auto.roi.shape, bool)
+    elsewhere[:, :8] = True  # a ROI the automatic one does not cover: its own statistics
+    assert canonicalise(case.image, case.ijk_to_ras, elsewhere).seen is None
+
+
 def test_surface_calibration_choice_rules():
     """Release 3's objective among settings with Dice >= the occupancy's; ``surface`` also demands lower
     Chamfer and HD95 and no more pieces than the occupancy stage whenever some setting has them."""

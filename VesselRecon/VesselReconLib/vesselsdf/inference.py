@@ -311,10 +311,13 @@ def predict_in_roi(model, canonical: Canonical, device, spacing, context_mm: flo
 
     The network sees the CT ``context_mm`` beyond the ROI (−1 further out), so the ROI's own edge is
     not an image edge inside the kept region: with the input cut exactly at the ROI, the network
-    answers the artificial liver/−1 edge, and its answers along the ROI border become false vessel
-    pieces inside the scored liver. The normalisation statistics still come from the ROI alone.
+    answers the artificial liver/−1 edge, and its answers along it become false vessel pieces inside
+    the scored liver. With a given ROI (release 5) it also sees the automatic liver ROI whose
+    statistics were used (:func:`.preprocess.statistics_roi`), so inside both ROIs its input, and so
+    its answer, is the one it gives without a ROI; the given ROI only sets where the output is kept.
     """
-    seen = context_roi(canonical.roi, spacing, context_mm)
+    seen = canonical.roi if canonical.seen is None else canonical.roi | canonical.seen
+    seen = context_roi(seen, spacing, context_mm)
     image = normalise_with(canonical.hu, seen, canonical.median_hu, canonical.sigma_hu)
     box = roi_box(seen, image.shape)
     crop = image if box is None else image[:, box[0]:box[1], box[2]:box[3]]

@@ -147,39 +147,70 @@ def occupancy_union(sdf: torch.Tensor, prob: torch.Tensor, spacing, threshold: f
 
 
 def surface_field(sdf: torch.Tensor, prob: torch.Tensor | None, spacing, level_mm: float, union_threshold: float,
-                  union_connected: bool = True, min_piece_mm3: float = 0.0) -> torch.Tensor:
+                  union_connected: bool = True, min_piece_mm3: float = 0.0, keep_prob: float = 0.0,
+                  keep_near_mm: float = 0.0) -> torch.Tensor:
     """The field whose zero level is the output surface: ``sdf − level_mm``, united with the confident
     occupancy (:func:`occupancy_union`) when ``union_threshold`` > 0 and ``prob`` is given, without
-    the isolated pieces smaller than ``min_piece_mm3`` (:func:`remove_small_pieces`)."""
+    the isolated pieces smaller than ``min_piece_mm3`` that are neither confident nor near the tree
+    (:func:`remove_small_pieces`)."""
     if level_mm:
         sdf = sdf - level_mm
     if prob is not None and union_threshold:
         sdf = occupancy_union(sdf, prob, spacing, union_threshold, union_connected)
     if min_piece_mm3:
-        sdf = remove_small_pieces(sdf, spacing, min_piece_mm3)
+        sdf = remove_small_pieces(sdf, spacing, min_piece_mm3, prob if keep_prob else None, keep_prob, keep_near_mm)
     return sdf
 
 
-def remove_small_pieces(field: torch.Tensor, spacing, min_volume_mm3: float) -> torch.Tensor:
-    """The field without its vessel pieces smaller than ``min_volume_mm3``: the 26-connected components
-    of ``field < 0`` (on the field's own grid, voxel volume Δx·Δy·Δz) below that volume get ``|f|``.
+def remove_small_pieces(field: torch.Tensor, spacing, min_volume_mm3: float, prob: torch.Tensor | None = None,
+                        keep_prob: float = 0.0, keep_near_mm: float = 0.0) -> torch.Tensor:
+    """The field without its isolated low-evidence specks: the 26-connected components of ``field < 0``
+    (on the field's own grid, voxel volume Δx·Δy·Δz) smaller than ``min_volume_mm3`` get ``|f|``,
+    unless (release 5) the piece is **confident** — its peak occupancy probability is at least
+    ``keep_prob`` (with ``prob`` given) — or **near the tree** — within ``keep_near_mm`` (mm, exact
+    anisotropic distance) of a piece of at least ``min_volume_mm3``: a thin vessel broken by partial
+    volume between two thick slices is a small piece beside the tree, a noise speck is neither.
 
     A piece of the through-plane interpolated field always contains voxels of such a component (linear
     interpolation between two positive values is positive), so removed pieces vanish on any finer
     slice grid and from the mesh too. The larger pieces and the vessel tree are unchanged.
     """
-    from scipy.ndimage import label
+    from scipy.ndimage import label, maximum
 
     fields = field.detach().cpu().numpy().copy()
+    probs = None if prob is None or not keep_prob else prob.detach().cpu().numpy()
     voxel_mm3 = float(np.prod([float(s) for s in spacing]))
-    for item in fields[:, 0]:
+    for index, item in enumerate(fields[:, 0]):
         labels, count = label(item < 0, np.ones((3, 3, 3), bool))
         if not count:
             continue
-        small = np.bincount(labels.ravel())[1:] * voxel_mm3 < min_volume_mm3
-        drop = np.concatenate([[False], small])[labels]
+        small = np.concatenate([[False], np.bincount(labels.ravel())[1:] * voxel_mm3 < min_volume_mm3])
+        if probs is not None and small.any():
+            peak = np.concatenate([[0.0], maximum(probs[index, 0], labels, np.arange(1, count + 1))])
+            small &= peak < keep_prob
+        if keep_near_mm and small.any() and (~small[1:]).any():
+            tree = (labels > 0) & ~small[labels]
+            distance = _distance_to(tree, spacing, keep_near_mm)
+            nearest = np.full(count + 1, np.inf)
+            np.minimum.at(nearest, labels[small[labels]], distance[small[labels]])
+            small &= ~(nearest <= keep_near_mm)
+        drop = small[labels]
         item[drop] = np.abs(item[drop])
     return torch.from_numpy(fields).to(field.device, field.dtype)
+
+
+def _distance_to(mask: np.ndarray, spacing, cap_mm: float) -> np.ndarray:
+    """Exact distance (mm) to ``mask`` capped just above ``cap_mm``, on ``mask``'s bounding box grown by
+    the cap (beyond it the cap: same result, less work)."""
+    cap = float(cap_mm) + 1.0
+    out = np.full(mask.shape, cap, np.float32)
+    if not mask.any():
+        return out
+    margin = [int(np.ceil(cap / float(step))) + 1 for step in (spacing[2], spacing[1], spacing[0])]
+    box = tuple(slice(max(0, int(idx.min()) - pad), int(idx.max()) + pad + 1)
+                for idx, pad in zip(np.nonzero(mask), margin))
+    out[box] = truncated_distance(mask[box], spacing, cap)
+    return out
 
 
 def _union_with(field: np.ndarray, occ: np.ndarray, spacing, truncation_mm: float = TRUNCATION_MM) -> np.ndarray:
@@ -274,14 +305,20 @@ class VesselSDFNet(nn.Module):
     :param union_connected: only occupancy components touching the refined vessels are added.
     :param min_piece_mm3: isolated vessel pieces of the returned field smaller than this (mm³) are
         removed (:func:`remove_small_pieces`); calibrated with the level on validation phantoms.
+    :param piece_keep_prob: (release 5) such a small piece is kept when its peak occupancy is at least
+        this (0: no confidence rule).
+    :param piece_keep_near_mm: (release 5) such a small piece is kept when it lies within this
+        distance (mm) of a larger piece (0: no distance rule).
     """
 
     def __init__(self, size: str = "lite", variant: str = "full", sdf_bound_mm: float = 6.0,
                  spacing: tuple[float, float, float] = (0.7, 0.7, 5.0), correction_mm: float = 0.0,
                  level_mm: float = 0.0, full_res_skip: bool = False, union_threshold: float = 0.0,
-                 union_connected: bool = True, min_piece_mm3: float = 0.0):
+                 union_connected: bool = True, min_piece_mm3: float = 0.0, piece_keep_prob: float = 0.0,
+                 piece_keep_near_mm: float = 0.0):
         super().__init__()
         self.level_mm, self.min_piece_mm3 = float(level_mm), float(min_piece_mm3)
+        self.piece_keep_prob, self.piece_keep_near_mm = float(piece_keep_prob), float(piece_keep_near_mm)
         self.union_threshold, self.union_connected = float(union_threshold), bool(union_connected)
         self.full_res_skip = bool(full_res_skip) and variant in ("full", "nogauss")
         spec = SIZES[size]
@@ -357,9 +394,11 @@ class VesselSDFNet(nn.Module):
         elif self.refiner is not None:
             sdf = self.refine(image, torch.sigmoid(logits).detach(), spacing)
         if sdf is not None:
-            prob = torch.sigmoid(logits) if logits is not None and self.union_threshold else None
+            needs_prob = self.union_threshold or (self.min_piece_mm3 and self.piece_keep_prob)
+            prob = torch.sigmoid(logits) if logits is not None and needs_prob else None
             sdf = surface_field(sdf, prob, spacing or self.default_spacing, self.level_mm, self.union_threshold,
-                                self.union_connected, self.min_piece_mm3)
+                                self.union_connected, self.min_piece_mm3, self.piece_keep_prob,
+                                self.piece_keep_near_mm)
         return {"occupancy": logits, "sdf": sdf}
 
 

@@ -242,7 +242,7 @@ def _surface_scores(field: np.ndarray, case) -> dict:
 
 
 def calibrate_surface(net: VesselSDFNet, cases, device="cpu", levels=SURFACE_LEVELS_MM, unions=SURFACE_UNIONS,
-                      min_pieces=SURFACE_PIECES_MM3, surface: bool = False) -> dict:
+                      min_pieces=SURFACE_PIECES_MM3, surface: bool = False, piece_rules=((0.0, 0.0),)) -> dict:
     """Surface level, occupancy union and minimum piece volume of a full model for **vessel trees**,
     on validation phantoms.
 
@@ -255,7 +255,10 @@ def calibrate_surface(net: VesselSDFNet, cases, device="cpu", levels=SURFACE_LEV
     no more surface pieces (the issue's ablation requirement) — whenever some setting does.
 
     :param cases: :class:`.evaluation.EvalCase` phantoms with fine-grid truth (never real data).
-    :returns: ``{"level_mm", "union_threshold", "union_connected", "min_piece_mm3", "objective", "dice",
+    :param piece_rules: (release 5) ``(piece_keep_prob, piece_keep_near_mm)`` pairs tried with every
+        minimum piece volume > 0 (:func:`.network.remove_small_pieces`).
+    :returns: ``{"level_mm", "union_threshold", "union_connected", "min_piece_mm3", "piece_keep_prob",
+        "piece_keep_near_mm", "objective", "dice",
         "hires_dice", "cldice", "cl_recall", "occupancy", "table"}`` (``table``: every setting's scores;
         ``occupancy``: the occupancy stage's scores).
     """
@@ -283,11 +286,13 @@ def calibrate_surface(net: VesselSDFNet, cases, device="cpu", levels=SURFACE_LEV
         for level in levels:
             united = [surface_field(torch.from_numpy(p.sdf)[None, None], torch.from_numpy(p.occupancy)[None, None],
                                     c.spacing, float(level), threshold, connected) for p, c in zip(raw, cases)]
-            for pieces in min_pieces:
+            for pieces, (keep_prob, keep_near) in [(v, rule) for v in min_pieces for rule in
+                                                   (piece_rules if v else ((0.0, 0.0),))]:
                 scores = []
                 for sdf, prediction, case in zip(united, raw, cases):
                     if pieces:
-                        sdf = remove_small_pieces(sdf, case.spacing, float(pieces))
+                        prob = torch.from_numpy(prediction.occupancy)[None, None] if keep_prob else None
+                        sdf = remove_small_pieces(sdf, case.spacing, float(pieces), prob, keep_prob, keep_near)
                     candidate = Prediction(prediction.occupancy, sdf[0, 0].numpy())
                     fine = hires_field(candidate, case.label.shape, case.ijk_to_ras[2, 3], case.spacing[2],
                                        case.hires_label.shape, case.hires_ijk_to_ras[2, 3],
@@ -301,18 +306,30 @@ def calibrate_surface(net: VesselSDFNet, cases, device="cpu", levels=SURFACE_LEV
                     scores.append(row)
                 mean = {k: float(np.nanmean([r[k] for r in scores])) for k in scores[0]}
                 table.append({"level_mm": float(level), "union_threshold": float(threshold),
-                              "union_connected": bool(connected), "min_piece_mm3": float(pieces), **mean,
+                              "union_connected": bool(connected), "min_piece_mm3": float(pieces),
+                              "piece_keep_prob": float(keep_prob), "piece_keep_near_mm": float(keep_near), **mean,
                               "objective": 0.5 * (mean["hires_dice"] + mean["cldice"])})
     return select_surface(table, occupancy, surface)
 
 
+TIE_OBJECTIVE = 0.002
+"""Release 5: settings within this of the best objective count as tied; the one with fewer pieces wins."""
+
+
 def select_surface(table: list[dict], occupancy: dict, surface: bool = False) -> dict:
-    """The :func:`calibrate_surface` choice from its table of settings and the occupancy stage's scores."""
+    """The :func:`calibrate_surface` choice from its table of settings and the occupancy stage's scores.
+
+    With ``surface`` the settings must also beat the occupancy stage on Chamfer and HD95 with no more
+    pieces (when some setting does), and among settings within :data:`TIE_OBJECTIVE` of the best
+    objective the one with the fewest surface pieces wins (release 5)."""
     allowed = [row for row in table if row["dice"] >= occupancy["dice"]] or table
     if surface:
         allowed = [row for row in allowed if row["chamfer_mm"] < occupancy["chamfer_mm"]
                    and row["hd95_mm"] < occupancy["hd95_mm"] and row["pieces"] <= occupancy["pieces"]] or allowed
     best = max(allowed, key=lambda row: row["objective"])
+    if surface:
+        tied = [row for row in allowed if row["objective"] >= best["objective"] - TIE_OBJECTIVE]
+        best = min(tied, key=lambda row: (row["pieces"], -row["objective"]))
     return {**best, "occupancy_dice": occupancy["dice"], "occupancy": occupancy, "table": table}
 
 
@@ -323,6 +340,17 @@ RELEASE4_GRID = {"levels": (0.375, 0.5, 0.625, 0.75, 0.875),
 volumes, with release 3's objective. ``surface=True`` (Chamfer, HD95 and pieces below the occupancy
 stage's) picks 0.375 mm with the union of all ``p > 0.5`` and no removal, which meets the phantom
 ablation target but not the real-data ones (README, "Release 4"): it is reported, not shipped."""
+
+
+RELEASE5_GRID = {"levels": (0.375, 0.5, 0.625, 0.75),
+                 "unions": ((0.5, False), (0.9, False), (0.5, True), (0.9, True)),
+                 "min_pieces": (0.0, 10.0, 20.0, 40.0),
+                 "piece_rules": tuple((q, d) for q in (0.0, 0.9, 0.97) for d in (0.0, 2.0, 4.0)), "surface": True}
+"""Release 5's grid (rule written down before any run: /work/notes/issue16-r5-ship-rule.md): the
+piece rule keeps small pieces that are confident or near the tree; the issue's ablation target
+(Dice >= occupancy-only's, lower Chamfer and HD95, no more pieces) is the constraint, release 3's
+objective then fewer pieces decide; on validation phantoms **with arterial distractors**
+(``out/v16r5/data/val``)."""
 
 
 def calibrate_shipped(name: str = "vesselsdf-lite", data_dir="out/vesselsdf16/data/train", val_cases: int = 4,
@@ -338,7 +366,7 @@ def calibrate_shipped(name: str = "vesselsdf-lite", data_dir="out/vesselsdf16/da
 
     torch.set_num_threads(1)
     net = load_model("vesselsdf", name, str(device))[0]
-    grid = RELEASE4_GRID if release >= 4 else {}
+    grid = RELEASE5_GRID if release >= 5 else RELEASE4_GRID if release >= 4 else {}
     result = calibrate_surface(net, load_eval_cases(data_dir)[-val_cases:], device, **grid)
     summary = {k: v for k, v in result.items() if k != "table"}
     summary["objective_value"] = summary.pop("objective")
@@ -348,7 +376,9 @@ def calibrate_shipped(name: str = "vesselsdf-lite", data_dir="out/vesselsdf16/da
         entry = json.loads(path.read_text())
         entry["config"] = {**entry["config"], "level_mm": result["level_mm"],
                            "union_threshold": result["union_threshold"], "union_connected": result["union_connected"],
-                           "min_piece_mm3": result.get("min_piece_mm3", 0.0)}
+                           "min_piece_mm3": result.get("min_piece_mm3", 0.0),
+                           "piece_keep_prob": result.get("piece_keep_prob", 0.0),
+                           "piece_keep_near_mm": result.get("piece_keep_near_mm", 0.0)}
         entry.setdefault("training", {})["surface_calibration"] = {
             **summary, "command": f"python -c \"from VesselReconLib.vesselsdf.train import calibrate_shipped; "
                                   f"calibrate_shipped('{name}', '{data_dir}', {val_cases}, write=True, release={release})\"",

@@ -346,12 +346,34 @@ def test_save_png_atomically_gives_each_writer_its_own_partial_file(tmp_path):
     target, partials = tmp_path / "case.png", []
 
     class RecordingImage:
-        def save(self, file, **kwargs):
-            partials.append(str(file))
+        def save(self, file, **kwargs):   # the partial file is open (a stream) while it is written
+            partials.extend(str(p) for p in tmp_path.iterdir() if p.name != "case.png")
             Image.fromarray(np.zeros((2, 2), np.uint8)).save(file, **kwargs)
 
     save_png_atomically(RecordingImage(), target)
     save_png_atomically(RecordingImage(), target)
-    assert partials[0] != partials[1]
+    assert len(partials) == 2 and partials[0] != partials[1]
     assert all(Path(p).parent == tmp_path and Path(p).name.startswith(".") for p in partials)
     assert [p.name for p in tmp_path.iterdir()] == ["case.png"]
+
+
+def test_stale_outputs_keep_what_a_rerun_rewrites_and_remove_the_rest(tmp_path):
+    """A re-run overwrites an image's own PNGs in place; everything it does not write again goes."""
+    from VesselReconLib.coips.batch import _StaleOutputs
+
+    for sub, names in (("masks", ("a_faz.png", "b_faz.png", "z_faz.png", ".vesselrecon-partial-a-x.png")),
+                       ("thumbnails", ("a.png", "b.png", "z.png"))):
+        (tmp_path / sub).mkdir()
+        for name in names:
+            (tmp_path / sub / name).write_bytes(b"old")
+    stale = _StaleOutputs(tmp_path, ["a", "b", "c"])
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == ["a.png", "a_faz.png", "b.png", "b_faz.png"]
+    stale.finished([{"index": 0, "thumbnail": "a.png", "mask": "a_faz.png"},
+                    {"index": 1, "thumbnail": "b.png", "mask": ""}])          # b has no FAZ this time
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == ["a.png", "a_faz.png", "b.png"]
+    stale.remove_rest()
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == ["a.png", "a_faz.png", "b.png"]
+    cancelled = _StaleOutputs(tmp_path, ["a", "b"])
+    cancelled.finished([{"index": 1, "thumbnail": "b.png", "mask": ""}])
+    cancelled.remove_rest()                                                   # a never finished: its old files go
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == ["b.png"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from VesselReconLib.coips import GRADES
 from VesselReconLib.coips.degradations import KINDS, SERIES_SEVERITIES, degrade, grade_for_severity, series
@@ -413,3 +414,77 @@ def test_spectral_canonicalisation_only_low_passes_images_finer_than_the_referen
     after = float(image_fine_ratio(out[1:])[0])
     assert after <= reference and after > 0.5 * reference     # brought down to about the reference
     assert torch.allclose(out[1].mean(), x[1].mean(), atol=1e-4)
+
+
+def _banded(band_rows=(60, 68), depth=0.9, seed=0):
+    """A 128-px OCTA-like texture (bright vessels on a dark floor) with a dark horizontal band."""
+    rng = np.random.default_rng(seed)
+    from scipy import ndimage
+
+    image = 0.3 + 0.5 * (ndimage.gaussian_filter(rng.random((128, 128)), 1.0) > 0.56) + 0.05 * rng.random((128, 128))
+    image[band_rows[0]:band_rows[1]] *= 1 - depth
+    return torch.from_numpy(image.astype(np.float32))[None, None]
+
+
+def test_motion_band_score_sees_tall_dark_bands_also_blurred_not_thin_lines_or_the_faz():
+    from VesselReconLib.coips.network import gaussian_blur, motion_band_score
+
+    band = _banded()
+    assert float(motion_band_score(band)[0]) == pytest.approx(0.9, abs=0.08)
+    assert float(motion_band_score(gaussian_blur(band, 1.5))[0]) > 0.75          # blur-robust for a tall band
+    thin = _banded(band_rows=(60, 62))                                              # 2 rows: a line, not a band
+    assert float(motion_band_score(thin)[0]) < 0.3
+    faz = _banded(depth=0.0)
+    yy, xx = np.mgrid[:128, :128]
+    faz[0, 0][torch.from_numpy((yy - 64) ** 2 + (xx - 64) ** 2 < 14 ** 2)] = 0.05   # a dark central FAZ
+    assert float(motion_band_score(faz)[0]) < 0.3
+
+
+def test_motion_band_gate_grades_a_banded_image_ungradable_only_at_inference():
+    from VesselReconLib.coips.network import build_model
+
+    torch.manual_seed(0)
+    net = build_model("lite").eval()
+    x = torch.cat([_banded(), _banded(depth=0.0)])
+    with torch.no_grad():
+        plain = net(x)
+        net.motion_band_threshold = 0.6
+        gated = net(x)
+        assert torch.softmax(gated, 1)[0, 0] > 0.99 and torch.equal(gated[1], plain[1])
+        net.train()
+        assert torch.allclose(net(x[:1]), net(x[:1]))                              # no gate while training
+    assert torch.allclose(plain[0, 0], gated[0, 0])
+
+
+def test_fused_channels_last_classifier_matches_the_network():
+    """The batch runs the classifier with its batch norms folded into the convolutions, channels-last."""
+    from VesselReconLib.coips.network import build_model, fused_for_inference
+
+    torch.manual_seed(0)
+    net = build_model("lite", canonical_fine_ratio=0.1174, motion_band_threshold=0.6).eval()
+    with torch.no_grad():   # give the batch norms non-trivial statistics
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    fused = fused_for_inference(net, channels_last=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.cat([_banded(), torch.rand(3, 1, 128, 128)])
+    with torch.no_grad():
+        assert torch.allclose(fused(x), net(x), atol=1e-4)
+
+
+def test_faz_metrics_match_regionprops():
+    from scipy import ndimage
+    from skimage.measure import regionprops
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        mask = ndimage.gaussian_filter(rng.random((40, 50)), rng.uniform(1, 5)) > 0.5
+        if not mask.any():
+            continue
+        region = regionprops(mask.astype(np.uint8))[0]
+        metrics = faz_metrics(mask, 3.0)
+        assert metrics["faz_perimeter_mm"] == pytest.approx(region.perimeter_crofton * 3.0 / 50, rel=1e-12)
+        if region.axis_minor_length > 0:
+            assert metrics["faz_axis_ratio"] == pytest.approx(region.axis_major_length / region.axis_minor_length, rel=1e-9)

@@ -249,8 +249,8 @@ def _ship(model, args, preset: str, history: list[dict]) -> None:
         if getattr(args, "calibrate_phantoms", None):
             sources.append(f"calibration: {args.calibrate_phantoms} (phantom validation set, macro F1; not the "
                            "held-out set)")
-    config = {} if getattr(model, "canonical_fine_ratio", None) is None else \
-        {"canonical_fine_ratio": model.canonical_fine_ratio}
+    config = {key: getattr(model, key) for key in ("canonical_fine_ratio", "motion_band_threshold")
+              if getattr(model, key, None) is not None}
     entry = ship_model(model.cpu(), "coips", preset, command=_train_command(args), data=args.data_command or str(args.data),
                        seed=args.seed, metrics=metrics, input_spec=spec, name=name, config=config,
                        extra_training={"task": args.task, "heldout_data": str(heldout), "data_sources": sources,

@@ -31,7 +31,7 @@ def faz_metrics(mask: np.ndarray, field_of_view_mm: float, image_width: int | No
     :param field_of_view_mm: scan width ``a`` in mm (3 or 6 for OCTA-25K).
     :param image_width: the whole image's width ``z`` when ``mask`` is a crop (default: its own width).
     """
-    from skimage.measure import regionprops
+    from skimage.measure import perimeter_crofton
 
     mask = np.asarray(mask, dtype=bool)
     width = int(image_width or mask.shape[1])
@@ -42,16 +42,30 @@ def faz_metrics(mask: np.ndarray, field_of_view_mm: float, image_width: int | No
               "faz_acircularity_index": math.nan, "faz_axis_ratio": math.nan, "faz_pixels": float(count)}
     if count == 0:
         return result
-    region = regionprops(mask.astype(np.uint8))[0]
-    perimeter = float(region.perimeter_crofton) * pixel_mm
-    minor = float(region.axis_minor_length)
+    crop = bounding_crop(mask)
+    perimeter = float(perimeter_crofton(crop, 4)) * pixel_mm
+    major, minor = axis_lengths(crop)
     result["faz_perimeter_mm"] = perimeter
     if perimeter > 0:
         result["faz_circularity"] = 4 * math.pi * area / perimeter ** 2
         result["faz_acircularity_index"] = perimeter / (2 * math.sqrt(math.pi * area))
     if minor > 0:
-        result["faz_axis_ratio"] = float(region.axis_major_length) / minor
+        result["faz_axis_ratio"] = major / minor
     return result
+
+
+def axis_lengths(mask: np.ndarray) -> tuple[float, float]:
+    """Major and minor axis lengths (px) of a non-empty binary mask: ``4 sqrt(eigenvalue)`` of its inertia
+    tensor, as :func:`skimage.measure.regionprops` (``axis_major_length``/``axis_minor_length``) computes
+    them, from the pixel coordinates' second central moments (no third-order moments, no einsum)."""
+    rows, cols = np.nonzero(mask)
+    rows = rows - rows.mean()
+    cols = cols - cols.mean()
+    mu20, mu02, mu11 = float(np.dot(rows, rows)), float(np.dot(cols, cols)), float(np.dot(rows, cols))
+    count = rows.size
+    tensor = np.array([[mu02, -mu11], [-mu11, mu20]]) / count
+    eigenvalues = np.clip(np.linalg.eigvalsh(tensor), 0, None)
+    return 4 * math.sqrt(eigenvalues[1]), 4 * math.sqrt(eigenvalues[0])
 
 
 def unsuitable_reason(height: int, width: int, field_of_view_mm: float | None) -> str:

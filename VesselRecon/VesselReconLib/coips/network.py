@@ -142,6 +142,36 @@ def spectral_canonical(x: torch.Tensor, reference_ratio: float) -> torch.Tensor:
     return out
 
 
+BAND_BASELINE_FRACTION, BAND_MIN_HEIGHT_FRACTION = 0.125, 0.03
+
+
+def row_darkening(x: torch.Tensor, quantile: float = 0.5) -> torch.Tensor:
+    """``(B, H)`` relative darkening of each image row against its neighbourhood: ``1 - p / b`` (>= 0), with
+    ``p`` the row's ``quantile`` (the median: robust to the FAZ and to single vessels, which cover less than
+    half a row) and ``b`` the running median of ``p`` over +-``BAND_BASELINE_FRACTION * H`` rows (reflected ends)."""
+    rows = x.float()[:, 0]
+    profile = rows.median(dim=-1).values if quantile == 0.5 else torch.quantile(rows, quantile, dim=-1)   # (B, H)
+    radius = max(1, int(round(BAND_BASELINE_FRACTION * profile.shape[-1])))
+    padded = F.pad(profile[:, None], (radius, radius), mode="reflect")[:, 0]
+    baseline = padded.unfold(-1, 2 * radius + 1, 1).median(dim=-1).values
+    return (1.0 - profile / baseline.clamp_min(1e-6)).clamp_min(0.0)
+
+
+def motion_band_score(x: torch.Tensor, quantile: float = 0.5) -> torch.Tensor:
+    """``(B,)`` depth of the deepest horizontal dark band of each image of a ``(B, 1, H, W)`` batch in
+    ``[0, 1]``: the largest darkening (:func:`row_darkening`) held over at least
+    ``BAND_MIN_HEIGHT_FRACTION * H`` consecutive rows (a motion / blink band, where the OCT signal was lost
+    for several B-scans). Thin lines (stripe noise, single bright or dark rows) do not count; a blur of a
+    band that is taller than the blur keeps its depth (the row median is nearly blur-invariant)."""
+    darkening = row_darkening(x, quantile)
+    height = max(2, int(round(BAND_MIN_HEIGHT_FRACTION * darkening.shape[-1])))
+    held = -F.max_pool1d(-darkening[:, None], kernel_size=height, stride=1)[:, 0]
+    return held.max(dim=-1).values
+
+
+MOTION_GATE_LOGIT = 30.0   # a gated image's gradable/outstanding logits are lowered by this: p(ungradable) ~ 1
+
+
 def coordinates(x: torch.Tensor) -> torch.Tensor:
     """``(B, 2, H, W)`` row and column coordinates in ``[-1, 1]`` matching ``x`` (CoordConv channels)."""
     batch, _, height, width = x.shape
@@ -162,13 +192,17 @@ class QualityClassifier(nn.Module):
         (CoordConv) to the z-scored image, so that the grader can judge where the fovea lies.
     :param canonical_fine_ratio: spectral canonicalisation (:func:`spectral_canonical`): an input whose
         fine-to-mid power ratio exceeds this is low-passed down to it (``None``: off).
+    :param motion_band_threshold: motion-band gate (inference only): an input whose
+        :func:`motion_band_score` reaches this is graded ungradable (its gradable and outstanding logits
+        are lowered by :data:`MOTION_GATE_LOGIT`), whatever the network says (``None``: off).
     """
 
     kind = "quality"
 
     def __init__(self, backbone: str = "resnet10t", input_size: int = 128, in_chans: int = 1,
                  num_classes: int = len(GRADES), backbone_kwargs: dict | None = None, drop_rate: float = 0.0,
-                 coord_channels: bool = False, canonical_fine_ratio: float | None = None):
+                 coord_channels: bool = False, canonical_fine_ratio: float | None = None,
+                 motion_band_threshold: float | None = None):
         super().__init__()
         import timm
 
@@ -182,10 +216,14 @@ class QualityClassifier(nn.Module):
         self.in_chans = int(in_chans)
         self.coord_channels = bool(coord_channels)
         self.canonical_fine_ratio = None if canonical_fine_ratio is None else float(canonical_fine_ratio)
+        self.motion_band_threshold = None if motion_band_threshold is None else float(motion_band_threshold)
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=num_classes,
                                           in_chans=in_chans + 2 * self.coord_channels, drop_rate=drop_rate, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = None
+        if self.motion_band_threshold is not None and not self.training:
+            gate = motion_band_score(x) >= self.motion_band_threshold
         if self.canonical_fine_ratio is not None:
             x = spectral_canonical(x, self.canonical_fine_ratio)
         x = zscore(x)
@@ -193,7 +231,12 @@ class QualityClassifier(nn.Module):
             x = x.expand(-1, self.in_chans, -1, -1)
         if self.coord_channels:
             x = torch.cat([x, coordinates(x)], dim=1)
-        return self.backbone(x)
+        logits = self.backbone(x)
+        if gate is not None and bool(gate.any()):
+            penalty = torch.zeros_like(logits)
+            penalty[:, 1:] = MOTION_GATE_LOGIT
+            logits = logits - gate[:, None].to(logits.dtype) * penalty
+        return logits
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters of the classification head (what ``--finetune head`` trains)."""
@@ -265,14 +308,26 @@ def fused_for_inference(net: nn.Module, channels_last: bool = False) -> nn.Modul
 
     fused = copy.deepcopy(net).eval()
     for module in fused.modules():
-        for conv_name, norm_name in (("conv1", "norm1"), ("conv2", "norm2"), ("conv3", "norm3")):
+        if isinstance(module, nn.Sequential):          # timm: (conv, bn) pairs in stems and downsampling
+            for index in range(len(module) - 1):
+                if isinstance(module[index], nn.Conv2d) and isinstance(module[index + 1], nn.BatchNorm2d):
+                    module[index] = fuse_conv_bn_eval(module[index], module[index + 1])
+                    module[index + 1] = nn.Identity()
+        for conv_name, norm_name in (("conv1", "norm1"), ("conv2", "norm2"), ("conv3", "norm3"),
+                                     ("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):   # MONAI, timm
             conv_holder, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
             if not isinstance(norm, nn.BatchNorm2d) or conv_holder is None:
                 continue
-            conv = getattr(conv_holder, "conv", conv_holder)   # MONAI's Convolution wraps an nn.Conv2d
+            if isinstance(conv_holder, nn.Sequential) and not hasattr(conv_holder, "conv"):   # timm's deep stem: its last convolution feeds bn1
+                conv_holder, conv_name = conv_holder, len(conv_holder) - 1
+                conv = conv_holder[conv_name]
+            else:
+                conv = getattr(conv_holder, "conv", conv_holder)   # MONAI's Convolution wraps an nn.Conv2d
             if not isinstance(conv, nn.Conv2d):
                 continue
-            if conv is conv_holder:
+            if isinstance(conv_name, int):
+                conv_holder[conv_name] = fuse_conv_bn_eval(conv, norm)
+            elif conv is conv_holder:
                 setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
             else:
                 conv_holder.conv = fuse_conv_bn_eval(conv, norm)

@@ -37,18 +37,20 @@ def save_png_atomically(image, path: str | Path) -> None:
     ``os.replace`` it onto ``path``: never a half-written file under the final name, no clash between
     processes writing the same name, and no scratch folder per file (``atomic.atomic_path`` makes one,
     which cost the batch a fifth of its time)."""
+    import contextlib
     import os
     import tempfile
 
-    path = Path(path)
-    handle, name = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(handle)
-    temporary = Path(name)
+    folder, filename = os.path.split(os.fspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{os.path.splitext(filename)[0]}-", suffix=".png", dir=folder or ".")
     try:
-        image.save(temporary, format="PNG", compress_level=1)
+        with os.fdopen(handle, "wb") as stream:   # the file mkstemp opened: one open per file
+            image.save(stream, format="PNG", compress_level=1)
         os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def unpack_mask(packed: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -192,9 +192,9 @@ def test_qca_on_held_out_phantoms(qca_errors):
     assert np.abs(errors).mean() <= QCA_MEAN_ERROR and abs(errors.mean()) <= QCA_BIAS
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 target not met on these seeds (round 4: mean 12.0, bias -8.0): two "
-                   "high-grade lesions hidden by another vessel in both views (-27, -37); 6.7 / -0.2 on 60 fresh phantoms; "
-                   "see the README")
+@pytest.mark.xfail(strict=True, reason="issue 14 target not met on these seeds (rounds 4-5: mean 12.0, bias -8.0): an 85 % "
+                   "lesion hidden by another vessel in both views (-37) and an 89 % sub-resolution throat under-read in "
+                   "both views (-27); 7.6 / -0.2 on 260 fresh phantoms, 6.5 / +0.6 on 160 more; see the README")
 def test_qca_meets_the_issue_target(qca_errors):
     assert np.abs(qca_errors).mean() <= 4.0 and abs(qca_errors.mean()) <= 2.0
 
@@ -203,9 +203,13 @@ QCA_SEEDS = tuple(range(9101, 9109))
 # Measured floors (shipped lite + the angio3d-lumen regressor, each view's QCA along its own path, the tighter
 # view reported; round 4, measured once after every choice was made on other seeds): errors -27.2, +5.6, +8.9,
 # -37.4, -3.9, +1.4, -5.4, -5.9 -> median 5.8, mean 12.0, bias -8.0 (round 3: median 6.3, mean 14.3, bias -5.5).
-# The two gross misses are 85-89 % lesions hidden by another vessel in both views (round 3: -22, -47); the other
-# six average +0.1. On 60 fresh phantoms (seeds 7001-7060) the same code gives mean 6.7, bias -0.2, median 5.3
-# (round 3: 9.8, -3.5, 6.7). The issue's target (mean absolute error <= 4, |bias| <= 2) is NOT met; see the README.
+# The two gross misses (round 3: -22, -47): 9104, an 85 % lesion with another vessel across its throat in both
+# views (0.5 px from the throat centre in each), and 9101, an 89 % lesion (throat radius 0.18 mm, < 1 px) that no
+# other vessel comes near (28 / 37 px away) but that both views read milder (46 %, 62 %): a per-view measurement
+# miss, not a two-view limit (round 5; rounds 3-4 called both "hidden"). The other six average +0.1. On fresh
+# phantoms the same code gives mean 7.6, bias -0.2, median 5.4 (seeds 7001-7260) and 6.5, +0.6, 4.1 (7301-7460);
+# a perfect choice of view would give 5.6 / 4.6 (and 11.0 here): the per-view lumen measure, not the choice of
+# view, keeps the issue's target (mean absolute error <= 4, |bias| <= 2) out of reach; see the README.
 QCA_MEDIAN_ERROR, QCA_MEAN_ERROR, QCA_BIAS = 8.0, 14.0, 9.0
 
 

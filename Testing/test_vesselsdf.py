@@ -428,6 +428,10 @@ def test_surface_calibration_choice_rules():
     assert select_surface(table, occupancy)["name"] == "connected"
     assert select_surface(table, occupancy, surface=True)["name"] == "surface"
     assert select_surface(table[:2], occupancy, surface=True)["name"] == "connected"  # none beats it: Dice rule only
+    tied = table + [row("surface, fewer pieces", 0.556, 0.519, 1.49, 5.3, 90)]  # within 0.002: fewer pieces win
+    assert select_surface(tied, occupancy, surface=True)["name"] == "surface, fewer pieces"
+    assert select_surface(tied[:2] + [row("tied, fewer pieces", 0.56, 0.539, 1.8, 8.0, 30)], occupancy,
+                          surface=True)["name"] == "connected"  # no tie-break when none beats the occupancy
 
 
 @pytest.mark.parametrize("surface", [False, True])

@@ -320,14 +320,14 @@ def select_surface(table: list[dict], occupancy: dict, surface: bool = False) ->
     """The :func:`calibrate_surface` choice from its table of settings and the occupancy stage's scores.
 
     With ``surface`` the settings must also beat the occupancy stage on Chamfer and HD95 with no more
-    pieces (when some setting does), and among settings within :data:`TIE_OBJECTIVE` of the best
-    objective the one with the fewest surface pieces wins (release 5)."""
+    pieces, and among those within :data:`TIE_OBJECTIVE` of the best objective the one with the
+    fewest surface pieces wins (release 5); when no setting beats it, the plain objective decides."""
     allowed = [row for row in table if row["dice"] >= occupancy["dice"]] or table
-    if surface:
-        allowed = [row for row in allowed if row["chamfer_mm"] < occupancy["chamfer_mm"]
-                   and row["hd95_mm"] < occupancy["hd95_mm"] and row["pieces"] <= occupancy["pieces"]] or allowed
+    beating = [row for row in allowed if row["chamfer_mm"] < occupancy["chamfer_mm"]
+               and row["hd95_mm"] < occupancy["hd95_mm"] and row["pieces"] <= occupancy["pieces"]] if surface else []
+    allowed = beating or allowed
     best = max(allowed, key=lambda row: row["objective"])
-    if surface:
+    if beating:
         tied = [row for row in allowed if row["objective"] >= best["objective"] - TIE_OBJECTIVE]
         best = min(tied, key=lambda row: (row["pieces"], -row["objective"]))
     return {**best, "occupancy_dice": occupancy["dice"], "occupancy": occupancy, "table": table}

@@ -310,13 +310,13 @@ def fused_for_inference(net: nn.Module, channels_last: bool = False) -> nn.Modul
     for module in fused.modules():
         if isinstance(module, nn.Sequential):          # timm: (conv, bn) pairs in stems and downsampling
             for index in range(len(module) - 1):
-                if isinstance(module[index], nn.Conv2d) and isinstance(module[index + 1], nn.BatchNorm2d):
+                if isinstance(module[index], nn.Conv2d) and type(module[index + 1]) is nn.BatchNorm2d:
                     module[index] = fuse_conv_bn_eval(module[index], module[index + 1])
                     module[index + 1] = nn.Identity()
         for conv_name, norm_name in (("conv1", "norm1"), ("conv2", "norm2"), ("conv3", "norm3"),
                                      ("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):   # MONAI, timm
             conv_holder, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
-            if not isinstance(norm, nn.BatchNorm2d) or conv_holder is None:
+            if type(norm) is not nn.BatchNorm2d or conv_holder is None:   # not timm's BatchNormAct2d (it acts too)
                 continue
             if isinstance(conv_holder, nn.Sequential) and not hasattr(conv_holder, "conv"):   # timm's deep stem: its last convolution feeds bn1
                 conv_holder, conv_name = conv_holder, len(conv_holder) - 1

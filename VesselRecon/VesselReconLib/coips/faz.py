@@ -116,14 +116,18 @@ def select_faz(mask: np.ndarray, field_of_view_mm: float | None = None) -> np.nd
     top, left = int(any_rows[0]), int(any_cols[0])
     region = (slice(top, int(any_rows[-1]) + 1), slice(left, int(any_cols[-1]) + 1))
     labels, count = ndimage.label(mask[region], structure=np.ones((3, 3)))
+    out = np.zeros_like(mask)
+    if count == 1:                                   # one component: kept whatever its shape
+        out[region] = ndimage.binary_fill_holes(labels > 0)
+        return out
+    boxes = ndimage.find_objects(labels)
     cy, cx = (np.asarray(mask.shape) - 1) / 2.0 - np.array([top, left])
     rows, cols = np.nonzero(labels)
     distance = np.hypot(rows - cy, cols - cx)
     nearest = ndimage.minimum(distance, labels[rows, cols], index=np.arange(1, count + 1))
     order = np.argsort(nearest, kind="stable") + 1
-    boxes = ndimage.find_objects(labels)
     chosen = order[0]
-    if field_of_view_mm is not None and count > 1:   # one component: kept whatever its shape
+    if field_of_view_mm is not None:
         for label in order:
             if nearest[label - 1] > 0.25 * mask.shape[1]:
                 break
@@ -132,7 +136,6 @@ def select_faz(mask: np.ndarray, field_of_view_mm: float | None = None) -> np.nd
                                          mask.shape[1])):
                 chosen = label
                 break
-    out = np.zeros_like(mask)
     box = boxes[chosen - 1]
     out[region][box] = ndimage.binary_fill_holes(labels[box] == chosen)
     return out

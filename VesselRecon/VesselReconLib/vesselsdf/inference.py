@@ -326,10 +326,19 @@ def predict_in_roi(model, canonical: Canonical, device, spacing, context_mm: flo
 
 
 def _outside_is_background(prediction: Prediction, roi: np.ndarray, model) -> Prediction:
-    """Occupancy 0 and SDF at least the bound outside the (2-pixel dilated) ROI."""
+    """Occupancy 0 and SDF at least the bound outside the ROI, dilated by 2 pixels in-plane and by one
+    slice through-plane.
+
+    The through-plane slice (release 5): the output is interpolated between the thick slices, and
+    the organ's outline moves from one slice to the next. Cut at each slice's own outline, a vessel
+    inside the organ on slice k + 1 but outside its outline on slice k was forced to background on
+    slice k, so the interpolated surface was cut short on the fine slices in between, inside the
+    organ; keeping the union of the neighbouring outlines lets the interpolation reach them.
+    """
     from scipy.ndimage import binary_dilation
 
     keep = binary_dilation(binary_dilation(roi, np.ones((1, 5, 1), bool)), np.ones((1, 1, 5), bool))  # 1x5x5, separably
+    keep = binary_dilation(keep, np.ones((3, 1, 1), bool)) if keep.shape[0] > 1 else keep
     occupancy = None if prediction.occupancy is None else np.where(keep, prediction.occupancy, 0.0).astype(np.float32)
     sdf = prediction.sdf
     if sdf is not None:

@@ -446,6 +446,9 @@ def test_surface_calibration_runs_on_a_phantom(surface):
     eval_case = EvalCase("phantom", case.image, case.labels > 0, case.ijk_to_ras, case.hires_labels > 0,
                          case.hires_ijk_to_ras, case.mesh(), case.organ)
     result = calibrate_surface(load_model("vesselsdf", "lite", "cpu")[0], [eval_case], levels=(0.5,),
-                               unions=((0.0, True), (0.7, True)), min_pieces=(0.0, 20.0), surface=surface)
-    assert len(result["table"]) == 4 and {k: result[k] for k in result["table"][0]} in result["table"]
+                               unions=((0.0, True), (0.7, True)), min_pieces=(0.0, 20.0), surface=surface,
+                               piece_rules=((0.0, 0.0), (0.9, 2.0)))
+    assert len(result["table"]) == 6 and {k: result[k] for k in result["table"][0]} in result["table"]
+    assert {(r["piece_keep_prob"], r["piece_keep_near_mm"]) for r in result["table"] if r["min_piece_mm3"]} == {
+        (0.0, 0.0), (0.9, 2.0)}  # the piece rules only with a minimum volume
     assert ("pieces" in result["occupancy"] and "hd95_mm" in result) == surface

@@ -133,7 +133,7 @@ def test_loss_against_hand_computed_case():
     assert loss(output, label, "unet3d").item() == pytest.approx(dice3d, rel=1e-6)
 
 
-@pytest.mark.parametrize("preset", ["lite", "unet3d-lite", "unet2d-lite", "slice2d-lite"])
+@pytest.mark.parametrize("preset", ["lite", "lite-fast", "unet3d-lite", "unet2d-lite", "slice2d-lite"])
 def test_lite_shapes_and_ranges(preset):
     torch.manual_seed(0)
     net = build_model(preset).eval()
@@ -143,9 +143,32 @@ def test_lite_shapes_and_ranges(preset):
     assert out["prob"].shape == (2, 1, 16, 64, 64)
     assert odd["prob"].shape == (1, 1, 13, 40, 36)
     assert 0 <= out["prob"].min() and out["prob"].max() <= 1
-    if preset in ("lite", "unet2d-lite"):
+    if preset in ("lite", "lite-fast", "unet2d-lite"):
         assert out["mip_prob"].shape == (2, 1, 192, 128)
         assert odd["mip_prob"].shape == (1, 1, 3 * 40, 2 * 36)
+
+
+def test_lite_fast_runs_the_2d_stream_on_the_max_pooled_mip_image():
+    net, full = build_model("lite-fast").eval(), build_model("lite").eval()
+    assert net.mip_scale == 2 and full.mip_scale == 1
+    # the same 2D U-Net (widths, parameters up to the C1 head), on a quarter of the pixels
+    assert count_parameters(net.stream2d.conv_0) == count_parameters(full.stream2d.conv_0)
+    assert abs(count_parameters(net) - count_parameters(full)) < 200
+    seen = []
+    net.stream2d.register_forward_hook(lambda module, args, out: seen.append((args[0].shape, out.shape)))
+    image = torch.zeros(1, 1, 192, 128)
+    image[0, 0, 70, 3:120] = 1.0  # a one-pixel-thin bright vessel
+    with torch.no_grad():
+        feat2d, prob = net.mip_stream(image)
+    assert seen[0][0] == (1, 1, 96, 64) and seen[0][1] == (1, PRESETS["lite-fast"]["c1"], 96, 64)
+    assert feat2d.shape == (1, PRESETS["lite-fast"]["c1"], 192, 128) and prob.shape == (1, 1, 192, 128)
+    assert feat2d.min() >= 0  # ReLU features: zero stays the neutral element of the unprojection maximum
+    pooled = torch.nn.functional.max_pool2d(image, 2)
+    assert pooled[0, 0, 35].sum() == pooled[0, 0].sum() > 50  # max pooling keeps the thin vessel
+    # the fusion is 1x1x1 only and gets the 3D stream's full width and the C1 2D features
+    fusion = [m for m in net.joint.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert [m.kernel_size for m in fusion] == [(1, 1, 1), (1, 1, 1)]
+    assert fusion[0].in_channels == PRESETS["lite-fast"]["channels3d"][0] + PRESETS["lite-fast"]["c1"]
 
 
 def test_paper_preset_matches_the_authors_layout():

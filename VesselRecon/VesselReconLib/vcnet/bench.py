@@ -9,6 +9,10 @@ Measured in one run on the same 448 x 448 x 128 phantom volume (slices first: 12
   machine), with their ratios and peak GPU memory. On CPU the ``paper`` preset runs on a batch of
   16 x 128 x 128 patches (the whole volume would take minutes), ``lite`` on the whole volume; on CUDA
   both run on the whole volume (bf16 autocast);
+- ``lite-fast`` (round 5): ``lite`` with its 2D stream on the 2x max-pooled MIP image and 4 instead of
+  8 fused 2D channels, against its own equal-parameter U-Net, on the whole volume like ``lite``;
+  ``pipeline_lite_fast`` times its whole default call (shipped as ``vcnet-lite-fast``), interleaved
+  with ``pipeline_lite``;
 - ``pipeline_lite``: the whole default call with the shipped ``lite`` weights (normalise without a
   mask, head region, windows, threshold, measurements) on the whole volume. The phantom is a whole
   head with air around it, so the default call runs only the windows that reach the head minus its
@@ -97,26 +101,27 @@ def run_bench(devices_to_run: list[str], repeats: int = 3, cpu_full_paper: bool 
     for name in devices_to_run:
         device = devices.resolve_device(name)
         entry = {}
-        for preset in ("paper", "lite"):
-            full_volume = preset == "lite" or device.type == "cuda" or cpu_full_paper
+        for preset in ("paper", "lite", "lite-fast"):
+            full_volume = preset != "paper" or device.type == "cuda" or cpu_full_paper
             entry[preset] = compare_preset(preset, volume, device, full_volume, batch, repeats)
-        try:
-            from .. import registry
-
-            lite, _ = registry.load_model("vcnet", "lite", str(device))
-            weights = "shipped"
-        except Exception:
-            lite, weights = build_model("lite").eval(), "untrained"
-        results = {"pipeline": [], "every_window": []}
+        lite, weights = _shipped("lite", device)
+        fast, fast_weights = _shipped("lite-fast", device)
+        results = {"pipeline": [], "every_window": [], "pipeline_fast": []}
         timing = interleaved({
             "pipeline": lambda: results["pipeline"].append(segment(phantom.image, phantom.spacing, lite, device=device)),
             "every_window": lambda: results["every_window"].append(
-                segment(phantom.image, phantom.spacing, lite, device=device, head_margin_mm=0))}, device, repeats)
+                segment(phantom.image, phantom.spacing, lite, device=device, head_margin_mm=0)),
+            "pipeline_fast": lambda: results["pipeline_fast"].append(
+                segment(phantom.image, phantom.spacing, fast, device=device))}, device, repeats)
         last = results["pipeline"][-1]
         entry["pipeline_lite"] = {**timing["pipeline"], "weights": weights, "mask": None,
                                   "searched_fraction": round(last.info["searched_fraction"], 3),
                                   "windows_run": last.info["windows_run"], "windows_total": last.info["windows_total"],
                                   "vessel_volume_mm3": round(last.measurements["vessel_volume_mm3"], 1)}
+        fast_last = results["pipeline_fast"][-1]
+        entry["pipeline_lite_fast"] = {**timing["pipeline_fast"], "weights": fast_weights, "mask": None,
+                                       "windows_run": fast_last.info["windows_run"],
+                                       "vessel_volume_mm3": round(fast_last.measurements["vessel_volume_mm3"], 1)}
         entry["pipeline_lite_every_window"] = {**timing["every_window"], "head_margin_mm": 0,
                                                "windows_run": results["every_window"][-1].info["windows_run"]}
         if device.type == "cuda":
@@ -125,6 +130,16 @@ def run_bench(devices_to_run: list[str], repeats: int = 3, cpu_full_paper: bool 
         report[device.type] = entry
     report["load_avg_after"] = load_average()
     return report
+
+
+def _shipped(preset: str, device: torch.device):
+    """The shipped model of a preset and ``"shipped"``, else the untrained network and ``"untrained"``."""
+    try:
+        from .. import registry
+
+        return registry.load_model("vcnet", preset, str(device))[0], "shipped"
+    except Exception:
+        return build_model(preset).eval(), "untrained"
 
 
 def add_bench_arguments(parser) -> None:

@@ -64,7 +64,8 @@ class VCNetLogic(VesselReconLogic):
         from .. import registry
 
         entries = [e for e in registry.load_registry() if e.module == self.method]
-        return [e.preset if e.name == f"{self.method}-{e.preset}" else e.name for e in entries]
+        models = [e.preset if e.name == f"{self.method}-{e.preset}" else e.name for e in entries]
+        return sorted(models, key=lambda name: name != "lite")  # the default first, the rest as listed
 
     # ------------------------------------------------------------ validation helpers
 

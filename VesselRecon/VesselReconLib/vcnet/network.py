@@ -38,6 +38,11 @@ PRESETS: dict[str, dict] = {
     "lite": dict(variant="vcnet", channels3d=(8, 16, 32, 64), channels2d=(4, 8, 16, 32, 64),
                  res_units=1, c1=8, fuse=8, patch=(16, 64, 64)),
 }
+# Round 5 (issue 15, the speed ratio): ``lite`` with its 2D stream on the 2x max-pooled composited MIP
+# image (``mip_scale=2``; the features are interpolated bilinearly back) and C1 = fuse = 4: the same
+# 2D U-Net (same parameters) on a quarter of the pixels, half the unprojected and fused channels;
+# 438 against 564 MFLOP of convolutions per 16x64x64 window (the equal-parameter U-Net: 218).
+PRESETS["lite-fast"] = {**PRESETS["lite"], "c1": 4, "fuse": 4, "mip_scale": 2}
 for _size in ("lite", "paper"):
     for _variant in ("unet3d", "unet2d", "slice2d"):
         PRESETS[f"{_variant}-{_size}"] = {**PRESETS[_size], "variant": _variant}
@@ -67,16 +72,17 @@ class VCNet(nn.Module):
     def __init__(self, variant: str = "vcnet", channels3d=(8, 16, 32, 64), channels2d=(4, 8, 16, 32, 64),
                  res_units: int = 1, feat3d: int | None = None, c1: int = 8, fuse: int = 8,
                  mip_size: int = mip.MIP_SIZE, mip_step: int = mip.MIP_STEP, patch=(16, 64, 64),
-                 spacing=TRAINING_SPACING):
+                 spacing=TRAINING_SPACING, mip_scale: int = 1):
         super().__init__()
         self.spacing = tuple(float(s) for s in spacing)  # (sx, sy, sz) mm the weights expect
         if variant not in VARIANTS:
             raise ValueError(f"Unknown VC-Net variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
         self.variant, self.mip_size, self.mip_step = variant, mip_size, mip_step
+        self.mip_scale = int(mip_scale) if variant in ("vcnet", "unet2d") else 1
         self.patch = tuple(patch)
         feat3d = feat3d or channels3d[0]
         self.multiple3d = 2 ** (len(channels3d) - 1) if variant in ("vcnet", "unet3d") else 1
-        self.multiple2d = 2 ** (len(channels2d) - 1) if variant != "unet3d" else 1
+        self.multiple2d = 2 ** (len(channels2d) - 1) * self.mip_scale if variant != "unet3d" else 1
         if variant in ("vcnet", "unet3d"):
             self.stream3d = _unet(3, feat3d, channels3d, res_units)
         if variant in ("vcnet", "unet2d"):
@@ -117,8 +123,15 @@ class VCNet(nn.Module):
 
     def mip_stream(self, image: torch.Tensor, head: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """2D stream on composited MIPs: ReLU features ``(B, c1, H, W)`` and MIP probability (None
-        when ``head`` is False)."""
-        feat2d = _relu(self.stream2d(image))
+        when ``head`` is False). With ``mip_scale`` s > 1 the 2D U-Net runs on the s x s max-pooled
+        image (max pooling keeps a thin bright vessel) and its features are interpolated bilinearly
+        back to the image's size."""
+        if self.mip_scale > 1:
+            small = F.max_pool2d(image, self.mip_scale)
+            feat2d = F.interpolate(_relu(self.stream2d(small)), size=image.shape[2:], mode="bilinear",
+                                   align_corners=False)
+        else:
+            feat2d = _relu(self.stream2d(image))
         return feat2d, torch.sigmoid(self.head2d(feat2d)) if head else None
 
     def _forward_padded(self, volume: torch.Tensor, mips: bool = True) -> dict[str, torch.Tensor]:
@@ -140,8 +153,23 @@ class VCNet(nn.Module):
                 out["prob"] = mip.unproject(out["mip_prob"], indices, volume.shape[2], self.mip_size, self.mip_step)
                 return out
             features.append(mip.unproject(feat2d, indices, volume.shape[2], self.mip_size, self.mip_step))
-        out["prob"] = torch.sigmoid(self.joint(torch.cat(features, dim=1)))
+        out["prob"] = torch.sigmoid(self._fuse(features))
         return out
+
+    def _fuse(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """The 1x1x1 fusion's logits. Without autograd the first 1x1x1 convolution is applied to each
+        stream's features and summed (the same numbers as on their concatenation, to float rounding),
+        which skips copying the channels-last 3D features into a concatenated array (CPU: 1.2 against
+        1.5 ms per ``lite`` window)."""
+        first, last = self.joint[0], self.joint[-1]
+        if torch.is_grad_enabled() or len(features) == 1:
+            return self.joint(torch.cat(features, dim=1))
+        hidden, start = None, 0
+        for part in features:
+            weight = first.weight[:, start:start + part.shape[1]]
+            term = F.conv3d(part, weight, first.bias if hidden is None else None)
+            hidden, start = term if hidden is None else hidden.add_(term), start + part.shape[1]
+        return last(hidden.relu_())
 
 
 def _relu(x: torch.Tensor) -> torch.Tensor:

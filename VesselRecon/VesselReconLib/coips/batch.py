@@ -113,10 +113,18 @@ class BatchResult:
         return len(self.rows) / self.seconds if self.seconds > 0 else math.nan
 
 
-def output_stem(path: Path, root: Path) -> str:
+def output_stem(path: Path, root: Path, root_is_dir: bool | None = None) -> str:
     """A flat, unique file stem for an input image (sub-folders joined with ``__``)."""
-    relative = path.relative_to(root) if root.is_dir() and path.is_relative_to(root) else Path(path.name)
+    root_is_dir = root.is_dir() if root_is_dir is None else root_is_dir
+    relative = path.relative_to(root) if root_is_dir and path.is_relative_to(root) else Path(path.name)
     return "__".join(relative.with_suffix("").parts)
+
+
+def _output_names(paths: list[Path], root: Path) -> tuple[list[str], list[str]]:
+    """Each image's output stem (:func:`output_stem`) and its name in the report (relative to a root folder)."""
+    root_is_dir = root.is_dir()
+    stems = [output_stem(path, root, root_is_dir) for path in paths]
+    return stems, [str(path.relative_to(root) if root_is_dir else path.name) for path in paths]
 
 
 def _post_pool(workers: int):
@@ -282,11 +290,11 @@ class BatchRunner:
         probabilities, masks, thumbs = results
         items = []
         for position, index in enumerate(batch["index"].tolist()):
-            path, error, unsuitable = paths[index], batch["error"][position], batch["unsuitable"][position]
-            stem = output_stem(path, root)
+            error, unsuitable = batch["error"][position], batch["unsuitable"][position]
+            stem = self._stems[index]
             skipped = bool(error or unsuitable)
             label = "" if skipped else GRADES[int(probabilities[position].argmax())]
-            row = {"index": index, "image": str(path.relative_to(root) if root.is_dir() else path.name),
+            row = {"index": index, "image": self._image_names[index],
                    "status": "error" if error else ("unsuitable" if unsuitable else "ok"), "grade": label,
                    "error": error or unsuitable,
                    "field_of_view_mm": float(batch["fov"][position]), "fov_source": batch["fov_source"][position],
@@ -310,7 +318,8 @@ class BatchRunner:
         :param fields_of_view: the caller's field of view per path (default ``config.field_of_view_mm``).
         """
         reporter = as_reporter(progress, cancel)
-        stale = _StaleOutputs(out, [output_stem(path, root) for path in paths])
+        self._stems, self._image_names = _output_names(paths, root)
+        stale = _StaleOutputs(out, self._stems)
         pool = _post_pool(int(self.config.post_workers))
         pending, rows, done = deque(), [], 0
         try:

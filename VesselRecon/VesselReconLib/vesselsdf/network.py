@@ -189,10 +189,10 @@ def remove_small_pieces(field: torch.Tensor, spacing, min_volume_mm3: float, pro
             peak = np.concatenate([[0.0], maximum(probs[index, 0], labels, np.arange(1, count + 1))])
             small &= peak < keep_prob
         if keep_near_mm and small.any() and (~small[1:]).any():
-            tree = (labels > 0) & ~small[labels]
-            distance = _distance_to(tree, spacing, keep_near_mm)
+            in_small = small[labels]
+            distance = _distance_to((labels > 0) & ~in_small, spacing, keep_near_mm)
             nearest = np.full(count + 1, np.inf)
-            np.minimum.at(nearest, labels[small[labels]], distance[small[labels]])
+            np.minimum.at(nearest, labels[in_small], distance[in_small])
             small &= ~(nearest <= keep_near_mm)
         drop = small[labels]
         item[drop] = np.abs(item[drop])

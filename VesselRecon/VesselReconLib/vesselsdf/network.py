@@ -206,19 +206,22 @@ def _distance_to(mask: np.ndarray, spacing, cap_mm: float) -> np.ndarray:
     out = np.full(mask.shape, cap, np.float32)
     if not mask.any():
         return out
-    margin = [int(np.ceil(cap / float(step))) + 1 for step in (spacing[2], spacing[1], spacing[0])]
-    box = tuple(slice(max(0, int(idx.min()) - pad), int(idx.max()) + pad + 1)
-                for idx, pad in zip(np.nonzero(mask), margin))
+    box = _grown_box(mask, spacing, cap, 1)
     out[box] = truncated_distance(mask[box], spacing, cap)
     return out
+
+
+def _grown_box(mask: np.ndarray, spacing, margin_mm: float, extra: int) -> tuple[slice, ...]:
+    """``mask``'s bounding box grown by ``margin_mm`` (rounded up to voxels) plus ``extra`` voxels per axis."""
+    margin = [int(np.ceil(margin_mm / float(step))) + extra for step in (spacing[2], spacing[1], spacing[0])]
+    return tuple(slice(max(0, int(idx.min()) - pad), int(idx.max()) + pad + 1)
+                 for idx, pad in zip(np.nonzero(mask), margin))
 
 
 def _union_with(field: np.ndarray, occ: np.ndarray, spacing, truncation_mm: float = TRUNCATION_MM) -> np.ndarray:
     """``min(field, truncated_signed_distance(occ))``, with the distance computed only on ``occ``'s
     bounding box grown by the truncation (beyond it the distance is the cap: same result, less work)."""
-    margin = [int(np.ceil(truncation_mm / float(step))) + 2 for step in (spacing[2], spacing[1], spacing[0])]
-    box = tuple(slice(max(0, int(idx.min()) - pad), int(idx.max()) + pad + 1)
-                for idx, pad in zip(np.nonzero(occ), margin))
+    box = _grown_box(occ, spacing, truncation_mm, 2)
     united = np.minimum(field, np.float32(truncation_mm))
     united[box] = np.minimum(field[box], truncated_signed_distance(occ[box], spacing, truncation_mm))
     return united

@@ -158,7 +158,7 @@ def surface_field(sdf: torch.Tensor, prob: torch.Tensor | None, spacing, level_m
     if prob is not None and union_threshold:
         sdf = occupancy_union(sdf, prob, spacing, union_threshold, union_connected)
     if min_piece_mm3:
-        sdf = remove_small_pieces(sdf, spacing, min_piece_mm3, prob if keep_prob else None, keep_prob, keep_near_mm)
+        sdf = remove_small_pieces(sdf, spacing, min_piece_mm3, prob, keep_prob, keep_near_mm)
     return sdf
 
 

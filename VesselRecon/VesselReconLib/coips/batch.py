@@ -286,15 +286,15 @@ class BatchRunner:
             thumbs = thumbnails(x, int(self.config.thumbnail_size)).cpu().numpy()
         return probabilities.cpu().numpy(), masks, thumbs
 
-    def _items(self, batch: dict, paths: list[Path], root: Path, out: Path, results) -> list[dict]:
+    def _items(self, batch: dict, stems: list[str], image_names: list[str], out: Path, results) -> list[dict]:
         probabilities, masks, thumbs = results
         items = []
         for position, index in enumerate(batch["index"].tolist()):
             error, unsuitable = batch["error"][position], batch["unsuitable"][position]
-            stem = self._stems[index]
+            stem = stems[index]
             skipped = bool(error or unsuitable)
             label = "" if skipped else GRADES[int(probabilities[position].argmax())]
-            row = {"index": index, "image": self._image_names[index],
+            row = {"index": index, "image": image_names[index],
                    "status": "error" if error else ("unsuitable" if unsuitable else "ok"), "grade": label,
                    "error": error or unsuitable,
                    "field_of_view_mm": float(batch["fov"][position]), "fov_source": batch["fov_source"][position],
@@ -318,14 +318,14 @@ class BatchRunner:
         :param fields_of_view: the caller's field of view per path (default ``config.field_of_view_mm``).
         """
         reporter = as_reporter(progress, cancel)
-        self._stems, self._image_names = _output_names(paths, root)
-        stale = _StaleOutputs(out, self._stems)
+        stems, image_names = _output_names(paths, root)
+        stale = _StaleOutputs(out, stems)
         pool = _post_pool(int(self.config.post_workers))
         pending, rows, done = deque(), [], 0
         try:
             for batch in self._loader(paths, fields_of_view):
                 reporter.check()
-                items = self._items(batch, paths, root, out, self._infer(batch))
+                items = self._items(batch, stems, image_names, out, self._infer(batch))
                 if pool is None:
                     rows.extend(stale.finished(finish_chunk(items)))
                 else:

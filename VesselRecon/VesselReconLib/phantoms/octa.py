@@ -1067,8 +1067,8 @@ SVP_MESH = {
     "svp_cell_mm": (0.06, 0.11),  # seed spacing of the superficial mesh's Voronoi cells
     "svp_drop": (0.25, 0.5),  # fraction of its edges left out (an open mesh, few closed loops)
     "svp_brightness": (0.35, 0.8),  # per edge, before the superficial gain
-    "svp_attached_kept": (0.15, 0.4),
-    "svp_fade_px": 3.0,  # the superficial bed fades in over this distance from the tree (real deep share is flat)  # fraction of the tree-attached links and twigs kept (connected pieces)
+    "svp_attached_kept": (0.15, 0.4),  # fraction of the tree-attached links and twigs kept (connected pieces)
+    "svp_fade_px": 3.0,  # the superficial bed fades in over this distance from the tree (real deep share is flat)
     "dcp_grain": (0.35, 0.7),  # relative std of the deep mesh's granular modulation
     "dcp_grain_px": 0.8,  # its correlation length (Gaussian sigma, px)
     "dcp_breaks": (0.05, 0.2),  # fraction of the deep mesh set to zero in short gaps

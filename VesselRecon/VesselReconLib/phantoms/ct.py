@@ -161,15 +161,26 @@ less for thin partial-volumed branches, hence 1.0-1.4."""
 def grow_arterial_tree(organ: np.ndarray, spacing, origin, centre, axes, params: CTPhantomParams,
                        rng: np.random.Generator) -> tuple[VascularTree, float]:
     """An unlabelled hepatic-artery-like tree from beside the portal inlet, and its enhancement ratio."""
-    scale = float(np.clip(axes[:2].mean() / 32.0, 1.0, 2.5))
+    scale = _tree_scale(axes)
     portal = _roots(centre, axes, scale)[0]
     position = np.asarray(portal.position) + rng.uniform(-4.0, 4.0, 3)
     root = Root(position=position, direction=portal.direction, radius=float(rng.uniform(*ARTERIES["radius_mm"])),
                 label=3)
-    tree_params = TreeParams(n_attractors=int(params.n_attractors * scale * ARTERIES["attractors"]),
-                             step_mm=1.2 * scale, influence_mm=14.0 * scale, kill_mm=3.0 * scale, tortuosity=0.3,
-                             min_radius=0.5, min_terminal_mm=3.0 * scale, seed=int(rng.integers(2**31)))
+    tree_params = _tree_params(scale, params.n_attractors * scale * ARTERIES["attractors"], 0.3, 0.5,
+                               int(rng.integers(2**31)))
     return grow_tree(MaskDomain(organ, spacing, origin), [root], tree_params), float(rng.uniform(*ARTERIES["ratio"]))
+
+
+def _tree_scale(axes: np.ndarray) -> float:
+    """The vascular trees' length scale for an organ of these semi-axes (mm): 1 to 2.5."""
+    return float(np.clip(axes[:2].mean() / 32.0, 1.0, 2.5))
+
+
+def _tree_params(scale: float, n_attractors: float, tortuosity: float, min_radius: float, seed: int) -> TreeParams:
+    """Space-colonisation settings of the liver's trees, their lengths scaled by ``scale``."""
+    return TreeParams(n_attractors=int(n_attractors), step_mm=1.2 * scale, influence_mm=14.0 * scale,
+                      kill_mm=3.0 * scale, tortuosity=tortuosity, min_radius=min_radius,
+                      min_terminal_mm=3.0 * scale, seed=seed)
 
 
 def _roots(centre: np.ndarray, axes: np.ndarray, scale: float, calibre: tuple[float, float] = (1.0, 1.0)
@@ -185,11 +196,8 @@ def _roots(centre: np.ndarray, axes: np.ndarray, scale: float, calibre: tuple[fl
 def grow_hepatic_tree(organ: np.ndarray, spacing, origin, centre, axes, params: CTPhantomParams,
                       rng: np.random.Generator) -> VascularTree:
     """Portal-like and hepatic-like trees grown by space colonisation inside the organ mask."""
-    scale = float(np.clip(axes[:2].mean() / 32.0, 1.0, 2.5))
-    tree_params = TreeParams(n_attractors=int(params.n_attractors * scale), step_mm=1.2 * scale,
-                             influence_mm=14.0 * scale, kill_mm=3.0 * scale, tortuosity=0.15,
-                             min_radius=params.min_radius_mm, min_terminal_mm=3.0 * scale,
-                             seed=int(rng.integers(2**31)))
+    scale = _tree_scale(axes)
+    tree_params = _tree_params(scale, params.n_attractors * scale, 0.15, params.min_radius_mm, int(rng.integers(2**31)))
     calibre = (1.0, 1.0) if params.fixed_appearance else tuple(rng.uniform(*APPEARANCE["root_scale"], 2))
     return grow_tree(MaskDomain(organ, spacing, origin), _roots(centre, axes, scale, calibre), tree_params)
 

@@ -318,19 +318,17 @@ def fused_for_inference(net: nn.Module, channels_last: bool = False) -> nn.Modul
             conv_holder, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
             if type(norm) is not nn.BatchNorm2d or conv_holder is None:   # not timm's BatchNormAct2d (it acts too)
                 continue
+            # where the convolution that feeds the norm sits: (owner, attribute name)
             if isinstance(conv_holder, nn.Sequential) and not hasattr(conv_holder, "conv"):   # timm's deep stem: its last convolution feeds bn1
-                conv_holder, conv_name = conv_holder, len(conv_holder) - 1
-                conv = conv_holder[conv_name]
+                owner, attribute = conv_holder, str(len(conv_holder) - 1)
+            elif hasattr(conv_holder, "conv"):            # MONAI's Convolution wraps an nn.Conv2d
+                owner, attribute = conv_holder, "conv"
             else:
-                conv = getattr(conv_holder, "conv", conv_holder)   # MONAI's Convolution wraps an nn.Conv2d
+                owner, attribute = module, conv_name
+            conv = getattr(owner, attribute)
             if not isinstance(conv, nn.Conv2d):
                 continue
-            if isinstance(conv_name, int):
-                conv_holder[conv_name] = fuse_conv_bn_eval(conv, norm)
-            elif conv is conv_holder:
-                setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
-            else:
-                conv_holder.conv = fuse_conv_bn_eval(conv, norm)
+            setattr(owner, attribute, fuse_conv_bn_eval(conv, norm))
             setattr(module, norm_name, nn.Identity())
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)

@@ -190,8 +190,6 @@ def test_slab_pair_rule_of_the_real_evaluation():
 
 
 def test_calibration_folds_offsets_and_temperature_into_the_head():
-    import torch
-
     from VesselReconLib.coips.calibration import CalibrationSet, fit_offsets, fold_into_head, objective
     from VesselReconLib.coips.network import build_model
 
@@ -226,8 +224,6 @@ def test_calibration_folds_offsets_and_temperature_into_the_head():
 
 
 def test_coordinate_channels_let_the_grader_see_position():
-    import torch
-
     from VesselReconLib.coips.network import build_model, coordinates
 
     grid = coordinates(torch.zeros(2, 1, 5, 7))
@@ -335,8 +331,6 @@ def test_widget_field_of_view_choice():
 
 
 def test_ranking_loss_penalises_only_a_degraded_copy_that_scores_higher():
-    import torch
-
     from VesselReconLib.coips.losses import expected_grade, ranking_loss
 
     good, bad = torch.tensor([0.0, 0.0, 6.0]), torch.tensor([6.0, 0.0, 0.0])
@@ -398,8 +392,6 @@ def test_outline_smoothing_keeps_a_disk_and_removes_a_thin_lobe():
 
 def test_spectral_canonicalisation_only_low_passes_images_finer_than_the_reference():
     """Images above the reference fine-to-mid power ratio are low-passed down to it; smoother ones untouched."""
-    import torch
-
     from VesselReconLib.coips.network import gaussian_blur, image_fine_ratio, spectral_canonical
 
     generator = torch.Generator().manual_seed(0)

@@ -49,7 +49,7 @@ def test_process_places_outputs_on_the_input_geometry(scene, phantom, tmp_path):
     assert mips.shape == (2, 3 * CROP[1], 2 * CROP[2])
     np.testing.assert_allclose(mip_matrix[:3, 2], matrix[:3, 2] * 16)
     metrics = result.metrics
-    assert metrics["dice"] > 0.3  # shipped lite model on a held-out phantom
+    assert metrics["dice"] > 0.3  # the default shipped model (lite-fast) on a held-out phantom
     assert 0 <= metrics["fpr"] < 0.02
     voxel = np.prod(phantom.spacing)
     assert metrics["vessel_volume_mm3"] == pytest.approx(result.labels.sum() * voxel)
@@ -153,13 +153,14 @@ def test_cli_run_writes_files_and_scene(tmp_path, phantom):
 
 
 @pytest.mark.gpu
-def test_gpu_matches_cpu(phantom):
+@pytest.mark.parametrize("model", ["lite-fast", "lite"])  # the default and the previous default
+def test_gpu_matches_cpu(phantom, model):
     import torch
 
     from VesselReconLib import registry
     from VesselReconLib.vcnet.inference import segment
 
-    net, _ = registry.load_model("vcnet", "lite", "cpu")
+    net, _ = registry.load_model("vcnet", model, "cpu")
     cpu = segment(phantom.image, phantom.spacing, net, device="cpu")
     gpu = segment(phantom.image, phantom.spacing, net.to("cuda"), device="cuda")
     from VesselReconLib.metrics import dice
@@ -264,7 +265,8 @@ def test_last_window_batch_is_padded_and_mips_come_from_the_main_pass():
 def test_model_list_and_csv_report(tmp_path, scene, phantom):
     logic = VCNetLogic(scene)
     models = logic.shipped_models()
-    assert len(models) == len(set(models)) and models[0] == "lite" and "vcnet-swi-lite" in models
+    assert len(models) == len(set(models)) and models[0] == "lite-fast"
+    assert {"lite", "vcnet-swi-lite"} <= set(models)
     volume = mrml.array_to_volume(phantom.image, np.diag([*phantom.spacing, 1.0]), "MRA", scene=scene)
     result = logic.process(volume, device="cpu")
     csv = (logic.write_outputs(result, tmp_path)[-1]).read_text().splitlines()
@@ -274,3 +276,34 @@ def test_model_list_and_csv_report(tmp_path, scene, phantom):
         value = line.split(",")[1]
         if value != "cpu":
             assert len(value.split(".")[-1].split("e")[0]) <= 4, line
+
+
+def test_every_default_is_lite_fast_and_lite_is_unchanged():
+    """The Logic, the CLI, ``eval vcnet``, the Slicer parameter node and the model box all default to
+    ``lite-fast`` (issue 15, round 5); ``lite`` and the SWI model keep their presets and weights."""
+    import argparse
+    import ast
+    import inspect
+    from pathlib import Path
+
+    from VesselReconLib import registry
+    from VesselReconLib.vcnet import cli
+    from VesselReconLib.vcnet import eval as vcnet_eval
+    from VesselReconLib.vcnet.logic import DEFAULT_MODEL
+    from VesselReconLib.vcnet.network import PRESETS
+
+    assert DEFAULT_MODEL == "lite-fast" and VCNetLogic().shipped_models()[0] == DEFAULT_MODEL
+    assert inspect.signature(VCNetLogic.process).parameters["model"].default == DEFAULT_MODEL
+    assert inspect.signature(vcnet_eval.evaluate_cases).parameters["model"].default == "vcnet-lite-fast"
+    for add_arguments in (cli.add_arguments, vcnet_eval.add_eval_arguments):
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        assert registry.find_entry("vcnet", parser.get_default("model")).name == "vcnet-lite-fast"
+    source = (Path(__file__).resolve().parents[1] / "VesselRecon" / "VCNet" / "VCNet.py").read_text()
+    node = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "VCNetParameterNode")
+    fields = {f.target.id: f.value for f in node.body if isinstance(f, ast.AnnAssign) and f.value is not None}
+    assert ast.literal_eval(fields["model"]) == DEFAULT_MODEL
+    # ``lite`` is the round-4 network and weights; the SWI model is a ``lite`` network too
+    assert PRESETS["lite"]["c1"] == PRESETS["lite"]["fuse"] == 8 and "mip_scale" not in PRESETS["lite"]
+    assert registry.find_entry("vcnet", "lite").name == "vcnet-lite"
+    assert registry.find_entry("vcnet", "vcnet-swi-lite").preset == "lite"

@@ -23,7 +23,7 @@ from slicer import (
 from VesselReconLib import slicer_logic, slicer_samples, slicer_selftest, slicer_widget
 
 # Apply, Evaluate and Load sample call the core logic (VesselReconLib.vcnet.logic.VCNetLogic):
-#   process(inputVolume, maskVolume=None, darkVessels=False, model="lite", device="auto", overlap=0.0,
+#   process(inputVolume, maskVolume=None, darkVessels=False, model="lite-fast", device="auto", overlap=0.0,
 #           threshold=0.5, minComponentMm3=0.0, batchSize=None, outputProbability=False, outputMip=False,
 #           outputSegmentation=None, outputProbabilityVolume=None, outputMipVolume=None, outputTable=None,
 #           referenceSegmentation=None, referenceLabelmap=None, progress=None, cancel=None, background=None)
@@ -80,7 +80,8 @@ faint vessels that are hard to see slice by slice are still found; the result is
 segmentation, an optional probability volume and the composited sliding MIPs the network sees, with
 their 2D segmentation. The input is resampled to the model's training spacing and the result back.
 The optional mask also sets the intensity statistics; without it the whole volume's tissue level is
-used. Check <b>Dark vessels</b> for images where vessels are darker than the background. <b>Load sample</b> generates
+used. Check <b>Dark vessels</b> for images where vessels are darker than the background, with the
+model <i>vcnet-swi-lite</i> (the default model is trained on TOF-MRA). <b>Load sample</b> generates
 a synthetic noisy vessel volume with its reference segmentation.
 See the <a href="https://github.com/vesselrecon/SlicerVesselRecon#vcnet">documentation</a>.
 """)
@@ -128,7 +129,7 @@ class VCNetParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     maskNode: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
-    model: str = "lite"
+    model: str = "lite-fast"  # the core's DEFAULT_MODEL; "vcnet-swi-lite" for SWI (Dark vessels)
     checkpointPath: Path
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
     darkVessels: bool = False

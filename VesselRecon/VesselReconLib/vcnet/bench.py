@@ -9,11 +9,11 @@ Measured in one run on the same 448 x 448 x 128 phantom volume (slices first: 12
   machine), with their ratios and peak GPU memory. On CPU the ``paper`` preset runs on a batch of
   16 x 128 x 128 patches (the whole volume would take minutes), ``lite`` on the whole volume; on CUDA
   both run on the whole volume (bf16 autocast);
-- ``lite-fast`` (round 5): ``lite`` with its 2D stream on the 2x max-pooled MIP image and 4 instead of
-  8 fused 2D channels, against its own equal-parameter U-Net, on the whole volume like ``lite``;
-  ``pipeline_lite_fast`` times its whole default call (shipped as ``vcnet-lite-fast``), interleaved
-  with ``pipeline_lite``;
-- ``pipeline_lite``: the whole default call with the shipped ``lite`` weights (normalise without a
+- ``lite-fast`` (round 5; the default model since then): ``lite`` with its 2D stream on the 2x
+  max-pooled MIP image and 4 instead of 8 fused 2D channels, against its own equal-parameter U-Net, on
+  the whole volume like ``lite``; ``pipeline_lite_fast`` times the whole default call (the shipped
+  default ``vcnet-lite-fast``), interleaved with ``pipeline_lite``;
+- ``pipeline_lite``: the same call with the shipped ``lite`` weights (the default before round 5; normalise without a
   mask, head region, windows, threshold, measurements) on the whole volume. The phantom is a whole
   head with air around it, so the default call runs only the windows that reach the head minus its
   outer 8 mm (``windows_run`` of ``windows_total``); ``pipeline_lite_every_window`` times the same

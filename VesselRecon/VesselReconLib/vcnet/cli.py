@@ -16,14 +16,17 @@ from ..device import DEVICE_CHOICES
 def add_arguments(parser) -> None:
     parser.add_argument("input", help="MRA/SWI volume (NRRD, NIfTI, MHA or a DICOM folder)")
     parser.add_argument("--out", default="out/vcnet", help="output folder (segmentation, probability, table, .mrb)")
-    parser.add_argument("--model", default="lite", help="shipped preset/name or a .safetensors/.pt checkpoint")
+    parser.add_argument("--model", default="lite-fast",  # logic.DEFAULT_MODEL (not imported: --help stays light)
+                        help="shipped preset/name or a .safetensors/.pt checkpoint (default lite-fast; lite keeps "
+                             "the 0.3 mm gap smaller; vcnet-swi-lite for SWI with --dark)")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--mask", help="brain/ROI mask volume; it also sets the intensity statistics (tissue level) "
                                        "used to normalise the image. Without it the whole volume's dominant tissue "
                                        "intensity is used, with a warning, and vessels are searched only at "
                                        "least 8 mm inside the head (no bright fat or scalp; a crop with no air "
                                        "keeps every voxel)")
-    parser.add_argument("--dark", action="store_true", help="dark vessels (SWI/MinIP): invert inside the mask")
+    parser.add_argument("--dark", action="store_true", help="dark vessels (SWI/MinIP): invert inside the mask; "
+                                                            "use with --model vcnet-swi-lite")
     parser.add_argument("--overlap", type=float, default=0.0, help="window overlap (0 = non-overlapping, paper)")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--min-component", type=float, default=0.0, help="remove components below this (mm^3)")
@@ -163,7 +166,8 @@ from .eval import add_eval_arguments, evaluate  # noqa: E402,F401
 
 
 def demo(context) -> None:
-    """MRA phantom crop (fixed seed) -> VC-Net lite -> segmentation, MIPs, table; 3D and MIP renders."""
+    """MRA phantom crop (fixed seed) -> VC-Net (the default model, lite-fast) -> segmentation, MIPs, table;
+    3D and MIP renders."""
     import numpy as np
 
     from .. import meshes, mrml, render

@@ -164,11 +164,10 @@ class VCNet(nn.Module):
         first, last = self.joint[0], self.joint[-1]
         if torch.is_grad_enabled() or len(features) == 1:
             return self.joint(torch.cat(features, dim=1))
-        hidden, start = None, 0
-        for part in features:
-            weight = first.weight[:, start:start + part.shape[1]]
-            term = F.conv3d(part, weight, first.bias if hidden is None else None)
-            hidden, start = term if hidden is None else hidden.add_(term), start + part.shape[1]
+        weights = first.weight.split([part.shape[1] for part in features], dim=1)
+        hidden = F.conv3d(features[0], weights[0], first.bias)
+        for part, weight in zip(features[1:], weights[1:]):
+            hidden.add_(F.conv3d(part, weight))
         return last(hidden.relu_())
 
 

@@ -338,7 +338,7 @@ def _outside_is_background(prediction: Prediction, roi: np.ndarray, model) -> Pr
     from scipy.ndimage import binary_dilation
 
     keep = binary_dilation(binary_dilation(roi, np.ones((1, 5, 1), bool)), np.ones((1, 1, 5), bool))  # 1x5x5, separably
-    keep = binary_dilation(keep, np.ones((3, 1, 1), bool)) if keep.shape[0] > 1 else keep
+    keep = binary_dilation(keep, np.ones((3, 1, 1), bool))   # a single slice stays as it is
     occupancy = None if prediction.occupancy is None else np.where(keep, prediction.occupancy, 0.0).astype(np.float32)
     sdf = prediction.sdf
     if sdf is not None:

@@ -641,6 +641,31 @@ def test_octagon_slab_pairs_register_and_give_depth_aucs():
     assert 0.0 <= row["ours"] <= 1.0 and 0.0 <= row["naive_dimmer_is_deeper"] <= 1.0
 
 
+
+@pytest.fixture(scope="module")
+def octagon_depth_rows():
+    from VesselReconLib.octadepth import real_eval
+
+    net, _ = registry.load_model("octadepth", "lite")
+    return {row["pair"]: row for row in real_eval.depth_pair_rows(OCTAGON, {"ours": net})}
+
+
+@pytest.mark.skipif(not OCTAGON.is_dir(), reason="../shared/samples/octa-octagon is absent")
+def test_shipped_depth_beats_the_naive_cue_on_both_octagon_pairs(octagon_depth_rows):
+    for row in octagon_depth_rows.values():  # README: 0.682 / 0.691 against naive 0.540 / 0.632
+        assert row["ours"] > row["naive_dimmer_is_deeper"] + 0.03
+        assert row["ours"] > 0.65
+
+
+@pytest.mark.skipif(not OCTAGON.is_dir(), reason="../shared/samples/octa-octagon is absent")
+@pytest.mark.xfail(strict=True, reason="missed target (issue 12, VesselRecon/OCTADepth/README.md): deep-against-"
+                   "superficial depth AUC of the shipped default on the OCTAGON pairs is 0.682 (3 mm) / 0.691 (6 mm) "
+                   "against >= 0.85; round 6's segment pooling lowered it on phantoms and was not shipped")
+def test_shipped_depth_meets_the_real_scan_target(octagon_depth_rows):
+    for row in octagon_depth_rows.values():
+        assert row["ours"] >= 0.85 and row["ours"] > row["naive_dimmer_is_deeper"]
+
+
 def test_auc_of_known_scores():
     from VesselReconLib.octadepth import real_eval
 

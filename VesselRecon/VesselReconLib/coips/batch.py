@@ -213,7 +213,8 @@ def _fused_copy(net):
     once per network and reused by later runs until its weights or settings change."""
     tensors = (*net.parameters(), *net.buffers())
     key = (tuple(t._version for t in tensors), tuple(str(t.device) for t in tensors[:1]),
-           getattr(net, "canonical_fine_ratio", None), getattr(net, "motion_band_threshold", None))
+           getattr(net, "canonical_fine_ratio", None), getattr(net, "motion_band_threshold", None),
+           getattr(net, "motion_band_statistic", None))
     cached = _FUSED.get(net)
     if cached is None or cached[0] != key:
         cached = (key, fused_for_inference(net, channels_last=True))

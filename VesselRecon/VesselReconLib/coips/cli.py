@@ -249,7 +249,7 @@ def _ship(model, args, preset: str, history: list[dict]) -> None:
         if getattr(args, "calibrate_phantoms", None):
             sources.append(f"calibration: {args.calibrate_phantoms} (phantom validation set, macro F1; not the "
                            "held-out set)")
-    config = {key: getattr(model, key) for key in ("canonical_fine_ratio", "motion_band_threshold")
+    config = {key: getattr(model, key) for key in ("canonical_fine_ratio", "motion_band_threshold", "motion_band_statistic")
               if getattr(model, key, None) is not None}
     entry = ship_model(model.cpu(), "coips", preset, command=_train_command(args), data=args.data_command or str(args.data),
                        seed=args.seed, metrics=metrics, input_spec=spec, name=name, config=config,

@@ -145,25 +145,32 @@ def spectral_canonical(x: torch.Tensor, reference_ratio: float) -> torch.Tensor:
 BAND_BASELINE_FRACTION, BAND_MIN_HEIGHT_FRACTION = 0.125, 0.03
 
 
-def row_darkening(x: torch.Tensor, quantile: float = 0.5) -> torch.Tensor:
+def row_darkening(x: torch.Tensor, statistic: str | float = "median") -> torch.Tensor:
     """``(B, H)`` relative darkening of each image row against its neighbourhood: ``1 - p / b`` (>= 0), with
-    ``p`` the row's ``quantile`` (the median: robust to the FAZ and to single vessels, which cover less than
-    half a row) and ``b`` the running median of ``p`` over +-``BAND_BASELINE_FRACTION * H`` rows (reflected ends)."""
+    ``p`` the row's ``statistic`` and ``b`` the running median of ``p`` over +-``BAND_BASELINE_FRACTION * H``
+    rows (reflected ends). ``"median"`` is robust to the FAZ and to single vessels, which cover less than half
+    a row; ``"mean"`` (round 6) keeps a band's whole loss of signal (a blur moves bright capillary signal
+    within a row, which shifts a row's median but not its mean); a float is a quantile."""
     rows = x.float()[:, 0]
-    profile = rows.median(dim=-1).values if quantile == 0.5 else torch.quantile(rows, quantile, dim=-1)   # (B, H)
+    if statistic == "mean":
+        profile = rows.mean(dim=-1)
+    elif statistic in ("median", 0.5):
+        profile = rows.median(dim=-1).values
+    else:
+        profile = torch.quantile(rows, float(statistic), dim=-1)                                   # (B, H)
     radius = max(1, int(round(BAND_BASELINE_FRACTION * profile.shape[-1])))
     padded = F.pad(profile[:, None], (radius, radius), mode="reflect")[:, 0]
     baseline = padded.unfold(-1, 2 * radius + 1, 1).median(dim=-1).values
     return (1.0 - profile / baseline.clamp_min(1e-6)).clamp_min(0.0)
 
 
-def motion_band_score(x: torch.Tensor, quantile: float = 0.5) -> torch.Tensor:
+def motion_band_score(x: torch.Tensor, statistic: str | float = "median") -> torch.Tensor:
     """``(B,)`` depth of the deepest horizontal dark band of each image of a ``(B, 1, H, W)`` batch in
     ``[0, 1]``: the largest darkening (:func:`row_darkening`) held over at least
     ``BAND_MIN_HEIGHT_FRACTION * H`` consecutive rows (a motion / blink band, where the OCT signal was lost
     for several B-scans). Thin lines (stripe noise, single bright or dark rows) do not count; a blur of a
-    band that is taller than the blur keeps its depth (the row median is nearly blur-invariant)."""
-    darkening = row_darkening(x, quantile)
+    band that is taller than the blur keeps most of its depth. ``statistic``: see :func:`row_darkening`."""
+    darkening = row_darkening(x, statistic)
     height = max(2, int(round(BAND_MIN_HEIGHT_FRACTION * darkening.shape[-1])))
     held = -F.max_pool1d(-darkening[:, None], kernel_size=height, stride=1)[:, 0]
     return held.max(dim=-1).values
@@ -195,6 +202,8 @@ class QualityClassifier(nn.Module):
     :param motion_band_threshold: motion-band gate (inference only): an input whose
         :func:`motion_band_score` reaches this is graded ungradable (its gradable and outstanding logits
         are lowered by :data:`MOTION_GATE_LOGIT`), whatever the network says (``None``: off).
+    :param motion_band_statistic: the row statistic of that score, ``"median"`` or ``"mean"`` (round 6,
+        shipped: see :func:`row_darkening`).
     """
 
     kind = "quality"
@@ -202,7 +211,7 @@ class QualityClassifier(nn.Module):
     def __init__(self, backbone: str = "resnet10t", input_size: int = 128, in_chans: int = 1,
                  num_classes: int = len(GRADES), backbone_kwargs: dict | None = None, drop_rate: float = 0.0,
                  coord_channels: bool = False, canonical_fine_ratio: float | None = None,
-                 motion_band_threshold: float | None = None):
+                 motion_band_threshold: float | None = None, motion_band_statistic: str = "median"):
         super().__init__()
         import timm
 
@@ -217,13 +226,14 @@ class QualityClassifier(nn.Module):
         self.coord_channels = bool(coord_channels)
         self.canonical_fine_ratio = None if canonical_fine_ratio is None else float(canonical_fine_ratio)
         self.motion_band_threshold = None if motion_band_threshold is None else float(motion_band_threshold)
+        self.motion_band_statistic = motion_band_statistic
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=num_classes,
                                           in_chans=in_chans + 2 * self.coord_channels, drop_rate=drop_rate, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = None
         if self.motion_band_threshold is not None and not self.training:
-            gate = motion_band_score(x) >= self.motion_band_threshold
+            gate = motion_band_score(x, self.motion_band_statistic) >= self.motion_band_threshold
         if self.canonical_fine_ratio is not None:
             x = spectral_canonical(x, self.canonical_fine_ratio)
         x = zscore(x)

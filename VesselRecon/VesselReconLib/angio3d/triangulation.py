@@ -253,8 +253,8 @@ def triangulate_centerline(line_a, line_b, geom_a, geom_b, n: int = 100, smooth:
 
 
 def own_view_samples(points: np.ndarray, line_a, line_b, match: np.ndarray, geom_a, geom_b) -> list[dict]:
-    """Each view's QCA radii at its **own** 2D samples (mm at the depth of the 3D point each corresponds to),
-    with their pixels and 3D points: a view's lesion is measured where that view's path saw it, even where
+    """Each view's QCA radii at its **own** 2D samples (mm at the depth of the 3D point each corresponds to,
+    ``mm_per_px`` per sample), with their pixels and 3D points: a view's lesion is measured where that view's path saw it, even where
     the other view's path detours (a correspondence through the epipolar match would skip it)."""
     index = np.arange(len(points), dtype=float)
     order = np.maximum.accumulate(np.asarray(match, float)) + 1e-9 * index        # strictly increasing
@@ -264,5 +264,5 @@ def own_view_samples(points: np.ndarray, line_a, line_b, match: np.ndarray, geom
     for line, geometry, where, at in ((line_a, geom_a, points, index), (line_b, geom_b, points_b, a_of_b)):
         mm = np.mean(geometry.pixel_spacing) * geometry.depth(where) / geometry.sid
         out.append({"pixels": line.points, "points": where, "a_index": at, "radii": line.qca_radii_px * mm,
-                    "floored": np.asarray(line.floored, bool)})
+                    "mm_per_px": mm, "floored": np.asarray(line.floored, bool)})
     return out

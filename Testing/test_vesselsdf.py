@@ -262,6 +262,34 @@ def test_sdf_dice_term_and_calibrated_level():
         np.testing.assert_allclose(net(x, SPACING)["sdf"].numpy(), base(x, SPACING)["sdf"].numpy() - 0.5, atol=1e-6)
 
 
+def test_soft_skeleton_is_an_in_plane_centreline_inside_the_mask():
+    mask = torch.zeros(1, 1, 2, 32, 32)
+    mask[..., 10:17, 4:28] = 1  # a 7-pixel-wide bar
+    mask[..., 24, 2:30] = 1  # a 1-pixel-wide vessel
+    skeleton = L.soft_skeleton(mask)
+    assert float((skeleton * (1 - mask)).sum()) == 0.0  # inside the mask
+    assert float(skeleton[0, 0, 0, 24, 2:30].min()) == 1.0  # a thin vessel is its own centreline
+    bar = skeleton[0, 0, 0, 10:17, 8:24]
+    assert float(bar[3].min()) == 1.0 and float(bar[[0, 1, 5, 6]].sum()) == 0.0  # the bar's middle row only
+    np.testing.assert_array_equal(skeleton[0, 0, 0].numpy(), skeleton[0, 0, 1].numpy())  # per slice
+
+
+def test_cldice_term_weights_thin_vessels_by_length():
+    trunk = torch.zeros(1, 1, 2, 40, 40)
+    trunk[..., 4:20, 4:36] = 1  # a wide vessel
+    thin = torch.zeros_like(trunk)
+    thin[..., 30, 4:36] = 1  # a thin branch of the same length
+    label = ((trunk + thin) > 0).float()
+    f_miss_thin = torch.where(trunk > 0, -2.0, 2.0)
+    f_all = torch.where(label > 0, -2.0, 2.0)
+    assert float(L.cldice_loss(f_all, label)) < 0.01
+    # missing the thin branch costs about half the centreline, but only a few % of the volume
+    assert float(L.cldice_loss(f_miss_thin, label)) > 0.3 > 0.1 > float(L.sdf_dice_loss(f_miss_thin, label))
+    total, terms = L.vesselsdf_loss({"occupancy": None, "sdf": f_miss_thin}, label, f_all, SPACING,
+                                    L.LossConfig(lambda_cldice=0.2))
+    assert "cldice" in terms and terms["cldice"] == pytest.approx(float(L.cldice_loss(f_miss_thin, label)))
+
+
 def test_refiner_is_conditioned_on_image_and_occupancy():
     torch.manual_seed(0)
     net = build_model("lite").eval()

@@ -34,6 +34,10 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--init-from", help="checkpoint whose matching weights start the training (continue a run)")
     parser.add_argument("--sdf-dice", type=float, default=0.0,
                         help="weight of the soft Dice of the SDF's own mask (ours; 0: the paper's loss)")
+    parser.add_argument("--cldice", type=float, default=0.0,
+                        help="weight of the soft clDice of the SDF's own mask, in-plane skeletons (ours, release 6)")
+    parser.add_argument("--topology-val", action="store_true",
+                        help="pick the best epoch by the mean of Dice and clDice at the best level (release 6)")
     parser.add_argument("--full-res-skip", action="store_true",
                         help="refiner output layer also sees the occupancy and its distance at full resolution")
     parser.add_argument("--calibrate-level", action="store_true",
@@ -64,10 +68,10 @@ def train(args) -> int:
                          batch_size=args.batch_size, crop=tuple(args.crop), slices=args.slices or None, lr=args.lr,
                          seed=args.seed, val_cases=args.val_cases, device=args.device,
                          occupancy_from=args.occupancy_from, init_from=args.init_from,
-                         calibrate=args.calibrate_level,
+                         calibrate=args.calibrate_level, topology=args.topology_val,
                          model_config={**({"correction_mm": args.correction_mm} if args.correction_mm else {}),
                                        **({"full_res_skip": True} if args.full_res_skip else {})},
-                         loss=LossConfig(lambda_sdf_dice=args.sdf_dice))
+                         loss=LossConfig(lambda_sdf_dice=args.sdf_dice, lambda_cldice=args.cldice))
     bar = TqdmProgress(f"train {METHOD} {args.preset}")
     if args.ablations:
         models, trainer = train_with_ablations(args.data, args.out, config, progress=bar, resume=not args.no_resume)

@@ -31,6 +31,14 @@ Conventions (tensors ``(N, 1, K, J, I)``, spacing ``(Δx, Δy, Δz)`` in mm, SDF
   more than L1 rewards it (at a vessel of radius σ the Gaussian term's gradient is ≈ 4× the L1
   one), so without this term the refiner's zero level shrinks thin vessels away; the Dice term
   ties the zero level -- what is meshed -- to the vessels.
+* ``L_cldice`` (ours, release 6, ``λcl``, 0 = off): the soft clDice (Shit et al. 2021) of the SDF's
+  mask ``sigmoid(−f/τ)`` against the label, with skeletons taken **in-plane, per slice**
+  (:func:`soft_skeleton`: 2D min/max pooling; thick slices 2.5-5 mm apart would erase a vessel
+  through-plane in one step). Its sensitivity half ``Σ S(label)·m / Σ S(label)`` weights each
+  vessel by its centreline length, not its volume, so a thin branch counts as much as a trunk of the
+  same length: the volume Dice lets the refiner drop thin vessels at little cost (it missed surface:
+  on held-out phantoms its truth→surface distance was 1.79 mm against the occupancy stage's 1.38 mm,
+  while its surface→truth distance was lower, 1.07 vs 1.35 mm).
 * ``L_sur = mean exp(−β·|f|)`` with ``β = surface_beta`` (default 1 / mm): discourages spurious
   near-zero regions (floating fragments).
 """
@@ -59,6 +67,8 @@ class LossConfig:
     lambda_dice: float = 0.01
     lambda_sdf_dice: float = 0.0
     sdf_dice_tau_mm: float = 0.5
+    lambda_cldice: float = 0.0
+    cldice_iterations: int = 10
     gauss_sigma_mm: float = 1.0
     surface_beta: float = 1.0
     sdf_truncation_mm: float | None = 5.0
@@ -148,6 +158,37 @@ def sdf_dice_loss(f: torch.Tensor, mask: torch.Tensor, tau_mm: float = 0.5) -> t
     return soft_dice_loss(-f / tau_mm, mask)
 
 
+def _soft_erode(x: torch.Tensor) -> torch.Tensor:
+    """In-plane soft erosion of ``(N, 1, K, J, I)`` values in [0, 1] (min over a 3-pixel cross)."""
+    return torch.minimum(-F.max_pool3d(-x, (1, 3, 1), 1, (0, 1, 0)), -F.max_pool3d(-x, (1, 1, 3), 1, (0, 0, 1)))
+
+
+def _soft_open(x: torch.Tensor) -> torch.Tensor:
+    return F.max_pool3d(_soft_erode(x), (1, 3, 3), 1, (0, 1, 1))
+
+
+def soft_skeleton(x: torch.Tensor, iterations: int = 10) -> torch.Tensor:
+    """Soft morphological skeleton (Shit et al. 2021) of ``(N, 1, K, J, I)`` values in [0, 1], per slice
+    (in-plane pooling only); for a binary mask it is a binary subset of the mask along its centrelines."""
+    skeleton = F.relu(x - _soft_open(x))
+    for _ in range(iterations):
+        x = _soft_erode(x)
+        delta = F.relu(x - _soft_open(x))
+        skeleton = skeleton + F.relu(delta - skeleton * delta)
+    return skeleton
+
+
+def cldice_loss(f: torch.Tensor, mask: torch.Tensor, tau_mm: float = 0.5, iterations: int = 10,
+                eps: float = 1.0) -> torch.Tensor:
+    """``1 − clDice`` of the SDF's soft mask ``sigmoid(−f/τ)`` against the label (in-plane skeletons)."""
+    pred = torch.sigmoid(-f / tau_mm)
+    target = mask.to(pred.dtype)
+    skel_pred, skel_true = soft_skeleton(pred, iterations), soft_skeleton(target, iterations)
+    t_prec = ((skel_pred * target).sum() + eps) / (skel_pred.sum() + eps)
+    t_sens = ((skel_true * pred).sum() + eps) / (skel_true.sum() + eps)
+    return 1.0 - 2.0 * t_prec * t_sens / (t_prec + t_sens)
+
+
 def sdf_loss(f: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``mean |f − f*|`` (mm)."""
     return (f - target).abs().mean()
@@ -190,6 +231,9 @@ def vesselsdf_loss(outputs: dict, mask: torch.Tensor, sdf_target: torch.Tensor |
         if config.lambda_sdf_dice:
             terms["sdf_dice"] = sdf_dice_loss(f, mask, config.sdf_dice_tau_mm)
             weights["sdf_dice"] = config.lambda_sdf_dice
+        if config.lambda_cldice:
+            terms["cldice"] = cldice_loss(f, mask, config.sdf_dice_tau_mm, config.cldice_iterations)
+            weights["cldice"] = config.lambda_cldice
     if not terms:
         raise ValueError("The network returned neither occupancy nor SDF.")
     total = sum(weights[k] * v for k, v in terms.items())

@@ -134,7 +134,8 @@ ROSSA_TEST = SHARED / "datasets" / "rossa" / "test"
 @pytest.mark.skipif(not ROSSA_TEST.is_dir(), reason="needs ../shared/datasets/rossa")
 def test_grader_on_held_out_real_rossa_images(networks):
     """ROSSA test images (neither trained nor calibrated on): clean ones are gradable or better, their
-    series end ungradable and almost never rise (floors below the measured 97/100, 387/400, 380/400)."""
+    series end ungradable and almost never rise (floors below the measured 94/100 not ungradable, 397/400,
+    384/400 with the round-6 gate)."""
     from VesselReconLib.coips.realeval import rossa_grades
 
     result = rossa_grades(networks[0], ROSSA_TEST, limit=12)

@@ -194,7 +194,8 @@ def test_qca_on_held_out_phantoms(qca_errors):
 
 @pytest.mark.xfail(strict=True, reason="issue 14 target not met on these seeds (rounds 4-5: mean 12.0, bias -8.0): an 85 % "
                    "lesion hidden by another vessel in both views (-37) and an 89 % sub-resolution throat under-read in "
-                   "both views (-27); 7.6 / -0.2 on 260 fresh phantoms, 6.5 / +0.6 on 160 more; see the README")
+                   "both views (-27); 7.6 / -0.2 on 260 fresh phantoms, 6.5 / +0.6 on 160 more; densitometric QCA "
+                   "(round 6) is worse: 16.5 / +15.8 here, 21.4 / +19.9 on the 260; see the README")
 def test_qca_meets_the_issue_target(qca_errors):
     assert np.abs(qca_errors).mean() <= 4.0 and abs(qca_errors.mean()) <= 2.0
 

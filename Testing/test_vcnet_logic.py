@@ -192,7 +192,7 @@ def test_thin_slab_is_padded_and_runs(scene, phantom):
 def test_spacing_path_resamples_to_the_model_grid_and_back():
     import torch
 
-    from VesselReconLib.vcnet.inference import model_grid, resample, segment, trained_spacing
+    from VesselReconLib.vcnet.inference import fine_grid, model_grid, resample, segment, trained_spacing
     from VesselReconLib.vcnet.network import build_model
 
     assert model_grid((20, 64, 80), (0.5, 0.5, 0.8), (0.5, 0.5, 0.8)) is None
@@ -201,6 +201,12 @@ def test_spacing_path_resamples_to_the_model_grid_and_back():
     np.testing.assert_allclose(trained_spacing((0.3, 0.3, 0.3), (0.5, 0.5, 0.8)), (0.45, 0.45, 0.72))
     np.testing.assert_allclose(trained_spacing((1.0, 0.5, 0.8), (0.5, 0.5, 0.8)), (0.55, 0.5, 0.8))
     assert model_grid((40, 100, 120), (0.3, 0.3, 0.3), (0.5, 0.5, 0.8)) == (17, 67, 80)
+    # an input finer than the trained band also runs on a second grid: 0.6x the model spacing, never
+    # finer than the input (0.3 mm -> 0.3 x 0.3 x 0.48 mm); none for inputs at or above the band
+    assert fine_grid((40, 100, 120), (0.3, 0.3, 0.3), (0.5, 0.5, 0.8)) == (25, 100, 120)
+    assert fine_grid((40, 100, 120), (0.5, 0.5, 0.4), (0.5, 0.5, 0.8)) == (33, 100, 120)
+    assert fine_grid((20, 64, 80), (0.45, 0.45, 0.72), (0.5, 0.5, 0.8)) is None
+    assert fine_grid((20, 64, 80), (1.0, 0.5, 0.8), (0.5, 0.5, 0.8)) is None
     field = np.fromfunction(lambda k, j, i: np.sin(j / 9.0) + np.cos(i / 11.0) + k / 20.0, (40, 100, 120))
     back = resample(resample(field, (17, 67, 80), torch.device("cpu")), field.shape, torch.device("cpu"))
     assert np.abs(back - field)[3:-3, 3:-3, 3:-3].max() < 0.1  # smooth fields survive the round trip
@@ -209,11 +215,13 @@ def test_spacing_path_resamples_to_the_model_grid_and_back():
     p = render_mra("mra", seed=5, spacing=(0.3, 0.3, 0.3), crop=(30, 90, 100), crop_centre="cow")
     result = segment(p.image, p.spacing, net, device="cpu", with_mips=True)
     assert result.info["resampled_kji"] == [12, 60, 67]
+    assert result.info["fine_grid_kji"] == [19, 90, 100] and result.info["fine_windows_run"] >= 1
     assert result.probability.shape == result.labels.shape == p.image.shape
     assert result.mip_image.shape[1:] == (3 * 60, 2 * 67)  # composited MIPs on the model grid
     np.testing.assert_allclose(result.info["mip_spacing"], (0.45, 0.45, 0.72 * 16))
     native = segment(p.image, p.spacing, net, device="cpu", resample_to_model=False)
-    assert native.info["resampled_kji"] is None and native.probability.shape == p.image.shape
+    assert native.info["resampled_kji"] is None and native.info["fine_grid_kji"] is None
+    assert native.probability.shape == p.image.shape
 
 
 def test_warnings_for_no_mask_and_an_implausible_slice_axis(phantom):

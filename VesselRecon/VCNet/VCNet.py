@@ -78,7 +78,8 @@ Segments highly sparse and noisy vessels in 3D images (MR angiography, susceptib
 imaging, microscopy). The network combines 3D patches with their maximum-intensity projections, so
 faint vessels that are hard to see slice by slice are still found; the result is a vessel
 segmentation, an optional probability volume and the composited sliding MIPs the network sees, with
-their 2D segmentation. The input is resampled to the model's training spacing and the result back.
+their 2D segmentation. The input is resampled to the model's training spacing and the result back
+(a finer input, such as 0.3 mm, also runs on a finer grid for its thin vessels).
 The optional mask also sets the intensity statistics; without it the whole volume's tissue level is
 used. Check <b>Dark vessels</b> for images where vessels are darker than the background, with the
 model <i>vcnet-swi-lite</i> (the default model is trained on TOF-MRA). <b>Load sample</b> generates

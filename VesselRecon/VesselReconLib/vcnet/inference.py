@@ -2,7 +2,9 @@
 
 The normalised volume is resampled (trilinear, on the compute device) to the spacing the model was
 trained at, and the probability back to the input grid, so that vessels have the calibre in voxels
-the weights expect. A volume thinner than a patch is padded by reflection along the slice axis
+the weights expect. An input finer than the trained spacings (say 0.3 mm) also runs on a second grid,
+0.6x the model spacing but never finer than the input, where its thin vessels have a trained calibre
+in voxels; the two probabilities are joined by their voxel-wise maximum. A volume thinner than a patch is padded by reflection along the slice axis
 (and in-plane) rather than refused. It is cut into patches of the model's size (K3 x K1 x K2,
 slices first): non-overlapping as in the paper (``overlap=0``), or overlapping with Gaussian
 blending (``overlap>0``), as MONAI's ``sliding_window_inference`` (its window scan and importance map);
@@ -288,8 +290,35 @@ def model_grid(shape, spacing, model_spacing, tolerance: float = SPACING_TOLERAN
     ratios = [float(s) / float(m) for s, m in zip(spacing, model_spacing)]  # x, y, z
     if all(abs(r - 1) <= tolerance for r in ratios):
         return None
-    target = trained_spacing(spacing, model_spacing, tolerance)
+    return grid_shape(shape, spacing, trained_spacing(spacing, model_spacing, tolerance))
+
+
+def grid_shape(shape, spacing, target) -> tuple:
+    """``(k, j, i)`` shape of a ``[k, j, i]`` volume of ``spacing`` (x, y, z) resampled to ``target``."""
     return tuple(max(1, int(round(n * float(s) / t))) for n, s, t in zip(shape, spacing[::-1], target[::-1]))
+
+
+FINE_GRID_FACTOR = 0.6  # the second grid of a fine input, relative to the model spacing
+
+
+def fine_spacing(spacing, model_spacing, factor: float = FINE_GRID_FACTOR) -> tuple:
+    """The second grid of an input finer than the trained band: each axis at ``factor`` x the model
+    spacing, never finer than the input (0.3 mm isotropic -> 0.3 x 0.3 x 0.48 mm)."""
+    return tuple(max(float(s), float(m) * factor) for s, m in zip(spacing, model_spacing))
+
+
+def fine_grid(shape, spacing, model_spacing, tolerance: float = SPACING_TOLERANCE):
+    """``(k, j, i)`` shape of the second grid (:func:`fine_spacing`) for an input finer than the trained
+    band (``model_spacing`` - ``tolerance``) on some axis, else None.
+
+    Vessels thinner than a voxel of the trained grid (thin, faint, distal vessels: 1-2 voxels at 0.3
+    mm) are seen on this grid at a calibre in voxels the network was trained on, while the trained
+    grid sees the large vessels at theirs; :func:`segment` takes the voxel-wise maximum of the two
+    probabilities. Calibration seeds 900027/8 at 0.3 mm, ``lite-fast``, default call: Dice 0.855 with
+    the trained grid alone, 0.888 with this grid added (factor 0.7: 0.869; 0.8: 0.862)."""
+    if all(float(s) / float(m) >= 1 - tolerance - 1e-6 for s, m in zip(spacing, model_spacing)):
+        return None
+    return grid_shape(shape, spacing, fine_spacing(spacing, model_spacing))
 
 
 def resample(array: np.ndarray, shape, device: torch.device) -> np.ndarray:
@@ -440,23 +469,20 @@ def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, 
     normalized = normalize(volume, mask, dark, level)
     model_spacing = tuple(getattr(model, "spacing", spacing))
     grid = model_grid(volume.shape, spacing, model_spacing) if resample_to_model else None
+    second = fine_grid(volume.shape, spacing, model_spacing) if resample_to_model else None
     if region is None and head_margin_mm > 0:
         region = intracranial_region(volume, spacing, level, margin_mm=head_margin_mm)
         region = None if region.all() else region
-    work = resample(normalized, grid, torch_device) if grid is not None else normalized
-    work, unpadded = pad_to_patch(work, model.patch)
-    work_region = None
-    if region is not None:  # the windows to run (on the model grid; generous at the border)
-        work_region = resample(region.astype(np.float32), grid, torch_device) > 0 if grid is not None else region
-        work_region, _ = pad_to_patch(work_region, model.patch)
     sink = {} if with_mips else None
     counts: dict = {}
-    work_prob, used_batch = predict_probability(model, work, torch_device, overlap, batch_size,
-                                                reporter.sub(0.02, 0.85), mip_sink=sink, region=work_region,
-                                                counts=counts)
-    prob = work_prob[: unpadded[0], : unpadded[1], : unpadded[2]]
-    if grid is not None:
-        prob = np.clip(resample(prob, volume.shape, torch_device), 0.0, 1.0)
+    prob, work, work_prob, unpadded, used_batch = _grid_probability(
+        model, normalized, region, grid, torch_device, overlap, batch_size,
+        reporter.sub(0.02, 0.85 if second is None else 0.3), sink, counts)
+    if second is not None:  # a fine input: the union with the second, finer grid (thin vessels)
+        second_counts: dict = {}
+        np.maximum(prob, _grid_probability(model, normalized, region, second, torch_device, overlap, used_batch,
+                                           reporter.sub(0.3, 0.85), None, second_counts)[0], out=prob)
+        counts["fine_windows_run"] = second_counts["windows_run"]
     if region is not None:  # in place, with torch's threads (the MIP labels' fallback reads work_prob)
         prob = prob.copy() if grid is None and with_mips else prob
         torch.from_numpy(prob).mul_(torch.from_numpy(region))
@@ -481,9 +507,29 @@ def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, 
                    "warnings": warnings, "searched_fraction": 1.0 if region is None else float(region.mean()),
                    **counts,
                    "resampled_kji": list(grid) if grid is not None else None,
+                   "fine_grid_kji": list(second) if second is not None else None,
                    "mip_spacing": (work_spacing[0], work_spacing[1], work_spacing[2] * int(model.patch[0]))}
     reporter(1.0, "done")
     return result
+
+
+def _grid_probability(model, normalized: np.ndarray, region, grid, device: torch.device, overlap: float,
+                      batch_size, reporter, sink, counts: dict):
+    """The network's probability on ``grid`` (a ``(k, j, i)`` shape, or None for the input grid),
+    brought back to the input grid (trilinear). Returns it, the (padded) volume and probability on
+    ``grid``, the unpadded shape and the batch size that fit."""
+    work = resample(normalized, grid, device) if grid is not None else normalized
+    work, unpadded = pad_to_patch(work, model.patch)
+    work_region = None
+    if region is not None:  # the windows to run (on the model grid; generous at the border)
+        work_region = resample(region.astype(np.float32), grid, device) > 0 if grid is not None else region
+        work_region, _ = pad_to_patch(work_region, model.patch)
+    work_prob, used_batch = predict_probability(model, work, device, overlap, batch_size, reporter,
+                                                mip_sink=sink, region=work_region, counts=counts)
+    prob = work_prob[: unpadded[0], : unpadded[1], : unpadded[2]]
+    if grid is not None:
+        prob = np.clip(resample(prob, normalized.shape, device), 0.0, 1.0)
+    return prob, work, work_prob, unpadded, used_batch
 
 
 def label_mips(labels: np.ndarray, model) -> np.ndarray:

@@ -135,7 +135,8 @@ class VCNetLogic(VesselReconLogic):
             0.4x the local vessel intensity, among voxels of probability >= 0.1 near detected vessels
             (``inference.refine_boundary``); False thresholds the probability alone.
         :param resampleToModelSpacing: resample to the model's training spacing (0.5 x 0.5 x 0.8 mm for
-            the shipped models) and the result back to the input grid.
+            the shipped models) and the result back to the input grid; an input finer than that (say
+            0.3 mm) also runs on a second grid 0.6x the model spacing, for thin vessels (the union).
         :returns: :class:`VCNetResult`.
         """
         from ..device import resolve_device

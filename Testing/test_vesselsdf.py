@@ -480,3 +480,35 @@ def test_surface_calibration_runs_on_a_phantom(surface):
     assert {(r["piece_keep_prob"], r["piece_keep_near_mm"]) for r in result["table"] if r["min_piece_mm3"]} == {
         (0.0, 0.0), (0.9, 2.0)}  # the piece rules only with a minimum volume
     assert ("pieces" in result["occupancy"] and "hd95_mm" in result) == surface
+
+
+
+@pytest.fixture(scope="module")
+def heldout_phantom_table(tmp_path_factory):
+    """The shipped full model and occupancy-only on the README's 6 held-out phantoms (seed 17)."""
+    from VesselReconLib.phantoms.datasets import write_dataset
+    from VesselReconLib.registry import load_model
+    from VesselReconLib.vesselsdf.evaluation import evaluate_methods, load_eval_cases
+
+    folder = tmp_path_factory.mktemp("heldout17")
+    write_dataset("ct", folder, 6, seed=17, shape=(16, 160, 160), thin_slab=True,
+                  slice_mm_choices=(2.5, 3.2, 4.0, 4.8, 5.0))
+    models = {name: load_model("vesselsdf", name, "cpu")[0] for name in ("lite", "lite-occ")}
+    return evaluate_methods(load_eval_cases(folder), models, "cpu")
+
+
+@pytest.mark.slow
+def test_full_model_is_not_below_occupancy_only_on_dice_and_pieces(heldout_phantom_table):
+    full, occ = heldout_phantom_table["lite"], heldout_phantom_table["lite-occ"]
+    assert full["dice"] >= occ["dice"]  # round 6: 0.588 vs 0.579
+    assert full["components"] < occ["components"]  # round 6: 66 vs 128
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="target missed: on the 6 held-out phantoms (seed 17) the shipped full model "
+                                       "loses to occupancy-only on Chamfer (1.43 vs 1.36 mm) and HD95 (5.83 vs "
+                                       "5.42 mm) (round 6 re-measured: its truth->surface distance is 1.79 vs "
+                                       "1.38 mm, surface->truth 1.07 vs 1.35 mm: it misses thin vessels)")
+def test_full_model_beats_occupancy_only_on_surface_metrics(heldout_phantom_table):
+    full, occ = heldout_phantom_table["lite"], heldout_phantom_table["lite-occ"]
+    assert full["chamfer_mm"] < occ["chamfer_mm"] and full["hd95_mm"] < occ["hd95_mm"]

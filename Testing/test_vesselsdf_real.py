@@ -123,24 +123,38 @@ def test_ircadb_reader_sparse_setting():
     assert 0.03 < case.reference[case.region].mean() < 0.1
 
 
-@pytest.mark.skipif(not IRCADB.is_dir(), reason="../shared/datasets/ircadb_1.7 is not available")
-def test_ircadb_sparse_setting_floor_with_the_liver_roi():
+@pytest.fixture(scope="module")
+def ircadb_scores():
+    """The shipped default on IRCADb 1.7 (every 3rd slice) with the reference liver ROI and with the
+    automatic one, and Otsu in the liver (one network run each, shared by the tests below)."""
+    if not IRCADB.is_dir():
+        pytest.skip("../shared/datasets/ircadb_1.7 is not available")
     from VesselReconLib.registry import load_model
 
     case = realdata.read_ircadb(IRCADB)[0]
     net, _ = load_model("vesselsdf", "lite", "cpu")
-    ours = realdata.volume_metrics(realdata.model_fine(net, case, case.roi)[0], case)
-    otsu = realdata.volume_metrics(realdata.otsu_baseline(case, case.roi), case)
-    assert ours["dice"] >= 0.58 and ours["dice"] >= otsu["dice"] + 0.10  # release 5: 0.605
-    assert ours["cl_recall"] >= 0.55 and ours["cldice"] >= 0.60  # release 5: 0.572 and 0.641 (target recall 0.60)
+    return {"roi": realdata.volume_metrics(realdata.model_fine(net, case, case.roi)[0], case),
+            "auto": realdata.volume_metrics(realdata.model_fine(net, case, None)[0], case),
+            "otsu": realdata.volume_metrics(realdata.otsu_baseline(case, case.roi), case)}
+
+
+def test_ircadb_sparse_setting_floor_with_the_liver_roi(ircadb_scores):
+    ours, otsu, auto = ircadb_scores["roi"], ircadb_scores["otsu"], ircadb_scores["auto"]
+    assert ours["dice"] >= 0.58 and ours["dice"] >= otsu["dice"] + 0.10  # release 5/6: 0.605
+    assert ours["cl_recall"] >= 0.55 and ours["cldice"] >= 0.60  # release 5/6: 0.572 and 0.641
     assert ours["chamfer_mm"] < otsu["chamfer_mm"] and ours["hd95_mm"] < otsu["hd95_mm"]
     assert ours["fragments"] < otsu["fragments"]
     # the ROI never makes it worse (release 5: it changes only where the output is kept)
-    auto = realdata.volume_metrics(realdata.model_fine(net, case, None)[0], case)
     for key in ("dice", "cldice", "cl_recall"):
         assert ours[key] >= auto[key] - 1e-9, key
     for key in ("chamfer_mm", "hd95_mm", "fragments"):
         assert ours[key] <= auto[key] + 1e-9, key
+
+
+@pytest.mark.xfail(strict=True, reason="target missed: centreline recall with the liver ROI 0.572 (round 6 "
+                                       "re-measured; target >= 0.60; a clDice-fine-tuned refiner was not shipped)")
+def test_ircadb_centreline_recall_target_with_the_liver_roi(ircadb_scores):
+    assert ircadb_scores["roi"]["cl_recall"] >= 0.60
 
 
 def test_roi_statistics_are_dequantised_and_trimmed():

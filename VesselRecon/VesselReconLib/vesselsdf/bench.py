@@ -18,7 +18,7 @@ from ..device import inference, interleaved, load_average, peak_memory_mb, time_
 from ..mrml import spacing_of
 from .inference import (mesh_zero_level, predict_in_roi, refine_in_box, refine_through_plane, refined_geometry,
                         roi_box)
-from .network import build_model, parameter_count, parse_preset
+from .network import build_model, parameter_count
 from .preprocess import canonicalise, normalise_ct
 
 

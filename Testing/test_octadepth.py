@@ -641,7 +641,6 @@ def test_octagon_slab_pairs_register_and_give_depth_aucs():
     assert 0.0 <= row["ours"] <= 1.0 and 0.0 <= row["naive_dimmer_is_deeper"] <= 1.0
 
 
-
 @pytest.fixture(scope="module")
 def octagon_depth_rows():
     from VesselReconLib.octadepth import real_eval

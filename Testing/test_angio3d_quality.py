@@ -381,7 +381,8 @@ def test_reconstruct_refuses_an_unknown_qca_radius_source():
 def test_densitometry_reads_a_subresolution_throat_by_its_area():
     """Beer-Lambert (issue 14 round 6): on a log-attenuation image the darkness integrated across the vessel
     is proportional to the lumen area whatever the blur, so an 80 % throat of 1.2 px under a 1 px blur reads
-    within 4 points by its area; the hybrid keeps the edge radius wherever that is resolved."""
+    within 4 points by its area; the hybrid keeps the edge radius wherever that is resolved and takes the
+    smaller densitometric one below the 1.5 px switch."""
     from VesselReconLib.angio3d.densitometry import densitometric_radii_px, hybrid_radii_px, integrated_darkness
     from VesselReconLib.angio3d.pipeline import quantitative_coronary_analysis
 
@@ -398,3 +399,10 @@ def test_densitometry_reads_a_subresolution_throat_by_its_area():
         edge = np.where(healthy, truth, truth + 1.0)                  # an edge reading too wide at the lesion
         hybrid = hybrid_radii_px(edge, dens)
         assert np.array_equal(hybrid[edge >= 1.5], edge[edge >= 1.5]) and (hybrid <= edge).all()
+        if percent == 80.0:   # the throat (1.24 px) near the blur floor, read 1.49 px by the edges: densitometry there
+            near_floor = np.where(truth < 1.5, 1.49, truth)
+            low = near_floor < 1.5
+            hybrid = hybrid_radii_px(near_floor, dens)
+            assert low.sum() >= 2 and np.array_equal(hybrid[~low], near_floor[~low])
+            np.testing.assert_array_equal(hybrid[low], np.minimum(near_floor[low], dens[low]))
+            assert hybrid[throat] == pytest.approx(dens[throat]) and dens[throat] < near_floor[throat]

@@ -226,6 +226,10 @@ class QualityClassifier(nn.Module):
         self.coord_channels = bool(coord_channels)
         self.canonical_fine_ratio = None if canonical_fine_ratio is None else float(canonical_fine_ratio)
         self.motion_band_threshold = None if motion_band_threshold is None else float(motion_band_threshold)
+        if motion_band_statistic not in ("median", "mean") and not (
+                isinstance(motion_band_statistic, (int, float)) and 0.0 <= motion_band_statistic <= 1.0):
+            raise CheckpointError(f"motion_band_statistic must be 'median', 'mean' or a quantile in [0, 1]; "
+                                  f"got {motion_band_statistic!r}.")
         self.motion_band_statistic = motion_band_statistic
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=num_classes,
                                           in_chans=in_chans + 2 * self.coord_channels, drop_rate=drop_rate, **kwargs)

@@ -207,18 +207,30 @@ def test_spacing_path_resamples_to_the_model_grid_and_back():
     assert fine_grid((40, 100, 120), (0.5, 0.5, 0.4), (0.5, 0.5, 0.8)) == (33, 100, 120)
     assert fine_grid((20, 64, 80), (0.45, 0.45, 0.72), (0.5, 0.5, 0.8)) is None
     assert fine_grid((20, 64, 80), (1.0, 0.5, 0.8), (0.5, 0.5, 0.8)) is None
+    assert fine_grid((100, 100, 100), (0.3, 0.3, 0.8), (0.5, 0.5, 0.8)) == (100, 100, 100)  # fine in-plane only
+    assert fine_grid((100, 100, 100), (0.449, 0.449, 0.8), (0.5, 0.5, 0.8)) is None  # the trained grid's shape
     field = np.fromfunction(lambda k, j, i: np.sin(j / 9.0) + np.cos(i / 11.0) + k / 20.0, (40, 100, 120))
     back = resample(resample(field, (17, 67, 80), torch.device("cpu")), field.shape, torch.device("cpu"))
     assert np.abs(back - field)[3:-3, 3:-3, 3:-3].max() < 0.1  # smooth fields survive the round trip
     torch.manual_seed(0)
     net = build_model("lite").eval()
     p = render_mra("mra", seed=5, spacing=(0.3, 0.3, 0.3), crop=(30, 90, 100), crop_centre="cow")
-    result = segment(p.image, p.spacing, net, device="cpu", with_mips=True)
+    seen = []
+    result = segment(p.image, p.spacing, net, device="cpu", with_mips=True, progress=lambda f, m: seen.append((f, m)))
     assert result.info["resampled_kji"] == [12, 60, 67]
     assert result.info["fine_grid_kji"] == [19, 90, 100] and result.info["fine_windows_run"] >= 1
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    windows = [f for f, m in seen if "window" in m]  # both grids report their windows, one after the other
+    assert min(windows) < 0.3 <= max(windows) < 0.85
     assert result.probability.shape == result.labels.shape == p.image.shape
     assert result.mip_image.shape[1:] == (3 * 60, 2 * 67)  # composited MIPs on the model grid
     np.testing.assert_allclose(result.info["mip_spacing"], (0.45, 0.45, 0.72 * 16))
+    mask = np.ones((7, 90, 100), np.uint8)
+    mask[:, :, :40] = 0
+    thin = segment(p.image[:7], p.spacing, net, mask, device="cpu", with_mips=True)  # both grids padded, masked
+    assert thin.info["fine_grid_kji"] == [4, 90, 100] and thin.labels.shape == (7, 90, 100)
+    assert not thin.probability[:, :, :40].any() and thin.probability[:, :, 40:].any()
     native = segment(p.image, p.spacing, net, device="cpu", resample_to_model=False)
     assert native.info["resampled_kji"] is None and native.info["fine_grid_kji"] is None
     assert native.probability.shape == p.image.shape

@@ -52,6 +52,7 @@ def test_shipped_models_beat_vesselness(held_out, model):
     assert min(ours) > 0.2
 
 
+@pytest.mark.slow
 def test_default_call_keeps_its_dice_at_0_3_mm():
     """Issue 15's phantom target: on held-out circle-of-Willis crops (no air), the default call (no mask)
     at 0.3 mm isotropic stays within 0.03 Dice of the same heads at the training spacing."""
@@ -63,7 +64,9 @@ def test_default_call_keeps_its_dice_at_0_3_mm():
         scores = []
         for seed in range(8 * 100_003, 8 * 100_003 + 4):  # the test set of the README (seed 8)
             p = render_mra("mra", None, spacing, seed, crop=crop, crop_centre="cow")
-            scores.append(metrics.dice(segment(p.image, p.spacing, net, device="cpu").labels, p.label))
+            result = segment(p.image, p.spacing, net, device="cpu")
+            assert p.label.mean() > 0.003 and (result.info["fine_grid_kji"] is None) == (spacing[0] == 0.5)
+            scores.append(metrics.dice(result.labels, p.label))
         dice[spacing[0]] = float(np.mean(scores))
     # measured (round 6): 0.894 at the training spacing, 0.878 at 0.3 mm (round 5: 0.847, gap 0.047)
     assert dice[0.5] > 0.88 and dice[0.3] > 0.865, dice

@@ -152,6 +152,17 @@ def test_cli_run_writes_files_and_scene(tmp_path, phantom):
     assert main(["vcnet", str(tmp_path / "missing.nii.gz"), "--out", str(out)]) == 2
 
 
+def test_cli_refusal_prints_no_empty_progress_bar(tmp_path, phantom, capsys):
+    """A volume refused by the Logic's checks gives one error line, with no progress bar drawn before it."""
+    from VesselReconLib.cli import main
+    from VesselReconLib.phantoms.datasets import save_nifti
+
+    path = save_nifti(np.full(phantom.image.shape, 7.0, np.float32), phantom.spacing, (0, 0, 0), tmp_path / "flat.nii.gz")
+    assert main(["vcnet", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "constant" in err.lower() and "%|" not in err and "vcnet:" not in err, err
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("model", ["lite-fast", "lite"])  # the default and the previous default
 def test_gpu_matches_cpu(phantom, model):

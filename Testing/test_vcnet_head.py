@@ -1,6 +1,7 @@
 """VC-Net without a mask on a whole head: the search region leaves out the bright fat and scalp,
 keeps the brain (also when the field of view cuts the skull) and every voxel of a crop with no air;
-windows outside the region are skipped; training draws hard negatives from the fat."""
+windows outside the region are skipped; training draws hard negatives from the fat and ordinary
+negatives inside the brain mask."""
 
 from __future__ import annotations
 
@@ -66,3 +67,17 @@ def test_sampler_draws_hard_negatives_from_bright_fat(whole_head):
     sampler = PatchSampler([case], (8, 16, 16), pos_fraction=0.75, seed=0, hard_fraction=1.0)
     patches = [sampler.sample() for _ in range(5)]
     assert all(p[0].max() > 0.8 and not p[1].any() for p in patches)  # bright, and no vessel label there
+
+
+def test_sampler_draws_ordinary_negatives_inside_the_brain_mask():
+    """The paper's negatives: non-vessel patches centred inside the brain mask (here j >= 24 only)."""
+    image = np.broadcast_to(np.arange(32, dtype=np.float32)[None, :, None], (8, 32, 32)).copy()  # value = row j
+    label = np.zeros((8, 32, 32), np.uint8)
+    label[4, 28, 4] = 1
+    mask = np.zeros((8, 32, 32), np.uint8)
+    mask[:, 24:] = 1
+    sampler = PatchSampler([Case("head", image, label, mask, (0.5, 0.5, 0.8))], (4, 8, 8), pos_fraction=0.0, seed=0)
+    starts = [sampler.sample()[0].min() for _ in range(20)]  # first row of each patch
+    assert min(starts) >= 20, starts  # a centre at j >= 24 starts its 8-row patch at j >= 20
+    anywhere = PatchSampler([Case("head", image, label, None, (0.5, 0.5, 0.8))], (4, 8, 8), pos_fraction=0.0, seed=0)
+    assert min(anywhere.sample()[0].min() for _ in range(20)) < 20  # without a mask: anywhere

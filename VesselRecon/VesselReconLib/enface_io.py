@@ -238,14 +238,20 @@ def probe_fov(path: str | Path, field_of_view_mm: float | None = None) -> tuple[
     return resolve_fov(None, metadata, path, required=False)
 
 
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Normalised pixels in ``[0, 1]`` rounded to uint8 (what :func:`to_work_image` resizes)."""
+    return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+
+
 def to_work_image(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Normalised pixels as a ``size`` x ``size`` uint8 image (PIL bilinear with antialiasing).
+    """Normalised pixels, or their :func:`to_uint8` (a caller cutting several windows rounds once), as a
+    ``size`` x ``size`` uint8 image (PIL bilinear with antialiasing).
 
     Both the batch loader and the single-image path feed the networks through this function.
     """
     from PIL import Image
 
-    image = Image.fromarray(np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8))
+    image = Image.fromarray(pixels if pixels.dtype == np.uint8 else to_uint8(pixels))
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
     return np.array(image)

@@ -21,9 +21,10 @@ from slicer import (
 )
 
 from VesselReconLib import slicer_logic, slicer_samples, slicer_selftest, slicer_widget
+from VesselReconLib.vcnet.defaults import DEFAULT_MODEL
 
 # Apply, Evaluate and Load sample call the core logic (VesselReconLib.vcnet.logic.VCNetLogic):
-#   process(inputVolume, maskVolume=None, darkVessels=False, model="lite-fast", device="auto", overlap=0.0,
+#   process(inputVolume, maskVolume=None, darkVessels=False, model=DEFAULT_MODEL, device="auto", overlap=0.0,
 #           threshold=0.5, minComponentMm3=0.0, batchSize=None, outputProbability=False, outputMip=False,
 #           outputSegmentation=None, outputProbabilityVolume=None, outputMipVolume=None, outputTable=None,
 #           referenceSegmentation=None, referenceLabelmap=None, progress=None, cancel=None, background=None)
@@ -130,7 +131,7 @@ class VCNetParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     maskNode: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
-    model: str = "lite-fast"  # the core's DEFAULT_MODEL; "vcnet-swi-lite" for SWI (Dark vessels)
+    model: str = DEFAULT_MODEL  # "vcnet-swi-lite" for SWI (Dark vessels)
     checkpointPath: Path
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
     darkVessels: bool = False

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..device import DEVICE_CHOICES
+from .defaults import DEFAULT_MODEL
 
 
 # ---------------------------------------------------------------- run
@@ -16,9 +17,9 @@ from ..device import DEVICE_CHOICES
 def add_arguments(parser) -> None:
     parser.add_argument("input", help="MRA/SWI volume (NRRD, NIfTI, MHA or a DICOM folder)")
     parser.add_argument("--out", default="out/vcnet", help="output folder (segmentation, probability, table, .mrb)")
-    parser.add_argument("--model", default="lite-fast",  # logic.DEFAULT_MODEL (not imported: --help stays light)
-                        help="shipped preset/name or a .safetensors/.pt checkpoint (default lite-fast; lite keeps "
-                             "the 0.3 mm gap smaller; vcnet-swi-lite for SWI with --dark)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"shipped preset/name or a .safetensors/.pt checkpoint (default {DEFAULT_MODEL}; lite "
+                             "keeps the 0.3 mm gap smaller; vcnet-swi-lite for SWI with --dark)")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--mask", help="brain/ROI mask volume; it also sets the intensity statistics (tissue level) "
                                        "used to normalise the image. Without it the whole volume's dominant tissue "
@@ -167,7 +168,7 @@ from .eval import add_eval_arguments, evaluate  # noqa: E402,F401
 
 
 def demo(context) -> None:
-    """MRA phantom crop (fixed seed) -> VC-Net (the default model, lite-fast) -> segmentation, MIPs, table;
+    """MRA phantom crop (fixed seed) -> VC-Net (the default model) -> segmentation, MIPs, table;
     3D and MIP renders."""
     import numpy as np
 

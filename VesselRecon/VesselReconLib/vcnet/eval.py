@@ -24,6 +24,7 @@ from .. import metrics, registry
 from ..device import resolve_device
 from ..errors import CheckpointError
 from .data import Case, load_cases
+from .defaults import DEFAULT_MODEL_NAME
 from .inference import segment
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def _load(name: str, device, directory=None):
         return None
 
 
-def evaluate_cases(cases: list[Case], model: str = "vcnet-lite-fast", ablation3d: str = "vcnet-unet3d-lite",
+def evaluate_cases(cases: list[Case], model: str = DEFAULT_MODEL_NAME, ablation3d: str = "vcnet-unet3d-lite",
                    stream2d: str = "vcnet-unet2d-lite", device: str = "auto", overlap: float = 0.0,
                    vesselness_threshold: float | None = None, kind: str = "mra", dark: bool = False,
                    registry_dir=None, slice2d: str = "vcnet-slice2d-lite", frangi_threshold: float | None = None) -> dict:
@@ -135,8 +136,8 @@ def add_eval_arguments(parser) -> None:
     from ..device import DEVICE_CHOICES
 
     parser.add_argument("--data", required=True, help="held-out MSD-style folder (dataset.json, imagesTr, labelsTr)")
-    parser.add_argument("--model", default="vcnet-lite-fast", help="VC-Net model (registry name or checkpoint; "
-                                                                   "default: the default model, vcnet-lite-fast)")
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="VC-Net model (registry name or checkpoint; "
+                                                                    f"default: the default model, {DEFAULT_MODEL_NAME})")
     parser.add_argument("--ablation", default="vcnet-unet3d-lite", help="3D U-Net without the MIP stream")
     parser.add_argument("--stream2d", default="vcnet-unet2d-lite", help="2D U-Net on MIPs (for the fusion baselines)")
     parser.add_argument("--slice2d", default="vcnet-slice2d-lite", help="slice-wise 2D U-Net baseline")

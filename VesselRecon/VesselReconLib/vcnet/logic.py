@@ -15,13 +15,10 @@ from .. import metrics, mrml
 from ..errors import InputError, check_image
 from ..progress import as_reporter
 from ..logic_base import SEGMENTATION, TABLE, VOLUME, VesselReconLogic
+from .defaults import DEFAULT_MODEL
 
 VESSEL_SEGMENT = mrml.SegmentSpec(1, "Vessels", (0.86, 0.24, 0.22))
 MIP_SIZE_SLICES = 5
-# The default TOF-MRA model (issue 15, round 5): ``vcnet-lite-fast``. ``lite`` (``vcnet-lite``) stays
-# shipped: it keeps the 0.3 mm gap within 0.03 (0.028 against 0.047). SWI / dark vessels: name the
-# SWI model (``vcnet-swi-lite``); the default is a TOF model.
-DEFAULT_MODEL = "lite-fast"
 
 
 @dataclass
@@ -115,8 +112,8 @@ class VCNetLogic(VesselReconLogic):
             warning); outside is background.
         :param darkVessels: SWI/MinIP: vessels are dark; intensities are inverted inside the mask.
             Use it with ``model="vcnet-swi-lite"``: the default model is trained on TOF only.
-        :param model: shipped preset/name (``lite-fast``, the default; ``lite``; ``vcnet-swi-lite`` for
-            SWI) or a ``.safetensors``/``.pt`` checkpoint path.
+        :param model: shipped preset/name (``DEFAULT_MODEL``, the default TOF model; ``lite``;
+            ``vcnet-swi-lite`` for SWI) or a ``.safetensors``/``.pt`` checkpoint path.
         :param device: ``auto``, ``cuda``, ``mps`` or ``cpu``.
         :param overlap: patch overlap (0 = non-overlapping as in the paper; > 0 Gaussian blending).
         :param threshold: probability threshold (0.5).

@@ -136,8 +136,9 @@ def add_eval_arguments(parser) -> None:
     from ..device import DEVICE_CHOICES
 
     parser.add_argument("--data", required=True, help="held-out MSD-style folder (dataset.json, imagesTr, labelsTr)")
-    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="VC-Net model (registry name or checkpoint; "
-                                                                    f"default: the default model, {DEFAULT_MODEL_NAME})")
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME,
+                        help="VC-Net model (registry name or checkpoint; "
+                             f"default: the default model, {DEFAULT_MODEL_NAME})")
     parser.add_argument("--ablation", default="vcnet-unet3d-lite", help="3D U-Net without the MIP stream")
     parser.add_argument("--stream2d", default="vcnet-unet2d-lite", help="2D U-Net on MIPs (for the fusion baselines)")
     parser.add_argument("--slice2d", default="vcnet-slice2d-lite", help="slice-wise 2D U-Net baseline")

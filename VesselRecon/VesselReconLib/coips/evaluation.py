@@ -151,24 +151,27 @@ def run_evaluation(data: str | Path, quality_net, faz_net, device, extra_quality
             "n_quality": int(labels.size), "n_faz": len(records) // len(FAZ_METHODS)}
 
 
-FAZ_METHODS = ("unet", "unet_refined", "unet_mirrored", "unet_opened", "unet_fourier", "unet_largest_component",
-               "unet_no_postprocessing", "classical")
 # Round-4 ablations (not the default; each the best of its family on the phantom validation set val-r2, where
 # none beat the default by the 0.002 Dice the selection rule asked for): test-time mirroring along the rows
 # (one extra U-Net pass), an opening by a disk of OPENING_FRACTION x the FAZ's equivalent radius, a
 # star-shaped outline keeping FOURIER_HARMONICS radial harmonics.
 OPENING_FRACTION, FOURIER_HARMONICS = 0.1, 12
+# the label of each FAZ method in every table (held-out and OCTAGON), in :func:`faz_method_masks` order
+FAZ_METHOD_LABELS = {
+    "unet": "{net} (central component)",
+    "unet_refined": "{net} + boundary refinement (not default)",
+    "unet_mirrored": "{net} mirrored along the rows (not default)",
+    "unet_opened": f"{{net}} + opening {OPENING_FRACTION:g} r_eq (not default)",
+    "unet_fourier": f"{{net}} + Fourier outline, {FOURIER_HARMONICS} harmonics (not default)",
+    "unet_largest_component": "{net} with largest-component post-processing (old)",
+    "unet_no_postprocessing": "{net} without post-processing",
+    "classical": "classical (smoothing + low-intensity threshold + central component)"}
+FAZ_METHODS = tuple(FAZ_METHOD_LABELS)
 
 
 def faz_method_names(faz_name: str) -> dict[str, str]:
-    return {"unet": f"{faz_name} (central component)",
-            "unet_refined": f"{faz_name} + boundary refinement (not default)",
-            "unet_mirrored": f"{faz_name} mirrored along the rows (not default)",
-            "unet_opened": f"{faz_name} + opening 0.1 r_eq (not default)",
-            "unet_fourier": f"{faz_name} + Fourier outline, 12 harmonics (not default)",
-            "unet_largest_component": f"{faz_name} with largest-component post-processing (old)",
-            "unet_no_postprocessing": f"{faz_name} without post-processing",
-            "classical": "classical (smoothing + low-intensity threshold + central component)"}
+    """``{method: table label}`` with the FAZ U-Net called ``faz_name``."""
+    return {method: label.format(net=faz_name) for method, label in FAZ_METHOD_LABELS.items()}
 
 
 __all__ = ["run_evaluation", "format_table", "quality_rows", "faz_rows", "faz_records", "quality_predictions"]

@@ -159,17 +159,14 @@ def run_real_evaluation(quality_net, faz_net, folder: Path, device="cpu", rossa:
 
 def format_real(result: dict, faz_name: str) -> str:
     """The real-scan tables as text."""
-    names = {"unet": f"{faz_name} + central component (default)",
-             "unet_refined": f"{faz_name} + central + boundary refinement",
-             "unet_mirrored": f"{faz_name} + central, mirrored (rows)",
-             "unet_opened": f"{faz_name} + central + opening 0.1 r_eq",
-             "unet_fourier": f"{faz_name} + central + Fourier outline K=12",
-             "unet_largest_component": f"{faz_name} + largest component (old)",
-             "unet_no_postprocessing": f"{faz_name}, no post-processing", "classical": "classical baseline"}
+    from .evaluation import faz_method_names
+
+    names = faz_method_names(faz_name)
+    width = max(len(name) for name in names.values()) + 2
     lines = ["FAZ on OCTAGON scans with the device's FAZ (true fields from the file names)",
-             f"{'scan':28s}{'method':48s}{'dice':>8s}{'area mm2':>10s}{'device':>9s}{'error %':>9s}"]
+             f"{'scan':28s}{'method':{width}s}{'dice':>8s}{'area mm2':>10s}{'device':>9s}{'error %':>9s}"]
     for row in result["faz"]:
-        lines.append(f"{row['scan']:28s}{names.get(row['method'], row['method']):48s}{row['dice']:8.4f}"
+        lines.append(f"{row['scan']:28s}{names.get(row['method'], row['method']):{width}s}{row['dice']:8.4f}"
                      f"{row['faz_area_mm2']:10.3f}{row['device_faz_area_mm2']:9.3f}{row['area_error_pct']:+9.1f}")
     lines += ["", "Grades of the OCTAGON scans (single-image pipeline)",
               f"{'scan':28s}{'grade':>12s}{'p_ungr':>8s}{'p_grad':>8s}{'p_outs':>8s}{'FAZ mm2':>9s}{'ratio':>7s}  flags"]

@@ -462,8 +462,9 @@ def test_a_misspelt_motion_band_statistic_is_refused_when_the_grader_is_built():
     from VesselReconLib.coips.network import build_model
     from VesselReconLib.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match="motion_band_statistic must be 'median', 'mean'"):
-        build_model("lite", motion_band_statistic="Mean")
+    for statistic in ("Mean", 0.75):   # 0.75: round 5's quantile candidate, no longer a statistic
+        with pytest.raises(CheckpointError, match="motion_band_statistic must be one of 'median', 'mean'"):
+            build_model("lite", motion_band_statistic=statistic)
 
 
 def test_motion_band_gate_grades_a_banded_image_ungradable_only_at_inference():

@@ -22,9 +22,10 @@ import torch
 from . import GRADES
 from .config import CoipsConfig
 from .inference import faz_logits, grade, paste_masks, thumbnails, window_box, work_size
-from .network import fused_for_inference
+from .network import fused_for_inference, inference_settings
 from ..atomic import remove_stale
-from ..enface_io import UNKNOWN_FOV, fov_from_path, list_images, missing_fov_message, probe_fov, read_image
+from ..enface_io import (UNKNOWN_FOV, fov_from_path, list_images, missing_fov_message, probe_fov, read_image,
+                         to_uint8, to_work_image)
 from .faz import FAZ_METRIC_UNITS
 from .postprocess import finish_chunk, finish_image, probability_columns
 from .reports import summarise, write_csv, write_html
@@ -71,22 +72,11 @@ class FolderDataset(torch.utils.data.Dataset):
                     unsuitable=unsuitable_reason(height, width, image.field_of_view_mm))
         if item["unsuitable"]:
             return item
-        # as to_work_image and faz_window, with the image turned into 8 bits once
-        pixels = np.clip(np.rint(image.pixels * 255.0), 0, 255).astype(np.uint8)
+        pixels = to_uint8(image.pixels)     # once for both windows (as the single-image path's faz_window)
         top, left, side = box = window_box(height, width, image.field_of_view_mm, self.faz_spec.window_mm)
-        return {**item, "image": torch.from_numpy(_resized(pixels, self.size)),
-                "faz": torch.from_numpy(_resized(pixels[top:top + side, left:left + side], faz_size)),
+        return {**item, "image": torch.from_numpy(to_work_image(pixels, self.size)),
+                "faz": torch.from_numpy(to_work_image(pixels[top:top + side, left:left + side], faz_size)),
                 "box": torch.tensor(box, dtype=torch.int64)}
-
-
-def _resized(pixels: np.ndarray, size: int) -> np.ndarray:
-    """:func:`VesselReconLib.enface_io.to_work_image` of an image already in 8 bits (PIL bilinear)."""
-    from PIL import Image
-
-    image = Image.fromarray(pixels)
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
-    return np.array(image)
 
 
 @dataclass
@@ -213,8 +203,7 @@ def _fused_copy(net):
     once per network and reused by later runs until its weights or settings change."""
     tensors = (*net.parameters(), *net.buffers())
     key = (tuple(t._version for t in tensors), tuple(str(t.device) for t in tensors[:1]),
-           getattr(net, "canonical_fine_ratio", None), getattr(net, "motion_band_threshold", None),
-           getattr(net, "motion_band_statistic", None))
+           tuple(inference_settings(net).items()))
     cached = _FUSED.get(net)
     if cached is None or cached[0] != key:
         cached = (key, fused_for_inference(net, channels_last=True))

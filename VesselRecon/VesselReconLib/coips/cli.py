@@ -220,6 +220,7 @@ def _ship(model, args, preset: str, history: list[dict]) -> None:
     from ..device import resolve_device
     from ..training import ship_model
     from .evaluation import faz_records, faz_rows, quality_predictions, quality_rows
+    from .network import inference_settings
 
     device = resolve_device(args.device)
     model = model.to(device).eval()
@@ -249,8 +250,7 @@ def _ship(model, args, preset: str, history: list[dict]) -> None:
         if getattr(args, "calibrate_phantoms", None):
             sources.append(f"calibration: {args.calibrate_phantoms} (phantom validation set, macro F1; not the "
                            "held-out set)")
-    config = {key: getattr(model, key) for key in ("canonical_fine_ratio", "motion_band_threshold", "motion_band_statistic")
-              if getattr(model, key, None) is not None}
+    config = inference_settings(model)
     entry = ship_model(model.cpu(), "coips", preset, command=_train_command(args), data=args.data_command or str(args.data),
                        seed=args.seed, metrics=metrics, input_spec=spec, name=name, config=config,
                        extra_training={"task": args.task, "heldout_data": str(heldout), "data_sources": sources,

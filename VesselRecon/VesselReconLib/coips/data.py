@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import GRADES
-from ..enface_io import IMAGE_SUFFIXES, read_image, to_work_image
+from ..enface_io import IMAGE_SUFFIXES, read_image, to_uint8, to_work_image
 from ..errors import InputError
 
 IMAGE_COLUMNS = ("image", "file", "filename", "file_name", "name", "path")
@@ -227,7 +227,7 @@ class QualityDataset(torch.utils.data.Dataset):
     def _load(self, index: int):
         if index not in self._cache:
             pixels = read_image(self.samples[index].path, required=False).pixels
-            native = np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8) if self.degrade else None
+            native = to_uint8(pixels) if self.degrade else None
             fovea = fovea_of(pixels) if self.degrade else None
             vessels = None
             if self.deep_look and self.samples[index].vessel_mask is not None:
@@ -324,7 +324,7 @@ def device_appearance(pixels: np.ndarray, rng) -> np.ndarray:
         out = np.asarray(small.resize((width, height), Image.BILINEAR), np.float32)
     if rng.random() < 0.5:
         buffer = io.BytesIO()
-        Image.fromarray(np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)).save(
+        Image.fromarray(to_uint8(out)).save(
             buffer, format="JPEG", quality=int(rng.integers(25, 96)))
         out = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L"), np.float32) / 255
     return np.clip(out, 0, 1).astype(np.float32)
@@ -365,7 +365,7 @@ class FazWindowDataset(torch.utils.data.Dataset):
             image = read_image(sample.image, sample.field_of_view_mm, required=False)
             if image.field_of_view_mm is None and self.window_mm:
                 raise InputError(f"{sample.image.name}: no field of view (give field_mm in labels.csv).")
-            pixels = np.clip(np.rint(image.pixels * 255), 0, 255).astype(np.uint8)
+            pixels = to_uint8(image.pixels)
             self._cache[index] = (pixels, read_mask(sample.mask), image.field_of_view_mm)
         return self._cache[index]
 

@@ -145,26 +145,24 @@ def spectral_canonical(x: torch.Tensor, reference_ratio: float) -> torch.Tensor:
 BAND_BASELINE_FRACTION, BAND_MIN_HEIGHT_FRACTION = 0.125, 0.03
 
 
-def row_darkening(x: torch.Tensor, statistic: str | float = "median") -> torch.Tensor:
+# the row statistics of :func:`row_darkening` (``QualityClassifier(motion_band_statistic=)`` names one)
+ROW_STATISTICS = {"median": lambda rows: rows.median(dim=-1).values, "mean": lambda rows: rows.mean(dim=-1)}
+
+
+def row_darkening(x: torch.Tensor, statistic: str = "median") -> torch.Tensor:
     """``(B, H)`` relative darkening of each image row against its neighbourhood: ``1 - p / b`` (>= 0), with
-    ``p`` the row's ``statistic`` and ``b`` the running median of ``p`` over +-``BAND_BASELINE_FRACTION * H``
-    rows (reflected ends). ``"median"`` is robust to the FAZ and to single vessels, which cover less than half
-    a row; ``"mean"`` (round 6) keeps a band's whole loss of signal (a blur moves bright capillary signal
-    within a row, which shifts a row's median but not its mean); a float is a quantile."""
-    rows = x.float()[:, 0]
-    if statistic == "mean":
-        profile = rows.mean(dim=-1)
-    elif statistic in ("median", 0.5):
-        profile = rows.median(dim=-1).values
-    else:
-        profile = torch.quantile(rows, float(statistic), dim=-1)                                   # (B, H)
+    ``p`` the row's ``statistic`` (:data:`ROW_STATISTICS`) and ``b`` the running median of ``p`` over
+    +-``BAND_BASELINE_FRACTION * H`` rows (reflected ends). ``"median"`` is robust to the FAZ and to single
+    vessels, which cover less than half a row; ``"mean"`` (round 6, shipped) keeps a band's whole loss of
+    signal (a blur moves bright capillary signal within a row, which shifts a row's median but not its mean)."""
+    profile = ROW_STATISTICS[statistic](x.float()[:, 0])                                        # (B, H)
     radius = max(1, int(round(BAND_BASELINE_FRACTION * profile.shape[-1])))
     padded = F.pad(profile[:, None], (radius, radius), mode="reflect")[:, 0]
     baseline = padded.unfold(-1, 2 * radius + 1, 1).median(dim=-1).values
     return (1.0 - profile / baseline.clamp_min(1e-6)).clamp_min(0.0)
 
 
-def motion_band_score(x: torch.Tensor, statistic: str | float = "median") -> torch.Tensor:
+def motion_band_score(x: torch.Tensor, statistic: str = "median") -> torch.Tensor:
     """``(B,)`` depth of the deepest horizontal dark band of each image of a ``(B, 1, H, W)`` batch in
     ``[0, 1]``: the largest darkening (:func:`row_darkening`) held over at least
     ``BAND_MIN_HEIGHT_FRACTION * H`` consecutive rows (a motion / blink band, where the OCT signal was lost
@@ -177,6 +175,15 @@ def motion_band_score(x: torch.Tensor, statistic: str | float = "median") -> tor
 
 
 MOTION_GATE_LOGIT = 30.0   # a gated image's gradable/outstanding logits are lowered by this: p(ungradable) ~ 1
+
+
+INFERENCE_SETTINGS = ("canonical_fine_ratio", "motion_band_threshold", "motion_band_statistic")
+
+
+def inference_settings(net: nn.Module) -> dict:
+    """The :data:`INFERENCE_SETTINGS` a network has set (a quality classifier's registry ``config``; ``{}``
+    for a FAZ U-Net)."""
+    return {key: getattr(net, key) for key in INFERENCE_SETTINGS if getattr(net, key, None) is not None}
 
 
 def coordinates(x: torch.Tensor) -> torch.Tensor:
@@ -202,8 +209,9 @@ class QualityClassifier(nn.Module):
     :param motion_band_threshold: motion-band gate (inference only): an input whose
         :func:`motion_band_score` reaches this is graded ungradable (its gradable and outstanding logits
         are lowered by :data:`MOTION_GATE_LOGIT`), whatever the network says (``None``: off).
-    :param motion_band_statistic: the row statistic of that score, ``"median"`` or ``"mean"`` (round 6,
-        shipped: see :func:`row_darkening`).
+    :param motion_band_statistic: the row statistic of that score, a key of :data:`ROW_STATISTICS`.
+
+    The three settings above are not weights: :func:`inference_settings` gives them as a registry ``config``.
     """
 
     kind = "quality"
@@ -226,9 +234,8 @@ class QualityClassifier(nn.Module):
         self.coord_channels = bool(coord_channels)
         self.canonical_fine_ratio = None if canonical_fine_ratio is None else float(canonical_fine_ratio)
         self.motion_band_threshold = None if motion_band_threshold is None else float(motion_band_threshold)
-        if motion_band_statistic not in ("median", "mean") and not (
-                isinstance(motion_band_statistic, (int, float)) and 0.0 <= motion_band_statistic <= 1.0):
-            raise CheckpointError(f"motion_band_statistic must be 'median', 'mean' or a quantile in [0, 1]; "
+        if motion_band_statistic not in ROW_STATISTICS:
+            raise CheckpointError(f"motion_band_statistic must be one of {', '.join(map(repr, ROW_STATISTICS))}; "
                                   f"got {motion_band_statistic!r}.")
         self.motion_band_statistic = motion_band_statistic
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=num_classes,

@@ -61,6 +61,15 @@ def guide_distance(guide: np.ndarray, lo: np.ndarray, shape: tuple[int, int]) ->
     return ndimage.distance_transform_edt(marks) if len(dense) else np.zeros(shape)
 
 
+def _support_box(probability: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of the first and last pixel rows/columns where ``probability > 0`` (empty: an
+    inverted box that leaves the end points' own box unchanged); the bounds of ``np.argwhere``."""
+    rows, cols = np.flatnonzero((probability > 0).any(1)), np.flatnonzero((probability > 0).any(0))
+    if len(rows) == 0:
+        return np.array([np.iinfo(int).max] * 2), np.array([np.iinfo(int).min] * 2)
+    return np.array([rows[0], cols[0]]), np.array([rows[-1], cols[-1]])
+
+
 AVOID_PX, AVOID_GAIN = 4.0, 50.0     # an avoided stretch: cost x 51 within 4 px of it
 
 
@@ -75,11 +84,10 @@ def geodesic_path(probability: np.ndarray, start: np.ndarray, end: np.ndarray, m
     from skimage.graph import route_through_array
 
     rows, cols = probability.shape
-    support = np.argwhere(probability > 0)
     ends = np.round([start[::-1], end[::-1]]).astype(int)
-    box = np.r_[support, ends] if len(support) else ends
-    lo = np.clip(box.min(0) - margin, 0, None)
-    hi = np.minimum(box.max(0) + margin + 1, (rows, cols))
+    first, last = _support_box(probability)
+    lo = np.clip(np.minimum(ends.min(0), first) - margin, 0, None)
+    hi = np.minimum(np.maximum(ends.max(0), last) + margin + 1, (rows, cols))
     ends = np.clip(ends, 0, [rows - 1, cols - 1])
     cost = cost_map(probability[lo[0]:hi[0], lo[1]:hi[1]], PATH_EPS if eps is None else eps)
     if guide is not None:
@@ -284,8 +292,20 @@ def extract_centerline(probability: np.ndarray, start: np.ndarray, end: np.ndarr
 
     Radii in mm are given at the isocentre: pixels x ImagerPixelSpacing / (SID / SOD).
     """
+    points = centerline_points(probability, start, end, n, guide, avoid)
+    return measure_centerline(probability, points, geometry, threshold, image, lumen)
+
+
+def centerline_points(probability: np.ndarray, start: np.ndarray, end: np.ndarray, n: int = N_POINTS,
+                      guide: np.ndarray | None = None, avoid: np.ndarray | None = None) -> np.ndarray:
+    """The path part of :func:`extract_centerline`: ``n`` smoothed points (column, row), no radii."""
     start, end = np.asarray(start, float), np.asarray(end, float)
-    points = smooth_resample(geodesic_path(probability, start, end, guide=guide, avoid=avoid), start, end, n)
+    return smooth_resample(geodesic_path(probability, start, end, guide=guide, avoid=avoid), start, end, n)
+
+
+def measure_centerline(probability: np.ndarray, points: np.ndarray, geometry, threshold: float = 0.5,
+                       image: np.ndarray | None = None, lumen=None) -> Centerline2D:
+    """The radii part of :func:`extract_centerline` along given ``points``."""
     radii = lumen_radii_px(probability > threshold, points)
     overlap, qca_radii = None, None
     if image is not None:

@@ -103,7 +103,7 @@ def true_path_samples(case: dict, result) -> dict:
         image, pixels = view["image"].astype(np.float32), geometry.project(truth)
         mask = lumen_radii_px(probability > 0.5, pixels)
         radii = shipped_regressor().radii(image, pixels, profile_radii_px(image, pixels, mask)[0], mask)
-        mm = np.mean(geometry.pixel_spacing) * geometry.depth(truth) / geometry.sid
+        mm = geometry.mm_per_pixel_at(truth)
         own.append({"pixels": pixels, "points": truth, "a_index": np.arange(len(truth), dtype=float),
                     "radii": np.maximum(radii, RADIUS_FLOOR_PX) * mm, "mm_per_px": mm,
                     "floored": np.zeros(len(truth), bool)})

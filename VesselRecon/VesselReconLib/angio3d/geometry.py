@@ -140,6 +140,10 @@ class CArmGeometry:
         """Distance along the beam axis from the source to each point (mm)."""
         return (np.asarray(points, float) - self.source) @ self.direction
 
+    def mm_per_pixel_at(self, points: np.ndarray) -> np.ndarray:
+        """Pixel size (mm) at each point's depth: mean detector spacing x distance from the source / SID."""
+        return np.mean(self.pixel_spacing) * self.depth(points) / self.sid
+
     def isocentre_mm_per_pixel(self) -> float:
         """Mean pixel size at the isocentre (detector spacing / magnification)."""
         return float(np.mean(self.pixel_spacing)) / self.magnification

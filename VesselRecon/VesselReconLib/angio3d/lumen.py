@@ -113,7 +113,7 @@ def collect(seeds, net) -> list[dict]:
             projected = geometry.project(truth["points"])
             d2 = ((line.points[:, None] - projected[None]) ** 2).sum(-1)
             k = np.argmin(d2, 1)
-            true_px = truth["radii"][k] * geometry.sid / (geometry.depth(truth["points"][k]) * np.mean(geometry.pixel_spacing))
+            true_px = truth["radii"][k] / geometry.mm_per_pixel_at(truth["points"][k])
             _, profiles = vessel_profiles(images[v], line.points, REACH_PX)
             views.append({"profiles": profiles.astype(np.float32), "mask_radii": line.radii_px,
                           "qca_radii": line.qca_radii_px, "true_radii": true_px,

@@ -444,7 +444,10 @@ def reroute_inconsistent(centerline, lines, probabilities, images, geometries, p
     (``guide``). The pair whose views agree best is kept when its worst disagreement is at
     least 30 % lower and its mean not higher. Returns ``((line_a, line_b), triangulation)`` or ``None``.
     """
-    from .triangulation import triangulate_centerline
+    from ..phantoms.xray import resample_polyline
+    from .centerline import centerline_points, measure_centerline
+    from .quality import polyline_distance
+    from .triangulation import triangulate_centerline, triangulate_points
 
     distance = view_disagreement(centerline, lines[1], geometries[1])
     if distance.max() <= REROUTE_MIN_PX:
@@ -458,25 +461,30 @@ def reroute_inconsistent(centerline, lines, probabilities, images, geometries, p
     nearest_b = np.argmin(((lines[1].points[:, None] - projected_bad[None]) ** 2).sum(-1), axis=0)
     stretches = [lines[0].points[bad], lines[1].points[nearest_b.min():nearest_b.max() + 1]]
 
-    def line(v, **kwargs):
-        return extract_centerline(probabilities[v], points[v, 0], points[v, 1], geometries[v], image=images[v], **kwargs)
+    darkness = [None, None]
 
-    def classical(v):           # the same detour search on the image's own darkness, not the network's map
-        return extract_centerline(darkness_map(images[v], probabilities[v]), points[v, 0], points[v, 1],
-                                  geometries[v], image=images[v], avoid=stretches[v])
+    def path(v, classical=False, **kwargs):     # a candidate path of view v: (its map, its points)
+        if classical:           # the same detour search on the image's own darkness, not the network's map
+            darkness[v] = darkness_map(images[v], probabilities[v]) if darkness[v] is None else darkness[v]
+        vessel_map = darkness[v] if classical else probabilities[v]
+        return vessel_map, centerline_points(vessel_map, points[v, 0], points[v, 1], **kwargs)
 
-    candidates = [[line(0, avoid=stretches[0]), lines[1]], [lines[0], line(1, avoid=stretches[1])],
-                  [line(v, guide=geometries[v].project(guide3d)) for v in range(2)],
-                  [classical(0), lines[1]], [lines[0], classical(1)]]
+    first = [(None, line) for line in lines]
+    candidates = [[path(0, avoid=stretches[0]), first[1]], [first[0], path(1, avoid=stretches[1])],
+                  [path(v, guide=geometries[v].project(guide3d)) for v in range(2)],
+                  [path(0, True, avoid=stretches[0]), first[1]], [first[0], path(1, True, avoid=stretches[1])]]
     best = None
-    for pair in candidates:
-        result = triangulate_centerline(*pair, *geometries, radius_fusion=radius_fusion, details=True)
-        new_distance = view_disagreement(result[0], pair[1], geometries[1])
+    for pair in candidates:     # the choice needs only the paths: radii and QCA for the chosen pair alone
+        path_a, path_b = (item[1].points if item[0] is None else item[1] for item in pair)
+        centre = resample_polyline(triangulate_points(path_a, path_b, *geometries)[0], n=len(centerline))
+        new_distance = polyline_distance(geometries[1].project(centre), path_b)
         if best is None or new_distance.max() < best[0].max():
-            best = (new_distance, pair, result)
-    new_distance, pair, result = best
+            best = (new_distance, pair)
+    new_distance, pair = best
     if new_distance.max() < 0.7 * distance.max() and new_distance.mean() <= distance.mean():
-        return pair, result
+        pair = [item[1] if item[0] is None else measure_centerline(item[0], item[1], geometries[v], image=images[v])
+                for v, item in enumerate(pair)]
+        return pair, triangulate_centerline(*pair, *geometries, radius_fusion=radius_fusion, details=True)
     return None
 
 

@@ -208,6 +208,22 @@ def project_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return homog[:, :2] / homog[:, 2:3]
 
 
+def triangulate_points(points_a: np.ndarray, points_b: np.ndarray, geom_a, geom_b, smooth: float = 1.5,
+                       depth_refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The geometric part of :func:`triangulate_centerline`: 3D points at view A's samples (before
+    resampling) and the epipolar match of each in view B's path (fractional index)."""
+    p_a, p_b = geom_a.projection_matrix(), geom_b.projection_matrix()
+    match = epipolar_correspondence(points_a, points_b, fundamental_matrix(p_a, p_b))
+    points = triangulate_dlt(p_a, p_b, points_a, _at(points_b, match))
+    if depth_refine:
+        points = refine_depths(points, points_a, points_b, geom_a, geom_b, match)
+    if smooth:
+        inner = ndimage.gaussian_filter1d(points, smooth, axis=0, mode="nearest")
+        inner[0], inner[-1] = points[0], points[-1]
+        points = inner
+    return points, match
+
+
 def triangulate_centerline(line_a, line_b, geom_a, geom_b, n: int = 100, smooth: float = 1.5,
                            radius_fusion: str = "mean", details: bool = False, depth_refine: bool = True):
     """3D centreline P (n, 3) and lumen radius R (n,) from two :class:`Centerline2D`.
@@ -220,18 +236,8 @@ def triangulate_centerline(line_a, line_b, geom_a, geom_b, n: int = 100, smooth:
     """
     if radius_fusion not in RADIUS_FUSIONS:
         raise ValueError(f"radius_fusion must be one of {', '.join(RADIUS_FUSIONS)}, not {radius_fusion!r}")
-    p_a, p_b = geom_a.projection_matrix(), geom_b.projection_matrix()
-    match = epipolar_correspondence(line_a.points, line_b.points, fundamental_matrix(p_a, p_b))
-    matched_b = _at(line_b.points, match)
-    points = triangulate_dlt(p_a, p_b, line_a.points, matched_b)
-    if depth_refine:
-        points = refine_depths(points, line_a.points, line_b.points, geom_a, geom_b, match)
-    if smooth:
-        inner = ndimage.gaussian_filter1d(points, smooth, axis=0, mode="nearest")
-        inner[0], inner[-1] = points[0], points[-1]
-        points = inner
-    mm_a = np.mean(geom_a.pixel_spacing) * geom_a.depth(points) / geom_a.sid
-    mm_b = np.mean(geom_b.pixel_spacing) * geom_b.depth(points) / geom_b.sid
+    points, match = triangulate_points(line_a.points, line_b.points, geom_a, geom_b, smooth, depth_refine)
+    mm_a, mm_b = geom_a.mm_per_pixel_at(points), geom_b.mm_per_pixel_at(points)
     per_view = np.stack([line_a.radii_px * mm_a, _at(line_b.radii_px, match) * mm_b])
     floored = np.stack([line_a.floored, _at(line_b.floored.astype(float), match) > 0.5])
     overlap = np.stack([line_a.overlap, _at(line_b.overlap.astype(float), match) > 0.5])
@@ -262,7 +268,7 @@ def own_view_samples(points: np.ndarray, line_a, line_b, match: np.ndarray, geom
     points_b = _at(points, a_of_b)
     out = []
     for line, geometry, where, at in ((line_a, geom_a, points, index), (line_b, geom_b, points_b, a_of_b)):
-        mm = np.mean(geometry.pixel_spacing) * geometry.depth(where) / geometry.sid
+        mm = geometry.mm_per_pixel_at(where)
         out.append({"pixels": line.points, "points": where, "a_index": at, "radii": line.qca_radii_px * mm,
                     "mm_per_px": mm, "floored": np.asarray(line.floored, bool)})
     return out

@@ -166,10 +166,12 @@ def vessel_profiles(image: np.ndarray, points: np.ndarray, reach: float, step: f
     normal = np.c_[-tangent[:, 1], tangent[:, 0]]
     offsets = np.arange(-reach, reach + step / 2, step)
     image = np.asarray(image, np.float32)
+    shift = np.asarray(along, float)[:, None, None, None]
+    xy = points[None, :, None, :] + offsets[None, None, :, None] * normal[None, :, None, :] + shift * tangent[None, :, None, :]
+    lines = ndimage.map_coordinates(image, [xy[..., 1], xy[..., 0]], order=1, mode="nearest")   # one call
     total = 0.0
-    for shift in along:
-        xy = points[:, None, :] + offsets[None, :, None] * normal[:, None, :] + shift * tangent[:, None, :]
-        total = total + ndimage.map_coordinates(image, [xy[..., 1], xy[..., 0]], order=1, mode="nearest")
+    for line in lines:                 # summed in order (the same floats as one line at a time)
+        total = total + line
     return offsets, total / len(along)
 
 

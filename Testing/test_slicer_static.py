@@ -143,16 +143,31 @@ def _literal(node):
 
 def parameter_fields(name: str) -> dict[str, dict]:
     """Fields of the module's ``@parameterNodeWrapper`` class: kind, node types, range, choices, default."""
-    for node in ast.walk(module_ast(name)):  # Angio3D defines its class inside a function (Markups, 5.8)
+    tree = module_ast(name)
+    for node in ast.walk(tree):  # Angio3D defines its class inside a function (Markups, 5.8)
         if isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "parameterNodeWrapper"
                                                   for d in node.decorator_list):
             assert node.name == f"{name}ParameterNode"
-            return {item.target.id: _field_info(item) for item in node.body if isinstance(item, ast.AnnAssign)}
+            constants = _core_constants(tree)
+            return {item.target.id: _field_info(item, constants) for item in node.body
+                    if isinstance(item, ast.AnnAssign)}
     raise AssertionError(f"{name}.py has no @parameterNodeWrapper class")
 
 
-def _field_info(item: ast.AnnAssign) -> dict:
-    info = {"default": _literal(item.value) if item.value is not None else None, "range": None, "choices": None}
+def _core_constants(tree: ast.Module) -> dict:
+    """Names the module imports from the Qt-free core (``from VesselReconLib.x import NAME``), resolved."""
+    import importlib
+
+    return {alias.asname or alias.name: getattr(importlib.import_module(node.module), alias.name)
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("VesselReconLib")
+            for alias in node.names if alias.name.isupper()}
+
+
+def _field_info(item: ast.AnnAssign, constants: dict) -> dict:
+    value = item.value
+    default = constants.get(value.id) if isinstance(value, ast.Name) else _literal(value) if value is not None else None
+    info = {"default": default, "range": None, "choices": None}
     annotation = item.annotation
     if isinstance(annotation, ast.Subscript) and getattr(annotation.value, "id", "") == "Annotated":
         base, *extras = annotation.slice.elts

@@ -406,12 +406,12 @@ INCONSISTENT_PX = 3.0      # a 3D point reprojecting this far from view B's path
 REROUTE_MIN_PX = 5.0       # re-route a branch whose worst disagreement exceeds this
 
 
-def view_disagreement(centerline: np.ndarray, line_b, geometry_b) -> np.ndarray:
-    """Per 3D point, the distance (px) of its view-B projection from view B's 2D path (view A's path is
-    honoured exactly by the triangulation, so the two paths' disagreement shows here)."""
+def view_disagreement(centerline: np.ndarray, points_b: np.ndarray, geometry_b) -> np.ndarray:
+    """Per 3D point, the distance (px) of its view-B projection from view B's 2D path ``points_b`` (view A's
+    path is honoured exactly by the triangulation, so the two paths' disagreement shows here)."""
     from .quality import polyline_distance
 
-    return polyline_distance(geometry_b.project(centerline), line_b.points)
+    return polyline_distance(geometry_b.project(centerline), points_b)
 
 
 DARKNESS_WINDOW = 15       # px: black top-hat window of the classical darkness map
@@ -446,10 +446,9 @@ def reroute_inconsistent(centerline, lines, probabilities, images, geometries, p
     """
     from ..phantoms.xray import resample_polyline
     from .centerline import centerline_points, measure_centerline
-    from .quality import polyline_distance
     from .triangulation import triangulate_centerline, triangulate_points
 
-    distance = view_disagreement(centerline, lines[1], geometries[1])
+    distance = view_disagreement(centerline, lines[1].points, geometries[1])
     if distance.max() <= REROUTE_MIN_PX:
         return None
     bad = ndimage.binary_dilation(distance > INCONSISTENT_PX, iterations=5)
@@ -477,7 +476,7 @@ def reroute_inconsistent(centerline, lines, probabilities, images, geometries, p
     for pair in candidates:     # the choice needs only the paths: radii and QCA for the chosen pair alone
         path_a, path_b = (item[1].points if item[0] is None else item[1] for item in pair)
         centre = resample_polyline(triangulate_points(path_a, path_b, *geometries)[0], n=len(centerline))
-        new_distance = polyline_distance(geometries[1].project(centre), path_b)
+        new_distance = view_disagreement(centre, path_b, geometries[1])
         if best is None or new_distance.max() < best[0].max():
             best = (new_distance, pair)
     new_distance, pair = best

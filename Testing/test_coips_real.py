@@ -246,6 +246,24 @@ def test_boundary_refinement_redraws_a_loose_mask_on_the_image():
     assert not refine_faz(np.zeros_like(truth), image, pixel_mm).any()
 
 
+def test_uncertain_band_is_decided_by_the_image():
+    from VesselReconLib.coips.faz import redecide_uncertain_band
+
+    size, pixel_mm = 200, 3.0 / 200
+    truth = _disk(size, 30, (100, 100))
+    rng = np.random.default_rng(0)
+    image = np.where(truth, 0.05, 0.6) + rng.normal(0, 0.03, (size, size))
+    rows, cols = np.mgrid[:size, :size]
+    margin = 0.5 * (33 - np.hypot(rows - 101, cols - 99))     # a loose U-Net: sure inside r 29, unsure to r 37
+    loose = margin > 0
+    band = redecide_uncertain_band(margin, image, pixel_mm)
+    dice = lambda a, b: 2 * (a & b).sum() / (a.sum() + b.sum())  # noqa: E731
+    assert dice(band, truth) > dice(loose, truth) + 0.02 and dice(band, truth) > 0.97
+    assert band[margin >= 2].all() and not band[margin <= -2].any()   # only the uncertain band changes
+    unsure = np.clip(margin, -1, 1)                              # no confident FAZ: the sign of the margin
+    assert (redecide_uncertain_band(unsure, image, pixel_mm) == (unsure > 0)).all()
+
+
 # ---------------------------------------------------------------- real FAZ and the motion-band scan
 
 
@@ -271,7 +289,7 @@ def test_real_octagon_faz_and_motion_band_scan(networks):
 
 
 @pytest.mark.xfail(reason="missed target (VesselRecon/COIPS/README.md): FAZ Dice >= 0.92 and area error <= 5 % "
-                          "on both OCTAGON scans", strict=True)
+                          "on both OCTAGON scans; measured 0.904 / 0.890, +9.5 % / -5.1 % (round 7)", strict=True)
 @pytest.mark.skipif(not OCTAGON.is_dir(), reason="needs ../shared/samples/octa-octagon")
 def test_real_octagon_faz_target(networks):
     from VesselReconLib.coips.realeval import faz_rows

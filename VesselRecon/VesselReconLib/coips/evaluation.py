@@ -17,8 +17,9 @@ import torch
 
 from . import GRADES
 from .data import faz_samples, quality_samples, read_mask
-from .faz import classical_faz, fourier_smooth_faz, largest_component, open_faz, refine_faz, select_faz
-from .inference import faz_logits, faz_window, grade, paste_masks
+from .faz import (classical_faz, fourier_smooth_faz, largest_component, open_faz, redecide_uncertain_band, refine_faz,
+                  select_faz)
+from .inference import faz_logits, faz_window, grade, paste_margins
 from ..enface_io import read_image, to_work_image
 from .logic import faz_comparison
 
@@ -60,30 +61,39 @@ def quality_rows(labels: np.ndarray, probabilities: dict[str, np.ndarray], train
     return rows
 
 
-def raw_faz_mask(faz_net, pixels: np.ndarray, field_of_view_mm: float, device) -> np.ndarray:
-    """The U-Net's FAZ mask of one image before component selection (full image size)."""
+def raw_faz_margin(faz_net, pixels: np.ndarray, field_of_view_mm: float, device) -> np.ndarray:
+    """The U-Net's margin map (FAZ minus background logit, full image size; ``-inf`` outside its window)."""
     from ..device import inference
 
     device = torch.device(device)
     window, box = faz_window(pixels, field_of_view_mm, faz_net)
     with inference(device):
         logits = faz_logits(faz_net, torch.from_numpy(window).to(device)[None, None].float() / 255.0)
-    return paste_masks(logits, [box], [pixels.shape])[0]
+    return paste_margins(logits, [box], [pixels.shape])[0]
+
+
+def raw_faz_mask(faz_net, pixels: np.ndarray, field_of_view_mm: float, device) -> np.ndarray:
+    """The U-Net's FAZ mask of one image before component selection (full image size)."""
+    return raw_faz_margin(faz_net, pixels, field_of_view_mm, device) > 0
 
 
 def faz_method_masks(faz_net, pixels: np.ndarray, field_of_view_mm: float, device) -> dict[str, np.ndarray]:
     """The FAZ of every compared method: U-Net + central selection (ours), with a boundary refinement
-    (ablation: :func:`.faz.refine_faz`, not the default), U-Net + largest component (the old
+    (ablation: :func:`.faz.refine_faz`, not the default), with the image deciding the U-Net's uncertain
+    band (round-7 ablation: :func:`.faz.redecide_uncertain_band`), U-Net + largest component (the old
     post-processing), U-Net alone, classical baseline."""
-    raw = raw_faz_mask(faz_net, pixels, field_of_view_mm, device)
+    margin = raw_faz_margin(faz_net, pixels, field_of_view_mm, device)
+    raw = margin > 0
     selected = select_faz(raw, field_of_view_mm)
+    pixel_mm = field_of_view_mm / pixels.shape[1]
     mirror_axes = faz_net.mirror_axes
     faz_net.mirror_axes = (2,)
     try:
         mirrored = select_faz(raw_faz_mask(faz_net, pixels, field_of_view_mm, device), field_of_view_mm)
     finally:
         faz_net.mirror_axes = mirror_axes
-    return {"unet": selected, "unet_refined": refine_faz(selected, pixels, field_of_view_mm / pixels.shape[1]),
+    return {"unet": selected, "unet_refined": refine_faz(selected, pixels, pixel_mm),
+            "unet_band": select_faz(redecide_uncertain_band(margin, pixels, pixel_mm), field_of_view_mm),
             "unet_mirrored": mirrored, "unet_opened": open_faz(selected, OPENING_FRACTION),
             "unet_fourier": fourier_smooth_faz(selected, FOURIER_HARMONICS),
             "unet_largest_component": largest_component(raw),
@@ -160,6 +170,7 @@ OPENING_FRACTION, FOURIER_HARMONICS = 0.1, 12
 FAZ_METHOD_LABELS = {
     "unet": "{net} (central component)",
     "unet_refined": "{net} + boundary refinement (not default)",
+    "unet_band": "{net} + image decides the uncertain band (round 7, vetoed)",
     "unet_mirrored": "{net} mirrored along the rows (not default)",
     "unet_opened": f"{{net}} + opening {OPENING_FRACTION:g} r_eq (not default)",
     "unet_fourier": f"{{net}} + Fourier outline, {FOURIER_HARMONICS} harmonics (not default)",

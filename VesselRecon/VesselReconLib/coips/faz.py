@@ -185,6 +185,44 @@ def refine_faz(mask: np.ndarray, pixels: np.ndarray, pixel_mm: float, band_mm: f
     return out
 
 
+# Round-7 ablation (not the default): chosen on val-r2 among band widths 1 / 2 / 4 logits and smoothing 0 /
+# 0.01 mm, vetoed on the real scans (module README, "Round 7 status").
+BAND_DELTA, BAND_RING_MM = 2.0, 0.1
+
+
+def redecide_uncertain_band(margin: np.ndarray, pixels: np.ndarray, pixel_mm: float, delta: float = BAND_DELTA,
+                            ring_mm: float = BAND_RING_MM) -> np.ndarray:
+    """A FAZ mask from the U-Net's margin map (FAZ minus background logit) whose uncertain band is decided
+    by the image itself, at its own resolution.
+
+    Pixels with ``|margin| < delta`` are FAZ when darker than the midpoint between the median intensity
+    of the confident FAZ (``margin >= delta``) and that of the confident background within ``ring_mm``
+    outside the band; the part connected (4-connectivity) to the confident FAZ is kept, holes filled.
+    Without a confident FAZ or background it is ``margin > 0``. ``margin`` and ``pixels`` share one shape.
+    """
+    from scipy import ndimage
+
+    margin = np.asarray(margin, np.float32)
+    near = margin > -delta
+    rows, cols = np.nonzero(near)
+    core = margin >= delta
+    if not core.any():
+        return margin > 0
+    pad = int(np.ceil(ring_mm / pixel_mm)) + 1
+    top, left = max(0, rows.min() - pad), max(0, cols.min() - pad)
+    crop = (slice(top, min(margin.shape[0], rows.max() + pad + 1)),
+            slice(left, min(margin.shape[1], cols.max() + pad + 1)))
+    near, core, values = near[crop], core[crop], np.asarray(pixels, np.float32)[crop]
+    outside = ~near & (ndimage.distance_transform_edt(~near) * pixel_mm <= ring_mm)
+    if not outside.any():
+        return margin > 0
+    level = 0.5 * (float(np.median(values[core])) + float(np.median(values[outside])))
+    labels, _ = ndimage.label(core | (near & ~core & (values < level)))
+    out = np.zeros(margin.shape, bool)
+    out[crop] = ndimage.binary_fill_holes(np.isin(labels, np.unique(labels[core])) & (labels > 0))
+    return out
+
+
 def open_faz(mask: np.ndarray, fraction: float) -> np.ndarray:
     """Morphological opening of a FAZ mask by a disk of ``fraction`` times its equivalent radius
     ``sqrt(area / pi)`` (removes protrusions narrower than the disk); the component holding the most of

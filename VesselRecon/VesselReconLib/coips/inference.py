@@ -40,19 +40,36 @@ def faz_window(pixels: np.ndarray, field_of_view_mm: float | None, faz_net) -> t
     return to_work_image(pixels[top:top + side, left:left + side], faz_net.input_size), (top, left, side)
 
 
+def _box_margins(logits: torch.Tensor, boxes):
+    """Each window's margin (FAZ minus background logit) resampled onto its box: ``(box, (side, side))``."""
+    # bilinear resampling is linear, so resampling the margin and taking its sign is the argmax of the
+    # resampled logits, at half the cost
+    margins = (logits[:, 1:2].float() - logits[:, 0:1].float())
+    for index, box in enumerate(boxes):
+        side = int(box[2])
+        yield box, F.interpolate(margins[index:index + 1], size=(side, side), mode="bilinear",
+                                 align_corners=False)[0, 0]
+
+
 def paste_masks(logits: torch.Tensor, boxes, shapes) -> list[np.ndarray]:
     """Full-size boolean masks from window logits ``(B, 2, s, s)``: resampled onto each box, argmax."""
-    # bilinear resampling is linear, so resampling the margin (FAZ minus background logit) and taking its
-    # sign is the argmax of the resampled logits, at half the cost
-    margins = (logits[:, 1:2].float() - logits[:, 0:1].float())
     masks = []
-    for index, ((top, left, side), (height, width)) in enumerate(zip(boxes, shapes)):
-        window = F.interpolate(margins[index:index + 1], size=(int(side), int(side)), mode="bilinear",
-                               align_corners=False)
+    for ((top, left, side), window), (height, width) in zip(_box_margins(logits, boxes), shapes):
         mask = np.zeros((int(height), int(width)), bool)
-        mask[top:top + side, left:left + side] = (window[0, 0] > 0).cpu().numpy()
+        mask[top:top + side, left:left + side] = (window > 0).cpu().numpy()
         masks.append(mask)
     return masks
+
+
+def paste_margins(logits: torch.Tensor, boxes, shapes) -> list[np.ndarray]:
+    """Full-size float32 margin maps (FAZ minus background logit; ``-inf`` outside the window): the
+    maps whose sign :func:`paste_masks` takes."""
+    maps = []
+    for ((top, left, side), window), (height, width) in zip(_box_margins(logits, boxes), shapes):
+        full = np.full((int(height), int(width)), -np.inf, np.float32)
+        full[top:top + side, left:left + side] = window.cpu().numpy()
+        maps.append(full)
+    return maps
 
 
 def faz_logits(faz_net, windows: torch.Tensor) -> torch.Tensor:

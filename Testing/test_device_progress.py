@@ -116,3 +116,33 @@ def test_time_call_warms_up_then_reduces_the_timed_calls():
     import numpy as np
 
     assert 0.02 <= dev.time_call(fn, cpu, repeats=3, reduce=np.median) < 0.03
+
+
+def test_map_batches_runs_items_in_one_thread_workers_in_order_and_restores_the_thread_count():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+
+        def work(item):
+            seen.append((threading.get_ident(), torch.get_num_threads()))
+            return item * item
+
+        cpu = torch.device("cpu")
+        assert list(dev.map_batches(work, list(range(9)), cpu)) == [i * i for i in range(9)]
+        assert {threads for _, threads in seen} == {1}  # each worker: one intra-op thread
+        assert threading.get_ident() not in {ident for ident, _ in seen}
+        assert torch.get_num_threads() == 2
+        outs = dev.map_batches(work, list(range(9)), cpu)  # a consumer that stops early (a cancel)
+        with pytest.raises(Cancelled):
+            for value in outs:
+                if value > 3:
+                    raise Cancelled()
+        outs.close()
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)  # one thread: the items run in the calling thread
+        seen.clear()
+        assert list(dev.map_batches(work, [1, 2], cpu)) == [1, 4]
+        assert {ident for ident, _ in seen} == {threading.get_ident()}
+    finally:
+        torch.set_num_threads(before)

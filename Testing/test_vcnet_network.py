@@ -250,18 +250,26 @@ def test_sliding_window_helpers():
     assert len(scan_windows((16, 64, 64), (16, 64, 64), 0.5)) == 1
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("overlap", [0.0, 0.25])
-def test_window_loop_matches_monai_sliding_window(overlap):
-    """predict_probability's own window loop (region skipping, dense batches) gives MONAI's result."""
+def test_window_loop_matches_monai_sliding_window(overlap, threads):
+    """predict_probability's own window loop (region skipping, dense batches; with 2 threads the
+    batches run in 2 worker threads, ``device.map_batches``) gives MONAI's result."""
     from monai.inferers import sliding_window_inference
 
     from VesselReconLib.vcnet.inference import predict_probability
 
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     net = build_model("lite").eval()
     volume = np.random.default_rng(1).standard_normal((20, 70, 66)).astype(np.float32)
     counts = {}
-    mine, _ = predict_probability(net, volume, torch.device("cpu"), overlap, batch_size=2, counts=counts)
+    try:
+        mine, _ = predict_probability(net, volume, torch.device("cpu"), overlap, batch_size=2, counts=counts)
+        assert torch.get_num_threads() == threads  # restored after the worker threads
+    finally:
+        torch.set_num_threads(before)
     with torch.inference_mode():
         ref = sliding_window_inference(torch.from_numpy(volume)[None, None], net.patch, 2, lambda x: net(x)["prob"],
                                        overlap=overlap, mode="gaussian" if overlap > 0 else "constant")[0, 0].numpy()

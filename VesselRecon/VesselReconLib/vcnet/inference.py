@@ -19,6 +19,7 @@ main pass.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -72,7 +73,9 @@ def predict_probability(model, volume: np.ndarray, device: torch.device, overlap
     one padded: a partial batch falls onto slow convolution paths); where windows overlap, their
     probabilities are averaged (``overlap=0``: only the last window of an axis overlaps) or blended
     with MONAI's Gaussian importance map (``overlap > 0``), as MONAI's ``sliding_window_inference``.
-    On CPU the convolutions run channels-last.
+    On CPU the convolutions run channels-last, and with n > 1 torch threads the batches run in n
+    one-thread worker threads (``device.map_batches``: the same numbers; 16 ``lite-fast`` batches took
+    0.8 CPU-s against 3.0 with 2-thread operators, at a load of 3 on 2 cores).
 
     :param region: optional boolean array of the volume's shape: windows with no voxel in it are not
         run (probability 0 there).
@@ -110,14 +113,18 @@ def predict_probability(model, volume: np.ndarray, device: torch.device, overlap
         weight = torch.zeros(volume.shape, dtype=torch.float32, device=dev)
         importance = (compute_importance_map(roi, mode="gaussian", device=dev).float() if overlap > 0
                       else torch.ones(roi, device=dev))
-        with devices.inference(dev):
-            for first in range(0, len(windows), batch):
-                chosen = windows[first:first + batch]
-                reporter(first / max(len(windows), 1), f"VC-Net window {first + 1}/{len(windows)}")
+
+        def forward(chosen):
+            with devices.inference(dev):  # per thread: map_batches may run this in worker threads
                 patches = torch.stack([tensor[w] for w in chosen])[:, None]
                 if len(chosen) < batch:  # pad the last batch: a partial batch falls onto slow convolution paths
                     patches = torch.cat([patches, patches.new_zeros((batch - len(chosen), *patches.shape[1:]))])
-                out = net(patches, mips=False) if skip_mips else net(patches)
+                return net(patches, mips=False) if skip_mips else net(patches)
+
+        batches = [windows[first:first + batch] for first in range(0, len(windows), batch)]
+        with devices.inference(dev), contextlib.closing(devices.map_batches(forward, batches, dev)) as outs:
+            for number, (chosen, out) in enumerate(zip(batches, outs)):
+                reporter(number / len(batches), f"VC-Net window {number * batch + 1}/{len(windows)}")
                 if mip_sink is not None and "mip_prob" in out:
                     _paste_mips(canvases, out["mip_prob"][: len(chosen)], chosen, starts, volume.shape[1:], net)
                 for w, prob in zip(chosen, out["prob"][: len(chosen), 0].float()):

@@ -201,6 +201,61 @@ def test_graph_convolution_matches_dense_formula():
     torch.testing.assert_close(conv(h, normalized_adjacency(3, edges)), adjacency @ conv.linear(h))
 
 
+def test_inference_segmenter_folds_batchnorm_and_follows_weight_changes():
+    """The U-Net used at inference (BatchNorm folded into the convolutions, symmetric "same" padding in the
+    convolution) gives the trained U-Net's output; a change of the weights (training, new weights) is
+    picked up, and a training-mode segmenter is used as it is."""
+    from VesselReconLib.angio3d.network import build_model
+    from VesselReconLib.angio3d.segmentation import inference_segmenter, normalize_crops
+
+    torch.manual_seed(0)
+    net = build_model("lite").eval()
+    for layer in net.segmenter.modules():            # non-trivial statistics, as after training
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.running_mean.uniform_(-0.5, 0.5)
+            layer.running_var.uniform_(0.5, 2.0)
+            layer.weight.data.uniform_(0.5, 1.5)
+            layer.bias.data.uniform_(-0.2, 0.2)
+    x = normalize_crops(torch.randn(2, 1, 64, 96))
+    folded = inference_segmenter(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert inference_segmenter(net) is folded                                 # cached
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net.segment(x), rtol=1e-4, atol=1e-4)
+        net.segmenter.decoder.blocks[0].conv1[1].running_mean.add_(1.0)     # in place, as training does
+        refolded = inference_segmenter(net)
+        assert refolded is not folded
+        torch.testing.assert_close(refolded(x), net.segment(x), rtol=1e-4, atol=1e-4)
+    net.segmenter.train()
+    assert inference_segmenter(net) is net.segmenter
+
+
+def test_foreground_edt_equals_the_whole_image_transform():
+    from scipy import ndimage
+
+    from VesselReconLib.angio3d.centerline import foreground_edt
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        mask = np.zeros(tuple(rng.integers(5, 60, 2)), bool)
+        for _ in range(rng.integers(0, 4)):              # blobs, some touching the border
+            r, c = rng.integers(0, mask.shape[0]), rng.integers(0, mask.shape[1])
+            mask[r:r + rng.integers(1, 30), c:c + rng.integers(1, 30)] = True
+        np.testing.assert_array_equal(foreground_edt(mask), ndimage.distance_transform_edt(mask))
+
+
+def test_inference_adjacency_is_csr_with_the_same_products():
+    from VesselReconLib.angio3d.network import build_model
+
+    net = build_model("lite")
+    h = torch.randn(net.adjacency(torch.device("cpu")).shape[0], 5)
+    training = net.adjacency(torch.device("cpu"))
+    with torch.inference_mode():
+        inference = net.adjacency(torch.device("cpu"))
+        assert inference.layout == torch.sparse_csr and training.layout == torch.sparse_coo
+        torch.testing.assert_close(torch.sparse.mm(inference, h), torch.sparse.mm(training, h))
+
+
 # ------------------------------------------------------------------ centrelines, triangulation, stitching, QCA
 
 

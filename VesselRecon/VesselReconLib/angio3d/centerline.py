@@ -43,8 +43,19 @@ def cost_map(probability: np.ndarray, eps: float = PATH_EPS, threshold: float = 
     """Travel cost ``1 / ((p + eps) (1 + EDT))``: cheap inside the vessel and cheapest on its medial
     axis (so paths do not cut corners); ``eps`` bounds the price of crossing the short gap of a tight
     stenosis (chosen on the validation phantoms against a squared-EDT and an additive variant)."""
-    distance = ndimage.distance_transform_edt(probability > threshold)
+    distance = foreground_edt(probability > threshold)
     return 1.0 / (np.clip(probability, 0, 1) + eps) / (1.0 + distance)
+
+
+def foreground_edt(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.distance_transform_edt(mask)``, computed on the foreground's bounding box plus one pixel of
+    background only (the same values: the nearest background pixel of a foreground pixel lies in that box)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    out = np.zeros(mask.shape)
+    if len(rows):
+        box = np.s_[max(rows[0] - 1, 0):rows[-1] + 2, max(cols[0] - 1, 0):cols[-1] + 2]
+        out[box] = ndimage.distance_transform_edt(mask[box])
+    return out
 
 
 GUIDE_PX = 4.0        # corridor half-width (px) of a guided path: cost x (1 + (d / GUIDE_PX)^2)
@@ -122,7 +133,7 @@ def lumen_radii_px(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
     lo = np.clip(np.floor(points.min(0)).astype(int) - 40, 0, None)           # the SOI's box (+ 40 px)
     hi = np.minimum(np.ceil(points.max(0)).astype(int) + 41, mask.shape[::-1])
     box = np.pad(mask[lo[1]:hi[1], lo[0]:hi[0]], 1)          # outside the image counts as background
-    distance = ndimage.distance_transform_edt(box)[1:-1, 1:-1]
+    distance = foreground_edt(box)[1:-1, 1:-1]
     ridge = ndimage.maximum_filter(distance, size=3)
     local = points - lo
     values = ndimage.map_coordinates(ridge, [local[:, 1], local[:, 0]], order=1, mode="nearest")

@@ -132,12 +132,11 @@ def _inputs(args):
 
 
 def run(args) -> int:
-    from .. import meshes, mrml, runtime
+    from .. import atomic, device, meshes, mrml, runtime
     from ..progress import TqdmProgress
     from .logic import Angio3DLogic
 
-    from .. import atomic
-
+    device.keep_freed_memory()  # a command-line process only: Slicer's own heap policy is left alone
     views = _inputs(args)
     final = atomic.output_folder(args.out)
     scene = runtime.new_scene()
@@ -341,10 +340,11 @@ def add_bench_arguments(parser) -> None:
 
 
 def bench(args) -> int:
-    from ..device import limit_cpu_threads
+    from ..device import keep_freed_memory, limit_cpu_threads
     from .bench import print_bench
 
     limit_cpu_threads(args.threads)
+    keep_freed_memory()  # the command line's heap policy (cli.run) for every timed call
     print_bench(device_name=args.device, model=args.model or args.preset, preset=args.preset, repeats=args.repeats)
     return 0
 

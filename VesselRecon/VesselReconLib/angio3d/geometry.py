@@ -21,6 +21,9 @@ import numpy as np
 from ..errors import InputError
 
 
+_U_AXIS, _V_AXIS, _D_AXIS = np.array([1.0, 0, 0]), np.array([0, 0, -1.0]), np.array([0, -1.0, 0])   # in the C-arm frame
+
+
 @dataclass(frozen=True)
 class CArmGeometry:
     """One view's acquisition geometry, in DICOM XA terms (angles in degrees, distances in mm)."""
@@ -100,7 +103,7 @@ class CArmGeometry:
         rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
         rx = np.array([[1, 0, 0], [0, np.cos(b), np.sin(b)], [0, -np.sin(b), np.cos(b)]])
         frame = rz @ rx
-        return np.stack([frame @ [1.0, 0, 0], frame @ [0, 0, -1.0], frame @ [0, -1.0, 0]], axis=1)
+        return np.stack([frame @ _U_AXIS, frame @ _V_AXIS, frame @ _D_AXIS], axis=1)
 
     @property
     def direction(self) -> np.ndarray:
@@ -122,7 +125,7 @@ class CArmGeometry:
         """3x4 matrix mapping homogeneous LPS points to homogeneous pixels (column, row, 1)."""
         rotation = self.rotation()
         rc = rotation.T
-        return self.intrinsics() @ np.c_[rc, self.sod * (rc @ rotation[:, 2])]
+        return self.intrinsics() @ np.column_stack((rc, self.sod * (rc @ rotation[:, 2])))
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """(N, 3) LPS mm -> (N, 2) pixel (column, row)."""
@@ -152,7 +155,7 @@ class CArmGeometry:
 def project(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a 3x4 projection matrix to (N, 3) points; returns (N, 2) pixels."""
     points = np.atleast_2d(np.asarray(points, float))
-    homog = np.c_[points, np.ones(len(points))] @ np.asarray(matrix).T
+    homog = _homogeneous(points) @ np.asarray(matrix).T
     return homog[:, :2] / homog[:, 2:3]
 
 
@@ -167,18 +170,23 @@ def fundamental_matrix(p_a: np.ndarray, p_b: np.ndarray) -> np.ndarray:
 
 def epipolar_distances(f: np.ndarray, pts_a: np.ndarray, pts_b: np.ndarray) -> np.ndarray:
     """Symmetric point-to-epipolar-line distances (pixels), shape (N, 2): in view B and in view A."""
-    ha = np.c_[np.atleast_2d(pts_a), np.ones(len(np.atleast_2d(pts_a)))]
-    hb = np.c_[np.atleast_2d(pts_b), np.ones(len(np.atleast_2d(pts_b)))]
+    ha, hb = _homogeneous(pts_a), _homogeneous(pts_b)
     lines_b = ha @ f.T
     lines_a = hb @ f
     d_b = np.abs((lines_b * hb).sum(1)) / np.linalg.norm(lines_b[:, :2], axis=1)
     d_a = np.abs((lines_a * ha).sum(1)) / np.linalg.norm(lines_a[:, :2], axis=1)
-    return np.c_[d_b, d_a]
+    return np.stack([d_b, d_a], 1)
+
+
+def _homogeneous(points: np.ndarray) -> np.ndarray:
+    """(N, k) points with a column of ones appended (``np.c_[points, 1]`` without its indexing overhead)."""
+    points = np.atleast_2d(points)
+    return np.column_stack((points, np.ones(len(points))))
 
 
 def epipolar_lines(f: np.ndarray, pts_a: np.ndarray) -> np.ndarray:
     """Epipolar lines (a, b, c) in view B of pixels in view A, normalised so a^2 + b^2 = 1."""
-    lines = np.c_[np.atleast_2d(pts_a), np.ones(len(np.atleast_2d(pts_a)))] @ f.T
+    lines = _homogeneous(pts_a) @ f.T
     return lines / np.linalg.norm(lines[:, :2], axis=1, keepdims=True)
 
 
@@ -235,7 +243,7 @@ def refine_calibration(geom_a: CArmGeometry, geom_b: CArmGeometry, pts_a: np.nda
         p_b = _apply(geom_b, params).projection_matrix()
         e = p_b @ centre_a
         skew = np.array([[0, -e[2], e[1]], [e[2], 0, -e[0]], [-e[1], e[0], 0]])
-        return np.r_[epipolar_distances(skew @ p_b @ inverse_a, pts_a, pts_b).ravel(), params / prior]
+        return np.concatenate([epipolar_distances(skew @ p_b @ inverse_a, pts_a, pts_b).ravel(), params / prior])
 
     before = mean_epipolar_error(geom_a, geom_b, pts_a, pts_b)
     solution = least_squares(residuals, np.zeros(4), method="lm", x_scale=prior)

@@ -154,17 +154,27 @@ class Angio3DNet(nn.Module):
         self.vertex_dim = 3 + 2 * self.view_dim
         self.refiner = SurfaceRefiner(self.vertex_dim, int(cfg["hidden"]), int(cfg["layers"]),
                                       float(cfg.get("offset_scale", 0.01)))
-        self._adjacency: dict[str, torch.Tensor] = {}
+        self._adjacency: dict[tuple, torch.Tensor] = {}
 
     def segment(self, crops: torch.Tensor) -> torch.Tensor:
         """Vessel logits (B, 1, S, S) of normalised SOI crops (B, 1, S, S)."""
         return self.segmenter(crops)
 
     def adjacency(self, device: torch.device) -> torch.Tensor:
-        key = str(device)
+        """The mesh's normalised adjacency on ``device``: sparse COO, or CSR when no gradient is recorded
+        (inference; its product is ~3 x faster on the CPU, the same sums to float rounding)."""
+        csr = device.type == "cpu" and not torch.is_grad_enabled()
+        key = (str(device), csr)
         if key not in self._adjacency:
             edges = torch.as_tensor(template.edges(), dtype=torch.long, device=device)
-            self._adjacency[key] = normalized_adjacency(template.N_RINGS * template.N_AROUND, edges)
+            adjacency = normalized_adjacency(template.N_RINGS * template.N_AROUND, edges)
+            if csr:
+                import warnings
+
+                with warnings.catch_warnings():      # "Sparse CSR tensor support is in beta state"
+                    warnings.simplefilter("ignore", UserWarning)
+                    adjacency = adjacency.to_sparse_csr()
+            self._adjacency[key] = adjacency
         return self._adjacency[key]
 
     def sample_view(self, images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:

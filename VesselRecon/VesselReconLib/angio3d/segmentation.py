@@ -12,6 +12,8 @@ pixel indices are pixel centres on both sides (``grid_sample(..., align_corners=
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -81,11 +83,19 @@ def apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.asarray(points, float) @ np.asarray(affine)[:2, :2].T + np.asarray(affine)[:2, 2]
 
 
+@lru_cache(maxsize=8)
+def _crop_pixels(height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(H*W, 3) homogeneous crop pixels (x, y, 1), row by row (computed once per size and never modified; a
+    normal tensor even when first asked for under ``torch.inference_mode``, so training can use it too)."""
+    with torch.inference_mode(False):
+        ys, xs = torch.meshgrid(torch.arange(height, dtype=dtype, device=device),
+                                torch.arange(width, dtype=dtype, device=device), indexing="ij")
+        return torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)
+
+
 def _crop_grid(affines: torch.Tensor, size, shape: tuple[int, int]) -> torch.Tensor:
     height, width = (size, size) if np.isscalar(size) else size
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=affines.dtype, device=affines.device),
-                            torch.arange(width, dtype=affines.dtype, device=affines.device), indexing="ij")
-    crop = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)
+    crop = _crop_pixels(int(height), int(width), affines.dtype, affines.device)
     pix = crop @ affines.transpose(1, 2)                                         # (N, H*W, 2)
     norm = torch.stack([2 * pix[..., 0] / (shape[1] - 1) - 1, 2 * pix[..., 1] / (shape[0] - 1) - 1], -1)
     return norm.reshape(len(affines), height, width, 2)
@@ -135,10 +145,60 @@ def channels_last(module: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor
     return tensor.contiguous(memory_format=torch.channels_last)
 
 
+CONV_BN_PAIRS = (("_conv_stem", "_bn0"), ("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),
+                 ("_project_conv", "_bn2"))     # EfficientNet's convolution -> BatchNorm attributes
+
+
+def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """An eval-mode copy of a U-Net with every BatchNorm folded into the convolution before it (EfficientNet's
+    named pairs, ``Conv2d, BatchNorm2d`` in a Sequential) and TF-"same" padding that is symmetric moved into
+    the convolution itself (no padded copy of the activations); the same function to ~1e-5 in the logits."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    module = copy.deepcopy(module).eval()
+    for layer in list(module.modules()):
+        pairs = [(a, b) for a, b in CONV_BN_PAIRS if isinstance(getattr(layer, a, None), torch.nn.Conv2d)
+                 and isinstance(getattr(layer, b, None), torch.nn.BatchNorm2d)]
+        if isinstance(layer, torch.nn.Sequential):
+            names = list(layer._modules)
+            pairs += [(a, b) for a, b in zip(names, names[1:])
+                      if isinstance(layer._modules[a], torch.nn.Conv2d) and isinstance(layer._modules[b], torch.nn.BatchNorm2d)]
+        for conv, bn in pairs:
+            setattr(layer, conv, fuse_conv_bn_eval(getattr(layer, conv), getattr(layer, bn)))
+            setattr(layer, bn, torch.nn.Identity())
+    for layer in module.modules():
+        pad = getattr(layer, "static_padding", None)
+        if isinstance(pad, torch.nn.ZeroPad2d) and len(set(pad.padding)) == 1 and layer.padding == (0, 0):
+            layer.padding, layer.static_padding = (pad.padding[0],) * 2, torch.nn.Identity()
+    return module
+
+
+def _weights_key(tensors: list) -> tuple:
+    """Changes whenever one of ``tensors`` is changed in place (training, ``load_state_dict``) or moved."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+def inference_segmenter(net) -> torch.nn.Module:
+    """``net.segmenter`` for inference: :func:`fold_batchnorm` of it, cached on ``net`` and rebuilt when a
+    weight or BatchNorm statistic changes; the segmenter itself while it is in training mode."""
+    if net.segmenter.training:
+        return net.segmenter
+    cached = getattr(net, "_folded_segmenter", None)
+    if cached is None or _weights_key(cached[0]) != cached[1]:
+        tensors = [*net.segmenter.parameters(), *net.segmenter.buffers()]
+        cached = (tensors, _weights_key(tensors), fold_batchnorm(net.segmenter))
+        object.__setattr__(net, "_folded_segmenter", cached)      # not a registered submodule (no state dict entry)
+    return cached[2]
+
+
 def segment_crops(net, crops: torch.Tensor) -> torch.Tensor:
-    """Vessel probabilities (N, H, W) of raw crops or strips (N, 1, H, W) with the U-Net."""
-    crops = channels_last(net.segmenter, normalize_crops(crops))
-    return torch.sigmoid(net.segment(crops))[:, 0].float().contiguous()
+    """Vessel probabilities (N, H, W) of raw crops or strips (N, 1, H, W) with the U-Net (BatchNorm folded,
+    :func:`inference_segmenter`)."""
+    segmenter = inference_segmenter(net)
+    crops = channels_last(segmenter, normalize_crops(crops))
+    return torch.sigmoid(segmenter(crops))[:, 0].float().contiguous()
 
 
 def frangi_crops(crops: torch.Tensor) -> torch.Tensor:

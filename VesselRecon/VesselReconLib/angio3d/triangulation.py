@@ -42,16 +42,18 @@ def _dtw_path(cost: np.ndarray) -> list[tuple[int, int]]:
     n, m = cost.shape
     total = np.full((n, m), np.inf)
     total[0] = np.cumsum(cost[0])
+    diagonal = np.full(m, np.inf)                 # the previous row shifted by one column
+    cumulative = np.cumsum(cost, axis=1)          # horizontal moves within each row
     for i in range(1, n):
-        row = cost[i] + np.minimum(total[i - 1], np.r_[np.inf, total[i - 1, :-1]])
-        cumulative = np.cumsum(cost[i])           # horizontal moves within the row:
-        row = cumulative + np.minimum.accumulate(row - cumulative)   # row[j] = min(row[j], row[j-1] + cost[i, j])
-        total[i] = row
+        diagonal[1:] = total[i - 1, :-1]
+        row = cost[i] + np.minimum(total[i - 1], diagonal)
+        total[i] = cumulative[i] + np.minimum.accumulate(row - cumulative[i])   # min(row[j], row[j-1] + cost[i, j])
+    total = total.tolist()                        # the walk back reads single values: Python floats
     i, j, path = n - 1, m - 1, [(n - 1, m - 1)]
     while i > 0 or j > 0:
-        options = [(total[i - 1, j - 1], i - 1, j - 1) if i and j else (np.inf, 0, 0),
-                   (total[i - 1, j], i - 1, j) if i else (np.inf, 0, 0),
-                   (total[i, j - 1], i, j - 1) if j else (np.inf, 0, 0)]
+        options = [(total[i - 1][j - 1], i - 1, j - 1) if i and j else (np.inf, 0, 0),
+                   (total[i - 1][j], i - 1, j) if i else (np.inf, 0, 0),
+                   (total[i][j - 1], i, j - 1) if j else (np.inf, 0, 0)]
         _, i, j = min(options)
         path.append((i, j))
     return path[::-1]

@@ -230,6 +230,30 @@ def test_inference_segmenter_folds_batchnorm_and_follows_weight_changes():
     assert inference_segmenter(net) is net.segmenter
 
 
+def test_views_are_segmented_side_by_side_on_one_thread_each():
+    """On two CPU threads the two views' strips run in two one-thread workers: each view's probabilities are
+    those of a one-thread pass over that view alone, and the caller's thread count comes back (also after
+    the one-thread stages)."""
+    from VesselReconLib.angio3d.network import build_model
+    from VesselReconLib.angio3d.pipeline import _probabilities, one_thread, view_probabilities
+
+    torch.manual_seed(0)
+    net = build_model("lite").eval()
+    raw = torch.rand(4, 1, 128, 160) * 100       # 2 branches per view: view A's strips, then view B's
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        both = view_probabilities(net, "net", raw)
+        assert torch.get_num_threads() == 2
+        with one_thread(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+            alone = torch.cat([_probabilities(net, "net", raw[:2]), _probabilities(net, "net", raw[2:])])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(both, alone)
+
+
 def test_foreground_edt_equals_the_whole_image_transform():
     from scipy import ndimage
 

@@ -64,11 +64,12 @@ def run_bench(device_name: str = "auto", model: str = "lite", preset: str = "lit
     grid = torch.rand(1, vertices, 2, device=device) * 2 - 1
     coords = torch.rand(1, vertices, 3, device=device)
 
-    from .segmentation import channels_last, segment_crops
+    from .pipeline import one_thread, view_probabilities
+    from .segmentation import channels_last
 
-    def network():                     # as the pipeline runs them (channels-last on the CPU)
-        with inference(device, allow_half=False):
-            segment_crops(net, crops)
+    def network():                     # as the pipeline runs them (views side by side, SR on one thread)
+        view_probabilities(net, "net", crops)
+        with inference(device, allow_half=False), one_thread(device):
             images = channels_last(net.encoder, sr_images)
             net(images, images, grid, grid, coords)
 

@@ -6,6 +6,7 @@ Arrays in, arrays and meshes out (no MRML): :func:`reconstruct` takes the two im
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -262,6 +263,30 @@ def own_view_qca(samples: dict, side_branch: bool = False) -> dict:
     return qca
 
 
+def view_probabilities(net, segmenter: str, raw: torch.Tensor) -> torch.Tensor:
+    """:func:`_probabilities` of both views' strips (view A's, then view B's): on a multi-threaded CPU the two
+    views run side by side with one intra-op thread each (:func:`~VesselReconLib.device.map_batches`), which
+    does not stall in OpenMP barriers when another process holds a core."""
+    from ..device import map_batches
+
+    return torch.cat(list(map_batches(lambda x: _probabilities(net, segmenter, x), list(raw.chunk(2)), raw.device)))
+
+
+@contextlib.contextmanager
+def one_thread(device: torch.device):
+    """torch's operators on one CPU thread: crop sampling, the profile products, the lumen MLP and the surface
+    refinement (a small VGG on two 128 px crops and graph convolutions on 6000 vertices) gain little from
+    more threads and stall in OpenMP barriers when another process holds a core (SR at load 2: 0.03 s on
+    one thread, 0.9 s on two)."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _probabilities(net, segmenter: str, raw: torch.Tensor) -> torch.Tensor:
     if segmenter == "frangi":
         return frangi_crops(raw).to(raw.device)
@@ -332,52 +357,57 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
     n_branches = points.shape[1]
     width = strip_width(points)
     strips = np.array([[strip_affine(p[0], p[1], width) for p in view] for view in points])      # (2, B, 2, 3)
-    raw_strips = torch.cat([sample_crops(torch.as_tensor(img, device=device), strips[v], (STRIP_HEIGHT, width))
-                            for v, img in enumerate(images)])                                  # (2B, 1, H, W)
-    strip_probs = _probabilities(net, segmenter, raw_strips).float().cpu().numpy()
+    with one_thread(device):
+        raw_strips = torch.cat([sample_crops(torch.as_tensor(img, device=device), strips[v], (STRIP_HEIGHT, width))
+                                for v, img in enumerate(images)])                                  # (2B, 1, H, W)
+    strip_probs = view_probabilities(net, segmenter, raw_strips).float().cpu().numpy()
     strip_probs = strip_probs.reshape(2, n_branches, STRIP_HEIGHT, width)
     tick("segmentation")
 
     reporter(0.3, "extracting 2D centrelines")
-    full_probs = [[paste_back(strip_probs[v, b] * slab_weights(*points[v, b], strips[v, b], (STRIP_HEIGHT, width)),
-                              strips[v, b], images[v].shape) for b in range(n_branches)] for v in range(2)]
-    lines = [[extract_centerline(full_probs[v][b], points[v, b, 0], points[v, b, 1], geometries[v], image=images[v],
-                                 lumen=lumen) for b in range(n_branches)] for v in range(2)]
-    affines = np.array([[crop_affine(p[0], p[1], size) for p in view] for view in points])     # SR crops
-    raw = torch.cat([sample_crops(torch.as_tensor(img, device=device), affines[v], size)
-                     for v, img in enumerate(images)])                                        # (2B, 1, S, S)
-    probs = torch.cat([sample_crops(torch.as_tensor(full_probs[v][b], device=device), affines[v, b:b + 1], size)
-                       for v in range(2) for b in range(n_branches)])[:, 0]
+    with one_thread(device):
+        full_probs = [[paste_back(strip_probs[v, b] * slab_weights(*points[v, b], strips[v, b], (STRIP_HEIGHT, width)),
+                                  strips[v, b], images[v].shape) for b in range(n_branches)] for v in range(2)]
+        lines = [[extract_centerline(full_probs[v][b], points[v, b, 0], points[v, b, 1], geometries[v], image=images[v],
+                                     lumen=lumen) for b in range(n_branches)] for v in range(2)]
+        affines = np.array([[crop_affine(p[0], p[1], size) for p in view] for view in points])     # SR crops
+        raw = torch.cat([sample_crops(torch.as_tensor(img, device=device), affines[v], size)
+                         for v, img in enumerate(images)])                                        # (2B, 1, S, S)
+        probs = torch.cat([sample_crops(torch.as_tensor(full_probs[v][b], device=device), affines[v, b:b + 1], size)
+                           for v in range(2) for b in range(n_branches)])[:, 0]
     tick("centerlines")
 
     reporter(0.5, "triangulating")
     from .triangulation import triangulate_centerline
 
-    branches = []
-    for b in range(n_branches):
-        centerline, radii, views = triangulate_centerline(lines[0][b], lines[1][b], *geometries,
-                                                          radius_fusion=radius_fusion, details=True)
-        if reroute:
-            rerouted = reroute_inconsistent(centerline, [lines[0][b], lines[1][b]], [full_probs[v][b] for v in range(2)],
-                                            images, geometries, points[:, b], radius_fusion)
-            if rerouted is not None:
-                # the 3D centreline and the mesh follow the jointly chosen paths; QCA keeps the profiles
-                # measured along each view's own first path (on 30 design phantoms, seeds 7001-7030, QCA
-                # from the re-routed paths was worse: mean |error| 10.5 vs 9.1 points)
-                first_samples = views["qca_samples"]
-                (lines[0][b], lines[1][b]), (centerline, radii, views) = rerouted
-                views["qca_samples"], views["rerouted"] = first_samples, True
-        vertices = template.template_vertices(centerline, radii)
-        branches.append(BranchReconstruction([lines[0][b], lines[1][b]], centerline, radii, vertices, vertices.copy(),
-                                             views=views))
-    from .quality import quality_report
+    with one_thread(device):
+        branches = []
+        for b in range(n_branches):
+            centerline, radii, views = triangulate_centerline(lines[0][b], lines[1][b], *geometries,
+                                                              radius_fusion=radius_fusion, details=True)
+            if reroute:
+                rerouted = reroute_inconsistent(centerline, [lines[0][b], lines[1][b]],
+                                                [full_probs[v][b] for v in range(2)], images, geometries, points[:, b],
+                                                radius_fusion)
+                if rerouted is not None:
+                    # the 3D centreline and the mesh follow the jointly chosen paths; QCA keeps the profiles
+                    # measured along each view's own first path (on 30 design phantoms, seeds 7001-7030, QCA
+                    # from the re-routed paths was worse: mean |error| 10.5 vs 9.1 points)
+                    first_samples = views["qca_samples"]
+                    (lines[0][b], lines[1][b]), (centerline, radii, views) = rerouted
+                    views["qca_samples"], views["rerouted"] = first_samples, True
+            vertices = template.template_vertices(centerline, radii)
+            branches.append(BranchReconstruction([lines[0][b], lines[1][b]], centerline, radii, vertices,
+                                                 vertices.copy(), views=views))
+        from .quality import quality_report
 
-    quality = quality_report(branches, geometries, calibration, points, recorded)
+        quality = quality_report(branches, geometries, calibration, points, recorded)
     tick("triangulation")
 
     if refine and net is not None:
         reporter(0.6, "refining the surface")
-        _refine(net, branches, raw, probs, affines, geometries, device)
+        with one_thread(device):
+            _refine(net, branches, raw, probs, affines, geometries, device)
     tick("refinement")
 
     mesh = None

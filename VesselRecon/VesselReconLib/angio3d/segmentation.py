@@ -164,7 +164,8 @@ def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
         if isinstance(layer, torch.nn.Sequential):
             names = list(layer._modules)
             pairs += [(a, b) for a, b in zip(names, names[1:])
-                      if isinstance(layer._modules[a], torch.nn.Conv2d) and isinstance(layer._modules[b], torch.nn.BatchNorm2d)]
+                      if isinstance(layer._modules[a], torch.nn.Conv2d)
+                      and isinstance(layer._modules[b], torch.nn.BatchNorm2d)]
         for conv, bn in pairs:
             setattr(layer, conv, fuse_conv_bn_eval(getattr(layer, conv), getattr(layer, bn)))
             setattr(layer, bn, torch.nn.Identity())

@@ -254,6 +254,20 @@ def test_views_are_segmented_side_by_side_on_one_thread_each():
     assert torch.equal(both, alone)
 
 
+def test_profiles_at_a_larger_reach_are_reused_only_where_they_line_up():
+    from VesselReconLib.angio3d.centerline import profiles_within, vessel_profiles
+
+    rng = np.random.default_rng(1)
+    image = rng.random((80, 80)).astype(np.float32)
+    points = np.c_[np.linspace(20, 60, 30), np.linspace(30, 45, 30)]
+    wide = vessel_profiles(image, points, 14.0)
+    offsets, profiles = profiles_within(wide, 10.0)
+    expected = vessel_profiles(image, points, 10.0)
+    np.testing.assert_array_equal(offsets, expected[0])
+    np.testing.assert_array_equal(profiles, expected[1])
+    assert profiles_within(wide, 10.3) is None and profiles_within(wide, 16.0) is None and profiles_within(None, 10.0) is None
+
+
 def test_foreground_edt_equals_the_whole_image_transform():
     from scipy import ndimage
 

@@ -263,8 +263,20 @@ def _fit_lumen(profiles: np.ndarray, offsets: np.ndarray, sigma: float, contrast
     return FIT_RADII_PX[best_k // len(FIT_CENTRES_PX)], best_a, best_sse
 
 
+def profiles_within(wide: tuple[np.ndarray, np.ndarray] | None, reach: float) -> tuple | None:
+    """The part of :func:`vessel_profiles` ``(offsets, profiles)`` computed at a larger reach that equals the
+    profiles at ``reach`` (the same offsets, so the same samples); ``None`` when the offsets do not line up."""
+    if wide is None:
+        return None
+    offsets = np.arange(-reach, reach + PROFILE_STEP / 2, PROFILE_STEP)
+    start = int(np.searchsorted(wide[0], offsets[0]))
+    if not np.array_equal(wide[0][start:start + len(offsets)], offsets):
+        return None
+    return offsets, wide[1][:, start:start + len(offsets)]
+
+
 def profile_radii_px(image: np.ndarray, points: np.ndarray, mask_radii: np.ndarray,
-                     sigma: float = PROFILE_BLUR_PX) -> tuple[np.ndarray, np.ndarray]:
+                     sigma: float = PROFILE_BLUR_PX, wide: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Lumen radius (px) at each centreline point from the angiogram's own intensity profiles (QCA).
 
     A round lumen's projection (its chord across the vessel, blurred) is fitted to each profile on a
@@ -273,12 +285,13 @@ def profile_radii_px(image: np.ndarray, points: np.ndarray, mask_radii: np.ndarr
     that contrast as a prior: where the lumen is resolved its edges fix the radius, where it is not
     (width and contrast trade off in the noise) the fit reads the narrowing's total darkness, i.e. its
     cross-section (videodensitometry), which blur does not change. Returns the radii and a flag where
-    no vessel was found in the profile (there the mask radius is kept).
+    no vessel was found in the profile (there the mask radius is kept). ``wide``: profiles already sampled
+    at a larger reach (:func:`profiles_within`), used instead of sampling again where they line up.
     """
     points = np.asarray(points, float)
     mask_radii = np.asarray(mask_radii, float)
     reach = float(max(10.0, np.percentile(mask_radii, 90) + 6.0))
-    offsets, profiles = vessel_profiles(image, points, reach)
+    offsets, profiles = profiles_within(wide, reach) or vessel_profiles(image, points, reach)
     terms = _fit_terms(profiles, offsets, sigma)
     free, amplitude, sse = _fit_lumen(profiles, offsets, sigma, terms=terms)
     typical = np.median(free)
@@ -323,8 +336,9 @@ def measure_centerline(probability: np.ndarray, points: np.ndarray, geometry, th
     overlap, qca_radii = None, None
     if image is not None:
         overlap = overlap_flags(image, points, radii)
-        qca_radii = profile_radii_px(image, points, radii)[0]
+        wide = None if lumen is None else vessel_profiles(image, points, lumen.REACH_PX)    # sampled once for both
+        qca_radii = profile_radii_px(image, points, radii, wide=wide)[0]
         if lumen is not None:
-            qca_radii = np.maximum(lumen.radii(image, points, qca_radii, radii), RADIUS_FLOOR_PX)
+            qca_radii = np.maximum(lumen.radii(image, points, qca_radii, radii, profiles=wide[1]), RADIUS_FLOOR_PX)
     return Centerline2D(points, radii, radii * geometry.isocentre_mm_per_pixel(), overlap=overlap,
                         qca_radii_px=qca_radii)

@@ -65,11 +65,16 @@ class LumenRegressor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp((x - self.mean) / self.std)[:, 0]
 
-    def radii(self, image: np.ndarray, points: np.ndarray, fit_radii: np.ndarray, mask_radii: np.ndarray) -> np.ndarray:
-        """Lumen radius (px) at each centreline point of one view."""
+    REACH_PX = REACH_PX
+
+    def radii(self, image: np.ndarray, points: np.ndarray, fit_radii: np.ndarray, mask_radii: np.ndarray,
+              profiles: np.ndarray | None = None) -> np.ndarray:
+        """Lumen radius (px) at each centreline point of one view (``profiles``: its
+        :func:`~.centerline.vessel_profiles` at ``REACH_PX`` when the caller has them)."""
         from .centerline import vessel_profiles
 
-        _, profiles = vessel_profiles(image, points, REACH_PX)
+        if profiles is None:
+            _, profiles = vessel_profiles(image, points, REACH_PX)
         x = torch.from_numpy(features(profiles, fit_radii, mask_radii))
         with torch.no_grad():
             return np.exp(self(x).numpy().astype(float))

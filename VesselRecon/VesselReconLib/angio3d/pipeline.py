@@ -269,6 +269,8 @@ def view_probabilities(net, segmenter: str, raw: torch.Tensor) -> torch.Tensor:
     does not stall in OpenMP barriers when another process holds a core."""
     from ..device import map_batches
 
+    if raw.device.type != "cpu" or torch.get_num_threads() < 2:
+        return _probabilities(net, segmenter, raw)          # one pass: no gain from splitting the batch
     return torch.cat(list(map_batches(lambda x: _probabilities(net, segmenter, x), list(raw.chunk(2)), raw.device)))
 
 

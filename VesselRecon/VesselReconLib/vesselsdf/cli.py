@@ -36,6 +36,9 @@ def add_train_arguments(parser) -> None:
                         help="weight of the soft Dice of the SDF's own mask (ours; 0: the paper's loss)")
     parser.add_argument("--cldice", type=float, default=0.0,
                         help="weight of the soft clDice of the SDF's own mask, in-plane skeletons (ours, release 6)")
+    parser.add_argument("--agree", type=float, default=0.0,
+                        help="weight of the hinge keeping the SDF < 0 where the occupancy (p > 0.5) and the label "
+                             "agree (ours, round 7)")
     parser.add_argument("--topology-val", action="store_true",
                         help="pick the best epoch by the mean of Dice and clDice at the best level (release 6)")
     parser.add_argument("--full-res-skip", action="store_true",
@@ -71,7 +74,8 @@ def train(args) -> int:
                          calibrate=args.calibrate_level, topology=args.topology_val,
                          model_config={**({"correction_mm": args.correction_mm} if args.correction_mm else {}),
                                        **({"full_res_skip": True} if args.full_res_skip else {})},
-                         loss=LossConfig(lambda_sdf_dice=args.sdf_dice, lambda_cldice=args.cldice))
+                         loss=LossConfig(lambda_sdf_dice=args.sdf_dice, lambda_cldice=args.cldice,
+                                         lambda_agree=args.agree))
     bar = TqdmProgress(f"train {METHOD} {args.preset}")
     if args.ablations:
         models, trainer = train_with_ablations(args.data, args.out, config, progress=bar, resume=not args.no_resume)
@@ -237,7 +241,7 @@ def run(args) -> int:
 
 # ------------------------------------------------------------------------------------ eval
 
-ABLATIONS = ("lite", "lite-direct", "lite-dstart", "lite-occ", "lite-sdfonly", "lite-nogauss")
+ABLATIONS = ("lite", "lite-r5", "lite-direct", "lite-dstart", "lite-occ", "lite-sdfonly", "lite-nogauss")
 
 
 def add_eval_arguments(parser) -> None:

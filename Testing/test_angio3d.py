@@ -268,6 +268,22 @@ def test_profiles_at_a_larger_reach_are_reused_only_where_they_line_up():
     assert profiles_within(wide, 10.3) is None and profiles_within(wide, 16.0) is None and profiles_within(None, 10.0) is None
 
 
+def test_max3_at_equals_filtering_the_whole_map():
+    from scipy import ndimage
+
+    from VesselReconLib.angio3d.centerline import max3_at
+
+    rng = np.random.default_rng(2)
+    values = rng.random((60, 90))
+    for mode in ("constant", "nearest"):
+        for _ in range(20):
+            points = np.c_[rng.uniform(0, 89, 15), rng.uniform(0, 59, 15)]
+            points[:rng.integers(0, 3)] = [[0.0, 0.0]]          # at the map's edge too
+            whole = ndimage.map_coordinates(ndimage.maximum_filter(values, 3), [points[:, 1], points[:, 0]],
+                                            order=1, mode=mode)
+            np.testing.assert_array_equal(max3_at(values, points, mode), whole)
+
+
 def test_foreground_edt_equals_the_whole_image_transform():
     from scipy import ndimage
 

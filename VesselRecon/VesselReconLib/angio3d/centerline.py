@@ -134,10 +134,19 @@ def lumen_radii_px(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
     hi = np.minimum(np.ceil(points.max(0)).astype(int) + 41, mask.shape[::-1])
     box = np.pad(mask[lo[1]:hi[1], lo[0]:hi[0]], 1)          # outside the image counts as background
     distance = foreground_edt(box)[1:-1, 1:-1]
-    ridge = ndimage.maximum_filter(distance, size=3)
-    local = points - lo
-    values = ndimage.map_coordinates(ridge, [local[:, 1], local[:, 0]], order=1, mode="nearest")
+    values = max3_at(distance, points - lo, mode="nearest")
     return np.maximum(values - 0.25, RADIUS_FLOOR_PX)
+
+
+def max3_at(values: np.ndarray, points: np.ndarray, mode: str = "constant") -> np.ndarray:
+    """``map_coordinates(maximum_filter(values, 3), points, order=1, mode)`` at (column, row) ``points`` inside
+    ``values``, filtering only the points' box plus 3 px (the same numbers: every 3 x 3 neighbourhood read
+    lies in it, and shifting non-negative coordinates by whole pixels is exact)."""
+    lo = np.clip(np.floor(points.min(0)).astype(int) - 3, 0, None)
+    hi = np.minimum(np.ceil(points.max(0)).astype(int) + 4, values.shape[::-1])
+    ridge = ndimage.maximum_filter(values[lo[1]:hi[1], lo[0]:hi[0]], size=3)
+    local = points - lo
+    return ndimage.map_coordinates(ridge, [local[:, 1], local[:, 0]], order=1, mode=mode)
 
 
 def overlap_flags(image: np.ndarray, points: np.ndarray, radii_px: np.ndarray,
@@ -152,8 +161,7 @@ def overlap_flags(image: np.ndarray, points: np.ndarray, radii_px: np.ndarray,
     window = np.asarray(image, np.float32)[lo[1]:hi[1], lo[0]:hi[0]]
     window = ndimage.uniform_filter(window, 3)
     darkness = ndimage.black_tophat(window, size=(size, size))
-    local = points - lo
-    values = ndimage.map_coordinates(ndimage.maximum_filter(darkness, 3), [local[:, 1], local[:, 0]], order=1)
+    values = max3_at(darkness, points - lo)
     per_diameter = values / np.maximum(2 * radii_px, 1.0)
     return per_diameter > ratio * max(np.median(per_diameter), 1e-9)
 

@@ -265,7 +265,8 @@ def test_profiles_at_a_larger_reach_are_reused_only_where_they_line_up():
     expected = vessel_profiles(image, points, 10.0)
     np.testing.assert_array_equal(offsets, expected[0])
     np.testing.assert_array_equal(profiles, expected[1])
-    assert profiles_within(wide, 10.3) is None and profiles_within(wide, 16.0) is None and profiles_within(None, 10.0) is None
+    for reach, profiles_at in ((10.3, wide), (16.0, wide), (10.0, None)):     # off the grid, wider, none given
+        assert profiles_within(profiles_at, reach) is None
 
 
 def test_max3_at_equals_filtering_the_whole_map():

@@ -23,7 +23,7 @@ from .. import meshes
 from ..device import inference
 from ..progress import as_reporter
 
-from .preprocess import Canonical, canonicalise, normalise_ct, normalise_with  # noqa: F401  (normalise_ct re-exported)
+from .preprocess import Canonical, canonicalise, normalise_with
 
 PORTAL_VENOUS_WINDOW = (400.0, 100.0)
 """Display window (width, level) in HU of the portal-venous phase (the network no longer uses it)."""

@@ -140,6 +140,11 @@ def test_map_batches_runs_items_in_one_thread_workers_in_order_and_restores_the_
                     raise Cancelled()
         outs.close()
         assert torch.get_num_threads() == 2
+        torch.set_num_threads(4)  # more threads than workers: each worker gets its share
+        seen.clear()
+        assert list(dev.map_batches(work, list(range(5)), cpu, max_workers=2)) == [i * i for i in range(5)]
+        assert {threads for _, threads in seen} == {2} and len({ident for ident, _ in seen}) <= 2
+        assert torch.get_num_threads() == 4
         torch.set_num_threads(1)  # one thread: the items run in the calling thread
         seen.clear()
         assert list(dev.map_batches(work, [1, 2], cpu)) == [1, 4]

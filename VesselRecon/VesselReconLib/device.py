@@ -114,29 +114,31 @@ def run_with_fallback(fn: Callable[[torch.device, int], T], device: torch.device
                 notify("Out of GPU memory even at batch size 1: continuing on the CPU (slower).")
 
 
-def map_batches(fn: Callable[[T], object], items: list[T], device: torch.device) -> Iterator:
+def map_batches(fn: Callable[[T], object], items: list[T], device: torch.device, max_workers: int = 4) -> Iterator:
     """``fn(item)`` for every item, yielded in order.
 
-    On CPU with n > 1 intra-op threads, n worker threads each run whole items with one intra-op thread
-    (inter-op parallelism: small operators on small batches spend much of a multi-threaded call in
-    OpenMP barriers, which stall when another process shares the cores). torch's thread count is
-    process-wide: it is 1 while the items run and restored afterwards. At most 2n items are in flight.
+    On CPU with n > 1 intra-op threads, w = min(n, ``max_workers``, items) worker threads each run whole
+    items with n // w intra-op threads (2 cores: two one-thread workers). Small operators on small batches
+    spend much of a multi-threaded call in OpenMP barriers, which stall when another process shares the
+    cores. ``max_workers`` bounds the memory (w items' activations at once). torch's thread count is
+    process-wide: it is n // w while the items run and restored afterwards. At most 2w items are in flight.
     Elsewhere (one thread, a GPU) the items run one by one in the calling thread.
     """
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads < 2 or len(items) < 2:
+    workers = min(threads, max_workers, len(items))
+    if device.type != "cpu" or workers < 2:
         yield from (fn(item) for item in items)
         return
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    torch.set_num_threads(1)
-    pool = ThreadPoolExecutor(min(threads, len(items)), thread_name_prefix="vesselrecon-batch")
+    torch.set_num_threads(threads // workers)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="vesselrecon-batch")
     try:
         pending = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * threads:
+            if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()

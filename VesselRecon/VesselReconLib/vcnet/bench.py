@@ -9,7 +9,7 @@ Measured in one run on the same 448 x 448 x 128 phantom volume (slices first: 12
   machine), with their ratios and peak GPU memory. On CPU the ``paper`` preset runs on a batch of
   16 x 128 x 128 patches (the whole volume would take minutes), ``lite`` on the whole volume; on CUDA
   both run on the whole volume (bf16 autocast). Whole-volume calls on CPU run their window batches in
-  one-thread worker threads, one per torch thread (``device.map_batches``), for both networks;
+  worker threads (``device.map_batches``; 2 threads: two one-thread workers), for both networks;
 - ``lite-fast`` (round 5; the default model since then): ``lite`` with its 2D stream on the 2x
   max-pooled MIP image and 4 instead of 8 fused 2D channels, against its own equal-parameter U-Net, on
   the whole volume like ``lite``; ``pipeline_lite_fast`` times the whole default call (the shipped

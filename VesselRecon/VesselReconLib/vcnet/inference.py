@@ -73,9 +73,10 @@ def predict_probability(model, volume: np.ndarray, device: torch.device, overlap
     one padded: a partial batch falls onto slow convolution paths); where windows overlap, their
     probabilities are averaged (``overlap=0``: only the last window of an axis overlaps) or blended
     with MONAI's Gaussian importance map (``overlap > 0``), as MONAI's ``sliding_window_inference``.
-    On CPU the convolutions run channels-last, and with n > 1 torch threads the batches run in n
-    one-thread worker threads (``device.map_batches``: the same numbers; 16 ``lite-fast`` batches took
-    0.8 CPU-s against 3.0 with 2-thread operators, at a load of 3 on 2 cores).
+    On CPU the convolutions run channels-last, and with n > 1 torch threads the batches run in up to 4
+    worker threads that share the n threads (``device.map_batches``; 2 cores: two one-thread workers; the
+    same numbers; 16 ``lite-fast`` batches took 0.8 CPU-s against 3.0 with 2-thread operators, at a load of
+    3 on 2 cores).
 
     :param region: optional boolean array of the volume's shape: windows with no voxel in it are not
         run (probability 0 there).

@@ -203,8 +203,8 @@ def test_graph_convolution_matches_dense_formula():
 
 def test_inference_segmenter_folds_batchnorm_and_follows_weight_changes():
     """The U-Net used at inference (BatchNorm folded into the convolutions, symmetric "same" padding in the
-    convolution) gives the trained U-Net's output; a change of the weights (training, new weights) is
-    picked up, and a training-mode segmenter is used as it is."""
+    convolution) gives the trained U-Net's output; a change of the weights (in place as in training, or new
+    tensors, buffers or segmenter) is picked up, and a training-mode segmenter is used as it is."""
     from VesselReconLib.angio3d.network import build_model
     from VesselReconLib.angio3d.segmentation import inference_segmenter, normalize_crops
 
@@ -226,14 +226,29 @@ def test_inference_segmenter_folds_batchnorm_and_follows_weight_changes():
         refolded = inference_segmenter(net)
         assert refolded is not folded
         torch.testing.assert_close(refolded(x), net.segment(x), rtol=1e-4, atol=1e-4)
+        other = build_model("lite").eval()
+        replacements = (lambda: net.load_state_dict(other.state_dict(), assign=True),   # new tensors
+                        lambda: setattr(net.segmenter.decoder.blocks[1].conv2[1], "running_var",
+                                        torch.full_like(net.segmenter.decoder.blocks[1].conv2[1].running_var, 4.0)),
+                        lambda: setattr(net, "segmenter", build_model("lite").segmenter.eval()))
+        for replace in replacements:
+            before = net.segment(x)
+            replace()
+            assert not torch.allclose(net.segment(x), before, atol=1e-3)
+            torch.testing.assert_close(inference_segmenter(net)(x), net.segment(x), rtol=1e-4, atol=1e-4)
     net.segmenter.train()
     assert inference_segmenter(net) is net.segmenter
+    net.segmenter.eval()
+    with torch.inference_mode():                  # a copy made in inference mode also works outside it
+        net.segmenter.decoder.blocks[0].conv1[1].running_mean.add_(1.0)
+        folded = inference_segmenter(net)
+    assert folded(x).shape == (2, 1, 64, 96)
 
 
 def test_views_are_segmented_side_by_side_on_one_thread_each():
     """On two CPU threads the two views' strips run in two one-thread workers: each view's probabilities are
     those of a one-thread pass over that view alone, and the caller's thread count comes back (also after
-    the one-thread stages)."""
+    the one-thread stages and after an error)."""
     from VesselReconLib.angio3d.network import build_model
     from VesselReconLib.angio3d.pipeline import _probabilities, one_thread, view_probabilities
 
@@ -248,6 +263,12 @@ def test_views_are_segmented_side_by_side_on_one_thread_each():
         with one_thread(torch.device("cpu")):
             assert torch.get_num_threads() == 1
             alone = torch.cat([_probabilities(net, "net", raw[:2]), _probabilities(net, "net", raw[2:])])
+        assert torch.get_num_threads() == 2
+        with pytest.raises(InputError):        # a failing U-Net pass in a worker (no model)
+            view_probabilities(None, "net", raw)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), one_thread(torch.device("cpu")):
+            raise RuntimeError("cancelled")
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)

@@ -12,6 +12,7 @@ pixel indices are pixel centres on both sides (``grid_sample(..., align_corners=
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -139,10 +140,14 @@ def channels_last(module: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor
     about 1.6 x faster there (same results to 1e-5); elsewhere both are left as they are."""
     if tensor.device.type != "cpu":
         return tensor
+    _to_channels_last(module)
+    return tensor.contiguous(memory_format=torch.channels_last)
+
+
+def _to_channels_last(module: torch.nn.Module) -> None:
     if not getattr(module, "_channels_last", False):
         module.to(memory_format=torch.channels_last)
         module._channels_last = True
-    return tensor.contiguous(memory_format=torch.channels_last)
 
 
 CONV_BN_PAIRS = (("_conv_stem", "_bn0"), ("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),
@@ -176,9 +181,15 @@ def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _weights_key(tensors: list) -> tuple:
-    """Changes whenever one of ``tensors`` is changed in place (training, ``load_state_dict``) or moved."""
-    return tuple((t.data_ptr(), t._version) for t in tensors)
+def _weights_key(tensors: list) -> tuple | None:
+    """Changes when one of ``tensors`` is changed in place (training, ``load_state_dict``), moved or replaced
+    (``load_state_dict(assign=True)``, a new buffer or segmenter); ``None`` for inference tensors (untracked)."""
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+
+
+_FOLDING = threading.Lock()      # the two views' worker threads share one folded copy
 
 
 def inference_segmenter(net) -> torch.nn.Module:
@@ -186,12 +197,18 @@ def inference_segmenter(net) -> torch.nn.Module:
     weight or BatchNorm statistic changes; the segmenter itself while it is in training mode."""
     if net.segmenter.training:
         return net.segmenter
-    cached = getattr(net, "_folded_segmenter", None)
-    if cached is None or _weights_key(cached[0]) != cached[1]:
+    with _FOLDING:
         tensors = [*net.segmenter.parameters(), *net.segmenter.buffers()]
-        cached = (tensors, _weights_key(tensors), fold_batchnorm(net.segmenter))
-        object.__setattr__(net, "_folded_segmenter", cached)      # not a registered submodule (no state dict entry)
-    return cached[2]
+        key, cached = _weights_key(tensors), getattr(net, "_folded_segmenter", None)
+        if key is not None and cached is not None and cached[1] == key:
+            return cached[2]
+        with torch.inference_mode(False):      # normal tensors: usable outside inference mode too
+            folded = fold_batchnorm(net.segmenter).requires_grad_(False)
+        if tensors and tensors[0].device.type == "cpu":
+            _to_channels_last(folded)          # here, not while a worker thread runs it
+        if key is not None:                    # the tensors are kept so that their ids stay unique
+            object.__setattr__(net, "_folded_segmenter", (tensors, key, folded))   # not in the state dict
+        return folded
 
 
 def segment_crops(net, crops: torch.Tensor) -> torch.Tensor:

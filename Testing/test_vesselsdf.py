@@ -546,18 +546,19 @@ def heldout_phantom_table(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_full_model_has_fewer_surface_pieces_than_occupancy_only(heldout_phantom_table):
+def test_full_model_is_not_below_occupancy_only_on_dice_and_pieces(heldout_phantom_table):
     full, occ = heldout_phantom_table["lite"], heldout_phantom_table["lite-occ"]
-    assert full["components"] < occ["components"]  # round 7: 84 vs 128 (release 5: 66)
+    assert full["dice"] >= occ["dice"]  # release 5 (rounds 6, 7 re-measured): 0.588 vs 0.579
+    assert full["components"] < occ["components"]  # release 5: 66 vs 128
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="target missed: on the 6 held-out phantoms (seed 17) the shipped full model "
-                   "(round 7, agreement-hinge refiner) beats occupancy-only on Chamfer (1.359 vs 1.362 mm) "
-                   "but not on HD95 (5.50 vs 5.42 mm), and its Dice is below (0.576 vs 0.579); "
-                   "release 5: Dice 0.588 (met), Chamfer 1.43, HD95 5.83 mm")
-def test_full_model_matches_occupancy_only_on_dice_and_beats_it_on_surface(heldout_phantom_table):
+                   "loses to occupancy-only on Chamfer (1.43 vs 1.36 mm) and HD95 (5.83 vs "
+                   "5.42 mm) (release 5, re-measured in rounds 6 and 7: its truth->surface distance is 1.79 vs "
+                   "1.38 mm, surface->truth 1.07 vs 1.35 mm: it misses thin vessels; the round-7 "
+                   "agreement-hinge ablation lite-agree7 was not kept)")
+def test_full_model_beats_occupancy_only_on_surface_metrics(heldout_phantom_table):
     full, occ = heldout_phantom_table["lite"], heldout_phantom_table["lite-occ"]
-    assert full["dice"] >= occ["dice"]
     assert full["chamfer_mm"] < occ["chamfer_mm"] and full["hd95_mm"] < occ["hd95_mm"]

@@ -113,10 +113,9 @@ def test_shipped_model_beats_the_classical_baseline(held_out):
     assert mean("lite", "dice") > mean("classical", "dice")
     assert mean("lite", "cd_x100") < 0.9 * mean("classical", "cd_x100")
     assert mean("lite", "hd95_mm") < 0.9 * mean("classical", "hd95_mm")
-    # no piece removal since release 5; the round-7 agreement hinge keeps more thin vessels, and more
-    # pieces: 30.5 vs 46.5 here (release 5: 28.5), 0.66x / 0.70x on the two 6-case held-out sets
-    # (release 5: 0.52x / 0.55x; release 4, with the 20 mm³ removal: < 0.6x)
-    assert mean("lite", "components") < 0.75 * mean("lite-occ", "components")
+    # release 5 keeps every piece (its phantom calibration chose no piece removal): 28.5 vs 46.5 here,
+    # 0.52x / 0.55x on the two 6-case held-out sets (release 4, with the 20 mm³ removal: < 0.6x)
+    assert mean("lite", "components") < 0.65 * mean("lite-occ", "components")
 
 
 def test_cli_run_writes_files_and_scene(tmp_path, capsys):

@@ -140,21 +140,11 @@ def ircadb_scores():
 
 def test_ircadb_sparse_setting_floor_with_the_liver_roi(ircadb_scores):
     ours, otsu, auto = ircadb_scores["roi"], ircadb_scores["otsu"], ircadb_scores["auto"]
-    assert ours["dice"] >= 0.58 and ours["dice"] >= otsu["dice"] + 0.10  # round 7: 0.602 (release 5: 0.605)
-    assert ours["cl_recall"] >= 0.58 and ours["cldice"] >= 0.60  # round 7: 0.592 and 0.629
+    assert ours["dice"] >= 0.58 and ours["dice"] >= otsu["dice"] + 0.10  # release 5 (rounds 6, 7): 0.605
+    assert ours["cl_recall"] >= 0.55 and ours["cldice"] >= 0.60  # release 5 (rounds 6, 7): 0.572 and 0.641
     assert ours["chamfer_mm"] < otsu["chamfer_mm"] and ours["hd95_mm"] < otsu["hd95_mm"]
-    assert ours["fragments"] < otsu["fragments"]  # round 7: 281 vs 331
-    # the ROI improves these four (round 7); clDice and HD95: test_ircadb_liver_roi_never_makes_it_worse
-    assert ours["dice"] >= auto["dice"] and ours["cl_recall"] >= auto["cl_recall"]
-    assert ours["chamfer_mm"] <= auto["chamfer_mm"] and ours["fragments"] <= auto["fragments"]
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="target missed since round 7: with the liver ROI the shipped default has clDice "
-                   "0.6286 vs 0.6301 and HD95 11.23 vs 11.21 mm with the automatic ROI (release 5: "
-                   "every column at least as good)")
-def test_ircadb_liver_roi_never_makes_it_worse(ircadb_scores):
-    ours, auto = ircadb_scores["roi"], ircadb_scores["auto"]
+    assert ours["fragments"] < otsu["fragments"]
+    # the ROI never makes it worse (release 5: it changes only where the output is kept)
     for key in ("dice", "cldice", "cl_recall"):
         assert ours[key] >= auto[key] - 1e-9, key
     for key in ("chamfer_mm", "hd95_mm", "fragments"):
@@ -162,8 +152,9 @@ def test_ircadb_liver_roi_never_makes_it_worse(ircadb_scores):
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="target missed: centreline recall with the liver ROI 0.592 (round 7, agreement-"
-                   "hinge refiner; release 5: 0.572; target >= 0.60)")
+                   reason="target missed: centreline recall with the liver ROI 0.572 (release 5, re-measured "
+                   "in rounds 6 and 7; target >= 0.60; neither a clDice-fine-tuned refiner nor the "
+                   "round-7 agreement-hinge ablation lite-agree7, 0.592, was kept)")
 def test_ircadb_centreline_recall_target_with_the_liver_roi(ircadb_scores):
     assert ircadb_scores["roi"]["cl_recall"] >= 0.60
 

@@ -31,7 +31,7 @@ ROW_NAMES = {"lite": "VesselSDF (ours)", "paper": "VesselSDF (ours, paper)", "oc
              "sdfonly": "SDF only", "nogauss": "w/o Gaussian loss", "unet": "plain 3D U-Net",
              "dstart": "refiner with distance start (d0 + 3 mm correction)",
              "direct": "refiner w/o SDF Dice term, zero level (release 1)",
-             "r5": "refiner w/o agreement hinge (release 5, the default until round 7)",
+             "agree7": "refiner + agreement hinge (round 7, ablation)",
              "classical": "classical (smoothed adaptive HU threshold)"}
 
 

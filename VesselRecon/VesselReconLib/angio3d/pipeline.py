@@ -264,9 +264,8 @@ def own_view_qca(samples: dict, side_branch: bool = False) -> dict:
 
 
 def view_probabilities(net, segmenter: str, raw: torch.Tensor) -> torch.Tensor:
-    """:func:`_probabilities` of both views' strips (view A's, then view B's): on a multi-threaded CPU the two
-    views run side by side with one intra-op thread each (:func:`~VesselReconLib.device.map_batches`), which
-    does not stall in OpenMP barriers when another process holds a core."""
+    """:func:`_probabilities` of both views' strips (view A's, then view B's); on a multi-threaded CPU the two
+    views run side by side, one intra-op thread each (:func:`~VesselReconLib.device.map_batches`)."""
     from ..device import map_batches
 
     if raw.device.type != "cpu" or torch.get_num_threads() < 2:
@@ -276,10 +275,8 @@ def view_probabilities(net, segmenter: str, raw: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def one_thread(device: torch.device):
-    """torch's operators on one CPU thread: crop sampling, the profile products, the lumen MLP and the surface
-    refinement (a small VGG on two 128 px crops and graph convolutions on 6000 vertices) gain little from
-    more threads and stall in OpenMP barriers when another process holds a core (SR at load 2: 0.03 s on
-    one thread, 0.9 s on two)."""
+    """torch on one CPU thread inside the block (restored on any exit): its small operators gain little from
+    more threads and stall in OpenMP barriers when another process holds a core (see the README's Round 7)."""
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(1)

@@ -183,7 +183,8 @@ def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
 
 def _weights_key(tensors: list) -> tuple | None:
     """Changes when one of ``tensors`` is changed in place (training, ``load_state_dict``), moved or replaced
-    (``load_state_dict(assign=True)``, a new buffer or segmenter); ``None`` for inference tensors (untracked)."""
+    (``load_state_dict(assign=True)``, a new buffer or segmenter); ``None`` for inference tensors (untracked).
+    Writes through ``tensor.data`` are not seen (no version count): nothing in VesselRecon makes them."""
     if any(t.is_inference() for t in tensors):
         return None
     return tuple((id(t), t.data_ptr(), t._version) for t in tensors)

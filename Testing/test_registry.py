@@ -34,7 +34,12 @@ def tiny_method(monkeypatch):
     """Register ``VesselReconLib.tinymethod.network.build_model`` for the duration of a test."""
     package = types.ModuleType("VesselReconLib.tinymethod")
     network = types.ModuleType("VesselReconLib.tinymethod.network")
-    network.build_model = lambda preset, **config: TinyNet(width=8 if preset == "paper" else config.get("width", 4))
+    def build_model(preset, **config):
+        net = TinyNet(width=8 if preset == "paper" else config.get("width", 4))
+        net.level = config.get("level", 0.0)  # a setting that is not a weight (like a calibrated level)
+        return net
+
+    network.build_model = build_model
     package.network = network
     monkeypatch.setitem(sys.modules, "VesselReconLib.tinymethod", package)
     monkeypatch.setitem(sys.modules, "VesselReconLib.tinymethod.network", network)
@@ -145,3 +150,16 @@ def test_find_entry_prefers_the_presets_own_entry_over_an_ablation(tmp_path, tin
     # "tinymethod-ablation-lite" sorts first, yet "lite" must resolve to "tinymethod-lite".
     assert registry.find_entry("tinymethod", "lite", tmp_path).name == "tinymethod-lite"
     assert registry.find_entry("tinymethod", "tinymethod-ablation-lite", tmp_path).training["seed"] == 2
+
+
+def test_a_shipped_file_loaded_by_path_takes_its_registry_settings(tmp_path, tiny_method):
+    entry = ship(tmp_path)
+    record = json.loads((tmp_path / "tinymethod-lite.json").read_text())
+    record["config"] = {"level": 0.625}  # calibrated after the file was written: in the entry only
+    (tmp_path / "tinymethod-lite.json").write_text(json.dumps(record))
+    by_name, _ = registry.load_model("tinymethod", "lite", directory=tmp_path)
+    by_path, metadata = registry.load_model("tinymethod", str(entry.path), directory=tmp_path)
+    assert by_name.level == by_path.level == 0.625 and metadata["source"].endswith("(tinymethod-lite)")
+    own = tmp_path / "own.safetensors"  # a user's checkpoint: the settings written into the file
+    registry.save_model(TinyNet(), own, "tinymethod", "lite", config={"level": 0.1})
+    assert registry.load_model("tinymethod", str(own), directory=tmp_path)[0].level == 0.1

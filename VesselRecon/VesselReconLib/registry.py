@@ -227,19 +227,31 @@ def load_into(model, state: dict, source: str) -> None:
     guard_outputs(model, source)
 
 
+def shipped_entry(module: str, path: str | Path, directory: str | Path | None = None) -> ModelEntry | None:
+    """The registry entry of ``module`` whose weights file has this file's sha256, else None. A shipped
+    file keeps the settings calibrated after it was written (a surface level, a gate) in its entry only."""
+    digest = sha256_file(path)
+    return next((e for e in load_registry(directory) if e.module == module and e.sha256 == digest), None)
+
+
 def load_model(module: str, model: str = "lite", device: str = "cpu", directory: str | Path | None = None):
     """Build a network and load weights: a shipped model (name or preset) or a checkpoint path.
 
     :param module: method package name, e.g. ``"octadepth"``.
-    :param model: a shipped preset/name (``"lite"``) or a path to ``.safetensors``/``.pt``.
+    :param model: a shipped preset/name (``"lite"``) or a path to ``.safetensors``/``.pt`` (a copy of a
+        shipped file takes its registry entry's settings, :func:`shipped_entry`).
     :param device: torch device to move the model to.
     :returns: the network in eval mode and its metadata (preset, config, ...).
     """
     if Path(model).suffix in (".safetensors", ".pt", ".pth"):
         state, metadata = read_checkpoint(model)
-        preset = metadata.get("preset", "lite")
-        config = json.loads(metadata.get("config", "{}"))
-        source = Path(model).name
+        shipped = shipped_entry(module, model, directory)
+        if shipped is not None:  # a shipped file by path: its registry settings, as when loaded by name
+            preset, config, source = shipped.preset, shipped.config, f"{Path(model).name} ({shipped.name})"
+        else:
+            preset = metadata.get("preset", "lite")
+            config = json.loads(metadata.get("config", "{}"))
+            source = Path(model).name
     else:
         entry = find_entry(module, model, directory)
         state, metadata = read_checkpoint(entry.path, entry.sha256)

@@ -250,7 +250,8 @@ def test_views_are_segmented_side_by_side_on_one_thread_each():
     those of a one-thread pass over that view alone, and the caller's thread count comes back (also after
     the one-thread stages and after an error)."""
     from VesselReconLib.angio3d.network import build_model
-    from VesselReconLib.angio3d.pipeline import _probabilities, one_thread, view_probabilities
+    from VesselReconLib.angio3d.pipeline import _probabilities, view_probabilities
+    from VesselReconLib.device import one_thread
 
     torch.manual_seed(0)
     net = build_model("lite").eval()

@@ -114,6 +114,20 @@ def run_with_fallback(fn: Callable[[torch.device, int], T], device: torch.device
                 notify("Out of GPU memory even at batch size 1: continuing on the CPU (slower).")
 
 
+@contextlib.contextmanager
+def one_thread(device: torch.device) -> Iterator[None]:
+    """torch on one CPU thread inside the block (restored on any exit; no change off the CPU): small
+    operators gain little from more threads and stall in OpenMP barriers when another process holds a
+    core. torch's thread count is process-wide."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def map_batches(fn: Callable[[T], object], items: list[T], device: torch.device, max_workers: int = 4) -> Iterator:
     """``fn(item)`` for every item, yielded in order.
 

@@ -64,7 +64,8 @@ def run_bench(device_name: str = "auto", model: str = "lite", preset: str = "lit
     grid = torch.rand(1, vertices, 2, device=device) * 2 - 1
     coords = torch.rand(1, vertices, 3, device=device)
 
-    from .pipeline import one_thread, view_probabilities
+    from ..device import one_thread
+    from .pipeline import view_probabilities
     from .segmentation import channels_last
 
     def network():                     # as the pipeline runs them (views side by side, SR on one thread)

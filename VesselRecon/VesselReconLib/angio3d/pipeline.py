@@ -6,7 +6,6 @@ Arrays in, arrays and meshes out (no MRML): :func:`reconstruct` takes the two im
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..device import one_thread
 from ..errors import InputError
 from ..progress import as_reporter
 from . import template
@@ -271,19 +271,6 @@ def view_probabilities(net, segmenter: str, raw: torch.Tensor) -> torch.Tensor:
     if raw.device.type != "cpu" or torch.get_num_threads() < 2:
         return _probabilities(net, segmenter, raw)          # one pass: no gain from splitting the batch
     return torch.cat(list(map_batches(lambda x: _probabilities(net, segmenter, x), list(raw.chunk(2)), raw.device)))
-
-
-@contextlib.contextmanager
-def one_thread(device: torch.device):
-    """torch on one CPU thread inside the block (restored on any exit): its small operators gain little from
-    more threads and stall in OpenMP barriers when another process holds a core (see the README's Round 7)."""
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _probabilities(net, segmenter: str, raw: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..device import inference, mirrored_mean, resolve_device, run_with_fallback
+from ..device import inference, map_batches, mirror_flips, resolve_device, run_with_fallback
 from ..errors import InputError, check_image, squeeze_to_2d
 from ..progress import as_reporter
 from . import reconstruction
@@ -22,7 +22,7 @@ WINDOW = 512
 """Images larger than ``2 * WINDOW`` on a side are predicted in overlapping windows."""
 MIN_SIZE = 64
 FLIP_AVERAGE = True
-"""Average the network's maps over the image and its three flips (:func:`..device.mirrored_mean`). On
+"""Average the network's maps over the image and its three flips (:func:`flip_mean`). On
 ROSSA ``val`` this raised the shipped model's vessel Dice by ~0.009; a network with
 ``flip_average = False`` set on it runs once."""
 FLIP_AXES = (-2, -1)
@@ -57,6 +57,22 @@ def _pad(tensor: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     return tensor, (height, width)
 
 
+def flip_mean(net: torch.nn.Module, x: torch.Tensor, axes=FLIP_AXES) -> torch.Tensor:
+    """:func:`..device.mirrored_mean` of ``net`` (same passes, summed in the same order), the passes run
+    side by side on a multi-threaded CPU (:func:`..device.map_batches`; 2 cores: two one-thread passes).
+    One 2-thread pass of the ``lite`` net spends most of its time in OpenMP barriers when another process
+    holds a core (README, round 7c)."""
+    def one(dims: tuple[int, ...]) -> torch.Tensor:
+        with inference(x.device):  # per thread: map_batches runs this in worker threads
+            return torch.flip(net(torch.flip(x, dims)), dims) if dims else net(x)
+
+    outs = list(map_batches(one, [(), *mirror_flips(axes)], x.device))
+    total = outs[0]
+    for out in outs[1:]:
+        total = total + out
+    return total / len(outs)
+
+
 def predict(net: torch.nn.Module, image: np.ndarray, device: str | torch.device = "cpu",
             normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Vessel probability and relative depth (both ``(H, W)`` float32 in 0..1) for one image.
@@ -71,7 +87,7 @@ def predict(net: torch.nn.Module, image: np.ndarray, device: str | torch.device 
 
     def run(dev: torch.device, batch: int) -> np.ndarray:
         net.to(dev)
-        model = (lambda x: mirrored_mean(net, x, FLIP_AXES)) if averaged else net
+        model = (lambda x: flip_mean(net, x)) if averaged else net
         tensor = torch.from_numpy(np.ascontiguousarray(array))[None, None].to(dev)
         padded, (height, width) = _pad(tensor)
         with inference(dev):

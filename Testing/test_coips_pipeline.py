@@ -377,3 +377,61 @@ def test_stale_outputs_keep_what_a_rerun_rewrites_and_remove_the_rest(tmp_path):
     cancelled.finished([{"index": 1, "thumbnail": "b.png", "mask": ""}])
     cancelled.remove_rest()                                                   # a never finished: its old files go
     assert sorted(p.name for p in tmp_path.rglob("*.png")) == ["b.png"]
+
+
+def test_batch_on_two_threads_runs_one_thread_workers_with_the_one_thread_output(logic, held_out, tmp_path,
+                                                                                  monkeypatch):
+    """Round 7c: with 2 torch threads each batch is split between two one-thread workers
+    (``device.map_batches``); grades, probabilities, masks and thumbnails are those of the 1-thread run,
+    and the thread count is restored (also after the single-image path's ``one_thread``)."""
+    import threading
+
+    from VesselReconLib.coips import batch as batch_module
+    from VesselReconLib.coips.config import CoipsConfig
+    from VesselReconLib.coips.inference import assess
+
+    study = tmp_path / "study"
+    study.mkdir()
+    for index, case in enumerate(held_out):
+        _save_png(study / f"img{index}_{case.field_mm:g}x{case.field_mm:g}.png", case.image)
+    quality_net, faz_net, _ = logic.networks("lite", "faz-lite", "cpu")
+    config = CoipsConfig(device="cpu", num_workers=0, batch_size=6, segment_ungradable=True)
+    seen = []
+    real = batch_module.BatchRunner._infer_chunk
+
+    def spy(self, batch, start, stop):
+        seen.append((stop - start, threading.current_thread().name, torch.get_num_threads()))
+        return real(self, batch, start, stop)
+
+    monkeypatch.setattr(batch_module.BatchRunner, "_infer_chunk", spy)
+    before = torch.get_num_threads()
+    runs = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            seen.clear()
+            runner = batch_module.BatchRunner(config, quality_net, faz_net, torch.device("cpu"))
+            rows = runner.run(sorted(study.iterdir()), study, tmp_path / f"out{threads}")
+            assert torch.get_num_threads() == threads
+            runs[threads] = (rows, list(seen))
+        single = {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            single[threads] = assess(held_out[1].image, held_out[1].field_mm, quality_net, faz_net,
+                                     torch.device("cpu"))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert runs[1][1] == [(6, threading.current_thread().name, 1)]   # one pass in the calling thread
+    assert sorted(runs[2][1]) == [(3, name, 1) for name in sorted(n for _, n, _ in runs[2][1])]
+    assert all(name.startswith("vesselrecon-batch") for _, name, _ in runs[2][1])
+    one, two = runs[1][0], runs[2][0]
+    assert [r["grade"] for r in one] == [r["grade"] for r in two] and all(r["faz_segmented"] for r in two)
+    for column in ("p_ungradable", "p_gradable", "p_outstanding", "faz_area_mm2"):
+        np.testing.assert_allclose([r[column] for r in two], [r[column] for r in one], atol=1e-5)
+    for sub in ("masks", "thumbnails"):
+        names = sorted(p.name for p in (tmp_path / "out1" / sub).iterdir())
+        assert names and names == sorted(p.name for p in (tmp_path / "out2" / sub).iterdir())
+        for name in names:
+            assert (tmp_path / "out1" / sub / name).read_bytes() == (tmp_path / "out2" / sub / name).read_bytes()
+    assert single[1].grade == single[2].grade and np.array_equal(single[1].mask, single[2].mask)

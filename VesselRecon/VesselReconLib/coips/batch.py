@@ -34,6 +34,7 @@ from ..progress import Cancelled, as_reporter
 
 log = logging.getLogger(__name__)
 CSV_NAME, HTML_NAME = "coips_results.csv", "coips_report.html"
+MAX_THREAD_WORKERS = 4  # batch chunks run at once on CPU (device.map_batches)
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -195,6 +196,15 @@ def decode_workers(requested: int) -> int:
     return requested if worker_processes_allowed() else 0
 
 
+def thread_chunk(size: int, device: torch.device, max_workers: int = 4) -> int:
+    """Images per pass so that a batch of ``size`` gives one chunk to each worker of
+    :func:`VesselReconLib.device.map_batches` (CPU, n > 1 torch threads: min(n, ``max_workers``) one-thread
+    workers; the whole batch elsewhere): a batch's small operators split over 2 threads stall in OpenMP
+    barriers whenever another process holds a core (round 7c, README)."""
+    workers = min(torch.get_num_threads(), max_workers, size) if device.type == "cpu" else 1
+    return max(1, math.ceil(size / max(1, workers)))
+
+
 _FUSED = weakref.WeakKeyDictionary()
 
 
@@ -249,12 +259,18 @@ class BatchRunner:
             # moved copies: the cached ones stay on their device
             self.quality_net = fused_for_inference(self.quality_net, channels_last=True).to(device)
             self.faz_net = fused_for_inference(self.faz_net, channels_last=True).to(device)
-        parts = [self._infer_chunk(batch, start, min(start + chunk, len(batch["index"])))
-                 for start in range(0, len(batch["index"]), chunk)]
+        from ..device import map_batches
+
+        size = len(batch["index"])
+        chunk = min(chunk, thread_chunk(size, device, MAX_THREAD_WORKERS))
+        ranges = [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
+        parts = list(map_batches(lambda bounds: self._infer_chunk(batch, *bounds), ranges, device, MAX_THREAD_WORKERS))
         masks = {k: v for part in parts for k, v in part[1].items()}
         return np.concatenate([p[0] for p in parts]), masks, np.concatenate([p[2] for p in parts])
 
     def _infer_chunk(self, batch: dict, start: int, stop: int):
+        """Probabilities, packed masks and thumbnails of ``batch[start:stop]`` (in inference mode: per
+        thread, as :func:`VesselReconLib.device.map_batches` may run it in a worker thread)."""
         from ..device import inference
 
         x = batch["image"][start:stop].to(self.device, non_blocking=True)[:, None].float().div_(255.0)

@@ -129,11 +129,11 @@ def assess(pixels: np.ndarray, field_of_view_mm: float, quality_net, faz_net, de
     :param field_of_view_mm: scan width in mm.
     :param force_segmentation: segment even an ungradable image.
     """
-    from ..device import inference
+    from ..device import inference, one_thread
 
     size = work_size(quality_net, faz_net)
     work = torch.from_numpy(to_work_image(pixels, size)).to(device)[None, None].float() / 255.0
-    with inference(device):
+    with inference(device), one_thread(device):   # one image: small operators (see segment_faz)
         probabilities = grade(quality_net, work)[0].cpu().numpy()
     label = GRADES[int(probabilities.argmax())]
     result = Assessment(label, {g: float(p) for g, p in zip(GRADES, probabilities)}, segmented=False)
@@ -147,11 +147,13 @@ def assess(pixels: np.ndarray, field_of_view_mm: float, quality_net, faz_net, de
 
 
 def segment_faz(faz_net, pixels: np.ndarray, field_of_view_mm: float, device: torch.device | str = "cpu") -> np.ndarray:
-    """The FAZ of one normalised image: U-Net on its window, then :func:`select_faz` (central component)."""
-    from ..device import inference
+    """The FAZ of one normalised image: U-Net on its window, then :func:`select_faz` (central component).
+    One image's small operators run on one torch thread (``device.one_thread``; round 7c, README)."""
+    from ..device import inference, one_thread
 
     device = torch.device(device)
     window, box = faz_window(pixels, field_of_view_mm, faz_net)
-    with inference(device):
+    with inference(device), one_thread(device):
         logits = faz_logits(faz_net, torch.from_numpy(window).to(device)[None, None].float() / 255.0)
-    return select_faz(paste_masks(logits, [box], [pixels.shape])[0], field_of_view_mm)
+        mask = paste_masks(logits, [box], [pixels.shape])[0]
+    return select_faz(mask, field_of_view_mm)

@@ -151,3 +151,26 @@ def test_map_batches_runs_items_in_one_thread_workers_in_order_and_restores_the_
         assert {ident for ident, _ in seen} == {threading.get_ident()}
     finally:
         torch.set_num_threads(before)
+
+
+def test_mirrored_mean_runs_the_flips_side_by_side_without_autograd_and_inline_with_it():
+    before = torch.get_num_threads()
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+    x = torch.rand(1, 1, 12, 10)
+    reference = (conv(x) + conv(x.flip(-1)).flip(-1) + conv(x.flip(-2)).flip(-2)
+                 + conv(x.flip((-2, -1))).flip((-2, -1))) / 4
+    threads = []
+    conv.register_forward_pre_hook(lambda *_: threads.append((threading.get_ident(), torch.get_num_threads())))
+    try:
+        torch.set_num_threads(2)
+        with torch.inference_mode():
+            mean = dev.mirrored_mean(conv, x, (-2, -1))
+        torch.testing.assert_close(mean, reference.detach(), atol=1e-6, rtol=0)
+        assert {n for _, n in threads} == {1} and threading.get_ident() not in {i for i, _ in threads}
+        threads.clear()
+        dev.mirrored_mean(conv, x, (-2, -1)).sum().backward()  # with autograd: inline, gradients flow
+        assert {i for i, _ in threads} == {threading.get_ident()} and conv.weight.grad is not None
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

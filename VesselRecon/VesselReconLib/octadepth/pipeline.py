@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..device import inference, map_batches, mirror_flips, resolve_device, run_with_fallback
+from ..device import inference, mirrored_mean, resolve_device, run_with_fallback
 from ..errors import InputError, check_image, squeeze_to_2d
 from ..progress import as_reporter
 from . import reconstruction
@@ -58,19 +58,11 @@ def _pad(tensor: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
 
 
 def flip_mean(net: torch.nn.Module, x: torch.Tensor, axes=FLIP_AXES) -> torch.Tensor:
-    """:func:`..device.mirrored_mean` of ``net`` (same passes, summed in the same order), the passes run
-    side by side on a multi-threaded CPU (:func:`..device.map_batches`; 2 cores: two one-thread passes).
-    One 2-thread pass of the ``lite`` net spends most of its time in OpenMP barriers when another process
-    holds a core (README, round 7c)."""
-    def one(dims: tuple[int, ...]) -> torch.Tensor:
-        with inference(x.device):  # per thread: map_batches runs this in worker threads
-            return torch.flip(net(torch.flip(x, dims)), dims) if dims else net(x)
-
-    outs = list(map_batches(one, [(), *mirror_flips(axes)], x.device))
-    total = outs[0]
-    for out in outs[1:]:
-        total = total + out
-    return total / len(outs)
+    """:func:`..device.mirrored_mean` of ``net`` under inference: on a multi-threaded CPU its passes run side
+    by side (2 cores: two one-thread passes). One 2-thread pass of the ``lite`` net spends most of its time
+    in OpenMP barriers when another process holds a core (README, round 7c)."""
+    with inference(x.device):
+        return mirrored_mean(net, x, axes)
 
 
 def predict(net: torch.nn.Module, image: np.ndarray, device: str | torch.device = "cpu",

@@ -212,6 +212,37 @@ def test_sliding_window_matches_whole_volume():
     assert windowed.shape == whole.shape and np.isfinite(windowed).all()
 
 
+
+def test_windows_run_in_one_thread_workers_with_the_one_thread_numbers():
+    """With 2 torch threads the sliding windows run in map_batches workers (one thread each): the same
+    output as at 1 thread (float rounding only, same mask), and the thread count is restored."""
+    import threading
+
+    from VesselReconLib.vesselsdf.inference import predict
+
+    torch.manual_seed(0)
+    net = build_model("lite").eval()
+    image = np.random.rand(8, 256, 320).astype(np.float32)
+    threads = torch.get_num_threads()
+    names = []
+    hook = net.register_forward_hook(lambda *_: names.append(threading.current_thread().name))
+    try:
+        torch.set_num_threads(1)
+        serial = predict(net, image, window_voxels=1000)
+        serial_names, names[:] = list(names), []
+        torch.set_num_threads(2)
+        threaded = predict(net, image, window_voxels=1000)
+        assert torch.get_num_threads() == 2
+    finally:
+        hook.remove()
+        torch.set_num_threads(threads)
+    assert len(serial_names) == len(names) == 2  # two windows across i
+    assert not any(n.startswith("vesselrecon-batch") for n in serial_names)
+    assert all(n.startswith("vesselrecon-batch") for n in names)
+    np.testing.assert_allclose(threaded.sdf, serial.sdf, atol=1e-5)
+    np.testing.assert_allclose(threaded.occupancy, serial.occupancy, atol=1e-5)
+    assert np.array_equal(threaded.mask(), serial.mask())
+
 @pytest.mark.gpu
 def test_gpu_pipeline_paper_preset():
     from VesselReconLib.vesselsdf.bench import pipeline

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import meshes
-from ..device import inference
+from ..device import inference, map_batches
 from ..progress import as_reporter
 
 from .preprocess import Canonical, canonicalise, normalise_with
@@ -87,8 +87,28 @@ def predict_tensor(model, image: torch.Tensor, spacing=None, window_voxels: int 
 
         side = 256 if padded.shape[-1] >= 256 else padded.shape[-1]
         roi = (padded.shape[2], side, side)
-        out = sliding_window_inference(padded, roi, 1, stacked, overlap=0.25, mode="gaussian")
+        out = sliding_window_inference(padded, roi, WINDOW_BATCH, _window_runner(stacked, padded.device),
+                                       overlap=0.25, mode="gaussian")
     return out[..., :k, :j, :i].float()
+
+
+WINDOW_BATCH = 4
+"""Windows handed over at once by ``sliding_window_inference``; each still runs alone (batch 1)."""
+
+
+def _window_runner(stacked, device: torch.device):
+    """MONAI's predictor for a batch of windows: each window alone, in :func:`..device.map_batches`
+    workers (2 cores: two one-thread workers), so the small operators of one window do not wait in
+    OpenMP barriers while another process holds a core; the same numbers as one window at a time."""
+    modes = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def one(window: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(modes[0]), torch.set_grad_enabled(modes[1]):  # thread-local: the caller's
+            return stacked(window[None])
+
+    def run(windows: torch.Tensor) -> torch.Tensor:
+        return torch.cat(list(map_batches(one, list(windows), device)))
+    return run
 
 
 def predict(model, image01: np.ndarray, device: str | torch.device = "cpu", spacing=(0.7, 0.7, 5.0),

@@ -133,6 +133,12 @@ def test_map_batches_runs_items_in_one_thread_workers_in_order_and_restores_the_
         assert {threads for _, threads in seen} == {1}  # each worker: one intra-op thread
         assert threading.get_ident() not in {ident for ident, _ in seen}
         assert torch.get_num_threads() == 2
+        with torch.inference_mode():  # the caller's (thread-local) modes reach the workers
+            modes = list(dev.map_batches(lambda _: (torch.is_inference_mode_enabled(), torch.is_grad_enabled()),
+                                         [0, 1], cpu))
+        assert modes == [(True, False)] * 2
+        with torch.no_grad():
+            assert list(dev.map_batches(lambda _: torch.is_grad_enabled(), [0, 1], cpu)) == [False, False]
         outs = dev.map_batches(work, list(range(9)), cpu)  # a consumer that stops early (a cancel)
         with pytest.raises(Cancelled):
             for value in outs:

@@ -79,13 +79,11 @@ def mirrored_mean(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     combination of ``axes``, summed in that order. Without autograd on a multi-threaded CPU the passes run
     side by side (:func:`map_batches`: 2 cores, two one-thread passes); else one after another."""
     flips = [(), *mirror_flips(axes)]
-    grad, inference_on = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def one(dims: tuple[int, ...]) -> torch.Tensor:
-        with torch.set_grad_enabled(grad), torch.inference_mode(inference_on):  # per thread: the caller's mode
-            return torch.flip(forward(torch.flip(x, dims)), dims) if dims else forward(x)
+        return torch.flip(forward(torch.flip(x, dims)), dims) if dims else forward(x)
 
-    outs = [one(dims) for dims in flips] if grad else map_batches(one, flips, x.device)
+    outs = [one(dims) for dims in flips] if torch.is_grad_enabled() else map_batches(one, flips, x.device)
     total = None
     for out in outs:
         total = out if total is None else total + out
@@ -136,30 +134,47 @@ def one_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def map_batches(fn: Callable[[T], object], items: list[T], device: torch.device, max_workers: int = 4) -> Iterator:
+MAX_WORKERS = 4
+"""Worker threads of :func:`map_batches` at most (each holds one item's activations)."""
+
+
+def batch_workers(items: int, device: torch.device, max_workers: int = MAX_WORKERS) -> int:
+    """How many worker threads :func:`map_batches` runs ``items`` on: min(torch threads, ``max_workers``,
+    ``items``) on CPU, 1 elsewhere (1: in the calling thread)."""
+    return max(1, min(torch.get_num_threads(), max_workers, items)) if device.type == "cpu" else 1
+
+
+def map_batches(fn: Callable[[T], object], items: list[T], device: torch.device,
+                max_workers: int = MAX_WORKERS) -> Iterator:
     """``fn(item)`` for every item, yielded in order.
 
-    On CPU with n > 1 intra-op threads, w = min(n, ``max_workers``, items) worker threads each run whole
-    items with n // w intra-op threads (2 cores: two one-thread workers). Small operators on small batches
-    spend much of a multi-threaded call in OpenMP barriers, which stall when another process shares the
-    cores. ``max_workers`` bounds the memory (w items' activations at once). torch's thread count is
-    process-wide: it is n // w while the items run and restored afterwards. At most 2w items are in flight.
-    Elsewhere (one thread, a GPU) the items run one by one in the calling thread.
+    On CPU with n > 1 intra-op threads, w = :func:`batch_workers` worker threads each run whole items with
+    n // w intra-op threads (2 cores: two one-thread workers), in the caller's grad and inference mode
+    (both are per thread). Small operators on small batches spend much of a multi-threaded call in OpenMP
+    barriers, which stall when another process shares the cores. ``max_workers`` bounds the memory (w
+    items' activations at once). torch's thread count is process-wide: it is n // w while the items run
+    and restored afterwards. At most 2w items are in flight. Elsewhere (one thread, a GPU) the items run
+    one by one in the calling thread.
     """
-    threads = torch.get_num_threads()
-    workers = min(threads, max_workers, len(items))
-    if device.type != "cpu" or workers < 2:
+    threads, workers = torch.get_num_threads(), batch_workers(len(items), device, max_workers)
+    if workers < 2:
         yield from (fn(item) for item in items)
         return
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
+
+    grad, inference_on = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def run(item):  # inference_mode(False) turns grad on: set the grad mode inside it
+        with torch.inference_mode(inference_on), torch.set_grad_enabled(grad):
+            return fn(item)
 
     torch.set_num_threads(threads // workers)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="vesselrecon-batch")
     try:
         pending = deque()
         for item in items:
-            pending.append(pool.submit(fn, item))
+            pending.append(pool.submit(run, item))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:

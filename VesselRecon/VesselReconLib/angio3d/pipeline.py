@@ -266,9 +266,9 @@ def own_view_qca(samples: dict, side_branch: bool = False) -> dict:
 def view_probabilities(net, segmenter: str, raw: torch.Tensor) -> torch.Tensor:
     """:func:`_probabilities` of both views' strips (view A's, then view B's); on a multi-threaded CPU the two
     views run side by side, one intra-op thread each (:func:`~VesselReconLib.device.map_batches`)."""
-    from ..device import map_batches
+    from ..device import batch_workers, map_batches
 
-    if raw.device.type != "cpu" or torch.get_num_threads() < 2:
+    if batch_workers(2, raw.device) < 2:
         return _probabilities(net, segmenter, raw)          # one pass: no gain from splitting the batch
     return torch.cat(list(map_batches(lambda x: _probabilities(net, segmenter, x), list(raw.chunk(2)), raw.device)))
 

@@ -34,7 +34,6 @@ from ..progress import Cancelled, as_reporter
 
 log = logging.getLogger(__name__)
 CSV_NAME, HTML_NAME = "coips_results.csv", "coips_report.html"
-MAX_THREAD_WORKERS = 4  # batch chunks run at once on CPU (device.map_batches)
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -196,13 +195,14 @@ def decode_workers(requested: int) -> int:
     return requested if worker_processes_allowed() else 0
 
 
-def thread_chunk(size: int, device: torch.device, max_workers: int = 4) -> int:
+def thread_chunk(size: int, device: torch.device) -> int:
     """Images per pass so that a batch of ``size`` gives one chunk to each worker of
-    :func:`VesselReconLib.device.map_batches` (CPU, n > 1 torch threads: min(n, ``max_workers``) one-thread
-    workers; the whole batch elsewhere): a batch's small operators split over 2 threads stall in OpenMP
-    barriers whenever another process holds a core (round 7c, README)."""
-    workers = min(torch.get_num_threads(), max_workers, size) if device.type == "cpu" else 1
-    return max(1, math.ceil(size / max(1, workers)))
+    :func:`VesselReconLib.device.map_batches` (``device.batch_workers``; the whole batch off the CPU): a
+    batch's small operators split over 2 threads stall in OpenMP barriers whenever another process holds a
+    core (round 7c, README)."""
+    from ..device import batch_workers
+
+    return max(1, math.ceil(size / batch_workers(size, device)))
 
 
 _FUSED = weakref.WeakKeyDictionary()
@@ -262,9 +262,9 @@ class BatchRunner:
         from ..device import map_batches
 
         size = len(batch["index"])
-        chunk = min(chunk, thread_chunk(size, device, MAX_THREAD_WORKERS))
+        chunk = min(chunk, thread_chunk(size, device))
         ranges = [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
-        parts = list(map_batches(lambda bounds: self._infer_chunk(batch, *bounds), ranges, device, MAX_THREAD_WORKERS))
+        parts = list(map_batches(lambda bounds: self._infer_chunk(batch, *bounds), ranges, device))
         masks = {k: v for part in parts for k, v in part[1].items()}
         return np.concatenate([p[0] for p in parts]), masks, np.concatenate([p[2] for p in parts])
 

@@ -115,12 +115,11 @@ def predict_probability(model, volume: np.ndarray, device: torch.device, overlap
         importance = (compute_importance_map(roi, mode="gaussian", device=dev).float() if overlap > 0
                       else torch.ones(roi, device=dev))
 
-        def forward(chosen):
-            with devices.inference(dev):  # per thread: map_batches may run this in worker threads
-                patches = torch.stack([tensor[w] for w in chosen])[:, None]
-                if len(chosen) < batch:  # pad the last batch: a partial batch falls onto slow convolution paths
-                    patches = torch.cat([patches, patches.new_zeros((batch - len(chosen), *patches.shape[1:]))])
-                return net(patches, mips=False) if skip_mips else net(patches)
+        def forward(chosen):  # under the caller's inference mode (map_batches carries it to its workers)
+            patches = torch.stack([tensor[w] for w in chosen])[:, None]
+            if len(chosen) < batch:  # pad the last batch: a partial batch falls onto slow convolution paths
+                patches = torch.cat([patches, patches.new_zeros((batch - len(chosen), *patches.shape[1:]))])
+            return net(patches, mips=False) if skip_mips else net(patches)
 
         batches = [windows[first:first + batch] for first in range(0, len(windows), batch)]
         with devices.inference(dev), contextlib.closing(devices.map_batches(forward, batches, dev)) as outs:

@@ -100,14 +100,8 @@ def _window_runner(stacked, device: torch.device):
     """MONAI's predictor for a batch of windows: each window alone, in :func:`..device.map_batches`
     workers (2 cores: two one-thread workers), so the small operators of one window do not wait in
     OpenMP barriers while another process holds a core; the same numbers as one window at a time."""
-    modes = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-
-    def one(window: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(modes[0]), torch.set_grad_enabled(modes[1]):  # thread-local: the caller's
-            return stacked(window[None])
-
     def run(windows: torch.Tensor) -> torch.Tensor:
-        return torch.cat(list(map_batches(one, list(windows), device)))
+        return torch.cat(list(map_batches(lambda window: stacked(window[None]), list(windows), device)))
     return run
 
 

@@ -50,10 +50,10 @@ def cost_map(probability: np.ndarray, eps: float = PATH_EPS, threshold: float = 
 def foreground_edt(mask: np.ndarray) -> np.ndarray:
     """``ndimage.distance_transform_edt(mask)``, computed on the foreground's bounding box plus one pixel of
     background only (the same values: the nearest background pixel of a foreground pixel lies in that box)."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    (top, left), (bottom, right) = _support_box(mask)
     out = np.zeros(mask.shape)
-    if len(rows):
-        box = np.s_[max(rows[0] - 1, 0):rows[-1] + 2, max(cols[0] - 1, 0):cols[-1] + 2]
+    if top <= bottom:
+        box = np.s_[max(top - 1, 0):bottom + 2, max(left - 1, 0):right + 2]
         out[box] = ndimage.distance_transform_edt(mask[box])
     return out
 
@@ -75,7 +75,8 @@ def guide_distance(guide: np.ndarray, lo: np.ndarray, shape: tuple[int, int]) ->
 def _support_box(probability: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(row, col) of the first and last pixel rows/columns where ``probability > 0`` (empty: an
     inverted box that leaves the end points' own box unchanged); the bounds of ``np.argwhere``."""
-    rows, cols = np.flatnonzero((probability > 0).any(1)), np.flatnonzero((probability > 0).any(0))
+    support = probability > 0
+    rows, cols = np.flatnonzero(support.any(1)), np.flatnonzero(support.any(0))
     if len(rows) == 0:
         return np.array([np.iinfo(int).max] * 2), np.array([np.iinfo(int).min] * 2)
     return np.array([rows[0], cols[0]]), np.array([rows[-1], cols[-1]])

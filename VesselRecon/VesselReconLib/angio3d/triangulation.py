@@ -205,11 +205,6 @@ def depth_uncertainty(points: np.ndarray, pts_a: np.ndarray, pts_b: np.ndarray, 
     return np.minimum(sigma / np.maximum(rate_perp, 1e-6), MAX_SIGMA_MM)
 
 
-def project_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    homog = np.c_[points, np.ones(len(points))] @ matrix.T
-    return homog[:, :2] / homog[:, 2:3]
-
-
 def triangulate_points(points_a: np.ndarray, points_b: np.ndarray, geom_a, geom_b, smooth: float = 1.5,
                        depth_refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The geometric part of :func:`triangulate_centerline`: 3D points at view A's samples (before

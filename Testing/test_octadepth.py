@@ -392,6 +392,23 @@ def test_logic_outputs_sit_on_input_geometry_and_survive_mrb(scene, tmp_path):
         assert scene.GetFirstNodeByName(NAMES[key]) is not None
 
 
+def test_saved_tubes_say_lps_and_load_in_slicer_on_the_image(scene, tmp_path):
+    from VesselReconLib import meshes
+
+    logic = OCTADepthLogic(scene)
+    volume = logic.load_sample(seed=HELD_OUT_SEEDS[0]).inputVolume
+    shifted = mrml.ijk_to_ras_matrix([0.01] * 3, (12.0, -4.0, 3.0), np.diag([-1.0, -1.0, 1.0]))
+    volume.SetIJKToRASMatrix(mrml.vtk_matrix(shifted))
+    result = logic.process(volume, device="cpu")
+    tubes = next(path for path in result.save_files(tmp_path / "scan") if path.name.endswith("_tubes.vtp"))
+    assert meshes.mesh_coordinate_system(tubes) == "LPS"
+    storage = scene.AddNewNodeByClass("vtkMRMLModelStorageNode")   # as Slicer's Add Data reads the file
+    storage.SetFileName(str(tubes))
+    model = scene.AddNewNodeByClass("vtkMRMLModelNode")
+    assert storage.ReadData(model)
+    assert np.allclose(model.GetPolyData().GetBounds(), result.outputModel.GetPolyData().GetBounds(), atol=1e-4)
+
+
 def test_unknown_field_of_view_is_refused_and_a_given_one_is_shown_with_its_source(scene):
     logic = OCTADepthLogic(scene)
     sample = data.render_samples([HELD_OUT_SEEDS[1]])[0]

@@ -153,7 +153,8 @@ class OCTADepthOutputs:
         return render.render_meshes([layer], path, size=size, view=(20.0, 35.0))
 
     def save_files(self, stem) -> list[Path]:
-        """Depth map (16-bit PNG of relative depth), depth-coded PNG, vessel mask PNG, tubes (.vtp), table (.csv)."""
+        """Depth map (16-bit PNG of relative depth), depth-coded PNG, vessel mask PNG, tubes (.vtp, LPS as Slicer
+        writes models), table (.csv)."""
         import csv
 
         from PIL import Image
@@ -167,7 +168,7 @@ class OCTADepthOutputs:
         Image.fromarray(np.round(np.clip(result.depth * result.vessel_mask, 0, 1) * 65535).astype(np.uint16)).save(paths[0])
         render.save_image_png(self.depth_rgb(), paths[1])
         Image.fromarray(result.vessel_mask.astype(np.uint8) * 255).save(paths[2])
-        meshes.save_polydata(self.outputModel.GetPolyData(), paths[3])
+        meshes.save_polydata_lps(self.outputModel.GetPolyData(), paths[3])
         rows = mrml.table_to_rows(self.outputTable)
         with open(paths[4], "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -180,6 +180,35 @@ def test_batch_folder_with_dicom_corrupt_file_report_and_cancel(logic, held_out,
         logic.process_batch(_empty(tmp_path), tmp_path / "x", device="cpu")
 
 
+def test_batch_checks_a_pair_before_giving_an_ungradable_deep_slab_its_partners_grade(logic, held_out, tmp_path):
+    """A deep slab graded ungradable on its own is segmented for the pair check: it takes a gradable
+    partner's grade, with its FAZ mask and thumbnail written, only when the two FAZ centres agree."""
+    import math
+
+    from PIL import Image
+
+    study = tmp_path / "study"
+    study.mkdir()
+    shifted = render_octa(HELD_OUT_SEED + 2, 304, 3.0, quality=0, fovea_offset_mm=(0.6, 0.0))
+    for pair, deep in (("near", held_out[2]), ("far", shifted)):
+        _save_png(study / f"{pair}_superficial_3x3.png", held_out[0].image)
+        _save_png(study / f"{pair}_deep_3x3.png", deep.image)
+    result = logic.process_batch(study, tmp_path / "out", device="cpu", numWorkers=0, configFile=None)
+    rows = {r["image"]: r for r in result.rows}
+    near, far = rows["near_deep_3x3.png"], rows["far_deep_3x3.png"]
+    assert near["grade_own"] == far["grade_own"] == "ungradable" != rows["near_superficial_3x3.png"]["grade"]
+    assert near["grade"] == rows["near_superficial_3x3.png"]["grade"] and near["faz_segmented"]
+    assert near["grade_source"].startswith("paired superficial") and near["faz_area_mm2"] > 0.05
+    assert near["mask"] == "near_deep_3x3_faz.png"
+    mask = np.array(Image.open(tmp_path / "out" / "masks" / near["mask"])) > 0
+    assert mask.shape == (304, 304) and mask.sum() == near["faz_pixels"]
+    frame = np.array(Image.open(tmp_path / "out" / "thumbnails" / near["thumbnail"]))[0, 64]
+    assert frame[1] > frame[0]                       # green/yellow frame of a gradable grade, not red
+    assert far["grade"] == "ungradable" and "not one scan" in far["grade_source"] and not far["faz_segmented"]
+    assert not far.get("mask") and math.isnan(far["faz_area_mm2"]) and math.isnan(far["faz_centre_x"])
+    assert not (tmp_path / "out" / "masks" / "far_deep_3x3_faz.png").exists()
+
+
 def _empty(tmp_path):
     folder = tmp_path / "empty"
     folder.mkdir()

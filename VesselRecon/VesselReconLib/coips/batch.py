@@ -27,7 +27,7 @@ from ..atomic import remove_stale
 from ..enface_io import (UNKNOWN_FOV, fov_from_path, list_images, missing_fov_message, probe_fov, read_image,
                          to_uint8, to_work_image)
 from .faz import FAZ_METRIC_UNITS
-from .postprocess import finish_chunk, finish_image, probability_columns
+from .postprocess import faz_centre, finish_chunk, finish_image, probability_columns, unpack_mask
 from .reports import summarise, write_csv, write_html
 from ..errors import CheckpointError, InputError
 from ..progress import Cancelled, as_reporter
@@ -363,23 +363,43 @@ def load_networks(config: CoipsConfig, device: torch.device):
 
 def apply_pair_grades(rows: list[dict], config: CoipsConfig, faz_net, device, paths, fields_of_view, out: Path) -> None:
     """Deep slabs take their superficial partner's grade (:mod:`.pairs`); a deep image that becomes
-    ungradable loses its FAZ (unless forced), one that becomes gradable is segmented now."""
-    from .inference import segment_faz
-    from .pairs import propagate_pair_grades
+    ungradable loses its FAZ (unless forced). A deep image left unsegmented (its own grade ungradable)
+    whose partner is gradable is segmented first, so that the pair check sees both FAZ centres; it keeps
+    the FAZ, with its mask and thumbnail, only when it does take the partner's grade."""
+    from .pairs import propagate_pair_grades, slab_partners
 
-    for row in propagate_pair_grades(rows):
+    trials = {row["index"]: _pair_trial(row, config, faz_net, device, paths, fields_of_view, out)
+              for row, partner in slab_partners(rows) if not row.get("faz_segmented") and partner["grade"] != GRADES[0]}
+    for row in rows:
+        if row["index"] in trials:
+            row.update(faz_centre(unpack_mask(trials[row["index"]]["packed_mask"], trials[row["index"]]["shape"])))
+    changed = {row["index"] for row in propagate_pair_grades(rows)}
+    for row in rows:
         ungradable = row["grade"] == GRADES[0]
-        if ungradable and row.get("faz_segmented") and not config.segment_ungradable:
+        if row["index"] in trials:
+            row.update(finish_image(trials[row["index"]]) if row["index"] in changed else
+                       {"faz_centre_x": math.nan, "faz_centre_y": math.nan})
+            row["faz_segmented"] = row["index"] in changed
+        elif row["index"] in changed and ungradable and row.get("faz_segmented") and not config.segment_ungradable:
             row.update({key: math.nan for key in FAZ_METRIC_UNITS}, faz_segmented=False, faz_plausible="",
                        faz_flags="", mask="")
             (out / "masks" / f"{output_stem(paths[row['index']], Path(config.input))}_faz.png").unlink(missing_ok=True)
-        elif not ungradable and not row.get("faz_segmented"):
-            index = row["index"]
-            image = read_image(paths[index], fields_of_view[index] if fields_of_view else config.field_of_view_mm)
-            mask = segment_faz(faz_net, image.pixels, image.field_of_view_mm, device)
-            row.update(finish_image({"row": row, "field_of_view_mm": image.field_of_view_mm,
-                                     "packed_mask": np.packbits(mask), "shape": mask.shape}))
-            row["faz_segmented"] = True
+
+
+def _pair_trial(row: dict, config: CoipsConfig, faz_net, device, paths, fields_of_view, out: Path) -> dict:
+    """:func:`finish_image`'s item for a deep image segmented for the slab-pair check (nothing written yet)."""
+    from .inference import segment_faz
+
+    index = row["index"]
+    image = read_image(paths[index], fields_of_view[index] if fields_of_view else config.field_of_view_mm)
+    mask = segment_faz(faz_net, image.pixels, image.field_of_view_mm, device)
+    stem = output_stem(paths[index], Path(config.input))
+    thumbnail = thumbnails(torch.from_numpy(to_uint8(image.pixels))[None, None].float() / 255.0,
+                           int(config.thumbnail_size))[0].numpy()
+    return {"row": row, "field_of_view_mm": image.field_of_view_mm, "packed_mask": np.packbits(mask),
+            "shape": mask.shape, "thumbnail": thumbnail,
+            "mask_path": str(out / "masks" / f"{stem}_faz.png") if config.save_masks else None,
+            "thumbnail_path": str(out / "thumbnails" / f"{stem}.png") if config.save_thumbnails else None}
 
 
 def study_fields_of_view(config: CoipsConfig, paths: list[Path], root: Path) -> list[float | None]:

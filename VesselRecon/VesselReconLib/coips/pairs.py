@@ -5,7 +5,8 @@ A slab is recognised by a token in the file name that no letter touches (``super
 ``angio3prof``). Two images pair when their relative paths are equal after removing that token. The deep
 image then takes the superficial image's grade (its own is kept as ``grade_own``), unless the pair is
 contradicted: when both FAZ were found and their centres lie more than ``MAX_CENTRE_SHIFT`` of the image
-width apart, the two cannot be one acquisition and nothing is propagated (the row says why).
+width apart, the two cannot be one acquisition and nothing is propagated (the row says why). The batch
+(:func:`.batch.apply_pair_grades`) segments a deep image its own grade left without FAZ for this check.
 """
 
 from __future__ import annotations
@@ -41,25 +42,28 @@ def _centre(row: dict):
     return None if not (isinstance(x, float) and math.isfinite(x) and math.isfinite(y)) else (x, y)
 
 
+def slab_partners(rows: list[dict]) -> list[tuple[dict, dict]]:
+    """(deep row, its superficial partner) for every read deep image whose superficial slab was read too."""
+    superficial = {pair_key(row["image"]): row for row in rows
+                   if row.get("status") == "ok" and slab_of(row.get("image", "")) == "superficial"}
+    return [(row, superficial[pair_key(row["image"])]) for row in rows
+            if row.get("status") == "ok" and slab_of(row.get("image", "")) == "deep"
+            and pair_key(row["image"]) in superficial]
+
+
 def propagate_pair_grades(rows: list[dict]) -> list[dict]:
     """Give each deep row its superficial partner's grade (in place); returns the deep rows whose grade
     changed. Rows gain ``slab``, ``grade_own`` and ``grade_source``."""
-    superficial = {}
     for row in rows:
         row["slab"] = slab_of(row.get("image", ""))
         row.setdefault("grade_own", row.get("grade", ""))
         row.setdefault("grade_source", "own" if row.get("status") == "ok" else "")
-        if row["slab"] == "superficial" and row.get("status") == "ok":
-            superficial[pair_key(row["image"])] = row
     changed = []
-    for row in rows:
-        partner = superficial.get(pair_key(row.get("image", ""))) if row["slab"] == "deep" else None
-        if partner is None or row.get("status") != "ok":
-            continue
+    for row, partner in slab_partners(rows):
         centres = _centre(row), _centre(partner)
         if None not in centres and math.dist(*centres) > MAX_CENTRE_SHIFT:
             row["grade_source"] = (f"own (pair {partner['image']} not propagated: FAZ centres "
-                                   f"{math.dist(*centres):.2f} image widths apart, not one scan)")
+                                   f"{math.dist(*centres):.3f} image widths apart, not one scan)")
             continue
         row["grade_source"] = f"paired superficial {partner['image']}"
         if partner["grade"] != row["grade"]:

@@ -616,7 +616,12 @@ def test_cli_writes_files_and_scene_from_a_png(tmp_path, capsys):
     png = tmp_path / "scan.png"
     Image.fromarray((sample.image * 255).astype(np.uint8)).save(png)
     assert main(["octadepth", str(png), "--device", "cpu", "--out", str(tmp_path / "refused")]) == 2
-    assert "--fov" in capsys.readouterr().err and not list((tmp_path / "refused").glob("scan*"))
+    err = capsys.readouterr().err
+    assert "--fov" in err and "nothing was written" in err and not (tmp_path / "refused").exists()
+    if not torch.cuda.is_available():   # refused once, before any input is read
+        assert main(["octadepth", str(png), str(png), "--device", "cuda", "--out", str(tmp_path / "refused")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "CUDA" in err and not (tmp_path / "refused").exists()
     assert main(["octadepth", str(png), "--fov", "3", "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
     line = json.loads([ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")][-1])
     assert line["field_of_view_mm"] == 3.0 and line["fov_source"] == "config" and "warnings" in line

@@ -19,20 +19,32 @@ from .errors import InputError
 PARTIAL_PREFIX = ".vesselrecon-partial-"
 
 
+def check_output_folder(folder: str | Path) -> Path:
+    """Refuse ``folder`` as :func:`output_folder` would, without creating anything.
+
+    :raises InputError: the path, or one of its parents, is an existing file, or it is not writable.
+    """
+    folder = Path(folder)
+    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    if not existing.is_dir():
+        raise InputError(f"Output folder {folder} is a file (or lies under one): choose a folder.")
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"Output folder {folder} is not writable: choose another folder.")
+    return folder
+
+
 def output_folder(folder: str | Path) -> Path:
     """Create ``folder`` (and its parents) if needed and return it.
 
     :raises InputError: the path, or one of its parents, is an existing file, or it cannot be created.
     """
-    folder = Path(folder)
+    folder = check_output_folder(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise InputError(f"Output folder {folder} is a file (or lies under one): choose a folder.") from None
     except PermissionError:
         raise InputError(f"Output folder {folder} cannot be created: check its permissions.") from None
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"Output folder {folder} is not writable: choose another folder.")
     return folder
 
 

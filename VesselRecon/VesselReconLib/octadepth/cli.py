@@ -31,11 +31,14 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """Process every input; a bad file is reported on one line and skipped. Exit 2 (3 for a bad
-    model) when any input failed, after all the good ones were written."""
+    model) when any input failed, after all the good ones were written. A bad device or output folder
+    is refused once, before any input is read; the folder is created only when an input succeeds."""
     from .. import atomic
+    from ..device import resolve_device
     from ..errors import CheckpointError, InferenceError, InputError
 
-    out = atomic.output_folder(args.out)
+    resolve_device(args.device)
+    out = atomic.check_output_folder(args.out)
     failed = []
     for path in args.inputs:
         try:
@@ -44,7 +47,8 @@ def run(args) -> int:
             failed.append(exc)
             print(f"error: {Path(path).name}: {' '.join(str(exc).split())}", file=sys.stderr)
     if failed:
-        print(f"{len(failed)} of {len(args.inputs)} inputs failed; the others were written to {out}.", file=sys.stderr)
+        written = "nothing was written" if len(failed) == len(args.inputs) else f"the others were written to {out}"
+        print(f"{len(failed)} of {len(args.inputs)} inputs failed; {written}.", file=sys.stderr)
         return 3 if all(isinstance(e, (CheckpointError, InferenceError)) for e in failed) else 2
     return 0
 
@@ -65,7 +69,7 @@ def _run_one(args, path: Path, out: Path) -> None:
                                depthRangeMm=args.depth_range_mm, threshold=args.threshold, progress=bar)
     finally:
         bar.close()
-    with atomic.staging(out, f"octadepth-{path.stem}") as stage:
+    with atomic.staging(out, f"octadepth-{path.stem}") as stage:   # creates the folder
         result.save_files(stage / path.stem)
         result.render(stage / f"{path.stem}_tubes.png")
         mrml.save_scene(stage / f"{path.stem}.mrb", scene)

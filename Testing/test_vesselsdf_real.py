@@ -94,6 +94,22 @@ def test_volume_metrics_score_only_labelled_slices():
     assert scores["dice"] == 1.0 and scores["fragments"] == 1.0 and scores["hd95_mm"] == 0.0
 
 
+def test_recall_by_radius_and_the_kept_slice_oracle_on_known_tubes():
+    """Round 8: centreline recall per calibre (the reference's distance map at its skeleton), and the oracle that
+    interpolates the reference of the kept slices (a straight tube through the slices is kept whole)."""
+    fine = np.diag([0.5, 0.5, 1.0, 1.0])
+    k, j, i = np.meshgrid(np.arange(9), np.arange(40), np.arange(40), indexing="ij")
+    thick, thin = (j - 10) ** 2 + (i - 10) ** 2 <= 36, (j - 28) ** 2 + (i - 28) ** 2 <= 2
+    sparse = fine.copy()
+    sparse[2, 2] = 4.0
+    case = realdata.RealCase("tubes", np.zeros((3, 40, 40), np.float32), sparse, thick | thin, fine,
+                             np.ones(thick.shape, bool))
+    bins = realdata.recall_by_radius(thick, case, edges=(1.0, 2.0))
+    assert bins["r <= 1.0"][0] == 0.0 and bins["r > 2.0"][0] == 1.0 and bins["r <= 1.0"][1] > 0
+    for mode in ("sdf", "mask"):
+        np.testing.assert_array_equal(realdata.kept_slice_oracle(case, 4, mode), thick | thin)
+
+
 def test_layout_detection(tmp_path):
     (tmp_path / "PATIENT_DICOM.tar.gz").write_bytes(b"")
     assert realdata.detect_layout(tmp_path) == "ircadb"
@@ -124,14 +140,19 @@ def test_ircadb_reader_sparse_setting():
 
 
 @pytest.fixture(scope="module")
-def ircadb_scores():
-    """The shipped default on IRCADb 1.7 (every 3rd slice) with the reference liver ROI and with the
-    automatic one, and Otsu in the liver (one network run each, shared by the tests below)."""
+def ircadb_case():
     if not IRCADB.is_dir():
         pytest.skip("../shared/datasets/ircadb_1.7 is not available")
+    return realdata.read_ircadb(IRCADB)[0]
+
+
+@pytest.fixture(scope="module")
+def ircadb_scores(ircadb_case):
+    """The shipped default on IRCADb 1.7 (every 3rd slice) with the reference liver ROI and with the
+    automatic one, and Otsu in the liver (one network run each, shared by the tests below)."""
     from VesselReconLib.registry import load_model
 
-    case = realdata.read_ircadb(IRCADB)[0]
+    case = ircadb_case
     net, _ = load_model("vesselsdf", "lite", "cpu")
     return {"roi": realdata.volume_metrics(realdata.model_fine(net, case, case.roi)[0], case),
             "auto": realdata.volume_metrics(realdata.model_fine(net, case, None)[0], case),
@@ -153,10 +174,26 @@ def test_ircadb_sparse_setting_floor_with_the_liver_roi(ircadb_scores):
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="target missed: centreline recall with the liver ROI 0.572 (release 5, re-measured "
-                   "in rounds 6 and 7; target >= 0.60; neither a clDice-fine-tuned refiner nor the "
-                   "round-7 agreement-hinge ablation lite-agree7, 0.592, was kept)")
+                   "in rounds 6-8; target >= 0.60; neither a clDice-fine-tuned refiner nor the "
+                   "round-7 agreement-hinge ablation lite-agree7, 0.592, was kept; round 8: the true mask of "
+                   "the kept slices, distance-interpolated, reaches only 0.634)")
 def test_ircadb_centreline_recall_target_with_the_liver_roi(ircadb_scores):
     assert ircadb_scores["roi"]["cl_recall"] >= 0.60
+
+
+@pytest.mark.slow
+def test_ircadb_recall_ceiling_of_a_perfect_segmentation_of_the_kept_slices(ircadb_case):
+    """Round 8: the true mask of the 51 kept slices, distance-interpolated as VesselSDF interpolates, reaches a
+    centreline recall of only 0.634 (the 0.60 target is 95 % of it); interpolated as a mask, 0.761 at equal Dice."""
+    case = ircadb_case
+    sdf, mask = (realdata.kept_slice_oracle(case, 3, mode) for mode in ("sdf", "mask"))
+    by_sdf, by_mask = realdata.volume_metrics(sdf, case), realdata.volume_metrics(mask, case)
+    assert 0.62 <= by_sdf["cl_recall"] <= 0.65 and by_mask["cl_recall"] >= by_sdf["cl_recall"] + 0.1
+    assert abs(by_mask["dice"] - by_sdf["dice"]) < 0.01 and by_sdf["dice"] > 0.75  # 0.783 vs 0.779
+    bins = realdata.recall_by_radius(sdf, case)
+    total = sum(n for _, n in bins.values())
+    assert sum(r * n for r, n in bins.values()) / total == pytest.approx(by_sdf["cl_recall"], abs=1e-9)
+    assert bins["r > 3.0"][0] == 1.0 and bins["1.0 < r <= 1.5"][0] < 0.5  # thin vessels vanish between slices
 
 
 def test_roi_statistics_are_dequantised_and_trimmed():

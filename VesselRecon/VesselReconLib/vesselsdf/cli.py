@@ -241,7 +241,7 @@ def run(args) -> int:
 
 # ------------------------------------------------------------------------------------ eval
 
-ABLATIONS = ("lite", "lite-agree7", "lite-direct", "lite-dstart", "lite-occ", "lite-sdfonly", "lite-nogauss")
+ABLATIONS = ("lite", "lite-fuse8", "lite-agree7", "lite-direct", "lite-dstart", "lite-occ", "lite-sdfonly", "lite-nogauss")
 
 
 def add_eval_arguments(parser) -> None:

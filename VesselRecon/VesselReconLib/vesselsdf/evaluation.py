@@ -32,6 +32,7 @@ ROW_NAMES = {"lite": "VesselSDF (ours)", "paper": "VesselSDF (ours, paper)", "oc
              "dstart": "refiner with distance start (d0 + 3 mm correction)",
              "direct": "refiner w/o SDF Dice term, zero level (release 1)",
              "agree7": "refiner + agreement hinge (round 7, ablation)",
+             "fuse8": "occupancy-component-preserving fusion (round 8, ablation)",
              "classical": "classical (smoothed adaptive HU threshold)"}
 
 

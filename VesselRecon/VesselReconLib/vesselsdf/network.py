@@ -146,16 +146,53 @@ def occupancy_union(sdf: torch.Tensor, prob: torch.Tensor, spacing, threshold: f
     return torch.from_numpy(np.stack(out)[:, None].astype(np.float32)).to(sdf.device, sdf.dtype)
 
 
+def fuse_with_occupancy(sdf: torch.Tensor, prob: torch.Tensor, spacing, band_mm: float) -> torch.Tensor:
+    """Component-preserving fusion (round 8): the occupancy ``p > 0.5`` decides which vessel pieces exist,
+    the refined SDF only places their surface, at most ``band_mm`` from the occupancy's own.
+
+    ``g = clip(sdf, d₀ − b, d₀ + b)`` with ``d₀`` the exact truncated SDF of the occupancy: nothing is
+    added farther than ``b`` outside it, nothing removed deeper than ``b`` inside it. Where the refiner
+    lost occupancy — a 26-connected piece of ``occupancy \\ {g < 0}`` reaching farther than ``b`` from
+    ``{g < 0}`` (a thin vessel, or a whole component the refiner missed) — the occupancy's own surface
+    is kept: ``min(g, SDF(piece))``. Shell pieces (the refiner moved a surface inwards within the band)
+    stay as the refiner placed them.
+    """
+    from scipy.ndimage import label
+
+    fields, occupied = sdf.detach().cpu().numpy(), (prob.detach() > 0.5).cpu().numpy()
+    band, cap = float(band_mm), TRUNCATION_MM
+    out = []
+    for field, occ in zip(fields[:, 0], occupied[:, 0]):
+        start = np.full(occ.shape, np.float32(cap))
+        if occ.any():
+            box = _grown_box(occ, spacing, cap, 2)
+            start[box] = truncated_signed_distance(occ[box], spacing, cap)
+        fused = np.clip(field, start - band, start + band)
+        lost = occ & (fused >= 0)
+        if lost.any():
+            labels, count = label(lost, np.ones((3, 3, 3), bool))
+            far = lost & (_distance_to(fused < 0, spacing, band) > band)
+            keep = np.zeros(count + 1, bool)
+            keep[labels[far]] = True
+            keep[0] = False
+            if keep.any():
+                fused = _union_with(fused, keep[labels], spacing)
+        out.append(fused)
+    return torch.from_numpy(np.stack(out)[:, None].astype(np.float32)).to(sdf.device, sdf.dtype)
+
+
 def surface_field(sdf: torch.Tensor, prob: torch.Tensor | None, spacing, level_mm: float, union_threshold: float,
                   union_connected: bool = True, min_piece_mm3: float = 0.0, keep_prob: float = 0.0,
-                  keep_near_mm: float = 0.0) -> torch.Tensor:
-    """The field whose zero level is the output surface: ``sdf − level_mm``, united with the confident
-    occupancy (:func:`occupancy_union`) when ``union_threshold`` > 0 and ``prob`` is given, without
-    the isolated pieces smaller than ``min_piece_mm3`` that are neither confident nor near the tree
-    (:func:`remove_small_pieces`)."""
+                  keep_near_mm: float = 0.0, fusion_band_mm: float = 0.0) -> torch.Tensor:
+    """The field whose zero level is the output surface: ``sdf − level_mm``, fused with the occupancy
+    (:func:`fuse_with_occupancy`) when ``fusion_band_mm`` > 0, else united with the confident occupancy
+    (:func:`occupancy_union`) when ``union_threshold`` > 0 (``prob`` given), without the isolated pieces
+    smaller than ``min_piece_mm3`` that are neither confident nor near the tree (:func:`remove_small_pieces`)."""
     if level_mm:
         sdf = sdf - level_mm
-    if prob is not None and union_threshold:
+    if prob is not None and fusion_band_mm:
+        sdf = fuse_with_occupancy(sdf, prob, spacing, fusion_band_mm)
+    elif prob is not None and union_threshold:
         sdf = occupancy_union(sdf, prob, spacing, union_threshold, union_connected)
     if min_piece_mm3:
         sdf = remove_small_pieces(sdf, spacing, min_piece_mm3, prob, keep_prob, keep_near_mm)
@@ -312,14 +349,17 @@ class VesselSDFNet(nn.Module):
         this (0: no confidence rule).
     :param piece_keep_near_mm: (release 5) such a small piece is kept when it lies within this
         distance (mm) of a larger piece (0: no distance rule).
+    :param fusion_band_mm: (round 8) > 0: the occupancy keeps every piece and the refiner places its
+        surface within this band (:func:`fuse_with_occupancy`), instead of the union.
     """
 
     def __init__(self, size: str = "lite", variant: str = "full", sdf_bound_mm: float = 6.0,
                  spacing: tuple[float, float, float] = (0.7, 0.7, 5.0), correction_mm: float = 0.0,
                  level_mm: float = 0.0, full_res_skip: bool = False, union_threshold: float = 0.0,
                  union_connected: bool = True, min_piece_mm3: float = 0.0, piece_keep_prob: float = 0.0,
-                 piece_keep_near_mm: float = 0.0):
+                 piece_keep_near_mm: float = 0.0, fusion_band_mm: float = 0.0):
         super().__init__()
+        self.fusion_band_mm = float(fusion_band_mm)
         self.level_mm, self.min_piece_mm3 = float(level_mm), float(min_piece_mm3)
         self.piece_keep_prob, self.piece_keep_near_mm = float(piece_keep_prob), float(piece_keep_near_mm)
         self.union_threshold, self.union_connected = float(union_threshold), bool(union_connected)
@@ -397,11 +437,11 @@ class VesselSDFNet(nn.Module):
         elif self.refiner is not None:
             sdf = self.refine(image, torch.sigmoid(logits).detach(), spacing)
         if sdf is not None:
-            needs_prob = self.union_threshold or (self.min_piece_mm3 and self.piece_keep_prob)
+            needs_prob = self.union_threshold or self.fusion_band_mm or (self.min_piece_mm3 and self.piece_keep_prob)
             prob = torch.sigmoid(logits) if logits is not None and needs_prob else None
             sdf = surface_field(sdf, prob, spacing or self.default_spacing, self.level_mm, self.union_threshold,
                                 self.union_connected, self.min_piece_mm3, self.piece_keep_prob,
-                                self.piece_keep_near_mm)
+                                self.piece_keep_near_mm, self.fusion_band_mm)
         return {"occupancy": logits, "sdf": sdf}
 
 

@@ -214,12 +214,8 @@ def surface_distances(prediction: np.ndarray, reference: np.ndarray, spacing_kji
     return float(0.5 * (d_ab.mean() + d_ba.mean())), float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)))
 
 
-def volume_metrics(prediction: np.ndarray, case: RealCase) -> dict[str, float]:
-    """Dice, clDice, centreline recall, Chamfer, HD95 (mm) and fragments of a fine-grid prediction."""
-    from scipy.ndimage import label
-
-    from .. import metrics
-
+def _scored_pair(prediction: np.ndarray, case: RealCase) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction and reference inside the scored voxels, cut to the scored rows and in-plane box (+1 pixel)."""
     scored = case.scored()
     rows = np.flatnonzero(scored.any(axis=(1, 2)))
     js, is_ = np.flatnonzero(scored.any(axis=(0, 2))), np.flatnonzero(scored.any(axis=(0, 1)))
@@ -227,8 +223,17 @@ def volume_metrics(prediction: np.ndarray, case: RealCase) -> dict[str, float]:
         raise InputError(f"{case.name}: nothing to score (empty region or no labelled slice).")
     box = (rows, slice(max(js[0] - 1, 0), js[-1] + 2), slice(max(is_[0] - 1, 0), is_[-1] + 2))
     scored = scored[box[0]][:, box[1], box[2]]
-    pred_s = np.asarray(prediction, bool)[box[0]][:, box[1], box[2]] & scored
-    ref_s = np.asarray(case.reference, bool)[box[0]][:, box[1], box[2]] & scored
+    return (np.asarray(prediction, bool)[box[0]][:, box[1], box[2]] & scored,
+            np.asarray(case.reference, bool)[box[0]][:, box[1], box[2]] & scored)
+
+
+def volume_metrics(prediction: np.ndarray, case: RealCase) -> dict[str, float]:
+    """Dice, clDice, centreline recall, Chamfer, HD95 (mm) and fragments of a fine-grid prediction."""
+    from scipy.ndimage import label
+
+    from .. import metrics
+
+    pred_s, ref_s = _scored_pair(prediction, case)
     per_slice = case.labelled_slices is not None and len(case.labelled_slices) == 1
     cl_dice, cl_recall = centreline_scores(pred_s, ref_s, per_slice)
     spacing = np.linalg.norm(case.reference_ijk_to_ras[:3, :3], axis=0)[::-1]
@@ -240,7 +245,47 @@ def volume_metrics(prediction: np.ndarray, case: RealCase) -> dict[str, float]:
             "chamfer_mm": chamfer, "hd95_mm": hd95, "fragments": float(fragments)}
 
 
+def recall_by_radius(prediction: np.ndarray, case: RealCase, edges=(1.0, 1.5, 2.0, 3.0)) -> dict[str, tuple]:
+    """Centreline recall per vessel calibre (round 8): the reference's 3D skeleton points (as in
+    :func:`centreline_scores`) binned by the reference's distance map there (mm to the nearest background
+    voxel, about the local radius); ``{"r <= 1.0": (recall, points), "1.0 < r <= 1.5": ..., "r > 3.0": ...}``."""
+    from scipy.ndimage import distance_transform_edt
+
+    pred_s, ref_s = _scored_pair(prediction, case)
+    skeleton = _skeleton(ref_s)
+    spacing = np.linalg.norm(case.reference_ijk_to_ras[:3, :3], axis=0)[::-1]
+    radius, hit = distance_transform_edt(ref_s, sampling=spacing)[skeleton], pred_s[skeleton]
+    bounds = [0.0, *edges, np.inf]
+    names = [f"r <= {edges[0]}"] + [f"{lo} < r <= {hi}" for lo, hi in zip(edges, edges[1:])] + [f"r > {edges[-1]}"]
+    out = {}
+    for name, lo, hi in zip(names, bounds, bounds[1:]):
+        inside = (radius > lo) & (radius <= hi)
+        out[name] = (float(hit[inside].mean()) if inside.any() else float("nan"), int(inside.sum()))
+    return out
+
+
 # ----------------------------------------------------------------------------------------- methods
+
+
+def kept_slice_oracle(case: RealCase, keep_every: int, mode: str = "sdf") -> np.ndarray:
+    """The reference on the kept input slices only (every ``keep_every``-th), interpolated to the fine grid as a
+    perfect segmentation of the input would be (round 8's ceiling of a sparse-slice method): ``sdf`` — each kept
+    slice's 2D signed distance (mm), linearly between slices (shape-based, as VesselSDF interpolates its field);
+    ``mask`` — the binary mask linearly (each slice's mask reaches halfway to the next)."""
+    from scipy.ndimage import distance_transform_edt
+
+    from .inference import resample_field
+
+    kept = np.asarray(case.reference, bool)[::keep_every]
+    if mode == "mask":
+        field = 0.5 - kept.astype(np.float32)
+    else:
+        plane_mm = np.linalg.norm(case.ijk_to_ras[:3, :2], axis=0)[::-1]
+        field = np.full(kept.shape, 50.0, np.float32)
+        for k, plane in enumerate(kept):
+            if plane.any():
+                field[k] = distance_transform_edt(~plane, sampling=plane_mm) - distance_transform_edt(plane, sampling=plane_mm)
+    return resample_field(field, case.ijk_to_ras, case.reference_ijk_to_ras, case.reference.shape) < 0
 
 
 def otsu_baseline(case: RealCase, roi: np.ndarray) -> np.ndarray:

@@ -277,7 +277,8 @@ def _surface_scores(field: np.ndarray, case) -> dict:
 
 
 def calibrate_surface(net: VesselSDFNet, cases, device="cpu", levels=SURFACE_LEVELS_MM, unions=SURFACE_UNIONS,
-                      min_pieces=SURFACE_PIECES_MM3, surface: bool = False, piece_rules=((0.0, 0.0),)) -> dict:
+                      min_pieces=SURFACE_PIECES_MM3, surface: bool = False, piece_rules=((0.0, 0.0),),
+                      bands=(0.0,)) -> dict:
     """Surface level, occupancy union and minimum piece volume of a full model for **vessel trees**,
     on validation phantoms.
 
@@ -292,6 +293,8 @@ def calibrate_surface(net: VesselSDFNet, cases, device="cpu", levels=SURFACE_LEV
     :param cases: :class:`.evaluation.EvalCase` phantoms with fine-grid truth (never real data).
     :param piece_rules: (release 5) ``(piece_keep_prob, piece_keep_near_mm)`` pairs tried with every
         minimum piece volume > 0 (:func:`.network.remove_small_pieces`).
+    :param bands: (round 8) occupancy-fusion bands (mm) tried with every union (0: no fusion; > 0: the
+        fusion replaces the union, :func:`.network.fuse_with_occupancy`).
     :returns: ``{"level_mm", "union_threshold", "union_connected", "min_piece_mm3", "piece_keep_prob",
         "piece_keep_near_mm", "objective", "dice",
         "hires_dice", "cldice", "cl_recall", "occupancy", "table"}`` (``table``: every setting's scores;
@@ -303,24 +306,25 @@ def calibrate_surface(net: VesselSDFNet, cases, device="cpu", levels=SURFACE_LEV
     from .preprocess import canonicalise
     from .realdata import centreline_scores
 
-    saved = net.level_mm, net.union_threshold, net.min_piece_mm3
-    net.level_mm, net.union_threshold, net.min_piece_mm3 = 0.0, 0.0, 0.0
+    saved = net.level_mm, net.union_threshold, net.min_piece_mm3, net.fusion_band_mm
+    net.level_mm, net.union_threshold, net.min_piece_mm3, net.fusion_band_mm = 0.0, 0.0, 0.0, 0.0
     raw = []
     try:
         for case in cases:
             canonical = canonicalise(case.image, case.ijk_to_ras, case.organ > 0 if case.organ is not None else None)
             raw.append(predict_in_roi(net, canonical, device, case.spacing))
     finally:
-        net.level_mm, net.union_threshold, net.min_piece_mm3 = saved
+        net.level_mm, net.union_threshold, net.min_piece_mm3, net.fusion_band_mm = saved
     occupancy = {"dice": float(np.mean([metrics.dice(p.occupancy > 0.5, c.label) for p, c in zip(raw, cases)]))}
     if surface:
         rows = [_surface_scores(0.5 - p.occupancy, c) for p, c in zip(raw, cases)]
         occupancy.update({k: float(np.mean([r[k] for r in rows])) for k in rows[0]})
     table = []
-    for threshold, connected in unions:
+    for (threshold, connected), band in [(union, band) for union in unions for band in bands]:
         for level in levels:
             united = [surface_field(torch.from_numpy(p.sdf)[None, None], torch.from_numpy(p.occupancy)[None, None],
-                                    c.spacing, float(level), threshold, connected) for p, c in zip(raw, cases)]
+                                    c.spacing, float(level), threshold, connected, fusion_band_mm=float(band))
+                      for p, c in zip(raw, cases)]
             for pieces, (keep_prob, keep_near) in [(v, rule) for v in min_pieces for rule in
                                                    (piece_rules if v else ((0.0, 0.0),))]:
                 scores = []
@@ -341,7 +345,8 @@ def calibrate_surface(net: VesselSDFNet, cases, device="cpu", levels=SURFACE_LEV
                     scores.append(row)
                 mean = {k: float(np.nanmean([r[k] for r in scores])) for k in scores[0]}
                 table.append({"level_mm": float(level), "union_threshold": float(threshold),
-                              "union_connected": bool(connected), "min_piece_mm3": float(pieces),
+                              "union_connected": bool(connected), "fusion_band_mm": float(band),
+                              "min_piece_mm3": float(pieces),
                               "piece_keep_prob": float(keep_prob), "piece_keep_near_mm": float(keep_near), **mean,
                               "objective": 0.5 * (mean["hires_dice"] + mean["cldice"])})
     return select_surface(table, occupancy, surface)
@@ -395,6 +400,13 @@ no piece removal (release 5: every removal raised Chamfer and HD95 on the valida
 release-5 constraint and objective, on ``out/vsdf6/data/val`` (validation phantoms with arteries)."""
 
 
+RELEASE8_GRID = {"levels": RELEASE6_GRID["levels"], "unions": ((0.0, True),), "bands": (0.5, 1.0, 1.5, 2.0),
+                 "surface": True}
+"""Round 8's grid (rule written before the run: /work/notes/issue16-r8-ship-rule.md): levels x occupancy-fusion
+bands (:func:`.network.fuse_with_occupancy`, no union, no piece removal), the release-5 constraint and objective,
+on validation phantoms with arteries (``out/vsdf7/data/val``)."""
+
+
 def calibrate_shipped(name: str = "vesselsdf-lite", data_dir="out/vesselsdf16/data/train", val_cases: int = 4,
                       write: bool = False, device="cpu", release: int = 4) -> dict:
     """:func:`calibrate_surface` of a shipped model on the last ``val_cases`` phantoms of its training
@@ -408,7 +420,8 @@ def calibrate_shipped(name: str = "vesselsdf-lite", data_dir="out/vesselsdf16/da
 
     torch.set_num_threads(1)
     net = load_model("vesselsdf", name, str(device))[0]
-    grid = {6: RELEASE6_GRID, 5: RELEASE5_GRID, 4: RELEASE4_GRID}.get(min(release, 6), {})
+    grids = {8: RELEASE8_GRID, 6: RELEASE6_GRID, 5: RELEASE5_GRID, 4: RELEASE4_GRID}
+    grid = next((grids[r] for r in sorted(grids, reverse=True) if release >= r), {})
     result = calibrate_surface(net, load_eval_cases(data_dir)[-val_cases:], device, **grid)
     summary = {k: v for k, v in result.items() if k != "table"}
     summary["objective_value"] = summary.pop("objective")
@@ -420,7 +433,8 @@ def calibrate_shipped(name: str = "vesselsdf-lite", data_dir="out/vesselsdf16/da
                            "union_threshold": result["union_threshold"], "union_connected": result["union_connected"],
                            "min_piece_mm3": result.get("min_piece_mm3", 0.0),
                            "piece_keep_prob": result.get("piece_keep_prob", 0.0),
-                           "piece_keep_near_mm": result.get("piece_keep_near_mm", 0.0)}
+                           "piece_keep_near_mm": result.get("piece_keep_near_mm", 0.0),
+                           "fusion_band_mm": result.get("fusion_band_mm", 0.0)}
         entry.setdefault("training", {})["surface_calibration"] = {
             **summary, "command": f"python -c \"from VesselReconLib.vesselsdf.train import calibrate_shipped; "
                                   f"calibrate_shipped('{name}', '{data_dir}', {val_cases}, write=True, release={release})\"",

@@ -94,7 +94,7 @@ def test_dark_vessels_with_brain_mask(scene):
     assert evaluation.evaluationTable.GetTable().GetNumberOfRows() >= 4
 
 
-@pytest.mark.parametrize("case", ["missing", "single_slice", "constant", "nan", "mask_shape", "checkpoint",
+@pytest.mark.parametrize("case", ["missing", "single_slice", "constant", "nan", "mask_shape", "mask_grid", "checkpoint",
                                   "overlap"])
 def test_bad_input_leaves_scene_untouched(scene, phantom, tmp_path, case):
     matrix = np.diag([*phantom.spacing, 1.0])
@@ -110,6 +110,9 @@ def test_bad_input_leaves_scene_untouched(scene, phantom, tmp_path, case):
     if case == "mask_shape":
         kwargs["maskVolume"] = mrml.array_to_volume(np.ones((4, 8, 8), np.uint8), matrix, "mask", scene=scene,
                                                     labelmap=True)
+    elif case == "mask_grid":   # the input's shape, another place and orientation (an oblique scan's mask)
+        kwargs["maskVolume"] = mrml.array_to_volume(np.ones(image.shape, np.uint8), oblique_matrix(phantom.spacing),
+                                                    "mask", scene=scene, labelmap=True)
     elif case == "checkpoint":
         bad = tmp_path / "broken.safetensors"
         bad.write_bytes(b"not a model")
@@ -161,6 +164,7 @@ def test_cli_refusal_prints_no_empty_progress_bar(tmp_path, phantom, capsys):
     assert main(["vcnet", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "constant" in err.lower() and "%|" not in err and "vcnet:" not in err, err
+    assert not (tmp_path / "out").exists()   # nothing written, not even an empty folder
 
 
 @pytest.mark.gpu

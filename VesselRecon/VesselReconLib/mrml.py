@@ -210,7 +210,6 @@ def volume_to_array(node) -> tuple[np.ndarray, np.ndarray]:
     if node.GetImageData() is None:
         raise InputError("The volume node has no image data: load an image first.")
     from vtkmodules.util import numpy_support
-    from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
     image = node.GetImageData()
     dims = image.GetDimensions()
@@ -223,9 +222,31 @@ def volume_to_array(node) -> tuple[np.ndarray, np.ndarray]:
                          "reload the image.")
     components = image.GetNumberOfScalarComponents()
     shape = (dims[2], dims[1], dims[0]) + ((components,) if components > 1 else ())
+    return scalars.reshape(shape).copy(), ijk_to_ras_of(node)
+
+
+def ijk_to_ras_of(node) -> np.ndarray:
+    """A volume node's IJK-to-RAS matrix (numpy 4x4)."""
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
     matrix = vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
-    return scalars.reshape(shape).copy(), numpy_matrix(matrix)
+    return numpy_matrix(matrix)
+
+
+def check_same_grid(ijk_to_ras: np.ndarray, reference_ijk_to_ras: np.ndarray, shape: Sequence[int], name: str,
+                    reference: str = "the input volume") -> None:
+    """Refuse a volume of ``shape`` (KJI) whose voxels lie more than a tenth of a voxel away from the
+    reference's (another origin, spacing or direction, e.g. a mask saved on an oblique scan's neighbour).
+
+    :raises InputError: saying to resample it onto the reference.
+    """
+    corners = np.array([[i, j, k, 1.0] for k in (0, shape[0] - 1) for j in (0, shape[1] - 1) for i in (0, shape[2] - 1)])
+    shift = np.linalg.norm((corners @ (np.asarray(ijk_to_ras, float) - np.asarray(reference_ijk_to_ras, float)).T)[:, :3],
+                           axis=1).max()
+    if shift > 0.1 * spacing_of(reference_ijk_to_ras).min():
+        raise InputError(f"{name} has the shape of {reference} but lies elsewhere (origin, spacing or direction differ; "
+                         f"voxels up to {shift:.2f} mm apart): resample it onto {reference} first.")
 
 
 def array_to_volume(array: np.ndarray, ijk_to_ras: np.ndarray, name: str, node=None, scene=None,

@@ -48,7 +48,7 @@ def run(args) -> int:
     from .logic import VCNetLogic
 
     device.keep_freed_memory()  # a command-line process only: Slicer's own heap policy is left alone
-    final = atomic.output_folder(args.out)
+    final = atomic.check_output_folder(args.out)   # made by staging, once the outputs exist
     scene = runtime.new_scene()
     logic = VCNetLogic(scene)
     volume = logic.load_volume(args.input, "VCNet input")

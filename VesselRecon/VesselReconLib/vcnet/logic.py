@@ -90,10 +90,12 @@ class VCNetLogic(VesselReconLogic):
                 raise InputError(f"{name} has no segments.")
             array, _ = mrml.segmentation_to_labelmap(node, reference_volume)
         else:
-            array, _ = mrml.volume_to_array(node)
+            array, geometry = mrml.volume_to_array(node)
         if array.shape != tuple(shape):
             raise InputError(f"{name} has shape {array.shape} but the volume has {tuple(shape)}: "
                              "resample it onto the input volume first.")
+        if not node.IsA("vtkMRMLSegmentationNode"):
+            mrml.check_same_grid(geometry, mrml.ijk_to_ras_of(reference_volume), shape, name)
         return (np.asarray(array) > 0).astype(np.uint8)
 
     # ------------------------------------------------------------ main entry point

@@ -330,7 +330,7 @@ def test_every_default_loads_the_same_model_and_lite_is_unchanged():
     defaults = {"logic": inspect.signature(VCNetLogic.process).parameters["model"].default,
                 "model box": VCNetLogic().shipped_models()[0],
                 "evaluate_cases": inspect.signature(vcnet_eval.evaluate_cases).parameters["model"].default}
-    for add_arguments in (cli.add_arguments, vcnet_eval.add_eval_arguments):
+    for add_arguments in (cli.add_arguments, cli.add_eval_arguments):
         parser = argparse.ArgumentParser()
         add_arguments(parser)
         defaults[add_arguments.__name__] = parser.get_default("model")

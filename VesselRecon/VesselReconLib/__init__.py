@@ -6,3 +6,4 @@ Submodules are imported on demand so that ``import VesselReconLib`` stays light.
 __version__ = "0.1.0"
 
 METHODS = ("octadepth", "angio3d", "coips", "vcnet", "vesselsdf", "octavessel")
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")  # VesselReconLib.device resolves them (torch); named here without torch

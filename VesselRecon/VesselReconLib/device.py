@@ -12,9 +12,9 @@ from typing import TypeVar
 
 import torch
 
+from . import DEVICE_CHOICES  # noqa: F401 - named in the package (no torch there), re-exported here
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:

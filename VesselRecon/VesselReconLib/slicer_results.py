@@ -27,12 +27,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from . import DEVICE_CHOICES  # noqa: F401 - the widgets read it from here
 from .errors import InputError
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_ITEM = "Load checkpoint…"
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")  # same as VesselReconLib.device.DEVICE_CHOICES (no torch here)
 PLUMBING = ("progress", "cancel", "background")
 
 

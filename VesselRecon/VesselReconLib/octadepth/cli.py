@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..device import DEVICE_CHOICES
+from .. import DEVICE_CHOICES
 
 log = logging.getLogger(__name__)
 DEMO_SEED = 20210413

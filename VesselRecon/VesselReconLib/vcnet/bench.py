@@ -143,14 +143,6 @@ def _shipped(preset: str, device: torch.device):
         return build_model(preset).eval(), "untrained"
 
 
-def add_bench_arguments(parser) -> None:
-    parser.add_argument("--device", nargs="*", default=None, help="devices (default: cpu, and cuda when present)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, help="patches per forward pass")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (2 = the target machine)")
-    parser.add_argument("--cpu-full-paper", action="store_true", help="also run the paper preset on the whole volume on CPU")
-
-
 def bench(args) -> int:
     torch.set_num_threads(args.threads)
     devices.keep_freed_memory()  # the command line's heap policy (vcnet.cli.run) for every timed call

@@ -7,8 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..device import DEVICE_CHOICES
-from .defaults import DEFAULT_MODEL
+from .. import DEVICE_CHOICES
+from .defaults import DEFAULT_MODEL, DEFAULT_MODEL_NAME
 
 
 # ---------------------------------------------------------------- run
@@ -160,8 +160,45 @@ def train(args) -> int:
 
 # ---------------------------------------------------------------- eval and bench
 
-from .bench import add_bench_arguments, bench  # noqa: E402,F401
-from .eval import add_eval_arguments, evaluate  # noqa: E402,F401
+# (their arguments are defined here: building the command line must not import torch/MONAI)
+
+
+def add_eval_arguments(parser) -> None:
+    parser.add_argument("--data", required=True, help="held-out MSD-style folder (dataset.json, imagesTr, labelsTr)")
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME,
+                        help="VC-Net model (registry name or checkpoint; "
+                             f"default: the default model, {DEFAULT_MODEL_NAME})")
+    parser.add_argument("--ablation", default="vcnet-unet3d-lite", help="3D U-Net without the MIP stream")
+    parser.add_argument("--stream2d", default="vcnet-unet2d-lite", help="2D U-Net on MIPs (for the fusion baselines)")
+    parser.add_argument("--slice2d", default="vcnet-slice2d-lite", help="slice-wise 2D U-Net baseline")
+    parser.add_argument("--registry", help="registry folder holding the models (default: the shipped one)")
+    parser.add_argument("--dark", action="store_true", help="dark vessels (SWI): invert inside the brain mask")
+    parser.add_argument("--kind", default=None, help="phantom kind for the vesselness calibration (mra|swi)")
+    parser.add_argument("--overlap", type=float, default=0.0)
+    parser.add_argument("--limit", type=int, help="use only the first N cases")
+    parser.add_argument("--vesselness-threshold", type=float, help="Sato: skip calibration and use this threshold")
+    parser.add_argument("--frangi-threshold", type=float, help="Frangi: skip calibration and use this threshold")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+
+
+def evaluate(args) -> int:
+    from .eval import evaluate as run_eval
+
+    return run_eval(args)
+
+
+def add_bench_arguments(parser) -> None:
+    parser.add_argument("--device", nargs="*", default=None, help="devices (default: cpu, and cuda when present)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, help="patches per forward pass")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (2 = the target machine)")
+    parser.add_argument("--cpu-full-paper", action="store_true", help="also run the paper preset on the whole volume on CPU")
+
+
+def bench(args) -> int:
+    from .bench import bench as run_bench
+
+    return run_bench(args)
 
 
 # ---------------------------------------------------------------- demo

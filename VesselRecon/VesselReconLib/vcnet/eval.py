@@ -132,26 +132,6 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def add_eval_arguments(parser) -> None:
-    from ..device import DEVICE_CHOICES
-
-    parser.add_argument("--data", required=True, help="held-out MSD-style folder (dataset.json, imagesTr, labelsTr)")
-    parser.add_argument("--model", default=DEFAULT_MODEL_NAME,
-                        help="VC-Net model (registry name or checkpoint; "
-                             f"default: the default model, {DEFAULT_MODEL_NAME})")
-    parser.add_argument("--ablation", default="vcnet-unet3d-lite", help="3D U-Net without the MIP stream")
-    parser.add_argument("--stream2d", default="vcnet-unet2d-lite", help="2D U-Net on MIPs (for the fusion baselines)")
-    parser.add_argument("--slice2d", default="vcnet-slice2d-lite", help="slice-wise 2D U-Net baseline")
-    parser.add_argument("--registry", help="registry folder holding the models (default: the shipped one)")
-    parser.add_argument("--dark", action="store_true", help="dark vessels (SWI): invert inside the brain mask")
-    parser.add_argument("--kind", default=None, help="phantom kind for the vesselness calibration (mra|swi)")
-    parser.add_argument("--overlap", type=float, default=0.0)
-    parser.add_argument("--limit", type=int, help="use only the first N cases")
-    parser.add_argument("--vesselness-threshold", type=float, help="Sato: skip calibration and use this threshold")
-    parser.add_argument("--frangi-threshold", type=float, help="Frangi: skip calibration and use this threshold")
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-
-
 def evaluate(args) -> int:
     cases = load_cases(args.data, dark=args.dark, limit=args.limit, keep_raw=True)
     kind = args.kind or ("swi" if args.dark else "mra")

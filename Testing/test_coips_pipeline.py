@@ -345,6 +345,26 @@ def test_rerun_removes_the_previous_runs_masks_and_thumbnails(logic, held_out, t
     assert not list(out.rglob("old_3x3*")) and not list(out.rglob(".vesselrecon-partial*"))
 
 
+def test_an_interrupted_rerun_leaves_no_report_of_the_previous_run(logic, held_out, tmp_path):
+    """The first run's CSV/HTML/.mrb list masks and thumbnails that a re-run rewrites or removes, so a
+    re-run removes them before its first PNG: interrupted, it leaves no report pointing at missing files."""
+    from VesselReconLib.coips.batch import REPORT_NAMES
+    from VesselReconLib.progress import Cancelled
+
+    study, out = tmp_path / "study", tmp_path / "out"
+    study.mkdir()
+    for index in range(3):
+        _save_png(study / f"eye{index}_3x3.png", held_out[2 * index].image)
+    logic.process_batch(study, out, device="cpu", numWorkers=0, batchSize=1, configFile=None)
+    (out / "coips.mrb").write_bytes(b"the first run's scene")    # as `vesselrecon coips` writes it
+    assert all((out / name).is_file() for name in REPORT_NAMES)
+    reports = []
+    with pytest.raises(Cancelled):
+        logic.process_batch(study, out, device="cpu", numWorkers=0, batchSize=1, configFile=None,
+                            progress=lambda fraction, message: reports.append(fraction), cancel=lambda: bool(reports))
+    assert reports and not any((out / name).exists() for name in REPORT_NAMES)
+
+
 def test_save_png_atomically_replaces_whole_files_and_leaves_no_partial(tmp_path):
     from PIL import Image
 

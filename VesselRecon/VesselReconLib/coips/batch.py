@@ -33,7 +33,8 @@ from ..errors import CheckpointError, InputError
 from ..progress import Cancelled, as_reporter
 
 log = logging.getLogger(__name__)
-CSV_NAME, HTML_NAME = "coips_results.csv", "coips_report.html"
+CSV_NAME, HTML_NAME, SCENE_NAME = "coips_results.csv", "coips_report.html", "coips.mrb"
+REPORT_NAMES = (CSV_NAME, HTML_NAME, SCENE_NAME)  # a run's summaries of its masks and thumbnails
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -425,6 +426,9 @@ def run_batch(config: CoipsConfig, quality_net=None, faz_net=None, progress=None
     :param quality_net: a loaded classifier (default: ``config.quality_model``); likewise ``faz_net``.
     :raises InputError: no input, no images, or an output folder that cannot be written.
     :raises Cancelled: when ``cancel()`` turns true (finished rows are not written).
+
+    The previous run's reports (:data:`REPORT_NAMES`) are removed before the first PNG is rewritten:
+    an interrupted re-run leaves the PNGs it finished and no report that lists files it replaced or removed.
     """
     from ..device import resolve_device
 
@@ -442,6 +446,7 @@ def run_batch(config: CoipsConfig, quality_net=None, faz_net=None, progress=None
     if quality_net is None or faz_net is None:
         quality_net, faz_net = load_networks(config, device)
     start = time.perf_counter()
+    remove_stale(out / name for name in REPORT_NAMES)
     rows = BatchRunner(config, quality_net, faz_net, device).run(paths, root, out, progress, cancel, fields_of_view)
     apply_pair_grades(rows, config, faz_net, device, paths, fields_of_view, out)
     csv_path = write_csv(rows, out / CSV_NAME)

@@ -64,6 +64,7 @@ def run(args) -> int:
     from .. import mrml, runtime
     from ..device import limit_cpu_threads, resolve_device
     from ..progress import TqdmProgress
+    from .batch import SCENE_NAME
     from .bench import cpu_threads
     from .logic import COIPSLogic
 
@@ -91,7 +92,7 @@ def run(args) -> int:
             print(f"warning: {row.get('image')}: {row.get('error')}", file=sys.stderr)
     print(f"Wrote {result.csvPath} and {result.htmlPath}")
     if not args.no_scene:
-        print(f"Wrote {mrml.save_scene(Path(config.output) / 'coips.mrb', scene)}")
+        print(f"Wrote {mrml.save_scene(Path(config.output) / SCENE_NAME, scene)}")
     failed = [row for row in result.rows if row.get("status") == "error"]
     for row in failed:
         print(f"error: {row.get('image')}: {' '.join(str(row.get('error', '')).split())}", file=sys.stderr)

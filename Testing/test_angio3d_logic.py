@@ -163,7 +163,7 @@ def test_cli_run_on_a_case_folder(tmp_path):
     assert overlay.ndim == 3 and overlay.shape[2] == 3 and len(np.unique(overlay[..., 0])) > 50
     summary = json.loads((out / "qca.json").read_text())
     assert summary["qca"][0]["radius_view"] in ("A", "B", "A+B") and "calibration" in summary["quality"]
-    assert summary["qca_radius"] == "regressor"
+    assert summary["qca_radius"] == "regressor" and isinstance(summary["qca"][0]["unreliable"], bool)
     assert main(["angio3d", "--view-a", str(folder / "view_a.png"), "--view-b", str(folder / "view_b.png"),
                  "--points-a", "10,10 100,100", "--points-b", "10,10 100,100", "--out", str(out)]) == 2
 
@@ -192,10 +192,11 @@ def test_qca_on_held_out_phantoms(qca_errors):
     assert np.abs(errors).mean() <= QCA_MEAN_ERROR and abs(errors.mean()) <= QCA_BIAS
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 target not met on these seeds (rounds 4-5: mean 12.0, bias -8.0): an 85 % "
+@pytest.mark.xfail(strict=True, reason="issue 14 target not met on these seeds (rounds 4-8: mean 12.0, bias -8.0): an 85 % "
                    "lesion hidden by another vessel in both views (-37) and an 89 % sub-resolution throat under-read in "
                    "both views (-27); 7.6 / -0.2 on 260 fresh phantoms, 6.5 / +0.6 on 160 more; densitometric QCA "
-                   "(round 6) is worse: 16.5 / +15.8 here, 21.4 / +19.9 on the 260; see the README")
+                   "(round 6) is worse: 16.5 / +15.8 here; the round-8 throat refiner (not shipped) 12.6 / -8.6 here, "
+                   "6.8 / -0.3 and 6.1 / +0.2 on the fresh sets; see the README")
 def test_qca_meets_the_issue_target(qca_errors):
     assert np.abs(qca_errors).mean() <= 4.0 and abs(qca_errors.mean()) <= 2.0
 
@@ -210,7 +211,11 @@ QCA_SEEDS = tuple(range(9101, 9109))
 # miss, not a two-view limit (round 5; rounds 3-4 called both "hidden"). The other six average +0.1. On fresh
 # phantoms the same code gives mean 7.6, bias -0.2, median 5.4 (seeds 7001-7260) and 6.5, +0.6, 4.1 (7301-7460);
 # a perfect choice of view would give 5.6 / 4.6 (and 11.0 here): the per-view lumen measure, not the choice of
-# view, keeps the issue's target (mean absolute error <= 4, |bias| <= 2) out of reach; see the README.
+# view, keeps the issue's target (mean absolute error <= 4, |bias| <= 2) out of reach; see the README. Round 8: a
+# learned throat refiner over the regressor's radii with context along the vessel (trained on seeds 8001-8600)
+# reads 6.80 / -0.26 (7001-7260) and 6.13 / +0.24 (7301-7460), below the round's ship rule (>= 0.5 points better
+# on 7301-7460, median not higher): not shipped; 12.64 / -8.60 here (measured once). The round-8 "unreliable"
+# flag (overlap in both views) fires on none of these eight (9104's crossing vessel escapes the overlap flags).
 QCA_MEDIAN_ERROR, QCA_MEAN_ERROR, QCA_BIAS = 8.0, 14.0, 9.0
 
 

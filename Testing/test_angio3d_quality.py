@@ -327,6 +327,31 @@ def test_own_view_qca_reports_the_view_that_shows_the_tighter_lesion():
     assert both["radius_view"] == "A+B" and not any("disagree" in w for w in both["warnings"])
 
 
+def test_qca_is_flagged_unreliable_where_another_vessel_covers_both_views():
+    """Round 8: a stretch of the SOI that the densitometric overlap flags mark in both views (a lesion there is
+    hidden from both projections) makes the QCA unreliable, with the stretch in mm; overlap in one view only,
+    a run shorter than HIDDEN_MIN_SAMPLES or a run inside the reference ends does not; the reading is unchanged."""
+    from VesselReconLib.angio3d.pipeline import HIDDEN_MIN_SAMPLES, hidden_stretch, view_qca
+
+    s = np.linspace(0, 50, 100)
+    lesion = 1.6 * (1 - 0.5 * np.exp(-((s - 25) / 3) ** 2))
+    samples = own_samples(lesion, lesion)
+    overlap = np.zeros((2, 100), bool)
+    overlap[0, 40:50] = overlap[1, 44:60] = True               # both views covered over samples 44-49
+    qca = view_qca(None, {"qca_samples": samples, "overlap": overlap}, lesion)
+    assert qca["unreliable"] and hidden_stretch(overlap) == (44, 49)
+    warning = [w for w in qca["warnings"] if "both views" in w]
+    assert len(warning) == 1 and "22.2-24.7 mm" in warning[0] and "unreliable" in warning[0]
+    clean = view_qca(None, {"qca_samples": samples, "overlap": overlap * [[True], [False]]}, lesion)
+    assert not clean["unreliable"] and clean["percent_diameter_stenosis"] == qca["percent_diameter_stenosis"]
+    short = np.zeros((2, 100), bool)
+    short[:, 30:30 + HIDDEN_MIN_SAMPLES - 1] = True
+    ends = np.zeros((2, 100), bool)
+    ends[:, :14] = ends[:, 88:] = True                          # inside the proximal / distal 15 % only
+    assert hidden_stretch(short) is None and hidden_stretch(ends) is None
+    assert not view_qca(None, {"qca_samples": samples}, lesion)["unreliable"]     # no flags measured
+
+
 def test_own_view_samples_follow_each_views_own_path():
     """View B's QCA radii stay at view B's own samples (mm at the matched 3D depth), even where the epipolar
     match of view A's samples would skip a stretch of view B's path."""
@@ -367,6 +392,38 @@ def test_lumen_regressor_reads_a_synthetic_lesion():
         readings.append(quantitative_coronary_analysis(line, radii)["percent_diameter_stenosis"])
         assert readings[-1] == pytest.approx(percent, abs=10)
     assert readings[1] > readings[0] + 20
+
+
+def test_throat_refiner_reads_the_radii_and_darkness_along_the_vessel():
+    """Round 8 study (not shipped): the throat refiner's inputs are the regressor's radii relative to the SOI's
+    median over +-WINDOW samples, the darkness below the background (area and peak, relative to their
+    medians: an 80 % throat holds ~4 % of the healthy area) and the centre's darkness profile; a refiner
+    trained on cached views whose truth is a fixed fraction of the reading learns that fraction, and
+    ``case_qca_errors`` reads cached cases through the shipped QCA."""
+    import torch
+
+    from VesselReconLib.angio3d.centerline import vessel_profiles
+    from VesselReconLib.angio3d.lumen import REACH_PX
+    from VesselReconLib.angio3d.throat import CHANNELS, N_FEATURES, WINDOW, case_qca_errors, features, fit
+
+    torch.manual_seed(0)
+    image, points, truth = synthetic_lesion(80.0, noise=0.5)
+    profiles = vessel_profiles(image, points, REACH_PX)[1]
+    x, log_median = features(truth, np.zeros(100, bool), profiles)
+    throat, centre = int(np.argmin(truth)), WINDOW * CHANNELS
+    assert x.shape == (100, N_FEATURES) and log_median == pytest.approx(np.log(6.0))
+    assert x[throat, centre] == pytest.approx(np.log(truth[throat] / 6.0), abs=1e-5)
+    assert x[throat, centre + 1] < 0.45 and x[5, centre + 1] == pytest.approx(1.0, abs=0.1)   # sqrt(area share)
+    assert np.array_equal(x[throat + 1, (WINDOW - 1) * CHANNELS], x[throat, centre])           # window shifts
+    n = len(points)
+    view = {"pixels": points, "points": np.c_[points[:, 0] * 0.2, np.zeros((n, 2))], "a_index": np.arange(n, dtype=float),
+            "mm_per_px": np.full(n, 0.2), "floored": np.zeros(n, bool), "profiles": profiles,
+            "off_px": np.zeros(n), "radii": truth * 0.2 * 1.25, "true_radii_px": truth}
+    case = {"seed": 0, "truth": 80.0, "views": [view, view]}
+    assert case_qca_errors([case], None)[0] == pytest.approx(80.0 - 80.0, abs=6)
+    model = fit([case] * 4, hidden=16, members=1, epochs=30, log=lambda *_: None)
+    refined = model.radii(view["radii"] / 0.2, view["floored"], profiles)
+    assert np.median(refined / truth) == pytest.approx(1.0, abs=0.1)         # the 25 % over-read learnt
 
 
 def test_reconstruct_refuses_an_unknown_qca_radius_source():

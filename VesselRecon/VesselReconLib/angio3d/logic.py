@@ -281,7 +281,8 @@ class Angio3DLogic(VesselReconLogic):
     @staticmethod
     def qca_rows(result) -> list[dict]:
         """QCA per branch (main first): length, MLD, reference diameter, % diameter stenosis, the view whose
-        radii were used (``radius_view``: "A", "B" or "fused") and the warnings ("" when none)."""
+        radii were used (``radius_view``: "A", "B" or "fused"), whether another vessel covers a stretch of it in
+        both views (``unreliable``) and the warnings ("" when none)."""
         from .pipeline import quantitative_coronary_analysis
 
         rows = []
@@ -293,6 +294,7 @@ class Angio3DLogic(VesselReconLogic):
                          "percent_diameter_stenosis": round(qca["percent_diameter_stenosis"], 2),
                          "mld_position_mm": round(qca["mld_position_mm"], 3),
                          "radius_view": qca.get("radius_view", "fused"),
+                         "unreliable": bool(qca.get("unreliable", False)),
                          "warnings": "; ".join(qca.get("warnings", []))})
         return rows
 

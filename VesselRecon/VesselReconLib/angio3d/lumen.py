@@ -31,18 +31,25 @@ THROAT_WEIGHT = 5.0          # training weight of samples narrower than 0.85 x t
 MAX_OFF_PX = 2.0             # training samples only where our 2D path is within 2 px of the true centreline
 
 
-def features(profiles: np.ndarray, fit_radii: np.ndarray, mask_radii: np.ndarray) -> np.ndarray:
-    """(N, N_FEATURES) inputs from the profiles (N, 57) across the vessel (reach 14 px, step 0.5 px), the
-    model-fit radii and the mask radii (px) along one view's SOI."""
+def profile_dips(profiles: np.ndarray) -> np.ndarray:
+    """(N, L) darkness below a linear background (fitted to the ``EDGE_SAMPLES`` outer samples each side)
+    across the vessel, scaled by its median peak along the SOI (> 0: darker than the background)."""
     profiles = np.asarray(profiles, np.float64)
-    n, length = profiles.shape
+    length = profiles.shape[1]
     edge = np.r_[np.arange(EDGE_SAMPLES), np.arange(length - EDGE_SAMPLES, length)]
     x = np.linspace(-1, 1, length)
     design = np.c_[np.ones(len(edge)), x[edge]]
     coef, *_ = np.linalg.lstsq(design, profiles[:, edge].T, rcond=None)
-    dip = (coef[0][:, None] + coef[1][:, None] * x[None]) - profiles          # darker than the background: > 0
+    dip = (coef[0][:, None] + coef[1][:, None] * x[None]) - profiles
     scale = float(np.median(dip.max(1)))
-    dip = dip / (scale if scale > 1e-9 else 1.0)
+    return dip / (scale if scale > 1e-9 else 1.0)
+
+
+def features(profiles: np.ndarray, fit_radii: np.ndarray, mask_radii: np.ndarray) -> np.ndarray:
+    """(N, N_FEATURES) inputs from the profiles (N, 57) across the vessel (reach 14 px, step 0.5 px), the
+    model-fit radii and the mask radii (px) along one view's SOI."""
+    dip = profile_dips(profiles)
+    n = len(dip)
     index = np.clip(np.arange(n)[:, None] + np.array(CONTEXT)[None], 0, n - 1)
     context = dip[index].reshape(n, -1)
     fit = np.maximum(np.asarray(fit_radii, float), 0.3)

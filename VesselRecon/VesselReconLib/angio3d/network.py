@@ -202,9 +202,14 @@ class Angio3DNet(nn.Module):
 
 def build_model(preset: str = "lite", **config):
     """The registry hook: an untrained :class:`Angio3DNet` for ``preset`` (``lite`` or ``paper``), or the
-    QCA lumen-radius regressor for ``lumen`` (:class:`~.lumen.LumenRegressor`)."""
+    QCA lumen-radius regressor for ``lumen`` (:class:`~.lumen.LumenRegressor`) or its throat refiner for
+    ``throat`` (:class:`~.throat.ThroatRefiner`)."""
     if preset == "lumen":
         from .lumen import LumenRegressor
 
         return LumenRegressor(**config)
+    if preset == "throat":
+        from .throat import ThroatRefiner
+
+        return ThroatRefiner(**config)
     return Angio3DNet(preset, **config)

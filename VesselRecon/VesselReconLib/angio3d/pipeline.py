@@ -190,7 +190,8 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
     first 15 % lie in the parent vessel's shadow: they are left out of its reference.
     """
     if "own" in views.get("qca_samples", {}):
-        return own_view_qca(views["qca_samples"], side_branch)
+        return flag_hidden_stretch(own_view_qca(views["qca_samples"], side_branch), views["qca_samples"]["points"],
+                                   views.get("overlap"))
     floored, overlap = views["floored"].copy(), views["overlap"]
     radii = views.get("qca_radii", views["radii"])
     smooth = np.stack([ndimage.median_filter(radii[v], QCA_MEDIAN_SAMPLES, mode="nearest") for v in range(2)])
@@ -217,6 +218,46 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
         if fraction > FLOORED_VIEW:
             qca["warnings"].append(f"view {name}: {100 * fraction:.0f} % of the radii sit on the "
                                    "0.5 px floor (lumen not found there)")
+    return qca
+
+
+HIDDEN_MIN_SAMPLES = 3     # samples (~1.5 mm) overlapped in both views that make QCA unreliable
+
+
+def hidden_stretch(overlap: np.ndarray, end_fraction: float = 0.15) -> tuple[int, int] | None:
+    """The longest run of samples, inside the QCA's inner part (the ends are the reference), where the
+    densitometric overlap flags (2, N) of **both** views say another vessel covers the SOI, if it has at
+    least ``HIDDEN_MIN_SAMPLES`` samples: ``(first, last)`` sample indices, else ``None``."""
+    both = np.asarray(overlap[0], bool) & np.asarray(overlap[1], bool)
+    n = len(both)
+    k = int(round(end_fraction * n))
+    both[:k] = both[n - k:] = False
+    labels, count = ndimage.label(both)
+    if count == 0:
+        return None
+    sizes = ndimage.sum_labels(both, labels, np.arange(1, count + 1))
+    if sizes.max() < HIDDEN_MIN_SAMPLES:
+        return None
+    where = np.flatnonzero(labels == 1 + int(np.argmax(sizes)))
+    return int(where[0]), int(where[-1])
+
+
+def flag_hidden_stretch(qca: dict, points: np.ndarray, overlap: np.ndarray | None) -> dict:
+    """Mark ``qca`` unreliable (``qca["unreliable"]``, a warning with the stretch in mm along ``points``) where
+    another vessel covers the same stretch of the SOI in both views (``overlap`` (2, N), :func:`hidden_stretch`;
+    ``None``: no flags measured): a lesion there is hidden from both projections and no two-view measure can
+    read it (a clinician takes a third view).
+
+    Chosen on seeds 7001-7260 (round 8): 11 of 260 fresh phantoms flagged, mean |error| 9.7 points there
+    against 7.5 elsewhere; the flag comes from the images, not the truth, and does not change the reading."""
+    stretch = None if overlap is None else hidden_stretch(overlap)
+    qca["unreliable"] = stretch is not None
+    if stretch is not None:     # mm along the branch's 3D samples (``points``), the overlap's samples spread over them
+        arc = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
+        first, last = np.interp(np.array(stretch) / max(len(overlap[0]) - 1, 1), np.linspace(0, 1, len(arc)), arc)
+        qca["warnings"].append(f"another vessel covers the segment in both views at {first:.1f}-{last:.1f} mm: "
+                               "a lesion there is hidden from both projections; "
+                               "QCA unreliable -- take a third view")
     return qca
 
 

@@ -618,6 +618,9 @@ def test_cli_writes_files_and_scene_from_a_png(tmp_path, capsys):
     assert main(["octadepth", str(png), "--device", "cpu", "--out", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr().err
     assert "--fov" in err and "nothing was written" in err and not (tmp_path / "refused").exists()
+    assert main(["octadepth", str(tmp_path), "--fov", "3", "--device", "cpu", "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err     # a folder is named once and said to be one
+    assert f"error: {tmp_path.name} is a folder" in err and err.count(tmp_path.name + ":") == 0
     if not torch.cuda.is_available():   # refused once, before any input is read
         assert main(["octadepth", str(png), str(png), "--device", "cuda", "--out", str(tmp_path / "refused")]) == 2
         err = capsys.readouterr().err

@@ -206,6 +206,8 @@ def read_image(path: str | Path, field_of_view_mm: float | None = None, *, requi
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise InputError(f"{path.name} is a folder, not an image: pass the image files in it (e.g. {path}/*.png).")
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(f"{path.name}: unsupported format {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}.")
     pixels, metadata_fov = read_dicom(path) if suffix in DICOM_SUFFIXES else read_raster(path)

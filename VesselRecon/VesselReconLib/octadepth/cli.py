@@ -45,7 +45,8 @@ def run(args) -> int:
             _run_one(args, Path(path), out)
         except (InputError, InferenceError) as exc:
             failed.append(exc)
-            print(f"error: {Path(path).name}: {' '.join(str(exc).split())}", file=sys.stderr)
+            message, name = " ".join(str(exc).split()), Path(path).name
+            print(f"error: {message if message.startswith(name) else f'{name}: {message}'}", file=sys.stderr)
     if failed:
         written = "nothing was written" if len(failed) == len(args.inputs) else f"the others were written to {out}"
         print(f"{len(failed)} of {len(args.inputs)} inputs failed; {written}.", file=sys.stderr)

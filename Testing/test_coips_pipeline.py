@@ -118,6 +118,8 @@ def test_bad_inputs_leave_the_scene_untouched(scene, logic, tmp_path):
     nan = np.random.default_rng(2).random((1, 64, 64)).astype(np.float32)
     nan[0, 3, 3] = np.nan
     nan_volume = mrml.array_to_volume(nan, np.eye(4), "nan", scene=scene)
+    strip = mrml.array_to_volume(np.random.default_rng(3).random((1, 64, 140)).astype(np.float32), np.eye(4), "strip",
+                                 scene=scene)
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"garbage")
 
@@ -129,6 +131,8 @@ def test_bad_inputs_leave_the_scene_untouched(scene, logic, tmp_path):
                           ({"inputVolume": stack}, "2D image"), ({"inputVolume": nan_volume}, "NaN"),
                           ({"inputVolume": good}, "field of view of 'good' is unknown.*3 mm or 6 mm"),
                           ({"inputVolume": good, "fieldOfViewMm": 0}, "plausible"),
+                          ({"inputVolume": good, "fieldOfViewMm": 12}, "good: unsuitable: wide-field"),   # as the batch
+                          ({"inputVolume": strip, "fieldOfViewMm": 6}, "strip: unsuitable: non-square"),
                           ({"inputVolume": good, "fieldOfViewMm": "3 mm", "model": str(broken)}, "corrupt"),
                           ({"inputVolume": good, "fieldOfViewMm": 3, "model": "resnet9000"}, "No shipped coips model")]:
         with pytest.raises(InputError, match=error):
@@ -215,7 +219,7 @@ def _empty(tmp_path):
     return folder
 
 
-def test_cli_single_image_and_config(tmp_path, held_out):
+def test_cli_single_image_and_config(tmp_path, held_out, capsys):
     from VesselReconLib.cli import main
 
     image = _save_png(tmp_path / "eye_3x3.png", held_out[0].image)
@@ -227,6 +231,12 @@ def test_cli_single_image_and_config(tmp_path, held_out):
     scene = mrml.load_scene(out / "coips.mrb")
     assert scene.GetFirstNodeByName("eye_3x3") is not None and scene.GetFirstNodeByName("eye_3x3 COIPS") is not None
     assert main(["coips", "--input", str(tmp_path / "nowhere"), "--output", str(out)]) == 2
+    strip = _save_png(tmp_path / "strip_6x6.png", held_out[1].image[:, :140])   # a single unsuitable image
+    capsys.readouterr()
+    assert main(["coips", "--input", str(strip), "--output", str(tmp_path / "strip"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    assert "unsuitable" in printed.err and "gradable" not in printed.out.split("images:")[0]
+    assert ",unsuitable," in (tmp_path / "strip" / "coips_results.csv").read_text()
 
 
 @pytest.mark.gpu

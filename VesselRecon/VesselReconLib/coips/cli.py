@@ -81,7 +81,7 @@ def run(args) -> int:
                                      configFile=args.config, fovFile=config.fov_file, progress=bar)
     finally:
         bar.close()
-    if Path(config.input).is_file():
+    if Path(config.input).is_file() and result.rows[0].get("status") == "ok":   # unsuitable/unreadable: the row says why
         _single_image_scene(logic, config)
     summary = result.summary
     print(f"{summary['images']} images: " + ", ".join(f"{n} {g}" for g, n in summary["grades"].items())

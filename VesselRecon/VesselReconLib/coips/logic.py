@@ -145,14 +145,19 @@ class COIPSLogic(VesselReconLogic):
         :param progress: ``progress(fraction, message)``; ``cancel() -> bool`` aborts.
         :param background: ``background(fn)`` runs the MRML-free computation off the GUI thread.
         :returns: :class:`CoipsResult`.
-        :raises InputError: missing/invalid input or model; the scene is left untouched.
+        :raises InputError: missing/invalid input or model, or an image COIPS is not made for (non-square,
+            wide- or narrow-field: :func:`.faz.unsuitable_reason`); the scene is left untouched.
         """
         from ..progress import as_reporter
+        from .faz import unsuitable_reason
         from .inference import assess
 
         reporter = as_reporter(progress, cancel)
         self.check_outputs(outputSegmentation=(outputSegmentation, SEGMENTATION), outputTable=(outputTable, TABLE))
         pixels, ijk_to_ras, fov, fov_source = self._read_input(inputVolume, fieldOfViewMm)
+        reason = unsuitable_reason(*pixels.shape, fov)   # as the batch: neither graded nor segmented
+        if reason:
+            raise InputError(f"{inputVolume.GetName()}: {reason}.")
         reporter(0.1, "Loading networks")
         quality_net, faz_net, torch_device = self.networks(model, fazModel, device)
         reporter(0.3, "Grading and segmenting")

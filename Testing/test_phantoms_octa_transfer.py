@@ -75,6 +75,24 @@ def test_eval_command_prints_the_table(tmp_path, capsys):
 
 @pytest.mark.skipif(not (ROSSA / "test").is_dir(), reason="needs ../shared/datasets/rossa")
 @pytest.mark.skipif(not _shipped(), reason="octavessel-lite is not in the registry")
+def test_segment_command_reads_16_bit_tiffs_and_skips_a_bad_file(tmp_path, capsys):
+    """`vesselrecon octavessel`: a 16-bit TIFF gives the 8-bit PNG's mask (it was clipped to white), and an
+    unreadable file is one error line (exit 2) while the others are written."""
+    from VesselReconLib.phantoms.octa import render_octa
+
+    image = (render_octa(31, 160, 3.0).image * 255).round().astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "scan.png")
+    Image.fromarray(image.astype(np.uint16) * 257).save(tmp_path / "scan16.tif")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / name) for name in ("broken.png", "scan.png", "scan16.tif")]
+    assert cli.main(["octavessel", *inputs, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "broken.png is not a readable image" in err
+    masks = [np.array(Image.open(out / f"{stem}_vessels.png")) for stem in ("scan", "scan16")]
+    assert masks[0].any() and np.array_equal(masks[0], masks[1])
+
+
 def test_phantom_only_segmenter_on_20_real_rossa_test_images():
     from VesselReconLib.metrics import dice
 

@@ -16,29 +16,48 @@ DEFAULT_ROSSA = Path(__file__).resolve().parents[3].parent / "shared" / "dataset
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("inputs", nargs="+", help="en face OCTA images (PNG, JPEG, TIFF)")
+    parser.add_argument("inputs", nargs="+", help="en face OCTA images (PNG, JPEG, BMP, TIFF 8/16-bit, DICOM); CPU")
     parser.add_argument("--out", default="out/octavessel", help="output folder for <name>_vessels.png")
     parser.add_argument("--model", default="lite", help="shipped preset or checkpoint path")
     parser.add_argument("--threshold", type=float, default=0.5, help="vessel probability threshold")
 
 
 def run(args) -> int:
-    from PIL import Image
+    """Segment every input; an unreadable file is reported on one line and skipped (exit 2 at the end).
+    Images are decoded by :mod:`VesselReconLib.enface_io` (16-bit, colour and DICOM as COIPS/OCTADepth)."""
+    import sys
 
+    from .. import atomic
+    from ..enface_io import read_image
+    from ..errors import InputError
     from ..registry import load_model
-    from .data import normalize_image, read_gray
-    from .evaluate import predict_probability
 
     net, _ = load_model("octavessel", args.model)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in args.inputs:
-        prob = predict_probability(net, normalize_image(read_gray(Path(path))))
-        mask = prob > args.threshold
-        dest = out / f"{Path(path).stem}_vessels.png"
-        Image.fromarray(mask.astype(np.uint8) * 255).save(dest)
-        print(json.dumps({"input": str(path), "output": str(dest), "vessel_fraction": round(float(mask.mean()), 4)}))
-    return 0
+    out = atomic.check_output_folder(args.out)
+    failed = 0
+    for path in map(Path, args.inputs):
+        try:
+            pixels = read_image(path, required=False).pixels
+        except InputError as exc:
+            failed += 1
+            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            continue
+        _write_mask(net, pixels, args.threshold, atomic.output_folder(out) / f"{path.stem}_vessels.png", path)
+    return 2 if failed else 0
+
+
+def _write_mask(net, pixels: np.ndarray, threshold: float, dest: Path, source: Path) -> None:
+    """Threshold the network's vessel probability, write it as a 0/255 PNG (atomically) and print one JSON line."""
+    from PIL import Image
+
+    from ..atomic import atomic_path
+    from .data import normalize_image
+    from .evaluate import predict_probability
+
+    mask = predict_probability(net, normalize_image(pixels)) > threshold
+    with atomic_path(dest) as temporary:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(temporary, format="PNG")
+    print(json.dumps({"input": str(source), "output": str(dest), "vessel_fraction": round(float(mask.mean()), 4)}))
 
 
 # ------------------------------------------------------------------ train

@@ -104,6 +104,15 @@ def shipped_regressor() -> LumenRegressor | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def true_radii_at(pixels: np.ndarray, truth: dict, geometry) -> tuple[np.ndarray, np.ndarray]:
+    """At each 2D sample of one view: the phantom's true radius (px at its depth) at the nearest projected point
+    of the true centreline (``truth``: ``points``, ``radii``, as ``soi_centerlines`` gives them) and the
+    sample's distance from it (px)."""
+    d2 = ((np.asarray(pixels)[:, None] - geometry.project(truth["points"])[None]) ** 2).sum(-1)
+    k = np.argmin(d2, 1)
+    return truth["radii"][k] / geometry.mm_per_pixel_at(truth["points"][k]), np.sqrt(d2[np.arange(len(k)), k])
+
+
 def collect(seeds, net) -> list[dict]:
     """Per phantom (``make_case(seed)``): each view's profiles, fit/mask radii along our own first 2D paths
     (the shipped pipeline, no SR, no re-routing) and the true radius (px) and path error at each sample."""
@@ -121,15 +130,10 @@ def collect(seeds, net) -> list[dict]:
         truth = soi_centerlines(case["case"], n=600)[0]
         views = []
         for v, line in enumerate(result.branches[0].centerlines_2d):
-            geometry = case["geometries"][v]
-            projected = geometry.project(truth["points"])
-            d2 = ((line.points[:, None] - projected[None]) ** 2).sum(-1)
-            k = np.argmin(d2, 1)
-            true_px = truth["radii"][k] / geometry.mm_per_pixel_at(truth["points"][k])
+            true_px, off_px = true_radii_at(line.points, truth, case["geometries"][v])
             _, profiles = vessel_profiles(images[v], line.points, REACH_PX)
             views.append({"profiles": profiles.astype(np.float32), "mask_radii": line.radii_px,
-                          "qca_radii": line.qca_radii_px, "true_radii": true_px,
-                          "off_px": np.sqrt(d2[np.arange(len(k)), k])})
+                          "qca_radii": line.qca_radii_px, "true_radii": true_px, "off_px": off_px})
         out.append({"seed": seed, "views": views})
     return out
 

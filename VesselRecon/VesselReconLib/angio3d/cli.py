@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..device import DEVICE_CHOICES
+from .. import DEVICE_CHOICES
 from ..errors import InputError
 
 log = logging.getLogger(__name__)

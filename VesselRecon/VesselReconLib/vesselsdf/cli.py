@@ -241,7 +241,8 @@ def run(args) -> int:
 
 # ------------------------------------------------------------------------------------ eval
 
-ABLATIONS = ("lite", "lite-fuse8", "lite-agree7", "lite-direct", "lite-dstart", "lite-occ", "lite-sdfonly", "lite-nogauss")
+ABLATIONS = ("lite", "lite-motion8", "lite-fuse8", "lite-agree7", "lite-direct", "lite-dstart", "lite-occ",
+             "lite-sdfonly", "lite-nogauss")
 
 
 def add_eval_arguments(parser) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .. import meshes, metrics
-from .inference import (Prediction, mesh_zero_level, refine_through_plane, refined_geometry,
+from .inference import (Prediction, interpolate_slices, mesh_zero_level, refine_through_plane, refined_geometry,
                         through_plane_factor)
 
 ROW_NAMES = {"lite": "VesselSDF (ours)", "paper": "VesselSDF (ours, paper)", "occ": "occupancy only",
@@ -33,6 +33,7 @@ ROW_NAMES = {"lite": "VesselSDF (ours)", "paper": "VesselSDF (ours, paper)", "oc
              "direct": "refiner w/o SDF Dice term, zero level (release 1)",
              "agree7": "refiner + agreement hinge (round 7, ablation)",
              "fuse8": "occupancy-component-preserving fusion (round 8, ablation)",
+             "motion8": "displacement-following interpolation (round 8, ablation)",
              "classical": "classical (smoothed adaptive HU threshold)"}
 
 
@@ -63,13 +64,9 @@ def classical_baseline(volume: np.ndarray, spacing, roi_mask: np.ndarray | None 
 def hires_field(prediction: Prediction, thick_shape, thick_origin_z: float, thick_dz: float,
                 hires_shape, hires_origin_z: float, hires_dz: float) -> np.ndarray:
     """The prediction's surface field linearly interpolated to the high-resolution slice positions."""
-    field = torch.from_numpy(np.ascontiguousarray(prediction.surface_field(), np.float32))
     z = hires_origin_z + hires_dz * np.arange(hires_shape[0])
     k = np.clip((z - thick_origin_z) / thick_dz, 0, thick_shape[0] - 1)
-    k0 = np.floor(k).astype(int)
-    k1 = np.minimum(k0 + 1, thick_shape[0] - 1)
-    w = torch.from_numpy((k - k0).astype(np.float32))[:, None, None]
-    return ((1 - w) * field[k0] + w * field[k1]).numpy()
+    return interpolate_slices(prediction.surface_field(), k, prediction.motion).numpy()
 
 
 def surface_metrics(surface, reference) -> dict[str, float]:
@@ -116,14 +113,14 @@ def evaluate_prediction(prediction: Prediction, case: EvalCase, factor: int | No
                         float(np.linalg.norm(case.hires_ijk_to_ras[:3, 2])))
     return {"dice": report["dice"], "iou": report["iou"], "jaccard_distance": report["jaccard_distance"],
             "hires_dice": metrics.dice(field < 0, case.hires_label > 0),
-            **mesh_scores(prediction.surface_field(), case, factor)}
+            **mesh_scores(prediction.surface_field(), case, factor, prediction.motion)}
 
 
-def mesh_scores(field: np.ndarray, case: EvalCase, factor: int | None = None) -> dict[str, float]:
+def mesh_scores(field: np.ndarray, case: EvalCase, factor: int | None = None, motion=None) -> dict[str, float]:
     """:func:`surface_metrics` and the surface pieces (``components``) of a thick-grid field's zero
-    level, meshed on the through-plane refined grid."""
+    level, meshed on the through-plane refined grid (``motion``: :func:`.inference.interpolate_slices`)."""
     factor = through_plane_factor(case.spacing, factor)
-    fine = refine_through_plane(field, factor).numpy()
+    fine = refine_through_plane(field, factor, motion).numpy()
     surface = mesh_zero_level(fine, refined_geometry(case.ijk_to_ras, factor), compute_normals=False)
     sizes = meshes.component_sizes(surface) if surface.GetNumberOfPoints() else np.zeros(0)
     return {**surface_metrics(surface, case.mesh), "components": float(len(sizes))}

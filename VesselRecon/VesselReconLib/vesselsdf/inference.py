@@ -31,12 +31,28 @@ WINDOW_VOXELS = 512 * 512 * 32
 """Inputs above this many voxels run in sliding windows (MONAI ``sliding_window_inference``)."""
 
 
+@dataclass(frozen=True)
+class Motion:
+    """Settings of the displacement-following through-plane interpolation (:func:`interpolate_slices`)."""
+
+    max_mm: float = 8.0
+    """Largest in-plane displacement followed between two slices (mm); larger ones fall back to linear."""
+    radius: int = 4
+    """Window radius of the Lucas–Kanade flow, in coarse pixels."""
+    coarse: int = 2
+    """The flow is estimated on the field downsampled in-plane by this factor."""
+    spacing: tuple[float, float] = (1.0, 1.0)
+    """In-plane ``(Δx, Δy)`` mm of the field."""
+
+
 @dataclass
 class Prediction:
     """Network outputs on the input (thick-slice) grid, KJI float32."""
 
     occupancy: np.ndarray | None
     sdf: np.ndarray | None
+    motion: Motion | None = None
+    """When set, the field is interpolated between slices following its displacement (round 8)."""
 
     def surface_field(self) -> np.ndarray:
         """The field whose zero level is the vessel wall: the SDF, else ``0.5 − occupancy``."""
@@ -128,18 +144,105 @@ def through_plane_factor(spacing, factor: int | None = None) -> int:
     return max(1, int(round(float(spacing[2]) / float(spacing[0]))))
 
 
-def refine_through_plane(field: np.ndarray | torch.Tensor, factor: int) -> torch.Tensor:
+def refine_through_plane(field: np.ndarray | torch.Tensor, factor: int, motion: Motion | None = None) -> torch.Tensor:
     """Trilinear interpolation of a KJI field to ``(K − 1)·factor + 1`` slices (end slices kept).
 
-    Runs on the field's device when given a tensor; returns a ``(K', J, I)`` float tensor.
+    Runs on the field's device when given a tensor; returns a ``(K', J, I)`` float tensor. With
+    ``motion``, the slices in between follow the field's displacement (:func:`interpolate_slices`).
     """
     t = field if isinstance(field, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(field, np.float32))
     k = t.shape[-3]
     if factor <= 1 or k < 2:
         return t.float().reshape(t.shape[-3:])
+    if motion is not None:
+        positions = np.arange((k - 1) * factor + 1) / factor
+        fine = interpolate_slices(t.float().reshape(t.shape[-3:]).cpu().numpy(), positions, motion)
+        return fine.to(t.device)
     fine = F.interpolate(t.float().reshape(1, 1, *t.shape[-3:]), size=((k - 1) * factor + 1, *t.shape[-2:]),
                          mode="trilinear", align_corners=True)
     return fine[0, 0]
+
+
+def pair_flow(a: np.ndarray, b: np.ndarray, motion: Motion) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """The trusted in-plane displacement ``u`` (pixels, rows then columns) with ``b(x + u(x)) ≈ a(x)``
+    between two slices of a surface field, on the box around their vessels (None: nothing to follow).
+
+    Lucas–Kanade (skimage ``optical_flow_ilk``, coarse-to-fine) on the field clipped to ±``max_mm`` and
+    downsampled by ``coarse``. Trust ``w`` ∈ [0, 1] is how much warping ``b`` by ``u`` reduces the
+    (smoothed) difference to ``a`` relative to no warp; ``u`` is scaled by it, so where the flow does
+    not explain the change, or is longer than ``max_mm``, the interpolation stays the linear blend.
+    """
+    from scipy.ndimage import gaussian_filter, map_coordinates
+    from skimage.registration import optical_flow_ilk
+
+    vessels = (a < 0) | (b < 0)
+    if not vessels.any():
+        return None
+    c, sy, sx = max(1, int(motion.coarse)), float(motion.spacing[1]), float(motion.spacing[0])
+    margin = (int(math.ceil(motion.max_mm / sy)) + c, int(math.ceil(motion.max_mm / sx)) + c)
+    rows, cols = np.flatnonzero(vessels.any(1)), np.flatnonzero(vessels.any(0))
+    box = (max(int(rows[0]) - margin[0], 0), min(int(rows[-1]) + margin[0] + 1, a.shape[0]),
+           max(int(cols[0]) - margin[1], 0), min(int(cols[-1]) + margin[1] + 1, a.shape[1]))
+    crop = [np.clip(x[box[0]:box[1], box[2]:box[3]], -motion.max_mm, motion.max_mm).astype(np.float32) for x in (a, b)]
+    small = [x[c // 2::c, c // 2::c] for x in crop] if c > 1 else crop
+    if min(small[0].shape) < 4:
+        return None
+    flow = optical_flow_ilk(small[0], small[1], radius=int(motion.radius), gaussian=True, prefilter=True)
+    grid = np.mgrid[:small[0].shape[0], :small[0].shape[1]].astype(np.float32)
+    warped = map_coordinates(small[1], grid + flow, order=1, mode="nearest")
+    sigma = float(motion.radius)
+    before = gaussian_filter(np.abs(small[0] - small[1]), sigma)
+    after = gaussian_filter(np.abs(small[0] - warped), sigma)
+    trust = np.clip((before - after) / (before + 1e-3), 0.0, 1.0)
+    trust[np.hypot(flow[0] * c * sy, flow[1] * c * sx) > motion.max_mm] = 0.0
+    flow = torch.from_numpy(np.ascontiguousarray(flow * trust * c, np.float32))
+    full = F.interpolate(flow[None], size=crop[0].shape, mode="bilinear", align_corners=False)[0]
+    return box, full.numpy()
+
+
+def _warped_blend(a: torch.Tensor, b: torch.Tensor, flow: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``(1 − t)·a(x − t·u) + t·b(x + (1 − t)·u)`` for each ``t`` (bilinear, border values outside)."""
+    j, i = a.shape
+    base = torch.stack(torch.meshgrid(torch.arange(j, dtype=torch.float32), torch.arange(i, dtype=torch.float32),
+                                      indexing="ij"))
+    tt = t[:, None, None, None]
+    norm = torch.tensor([2.0 / max(j - 1, 1), 2.0 / max(i - 1, 1)])[None, :, None, None]
+
+    def sample(image, points):
+        xy = (points * norm - 1.0).flip(1).permute(0, 2, 3, 1)
+        return F.grid_sample(image.expand(len(t), 1, j, i), xy, mode="bilinear", padding_mode="border",
+                             align_corners=True)[:, 0]
+
+    forward, backward = sample(a[None, None], base - tt * flow), sample(b[None, None], base + (1 - tt) * flow)
+    return (1 - tt[:, 0]) * forward + tt[:, 0] * backward
+
+
+def interpolate_slices(field: np.ndarray, positions, motion: Motion | None = None) -> torch.Tensor:
+    """A KJI field at fractional slice positions (clipped to the field), ``(len(positions), J, I)``.
+
+    Linear between the two neighbouring slices; with ``motion``, between each pair of slices the
+    field follows its in-plane displacement (:func:`pair_flow`: each slice warped towards the
+    position, then blended linearly), so a vessel that moves sideways between thick slices is
+    carried across the gap instead of fading out of one place and into another.
+    """
+    field = np.asarray(field, np.float32)
+    source = torch.from_numpy(np.ascontiguousarray(field))
+    k = np.clip(np.asarray(positions, float), 0, field.shape[0] - 1)
+    k0 = np.clip(np.floor(k).astype(int), 0, max(field.shape[0] - 2, 0))
+    k1 = np.minimum(k0 + 1, field.shape[0] - 1)
+    w = torch.from_numpy((k - k0).astype(np.float32))
+    out = (1 - w[:, None, None]) * source[k0] + w[:, None, None] * source[k1]
+    if motion is None:
+        return out
+    for pair in np.unique(k0):
+        inside = np.flatnonzero((k0 == pair) & (w.numpy() > 0) & (w.numpy() < 1))
+        found = pair_flow(field[pair], field[pair + 1], motion) if len(inside) and pair + 1 < field.shape[0] else None
+        if found is None:
+            continue
+        (j0, j1, i0, i1), flow = found
+        out[inside, j0:j1, i0:i1] = _warped_blend(source[pair, j0:j1, i0:i1], source[pair + 1, j0:j1, i0:i1],
+                                                  torch.from_numpy(flow), w[inside])
+    return out
 
 
 def refined_geometry(ijk_to_ras: np.ndarray, factor: int) -> np.ndarray:
@@ -228,14 +331,16 @@ class Reconstruction:
 
     def mask_on_grid(self, ijk_to_ras: np.ndarray, ijk_to_ras_target: np.ndarray, shape) -> np.ndarray:
         """Vessel mask resampled to any target grid (e.g. the original fine slices), from the field."""
-        return (resample_field(self.prediction.surface_field(), ijk_to_ras, ijk_to_ras_target, shape) < 0
-                ).astype(np.uint8)
+        return (resample_field(self.prediction.surface_field(), ijk_to_ras, ijk_to_ras_target, shape,
+                               self.prediction.motion) < 0).astype(np.uint8)
 
 
-def resample_field(field: np.ndarray, ijk_to_ras: np.ndarray, target_ijk_to_ras: np.ndarray, shape) -> np.ndarray:
+def resample_field(field: np.ndarray, ijk_to_ras: np.ndarray, target_ijk_to_ras: np.ndarray, shape,
+                   motion: Motion | None = None) -> np.ndarray:
     """Linear interpolation of a KJI field onto another grid (outside the source: the field's maximum).
 
-    When both grids share the in-plane axes it interpolates between slices only (fast path).
+    When both grids share the in-plane axes it interpolates between slices only (fast path; with
+    ``motion`` following the field's displacement, :func:`interpolate_slices`).
     """
     field = np.asarray(field, np.float32)
     source = np.asarray(ijk_to_ras, float)
@@ -245,10 +350,7 @@ def resample_field(field: np.ndarray, ijk_to_ras: np.ndarray, target_ijk_to_ras:
     if np.allclose(to_source[:3, :2], np.eye(3)[:, :2], atol=1e-4) and np.allclose(to_source[:2, 2:], 0, atol=1e-4) \
             and tuple(shape[1:]) == field.shape[1:]:
         k = to_source[2, 2] * np.arange(shape[0]) + to_source[2, 3]
-        k0 = np.clip(np.floor(k).astype(int), 0, field.shape[0] - 1)
-        k1 = np.clip(k0 + 1, 0, field.shape[0] - 1)
-        w = np.clip(k - k0, 0.0, 1.0).astype(np.float32)[:, None, None]
-        out = (1 - w) * field[k0] + w * field[k1]
+        out = interpolate_slices(field, k, motion).numpy()
         out[(k < -1e-3) | (k > field.shape[0] - 1 + 1e-3)] = outside
         return out.astype(np.float32)
     from scipy.ndimage import map_coordinates
@@ -283,15 +385,15 @@ def reconstruct(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: str |
     reporter(0.6, "interpolating the SDF through the slice gaps")
     factor = through_plane_factor(spacing, factor)
     fine, fine_matrix = refine_in_box(prediction.surface_field(), ijk_to_ras, roi_box(canonical.roi, volume.shape),
-                                      factor, device)
+                                      factor, device, prediction.motion)
     reporter(0.75, "meshing the zero level")
     surface = mesh_zero_level(fine, fine_matrix, min_component_mm3)
     reporter(1.0, "done")
     return Reconstruction(prediction, prediction.mask(), surface, fine, fine_matrix, factor, canonical, spacing)
 
 
-def refine_in_box(field: np.ndarray, ijk_to_ras: np.ndarray, box, factor: int, device="cpu"
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def refine_in_box(field: np.ndarray, ijk_to_ras: np.ndarray, box, factor: int, device="cpu",
+                  motion: Motion | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The field interpolated through the slice gaps on the ROI box only, and that grid's IJK-to-RAS.
 
     Outside the box the field is positive (background), so the surface lies inside it: interpolating
@@ -301,7 +403,7 @@ def refine_in_box(field: np.ndarray, ijk_to_ras: np.ndarray, box, factor: int, d
     if box is not None:
         field = field[:, box[0]:box[1], box[2]:box[3]]
         matrix[:3, 3] += matrix[:3, 0] * box[2] + matrix[:3, 1] * box[0]
-    fine = refine_through_plane(torch.from_numpy(np.ascontiguousarray(field)).to(device), factor).cpu().numpy()
+    fine = refine_through_plane(torch.from_numpy(np.ascontiguousarray(field)).to(device), factor, motion).cpu().numpy()
     return fine, refined_geometry(matrix, factor)
 
 
@@ -336,7 +438,18 @@ def predict_in_roi(model, canonical: Canonical, device, spacing, context_mm: flo
     box = roi_box(seen, image.shape)
     crop = image if box is None else image[:, box[0]:box[1], box[2]:box[3]]
     prediction = _uncrop(predict(model, crop, device, spacing), box, image.shape)
-    return _outside_is_background(prediction, canonical.roi, model)
+    prediction = _outside_is_background(prediction, canonical.roi, model)
+    prediction.motion = motion_of(model, spacing)
+    return prediction
+
+
+def motion_of(model, spacing) -> Motion | None:
+    """The model's displacement-following interpolation settings (config ``motion_mm`` > 0), else None."""
+    max_mm = float(getattr(model, "motion_mm", 0.0) or 0.0)
+    if max_mm <= 0:
+        return None
+    return Motion(max_mm, int(getattr(model, "motion_radius", 4)), int(getattr(model, "motion_coarse", 2)),
+                  (float(spacing[0]), float(spacing[1])))
 
 
 def _outside_is_background(prediction: Prediction, roi: np.ndarray, model) -> Prediction:

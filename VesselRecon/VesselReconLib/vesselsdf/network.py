@@ -351,15 +351,20 @@ class VesselSDFNet(nn.Module):
         distance (mm) of a larger piece (0: no distance rule).
     :param fusion_band_mm: (round 8) > 0: the occupancy keeps every piece and the refiner places its
         surface within this band (:func:`fuse_with_occupancy`), instead of the union.
+    :param motion_mm: (round 8) > 0: between thick slices the surface field follows its in-plane
+        displacement up to this many mm (:func:`.inference.interpolate_slices`); 0: linear.
+    :param motion_radius: the displacement's Lucas–Kanade window radius (coarse pixels).
     """
 
     def __init__(self, size: str = "lite", variant: str = "full", sdf_bound_mm: float = 6.0,
                  spacing: tuple[float, float, float] = (0.7, 0.7, 5.0), correction_mm: float = 0.0,
                  level_mm: float = 0.0, full_res_skip: bool = False, union_threshold: float = 0.0,
                  union_connected: bool = True, min_piece_mm3: float = 0.0, piece_keep_prob: float = 0.0,
-                 piece_keep_near_mm: float = 0.0, fusion_band_mm: float = 0.0):
+                 piece_keep_near_mm: float = 0.0, fusion_band_mm: float = 0.0, motion_mm: float = 0.0,
+                 motion_radius: int = 4):
         super().__init__()
         self.fusion_band_mm = float(fusion_band_mm)
+        self.motion_mm, self.motion_radius = float(motion_mm), int(motion_radius)
         self.level_mm, self.min_piece_mm3 = float(level_mm), float(min_piece_mm3)
         self.piece_keep_prob, self.piece_keep_near_mm = float(piece_keep_prob), float(piece_keep_near_mm)
         self.union_threshold, self.union_connected = float(union_threshold), bool(union_connected)

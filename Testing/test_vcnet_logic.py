@@ -155,6 +155,45 @@ def test_cli_run_writes_files_and_scene(tmp_path, phantom):
     assert main(["vcnet", str(tmp_path / "missing.nii.gz"), "--out", str(out)]) == 2
 
 
+def _write_dicom_slice(path, pixels: np.ndarray, series: str, index: int) -> None:
+    """One MR slice with pydicom (SimpleITK's DICOM writer switches the process locale to ASCII)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = "1.2.826.0.1.3680043.2.1125.7", series, index
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, float(index)], [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], 1.0
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.PixelData = pixels.astype(np.int16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def test_volume_reader_says_what_to_give_and_refuses_a_folder_of_two_series(tmp_path, phantom):
+    from VesselReconLib.volume_io import read_image
+
+    (tmp_path / "notes.txt").write_text("not a volume")
+    with pytest.raises(InputError, match=r"Unable to determine ImageIO reader.*give a NIfTI, NRRD or MHA") as error:
+        read_image(tmp_path / "notes.txt")
+    assert "sitkImageReaderBase" not in str(error.value)
+    folder = tmp_path / "two_series"
+    folder.mkdir()
+    for series in (1, 2):   # two series of two slices each, as a scanner export of two scans
+        for k in range(2):
+            _write_dicom_slice(folder / f"s{series}_{k}.dcm", phantom.image[k], f"1.2.826.0.1.3680043.2.1125.8.{series}", k)
+    with pytest.raises(InputError, match="holds 2 DICOM series"):
+        read_image(folder)
+    for path in folder.glob("s2_*.dcm"):
+        path.unlink()
+    assert read_image(folder).GetSize()[2] == 2
+
+
 def test_cli_refusal_prints_no_empty_progress_bar(tmp_path, phantom, capsys):
     """A volume refused by the Logic's checks gives one error line, with no progress bar drawn before it."""
     from VesselReconLib.cli import main

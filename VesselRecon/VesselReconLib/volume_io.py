@@ -12,7 +12,7 @@ from .errors import InputError
 def read_image(path: str | Path):
     """A SimpleITK image from a volume file or a folder holding one DICOM series.
 
-    :raises InputError: the path does not exist, holds no DICOM series, or cannot be read.
+    :raises InputError: the path does not exist, holds no DICOM series or several, or cannot be read.
     """
     import SimpleITK as sitk
 
@@ -20,16 +20,19 @@ def read_image(path: str | Path):
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
-            files = reader.GetGDCMSeriesFileNames(str(path))
-            if not files:
-                raise InputError(f"No DICOM series in {path}.")
-            reader.SetFileNames(files)
+            series = reader.GetGDCMSeriesIDs(str(path))
+            if len(series) != 1:
+                raise InputError(f"{path} holds {len(series) or 'no'} DICOM series: give a folder with exactly one "
+                                 "series (or a NIfTI, NRRD or MHA file).")
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
             return reader.Execute()
         if not path.is_file():
             raise InputError(f"Input {path} does not exist.")
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(f"Cannot read {path}: {str(exc).splitlines()[0][:200]}") from exc
+        reason = [line for line in str(exc).splitlines() if line.strip()][-1].replace("sitk::ERROR: ", "")
+        raise InputError(f"Cannot read {path} as a volume ({reason[:200]}): give a NIfTI, NRRD or MHA file or a "
+                         "folder holding one DICOM series.") from exc
 
 
 def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

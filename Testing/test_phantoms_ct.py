@@ -107,3 +107,14 @@ def test_arterial_distractors_change_the_image_not_the_truth():
     np.testing.assert_array_equal(plain.organ, arteries.organ)
     brighter = arteries.hires_image - plain.hires_image
     assert brighter.max() > 20 and 0 < (np.abs(brighter) > 1).mean() < 0.05  # thin, enhancing, sparse
+
+
+@pytest.mark.parametrize("options", [{"shape": (0, 8, 8)}, {"shape": (16, 64)}, {"spacing": (0.7, 0.7, 0.0)},
+                                     {"spacing": (0.7, float("nan"), 5.0)}])
+def test_bad_sizes_are_refused_before_any_rendering(options):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty grid used to reach numpy first ("Mean of empty slice")
+        with pytest.raises(ValueError, match="shape|spacing"):
+            make_ct_phantom(CTPhantomParams(**options))

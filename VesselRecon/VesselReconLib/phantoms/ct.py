@@ -77,6 +77,12 @@ class CTPhantomParams:
     thin_slab: bool = False
     arteries: bool = False
 
+    def __post_init__(self):
+        if len(self.shape) != 3 or min(self.shape) < 2:
+            raise ValueError(f"shape={tuple(self.shape)} must be three sizes (slices, rows, columns) of at least 2.")
+        if len(self.spacing) != 3 or not all(0 < s < float("inf") for s in self.spacing):
+            raise ValueError(f"spacing={tuple(self.spacing)} must be three positive sizes in mm.")
+
     @property
     def factor(self) -> int:
         """High-resolution sub-slices per thick slice."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -39,3 +40,13 @@ def scene():
     from VesselReconLib import runtime
 
     return runtime.new_scene()
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Tests that set torch's intra-op thread count get it put back afterwards, pass or fail."""
+    torch = sys.modules.get("torch")  # imported by pytest_configure where installed
+    before = torch.get_num_threads() if torch else None
+    yield
+    if torch:
+        torch.set_num_threads(before)

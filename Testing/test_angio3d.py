@@ -256,23 +256,19 @@ def test_views_are_segmented_side_by_side_on_one_thread_each():
     torch.manual_seed(0)
     net = build_model("lite").eval()
     raw = torch.rand(4, 1, 128, 160) * 100       # 2 branches per view: view A's strips, then view B's
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        both = view_probabilities(net, "net", raw)
-        assert torch.get_num_threads() == 2
-        with one_thread(torch.device("cpu")):
-            assert torch.get_num_threads() == 1
-            alone = torch.cat([_probabilities(net, "net", raw[:2]), _probabilities(net, "net", raw[2:])])
-        assert torch.get_num_threads() == 2
-        with pytest.raises(InputError):        # a failing U-Net pass in a worker (no model)
-            view_probabilities(None, "net", raw)
-        assert torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError), one_thread(torch.device("cpu")):
-            raise RuntimeError("cancelled")
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(2)
+    both = view_probabilities(net, "net", raw)
+    assert torch.get_num_threads() == 2
+    with one_thread(torch.device("cpu")):
+        assert torch.get_num_threads() == 1
+        alone = torch.cat([_probabilities(net, "net", raw[:2]), _probabilities(net, "net", raw[2:])])
+    assert torch.get_num_threads() == 2
+    with pytest.raises(InputError):        # a failing U-Net pass in a worker (no model)
+        view_probabilities(None, "net", raw)
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError), one_thread(torch.device("cpu")):
+        raise RuntimeError("cancelled")
+    assert torch.get_num_threads() == 2
     assert torch.equal(both, alone)
 
 

@@ -463,24 +463,20 @@ def test_batch_on_two_threads_runs_one_thread_workers_with_the_one_thread_output
         return real(self, batch, start, stop)
 
     monkeypatch.setattr(batch_module.BatchRunner, "_infer_chunk", spy)
-    before = torch.get_num_threads()
     runs = {}
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            seen.clear()
-            runner = batch_module.BatchRunner(config, quality_net, faz_net, torch.device("cpu"))
-            rows = runner.run(sorted(study.iterdir()), study, tmp_path / f"out{threads}")
-            assert torch.get_num_threads() == threads
-            runs[threads] = (rows, list(seen))
-        single = {}
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            single[threads] = assess(held_out[1].image, held_out[1].field_mm, quality_net, faz_net,
-                                     torch.device("cpu"))
-            assert torch.get_num_threads() == threads
-    finally:
-        torch.set_num_threads(before)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        seen.clear()
+        runner = batch_module.BatchRunner(config, quality_net, faz_net, torch.device("cpu"))
+        rows = runner.run(sorted(study.iterdir()), study, tmp_path / f"out{threads}")
+        assert torch.get_num_threads() == threads
+        runs[threads] = (rows, list(seen))
+    single = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        single[threads] = assess(held_out[1].image, held_out[1].field_mm, quality_net, faz_net,
+                                 torch.device("cpu"))
+        assert torch.get_num_threads() == threads
     assert runs[1][1] == [(6, threading.current_thread().name, 1)]   # one pass in the calling thread
     assert sorted(runs[2][1]) == [(3, name, 1) for name in sorted(n for _, n, _ in runs[2][1])]
     assert all(name.startswith("vesselrecon-batch") for _, name, _ in runs[2][1])

@@ -119,48 +119,43 @@ def test_time_call_warms_up_then_reduces_the_timed_calls():
 
 
 def test_map_batches_runs_items_in_one_thread_workers_in_order_and_restores_the_thread_count():
-    before = torch.get_num_threads()
     torch.set_num_threads(2)
-    try:
-        seen = []
+    seen = []
 
-        def work(item):
-            seen.append((threading.get_ident(), torch.get_num_threads()))
-            return item * item
+    def work(item):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return item * item
 
-        cpu = torch.device("cpu")
-        assert list(dev.map_batches(work, list(range(9)), cpu)) == [i * i for i in range(9)]
-        assert {threads for _, threads in seen} == {1}  # each worker: one intra-op thread
-        assert threading.get_ident() not in {ident for ident, _ in seen}
-        assert torch.get_num_threads() == 2
-        with torch.inference_mode():  # the caller's (thread-local) modes reach the workers
-            modes = list(dev.map_batches(lambda _: (torch.is_inference_mode_enabled(), torch.is_grad_enabled()),
-                                         [0, 1], cpu))
-        assert modes == [(True, False)] * 2
-        with torch.no_grad():
-            assert list(dev.map_batches(lambda _: torch.is_grad_enabled(), [0, 1], cpu)) == [False, False]
-        outs = dev.map_batches(work, list(range(9)), cpu)  # a consumer that stops early (a cancel)
-        with pytest.raises(Cancelled):
-            for value in outs:
-                if value > 3:
-                    raise Cancelled()
-        outs.close()
-        assert torch.get_num_threads() == 2
-        torch.set_num_threads(4)  # more threads than workers: each worker gets its share
-        seen.clear()
-        assert list(dev.map_batches(work, list(range(5)), cpu, max_workers=2)) == [i * i for i in range(5)]
-        assert {threads for _, threads in seen} == {2} and len({ident for ident, _ in seen}) <= 2
-        assert torch.get_num_threads() == 4
-        torch.set_num_threads(1)  # one thread: the items run in the calling thread
-        seen.clear()
-        assert list(dev.map_batches(work, [1, 2], cpu)) == [1, 4]
-        assert {ident for ident, _ in seen} == {threading.get_ident()}
-    finally:
-        torch.set_num_threads(before)
+    cpu = torch.device("cpu")
+    assert list(dev.map_batches(work, list(range(9)), cpu)) == [i * i for i in range(9)]
+    assert {threads for _, threads in seen} == {1}  # each worker: one intra-op thread
+    assert threading.get_ident() not in {ident for ident, _ in seen}
+    assert torch.get_num_threads() == 2
+    with torch.inference_mode():  # the caller's (thread-local) modes reach the workers
+        modes = list(dev.map_batches(lambda _: (torch.is_inference_mode_enabled(), torch.is_grad_enabled()),
+                                     [0, 1], cpu))
+    assert modes == [(True, False)] * 2
+    with torch.no_grad():
+        assert list(dev.map_batches(lambda _: torch.is_grad_enabled(), [0, 1], cpu)) == [False, False]
+    outs = dev.map_batches(work, list(range(9)), cpu)  # a consumer that stops early (a cancel)
+    with pytest.raises(Cancelled):
+        for value in outs:
+            if value > 3:
+                raise Cancelled()
+    outs.close()
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(4)  # more threads than workers: each worker gets its share
+    seen.clear()
+    assert list(dev.map_batches(work, list(range(5)), cpu, max_workers=2)) == [i * i for i in range(5)]
+    assert {threads for _, threads in seen} == {2} and len({ident for ident, _ in seen}) <= 2
+    assert torch.get_num_threads() == 4
+    torch.set_num_threads(1)  # one thread: the items run in the calling thread
+    seen.clear()
+    assert list(dev.map_batches(work, [1, 2], cpu)) == [1, 4]
+    assert {ident for ident, _ in seen} == {threading.get_ident()}
 
 
 def test_mirrored_mean_runs_the_flips_side_by_side_without_autograd_and_inline_with_it():
-    before = torch.get_num_threads()
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(1, 2, 3, padding=1)
     x = torch.rand(1, 1, 12, 10)
@@ -168,15 +163,12 @@ def test_mirrored_mean_runs_the_flips_side_by_side_without_autograd_and_inline_w
                  + conv(x.flip((-2, -1))).flip((-2, -1))) / 4
     threads = []
     conv.register_forward_pre_hook(lambda *_: threads.append((threading.get_ident(), torch.get_num_threads())))
-    try:
-        torch.set_num_threads(2)
-        with torch.inference_mode():
-            mean = dev.mirrored_mean(conv, x, (-2, -1))
-        torch.testing.assert_close(mean, reference.detach(), atol=1e-6, rtol=0)
-        assert {n for _, n in threads} == {1} and threading.get_ident() not in {i for i, _ in threads}
-        threads.clear()
-        dev.mirrored_mean(conv, x, (-2, -1)).sum().backward()  # with autograd: inline, gradients flow
-        assert {i for i, _ in threads} == {threading.get_ident()} and conv.weight.grad is not None
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    torch.set_num_threads(2)
+    with torch.inference_mode():
+        mean = dev.mirrored_mean(conv, x, (-2, -1))
+    torch.testing.assert_close(mean, reference.detach(), atol=1e-6, rtol=0)
+    assert {n for _, n in threads} == {1} and threading.get_ident() not in {i for i, _ in threads}
+    threads.clear()
+    dev.mirrored_mean(conv, x, (-2, -1)).sum().backward()  # with autograd: inline, gradients flow
+    assert {i for i, _ in threads} == {threading.get_ident()} and conv.weight.grad is not None
+    assert torch.get_num_threads() == 2

@@ -168,26 +168,22 @@ def test_flip_passes_run_side_by_side_on_one_thread_each_with_the_one_thread_map
     image = np.random.default_rng(1).random((64, 80)).astype(np.float32)
     seen = []
     net.register_forward_pre_hook(lambda *_: seen.append((threading.current_thread().name, torch.get_num_threads())))
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        single = pipeline.predict(net, image, normalized=True)
-        assert len(seen) == 4 and all(name == threading.current_thread().name for name, _ in seen)
-        seen.clear()
-        torch.set_num_threads(2)
-        split = pipeline.predict(net, image, normalized=True)
-        assert torch.get_num_threads() == 2
-        assert len(seen) == 4 and {n for _, n in seen} == {1}
-        assert all(name.startswith("vesselrecon-batch") for name, _ in seen)
-        for one, two in zip(single, split):
-            np.testing.assert_allclose(two, one, atol=1e-5)
-        np.testing.assert_array_equal(split[0] > 0.5, single[0] > 0.5)
-        net.register_forward_pre_hook(lambda *_: 1 / 0)
-        with pytest.raises(ZeroDivisionError):
-            pipeline.predict(net, image, normalized=True)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(1)
+    single = pipeline.predict(net, image, normalized=True)
+    assert len(seen) == 4 and all(name == threading.current_thread().name for name, _ in seen)
+    seen.clear()
+    torch.set_num_threads(2)
+    split = pipeline.predict(net, image, normalized=True)
+    assert torch.get_num_threads() == 2
+    assert len(seen) == 4 and {n for _, n in seen} == {1}
+    assert all(name.startswith("vesselrecon-batch") for name, _ in seen)
+    for one, two in zip(single, split):
+        np.testing.assert_allclose(two, one, atol=1e-5)
+    np.testing.assert_array_equal(split[0] > 0.5, single[0] > 0.5)
+    net.register_forward_pre_hook(lambda *_: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        pipeline.predict(net, image, normalized=True)
+    assert torch.get_num_threads() == 2
 
 
 def test_network_refuses_sizes_not_divisible_by_16():

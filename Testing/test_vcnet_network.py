@@ -259,17 +259,13 @@ def test_window_loop_matches_monai_sliding_window(overlap, threads):
 
     from VesselReconLib.vcnet.inference import predict_probability
 
-    before = torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     net = build_model("lite").eval()
     volume = np.random.default_rng(1).standard_normal((20, 70, 66)).astype(np.float32)
     counts = {}
-    try:
-        mine, _ = predict_probability(net, volume, torch.device("cpu"), overlap, batch_size=2, counts=counts)
-        assert torch.get_num_threads() == threads  # restored after the worker threads
-    finally:
-        torch.set_num_threads(before)
+    mine, _ = predict_probability(net, volume, torch.device("cpu"), overlap, batch_size=2, counts=counts)
+    assert torch.get_num_threads() == threads  # restored after the worker threads
     with torch.inference_mode():
         ref = sliding_window_inference(torch.from_numpy(volume)[None, None], net.patch, 2, lambda x: net(x)["prob"],
                                        overlap=overlap, mode="gaussian" if overlap > 0 else "constant")[0, 0].numpy()

@@ -281,19 +281,14 @@ def test_windows_run_in_one_thread_workers_with_the_one_thread_numbers():
     torch.manual_seed(0)
     net = build_model("lite").eval()
     image = np.random.rand(8, 256, 320).astype(np.float32)
-    threads = torch.get_num_threads()
     names = []
-    hook = net.register_forward_hook(lambda *_: names.append(threading.current_thread().name))
-    try:
-        torch.set_num_threads(1)
-        serial = predict(net, image, window_voxels=1000)
-        serial_names, names[:] = list(names), []
-        torch.set_num_threads(2)
-        threaded = predict(net, image, window_voxels=1000)
-        assert torch.get_num_threads() == 2
-    finally:
-        hook.remove()
-        torch.set_num_threads(threads)
+    net.register_forward_hook(lambda *_: names.append(threading.current_thread().name))
+    torch.set_num_threads(1)
+    serial = predict(net, image, window_voxels=1000)
+    serial_names, names[:] = list(names), []
+    torch.set_num_threads(2)
+    threaded = predict(net, image, window_voxels=1000)
+    assert torch.get_num_threads() == 2
     assert len(serial_names) == len(names) == 2  # two windows across i
     assert not any(n.startswith("vesselrecon-batch") for n in serial_names)
     assert all(n.startswith("vesselrecon-batch") for n in names)

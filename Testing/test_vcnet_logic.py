@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -192,6 +194,20 @@ def test_volume_reader_says_what_to_give_and_refuses_a_folder_of_two_series(tmp_
     for path in folder.glob("s2_*.dcm"):
         path.unlink()
     assert read_image(folder).GetSize()[2] == 2
+
+
+def test_cli_prints_each_warning_once_as_a_warning_line(tmp_path, phantom):
+    import subprocess
+    import sys
+
+    from VesselReconLib.phantoms.datasets import save_nifti
+
+    path = save_nifti(phantom.image, phantom.spacing, (0, 0, 0), tmp_path / "mra.nii.gz")
+    run = subprocess.run([sys.executable, "-m", "VesselReconLib.cli", "vcnet", str(path), "--out", str(tmp_path / "out"),
+                          "--device", "cpu"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-500:]
+    lines = [line for line in run.stderr.splitlines() if "No brain mask given" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: No brain mask given"), run.stderr[-800:]
 
 
 def test_cli_refusal_prints_no_empty_progress_bar(tmp_path, phantom, capsys):

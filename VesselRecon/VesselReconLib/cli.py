@@ -168,10 +168,20 @@ def cmd_phantoms(args) -> int:
     return 0
 
 
+class WarningPrefix(logging.Formatter):
+    """Log lines as plain messages; warnings and errors start with ``warning:`` / ``error:`` like the CLI's own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"{record.levelname.lower()}: {text}" if record.levelno >= logging.WARNING else text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    stderr = logging.StreamHandler()
+    stderr.setFormatter(WarningPrefix("%(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[stderr])  # none if set up
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -63,8 +63,7 @@ def run(args) -> int:
                                resampleToModelSpacing=not args.no_resample, refineBoundary=not args.no_refine)
     finally:
         bar.close()
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    # result.warnings were logged as they arose (shown as "warning: ..." by the command line's log format)
     with atomic.staging(final, "vcnet") as stage:
         written = [final / p.relative_to(stage) for p in logic.write_outputs(result, stage)]
         mrml.save_scene(stage / "vcnet.mrb", scene)

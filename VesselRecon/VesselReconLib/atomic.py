@@ -19,6 +19,10 @@ from .errors import InputError
 PARTIAL_PREFIX = ".vesselrecon-partial-"
 
 
+def _not_a_folder(folder: Path) -> InputError:
+    return InputError(f"Output folder {folder} is a file (or lies under one): choose a folder.")
+
+
 def check_output_folder(folder: str | Path) -> Path:
     """Refuse ``folder`` as :func:`output_folder` would, without creating anything.
 
@@ -27,7 +31,7 @@ def check_output_folder(folder: str | Path) -> Path:
     folder = Path(folder)
     existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
     if not existing.is_dir():
-        raise InputError(f"Output folder {folder} is a file (or lies under one): choose a folder.")
+        raise _not_a_folder(folder)
     if not os.access(existing, os.W_OK):
         raise InputError(f"Output folder {folder} is not writable: choose another folder.")
     return folder
@@ -41,8 +45,8 @@ def output_folder(folder: str | Path) -> Path:
     folder = check_output_folder(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise InputError(f"Output folder {folder} is a file (or lies under one): choose a folder.") from None
+    except (FileExistsError, NotADirectoryError):   # e.g. a broken link in the way
+        raise _not_a_folder(folder) from None
     except PermissionError:
         raise InputError(f"Output folder {folder} cannot be created: check its permissions.") from None
     return folder

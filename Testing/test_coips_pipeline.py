@@ -237,6 +237,9 @@ def test_cli_single_image_and_config(tmp_path, held_out, capsys):
     printed = capsys.readouterr()
     assert "unsuitable" in printed.err and "gradable" not in printed.out.split("images:")[0]
     assert ",unsuitable," in (tmp_path / "strip" / "coips_results.csv").read_text()
+    (tmp_path / "broken_3x3.png").write_bytes(b"not a png")
+    assert main(["coips", "--input", str(tmp_path / "broken_3x3.png"), "--output", str(tmp_path / "b")]) == 2
+    assert "error: broken_3x3.png is not a readable image" in capsys.readouterr().err   # named once
 
 
 @pytest.mark.gpu

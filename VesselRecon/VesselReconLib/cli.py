@@ -195,6 +195,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or exc.__class__.__name__
 
 
+def file_error(name: str, message) -> str:
+    """The ``error: ...`` line about one input file of a batch, naming the file once."""
+    text = " ".join(str(message).split())
+    return f"error: {text if text.startswith(name) else f'{name}: {text}'}"
+
+
 def run_command(args) -> int:
     """Run ``args.func`` and turn every failure into a one-line message and an exit code."""
     import traceback

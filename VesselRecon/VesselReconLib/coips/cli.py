@@ -62,6 +62,7 @@ def run(args) -> int:
         print(f"Wrote {write_config(config, args.write_config)}")
         return 0
     from .. import mrml, runtime
+    from ..cli import file_error
     from ..device import limit_cpu_threads, resolve_device
     from ..progress import TqdmProgress
     from .batch import SCENE_NAME
@@ -95,7 +96,7 @@ def run(args) -> int:
         print(f"Wrote {mrml.save_scene(Path(config.output) / SCENE_NAME, scene)}")
     failed = [row for row in result.rows if row.get("status") == "error"]
     for row in failed:
-        print(f"error: {row.get('image')}: {' '.join(str(row.get('error', '')).split())}", file=sys.stderr)
+        print(file_error(str(row.get("image")), row.get("error", "")), file=sys.stderr)
     return 2 if failed else 0
 
 

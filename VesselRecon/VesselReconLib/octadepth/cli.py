@@ -34,6 +34,7 @@ def run(args) -> int:
     model) when any input failed, after all the good ones were written. A bad device or output folder
     is refused once, before any input is read; the folder is created only when an input succeeds."""
     from .. import atomic
+    from ..cli import file_error
     from ..device import resolve_device
     from ..errors import CheckpointError, InferenceError, InputError
 
@@ -45,8 +46,7 @@ def run(args) -> int:
             _run_one(args, Path(path), out)
         except (InputError, InferenceError) as exc:
             failed.append(exc)
-            message, name = " ".join(str(exc).split()), Path(path).name
-            print(f"error: {message if message.startswith(name) else f'{name}: {message}'}", file=sys.stderr)
+            print(file_error(Path(path).name, exc), file=sys.stderr)
     if failed:
         written = "nothing was written" if len(failed) == len(args.inputs) else f"the others were written to {out}"
         print(f"{len(failed)} of {len(args.inputs)} inputs failed; {written}.", file=sys.stderr)

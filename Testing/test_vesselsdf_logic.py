@@ -180,3 +180,19 @@ def test_cli_eval_prints_the_ablation_table(tmp_path, capsys):
     table = json.loads((tmp_path / "table.json").read_text())
     assert set(table) == {"lite", "occ", "classical"}
     assert all(0 <= row["dice"] <= 1 and row["cd_x100"] > 0 for row in table.values())
+
+
+def test_an_roi_of_the_same_shape_on_another_grid_is_refused(scene):
+    """Round 8: a ROI with the CT's shape but its origin moved 80 mm was used as if it lay on the CT."""
+    logic = VesselSDFLogic(scene)
+    matrix = np.diag([-0.7, -0.7, 5.0, 1.0])
+    ct = mrml.array_to_volume(np.random.default_rng(0).normal(100, 20, (4, 32, 32)).astype(np.float32), matrix, "ct",
+                              scene=scene)
+    moved = matrix.copy()
+    moved[:3, 3] = (80.0, -60.0, 3.0)
+    roi = mrml.array_to_volume(np.ones((4, 32, 32), np.uint8), moved, "roi", scene=scene, labelmap=True)
+    with pytest.raises(InputError, match="resample it onto the CT"):
+        logic._mask_array(roi, ct, (4, 32, 32))
+    same = mrml.array_to_volume(np.ones((4, 32, 32), np.uint8), matrix, "roi same", scene=scene, labelmap=True)
+    assert logic._mask_array(same, ct, (4, 32, 32)).all()
+

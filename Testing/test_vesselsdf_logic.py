@@ -196,3 +196,26 @@ def test_an_roi_of_the_same_shape_on_another_grid_is_refused(scene):
     same = mrml.array_to_volume(np.ones((4, 32, 32), np.uint8), matrix, "roi same", scene=scene, labelmap=True)
     assert logic._mask_array(same, ct, (4, 32, 32)).all()
 
+
+def test_cli_refusal_leaves_no_folder_and_warnings_are_printed_once(tmp_path):
+    """Round 8: a refused run left an empty output folder; each warning was printed twice."""
+    import os
+    import subprocess
+    import sys
+
+    from VesselReconLib.cli import main
+    from VesselReconLib.phantoms.ct import CTPhantomParams, make_ct_phantom
+    from VesselReconLib.phantoms.datasets import save_nifti
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a volume")
+    assert main(["vesselsdf", str(text), "--out", str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists()   # nothing written, not even an empty folder
+    case = make_ct_phantom(CTPhantomParams(shape=(4, 40, 40), seed=3))
+    path = save_nifti(case.image, (2.0, 2.0, 5.0), (0, 0, 0), tmp_path / "coarse.nii.gz")   # unusual in-plane spacing
+    run = subprocess.run([sys.executable, "-m", "VesselReconLib.cli", "vesselsdf", str(path), "--out",
+                          str(tmp_path / "out"), "--device", "cpu"], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-800:]
+    assert run.stderr.count("in-plane spacing 2 x 2 mm") == 1, run.stderr[-800:]
+    assert "warning: in-plane spacing 2 x 2 mm" in run.stderr

@@ -192,7 +192,7 @@ def run(args) -> int:
 
     from .. import atomic
 
-    final = atomic.output_folder(args.out)
+    final = atomic.check_output_folder(args.out)   # made by staging, once the outputs exist
     import SimpleITK as sitk
 
     from .preprocess import looks_like_hu
@@ -215,8 +215,6 @@ def run(args) -> int:
         minComponentMm3=args.min_component_mm3, referenceSegmentation=reference, progress=bar)
     bar.close()
     recon = result.reconstruction
-    for note in recon.canonical.notes if recon.canonical else []:
-        print(f"warning: {note}", file=sys.stderr)
     spacing = recon.spacing
     print(f"spacing used: {spacing[0]:.4g} x {spacing[1]:.4g} x {spacing[2]:.4g} mm; liver ROI: "
           f"{recon.canonical.roi_source if recon.canonical else 'given'}", file=sys.stderr)

@@ -78,7 +78,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_text(path: str | Path, text: str) -> Path:
     """Write a text file atomically; return its path."""
     with atomic_path(path) as temporary:
-        temporary.write_text(text)
+        temporary.write_text(text, encoding="utf-8")
     return Path(path)
 
 
@@ -115,7 +115,7 @@ def staging(folder: str | Path, tag: str) -> Iterator[Path]:
     folder = output_folder(folder)
     manifest = _manifest(folder, tag)
     if manifest.is_file():
-        remove_stale(folder / line for line in manifest.read_text().splitlines() if line and ".." not in line)
+        remove_stale(folder / line for line in manifest.read_text(encoding="utf-8").splitlines() if line and ".." not in line)
         manifest.unlink()
     scratch = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=folder))
     try:

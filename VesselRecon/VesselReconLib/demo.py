@@ -66,6 +66,6 @@ def run_demo(out: str | Path, device: str = "auto", only: list[str] | None = Non
         context.summary[method] = {"seconds": round(time.perf_counter() - start, 2),
                                    **context.summary.get(method, {})}
     scene_path = mrml.save_scene(out / "demo.mrb", context.scene)
-    (out / "summary.json").write_text(json.dumps(context.summary, indent=2, default=str))
+    (out / "summary.json").write_text(json.dumps(context.summary, indent=2, default=str), encoding="utf-8")
     log.info("Wrote %s and %d renders in %s", scene_path.name, len(context.renders), out)
     return context

@@ -178,7 +178,7 @@ def write_rows(rows: list[dict], path: Path) -> Path:
     columns = ["input", "status", "output", "error"]
     for row in rows:
         columns += [k for k in row if k not in columns]
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, columns, restval="")
         writer.writeheader()
         writer.writerows(rows)

@@ -293,8 +293,8 @@ def _write_obj_with_comment(writer, path: Path, header: str) -> None:
     writer.SetFileName(str(path))
     if not writer.Write():
         raise OSError(f"Could not write {path}.")
-    body = path.read_text()
-    path.write_text(f"# {header}\n{body}")
+    body = path.read_text(encoding="utf-8")
+    path.write_text(f"# {header}\n{body}", encoding="utf-8")
 
 
 def mesh_coordinate_system(path: str | Path) -> str | None:

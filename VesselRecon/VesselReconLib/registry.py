@@ -94,7 +94,7 @@ def load_registry(directory: str | Path | None = None) -> list[ModelEntry]:
     directory = Path(directory) if directory else REGISTRY_DIR
     entries = []
     for json_path in sorted(directory.glob("*.json")):
-        data = json.loads(json_path.read_text())
+        data = json.loads(json_path.read_text(encoding="utf-8"))
         validate_entry(data, str(json_path))
         known = {k: data[k] for k in ModelEntry.__dataclass_fields__ if k in data and k != "directory"}
         entries.append(ModelEntry(**known, directory=directory))
@@ -281,5 +281,5 @@ def write_entry(entry: ModelEntry) -> Path:
     data = entry.to_json()
     validate_entry(data, entry.name)
     out = entry.directory / f"{entry.name}.json"
-    out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out

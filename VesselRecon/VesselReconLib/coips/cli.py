@@ -352,7 +352,7 @@ def evaluate(args) -> int:
         print()
         print(format_real(result["real"], f"COIPS {args.faz_model}"))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
     return 0
 
 

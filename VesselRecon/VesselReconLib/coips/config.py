@@ -108,7 +108,7 @@ def read_fov_file(path: str | Path) -> dict[str, float]:
 
     from ..enface_io import check_fov
 
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
         column = next((c for c in FOV_FILE_COLUMNS if c in header), None)
@@ -132,7 +132,7 @@ def load_config(path: str | Path | None = None, **overrides) -> CoipsConfig:
         if not path.is_file():
             raise InputError(f"Configuration file {path} does not exist.")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise InputError(f"Configuration file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
@@ -153,5 +153,5 @@ def write_config(config: CoipsConfig, path: str | Path) -> Path:
     import yaml
 
     path = Path(path)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
     return path

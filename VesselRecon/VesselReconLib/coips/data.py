@@ -60,7 +60,7 @@ def _label(value: str) -> int:
 
 
 def _read_labels(csv_path: Path) -> dict[str, tuple[int, float | None]]:
-    with open(csv_path, newline="") as handle:
+    with open(csv_path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         image_col, label_col, fov_col = (_column(header, c) for c in (IMAGE_COLUMNS, LABEL_COLUMNS, FOV_COLUMNS))

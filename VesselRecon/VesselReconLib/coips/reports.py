@@ -70,7 +70,7 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
     from ..atomic import atomic_path
 
     path = Path(path)
-    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         for row in rows:
@@ -79,7 +79,7 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
 
 
 def read_csv(path: str | Path) -> list[dict]:
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 

@@ -217,7 +217,7 @@ def evaluate(args) -> int:
         print(real_eval.format_rows(rows, columns, "pair"))
         tables["real_pairs"] = rows
     if args.json:
-        Path(args.json).write_text(json.dumps(tables, indent=1))
+        Path(args.json).write_text(json.dumps(tables, indent=1), encoding="utf-8")
     return 0
 
 

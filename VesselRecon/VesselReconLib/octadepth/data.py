@@ -247,7 +247,7 @@ def load_dataset(data_dir: str | Path, limit: int | None = None) -> list[OCTASam
     if not index.is_file():
         raise InputError(f"{root} has no cases.json: write a dataset with `vesselrecon phantoms octa --out {root}` "
                          "or lay out real data the same way (images/, vessels/, depth/, cases.json).")
-    records = json.loads(index.read_text())["cases"][:limit]
+    records = json.loads(index.read_text(encoding="utf-8"))["cases"][:limit]
     samples = []
     for record in records:
         image = _read_image(root / record["image"]).astype(np.float32)
@@ -259,7 +259,7 @@ def load_dataset(data_dir: str | Path, limit: int | None = None) -> list[OCTASam
         z0, z1 = record.get("depth_range_mm", (0.0, 0.25))
         centerlines = None
         if record.get("centerlines") and (root / record["centerlines"]).is_file():
-            graph = json.loads((root / record["centerlines"]).read_text())
+            graph = json.loads((root / record["centerlines"]).read_text(encoding="utf-8"))
             centerlines = centerline_points(graph, float(record["pixel_mm"]), z0)
         samples.append(OCTASample(image, vessel, depth, float(record["pixel_mm"]), centerlines,
                                   record.get("id", Path(record["image"]).stem), float(z1 - z0)))

@@ -170,7 +170,7 @@ class OCTADepthOutputs:
         Image.fromarray(result.vessel_mask.astype(np.uint8) * 255).save(paths[2])
         meshes.save_polydata_lps(self.outputModel.GetPolyData(), paths[3])
         rows = mrml.table_to_rows(self.outputTable)
-        with open(paths[4], "w", newline="") as handle:
+        with open(paths[4], "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)

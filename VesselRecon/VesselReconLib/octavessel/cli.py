@@ -204,7 +204,7 @@ def evaluate(args) -> int:
     print(f"ROSSA {args.split}: {len(samples)} images (vessel Dice at threshold 0.5)")
     print(format_table(results, ref))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
     if args.figure:
         from .data import render_phantom
         from .evaluate import save_transfer_figure

@@ -84,7 +84,7 @@ def train_phantoms(out: str | Path, steps: int = 1500, batch: int = 8, crop: int
     record = {"steps_done": done, "steps": steps, "batch": batch, "crop": crop, "lr": lr, "seed": seed,
               "pool_size": pool_size, "refresh_every": refresh_every, "randomize": randomize, "phantoms_seen": pool.next_seed - 1_000_000 - 10_000 * seed,
               "final_loss": float(np.mean(history[-50:])), "wall_s": round(time.time() - t0)}
-    (out / "train.json").write_text(json.dumps(record, indent=1))
+    (out / "train.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     return model.eval(), record
 
 
@@ -159,5 +159,5 @@ def finetune(out: str | Path, init_state: dict, real: list, val: list, steps: in
     record = {"steps_done": done, "steps": steps, "batch": batch, "crop": crop, "lr": lr, "seed": seed,
               "real_fraction": real_fraction, "real_images": len(real), "val_images": len(val),
               "best_step": best_step, "best_val_dice": round(best, 4), "wall_s": round(time.time() - t0)}
-    (out / "finetune.json").write_text(json.dumps(record, indent=1))
+    (out / "finetune.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     return model.eval(), record

@@ -394,7 +394,7 @@ def write_ct_case(case: CTPhantom, out_dir: Path, name: str) -> dict[str, str]:
     _save(case.hires_sdf.astype(np.float32), *hires, paths["hires_sdf"])
     save_polydata(case.mesh(), paths["mesh"])
     paths["tree"].parent.mkdir(parents=True, exist_ok=True)
-    paths["tree"].write_text(json.dumps(case.tree.to_dict()))
+    paths["tree"].write_text(json.dumps(case.tree.to_dict()), encoding="utf-8")
     return {key: str(path) for key, path in paths.items()}
 
 

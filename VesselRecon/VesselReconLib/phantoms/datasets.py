@@ -174,7 +174,7 @@ def write_msd_dataset_json(
     if extra:
         doc.update(dict(extra))
     path = out / "dataset.json"
-    path.write_text(json.dumps(doc, indent=2))
+    path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
     return path
 
 

@@ -545,7 +545,7 @@ def write_mra_dataset(out_dir: Path, count: int, seed: int, kind: str = "mra", p
         extra={"spacing": list(spacing), "seed": seed, "dark_vessels": kind == "swi"})
     (out_dir / "phantom.json").write_text(json.dumps({"kind": kind, "case_kinds": kinds, "count": count, "seed": seed,
                                                       "crop": list(crop) if crop else None, "spacing": list(spacing),
-                                                      "case_spacings": spacings}, indent=2))
+                                                      "case_spacings": spacings}, indent=2), encoding="utf-8")
     return out_dir
 
 

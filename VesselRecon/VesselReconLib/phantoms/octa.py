@@ -1299,7 +1299,7 @@ def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress:
             "faz_center_mm": list(case.faz_center_mm), "depth_range_mm": list(case.depth_range_mm),
         }
         (out / "centerlines").mkdir(parents=True, exist_ok=True)
-        (out / rec["centerlines"]).write_text(json.dumps(case.centerlines_json()))
+        (out / rec["centerlines"]).write_text(json.dumps(case.centerlines_json()), encoding="utf-8")
         cases.append(rec)
     meta = {
         "kind": "octa",
@@ -1310,7 +1310,7 @@ def write_octa_dataset(out_dir: str | Path, count: int, seed: int = 0, progress:
         "depth_ramp": [list(c) for c in DEPTH_RAMP],
         "cases": cases,
     }
-    (out / "cases.json").write_text(json.dumps(meta, indent=1))
+    (out / "cases.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     report(1.0, "done")
     return out
 
@@ -1346,7 +1346,7 @@ def write_octa_quality_dataset(out_dir: str | Path, count: int, seed: int = 0, p
             _save_png(case.faz_mask, out / "faz" / "masks" / name)
         rows.append({"image": name, "quality": int(q), "name": QUALITY_NAMES[int(q)], "field_mm": f})
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "labels.csv", "w", newline="") as fh:
+    with open(out / "labels.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=["image", "quality", "name", "field_mm"])
         w.writeheader()
         w.writerows(rows)

@@ -502,12 +502,12 @@ def write_case(data: dict, folder: Path, with_mesh: bool = True) -> Path:
                 "views": {"a": data["tags"][0], "b": data["tags"][1]},
                 "soi": {name: [{"start": p[0].tolist(), "end": p[1].tolist()} for p in view]
                         for name, view in zip(("a", "b"), data["soi_points"])}}
-    (folder / "geometry.json").write_text(json.dumps(geometry, indent=1))
+    (folder / "geometry.json").write_text(json.dumps(geometry, indent=1), encoding="utf-8")
     centerline = {"frame": "LPS", "branches": [{"points": c["points"].round(4).tolist(),
                                                 "radii": c["radii"].round(4).tolist()} for c in data["centerlines"]],
                   "stenosis": {k: v for k, v in data["case"].stenosis.items() if k != "nodes"},
                   "tree": data["case"].tree.to_dict()}
-    (folder / "centerline.json").write_text(json.dumps(centerline))
+    (folder / "centerline.json").write_text(json.dumps(centerline), encoding="utf-8")
     if with_mesh:
         from ..meshes import RAS_TO_LPS, save_polydata_lps, transform
 
@@ -543,8 +543,8 @@ def load_case(folder: str | Path) -> XrayCase:
 
     folder = Path(folder)
     read = lambda name: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name)))  # noqa: E731
-    geometry = json.loads((folder / "geometry.json").read_text())
-    centerline = json.loads((folder / "centerline.json").read_text())
+    geometry = json.loads((folder / "geometry.json").read_text(encoding="utf-8"))
+    centerline = json.loads((folder / "centerline.json").read_text(encoding="utf-8"))
     return XrayCase(
         images=[read(f"view_{v}.png").astype(np.float32) for v in "ab"],
         vessels=[read(f"vessels_{v}.png").astype(np.uint8) for v in "ab"],
@@ -573,7 +573,7 @@ def write_xray_dataset(out: Path, count: int, seed: int = 0, progress=None, with
         reporter((index + 1) / count, name)
     (out / "dataset.json").write_text(json.dumps(
         {"name": "VesselRecon X-ray two-view phantoms", "kind": "xray", "seed": seed, "cases": names,
-         "layout": "case_*/view_{a,b}.png, vessels_*, soi_*, geometry.json, centerline.json, mesh.vtp"}, indent=1))
+         "layout": "case_*/view_{a,b}.png, vessels_*, soi_*, geometry.json, centerline.json, mesh.vtp"}, indent=1), encoding="utf-8")
     return out
 
 

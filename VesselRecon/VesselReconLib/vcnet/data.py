@@ -166,7 +166,7 @@ def read_dataset(folder: str | Path) -> list[dict]:
         from ..errors import InputError
 
         raise InputError(f"{folder} has no dataset.json: write one with `vesselrecon phantoms mra --out {folder}`.")
-    entries = json.loads(index.read_text())["training"]
+    entries = json.loads(index.read_text(encoding="utf-8"))["training"]
     return [{k: (folder / v).resolve() if isinstance(v, str) and v.startswith("./") else v for k, v in e.items()}
             for e in entries]
 

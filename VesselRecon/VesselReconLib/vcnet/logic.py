@@ -281,7 +281,7 @@ class VCNetLogic(VesselReconLogic):
                 written.append(out / file_name)
         rows = mrml.table_to_rows(result.outputTable)
         csv = out / "vcnet_measurements.csv"
-        csv.write_text("measurement,value,unit\n" + "".join(csv_row(r) for r in rows))
+        csv.write_text("measurement,value,unit\n" + "".join(csv_row(r) for r in rows), encoding="utf-8")
         written.append(csv)
         return written
 

@@ -54,7 +54,7 @@ def dataset_entries(root: str | Path) -> list[dict]:
     meta = root / "dataset.json"
     if not meta.is_file():
         raise InputError(f"{root} has no dataset.json: write one with `vesselrecon phantoms ct --out {root}`.")
-    entries = json.loads(meta.read_text()).get("training", [])
+    entries = json.loads(meta.read_text(encoding="utf-8")).get("training", [])
     if not entries:
         raise InputError(f"{meta} lists no training cases.")
     return [{k: str((root / v).resolve()) for k, v in entry.items() if isinstance(v, str)} for entry in entries]

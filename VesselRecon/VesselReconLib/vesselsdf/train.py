@@ -428,7 +428,7 @@ def calibrate_shipped(name: str = "vesselsdf-lite", data_dir="out/vesselsdf16/da
     print(json.dumps(summary))
     if write:
         path = Path(__file__).resolve().parents[1] / "models" / f"{name}.json"
-        entry = json.loads(path.read_text())
+        entry = json.loads(path.read_text(encoding="utf-8"))
         entry["config"] = {**entry["config"], "level_mm": result["level_mm"],
                            "union_threshold": result["union_threshold"], "union_connected": result["union_connected"],
                            "min_piece_mm3": result.get("min_piece_mm3", 0.0),
@@ -439,5 +439,5 @@ def calibrate_shipped(name: str = "vesselsdf-lite", data_dir="out/vesselsdf16/da
             **summary, "command": f"python -c \"from VesselReconLib.vesselsdf.train import calibrate_shipped; "
                                   f"calibrate_shipped('{name}', '{data_dir}', {val_cases}, write=True, release={release})\"",
             "cases": f"the last {val_cases} phantoms of {data_dir} (the training runs' validation phantoms)"}
-        path.write_text(json.dumps(entry, indent=2) + "\n")
+        path.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
     return result

@@ -94,6 +94,21 @@ def test_volume_metrics_score_only_labelled_slices():
     assert scores["dice"] == 1.0 and scores["fragments"] == 1.0 and scores["hd95_mm"] == 0.0
 
 
+def test_volume_metrics_report_the_vessel_volume_outside_the_liver():
+    """Round 8: the in-liver scores hid vessels put outside the liver (bone, vena cava); a column shows them."""
+    spacing = np.diag([0.5, 0.5, 2.0, 1.0])
+    ref = np.zeros((6, 20, 20), bool)
+    ref[:, 5:8, 5:8] = True
+    liver = np.zeros_like(ref)
+    liver[:, :, :10] = True
+    pred = ref.copy()
+    pred[:, 10:12, 12:17] = True   # 6 x 2 x 5 voxels of 0.5 mm³ outside the liver
+    case = realdata.RealCase("c", np.zeros((6, 20, 20), np.float32), spacing, ref, spacing, liver)
+    scores = realdata.volume_metrics(pred, case)
+    assert scores["dice"] == 1.0 and scores["outside_cm3"] == pytest.approx(60 * 0.5 / 1000)
+    assert "outside_cm3" in realdata.format_real_table({"lite": scores}).splitlines()[0]
+
+
 def test_recall_by_radius_and_the_kept_slice_oracle_on_known_tubes():
     """Round 8: centreline recall per calibre (the reference's distance map at its skeleton), and the oracle that
     interpolates the reference of the kept slices (a straight tube through the slices is kept whole)."""
@@ -229,3 +244,23 @@ def test_lvsd_distance_start_equals_occupancy_on_native_slices():
     assert np.abs(start).min() == pytest.approx(0.5)  # half of a 1 mm pixel
     assert np.abs(dstart.sdf - start)[canonical.roi].max() > 0.5  # the fields differ ...
     np.testing.assert_array_equal(dstart.mask(), occ.mask())  # ... their masks do not
+
+
+def test_the_automatic_liver_roi_is_reported_with_its_volume_and_an_implausible_one_is_warned():
+    """Round 8: without --roi the output is kept inside the automatic liver ROI, which on 3D-IRCADb-01 1.7
+    reaches 446 cm³ beyond the liver; the run said nothing of it. Now a warning names it and its volume."""
+    from VesselReconLib.phantoms.ct import CTPhantomParams, make_ct_phantom
+
+    spacing = (1.0, 1.0, 5.0)
+    roi = np.zeros((20, 200, 200), bool)
+    roi[:, :150, :100] = True   # 1.5 L
+    (note,) = preprocess.auto_roi_notes(roi, spacing)
+    assert "automatic (classical) liver ROI of 1500 cm³" in note and "--roi" in note
+    roi[:, :, :] = False
+    roi[:, :100, :20] = True    # 0.2 L
+    assert "implausible" in preprocess.auto_roi_notes(roi, spacing)[1]
+    assert "whole image" in preprocess.auto_roi_notes(np.ones((4, 8, 8), bool), spacing)[0]
+    case = make_ct_phantom(CTPhantomParams(shape=(4, 40, 40), seed=3))
+    canonical = preprocess.canonicalise(case.image, case.ijk_to_ras)
+    assert canonical.roi_source.startswith("automatic") and any("(--roi)" in n for n in canonical.notes)
+    assert not any("(--roi)" in n for n in preprocess.canonicalise(case.image, case.ijk_to_ras, case.organ > 0).notes)

@@ -216,8 +216,9 @@ def run(args) -> int:
     bar.close()
     recon = result.reconstruction
     spacing = recon.spacing
+    roi_cm3 = float(recon.canonical.roi.sum()) * float(np.prod(spacing)) / 1000 if recon.canonical else float("nan")
     print(f"spacing used: {spacing[0]:.4g} x {spacing[1]:.4g} x {spacing[2]:.4g} mm; liver ROI: "
-          f"{recon.canonical.roi_source if recon.canonical else 'given'}", file=sys.stderr)
+          f"{recon.canonical.roi_source if recon.canonical else 'given'}, {roi_cm3:.0f} cm³", file=sys.stderr)
     with atomic.staging(final, f"vesselsdf-{name}") as out:
         meshes.save_polydata_lps(recon.surface, out / f"{name}_vessels.vtp")
         meshes.save_polydata_lps(recon.surface, out / f"{name}_vessels.stl")

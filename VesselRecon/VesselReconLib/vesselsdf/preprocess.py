@@ -246,6 +246,7 @@ def canonicalise(volume: np.ndarray, ijk_to_ras: np.ndarray, roi: np.ndarray | N
             roi, source = np.ones(volume.shape, bool), "whole image"
     elif roi is None:
         roi, source = auto_liver_roi(volume, ijk_to_ras), "automatic (classical)"
+        notes.extend(auto_roi_notes(roi, spacing))
     roi = np.asarray(roi).astype(bool)
     if source == "given" and not windowed:
         seen = statistics_roi(volume, ijk_to_ras, roi, notes)
@@ -259,6 +260,28 @@ def canonicalise(volume: np.ndarray, ijk_to_ras: np.ndarray, roi: np.ndarray | N
         log.warning(note)
     return Canonical(hu=hu, roi=roi, roi_source=source, median=median, sigma=sigma, windowed=windowed, notes=notes,
                      seen=seen)
+
+
+LIVER_LITRES = (0.5, 4.0)
+"""An automatic liver ROI outside this volume (L; a liver is typically 1-3 L) is reported as implausible."""
+
+
+def auto_roi_notes(roi: np.ndarray, spacing) -> list[str]:
+    """Warnings for an automatic liver ROI: always its source and volume (the output is kept inside it,
+    and it can hold the vessels and organs next to the liver); and when it is empty, the whole image or
+    of an implausible volume for a liver (:data:`LIVER_LITRES`)."""
+    roi = np.asarray(roi, bool)
+    litres = float(roi.sum()) * float(np.prod(spacing)) / 1e6
+    if not roi.any() or roi.all():
+        return ["no liver ROI given and none found automatically (no enhancing soft tissue on the patient's "
+                "right): the whole image is used and the output is not confined to a liver; give a liver mask (--roi)"]
+    notes = [f"no liver ROI given: the output is kept inside the automatic (classical) liver ROI of "
+             f"{1000 * litres:.0f} cm³, which can include vessels and organs next to the liver; give a liver mask "
+             "(--roi) to keep the liver only"]
+    if not LIVER_LITRES[0] <= litres <= LIVER_LITRES[1]:
+        notes.append(f"the automatic liver ROI is {litres:.2g} L, implausible for a liver (typically 1-3 L): it "
+                     "probably missed the liver or took in other organs; check it or give a liver mask (--roi)")
+    return notes
 
 
 MIN_AUTO_COVER = 0.5

@@ -16,7 +16,9 @@ reference vessel mask on a fine grid with the slices that are labelled):
 Metrics (:func:`volume_metrics`), inside the evaluation region and on the labelled slices only:
 Dice; clDice and centreline recall (Shit et al., CVPR 2021: skeleton of the reference covered by
 the prediction, and vice versa); Chamfer distance and HD95 between the mask surfaces (mm); and
-fragments, the connected components (26-connected) of the predicted mask.
+fragments, the connected components (26-connected) of the predicted mask. Also, on the whole grid
+(round 8): ``outside_cm3``, the predicted vessel volume outside the evaluation region (the true
+liver; 0 where the region is the whole image, e.g. LVSD), which the in-liver scores cannot show.
 """
 
 from __future__ import annotations
@@ -242,7 +244,14 @@ def volume_metrics(prediction: np.ndarray, case: RealCase) -> dict[str, float]:
     chamfer, hd95 = surface_distances(pred_s, ref_s, spacing)
     fragments = label(pred_s, np.ones((3, 3, 3)))[1]
     return {"dice": metrics.dice(pred_s, ref_s), "cldice": cl_dice, "cl_recall": cl_recall,
-            "chamfer_mm": chamfer, "hd95_mm": hd95, "fragments": float(fragments)}
+            "chamfer_mm": chamfer, "hd95_mm": hd95, "fragments": float(fragments),
+            "outside_cm3": outside_volume_cm3(prediction, case)}
+
+
+def outside_volume_cm3(prediction: np.ndarray, case: RealCase) -> float:
+    """Predicted vessel volume (cm³, fine grid) outside the evaluation region (the true liver)."""
+    voxel_mm3 = abs(float(np.linalg.det(np.asarray(case.reference_ijk_to_ras, float)[:3, :3])))
+    return float((np.asarray(prediction, bool) & ~np.asarray(case.region, bool)).sum()) * voxel_mm3 / 1000.0
 
 
 def recall_by_radius(prediction: np.ndarray, case: RealCase, edges=(1.0, 1.5, 2.0, 3.0)) -> dict[str, tuple]:
@@ -353,7 +362,7 @@ def evaluate_real(cases: list[RealCase], models: dict[str, object], device="cpu"
     return {name: {k: float(np.nanmean([r[k] for r in values])) for k in values[0]} for name, values in rows.items()}
 
 
-REAL_COLUMNS = ("dice", "cldice", "cl_recall", "chamfer_mm", "hd95_mm", "fragments")
+REAL_COLUMNS = ("dice", "cldice", "cl_recall", "chamfer_mm", "hd95_mm", "fragments", "outside_cm3")
 
 
 def format_real_table(table: dict[str, dict[str, float]]) -> str:

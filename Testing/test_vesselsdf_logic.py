@@ -219,3 +219,21 @@ def test_cli_refusal_leaves_no_folder_and_warnings_are_printed_once(tmp_path):
     assert run.returncode == 0, run.stderr[-800:]
     assert run.stderr.count("in-plane spacing 2 x 2 mm") == 1, run.stderr[-800:]
     assert "warning: in-plane spacing 2 x 2 mm" in run.stderr
+
+
+def test_cli_refuses_an_lvsd_slab_read_as_ct(tmp_path, capsys):
+    """Round 8: an LVSD slab (slice 0 = binary vessel label) given to the run command ran as an 8-slice CT."""
+    import SimpleITK as sitk
+
+    from VesselReconLib.cli import main
+    from VesselReconLib.vesselsdf import realdata
+
+    rng = np.random.default_rng(0)
+    slab = rng.integers(0, 256, (8, 32, 32)).astype(np.uint8)
+    slab[0] = 0
+    slab[0, 10:14, 4:28] = 255
+    path = tmp_path / "slab.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(slab), str(path))
+    assert main(["vesselsdf", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert "LVSD slab" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert not realdata.is_lvsd_slab(slab[1:]) and not realdata.is_lvsd_slab(np.concatenate([slab[1:2], slab[1:]]))

@@ -195,10 +195,12 @@ def run(args) -> int:
     final = atomic.check_output_folder(args.out)   # made by staging, once the outputs exist
     import SimpleITK as sitk
 
+    from . import realdata
     from .preprocess import looks_like_hu
 
     scene = runtime.new_scene()
     image = read_image(args.input)
+    realdata.check_not_lvsd_slab(sitk.GetArrayViewFromImage(image), args.input)
     name = input_stem(args.input)
     ct = mrml.sitk_to_volume(image, name, scene=scene)
     hounsfield = not args.no_window and looks_like_hu(sitk.GetArrayViewFromImage(image))

@@ -109,6 +109,21 @@ def read_ircadb(root: str | Path, keep_every: int = 3) -> list[RealCase]:
                      roi=masks["liver"][sparse], notes=f"every {keep_every}th slice of {image.shape[0]}")]
 
 
+def is_lvsd_slab(array: np.ndarray) -> bool:
+    """The LVSD slab layout (module docs): 8 slices, the first a binary vessel label, the others not."""
+    array = np.asarray(array)
+    if array.ndim != 3 or array.shape[0] != 8:
+        return False
+    return np.unique(array[0]).size <= 2 and np.unique(array[1:]).size > 2
+
+
+def check_not_lvsd_slab(array: np.ndarray, name: str) -> None:
+    """Refuse an LVSD slab given as a CT: its slice 0 is the vessel label, not CT."""
+    if is_lvsd_slab(array):
+        raise InputError(f"{name} is an LVSD slab (8 slices, slice 0 a binary vessel label, not CT): evaluate it with "
+                         "`vesselrecon eval vesselsdf --data <its folder>`, or give its 7 CT slices only.")
+
+
 def read_lvsd(root: str | Path, spacing: tuple[float, float, float] | None = None) -> list[RealCase]:
     """LVSD slabs (module docs); ``spacing`` overrides the files' (1 x 1 x 1 mm) header."""
     import SimpleITK as sitk
@@ -117,7 +132,7 @@ def read_lvsd(root: str | Path, spacing: tuple[float, float, float] | None = Non
     for path in sorted(Path(root).glob("*.nii*")):
         image = sitk.ReadImage(str(path))
         array = sitk.GetArrayFromImage(image)
-        if array.ndim != 3 or array.shape[0] != 8:
+        if not is_lvsd_slab(array):
             continue
         sx, sy, sz = spacing or image.GetSpacing()
         matrix = np.diag([-sx, -sy, sz, 1.0])  # LPS identity direction on disk -> RAS

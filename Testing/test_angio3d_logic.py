@@ -137,7 +137,7 @@ def test_shipped_weights_beat_the_classical_baseline():
     assert mean(ours, "dice") > mean(classical, "dice")
 
 
-def test_cli_run_on_a_case_folder(tmp_path):
+def test_cli_run_on_a_case_folder(tmp_path, capsys):
     from VesselReconLib.cli import main
     from VesselReconLib.phantoms.xray import make_case, write_case
 
@@ -164,8 +164,14 @@ def test_cli_run_on_a_case_folder(tmp_path):
     summary = json.loads((out / "qca.json").read_text())
     assert summary["qca"][0]["radius_view"] in ("A", "B", "A+B") and "calibration" in summary["quality"]
     assert summary["qca_radius"] == "regressor" and isinstance(summary["qca"][0]["unreliable"], bool)
-    assert main(["angio3d", "--view-a", str(folder / "view_a.png"), "--view-b", str(folder / "view_b.png"),
-                 "--points-a", "10,10 100,100", "--points-b", "10,10 100,100", "--out", str(out)]) == 2
+    # round 8: the stdout JSON line carries the run's warnings, as qca.json does
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["run_warnings"] == summary["warnings"] and printed["warnings"] == summary["qca"][0]["warnings"]
+    refused = tmp_path / "refused"
+    assert main(["angio3d", "--view-a", str(folder / "view_a.png"), "--view-b", str(folder / "view_a.png"),
+                 "--geometry-a", "30,0,1000,750,0.3", "--geometry-b", "30,0,1000,750,0.3",
+                 "--points-a", "10,10 100,100", "--points-b", "10,10 100,100", "--out", str(refused)]) == 2
+    assert not refused.exists()   # round 8: a refused run left an empty output folder
 
 
 @pytest.fixture(scope="module")

@@ -138,7 +138,7 @@ def run(args) -> int:
 
     device.keep_freed_memory()  # a command-line process only: Slicer's own heap policy is left alone
     views = _inputs(args)
-    final = atomic.output_folder(args.out)
+    final = atomic.check_output_folder(args.out)   # made by staging, once the outputs exist
     scene = runtime.new_scene()
     logic = Angio3DLogic(scene)
     nodes = []
@@ -177,7 +177,8 @@ def run(args) -> int:
         mrml.save_scene(out / "angio3d.mrb", scene)
     out = final
     print(json.dumps({"out": str(out), **summary["qca"][0], "epipolar_error_px": summary["epipolar_error_px"],
-                      "frames": frames_used, "seconds": round(sum(result.timings.values()), 3)}))
+                      "frames": frames_used, "seconds": round(sum(result.timings.values()), 3),
+                      "run_warnings": result.warnings}))  # "warnings" is the QCA row's own field
     for warning in result.warnings:
         log.warning("%s", warning)
     return 0

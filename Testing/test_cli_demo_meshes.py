@@ -19,12 +19,11 @@ def test_version_command():
     assert out.strip().startswith("vesselrecon 0.")
 
 
-def test_building_the_command_line_imports_no_monai():
-    """`vesselrecon --version` / `--help` build every method's parser; none may pull in MONAI (VC-Net's
-    eval and bench arguments used to, about 3 s of a 9 s start). torch still comes in through
-    angio3d.cli's `..device` import (reported to the Angio3D owner), so it is not asserted here."""
+def test_building_the_command_line_imports_no_monai_or_torch():
+    """`vesselrecon --version` / `--help` build every method's parser; none may pull in MONAI or torch
+    (VC-Net's eval and bench arguments and angio3d.cli's `..device` import used to: a 9 s start)."""
     code = ("import sys; from VesselReconLib.cli import build_parser; build_parser(); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('monai', 'torchvision')))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('monai', 'torchvision', 'torch')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout[:300]
 

@@ -160,13 +160,13 @@ def run(args) -> int:
         reconstruction = result.reconstruction
         branches = [{"points_lps": b.refined_centerline()[0].round(4).tolist(),
                      "radii_mm": b.refined_centerline()[1].round(4).tolist()} for b in reconstruction.branches]
-        (out / "centerline.json").write_text(json.dumps({"frame": "DICOM patient LPS (mm)", "branches": branches}))
+        (out / "centerline.json").write_text(json.dumps({"frame": "DICOM patient LPS (mm)", "branches": branches}), encoding="utf-8")
         summary = {"qca": logic.qca_rows(reconstruction), "epipolar_error_px": result.epipolarErrorPx,
                    "epipolar_error_before_px": result.epipolarErrorBeforePx, "frames": frames_used,
                    "qca_radius": args.qca_radius,
                    "quality": result.quality, "warnings": result.warnings, "timings_s": result.timings,
                    "frame_of_reference": "mesh.vtp and centerline.json: DICOM patient LPS (mm), marked in the files"}
-        (out / "qca.json").write_text(json.dumps(summary, indent=1))
+        (out / "qca.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         from PIL import Image
 
         for index, (name, mask, silhouette) in enumerate(zip("ab", reconstruction.masks, reconstruction.silhouettes())):
@@ -273,7 +273,7 @@ def train(args) -> int:
 
 def _dataset_seed(folder) -> int | None:
     index = Path(folder) / "dataset.json"
-    return json.loads(index.read_text()).get("seed") if index.is_file() else None
+    return json.loads(index.read_text(encoding="utf-8")).get("seed") if index.is_file() else None
 
 
 # ------------------------------------------------------------------ eval

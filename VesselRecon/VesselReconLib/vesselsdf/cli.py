@@ -230,7 +230,7 @@ def run(args) -> int:
         _write_like(recon.prediction.surface_field().astype("float32"), image, out / f"{name}_sdf.nii.gz")
         if args.occupancy and recon.prediction.occupancy is not None:
             _write_like(recon.prediction.occupancy.astype("float32"), image, out / f"{name}_occupancy.nii.gz")
-        with open(out / f"{name}_measurements.csv", "w", newline="") as handle:
+        with open(out / f"{name}_measurements.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["metric", "value"])
             writer.writerows(sorted(result.metrics.items()))
@@ -289,7 +289,7 @@ def evaluate(args) -> int:
     folders = args.data if isinstance(args.data, (list, tuple)) else [args.data]
     tables = {str(folder): _evaluate_folder(folder, models, device, args) for folder in folders}
     if args.json:
-        Path(args.json).write_text(json.dumps(tables[str(folders[0])] if len(folders) == 1 else tables, indent=2))
+        Path(args.json).write_text(json.dumps(tables[str(folders[0])] if len(folders) == 1 else tables, indent=2), encoding="utf-8")
     return 0
 
 

@@ -178,7 +178,7 @@ def detect_layout(root: str | Path) -> str:
     if any((root / f"PATIENT_DICOM{s}").exists() for s in ("", ".tar.gz", ".zip")):
         return "ircadb"
     if (root / "dataset.json").is_file():
-        meta = json.loads((root / "dataset.json").read_text())
+        meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
         first = (meta.get("training") or [{}])[0]
         return "phantom" if "hires_label" in first and "mesh" in first else "msd"
     if any(root.glob("*.nii*")):

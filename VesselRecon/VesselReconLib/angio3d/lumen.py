@@ -113,21 +113,28 @@ def true_radii_at(pixels: np.ndarray, truth: dict, geometry) -> tuple[np.ndarray
     return truth["radii"][k] / geometry.mm_per_pixel_at(truth["points"][k]), np.sqrt(d2[np.arange(len(k)), k])
 
 
+def phantom_run(seed: int, net, **options):
+    """``make_case(seed)`` through the pipeline without SR or stitching (``options`` go to ``reconstruct``):
+    the case, its float views, the result and the SOI's true centreline (600 points)."""
+    from ..phantoms.xray import make_case, soi_centerlines
+    from .pipeline import reconstruct
+
+    case = make_case(seed)
+    images = [v["image"].astype(np.float32) for v in case["views"]]
+    with torch.no_grad():
+        result = reconstruct(images, case["geometries"], [np.array(p) for p in case["soi_points"]], net=net,
+                             refine=False, stitch=False, **options)
+    return case, images, result, soi_centerlines(case["case"], n=600)[0]
+
+
 def collect(seeds, net) -> list[dict]:
     """Per phantom (``make_case(seed)``): each view's profiles, fit/mask radii along our own first 2D paths
     (the shipped pipeline, no SR, no re-routing) and the true radius (px) and path error at each sample."""
-    from ..phantoms.xray import make_case, soi_centerlines
     from .centerline import vessel_profiles
-    from .pipeline import reconstruct
 
     out = []
     for seed in seeds:
-        case = make_case(seed)
-        images = [v["image"].astype(np.float32) for v in case["views"]]
-        with torch.no_grad():
-            result = reconstruct(images, case["geometries"], [np.array(p) for p in case["soi_points"]], net=net,
-                                 refine=False, stitch=False, reroute=False, qca_radius="profile")
-        truth = soi_centerlines(case["case"], n=600)[0]
+        case, images, result, truth = phantom_run(seed, net, reroute=False, qca_radius="profile")
         views = []
         for v, line in enumerate(result.branches[0].centerlines_2d):
             true_px, off_px = true_radii_at(line.points, truth, case["geometries"][v])
@@ -176,7 +183,8 @@ def fit(cases: list[dict], hidden: int = 64, epochs: int = 30, seed: int = 0, lo
     return model.eval()
 
 
-def _seeds(text: str) -> list[int]:
+def seed_range(text: str) -> list[int]:
+    """Phantom seeds from ``lo-hi`` (inclusive)."""
     lo, hi = (int(v) for v in text.split("-"))
     return list(range(lo, hi + 1))
 
@@ -196,7 +204,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    seeds = _seeds(args.seeds)
+    seeds = seed_range(args.seeds)
     if args.cache and Path(args.cache).is_file():
         cases = [c for c in pickle.load(open(args.cache, "rb")) if c["seed"] in set(seeds)]
     else:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .lumen import MAX_OFF_PX, THROAT_WEIGHT, profile_dips
+from .lumen import MAX_OFF_PX, THROAT_WEIGHT, profile_dips, seed_range
 
 WINDOW = 3                   # samples on each side read along the vessel
 CHANNELS = 4                 # per sample in the window: log relative radius, sqrt area, peak, floored
@@ -88,19 +88,12 @@ def collect(seeds, net, log=print) -> list[dict]:
     test's loop): the true % stenosis, the shipped QCA and, per view along its own first 2D path, the QCA
     samples (:func:`~.triangulation.own_view_samples`) with the regressor's radii, the profiles across the
     vessel, the true radius (px) and the path's distance from the true centreline at each sample."""
-    from ..phantoms.xray import make_case, soi_centerlines
     from .centerline import vessel_profiles
-    from .lumen import REACH_PX, true_radii_at
-    from .pipeline import reconstruct
+    from .lumen import REACH_PX, phantom_run, true_radii_at
 
     out = []
     for seed in seeds:
-        case = make_case(seed)
-        images = [v["image"].astype(np.float32) for v in case["views"]]
-        with torch.no_grad():
-            result = reconstruct(images, case["geometries"], [np.array(p) for p in case["soi_points"]], net=net,
-                                 refine=False, stitch=False, qca_radius="regressor")
-        truth = soi_centerlines(case["case"], n=600)[0]
+        case, images, result, truth = phantom_run(seed, net, qca_radius="regressor")
         views = []
         for v, own in enumerate(result.branches[0].views["qca_samples"]["own"]):
             true_px, off_px = true_radii_at(own["pixels"], truth, case["geometries"][v])
@@ -172,11 +165,6 @@ def case_qca_errors(cases: list[dict], model: ThroatRefiner | None) -> np.ndarra
     return np.array(errors)
 
 
-def _seeds(text: str) -> list[int]:
-    lo, hi = (int(v) for v in text.split("-"))
-    return list(range(lo, hi + 1))
-
-
 def main(argv=None) -> int:
     import pickle
     from pathlib import Path
@@ -192,7 +180,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    seeds = set(_seeds(args.seeds))
+    seeds = set(seed_range(args.seeds))
     if args.cache and Path(args.cache).is_file():
         cases = [c for c in pickle.load(open(args.cache, "rb")) if c["seed"] in seeds]
     else:

@@ -132,3 +132,15 @@ def test_slicer_util_helpers_work_headless(scene):
     assert slicer.util.getNode("util") is node
     assert slicer.util.arrayFromVolume(node).shape == (2, 3, 4)
     assert slicer.app.applicationLogic() is not None
+
+
+def test_a_rolled_back_volume_keeps_its_display_pipeline_on_its_live_image_data(scene):
+    """Rolling back an overwritten volume restored its display node's old pipeline input, whose producer the
+    overwrite had deleted (an intermittent segfault in VTK); the display now follows the volume's live data."""
+    volume = mrml.array_to_volume(np.zeros((1, 8, 8), np.float32), np.eye(4), "kept", scene=scene)
+    with pytest.raises(RuntimeError), mrml.transaction(scene):
+        mrml.array_to_volume(np.ones((1, 8, 8), np.float32), np.eye(4), "kept", node=volume, scene=scene)
+        raise RuntimeError("disk full (simulated)")
+    display = volume.GetDisplayNode()
+    assert display.GetInputImageDataConnection() is volume.GetImageDataConnection()
+    assert float(mrml.volume_to_array(volume)[0].sum()) == 0.0

@@ -121,7 +121,16 @@ class SceneTransaction:
         remove_nodes_added_since(self.scene, self.before)
         for parts in self.saved.values():
             for part, copy in parts:
+                _keep_live_input(part, copy)
                 part.CopyContent(copy, True)
+
+
+def _keep_live_input(part, copy) -> None:
+    """A volume display node's content copy carries the pipeline input it had when copied; once the volume's
+    image data was replaced that input's producer is deleted, and restoring it crashed VTK. The live node keeps
+    the input its (already restored) volume gave it."""
+    if hasattr(part, "GetInputImageDataConnection"):
+        copy.SetInputImageDataConnection(part.GetInputImageDataConnection())
 
 
 def _content_copy(node):

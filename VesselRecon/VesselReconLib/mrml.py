@@ -258,6 +258,26 @@ def check_same_grid(ijk_to_ras: np.ndarray, reference_ijk_to_ras: np.ndarray, sh
                          f"voxels up to {shift:.2f} mm apart): resample it onto {reference} first.")
 
 
+def labels_on_grid(node, reference_volume, shape: Sequence[int], name: str,
+                   reference: str = "the input volume") -> np.ndarray:
+    """A labelmap volume or segmentation node as a KJI label array on ``reference_volume``'s grid of ``shape``:
+    a segmentation is exported onto that grid; a labelmap must already lie on it (:func:`check_same_grid`).
+
+    :raises InputError: another shape, or a labelmap elsewhere, saying to resample it onto ``reference``.
+    """
+    geometry = None
+    if node.IsA("vtkMRMLSegmentationNode"):
+        array = segmentation_to_labelmap(node, reference_volume)[0]
+    else:
+        array, geometry = volume_to_array(node)
+    if array.shape != tuple(shape):
+        raise InputError(f"{name} has shape {array.shape} but {reference} has {tuple(shape)}: "
+                         f"resample it onto {reference} first.")
+    if geometry is not None:
+        check_same_grid(geometry, ijk_to_ras_of(reference_volume), shape, name, reference)
+    return array
+
+
 def array_to_volume(array: np.ndarray, ijk_to_ras: np.ndarray, name: str, node=None, scene=None,
                     labelmap: bool = False, color_node_id: str | None = None,
                     window_level: tuple[float, float] | None = None, creator: str = "VesselRecon"):

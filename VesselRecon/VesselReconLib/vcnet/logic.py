@@ -85,17 +85,9 @@ class VCNetLogic(VesselReconLogic):
         """Binary array of a labelmap volume or segmentation node on the reference geometry."""
         if node is None:
             raise InputError(f"{name} is missing.")
-        if node.IsA("vtkMRMLSegmentationNode"):
-            if node.GetSegmentation().GetNumberOfSegments() == 0:
-                raise InputError(f"{name} has no segments.")
-            array, _ = mrml.segmentation_to_labelmap(node, reference_volume)
-        else:
-            array, geometry = mrml.volume_to_array(node)
-        if array.shape != tuple(shape):
-            raise InputError(f"{name} has shape {array.shape} but the volume has {tuple(shape)}: "
-                             "resample it onto the input volume first.")
-        if not node.IsA("vtkMRMLSegmentationNode"):
-            mrml.check_same_grid(geometry, mrml.ijk_to_ras_of(reference_volume), shape, name)
+        if node.IsA("vtkMRMLSegmentationNode") and node.GetSegmentation().GetNumberOfSegments() == 0:
+            raise InputError(f"{name} has no segments.")
+        array = mrml.labels_on_grid(node, reference_volume, shape, name)
         return (np.asarray(array) > 0).astype(np.uint8)
 
     # ------------------------------------------------------------ main entry point

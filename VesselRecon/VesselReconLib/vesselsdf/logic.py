@@ -66,16 +66,7 @@ class VesselSDFLogic(VesselReconLogic):
         """A labelmap or segmentation node as a boolean KJI array on the grid of volume ``grid``."""
         if node is None:
             return None
-        geometry = None
-        if node.IsA("vtkMRMLSegmentationNode"):
-            array, _ = mrml.segmentation_to_labelmap(node, reference_volume=grid)
-        else:
-            array, geometry = mrml.volume_to_array(node)
-        if array.shape != tuple(shape):
-            raise InputError(f"{what} has shape {array.shape} but the CT has {tuple(shape)}: "
-                             "resample it onto the CT first.")
-        if geometry is not None:
-            mrml.check_same_grid(geometry, mrml.ijk_to_ras_of(grid), shape, what, "the CT")
+        array = mrml.labels_on_grid(node, grid, shape, what, "the CT")
         if not np.any(array):
             raise InputError(f"{what} is empty: paint it or leave it unset.")
         return array > 0

@@ -13,6 +13,7 @@ from typing import TypeVar
 import torch
 
 from . import DEVICE_CHOICES  # noqa: F401 - named in the package (no torch there), re-exported here
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 

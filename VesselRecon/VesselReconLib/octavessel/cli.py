@@ -28,6 +28,7 @@ def run(args) -> int:
     import sys
 
     from .. import atomic
+    from ..cli import file_error
     from ..enface_io import read_image
     from ..errors import InputError
     from ..registry import load_model
@@ -40,7 +41,7 @@ def run(args) -> int:
             pixels = read_image(path, required=False).pixels
         except InputError as exc:
             failed += 1
-            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(file_error(path.name, exc), file=sys.stderr)
             continue
         _write_mask(net, pixels, args.threshold, atomic.output_folder(out) / f"{path.stem}_vessels.png", path)
     return 2 if failed else 0

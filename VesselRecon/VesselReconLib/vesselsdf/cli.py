@@ -196,7 +196,7 @@ def run(args) -> int:
     import SimpleITK as sitk
 
     from . import realdata
-    from .preprocess import looks_like_hu
+    from .preprocess import looks_like_hu, roi_cm3
 
     scene = runtime.new_scene()
     image = read_image(args.input)
@@ -218,9 +218,9 @@ def run(args) -> int:
     bar.close()
     recon = result.reconstruction
     spacing = recon.spacing
-    roi_cm3 = float(recon.canonical.roi.sum()) * float(np.prod(spacing)) / 1000 if recon.canonical else float("nan")
+    roi_volume = roi_cm3(recon.canonical.roi, spacing) if recon.canonical else float("nan")
     print(f"spacing used: {spacing[0]:.4g} x {spacing[1]:.4g} x {spacing[2]:.4g} mm; liver ROI: "
-          f"{recon.canonical.roi_source if recon.canonical else 'given'}, {roi_cm3:.0f} cm³", file=sys.stderr)
+          f"{recon.canonical.roi_source if recon.canonical else 'given'}, {roi_volume:.0f} cm³", file=sys.stderr)
     with atomic.staging(final, f"vesselsdf-{name}") as out:
         meshes.save_polydata_lps(recon.surface, out / f"{name}_vessels.vtp")
         meshes.save_polydata_lps(recon.surface, out / f"{name}_vessels.stl")

@@ -173,8 +173,7 @@ def fuse_with_occupancy(sdf: torch.Tensor, prob: torch.Tensor, spacing, band_mm:
             labels, count = label(lost, np.ones((3, 3, 3), bool))
             far = lost & (_distance_to(fused < 0, spacing, band) > band)
             keep = np.zeros(count + 1, bool)
-            keep[labels[far]] = True
-            keep[0] = False
+            keep[labels[far]] = True   # far lies in lost: labels there are > 0
             if keep.any():
                 fused = _union_with(fused, keep[labels], spacing)
         out.append(fused)

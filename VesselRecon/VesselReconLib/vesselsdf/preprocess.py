@@ -266,12 +266,17 @@ LIVER_LITRES = (0.5, 4.0)
 """An automatic liver ROI outside this volume (L; a liver is typically 1-3 L) is reported as implausible."""
 
 
+def roi_cm3(roi: np.ndarray, spacing) -> float:
+    """Volume (cm³) of a KJI mask with voxel ``spacing`` (mm)."""
+    return float(np.count_nonzero(roi)) * float(np.prod(spacing)) / 1000.0
+
+
 def auto_roi_notes(roi: np.ndarray, spacing) -> list[str]:
     """Warnings for an automatic liver ROI: always its source and volume (the output is kept inside it,
     and it can hold the vessels and organs next to the liver); and when it is empty, the whole image or
     of an implausible volume for a liver (:data:`LIVER_LITRES`)."""
     roi = np.asarray(roi, bool)
-    litres = float(roi.sum()) * float(np.prod(spacing)) / 1e6
+    litres = roi_cm3(roi, spacing) / 1000.0
     if not roi.any() or roi.all():
         return ["no liver ROI given and none found automatically (no enhancing soft tissue on the patient's "
                 "right): the whole image is used and the output is not confined to a liver; give a liver mask (--roi)"]

@@ -165,22 +165,31 @@ def fit(cases: list[dict], hidden: int = 64, epochs: int = 30, seed: int = 0, lo
     model = LumenRegressor(hidden)
     model.mean.copy_(torch.from_numpy(x.mean(0)))
     model.std.copy_(torch.from_numpy(x.std(0) + 1e-6))
-    xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
-    batch = 512
-    optimiser = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 3e-3, total_steps=epochs * ((len(xt) + batch - 1) // batch))
+    fit_weighted(model, model, torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w), epochs,
+                 lambda epoch, loss: log(f"epoch {epoch}: loss {loss:.4f} ({len(x)} samples)"))
+    return model.eval()
+
+
+def fit_weighted(module: nn.Module, predict, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, epochs: int,
+                 on_epoch=lambda epoch, loss: None, batch: int = 512) -> float:
+    """Train ``module``'s parameters so that ``predict(x)`` fits ``y``: weighted smooth-L1 (β 0.1), AdamW
+    (2e-3, weight decay 1e-4), one-cycle to 3e-3, shuffled batches; returns the last epoch's mean loss
+    (``on_epoch(epoch, loss)`` after each)."""
+    optimiser = torch.optim.AdamW(module.parameters(), 2e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 3e-3, total_steps=epochs * ((len(x) + batch - 1) // batch))
+    total = 0.0
     for epoch in range(epochs):
-        order, total = torch.randperm(len(xt)), 0.0
-        for i in range(0, len(xt), batch):
+        order, total = torch.randperm(len(x)), 0.0
+        for i in range(0, len(x), batch):
             b = order[i:i + batch]
-            loss = (nn.functional.smooth_l1_loss(model(xt[b]), yt[b], beta=0.1, reduction="none") * wt[b]).sum() / wt[b].sum()
+            loss = (nn.functional.smooth_l1_loss(predict(x[b]), y[b], beta=0.1, reduction="none") * w[b]).sum() / w[b].sum()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             schedule.step()
-            total += float(loss) * len(b)
-        log(f"epoch {epoch}: loss {total / len(xt):.4f} ({len(xt)} samples)")
-    return model.eval()
+            total += float(loss.detach()) * len(b)
+        on_epoch(epoch, total / len(x))
+    return total / len(x)
 
 
 def seed_range(text: str) -> list[int]:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .lumen import MAX_OFF_PX, THROAT_WEIGHT, profile_dips, seed_range
+from .lumen import MAX_OFF_PX, THROAT_WEIGHT, fit_weighted, profile_dips, seed_range
 
 WINDOW = 3                   # samples on each side read along the vessel
 CHANNELS = 4                 # per sample in the window: log relative radius, sqrt area, peak, floored
@@ -128,25 +128,13 @@ def fit(cases: list[dict], hidden: int = 64, members: int = 3, epochs: int = 20,
     model.mean.copy_(torch.from_numpy(x.mean(0)))
     model.std.copy_(torch.from_numpy(x.std(0) + 1e-6))
     xt, yt, wt = (model.mean.new_tensor(x) - model.mean) / model.std, torch.from_numpy(y), torch.from_numpy(w)
-    batch = 512
     for index, member in enumerate(model.members):
         torch.manual_seed(seed + index)
         for layer in member:
             if isinstance(layer, nn.Linear):
                 layer.reset_parameters()
-        optimiser = torch.optim.AdamW(member.parameters(), 2e-3, weight_decay=1e-4)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 3e-3, total_steps=epochs * ((len(xt) + batch - 1) // batch))
-        for epoch in range(epochs):
-            order, total = torch.randperm(len(xt)), 0.0
-            for i in range(0, len(xt), batch):
-                b = order[i:i + batch]
-                loss = (nn.functional.smooth_l1_loss(member(xt[b])[:, 0], yt[b], beta=0.1, reduction="none") * wt[b]).sum() / wt[b].sum()
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                schedule.step()
-                total += float(loss.detach()) * len(b)
-        log(f"member {index}: loss {total / len(xt):.4f} ({len(xt)} samples)")
+        loss = fit_weighted(member, lambda xb, member=member: member(xb)[:, 0], xt, yt, wt, epochs)
+        log(f"member {index}: loss {loss:.4f} ({len(xt)} samples)")
     return model.eval()
 
 

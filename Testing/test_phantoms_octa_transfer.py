@@ -73,7 +73,6 @@ def test_eval_command_prints_the_table(tmp_path, capsys):
     assert cli.main(["eval", "octavessel", "--rossa", str(tmp_path / "none")]) == 2
 
 
-@pytest.mark.skipif(not (ROSSA / "test").is_dir(), reason="needs ../shared/datasets/rossa")
 @pytest.mark.skipif(not _shipped(), reason="octavessel-lite is not in the registry")
 def test_segment_command_reads_16_bit_tiffs_and_skips_a_bad_file(tmp_path, capsys):
     """`vesselrecon octavessel`: a 16-bit TIFF gives the 8-bit PNG's mask (it was clipped to white), and an
@@ -93,6 +92,8 @@ def test_segment_command_reads_16_bit_tiffs_and_skips_a_bad_file(tmp_path, capsy
     assert masks[0].any() and np.array_equal(masks[0], masks[1])
 
 
+@pytest.mark.skipif(not (ROSSA / "test").is_dir(), reason="needs ../shared/datasets/rossa")
+@pytest.mark.skipif(not _shipped(), reason="octavessel-lite is not in the registry")
 def test_phantom_only_segmenter_on_20_real_rossa_test_images():
     from VesselReconLib.metrics import dice
 

@@ -172,3 +172,40 @@ def test_mirrored_mean_runs_the_flips_side_by_side_without_autograd_and_inline_w
     dev.mirrored_mean(conv, x, (-2, -1)).sum().backward()  # with autograd: inline, gradients flow
     assert {i for i, _ in threads} == {threading.get_ident()} and conv.weight.grad is not None
     assert torch.get_num_threads() == 2
+
+
+def test_fold_batchnorms_folds_sequential_and_named_pairs_only_into_plain_norms():
+    """Adjacent (Conv2d, BatchNorm2d), a named pair behind MONAI's Convolution wrapper, and a named pair on a
+    bare Conv2d are folded; a BatchNorm2d subclass (it may act too) is kept; the original is untouched."""
+    from monai.networks.blocks import Convolution
+    from torch import nn
+
+    from VesselReconLib.batchnorm_folding import fold_batchnorms
+
+    class ActingNorm(nn.BatchNorm2d):
+        def forward(self, x):
+            return torch.relu(super().forward(x))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = Convolution(2, 3, 4, conv_only=True)
+            self.norm1 = nn.BatchNorm2d(4)
+            self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), ActingNorm(4)
+            self.conv3, self.bn3 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn3(self.conv3(self.bn2(self.conv2(self.norm1(self.conv1(x))))))
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), Block()).eval()
+    for norm in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(0.5, 1.5)
+    folded = fold_batchnorms(net, (("conv1", "norm1"), ("conv2", "bn2"), ("conv3", "bn3")))
+    assert [type(m) for m in folded.modules() if isinstance(m, nn.BatchNorm2d)] == [ActingNorm]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 4
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)

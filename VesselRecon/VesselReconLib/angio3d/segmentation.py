@@ -155,25 +155,13 @@ CONV_BN_PAIRS = (("_conv_stem", "_bn0"), ("_expand_conv", "_bn0"), ("_depthwise_
 
 
 def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
-    """An eval-mode copy of a U-Net with every BatchNorm folded into the convolution before it (EfficientNet's
-    named pairs, ``Conv2d, BatchNorm2d`` in a Sequential) and TF-"same" padding that is symmetric moved into
-    the convolution itself (no padded copy of the activations); the same function to ~1e-5 in the logits."""
-    import copy
+    """An eval-mode copy of a U-Net with every BatchNorm folded into the convolution before it
+    (:func:`~VesselReconLib.batchnorm_folding.fold_batchnorms` with EfficientNet's named pairs) and TF-"same"
+    padding that is symmetric moved into the convolution itself (no padded copy of the activations); the
+    same function to ~1e-5 in the logits."""
+    from ..batchnorm_folding import fold_batchnorms
 
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    module = copy.deepcopy(module).eval()
-    for layer in list(module.modules()):
-        pairs = [(a, b) for a, b in CONV_BN_PAIRS if isinstance(getattr(layer, a, None), torch.nn.Conv2d)
-                 and isinstance(getattr(layer, b, None), torch.nn.BatchNorm2d)]
-        if isinstance(layer, torch.nn.Sequential):
-            names = list(layer._modules)
-            pairs += [(a, b) for a, b in zip(names, names[1:])
-                      if isinstance(layer._modules[a], torch.nn.Conv2d)
-                      and isinstance(layer._modules[b], torch.nn.BatchNorm2d)]
-        for conv, bn in pairs:
-            setattr(layer, conv, fuse_conv_bn_eval(getattr(layer, conv), getattr(layer, bn)))
-            setattr(layer, bn, torch.nn.Identity())
+    module = fold_batchnorms(module, CONV_BN_PAIRS)
     for layer in module.modules():
         pad = getattr(layer, "static_padding", None)
         if isinstance(pad, torch.nn.ZeroPad2d) and len(set(pad.padding)) == 1 and layer.padding == (0, 0):

@@ -319,41 +319,17 @@ class FAZUNet(DynUNet):
 
 
 def fused_for_inference(net: nn.Module, channels_last: bool = False) -> nn.Module:
-    """An inference copy of a network: every convolution followed by a batch norm is folded into one
-    convolution (``torch.nn.utils.fusion.fuse_conv_bn_eval``; outputs equal to float rounding) and,
-    with ``channels_last``, the weights are stored channels-last (faster small convolutions on a CPU).
-    The original is left as it is (it may be trained further)."""
-    import copy
+    """An inference copy of a network with its batch norms folded into the convolutions
+    (:func:`~VesselReconLib.batchnorm_folding.fold_batchnorms`: timm's and MONAI's conv/norm attribute pairs)
+    and, with ``channels_last``, channels-last weights (faster small convolutions on a CPU)."""
+    from ..batchnorm_folding import fold_batchnorms
 
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    fused = fold_batchnorms(net, CONV_NORM_PAIRS)
+    return fused.to(memory_format=torch.channels_last) if channels_last else fused
 
-    fused = copy.deepcopy(net).eval()
-    for module in fused.modules():
-        if isinstance(module, nn.Sequential):          # timm: (conv, bn) pairs in stems and downsampling
-            for index in range(len(module) - 1):
-                if isinstance(module[index], nn.Conv2d) and type(module[index + 1]) is nn.BatchNorm2d:
-                    module[index] = fuse_conv_bn_eval(module[index], module[index + 1])
-                    module[index + 1] = nn.Identity()
-        for conv_name, norm_name in (("conv1", "norm1"), ("conv2", "norm2"), ("conv3", "norm3"),
-                                     ("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):   # MONAI, timm
-            conv_holder, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
-            if type(norm) is not nn.BatchNorm2d or conv_holder is None:   # not timm's BatchNormAct2d (it acts too)
-                continue
-            # where the convolution that feeds the norm sits: (owner, attribute name)
-            if isinstance(conv_holder, nn.Sequential) and not hasattr(conv_holder, "conv"):   # timm's deep stem: its last convolution feeds bn1
-                owner, attribute = conv_holder, str(len(conv_holder) - 1)
-            elif hasattr(conv_holder, "conv"):            # MONAI's Convolution wraps an nn.Conv2d
-                owner, attribute = conv_holder, "conv"
-            else:
-                owner, attribute = module, conv_name
-            conv = getattr(owner, attribute)
-            if not isinstance(conv, nn.Conv2d):
-                continue
-            setattr(owner, attribute, fuse_conv_bn_eval(conv, norm))
-            setattr(module, norm_name, nn.Identity())
-    if channels_last:
-        fused = fused.to(memory_format=torch.channels_last)
-    return fused
+
+CONV_NORM_PAIRS = (("conv1", "norm1"), ("conv2", "norm2"), ("conv3", "norm3"),
+                   ("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))     # MONAI, timm
 
 
 PRESETS = {**QUALITY_PRESETS, **FAZ_PRESETS}

@@ -128,6 +128,8 @@ def test_fov_tokens_and_work_image():
     assert io.fov_from_path("octagon_angio3superf.tif") == 3.0 and io.fov_from_path("octagon_angio6prof.tif") == 6.0
     assert io.fov_from_path("area6superf_system.png") == 6.0 and io.fov_from_path("p1_angio6deep.png") == 6.0
     assert io.fov_from_path("scan_6mm.png") == 6.0 and io.fov_from_path("scan12.png") is None
+    assert io.fov_from_path("scan_3x3_6mm.png") is None and io.fov_from_path("6mm/scan_3x3_6mm.png") is None
+    assert io.fov_from_path("6x6mm_scan.png") == 6.0 and io.fov_from_path("3x3_angio3superf.tif") == 3.0
     assert io.fov_from_path("study_3x6.png") is None and io.fov_from_path("img_1000mm.png") is None
     assert io.resolve_fov(None, 250.0, "x.png", required=False) == (None, "unknown")  # 72-dpi TIFF default
     assert io.resolve_fov(None, 250.0, "x_6x6.png") == (6.0, "filename")

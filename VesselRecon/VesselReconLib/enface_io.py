@@ -71,12 +71,13 @@ def normalise(array: np.ndarray, name: str = "image") -> np.ndarray:
 
 def fov_from_path(path: str | Path) -> float | None:
     """Field of view from a clear token in the file name, else in a folder name (innermost first):
-    ``3x3``/``6 x 6 mm``, ``6mm`` or an OCTAGON-style ``angio3superf``/``angio6prof``."""
+    ``3x3``/``6 x 6 mm``, ``6mm`` or an OCTAGON-style ``angio3superf``/``angio6prof``. A name whose tokens
+    give two different widths (``scan_3x3_6mm``) gives none: ``None``, never the first of them."""
     for part in reversed(Path(path).parts):
-        for pattern in (_FOV_TOKEN, _SLAB_TOKEN, _MM_TOKEN):
-            match = pattern.search(part)
-            if match and _plausible(float(match.group(1))):
-                return float(match.group(1))
+        widths = {float(match.group(1)) for pattern in (_FOV_TOKEN, _SLAB_TOKEN, _MM_TOKEN)
+                  for match in pattern.finditer(part) if _plausible(float(match.group(1)))}
+        if widths:
+            return widths.pop() if len(widths) == 1 else None
     return None
 
 
@@ -103,7 +104,8 @@ def missing_fov_message(names) -> str:
     names = [str(n) for n in names]
     shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
     return (f"No field of view is known for {shown}: neither metadata (DICOM PixelSpacing, TIFF resolution) "
-            "nor the file name (e.g. 3x3, 6mm, angio6superf) gives the scan width. Give it with --fov 3 or "
+            "nor the file name (e.g. 3x3, 6mm, angio6superf; a name with two different widths gives none) "
+            "gives the scan width. Give it with --fov 3 or "
             "--fov 6 (or a per-file 'fov_file' CSV / 'field_of_view_per_file' in the configuration), or "
             "choose 3 mm or 6 mm in the module's field-of-view selector.")
 

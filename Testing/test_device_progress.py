@@ -98,24 +98,35 @@ def test_cuda_autocast_uses_half_precision():
     assert y.dtype in (torch.bfloat16, torch.float16)
 
 
-def test_time_call_warms_up_then_reduces_the_timed_calls():
-    import time
+def test_time_call_warms_up_then_reduces_the_timed_calls(monkeypatch):
+    """On a scripted clock (no sleeping: a loaded CI machine stretches sleeps): the warm-up call is run but
+    not timed, each timed call is the clock's advance over ``fn``, and ``reduce`` picks among them."""
+    import types
 
-    durations = iter([0.0, 0.03, 0.01, 0.02])  # the first call is the warm-up
-    calls = []
-
-    def fn():
-        calls.append(1)
-        time.sleep(next(durations))
-
-    cpu = torch.device("cpu")
-    best = dev.time_call(fn, cpu, repeats=3, warmup=1)
-    assert len(calls) == 4
-    assert 0.01 <= best < 0.02
-    durations = iter([0.0, 0.03, 0.01, 0.02])
     import numpy as np
 
-    assert 0.02 <= dev.time_call(fn, cpu, repeats=3, reduce=np.median) < 0.03
+    clock = {"wall": 100.0, "cpu": 7.0}
+    monkeypatch.setattr(dev, "time", types.SimpleNamespace(perf_counter=lambda: clock["wall"],
+                                                           process_time=lambda: clock["cpu"]))
+    calls = []
+
+    def scripted(durations):
+        steps = iter(durations)
+
+        def fn():
+            calls.append(1)
+            step = next(steps)
+            clock["wall"] += step
+            clock["cpu"] += 2 * step   # two busy threads
+
+        return fn
+
+    cpu = torch.device("cpu")
+    warm_up_then = [5.0, 0.03, 0.01, 0.02]     # a slow first call, then three timed ones
+    assert dev.time_call(scripted(warm_up_then), cpu, repeats=3, warmup=1) == pytest.approx(0.01)
+    assert len(calls) == 4
+    assert dev.time_call(scripted(warm_up_then), cpu, repeats=3, reduce=np.median) == pytest.approx(0.02)
+    assert dev.timed_pair(scripted([0.5]), cpu) == pytest.approx((0.5, 1.0))
 
 
 def test_map_batches_runs_items_in_one_thread_workers_in_order_and_restores_the_thread_count():

@@ -320,6 +320,8 @@ def test_warnings_for_no_mask_and_an_implausible_slice_axis(phantom):
     assert check_slice_axis((60, 200, 200), (0.5, 0.5, 0.8)) is None
     assert check_slice_axis((60, 200, 200), (0.3, 0.3, 0.3)) is None  # isotropic is fine
     assert "slice axis" in check_slice_axis((200, 60, 60), (0.8, 0.8, 0.4))  # K finer than in-plane
+    assert "slice axis" in check_slice_axis((200, 60, 200), (0.85, 0.53, 0.53))  # I the coarse axis
+    assert check_slice_axis((60, 200, 200), (0.4, 0.5, 0.8)) is None  # rectangular in-plane pixels
     assert "slice axis" in check_slice_axis((400, 60, 60), (0.5, 0.5, 0.5))  # a long thin K
 
 

@@ -272,7 +272,7 @@ def measurements(labels: np.ndarray, spacing) -> dict:
 def check_slice_axis(shape, spacing) -> str | None:
     """A warning when the array's K axis does not look like the acquisition slice axis."""
     sx, sy, sz = (float(v) for v in spacing)
-    if sz < 0.8 * min(sx, sy):
+    if sz < 0.8 * max(sx, sy):
         return (f"The slice spacing ({sz:.2f} mm) is finer than the in-plane spacing ({sx:.2f} x {sy:.2f} mm): "
                 "the volume's K axis may not be the acquisition slice axis (reorient it so that K runs "
                 "through the axial TOF slab).")

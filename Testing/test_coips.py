@@ -279,6 +279,9 @@ def test_reports_csv_html_and_svg(tmp_path):
     assert "Rejected images (4)" in html and "bad.png" in html and "im0.png" in html and "<svg" in html
     back = read_csv(write_csv(rows, tmp_path / "r.csv"))
     assert len(back) == 10 and back[1]["grade"] == "gradable" and back[0]["faz_area_mm2"] == ""
+    assert summary["faz_area_mm2"]["sd"] == pytest.approx(np.std([0.2 + 0.01 * i for i in range(9) if i % 3], ddof=1))
+    single = write_html(rows[1:2], tmp_path / "one.html").read_text()   # one FAZ: a mean, no SD (not "SD 0.000")
+    assert "over 1 segmented images" in single and "mean 0.210" in single and "SD" not in single.split("<table")[0]
 
 
 # ---------------------------------------------------------------- training setup

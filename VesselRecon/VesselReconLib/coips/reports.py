@@ -20,11 +20,14 @@ PROBABILITY_DIGITS = 3
 
 
 def _area_stats(areas) -> dict:
+    """n, mean, median, min, max and, from two areas on, the sample SD (one area has none, not 0)."""
     areas = np.asarray(areas, dtype=float)
     stats = {"n": int(areas.size)}
     if areas.size:
-        stats.update(mean=float(areas.mean()), sd=float(areas.std(ddof=1)) if areas.size > 1 else 0.0,
-                     median=float(np.median(areas)), min=float(areas.min()), max=float(areas.max()))
+        stats.update(mean=float(areas.mean()), median=float(np.median(areas)), min=float(areas.min()),
+                     max=float(areas.max()))
+    if areas.size > 1:
+        stats["sd"] = float(areas.std(ddof=1))
     return stats
 
 
@@ -180,8 +183,9 @@ def write_html(rows: list[dict], path: str | Path, title: str = "COIPS report", 
     stats = summary["faz_area_mm2"]
     rejected = [r for r in rows if r.get("grade") == GRADES[0] or r.get("status") in ("error", "unsuitable")]
     implausible = [r for r in rows if r.get("faz_plausible") is False]
+    spread = f"SD {stats['sd']:.3f}, " if "sd" in stats else ""
     area_text = (f"FAZ area over {stats['n']} segmented images with a plausible FAZ: mean {stats['mean']:.3f} mm², "
-                 f"SD {stats['sd']:.3f}, median {stats['median']:.3f}, range {stats['min']:.3f}-{stats['max']:.3f}."
+                 f"{spread}median {stats['median']:.3f}, range {stats['min']:.3f}-{stats['max']:.3f}."
                  if stats["n"] else "No plausible FAZ was segmented.")
     metric_columns = ["image", "grade", *probability_columns(), "slab", "grade_source", "field_of_view_mm",
                       "fov_source", "faz_flags", *FAZ_METRIC_UNITS]

@@ -24,12 +24,15 @@ def _disk(size: int, radius: float, centre=None) -> np.ndarray:
 # ---------------------------------------------------------------- configuration
 
 
-def test_config_yaml_overrides_and_refusals(tmp_path):
+def test_config_yaml_overrides_and_refusals(tmp_path, monkeypatch):
     path = tmp_path / "cfg.yaml"
     path.write_text("input: /data/in\noutput: /data/out\nfield_of_view_mm: 6\nbatch_size: 8\n")
     config = load_config(path, batch_size=4, device=None)
     assert (config.input, config.field_of_view_mm, config.batch_size, config.device) == ("/data/in", 6, 4, "auto")
-    assert config.num_workers == min(2, __import__("os").cpu_count() or 1)
+    for cores, workers in ((1, 1), (16, 2), (None, 1)):   # two decoding workers at most, one per core
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        assert load_config(path).num_workers == workers, cores
+    assert load_config(path, num_workers=0).num_workers == 0
     path.write_text("inputs: /x\n")
     with pytest.raises(InputError, match="Unknown configuration keys: inputs"):
         load_config(path)

@@ -90,30 +90,44 @@ def test_scene_round_trip(processed, tmp_path):
     assert float(view.GetAttribute("DICOM.PositionerPrimaryAngle")) == pytest.approx(sample.primaryAngleA)
 
 
+def test_a_run_of_frames_keeps_its_frame_order_through_a_saved_scene(tmp_path):
+    """A multi-frame view saved in a scene (.mrb) and reloaded holds the same frame at the same index: the volume's
+    IJK-to-RAS was left-handed (K along the beam), Slicer's reader flipped K, and frame 6 came back as frame 5."""
+    from VesselReconLib import runtime
+    from VesselReconLib.angio3d.geometry import CArmGeometry
+
+    logic = Angio3DLogic(runtime.new_scene())
+    frames = np.stack([np.full((32, 40), 10.0 * k, np.float32) + np.arange(40, dtype=np.float32) for k in range(4)])
+    view = logic.add_view(frames, CArmGeometry(-0.8, -23.2, 891, 720, (0.4, 0.4), 32, 40), "run")
+    before, matrix = mrml.volume_to_array(view)
+    loaded = mrml.load_scene(mrml.save_scene(tmp_path / "run.mrb", logic.scene), runtime.new_scene())
+    after, loaded_matrix = mrml.volume_to_array(loaded.GetFirstNodeByName("run"))
+    np.testing.assert_allclose(loaded_matrix, matrix, atol=1e-4)
+    np.testing.assert_array_equal(after, before)
+    np.testing.assert_array_equal(Angio3DLogic.frame_of(loaded.GetFirstNodeByName("run"), 2, "view A")[0], frames[2])
+
+
 def test_bad_inputs_leave_the_scene_untouched(processed, tmp_path):
+    """Every refusal, each checked on its own (the test's own input nodes are made first)."""
     scene, logic, sample, result = processed
-    before = scene_state(scene)
     args = [sample.viewA, sample.viewB, sample.pointsA, sample.pointsB]
-    with pytest.raises(InputError, match="missing"):
-        logic.process(None, *args[1:])
-    with pytest.raises(InputError, match="frame"):
-        logic.process(*args, frameA=5)
     flat = mrml.array_to_volume(np.ones((1, 64, 64), np.float32), np.eye(4), "flat", scene=scene)
-    before = scene_state(scene)
-    with pytest.raises(InputError, match="constant"):
-        logic.process(flat, *args[1:], primaryAngleA=0, secondaryAngleA=0, sidA=1000, sodA=700, pixelSpacingA=0.3)
-    with pytest.raises(InputError, match="lacks"):
-        logic.process(flat, *args[1:])
     odd = mrml.output_node("vtkMRMLMarkupsFiducialNode", "odd", scene=scene)
     odd.AddControlPoint(0.0, 0.0, 0.0)
-    before = scene_state(scene)
-    with pytest.raises(InputError, match="SOI points"):
-        logic.process(args[0], args[1], odd, args[3])
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a model")
-    with pytest.raises(CheckpointError):
-        logic.process(*args, model=str(bad))
-    assert scene_state(scene) == before
+    geometry = dict(primaryAngleA=0, secondaryAngleA=0, sidA=1000, sodA=700, pixelSpacingA=0.3)
+    refusals = [("missing", InputError, lambda: logic.process(None, *args[1:])),
+                ("frame", InputError, lambda: logic.process(*args, frameA=5)),
+                ("constant", InputError, lambda: logic.process(flat, *args[1:], **geometry)),
+                ("lacks", InputError, lambda: logic.process(flat, *args[1:])),
+                ("SOI points", InputError, lambda: logic.process(args[0], args[1], odd, args[3])),
+                ("", CheckpointError, lambda: logic.process(*args, model=str(bad)))]
+    before = scene_state(scene)
+    for match, error, call in refusals:
+        with pytest.raises(error, match=match):
+            call()
+        assert scene_state(scene) == before, match
 
 
 def test_shipped_weights_beat_the_classical_baseline():

@@ -340,9 +340,11 @@ def test_bench_prints_one_json_line_with_pipeline_and_baseline(capsys):
         assert line[key] > 0
     assert line["ratio_pipeline_vs_plain_backbone"] == pytest.approx(
         line["pipeline_images_per_s"] / line["plain_backbone_images_per_s"], rel=0.02)
-    assert line["target_images_per_s"] == 10.0 and isinstance(line["meets_target"], bool)
+    speed, target = line["pipeline_images_per_s"], line["target_images_per_s"]
+    assert isinstance(line["meets_target"], bool)
+    if abs(speed - target) > 0.1:   # the printed speed is rounded to 0.1
+        assert line["meets_target"] == (speed > target), line
     assert line["pipeline_cpu_seconds"] > 0 and line["ratio_pipeline_vs_plain_backbone_cpu"] > 0
-
 
 
 def test_rerun_removes_the_previous_runs_masks_and_thumbnails(logic, held_out, tmp_path):

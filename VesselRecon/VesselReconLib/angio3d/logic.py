@@ -42,8 +42,10 @@ BRANCH_COLORS = [(0.9, 0.25, 0.2), (0.2, 0.6, 0.95), (0.3, 0.85, 0.3), (0.95, 0.
 
 
 def detector_ijk_to_ras(geometry: CArmGeometry) -> np.ndarray:
-    """IJK-to-RAS placing pixel (i = column, j = row) on the detector plane; K runs along the beam."""
-    rotation = geometry.rotation()
+    """IJK-to-RAS placing pixel (i = column, j = row) on the detector plane; K (the frames) runs from the detector
+    towards the source, so that the frame is right-handed: Slicer's volume reader flips the K axis of a left-handed
+    one (u, v, beam), and a saved scene would come back with its frames in reverse order."""
+    rotation = geometry.rotation() * np.array([1.0, 1.0, -1.0])
     k = geometry.intrinsics()
     centre = geometry.source + geometry.sid * geometry.direction
     origin = centre - k[0, 2] * geometry.pixel_spacing[1] * rotation[:, 0] - k[1, 2] * geometry.pixel_spacing[0] * rotation[:, 1]

@@ -407,8 +407,9 @@ def test_kissing_and_crossing_vessels():
 # ---------------------------------------------------------------------------------- datasets
 
 
-def test_dataset_registry_and_io(tmp_path):
+def test_dataset_registry_and_io(tmp_path, monkeypatch):
     calls = {}
+    monkeypatch.setitem(datasets.DATASET_WRITERS, "unit-test-kind", None)   # removed again, pass or fail
 
     @datasets.register_dataset("unit-test-kind")
     def _writer(out_dir, count, seed, progress=None, **options):
@@ -421,7 +422,6 @@ def test_dataset_registry_and_io(tmp_path):
     with pytest.raises(KeyError) as e:
         datasets.write_dataset("no-such-kind", tmp_path, 1, 0)
     assert "octa" in str(e.value) and "xray" in str(e.value)
-    datasets.DATASET_WRITERS.pop("unit-test-kind")
 
     arr = np.zeros((4, 5, 6), np.uint8)
     arr[1, 2, 3] = 1

@@ -123,11 +123,10 @@ def test_markups_classes_are_looked_up_at_call_time(monkeypatch):
 
 def test_minimum_slicer_version():
     app = lambda major, minor: types.SimpleNamespace(majorVersion=major, minorVersion=minor)  # noqa: E731
-    assert slicer_compat.MINIMUM_SLICER_VERSION == (5, 8)
     assert slicer_compat.slicer_version(app(5, 8)) == (5, 8)
     assert slicer_compat.version_supported((5, 8)) and slicer_compat.version_supported((5, 13))
     assert slicer_compat.version_supported((6, 0)) and slicer_compat.version_supported(None)
-    assert not slicer_compat.version_supported((5, 6)) and not slicer_compat.version_supported((4, 11))
+    assert not slicer_compat.version_supported((5, 7)) and not slicer_compat.version_supported((4, 11))
     assert "5.8 or later" in slicer_compat.unsupported_version_message((5, 6))
     assert slicer_compat.slicer_version(types.SimpleNamespace()) is None
 
@@ -184,12 +183,16 @@ def test_pip_progress_streams_lines_and_reports_failure():
 
 
 def test_pip_progress_cancel_kills_the_child():
-    script = "import time\nprint('Downloading torch', flush=True)\ntime.sleep(60)\n"
+    import os
+
+    script = "import os, time\nprint('Downloading torch', os.getpid(), flush=True)\ntime.sleep(60)\n"
     seen = []
     with pytest.raises(slicer_compat.InstallDeclined):
         slicer_compat.run_pip_with_progress([], on_line=seen.append, cancel=lambda: bool(seen),
                                             command=[sys.executable, "-c", script])
-    assert seen == ["Downloading torch"]
+    assert len(seen) == 1 and seen[0].startswith("Downloading torch ")
+    with pytest.raises(ProcessLookupError):   # killed and reaped, not left sleeping
+        os.kill(int(seen[0].split()[-1]), 0)
 
 
 def test_no_worker_processes_inside_slicer(monkeypatch):

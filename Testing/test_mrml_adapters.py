@@ -123,6 +123,35 @@ def test_load_scene_missing_file_is_clear(scene, tmp_path):
         mrml.load_scene(tmp_path / "nope.mrb", scene)
 
 
+def test_a_headless_folder_batch_leaves_the_users_scene_alone(scene, tmp_path):
+    """Outside Slicer the folder batch (and the sample bundles) used the headless scene itself as their
+    "private" scene: a script's own nodes and even the default colour tables were cleared by the batch."""
+    from VesselReconLib import folder_batch
+
+    class Thresholds:
+        method = "vcnet"
+
+        def __init__(self, scene):
+            self.scene = scene
+
+        def process(self, inputVolume):
+            array, matrix = mrml.volume_to_array(inputVolume)
+            return mrml.array_to_volume((array > 0.5).astype(np.uint8), matrix, "mask", scene=self.scene,
+                                        labelmap=True)
+
+    for name in ("a", "b"):
+        sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)),
+                        str(tmp_path / f"{name}.nrrd"))
+    mine = mrml.array_to_volume(np.ones((2, 2, 2), np.float32), np.eye(4), "mine", scene=scene)
+    nodes = scene.GetNumberOfNodes()
+    result = folder_batch.process_folder(Thresholds, "volume", tmp_path, tmp_path / "out", {})
+    assert [row["status"] for row in result.rows] == ["ok", "ok"]
+    assert scene.IsNodePresent(mine) and scene.GetNumberOfNodes() == nodes
+    for name in ("a", "b"):   # each bundle's label map keeps its colour table (the second one lost it)
+        loaded = mrml.load_scene(tmp_path / "out" / f"{name}.mrb", scene)
+        assert loaded.GetFirstNodeByName("mask").GetDisplayNode().GetColorNode() is not None, name
+
+
 def test_slicer_util_helpers_work_headless(scene):
     import slicer
     import slicer.util

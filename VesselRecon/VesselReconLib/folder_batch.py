@@ -131,12 +131,13 @@ def process_folder(core_class: type, kind: str, inputFolder, outputFolder, setti
 
 
 def private_scene():
-    """A scene apart from the user's: the headless runtime's own scene outside Slicer; inside Slicer a new
-    ``vtkMRMLScene`` knowing every node class the application's scene knows (Markups included)."""
+    """A scene apart from the user's: a new headless scene outside Slicer (``runtime.private_scene``; the
+    script's own scene stays as it is); inside Slicer a new ``vtkMRMLScene`` knowing every node class the
+    application's scene knows (Markups included)."""
     from . import runtime
 
     if not runtime.in_slicer_app():
-        return runtime.new_scene()
+        return runtime.private_scene()
     import tempfile
 
     import slicer

@@ -93,7 +93,7 @@ def test_model_table_curve_and_scene_round_trip(scene, tmp_path):
     ramp = mrml.color_table("Depth ramp", [(1, 0, 0), (0, 0, 1)], scene=scene)
     mrml.polydata_to_model(surface, "sphere", color=(0.1, 0.8, 0.2), opacity=0.5, scalars="depth",
                            color_node_id=ramp.GetID(), scalar_range=(-4, 4), scene=scene)
-    mrml.rows_to_table([{"segment": "a", "length_mm": 1.5}, {"segment": "b", "length_mm": 2.0}],
+    mrml.rows_to_table([{"segment": "a", "length_mm": 1.5, "pieces": 3}, {"segment": "b", "length_mm": 2, "pieces": 12}],
                        "lengths", scene=scene)
     curve_points = np.array([[0, 0, 0], [1, 2, 3], [4, 5, 6.0]])
     mrml.polyline_to_curve(curve_points, "centerline", radii=np.array([1.0, 1.5, 2.0]), scene=scene)
@@ -110,8 +110,9 @@ def test_model_table_curve_and_scene_round_trip(scene, tmp_path):
     assert display.GetActiveScalarName() == "depth"
     assert display.GetOpacity() == pytest.approx(0.5)
     np.testing.assert_allclose(display.GetScalarRange(), (-4, 4))
-    assert mrml.table_to_rows(scene.GetFirstNodeByName("lengths")) == [
-        {"segment": "a", "length_mm": 1.5}, {"segment": "b", "length_mm": 2.0}]
+    rows = mrml.table_to_rows(scene.GetFirstNodeByName("lengths"))   # counts stay integers, lengths doubles
+    assert rows == [{"segment": "a", "length_mm": 1.5, "pieces": 3}, {"segment": "b", "length_mm": 2.0, "pieces": 12}]
+    assert [type(rows[1][k]) for k in ("length_mm", "pieces")] == [float, int]
     curve = scene.GetFirstNodeByName("centerline")
     positions = np.array([curve.GetNthControlPointPositionWorld(i) for i in range(3)])
     np.testing.assert_allclose(positions, curve_points)
@@ -173,3 +174,17 @@ def test_a_rolled_back_volume_keeps_its_display_pipeline_on_its_live_image_data(
     display = volume.GetDisplayNode()
     assert display.GetInputImageDataConnection() is volume.GetImageDataConnection()
     assert float(mrml.volume_to_array(volume)[0].sum()) == 0.0
+
+
+def test_label_values_accept_label_maps_and_refuse_a_scan_chosen_as_mask():
+    """A binary mask, a 150-label parcellation and a label map stored as float pass; a scan (fractional or
+    thousands of integer grey values, as a CT in HU) is refused."""
+    from VesselReconLib.errors import InputError
+
+    rng = np.random.default_rng(0)
+    mrml.check_label_values(rng.random((8, 20, 20)) > 0.5, "mask")
+    mrml.check_label_values(rng.integers(0, 150, (8, 20, 20)).astype(np.int16), "parcellation")
+    mrml.check_label_values(rng.integers(0, 3, (8, 20, 20)).astype(np.float32), "float labels")
+    for scan in (rng.random((8, 20, 20)).astype(np.float32), rng.integers(-1000, 1500, (8, 20, 20)).astype(np.int16)):
+        with pytest.raises(InputError, match="not a label map"):
+            mrml.check_label_values(scan, "mask")

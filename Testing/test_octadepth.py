@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -627,6 +628,8 @@ def test_cli_writes_files_and_scene_from_a_png(tmp_path, capsys):
     for suffix in ("_depth.png", "_depth_rgb.png", "_vessels.png", "_tubes.vtp", "_tubes.png", "_depth_bands.csv",
                    ".mrb"):
         assert (tmp_path / "out" / f"scan{suffix}").stat().st_size > 100
+    bands = list(csv.DictReader((tmp_path / "out" / "scan_depth_bands.csv").open(encoding="utf-8")))
+    assert bands[-1]["band"] == "all" and int(bands[-1]["segments"]) == sum(int(b["segments"]) for b in bands[:-1])
 
 
 def test_demo_hook_adds_nodes_renders_and_metrics(tmp_path):

@@ -96,8 +96,8 @@ def test_dark_vessels_with_brain_mask(scene):
     assert evaluation.evaluationTable.GetTable().GetNumberOfRows() >= 4
 
 
-@pytest.mark.parametrize("case", ["missing", "single_slice", "constant", "nan", "mask_shape", "mask_grid", "checkpoint",
-                                  "overlap"])
+@pytest.mark.parametrize("case", ["missing", "single_slice", "constant", "nan", "mask_shape", "mask_grid", "mask_is_scan",
+                                  "checkpoint", "overlap"])
 def test_bad_input_leaves_scene_untouched(scene, phantom, tmp_path, case):
     matrix = np.diag([*phantom.spacing, 1.0])
     image = phantom.image.copy()
@@ -115,6 +115,8 @@ def test_bad_input_leaves_scene_untouched(scene, phantom, tmp_path, case):
     elif case == "mask_grid":   # the input's shape, another place and orientation (an oblique scan's mask)
         kwargs["maskVolume"] = mrml.array_to_volume(np.ones(image.shape, np.uint8), oblique_matrix(phantom.spacing),
                                                     "mask", scene=scene, labelmap=True)
+    elif case == "mask_is_scan":   # the scan itself chosen as the mask (same grid)
+        kwargs["maskVolume"] = mrml.array_to_volume(image, matrix, "mask", scene=scene)
     elif case == "checkpoint":
         bad = tmp_path / "broken.safetensors"
         bad.write_bytes(b"not a model")

@@ -275,7 +275,23 @@ def labels_on_grid(node, reference_volume, shape: Sequence[int], name: str,
                          f"resample it onto {reference} first.")
     if geometry is not None:
         check_same_grid(geometry, ijk_to_ras_of(reference_volume), shape, name, reference)
+        check_label_values(array, name)
     return array
+
+
+MAX_LABELS = 1000   # a parcellation has a few hundred labels at most; a scan has thousands of grey values
+
+
+def check_label_values(array: np.ndarray, name: str) -> None:
+    """:class:`InputError` when ``array`` does not look like a label map: fractional values, or more than
+    ``MAX_LABELS`` distinct values (the scan itself chosen as the mask)."""
+    values = np.unique(array)
+    fractional = np.issubdtype(values.dtype, np.floating) and not np.array_equal(values, np.round(values))
+    if fractional or values.size > MAX_LABELS:
+        kind = "fractional values" if fractional else f"{values.size} distinct values"
+        raise InputError(f"{name} has {kind}: it looks like an image, not a label map (every non-zero voxel "
+                         "would count as a label). Choose the label map or segmentation, or threshold the "
+                         "image into one first (e.g. Segment Editor > Threshold).")
 
 
 def array_to_volume(array: np.ndarray, ijk_to_ras: np.ndarray, name: str, node=None, scene=None,
@@ -487,24 +503,36 @@ def polydata_to_model(polydata, name: str, color: tuple[float, float, float] = (
 
 def rows_to_table(rows: Sequence[dict[str, Any]], name: str, node=None, scene=None,
                   creator: str = "VesselRecon"):
-    """Rows of ``{column: value}`` into a table node (numbers as double columns, others as strings)."""
-    from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkStringArray
-
+    """Rows of ``{column: value}`` into a table node: counts (every value an integer) as int columns, other
+    numbers as double columns, anything else as strings."""
     node = output_node("vtkMRMLTableNode", name, node, scene, creator)
     table = node.GetTable()
     table.Initialize()
     columns = list(dict.fromkeys(key for row in rows for key in row))
     for column in columns:
-        values = [row.get(column) for row in rows]
-        numeric = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                      for v in values)
-        array = vtkDoubleArray() if numeric else vtkStringArray()
+        array = _column_array([row.get(column) for row in rows])
         array.SetName(column)
-        for value in values:
-            array.InsertNextValue(float(value) if numeric else ("" if value is None else str(value)))
         table.AddColumn(array)
     node.Modified()
     return node
+
+
+def _column_array(values: list):
+    """A VTK array holding ``values``: int, double or string (see :func:`rows_to_table`)."""
+    from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkIntArray, vtkStringArray
+
+    def is_number(v, kinds):
+        return isinstance(v, kinds) and not isinstance(v, bool)
+
+    if values and all(is_number(v, (int, np.integer)) and abs(int(v)) < 2**31 for v in values):
+        array, convert = vtkIntArray(), int
+    elif all(is_number(v, (int, float, np.integer, np.floating)) for v in values):
+        array, convert = vtkDoubleArray(), float
+    else:
+        array, convert = vtkStringArray(), lambda v: "" if v is None else str(v)
+    for value in values:
+        array.InsertNextValue(convert(value))
+    return array
 
 
 def table_to_rows(node) -> list[dict[str, Any]]:

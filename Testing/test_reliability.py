@@ -13,6 +13,8 @@ checks are about plumbing, not accuracy); output-writing cases reuse one real co
 from __future__ import annotations
 
 import collections
+import contextlib
+import gc
 import json
 import math
 import os
@@ -631,6 +633,26 @@ def test_interrupted_scene_save_leaves_no_partial_file(tmp_path):
     intact = target.read_bytes() == b"the previous, complete scene" and sorted(os.listdir(tmp_path)) == ["scene.mrb"]
     _record("files: interrupted .mrb save", "ok" if intact else "crash")
     assert intact
+
+
+def test_a_transactions_saved_copies_are_freed(scene):
+    """The content copies a transaction keeps for a rollback (here of an overwritten volume and its display)
+    are freed with it, committed or rolled back: ``CreateNodeByClass`` hands its caller a reference."""
+    volume = mrml.array_to_volume(np.zeros((1, 8, 8), np.float32), np.eye(4), "kept", scene=scene)
+    for fails in (False, True):
+        freed = set()
+        with pytest.raises(RuntimeError) if fails else contextlib.nullcontext():
+            with mrml.transaction(scene) as record:
+                mrml.array_to_volume(np.ones((1, 8, 8), np.float32), np.eye(4), "kept", node=volume, scene=scene)
+                copies = [copy for parts in record.saved.values() for _, copy in parts]
+                for index, copy in enumerate(copies):
+                    copy.AddObserver("DeleteEvent", lambda *_, index=index: freed.add(index))
+                if fails:
+                    raise RuntimeError("disk full (simulated)")
+        count = len(copies)
+        del copies, record, copy
+        gc.collect()
+        assert count == 2 and freed == set(range(count)), (fails, freed)
 
 
 def test_rerun_never_leaves_stale_outputs_beside_new_ones(tmp_path, capsys, monkeypatch, ckpt):

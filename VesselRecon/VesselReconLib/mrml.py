@@ -134,7 +134,10 @@ def _keep_live_input(part, copy) -> None:
 
 
 def _content_copy(node):
+    """A detached copy of ``node``'s content. ``CreateNodeByClass`` hands its caller a reference that the
+    Python wrapper does not own: give it back (as Slicer does), or every saved copy leaks."""
     copy = node.GetScene().CreateNodeByClass(node.GetClassName())
+    copy.UnRegister(None)
     copy.CopyContent(node, True)
     return copy
 

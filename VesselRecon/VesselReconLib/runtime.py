@@ -66,9 +66,7 @@ def _module_logic(cls, scene, app_logic):
     return logic
 
 
-def _make_scene() -> tuple[Any, Any, str]:
-    """A new scene with its own application logic, default colour nodes and data IO: ``(scene, app_logic,
-    cache_dir)``."""
+def _make_runtime() -> HeadlessRuntime:
     import slicer
     from vtkmodules.vtkCommonCore import vtkCollection
 
@@ -82,13 +80,6 @@ def _make_scene() -> tuple[Any, Any, str]:
     app_logic.SetSliceLogics(vtkCollection())
     app_logic.SetViewLogics(vtkCollection())
     _setup_data_io(scene, app_logic, cache_dir)
-    return scene, app_logic, cache_dir
-
-
-def _make_runtime() -> HeadlessRuntime:
-    import slicer
-
-    scene, app_logic, cache_dir = _make_scene()
     runtime = HeadlessRuntime(scene=scene, app_logic=app_logic, cache_dir=cache_dir)
     runtime.logics = _make_module_logics(slicer, scene, app_logic)
     _register_segmentation_converters(slicer)
@@ -177,10 +168,19 @@ def new_scene() -> Any:
 
 
 def private_scene() -> Any:
-    """A headless scene apart from ``slicer.mrmlScene`` (default colour nodes included), for batches and
-    sample bundles that must leave the script's own scene alone. Not available inside the Slicer application."""
-    runtime()
-    return _make_scene()[0]
+    """A headless scene apart from ``slicer.mrmlScene``, with the default colour nodes and data IO, for batches
+    and sample bundles that must leave the script's own scene alone. Not available inside the Slicer application."""
+    import slicer
+
+    rt = runtime()
+    scene = slicer.vtkMRMLScene()
+    scene.SetRootDirectory(rt.cache_dir)
+    colors = slicer.vtkMRMLColorLogic()
+    colors.SetMRMLScene(scene)
+    colors.AddDefaultColorNodes()
+    colors.SetMRMLScene(None)   # the nodes stay: a colour logic still bound to the scene removes them when it goes
+    _setup_data_io(scene, rt.app_logic, rt.cache_dir)
+    return scene
 
 
 def _install_slicer_globals(rt: HeadlessRuntime) -> None:

@@ -153,6 +153,24 @@ def test_a_headless_folder_batch_leaves_the_users_scene_alone(scene, tmp_path):
     assert mrml.load_scene(tmp_path / "out" / "b.mrb", scene).GetFirstNodeByName("mask") is not None
 
 
+def test_the_folder_batch_csv_carries_each_runs_measurements():
+    """OCTADepth keeps its measurements in ``summary()`` and Angio3D in ``qca``: their batch CSVs held only the
+    pixel size and message, or the epipolar error, and no vessel length or stenosis."""
+    from VesselReconLib import folder_batch
+
+    class Result:
+        def __init__(self):
+            self.fieldOfViewMm, self.message, self.epipolarErrorPx = 3.0, "pixel size from the file name", 0.1
+            self.qca = {"length_mm": 91.4, "percent_diameter_stenosis": 9.1, "warnings": [], "unreliable": False}
+
+        def summary(self):
+            return {"field_of_view_mm": 3.0, "vessel_length_mm": 71.05, "segments": 103, "warnings": []}
+
+    assert folder_batch.scalar_metrics(Result()) == {
+        "message": "pixel size from the file name", "epipolarErrorPx": 0.1, "field_of_view_mm": 3.0,
+        "vessel_length_mm": 71.05, "segments": 103, "length_mm": 91.4, "percent_diameter_stenosis": 9.1}
+
+
 def test_slicer_util_helpers_work_headless(scene):
     import slicer
     import slicer.util

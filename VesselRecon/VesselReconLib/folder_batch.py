@@ -88,16 +88,25 @@ def load_inputs(logic, path: Path, kind: str) -> dict[str, Any]:
 
 
 def scalar_metrics(result) -> dict[str, Any]:
-    """The scalar numbers of a ``process`` result (its ``metrics`` dict or its rows), for the CSV."""
+    """The scalar numbers of a ``process`` result for the CSV: its ``metrics`` dict (or its rows), then the
+    measurements it keeps elsewhere, its ``summary()`` (OCTADepth: vessel length, segments, depth) and its main
+    branch's ``qca`` (Angio3D: length, MLD, % stenosis); an attribute the summary repeats is written once."""
     from .slicer_results import _items, _rows
 
     items = _items(result)
-    rows = _rows(result, items)
-    values = {}
-    for row in rows:
-        if "metric" in row and "value" in row:
-            values[str(row["metric"])] = row["value"]
+    values = {str(row["metric"]): row["value"] for row in _rows(result, items) if "metric" in row and "value" in row}
+    summary = result.summary() if callable(getattr(result, "summary", None)) else None
+    for extra in (summary, getattr(result, "qca", None)):
+        if isinstance(extra, dict):
+            values = {k: v for k, v in values.items() if _snake_case(k) not in extra} | extra
     return {k: v for k, v in values.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+
+
+def _snake_case(name: str) -> str:
+    """``fieldOfViewMm`` -> ``field_of_view_mm``."""
+    import re
+
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
 
 
 def process_folder(core_class: type, kind: str, inputFolder, outputFolder, settings: dict[str, Any],

@@ -7,6 +7,7 @@ Compute functions take ``progress(fraction, message)`` and ``cancel() -> bool`` 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -120,8 +121,6 @@ class TqdmProgress:
     """A ``progress`` callable drawing a tqdm bar on the terminal (for the CLI)."""
 
     def __init__(self, desc: str = "", disable: bool = False):
-        import weakref
-
         from tqdm import tqdm
 
         global _OPEN_BARS

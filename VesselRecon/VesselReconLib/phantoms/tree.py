@@ -688,7 +688,7 @@ def grow_tree(
     for _ in range(int(p.max_iterations)):
         alive &= ~(near_d < dk)
         act = alive & (near_i >= 0)
-        new_pos, new_dir, new_par, new_gen, new_noise = [], [], [], [], []
+        new_pos, new_dir, new_gen = [], [], []
 
         if act.any():
             ai = near_i[act]

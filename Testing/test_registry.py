@@ -58,9 +58,8 @@ def test_ship_and_load_round_trip(tmp_path, tiny_method):
     assert entry.status() == "ok"
     assert json.loads((tmp_path / "tinymethod-lite.json").read_text())["training"]["seed"] == 1
     net, metadata = registry.load_model("tinymethod", "lite", directory=tmp_path)
-    reference = TinyNet()
     torch.manual_seed(0)
-    reference = TinyNet()
+    reference = TinyNet()   # the shipped network's weights (ship() seeds 0 before building it)
     x = torch.randn(1, 1, 8, 8)
     assert torch.allclose(net(x), reference(x))
     assert metadata["preset"] == "lite" and not net.training

@@ -107,6 +107,25 @@ def test_a_run_of_frames_keeps_its_frame_order_through_a_saved_scene(tmp_path):
     np.testing.assert_array_equal(Angio3DLogic.frame_of(loaded.GetFirstNodeByName("run"), 2, "view A")[0], frames[2])
 
 
+def test_loading_a_second_run_of_the_same_name_keeps_the_first(tmp_path):
+    """Two runs both called IM3.dcm (two studies): the second load_xa overwrote the first view's frames and geometry
+    (the points placed on it then lay on another angiogram); each load is a new node, named as Slicer names it."""
+    from pathlib import Path
+
+    from VesselReconLib import runtime
+
+    source = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "xa-phantom"
+    if not (source / "IM3.dcm").is_file():
+        pytest.skip("../shared/samples/xa-phantom is not present")
+    for folder, name in (("a", "IM3.dcm"), ("b", "IM4.dcm")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "IM3.dcm").symlink_to(source / name)
+    logic = Angio3DLogic(runtime.new_scene())
+    first, second = (logic.load_xa(tmp_path / folder / "IM3.dcm") for folder in "ab")
+    assert first is not second and first.GetName() == "IM3" and second.GetName() != "IM3"
+    assert [v.GetAttribute("DICOM.PositionerSecondaryAngle") for v in (first, second)] == ["-23.2", "28.7"]
+
+
 def test_bad_inputs_leave_the_scene_untouched(processed, tmp_path):
     """Every refusal, each checked on its own (the test's own input nodes are made first)."""
     scene, logic, sample, result = processed

@@ -646,6 +646,22 @@ def test_demo_hook_adds_nodes_renders_and_metrics(tmp_path):
     assert context.scene.GetFirstNodeByName(NAMES["model"]) is not None
 
 
+def test_loading_a_second_image_of_the_same_name_keeps_the_first(tmp_path, scene):
+    """Two scans both called scan_3x3.png (two patients' folders): the second load_image overwrote the first
+    image node, under the outputs computed from it; each load now gets its own node, named as Slicer names it."""
+    from PIL import Image
+
+    for folder, value in (("a", 60), ("b", 200)):
+        (tmp_path / folder).mkdir()
+        pixels = (np.arange(64 * 64).reshape(64, 64) % value).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / folder / "scan_3x3.png")
+    logic = OCTADepthLogic(scene)
+    first = logic.load_image(tmp_path / "a" / "scan_3x3.png")
+    second = logic.load_image(tmp_path / "b" / "scan_3x3.png")
+    assert first is not second and first.GetName() == "scan_3x3" and second.GetName() != "scan_3x3"
+    assert [round(float(mrml.volume_to_array(n)[0].max()) * 255) for n in (first, second)] == [59, 199]
+
+
 def test_load_image_reads_jpeg_compressed_tiff_with_a_field_token(tmp_path, scene):
     """JPEG-in-TIFF (common for exported OCTA) goes through the shared en face reader, not ITK."""
     from PIL import Image

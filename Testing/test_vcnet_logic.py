@@ -82,6 +82,21 @@ def test_rerun_updates_outputs_and_keeps_user_nodes(scene, phantom):
     assert first.outputTable is not user_table and user_table.GetTable().GetNumberOfColumns() == 0
 
 
+def test_loading_a_second_volume_of_the_same_name_keeps_the_first(scene, tmp_path):
+    """load_volume(path, "TOF") of a second scan replaced the first one's node (and the mask loaded as 'mask'
+    replaced an earlier 'mask'): each load is a new node, named uniquely as Slicer names a second file."""
+    import SimpleITK as sitk
+
+    logic = VCNetLogic(scene)
+    nodes = []
+    for index, value in enumerate((1.0, 2.0)):
+        path = tmp_path / f"tof{index}.nrrd"
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((6, 7, 8), value, np.float32)), str(path))
+        nodes.append(logic.load_volume(str(path), "TOF"))
+    assert nodes[0] is not nodes[1] and [n.GetName() for n in nodes][0] == "TOF"
+    assert [float(mrml.volume_to_array(n)[0].max()) for n in nodes] == [1.0, 2.0]
+
+
 def test_dark_vessels_with_brain_mask(scene):
     sample = VCNetLogic(scene).load_sample("swi", seed=77, crop=(20, 64, 64))
     logic = VCNetLogic(scene)

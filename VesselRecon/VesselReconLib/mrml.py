@@ -185,18 +185,22 @@ def check_node_class(node, class_names: str | Sequence[str], name: str) -> None:
 # ---------------------------------------------------------------- output nodes
 
 
-def output_node(class_name: str, name: str, node=None, scene=None, creator: str = "VesselRecon"):
+def output_node(class_name: str, name: str, node=None, scene=None, creator: str = "VesselRecon", new: bool = False):
     """The node to write an output into.
 
     A node passed in is used as is (it must be a ``class_name``). Otherwise a node this extension
     created earlier with the same name is updated, and if none exists a new one is added. User nodes
     are never taken over. Inside a :func:`transaction`, an existing node is saved before it is reused.
+    With ``new`` (a file the user loads) a new node is always added, its name made unique as Slicer
+    names a second file of the same name, and it is not marked as this extension's.
     """
     if node is not None:
         check_node_class(node, class_name, f"The output node '{node.GetName() if hasattr(node, 'GetName') else node}'")
         will_modify(node)
         return node
     scene = _scene(scene)
+    if new:
+        return scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name))
     existing = scene.GetNodesByClassByName(class_name, name)
     for index in range(existing.GetNumberOfItems()):
         candidate = existing.GetItemAsObject(index)
@@ -299,7 +303,7 @@ def check_label_values(array: np.ndarray, name: str) -> None:
 
 def array_to_volume(array: np.ndarray, ijk_to_ras: np.ndarray, name: str, node=None, scene=None,
                     labelmap: bool = False, color_node_id: str | None = None,
-                    window_level: tuple[float, float] | None = None, creator: str = "VesselRecon"):
+                    window_level: tuple[float, float] | None = None, creator: str = "VesselRecon", new: bool = False):
     """Write a KJI array and its IJK-to-RAS geometry into a (new or given) volume node.
 
     :param array: ``[k, j, i]`` voxels; 2D arrays become a single slice.
@@ -309,13 +313,14 @@ def array_to_volume(array: np.ndarray, ijk_to_ras: np.ndarray, name: str, node=N
     :param labelmap: create a ``vtkMRMLLabelMapVolumeNode`` instead of a scalar volume.
     :param color_node_id: colour table for the display node (e.g. a depth colour table).
     :param window_level: optional (window, level) for display.
+    :param new: always a new node (a loaded file, see :func:`output_node`).
     """
     from vtkmodules.util import numpy_support
     from vtkmodules.vtkCommonDataModel import vtkImageData
 
     array = np.ascontiguousarray(array if np.ndim(array) == 3 else np.asarray(array)[None])
     cls = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
-    node = output_node(cls, name, node, scene, creator)
+    node = output_node(cls, name, node, scene, creator, new)
     image = vtkImageData()
     image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
     vtk_array = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
@@ -333,8 +338,8 @@ def array_to_volume(array: np.ndarray, ijk_to_ras: np.ndarray, name: str, node=N
     return node
 
 
-def sitk_to_volume(image, name: str, node=None, scene=None, labelmap: bool = False):
-    """A SimpleITK image (LPS) as a volume node (RAS)."""
+def sitk_to_volume(image, name: str, node=None, scene=None, labelmap: bool = False, new: bool = False):
+    """A SimpleITK image (LPS) as a volume node (RAS); ``new`` as in :func:`array_to_volume`."""
     import SimpleITK as sitk
 
     if image.GetDimension() != 3:
@@ -343,7 +348,7 @@ def sitk_to_volume(image, name: str, node=None, scene=None, labelmap: bool = Fal
     array = sitk.GetArrayFromImage(image)
     direction = np.array(image.GetDirection()).reshape(3, 3)
     lps = ijk_to_ras_matrix(image.GetSpacing(), image.GetOrigin(), direction)
-    return array_to_volume(array, LPS_TO_RAS @ lps, name, node, scene, labelmap)
+    return array_to_volume(array, LPS_TO_RAS @ lps, name, node, scene, labelmap, new=new)
 
 
 def volume_to_sitk(node):

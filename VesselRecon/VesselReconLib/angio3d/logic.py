@@ -344,12 +344,15 @@ class Angio3DLogic(VesselReconLogic):
         return mrml.rows_to_table(rows, NAMES["metrics"], node=table, scene=self.scene, creator=self.creator)
 
     # ------------------------------------------------------------------ data
-    def add_view(self, frames: np.ndarray, geometry: CArmGeometry, name: str, representative: int | None = None):
+    def add_view(self, frames: np.ndarray, geometry: CArmGeometry, name: str, representative: int | None = None,
+                 new: bool = False):
         """A view volume (frames along K) on its detector plane, with the DICOM geometry (and the
-        1-based ``RepresentativeFrameNumber`` when known) as attributes."""
+        1-based ``RepresentativeFrameNumber`` when known) as attributes; ``new``: a loaded file's own node
+        (:func:`mrml.output_node`)."""
         frames = np.asarray(frames, np.float32)
         frames = frames[None] if frames.ndim == 2 else frames
-        node = mrml.array_to_volume(frames, detector_ijk_to_ras(geometry), name, scene=self.scene, creator=self.creator)
+        node = mrml.array_to_volume(frames, detector_ijk_to_ras(geometry), name, scene=self.scene, creator=self.creator,
+                                    new=new)
         for key, value in geometry.to_dicom().items():
             if key in ("Rows", "Columns", "DetectorOffsetPixels"):
                 continue
@@ -381,7 +384,7 @@ class Angio3DLogic(VesselReconLogic):
             missing = [k for k, v in tags.items() if v is None]
             raise InputError(f"{Path(path).name} lacks {', '.join(missing)}; type the geometry in after loading "
                              "it with Slicer's DICOM module.")
-        return self.add_view(frames, geometry, name or Path(path).stem, representative_frame(path))
+        return self.add_view(frames, geometry, name or Path(path).stem, representative_frame(path), new=True)
 
     def load_sample(self, seed: int = 0) -> Angio3DSample:
         """Generate a two-view phantom (main branch with a stenosis and a side branch) into the scene.

@@ -212,8 +212,7 @@ class OCTADepthLogic(VesselReconLogic):
         image = read_image(path, fieldOfViewMm, required=False)
         pixel_mm = UNKNOWN_SPACING if image.field_of_view_mm is None else image.pixel_size_mm
         geometry = mrml.ijk_to_ras_matrix((pixel_mm, pixel_mm, pixel_mm))
-        node = mrml.array_to_volume(image.pixels[None], geometry, name or path.stem, scene=self.scene,
-                                    creator=self.creator)
+        node = mrml.array_to_volume(image.pixels[None], geometry, name or path.stem, scene=self.scene, new=True)
         node.SetAttribute(FOV_SOURCE_ATTRIBUTE, image.fov_source)
         return node
 

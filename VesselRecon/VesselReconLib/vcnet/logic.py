@@ -251,7 +251,7 @@ class VCNetLogic(VesselReconLogic):
         image = read_image(path)
         if image.GetDimension() != 3:
             raise InputError(f"{path} is {image.GetDimension()}D; VC-Net needs a 3D volume.")
-        return mrml.sitk_to_volume(image, name, scene=self.scene, labelmap=labelmap)
+        return mrml.sitk_to_volume(image, name, scene=self.scene, labelmap=labelmap, new=True)
 
     def write_outputs(self, result: VCNetResult, out: str | Path) -> list[Path]:
         """Write the segmentation (NIfTI labelmap), probability, MIPs and the table (CSV)."""

@@ -137,7 +137,7 @@ class VCNetParameterNode:
     darkVessels: bool = False
     overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.0
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
-    minComponentMm3: Annotated[float, WithinRange(0.0, 100000.0)] = 1.0
+    minComponentMm3: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0  # the Logic's and CLI's: keep every piece
     outputProbability: bool = True
     outputMip: bool = True
     outputSegmentation: vtkMRMLSegmentationNode

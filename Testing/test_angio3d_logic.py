@@ -126,6 +126,25 @@ def test_loading_a_second_run_of_the_same_name_keeps_the_first(tmp_path):
     assert [v.GetAttribute("DICOM.PositionerSecondaryAngle") for v in (first, second)] == ["-23.2", "28.7"]
 
 
+def test_a_rerun_with_fewer_branches_leaves_no_side_branch_of_the_first_run():
+    """Re-run on the main branch only (the side branch's points deleted): the first run's 'Angio3D centerline
+    branch 2' stayed in the scene beside a QCA table and mesh that no longer had that branch."""
+    from VesselReconLib import runtime
+
+    scene = runtime.new_scene()
+    logic = Angio3DLogic(scene)
+    sample = logic.load_sample(seed=HELD_OUT_SEEDS[0])
+    args = (sample.viewA, sample.viewB, sample.pointsA, sample.pointsB)
+    assert len(logic.process(*args, device="cpu", refine=False).sideCenterlines) == 1
+    for points in args[2:]:
+        points.RemoveNthControlPoint(3)
+        points.RemoveNthControlPoint(2)
+    result = logic.process(*args, device="cpu", refine=False)
+    curves = scene.GetNodesByClass("vtkMRMLMarkupsCurveNode")
+    assert [curves.GetItemAsObject(i).GetName() for i in range(curves.GetNumberOfItems())] == ["Angio3D centerline"]
+    assert result.sideCenterlines == [] and len(mrml.table_to_rows(result.outputTable)) == 1
+
+
 def test_bad_inputs_leave_the_scene_untouched(processed, tmp_path):
     """Every refusal, each checked on its own (the test's own input nodes are made first)."""
     scene, logic, sample, result = processed

@@ -39,6 +39,9 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--agree", type=float, default=0.0,
                         help="weight of the hinge keeping the SDF < 0 where the occupancy (p > 0.5) and the label "
                              "agree (ours, round 7)")
+    parser.add_argument("--skel-recall", type=float, default=0.0,
+                        help="weight of the skeleton recall of the SDF interpolated to the fine truth's slices "
+                             "(ours, round 9; needs a `vesselrecon phantoms ct` folder)")
     parser.add_argument("--topology-val", action="store_true",
                         help="pick the best epoch by the mean of Dice and clDice at the best level (release 6)")
     parser.add_argument("--full-res-skip", action="store_true",
@@ -75,7 +78,7 @@ def train(args) -> int:
                          model_config={**({"correction_mm": args.correction_mm} if args.correction_mm else {}),
                                        **({"full_res_skip": True} if args.full_res_skip else {})},
                          loss=LossConfig(lambda_sdf_dice=args.sdf_dice, lambda_cldice=args.cldice,
-                                         lambda_agree=args.agree))
+                                         lambda_agree=args.agree, lambda_skel=args.skel_recall))
     bar = TqdmProgress(f"train {METHOD} {args.preset}")
     if args.ablations:
         models, trainer = train_with_ablations(args.data, args.out, config, progress=bar, resume=not args.no_resume)
@@ -242,7 +245,7 @@ def run(args) -> int:
 
 # ------------------------------------------------------------------------------------ eval
 
-ABLATIONS = ("lite", "lite-motion8", "lite-fuse8", "lite-agree7", "lite-direct", "lite-dstart", "lite-occ",
+ABLATIONS = ("lite", "lite-skel9", "lite-motion8", "lite-fuse8", "lite-agree7", "lite-direct", "lite-dstart", "lite-occ",
              "lite-sdfonly", "lite-nogauss")
 
 

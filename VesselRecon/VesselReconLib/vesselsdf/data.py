@@ -34,6 +34,8 @@ class Case:
     ijk_to_ras: np.ndarray
     sdf: np.ndarray | None = None
     organ: np.ndarray | None = None
+    fine_skeleton: np.ndarray | None = None
+    fine_positions: np.ndarray | None = None
 
     def __post_init__(self):
         roi = self.roi
@@ -48,6 +50,30 @@ class Case:
         return normalise_with(self.image, self.roi, *self.stats)
 
 
+FINE_SLICES_PER_CROP = 64
+"""Fine (high-resolution) slices a crop carries for the fine-grid losses (fewer: zero-padded; more: evenly thinned)."""
+
+
+def tubed_skeleton(mask: np.ndarray) -> np.ndarray:
+    """Kirchhoff et al.'s *tubed* skeleton of a KJI mask: its 3D skeleton dilated by one in-plane pixel (a cross),
+    kept inside the mask."""
+    from scipy.ndimage import binary_dilation
+
+    from .realdata import _skeleton
+
+    mask = np.asarray(mask, bool)
+    cross = np.zeros((1, 3, 3), bool)
+    cross[0, 1, :] = cross[0, :, 1] = True
+    return (binary_dilation(_skeleton(mask), cross) & mask).astype(np.uint8)
+
+
+def fine_positions(thick_origin_z: float, thick_dz: float, fine_origin_z: float, fine_dz: float,
+                   fine_slices: int) -> np.ndarray:
+    """Each fine slice's position in thick-slice index units (unclipped; :func:`.evaluation.hires_field`)."""
+    z = fine_origin_z + fine_dz * np.arange(fine_slices)
+    return (z - thick_origin_z) / thick_dz
+
+
 def dataset_entries(root: str | Path) -> list[dict]:
     """The ``training`` entries of an MSD ``dataset.json`` (paths made absolute)."""
     root = Path(root)
@@ -60,8 +86,12 @@ def dataset_entries(root: str | Path) -> list[dict]:
     return [{k: str((root / v).resolve()) for k, v in entry.items() if isinstance(v, str)} for entry in entries]
 
 
-def load_case(entry: dict, vessel_labels: Sequence[int] | None = None, with_sdf: bool = True) -> Case:
+def load_case(entry: dict, vessel_labels: Sequence[int] | None = None, with_sdf: bool = True,
+              fine: bool = False) -> Case:
     """Read one image/label pair; ``vessel_labels`` selects label values (default: any > 0).
+
+    ``fine`` (round 9) also reads the high-resolution label (``"hires_label"``) as its tubed skeleton and slice
+    positions, for the fine-grid skeleton recall (:func:`.losses.skeleton_recall_loss`).
 
     The SDF target is the dataset's exact signed distance when it ships one (``"sdf"`` entry, as
     ``vesselrecon phantoms ct`` writes: distances to the true surface, which keep the sub-slice
@@ -80,18 +110,42 @@ def load_case(entry: dict, vessel_labels: Sequence[int] | None = None, with_sdf:
     elif with_sdf:
         sdf = signed_distance(mask, spacing)
     organ = read_volume(entry["organ"])[0] > 0 if "organ" in entry else None
+    skeleton = positions = None
+    if fine:
+        if "hires_label" not in entry:
+            raise InputError(f"{entry['image']} has no high-resolution label (a `vesselrecon phantoms ct` folder has).")
+        hires, hires_matrix = read_volume(entry["hires_label"])
+        if hires.shape[1:] != image.shape[1:]:
+            raise InputError(f"{entry['hires_label']} has slices of {hires.shape[1:]}, its image {image.shape[1:]}.")
+        positions = fine_positions(matrix[2, 3], spacing[2], hires_matrix[2, 3],
+                                   float(np.linalg.norm(hires_matrix[:3, 2])), hires.shape[0])
+        skeleton = tubed_skeleton(hires > 0)
     return Case(Path(entry["image"]).name.split(".")[0], image.astype(np.float32), mask.astype(np.uint8),
-                spacing, matrix, sdf, organ)
+                spacing, matrix, sdf, organ, skeleton, positions)
 
 
-def load_dataset(root: str | Path, limit: int | None = None, vessel_labels=None) -> list[Case]:
-    """All (or the first ``limit``) cases of a dataset folder."""
-    return [load_case(e, vessel_labels) for e in dataset_entries(root)[:limit]]
+def load_dataset(root: str | Path, limit: int | None = None, vessel_labels=None, fine: bool = False) -> list[Case]:
+    """All (or the first ``limit``) cases of a dataset folder (``fine``: with the fine truth, :func:`load_case`)."""
+    return [load_case(e, vessel_labels, fine=fine) for e in dataset_entries(root)[:limit]]
+
+
+def fine_crop(case: Case, k0: int, slices: int, rows: slice, columns: slice) -> dict[str, np.ndarray]:
+    """The fine slices between a crop's first and last thick slice: positions relative to the crop (padded with
+    0, thinned evenly above :data:`FINE_SLICES_PER_CROP`) and their tubed skeleton (padding: empty)."""
+    inside = np.flatnonzero((case.fine_positions >= k0 - 1e-4) & (case.fine_positions <= k0 + slices - 1 + 1e-4))
+    if len(inside) > FINE_SLICES_PER_CROP:
+        inside = inside[np.linspace(0, len(inside) - 1, FINE_SLICES_PER_CROP).round().astype(int)]
+    positions = np.zeros(FINE_SLICES_PER_CROP, np.float32)
+    skeleton = np.zeros((FINE_SLICES_PER_CROP, rows.stop - rows.start, columns.stop - columns.start), np.uint8)
+    positions[:len(inside)] = case.fine_positions[inside] - k0
+    skeleton[:len(inside)] = case.fine_skeleton[inside, rows, columns]
+    return {"fine_pos": positions, "fine_skel": skeleton}
 
 
 def random_crop(case: Case, size: tuple[int, int], rng: np.random.Generator, slices: int | None = None
                 ) -> dict[str, np.ndarray]:
-    """A crop (``slices`` consecutive slices, default all) of image, mask and SDF target.
+    """A crop (``slices`` consecutive slices, default all) of image, mask and SDF target (and, for a case loaded
+    with its fine truth, :func:`fine_crop`).
 
     Centred on a vessel half the time. The image is normalised with the whole case's liver
     statistics, so a crop looks exactly like the same region of the whole volume.
@@ -109,8 +163,11 @@ def random_crop(case: Case, size: tuple[int, int], rng: np.random.Generator, sli
         k0 = int(rng.integers(0, nk - ck + 1))
     window_slice = (slice(k0, k0 + ck), slice(j0, j0 + cj), slice(i0, i0 + ci))
     image = normalise_with(case.image[window_slice], case.roi[window_slice], *case.stats)
-    return {"image": image, "mask": case.label[window_slice],
+    crop = {"image": image, "mask": case.label[window_slice],
             "sdf": case.sdf[window_slice], "spacing": np.asarray(case.spacing, np.float32)}
+    if case.fine_skeleton is not None:
+        crop.update(fine_crop(case, k0, ck, *window_slice[1:]))
+    return crop
 
 
 def flip(crop: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -118,7 +175,7 @@ def flip(crop: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.
     axes = [axis for axis in (1, 2) if rng.random() < 0.5]
     if not axes:
         return crop
-    return {k: np.ascontiguousarray(np.flip(v, axes)) if k != "spacing" else v for k, v in crop.items()}
+    return {k: np.ascontiguousarray(np.flip(v, axes)) if v.ndim == 3 else v for k, v in crop.items()}
 
 
 def batches(cases: Sequence[Case], crop: tuple[int, int], batch_size: int, steps: int, seed: int,

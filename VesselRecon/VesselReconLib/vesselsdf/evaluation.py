@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .. import meshes, metrics
+from .data import fine_positions
 from .inference import (Prediction, interpolate_slices, mesh_zero_level, refine_through_plane, refined_geometry,
                         through_plane_factor)
 
@@ -34,6 +35,7 @@ ROW_NAMES = {"lite": "VesselSDF (ours)", "paper": "VesselSDF (ours, paper)", "oc
              "agree7": "refiner + agreement hinge (round 7, ablation)",
              "fuse8": "occupancy-component-preserving fusion (round 8, ablation)",
              "motion8": "displacement-following interpolation (round 8, ablation)",
+             "skel9": "refiner + fine-grid skeleton recall (round 9, ablation)",
              "classical": "classical (smoothed adaptive HU threshold)"}
 
 
@@ -64,8 +66,8 @@ def classical_baseline(volume: np.ndarray, spacing, roi_mask: np.ndarray | None 
 def hires_field(prediction: Prediction, thick_shape, thick_origin_z: float, thick_dz: float,
                 hires_shape, hires_origin_z: float, hires_dz: float) -> np.ndarray:
     """The prediction's surface field linearly interpolated to the high-resolution slice positions."""
-    z = hires_origin_z + hires_dz * np.arange(hires_shape[0])
-    k = np.clip((z - thick_origin_z) / thick_dz, 0, thick_shape[0] - 1)
+    k = fine_positions(thick_origin_z, thick_dz, hires_origin_z, hires_dz, hires_shape[0])
+    k = np.clip(k, 0, thick_shape[0] - 1)
     return interpolate_slices(prediction.surface_field(), k, prediction.motion).numpy()
 
 

@@ -45,6 +45,13 @@ Conventions (tensors ``(N, 1, K, J, I)``, spacing ``(Δx, Δy, Δz)`` in mm, SDF
   Normalised by the agreeing voxels, not the whole crop, so a thin vessel that the occupancy found
   and the refiner erased (``f > −m`` there) costs as much per voxel as a trunk would; voxels the
   refiner already places inside by ``m`` cost nothing.
+* ``L_skel`` (ours, round 9, ``λsk``, 0 = off): the skeleton recall of Kirchhoff et al. (ECCV 2024) moved
+  to the **fine slice grid**: ``1 − Σ S·sigmoid(−F/τ) / Σ S`` with ``F`` the SDF linearly interpolated between
+  the crop's thick slices to the fine (high-resolution) truth's slice positions, exactly as inference
+  interpolates it (:func:`interpolate_at`), and ``S`` the fine truth's *tubed* skeleton
+  (:func:`.data.tubed_skeleton`). A loss on the native slices alone can at best reach what a perfect
+  per-slice distance reaches after interpolation; this one asks that the interpolated field keep the vessels
+  *between* slices, where the recall of sparse-slice input is lost.
 * ``L_sur = mean exp(−β·|f|)`` with ``β = surface_beta`` (default 1 / mm): discourages spurious
   near-zero regions (floating fragments).
 """
@@ -78,6 +85,7 @@ class LossConfig:
     cldice_iterations: int = 10
     lambda_agree: float = 0.0
     agree_margin_mm: float = 0.25
+    lambda_skel: float = 0.0
     gauss_sigma_mm: float = 1.0
     surface_beta: float = 1.0
     sdf_truncation_mm: float | None = 5.0
@@ -196,6 +204,30 @@ def agreement_loss(f: torch.Tensor, prob: torch.Tensor, mask: torch.Tensor, marg
     return (torch.relu(f + margin_mm) * agree).sum() / agree.sum().clamp_min(1.0)
 
 
+def interpolate_at(f: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``(N, C, K, J, I)`` at fractional slice positions ``(N, M)`` (clipped to the field), linear between the two
+    neighbouring slices as :func:`.inference.interpolate_slices`: ``(N, C, M, J, I)``."""
+    n, c, k, j, i = f.shape
+    pos = positions.reshape(n, -1).to(f.dtype).clamp(0, k - 1)
+    k0 = pos.floor().long().clamp(0, max(k - 2, 0))
+    k1 = (k0 + 1).clamp(max=k - 1)
+    w = (pos - k0.to(f.dtype))[:, None, :, None, None]
+
+    def rows(index):
+        return f.gather(2, index[:, None, :, None, None].expand(n, c, index.shape[1], j, i))
+
+    return (1 - w) * rows(k0) + w * rows(k1)
+
+
+def skeleton_recall_loss(f: torch.Tensor, positions: torch.Tensor, skeleton: torch.Tensor, tau_mm: float = 0.5,
+                         eps: float = 1.0) -> torch.Tensor:
+    """``1 − Σ S·sigmoid(−F/τ) / Σ S`` (sums pooled over the batch), ``F`` = ``f`` at the fine ``positions``
+    (:func:`interpolate_at`), ``S`` the fine truth's tubed skeleton ``(N, 1, M, J, I)`` (zero rows: padding)."""
+    pred = torch.sigmoid(-interpolate_at(f, positions) / tau_mm)
+    target = skeleton.to(pred.dtype)
+    return 1.0 - ((pred * target).sum() + eps) / (target.sum() + eps)
+
+
 def sdf_loss(f: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``mean |f − f*|`` (mm)."""
     return (f - target).abs().mean()
@@ -207,13 +239,16 @@ def occupancy_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def vesselsdf_loss(outputs: dict, mask: torch.Tensor, sdf_target: torch.Tensor | None, spacing,
-                   config: LossConfig | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                   config: LossConfig | None = None, fine: tuple | None = None
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted total and each term's value; terms of absent outputs are skipped.
 
     :param outputs: ``{"occupancy": logits or None, "sdf": mm or None}`` from the network.
     :param mask: ground-truth occupancy ``(N, 1, K, J, I)``.
     :param sdf_target: ``f*`` in mm (needed when the network predicts an SDF).
     :param spacing: ``(Δx, Δy, Δz)`` or ``(N, 3)``.
+    :param fine: ``(positions, tubed skeleton)`` of the fine truth inside the crop (:func:`.data.random_crop`),
+        needed by ``lambda_skel``.
     """
     config = config or LossConfig()
     terms: dict[str, torch.Tensor] = {}
@@ -241,6 +276,11 @@ def vesselsdf_loss(outputs: dict, mask: torch.Tensor, sdf_target: torch.Tensor |
         if config.lambda_cldice:
             terms["cldice"] = cldice_loss(f, mask, config.sdf_dice_tau_mm, config.cldice_iterations)
             weights["cldice"] = config.lambda_cldice
+        if config.lambda_skel:
+            if fine is None:
+                raise ValueError("lambda_skel needs the fine truth of the crops (load the cases with fine=True).")
+            terms["skel"] = skeleton_recall_loss(f, fine[0], fine[1], config.sdf_dice_tau_mm)
+            weights["skel"] = config.lambda_skel
         if config.lambda_agree and outputs.get("occupancy") is not None:
             prob = torch.sigmoid(outputs["occupancy"].float())
             terms["agree"] = agreement_loss(f, prob, mask, config.agree_margin_mm)

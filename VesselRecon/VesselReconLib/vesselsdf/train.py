@@ -76,7 +76,8 @@ def make_loss_fn(loss_config: LossConfig, device: torch.device):
     def loss_fn(model, batch):
         batch = {k: v.to(device) for k, v in batch.items()}
         outputs = model(batch["image"], tuple(float(v) for v in batch["spacing"][0]))
-        total, _ = vesselsdf_loss(outputs, batch["mask"], batch["sdf"], batch["spacing"], loss_config)
+        fine = (batch["fine_pos"], batch["fine_skel"]) if "fine_pos" in batch else None
+        total, _ = vesselsdf_loss(outputs, batch["mask"], batch["sdf"], batch["spacing"], loss_config, fine)
         return total
     return loss_fn
 
@@ -132,7 +133,7 @@ def validation_topology(cases: list[Case], device: torch.device, levels=TOPOLOGY
 
 
 def _split(data_dir, config: TrainConfig) -> tuple[list[Case], list[Case]]:
-    cases = load_dataset(data_dir)
+    cases = load_dataset(data_dir, fine=bool(config.loss.lambda_skel))
     if len(cases) <= config.val_cases:
         raise ValueError(f"{data_dir} has {len(cases)} cases; need more than --val-cases={config.val_cases}.")
     return cases[:len(cases) - config.val_cases], cases[len(cases) - config.val_cases:]

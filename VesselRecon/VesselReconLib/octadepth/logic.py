@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pipeline imports torch: loaded on first use, so the sample 
 
 log = logging.getLogger(__name__)
 DEPTH_COLORS = "OCTADepth depth colors"
+DEPTH_RAMP_COLORS = "OCTADepth depth ramp"   # the models' table: the same ramp without the map's black background
 NAMES = {"depth": "OCTADepth depth map", "segmentation": "OCTADepth vessels", "model": "OCTADepth vessel tubes",
          "centerlines": "OCTADepth centerlines", "table": "OCTADepth depth bands", "metrics": "OCTADepth evaluation"}
 UNKNOWN_SPACING = 1.0
@@ -333,7 +334,7 @@ class OCTADepthLogic(VesselReconLogic):
     def _write_nodes(self, input_volume, result, geometry, pixel, depth_range_mm, depth_node, segmentation_node,
                      model_node, centerline_node, table_node, field: dict):
         scene = self.scene
-        colors = self.depth_color_table()
+        colors, ramp = self.depth_color_table(), self.depth_color_table(background=False)
         depth_mm = np.where(result.vessel_mask, np.maximum(result.depth_mm, depth_range_mm / 255.0), 0.0)
         depth_node = mrml.array_to_volume(depth_mm.astype(np.float32)[None], geometry, NAMES["depth"], depth_node,
                                           scene, color_node_id=colors.GetID(),
@@ -341,21 +342,23 @@ class OCTADepthLogic(VesselReconLogic):
         segmentation_node = mrml.labelmap_to_segmentation(
             result.vessel_mask.astype(np.uint8)[None], geometry, [mrml.SegmentSpec(1, "Retinal vessels")],
             NAMES["segmentation"], segmentation_node, reference_volume=input_volume, scene=scene, creator=self.creator)
-        model_node = mrml.polydata_to_model(result.tubes, NAMES["model"], scalars="depth", color_node_id=colors.GetID(),
+        model_node = mrml.polydata_to_model(result.tubes, NAMES["model"], scalars="depth", color_node_id=ramp.GetID(),
                                             scalar_range=(0.0, depth_range_mm), node=model_node, scene=scene,
                                             creator=self.creator)
         centerline_node = mrml.polydata_to_model(centerline_polydata(result.network, geometry), NAMES["centerlines"],
-                                                 color=(1.0, 0.8, 0.1), scalars="depth", color_node_id=colors.GetID(),
+                                                 color=(1.0, 0.8, 0.1), scalars="depth", color_node_id=ramp.GetID(),
                                                  scalar_range=(0.0, depth_range_mm), node=centerline_node,
                                                  scene=scene, creator=self.creator)
         rows = [{**row, **field} for row in reconstruction.depth_band_rows(result.network)]
         table_node = mrml.rows_to_table(rows, NAMES["table"], table_node, scene, creator=self.creator)
         return depth_node, segmentation_node, model_node, centerline_node, table_node
 
-    def depth_color_table(self):
-        """The red-near, blue-far colour table (entry 0 black, for the background of the depth map)."""
-        node = mrml.color_table(DEPTH_COLORS, depth_ramp(), scene=self.scene)
-        node.SetColor(0, "background", 0.0, 0.0, 0.0, 1.0)
+    def depth_color_table(self, background: bool = True):
+        """The red-near, blue-far colour table; with ``background`` (the depth map) entry 0 is black for the pixels
+        off the vessels, without it (tubes, centrelines: every point lies on a vessel) the ramp starts at red."""
+        node = mrml.color_table(DEPTH_COLORS if background else DEPTH_RAMP_COLORS, depth_ramp(), scene=self.scene)
+        if background:
+            node.SetColor(0, "background", 0.0, 0.0, 0.0, 1.0)
         return node
 
     # ------------------------------------------------------------ sample and evaluation

@@ -660,7 +660,10 @@ def test_demo_hook_adds_nodes_renders_and_metrics(tmp_path):
     context = DemoContext(scene=runtime.new_scene(), out=tmp_path, device="cpu")
     demo(context)
     summary = context.summary["octadepth"]
-    assert summary["segments"] > 10 and 0.0 < summary["delta1"] <= 1.0 and summary["chamfer_mm"] > 0
+    assert summary["segments"] > 10 and 0.0 < summary["delta1"] <= 1.0
+    # the vessel side on the demo phantom (measured: Dice 0.925, centreline Chamfer 0.032 mm, ~3 px); the depth
+    # side is the README's honest miss and gets no floor here
+    assert summary["dice"] > 0.85 and 0 < summary["chamfer_mm"] < 0.1
     assert all(path.stat().st_size > 1000 for path in context.renders)
     assert context.scene.GetFirstNodeByName(NAMES["model"]) is not None
 

@@ -1366,9 +1366,14 @@ def test_in_process_worker_survives_out_of_memory_and_cancel_mid_forward():
     middle of a forward pass, and a Cancel pressed between two layers of one, leave the widget usable."""
     pytest.importorskip("torch")
     ui, shown = fake_ui(), []
-    cancel_pressed = threading.Event()
-    runner = slicer_widget.TaskRunner(ui, lambda: runner.cancel() if cancel_pressed.is_set() else None,
-                                      error_display=shown.append)
+    cancel_pressed, delivered = threading.Event(), threading.Event()
+
+    def pump():   # the GUI thread: a pressed Cancel reaches the runner at the next pump
+        if cancel_pressed.is_set():
+            runner.cancel()
+            delivered.set()
+
+    runner = slicer_widget.TaskRunner(ui, pump, error_display=shown.append)
     workers = []
 
     def oom_hook(module, inputs, output):
@@ -1390,15 +1395,16 @@ def test_in_process_worker_survives_out_of_memory_and_cancel_mid_forward():
         def cancel_hook(module, inputs, output):  # what the sliding-window loops do between windows
             layers.append(type(module).__name__)
             cancel_pressed.set()  # the user presses Cancel while the forward pass runs
-            threading.Event().wait(0.2)  # the GUI thread pumps and delivers the click
+            assert delivered.wait(30)  # the GUI thread pumps and delivers the click (no fixed sleep)
             report(len(layers) / 3, "forward")
 
         return _forward_with_hooks(cancel_hook)
 
     assert runner.run_compute(compute, title="Processing") is None
-    assert ui.statusLabel.text == "Processing cancelled." and 1 <= len(layers) < 3, layers
+    assert ui.statusLabel.text == "Processing cancelled." and layers == ["Conv2d"], layers   # stopped after layer 1
     assert not runner.busy and ui.applyButton.enabled and len(shown) == 1
     cancel_pressed.clear()
+    delivered.clear()
     output = runner.run_compute(lambda progress, cancel: _forward_with_hooks(lambda *a: None), title="Processing")
     assert tuple(output.shape) == (1, 1, 32, 32), "the worker runs again after an OOM and a cancel"
     assert ui.statusLabel.text == "Processing finished."

@@ -206,3 +206,15 @@ def test_label_values_accept_label_maps_and_refuse_a_scan_chosen_as_mask():
     for scan in (rng.random((8, 20, 20)).astype(np.float32), rng.integers(-1000, 1500, (8, 20, 20)).astype(np.int16)):
         with pytest.raises(InputError, match="not a label map"):
             mrml.check_label_values(scan, "mask")
+
+
+def test_a_private_scene_saves_what_the_main_scene_saves(tmp_path):
+    """A headless batch saves each case from its private scene: a curve's radii (a markups measurement whose
+    classes the Markups logic registers on the main scene only) must survive the .mrb round trip."""
+    from VesselReconLib import runtime
+
+    scene = runtime.private_scene()
+    mrml.polyline_to_curve(np.array([[0, 0, 0], [1, 2, 3], [4, 5, 6.0]]), "c", radii=np.array([1.0, 1.5, 2.0]),
+                           scene=scene)
+    loaded = mrml.load_scene(mrml.save_scene(tmp_path / "s.mrb", scene), runtime.private_scene())
+    np.testing.assert_allclose(mrml.curve_radii(loaded.GetFirstNodeByName("c")), [1.0, 1.5, 2.0])

@@ -175,6 +175,8 @@ def private_scene() -> Any:
     rt = runtime()
     scene = slicer.vtkMRMLScene()
     scene.SetRootDirectory(rt.cache_dir)
+    rt.scene.CopyRegisteredNodesToScene(scene)   # the module logics' classes (a curve's radius measurement)
+    scene.AddNode(slicer.vtkMRMLSelectionNode())   # the unit lookup of markups measurements needs it
     colors = slicer.vtkMRMLColorLogic()
     colors.SetMRMLScene(scene)
     colors.AddDefaultColorNodes()

@@ -23,7 +23,7 @@ def scene_state(scene):
 def processed():
     from VesselReconLib import runtime
 
-    scene = runtime.new_scene()
+    scene = runtime.private_scene()   # not the global scene, which the CLI test here clears
     logic = Angio3DLogic(scene)
     sample = logic.load_sample(seed=HELD_OUT_SEEDS[0])
     result = logic.process(sample.viewA, sample.viewB, sample.pointsA, sample.pointsB, device="cpu")

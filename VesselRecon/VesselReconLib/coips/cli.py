@@ -317,10 +317,12 @@ def add_eval_arguments(parser) -> None:
 def evaluate(args) -> int:
     import torch
 
-    from .. import registry
+    from .. import atomic, registry
     from ..device import resolve_device
     from .evaluation import FAZ_COLUMNS, QUALITY_COLUMNS, format_confusion, format_table, run_evaluation
 
+    if args.json:
+        atomic.check_output_folder(Path(args.json).parent)   # refuse a bad path before minutes of work
     torch.set_num_threads(min(2, torch.get_num_threads()))
     device = resolve_device(args.device)
     quality_net, _ = registry.load_model("coips", args.model, str(device))
@@ -352,7 +354,7 @@ def evaluate(args) -> int:
         print()
         print(format_real(result["real"], f"COIPS {args.faz_model}"))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        atomic.write_text(args.json, json.dumps(result, indent=2))   # creates its folder
     return 0
 
 

@@ -175,9 +175,11 @@ def add_eval_arguments(parser) -> None:
 
 
 def evaluate(args) -> int:
-    from .. import registry
+    from .. import atomic, registry
     from . import data, eval as evaluation, real_eval
 
+    if args.json:
+        atomic.check_output_folder(Path(args.json).parent)   # refuse a bad path before minutes of work
     models = {}
     for label, name in (("OCTADepth " + args.model, args.model), ("plain U-Net " + args.ablation, args.ablation)):
         net, _ = registry.load_model("octadepth", name, args.device)
@@ -217,7 +219,7 @@ def evaluate(args) -> int:
         print(real_eval.format_rows(rows, columns, "pair"))
         tables["real_pairs"] = rows
     if args.json:
-        Path(args.json).write_text(json.dumps(tables, indent=1), encoding="utf-8")
+        atomic.write_text(args.json, json.dumps(tables, indent=1))   # creates its folder
     return 0
 
 

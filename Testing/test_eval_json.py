@@ -1,0 +1,41 @@
+"""`vesselrecon eval <module> --json PATH` as the module READMEs give it: PATH's folder need not exist yet
+(the READMEs write to out/<module>/..., absent on a fresh clone), and a PATH that cannot be written is
+refused before the evaluation starts, not after minutes of work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+
+def test_octadepth_eval_writes_its_json_into_a_new_folder(tmp_path):
+    from VesselReconLib.cli import main
+
+    target = tmp_path / "out" / "octadepth" / "eval.json"
+    assert main(["eval", "octadepth", "--no-phantoms", "--json", str(target)]) == 0
+    assert json.loads(target.read_text(encoding="utf-8")) == {}
+
+
+def test_coips_eval_writes_its_json_into_a_new_folder(tmp_path):
+    from VesselReconLib.cli import main
+    from VesselReconLib.phantoms.datasets import write_dataset
+
+    data = write_dataset("octa-quality", tmp_path / "data", 3, seed=5, size_px=128)
+    target = tmp_path / "out" / "coips" / "eval.json"
+    assert main(["eval", "coips", "--data", str(data), "--real", "none", "--device", "cpu",
+                 "--json", str(target)]) == 0
+    written = json.loads(target.read_text(encoding="utf-8"))
+    assert written["n_quality"] == 3 and written["quality"][0]["method"] == "COIPS lite"
+
+
+@pytest.mark.parametrize("module", ["octadepth", "coips"])
+def test_a_json_path_under_a_file_is_refused_before_the_evaluation(tmp_path, module, capsys):
+    from VesselReconLib.cli import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x", encoding="utf-8")
+    assert main(["eval", module, "--data", str(tmp_path / "missing"), "--json", str(blocker / "eval.json")]) == 2
+    assert "is a file" in capsys.readouterr().err

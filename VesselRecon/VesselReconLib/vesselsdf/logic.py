@@ -12,6 +12,7 @@ Qt-free; used by the Slicer module, the CLI and the Python console::
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,8 @@ from .. import meshes, metrics, mrml
 from ..errors import InputError, check_image
 from ..logic_base import MODEL, SEGMENTATION, TABLE, VOLUME, VesselReconLogic
 from ..progress import as_reporter
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # inference imports torch: loaded on first use, so the sample needs none
     from .inference import Reconstruction
@@ -146,6 +149,7 @@ class VesselSDFLogic(VesselReconLogic):
         values = self.measure(recon)
         if reference is not None:
             values.update(self.compare(recon, reference, ijk_to_ras))
+            note_reference_outside_roi(recon, reference)
         with self.writing(reporter):
             result = self._write_outputs(recon, ijk_to_ras, name, inputVolume, values, outputModel, outputSegmentation,
                                          outputSdfVolume, outputOccupancyVolume if createOccupancy or outputOccupancyVolume
@@ -307,6 +311,16 @@ def labelled_slice_scores(mask: np.ndarray, reference: np.ndarray, labelled: np.
             "chamfer_mm": chamfer, "hd95_mm": hd95, "labelled_slices": float(labelled.sum())}
 
 
+def note_reference_outside_roi(recon: Reconstruction, reference: np.ndarray) -> None:
+    """Warn (and add to ``recon.canonical.notes``) when much of a reference lies outside the ROI the output is kept in."""
+    from .preprocess import reference_outside_note
+
+    note = recon.canonical and reference_outside_note(reference, recon.canonical.roi, recon.spacing)
+    if note:
+        log.warning(note)
+        recon.canonical.notes.append(note)
+
+
 def check_ct_parameters(volume: np.ndarray, ijk_to_ras: np.ndarray, hounsfield: bool, factor, min_component) -> None:
     """VesselSDF's own input checks: slice count and in-plane size, HU range, the through-plane
     factor (bounded by memory) and the component size; each refusal an :class:`InputError`."""
@@ -314,8 +328,8 @@ def check_ct_parameters(volume: np.ndarray, ijk_to_ras: np.ndarray, hounsfield: 
     from .inference import through_plane_factor
 
     if volume.shape[0] < 3 or min(volume.shape[1:]) < 16:
-        raise InputError(f"The CT is {volume.shape[0]} x {volume.shape[1]} x {volume.shape[2]} voxels; VesselSDF needs "
-                         "at least 3 slices of at least 16 x 16 pixels: select the whole thick-slice series.")
+        raise InputError(f"The CT has {volume.shape[0]} slices of {volume.shape[2]} x {volume.shape[1]} pixels; VesselSDF "
+                         "needs at least 3 slices of at least 16 x 16 pixels: select the whole thick-slice series.")
     if hounsfield:
         check_hounsfield(volume, "The input CT", "If it is windowed or scaled, turn the portal-venous HU window off "
                          "(portalVenousWindow=False, CLI --no-window).")

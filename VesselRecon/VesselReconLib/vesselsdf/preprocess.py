@@ -289,6 +289,22 @@ def auto_roi_notes(roi: np.ndarray, spacing) -> list[str]:
     return notes
 
 
+REFERENCE_OUTSIDE_SHARE = 0.1
+"""A reference with more than this share of its voxels outside the ROI gets a warning (they can only be missed)."""
+
+
+def reference_outside_note(reference: np.ndarray, roi: np.ndarray, spacing) -> str | None:
+    """A warning when much of a reference lies outside the ROI (the output is background there), else None."""
+    reference = np.asarray(reference) > 0
+    outside = reference & ~np.asarray(roi, bool)
+    share = np.count_nonzero(outside) / max(1, np.count_nonzero(reference))
+    if share <= REFERENCE_OUTSIDE_SHARE:
+        return None
+    return (f"{100 * share:.0f} % of the reference ({roi_cm3(outside, spacing):.0f} cm³) lies outside the liver ROI, "
+            "where the output is background: the scores count it as missed; to score the liver only, mask the "
+            "reference with the liver ROI")
+
+
 MIN_AUTO_COVER = 0.5
 """A given ROI keeps its own statistics when the automatic liver ROI covers less than this share of it."""
 

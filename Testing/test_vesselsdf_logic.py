@@ -219,6 +219,9 @@ def test_cli_refusal_leaves_no_folder_and_warnings_are_printed_once(tmp_path):
     assert run.returncode == 0, run.stderr[-800:]
     assert run.stderr.count("in-plane spacing 2 x 2 mm") == 1, run.stderr[-800:]
     assert "warning: in-plane spacing 2 x 2 mm" in run.stderr
+    # round 9: each warning on a line of its own, not glued to the progress bar drawn on the same stream
+    assert any(line.startswith("warning: in-plane spacing 2 x 2 mm") for line in run.stderr.replace("\r", "\n")
+               .splitlines()), run.stderr[-800:]
 
 
 def test_cli_refuses_an_lvsd_slab_read_as_ct(tmp_path, capsys):

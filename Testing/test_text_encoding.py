@@ -24,7 +24,8 @@ def text_io_without_encoding(source: str) -> list[int]:
             continue
         func = node.func
         is_open = isinstance(func, ast.Name) and func.id == "open" and node.args and "b" not in _mode(node)
-        is_path_text = isinstance(func, ast.Attribute) and func.attr in ("read_text", "write_text")
+        is_path_text = (isinstance(func, ast.Attribute) and func.attr in ("read_text", "write_text")
+                        and not (isinstance(func.value, ast.Name) and func.value.id == "atomic"))   # UTF-8 itself
         if is_open or is_path_text:
             lines.append(node.lineno)
     return lines
@@ -32,7 +33,7 @@ def text_io_without_encoding(source: str) -> list[int]:
 
 def test_the_checker_finds_text_io_without_an_encoding():
     source = ('open(p)\nopen(p, "rb")\nopen(p, "w", encoding="utf-8")\np.read_text()\n'
-              'p.write_text(s, encoding="utf-8")\nPath(p).write_text(s)\n')
+              'p.write_text(s, encoding="utf-8")\nPath(p).write_text(s)\natomic.write_text(p, s)\n')
     assert text_io_without_encoding(source) == [1, 4, 6]
 
 

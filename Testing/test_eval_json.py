@@ -31,11 +31,12 @@ def test_coips_eval_writes_its_json_into_a_new_folder(tmp_path):
     assert written["n_quality"] == 3 and written["quality"][0]["method"] == "COIPS lite"
 
 
-@pytest.mark.parametrize("module", ["octadepth", "coips"])
-def test_a_json_path_under_a_file_is_refused_before_the_evaluation(tmp_path, module, capsys):
+@pytest.mark.parametrize("module,data", [("octadepth", "--data"), ("coips", "--data"), ("vesselsdf", "--data"),
+                                         ("octavessel", "--rossa")])
+def test_a_json_path_under_a_file_is_refused_before_the_evaluation(tmp_path, module, data, capsys):
     from VesselReconLib.cli import main
 
     blocker = tmp_path / "a_file"
     blocker.write_text("x", encoding="utf-8")
-    assert main(["eval", module, "--data", str(tmp_path / "missing"), "--json", str(blocker / "eval.json")]) == 2
+    assert main(["eval", module, data, str(tmp_path / "missing"), "--json", str(blocker / "eval.json")]) == 2
     assert "is a file" in capsys.readouterr().err

@@ -198,6 +198,20 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or exc.__class__.__name__
 
 
+def json_report(path, indent: int = 1):
+    """The writer of an eval's ``--json`` report: the path's folder is checked now (a bad path is refused
+    before minutes of work) and made when the report is written; without a path, a writer that does nothing."""
+    import json
+    from pathlib import Path
+
+    from . import atomic
+
+    if not path:
+        return lambda data: None
+    atomic.check_output_folder(Path(path).parent)
+    return lambda data: atomic.write_text(path, json.dumps(data, indent=indent))
+
+
 def file_error(name: str, message) -> str:
     """The ``error: ...`` line about one input file of a batch, naming the file once."""
     text = " ".join(str(message).split())

@@ -317,12 +317,12 @@ def add_eval_arguments(parser) -> None:
 def evaluate(args) -> int:
     import torch
 
-    from .. import atomic, registry
+    from .. import registry
+    from ..cli import json_report
     from ..device import resolve_device
     from .evaluation import FAZ_COLUMNS, QUALITY_COLUMNS, format_confusion, format_table, run_evaluation
 
-    if args.json:
-        atomic.check_output_folder(Path(args.json).parent)   # refuse a bad path before minutes of work
+    write_json = json_report(args.json, indent=2)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     device = resolve_device(args.device)
     quality_net, _ = registry.load_model("coips", args.model, str(device))
@@ -353,8 +353,7 @@ def evaluate(args) -> int:
         result["real"] = run_real_evaluation(quality_net, faz_net, real, device)
         print()
         print(format_real(result["real"], f"COIPS {args.faz_model}"))
-    if args.json:
-        atomic.write_text(args.json, json.dumps(result, indent=2))   # creates its folder
+    write_json(result)
     return 0
 
 

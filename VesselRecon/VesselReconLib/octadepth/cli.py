@@ -175,11 +175,11 @@ def add_eval_arguments(parser) -> None:
 
 
 def evaluate(args) -> int:
-    from .. import atomic, registry
+    from .. import registry
+    from ..cli import json_report
     from . import data, eval as evaluation, real_eval
 
-    if args.json:
-        atomic.check_output_folder(Path(args.json).parent)   # refuse a bad path before minutes of work
+    write_json = json_report(args.json)
     models = {}
     for label, name in (("OCTADepth " + args.model, args.model), ("plain U-Net " + args.ablation, args.ablation)):
         net, _ = registry.load_model("octadepth", name, args.device)
@@ -218,8 +218,7 @@ def evaluate(args) -> int:
         columns = ["shift_px", "deep_px", "superficial_px", *models, "naive_dimmer_is_deeper"]
         print(real_eval.format_rows(rows, columns, "pair"))
         tables["real_pairs"] = rows
-    if args.json:
-        atomic.write_text(args.json, json.dumps(tables, indent=1))   # creates its folder
+    write_json(tables)
     return 0
 
 

@@ -172,6 +172,7 @@ def add_eval_arguments(parser) -> None:
 
 
 def evaluate(args) -> int:
+    from ..cli import json_report
     from ..errors import InputError
     from .evaluate import (
         evaluate_rows,
@@ -183,6 +184,7 @@ def evaluate(args) -> int:
         otsu_mask,
     )
 
+    write_json = json_report(args.json)
     if not Path(args.rossa, args.split).is_dir():
         raise InputError(f"No ROSSA split at {Path(args.rossa, args.split)}; pass --rossa ../shared/datasets/rossa.")
     samples = load_split(args.rossa, args.split, args.limit)
@@ -204,8 +206,7 @@ def evaluate(args) -> int:
     ref = float(np.mean([s.vessel.mean() for s in samples]))
     print(f"ROSSA {args.split}: {len(samples)} images (vessel Dice at threshold 0.5)")
     print(format_table(results, ref))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
+    write_json(results)
     if args.figure:
         from .data import render_phantom
         from .evaluate import save_transfer_figure

@@ -285,14 +285,15 @@ def _load_models(names, device) -> dict:
 
 
 def evaluate(args) -> int:
+    from ..cli import json_report
     from ..device import resolve_device
 
+    write_json = json_report(args.json, indent=2)
     device = resolve_device(args.device)
     models = _load_models(args.models, device)
     folders = args.data if isinstance(args.data, (list, tuple)) else [args.data]
     tables = {str(folder): _evaluate_folder(folder, models, device, args) for folder in folders}
-    if args.json:
-        Path(args.json).write_text(json.dumps(tables[str(folders[0])] if len(folders) == 1 else tables, indent=2), encoding="utf-8")
+    write_json(tables[str(folders[0])] if len(folders) == 1 else tables)
     return 0
 
 

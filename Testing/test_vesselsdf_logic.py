@@ -273,3 +273,19 @@ def test_refusal_of_a_thin_ct_names_slices_and_pixels(scene):
                               scene=scene)
     with pytest.raises(InputError, match=r"51 slices of 12 x 512 pixels"):
         logic.process(ct, device="cpu")
+
+
+def test_a_windowed_whole_abdomen_without_roi_is_refused(scene):
+    """Round 9 user pass: IRCADb 1.7 exported windowed as uint8 (-60..240 HU -> 0..255) and run without --roi was
+    taken as liver-masked input (the air at 0) with a 17.6 L 'liver': 719 cm³ of vessels, Dice 0.006 inside the
+    liver, no warning. A windowed input whose non-background part is far larger than a liver is refused."""
+    logic = VesselSDFLogic(scene)
+    rng = np.random.default_rng(1)
+    body = rng.integers(40, 200, (12, 128, 128)).astype(np.uint8)   # 5.1 L of body on 3 x 3 x 5 mm voxels
+    jj, ii = np.mgrid[:128, :128]
+    body[:, (jj - 64) ** 2 / 60 ** 2 + (ii - 64) ** 2 / 50 ** 2 > 1] = 0        # air around an abdomen
+    ct = mrml.array_to_volume(body, np.diag([-3.0, -3.0, 5.0, 1.0]), "abdomen windowed", scene=scene)
+    count = scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match=r"not liver-masked.*liver mask"):
+        logic.process(ct, portalVenousWindow=False, device="cpu")
+    assert scene.GetNumberOfNodes() == count

@@ -244,6 +244,7 @@ def canonicalise(volume: np.ndarray, ijk_to_ras: np.ndarray, roi: np.ndarray | N
         roi, source = premasked_roi(volume), "pre-masked input"
         if roi is None:
             roi, source = np.ones(volume.shape, bool), "whole image"
+        check_windowed_roi(roi, spacing, source)
     elif roi is None:
         roi, source = auto_liver_roi(volume, ijk_to_ras), "automatic (classical)"
         notes.extend(auto_roi_notes(roi, spacing))
@@ -269,6 +270,19 @@ LIVER_LITRES = (0.5, 4.0)
 def roi_cm3(roi: np.ndarray, spacing) -> float:
     """Volume (cm³) of a KJI mask with voxel ``spacing`` (mm)."""
     return float(np.count_nonzero(roi)) * float(np.prod(spacing)) / 1000.0
+
+
+REGION_NAMES = {"pre-masked input": "non-background part", "whole image": "whole image"}
+
+
+def check_windowed_roi(roi: np.ndarray, spacing, source: str) -> None:
+    """Refuse windowed input whose pre-masked part (or whole image) is larger than a liver: it is not liver-masked,
+    and the automatic liver ROI needs HU, so the output would fill the body (round 9: a windowed IRCADb, 17.6 L)."""
+    litres = roi_cm3(roi, spacing) / 1000.0
+    if litres > LIVER_LITRES[1]:
+        raise InputError(f"The CT is windowed (not in HU) and not liver-masked: its {REGION_NAMES[source]} is {litres:.1f} L, "
+                         f"more than a liver (at most {LIVER_LITRES[1]:g} L), and the liver cannot be found in windowed "
+                         "values. Give a liver mask (--roi, or the module's ROI mask) or the CT in Hounsfield units.")
 
 
 def auto_roi_notes(roi: np.ndarray, spacing) -> list[str]:

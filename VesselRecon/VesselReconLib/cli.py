@@ -185,9 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from contextlib import nullcontext
+
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    with logging_redirect_tqdm():   # a warning gets a line of its own, never one inside a progress bar
+    # a warning gets a line of its own, never one inside a progress bar; without a console handler (e.g. under
+    # pytest, which captures logging) nothing is redirected and no handler is added
+    console = any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+                  for h in logging.root.handlers)
+    with logging_redirect_tqdm() if console else nullcontext():
         return run_command(args)
 
 

@@ -51,10 +51,11 @@ def test_process_sample_places_nodes_and_survives_mrb(scene, tmp_path):
     table = logic.evaluate(result.outputSegmentation, sample.referenceSegmentation, inputVolume=sample.inputVolume,
                            predictionModel=result.outputModel, referenceModel=sample.referenceModel)
     assert [r["Method"] for r in mrml.table_to_rows(table)][1].startswith("classical")
-    # second run updates the same nodes instead of adding new ones
-    count = scene.GetNumberOfNodes()
+    # a second run updates the same nodes instead of adding new ones; without createOccupancy it removes the
+    # first run's occupancy (and its display), which no longer matches the new outputs
+    count, occupancy_name = scene.GetNumberOfNodes(), result.outputOccupancyVolume.GetName()
     logic.process(sample.inputVolume, device="cpu")
-    assert scene.GetNumberOfNodes() == count
+    assert scene.GetNumberOfNodes() == count - 2 and scene.GetFirstNodeByName(occupancy_name) is None
     path = mrml.save_scene(tmp_path / "vesselsdf.mrb", scene)
     mrml.load_scene(path, scene)
     loaded = scene.GetFirstNodeByName(result.outputSdfVolume.GetName())

@@ -79,6 +79,19 @@ def node_ids(scene) -> list[str]:
     return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
 
 
+def remove_own_outputs(scene, class_name: str, creator: str, stale) -> None:
+    """Remove the ``class_name`` nodes this extension (``creator``) made whose name ``stale(name)`` calls stale,
+    with their display and storage nodes: outputs of an earlier run that this run did not rewrite. User nodes
+    are never removed."""
+    nodes = scene.GetNodesByClass(class_name)
+    for node in [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]:
+        if node.GetAttribute(CREATED_BY) == creator and stale(node.GetName() or ""):
+            parts = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+            parts += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+            for part in [node, *filter(None, parts)]:
+                scene.RemoveNode(part)
+
+
 def remove_nodes_added_since(scene, before: set[str]) -> None:
     """Remove every node whose ID is not in ``before`` (newest first), except scene singletons such
     as the subject hierarchy, which Slicer creates once and expects to keep."""

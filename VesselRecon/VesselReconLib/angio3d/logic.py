@@ -257,11 +257,12 @@ class Angio3DLogic(VesselReconLogic):
         """Remove the side-branch curves an earlier run with more branches left ("... branch 3" of a 2-branch run);
         called once this run's outputs are committed, so a failed or cancelled run leaves them as they were."""
         prefix = f"{NAMES['centerline']} branch "
-        curves = self.scene.GetNodesByClass("vtkMRMLMarkupsCurveNode")
-        for node in [curves.GetItemAsObject(i) for i in range(curves.GetNumberOfItems())]:
-            number = node.GetName()[len(prefix):] if node.GetName().startswith(prefix) else ""
-            if number.isdigit() and int(number) > branches and node.GetAttribute(mrml.CREATED_BY) == self.creator:
-                self.scene.RemoveNode(node)
+
+        def stale(name: str) -> bool:
+            number = name[len(prefix):] if name.startswith(prefix) else ""
+            return number.isdigit() and int(number) > branches
+
+        mrml.remove_own_outputs(self.scene, "vtkMRMLMarkupsCurveNode", self.creator, stale)
 
     def _write_outputs(self, result, ijk_to_ras, views, output_model, output_centerline, output_table) -> Angio3DResult:
         scene = self.scene

@@ -150,10 +150,14 @@ class VesselSDFLogic(VesselReconLogic):
         if reference is not None:
             values.update(self.compare(recon, reference, ijk_to_ras))
             note_reference_outside_roi(recon, reference)
+        occupancy_wanted = bool(createOccupancy or outputOccupancyVolume)
         with self.writing(reporter):
             result = self._write_outputs(recon, ijk_to_ras, name, inputVolume, values, outputModel, outputSegmentation,
-                                         outputSdfVolume, outputOccupancyVolume if createOccupancy or outputOccupancyVolume
-                                         else False, outputTable)
+                                         outputSdfVolume, outputOccupancyVolume if occupancy_wanted else False,
+                                         outputTable)
+        if not occupancy_wanted:   # an earlier run's occupancy no longer matches these outputs
+            mrml.remove_own_outputs(self.scene, "vtkMRMLScalarVolumeNode", self.creator,
+                                    lambda node_name: node_name == f"{name} vessel occupancy")
         reporter(1.0, "done")
         return result
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import json
 import os
 import re
@@ -712,6 +713,25 @@ def test_core_logic_accepts_the_widget_keywords(name):
         accepted = slicer_results.accepted_kwargs(getattr(core, method_name), keywords)
         assert set(accepted) == set(keywords), f"{name}Logic.{method_name} lacks {sorted(set(keywords) - set(accepted))}"
     assert callable(getattr(core, "load_sample"))
+
+
+PANEL_ONLY_DEFAULTS = {("VCNet", "outputProbability"), ("VCNet", "outputMip")}   # the panel adds outputs
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_the_panel_starts_at_the_logics_defaults(name):
+    """A panel user and a console user get the same result from "the defaults": every parameter-node default
+    that reaches ``process`` equals the Logic's own (a ``None`` there means "from the image", which the panel
+    fills in). VC-Net's and VesselSDF's panels removed small vessel pieces that the Logic keeps."""
+    method = MODULES[name][0]
+    core = getattr(importlib.import_module(f"VesselReconLib.{method}.logic"), f"{name}Logic")
+    logic = inspect.signature(core.process).parameters
+    panel = next(n for n in ast.walk(module_ast(name)) if isinstance(n, ast.ClassDef) and n.name == f"{name}ParameterNode")
+    defaults = {f.target.id: _literal(f.value) for f in panel.body if isinstance(f, ast.AnnAssign) and f.value is not None}
+    for field, keyword in module_constant(name, "PROCESS_ARGS").items():
+        expected = logic[keyword].default if keyword in logic else None
+        if field in defaults and expected not in (None, inspect.Parameter.empty) and (name, field) not in PANEL_ONLY_DEFAULTS:
+            assert defaults[field] == expected, f"{name}: the panel's {field} starts at {defaults[field]!r}, the Logic's at {expected!r}"
 
 
 # ---------------------------------------------------------------- widget plumbing (pure Python)

@@ -133,7 +133,7 @@ class VesselSDFParameterNode:
     checkpointPath: Path
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
     upsamplingFactor: Annotated[int, WithinRange(0, 16)] = 0
-    minComponentMm3: Annotated[float, WithinRange(0.0, 100000.0)] = 10.0
+    minComponentMm3: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0
     windowPortalVenous: bool = True
     outputOccupancy: bool = False
     outputSegmentation: vtkMRMLSegmentationNode

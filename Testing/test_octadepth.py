@@ -409,6 +409,22 @@ def test_the_most_superficial_tubes_are_drawn_red_not_in_the_maps_black_backgrou
         assert np.allclose(first_entry(model), depth_ramp()[0]), model.GetName()
 
 
+def test_outputs_follow_an_input_placed_under_a_transform(scene):
+    """An image under a linear transform (a registration): depth map, vessels, tubes and centrelines were written
+    on the image's own IJK-to-RAS but outside its transform, 50 mm off the image in Slicer's views."""
+    logic = OCTADepthLogic(scene)
+    volume = logic.load_sample(seed=HELD_OUT_SEEDS[0]).inputVolume
+    moved = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    moved.SetMatrixTransformToParent(mrml.vtk_matrix(mrml.ijk_to_ras_matrix((1, 1, 1), (50.0, 0.0, 0.0))))
+    volume.SetAndObserveTransformNodeID(moved.GetID())
+    result = logic.process(volume, device="cpu")
+    outputs = (result.outputDepthVolume, result.outputSegmentation, result.outputModel, result.outputCenterlines)
+    assert [node.GetTransformNodeID() for node in outputs] == [moved.GetID()] * 4
+    volume.SetAndObserveTransformNodeID(None)   # a re-run without it takes them back out
+    again = logic.process(volume, device="cpu")
+    assert [node.GetTransformNodeID() for node in (again.outputDepthVolume, again.outputModel)] == [None, None]
+
+
 def test_saved_tubes_say_lps_and_load_in_slicer_on_the_image(scene, tmp_path):
     from VesselReconLib import meshes
 

@@ -115,6 +115,18 @@ def test_the_module_panel_segments_with_the_logics_defaults():
         assert defaults[field] == logic[field].default, field
 
 
+def test_outputs_follow_an_input_placed_under_a_transform(scene, phantom):
+    """A scan under a linear transform (a registration): segmentation and probability were written on the scan's
+    own IJK-to-RAS but outside its transform, 50 mm off the scan in Slicer's views."""
+    volume = mrml.array_to_volume(phantom.image, np.diag([*phantom.spacing, 1.0]), "MRA", scene=scene)
+    moved = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    moved.SetMatrixTransformToParent(mrml.vtk_matrix(mrml.ijk_to_ras_matrix((1, 1, 1), (50.0, 0.0, 0.0))))
+    volume.SetAndObserveTransformNodeID(moved.GetID())
+    result = VCNetLogic(scene).process(volume, device="cpu", outputProbability=True)
+    assert [n.GetTransformNodeID() for n in (result.outputSegmentation, result.outputProbabilityVolume)] == [
+        moved.GetID()] * 2
+
+
 def test_dark_vessels_with_brain_mask(scene):
     sample = VCNetLogic(scene).load_sample("swi", seed=77, crop=(20, 64, 64))
     logic = VCNetLogic(scene)

@@ -111,6 +111,16 @@ class VesselReconLogic:
         with mrml.transaction(self.scene):
             yield reporter
 
+    @staticmethod
+    def follow_transform(volume, *nodes) -> None:
+        """Put the output ``nodes`` (on ``volume``'s IJK-to-RAS) under ``volume``'s parent transform, so they stay on
+        the input as Slicer shows it; a node already there is not touched (without transforms nothing is). Called
+        once the outputs are committed."""
+        transform_id = volume.GetTransformNodeID()
+        for node in nodes:
+            if node is not None and node.IsA("vtkMRMLTransformableNode") and node.GetTransformNodeID() != transform_id:
+                node.SetAndObserveTransformNodeID(transform_id)
+
     def shipped_models(self) -> list[str]:
         """Presets of this module's shipped models (for the widget's model choice)."""
         return [e.preset for e in registry.load_registry() if e.module == self.method]

@@ -176,6 +176,7 @@ class COIPSLogic(VesselReconLogic):
                 segmentation = mrml.labelmap_to_segmentation(
                     assessment.mask.astype(np.uint8), ijk_to_ras, [FAZ_SEGMENT], f"{name} FAZ",
                     node=outputSegmentation, reference_volume=inputVolume, scene=self.scene, creator=self.creator)
+        self.follow_transform(inputVolume, segmentation)
         reporter(1.0, f"{assessment.grade}" + (" (flagged: FAZ not segmented)" if flagged and not assessment.segmented else ""))
         return CoipsResult(table, segmentation, assessment.grade, assessment.probabilities, assessment.metrics,
                            flagged, fov, fov_source)

@@ -323,6 +323,7 @@ class OCTADepthLogic(VesselReconLogic):
         with self.writing(reporter):
             outputs = self._write_nodes(inputVolume, result, geometry, pixel, depthRangeMm, outputDepthVolume,
                                         outputSegmentation, outputModel, outputCenterlines, outputTable, field)
+        self.follow_transform(inputVolume, *outputs)
         log.info("OCTADepth: %s", message)
         reporter(1.0, "done")
         if warnings:

@@ -165,8 +165,11 @@ class VCNetLogic(VesselReconLogic):
         nodes = {"segmentation": outputSegmentation, "probability": outputProbabilityVolume,
                  "mip": outputMipVolume, "table": outputTable}
         with self.writing(as_reporter(progress, cancel)):
-            return self._write_nodes(inputVolume, ijk_to_ras, net, result, ref, nodes,
-                                     outputProbability or outputProbabilityVolume is not None)
+            out = self._write_nodes(inputVolume, ijk_to_ras, net, result, ref, nodes,
+                                    outputProbability or outputProbabilityVolume is not None)
+        self.follow_transform(inputVolume, out.outputSegmentation, out.outputProbabilityVolume, out.outputMipVolume,
+                              out.outputMipLabelmap)
+        return out
 
     def _write_nodes(self, inputVolume, ijk_to_ras, net, result, ref, nodes: dict, with_probability: bool):
         scene = self.scene

@@ -155,6 +155,8 @@ class VesselSDFLogic(VesselReconLogic):
             result = self._write_outputs(recon, ijk_to_ras, name, inputVolume, values, outputModel, outputSegmentation,
                                          outputSdfVolume, outputOccupancyVolume if occupancy_wanted else False,
                                          outputTable)
+        self.follow_transform(inputVolume, result.outputModel, result.outputSegmentation, result.outputSdfVolume,
+                              result.outputOccupancyVolume)
         if not occupancy_wanted:   # an earlier run's occupancy no longer matches these outputs
             mrml.remove_own_outputs(self.scene, "vtkMRMLScalarVolumeNode", self.creator,
                                     lambda node_name: node_name == f"{name} vessel occupancy")

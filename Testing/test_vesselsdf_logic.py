@@ -86,17 +86,22 @@ def test_bad_inputs_leave_the_scene_untouched(scene, tmp_path):
     nans = np.full((16, 32, 32), np.nan, np.float32)
     with_nan = mrml.array_to_volume(nans, np.eye(4), "nan", scene=scene)
     small_roi = mrml.array_to_volume(np.ones((4, 8, 8), np.uint8), np.eye(4), "roi", scene=scene, labelmap=True)
+    slab = np.random.default_rng(0).integers(0, 255, (8, 32, 32)).astype(np.uint8)
+    slab[0] = (slab[0] > 200) * 255   # the LVSD layout: slice 0 the vessel label, 7 CT slices
+    lvsd = mrml.array_to_volume(slab, np.diag([0.7, 0.7, 5.0, 1.0]), "lvsd slab", scene=scene)
     before = node_names(scene)
     bad_checkpoint = tmp_path / "other.pt"
     bad_checkpoint.write_bytes(b"not a checkpoint")
     cases = [(dict(inputVolume=None), InputError), (dict(inputVolume=constant), InputError),
              (dict(inputVolume=with_nan), InputError), (dict(inputVolume=good, roiMask=small_roi), InputError),
              (dict(inputVolume=good, model="huge"), CheckpointError),
-             (dict(inputVolume=good, model=str(bad_checkpoint)), CheckpointError)]
+             (dict(inputVolume=good, model=str(bad_checkpoint)), CheckpointError),
+             (dict(inputVolume=lvsd, portalVenousWindow=False), InputError)]
     for kwargs, error in cases:
-        with pytest.raises(error):
+        with pytest.raises(error) as refused:
             logic.process(**{"device": "cpu", **kwargs})
         assert node_names(scene) == before
+    assert "LVSD slab" in str(refused.value)   # named as such, not as a non-HU CT to run anyway
     with pytest.raises(InputError):
         logic.evaluate(None, None)
 

@@ -22,6 +22,7 @@ from .. import meshes, metrics, mrml
 from ..errors import InputError, check_image
 from ..logic_base import MODEL, SEGMENTATION, TABLE, VOLUME, VesselReconLogic
 from ..progress import as_reporter
+from .realdata import check_not_lvsd_slab
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ class VesselSDFLogic(VesselReconLogic):
                            outputSdfVolume=(outputSdfVolume, VOLUME), outputOccupancyVolume=(outputOccupancyVolume, VOLUME),
                            outputTable=(outputTable, TABLE))
         volume, ijk_to_ras = self._read_input(inputVolume)
+        check_not_lvsd_slab(volume, f"'{inputVolume.GetName()}'")
         check_ct_parameters(volume, ijk_to_ras, portalVenousWindow, throughPlaneFactor, minComponentMm3)
         roi = self._mask_array(roiMask, inputVolume, volume.shape)
         reference = self._reference_array(referenceSegmentation, inputVolume, volume.shape)

@@ -59,6 +59,25 @@ def test_auto_liver_roi_finds_the_right_sided_organ():
     assert not roi[:, 40, 76].any()  # not the spleen
 
 
+def test_statistics_roi_says_why_it_uses_the_given_roi():
+    """The automatic ROI's statistics serve a given ROI; where it is unusable the note says which way: the
+    liver of the synthetic abdomen is found (no note), an image of air gives the whole image ("no liver was
+    found", not "covers 100 %"), a given ROI elsewhere is not covered."""
+    hu, liver, _ = abdomen()
+    ras = np.diag([-2.0, -2.0, 5.0, 1.0])
+    notes = []
+    assert preprocess.statistics_roi(hu, ras, liver, notes) is not None and notes == []
+    air = np.full(hu.shape, -1000.0, np.float32)
+    box = np.zeros_like(liver)
+    box[:, 16:48, 16:48] = True
+    assert preprocess.statistics_roi(air, ras, box, notes) is None
+    assert notes[-1].startswith("no liver was found automatically")
+    elsewhere = np.zeros_like(liver)
+    elsewhere[:, :8, :8] = True
+    assert preprocess.statistics_roi(hu, ras, elsewhere, notes) is None
+    assert notes[-1].startswith("the automatic liver ROI covers 0 % of the given ROI")
+
+
 def test_too_thin_volumes_and_odd_spacing():
     with pytest.raises(InputError, match="slice"):
         preprocess.canonicalise(np.zeros((1, 64, 64), np.float32), RAS)

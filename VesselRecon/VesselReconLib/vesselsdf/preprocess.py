@@ -338,7 +338,8 @@ def statistics_roi(volume: np.ndarray, ijk_to_ras: np.ndarray, roi: np.ndarray, 
     auto = auto_liver_roi(volume, ijk_to_ras)
     cover = float((auto & roi).sum()) / max(int(roi.sum()), 1)
     if cover < MIN_AUTO_COVER or auto.all():
-        notes.append(f"the automatic liver ROI covers {100 * cover:.0f} % of the given ROI: liver statistics "
-                     "from the given ROI")
+        why = ("no liver was found automatically (the automatic ROI is the whole image)" if auto.all() else
+               f"the automatic liver ROI covers {100 * cover:.0f} % of the given ROI")
+        notes.append(f"{why}: liver statistics from the given ROI")
         return None
     return auto

@@ -339,6 +339,8 @@ def test_tube_mesh_carries_depth_and_sits_on_the_image_geometry():
     assert rows[-1]["segments"] == 4
     assert sum(r["length_mm"] for r in rows[:-1]) == pytest.approx(rows[-1]["length_mm"])
     assert rows[0]["length_mm"] > 0 and rows[3]["length_mm"] > 0 and rows[1]["length_mm"] == 0
+    assert np.isnan(rows[1]["mean_depth_mm"])    # an empty band has no mean depth (it read as "at 0 mm")
+    assert rows[0]["depth_from_mm"] <= rows[0]["mean_depth_mm"] <= rows[0]["depth_to_mm"]
 
 
 def test_reconstruction_of_phantom_truth_matches_its_3d_centerlines():

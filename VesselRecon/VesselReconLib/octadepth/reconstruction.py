@@ -462,7 +462,7 @@ def depth_band_rows(network: VesselNetwork3D, bands: int = 4) -> list[dict]:
     """Vessel length (mm), segment count and mean depth per depth band, plus an ``all`` row.
 
     Lengths are summed per polyline edge by the edge's mean depth; a segment counts in the band of
-    its mean depth. Bridges add length but are not counted as segments.
+    its mean depth. Bridges add length but are not counted as segments. An empty band's mean depth is NaN.
     """
     edges = np.ones(len(network.points), bool)
     edges[network.offsets[1:] - 1] = False
@@ -482,7 +482,7 @@ def depth_band_rows(network: VesselNetwork3D, bands: int = 4) -> list[dict]:
         rows.append({"band": f"{limits[band]:.3f}-{limits[band + 1]:.3f} mm", "depth_from_mm": limits[band],
                      "depth_to_mm": limits[band + 1], "length_mm": float(length[in_band].sum()),
                      "segments": int((vessel & (seg_band == band)).sum()),
-                     "mean_depth_mm": float(edge_depth[in_band].mean()) if in_band.any() else 0.0})
+                     "mean_depth_mm": float(edge_depth[in_band].mean()) if in_band.any() else float("nan")})
     total = float(length.sum())
     rows.append({"band": "all", "depth_from_mm": 0.0, "depth_to_mm": network.depth_range_mm,
                  "length_mm": total, "segments": network.segment_count,

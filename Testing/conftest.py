@@ -42,6 +42,21 @@ def scene():
     return runtime.new_scene()
 
 
+@pytest.fixture
+def under_registration(scene):
+    """``under_registration(node)`` puts ``node`` under a new linear transform of ``scene`` (a registration moving
+    it 50 mm along R) and returns that transform node."""
+    def place(node):
+        from VesselReconLib import mrml
+
+        moved = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+        moved.SetMatrixTransformToParent(mrml.vtk_matrix(mrml.ijk_to_ras_matrix((1, 1, 1), (50.0, 0.0, 0.0))))
+        node.SetAndObserveTransformNodeID(moved.GetID())
+        return moved
+
+    return place
+
+
 @pytest.fixture(autouse=True)
 def torch_threads_restored():
     """Tests that set torch's intra-op thread count get it put back afterwards, pass or fail."""

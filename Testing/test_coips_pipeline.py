@@ -94,13 +94,11 @@ def test_logic_segments_gradable_image_with_input_geometry_and_survives_mrb(scen
     assert scene.GetFirstNodeByName(result.outputTable.GetName()).GetTable().GetNumberOfRows() == len(rows)
 
 
-def test_the_faz_follows_an_input_placed_under_a_transform(scene, logic):
+def test_the_faz_follows_an_input_placed_under_a_transform(scene, logic, under_registration):
     """An image under a linear transform (a registration): the FAZ was written on the image's own IJK-to-RAS but
     outside its transform, so Slicer showed it 50 mm off the image; it now goes under the image's transform."""
     sample = logic.load_sample()
-    moved = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
-    moved.SetMatrixTransformToParent(mrml.vtk_matrix(mrml.ijk_to_ras_matrix((1, 1, 1), (50.0, 0.0, 0.0))))
-    sample.inputVolume.SetAndObserveTransformNodeID(moved.GetID())
+    moved = under_registration(sample.inputVolume)
     result = logic.process(sample.inputVolume, 3, device="cpu")
     assert result.outputSegmentation.GetTransformNodeID() == moved.GetID()
 

@@ -411,14 +411,12 @@ def test_the_most_superficial_tubes_are_drawn_red_not_in_the_maps_black_backgrou
         assert np.allclose(first_entry(model), depth_ramp()[0]), model.GetName()
 
 
-def test_outputs_follow_an_input_placed_under_a_transform(scene):
+def test_outputs_follow_an_input_placed_under_a_transform(scene, under_registration):
     """An image under a linear transform (a registration): depth map, vessels, tubes and centrelines were written
     on the image's own IJK-to-RAS but outside its transform, 50 mm off the image in Slicer's views."""
     logic = OCTADepthLogic(scene)
     volume = logic.load_sample(seed=HELD_OUT_SEEDS[0]).inputVolume
-    moved = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
-    moved.SetMatrixTransformToParent(mrml.vtk_matrix(mrml.ijk_to_ras_matrix((1, 1, 1), (50.0, 0.0, 0.0))))
-    volume.SetAndObserveTransformNodeID(moved.GetID())
+    moved = under_registration(volume)
     result = logic.process(volume, device="cpu")
     outputs = (result.outputDepthVolume, result.outputSegmentation, result.outputModel, result.outputCenterlines)
     assert [node.GetTransformNodeID() for node in outputs] == [moved.GetID()] * 4

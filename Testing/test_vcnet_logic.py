@@ -97,13 +97,11 @@ def test_loading_a_second_volume_of_the_same_name_keeps_the_first(scene, tmp_pat
     assert [float(mrml.volume_to_array(n)[0].max()) for n in nodes] == [1.0, 2.0]
 
 
-def test_outputs_follow_an_input_placed_under_a_transform(scene, phantom):
+def test_outputs_follow_an_input_placed_under_a_transform(scene, phantom, under_registration):
     """A scan under a linear transform (a registration): segmentation and probability were written on the scan's
     own IJK-to-RAS but outside its transform, 50 mm off the scan in Slicer's views."""
     volume = mrml.array_to_volume(phantom.image, np.diag([*phantom.spacing, 1.0]), "MRA", scene=scene)
-    moved = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
-    moved.SetMatrixTransformToParent(mrml.vtk_matrix(mrml.ijk_to_ras_matrix((1, 1, 1), (50.0, 0.0, 0.0))))
-    volume.SetAndObserveTransformNodeID(moved.GetID())
+    moved = under_registration(volume)
     result = VCNetLogic(scene).process(volume, device="cpu", outputProbability=True)
     assert [n.GetTransformNodeID() for n in (result.outputSegmentation, result.outputProbabilityVolume)] == [
         moved.GetID()] * 2

@@ -65,14 +65,12 @@ def test_process_sample_places_nodes_and_survives_mrb(scene, tmp_path):
     assert scene.GetFirstNodeByName(result.outputModel.GetName()).GetPolyData().GetNumberOfPoints() > 100
 
 
-def test_outputs_follow_a_ct_placed_under_a_transform(scene):
+def test_outputs_follow_a_ct_placed_under_a_transform(scene, under_registration):
     """A CT under a linear transform (a registration): the mesh, segmentation, SDF and occupancy go under the same
     transform, or Slicer draws them 50 mm off the CT."""
     logic = VesselSDFLogic(scene)
     sample = logic.load_sample(seed=78, shape=(16, 48, 48))
-    moved = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
-    moved.SetMatrixTransformToParent(mrml.vtk_matrix(mrml.ijk_to_ras_matrix((1, 1, 1), (50.0, 0.0, 0.0))))
-    sample.inputVolume.SetAndObserveTransformNodeID(moved.GetID())
+    moved = under_registration(sample.inputVolume)
     result = logic.process(sample.inputVolume, roiMask=sample.roiMask, device="cpu", createOccupancy=True)
     outputs = (result.outputModel, result.outputSegmentation, result.outputSdfVolume, result.outputOccupancyVolume)
     assert [n.GetTransformNodeID() for n in outputs] == [moved.GetID()] * 4

@@ -151,12 +151,9 @@ def private_scene():
 
     import slicer
 
-    scene, main = slicer.vtkMRMLScene(), slicer.mrmlScene
+    scene = slicer.vtkMRMLScene()
     scene.SetRootDirectory(tempfile.mkdtemp(prefix="vesselrecon-batch-"))
-    for index in range(main.GetNumberOfRegisteredNodeClasses()):
-        node = main.GetNthRegisteredNodeClass(index)
-        if node is not None and not scene.IsNodeClassRegistered(node.GetClassName()):
-            scene.RegisterNodeClass(node.CreateNodeInstance())
+    slicer.mrmlScene.CopyRegisteredNodesToScene(scene)   # as runtime.private_scene does headless
     return scene
 
 

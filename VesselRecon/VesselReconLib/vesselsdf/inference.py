@@ -448,8 +448,7 @@ def motion_of(model, spacing) -> Motion | None:
     max_mm = float(getattr(model, "motion_mm", 0.0) or 0.0)
     if max_mm <= 0:
         return None
-    return Motion(max_mm, int(getattr(model, "motion_radius", 4)), int(getattr(model, "motion_coarse", 2)),
-                  (float(spacing[0]), float(spacing[1])))
+    return Motion(max_mm, int(getattr(model, "motion_radius", 4)), spacing=(float(spacing[0]), float(spacing[1])))
 
 
 def _outside_is_background(prediction: Prediction, roi: np.ndarray, model) -> Prediction:

@@ -7,14 +7,17 @@ package installs (no ``pip_ensure``, a silent blocking ``pip_install``).
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
 from VesselReconLib import mrml, slicer_compat, slicerdeps
 
+ROOT = Path(__file__).resolve().parents[1]
 TERMINOLOGY = mrml.VESSEL_TERMINOLOGY
 TAG = "TerminologyEntry"
 
@@ -132,14 +135,54 @@ def test_minimum_slicer_version():
 
 
 def test_torch_version_check():
-    requirement = slicerdeps.TORCH_REQUIREMENT
-    assert slicer_compat.torch_problem(requirement, "2.14.1") is None
-    assert slicer_compat.torch_problem(requirement, "2.5.1+cu121") is None
-    assert "1.13.1+cpu is installed" in slicer_compat.torch_problem(requirement, "1.13.1+cpu")
-    assert slicer_compat.torch_problem(requirement) is None  # the suite's torch, from its metadata
+    requirement = slicerdeps.TORCH_REQUIREMENTS["torch"]
+    assert slicer_compat.version_problem("torch", requirement, "2.14.1") is None
+    assert slicer_compat.version_problem("torch", requirement, "2.8.0+cu126") is None
+    assert "2.5.1+cu121 is installed" in slicer_compat.version_problem("torch", requirement, "2.5.1+cu121")
+    assert slicer_compat.version_problem("torch", requirement, "1.13.1+cpu").startswith("PyTorch 1.13.1+cpu")
+    assert slicer_compat.version_problem("torch", requirement) is None  # the suite's torch, from its metadata
+    assert slicer_compat.version_problem("torchvision", ">=0.23", "0.15.2") == (
+        "torchvision 0.15.2 is installed, but VesselRecon needs torchvision>=0.23.")
+    assert slicer_compat.version_problem("surely-not-a-distribution-xyz", ">=1") == (
+        "surely-not-a-distribution-xyz is not installed.")
     assert not slicer_compat.version_satisfies("not-a-version", requirement)
     assert slicer_compat.installed_version("surely-not-a-distribution-xyz") is None
     assert slicer_compat.installed_version("torch")  # the suite's own torch, read without importing
+
+
+def _requirements_of(distribution: str, name: str) -> list[str]:
+    """The specifiers with which the installed ``distribution`` requires ``name`` (extras left out)."""
+    from packaging.requirements import Requirement
+
+    found = [Requirement(r) for r in importlib.metadata.requires(distribution) or []]
+    return [str(r.specifier) for r in found if r.name.lower() == name and (r.marker is None
+                                                                          or "extra" not in str(r.marker))]
+
+
+def test_slicer_torch_range_holds_the_pinned_versions_and_what_the_stack_needs():
+    """The Slicer installer accepts torch/torchvision from a minimum on. That minimum must be one the
+    pinned, tested versions of pyproject.toml satisfy, and one every package the installer adds (MONAI
+    1.6 needs torch>=2.8) declares it supports; else the installer would accept a torch they refuse."""
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    pins = {slicer_compat.requirement_name(d): d.split("==")[1]
+            for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"] if "==" in d}
+    assert set(slicerdeps.TORCH_REQUIREMENTS) <= set(pins), "pyproject.toml pins torch and torchvision"
+    checked = 0
+    for name, requirement in slicerdeps.TORCH_REQUIREMENTS.items():
+        assert slicer_compat.version_satisfies(pins[name], requirement), (name, pins[name], requirement)
+        assert slicer_compat.installed_version(name).split("+")[0] == pins[name], f"the suite runs the pinned {name}"
+        minimum = Version(requirement.removeprefix(">="))
+        assert str(SpecifierSet(requirement)) == f">={minimum}", "a lower bound only: other extensions share torch"
+        for distribution in (slicer_compat.requirement_name(r) for r in slicerdeps.REQUIREMENTS.values()):
+            for specifier in _requirements_of(distribution, name):
+                checked += 1
+                assert SpecifierSet(specifier).contains(minimum), (
+                    f"{distribution} requires {name}{specifier}; raise TORCH_REQUIREMENTS[{name!r}]")
+    assert checked >= 4, "monai, timm and segmentation-models-pytorch declare torch/torchvision"
 
 
 def test_pip_ensure_gets_skip_packages_and_progress():

@@ -10,7 +10,8 @@ never tests for versions itself:
 - package installs: ``slicer.packaging.pip_ensure`` (with its own progress dialog) in the Slicer
   versions that have it, else ``pip`` in a ``PythonSlicer`` child process whose output is shown as
   progress (``slicer.util.pip_install`` of 5.8/5.10 blocks the GUI silently);
-- torch: its installed version is read from the package metadata, without importing it.
+- torch and torchvision: their installed versions are read from the package metadata, without
+  importing them.
 
 Nothing here imports ``qt``, ``ctk`` or ``slicer.app`` at module level; ``slicer`` is imported
 inside functions, and every function takes the objects it works on, so the tests drive it with fakes.
@@ -140,7 +141,7 @@ def mrml_class(name: str, slicer_module=None):
                       "Check that the Markups module is enabled (Edit → Application Settings → Modules).")
 
 
-# ---------------------------------------------------------------- torch version
+# ---------------------------------------------------------------- installed versions
 
 
 def installed_version(distribution: str) -> str | None:
@@ -165,13 +166,17 @@ def version_satisfies(version: str | None, requirement: str) -> bool:
     return SpecifierSet(requirement).contains(Version(parsed.public), prereleases=True)
 
 
-def torch_problem(requirement: str, version: str | None = None) -> str | None:
-    """Why the installed torch cannot be used (missing or too old), or None when it is fine."""
-    version = installed_version("torch") if version is None else version
+DISPLAY_NAMES = {"torch": "PyTorch"}
+
+
+def version_problem(distribution: str, requirement: str, version: str | None = None) -> str | None:
+    """Why the installed ``distribution`` cannot be used (missing, or outside ``requirement``), or None."""
+    version = installed_version(distribution) if version is None else version
+    label = DISPLAY_NAMES.get(distribution, distribution)
     if version is None:
-        return "PyTorch is not installed."
+        return f"{label} is not installed."
     if not version_satisfies(version, requirement):
-        return f"PyTorch {version} is installed, but VesselRecon needs torch{requirement}."
+        return f"{label} {version} is installed, but VesselRecon needs {distribution}{requirement}."
     return None
 
 

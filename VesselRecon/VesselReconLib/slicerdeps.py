@@ -3,9 +3,10 @@
 Called where the packages are needed (Apply, Load sample, Evaluate, Run batch), never when a module
 is merely opened, as ``slicer.packaging.pip_ensure``'s documentation asks.
 
-- **torch** comes from the PyTorch extension (``PyTorchUtils``), which picks the build matching the
-  GPU driver. An installed torch is version-checked (:data:`TORCH_REQUIREMENT`), as
-  SlicerTotalSegmentator does; a too old one is offered an upgrade through PyTorchUtils.
+- **torch and torchvision** come from the PyTorch extension (``PyTorchUtils``), which picks the build
+  matching the GPU driver and installs torchvision with torch. Both installed versions are checked
+  against :data:`TORCH_REQUIREMENTS`, as SlicerTotalSegmentator checks torch; a missing or too old one
+  is offered an install or upgrade through PyTorchUtils.
 - **The other packages** go through :func:`slicer_compat.install_packages`: ``pip_ensure`` with
   ``skip_packages`` where Slicer has it, else pip in a child process with a progress dialog. Slicer's
   numpy, vtk and SimpleITK (and the installed torch) are never replaced.
@@ -20,12 +21,17 @@ import importlib
 import importlib.util
 import logging
 import subprocess
+import sys
 
 from . import slicer_compat
 
 log = logging.getLogger(__name__)
 
-TORCH_REQUIREMENT = ">=2.1"
+# The oldest torch/torchvision the installed stack supports: MONAI (1.6, the release the installer
+# fetches) declares torch>=2.8, and torchvision 0.23 is the release built for torch 2.8. The pins of
+# pyproject.toml (the tested versions) lie inside these ranges (test_slicer_compat checks both).
+TORCH_REQUIREMENTS = {"torch": ">=2.8", "torchvision": ">=0.23"}
+TORCH_REQUIREMENT = TORCH_REQUIREMENTS["torch"]
 # import name -> pip requirement
 REQUIREMENTS = {
     "monai": "monai>=1.3",
@@ -49,13 +55,15 @@ NO_DEPS = {
     "segmentation-models-pytorch": ["huggingface-hub", "pillow", "tqdm"],
     "pytorch-msssim": [],
 }
+OFFLINE_HELP = ("Without internet access, install the packages from a folder of wheels (README of VesselRecon, "
+                "Troubleshooting: \"Installs behind a proxy, or offline\").")
 PYTORCH_HELP = ("VesselRecon needs PyTorch. Install the \"PyTorch\" extension from the Extension Manager, "
                 "restart Slicer, then try again.")
 
 
 def missing_modules(names=None) -> list[str]:
-    """Import names (``torch`` and those of :data:`REQUIREMENTS`) that cannot be found."""
-    names = list(names) if names is not None else ["torch", *REQUIREMENTS]
+    """Import names (torch, torchvision and those of :data:`REQUIREMENTS`) that cannot be found."""
+    names = list(names) if names is not None else [*TORCH_REQUIREMENTS, *REQUIREMENTS]
     importlib.invalidate_caches()
     return [name for name in names if importlib.util.find_spec(name) is None]
 
@@ -68,15 +76,15 @@ def ensure_dependencies(parent_widget=None, ask: bool = True) -> bool:
     :returns: True when everything is importable afterwards.
     """
     missing = missing_modules()
-    torch_problem = slicer_compat.torch_problem(TORCH_REQUIREMENT) if "torch" not in missing else None
-    if not missing and torch_problem is None:
+    problem = torch_problem()
+    if not missing and problem is None:
         return True
     import slicer
 
     if slicer.app.testingEnabled():
-        log.warning("Testing mode: not installing missing packages %s", ", ".join(missing) or "torch upgrade")
+        log.warning("Testing mode: not installing missing packages %s", ", ".join(missing) or problem)
         return False
-    if ("torch" in missing or torch_problem) and not _install_torch(parent_widget, ask, torch_problem):
+    if (problem or set(missing) & set(TORCH_REQUIREMENTS)) and not _install_torch(parent_widget, ask, problem):
         return False
     others = [REQUIREMENTS[name] for name in missing if name in REQUIREMENTS]
     if others and not _install_packages(others, parent_widget, ask):
@@ -88,8 +96,17 @@ def ensure_dependencies(parent_widget=None, ask: bool = True) -> bool:
     return not still
 
 
+def torch_problem() -> str | None:
+    """Why the installed torch or torchvision cannot be used (missing, too old), or None."""
+    for distribution, requirement in TORCH_REQUIREMENTS.items():
+        problem = slicer_compat.version_problem(distribution, requirement)
+        if problem:
+            return problem
+    return None
+
+
 def _install_torch(parent_widget, ask: bool, problem: str | None = None) -> bool:
-    """Install (or upgrade) torch through the PyTorch extension, which picks the CUDA/CPU build."""
+    """Install (or upgrade) torch and torchvision through the PyTorch extension (CUDA/CPU build)."""
     try:
         import PyTorchUtils
     except ImportError:
@@ -106,10 +123,19 @@ def _install_torch(parent_widget, ask: bool, problem: str | None = None) -> bool
     if torch is None:
         _show("PyTorch was not installed, so VesselRecon cannot run. " + PYTORCH_HELP, parent_widget)
         return False
-    if problem:  # an old torch was already imported in this session: only a restart loads the new one
+    if _replaced_while_imported():  # the old version stays loaded until Slicer restarts
         _show(f"PyTorch was upgraded ({problem}). Restart Slicer to use the new version.", parent_widget)
         return False
     return True
+
+
+def _replaced_while_imported() -> bool:
+    """True when torch or torchvision was imported in this session and another version is installed now."""
+    for name in TORCH_REQUIREMENTS:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__version__", None) != slicer_compat.installed_version(name):
+            return True
+    return False
 
 
 def _install_packages(requirements: list[str], parent_widget, ask: bool, pip_ensure=None) -> bool:
@@ -126,7 +152,7 @@ def _install_packages(requirements: list[str], parent_widget, ask: bool, pip_ens
             and exc.output else ""
         _show(f"Installing {', '.join(requirements)} failed ({exc}).{detail} Check the internet connection "
               "(behind a proxy, set HTTPS_PROXY before starting Slicer) and the application log, then try "
-              "again.", parent_widget)
+              f"again. {OFFLINE_HELP}", parent_widget)
         return False
     importlib.invalidate_caches()
     return True

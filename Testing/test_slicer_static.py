@@ -1132,6 +1132,26 @@ def test_no_network_is_built_with_downloaded_weights(monkeypatch):
     assert tried == []
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_setup_refuses_a_python_without_wheels(tmp_path):
+    """On a fresh machine whose python3 has no slicer-core/vtk wheels (3.14), ``make demo`` stops before
+    creating .venv and says which Python to use, instead of ending in pip's resolver error."""
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    (tmp_path / "pyproject.toml").write_text("")
+    fake = tmp_path / "python3.14"
+    fake.write_text(f'#!/bin/sh\n[ "$1" = "-c" ] && exec {sys.executable} -c '
+                    f'"import sys; sys.version_info = (3, 14, 0, \'final\', 0)\n$2"\nexit 99\n')
+    fake.chmod(0o755)
+    made = subprocess.run(["make", "demo", f"PY={fake}"], cwd=tmp_path, capture_output=True, text=True)
+    assert made.returncode != 0 and not (tmp_path / ".venv").exists()
+    assert "is Python 3.14; VesselRecon needs Python 3.10 to 3.13" in made.stderr
+    assert "make PY=python3.12 demo" in made.stderr
+    ok = subprocess.run(["make", "-n", "demo", f"PY={sys.executable}"], cwd=tmp_path, capture_output=True, text=True)
+    check = next(line for line in ok.stdout.splitlines() if "sys.version_info" in line)
+    assert subprocess.run(["sh", "-c", check.split("||", 1)[1].split("&&")[0].strip(" {")]).returncode == 0, \
+        "the suite's own Python passes the check"
+
+
 def test_pyvista_is_an_optional_extra_and_imported_nowhere():
     import tomllib
 
@@ -1192,8 +1212,8 @@ def test_an_old_torch_is_not_accepted(monkeypatch):
 
 
 def test_a_missing_torchvision_is_installed_with_torch(monkeypatch):
-    """Angio3D's network and COIPS's transforms import torchvision: a torch installed without it (or
-    with an old one) goes through PyTorchUtils, which installs the torchvision matching torch."""
+    """Angio3D's network (its VGG encoder) imports torchvision: a torch installed without it (or with an
+    old one) goes through PyTorchUtils, which installs the torchvision matching torch."""
     shown, asked = [], []
     monkeypatch.setattr(slicerdeps, "missing_modules", lambda names=None: [])
     monkeypatch.setattr(slicerdeps, "_show", lambda message, parent=None: shown.append(message))

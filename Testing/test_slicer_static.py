@@ -1229,6 +1229,25 @@ def test_a_missing_torchvision_is_installed_with_torch(monkeypatch):
     assert slicerdeps.ensure_dependencies() is False and "still missing: torchvision" in shown[-1]
 
 
+def test_a_failed_torch_install_says_what_to_do(monkeypatch):
+    """Offline (or behind a proxy) light-the-torch fails inside PyTorchUtils: a short message with the
+    manual route and the offline one, no traceback, and nothing else is installed."""
+    shown, asked = [], []
+    monkeypatch.setattr(slicerdeps, "missing_modules", lambda names=None: ["torch", "torchvision", "monai"])
+    monkeypatch.setattr(slicerdeps, "_show", lambda message, parent=None: shown.append(message))
+    monkeypatch.setattr(slicerdeps, "_install_packages", lambda *args, **kwargs: asked.append("packages"))
+    _fake_pytorch_utils(monkeypatch, {}, {}, asked)
+
+    def offline(self, askConfirmation, torchVersionRequirement):
+        raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "light_the_torch", "install"])
+
+    monkeypatch.setattr(sys.modules["PyTorchUtils"].PyTorchUtilsLogic, "installTorch", offline)
+    assert slicerdeps.ensure_dependencies() is False
+    assert asked == [] and len(shown) == 1 and "Traceback" not in shown[0]
+    assert "Installing PyTorch failed" in shown[0] and "PyTorch Utils" in shown[0]
+    assert "offline" in shown[0].lower() and "wheels" in shown[0]
+
+
 def test_dependency_failures_are_short_messages(monkeypatch):
     shown = []
     monkeypatch.setattr(slicerdeps, "_show", lambda message, parent=None: shown.append(message))

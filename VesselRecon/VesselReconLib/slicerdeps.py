@@ -118,7 +118,7 @@ def _install_torch(parent_widget, ask: bool, problem: str | None = None) -> bool
     except Exception as exc:
         log.exception("PyTorch installation failed")
         _show(f"Installing PyTorch failed: {exc}. Open the \"PyTorch Utils\" module and install torch"
-              f"{TORCH_REQUIREMENT}, restart Slicer, then try again.", parent_widget)
+              f"{TORCH_REQUIREMENT}, restart Slicer, then try again. {OFFLINE_HELP}", parent_widget)
         return False
     if torch is None:
         _show("PyTorch was not installed, so VesselRecon cannot run. " + PYTORCH_HELP, parent_widget)

@@ -4,8 +4,9 @@ The CT is first brought into the model's domain (:mod:`.preprocess`: HU or windo
 ROI given or found, liver-relative normalisation); the network then runs on the ROI's bounding
 box only (batch-normalised networks give the same answer on the box as on the whole image).
 
-The SDF predicted on the thick-slice grid is interpolated (torch trilinear, on the device) to a
-finer through-plane spacing before its zero level is extracted with VTK's threaded flying edges
+The SDF predicted on the thick-slice grid is interpolated linearly between slices (torch, on the
+device; :func:`interpolate_at`, also used by the training loss and the evaluation) to a finer
+through-plane spacing before its zero level is extracted with VTK's threaded flying edges
 (:func:`VesselReconLib.meshes.isosurface`) at full in-plane resolution. Interpolating the distance
 field -- not a binary mask -- lets the surface bridge the gaps between slices.
 """
@@ -145,22 +146,36 @@ def through_plane_factor(spacing, factor: int | None = None) -> int:
 
 
 def refine_through_plane(field: np.ndarray | torch.Tensor, factor: int, motion: Motion | None = None) -> torch.Tensor:
-    """Trilinear interpolation of a KJI field to ``(K − 1)·factor + 1`` slices (end slices kept).
+    """A KJI field at ``(K − 1)·factor + 1`` evenly spaced slices (end slices kept), :func:`interpolate_at`.
 
     Runs on the field's device when given a tensor; returns a ``(K', J, I)`` float tensor. With
     ``motion``, the slices in between follow the field's displacement (:func:`interpolate_slices`).
     """
     t = field if isinstance(field, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(field, np.float32))
-    k = t.shape[-3]
+    t = t.float().reshape(t.shape[-3:])
+    k, fine = t.shape[0], (t.shape[0] - 1) * factor + 1
     if factor <= 1 or k < 2:
-        return t.float().reshape(t.shape[-3:])
+        return t
     if motion is not None:
-        positions = np.arange((k - 1) * factor + 1) / factor
-        fine = interpolate_slices(t.float().reshape(t.shape[-3:]).cpu().numpy(), positions, motion)
-        return fine.to(t.device)
-    fine = F.interpolate(t.float().reshape(1, 1, *t.shape[-3:]), size=((k - 1) * factor + 1, *t.shape[-2:]),
-                         mode="trilinear", align_corners=True)
-    return fine[0, 0]
+        return interpolate_slices(t.cpu().numpy(), np.arange(fine) / factor, motion).to(t.device)
+    positions = torch.arange(fine, dtype=t.dtype, device=t.device) * ((k - 1) / (fine - 1))  # align_corners grid
+    return interpolate_at(t[None, None], positions[None])[0, 0]
+
+
+def interpolate_at(f: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``(N, C, K, J, I)`` at fractional slice positions ``(N, M)`` (clipped to the field): ``(N, C, M, J, I)``,
+    ``(1 − w)·a + w·b`` between the two neighbouring slices, rounded as torch's linear resampling (fused
+    multiply-add); the weights ``w`` are computed in the positions' precision."""
+    n, c, k, j, i = f.shape
+    pos = positions.reshape(n, -1).clamp(0, k - 1)
+    k0 = pos.floor().long().clamp(0, max(k - 2, 0))
+    k1 = (k0 + 1).clamp(max=k - 1)
+    w = (pos - k0.to(pos.dtype)).to(f.dtype)[:, None, :, None, None]
+
+    def rows(index):
+        return f.gather(2, index[:, None, :, None, None].expand(n, c, index.shape[1], j, i))
+
+    return torch.addcmul(w * rows(k1), 1 - w, rows(k0))
 
 
 def pair_flow(a: np.ndarray, b: np.ndarray, motion: Motion) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
@@ -228,12 +243,11 @@ def interpolate_slices(field: np.ndarray, positions, motion: Motion | None = Non
     field = np.asarray(field, np.float32)
     source = torch.from_numpy(np.ascontiguousarray(field))
     k = np.clip(np.asarray(positions, float), 0, field.shape[0] - 1)
-    k0 = np.clip(np.floor(k).astype(int), 0, max(field.shape[0] - 2, 0))
-    k1 = np.minimum(k0 + 1, field.shape[0] - 1)
-    w = torch.from_numpy((k - k0).astype(np.float32))
-    out = (1 - w[:, None, None]) * source[k0] + w[:, None, None] * source[k1]
+    out = interpolate_at(source[None, None], torch.from_numpy(k)[None])[0, 0]
     if motion is None:
         return out
+    k0 = np.clip(np.floor(k).astype(int), 0, max(field.shape[0] - 2, 0))
+    w = torch.from_numpy((k - k0).astype(np.float32))
     for pair in np.unique(k0):
         inside = np.flatnonzero((k0 == pair) & (w.numpy() > 0) & (w.numpy() < 1))
         found = pair_flow(field[pair], field[pair + 1], motion) if len(inside) and pair + 1 < field.shape[0] else None

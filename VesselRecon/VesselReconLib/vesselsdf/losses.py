@@ -48,7 +48,7 @@ Conventions (tensors ``(N, 1, K, J, I)``, spacing ``(Δx, Δy, Δz)`` in mm, SDF
 * ``L_skel`` (ours, round 9, ``λsk``, 0 = off): the skeleton recall of Kirchhoff et al. (ECCV 2024) moved
   to the **fine slice grid**: ``1 − Σ S·sigmoid(−F/τ) / Σ S`` with ``F`` the SDF linearly interpolated between
   the crop's thick slices to the fine (high-resolution) truth's slice positions, exactly as inference
-  interpolates it (:func:`interpolate_at`), and ``S`` the fine truth's *tubed* skeleton
+  interpolates it (:func:`.inference.interpolate_at`), and ``S`` the fine truth's *tubed* skeleton
   (:func:`.data.tubed_skeleton`). A loss on the native slices alone can at best reach what a perfect
   per-slice distance reaches after interpolation; this one asks that the interpolated field keep the vessels
   *between* slices, where the recall of sparse-slice input is lost.
@@ -67,6 +67,8 @@ import torch.nn.functional as F
 from monai.losses.cldice import soft_skel
 from monai.networks.layers.convutils import gaussian_1d
 from monai.networks.layers.simplelayers import separable_filtering
+
+from .inference import interpolate_at
 
 
 @dataclass
@@ -204,25 +206,11 @@ def agreement_loss(f: torch.Tensor, prob: torch.Tensor, mask: torch.Tensor, marg
     return (torch.relu(f + margin_mm) * agree).sum() / agree.sum().clamp_min(1.0)
 
 
-def interpolate_at(f: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """``(N, C, K, J, I)`` at fractional slice positions ``(N, M)`` (clipped to the field), linear between the two
-    neighbouring slices as :func:`.inference.interpolate_slices`: ``(N, C, M, J, I)``."""
-    n, c, k, j, i = f.shape
-    pos = positions.reshape(n, -1).to(f.dtype).clamp(0, k - 1)
-    k0 = pos.floor().long().clamp(0, max(k - 2, 0))
-    k1 = (k0 + 1).clamp(max=k - 1)
-    w = (pos - k0.to(f.dtype))[:, None, :, None, None]
-
-    def rows(index):
-        return f.gather(2, index[:, None, :, None, None].expand(n, c, index.shape[1], j, i))
-
-    return (1 - w) * rows(k0) + w * rows(k1)
-
-
 def skeleton_recall_loss(f: torch.Tensor, positions: torch.Tensor, skeleton: torch.Tensor, tau_mm: float = 0.5,
                          eps: float = 1.0) -> torch.Tensor:
     """``1 − Σ S·sigmoid(−F/τ) / Σ S`` (sums pooled over the batch), ``F`` = ``f`` at the fine ``positions``
-    (:func:`interpolate_at`), ``S`` the fine truth's tubed skeleton ``(N, 1, M, J, I)`` (zero rows: padding)."""
+    (:func:`.inference.interpolate_at`), ``S`` the fine truth's tubed skeleton ``(N, 1, M, J, I)`` (zero rows:
+    padding)."""
     pred = torch.sigmoid(-interpolate_at(f, positions) / tau_mm)
     target = skeleton.to(pred.dtype)
     return 1.0 - ((pred * target).sum() + eps) / (target.sum() + eps)

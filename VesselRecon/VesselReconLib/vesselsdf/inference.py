@@ -165,17 +165,18 @@ def refine_through_plane(field: np.ndarray | torch.Tensor, factor: int, motion: 
 def interpolate_at(f: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """``(N, C, K, J, I)`` at fractional slice positions ``(N, M)`` (clipped to the field): ``(N, C, M, J, I)``,
     ``(1 − w)·a + w·b`` between the two neighbouring slices, rounded as torch's linear resampling (fused
-    multiply-add); the weights ``w`` are computed in the positions' precision."""
-    n, c, k, j, i = f.shape
+    multiply-add); the weights ``w`` are computed in the positions' precision. Slice by slice: each output
+    slice reads two input slices only (faster than a gather or ``F.interpolate``, and differentiable)."""
+    n, k = f.shape[0], f.shape[2]
     pos = positions.reshape(n, -1).clamp(0, k - 1)
     k0 = pos.floor().long().clamp(0, max(k - 2, 0))
     k1 = (k0 + 1).clamp(max=k - 1)
-    w = (pos - k0.to(pos.dtype)).to(f.dtype)[:, None, :, None, None]
-
-    def rows(index):
-        return f.gather(2, index[:, None, :, None, None].expand(n, c, index.shape[1], j, i))
-
-    return torch.addcmul(w * rows(k1), 1 - w, rows(k0))
+    w = (pos - k0.to(pos.dtype)).to(f.dtype)
+    if pos.shape[1] == 0:
+        return f[:, :, :0]
+    lower, upper = k0.tolist(), k1.tolist()
+    return torch.stack([torch.stack([torch.addcmul(w[b, m] * f[b, :, upper[b][m]], 1 - w[b, m], f[b, :, lower[b][m]])
+                                     for m in range(pos.shape[1])], 1) for b in range(n)])
 
 
 def pair_flow(a: np.ndarray, b: np.ndarray, motion: Motion) -> tuple[tuple[int, int, int, int], np.ndarray] | None:

@@ -37,7 +37,8 @@ from VesselReconLib.progress import Reporter  # noqa: E402
 
 MODULES = {  # module -> (core package, paper title in the acknowledgement)
     "OCTADepth": ("octadepth", "3D vessel reconstruction in OCT-angiography via depth map estimation"),
-    "Angio3D": ("angio3d", "3DAngioNet: 3D coronary vessel mesh reconstruction from two-view X-ray angiography"),
+    "Angio3D": ("angio3d", "3D Coronary Vessel Reconstruction from Bi-Plane Angiography using Graph Convolutional "
+                         "Networks"),
     "COIPS": ("coips", "A deep learning-based quality assessment and segmentation system with a large-scale "
                        "benchmark dataset for OCTA images"),
     "VCNet": ("vcnet", "VC-Net: Deep Volume-Composition Networks for Segmentation and Visualization of Highly "

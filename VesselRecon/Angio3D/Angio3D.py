@@ -98,8 +98,9 @@ segments the vessel in both views and the two segmentations are matched along ep
 See the <a href="https://github.com/vesselrecon/SlicerVesselRecon#angio3d">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
-This module implements the method of <i>3DAngioNet: 3D coronary vessel mesh reconstruction from
-two-view X-ray angiography</i> (IEEE International Symposium on Biomedical Imaging, ISBI 2023).
+This module implements 3DAngioNet from K. M. Bransby, V. Tufaro, M. Cap, G. Slabaugh, C. Bourantas and
+Q. Zhang, <i>3D Coronary Vessel Reconstruction from Bi-Plane Angiography using Graph Convolutional
+Networks</i> (IEEE International Symposium on Biomedical Imaging, ISBI 2023; arXiv:2302.14795).
 Please cite that paper when you use the module. Part of the VesselRecon extension.
 """)
 

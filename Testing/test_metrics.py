@@ -176,6 +176,19 @@ def test_chamfer_hausdorff_asymmetric_sets():
     assert M.hausdorff_distance(b, a) == approx(2.0)
 
 
+
+def test_surface_distances_hd95_is_the_larger_direction_95th_percentile():
+    a = np.array([[float(x), 0, 0] for x in range(21)])  # a->b: 0, 1, ..., 20 (b is the origin)
+    b = np.zeros((1, 3))
+    d = M.surface_distances(a, b)
+    assert d["chamfer"] == approx(M.chamfer_distance(a, b)) == approx((10.0 + 0.0) / 2)
+    assert d["hausdorff"] == approx(M.hausdorff_distance(a, b)) == approx(20.0)
+    assert d["hd95"] == approx(19.0)  # 95th percentile of 0..20; b->a is 0
+    assert M.surface_distances(b, a) == d
+    with pytest.raises(ValueError, match="empty"):
+        M.surface_distances(np.zeros((0, 3)), b)
+
+
 def test_f_score():
     pred = [[0, 0, 0], [1, 0, 0], [5, 0, 0]]
     ref = [[0, 0.1, 0], [1, 0.1, 0]]

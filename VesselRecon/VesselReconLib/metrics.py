@@ -13,7 +13,7 @@ Groups:
   OCT-angiography via depth map estimation"): :func:`depth_accuracy`,
   :func:`abs_rel_diff`, :func:`rmse`, :func:`depth_report`.
 * Point sets / meshes: :func:`as_points`, :func:`chamfer_distance`,
-  :func:`hausdorff_distance`, :func:`f_score`, :func:`vertex_mae`,
+  :func:`hausdorff_distance`, :func:`surface_distances`, :func:`f_score`, :func:`vertex_mae`,
   :func:`surface_report`.
 * Classification: :func:`accuracy`, :func:`confusion_matrix`,
   :func:`macro_precision`, :func:`macro_f1`, :func:`roc_auc_ovr`,
@@ -31,7 +31,7 @@ __all__ = [
     "dice", "iou", "jaccard", "jaccard_distance", "precision", "recall",
     "false_positive_rate", "segmentation_report",
     "depth_accuracy", "abs_rel_diff", "rmse", "depth_report",
-    "as_points", "chamfer_distance", "hausdorff_distance", "f_score",
+    "as_points", "chamfer_distance", "hausdorff_distance", "surface_distances", "f_score",
     "vertex_mae", "surface_report",
     "accuracy", "confusion_matrix", "macro_precision", "macro_f1", "roc_auc_ovr",
     "classification_report",
@@ -252,6 +252,14 @@ def hausdorff_distance(a: Any, b: Any) -> float:
     """Symmetric Hausdorff distance: max(max_a min_b d, max_b min_a d)."""
     d_ab, d_ba = _nn_distances(a, b)
     return float(max(d_ab.max(), d_ba.max()))
+
+
+def surface_distances(a: Any, b: Any) -> dict[str, float]:
+    """``chamfer``, ``hausdorff`` and ``hd95`` (the larger of the two directions' 95th percentiles) from one
+    pair of nearest-neighbour queries."""
+    d_ab, d_ba = _nn_distances(a, b)
+    return {"chamfer": float(0.5 * (d_ab.mean() + d_ba.mean())), "hausdorff": float(max(d_ab.max(), d_ba.max())),
+            "hd95": float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)))}
 
 
 def _precision_recall_at(pred: Any, ref: Any, tau: float) -> tuple[float, float]:

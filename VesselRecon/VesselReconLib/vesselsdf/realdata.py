@@ -221,14 +221,13 @@ def _surface_points(mask: np.ndarray, spacing_kji) -> np.ndarray:
 
 def surface_distances(prediction: np.ndarray, reference: np.ndarray, spacing_kji) -> tuple[float, float]:
     """(Chamfer, HD95) in mm between the boundary voxels of two masks (nan when one is empty)."""
-    from scipy.spatial import cKDTree
+    from .. import metrics
 
     a, b = _surface_points(prediction, spacing_kji), _surface_points(reference, spacing_kji)
     if len(a) == 0 or len(b) == 0:
         return float("nan"), float("nan")
-    d_ab = cKDTree(b).query(a, workers=1)[0]
-    d_ba = cKDTree(a).query(b, workers=1)[0]
-    return float(0.5 * (d_ab.mean() + d_ba.mean())), float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)))
+    distances = metrics.surface_distances(a, b)
+    return distances["chamfer"], distances["hd95"]
 
 
 def _scored_pair(prediction: np.ndarray, case: RealCase) -> tuple[np.ndarray, np.ndarray]:

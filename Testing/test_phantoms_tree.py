@@ -438,3 +438,21 @@ def test_dataset_registry_and_io(tmp_path, monkeypatch):
     assert doc["numTraining"] == 1 and doc["training"][0] == {"image": "./imagesTr/a.nii.gz",
                                                               "label": "./labelsTr/a.nii.gz"}
     assert doc["labels"] == {"0": "background", "1": "vessel"}
+
+
+def test_read_msd_training_makes_paths_absolute_against_the_folder(tmp_path, monkeypatch):
+    from VesselReconLib.errors import InputError
+
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset.json").write_text(json.dumps({"training": [
+        {"image": "./imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz", "mask": "/abs/m.nii.gz", "seed": 3}]}))
+    monkeypatch.chdir(tmp_path / "ds")  # relative paths are the folder's, not the working folder's
+    entries = datasets.read_msd_training("../ds", "ct")
+    folder = (tmp_path / "ds").resolve()
+    assert entries == [{"image": str(folder / "imagesTr" / "a.nii.gz"), "label": str(folder / "labelsTr" / "a.nii.gz"),
+                        "mask": "/abs/m.nii.gz", "seed": 3}]
+    with pytest.raises(InputError, match="vesselrecon phantoms mra --out"):
+        datasets.read_msd_training(tmp_path, "mra")
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": []}))
+    with pytest.raises(InputError, match="no training cases"):
+        datasets.read_msd_training(tmp_path, "mra")

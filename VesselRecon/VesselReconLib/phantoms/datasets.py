@@ -36,6 +36,7 @@ __all__ = [
     "get_dataset_writer",
     "write_dataset",
     "write_msd_dataset_json",
+    "read_msd_training",
     "save_nifti",
     "load_nifti",
 ]
@@ -176,6 +177,21 @@ def write_msd_dataset_json(
     path = out / "dataset.json"
     path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
     return path
+
+
+def read_msd_training(root: str | Path, kind: str) -> list[dict]:
+    """The ``training`` entries of an MSD ``dataset.json``, their paths made absolute (relative ones are relative
+    to ``root``). ``kind``: the ``vesselrecon phantoms`` kind named in the error for a missing or empty list."""
+    from ..errors import InputError
+
+    root = Path(root)
+    meta = root / "dataset.json"
+    if not meta.is_file():
+        raise InputError(f"{root} has no dataset.json: write one with `vesselrecon phantoms {kind} --out {root}`.")
+    entries = json.loads(meta.read_text(encoding="utf-8")).get("training", [])
+    if not entries:
+        raise InputError(f"{meta} lists no training cases.")
+    return [{k: str((root / v).resolve()) if isinstance(v, str) else v for k, v in entry.items()} for entry in entries]
 
 
 def save_nifti(array_kji: np.ndarray, spacing: Sequence[float], origin: Sequence[float],

@@ -11,7 +11,6 @@ bright ones while the air outside stays dark.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,19 +157,6 @@ class Case:
     raw: np.ndarray | None = None  # the image as read (for the whole-pipeline calls of eval)
 
 
-def read_dataset(folder: str | Path) -> list[dict]:
-    """``dataset.json`` training entries of an MSD-style folder with absolute paths."""
-    folder = Path(folder)
-    index = folder / "dataset.json"
-    if not index.is_file():
-        from ..errors import InputError
-
-        raise InputError(f"{folder} has no dataset.json: write one with `vesselrecon phantoms mra --out {folder}`.")
-    entries = json.loads(index.read_text(encoding="utf-8"))["training"]
-    return [{k: (folder / v).resolve() if isinstance(v, str) and v.startswith("./") else v for k, v in e.items()}
-            for e in entries]
-
-
 def load_case(entry: dict, dark: bool = False, keep_raw: bool = False) -> Case:
     """Load and normalise one dataset entry (brain mask from ``mask`` if present)."""
     from ..phantoms.datasets import load_nifti
@@ -184,7 +170,9 @@ def load_case(entry: dict, dark: bool = False, keep_raw: bool = False) -> Case:
 
 
 def load_cases(folder: str | Path, dark: bool = False, limit: int | None = None, keep_raw: bool = False) -> list[Case]:
-    return [load_case(e, dark, keep_raw) for e in read_dataset(folder)[:limit]]
+    from ..phantoms.datasets import read_msd_training
+
+    return [load_case(e, dark, keep_raw) for e in read_msd_training(folder, "mra")[:limit]]
 
 
 class PatchSampler:

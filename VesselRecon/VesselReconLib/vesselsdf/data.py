@@ -9,7 +9,6 @@ tumour: pass ``vessel_labels=(1,)``). Targets: the binary vessel mask and its si
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,18 +73,6 @@ def fine_positions(thick_origin_z: float, thick_dz: float, fine_origin_z: float,
     return (z - thick_origin_z) / thick_dz
 
 
-def dataset_entries(root: str | Path) -> list[dict]:
-    """The ``training`` entries of an MSD ``dataset.json`` (paths made absolute)."""
-    root = Path(root)
-    meta = root / "dataset.json"
-    if not meta.is_file():
-        raise InputError(f"{root} has no dataset.json: write one with `vesselrecon phantoms ct --out {root}`.")
-    entries = json.loads(meta.read_text(encoding="utf-8")).get("training", [])
-    if not entries:
-        raise InputError(f"{meta} lists no training cases.")
-    return [{k: str((root / v).resolve()) for k, v in entry.items() if isinstance(v, str)} for entry in entries]
-
-
 def load_case(entry: dict, vessel_labels: Sequence[int] | None = None, with_sdf: bool = True,
               fine: bool = False) -> Case:
     """Read one image/label pair; ``vessel_labels`` selects label values (default: any > 0).
@@ -126,7 +113,9 @@ def load_case(entry: dict, vessel_labels: Sequence[int] | None = None, with_sdf:
 
 def load_dataset(root: str | Path, limit: int | None = None, vessel_labels=None, fine: bool = False) -> list[Case]:
     """All (or the first ``limit``) cases of a dataset folder (``fine``: with the fine truth, :func:`load_case`)."""
-    return [load_case(e, vessel_labels, fine=fine) for e in dataset_entries(root)[:limit]]
+    from ..phantoms.datasets import read_msd_training
+
+    return [load_case(e, vessel_labels, fine=fine) for e in read_msd_training(root, "ct")[:limit]]
 
 
 def fine_crop(case: Case, k0: int, slices: int, rows: slice, columns: slice) -> dict[str, np.ndarray]:

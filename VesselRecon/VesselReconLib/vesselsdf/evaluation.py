@@ -127,10 +127,10 @@ def load_eval_cases(root, limit: int | None = None) -> list[EvalCase]:
     """Held-out cases of a ``vesselrecon phantoms ct`` folder (needs the high-res and mesh folders)."""
     from ..errors import InputError
     from ..volume_io import read_volume
-    from .data import dataset_entries
+    from ..phantoms.datasets import read_msd_training
 
     cases = []
-    for entry in dataset_entries(root)[:limit]:
+    for entry in read_msd_training(root, "ct")[:limit]:
         if "hires_label" not in entry or "mesh" not in entry:
             raise InputError(f"{root} lacks high-resolution ground truth: evaluate on a `vesselrecon phantoms ct` folder.")
         image, matrix = read_volume(entry["image"])

@@ -152,10 +152,10 @@ def read_msd(root: str | Path, keep_every: int = 1, limit: int | None = None, ve
              ) -> list[RealCase]:
     """An MSD-style folder (``dataset.json``); every ``keep_every``-th slice is the input."""
     from ..volume_io import read_volume
-    from .data import dataset_entries
+    from ..phantoms.datasets import read_msd_training
 
     cases = []
-    for entry in dataset_entries(root)[:limit]:
+    for entry in read_msd_training(root, "ct")[:limit]:
         image, matrix = read_volume(entry["image"])
         label, _ = read_volume(entry["label"])
         sparse = np.arange(0, image.shape[0], keep_every)

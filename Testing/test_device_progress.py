@@ -9,7 +9,7 @@ import torch
 
 from VesselReconLib import device as dev
 from VesselReconLib.errors import InputError, check_image, squeeze_to_2d
-from VesselReconLib.progress import CancelToken, Cancelled, Reporter, run_in_worker
+from VesselReconLib.progress import CancelToken, Cancelled, Reporter, TqdmProgress, close_bars, run_in_worker
 
 
 def test_resolve_device_choices():
@@ -55,6 +55,18 @@ def test_reporter_maps_sub_ranges_and_cancels():
     token.set()
     with pytest.raises(Cancelled):
         reporter(0.9, "late")
+
+
+
+def test_terminal_bar_appears_at_the_first_report_only(capsys):
+    silent = TqdmProgress("never reported")
+    silent.close()  # an error before any report: nothing was drawn, nothing to close
+    assert capsys.readouterr().err == ""
+    bar = TqdmProgress("reported")
+    bar(0.5, "half")
+    assert "reported" in capsys.readouterr().err
+    close_bars()  # the error path closes every open bar
+    assert bar._bar.disable  # tqdm's mark of a closed bar
 
 
 def test_run_in_worker_returns_and_reraises_on_the_calling_thread():

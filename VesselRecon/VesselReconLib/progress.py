@@ -118,22 +118,29 @@ def close_bars() -> None:
 
 
 class TqdmProgress:
-    """A ``progress`` callable drawing a tqdm bar on the terminal (for the CLI)."""
+    """A ``progress`` callable drawing a tqdm bar on the terminal (for the CLI). The bar appears at the first
+    report, so that an error raised before it (e.g. while checking the inputs) prints no empty bar."""
 
     def __init__(self, desc: str = "", disable: bool = False):
-        from tqdm import tqdm
-
-        global _OPEN_BARS
-        self._bar = tqdm(total=1000, desc=desc, disable=disable, bar_format="{l_bar}{bar}| {postfix}")
-        _OPEN_BARS = _OPEN_BARS if _OPEN_BARS is not None else weakref.WeakSet()
-        _OPEN_BARS.add(self)
+        self.desc, self.disable, self._bar = desc, disable, None
 
     def __call__(self, fraction: float, message: str) -> None:
+        if self._bar is None:
+            self._open()
         self._bar.n = int(round(1000 * min(max(fraction, 0.0), 1.0)))
         self._bar.set_postfix_str(message, refresh=False)
         self._bar.refresh()
 
+    def _open(self) -> None:
+        from tqdm import tqdm
+
+        global _OPEN_BARS
+        self._bar = tqdm(total=1000, desc=self.desc, disable=self.disable, bar_format="{l_bar}{bar}| {postfix}")
+        _OPEN_BARS = _OPEN_BARS if _OPEN_BARS is not None else weakref.WeakSet()
+        _OPEN_BARS.add(self)
+
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
         if _OPEN_BARS is not None:
             _OPEN_BARS.discard(self)

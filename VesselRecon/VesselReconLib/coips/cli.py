@@ -74,7 +74,7 @@ def run(args) -> int:
 
     scene = runtime.new_scene()
     logic = COIPSLogic(scene)
-    bar = LazyProgress(TqdmProgress, "coips")
+    bar = TqdmProgress("coips")
     try:
         result = logic.process_batch(config.input, config.output, config.field_of_view_mm, config.segment_ungradable,
                                      model=config.quality_model, fazModel=config.faz_model, device=config.device,
@@ -98,22 +98,6 @@ def run(args) -> int:
     for row in failed:
         print(file_error(str(row.get("image")), row.get("error", "")), file=sys.stderr)
     return 2 if failed else 0
-
-
-class LazyProgress:
-    """A progress bar that appears at the first report, so that nothing is drawn before an early error."""
-
-    def __init__(self, factory, *args):
-        self.factory, self.args, self.bar = factory, args, None
-
-    def __call__(self, fraction: float, message: str) -> None:
-        if self.bar is None:
-            self.bar = self.factory(*self.args)
-        self.bar(fraction, message)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _single_image_scene(logic, config) -> None:

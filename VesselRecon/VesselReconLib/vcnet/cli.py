@@ -45,6 +45,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from .. import atomic, device, mrml, runtime
+    from ..progress import TqdmProgress
     from .logic import VCNetLogic
 
     device.keep_freed_memory()  # a command-line process only: Slicer's own heap policy is left alone
@@ -54,7 +55,7 @@ def run(args) -> int:
     volume = logic.load_volume(args.input, "VCNet input")
     mask = logic.load_volume(args.mask, "VCNet mask", labelmap=True) if args.mask else None
     reference = logic.load_volume(args.reference, "VCNet reference", labelmap=True) if args.reference else None
-    bar = LazyBar("vcnet")  # drawn on the first progress report, so errors in validation print no empty bar
+    bar = TqdmProgress("vcnet")
     try:
         result = logic.process(volume, maskVolume=mask, darkVessels=args.dark, model=args.model, device=args.device,
                                overlap=args.overlap, threshold=args.threshold, minComponentMm3=args.min_component,
@@ -70,24 +71,6 @@ def run(args) -> int:
     out = final
     print(json.dumps({"metrics": result.metrics, "files": [str(p) for p in written] + [str(out / "vcnet.mrb")]}))
     return 0
-
-
-class LazyBar:
-    """A progress callable that creates its tqdm bar on the first report."""
-
-    def __init__(self, desc: str):
-        self.desc, self._bar = desc, None
-
-    def __call__(self, fraction: float, message: str) -> None:
-        if self._bar is None:
-            from ..progress import TqdmProgress
-
-            self._bar = TqdmProgress(self.desc)
-        self._bar(fraction, message)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 # ---------------------------------------------------------------- train

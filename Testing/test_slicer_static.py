@@ -1116,6 +1116,16 @@ def test_the_wheel_holds_every_package_file():
     assert {"resources/FolderBatch.ui", "models/vcnet-lite.safetensors", "models/vcnet-lite.json"} <= included
 
 
+def test_the_wheel_holds_every_python_folder():
+    """setuptools' ``packages.find`` skips a folder without ``__init__.py``: its modules would be missing
+    from a pip-installed VesselReconLib (vcnet/ had none before round 10)."""
+    from setuptools import find_packages
+
+    found = {ROOT / "VesselRecon" / p.replace(".", "/") for p in find_packages(ROOT / "VesselRecon", include=["VesselReconLib*"])}
+    folders = {p.parent for p in LIB.rglob("*.py") if "__pycache__" not in p.parts}
+    assert not folders - found, f"no __init__.py, left out of the wheel: {sorted(map(str, folders - found))}"
+
+
 def test_no_network_is_built_with_downloaded_weights(monkeypatch):
     """Model weights are never downloaded: every shipped network (timm, segmentation-models-pytorch and
     torchvision backbones included) is built and loaded with the network unreachable."""

@@ -330,6 +330,17 @@ def test_icons_are_128_pixel_pngs():
             assert image.format == "PNG" and image.size == (128, 128), path
 
 
+def test_self_test_names_every_missing_package(monkeypatch):
+    """A Slicer with torch but no torchvision (Angio3D's backbones need it) skips the self-test, naming it."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else real_find_spec(name, *a))
+    assert slicer_selftest.torch_missing_reason() == "torchvision not installed"
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    assert slicer_selftest.torch_missing_reason() is None
+
+
 @pytest.mark.parametrize("name", MODULES)
 def test_module_cmake_lists_its_files(name):
     folder = SRC / name

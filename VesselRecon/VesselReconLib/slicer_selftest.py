@@ -9,13 +9,13 @@ Nothing here imports ``qt``, ``ctk``, ``slicer`` or torch at module level.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 from collections.abc import Mapping
 
 import numpy as np
 
+from . import slicerdeps
 from .errors import InputError
 from .slicer_results import apply_sample, call_logic, is_node, logic_kwargs, store_outputs
 
@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def torch_missing_reason() -> str | None:
-    """Why the self-test cannot run here (torch or the core packages missing), or None."""
-    missing = [name for name in ("torch", "monai") if importlib.util.find_spec(name) is None]
+    """Why the self-test cannot run here (torch, torchvision or another required package missing), or None."""
+    missing = slicerdeps.missing_modules()
     return f"{', '.join(missing)} not installed" if missing else None
 
 

@@ -242,11 +242,8 @@ def open_faz(mask: np.ndarray, fraction: float) -> np.ndarray:
     opened = ndimage.binary_opening(np.pad(crop, pad), structure=disk(radius))[pad:-pad, pad:-pad]
     if not opened.any():
         return mask
-    labels, count = ndimage.label(opened, structure=np.ones((3, 3)))
-    if count > 1:
-        opened = labels == int(np.argmax(np.bincount(labels.ravel())[1:]) + 1)
     out = np.zeros_like(mask)
-    out[top:bottom, left:right] = ndimage.binary_fill_holes(opened)
+    out[top:bottom, left:right] = ndimage.binary_fill_holes(largest_component(opened))
     return out
 
 

@@ -35,10 +35,14 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice
 
 
-def batch_from_pool(pool: PhantomPool, batch: int, crop: int, rng: np.random.Generator):
+def batch_from_pool(pool: PhantomPool, batch: int, crop: int, rng: np.random.Generator, real: list = (),
+                    real_fraction: float = 0.0):
+    """``batch`` augmented crops with their labels, each from ``real`` with probability ``real_fraction`` (when
+    ``real`` is given), else from the phantom pool."""
     images, labels = [], []
     for _ in range(batch):
-        s = pool.items[int(rng.integers(len(pool.items)))]
+        items = real if real and rng.random() < real_fraction else pool.items
+        s = items[int(rng.integers(len(items)))]
         img, lab = augment_crop(s.image, s.vessel, crop, rng)
         images.append(img)
         labels.append(lab)
@@ -96,19 +100,6 @@ def held_out_phantoms(count: int = 8):
     return [render_phantom(9000 + i, rng) for i in range(count)]
 
 
-def _mixed_batch(pool: PhantomPool, real: list, batch: int, crop: int, rng: np.random.Generator,
-                 real_fraction: float):
-    images, labels = [], []
-    for _ in range(batch):
-        items = real if rng.random() < real_fraction else pool.items
-        s = items[int(rng.integers(len(items)))]
-        img, lab = augment_crop(s.image, s.vessel, crop, rng)
-        images.append(img)
-        labels.append(lab)
-    as_t = lambda a: torch.from_numpy(np.stack(a)[:, None])  # noqa: E731
-    return as_t(images), as_t(labels)
-
-
 def finetune(out: str | Path, init_state: dict, real: list, val: list, steps: int = 300, batch: int = 8,
              crop: int = 128, lr: float = 5e-4, seed: int = 0, pool_size: int = 24, real_fraction: float = 0.5,
              validate_every: int = 50, preset: str = "lite", minutes: float | None = None):
@@ -141,7 +132,7 @@ def finetune(out: str | Path, init_state: dict, real: list, val: list, steps: in
     log.info("step 0 val Dice %.4f", best)
     model.train()
     for step in range(steps):
-        history.append(_step(model, opt, sched, *_mixed_batch(pool, real, batch, crop, rng, real_fraction)))
+        history.append(_step(model, opt, sched, *batch_from_pool(pool, batch, crop, rng, real, real_fraction)))
         done = step + 1
         if step % 4 == 0:
             pool.refresh()

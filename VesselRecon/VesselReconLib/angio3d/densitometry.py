@@ -114,20 +114,13 @@ def study(seeds, true_path: bool = False, log=print) -> dict:
     """Signed main-branch QCA errors (points of % diameter stenosis) per method on ``make_case(seed)``
     phantoms, the shipped pipeline without SR (the QCA test's loop); ``true_path``: along the true
     centreline's projections instead of our own 2D paths. Also each view's own errors (``<method>_views``)."""
-    import torch
-
     from .. import registry
-    from ..phantoms.xray import make_case
-    from .pipeline import reconstruct
+    from .lumen import phantom_run
 
     net = registry.load_model("angio3d", "angio3d-lite", "cpu")[0]
     errors = {k: [] for m in METHODS for k in (m, m + "_views")}
     for seed in seeds:
-        case = make_case(seed)
-        images = [v["image"].astype(np.float32) for v in case["views"]]
-        with torch.no_grad():
-            result = reconstruct(images, case["geometries"], [np.array(p) for p in case["soi_points"]], net=net,
-                                 refine=False, stitch=False)
+        case, images, result, _ = phantom_run(seed, net)
         samples = true_path_samples(case, result) if true_path else result.branches[0].views["qca_samples"]
         truth = case["case"].stenosis["percent_diameter"]
         for method, qca in method_qca(images, samples).items():

@@ -291,3 +291,34 @@ def test_pipeline_on_gpu_matches_cpu():
         results.append(reconstruct(images, case["geometries"], points, net=net, device=device))
     cpu, gpu = (r.branches[0].vertices for r in results)
     assert np.linalg.norm(cpu - gpu, axis=1).mean() < 0.3
+
+
+def test_cli_refuses_broken_case_folders_and_views_in_one_line(tmp_path, capsys):
+    """Round 10 bad-input audit: a case folder with a damaged geometry.json and a cut-off XA DICOM ended as internal
+    errors (JSONDecodeError, SimpleITK RuntimeError); a folder given as a view was called a DICOM file that 'does not
+    exist'; the vessel mask chosen as a view was reconstructed like an angiogram."""
+    from VesselReconLib.angio3d.dicom_io import write_xa
+    from VesselReconLib.cli import main
+    from VesselReconLib.phantoms.xray import load_case, make_case, write_case
+
+    folder = write_case(make_case(HELD_OUT_SEEDS[0]), tmp_path / "case", with_mesh=False)
+    case = load_case(folder)
+    dicom = write_xa(tmp_path / "view.dcm", np.stack([case.images[0]] * 2), case.geometries[0])
+    (tmp_path / "cut.dcm").write_bytes(dicom.read_bytes()[: dicom.stat().st_size // 2])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("view_a.png", "view_b.png", "centerline.json"):
+        (broken / name).write_bytes((folder / name).read_bytes())
+    (broken / "geometry.json").write_text("{not json", encoding="utf-8")
+    views = ["--view-b", str(folder / "view_b.png"), "--points-a", "10,10 100,100", "--points-b", "10,10 100,100"]
+    cases = {"broken case": (["--case", str(broken)], "not a readable xray case folder"),
+             "cut DICOM": (["--view-a", str(tmp_path / "cut.dcm"), *views], "cannot be decoded"),
+             "folder as view": (["--view-a", str(broken), *views], "is a folder"),
+             "mask as view": (["--view-a", str(folder / "vessels_a.png"), *views, "--geometry-a", "30,0,1000,750,0.3",
+                               "--geometry-b", "-30,0,1000,750,0.3"], "two values")}
+    for label, (argv, words) in cases.items():
+        out = tmp_path / "out"
+        assert main(["angio3d", *argv, "--out", str(out), "--device", "cpu"]) == 2, label
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and "internal error" not in err, (label, err)
+        assert not out.exists(), label

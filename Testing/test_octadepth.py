@@ -717,6 +717,45 @@ def test_load_image_reads_jpeg_compressed_tiff_with_a_field_token(tmp_path, scen
     assert abs(np.corrcoef(array[0].ravel(), pixels.ravel())[0, 1]) > 0.95
 
 
+def test_cli_refuses_a_one_pixel_strip_a_multi_page_tiff_and_a_binary_mask(scene, tmp_path, capsys):
+    """Round 10 bad-input audit: a 320 x 1 image slipped past the size check (its 1-pixel axis was skipped as a
+    singleton) and crashed in the network's padding; a two-page TIFF and a 1-bit (mask) PNG were processed as if
+    they were one angiogram. Each is now one error line, no output folder, the file untouched."""
+    from PIL import Image
+
+    from VesselReconLib.cli import main
+
+    pixels = (data.render_samples([HELD_OUT_SEEDS[1]])[0].image * 255).astype(np.uint8)
+    Image.fromarray(pixels[:, :1].copy()).save(tmp_path / "strip_3x3.png")
+    second_page = Image.fromarray(pixels.T.copy())
+    Image.fromarray(pixels).save(tmp_path / "pages_3x3.tif", save_all=True, append_images=[second_page])
+    Image.fromarray(pixels > 128).save(tmp_path / "mask_3x3.png")
+    logic = OCTADepthLogic(scene)
+    for name, words in (("strip_3x3.png", "too small"), ("pages_3x3.tif", "2 frames"), ("mask_3x3.png", "two values")):
+        content = (tmp_path / name).read_bytes()
+        out = tmp_path / "out"
+        assert main(["octadepth", str(tmp_path / name), "--device", "cpu", "--out", str(out)]) == 2, name
+        err = capsys.readouterr().err
+        assert words in err and "internal error" not in err and not out.exists(), err
+        assert (tmp_path / name).read_bytes() == content
+        count = scene.GetNumberOfNodes()
+        with pytest.raises(InputError, match=words):
+            logic.load_image(tmp_path / name)
+        assert scene.GetNumberOfNodes() == count
+
+
+def test_a_compressed_multi_frame_angiogram_is_named_as_such_not_as_a_missing_codec():
+    """An XA run given to OCTADepth was refused with pydicom's 'all plugins are missing dependencies': the frame
+    count is now read from the header first."""
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "xa-phantom" / "IM3.dcm"
+    if not path.is_file():
+        pytest.skip("../shared/samples/xa-phantom is absent")
+    from VesselReconLib.enface_io import read_image
+
+    with pytest.raises(InputError, match="multi-frame"):
+        read_image(path, 3.0)
+
+
 # ------------------------------------------------------------------ real data (../shared; skipped without it)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

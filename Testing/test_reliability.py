@@ -375,7 +375,7 @@ def test_vcnet(scene, ckpt, monkeypatch):
     refuses("VCNet: minComponentMm3 NaN", scene, lambda: run(template, minComponentMm3=math.nan),
             words=("minComponentMm3",))
     thin = mra(scene, (3, 32, 32))
-    refuses("VCNet: 3 slices", scene, lambda: run(thin), words=("small",))
+    refuses("VCNet: 3 slices", scene, lambda: run(thin), words=("3 slices", "at least 5"))
     empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user empty segmentation")
     refuses("VCNet: empty segmentation as mask", scene, lambda: run(template, maskVolume=empty), words=("segments",))
     model_node = scene.AddNewNodeByClass("vtkMRMLModelNode", "user model")
@@ -673,3 +673,50 @@ def test_rerun_never_leaves_stale_outputs_beside_new_ones(tmp_path, capsys, monk
     _record("files: re-run interrupted while saving", "scene" if mixed or code != 130 else "ok")
     assert code == 130 and not mixed, (left, first)
     assert not [p for p in out.iterdir() if p.name.startswith(".vesselrecon-partial")]
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_and_replaced_files_are_said(tmp_path, caplog):
+    """Round 10 bad-input audit: an output folder on a file system that refuses it (/proc, read-only) ended as a bare
+    'No such file or directory' after the whole run; a user's own file of an output's name was replaced without a
+    word, and a re-run said nothing about replacing its previous outputs."""
+    import logging
+    import sys
+
+    from VesselReconLib import atomic
+
+    if sys.platform.startswith("linux"):
+        with pytest.raises(InputError, match="Output folder /proc/vesselrecon-audit/out"):
+            atomic.output_folder("/proc/vesselrecon-audit/out")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "mesh.stl").write_text("the user's own mesh", encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="VesselReconLib.atomic"):
+        with atomic.staging(folder, "audit") as stage:
+            (stage / "mesh.stl").write_text("new", encoding="utf-8")
+        assert "replacing 1 existing file(s) no earlier run of this command wrote: mesh.stl" in caplog.text
+        caplog.clear()
+        with atomic.staging(folder, "audit") as stage:
+            (stage / "mesh.stl").write_text("newer", encoding="utf-8")
+        assert "replacing" not in caplog.text and "1 files of the previous run were removed" in caplog.text
+    assert (folder / "mesh.stl").read_text(encoding="utf-8") == "newer"
+
+
+class _Pickled:
+    """An object whose pickle calls a function on load: what weights_only loading refuses."""
+
+    def __reduce__(self):
+        return (print, ("loaded",))
+
+
+def test_a_checkpoint_with_pickled_objects_is_refused_without_advising_weights_only_false(tmp_path):
+    """Round 10 bad-input audit: torch's refusal text ('Re-running torch.load with weights_only set to False ...')
+    was passed on to the user, inviting them to run the file's code."""
+    path = tmp_path / "full_model.pt"
+    torch.save({"weight": torch.zeros(2), "extra": _Pickled()}, path)
+    garbage = tmp_path / "notes.pt"
+    garbage.write_text("not a model", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="pickled Python objects") as refused:
+        registry.load_model("octadepth", str(path), "cpu")
+    assert "weights_only" not in str(refused.value) and "state_dict" in str(refused.value)
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        registry.load_model("octadepth", str(garbage), "cpu")

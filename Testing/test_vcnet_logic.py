@@ -122,17 +122,22 @@ def test_dark_vessels_with_brain_mask(scene):
 
 
 @pytest.mark.parametrize("case", ["missing", "single_slice", "constant", "nan", "mask_shape", "mask_grid", "mask_is_scan",
-                                  "checkpoint", "overlap"])
+                                  "checkpoint", "overlap", "label_as_scan", "empty_reference", "spacing_50mm"])
 def test_bad_input_leaves_scene_untouched(scene, phantom, tmp_path, case):
     matrix = np.diag([*phantom.spacing, 1.0])
     image = phantom.image.copy()
     kwargs = {"device": "cpu"}
+    words = {"label_as_scan": "two values", "empty_reference": "empty", "spacing_50mm": "spacing"}.get(case, "")
     if case == "single_slice":
         image = image[:1]
     elif case == "constant":
         image = np.full_like(image, 7.0)
     elif case == "nan":
         image[3, 4, 5] = np.nan
+    elif case == "label_as_scan":   # the reference labelmap chosen as the MRA
+        image = phantom.label.astype(np.uint8)
+    elif case == "spacing_50mm":    # a header in cm read as mm, x 500: the model grid would need 10^10 voxels
+        matrix = np.diag([50.0, 50.0, 50.0, 1.0])
     volume = mrml.array_to_volume(image, matrix, "input", scene=scene) if case != "missing" else None
     if case == "mask_shape":
         kwargs["maskVolume"] = mrml.array_to_volume(np.ones((4, 8, 8), np.uint8), matrix, "mask", scene=scene,
@@ -148,11 +153,17 @@ def test_bad_input_leaves_scene_untouched(scene, phantom, tmp_path, case):
         kwargs["model"] = str(bad)
     elif case == "overlap":
         kwargs["overlap"] = 1.5
+    elif case == "empty_reference":   # an all-zero reference gave Dice 0 and FPR without a word
+        kwargs["referenceLabelmap"] = mrml.array_to_volume(np.zeros(image.shape, np.uint8), matrix, "reference",
+                                                           scene=scene, labelmap=True)
     before = node_names(scene)
+    voxels = mrml.volume_to_array(volume)[0].copy() if volume is not None else None
     error = CheckpointError if case == "checkpoint" else InputError
-    with pytest.raises(error):
+    with pytest.raises(error, match=words or None):
         VCNetLogic(scene).process(volume, **kwargs)
     assert node_names(scene) == before
+    if volume is not None:
+        np.testing.assert_array_equal(mrml.volume_to_array(volume)[0], voxels)
 
 
 def test_centerline_length_of_known_lines():
@@ -434,3 +445,36 @@ def test_every_default_loads_the_same_model_and_lite_is_unchanged():
         net, metadata = registry.load_model("vcnet", name, "cpu")
         assert metadata["preset"] == "lite" and net.mip_scale == 1, name
     assert registry.find_entry("vcnet", "lite").name == "vcnet-lite"
+
+
+def test_cli_refuses_truncated_and_vector_files_and_saves_an_int8_volume(tmp_path, phantom, capsys):
+    """Round 10 bad-input audit: ITK read a cut-off .nii.gz (or .nii) without a word, zero-filling the missing voxels,
+    and VC-Net segmented the remainder; a 2-component (vector) NIfTI reached the Logic as a garbled grid ('reload the
+    image'); an int8 volume was segmented and then failed as an internal error when the .mrb was saved."""
+    import SimpleITK as sitk
+
+    from VesselReconLib.cli import main
+    from VesselReconLib.phantoms.datasets import save_nifti
+
+    path = save_nifti(phantom.image, phantom.spacing, (0, 0, 0), tmp_path / "mra.nii.gz")
+    data = path.read_bytes()
+    raw = tmp_path / "raw.nii"
+    sitk.WriteImage(sitk.ReadImage(str(path)), str(raw))
+    cut = {"cut.nii.gz": data[: len(data) // 2], "cut.nii": raw.read_bytes()[:-1000]}
+    vector = sitk.GetImageFromArray(np.stack([phantom.image] * 2, -1), isVector=True)
+    sitk.WriteImage(vector, str(tmp_path / "vector.nii.gz"))
+    for name, content in cut.items():
+        (tmp_path / name).write_bytes(content)
+    for name, words in (("cut.nii.gz", ("damaged", "copy it again")), ("cut.nii", ("truncated", "copy it again")),
+                        ("vector.nii.gz", ("2 components", "scalar"))):
+        before = (tmp_path / name).read_bytes()
+        assert main(["vcnet", str(tmp_path / name), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2, name
+        err = capsys.readouterr().err
+        assert all(word in err for word in words), err
+        assert "Traceback" not in err and (tmp_path / name).read_bytes() == before
+        assert not (tmp_path / "out").exists()
+    small = sitk.GetImageFromArray(np.clip(phantom.image / phantom.image.max() * 120, -128, 127).astype(np.int8))
+    small.SetSpacing(tuple(float(s) for s in phantom.spacing))
+    sitk.WriteImage(small, str(tmp_path / "int8.nii.gz"))
+    assert main(["vcnet", str(tmp_path / "int8.nii.gz"), "--out", str(tmp_path / "int8"), "--device", "cpu"]) == 0
+    assert (tmp_path / "int8" / "vcnet.mrb").stat().st_size > 0

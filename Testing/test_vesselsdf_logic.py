@@ -306,3 +306,30 @@ def test_a_windowed_whole_abdomen_without_roi_is_refused(scene):
     with pytest.raises(InputError, match=r"not liver-masked.*liver mask"):
         logic.process(ct, portalVenousWindow=False, device="cpu")
     assert scene.GetNumberOfNodes() == count
+
+
+def test_label_as_ct_and_bad_fine_slice_spacing_are_refused_before_any_work(scene, tmp_path, capsys):
+    """Round 10 bad-input audit: a vessel label map chosen as the CT ran and failed as an internal error while writing
+    the STL; --fine-slice-mm -1, nan or 0.0001 failed as internal errors (SimpleITK, int(nan), a 10^10-voxel
+    allocation) after the whole reconstruction. Both are refused up front, leaving the scene and the files alone."""
+    from VesselReconLib.cli import main
+    from VesselReconLib.phantoms.ct import CTPhantomParams, make_ct_phantom
+    from VesselReconLib.phantoms.datasets import save_nifti
+
+    case = make_ct_phantom(CTPhantomParams(shape=(16, 48, 48), seed=12))
+    label = mrml.array_to_volume((case.labels > 0).astype(np.uint8), np.diag([*case.spacing, 1.0]), "labels",
+                                 scene=scene)
+    before, voxels = node_names(scene), mrml.volume_to_array(label)[0].copy()
+    with pytest.raises(InputError, match="two values"):
+        VesselSDFLogic(scene).process(label, device="cpu", portalVenousWindow=False)
+    assert node_names(scene) == before
+    np.testing.assert_array_equal(mrml.volume_to_array(label)[0], voxels)
+    image = save_nifti(case.image, case.spacing, (0, 0, 0), tmp_path / "ct.nii.gz")
+    content = image.read_bytes()
+    for value, words in (("-1", ">"), ("nan", ">"), ("0.0001", "voxels")):
+        out = tmp_path / f"out{value}"
+        assert main(["vesselsdf", str(image), "--out", str(out), "--device", "cpu", "--fine-slice-mm", value]) == 2
+        err = capsys.readouterr().err
+        assert "--fine-slice-mm" in err and words in err and "Traceback" not in err, err
+        assert "%|" not in err and not out.exists()   # refused before the reconstruction and its progress bar
+    assert image.read_bytes() == content

@@ -8,6 +8,7 @@ an older run never stand beside new ones.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -15,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 PARTIAL_PREFIX = ".vesselrecon-partial-"
 
@@ -49,6 +52,9 @@ def output_folder(folder: str | Path) -> Path:
         raise _not_a_folder(folder) from None
     except PermissionError:
         raise InputError(f"Output folder {folder} cannot be created: check its permissions.") from None
+    except OSError as exc:   # a read-only or virtual file system (/proc), a full disk, a name too long
+        raise InputError(f"Output folder {folder} cannot be created ({exc.strerror or exc}): choose another "
+                         "folder.") from None
     return folder
 
 
@@ -115,12 +121,19 @@ def staging(folder: str | Path, tag: str) -> Iterator[Path]:
     folder = output_folder(folder)
     manifest = _manifest(folder, tag)
     if manifest.is_file():
-        remove_stale(folder / line for line in manifest.read_text(encoding="utf-8").splitlines() if line and ".." not in line)
+        removed = remove_stale(folder / line for line in manifest.read_text(encoding="utf-8").splitlines()
+                               if line and ".." not in line)
         manifest.unlink()
+        if removed:
+            log.info("%s: the %d files of the previous run were removed and are written anew", folder, len(removed))
     scratch = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=folder))
     try:
         yield scratch
         written = sorted(p.relative_to(scratch) for p in scratch.rglob("*") if p.is_file())
+        foreign = [p.as_posix() for p in written if (folder / p).exists()]
+        if foreign:   # files of the same name that no run of this kind listed: the user's own, or another tool's
+            log.warning("%s: replacing %d existing file(s) no earlier run of this command wrote: %s", folder,
+                        len(foreign), ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""))
         for relative in written:
             (folder / relative).parent.mkdir(parents=True, exist_ok=True)
             os.replace(scratch / relative, folder / relative)

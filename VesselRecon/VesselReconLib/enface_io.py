@@ -149,11 +149,14 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, float | None]:
 
     try:
         ds = pydicom.dcmread(str(path))
+        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:  # before decoding: its codec may be missing
+            raise InputError(f"{Path(path).name} is a multi-frame DICOM; export the OCTA en face projection as one "
+                             "frame.")
         pixels = ds.pixel_array
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"{Path(path).name} is not a readable DICOM image ({exc.__class__.__name__}: {exc}).") from exc
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        raise InputError(f"{Path(path).name} is a multi-frame DICOM; export the OCTA en face projection as one frame.")
     if int(getattr(ds, "SamplesPerPixel", 1)) > 1:
         pixels = pixels[..., :3] @ np.array([0.299, 0.587, 0.114])
     elif str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
@@ -183,6 +186,9 @@ def read_raster(path: str | Path) -> tuple[np.ndarray, float | None]:
             if image.width * image.height > (Image.MAX_IMAGE_PIXELS or 1 << 62):  # a decompression bomb
                 raise InputError(f"{Path(path).name} claims {image.width} x {image.height} pixels, far more than "
                                  "an en face OCTA image: it is corrupt or not an OCTA scan; skipped.")
+            if getattr(image, "n_frames", 1) > 1:  # a multi-page TIFF or an animation: which page is the scan?
+                raise InputError(f"{Path(path).name} holds {image.n_frames} frames (pages); export the OCTA en face "
+                                 "projection as a single image.")
             fov = _tiff_fov(image, image.width) if image.format == "TIFF" else None
             if image.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr", "1"):
                 image = image.convert("L")

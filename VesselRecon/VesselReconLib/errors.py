@@ -102,7 +102,8 @@ def check_image(array: np.ndarray, name: str, ndim: int | tuple[int, ...],
     :param name: what the user calls this input, used in messages.
     :param ndim: allowed dimensionalities (2 for images, 3 for volumes).
     :param min_size: smallest allowed extent along each axis.
-    :raises InputError: wrong dimensionality, too small, NaN/Inf, empty or constant, or huge.
+    :raises InputError: wrong dimensionality, too small (a single leading slice of a 3D array is left to the
+        module's own slice check), NaN/Inf, empty, constant, binary (a mask given as the scan), or huge.
     """
     if array is None:
         raise InputError(f"{name} is missing: select an input first.")
@@ -118,11 +119,15 @@ def check_image(array: np.ndarray, name: str, ndim: int | tuple[int, ...],
         raise InputError(f"{name} has unsupported type {array.dtype}; use a real-valued scalar image.")
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise InputError(f"{name} contains NaN or infinite values: fix or mask them before processing.")
-    spatial = [s for s in array.shape if s > 1]
-    if min(spatial or [0]) < min_size:
+    spatial = array.shape[1:] if array.ndim == 3 and array.shape[0] == 1 else array.shape  # 1 slice: the module says
+    if min(spatial) < min_size:
         raise InputError(f"{name} is too small ({array.shape}); each axis needs at least {min_size} pixels.")
-    if float(array.max()) == float(array.min()):
+    low, high = array.min(), array.max()
+    if float(high) == float(low):
         raise InputError(f"{name} is constant (all values {array.flat[0]}); it holds no vessels to find.")
+    if not np.count_nonzero((array != low) & (array != high)):
+        raise InputError(f"{name} holds only two values ({low:g} and {high:g}): it looks like a mask or label map, "
+                         "not a scan. Select the image itself.")
     return array.astype(np.float32, copy=False)
 
 

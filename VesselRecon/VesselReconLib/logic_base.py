@@ -47,8 +47,8 @@ class VesselReconLogic:
     def read_volume(node, missing: str) -> tuple[np.ndarray, np.ndarray]:
         """The validation gate every Logic passes its input volumes through before any compute.
 
-        Checks, each refusal an :class:`InputError` that says what to do: the node is given and is a
-        volume node; it has image data with voxel values; its geometry is finite with positive
+        Checks, each refusal an :class:`InputError` that says what to do: the node is given, is in a scene
+        and is a volume node; it has image data with voxel values; its geometry is finite with positive
         spacing; floating-point voxels are finite. Dimensionality and size are checked by
         :meth:`read_image` (or the module's own image check).
 
@@ -58,6 +58,7 @@ class VesselReconLogic:
         if node is None:
             raise InputError(missing)
         name = f"Volume '{node.GetName()}'" if hasattr(node, "GetName") else "The input"
+        check_in_scene(node, name)
         try:
             array, ijk_to_ras = mrml.volume_to_array(node)
         except InputError:
@@ -89,6 +90,8 @@ class VesselReconLogic:
         """
         for parameter, (node, class_names) in nodes.items():
             mrml.check_node_class(node, class_names, parameter)
+            if node is not None:
+                check_in_scene(node, f"{parameter} '{node.GetName()}'")
 
     @staticmethod
     def check_range(value, name: str, low=None, high=None, **kwargs) -> float:
@@ -143,6 +146,13 @@ class VesselReconLogic:
     def clear_models(self) -> None:
         """Forget cached networks (frees GPU memory)."""
         self._models.clear()
+
+
+def check_in_scene(node, name: str) -> None:
+    """Refuse a node that belongs to no scene (deleted, yet still held by a script): outputs written next to it
+    would land nowhere, and it is not what the scene shows."""
+    if hasattr(node, "GetScene") and node.GetScene() is None:
+        raise InputError(f"{name} is not in the scene (was it deleted?): select a node of the scene.")
 
 
 def _guarded(method, arguments_are_input: bool):

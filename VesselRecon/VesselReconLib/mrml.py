@@ -283,7 +283,8 @@ def labels_on_grid(node, reference_volume, shape: Sequence[int], name: str,
     """A labelmap volume or segmentation node as a KJI label array on ``reference_volume``'s grid of ``shape``:
     a segmentation is exported onto that grid; a labelmap must already lie on it (:func:`check_same_grid`).
 
-    :raises InputError: another shape, or a labelmap elsewhere, saying to resample it onto ``reference``.
+    :raises InputError: another shape, or a labelmap elsewhere, saying to resample it onto ``reference``; an empty
+        one (no voxel labelled), saying to paint it or leave it unset.
     """
     geometry = None
     if node.IsA("vtkMRMLSegmentationNode"):
@@ -296,6 +297,8 @@ def labels_on_grid(node, reference_volume, shape: Sequence[int], name: str,
     if geometry is not None:
         check_same_grid(geometry, ijk_to_ras_of(reference_volume), shape, name, reference)
         check_label_values(array, name)
+    if not np.any(array):
+        raise InputError(f"{name} is empty (it labels no voxel of {reference}): paint it or leave it unset.")
     return array
 
 
@@ -358,7 +361,12 @@ def sitk_to_volume(image, name: str, node=None, scene=None, labelmap: bool = Fal
     if image.GetDimension() != 3:
         raise InputError(f"'{name}' is a {image.GetDimension()}D image; a 3D volume (NRRD, NIfTI, MHA or a DICOM "
                          "series) is needed here.")
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        raise InputError(f"'{name}' has {image.GetNumberOfComponentsPerPixel()} components per voxel (a colour, vector "
+                         "or 4D image); a scalar (grayscale) 3D volume is needed here.")
     array = sitk.GetArrayFromImage(image)
+    if array.dtype.itemsize == 8 and array.dtype.kind in "iu" or array.dtype == np.int8:  # VTK's writers refuse
+        array = array.astype(np.int16 if array.dtype == np.int8 else np.float64)  # these: the .mrb failed after a run
     direction = np.array(image.GetDirection()).reshape(3, 3)
     lps = ijk_to_ras_matrix(image.GetSpacing(), image.GetOrigin(), direction)
     return array_to_volume(array, LPS_TO_RAS @ lps, name, node, scene, labelmap, new=new)

@@ -136,8 +136,15 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict]:
     except CheckpointError:
         raise
     except Exception as exc:
-        raise CheckpointError(f"Checkpoint {path.name} is corrupt or not a model file ({exc.__class__.__name__}: "
-                              f"{str(exc)[:200]}).") from exc
+        reason = f"{exc.__class__.__name__}: {str(exc)[:200]}"
+        if "Weights only load failed" in str(exc):   # torch's own text advises weights_only=False: unsafe, never ours
+            if "Unsupported global" in str(exc):
+                raise CheckpointError(f"Checkpoint {path.name} is refused as corrupt or unsafe: it holds pickled "
+                                      "Python objects besides tensors, which are never loaded (they can run code). "
+                                      "Save the weights alone, torch.save(model.state_dict(), path), or as "
+                                      ".safetensors.") from exc
+            reason = "not a PyTorch checkpoint"
+        raise CheckpointError(f"Checkpoint {path.name} is corrupt or not a model file ({reason}).") from exc
     return _unwrap_torch_checkpoint(loaded, path)
 
 

@@ -28,11 +28,45 @@ def read_image(path: str | Path):
             return reader.Execute()
         if not path.is_file():
             raise InputError(f"Input {path} does not exist.")
+        check_nifti_complete(path)
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         reason = [line for line in str(exc).splitlines() if line.strip()][-1].replace("sitk::ERROR: ", "")
         raise InputError(f"Cannot read {path} as a volume ({reason[:200]}): give a NIfTI, NRRD or MHA file or a "
                          "folder holding one DICOM series.") from exc
+
+
+def check_nifti_complete(path: Path) -> None:
+    """Refuse a truncated NIfTI file (``.nii`` or ``.nii.gz``), which ITK reads without a word, zero-filling the
+    missing voxels; other formats are left to their readers, which refuse truncation themselves.
+
+    :raises InputError: the file holds fewer bytes than its header's voxel offset plus its voxels.
+    """
+    import gzip
+
+    import SimpleITK as sitk
+
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()   # a header it cannot parse raises RuntimeError: the caller's message
+    dims = [int(reader.GetMetaData(f"dim[{i}]")) for i in range(1, int(reader.GetMetaData("dim[0]")) + 1)]
+    voxel_bytes = int(np.prod(dims)) * int(reader.GetMetaData("bitpix")) // 8
+    expected = int(float(reader.GetMetaData("vox_offset"))) + voxel_bytes
+    try:
+        if name.endswith(".gz"):
+            with gzip.open(path, "rb") as stream:
+                size = sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 22), b""))
+        else:
+            size = path.stat().st_size
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path} is damaged ({exc}): the download or copy was probably cut off; "
+                         "copy it again.") from None
+    if size < expected:
+        raise InputError(f"{path} is truncated: it holds {size:,} of the {expected:,} bytes its header describes "
+                         "(the download or copy was probably cut off); copy it again.")
 
 
 def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

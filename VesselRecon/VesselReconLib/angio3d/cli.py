@@ -117,7 +117,12 @@ def _inputs(args):
     if args.case:
         from ..phantoms.xray import load_case
 
-        case = load_case(args.case)
+        try:
+            case = load_case(args.case)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise InputError(f"--case {args.case} is not a readable xray case folder (geometry.json, centerline.json "
+                             f"and view_a.png ... as `vesselrecon phantoms xray` writes; {exc.__class__.__name__}: "
+                             f"{exc}); for your own angiograms give --view-a/--view-b with their points.") from None
         return [(img[None], geo, np.array(pts), 0, None)
                 for img, geo, pts in zip(case.images, case.geometries, case.soi_points)]
     if not (args.view_a and args.view_b):

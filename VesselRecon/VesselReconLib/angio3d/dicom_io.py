@@ -54,7 +54,11 @@ def _decode(path: Path, dataset) -> np.ndarray:
     except Exception:  # missing decoder plugin: let SimpleITK (GDCM) decode
         import SimpleITK as sitk
 
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        try:
+            return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        except RuntimeError:
+            raise InputError(f"{path.name}: its pixel data cannot be decoded (a truncated or damaged file?): "
+                             "export the angiogram again.") from None
 
 
 def contrast_scores(frames: np.ndarray, block: int = 4) -> np.ndarray:
@@ -104,7 +108,8 @@ def read_xa(path: str | Path) -> tuple[np.ndarray, CArmGeometry | None, dict]:
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"DICOM file {path} does not exist.")
+        raise InputError(f"{path} is a folder: give the DICOM file of one view." if path.is_dir()
+                         else f"DICOM file {path} does not exist.")
     try:
         dataset = pydicom.dcmread(str(path))
     except Exception as exc:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .. import device as devices
+from ..errors import check_voxel_budget
 from ..progress import as_reporter
 from . import mip
 from .data import HEAD_MARGIN_MM, intracranial_region, normalize, tissue_level
@@ -484,6 +485,12 @@ def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, 
     model_spacing = tuple(getattr(model, "spacing", spacing))
     grid = model_grid(volume.shape, spacing, model_spacing) if resample_to_model else None
     second = fine_grid(volume.shape, spacing, model_spacing) if resample_to_model else None
+    for shape in (grid, second):
+        if shape is not None:
+            check_voxel_budget(shape, f"Resampling the {'x'.join(map(str, volume.shape[::-1]))} input of spacing "
+                               f"{'x'.join(f'{s:g}' for s in spacing)} mm to the model's", hint="Check the voxel "
+                               "spacing (Volumes module, Volume Information) or run at the native spacing "
+                               "(--no-resample, resampleToModelSpacing=False).")
     if region is None and head_margin_mm > 0:
         region = intracranial_region(volume, spacing, level, margin_mm=head_margin_mm)
         region = None if region.all() else region

@@ -75,11 +75,10 @@ class VCNetLogic(VesselReconLogic):
         array, ijk_to_ras = VesselReconLogic.read_volume(node, f"{name} is missing: select a volume first.")
         if array.ndim == 4:
             raise InputError(f"{name} has {array.shape[-1]} components; VC-Net needs a scalar (grayscale) volume.")
-        array = check_image(array, name, 3, min_size=MIP_SIZE_SLICES)  # thinner than a patch: padded
-        if array.shape[0] < MIP_SIZE_SLICES:
+        if array.ndim == 3 and array.shape[0] < MIP_SIZE_SLICES:
             raise InputError(f"{name} has {array.shape[0]} slices; VC-Net needs at least {MIP_SIZE_SLICES} "
                              "(one 5-slice MIP). Use a 3D MRA/SWI volume.")
-        return array, ijk_to_ras
+        return check_image(array, name, 3, min_size=MIP_SIZE_SLICES), ijk_to_ras  # thinner than a patch: padded
 
     def _labels_of(self, node, reference_volume, name: str, shape) -> np.ndarray:
         """Binary array of a labelmap volume or segmentation node on the reference geometry."""
@@ -142,8 +141,6 @@ class VCNetLogic(VesselReconLogic):
         mask = None
         if maskVolume is not None:
             mask = self._labels_of(maskVolume, inputVolume, "Mask", array.shape)
-            if not mask.any():
-                raise InputError("The mask is empty: draw or threshold a brain mask, or leave it out.")
         reference = referenceSegmentation if referenceSegmentation is not None else referenceLabelmap
         ref = self._labels_of(reference, inputVolume, "Reference", array.shape) if reference is not None else None
         if not 0 <= overlap < 1:

@@ -165,6 +165,18 @@ def input_stem(path) -> str:
     return name
 
 
+def fine_slices(image, slice_mm: float) -> int:
+    """How many slices ``slice_mm`` apart span the CT ``image`` (the ``--fine-slice-mm`` grid), checked before any
+    compute: a positive spacing whose grid fits the voxel budget."""
+    from ..errors import check_number, check_voxel_budget
+
+    check_number(slice_mm, "--fine-slice-mm", 0, low_open=True, hint="Give the thin-slice spacing in mm, e.g. 1.6.")
+    count = int(np.floor((image.GetSize()[2] - 1) * float(image.GetSpacing()[2]) / slice_mm + 1e-6)) + 1
+    check_voxel_budget((count, image.GetSize()[1], image.GetSize()[0]), f"--fine-slice-mm {slice_mm:g}",
+                       hint="Give a slice spacing nearer the CT's.")
+    return count
+
+
 def _write_fine_mask(recon, image, slice_mm: float, path: Path) -> None:
     """The vessel mask interpolated (through the SDF) onto slices ``slice_mm`` apart, same in-plane grid."""
     import SimpleITK as sitk
@@ -174,7 +186,7 @@ def _write_fine_mask(recon, image, slice_mm: float, path: Path) -> None:
     direction = np.array(image.GetDirection()).reshape(3, 3)
     source = LPS_TO_RAS @ ijk_to_ras_matrix(image.GetSpacing(), image.GetOrigin(), direction)
     dz = float(image.GetSpacing()[2])
-    count = int(np.floor((image.GetSize()[2] - 1) * dz / slice_mm + 1e-6)) + 1
+    count = fine_slices(image, slice_mm)
     target = source.copy()
     target[:3, 2] *= slice_mm / dz
     mask = recon.mask_on_grid(source, target, (count, image.GetSize()[1], image.GetSize()[0]))
@@ -206,6 +218,8 @@ def run(args) -> int:
     realdata.check_not_lvsd_slab(sitk.GetArrayViewFromImage(image), args.input)
     name = input_stem(args.input)
     ct = mrml.sitk_to_volume(image, name, scene=scene)
+    if args.fine_slice_mm is not None:
+        fine_slices(image, args.fine_slice_mm)
     hounsfield = not args.no_window and looks_like_hu(sitk.GetArrayViewFromImage(image))
     if not args.no_window and not hounsfield:
         print(f"{args.input}: not in Hounsfield units (windowed or uint8): mapping it to HU-like values "
@@ -228,7 +242,7 @@ def run(args) -> int:
         meshes.save_polydata_lps(recon.surface, out / f"{name}_vessels.vtp")
         meshes.save_polydata_lps(recon.surface, out / f"{name}_vessels.stl")
         _write_like(recon.mask.astype("uint8"), image, out / f"{name}_vessels.nii.gz")
-        if args.fine_slice_mm:
+        if args.fine_slice_mm is not None:
             _write_fine_mask(recon, image, args.fine_slice_mm, out / f"{name}_vessels_fine.nii.gz")
         _write_like(recon.prediction.surface_field().astype("float32"), image, out / f"{name}_sdf.nii.gz")
         if args.occupancy and recon.prediction.occupancy is not None:

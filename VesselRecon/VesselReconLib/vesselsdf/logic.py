@@ -70,16 +70,13 @@ class VesselSDFLogic(VesselReconLogic):
         """A labelmap or segmentation node as a boolean KJI array on the grid of volume ``grid``."""
         if node is None:
             return None
-        array = mrml.labels_on_grid(node, grid, shape, what, "the CT")
-        if not np.any(array):
-            raise InputError(f"{what} is empty: paint it or leave it unset.")
-        return array > 0
+        return mrml.labels_on_grid(node, grid, shape, what, "the CT") > 0
 
     def _read_input(self, inputVolume) -> tuple[np.ndarray, np.ndarray]:
         array, ijk_to_ras = self.read_volume(inputVolume, "Input CT volume is missing: select a CT volume.")
         if array.ndim == 4:
             raise InputError("The input CT has several components per voxel; select a scalar CT volume.")
-        return check_image(array, "Input CT volume", 3, min_size=2), ijk_to_ras
+        return check_image(array, "Input CT volume", 3, min_size=1), ijk_to_ras  # sizes: check_ct_parameters
 
     # ---------------------------------------------------------------- processing
 

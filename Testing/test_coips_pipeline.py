@@ -504,3 +504,24 @@ def test_batch_on_two_threads_runs_one_thread_workers_with_the_one_thread_output
         for name in names:
             assert (tmp_path / "out1" / sub / name).read_bytes() == (tmp_path / "out2" / sub / name).read_bytes()
     assert single[1].grade == single[2].grade and np.array_equal(single[1].mask, single[2].mask)
+
+
+def test_cli_recursive_reaches_sub_folders_and_skips_its_own_outputs_inside_the_study(held_out, tmp_path, capsys):
+    """Round 10 bad-input audit: ``vesselrecon coips --recursive`` (and ``--post-workers``) never reached the batch,
+    which rebuilt its configuration without them, so sub-folders were silently left out; with the output folder
+    inside the study, a recursive re-run graded its own thumbnails and refused its own FAZ masks (exit 2)."""
+    import csv
+
+    from VesselReconLib.cli import main
+
+    study = tmp_path / "study"
+    (study / "eye1").mkdir(parents=True)
+    _save_png(study / "top_3x3.png", held_out[0].image)
+    _save_png(study / "eye1" / "nested_3x3.png", held_out[2].image)
+    out = study / "coips"
+    for run in ("first", "re-run"):
+        assert main(["coips", "--input", str(study), "--output", str(out), "--recursive", "--no-scene",
+                     "--device", "cpu", "--post-workers", "0"]) == 0, (run, capsys.readouterr().err)
+        with open(out / "coips_results.csv", encoding="utf-8") as handle:
+            images = sorted(row["image"] for row in csv.DictReader(handle))
+        assert images == ["eye1/nested_3x3.png", "top_3x3.png"], run

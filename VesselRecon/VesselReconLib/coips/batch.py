@@ -436,6 +436,11 @@ def run_batch(config: CoipsConfig, quality_net=None, faz_net=None, progress=None
         raise InputError("Both an input folder and an output folder are required.")
     root, out = Path(config.input), Path(config.output)
     paths = list_images(root, config.recursive)
+    written = [(out / folder).resolve() for folder in ("masks", "thumbnails")]   # an output folder inside the input
+    own = [p for p in paths if any(folder in p.resolve().parents for folder in written)]
+    if own:
+        log.info("COIPS: %d images in %s/masks and /thumbnails (an earlier run's outputs) are skipped", len(own), out)
+        paths = [p for p in paths if p not in own]
     if not paths:
         raise InputError(f"No PNG/JPEG/BMP/TIFF/DICOM images in {root}.")
     fields_of_view = study_fields_of_view(config, paths, root)

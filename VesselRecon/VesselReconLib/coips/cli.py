@@ -79,7 +79,8 @@ def run(args) -> int:
         result = logic.process_batch(config.input, config.output, config.field_of_view_mm, config.segment_ungradable,
                                      model=config.quality_model, fazModel=config.faz_model, device=config.device,
                                      numWorkers=config.num_workers, batchSize=config.batch_size,
-                                     configFile=args.config, fovFile=config.fov_file, progress=bar)
+                                     configFile=args.config, fovFile=config.fov_file, recursive=config.recursive,
+                                     postWorkers=config.post_workers, progress=bar)
     finally:
         bar.close()
     if Path(config.input).is_file() and result.rows[0].get("status") == "ok":   # unsuitable/unreadable: the row says why

@@ -213,6 +213,7 @@ class COIPSLogic(VesselReconLogic):
                       forceFazOnUngradable: bool = False, outputTable=None, model: str = "lite",
                       fazModel: str = DEFAULT_FAZ_MODEL, device: str = "auto", numWorkers: int | None = None,
                       batchSize: int = 32, configFile: str | None = None, fovFile: str | None = None,
+                      recursive: bool | None = None, postWorkers: int | None = None,
                       progress=None, cancel=None, background=None) -> CoipsBatchResult:
         """Grade, segment and measure every image of a folder; write CSV + HTML report; fill a table node.
 
@@ -225,6 +226,8 @@ class COIPSLogic(VesselReconLogic):
         :param batchSize: images per forward pass.
         :param configFile: optional YAML configuration; the other arguments override it.
         :param fovFile: CSV of per-file fields of view (``image,field_of_view_mm``), overriding all else.
+        :param recursive: include sub-folders; ``postWorkers``: FAZ measuring/writing processes (``None``: the
+            configuration file's value, else the defaults).
         :returns: :class:`CoipsBatchResult`.
         :raises InputError: missing folders, no images, bad model; :class:`~VesselReconLib.progress.Cancelled`.
         """
@@ -237,7 +240,8 @@ class COIPSLogic(VesselReconLogic):
         config = load_config(configFile, input=str(inputFolder), output=str(outputFolder),
                              field_of_view_mm=fov_choice(fieldOfViewMm), segment_ungradable=forceFazOnUngradable or None,
                              quality_model=model, faz_model=fazModel, device=device, num_workers=numWorkers,
-                             batch_size=batchSize, fov_file=str(fovFile) if fovFile else None)
+                             batch_size=batchSize, fov_file=str(fovFile) if fovFile else None, recursive=recursive,
+                             post_workers=postWorkers)
         quality_net, faz_net, _ = self.networks(config.quality_model, config.faz_model, config.device)
         compute = lambda: run_batch(config, quality_net, faz_net, progress, cancel)  # noqa: E731
         result = background(compute) if background else compute()

@@ -162,3 +162,16 @@ def test_a_shipped_file_loaded_by_path_takes_its_registry_settings(tmp_path, tin
     own = tmp_path / "own.safetensors"  # a user's checkpoint: the settings written into the file
     registry.save_model(TinyNet(), own, "tinymethod", "lite", config={"level": 0.1})
     assert registry.load_model("tinymethod", str(own), directory=tmp_path)[0].level == 0.1
+
+
+@pytest.mark.parametrize("module", sorted({e.module for e in registry.load_registry()}))
+def test_every_shipped_model_is_one_model_box_choice_that_loads_it(module):
+    """The model box lists each shipped model once, by a name that loads that very entry (VesselSDF's
+    eight ablations of preset ``lite`` were listed as ``lite`` eight times, all loading the default)."""
+    choices = registry.model_choices(module)
+    loaded = [registry.find_entry(module, name).name for name in choices]
+    assert len(set(loaded)) == len(choices)
+    parts = {"faz-lite", "lumen"}  # COIPS's FAZ U-Net and Angio3D's lumen regressor are parts, not choices
+    wanted = {e.name for e in registry.load_registry() if e.module == module and e.preset not in parts}
+    assert set(loaded) == wanted
+    assert not parts & set(choices)

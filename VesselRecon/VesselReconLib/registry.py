@@ -101,18 +101,36 @@ def load_registry(directory: str | Path | None = None) -> list[ModelEntry]:
     return entries
 
 
-def find_entry(module: str, model: str, directory: str | Path | None = None) -> ModelEntry:
-    """The entry of ``module`` named ``model`` or ``<module>-<model>``, else the first with preset ``model``."""
-    candidates = [e for e in load_registry(directory) if e.module == module]
+# Entries that are parts of another model, never chosen on their own: COIPS's FAZ U-Net (picked with its
+# grader) and Angio3D's lumen regressor (used by the QCA).
+COMPONENT_PRESETS = {"coips": ("faz-",), "angio3d": ("lumen",)}
+
+
+def _lookup(candidates: list[ModelEntry], module: str, model: str) -> ModelEntry | None:
+    """The entry named ``model`` or ``<module>-<model>``, else the first with preset ``model``."""
     for wanted in (model, f"{module}-{model}"):  # an exact name first, then the preset's own entry
         for entry in candidates:
             if entry.name == wanted:
                 return entry
-    for entry in candidates:
-        if entry.preset == model:
-            return entry
-    # each model once: its preset when the preset name loads it, else its registry name (e.g. an SWI model)
-    shipped = ", ".join(e.preset if e.name == f"{module}-{e.preset}" else e.name for e in candidates) or "none"
+    return next((entry for entry in candidates if entry.preset == model), None)
+
+
+def model_choices(module: str, directory: str | Path | None = None) -> list[str]:
+    """Each shipped model of ``module`` once, by the name that loads it (its preset when the preset
+    loads it, else its registry name), in registry order, parts of other models left out."""
+    candidates = [e for e in load_registry(directory) if e.module == module]
+    hidden = COMPONENT_PRESETS.get(module, ())
+    names = (e.preset if _lookup(candidates, module, e.preset) is e else e.name
+             for e in candidates if not e.preset.startswith(hidden))
+    return list(dict.fromkeys(names))
+
+
+def find_entry(module: str, model: str, directory: str | Path | None = None) -> ModelEntry:
+    """The entry of ``module`` named ``model`` or ``<module>-<model>``, else the first with preset ``model``."""
+    entry = _lookup([e for e in load_registry(directory) if e.module == module], module, model)
+    if entry is not None:
+        return entry
+    shipped = ", ".join(model_choices(module, directory)) or "none"
     raise CheckpointError(
         f"No shipped {module} model named {model!r} (shipped models: {shipped}). Train one with "
         f"`vesselrecon train {module} --preset {model}` and load the checkpoint file instead.")

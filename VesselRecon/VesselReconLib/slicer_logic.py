@@ -19,20 +19,15 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-# Registry presets that are not chosen in the model box (COIPS picks its FAZ U-Net itself).
-HIDDEN_PRESET_PREFIXES = {"coips": ("faz-",)}
-
 _BOUND: dict[type, type] = {}
 
 
 def registry_choices(method: str, directory=None) -> list[str]:
-    """The model-box entries of a module read from the registry JSON alone (no torch): each shipped
-    preset once, in registry order. The core Logic's ``shipped_models()`` may add named variants."""
+    """The model-box entries of a module read from the registry JSON alone (no torch), as the core
+    Logic's ``shipped_models()`` lists them."""
     from . import registry
 
-    hidden = HIDDEN_PRESET_PREFIXES.get(method, ())
-    presets = [e.preset for e in registry.load_registry(directory) if e.module == method]
-    return [p for p in dict.fromkeys(presets) if not p.startswith(hidden)]
+    return registry.model_choices(method, directory)
 
 
 def bind_core(cls: type, method: str, core_name: str) -> type:

@@ -124,10 +124,6 @@ class Angio3DLogic(VesselReconLogic):
         preferred = f"{self.method}-{model}"
         return super().model(preferred if preferred in names else model, device)
 
-    def shipped_models(self) -> list[str]:
-        """Shipped presets, each once."""
-        return list(dict.fromkeys(super().shipped_models()))
-
     # ------------------------------------------------------------------ inputs
     def view_geometry(self, volume, primaryAngle=None, secondaryAngle=None, sid=None, sod=None,
                       pixelSpacing=None) -> CArmGeometry:

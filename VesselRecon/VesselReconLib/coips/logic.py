@@ -91,12 +91,6 @@ class COIPSLogic(VesselReconLogic):
     method = "coips"
     creator = "COIPS"
 
-    def shipped_models(self) -> list[str]:
-        """Shipped quality-classifier presets (the FAZ U-Net that goes with them is chosen automatically)."""
-        from .network import FAZ_PRESETS
-
-        return [name for name in super().shipped_models() if name not in FAZ_PRESETS]
-
     def networks(self, model: str = "lite", fazModel: str = DEFAULT_FAZ_MODEL, device: str = "auto"):
         """``(quality_net, faz_net, torch_device)``; ``model`` may also be a FAZ U-Net checkpoint.
 

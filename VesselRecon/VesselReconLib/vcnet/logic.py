@@ -58,15 +58,7 @@ class VCNetLogic(VesselReconLogic):
 
     method = "vcnet"
     creator = "VCNet"
-
-    def shipped_models(self) -> list[str]:
-        """Model choices: the preset for each preset's own ``vcnet-<preset>`` entry (what the preset
-        name loads), the registry name for the others (e.g. ``vcnet-swi-lite``, fine-tuned for SWI)."""
-        from .. import registry
-
-        entries = [e for e in registry.load_registry() if e.module == self.method]
-        models = [e.preset if e.name == f"{self.method}-{e.preset}" else e.name for e in entries]
-        return sorted(models, key=lambda name: name != DEFAULT_MODEL)  # the default first, the rest as listed
+    default_model = DEFAULT_MODEL
 
     # ------------------------------------------------------------ validation helpers
 

@@ -291,7 +291,7 @@ class Angio3DLogic(VesselReconLogic):
     @staticmethod
     def qca_rows(result) -> list[dict]:
         """QCA per branch (main first): length, MLD, reference diameter, % diameter stenosis, the view whose
-        radii were used (``radius_view``: "A", "B" or "fused"), whether another vessel covers a stretch of it in
+        radii gave the MLD (``radius_view``: "A", "B", "A+B" when both agree, "fused" when the pipeline gave none), whether another vessel covers a stretch of it in
         both views (``unreliable``) and the warnings ("" when none)."""
         from .pipeline import quantitative_coronary_analysis
 

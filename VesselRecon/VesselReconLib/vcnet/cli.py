@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--min-component", type=float, default=0.0, help="remove components below this (mm^3)")
     parser.add_argument("--batch-size", type=int, help="patches per forward pass (default: per device)")
     parser.add_argument("--mips", action="store_true", help="also write composited MIPs and their 2D segmentation")
-    parser.add_argument("--reference", help="reference vessel labelmap: adds Dice, precision and FPR")
+    parser.add_argument("--reference", help="reference vessel labelmap: adds Dice, precision, recall and FPR")
     parser.add_argument("--no-refine", action="store_true",
                         help="threshold the probability alone (default: the vessel boundary is redrawn on the input "
                              "grid where the intensity falls below 0.4x the local vessel intensity)")

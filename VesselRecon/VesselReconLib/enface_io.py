@@ -99,6 +99,16 @@ def check_fov(value, name: str = "field of view") -> float:
     return fov
 
 
+def fov_choice(value, name: str = "fieldOfViewMm") -> float | None:
+    """A panel/console field-of-view choice: ``None`` or "auto (from the image)" -> ``None``; "3 mm", "6" or
+    6.0 -> the number, checked by :func:`check_fov`."""
+    if value is None or (isinstance(value, str) and value.strip().lower().startswith("auto")):
+        return None
+    if isinstance(value, str):
+        value = value.lower().replace("mm", "").strip()
+    return check_fov(value, name)
+
+
 def missing_fov_message(names) -> str:
     """The error text for images whose field of view is unknown (names listed)."""
     names = [str(n) for n in names]

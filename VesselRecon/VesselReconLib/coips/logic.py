@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import GRADES
-from ..enface_io import normalise
+from ..enface_io import fov_choice, normalise
 from .. import mrml
 from ..errors import CheckpointError, InputError, squeeze_to_2d
 from ..logic_base import SEGMENTATION, TABLE, VesselReconLogic
@@ -58,18 +58,6 @@ def fov_from_geometry(ijk_to_ras: np.ndarray, width: int) -> float | None:
     spacing = float(mrml.spacing_of(ijk_to_ras)[0])
     fov = spacing * width
     return fov if abs(spacing - 1.0) > 1e-6 and PLAUSIBLE_FOV_MM[0] <= fov <= PLAUSIBLE_FOV_MM[1] else None
-
-
-def fov_choice(value) -> float | None:
-    """The field of view of a widget/console choice: ``None``/"auto (from the image)" -> ``None``,
-    "3 mm"/"6"/6.0 -> the number (range-checked)."""
-    from ..enface_io import check_fov
-
-    if value is None or (isinstance(value, str) and value.strip().lower().startswith("auto")):
-        return None
-    if isinstance(value, str):
-        value = value.lower().replace("mm", "").strip()
-    return check_fov(value, "fieldOfViewMm")
 
 
 def missing_volume_fov_message(name: str) -> str:

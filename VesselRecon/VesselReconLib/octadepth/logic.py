@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import metrics, mrml
+from ..enface_io import fov_choice
 from ..errors import InputError
 from ..logic_base import MODEL, SEGMENTATION, TABLE, VOLUME, VesselReconLogic
 from ..progress import as_reporter
@@ -43,20 +44,6 @@ MAX_VESSEL_FRACTION = 0.6
 MIN_VESSEL_FRACTION = 0.01
 MIN_DEPTH_SPREAD = 0.05
 """Smallest 5th-95th percentile spread of the relative depth on vessels before it counts as collapsed."""
-
-
-def fov_choice(value) -> float | None:
-    """A field-of-view choice as a number: ``None``/``0``/"auto (from the image)" -> ``None``,
-    "3 mm"/"6"/6.0 -> the number."""
-    if value is None or (isinstance(value, str) and value.strip().lower().startswith("auto")):
-        return None
-    if isinstance(value, str):
-        value = value.lower().replace("mm", "").strip()
-    try:
-        number = float(value)
-    except ValueError:
-        raise InputError(f"Field of view {value!r} is not a number of mm (use 3 or 6).") from None
-    return None if number == 0 else number
 
 
 def missing_volume_fov_message(name: str) -> str:
@@ -295,8 +282,6 @@ class OCTADepthLogic(VesselReconLogic):
                            outputModel=(outputModel, MODEL), outputCenterlines=(outputCenterlines, MODEL),
                            outputTable=(outputTable, TABLE))
         fieldOfViewMm = fov_choice(fieldOfViewMm)
-        if fieldOfViewMm is not None:
-            self.check_range(fieldOfViewMm, "Field of view (mm)", 1.0, 16.0, hint="OCTA scans are 3 or 6 mm wide.")
         self.check_range(minSegmentLengthPx, "Shortest segment (px)", 1, 10000, integer=True)
         if pixelMm is not None and not 0.0 < pixelMm < 1.0:
             raise InputError(f"Pixel size {pixelMm} mm is implausible for OCTA: use e.g. 3 mm / 304 px = 0.00987.")

@@ -296,7 +296,8 @@ def test_pipeline_on_gpu_matches_cpu():
 def test_cli_refuses_broken_case_folders_and_views_in_one_line(tmp_path, capsys):
     """Round 10 bad-input audit: a case folder with a damaged geometry.json and a cut-off XA DICOM ended as internal
     errors (JSONDecodeError, SimpleITK RuntimeError); a folder given as a view was called a DICOM file that 'does not
-    exist'; the vessel mask chosen as a view was reconstructed like an angiogram."""
+    exist'; the vessel mask chosen as a view was reconstructed like an angiogram; an unreadable view file was told to
+    be a NIfTI, NRRD or MHA file."""
     from VesselReconLib.angio3d.dicom_io import write_xa
     from VesselReconLib.cli import main
     from VesselReconLib.phantoms.xray import load_case, make_case, write_case
@@ -310,10 +311,12 @@ def test_cli_refuses_broken_case_folders_and_views_in_one_line(tmp_path, capsys)
     for name in ("view_a.png", "view_b.png", "centerline.json"):
         (broken / name).write_bytes((folder / name).read_bytes())
     (broken / "geometry.json").write_text("{not json", encoding="utf-8")
+    (tmp_path / "notes.png").write_text("not an image", encoding="utf-8")
     views = ["--view-b", str(folder / "view_b.png"), "--points-a", "10,10 100,100", "--points-b", "10,10 100,100"]
     cases = {"broken case": (["--case", str(broken)], "not a readable xray case folder"),
              "cut DICOM": (["--view-a", str(tmp_path / "cut.dcm"), *views], "cannot be decoded"),
              "folder as view": (["--view-a", str(broken), *views], "is a folder"),
+             "text as view": (["--view-a", str(tmp_path / "notes.png"), *views], "give an XA DICOM or a 2D image"),
              "mask as view": (["--view-a", str(folder / "vessels_a.png"), *views, "--geometry-a", "30,0,1000,750,0.3",
                                "--geometry-b", "-30,0,1000,750,0.3"], "two values")}
     for label, (argv, words) in cases.items():

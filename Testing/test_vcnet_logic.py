@@ -449,8 +449,9 @@ def test_every_default_loads_the_same_model_and_lite_is_unchanged():
 
 def test_cli_refuses_truncated_and_vector_files_and_saves_an_int8_volume(tmp_path, phantom, capsys):
     """Round 10 bad-input audit: ITK read a cut-off .nii.gz (or .nii) without a word, zero-filling the missing voxels,
-    and VC-Net segmented the remainder; a 2-component (vector) NIfTI reached the Logic as a garbled grid ('reload the
-    image'); an int8 volume was segmented and then failed as an internal error when the .mrb was saved."""
+    and VC-Net segmented the remainder (NaN voxels of a NIfTI it reads as 0 likewise); a 2-component (vector) NIfTI
+    reached the Logic as a garbled grid ('reload the image'); an int8 volume was segmented and then failed as an
+    internal error when the .mrb was saved."""
     import SimpleITK as sitk
 
     from VesselReconLib.cli import main
@@ -463,10 +464,13 @@ def test_cli_refuses_truncated_and_vector_files_and_saves_an_int8_volume(tmp_pat
     cut = {"cut.nii.gz": data[: len(data) // 2], "cut.nii": raw.read_bytes()[:-1000]}
     vector = sitk.GetImageFromArray(np.stack([phantom.image] * 2, -1), isVector=True)
     sitk.WriteImage(vector, str(tmp_path / "vector.nii.gz"))
+    with_nan = phantom.image.astype(np.float32)
+    with_nan[3, 4, 5] = np.nan   # on disk as NaN; ITK's NIfTI reader returns it as 0
+    sitk.WriteImage(sitk.GetImageFromArray(with_nan), str(tmp_path / "nan.nii.gz"))
     for name, content in cut.items():
         (tmp_path / name).write_bytes(content)
     for name, words in (("cut.nii.gz", ("damaged", "copy it again")), ("cut.nii", ("truncated", "copy it again")),
-                        ("vector.nii.gz", ("2 components", "scalar"))):
+                        ("vector.nii.gz", ("2 components", "scalar")), ("nan.nii.gz", ("1 NaN", "fix or mask"))):
         before = (tmp_path / name).read_bytes()
         assert main(["vcnet", str(tmp_path / name), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2, name
         err = capsys.readouterr().err

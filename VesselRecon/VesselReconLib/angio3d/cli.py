@@ -74,7 +74,7 @@ def _read_view(path: str):
         raise InputError(f"Image {path} does not exist.")
     from ..volume_io import read_image
 
-    array = sitk.GetArrayFromImage(read_image(path))
+    array = sitk.GetArrayFromImage(read_image(path, "an XA DICOM or a 2D image (PNG, TIFF, JPEG) of the view"))
     return squeeze_to_2d(array, Path(path).name)[None].astype(np.float32), None, None
 
 

@@ -437,6 +437,66 @@ def test_throat_refiner_reads_the_radii_and_darkness_along_the_vessel():
     assert np.median(refined / truth) == pytest.approx(1.0, abs=0.1)         # the 25 % over-read learnt
 
 
+def test_strip_reader_reads_the_whole_strip_and_learns_a_throat_over_read():
+    """Round 10: the strip reader's inputs are one view's whole strip (darkness below the background at every
+    sample, an 80 % throat's peak far below the healthy vessel's), the regressor's log radius and the floored
+    flags; its output is the regressor's log radius plus a learnt correction, and a reader trained on cached
+    views whose regressor over-reads by 25 % learns it; :class:`StripLumen` feeds it the regressor's radii."""
+    import torch
+
+    from VesselReconLib.angio3d.centerline import vessel_profiles
+    from VesselReconLib.angio3d.lumen import N_PROFILE, REACH_PX
+    from VesselReconLib.angio3d.strip import N_CHANNELS, StripLumen, StripReader, case_qca_errors, fit, strip_inputs
+
+    image, points, truth = synthetic_lesion(80.0, noise=0.5)
+    profiles = vessel_profiles(image, points, REACH_PX)[1]
+    floored = np.zeros(100, bool)
+    x = strip_inputs(profiles, truth * 1.25, floored)
+    throat = int(np.argmin(truth))
+    assert x.shape == (N_CHANNELS, 100)
+    assert x[:N_PROFILE, throat].max() < 0.3 and x[:N_PROFILE, 5].max() == pytest.approx(1.0, abs=0.1)
+    assert np.allclose(x[N_PROFILE], np.log(truth * 1.25), atol=1e-5)
+    untrained = StripReader(width=8)
+    torch.nn.init.zeros_(untrained.members[0].head.weight)
+    torch.nn.init.zeros_(untrained.members[0].head.bias)
+    assert np.allclose(untrained.radii(profiles, truth * 1.25, floored), truth * 1.25, rtol=1e-5)
+    n = len(points)
+    view = {"pixels": points, "points": np.c_[points[:, 0] * 0.2, np.zeros((n, 2))], "a_index": np.arange(n, dtype=float),
+            "mm_per_px": np.full(n, 0.2), "floored": floored, "profiles": profiles,
+            "off_px": np.zeros(n), "radii": truth * 0.2 * 1.25, "true_radii_px": truth}
+    case = {"seed": 0, "truth": 80.0, "views": [view, view]}
+    torch.manual_seed(0)
+    model = fit([case] * 8, width=8, epochs=30, log=lambda *_: None)
+    assert np.median(model.radii(profiles, truth * 1.25, floored) / truth) == pytest.approx(1.0, abs=0.1)
+    assert abs(case_qca_errors([case], model)[0]) < 8
+
+    class Regressor:
+        def radii(self, image, points, fit_radii, mask_radii, profiles=None):
+            return truth * 1.25
+    lumen = StripLumen(Regressor(), model)
+    assert np.allclose(lumen.radii(image, points, truth, np.full(n, 5.0)), model.radii(profiles, truth * 1.25, floored))
+
+
+def test_pipeline_reads_qca_radii_with_the_shipped_strip_reader():
+    """The shipped ``angio3d-strip`` reader (registry, sha256 checked) refines the regressor's radii in the
+    pipeline's QCA; along the healthy part of a synthetic vessel it keeps the regressor's reading (within 10 %)."""
+    from VesselReconLib import registry
+    from VesselReconLib.angio3d.centerline import vessel_profiles
+    from VesselReconLib.angio3d.lumen import REACH_PX, shipped_regressor
+    from VesselReconLib.angio3d.strip import StripLumen, StripReader, shipped_reader
+
+    reader, metadata = registry.load_model("angio3d", "angio3d-strip", "cpu")
+    assert isinstance(reader, StripReader) and metadata["config"] == {"width": 48, "members": 3}
+    lumen = shipped_reader()
+    assert isinstance(lumen, StripLumen) and lumen.regressor is shipped_regressor()
+    image, points, truth = synthetic_lesion(50.0, radius_px=4.0, noise=0.5)
+    mask = np.full(len(points), 4.0)
+    base = shipped_regressor().radii(image, points, truth, mask)
+    radii = lumen.radii(image, points, truth, mask, vessel_profiles(image, points, REACH_PX)[1])
+    healthy = np.abs(points[:, 0] - 100) > 30
+    assert radii.shape == truth.shape and np.allclose(radii[healthy], base[healthy], rtol=0.1)
+
+
 def test_reconstruct_refuses_an_unknown_qca_radius_source():
     from VesselReconLib.angio3d.pipeline import reconstruct
     from VesselReconLib.errors import InputError

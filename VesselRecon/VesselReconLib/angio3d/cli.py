@@ -56,7 +56,8 @@ def add_arguments(parser) -> None:
                              "(lesion, default), plain mean (paper) or minimum; QCA measures each view along its "
                              "own path and reports the view that shows the tighter lesion")
     parser.add_argument("--qca-radius", default="regressor", choices=("regressor", "profile"),
-                        help="QCA radii from the shipped lumen regressor (default, trained on phantoms) or the "
+                        help="QCA radii from the shipped lumen regressor refined by the strip reader over each "
+                             "view's whole strip (default, both trained on phantoms) or the "
                              "model fit of the lumen's projection (profile)")
 
 

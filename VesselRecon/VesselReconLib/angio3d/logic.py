@@ -208,10 +208,10 @@ class Angio3DLogic(VesselReconLogic):
         :param refine: run surface refinement; ``calibrate``: LM refinement of view B's geometry.
         :param radiusFusion: mesh radii from the two views: "lesion" (mean, but the clean view where the other
             is overlapped or floored), "mean" (paper) or "min". The QCA measures each view along its own
-            path (radii read by the shipped lumen regressor) and reports the view that shows the tighter
-            lesion, naming it (``radius_view``).
-        :param qcaRadius: QCA radii from the shipped lumen "regressor" (default) or the "profile" model fit
-            (for angiograms whose imaging chain differs much from the training phantoms').
+            path (radii read by the shipped lumen regressor and strip reader) and reports the view that
+            shows the tighter lesion, naming it (``radius_view``).
+        :param qcaRadius: QCA radii from the shipped lumen "regressor" refined by the strip reader (default) or
+            the "profile" model fit (for angiograms whose imaging chain differs much from the training phantoms').
         :param background: optional ``fn -> fn()`` runner for the MRML-free computation (GUI thread safety).
         :returns: :class:`Angio3DResult`.
         :raises InputError: bad inputs, before any scene change.

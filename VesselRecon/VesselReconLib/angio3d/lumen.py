@@ -171,10 +171,10 @@ def fit(cases: list[dict], hidden: int = 64, epochs: int = 30, seed: int = 0, lo
 
 
 def fit_weighted(module: nn.Module, predict, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, epochs: int,
-                 on_epoch=lambda epoch, loss: None, batch: int = 512) -> float:
+                 on_epoch=lambda epoch, loss: None, batch: int = 512, augment=None) -> float:
     """Train ``module``'s parameters so that ``predict(x)`` fits ``y``: weighted smooth-L1 (β 0.1), AdamW
-    (2e-3, weight decay 1e-4), one-cycle to 3e-3, shuffled batches; returns the last epoch's mean loss
-    (``on_epoch(epoch, loss)`` after each)."""
+    (2e-3, weight decay 1e-4), one-cycle to 3e-3, shuffled batches (each ``augment(x, y, w)`` when given);
+    returns the last epoch's mean loss (``on_epoch(epoch, loss)`` after each)."""
     optimiser = torch.optim.AdamW(module.parameters(), 2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 3e-3, total_steps=epochs * ((len(x) + batch - 1) // batch))
     total = 0.0
@@ -182,12 +182,15 @@ def fit_weighted(module: nn.Module, predict, x: torch.Tensor, y: torch.Tensor, w
         order, total = torch.randperm(len(x)), 0.0
         for i in range(0, len(x), batch):
             b = order[i:i + batch]
-            loss = (nn.functional.smooth_l1_loss(predict(x[b]), y[b], beta=0.1, reduction="none") * w[b]).sum() / w[b].sum()
+            xb, yb, wb = x[b], y[b], w[b]
+            if augment is not None:
+                xb, yb, wb = augment(xb, yb, wb)
+            loss = (nn.functional.smooth_l1_loss(predict(xb), yb, beta=0.1, reduction="none") * wb).sum() / wb.sum()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             schedule.step()
-            total += float(loss.detach()) * len(b)
+            total += float(loss.detach()) * len(xb)
         on_epoch(epoch, total / len(x))
     return total / len(x)
 

@@ -202,8 +202,8 @@ class Angio3DNet(nn.Module):
 
 def build_model(preset: str = "lite", **config):
     """The registry hook: an untrained :class:`Angio3DNet` for ``preset`` (``lite`` or ``paper``), or the
-    QCA lumen-radius regressor for ``lumen`` (:class:`~.lumen.LumenRegressor`) or its throat refiner for
-    ``throat`` (:class:`~.throat.ThroatRefiner`)."""
+    QCA lumen-radius regressor for ``lumen`` (:class:`~.lumen.LumenRegressor`), its throat refiner for
+    ``throat`` (:class:`~.throat.ThroatRefiner`) or the strip reader for ``strip`` (:class:`~.strip.StripReader`)."""
     if preset == "lumen":
         from .lumen import LumenRegressor
 
@@ -212,4 +212,8 @@ def build_model(preset: str = "lite", **config):
         from .throat import ThroatRefiner
 
         return ThroatRefiner(**config)
+    if preset == "strip":
+        from .strip import StripReader
+
+        return StripReader(**config)
     return Angio3DNet(preset, **config)

@@ -346,7 +346,8 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
         ``False`` measures the mesh's ring radii (the paper's mean radius).
     :param reroute: re-route both views' 2D paths jointly where they disagree (:func:`reroute_inconsistent`).
     :param qca_radius: QCA radii from ``"regressor"`` (the shipped :class:`~.lumen.LumenRegressor` reading
-        the profiles; the model fit if it is not installed) or ``"profile"`` (the model fit alone).
+        the profiles, refined by the shipped strip reader over each view's whole strip, :mod:`.strip`; the
+        model fit if neither is installed) or ``"profile"`` (the model fit alone).
     """
     if segmenter not in SEGMENTERS:
         raise InputError(f"segmenter must be one of {', '.join(SEGMENTERS)}, not {segmenter!r}.")
@@ -360,9 +361,9 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
         raise InputError(f"qca_radius must be 'regressor' or 'profile', not {qca_radius!r}.")
     reporter = as_reporter(progress, cancel)
     images, points = validate_inputs(images, geometries, soi_points)
-    from .lumen import shipped_regressor
+    from .strip import shipped_reader
 
-    lumen = shipped_regressor() if qca_radius == "regressor" else None
+    lumen = shipped_reader() if qca_radius == "regressor" else None
     device = torch.device(device)
     timings, clock = {}, time.perf_counter()
 

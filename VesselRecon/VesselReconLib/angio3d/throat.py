@@ -140,17 +140,14 @@ def fit(cases: list[dict], hidden: int = 64, members: int = 3, epochs: int = 20,
 
 def case_qca_errors(cases: list[dict], model: ThroatRefiner | None) -> np.ndarray:
     """Signed main-branch QCA errors (points) of cached cases (:func:`collect`) with each view's radii refined
-    by ``model`` (``None``: the regressor's, as collected), through the shipped QCA (:func:`~.pipeline.own_view_qca`)."""
-    from .pipeline import own_view_qca
+    by ``model`` (``None``: the regressor's, as collected), through the shipped QCA
+    (:func:`~.strip.cached_qca_errors`)."""
+    from .strip import cached_qca_errors
 
-    errors = []
-    for case in cases:
-        own = [view if model is None else
-               {**view, "radii": model.radii(view["radii"] / view["mm_per_px"], view["floored"], view["profiles"]) * view["mm_per_px"]}
-               for view in case["views"]]
-        qca = own_view_qca({"points": own[0]["points"], "own": own})
-        errors.append(qca["percent_diameter_stenosis"] - case["truth"])
-    return np.array(errors)
+    def read(view):
+        return model.radii(view["radii"] / view["mm_per_px"], view["floored"], view["profiles"])
+
+    return cached_qca_errors(cases, None if model is None else read)
 
 
 def main(argv=None) -> int:
@@ -158,6 +155,7 @@ def main(argv=None) -> int:
     from pathlib import Path
 
     from .. import registry
+    from .strip import report_held_out
 
     parser = argparse.ArgumentParser(description="Train the Angio3D throat refiner (QCA) on xray phantoms.")
     parser.add_argument("--seeds", default="8001-8600", help="phantom seeds (make_case) to train on, lo-hi")
@@ -180,12 +178,7 @@ def main(argv=None) -> int:
     digest = registry.save_model(model, Path(args.out) / "angio3d-throat.safetensors", "angio3d", "throat",
                                  {"hidden": 64, "members": 3})
     print(f"{len(cases)} phantoms; saved {Path(args.out) / 'angio3d-throat.safetensors'} sha256 {digest}")
-    for path in args.held_out:
-        held = pickle.load(open(path, "rb"))
-        for name, m in (("regressor", None), ("throat", model)):
-            e = case_qca_errors(held, m)
-            print(f"{path} ({len(e)} cases) {name}: mean |error| {np.abs(e).mean():.2f}  bias {e.mean():+.2f}  "
-                  f"median {np.median(np.abs(e)):.2f}")
+    report_held_out(args.held_out, case_qca_errors, {"regressor": None, "throat": model})
     return 0
 
 

@@ -451,7 +451,7 @@ def test_unknown_field_of_view_is_refused_and_a_given_one_is_shown_with_its_sour
         with pytest.raises(InputError, match="field of view .* is unknown.*--fov"):
             logic.process(volume, fieldOfViewMm=choice, device="cpu")
     for choice in (0, "20 mm", "six"):  # the panel/console choice is parsed as COIPS parses it (enface_io.fov_choice)
-        with pytest.raises(InputError, match="fieldOfViewMm = .*(not a plausible OCTA scan width|not a number)"):
+        with pytest.raises(InputError, match="field of view \\(fieldOfViewMm\\) = .*(not a plausible OCTA scan width|not a number)"):
             logic.process(volume, fieldOfViewMm=choice, device="cpu")
     assert _node_names(scene) == before
     result = logic.process(volume, fieldOfViewMm="6 mm", device="cpu")

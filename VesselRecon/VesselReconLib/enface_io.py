@@ -99,7 +99,7 @@ def check_fov(value, name: str = "field of view") -> float:
     return fov
 
 
-def fov_choice(value, name: str = "fieldOfViewMm") -> float | None:
+def fov_choice(value, name: str = "field of view (fieldOfViewMm)") -> float | None:
     """A panel/console field-of-view choice: ``None`` or "auto (from the image)" -> ``None``; "3 mm", "6" or
     6.0 -> the number, checked by :func:`check_fov`."""
     if value is None or (isinstance(value, str) and value.strip().lower().startswith("auto")):

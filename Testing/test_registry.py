@@ -171,7 +171,17 @@ def test_every_shipped_model_is_one_model_box_choice_that_loads_it(module):
     choices = registry.model_choices(module)
     loaded = [registry.find_entry(module, name).name for name in choices]
     assert len(set(loaded)) == len(choices)
-    parts = {"faz-lite", "lumen"}  # COIPS's FAZ U-Net and Angio3D's lumen regressor are parts, not choices
+    parts = {"faz-lite", "lumen", "strip"}  # COIPS's FAZ U-Net, Angio3D's QCA networks: parts, not choices
     wanted = {e.name for e in registry.load_registry() if e.module == module and e.preset not in parts}
     assert set(loaded) == wanted
     assert not parts & set(choices)
+
+
+def test_angio3d_model_box_offers_segmentation_networks_only():
+    """Angio3D ships QCA networks beside its segmenter (the lumen regressor, the strip reader); choosing one
+    as the model would fail at Apply, so every choice has the default's architecture."""
+    entries = {e.name: e for e in registry.load_registry() if e.module == "angio3d"}
+    default = registry.find_entry("angio3d", "lite").architecture
+    choices = registry.model_choices("angio3d")
+    assert len(entries) > len(choices)
+    assert {registry.find_entry("angio3d", name).architecture for name in choices} == {default}

@@ -102,8 +102,8 @@ def load_registry(directory: str | Path | None = None) -> list[ModelEntry]:
 
 
 # Entries that are parts of another model, never chosen on their own: COIPS's FAZ U-Net (picked with its
-# grader) and Angio3D's lumen regressor (used by the QCA).
-COMPONENT_PRESETS = {"coips": ("faz-",), "angio3d": ("lumen",)}
+# grader) and Angio3D's lumen regressor and strip reader (used by the QCA).
+COMPONENT_PRESETS = {"coips": ("faz-",), "angio3d": ("lumen", "strip")}
 
 
 def _lookup(candidates: list[ModelEntry], module: str, model: str) -> ModelEntry | None:

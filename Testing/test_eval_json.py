@@ -31,8 +31,21 @@ def test_coips_eval_writes_its_json_into_a_new_folder(tmp_path):
     assert written["n_quality"] == 3 and written["quality"][0]["method"] == "COIPS lite"
 
 
+def test_angio3d_eval_writes_its_phantom_rows_as_json(tmp_path):
+    from VesselReconLib.cli import main
+    from VesselReconLib.phantoms.datasets import write_dataset
+
+    data = write_dataset("xray", tmp_path / "data", 1, seed=5)
+    target = tmp_path / "out" / "angio3d" / "eval.json"
+    assert main(["eval", "angio3d", "--data", str(data), "--ablation", "", "--json", str(target)]) == 0
+    written = json.loads(target.read_text(encoding="utf-8"))
+    assert written["cases"] == 1 and "real_phantom" not in written
+    shipped = written["rows"][0]
+    assert 0 < shipped["mae_mm"] < 5 and 0 < shipped["dice"] <= 1
+
+
 @pytest.mark.parametrize("module,data", [("octadepth", "--data"), ("coips", "--data"), ("vesselsdf", "--data"),
-                                         ("octavessel", "--rossa")])
+                                         ("octavessel", "--rossa"), ("angio3d", "--data"), ("vcnet", "--data")])
 def test_a_json_path_under_a_file_is_refused_before_the_evaluation(tmp_path, module, data, capsys):
     from VesselReconLib.cli import main
 

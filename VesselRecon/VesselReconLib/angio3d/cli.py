@@ -297,16 +297,20 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--ablation", default=NODIFFREND, help="'(-) DiffRend' model (name or checkpoint); '' skips")
     parser.add_argument("--device", default="cpu", help="|".join(DEVICE_CHOICES))
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--json", help="also write the tables (phantom rows, real-phantom report) as JSON to this file")
 
 
 def evaluate(args) -> int:
     import torch
 
     from .. import registry
+    from ..cli import json_report
     from ..device import limit_cpu_threads
     from .eval import evaluate_cases, format_table
     from .train import load_cases
 
+    write_json = json_report(args.json)
+    report = {}
     limit_cpu_threads(1)
     net = registry.load_model("angio3d", "angio3d-lite" if args.model == "lite" else args.model, args.device)[0]
     ablation = registry.load_model("angio3d", args.ablation, args.device)[0] if args.ablation else None
@@ -316,6 +320,7 @@ def evaluate(args) -> int:
         cases = load_cases(args.data, args.limit)
         with torch.no_grad():
             rows = evaluate_cases(cases, net, ablation, angle_noise=args.angle_noise)
+        report.update(data=str(args.data), cases=len(cases), rows=rows)
         print(f"3DAngioNet on {len(cases)} held-out cases ({args.data}); F-score at tau = 1 mm; calibration on"
               f"{f', view B angles perturbed by {args.angle_noise} deg' if args.angle_noise else ''}")
         print(format_table(rows))
@@ -328,9 +333,11 @@ def evaluate(args) -> int:
             raise InputError(f"No static phantom data under {shared}: give --shared (the folder holding "
                              "datasets/xa_static_phantom and samples/xa-phantom).")
         with torch.no_grad():
-            report = evaluate_real_phantom(shared, variants(net, ablation))
-        print(format_real(report))
-        print(json.dumps(report))
+            real = evaluate_real_phantom(shared, variants(net, ablation))
+        print(format_real(real))
+        print(json.dumps(real))
+        report["real_phantom"] = real
+    write_json(report)
     return 0
 
 

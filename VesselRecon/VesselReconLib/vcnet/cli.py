@@ -161,6 +161,7 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--vesselness-threshold", type=float, help="Sato: skip calibration and use this threshold")
     parser.add_argument("--frangi-threshold", type=float, help="Frangi: skip calibration and use this threshold")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument("--json", help="also write the results as JSON to this file")
 
 
 def evaluate(args) -> int:

@@ -133,6 +133,9 @@ def format_table(results: dict) -> str:
 
 
 def evaluate(args) -> int:
+    from ..cli import json_report
+
+    write_json = json_report(args.json)
     cases = load_cases(args.data, dark=args.dark, limit=args.limit, keep_raw=True)
     kind = args.kind or ("swi" if args.dark else "mra")
     results = evaluate_cases(cases, args.model, args.ablation, args.stream2d, args.device, args.overlap,
@@ -141,4 +144,5 @@ def evaluate(args) -> int:
     print(f"VC-Net evaluation on {len(cases)} held-out cases from {args.data}")
     print(format_table(results))
     print(json.dumps({"cases": len(cases), "results": results}))
+    write_json({"data": str(args.data), "cases": len(cases), "results": results})
     return 0

@@ -218,3 +218,26 @@ def test_a_private_scene_saves_what_the_main_scene_saves(tmp_path):
                            scene=scene)
     loaded = mrml.load_scene(mrml.save_scene(tmp_path / "s.mrb", scene), runtime.private_scene())
     np.testing.assert_allclose(mrml.curve_radii(loaded.GetFirstNodeByName("c")), [1.0, 1.5, 2.0])
+
+
+def _sphere(radius: float):
+    source = vtkSphereSource()
+    source.SetRadius(radius)
+    source.Update()
+    return source.GetOutput()
+
+
+def test_rollback_restores_a_model_without_overwriting_the_callers_polydata(scene):
+    """A failed re-run's polydata belongs to its caller: the rollback gives the model its saved mesh back
+    without deep-copying the old mesh into that object (an in-place copy into a cached, shared result
+    crashed VTK intermittently)."""
+    old, new = _sphere(1.0), _sphere(5.0)
+    old_bounds, new_bounds = old.GetBounds(), new.GetBounds()
+    node = mrml.polydata_to_model(old, "rollback model", scene=scene)
+    with pytest.raises(RuntimeError):
+        with mrml.transaction(scene):
+            assert mrml.polydata_to_model(new, "rollback model", scene=scene) is node
+            raise RuntimeError("disk full (simulated)")
+    assert node.GetPolyData().GetBounds() == pytest.approx(old_bounds)
+    assert new.GetBounds() == pytest.approx(new_bounds)
+    assert node.GetPolyData() is not new

@@ -135,6 +135,7 @@ class SceneTransaction:
         for parts in self.saved.values():
             for part, copy in parts:
                 _keep_live_input(part, copy)
+                _detach_live_mesh(part)
                 part.CopyContent(copy, True)
 
 
@@ -144,6 +145,14 @@ def _keep_live_input(part, copy) -> None:
     the input its (already restored) volume gave it."""
     if hasattr(part, "GetInputImageDataConnection"):
         copy.SetInputImageDataConnection(part.GetInputImageDataConnection())
+
+
+def _detach_live_mesh(part) -> None:
+    """A model node's deep ``CopyContent`` overwrites its current mesh object in place, and that object is the
+    failed run's polydata, which the caller may still hold (a cached result shared between runs crashed VTK
+    there, intermittently). Detached first, the model gets a fresh copy of its saved mesh instead."""
+    if part.IsA("vtkMRMLModelNode"):
+        part.SetAndObserveMesh(None)
 
 
 def _content_copy(node):

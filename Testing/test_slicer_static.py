@@ -30,7 +30,7 @@ LIB = SRC / "VesselReconLib"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-from VesselReconLib import (slicer_compat, slicer_logic, slicer_results, slicer_samples,  # noqa: E402
+from VesselReconLib import (registry, slicer_compat, slicer_logic, slicer_results, slicer_samples,  # noqa: E402
                             slicer_selftest, slicer_widget, slicerdeps)
 from VesselReconLib.errors import CheckpointError, InputError  # noqa: E402
 from VesselReconLib.progress import Reporter  # noqa: E402
@@ -1468,10 +1468,10 @@ class MissingTorchLogic(slicer_logic.missing_core("octadepth", ImportError("No m
 
 
 def test_model_box_without_torch_comes_from_the_registry():
-    choices = slicer_logic.registry_choices("octadepth")
+    choices = registry.model_choices("octadepth")
     assert "lite" in choices and slicer_results.CHECKPOINT_ITEM not in choices
     assert MissingTorchLogic().shipped_models() == choices
-    assert slicer_logic.registry_choices("coips") == ["lite"], "the FAZ U-Net is not a model-box choice"
+    assert registry.model_choices("coips") == ["lite"], "the FAZ U-Net is not a model-box choice"
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -1480,7 +1480,7 @@ def test_registry_choices_are_what_the_core_offers(name):
     method = MODULES[name][0]
     core = getattr(__import__(f"VesselReconLib.{method}.logic", fromlist=["*"]), f"{name}Logic")
     offered = core.__new__(core).shipped_models()
-    choices = slicer_logic.registry_choices(method)
+    choices = registry.model_choices(method)
     assert choices and set(choices) == set(offered)
     default = parameter_fields(name)["model"]["default"]
     assert default in choices, f"the parameter node's default model {default!r} is not shipped"

@@ -22,14 +22,6 @@ log = logging.getLogger(__name__)
 _BOUND: dict[type, type] = {}
 
 
-def registry_choices(method: str, directory=None) -> list[str]:
-    """The model-box entries of a module read from the registry JSON alone (no torch), as the core
-    Logic's ``shipped_models()`` lists them."""
-    from . import registry
-
-    return registry.model_choices(method, directory)
-
-
 def bind_core(cls: type, method: str, core_name: str) -> type:
     """The class to instantiate for the Slicer Logic ``cls``: ``cls`` combined with the core Logic.
 
@@ -69,7 +61,9 @@ def missing_core(method: str, error: BaseException) -> type:
         method_name = method
 
         def shipped_models(self) -> list[str]:
-            return registry_choices(method)
+            from . import registry
+
+            return registry.model_choices(method)   # the registry JSON alone: no torch needed
 
         def _unavailable(self, *args, **kwargs):
             raise InputError(message)

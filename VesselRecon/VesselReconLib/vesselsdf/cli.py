@@ -177,8 +177,9 @@ def fine_slices(image, slice_mm: float) -> int:
     return count
 
 
-def _write_fine_mask(recon, image, slice_mm: float, path: Path) -> None:
-    """The vessel mask interpolated (through the SDF) onto slices ``slice_mm`` apart, same in-plane grid."""
+def _write_fine_mask(recon, image, slice_mm: float, count: int, path: Path) -> None:
+    """The vessel mask interpolated (through the SDF) onto ``count`` slices ``slice_mm`` apart (:func:`fine_slices`),
+    same in-plane grid."""
     import SimpleITK as sitk
 
     from ..mrml import LPS_TO_RAS, ijk_to_ras_matrix
@@ -186,7 +187,6 @@ def _write_fine_mask(recon, image, slice_mm: float, path: Path) -> None:
     direction = np.array(image.GetDirection()).reshape(3, 3)
     source = LPS_TO_RAS @ ijk_to_ras_matrix(image.GetSpacing(), image.GetOrigin(), direction)
     dz = float(image.GetSpacing()[2])
-    count = fine_slices(image, slice_mm)
     target = source.copy()
     target[:3, 2] *= slice_mm / dz
     mask = recon.mask_on_grid(source, target, (count, image.GetSize()[1], image.GetSize()[0]))
@@ -218,8 +218,7 @@ def run(args) -> int:
     realdata.check_not_lvsd_slab(sitk.GetArrayViewFromImage(image), args.input)
     name = input_stem(args.input)
     ct = mrml.sitk_to_volume(image, name, scene=scene)
-    if args.fine_slice_mm is not None:
-        fine_slices(image, args.fine_slice_mm)
+    fine_count = fine_slices(image, args.fine_slice_mm) if args.fine_slice_mm is not None else None
     hounsfield = not args.no_window and looks_like_hu(sitk.GetArrayViewFromImage(image))
     if not args.no_window and not hounsfield:
         print(f"{args.input}: not in Hounsfield units (windowed or uint8): mapping it to HU-like values "
@@ -242,8 +241,8 @@ def run(args) -> int:
         meshes.save_polydata_lps(recon.surface, out / f"{name}_vessels.vtp")
         meshes.save_polydata_lps(recon.surface, out / f"{name}_vessels.stl")
         _write_like(recon.mask.astype("uint8"), image, out / f"{name}_vessels.nii.gz")
-        if args.fine_slice_mm is not None:
-            _write_fine_mask(recon, image, args.fine_slice_mm, out / f"{name}_vessels_fine.nii.gz")
+        if fine_count is not None:
+            _write_fine_mask(recon, image, args.fine_slice_mm, fine_count, out / f"{name}_vessels_fine.nii.gz")
         _write_like(recon.prediction.surface_field().astype("float32"), image, out / f"{name}_sdf.nii.gz")
         if args.occupancy and recon.prediction.occupancy is not None:
             _write_like(recon.prediction.occupancy.astype("float32"), image, out / f"{name}_occupancy.nii.gz")

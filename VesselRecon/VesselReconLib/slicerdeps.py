@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 # fetches) declares torch>=2.8, and torchvision 0.23 is the release built for torch 2.8. The pins of
 # pyproject.toml (the tested versions) lie inside these ranges (test_slicer_compat checks both).
 TORCH_REQUIREMENTS = {"torch": ">=2.8", "torchvision": ">=0.23"}
-TORCH_REQUIREMENT = TORCH_REQUIREMENTS["torch"]
 # import name -> pip requirement
 REQUIREMENTS = {
     "monai": "monai>=1.3",
@@ -112,13 +111,14 @@ def _install_torch(parent_widget, ask: bool, problem: str | None = None) -> bool
     except ImportError:
         _show((problem + " " if problem else "") + PYTORCH_HELP, parent_widget)
         return False
+    requirement = TORCH_REQUIREMENTS["torch"]
     try:
         torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=ask,
-                                                              torchVersionRequirement=TORCH_REQUIREMENT)
+                                                              torchVersionRequirement=requirement)
     except Exception as exc:
         log.exception("PyTorch installation failed")
         _show(f"Installing PyTorch failed: {exc}. Open the \"PyTorch Utils\" module and install torch"
-              f"{TORCH_REQUIREMENT}, restart Slicer, then try again. {OFFLINE_HELP}", parent_widget)
+              f"{requirement}, restart Slicer, then try again. {OFFLINE_HELP}", parent_widget)
         return False
     if torch is None:
         _show("PyTorch was not installed, so VesselRecon cannot run. " + PYTORCH_HELP, parent_widget)

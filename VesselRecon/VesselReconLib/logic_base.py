@@ -21,12 +21,11 @@ class VesselReconLogic:
     """Scene access, model loading and caching common to every module's Logic.
 
     Subclasses set ``method`` (the ``VesselReconLib`` subpackage name), ``creator`` (the Slicer
-    module name, stored on the output nodes they create) and ``default_model`` where it is not ``lite``.
+    module name, stored on the output nodes they create).
     """
 
     method: str = ""
     creator: str = "VesselRecon"
-    default_model: str = "lite"
 
     def __init_subclass__(cls, **kwargs):
         """Make every subclass's ``load_sample`` and ``evaluate`` all-or-nothing (see :func:`_guarded`)."""
@@ -128,7 +127,7 @@ class VesselReconLogic:
     def shipped_models(self) -> list[str]:
         """This module's shipped models for the widget's model box, the default first
         (:func:`registry.model_choices`: a preset, or the registry name of an ablation or variant)."""
-        return sorted(registry.model_choices(self.method), key=lambda name: name != self.default_model)
+        return registry.model_choices(self.method)
 
     def model(self, model: str = "lite", device: str = "auto"):
         """The network for ``model`` (shipped preset/name or checkpoint path) on ``device``, cached.

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
+from .vcnet.defaults import DEFAULT_MODEL as VCNET_DEFAULT_MODEL
 
 REGISTRY_DIR = Path(__file__).resolve().parent / "models"
 REQUIRED_FIELDS = {"name": str, "module": str, "preset": str, "architecture": str, "file": str,
@@ -115,14 +116,20 @@ def _lookup(candidates: list[ModelEntry], module: str, model: str) -> ModelEntry
     return next((entry for entry in candidates if entry.preset == model), None)
 
 
+# Each module's default model, the model box's first choice: ``lite`` unless named here.
+DEFAULT_MODELS = {"vcnet": VCNET_DEFAULT_MODEL}
+
+
 def model_choices(module: str, directory: str | Path | None = None) -> list[str]:
     """Each shipped model of ``module`` once, by the name that loads it (its preset when the preset
-    loads it, else its registry name), in registry order, parts of other models left out."""
+    loads it, else its registry name), parts of other models left out: the module's default
+    (:data:`DEFAULT_MODELS`) first, then registry order. The model box lists exactly this, with or without torch."""
     candidates = [e for e in load_registry(directory) if e.module == module]
     hidden = COMPONENT_PRESETS.get(module, ())
     names = (e.preset if _lookup(candidates, module, e.preset) is e else e.name
              for e in candidates if not e.preset.startswith(hidden))
-    return list(dict.fromkeys(names))
+    default = DEFAULT_MODELS.get(module, "lite")
+    return sorted(dict.fromkeys(names), key=lambda name: name != default)
 
 
 def find_entry(module: str, model: str, directory: str | Path | None = None) -> ModelEntry:

@@ -58,7 +58,6 @@ class VCNetLogic(VesselReconLogic):
 
     method = "vcnet"
     creator = "VCNet"
-    default_model = DEFAULT_MODEL
 
     # ------------------------------------------------------------ validation helpers
 

@@ -52,6 +52,18 @@ def test_tube_is_watertight_with_expected_volume():
     assert area == pytest.approx(2 * np.pi * 2 * 20 + 2 * np.pi * 4, rel=0.01)
 
 
+def test_one_tube_sweep_over_several_polylines():
+    """``offsets`` split the points into polylines swept at once (OCTADepth's network); each cleaned tube is
+    closed, and uncleaned ones keep each cap's rim apart from its end ring (OCTADepth's shipped tubes)."""
+    z = np.linspace(0, 10, 20)
+    points = np.r_[np.c_[np.zeros(20), np.zeros(20), z], np.c_[np.full(20, 10.0), np.zeros(20), z]]
+    both = meshes.tube(points, 1.0, sides=8, offsets=[0, 20, 40])
+    assert len(meshes.component_sizes(both)) == 2 and meshes.is_watertight(both)
+    assert both.GetNumberOfPoints() == meshes.tube(points[:20], 1.0, sides=8).GetNumberOfPoints() * 2 == 2 * 20 * 8
+    raw = meshes.tube(points, 1.0, sides=8, offsets=[0, 20, 40], clean=False)
+    assert raw.GetNumberOfPoints() == 2 * (20 + 2) * 8 and raw.GetNumberOfCells() == both.GetNumberOfCells()
+
+
 def test_isosurface_of_a_sphere_sdf_is_placed_in_ras(tmp_path):
     matrix = mrml.ijk_to_ras_matrix((0.5, 0.5, 1.0), (10.0, 20.0, 30.0))
     k, j, i = np.mgrid[0:32, 0:64, 0:64]

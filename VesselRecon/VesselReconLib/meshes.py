@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from vtkmodules.util import numpy_support
-from vtkmodules.vtkCommonCore import vtkPoints
+from vtkmodules.vtkCommonCore import vtkIdTypeArray, vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkImageData, vtkPolyData
 
 import vtkmodules.vtkFiltersCore as fcore
@@ -54,14 +54,18 @@ def add_point_array(polydata: vtkPolyData, name: str, values: np.ndarray, active
 
 
 def tube(points: np.ndarray, radii: np.ndarray | float, sides: int = 16, capping: bool = True,
-         point_arrays: dict[str, np.ndarray] | None = None) -> vtkPolyData:
-    """Sweep a tube of per-point radius (mm) along a polyline with ``vtkTubeFilter``.
+         point_arrays: dict[str, np.ndarray] | None = None, offsets: np.ndarray | None = None,
+         clean: bool = True) -> vtkPolyData:
+    """Sweep tubes of per-point radius (mm) along polylines with one ``vtkTubeFilter``.
 
-    ``point_arrays`` (for example ``{"depth": ...}``) are carried onto the tube surface.
+    ``offsets`` (VTK cell offsets ``[0, ..., len(points)]``) split ``points`` into polylines, one when omitted;
+    ``point_arrays`` (for example ``{"depth": ...}``) are carried onto the tube surface. ``clean`` merges
+    coincident points (each cap's rim with its end ring), which makes a single tube watertight.
     """
     points = np.asarray(points, float)
     radii = np.broadcast_to(np.asarray(radii, float), (len(points),))
-    line = polydata_from_arrays(points, lines=[list(range(len(points)))])
+    line = polydata_from_arrays(points)
+    line.SetLines(_polylines(len(points), offsets))
     add_point_array(line, "radius", radii, active=True)
     for name, values in (point_arrays or {}).items():
         add_point_array(line, name, values)
@@ -70,10 +74,22 @@ def tube(points: np.ndarray, radii: np.ndarray | float, sides: int = 16, capping
     tube_filter.SetNumberOfSides(sides)
     tube_filter.SetVaryRadiusToVaryRadiusByAbsoluteScalar()
     tube_filter.SetCapping(capping)
-    cleaner = fcore.vtkCleanPolyData()
-    cleaner.SetInputConnection(tube_filter.GetOutputPort())
-    cleaner.Update()
-    return triangulate(cleaner.GetOutput())
+    output = tube_filter
+    if clean:
+        output = fcore.vtkCleanPolyData()
+        output.SetInputConnection(tube_filter.GetOutputPort())
+    output.Update()
+    return triangulate(output.GetOutput())
+
+
+def _polylines(count: int, offsets: np.ndarray | None = None) -> vtkCellArray:
+    """Polylines over points ``0..count-1`` cut at ``offsets`` (one polyline when omitted)."""
+    offsets = np.array([0, count]) if offsets is None else offsets
+    id_type = vtkIdTypeArray().GetDataType()
+    cells = vtkCellArray()
+    cells.SetData(numpy_support.numpy_to_vtk(np.asarray(offsets, np.int64), deep=True, array_type=id_type),
+                  numpy_support.numpy_to_vtk(np.arange(count, dtype=np.int64), deep=True, array_type=id_type))
+    return cells
 
 
 def triangulate(polydata: vtkPolyData) -> vtkPolyData:

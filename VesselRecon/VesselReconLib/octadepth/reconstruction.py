@@ -425,37 +425,16 @@ def image_frame_matrix(spacing: tuple[float, float]) -> np.ndarray:
 
 
 def tube_mesh(network: VesselNetwork3D, ijk_to_ras: np.ndarray | None = None, sides: int = 10):
-    """One ``vtkTubeFilter`` sweep over all polylines; point arrays ``depth`` (mm) and ``radius``.
+    """One ``vtkTubeFilter`` sweep over all polylines (:func:`meshes.tube`, uncleaned: the caps keep their own
+    points, as OCTADepth's tubes always had); point arrays ``radius`` and ``depth`` (mm).
 
     :param ijk_to_ras: places the tubes in a scene (see :func:`to_ras`); image frame when omitted.
     """
-    import vtkmodules.vtkFiltersCore as fcore
-    from vtkmodules.util import numpy_support
-    from vtkmodules.vtkCommonCore import vtkIdTypeArray, vtkPoints
-    from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
-
     from .. import meshes
 
     points = network.points if ijk_to_ras is None else to_ras(network.points, ijk_to_ras)
-    line = vtkPolyData()
-    vtk_points = vtkPoints()
-    vtk_points.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points, float), deep=True))
-    line.SetPoints(vtk_points)
-    cells = vtkCellArray()
-    offsets = numpy_support.numpy_to_vtk(network.offsets.astype(np.int64), deep=True, array_type=vtkIdTypeArray().GetDataType())
-    connectivity = numpy_support.numpy_to_vtk(np.arange(len(points), dtype=np.int64), deep=True,
-                                              array_type=vtkIdTypeArray().GetDataType())
-    cells.SetData(offsets, connectivity)
-    line.SetLines(cells)
-    meshes.add_point_array(line, "radius", network.radii, active=True)
-    meshes.add_point_array(line, "depth", network.depth_mm)
-    tube_filter = fcore.vtkTubeFilter()
-    tube_filter.SetInputData(line)
-    tube_filter.SetNumberOfSides(sides)
-    tube_filter.SetVaryRadiusToVaryRadiusByAbsoluteScalar()
-    tube_filter.SetCapping(True)
-    tube_filter.Update()
-    return meshes.triangulate(tube_filter.GetOutput())
+    return meshes.tube(points, network.radii, sides=sides, point_arrays={"depth": network.depth_mm},
+                       offsets=network.offsets, clean=False)
 
 
 def depth_band_rows(network: VesselNetwork3D, bands: int = 4) -> list[dict]:

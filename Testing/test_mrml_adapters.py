@@ -171,6 +171,18 @@ def test_the_folder_batch_csv_carries_each_runs_measurements():
         "vessel_length_mm": 71.05, "segments": 103, "length_mm": 91.4, "percent_diameter_stenosis": 9.1}
 
 
+def test_one_csv_writer_for_batch_rows_and_tables(tmp_path):
+    """``folder_batch.write_rows`` writes a batch's CSV (its columns first) and a table such as OCTADepth's depth
+    bands (the rows' own columns only, which OCTADepth wrote with a DictWriter of its own)."""
+    from VesselReconLib import folder_batch
+
+    rows = [{"band": "0-25 %", "segments": 3}, {"band": "all", "segments": 5, "note": "x"}]
+    table = folder_batch.write_rows(rows, tmp_path / "bands.csv", first=())
+    assert table.read_bytes() == b"band,segments,note\r\n0-25 %,3,\r\nall,5,x\r\n"
+    batch = folder_batch.write_rows([{"input": "a.nrrd", "dice": 0.5}], tmp_path / "batch.csv")
+    assert batch.read_text(encoding="utf-8").splitlines() == ["input,status,output,error,dice", "a.nrrd,,,,0.5"]
+
+
 def test_slicer_util_helpers_work_headless(scene):
     import slicer
     import slicer.util

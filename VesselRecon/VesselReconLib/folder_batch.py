@@ -180,9 +180,13 @@ def _process_one(core_class, kind, path, out, settings, reporter, background, mr
         scene.Clear(1)
 
 
-def write_rows(rows: list[dict], path: Path) -> Path:
-    """A CSV with the union of the rows' columns (``input``, ``status``, ``output``, ``error`` first)."""
-    columns = ["input", "status", "output", "error"]
+BATCH_COLUMNS = ("input", "status", "output", "error")
+
+
+def write_rows(rows: list[dict], path: Path, first: tuple[str, ...] = BATCH_COLUMNS) -> Path:
+    """A CSV with the columns ``first`` (a batch's by default), then the rest of the rows' columns in order of
+    appearance; a row without a column leaves its cell empty."""
+    columns = list(first)
     for row in rows:
         columns += [k for k in row if k not in columns]
     with open(path, "w", newline="", encoding="utf-8") as handle:

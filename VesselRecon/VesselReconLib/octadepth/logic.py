@@ -21,6 +21,7 @@ import numpy as np
 from .. import metrics, mrml
 from ..enface_io import fov_choice
 from ..errors import InputError
+from ..folder_batch import write_rows
 from ..logic_base import MODEL, SEGMENTATION, TABLE, VOLUME, VesselReconLogic
 from ..progress import as_reporter
 from . import reconstruction
@@ -143,8 +144,6 @@ class OCTADepthOutputs:
     def save_files(self, stem) -> list[Path]:
         """Depth map (16-bit PNG of relative depth), depth-coded PNG, vessel mask PNG, tubes (.vtp, LPS as Slicer
         writes models), table (.csv)."""
-        import csv
-
         from PIL import Image
 
         from .. import meshes, render
@@ -157,11 +156,7 @@ class OCTADepthOutputs:
         render.save_image_png(self.depth_rgb(), paths[1])
         Image.fromarray(result.vessel_mask.astype(np.uint8) * 255).save(paths[2])
         meshes.save_polydata_lps(self.outputModel.GetPolyData(), paths[3])
-        rows = mrml.table_to_rows(self.outputTable)
-        with open(paths[4], "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows(mrml.table_to_rows(self.outputTable), paths[4], first=())
         return paths
 
 

@@ -20,6 +20,8 @@ from . import reconstruction
 MULTIPLE = 16
 WINDOW = 512
 """Images larger than ``2 * WINDOW`` on a side are predicted in overlapping windows."""
+OVERLAP = 0.25
+"""Overlap of those windows (Gaussian blending)."""
 MIN_SIZE = 64
 FLIP_AVERAGE = True
 """Average the network's maps over the image and its three flips (:func:`flip_mean`). On
@@ -66,16 +68,18 @@ def flip_mean(net: torch.nn.Module, x: torch.Tensor, axes=FLIP_AXES) -> torch.Te
 
 
 def predict(net: torch.nn.Module, image: np.ndarray, device: str | torch.device = "cpu",
-            normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+            normalized: bool = False, progress=None) -> tuple[np.ndarray, np.ndarray]:
     """Vessel probability and relative depth (both ``(H, W)`` float32 in 0..1) for one image.
 
     The maps are averaged over the image's flips (:data:`FLIP_AVERAGE`; off for a network with
     ``flip_average = False``). Images larger than ``2 * WINDOW`` pixels on a side run through MONAI's
-    sliding-window inferer; on GPU out-of-memory the batch shrinks, then the CPU takes over.
+    sliding-window inferer, reporting to ``progress`` (and checking its cancel) after every batch of
+    windows; on GPU out-of-memory the batch shrinks, then the CPU takes over.
     """
     array = image if normalized else normalize_image(image)
     device = resolve_device(device)
     averaged = getattr(net, "flip_average", FLIP_AVERAGE)
+    reporter = as_reporter(progress)
 
     def run(dev: torch.device, batch: int) -> np.ndarray:
         net.to(dev)
@@ -86,13 +90,37 @@ def predict(net: torch.nn.Module, image: np.ndarray, device: str | torch.device 
             if max(padded.shape[-2:]) > 2 * WINDOW:
                 from monai.inferers import sliding_window_inference
 
-                out = sliding_window_inference(padded, (WINDOW, WINDOW), batch, model, overlap=0.25, mode="gaussian")
+                counted = _reporting(model, _window_batches(padded.shape[-2:], batch), reporter)
+                out = sliding_window_inference(padded, (WINDOW, WINDOW), batch, counted, overlap=OVERLAP,
+                                               mode="gaussian")
             else:
                 out = model(padded)
         return out[0, :, :height, :width].float().cpu().numpy()
 
     out = run_with_fallback(run, device, 4)
     return out[0].astype(np.float32), out[1].astype(np.float32)
+
+
+def _window_batches(shape, batch: int) -> int:
+    """How many calls of ``batch`` windows MONAI's sliding-window inferer makes on an image of ``shape``."""
+    from monai.data.utils import dense_patch_slices
+
+    interval = max(1, int(WINDOW * (1 - OVERLAP)))
+    return -(-len(dense_patch_slices(tuple(shape), (WINDOW, WINDOW), (interval, interval))) // batch)
+
+
+def _reporting(model, calls: int, reporter):
+    """``model`` that reports ``done/calls`` of the windows (and checks for cancel) after each call."""
+    done = 0
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        out = model(x)
+        done += 1
+        reporter(min(done / calls, 1.0), f"predicting window batch {done}/{calls}")
+        return out
+
+    return call
 
 
 @dataclass
@@ -130,7 +158,7 @@ def run_pipeline(image: np.ndarray, pixel_mm: float | tuple[float, float], net: 
     timings = {}
     start = time.perf_counter()
     reporter(0.0, "predicting vessel and depth maps")
-    probability, depth = predict(net, image, device)
+    probability, depth = predict(net, image, device, progress=reporter.sub(0.0, 0.4))
     timings["network_s"] = time.perf_counter() - start
     mask = probability > threshold
     network = reconstruction.reconstruct(mask, depth, pixel_mm, depth_range_mm, min_points=max(2, min_segment_px),

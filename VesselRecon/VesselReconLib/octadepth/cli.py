@@ -35,9 +35,10 @@ def run(args) -> int:
     is refused once, before any input is read; the folder is created only when an input succeeds."""
     from .. import atomic
     from ..cli import file_error
-    from ..device import resolve_device
+    from ..device import keep_freed_memory, resolve_device
     from ..errors import CheckpointError, InferenceError, InputError
 
+    keep_freed_memory()  # a command-line process only: Slicer's own heap policy is left alone
     resolve_device(args.device)
     out = atomic.check_output_folder(args.out)
     failed = []

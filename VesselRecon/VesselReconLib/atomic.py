@@ -119,13 +119,15 @@ def staging(folder: str | Path, tag: str) -> Iterator[Path]:
     :returns: the staging folder to write into.
     """
     folder = output_folder(folder)
-    manifest = _manifest(folder, tag)
+    manifest, removed = _manifest(folder, tag), []
     if manifest.is_file():
         removed = remove_stale(folder / line for line in manifest.read_text(encoding="utf-8").splitlines()
                                if line and ".." not in line)
         manifest.unlink()
         if removed:
             log.info("%s: the %d files of the previous run were removed and are written anew", folder, len(removed))
+    if not removed:   # large outputs take a while once the run's progress bar is done
+        log.info("%s: writing the outputs", folder)
     scratch = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=folder))
     try:
         yield scratch

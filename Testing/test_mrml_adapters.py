@@ -206,6 +206,28 @@ def test_a_rolled_back_volume_keeps_its_display_pipeline_on_its_live_image_data(
     assert float(mrml.volume_to_array(volume)[0].sum()) == 0.0
 
 
+def test_writing_puts_what_it_wrote_under_the_inputs_transform(scene, under_registration):
+    """One mechanism for every Logic: the nodes a ``writing(follow=volume)`` block adds or overwrites go under the
+    input's parent transform once committed (each Logic called ``follow_transform`` on its own list); a node the
+    block did not write stays as it was, a table is passed over, and a failed block moves nothing."""
+    from VesselReconLib.logic_base import VesselReconLogic
+
+    logic = VesselReconLogic(scene)
+    volume = mrml.array_to_volume(np.ones((2, 8, 8), np.float32), np.eye(4), "scan", scene=scene)
+    reused = mrml.array_to_volume(np.zeros((2, 8, 8), np.float32), np.eye(4), "out", scene=scene)
+    other = mrml.array_to_volume(np.zeros((2, 8, 8), np.float32), np.eye(4), "other", scene=scene)
+    moved = under_registration(volume)
+    with pytest.raises(RuntimeError), logic.writing(follow=volume):
+        added = mrml.array_to_volume(np.ones((2, 8, 8), np.float32), np.eye(4), "added", scene=scene)
+        raise RuntimeError("disk full (simulated)")
+    assert reused.GetTransformNodeID() is None and scene.GetFirstNodeByName("added") is None
+    with logic.writing(follow=volume):
+        added = mrml.array_to_volume(np.ones((2, 8, 8), np.float32), np.eye(4), "added", scene=scene)
+        mrml.array_to_volume(np.ones((2, 8, 8), np.float32), np.eye(4), "out", scene=scene)
+        mrml.rows_to_table([{"metric": "a", "value": 1.0}], "table", scene=scene)   # not transformable: left alone
+    assert [n.GetTransformNodeID() for n in (added, reused, other)] == [moved.GetID(), moved.GetID(), None]
+
+
 def test_label_values_accept_label_maps_and_refuse_a_scan_chosen_as_mask():
     """A binary mask, a 150-label parcellation and a label map stored as float pass; a scan (fractional or
     thousands of integer grey values, as a CT in HU) is refused."""

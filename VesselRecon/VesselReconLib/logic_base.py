@@ -99,7 +99,7 @@ class VesselReconLogic:
         return check_number(value, name, low, high, **kwargs)
 
     @contextlib.contextmanager
-    def writing(self, progress=None, cancel=None) -> Iterator[Reporter]:
+    def writing(self, progress=None, cancel=None, follow=None) -> Iterator[Reporter]:
         """Write outputs all-or-nothing, after the last cancel check.
 
         Cancel is checked once on entry; after that the reporter only reports (a Cancel pressed
@@ -107,18 +107,22 @@ class VesselReconLogic:
         removed and the existing nodes it overwrote are restored (:func:`mrml.transaction`).
 
         :param progress: the call's reporter (or ``progress`` callable); ``cancel`` likewise.
+        :param follow: the input volume the outputs lie on: once committed, every node the block wrote goes under
+            its parent transform (:meth:`follow_transform`).
         :returns: the committed reporter, for progress messages while writing.
         """
         reporter = as_reporter(progress, cancel)
         reporter.commit()
-        with mrml.transaction(self.scene):
+        with mrml.transaction(self.scene) as record:
             yield reporter
+        if follow is not None:
+            self.follow_transform(follow, *record.written())
 
     @staticmethod
     def follow_transform(volume, *nodes) -> None:
         """Put the output ``nodes`` (on ``volume``'s IJK-to-RAS) under ``volume``'s parent transform, so they stay on
-        the input as Slicer shows it; a node already there is not touched (without transforms nothing is). Called
-        once the outputs are committed."""
+        the input as Slicer shows it; a node already there, and a node that cannot be transformed (a table, a display
+        node), is not touched (without transforms nothing is)."""
         transform_id = volume.GetTransformNodeID()
         for node in nodes:
             if node is not None and node.IsA("vtkMRMLTransformableNode") and node.GetTransformNodeID() != transform_id:

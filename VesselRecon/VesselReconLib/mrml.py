@@ -130,6 +130,11 @@ class SceneTransaction:
                           if node.GetNthDisplayNode(i) is not None] if node.IsA("vtkMRMLDisplayableNode") else [node]
         self.saved[node_id] = [(part, _content_copy(part)) for part in parts]
 
+    def written(self) -> list:
+        """The nodes written in the block: those added, then the existing ones saved before being overwritten."""
+        added = [self.scene.GetNodeByID(node_id) for node_id in node_ids(self.scene) if node_id not in self.before]
+        return added + [parts[0][0] for parts in self.saved.values()]
+
     def rollback(self) -> None:
         remove_nodes_added_since(self.scene, self.before)
         for parts in self.saved.values():

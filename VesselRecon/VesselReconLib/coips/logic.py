@@ -150,7 +150,7 @@ class COIPSLogic(VesselReconLogic):
         flagged = assessment.grade == GRADES[0]
         rows = self._rows(assessment, fov, fov_source, flagged)
         segmentation = None
-        with self.writing(reporter):
+        with self.writing(reporter, follow=inputVolume):
             table = mrml.rows_to_table(rows, f"{name} COIPS", node=outputTable, scene=self.scene, creator=self.creator)
             if not assessment.segmented:
                 self._clear_stale_segmentation(f"{name} FAZ", outputSegmentation)
@@ -158,7 +158,6 @@ class COIPSLogic(VesselReconLogic):
                 segmentation = mrml.labelmap_to_segmentation(
                     assessment.mask.astype(np.uint8), ijk_to_ras, [FAZ_SEGMENT], f"{name} FAZ",
                     node=outputSegmentation, reference_volume=inputVolume, scene=self.scene, creator=self.creator)
-        self.follow_transform(inputVolume, segmentation)
         reporter(1.0, f"{assessment.grade}" + (" (flagged: FAZ not segmented)" if flagged and not assessment.segmented else ""))
         return CoipsResult(table, segmentation, assessment.grade, assessment.probabilities, assessment.metrics,
                            flagged, fov, fov_source)

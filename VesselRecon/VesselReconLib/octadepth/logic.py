@@ -300,10 +300,9 @@ class OCTADepthLogic(VesselReconLogic):
             log.warning("OCTADepth: %s", warning)
         field = {"field_of_view_mm": round(field_mm, 4), "fov_source": fov_source}
         reporter(0.9, "writing scene nodes")
-        with self.writing(reporter):
+        with self.writing(reporter, follow=inputVolume):
             outputs = self._write_nodes(inputVolume, result, geometry, pixel, depthRangeMm, outputDepthVolume,
                                         outputSegmentation, outputModel, outputCenterlines, outputTable, field)
-        self.follow_transform(inputVolume, *outputs)
         log.info("OCTADepth: %s", message)
         reporter(1.0, "done")
         if warnings:

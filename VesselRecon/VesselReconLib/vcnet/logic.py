@@ -152,11 +152,9 @@ class VCNetLogic(VesselReconLogic):
         result = background(compute) if background is not None else compute()
         nodes = {"segmentation": outputSegmentation, "probability": outputProbabilityVolume,
                  "mip": outputMipVolume, "table": outputTable}
-        with self.writing(as_reporter(progress, cancel)):
+        with self.writing(as_reporter(progress, cancel), follow=inputVolume):
             out = self._write_nodes(inputVolume, ijk_to_ras, net, result, ref, nodes,
                                     outputProbability or outputProbabilityVolume is not None)
-        self.follow_transform(inputVolume, out.outputSegmentation, out.outputProbabilityVolume, out.outputMipVolume,
-                              out.outputMipLabelmap)
         return out
 
     def _write_nodes(self, inputVolume, ijk_to_ras, net, result, ref, nodes: dict, with_probability: bool):

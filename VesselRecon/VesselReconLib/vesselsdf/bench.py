@@ -30,7 +30,7 @@ def pipeline(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: torch.de
     prediction = predict_in_roi(model, canonical, device, tuple(spacing_of(ijk_to_ras)))
     with inference(device):
         fine, matrix = refine_in_box(prediction.surface_field(), ijk_to_ras, roi_box(canonical.roi, volume.shape),
-                                     factor, device, prediction.motion)
+                                     factor, device, prediction.motion, prediction.gap_mm)
     surface = mesh_zero_level(fine, matrix, compute_normals=False)
     return {"points": surface.GetNumberOfPoints()}
 

@@ -42,6 +42,9 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--skel-recall", type=float, default=0.0,
                         help="weight of the skeleton recall of the SDF interpolated to the fine truth's slices "
                              "(ours, round 9; needs a `vesselrecon phantoms ct` folder)")
+    parser.add_argument("--wall", type=float, default=0.0,
+                        help="weight of the truth->surface term: |f - f*| on the true wall, normalised by the wall's "
+                             "voxels (ours, round 11)")
     parser.add_argument("--topology-val", action="store_true",
                         help="pick the best epoch by the mean of Dice and clDice at the best level (release 6)")
     parser.add_argument("--full-res-skip", action="store_true",
@@ -78,7 +81,8 @@ def train(args) -> int:
                          model_config={**({"correction_mm": args.correction_mm} if args.correction_mm else {}),
                                        **({"full_res_skip": True} if args.full_res_skip else {})},
                          loss=LossConfig(lambda_sdf_dice=args.sdf_dice, lambda_cldice=args.cldice,
-                                         lambda_agree=args.agree, lambda_skel=args.skel_recall))
+                                         lambda_agree=args.agree, lambda_skel=args.skel_recall,
+                                         lambda_wall=args.wall))
     bar = TqdmProgress(f"train {METHOD} {args.preset}")
     if args.ablations:
         models, trainer = train_with_ablations(args.data, args.out, config, progress=bar, resume=not args.no_resume)
@@ -258,8 +262,8 @@ def run(args) -> int:
 
 # ------------------------------------------------------------------------------------ eval
 
-ABLATIONS = ("lite", "lite-skel9", "lite-motion8", "lite-fuse8", "lite-agree7", "lite-direct", "lite-dstart", "lite-occ",
-             "lite-sdfonly", "lite-nogauss")
+ABLATIONS = ("lite", "lite-gap11", "lite-wall11", "lite-skel9", "lite-motion8", "lite-fuse8", "lite-agree7",
+             "lite-direct", "lite-dstart", "lite-occ", "lite-sdfonly", "lite-nogauss")
 
 
 def add_eval_arguments(parser) -> None:

@@ -36,6 +36,8 @@ ROW_NAMES = {"lite": "VesselSDF (ours)", "paper": "VesselSDF (ours, paper)", "oc
              "fuse8": "occupancy-component-preserving fusion (round 8, ablation)",
              "motion8": "displacement-following interpolation (round 8, ablation)",
              "skel9": "refiner + fine-grid skeleton recall (round 9, ablation)",
+             "gap11": "gap-filling through-plane interpolation (round 11, ablation)",
+             "wall11": "refiner + truth->surface wall term (round 11b, ablation)",
              "classical": "classical (smoothed adaptive HU threshold)"}
 
 
@@ -68,7 +70,7 @@ def hires_field(prediction: Prediction, thick_shape, thick_origin_z: float, thic
     """The prediction's surface field linearly interpolated to the high-resolution slice positions."""
     k = fine_positions(thick_origin_z, thick_dz, hires_origin_z, hires_dz, hires_shape[0])
     k = np.clip(k, 0, thick_shape[0] - 1)
-    return interpolate_slices(prediction.surface_field(), k, prediction.motion).numpy()
+    return interpolate_slices(prediction.surface_field(), k, prediction.motion, prediction.gap_mm).numpy()
 
 
 def surface_metrics(surface, reference) -> dict[str, float]:
@@ -110,14 +112,15 @@ def evaluate_prediction(prediction: Prediction, case: EvalCase, factor: int | No
                         float(np.linalg.norm(case.hires_ijk_to_ras[:3, 2])))
     return {"dice": report["dice"], "iou": report["iou"], "jaccard_distance": report["jaccard_distance"],
             "hires_dice": metrics.dice(field < 0, case.hires_label > 0),
-            **mesh_scores(prediction.surface_field(), case, factor, prediction.motion)}
+            **mesh_scores(prediction.surface_field(), case, factor, prediction.motion, prediction.gap_mm)}
 
 
-def mesh_scores(field: np.ndarray, case: EvalCase, factor: int | None = None, motion=None) -> dict[str, float]:
+def mesh_scores(field: np.ndarray, case: EvalCase, factor: int | None = None, motion=None,
+                gap_mm: float = 0.0) -> dict[str, float]:
     """:func:`surface_metrics` and the surface pieces (``components``) of a thick-grid field's zero
-    level, meshed on the through-plane refined grid (``motion``: :func:`.inference.interpolate_slices`)."""
+    level, meshed on the through-plane refined grid (``motion``, ``gap_mm``: :func:`.inference.interpolate_slices`)."""
     factor = through_plane_factor(case.spacing, factor)
-    fine = refine_through_plane(field, factor, motion).numpy()
+    fine = refine_through_plane(field, factor, motion, gap_mm).numpy()
     surface = mesh_zero_level(fine, refined_geometry(case.ijk_to_ras, factor), compute_normals=False)
     sizes = meshes.component_sizes(surface) if surface.GetNumberOfPoints() else np.zeros(0)
     return {**surface_metrics(surface, case.mesh), "components": float(len(sizes))}

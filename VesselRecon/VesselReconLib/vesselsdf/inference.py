@@ -54,6 +54,8 @@ class Prediction:
     sdf: np.ndarray | None
     motion: Motion | None = None
     """When set, the field is interpolated between slices following its displacement (round 8)."""
+    gap_mm: float = 0.0
+    """> 0: the SDF is also carried through the slice gaps saturated at ± this (:func:`gap_filled`, round 11)."""
 
     def surface_field(self) -> np.ndarray:
         """The field whose zero level is the vessel wall: the SDF, else ``0.5 − occupancy``."""
@@ -145,11 +147,13 @@ def through_plane_factor(spacing, factor: int | None = None) -> int:
     return max(1, int(round(float(spacing[2]) / float(spacing[0]))))
 
 
-def refine_through_plane(field: np.ndarray | torch.Tensor, factor: int, motion: Motion | None = None) -> torch.Tensor:
+def refine_through_plane(field: np.ndarray | torch.Tensor, factor: int, motion: Motion | None = None,
+                         gap_mm: float = 0.0) -> torch.Tensor:
     """A KJI field at ``(K − 1)·factor + 1`` evenly spaced slices (end slices kept), :func:`interpolate_at`.
 
     Runs on the field's device when given a tensor; returns a ``(K', J, I)`` float tensor. With
-    ``motion``, the slices in between follow the field's displacement (:func:`interpolate_slices`).
+    ``motion``, the slices in between follow the field's displacement (:func:`interpolate_slices`);
+    with ``gap_mm`` > 0, :func:`gap_filled`.
     """
     t = field if isinstance(field, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(field, np.float32))
     t = t.float().reshape(t.shape[-3:])
@@ -157,9 +161,28 @@ def refine_through_plane(field: np.ndarray | torch.Tensor, factor: int, motion: 
     if factor <= 1 or k < 2:
         return t
     if motion is not None:
-        return interpolate_slices(t.cpu().numpy(), np.arange(fine) / factor, motion).to(t.device)
+        return interpolate_slices(t.cpu().numpy(), np.arange(fine) / factor, motion, gap_mm).to(t.device)
     positions = torch.arange(fine, dtype=t.dtype, device=t.device) * ((k - 1) / (fine - 1))  # align_corners grid
-    return interpolate_at(t[None, None], positions[None])[0, 0]
+    return gap_filled(interpolate_at(t[None, None], positions[None])[0, 0], t, positions, gap_mm)
+
+
+def gap_filled(linear: torch.Tensor, field: torch.Tensor, positions: torch.Tensor, gap_mm: float) -> torch.Tensor:
+    """``min(linear, lerp(clip(field, ±gap_mm)))`` at ``positions`` (``gap_mm`` ≤ 0: ``linear`` as it is).
+
+    ``linear`` is the KJI SDF ``field`` interpolated to ``positions`` (fractional slices). Linear
+    interpolation of a distance field carries a vessel of depth ``r`` only ``r / (r + d)`` into a gap
+    whose other slice is ``d`` outside it (a 1 mm vessel, 5 mm: a sixth of the gap), so thin vessels
+    seen on one slice, and thin vessels that move sideways, vanish between thick slices. The field
+    saturated at ± ``gap_mm`` carries every vessel at least ``gap_mm`` deep to mid-gap, as the
+    occupancy's probability (saturated a pixel from the wall) is carried. The union only adds volume in
+    the gaps next to a vessel on a neighbouring slice: the sign on the thick slices, and the walls
+    where both slices are within ``gap_mm`` of them, stay the linear interpolation's (round 11).
+    """
+    if not gap_mm or gap_mm <= 0:
+        return linear
+    c = float(gap_mm)
+    saturated = interpolate_at(field.clamp(-c, c)[None, None], positions.reshape(1, -1))[0, 0]
+    return torch.minimum(linear, saturated)
 
 
 def interpolate_at(f: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -233,20 +256,21 @@ def _warped_blend(a: torch.Tensor, b: torch.Tensor, flow: torch.Tensor, t: torch
     return (1 - tt[:, 0]) * forward + tt[:, 0] * backward
 
 
-def interpolate_slices(field: np.ndarray, positions, motion: Motion | None = None) -> torch.Tensor:
+def interpolate_slices(field: np.ndarray, positions, motion: Motion | None = None, gap_mm: float = 0.0) -> torch.Tensor:
     """A KJI field at fractional slice positions (clipped to the field), ``(len(positions), J, I)``.
 
     Linear between the two neighbouring slices; with ``motion``, between each pair of slices the
     field follows its in-plane displacement (:func:`pair_flow`: each slice warped towards the
     position, then blended linearly), so a vessel that moves sideways between thick slices is
-    carried across the gap instead of fading out of one place and into another.
+    carried across the gap instead of fading out of one place and into another. With ``gap_mm`` > 0
+    the result is united with the saturated field's linear interpolation (:func:`gap_filled`).
     """
     field = np.asarray(field, np.float32)
     source = torch.from_numpy(np.ascontiguousarray(field))
     k = np.clip(np.asarray(positions, float), 0, field.shape[0] - 1)
     out = interpolate_at(source[None, None], torch.from_numpy(k)[None])[0, 0]
     if motion is None:
-        return out
+        return gap_filled(out, source, torch.from_numpy(k), gap_mm)
     k0 = np.clip(np.floor(k).astype(int), 0, max(field.shape[0] - 2, 0))
     w = torch.from_numpy((k - k0).astype(np.float32))
     for pair in np.unique(k0):
@@ -257,7 +281,7 @@ def interpolate_slices(field: np.ndarray, positions, motion: Motion | None = Non
         (j0, j1, i0, i1), flow = found
         out[inside, j0:j1, i0:i1] = _warped_blend(source[pair, j0:j1, i0:i1], source[pair + 1, j0:j1, i0:i1],
                                                   torch.from_numpy(flow), w[inside])
-    return out
+    return gap_filled(out, source, torch.from_numpy(k), gap_mm)
 
 
 def refined_geometry(ijk_to_ras: np.ndarray, factor: int) -> np.ndarray:
@@ -347,15 +371,16 @@ class Reconstruction:
     def mask_on_grid(self, ijk_to_ras: np.ndarray, ijk_to_ras_target: np.ndarray, shape) -> np.ndarray:
         """Vessel mask resampled to any target grid (e.g. the original fine slices), from the field."""
         return (resample_field(self.prediction.surface_field(), ijk_to_ras, ijk_to_ras_target, shape,
-                               self.prediction.motion) < 0).astype(np.uint8)
+                               self.prediction.motion, self.prediction.gap_mm) < 0).astype(np.uint8)
 
 
 def resample_field(field: np.ndarray, ijk_to_ras: np.ndarray, target_ijk_to_ras: np.ndarray, shape,
-                   motion: Motion | None = None) -> np.ndarray:
+                   motion: Motion | None = None, gap_mm: float = 0.0) -> np.ndarray:
     """Linear interpolation of a KJI field onto another grid (outside the source: the field's maximum).
 
     When both grids share the in-plane axes it interpolates between slices only (fast path; with
-    ``motion`` following the field's displacement, :func:`interpolate_slices`).
+    ``motion`` following the field's displacement and ``gap_mm`` filling the gaps,
+    :func:`interpolate_slices`); otherwise trilinear (neither applies).
     """
     field = np.asarray(field, np.float32)
     source = np.asarray(ijk_to_ras, float)
@@ -365,7 +390,7 @@ def resample_field(field: np.ndarray, ijk_to_ras: np.ndarray, target_ijk_to_ras:
     if np.allclose(to_source[:3, :2], np.eye(3)[:, :2], atol=1e-4) and np.allclose(to_source[:2, 2:], 0, atol=1e-4) \
             and tuple(shape[1:]) == field.shape[1:]:
         k = to_source[2, 2] * np.arange(shape[0]) + to_source[2, 3]
-        out = interpolate_slices(field, k, motion).numpy()
+        out = interpolate_slices(field, k, motion, gap_mm).numpy()
         out[(k < -1e-3) | (k > field.shape[0] - 1 + 1e-3)] = outside
         return out.astype(np.float32)
     from scipy.ndimage import map_coordinates
@@ -400,7 +425,7 @@ def reconstruct(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: str |
     reporter(0.6, "interpolating the SDF through the slice gaps")
     factor = through_plane_factor(spacing, factor)
     fine, fine_matrix = refine_in_box(prediction.surface_field(), ijk_to_ras, roi_box(canonical.roi, volume.shape),
-                                      factor, device, prediction.motion)
+                                      factor, device, prediction.motion, prediction.gap_mm)
     reporter(0.75, "meshing the zero level")
     surface = mesh_zero_level(fine, fine_matrix, min_component_mm3)
     reporter(1.0, "done")
@@ -408,7 +433,7 @@ def reconstruct(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: str |
 
 
 def refine_in_box(field: np.ndarray, ijk_to_ras: np.ndarray, box, factor: int, device="cpu",
-                  motion: Motion | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  motion: Motion | None = None, gap_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The field interpolated through the slice gaps on the ROI box only, and that grid's IJK-to-RAS.
 
     Outside the box the field is positive (background), so the surface lies inside it: interpolating
@@ -418,7 +443,7 @@ def refine_in_box(field: np.ndarray, ijk_to_ras: np.ndarray, box, factor: int, d
     if box is not None:
         field = field[:, box[0]:box[1], box[2]:box[3]]
         matrix[:3, 3] += matrix[:3, 0] * box[2] + matrix[:3, 1] * box[0]
-    fine = refine_through_plane(torch.from_numpy(np.ascontiguousarray(field)).to(device), factor, motion).cpu().numpy()
+    fine = refine_through_plane(torch.from_numpy(np.ascontiguousarray(field)).to(device), factor, motion, gap_mm).cpu().numpy()
     return fine, refined_geometry(matrix, factor)
 
 
@@ -455,7 +480,14 @@ def predict_in_roi(model, canonical: Canonical, device, spacing, context_mm: flo
     prediction = _uncrop(predict(model, crop, device, spacing), box, image.shape)
     prediction = _outside_is_background(prediction, canonical.roi, model)
     prediction.motion = motion_of(model, spacing)
+    prediction.gap_mm = gap_of(model)
     return prediction
+
+
+def gap_of(model) -> float:
+    """The model's gap filling (config ``gap_fill_mm``, :func:`gap_filled`) for its SDF; 0 for occupancy-only
+    networks, whose field (``0.5 − p``) already saturates."""
+    return float(getattr(model, "gap_fill_mm", 0.0) or 0.0) if getattr(model, "has_sdf", False) else 0.0
 
 
 def motion_of(model, spacing) -> Motion | None:

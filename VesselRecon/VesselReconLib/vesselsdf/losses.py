@@ -52,6 +52,13 @@ Conventions (tensors ``(N, 1, K, J, I)``, spacing ``(Δx, Δy, Δz)`` in mm, SDF
   (:func:`.data.tubed_skeleton`). A loss on the native slices alone can at best reach what a perfect
   per-slice distance reaches after interpolation; this one asks that the interpolated field keep the vessels
   *between* slices, where the recall of sparse-slice input is lost.
+* ``L_wall`` (ours, round 11, ``λw``, 0 = off): the **truth→surface distance** as a loss,
+  ``Σ_W |f − f*| / |W|`` over the truth's wall ``W = {|f*| ≤ wall_band_mm}`` (half an in-plane pixel). At a
+  point of the true wall ``|f|`` is its distance to the predicted surface, so this is the truth→surface side
+  of the Chamfer distance that the refiner loses (it erases thin vessels: their walls see ``f > 0``).
+  Normalised by the wall's voxels, so a thin vessel's wall counts per unit of area, not drowned in the crop's
+  far field as in ``L_sdf``; and symmetric (an inflated wall, ``f < 0`` there, costs too), unlike the
+  one-sided ``L_agree`` / ``L_skel`` that marked more vessels.
 * ``L_sur = mean exp(−β·|f|)`` with ``β = surface_beta`` (default 1 / mm): discourages spurious
   near-zero regions (floating fragments).
 """
@@ -88,6 +95,8 @@ class LossConfig:
     lambda_agree: float = 0.0
     agree_margin_mm: float = 0.25
     lambda_skel: float = 0.0
+    lambda_wall: float = 0.0
+    wall_band_mm: float = 0.35
     gauss_sigma_mm: float = 1.0
     surface_beta: float = 1.0
     sdf_truncation_mm: float | None = 5.0
@@ -216,6 +225,12 @@ def skeleton_recall_loss(f: torch.Tensor, positions: torch.Tensor, skeleton: tor
     return 1.0 - ((pred * target).sum() + eps) / (target.sum() + eps)
 
 
+def wall_loss(f: torch.Tensor, target: torch.Tensor, band_mm: float = 0.35) -> torch.Tensor:
+    """``Σ_W |f − f*| / |W|`` over the true wall ``W = {|f*| ≤ band_mm}`` (module docs); 0 where ``W`` is empty."""
+    wall = (target.abs() <= band_mm).to(f.dtype)
+    return ((f - target).abs() * wall).sum() / wall.sum().clamp_min(1.0)
+
+
 def sdf_loss(f: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``mean |f − f*|`` (mm)."""
     return (f - target).abs().mean()
@@ -253,6 +268,9 @@ def vesselsdf_loss(outputs: dict, mask: torch.Tensor, sdf_target: torch.Tensor |
             band = sdf_target.abs() < config.sdf_truncation_mm
             sdf_target = sdf_target.clamp(-config.sdf_truncation_mm, config.sdf_truncation_mm)
         terms["sdf"], weights["sdf"] = sdf_loss(f, sdf_target), config.lambda_sdf
+        if config.lambda_wall:
+            terms["wall"] = wall_loss(f, sdf_target, config.wall_band_mm)
+            weights["wall"] = config.lambda_wall
         terms["eik"], weights["eik"] = eikonal_loss(f, spacing, band), config.lambda_eik
         if config.lambda_gauss:
             terms["gauss"] = gaussian_loss(f, spacing, config.gauss_sigma_mm)

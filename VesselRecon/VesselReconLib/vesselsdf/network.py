@@ -353,6 +353,8 @@ class VesselSDFNet(nn.Module):
     :param motion_mm: (round 8) > 0: between thick slices the surface field follows its in-plane
         displacement up to this many mm (:func:`.inference.interpolate_slices`); 0: linear.
     :param motion_radius: the displacement's Lucas–Kanade window radius (coarse pixels).
+    :param gap_fill_mm: (round 11) > 0: between thick slices the SDF is united with its interpolation
+        saturated at ± this (mm), which carries vessels to mid-gap (:func:`.inference.gap_filled`); 0: linear.
     """
 
     def __init__(self, size: str = "lite", variant: str = "full", sdf_bound_mm: float = 6.0,
@@ -360,8 +362,9 @@ class VesselSDFNet(nn.Module):
                  level_mm: float = 0.0, full_res_skip: bool = False, union_threshold: float = 0.0,
                  union_connected: bool = True, min_piece_mm3: float = 0.0, piece_keep_prob: float = 0.0,
                  piece_keep_near_mm: float = 0.0, fusion_band_mm: float = 0.0, motion_mm: float = 0.0,
-                 motion_radius: int = 4):
+                 motion_radius: int = 4, gap_fill_mm: float = 0.0):
         super().__init__()
+        self.gap_fill_mm = float(gap_fill_mm)
         self.fusion_band_mm = float(fusion_band_mm)
         self.motion_mm, self.motion_radius = float(motion_mm), int(motion_radius)
         self.level_mm, self.min_piece_mm3 = float(level_mm), float(min_piece_mm3)

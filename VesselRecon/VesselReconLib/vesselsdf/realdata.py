@@ -344,7 +344,7 @@ def model_fine(model, case: RealCase, roi: np.ndarray | None, device="cpu") -> t
     spacing = tuple(float(v) for v in np.linalg.norm(case.ijk_to_ras[:3, :3], axis=0))
     prediction = predict_in_roi(model, canonical, device, spacing)
     field = resample_field(prediction.surface_field(), case.ijk_to_ras, case.reference_ijk_to_ras,
-                           case.reference.shape, prediction.motion)
+                           case.reference.shape, prediction.motion, prediction.gap_mm)
     return field < 0, canonical
 
 

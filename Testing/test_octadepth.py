@@ -720,6 +720,30 @@ def test_demo_hook_adds_nodes_renders_and_metrics(tmp_path):
     assert context.scene.GetFirstNodeByName(NAMES["model"]) is not None
 
 
+def test_a_field_of_view_chosen_at_process_keeps_the_vessel_segmentation_on_its_grid(tmp_path, scene):
+    """A PNG loaded without a field of view (Slicer's 1 mm placeholder) and given "3 mm" in the panel, as the
+    folder batch does: the vessels were written on the 3 mm grid but referenced the input's 1 mm geometry, so the
+    saved .seg.nrrd came out resampled (ROSSA 320 px: 7040 x 7040 x 22 voxels holding a 67 px wide blob, saved in
+    25-50 s instead of 0.1 s). The segmentation now references the grid its labels are on (the depth map's)."""
+    from PIL import Image
+
+    from VesselReconLib.phantoms.octa import render_octa
+
+    png = tmp_path / "scan.png"
+    Image.fromarray((render_octa(3, 128, 3.0).image * 255).astype(np.uint8)).save(png)
+    logic = OCTADepthLogic(scene)
+    result = logic.process(logic.load_image(png), fieldOfViewMm=3, device="cpu")
+    assert result.outputSegmentation.GetSegmentation().GetNumberOfSegments() == 1
+    mrml.save_scene(tmp_path / "scan.mrb", scene)
+    mrml.load_scene(tmp_path / "scan.mrb", scene)
+    labels, ijk_to_ras = mrml.segmentation_to_labelmap(scene.GetFirstNodeByName(NAMES["segmentation"]),
+                                                       scene.GetFirstNodeByName(NAMES["depth"]))
+    np.testing.assert_allclose(mrml.spacing_of(ijk_to_ras)[:2], 3 / 128)
+    expected = mrml.volume_to_array(scene.GetFirstNodeByName(NAMES["depth"]))[0] > 0
+    assert expected.sum() > 100
+    np.testing.assert_array_equal(labels.reshape(expected.shape) > 0, expected)
+
+
 def test_loading_a_second_image_of_the_same_name_keeps_the_first(tmp_path, scene):
     """Two scans both called scan_3x3.png (two patients' folders): the second load_image overwrote the first
     image node, under the outputs computed from it; each load now gets its own node, named as Slicer names it."""

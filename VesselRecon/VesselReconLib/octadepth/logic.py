@@ -301,7 +301,7 @@ class OCTADepthLogic(VesselReconLogic):
         field = {"field_of_view_mm": round(field_mm, 4), "fov_source": fov_source}
         reporter(0.9, "writing scene nodes")
         with self.writing(reporter, follow=inputVolume):
-            outputs = self._write_nodes(inputVolume, result, geometry, pixel, depthRangeMm, outputDepthVolume,
+            outputs = self._write_nodes(result, geometry, pixel, depthRangeMm, outputDepthVolume,
                                         outputSegmentation, outputModel, outputCenterlines, outputTable, field)
         log.info("OCTADepth: %s", message)
         reporter(1.0, "done")
@@ -311,7 +311,7 @@ class OCTADepthLogic(VesselReconLogic):
                                 timings=result.timings, fieldOfViewMm=field_mm, fovSource=fov_source,
                                 warnings=warnings, _pipeline=result)
 
-    def _write_nodes(self, input_volume, result, geometry, pixel, depth_range_mm, depth_node, segmentation_node,
+    def _write_nodes(self, result, geometry, pixel, depth_range_mm, depth_node, segmentation_node,
                      model_node, centerline_node, table_node, field: dict):
         scene = self.scene
         colors, ramp = self.depth_color_table(), self.depth_color_table(background=False)
@@ -319,9 +319,11 @@ class OCTADepthLogic(VesselReconLogic):
         depth_node = mrml.array_to_volume(depth_mm.astype(np.float32)[None], geometry, NAMES["depth"], depth_node,
                                           scene, color_node_id=colors.GetID(),
                                           window_level=(depth_range_mm, depth_range_mm / 2), creator=self.creator)
+        # referenced to the depth map, whose grid the labels are on: a field of view given here rescales the
+        # input's own (placeholder) spacing, and a segmentation referencing that grid is resampled when saved
         segmentation_node = mrml.labelmap_to_segmentation(
             result.vessel_mask.astype(np.uint8)[None], geometry, [mrml.SegmentSpec(1, "Retinal vessels")],
-            NAMES["segmentation"], segmentation_node, reference_volume=input_volume, scene=scene, creator=self.creator)
+            NAMES["segmentation"], segmentation_node, reference_volume=depth_node, scene=scene, creator=self.creator)
         model_node = mrml.polydata_to_model(result.tubes, NAMES["model"], scalars="depth", color_node_id=ramp.GetID(),
                                             scalar_range=(0.0, depth_range_mm), node=model_node, scene=scene,
                                             creator=self.creator)

@@ -242,13 +242,38 @@ def test_cli_single_image_and_config(tmp_path, held_out, capsys):
     assert main(["coips", "--input", str(tmp_path / "nowhere"), "--output", str(out)]) == 2
     strip = _save_png(tmp_path / "strip_6x6.png", held_out[1].image[:, :140])   # a single unsuitable image
     capsys.readouterr()
-    assert main(["coips", "--input", str(strip), "--output", str(tmp_path / "strip"), "--device", "cpu"]) == 0
+    assert main(["coips", "--input", str(strip), "--output", str(tmp_path / "strip"), "--device", "cpu"]) == 2
     printed = capsys.readouterr()
-    assert "unsuitable" in printed.err and "gradable" not in printed.out.split("images:")[0]
-    assert ",unsuitable," in (tmp_path / "strip" / "coips_results.csv").read_text()
+    assert "strip_6x6.png: unsuitable: non-square" in printed.err and "nothing was written" in printed.err
+    assert not (tmp_path / "strip").exists()
     (tmp_path / "broken_3x3.png").write_bytes(b"not a png")
     assert main(["coips", "--input", str(tmp_path / "broken_3x3.png"), "--output", str(tmp_path / "b")]) == 2
     assert "error: broken_3x3.png is not a readable image" in capsys.readouterr().err   # named once
+
+
+def test_a_batch_whose_every_image_fails_writes_nothing_and_keeps_the_previous_run(held_out, tmp_path, capsys):
+    """Every image unreadable or unsuitable: the CSV, HTML report, thumbnails and .mrb were written as if the batch
+    ran (and a re-run removed the previous run's reports and thumbnails first); now nothing is written, as
+    OCTADepth's command line and the folder batch do, and the error names every image."""
+    from VesselReconLib.cli import main
+
+    study, out = tmp_path / "study", tmp_path / "out"
+    study.mkdir()
+    _save_png(study / "eye_3x3.png", held_out[0].image)
+    argv = ["--input", str(study), "--output", str(out), "--device", "cpu", "--workers", "0"]
+    assert main(["coips", *argv]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (study / "eye_3x3.png").write_bytes(b"not a png")
+    _save_png(study / "strip_6x6.png", held_out[1].image[:, :140])
+    capsys.readouterr()
+    for given, failed in ((study, "All 2 images failed"), (study / "eye_3x3.png", "")):   # a folder, one image
+        assert main(["coips", argv[0], str(given), *argv[2:]]) == 2
+        err = capsys.readouterr().err
+        assert "nothing was written" in err and failed in err and "eye_3x3.png is not a readable image" in err
+        assert ("strip_6x6.png: unsuitable: non-square" in err) == bool(failed)
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert main(["coips", *argv[:3], str(tmp_path / "new"), *argv[4:]]) == 2
+    assert "nothing was written" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 @pytest.mark.gpu

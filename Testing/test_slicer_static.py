@@ -1878,6 +1878,25 @@ def test_folder_batch_processes_every_input_and_reports_failures(tmp_path):
     assert len(table_rows) == 3, "the widget shows one row per input"
 
 
+def test_a_folder_batch_whose_every_input_fails_writes_nothing(tmp_path):
+    """Every input unreadable: the output folder and a CSV of failures were written as if the batch ran; now, as
+    COIPS and OCTADepth's command line, nothing is written and the error names each input."""
+    from VesselReconLib.errors import InputError
+
+    inputs, out = tmp_path / "in", tmp_path / "out" / "batch"
+    inputs.mkdir()
+    for name in ("a.nrrd", "b.nii.gz"):
+        (inputs / name).write_text("not a volume")
+
+    class Base:
+        pass
+
+    combined = slicer_logic._combine(Base, BatchCore)
+    with pytest.raises(InputError, match="All 2 inputs failed, so nothing was written: a.nrrd") as refused:
+        combined.__new__(combined).process_batch(inputFolder=inputs, outputFolder=out)
+    assert "b.nii.gz" in str(refused.value) and not (tmp_path / "out").exists()
+
+
 def test_folder_batch_cancel_keeps_the_csv_of_what_finished(tmp_path):
     from VesselReconLib.progress import Cancelled
 

@@ -220,8 +220,9 @@ def json_report(path, indent: int = 1):
 
 def file_error(name: str, message) -> str:
     """The ``error: ...`` line about one input file of a batch, naming the file once."""
-    text = " ".join(str(message).split())
-    return f"error: {text if text.startswith(name) else f'{name}: {text}'}"
+    from .errors import file_reason
+
+    return f"error: {file_reason(name, message)}"
 
 
 def run_command(args) -> int:

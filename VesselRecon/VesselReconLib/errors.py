@@ -17,6 +17,21 @@ class InferenceError(RuntimeError):
     """A network or a numerical step produced NaN or infinite values; the message names the step."""
 
 
+def file_reason(name: str, message) -> str:
+    """``name: message`` on one line, naming the file once."""
+    text = " ".join(str(message).split())
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+def nothing_written(failures: list[str], total: int, what: str = "inputs") -> InputError:
+    """The refusal of a batch in which no input succeeded, for every batch (COIPS's, the folder batch, OCTADepth's
+    command line): nothing is written and the user is told so, with the reasons (the first five)."""
+    if total == 1:
+        return InputError(f"{failures[0]} (nothing was written)")
+    shown = "; ".join(failures[:5]) + (f"; and {len(failures) - 5} more" if len(failures) > 5 else "")
+    return InputError(f"All {total} {what} failed, so nothing was written: {shown}")
+
+
 def check_finite_output(values, step: str, hint: str = "") -> None:
     """Raise :class:`InferenceError` naming ``step`` unless every value of ``values`` is finite.
 

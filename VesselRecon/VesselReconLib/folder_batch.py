@@ -7,7 +7,7 @@ outputFolder, model, device, <settings>, progress, cancel, background)`` and sho
 Each input is processed by the module's own ``process`` in a private scene (the user's scene is never
 touched), saved as ``<output>/<name>.mrb`` and summarised in ``<output>/batch_results.csv``. A file
 that fails is reported in the CSV and the batch goes on; Cancel stops after the current input and
-still writes the CSV of what finished. No worker processes are used, so it is safe inside Slicer.
+still writes the CSV of what finished. A batch in which no input succeeded writes nothing and says so. No worker processes are used, so it is safe inside Slicer.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, InputError
+from .atomic import output_folder
+from .errors import CheckpointError, InputError, file_reason, nothing_written
 from .progress import Cancelled, as_reporter
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,13 @@ def _snake_case(name: str) -> str:
 
 def process_folder(core_class: type, kind: str, inputFolder, outputFolder, settings: dict[str, Any],
                    progress=None, cancel=None, background=None) -> FolderBatchResult:
-    """Run ``core_class(scene).process(**inputs, **settings)`` on every input of ``inputFolder``."""
+    """Run ``core_class(scene).process(**inputs, **settings)`` on every input of ``inputFolder``.
+
+    :raises InputError: no output folder, or one that cannot be written; no inputs; every input failed (nothing is
+        written, the folder is not even created: :func:`~VesselReconLib.errors.nothing_written`).
+    """
     from . import mrml
+    from .atomic import check_output_folder
     from .slicer_results import is_node
 
     if not outputFolder or str(outputFolder) in ("", "."):
@@ -120,8 +126,7 @@ def process_folder(core_class: type, kind: str, inputFolder, outputFolder, setti
     inputs = list_inputs(inputFolder, kind)
     if not inputs:
         raise InputError(f"No inputs found in {inputFolder}.")
-    out = Path(outputFolder)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(outputFolder)   # created by the first input that succeeds
     settings = {k: v for k, v in settings.items() if v is not None and not is_node(v)}
     reporter = as_reporter(progress, cancel)
     result = FolderBatchResult()
@@ -134,7 +139,10 @@ def process_folder(core_class: type, kind: str, inputFolder, outputFolder, setti
         log.info("Batch cancelled after %d of %d inputs", len(result.rows), len(inputs))
         raise
     finally:
-        result.csvPath = write_rows(result.rows, out / CSV_NAME)
+        if result.failed < len(result.rows):
+            result.csvPath = write_rows(result.rows, out / CSV_NAME)
+    if result.failed == len(result.rows):
+        raise nothing_written([file_reason(Path(row["input"]).name, row["error"]) for row in result.rows], len(inputs))
     reporter(1.0, f"{len(result.rows) - result.failed} of {len(inputs)} inputs done; {result.failed} failed.")
     return result
 
@@ -166,7 +174,7 @@ def _process_one(core_class, kind, path, out, settings, reporter, background, mr
 
         output = call_logic(logic.process, {**keywords, "progress": reporter, "cancel": None,
                                             "background": background})
-        target = out / f"{_stem(path)}.mrb"
+        target = output_folder(out) / f"{_stem(path)}.mrb"
         mrml.save_scene(target, scene)
         return {"input": str(path), "status": "ok", "output": str(target), **scalar_metrics(output)}
     except Cancelled:

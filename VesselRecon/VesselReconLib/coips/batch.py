@@ -29,7 +29,7 @@ from ..enface_io import (UNKNOWN_FOV, fov_from_path, list_images, missing_fov_me
 from .faz import FAZ_METRIC_UNITS
 from .postprocess import faz_centre, finish_chunk, finish_image, probability_columns, unpack_mask
 from .reports import summarise, write_csv, write_html
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, file_reason, nothing_written
 from ..progress import Cancelled, as_reporter
 
 log = logging.getLogger(__name__)
@@ -56,28 +56,51 @@ class FolderDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        from .faz import unsuitable_reason
-
         faz_size = self.faz_spec.input_size
         item = {"index": index, "error": "", "unsuitable": "", "fov": math.nan, "fov_source": "",
                 "height": self.size, "width": self.size, "box": torch.zeros(3, dtype=torch.int64),
                 "image": torch.zeros(self.size, self.size, dtype=torch.uint8),
                 "faz": torch.zeros(faz_size, faz_size, dtype=torch.uint8)}
-        try:
-            image = read_image(self.paths[index], self.fields_of_view[index])
-        except Exception as exc:  # noqa: BLE001 - one bad file must not abort the batch
-            message = str(exc) if isinstance(exc, InputError) else f"{self.paths[index].name}: {exc.__class__.__name__}: {exc}"
-            return {**item, "error": message}
+        image, error, unsuitable = screen_image(self.paths[index], self.fields_of_view[index])
+        if error:
+            return {**item, "error": error}
         height, width = image.pixels.shape
         item.update(fov=image.field_of_view_mm, fov_source=image.fov_source, height=height, width=width,
-                    unsuitable=unsuitable_reason(height, width, image.field_of_view_mm))
-        if item["unsuitable"]:
+                    unsuitable=unsuitable)
+        if unsuitable:
             return item
         pixels = to_uint8(image.pixels)     # once for both windows (as the single-image path's faz_window)
         top, left, side = box = window_box(height, width, image.field_of_view_mm, self.faz_spec.window_mm)
         return {**item, "image": torch.from_numpy(to_work_image(pixels, self.size)),
                 "faz": torch.from_numpy(to_work_image(pixels[top:top + side, left:left + side], faz_size)),
                 "box": torch.tensor(box, dtype=torch.int64)}
+
+
+def screen_image(path: Path, field_of_view_mm: float | None):
+    """``(image, error, unsuitable)``: the decoded image, or why it cannot be read (``error``), and why COIPS does not
+    grade it (:func:`.faz.unsuitable_reason`: non-square, wide-field); empty strings for a usable image."""
+    from .faz import unsuitable_reason
+
+    try:
+        image = read_image(path, field_of_view_mm)
+    except Exception as exc:  # noqa: BLE001 - one bad file must not abort the batch
+        return None, str(exc) if isinstance(exc, InputError) else f"{path.name}: {exc.__class__.__name__}: {exc}", ""
+    return image, "", unsuitable_reason(*image.pixels.shape, image.field_of_view_mm)
+
+
+def check_any_usable(paths: list[Path], fields_of_view: list, names: list[str]) -> None:
+    """Refuse a batch in which no image can be graded (each unreadable or unsuitable) before anything is written;
+    images are decoded until the first usable one, usually the first.
+
+    :raises InputError: every image's reason (:func:`~VesselReconLib.errors.nothing_written`).
+    """
+    reasons = []
+    for path, fov, name in zip(paths, fields_of_view, names):
+        _, error, unsuitable = screen_image(path, fov)
+        if not (error or unsuitable):
+            return
+        reasons.append(file_reason(name, error or unsuitable))
+    raise nothing_written(reasons, len(paths), "images")
 
 
 @dataclass
@@ -424,7 +447,8 @@ def run_batch(config: CoipsConfig, quality_net=None, faz_net=None, progress=None
 
     :param config: the run's configuration (input and output are required).
     :param quality_net: a loaded classifier (default: ``config.quality_model``); likewise ``faz_net``.
-    :raises InputError: no input, no images, or an output folder that cannot be written.
+    :raises InputError: no input, no images, no image that can be graded (nothing is written), or an output folder
+        that cannot be written.
     :raises Cancelled: when ``cancel()`` turns true (finished rows are not written).
 
     The previous run's reports (:data:`REPORT_NAMES`) are removed before the first PNG is rewritten:
@@ -444,9 +468,11 @@ def run_batch(config: CoipsConfig, quality_net=None, faz_net=None, progress=None
     if not paths:
         raise InputError(f"No PNG/JPEG/BMP/TIFF/DICOM images in {root}.")
     fields_of_view = study_fields_of_view(config, paths, root)
-    from ..atomic import output_folder
+    from ..atomic import check_output_folder, output_folder
 
-    output_folder(out)  # InputError when it is a file or not writable
+    check_output_folder(out)  # InputError when it is a file or not writable
+    check_any_usable(paths, fields_of_view, _output_names(paths, root)[1])
+    output_folder(out)
     device = resolve_device(config.device)
     if quality_net is None or faz_net is None:
         quality_net, faz_net = load_networks(config, device)

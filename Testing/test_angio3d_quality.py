@@ -534,3 +534,43 @@ def test_densitometry_reads_a_subresolution_throat_by_its_area():
             assert low.sum() >= 2 and np.array_equal(hybrid[~low], near_floor[~low])
             np.testing.assert_array_equal(hybrid[low], np.minimum(near_floor[low], dens[low]))
             assert hybrid[throat] == pytest.approx(dens[throat]) and dens[throat] < near_floor[throat]
+
+
+def test_two_view_fusion_aligns_the_other_view_and_learns_to_read_across_views():
+    """Round 11: the fusion's inputs are this view's strip and the other view's, resampled onto this view's
+    samples through the epipolar match (``a_index``), and their relative stretch; with a zero head it returns the
+    view's own strip reading; its differentiable QCA (the training loss) is the shipped per-view QCA; trained on
+    cases where view A's strip reading over-reads by 25 % and view B's is right, it reads A from both views."""
+    import torch
+    from scipy import ndimage
+
+    from VesselReconLib.angio3d.centerline import vessel_profiles
+    from VesselReconLib.angio3d.fusion import (N_FUSION, N_VIEW, READ, TwoViewFusion, b_on_a, case_qca_errors, fit,
+                                               fusion_inputs, profile_qca, qca_terms)
+    from VesselReconLib.angio3d.lumen import REACH_PX
+    from VesselReconLib.angio3d.pipeline import quantitative_coronary_analysis
+
+    assert np.allclose(b_on_a(2.0 * np.arange(50), 99), np.arange(99) / 2)
+    image, points, truth = synthetic_lesion(80.0, noise=0.5)
+    profiles = vessel_profiles(image, points, REACH_PX)[1]
+    n = len(points)
+    view = {"pixels": points, "points": np.c_[points[:, 0] * 0.2, np.zeros((n, 2))], "a_index": np.arange(n, dtype=float),
+            "mm_per_px": np.full(n, 0.2), "floored": np.zeros(n, bool), "profiles": profiles,
+            "off_px": np.zeros(n), "radii": truth * 0.2, "true_radii_px": truth}
+    views, reads = [view, dict(view)], [truth * 1.25, truth]
+    x = fusion_inputs(views, reads, 0)
+    assert x.shape == (N_FUSION, n) and np.allclose(x[-1], 0.0)                 # same sampling: no stretch
+    assert np.allclose(x[READ], np.log(truth * 1.25 * 0.2), atol=1e-5) and np.allclose(x[N_VIEW + READ], np.log(truth * 0.2), atol=1e-5)
+    untrained = TwoViewFusion(width=8)
+    torch.nn.init.zeros_(untrained.members[0].head.weight)
+    torch.nn.init.zeros_(untrained.members[0].head.bias)
+    assert np.allclose(untrained.radii(views, reads)[0], truth * 1.25 * 0.2, rtol=1e-5)
+    smooth = ndimage.median_filter(truth * 1.25, 3, mode="nearest")
+    shipped = quantitative_coronary_analysis(points, smooth, valid=np.ones(n, bool))["percent_diameter_stenosis"]
+    terms = torch.from_numpy(qca_terms(view, 80.0)[None].astype(np.float32))
+    assert float(profile_qca(torch.log(torch.tensor(truth * 1.25, dtype=torch.float32))[None], terms)[0]) == pytest.approx(shipped, abs=1e-3)
+    case = {"seed": 0, "truth": 80.0, "views": views}
+    torch.manual_seed(0)
+    model = fit([case] * 8, [reads] * 8, width=8, epochs=30, batch=4, qca_weight=1.0, log=lambda *_: None)
+    assert np.median(model.radii(views, reads)[0] / (truth * 0.2)) == pytest.approx(1.0, abs=0.1)
+    assert abs(case_qca_errors([case], model, [reads])[0]) < 8

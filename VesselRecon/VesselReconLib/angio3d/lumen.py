@@ -170,11 +170,17 @@ def fit(cases: list[dict], hidden: int = 64, epochs: int = 30, seed: int = 0, lo
     return model.eval()
 
 
+def weighted_smooth_l1(prediction: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 (β 0.1) of ``prediction`` against ``y``, weighted by ``w``."""
+    return (nn.functional.smooth_l1_loss(prediction, y, beta=0.1, reduction="none") * w).sum() / w.sum()
+
+
 def fit_weighted(module: nn.Module, predict, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, epochs: int,
-                 on_epoch=lambda epoch, loss: None, batch: int = 512, augment=None) -> float:
-    """Train ``module``'s parameters so that ``predict(x)`` fits ``y``: weighted smooth-L1 (β 0.1), AdamW
-    (2e-3, weight decay 1e-4), one-cycle to 3e-3, shuffled batches (each ``augment(x, y, w)`` when given);
-    returns the last epoch's mean loss (``on_epoch(epoch, loss)`` after each)."""
+                 on_epoch=lambda epoch, loss: None, batch: int = 512, augment=None, criterion=None) -> float:
+    """Train ``module``'s parameters so that ``predict(x)`` fits ``y``: weighted smooth-L1 (β 0.1; or
+    ``criterion(prediction, y, w)`` when given), AdamW (2e-3, weight decay 1e-4), one-cycle to 3e-3, shuffled
+    batches (each ``augment(x, y, w)`` when given); returns the last epoch's mean loss (``on_epoch(epoch, loss)``
+    after each)."""
     optimiser = torch.optim.AdamW(module.parameters(), 2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 3e-3, total_steps=epochs * ((len(x) + batch - 1) // batch))
     total = 0.0
@@ -185,7 +191,7 @@ def fit_weighted(module: nn.Module, predict, x: torch.Tensor, y: torch.Tensor, w
             xb, yb, wb = x[b], y[b], w[b]
             if augment is not None:
                 xb, yb, wb = augment(xb, yb, wb)
-            loss = (nn.functional.smooth_l1_loss(predict(xb), yb, beta=0.1, reduction="none") * wb).sum() / wb.sum()
+            loss = (weighted_smooth_l1 if criterion is None else criterion)(predict(xb), yb, wb)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -203,7 +203,8 @@ class Angio3DNet(nn.Module):
 def build_model(preset: str = "lite", **config):
     """The registry hook: an untrained :class:`Angio3DNet` for ``preset`` (``lite`` or ``paper``), or the
     QCA lumen-radius regressor for ``lumen`` (:class:`~.lumen.LumenRegressor`), its throat refiner for
-    ``throat`` (:class:`~.throat.ThroatRefiner`) or the strip reader for ``strip`` (:class:`~.strip.StripReader`)."""
+    ``throat`` (:class:`~.throat.ThroatRefiner`) or the strip reader for ``strip`` (:class:`~.strip.StripReader`) or
+    its two-view fusion for ``fusion`` (:class:`~.fusion.TwoViewFusion`)."""
     if preset == "lumen":
         from .lumen import LumenRegressor
 
@@ -216,4 +217,8 @@ def build_model(preset: str = "lite", **config):
         from .strip import StripReader
 
         return StripReader(**config)
+    if preset == "fusion":
+        from .fusion import TwoViewFusion
+
+        return TwoViewFusion(**config)
     return Angio3DNet(preset, **config)

@@ -57,11 +57,11 @@ class _Block(nn.Module):
 
 
 class _StripNet(nn.Module):
-    """Standardised inputs (B, N_CHANNELS, N) -> correction of the log radius at each sample (B, N)."""
+    """Standardised inputs (B, channels, N) -> correction of the log radius at each sample (B, N)."""
 
-    def __init__(self, width: int, dilations: tuple = (1, 2, 4, 8)):
+    def __init__(self, width: int, dilations: tuple = (1, 2, 4, 8), channels: int = N_CHANNELS):
         super().__init__()
-        self.stem = nn.Conv1d(N_CHANNELS, width, 3, padding=1, padding_mode="replicate")
+        self.stem = nn.Conv1d(channels, width, 3, padding=1, padding_mode="replicate")
         self.blocks = nn.Sequential(*(_Block(width, d) for d in dilations))
         self.head = nn.Conv1d(width, 1, 1)
 

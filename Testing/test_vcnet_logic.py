@@ -122,12 +122,14 @@ def test_dark_vessels_with_brain_mask(scene):
 
 
 @pytest.mark.parametrize("case", ["missing", "single_slice", "constant", "nan", "mask_shape", "mask_grid", "mask_is_scan",
-                                  "checkpoint", "overlap", "label_as_scan", "empty_reference", "spacing_50mm"])
+                                  "checkpoint", "overlap", "label_as_scan", "empty_reference", "spacing_50mm",
+                                  "tiny"])
 def test_bad_input_leaves_scene_untouched(scene, phantom, tmp_path, case):
     matrix = np.diag([*phantom.spacing, 1.0])
     image = phantom.image.copy()
     kwargs = {"device": "cpu"}
-    words = {"label_as_scan": "two values", "empty_reference": "empty", "spacing_50mm": "spacing"}.get(case, "")
+    words = {"label_as_scan": "two values", "empty_reference": "empty", "spacing_50mm": "spacing",
+             "tiny": "4 x 4 x 6.4 mm .* at least 8 mm in-plane"}.get(case, "")
     if case == "single_slice":
         image = image[:1]
     elif case == "constant":
@@ -138,6 +140,8 @@ def test_bad_input_leaves_scene_untouched(scene, phantom, tmp_path, case):
         image = phantom.label.astype(np.uint8)
     elif case == "spacing_50mm":    # a header in cm read as mm, x 500: the model grid would need 10^10 voxels
         matrix = np.diag([50.0, 50.0, 50.0, 1.0])
+    elif case == "tiny":   # 8 x 8 x 8 voxels ran without a word and gave a meaningless segmentation
+        image = np.ascontiguousarray(image[:8, 28:36, 36:44])
     volume = mrml.array_to_volume(image, matrix, "input", scene=scene) if case != "missing" else None
     if case == "mask_shape":
         kwargs["maskVolume"] = mrml.array_to_volume(np.ones((4, 8, 8), np.uint8), matrix, "mask", scene=scene,
@@ -363,6 +367,25 @@ def test_warnings_for_no_mask_and_an_implausible_slice_axis(phantom):
     assert "slice axis" in check_slice_axis((200, 60, 200), (0.85, 0.53, 0.53))  # I the coarse axis
     assert check_slice_axis((60, 200, 200), (0.4, 0.5, 0.8)) is None  # rectangular in-plane pixels
     assert "slice axis" in check_slice_axis((400, 60, 60), (0.5, 0.5, 0.5))  # a long thin K
+    small = segment(phantom.image[:10, :40, :40], phantom.spacing, net, phantom.brain_mask[:10, :40, :40], device="cpu")
+    assert len(small.info["warnings"]) == 1 and "20 x 20 x 8 mm (40 x 40 x 10 voxels)" in small.info["warnings"][0]
+    assert "larger crop" in small.info["warnings"][0]
+
+
+def test_a_volume_too_small_in_plane_for_the_network_is_refused_on_its_grid():
+    """8 x 8 x 8 voxels at the model's spacing ran without a word; the size counts in mm on the model's grid, so a
+    coarse scan needs fewer voxels and a fine one more."""
+    from VesselReconLib.errors import InputError
+    from VesselReconLib.vcnet.inference import check_extent
+
+    model = (0.5, 0.5, 0.8)
+    with pytest.raises(InputError, match=r"4 x 4 x 6.4 mm \(8 x 8 x 8 voxels\): VC-Net needs at least 8 mm in-plane"):
+        check_extent((8, 8, 8), model, model)
+    with pytest.raises(InputError, match="larger crop or the whole scan"):
+        check_extent((40, 200, 20), (0.3, 0.3, 0.3), model)   # 6 mm wide
+    assert check_extent((8, 8, 8), (1.0, 1.0, 1.0), model) is not None   # 8 mm: run, with a warning
+    assert check_extent((12, 64, 64), model, model) is None
+    assert check_extent((11, 64, 64), model, model) is not None and check_extent((12, 63, 64), model, model) is not None
 
 
 def test_last_window_batch_is_padded_and_mips_come_from_the_main_pass():

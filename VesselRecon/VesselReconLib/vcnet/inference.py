@@ -5,7 +5,8 @@ trained at, and the probability back to the input grid, so that vessels have the
 the weights expect. An input finer than the trained spacings (say 0.3 mm) also runs on a second grid,
 0.6x the model spacing but never finer than the input, where its thin vessels have a trained calibre
 in voxels; the two probabilities are joined by their voxel-wise maximum. A volume thinner than a patch is padded by reflection along the slice axis
-(and in-plane) rather than refused. It is cut into patches of the model's size (K3 x K1 x K2,
+(and in-plane) rather than refused; one narrower than 16 model voxels in-plane is refused, and one narrower than
+a patch or thinner than 12 slices is run with a warning (:func:`check_extent`). It is cut into patches of the model's size (K3 x K1 x K2,
 slices first): non-overlapping as in the paper (``overlap=0``), or overlapping with Gaussian
 blending (``overlap>0``), as MONAI's ``sliding_window_inference`` (its window scan and importance map);
 only windows with a voxel in the searched region are run, in full batches (the last, incomplete one is
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import device as devices
-from ..errors import check_voxel_budget
+from ..errors import InputError, check_voxel_budget
 from ..progress import as_reporter
 from . import mip
 from .data import HEAD_MARGIN_MM, intracranial_region, normalize, tissue_level
@@ -283,6 +284,33 @@ def check_slice_axis(shape, spacing) -> str | None:
     return None
 
 
+# How small a volume VC-Net segments, on its model grid (round 11, notes/r11/leftovers-vcnet-small-rule.md: a centred
+# crop of two MRA phantoms run alone against the same region of the run on a 32 x 96 x 96 crop). Narrower than 16
+# voxels in-plane it agreed on neither phantom (Dice 0.75, none); narrower than the 64-voxel patch, or thinner than 12
+# slices, on one only (Dice 0.86-0.95 on seed 2024, 0.00-0.79 on seed 2025).
+MIN_INPLANE_VOXELS, RELIABLE_INPLANE_VOXELS, RELIABLE_SLICES = 16, 64, 12
+
+
+def check_extent(shape, spacing, model_spacing) -> str | None:
+    """Refuse a volume too small in-plane for VC-Net; a warning for one below its reliable size; else None. Sizes
+    count voxels of the model's grid (``model_spacing``, x y z), where the volume runs.
+
+    :raises InputError: narrower in-plane than :data:`MIN_INPLANE_VOXELS` model voxels, naming the size needed.
+    """
+    (k, j, i), (sx, sy, sz), (mx, my, mz) = shape, spacing, model_spacing
+    size = f"{i * sx:g} x {j * sy:g} x {k * sz:g} mm ({i} x {j} x {k} voxels)"
+    inplane = min(i * sx / mx, j * sy / my)
+    if inplane < MIN_INPLANE_VOXELS:
+        raise InputError(f"The volume is {size}: VC-Net needs at least {MIN_INPLANE_VOXELS * max(mx, my):g} mm "
+                         f"in-plane ({MIN_INPLANE_VOXELS} voxels of its {mx:g} x {my:g} mm grid); on a smaller crop its "
+                         "result is meaningless. Give a larger crop or the whole scan.")
+    if inplane < RELIABLE_INPLANE_VOXELS or k * sz / mz < RELIABLE_SLICES:
+        return (f"The volume is only {size}: below {RELIABLE_INPLANE_VOXELS * mx:g} x {RELIABLE_INPLANE_VOXELS * my:g} "
+                f"mm in-plane (the network's patch) or {RELIABLE_SLICES * mz:g} mm through the slab, VC-Net's result can "
+                "differ from a run on a larger crop: give a larger crop or the whole scan for a reliable result.")
+    return None
+
+
 def trained_spacing(spacing, model_spacing, tolerance: float = SPACING_TOLERANCE) -> tuple:
     """The nearest ``(sx, sy, sz)`` the model was trained at: each axis clipped to ``model_spacing``
     +- ``tolerance`` (the training phantoms' spacing jitter). A 0.3 mm input goes to 0.45 x 0.45 x
@@ -475,14 +503,15 @@ def segment(volume: np.ndarray, spacing, model, mask: np.ndarray | None = None, 
     reporter = as_reporter(progress, cancel)
     torch_device = devices.resolve_device(device)
     start = time.perf_counter()
-    warnings = [w for w in (None if mask is not None else NO_MASK_WARNING, check_slice_axis(volume.shape, spacing)) if w]
+    model_spacing = tuple(getattr(model, "spacing", spacing))
+    warnings = [w for w in (None if mask is not None else NO_MASK_WARNING, check_slice_axis(volume.shape, spacing),
+                            check_extent(volume.shape, spacing, model_spacing)) if w]
     for warning in warnings:
         log.warning(warning)
     reporter(0.0, "normalising intensities")
     region = np.asarray(mask) > 0 if mask is not None else None
     level = tissue_level(volume, region if region is not None and region.any() else None)
     normalized = normalize(volume, mask, dark, level)
-    model_spacing = tuple(getattr(model, "spacing", spacing))
     grid = model_grid(volume.shape, spacing, model_spacing) if resample_to_model else None
     second = fine_grid(volume.shape, spacing, model_spacing) if resample_to_model else None
     for shape in (grid, second):

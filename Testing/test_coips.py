@@ -318,3 +318,19 @@ def test_optimisers_follow_the_paper():
     assert isinstance(optimiser, torch.optim.SGD) and group["nesterov"] and group["momentum"] == 0.99
     assert group["lr"] == 0.01 and isinstance(scheduler, torch.optim.lr_scheduler.PolynomialLR)
     assert scheduler.power == 0.9
+
+
+def test_an_oversized_image_is_refused_in_plain_words_without_pils_warning(tmp_path, monkeypatch):
+    """A 12000 x 12000 px scan in a COIPS study printed PIL's 'DecompressionBombWarning ... could be decompression
+    bomb DOS attack' and a source line before the refusal; the refusal alone is said now (PIL's limit made small)."""
+    import warnings
+
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64)
+    Image.new("L", (80, 80), 128).save(tmp_path / "scan_3x3.png")   # between PIL's warning and its error sizes
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match="claims 80 x 80 pixels"):
+            io.read_raster(tmp_path / "scan_3x3.png")
+    assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]

@@ -189,10 +189,15 @@ def _tiff_fov(image, width: int) -> float | None:
 
 def read_raster(path: str | Path) -> tuple[np.ndarray, float | None]:
     """Pixels (grayscale) and TIFF-resolution field of view of a PNG/JPEG/BMP/TIFF file."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():   # PIL's own bomb warning: the size is refused in plain words below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             if image.width * image.height > (Image.MAX_IMAGE_PIXELS or 1 << 62):  # a decompression bomb
                 raise InputError(f"{Path(path).name} claims {image.width} x {image.height} pixels, far more than "
                                  "an en face OCTA image: it is corrupt or not an OCTA scan; skipped.")

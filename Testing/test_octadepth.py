@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from VesselReconLib import metrics, mrml, registry
+from VesselReconLib import meshes, metrics, mrml, registry
 from VesselReconLib.errors import CheckpointError, InputError
 from VesselReconLib.octadepth import data, losses, network, pipeline, reconstruction
 from VesselReconLib.octadepth.logic import NAMES, OCTADepthLogic
@@ -363,6 +363,7 @@ def test_tube_mesh_carries_depth_and_sits_on_the_image_geometry():
     net = reconstruction.reconstruct(mask, depth, 0.01)
     ijk_to_ras = mrml.ijk_to_ras_matrix((0.01, 0.01, 0.01), (5.0, -3.0, 2.0), np.diag([-1.0, -1.0, 1.0]))
     tubes = reconstruction.tube_mesh(net, ijk_to_ras)
+    assert meshes.is_watertight(tubes)    # every capped tube closed: its caps share its end rings' points
     depth_range = tubes.GetPointData().GetArray("depth").GetRange()
     assert depth_range == pytest.approx((0.05, 0.2), abs=1e-4)
     bounds = np.array(tubes.GetBounds())

@@ -54,13 +54,12 @@ def add_point_array(polydata: vtkPolyData, name: str, values: np.ndarray, active
 
 
 def tube(points: np.ndarray, radii: np.ndarray | float, sides: int = 16, capping: bool = True,
-         point_arrays: dict[str, np.ndarray] | None = None, offsets: np.ndarray | None = None,
-         clean: bool = True) -> vtkPolyData:
+         point_arrays: dict[str, np.ndarray] | None = None, offsets: np.ndarray | None = None) -> vtkPolyData:
     """Sweep tubes of per-point radius (mm) along polylines with one ``vtkTubeFilter``.
 
     ``offsets`` (VTK cell offsets ``[0, ..., len(points)]``) split ``points`` into polylines, one when omitted;
-    ``point_arrays`` (for example ``{"depth": ...}``) are carried onto the tube surface. ``clean`` merges
-    coincident points (each cap's rim with its end ring), which makes a single tube watertight.
+    ``point_arrays`` (for example ``{"depth": ...}``) are carried onto the tube surface. Coincident points
+    (each cap's rim and its end ring) are merged, so every capped tube is watertight.
     """
     points = np.asarray(points, float)
     radii = np.broadcast_to(np.asarray(radii, float), (len(points),))
@@ -74,10 +73,8 @@ def tube(points: np.ndarray, radii: np.ndarray | float, sides: int = 16, capping
     tube_filter.SetNumberOfSides(sides)
     tube_filter.SetVaryRadiusToVaryRadiusByAbsoluteScalar()
     tube_filter.SetCapping(capping)
-    output = tube_filter
-    if clean:
-        output = fcore.vtkCleanPolyData()
-        output.SetInputConnection(tube_filter.GetOutputPort())
+    output = fcore.vtkCleanPolyData()
+    output.SetInputConnection(tube_filter.GetOutputPort())
     output.Update()
     return triangulate(output.GetOutput())
 

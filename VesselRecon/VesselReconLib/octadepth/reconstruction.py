@@ -425,8 +425,8 @@ def image_frame_matrix(spacing: tuple[float, float]) -> np.ndarray:
 
 
 def tube_mesh(network: VesselNetwork3D, ijk_to_ras: np.ndarray | None = None, sides: int = 10):
-    """One ``vtkTubeFilter`` sweep over all polylines (:func:`meshes.tube`, uncleaned: the caps keep their own
-    points, as OCTADepth's tubes always had); point arrays ``radius`` and ``depth`` (mm).
+    """Closed tubes, one ``vtkTubeFilter`` sweep over all polylines (:func:`meshes.tube`); point arrays
+    ``radius`` and ``depth`` (mm).
 
     :param ijk_to_ras: places the tubes in a scene (see :func:`to_ras`); image frame when omitted.
     """
@@ -434,7 +434,7 @@ def tube_mesh(network: VesselNetwork3D, ijk_to_ras: np.ndarray | None = None, si
 
     points = network.points if ijk_to_ras is None else to_ras(network.points, ijk_to_ras)
     return meshes.tube(points, network.radii, sides=sides, point_arrays={"depth": network.depth_mm},
-                       offsets=network.offsets, clean=False)
+                       offsets=network.offsets)
 
 
 def depth_band_rows(network: VesselNetwork3D, bands: int = 4) -> list[dict]:

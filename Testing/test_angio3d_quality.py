@@ -574,3 +574,27 @@ def test_two_view_fusion_aligns_the_other_view_and_learns_to_read_across_views()
     model = fit([case] * 8, [reads] * 8, width=8, epochs=30, batch=4, qca_weight=1.0, log=lambda *_: None)
     assert np.median(model.radii(views, reads)[0] / (truth * 0.2)) == pytest.approx(1.0, abs=0.1)
     assert abs(case_qca_errors([case], model, [reads])[0]) < 8
+
+
+def test_pipeline_fuses_the_main_branch_qca_with_the_shipped_two_view_fusion():
+    """Round 11: the shipped ``angio3d-fusion`` (registry, sha256 checked) reads each view's main-branch QCA radii
+    from both views inside the pipeline, and the QCA says so (``radius_fusion``); its reading equals the fusion
+    applied to the strip reader's own-view samples; a side branch keeps its own-view reading."""
+    from VesselReconLib import registry
+    from VesselReconLib.angio3d import fusion
+    from VesselReconLib.angio3d.pipeline import reconstruct
+    from VesselReconLib.phantoms.xray import make_case
+
+    model, metadata = registry.load_model("angio3d", "angio3d-fusion", "cpu")
+    assert isinstance(model, fusion.TwoViewFusion) and metadata["config"] == {"width": 48, "members": 2}
+    assert fusion.shipped_fusion() is not None
+    case = make_case(7001)
+    net = registry.load_model("angio3d", "angio3d-lite", "cpu")[0]
+    result = reconstruct([v["image"].astype(np.float32) for v in case["views"]], case["geometries"],
+                         [np.array(p) for p in case["soi_points"]], net=net, refine=False, stitch=False)
+    assert result.qca["radius_fusion"] == fusion.FUSION_NAME
+    own = result.branches[0].views["qca_samples"]["own"]
+    assert all(view["strip_inputs"].shape == (fusion.N_CHANNELS, len(view["radii"])) for view in own)
+    fused = fusion.fused_qca(own, model.radii(own, [view["radii"] / view["mm_per_px"] for view in own]))
+    assert result.qca["percent_diameter_stenosis"] == pytest.approx(fused["percent_diameter_stenosis"], abs=1e-6)
+    assert [b.qca["radius_fusion"] for b in result.branches[1:]] == [fusion.OWN_VIEW_NAME] * (len(result.branches) - 1)

@@ -26,6 +26,7 @@ class Centerline2D:
     floored: np.ndarray | None = None      # (N,) radius at the 0.5 px floor (no lumen found there)
     overlap: np.ndarray | None = None      # (N,) densitometry says another vessel overlaps the SOI here
     qca_radii_px: np.ndarray | None = None  # (N,) radii from the angiogram's edge profiles (QCA)
+    qca_inputs: np.ndarray | None = None    # (C, N) the strip reader's inputs (QCA two-view fusion), if it read them
 
     def __post_init__(self):
         if self.qca_radii_px is None:
@@ -342,12 +343,16 @@ def measure_centerline(probability: np.ndarray, points: np.ndarray, geometry, th
                        image: np.ndarray | None = None, lumen=None) -> Centerline2D:
     """The radii part of :func:`extract_centerline` along given ``points``."""
     radii = lumen_radii_px(probability > threshold, points)
-    overlap, qca_radii = None, None
+    overlap, qca_radii, inputs = None, None, None
     if image is not None:
         overlap = overlap_flags(image, points, radii)
         wide = None if lumen is None else vessel_profiles(image, points, lumen.REACH_PX)    # sampled once for both
         qca_radii = profile_radii_px(image, points, radii, wide=wide)[0]
+        if hasattr(lumen, "read"):
+            qca_radii, inputs = lumen.read(image, points, qca_radii, radii, profiles=wide[1])
+        elif lumen is not None:
+            qca_radii = lumen.radii(image, points, qca_radii, radii, profiles=wide[1])
         if lumen is not None:
-            qca_radii = np.maximum(lumen.radii(image, points, qca_radii, radii, profiles=wide[1]), RADIUS_FLOOR_PX)
+            qca_radii = np.maximum(qca_radii, RADIUS_FLOOR_PX)
     return Centerline2D(points, radii, radii * geometry.isocentre_mm_per_pixel(), overlap=overlap,
-                        qca_radii_px=qca_radii)
+                        qca_radii_px=qca_radii, qca_inputs=inputs)

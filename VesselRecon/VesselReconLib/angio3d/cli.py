@@ -57,7 +57,8 @@ def add_arguments(parser) -> None:
                              "own path and reports the view that shows the tighter lesion")
     parser.add_argument("--qca-radius", default="regressor", choices=("regressor", "profile"),
                         help="QCA radii from the shipped lumen regressor refined by the strip reader over each "
-                             "view's whole strip (default, both trained on phantoms) or the "
+                             "view's whole strip, then (main branch) read from both views by the two-view fusion "
+                             "(default, all trained on phantoms; qca.json's radius_fusion names the reading) or the "
                              "model fit of the lumen's projection (profile)")
 
 

@@ -208,8 +208,9 @@ class Angio3DLogic(VesselReconLogic):
         :param refine: run surface refinement; ``calibrate``: LM refinement of view B's geometry.
         :param radiusFusion: mesh radii from the two views: "lesion" (mean, but the clean view where the other
             is overlapped or floored), "mean" (paper) or "min". The QCA measures each view along its own
-            path (radii read by the shipped lumen regressor and strip reader) and reports the view that
-            shows the tighter lesion, naming it (``radius_view``).
+            path (radii read by the shipped lumen regressor and strip reader, then, on the main branch, from
+            both views by the two-view fusion) and reports the view that shows the tighter lesion, naming it
+            (``radius_view``) and the reading (``radius_fusion``).
         :param qcaRadius: QCA radii from the shipped lumen "regressor" refined by the strip reader (default) or
             the "profile" model fit (for angiograms whose imaging chain differs much from the training phantoms').
         :param background: optional ``fn -> fn()`` runner for the MRML-free computation (GUI thread safety).
@@ -291,7 +292,8 @@ class Angio3DLogic(VesselReconLogic):
     @staticmethod
     def qca_rows(result) -> list[dict]:
         """QCA per branch (main first): length, MLD, reference diameter, % diameter stenosis, the view whose
-        radii gave the MLD (``radius_view``: "A", "B", "A+B" when both agree, "fused" when the pipeline gave none), whether another vessel covers a stretch of it in
+        radii gave the MLD (``radius_view``: "A", "B", "A+B" when both agree, "fused" when the pipeline gave none), how
+        each view's radii were read (``radius_fusion``: the two-view fusion or the view's own strip), whether another vessel covers a stretch of it in
         both views (``unreliable``) and the warnings ("" when none)."""
         from .pipeline import quantitative_coronary_analysis
 
@@ -304,6 +306,7 @@ class Angio3DLogic(VesselReconLogic):
                          "percent_diameter_stenosis": round(qca["percent_diameter_stenosis"], 2),
                          "mld_position_mm": round(qca["mld_position_mm"], 3),
                          "radius_view": qca.get("radius_view", "fused"),
+                         "radius_fusion": qca.get("radius_fusion", "sample by sample"),
                          "unreliable": bool(qca.get("unreliable", False)),
                          "warnings": "; ".join(qca.get("warnings", []))})
         return rows

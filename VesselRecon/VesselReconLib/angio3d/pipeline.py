@@ -188,10 +188,18 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
     lumen (floored) the other is used. ``radius_view`` says which view gave the MLD: "A", "B" or "A+B"
     (within 5 %). The per-view QCAs are kept in ``percent_diameter_stenosis_views``. A side branch's
     first 15 % lie in the parent vessel's shadow: they are left out of its reference.
+
+    With the own-view samples (the pipeline's path), each view's radii of the main branch are first read from
+    both views by the shipped two-view fusion when it is installed (:func:`~.fusion.fuse_samples`), and
+    ``radius_fusion`` names the reading used.
     """
     if "own" in views.get("qca_samples", {}):
-        return flag_hidden_stretch(own_view_qca(views["qca_samples"], side_branch), views["qca_samples"]["points"],
-                                   views.get("overlap"))
+        from .fusion import OWN_VIEW_NAME, fuse_samples
+
+        samples, fusion = (views["qca_samples"], OWN_VIEW_NAME) if side_branch else fuse_samples(views["qca_samples"])
+        qca = own_view_qca(samples, side_branch)
+        qca["radius_fusion"] = fusion
+        return flag_hidden_stretch(qca, samples["points"], views.get("overlap"))
     floored, overlap = views["floored"].copy(), views["overlap"]
     radii = views.get("qca_radii", views["radii"])
     smooth = np.stack([ndimage.median_filter(radii[v], QCA_MEDIAN_SAMPLES, mode="nearest") for v in range(2)])
@@ -346,8 +354,9 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
         ``False`` measures the mesh's ring radii (the paper's mean radius).
     :param reroute: re-route both views' 2D paths jointly where they disagree (:func:`reroute_inconsistent`).
     :param qca_radius: QCA radii from ``"regressor"`` (the shipped :class:`~.lumen.LumenRegressor` reading
-        the profiles, refined by the shipped strip reader over each view's whole strip, :mod:`.strip`; the
-        model fit if neither is installed) or ``"profile"`` (the model fit alone).
+        the profiles, refined by the shipped strip reader over each view's whole strip, :mod:`.strip`, then on
+        the main branch read from both views by the shipped two-view fusion, :mod:`.fusion`; the model fit if
+        none is installed) or ``"profile"`` (the model fit alone).
     """
     if segmenter not in SEGMENTERS:
         raise InputError(f"segmenter must be one of {', '.join(SEGMENTERS)}, not {segmenter!r}.")

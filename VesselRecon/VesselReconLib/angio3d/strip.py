@@ -103,12 +103,19 @@ class StripLumen:
     def radii(self, image: np.ndarray, points: np.ndarray, fit_radii: np.ndarray, mask_radii: np.ndarray,
               profiles: np.ndarray | None = None) -> np.ndarray:
         """Lumen radius (px) at each centreline point of one view (as :meth:`~.lumen.LumenRegressor.radii`)."""
+        return self.read(image, points, fit_radii, mask_radii, profiles)[0]
+
+    def read(self, image: np.ndarray, points: np.ndarray, fit_radii: np.ndarray, mask_radii: np.ndarray,
+             profiles: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`radii` and the strip reader's inputs (:func:`strip_inputs`, kept for the two-view fusion)."""
         from .centerline import RADIUS_FLOOR_PX, vessel_profiles
 
         if profiles is None:
             _, profiles = vessel_profiles(image, points, REACH_PX)
         base = np.maximum(self.regressor.radii(image, points, fit_radii, mask_radii, profiles), RADIUS_FLOOR_PX)
-        return self.reader.radii(profiles, base, np.asarray(mask_radii) <= RADIUS_FLOOR_PX + 1e-6)
+        x = strip_inputs(profiles, base, np.asarray(mask_radii) <= RADIUS_FLOOR_PX + 1e-6)
+        with torch.no_grad():
+            return np.exp(self.reader(torch.from_numpy(x)[None])[0].numpy().astype(float)), x
 
 
 # ---------------------------------------------------------------------------------------------

@@ -268,4 +268,6 @@ def own_view_samples(points: np.ndarray, line_a, line_b, match: np.ndarray, geom
         mm = geometry.mm_per_pixel_at(where)
         out.append({"pixels": line.points, "points": where, "a_index": at, "radii": line.qca_radii_px * mm,
                     "mm_per_px": mm, "floored": np.asarray(line.floored, bool)})
+        if getattr(line, "qca_inputs", None) is not None:
+            out[-1]["strip_inputs"] = line.qca_inputs
     return out

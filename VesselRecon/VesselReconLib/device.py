@@ -185,6 +185,15 @@ def map_batches(fn: Callable[[T], object], items: list[T], device: torch.device,
         torch.set_num_threads(threads)
 
 
+def scan_windows(shape, roi, overlap: float) -> list[tuple[slice, ...]]:
+    """The sliding windows over ``shape`` (MONAI's ``dense_patch_slices`` with its scan interval
+    ``int(roi * (1 - overlap))``; the last window of an axis ends at the volume's end)."""
+    from monai.data.utils import dense_patch_slices
+
+    interval = [r if r >= n else max(int(r * (1 - overlap)), 1) for n, r in zip(shape, roi)]
+    return [tuple(w) for w in dense_patch_slices(tuple(shape), tuple(roi), interval)]
+
+
 def _free_cache(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -57,6 +57,18 @@ class Reporter:
         self.check()
         self._cancel = _never_cancel
 
+    def steps(self, total: int, message: str) -> Callable[[], None]:
+        """A callable that reports the next of ``total`` equal steps as ``"<message> k/total"`` (and checks
+        for cancel) each time it is called: the per-batch progress of a long network pass."""
+        done = 0
+
+        def step() -> None:
+            nonlocal done
+            done += 1
+            self(min(done / max(total, 1), 1.0), f"{message} {done}/{total}")
+
+        return step
+
     def sub(self, start: float, end: float) -> "Reporter":
         """A reporter for the sub-range ``[start, end]`` (fractions of this one)."""
         span = self.end - self.start

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..device import inference, mirrored_mean, resolve_device, run_with_fallback
+from ..device import inference, mirrored_mean, resolve_device, run_with_fallback, scan_windows
 from ..errors import InputError, check_image, squeeze_to_2d
 from ..progress import as_reporter
 from . import reconstruction
@@ -103,21 +103,16 @@ def predict(net: torch.nn.Module, image: np.ndarray, device: str | torch.device 
 
 def _window_batches(shape, batch: int) -> int:
     """How many calls of ``batch`` windows MONAI's sliding-window inferer makes on an image of ``shape``."""
-    from monai.data.utils import dense_patch_slices
-
-    interval = max(1, int(WINDOW * (1 - OVERLAP)))
-    return -(-len(dense_patch_slices(tuple(shape), (WINDOW, WINDOW), (interval, interval))) // batch)
+    return -(-len(scan_windows(tuple(shape), (WINDOW, WINDOW), OVERLAP)) // batch)
 
 
 def _reporting(model, calls: int, reporter):
     """``model`` that reports ``done/calls`` of the windows (and checks for cancel) after each call."""
-    done = 0
+    step = reporter.steps(calls, "predicting window batch")
 
     def call(x: torch.Tensor) -> torch.Tensor:
-        nonlocal done
         out = model(x)
-        done += 1
-        reporter(min(done / calls, 1.0), f"predicting window batch {done}/{calls}")
+        step()
         return out
 
     return call

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .. import device as devices
+from ..device import scan_windows
 from ..errors import InputError, check_voxel_budget
 from ..progress import as_reporter
 from . import mip
@@ -54,15 +55,6 @@ class SegmentationResult:
     mip_image: np.ndarray | None = None
     mip_labels: np.ndarray | None = None
     info: dict = field(default_factory=dict)
-
-
-def scan_windows(shape, roi, overlap: float) -> list[tuple[slice, slice, slice]]:
-    """The sliding windows over ``shape`` (MONAI's ``dense_patch_slices`` with its scan interval
-    ``int(roi * (1 - overlap))``; the last window of an axis ends at the volume's end)."""
-    from monai.data.utils import dense_patch_slices
-
-    interval = [r if r >= n else max(int(r * (1 - overlap)), 1) for n, r in zip(shape, roi)]
-    return [tuple(w) for w in dense_patch_slices(tuple(shape), tuple(roi), interval)]
 
 
 def predict_probability(model, volume: np.ndarray, device: torch.device, overlap: float = 0.0,

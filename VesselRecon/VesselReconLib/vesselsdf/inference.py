@@ -13,6 +13,7 @@ field -- not a binary mask -- lets the surface bridge the gaps between slices.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import meshes
-from ..device import inference, map_batches
+from ..device import inference, map_batches, scan_windows
 from ..progress import as_reporter
 
 from .preprocess import Canonical, canonicalise, normalise_with
@@ -91,10 +92,13 @@ def _pad_to(x: torch.Tensor, divisor: tuple[int, int]) -> tuple[torch.Tensor, tu
     return x, (k, j, i)
 
 
-def predict_tensor(model, image: torch.Tensor, spacing=None, window_voxels: int = WINDOW_VOXELS) -> torch.Tensor:
+def predict_tensor(model, image: torch.Tensor, spacing=None, window_voxels: int = WINDOW_VOXELS,
+                   progress=None) -> torch.Tensor:
     """``(1, 1, K, J, I)`` normalised image -> ``(1, 2, K, J, I)`` [occupancy, sdf] on its device.
 
     :param spacing: ``(Δx, Δy, Δz)`` mm (the refiner's occupancy distance needs it).
+    :param progress: a ``progress`` callable or :class:`..progress.Reporter`: in sliding windows each
+        window reports ``network window k/n`` and checks for cancel.
     """
     stacked = _Stacked(model, None if spacing is None else tuple(float(v) for v in spacing))
     divisor = model.divisor
@@ -106,36 +110,46 @@ def predict_tensor(model, image: torch.Tensor, spacing=None, window_voxels: int 
 
         side = 256 if padded.shape[-1] >= 256 else padded.shape[-1]
         roi = (padded.shape[2], side, side)
-        out = sliding_window_inference(padded, roi, WINDOW_BATCH, _window_runner(stacked, padded.device),
-                                       overlap=0.25, mode="gaussian")
+        step = as_reporter(progress).steps(len(scan_windows(padded.shape[2:], roi, OVERLAP)), "network window")
+        out = sliding_window_inference(padded, roi, WINDOW_BATCH, _window_runner(stacked, padded.device, step),
+                                       overlap=OVERLAP, mode="gaussian")
     return out[..., :k, :j, :i].float()
 
 
 WINDOW_BATCH = 4
 """Windows handed over at once by ``sliding_window_inference``; each still runs alone (batch 1)."""
+OVERLAP = 0.25
+"""Overlap of the sliding windows (Gaussian blending)."""
 
 
-def _window_runner(stacked, device: torch.device):
+def _window_runner(stacked, device: torch.device, step):
     """MONAI's predictor for a batch of windows: each window alone, in :func:`..device.map_batches`
     workers (2 cores: two one-thread workers), so the small operators of one window do not wait in
-    OpenMP barriers while another process holds a core; the same numbers as one window at a time."""
+    OpenMP barriers while another process holds a core; the same numbers as one window at a time.
+    ``step()`` is called (in this thread) as each window's answer arrives: progress and cancel."""
     def run(windows: torch.Tensor) -> torch.Tensor:
-        return torch.cat(list(map_batches(lambda window: stacked(window[None]), list(windows), device)))
+        outs = []
+        with contextlib.closing(map_batches(lambda window: stacked(window[None]), list(windows), device)) as answers:
+            for out in answers:  # closed on cancel: the workers' queued windows are dropped
+                outs.append(out)
+                step()
+        return torch.cat(outs)
     return run
 
 
 def predict(model, image01: np.ndarray, device: str | torch.device = "cpu", spacing=(0.7, 0.7, 5.0),
-            window_voxels: int = WINDOW_VOXELS) -> Prediction:
+            window_voxels: int = WINDOW_VOXELS, progress=None) -> Prediction:
     """Occupancy probability and SDF (mm) of a normalised KJI volume.
 
     :param model: a :class:`.network.VesselSDFNet` (any variant), in eval mode.
     :param image01: normalised CT ``[k, j, i]`` (:func:`.preprocess.normalise_ct`).
     :param spacing: ``(Δx, Δy, Δz)`` mm.
+    :param progress: reports each sliding window and checks for cancel (:func:`predict_tensor`).
     """
     device = torch.device(device)
     x = torch.from_numpy(np.ascontiguousarray(image01, dtype=np.float32))[None, None].to(device)
     with inference(device):
-        out = predict_tensor(model, x, spacing, window_voxels)[0].cpu().numpy()
+        out = predict_tensor(model, x, spacing, window_voxels, progress)[0].cpu().numpy()
     occ, sdf = out[0], out[1]
     return Prediction(occupancy=None if np.isnan(occ).all() else occ, sdf=None if np.isnan(sdf).all() else sdf)
 
@@ -421,7 +435,7 @@ def reconstruct(model, volume: np.ndarray, ijk_to_ras: np.ndarray, device: str |
     reporter(0.02, "liver ROI and normalisation")
     canonical = canonicalise(volume, ijk_to_ras, roi_mask)
     reporter(0.15, "network")
-    prediction = predict_in_roi(model, canonical, device, spacing)
+    prediction = predict_in_roi(model, canonical, device, spacing, progress=reporter.sub(0.15, 0.6))
     reporter(0.6, "interpolating the SDF through the slice gaps")
     factor = through_plane_factor(spacing, factor)
     fine, fine_matrix = refine_in_box(prediction.surface_field(), ijk_to_ras, roi_box(canonical.roi, volume.shape),
@@ -462,7 +476,8 @@ def context_roi(roi: np.ndarray, spacing, context_mm: float = CONTEXT_MM) -> np.
     return binary_dilation(grown, np.ones((1, 1, 2 * cols + 1), bool)) if cols else grown
 
 
-def predict_in_roi(model, canonical: Canonical, device, spacing, context_mm: float = CONTEXT_MM) -> Prediction:
+def predict_in_roi(model, canonical: Canonical, device, spacing, context_mm: float = CONTEXT_MM,
+                   progress=None) -> Prediction:
     """The network on the ROI's bounding box of the normalised CT; background outside the ROI.
 
     The network sees the CT ``context_mm`` beyond the ROI (−1 further out), so the ROI's own edge is
@@ -471,13 +486,14 @@ def predict_in_roi(model, canonical: Canonical, device, spacing, context_mm: flo
     the scored liver. With a given ROI (release 5) it also sees the automatic liver ROI whose
     statistics were used (:func:`.preprocess.statistics_roi`), so inside both ROIs its input, and so
     its answer, is the one it gives without a ROI; the given ROI only sets where the output is kept.
+    ``progress`` hears of each sliding window and may cancel between them (:func:`predict_tensor`).
     """
     seen = canonical.roi if canonical.seen is None else canonical.roi | canonical.seen
     seen = context_roi(seen, spacing, context_mm)
     image = normalise_with(canonical.hu, seen, canonical.median_hu, canonical.sigma_hu)
     box = roi_box(seen, image.shape)
     crop = image if box is None else image[:, box[0]:box[1], box[2]:box[3]]
-    prediction = _uncrop(predict(model, crop, device, spacing), box, image.shape)
+    prediction = _uncrop(predict(model, crop, device, spacing, progress=progress), box, image.shape)
     prediction = _outside_is_background(prediction, canonical.roi, model)
     prediction.motion = motion_of(model, spacing)
     prediction.gap_mm = gap_of(model)

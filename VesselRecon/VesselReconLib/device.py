@@ -268,23 +268,27 @@ def limit_cpu_threads(n: int | None = None) -> None:
     torch.set_num_threads(max(1, n or os.cpu_count() or 1))
 
 
-_HEAP_KEPT = False
+HEAP_MMAP_MB = 32
+"""Freed blocks below this many MB stay in the heap under :func:`keep_freed_memory` (glibc's mmap threshold)."""
+_HEAP_KEPT_MB = 0
 
 
-def keep_freed_memory() -> None:
+def keep_freed_memory(mmap_threshold_mb: int = HEAP_MMAP_MB) -> None:
     """Let glibc keep freed CPU memory for reuse instead of handing it back to the OS, so that the
-    several-MB activations of a network forward pass (below 32 MB) are not page-faulted afresh on
-    every pass (VC-Net ``lite``: ~20 % of its CPU time). Once per process; a no-op off glibc.
-    Called by command-line entry points and benches only, never inside Slicer (a process-wide policy)."""
-    global _HEAP_KEPT
-    if _HEAP_KEPT:
+    activations of a network forward pass (blocks below ``mmap_threshold_mb``) are not page-faulted
+    afresh on every pass (VC-Net ``lite``: ~20 % of its CPU time; VesselSDF's whole-CT windows hold
+    blocks above 32 MB and pass 256). Once per process (a later, larger threshold raises it); a no-op
+    off glibc. Called by command-line entry points and benches only, never inside Slicer (a
+    process-wide policy)."""
+    global _HEAP_KEPT_MB
+    if mmap_threshold_mb <= _HEAP_KEPT_MB:
         return
-    _HEAP_KEPT = True
+    _HEAP_KEPT_MB = mmap_threshold_mb
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: blocks below 32 MB come from the heap
+        libc.mallopt(-3, int(mmap_threshold_mb) * 2**20)  # M_MMAP_THRESHOLD: smaller blocks come from the heap
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GB of freed heap
         libc.mallopt(-2, 64 * 2**20)  # M_TOP_PAD: grow the heap in 64 MB steps
     except (OSError, AttributeError):

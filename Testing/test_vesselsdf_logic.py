@@ -67,12 +67,21 @@ def test_process_sample_places_nodes_and_survives_mrb(scene, tmp_path):
 
 def test_outputs_follow_a_ct_placed_under_a_transform(scene, under_registration):
     """A CT under a linear transform (a registration): the mesh, segmentation, SDF and occupancy go under the same
-    transform, or Slicer draws them 50 mm off the CT."""
+    transform, or Slicer draws them 50 mm off the CT; a re-run into the same nodes puts them back under it (the
+    writing transaction's follow, round 11)."""
     logic = VesselSDFLogic(scene)
     sample = logic.load_sample(seed=78, shape=(16, 48, 48))
     moved = under_registration(sample.inputVolume)
     result = logic.process(sample.inputVolume, roiMask=sample.roiMask, device="cpu", createOccupancy=True)
     outputs = (result.outputModel, result.outputSegmentation, result.outputSdfVolume, result.outputOccupancyVolume)
+    assert [n.GetTransformNodeID() for n in outputs] == [moved.GetID()] * 4
+    for node in outputs:   # a re-run into the same nodes, moved off the registration meanwhile, puts them back
+        node.SetAndObserveTransformNodeID(None)
+    again = logic.process(sample.inputVolume, roiMask=sample.roiMask, device="cpu", outputModel=result.outputModel,
+                          outputSegmentation=result.outputSegmentation, outputSdfVolume=result.outputSdfVolume,
+                          outputOccupancyVolume=result.outputOccupancyVolume)
+    assert [n.GetID() for n in (again.outputModel, again.outputSegmentation, again.outputSdfVolume,
+                                again.outputOccupancyVolume)] == [n.GetID() for n in outputs]
     assert [n.GetTransformNodeID() for n in outputs] == [moved.GetID()] * 4
 
 

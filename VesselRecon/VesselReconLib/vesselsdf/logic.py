@@ -150,12 +150,10 @@ class VesselSDFLogic(VesselReconLogic):
             values.update(self.compare(recon, reference, ijk_to_ras))
             note_reference_outside_roi(recon, reference)
         occupancy_wanted = bool(createOccupancy or outputOccupancyVolume)
-        with self.writing(reporter):
+        with self.writing(reporter, follow=inputVolume):
             result = self._write_outputs(recon, ijk_to_ras, name, inputVolume, values, outputModel, outputSegmentation,
                                          outputSdfVolume, outputOccupancyVolume if occupancy_wanted else False,
                                          outputTable)
-        self.follow_transform(inputVolume, result.outputModel, result.outputSegmentation, result.outputSdfVolume,
-                              result.outputOccupancyVolume)
         if not occupancy_wanted:   # an earlier run's occupancy no longer matches these outputs
             mrml.remove_own_outputs(self.scene, "vtkMRMLScalarVolumeNode", self.creator,
                                     lambda node_name: node_name == f"{name} vessel occupancy")

@@ -10,12 +10,14 @@ Each method package may provide ``VesselReconLib.<method>.cli`` with any of thes
 
 Exit codes: 0 success; 1 internal error (the traceback is shown with ``--debug``); 2 bad input
 (files, parameters, device) or a batch in which some inputs failed; 3 bad checkpoint or invalid
-network output; 130 interrupted or cancelled. Every expected error is one line on stderr.
+network output; 130 interrupted or cancelled; 143 (128 + 15) terminated by SIGTERM, which a command takes as it
+takes Ctrl-C (:func:`sigterm_as_interrupt`). Every expected error is one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -197,7 +199,43 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(args)
 
 
-EXIT_INTERNAL, EXIT_INPUT, EXIT_CHECKPOINT, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_INTERNAL, EXIT_INPUT, EXIT_CHECKPOINT, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a command: raised on the main thread as Ctrl-C raises ``KeyboardInterrupt``, so every
+    ``finally`` (staging folders, temporary files, scene transactions) runs."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While the block runs, SIGTERM (a batch scheduler, ``timeout``, ``kill``) raises :class:`Terminated`; the
+    previous handler is put back afterwards. A later SIGTERM is ignored while the first one's clean-up runs, and a
+    forked worker process ends as plain SIGTERM would end it. For the command line only: library code called from
+    Slicer never installs signal handlers. Nothing changes off the main thread or when SIGTERM is ignored."""
+    import os
+    import signal
+    import threading
+
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield
+        return
+    owner, raised = os.getpid(), []
+
+    def handler(signum, frame):
+        if os.getpid() != owner:   # a forked child inherited this handler
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        elif not raised:
+            raised.append(signum)
+            raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -230,7 +268,8 @@ def run_command(args) -> int:
     import traceback
 
     try:
-        return int(args.func(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - the last line of defence of the command line
@@ -238,7 +277,7 @@ def run_command(args) -> int:
 
         close_bars()
         code, message = classify(exc)
-        if getattr(args, "debug", False) and code != EXIT_INTERRUPTED:
+        if getattr(args, "debug", False) and code not in (EXIT_INTERRUPTED, EXIT_TERMINATED):
             traceback.print_exception(exc)
         print(f"error: {message}", file=sys.stderr)
         return code
@@ -253,6 +292,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_CHECKPOINT, _one_line(exc)
     if isinstance(exc, InputError):
         return EXIT_INPUT, _one_line(exc)
+    if isinstance(exc, Terminated):
+        return EXIT_TERMINATED, "terminated (SIGTERM): no partial output was left under a final file name"
     if isinstance(exc, (KeyboardInterrupt, Cancelled)):
         return EXIT_INTERRUPTED, "interrupted: no partial output was left under a final file name"
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError)):

@@ -268,8 +268,8 @@ def run(args) -> int:
 
 # ------------------------------------------------------------------------------------ eval
 
-ABLATIONS = ("lite", "lite-gap11", "lite-wall11", "lite-skel9", "lite-motion8", "lite-fuse8", "lite-agree7",
-             "lite-direct", "lite-dstart", "lite-occ", "lite-sdfonly", "lite-nogauss")
+ABLATIONS = ("lite", "lite-artwall12", "lite-gap11", "lite-wall11", "lite-skel9", "lite-motion8", "lite-fuse8",
+             "lite-agree7", "lite-direct", "lite-dstart", "lite-occ", "lite-sdfonly", "lite-nogauss")
 
 
 def add_eval_arguments(parser) -> None:

@@ -38,6 +38,7 @@ ROW_NAMES = {"lite": "VesselSDF (ours)", "paper": "VesselSDF (ours, paper)", "oc
              "skel9": "refiner + fine-grid skeleton recall (round 9, ablation)",
              "gap11": "gap-filling through-plane interpolation (round 11, ablation)",
              "wall11": "refiner + truth->surface wall term (round 11b, ablation)",
+             "artwall12": "wall term trained with arterial distractors (round 12, ablation)",
              "classical": "classical (smoothed adaptive HU threshold)"}
 
 

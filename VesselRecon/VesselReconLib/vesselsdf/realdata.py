@@ -106,7 +106,15 @@ def read_ircadb(root: str | Path, keep_every: int = 3) -> list[RealCase]:
     sparse_matrix[:3, 2] *= keep_every
     return [RealCase(name=root.name, image=image[sparse].astype(np.float32), ijk_to_ras=sparse_matrix,
                      reference=vessels, reference_ijk_to_ras=np.asarray(matrix, float), region=masks["liver"],
-                     roi=masks["liver"][sparse], notes=f"every {keep_every}th slice of {image.shape[0]}")]
+                     roi=masks["liver"][sparse], notes=kept_slices_note(keep_every, image.shape[0]))]
+
+
+def kept_slices_note(keep_every: int, total: int) -> str:
+    """How the sparse input was taken, e.g. ``every 3rd slice of 151`` (``every slice of 40`` for 1)."""
+    if keep_every == 1:
+        return f"every slice of {total}"
+    suffix = "th" if 10 <= keep_every % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(keep_every % 10, "th")
+    return f"every {keep_every}{suffix} slice of {total}"
 
 
 def is_lvsd_slab(array: np.ndarray) -> bool:

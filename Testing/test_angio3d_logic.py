@@ -251,11 +251,11 @@ def test_qca_on_held_out_phantoms(qca_errors):
     assert np.abs(errors).mean() <= QCA_MEAN_ERROR and abs(errors.mean()) <= QCA_BIAS
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 target not met on these seeds (round 11: mean 7.1, bias -4.7, median 3.1 "
+@pytest.mark.xfail(strict=True, reason="issue 14 target not met on these seeds (rounds 11-12: mean 7.1, bias -4.7, median 3.1 "
                    "with the two-view fusion; round 10 6.9 / -4.1 with the strip reader alone; rounds 4-9: 12.0 / -8.0): "
                    "an 85 % lesion hidden by another vessel in both views (-27) and an 89 % sub-resolution throat "
-                   "under-read in both views (-13); 4.8 / -0.3 (median 3.4) on 300 fresh phantoms (12701-13000), "
-                   "5.0 / -1.0 on 7001-7260; see the README")
+                   "under-read in both views (-13); on fresh phantoms 5.1 / -1.0 (median 2.7, 13001-13300, round 12) "
+                   "and 4.8 / -0.3 (12701-13000, round 11); 5.2 / -0.7 on 7001-7900; see the README")
 def test_qca_meets_the_issue_target(qca_errors):
     assert np.abs(qca_errors).mean() <= 4.0 and abs(qca_errors.mean()) <= 2.0
 
@@ -284,6 +284,10 @@ QCA_SEEDS = tuple(range(9101, 9109))
 # 4.83 / -0.33 / median 3.36 against the strip reader's 5.54 / +0.52 / 4.00 (a first candidate on 2300 phantoms
 # missed the rule on 7901-8000 + 12501-12700, 5.83 vs 6.28). Here (cache, read once): -12.9, +0.7, +8.6, -27.4,
 # -1.5, -0.5, +0.3, -4.7 -> median 3.1, mean 7.1, bias -4.7: within the floors below, which are unchanged.
+# Round 12: no reading lever reached the ship rule on 7001-7900 (path-confidence view choice, QCA on the re-routed
+# paths, learned soft choice: all worse or <= 0.09 better); the path-off-the-vessel flag (reading unchanged) shipped
+# under a rule written first (fresh seeds 13001-13300: 3 of 300 flagged, mean |error| 29.3 there vs 4.9; shipped QCA
+# there 5.14 / -0.98 / median 2.69). Here (read once after the decision): the same errors, none flagged.
 QCA_MEDIAN_ERROR, QCA_MEAN_ERROR, QCA_BIAS = 4.0, 9.0, 6.0
 
 

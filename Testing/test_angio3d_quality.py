@@ -363,6 +363,60 @@ def test_qca_is_flagged_unreliable_where_another_vessel_covers_both_views():
     assert not view_qca(None, {"qca_samples": samples}, lesion)["unreliable"]     # no flags measured
 
 
+def test_qca_is_flagged_unreliable_where_a_path_leaves_the_vessel():
+    """Round 12: where the network sees no vessel on the reported view's path around its MLD, or both views' paths
+    cross a stretch without vessel, the QCA is flagged unreliable (``path_off_vessel``, a warning naming the view);
+    a gap in one view's path away from the reported lesion is not; the reading is never changed."""
+    from VesselReconLib.angio3d.pipeline import PATH_OFF_VESSEL, PATHS_OFF_VESSEL, view_qca
+
+    s = np.linspace(0, 50, 100)
+    lesion = 1.6 * (1 - 0.6 * np.exp(-((s - 25) / 3) ** 2))
+    samples = own_samples(1.6 * (1 - 0.5 * np.exp(-((s - 25) / 3) ** 2)), lesion)   # B shows the tighter lesion
+    on_vessel = np.ones((2, 100))
+
+    def qca(probability):
+        return view_qca(None, {"qca_samples": samples, "path_probability": list(probability)}, lesion)
+
+    clean = qca(on_vessel)
+    assert clean["radius_view"] == "B" and clean["view_index"] == 1 and clean["mld_index"] == 49
+    assert not clean["path_off_vessel"] and not clean["unreliable"]
+    off_at_lesion = on_vessel.copy()
+    off_at_lesion[1, 44:55] = PATH_OFF_VESSEL - 0.05             # B's path off the vessel at its lesion
+    flagged = qca(off_at_lesion)
+    assert flagged["path_off_vessel"] and flagged["unreliable"]
+    assert flagged["percent_diameter_stenosis"] == clean["percent_diameter_stenosis"]
+    warning = [w for w in flagged["warnings"] if "left the vessel" in w]
+    assert len(warning) == 1 and "view B's path" in warning[0] and "unreliable" in warning[0]
+    other_view = on_vessel.copy()
+    other_view[0, 44:55] = 0.0                                   # A is not the reported view
+    assert not qca(other_view)["path_off_vessel"]
+    both_gaps = on_vessel.copy()
+    both_gaps[0, 20:27] = both_gaps[1, 70:77] = PATHS_OFF_VESSEL / 2        # away from the lesion, in both views
+    assert qca(both_gaps)["path_off_vessel"]
+    assert "both views' paths" in [w for w in qca(both_gaps)["warnings"] if "left the vessel" in w][0]
+    one_gap = on_vessel.copy()
+    one_gap[0, 20:27] = 0.0
+    assert not qca(one_gap)["path_off_vessel"]
+    assert not view_qca(None, {"qca_samples": samples}, lesion)["path_off_vessel"]     # not measured
+
+
+def test_pipeline_flags_a_qca_whose_path_left_the_vessel():
+    """Round 12, on two used phantoms: 7893 (a 48 % lesion read +23 points from view A, whose path runs 44 px off
+    the vessel at the reported lesion) is flagged ``path_off_vessel`` and unreliable, from the network's
+    probability along the path (``views["path_probability"]``); 7001 (both paths on the vessel, +4) is not."""
+    from VesselReconLib import registry
+    from VesselReconLib.angio3d.lumen import phantom_run
+
+    net = registry.load_model("angio3d", "angio3d-lite", "cpu")[0]
+    flagged = phantom_run(7893, net)[2]
+    assert flagged.qca["path_off_vessel"] and flagged.qca["unreliable"] and flagged.qca["view_index"] == 0
+    assert any("view A's path" in w for w in flagged.warnings)
+    assert [len(p) for p in flagged.branches[0].views["path_probability"]] == [100, 100]
+    clean = phantom_run(7001, net)[2]
+    assert not clean.qca["path_off_vessel"] and not clean.qca["unreliable"]
+    assert all(p.min() > 0.5 for p in clean.branches[0].views["path_probability"])
+
+
 def test_own_view_samples_follow_each_views_own_path():
     """View B's QCA radii stay at view B's own samples (mm at the matched 3D depth), even where the epipolar
     match of view A's samples would skip a stretch of view B's path."""

@@ -294,7 +294,7 @@ class Angio3DLogic(VesselReconLogic):
         """QCA per branch (main first): length, MLD, reference diameter, % diameter stenosis, the view whose
         radii gave the MLD (``radius_view``: "A", "B", "A+B" when both agree, "fused" when the pipeline gave none), how
         each view's radii were read (``radius_fusion``: the two-view fusion or the view's own strip), whether another vessel covers a stretch of it in
-        both views (``unreliable``) and the warnings ("" when none)."""
+        both views or a 2D path has left the vessel (``unreliable``; the warnings say which) and the warnings ("" when none)."""
         from .pipeline import quantitative_coronary_analysis
 
         rows = []

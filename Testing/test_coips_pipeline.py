@@ -234,7 +234,9 @@ def test_cli_single_image_and_config(tmp_path, held_out, capsys):
     image = _save_png(tmp_path / "eye_3x3.png", held_out[0].image)
     config = tmp_path / "cfg.yaml"
     config.write_text(f"input: {image}\noutput: {tmp_path / 'out'}\ndevice: cpu\nnum_workers: 0\n")
+    capsys.readouterr()
     assert main(["coips", "--config", str(config)]) == 0
+    assert any(line.startswith("1 image: ") for line in capsys.readouterr().out.splitlines())   # was "1 images"
     out = tmp_path / "out"
     assert (out / "coips_results.csv").is_file() and (out / "coips_report.html").is_file()
     scene = mrml.load_scene(out / "coips.mrb")

@@ -900,3 +900,23 @@ def test_auc_of_known_scores():
     positive, negative = np.array([False, False, True, True]), np.array([True, True, False, False])
     assert real_eval.auc(score, positive, negative) == pytest.approx(0.75)  # 3 of 4 pairs ordered
     assert real_eval.auc(np.ones(4), positive, negative) == pytest.approx(0.5)
+
+
+def test_the_run_message_names_where_the_field_of_view_came_from(tmp_path, scene):
+    """`vesselrecon octadepth scan.png --fov 3` logged "pixel size ... mm from the image (config)", though the
+    value came from the command line; each source now has its own words."""
+    from PIL import Image
+
+    pixels = (np.add.outer(np.arange(64), np.arange(64)) % 40 * 6).astype(np.uint8)
+    for name in ("scan.png", "scan_6x6.png"):
+        Image.fromarray(pixels).save(tmp_path / name)
+    logic = OCTADepthLogic(scene)
+    given = logic.load_image(tmp_path / "scan.png", fieldOfViewMm=3)
+    named = logic.load_image(tmp_path / "scan_6x6.png")
+    messages = {}
+    for node in (given, named):
+        _, geometry = mrml.volume_to_array(node)
+        messages[node.GetName()] = logic._geometry(geometry, 64, None, None, node.GetName(),
+                                                   node.GetAttribute("VesselRecon.fovSource"))[3]
+    assert messages["scan"] == f"pixel size {3 / 64:.5f} mm from the field of view given (--fov or the module's choice)"
+    assert messages["scan_6x6"] == f"pixel size {6 / 64:.5f} mm from the file name"

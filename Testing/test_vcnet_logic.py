@@ -116,9 +116,20 @@ def test_dark_vessels_with_brain_mask(scene):
                           referenceSegmentation=sample.referenceSegmentation,
                           outputSegmentation=scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "plain"))
     assert result.metrics["dice"] > plain.metrics["dice"] + 0.1
+    assert not any("trained on" in w for w in result.warnings + plain.warnings)
     evaluation = logic.evaluate(result.outputSegmentation, sample.referenceSegmentation, sample.inputVolume)
     assert evaluation.metrics["dice"] == pytest.approx(result.metrics["dice"])
     assert evaluation.evaluationTable.GetTable().GetNumberOfRows() >= 4
+
+
+@pytest.mark.parametrize("model, dark, words", [("lite-fast", True, "trained on bright-vessel TOF-MRA only"),
+                                                ("vcnet-swi-lite", False, "tick Dark vessels (--dark)")])
+def test_a_model_of_the_other_vessel_contrast_is_warned_about(scene, model, dark, words):
+    """`vcnet --dark` with the default TOF model (or the SWI model without --dark) ran without a word."""
+    sample = VCNetLogic(scene).load_sample("swi", seed=77, crop=(20, 64, 64))
+    result = VCNetLogic(scene).process(sample.inputVolume, maskVolume=sample.maskNode, darkVessels=dark,
+                                       device="cpu", model=model)
+    assert any(words in w for w in result.warnings), result.warnings
 
 
 @pytest.mark.parametrize("case", ["missing", "single_slice", "constant", "nan", "mask_shape", "mask_grid", "mask_is_scan",

@@ -86,7 +86,7 @@ def run(args) -> int:
     if Path(config.input).is_file() and result.rows[0].get("status") == "ok":   # unsuitable/unreadable: the row says why
         _single_image_scene(logic, config)
     summary = result.summary
-    print(f"{summary['images']} images: " + ", ".join(f"{n} {g}" for g, n in summary["grades"].items())
+    print(f"{summary['images']} image{'' if summary['images'] == 1 else 's'}: " + ", ".join(f"{n} {g}" for g, n in summary["grades"].items())
           + f", {summary['errors']} unreadable, {summary['unsuitable']} unsuitable, "
           f"{summary['implausible_faz']} implausible FAZ")
     for row in result.rows:

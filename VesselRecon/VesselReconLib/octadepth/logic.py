@@ -37,6 +37,10 @@ NAMES = {"depth": "OCTADepth depth map", "segmentation": "OCTADepth vessels", "m
 UNKNOWN_SPACING = 1.0
 FIELDS_MM = (3.0, 6.0)
 FOV_SOURCE_ATTRIBUTE = "VesselRecon.fovSource"
+# how the run log names each field-of-view source (``enface_io.resolve_fov``; "config" is --fov or the panel's choice)
+FOV_SOURCE_WORDS = {"config": "from the field of view given (--fov or the module's choice)",
+                    "metadata": "from the image's metadata", "filename": "from the file name",
+                    "image spacing": "from the image spacing"}
 MAX_ASPECT = 1.1
 """Width/height (either way) above which an image is called non-square."""
 WIDE_FIELD_MM = 6.5
@@ -217,7 +221,8 @@ class OCTADepthLogic(VesselReconLogic):
                 raise InputError(missing_volume_fov_message(name))
             source = image_source if image_source not in (None, "", "unknown") else "image spacing"
             return (ijk_to_ras, float(spacing[0]), False,
-                    f"pixel size {spacing[0]:.5f} mm from the image ({source})", source)
+                    f"pixel size {spacing[0]:.5f} mm {FOV_SOURCE_WORDS.get(source, f'from the image ({source})')}",
+                    source)
         if pixel_mm is not None:
             message, source = f"pixel size {pixel_mm:.5f} mm set by the user", "user pixel size"
         else:

@@ -6,6 +6,7 @@ The array's K axis (slowest, "slices") is taken as the acquisition slice axis of
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,27 @@ from ..errors import InputError, check_image
 from ..progress import as_reporter
 from ..logic_base import SEGMENTATION, TABLE, VOLUME, VesselReconLogic
 from .defaults import DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
+
+
+def contrast_mismatch_warning(model: str, dark: bool) -> str | None:
+    """A warning when a shipped model was trained on the other vessel contrast than asked for (bright TOF-MRA or
+    dark SWI/MinIP, its registry entry's ``training.dark``); None when they agree or ``model`` is a checkpoint file."""
+    from .. import registry
+    from ..errors import CheckpointError
+
+    try:
+        entry = registry.find_entry("vcnet", model)
+    except CheckpointError:
+        return None
+    if bool(entry.training.get("dark", False)) == bool(dark):
+        return None
+    if dark:
+        return (f"Dark vessels (SWI/MinIP) were asked for, but the model {entry.name} was trained on bright-vessel "
+                "TOF-MRA only: choose the model vcnet-swi-lite (--model vcnet-swi-lite).")
+    return (f"The model {entry.name} was trained on dark-vessel SWI/MinIP, but the vessels are taken as bright: "
+            "tick Dark vessels (--dark) for SWI/MinIP, or choose a TOF-MRA model.")
 
 VESSEL_SEGMENT = mrml.SegmentSpec(1, "Vessels", (0.86, 0.24, 0.22))
 MIP_SIZE_SLICES = 5
@@ -143,6 +165,9 @@ class VCNetLogic(VesselReconLogic):
         except ValueError as exc:
             raise InputError(str(exc)) from exc
         net, _ = self.model(model, str(torch_device))
+        mismatch = contrast_mismatch_warning(model, darkVessels)
+        if mismatch:
+            log.warning(mismatch)
         spacing = tuple(mrml.spacing_of(ijk_to_ras))
         def compute():
             return segment(array, spacing, net, mask, darkVessels, overlap, threshold, minComponentMm3, torch_device,
@@ -155,6 +180,7 @@ class VCNetLogic(VesselReconLogic):
         with self.writing(as_reporter(progress, cancel), follow=inputVolume):
             out = self._write_nodes(inputVolume, ijk_to_ras, net, result, ref, nodes,
                                     outputProbability or outputProbabilityVolume is not None)
+        out.warnings[:0] = [mismatch] if mismatch else []
         return out
 
     def _write_nodes(self, inputVolume, ijk_to_ras, net, result, ref, nodes: dict, with_probability: bool):

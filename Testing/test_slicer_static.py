@@ -856,6 +856,19 @@ def test_task_runner_reports_progress_on_the_gui_thread_only():
     assert any(v == "step 4" for k, v, _ in ui.statusLabel.writes)
 
 
+def test_task_runner_shows_the_results_warnings_in_the_panel():
+    """Warnings (an implausible vessel fraction, a model of the other contrast, ...) reached only the log, so the
+    panel said "Processing finished." as for a clean run; they are now listed under it."""
+    ui = fake_ui()
+    runner = slicer_widget.TaskRunner(ui, error_display=pytest.fail)
+    warned = types.SimpleNamespace(warnings=["vessel fraction 0.72 is implausible", "depth range collapsed"])
+    assert runner.run(lambda progress, cancel, background: warned, "Processing") is warned
+    assert ui.statusLabel.text == ("Processing finished with 2 warnings:\n- vessel fraction 0.72 is implausible\n"
+                                   "- depth range collapsed")
+    runner.run(lambda progress, cancel, background: types.SimpleNamespace(warnings=[]), "Processing")
+    assert ui.statusLabel.text == "Processing finished."
+
+
 def test_task_runner_cancel_and_errors():
     ui, shown = fake_ui(), []
     runner = slicer_widget.TaskRunner(ui, lambda: runner.cancel(), error_display=shown.append)

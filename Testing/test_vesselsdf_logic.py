@@ -284,6 +284,7 @@ def test_a_reference_reaching_outside_the_roi_is_warned_about(scene, caplog):
     notes = [r.getMessage() for r in caplog.records if "of the reference" in r.getMessage()]
     assert len(notes) == 1 and "outside the liver ROI" in notes[0] and "mask the reference" in notes[0], notes
     assert notes[0] in result.reconstruction.canonical.notes
+    assert notes[0] in result.warnings   # what the Slicer panel lists under "Processing finished with ..."
     caplog.clear()
     with caplog.at_level(logging.WARNING):   # the phantom's own vessels lie inside its liver: no note
         logic.process(sample.inputVolume, roiMask=sample.roiMask, device="cpu",

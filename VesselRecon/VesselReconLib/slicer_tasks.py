@@ -109,7 +109,7 @@ class TaskRunner:
             self._token = None
             self._set_busy(False)
         self._drain()
-        self._show(1.0, f"{title} finished.")
+        self._show(1.0, finished_message(title, result))
         return result
 
     def run_compute(self, compute: Callable[[Callable, Callable], Any],
@@ -162,6 +162,16 @@ def run_with_progress(ui, compute: Callable[[Callable, Callable], Any],
     finally:
         if signal is not None:
             signal.disconnect(runner.cancel)
+
+def finished_message(title: str, result) -> str:
+    """The status line after a task: its result's ``warnings`` (implausible outputs, a model of another contrast,
+    unusual spacing ...), one per line, so the panel shows what the command line prints as ``warning:``."""
+    warnings = [str(w) for w in (getattr(result, "warnings", None) or []) if w]
+    if not warnings:
+        return f"{title} finished."
+    count = f"{len(warnings)} warning{'' if len(warnings) == 1 else 's'}"
+    return f"{title} finished with {count}:\n" + "\n".join(f"- {w}" for w in warnings)
+
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for torch's out-of-memory errors (CUDA, MPS or CPU allocation failures)."""

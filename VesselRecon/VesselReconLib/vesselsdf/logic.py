@@ -47,6 +47,12 @@ class VesselSDFResult:
     metrics: dict = field(default_factory=dict)
     reconstruction: Reconstruction | None = None
 
+    @property
+    def warnings(self) -> list[str]:
+        """What mapping the input noted (unusual spacing, non-HU values, the automatic liver ROI, ...)."""
+        canonical = self.reconstruction.canonical if self.reconstruction is not None else None
+        return list(canonical.notes) if canonical is not None else []
+
 
 @dataclass
 class VesselSDFSample:

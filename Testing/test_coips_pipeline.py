@@ -109,13 +109,34 @@ def test_ungradable_image_is_flagged_and_only_segmented_when_forced(scene, logic
     result = logic.process(volume, 3.0, device="cpu")
     assert result.grade == "ungradable" and result.flagged and result.outputSegmentation is None
     assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+    assert result.warnings[0].startswith("graded ungradable: no FAZ was segmented")   # listed in the panel
     forced = logic.process(volume, 3.0, forceFazOnUngradable=True, device="cpu")
+    assert "segmented because it was asked for" in forced.warnings[0]
     assert forced.outputSegmentation is not None and forced.metrics["faz_area_mm2"] >= 0
     rows = {r["measure"]: r["value"] for r in mrml.table_to_rows(forced.outputTable)}
     assert rows["faz_segmented"] == "forced" and rows["flagged_ungradable"] == "yes"
     again = logic.process(volume, 3.0, device="cpu")  # the forced FAZ must not pass for this run's result
     assert again.outputSegmentation is None
     assert forced.outputSegmentation.GetSegmentation().GetNumberOfSegments() == 0
+
+
+def test_an_implausible_faz_is_listed_among_the_results_warnings(scene, logic, monkeypatch):
+    """The Slicer panel showed "finished" for a FAZ that is a motion band (axis ratio 12); the table's
+    faz_plausible row said so, the status did not. The flags of the selected FAZ are now the result's warnings."""
+    from VesselReconLib.coips import inference
+    from VesselReconLib.coips.faz import faz_flags, faz_metrics
+
+    band = np.zeros((128, 128), bool)
+    band[60:68, 8:120] = True
+    metrics = faz_metrics(band, 3.0)
+    found = inference.Assessment("gradable", {"ungradable": 0.1, "gradable": 0.8, "outstanding": 0.1}, True,
+                                 mask=band, metrics=metrics, flags=faz_flags(metrics))
+    monkeypatch.setattr(inference, "assess", lambda *args, **kwargs: found)
+    volume = mrml.array_to_volume(np.random.default_rng(2).random((1, 128, 128)).astype(np.float32),
+                                  np.diag([3 / 128, 3 / 128, 1.0, 1.0]), "band", scene=scene)
+    result = logic.process(volume, 3.0, device="cpu")
+    assert result.fazFlags == found.flags and any("axis ratio" in f for f in found.flags)
+    assert result.warnings == [f"implausible FAZ ({'; '.join(found.flags)}): kept out of study summaries"]
 
 
 def test_bad_inputs_leave_the_scene_untouched(scene, logic, tmp_path):

@@ -30,6 +30,19 @@ class CoipsResult:
     flagged: bool = False
     fieldOfViewMm: float = 3.0
     fovSource: str = "config"
+    fazFlags: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the panel lists under "finished": an ungradable grade without a FAZ, an implausible FAZ."""
+        notes = []
+        if self.flagged:
+            notes.append("graded ungradable: " + ("the FAZ was segmented because it was asked for; treat it with care"
+                                                  if self.outputSegmentation is not None else
+                                                  "no FAZ was segmented (tick 'FAZ on ungradable images' to force one)"))
+        if self.fazFlags:
+            notes.append(f"implausible FAZ ({'; '.join(self.fazFlags)}): kept out of study summaries")
+        return notes
 
 
 @dataclass
@@ -160,7 +173,7 @@ class COIPSLogic(VesselReconLogic):
                     node=outputSegmentation, reference_volume=inputVolume, scene=self.scene, creator=self.creator)
         reporter(1.0, f"{assessment.grade}" + (" (flagged: FAZ not segmented)" if flagged and not assessment.segmented else ""))
         return CoipsResult(table, segmentation, assessment.grade, assessment.probabilities, assessment.metrics,
-                           flagged, fov, fov_source)
+                           flagged, fov, fov_source, list(assessment.flags) if assessment.segmented else [])
 
     def _clear_stale_segmentation(self, name: str, output_segmentation) -> None:
         """Empty the FAZ of an earlier run (ours, or the given output) so that it cannot be mistaken

@@ -20,7 +20,10 @@ import numpy as np
 from scipy import ndimage
 
 RESIDUAL_CLIP_PX = 15.0
+FINE_CLIP_PX = 5.0
+FINE_SIGMA_PX = 1.0
 VISIBLE_PX = 3.0
+FINE_OPTIONS = {"xtol": 1e-8, "ftol": 1e-12, "maxfev": 20000}
 
 
 @dataclass
@@ -96,13 +99,45 @@ def _cost(params, points, geometries, distances, clip=RESIDUAL_CLIP_PX) -> float
     return total / len(geometries)
 
 
+def smooth_distance_maps(masks: list[np.ndarray], sigma: float = FINE_SIGMA_PX) -> list[np.ndarray]:
+    """Cubic-spline coefficients of each mask's distance map, Gaussian-smoothed by ``sigma`` px: a fit cost
+    that is smooth in the transform, so its minimum is one point, not a float-rounding-dependent place on a
+    piecewise-linear plateau."""
+    return [ndimage.spline_filter(ndimage.gaussian_filter(ndimage.distance_transform_edt(~m), sigma), order=3)
+            for m in masks]
+
+
+def smooth_cost(params, points, geometries, coefficients, clip: float = FINE_CLIP_PX) -> float:
+    """Mean over both views of ``clip * tanh(d / clip)``, ``d`` the smoothed distance (px) of each projected point
+    to the vessel mask: about ``d`` on the vessels, saturating at ``clip`` for reference tubes without contrast."""
+    total = 0.0
+    for geometry, coefficient in zip(geometries, coefficients):
+        pix = geometry.project(_transform(params, points))
+        values = ndimage.map_coordinates(coefficient, [pix[:, 1], pix[:, 0]], order=3, mode="nearest",
+                                         prefilter=False)
+        total += (clip * np.tanh(values / clip)).mean()
+    return total / len(geometries)
+
+
+def refine_fit(points, geometries, coefficients, starts: list[np.ndarray]) -> np.ndarray:
+    """Tight Powell on :func:`smooth_cost` from every start; the fit with the lowest cost (rounded to 1e-6 px,
+    ties to the earlier start) is kept. The choice is by the fit cost only."""
+    from scipy.optimize import minimize
+
+    fits = [minimize(smooth_cost, start, args=(points, geometries, coefficients), method="Powell",
+                     options=FINE_OPTIONS) for start in starts]
+    return min(enumerate(fits), key=lambda item: (round(float(item[1].fun), 6), item[0]))[1].x
+
+
 def register_reference(points: np.ndarray, masks: list[np.ndarray], geometries, n_rotations: int = 2000,
                        seed: int = 1) -> tuple[np.ndarray, float]:
     """Rigid transform (rotation vector, translation) of the reference points into our frame that puts
     their projections on the vessel masks of both views; returns it and the mean residual (px).
 
     Coarse: ``n_rotations`` random rotations, each translated so that the reference centroid lands on
-    the triangulated centroid of the two masks; fine: Powell on the 6 parameters from the best few.
+    the triangulated centroid of the two masks, then Powell on the 6 parameters from the best six; fine:
+    :func:`refine_fit` from all six on a smooth cost, tightly converged, so that the fit does not depend on
+    float roundings (BLAS kernel, a 1e-9 change of the input).
     """
     from scipy.optimize import minimize
     from scipy.spatial.transform import Rotation
@@ -117,19 +152,13 @@ def register_reference(points: np.ndarray, masks: list[np.ndarray], geometries, 
     centre = points.mean(0)
     rotations = Rotation.concatenate([Rotation.identity(), Rotation.random(n_rotations, random_state=seed)])
     candidates = []
-    for rotation in rotations:
+    for index, rotation in enumerate(rotations):
         params = np.r_[rotation.as_rotvec(), target - rotation.apply(centre)]
-        candidates.append((_cost(params, sparse, geometries, distances), params))
-    candidates.sort(key=lambda c: c[0])
-    best = None
-    for _, start in candidates[:6]:
-        result = minimize(_cost, start, args=(sparse, geometries, distances), method="Powell",
-                          options={"xtol": 1e-3, "ftol": 1e-4, "maxfev": 4000})
-        if best is None or result.fun < best.fun:
-            best = result
-    fine = minimize(_cost, best.x, args=(points, geometries, distances, 5.0), method="Powell",
-                    options={"xtol": 1e-4, "ftol": 1e-5, "maxfev": 4000})
-    params = fine.x
+        candidates.append((round(_cost(params, sparse, geometries, distances), 9), index, params))
+    candidates.sort(key=lambda c: c[:2])
+    starts = [minimize(_cost, start, args=(sparse, geometries, distances), method="Powell",
+                       options={"xtol": 1e-3, "ftol": 1e-4, "maxfev": 4000}).x for *_, start in candidates[:6]]
+    params = refine_fit(points, geometries, smooth_distance_maps(masks), starts)
     residual = float(np.mean([ndimage.map_coordinates(d, [p[:, 1], p[:, 0]], order=1, mode="nearest").mean()
                               for d, p in ((d, g.project(_transform(params, points)))
                                            for d, g in zip(distances, geometries))]))

@@ -291,6 +291,9 @@ def load_model(module: str, model: str = "lite", device: str = "cpu", directory:
     net = build_model(module, preset, config)
     _check_metadata(metadata, module, preset, type(net).__name__)
     load_into(net, state, source)
+    from .pointwise import use_matmul_pointwise
+
+    use_matmul_pointwise(net)   # oneDNN's small 1×1 convolutions stall on 2 CPU threads (pointwise.py)
     metadata = {**metadata, "preset": preset, "config": config, "source": source}
     return net.to(device).eval(), metadata
 

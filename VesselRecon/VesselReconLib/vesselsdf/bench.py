@@ -16,6 +16,7 @@ import torch
 
 from ..device import inference, interleaved, load_average, peak_memory_mb, time_call
 from ..mrml import spacing_of
+from ..pointwise import use_matmul_pointwise
 from .inference import (mesh_zero_level, predict_in_roi, refine_in_box, refine_through_plane, refined_geometry,
                         roi_box)
 from .network import build_model, parameter_count
@@ -77,6 +78,7 @@ def bench_device(device: torch.device, preset: str, volume: np.ndarray, ijk_to_r
     """Pipeline and network-only times of ``preset`` and of a plain U-Net of equal size on ``device``."""
     model, weights = _model(preset, device)
     baseline = plain_unet_like(parameter_count(model)).to(device).eval()
+    use_matmul_pointwise(baseline)   # the same 1×1 path as the loaded model (pointwise.py): a fair baseline
     x = torch.from_numpy(normalise_ct(volume, roi))[None, None].to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -44,9 +44,11 @@ SWAPS = {nn.Conv2d: PointwiseConv2d, nn.Conv3d: PointwiseConv3d}
 
 def is_small_pointwise(layer: nn.Module) -> bool:
     """A plain 1×1 convolution (no stride, padding, dilation or groups) to at most :data:`MAX_OUT_CHANNELS`."""
-    return (type(layer) in SWAPS and set(layer.kernel_size) == {1} and set(layer.stride) == {1}
-            and set(layer.dilation) == {1} and not any(layer.padding if isinstance(layer.padding, tuple) else (1,))
-            and layer.groups == 1 and layer.out_channels <= MAX_OUT_CHANNELS)
+    if type(layer) not in SWAPS:
+        return False
+    padded = not isinstance(layer.padding, tuple) or any(layer.padding)   # a string ("same", "valid") is left alone
+    return (set(layer.kernel_size) == {1} and set(layer.stride) == {1} and set(layer.dilation) == {1}
+            and not padded and layer.groups == 1 and layer.out_channels <= MAX_OUT_CHANNELS)
 
 
 def use_matmul_pointwise(model: nn.Module) -> int:

@@ -298,6 +298,15 @@ def load_model(module: str, model: str = "lite", device: str = "cpu", directory:
     return net.to(device).eval(), metadata
 
 
+def load_installed(module: str, model: str, device: str = "cpu"):
+    """The network of a shipped model (:func:`load_model`), or ``None`` when it is not installed or its file fails
+    its checks: for optional parts, such as Angio3D's QCA readers."""
+    try:
+        return load_model(module, model, device)[0]
+    except CheckpointError:
+        return None
+
+
 def save_model(model, path: str | Path, module: str, preset: str, config: dict | None = None,
                extra: dict | None = None) -> str:
     """Save a network as ``safetensors`` with identifying metadata; return its sha256."""

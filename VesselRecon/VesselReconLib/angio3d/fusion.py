@@ -125,12 +125,8 @@ def fuse_samples(samples: dict) -> tuple[dict, str]:
 def shipped_fusion() -> TwoViewFusion | None:
     """The shipped ``angio3d-fusion`` model (registry, sha256 checked), or ``None`` if it is not installed."""
     from .. import registry
-    from ..errors import CheckpointError
 
-    try:
-        return registry.load_model("angio3d", "angio3d-fusion", "cpu")[0]
-    except CheckpointError:
-        return None
+    return registry.load_installed("angio3d", "angio3d-fusion")
 
 
 # ---------------------------------------------------------------------------------------------

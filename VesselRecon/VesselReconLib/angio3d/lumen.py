@@ -91,12 +91,8 @@ class LumenRegressor(nn.Module):
 def shipped_regressor() -> LumenRegressor | None:
     """The shipped ``angio3d-lumen`` regressor (registry, sha256 checked), or ``None`` if it is not installed."""
     from .. import registry
-    from ..errors import CheckpointError
 
-    try:
-        return registry.load_model("angio3d", "angio3d-lumen", "cpu")[0]
-    except CheckpointError:
-        return None
+    return registry.load_installed("angio3d", "angio3d-lumen")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -207,16 +207,13 @@ def shipped_reader():
     ``angio3d-strip`` reader (:class:`StripLumen`; registry, sha256 checked), the regressor alone when the strip
     reader is not installed, ``None`` without the regressor."""
     from .. import registry
-    from ..errors import CheckpointError
     from .lumen import shipped_regressor
 
     regressor = shipped_regressor()
     if regressor is None:
         return None
-    try:
-        return StripLumen(regressor, registry.load_model("angio3d", "angio3d-strip", "cpu")[0])
-    except CheckpointError:
-        return regressor
+    reader = registry.load_installed("angio3d", "angio3d-strip")
+    return regressor if reader is None else StripLumen(regressor, reader)
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,9 @@ from .defaults import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
+VESSEL_SEGMENT = mrml.SegmentSpec(1, "Vessels", (0.86, 0.24, 0.22))
+MIP_SIZE_SLICES = 5
+
 
 def contrast_mismatch_warning(model: str, dark: bool) -> str | None:
     """A warning when a shipped model was trained on the other vessel contrast than asked for (bright TOF-MRA or
@@ -38,9 +41,6 @@ def contrast_mismatch_warning(model: str, dark: bool) -> str | None:
                 "TOF-MRA only: choose the model vcnet-swi-lite (--model vcnet-swi-lite).")
     return (f"The model {entry.name} was trained on dark-vessel SWI/MinIP, but the vessels are taken as bright: "
             "tick Dark vessels (--dark) for SWI/MinIP, or choose a TOF-MRA model.")
-
-VESSEL_SEGMENT = mrml.SegmentSpec(1, "Vessels", (0.86, 0.24, 0.22))
-MIP_SIZE_SLICES = 5
 
 
 @dataclass
@@ -180,7 +180,8 @@ class VCNetLogic(VesselReconLogic):
         with self.writing(as_reporter(progress, cancel), follow=inputVolume):
             out = self._write_nodes(inputVolume, ijk_to_ras, net, result, ref, nodes,
                                     outputProbability or outputProbabilityVolume is not None)
-        out.warnings[:0] = [mismatch] if mismatch else []
+        if mismatch:
+            out.warnings.insert(0, mismatch)
         return out
 
     def _write_nodes(self, inputVolume, ijk_to_ras, net, result, ref, nodes: dict, with_probability: bool):

@@ -122,14 +122,38 @@ def test_dark_vessels_with_brain_mask(scene):
     assert evaluation.evaluationTable.GetTable().GetNumberOfRows() >= 4
 
 
+def _swi_checkpoint_shipped_elsewhere(tmp_path) -> str:
+    """The SWI model re-shipped by `ship_model` into another registry folder: a user's dark-trained checkpoint."""
+    from VesselReconLib import registry
+    from VesselReconLib.training import ship_model
+
+    net, metadata = registry.load_model("vcnet", "vcnet-swi-lite")
+    entry = ship_model(net, "vcnet", metadata["preset"], name="my-swi", command="test", data="test", seed=0,
+                       metrics={}, input_spec={}, config=metadata["config"], extra_training={"dark": True},
+                       directory=tmp_path)
+    return str(entry.path)
+
+
 @pytest.mark.parametrize("model, dark, words", [("lite-fast", True, "trained on bright-vessel TOF-MRA only"),
-                                                ("vcnet-swi-lite", False, "tick Dark vessels (--dark)")])
-def test_a_model_of_the_other_vessel_contrast_is_warned_about(scene, model, dark, words):
-    """`vcnet --dark` with the default TOF model (or the SWI model without --dark) ran without a word."""
+                                                ("vcnet-swi-lite", False, "tick Dark vessels (--dark)"),
+                                                ("shipped file", True, "vcnet-lite-fast.safetensors (vcnet-lite-fast)"),
+                                                ("own checkpoint", False, "my-swi.safetensors was trained on dark")])
+def test_a_model_of_the_other_vessel_contrast_is_warned_about(scene, tmp_path, model, dark, words):
+    """`vcnet --dark` with the default TOF model (or the SWI model without --dark) ran without a word; so did a
+    shipped file given by its path and a dark-trained checkpoint of one's own (round 13)."""
+    from VesselReconLib import registry
+
+    if model == "shipped file":
+        model = str(registry.find_entry("vcnet", "lite-fast").path)
+    elif model == "own checkpoint":
+        model = _swi_checkpoint_shipped_elsewhere(tmp_path)
     sample = VCNetLogic(scene).load_sample("swi", seed=77, crop=(20, 64, 64))
     result = VCNetLogic(scene).process(sample.inputVolume, maskVolume=sample.maskNode, darkVessels=dark,
                                        device="cpu", model=model)
     assert any(words in w for w in result.warnings), result.warnings
+    agreeing = VCNetLogic(scene).process(sample.inputVolume, maskVolume=sample.maskNode, darkVessels=not dark,
+                                         device="cpu", model=model)
+    assert not any("trained on" in w for w in agreeing.warnings), agreeing.warnings
 
 
 @pytest.mark.parametrize("case", ["missing", "single_slice", "constant", "nan", "mask_shape", "mask_grid", "mask_is_scan",

@@ -273,28 +273,31 @@ def load_model(module: str, model: str = "lite", device: str = "cpu", directory:
     :param model: a shipped preset/name (``"lite"``) or a path to ``.safetensors``/``.pt`` (a copy of a
         shipped file takes its registry entry's settings, :func:`shipped_entry`).
     :param device: torch device to move the model to.
-    :returns: the network in eval mode and its metadata (preset, config, ...).
+    :returns: the network in eval mode and its metadata (preset, config, source, and ``training``: the registry
+        entry's training record, or the one a checkpoint carries, else empty).
     """
     if Path(model).suffix in (".safetensors", ".pt", ".pth"):
         state, metadata = read_checkpoint(model)
         shipped = shipped_entry(module, model, directory)
         if shipped is not None:  # a shipped file by path: its registry settings, as when loaded by name
             preset, config, source = shipped.preset, shipped.config, f"{Path(model).name} ({shipped.name})"
+            training = shipped.training
         else:
             preset = metadata.get("preset", "lite")
             config = json.loads(metadata.get("config", "{}"))
             source = Path(model).name
+            training = json.loads(metadata.get("training", "{}"))
     else:
         entry = find_entry(module, model, directory)
         state, metadata = read_checkpoint(entry.path, entry.sha256)
-        preset, config, source = entry.preset, entry.config, entry.name
+        preset, config, source, training = entry.preset, entry.config, entry.name, entry.training
     net = build_model(module, preset, config)
     _check_metadata(metadata, module, preset, type(net).__name__)
     load_into(net, state, source)
     from .pointwise import use_matmul_pointwise
 
     use_matmul_pointwise(net)   # oneDNN's small 1×1 convolutions stall on 2 CPU threads (pointwise.py)
-    metadata = {**metadata, "preset": preset, "config": config, "source": source}
+    metadata = {**metadata, "preset": preset, "config": config, "source": source, "training": training}
     return net.to(device).eval(), metadata
 
 

@@ -198,12 +198,12 @@ def ship_model(model: torch.nn.Module, module: str, preset: str, *, command: str
     name = name or f"{module}-{preset}"
     directory = Path(directory or registry.REGISTRY_DIR)
     file_name = f"{name}.safetensors"
-    digest = registry.save_model(model, directory / file_name, module, preset, config)
+    training = {"command": command, "data": data, "seed": seed, "torch": torch.__version__, **(extra_training or {})}
+    digest = registry.save_model(model, directory / file_name, module, preset, config,
+                                 extra={"training": json.dumps(training, default=str)})
     entry = registry.ModelEntry(
         name=name, module=module, preset=preset, architecture=type(model).__name__, file=file_name,
-        sha256=digest, input_spec=input_spec, metrics=metrics, config=config or {},
-        training={"command": command, "data": data, "seed": seed, "torch": torch.__version__,
-                  **(extra_training or {})},
+        sha256=digest, input_spec=input_spec, metrics=metrics, config=config or {}, training=training,
         directory=directory)
     registry.write_entry(entry)
     return entry

@@ -24,22 +24,19 @@ VESSEL_SEGMENT = mrml.SegmentSpec(1, "Vessels", (0.86, 0.24, 0.22))
 MIP_SIZE_SLICES = 5
 
 
-def contrast_mismatch_warning(model: str, dark: bool) -> str | None:
-    """A warning when a shipped model was trained on the other vessel contrast than asked for (bright TOF-MRA or
-    dark SWI/MinIP, its registry entry's ``training.dark``); None when they agree or ``model`` is a checkpoint file."""
-    from .. import registry
-    from ..errors import CheckpointError
-
-    try:
-        entry = registry.find_entry("vcnet", model)
-    except CheckpointError:
+def contrast_mismatch_warning(metadata: dict, dark: bool) -> str | None:
+    """A warning when a model was trained on the other vessel contrast than asked for (bright TOF-MRA or dark
+    SWI/MinIP): ``metadata`` is :func:`~VesselReconLib.registry.load_model`'s, whose ``training`` record (a shipped
+    model's registry entry, also for its file given by path, or a checkpoint's own) says ``dark``; None when they
+    agree or the record does not say."""
+    trained_dark = (metadata.get("training") or {}).get("dark")
+    if trained_dark is None or bool(trained_dark) == bool(dark):
         return None
-    if bool(entry.training.get("dark", False)) == bool(dark):
-        return None
+    name = metadata.get("source", "this model")
     if dark:
-        return (f"Dark vessels (SWI/MinIP) were asked for, but the model {entry.name} was trained on bright-vessel "
+        return (f"Dark vessels (SWI/MinIP) were asked for, but the model {name} was trained on bright-vessel "
                 "TOF-MRA only: choose the model vcnet-swi-lite (--model vcnet-swi-lite).")
-    return (f"The model {entry.name} was trained on dark-vessel SWI/MinIP, but the vessels are taken as bright: "
+    return (f"The model {name} was trained on dark-vessel SWI/MinIP, but the vessels are taken as bright: "
             "tick Dark vessels (--dark) for SWI/MinIP, or choose a TOF-MRA model.")
 
 
@@ -164,8 +161,8 @@ class VCNetLogic(VesselReconLogic):
             torch_device = resolve_device(device)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
-        net, _ = self.model(model, str(torch_device))
-        mismatch = contrast_mismatch_warning(model, darkVessels)
+        net, metadata = self.model(model, str(torch_device))
+        mismatch = contrast_mismatch_warning(metadata, darkVessels)
         if mismatch:
             log.warning(mismatch)
         spacing = tuple(mrml.spacing_of(ijk_to_ras))

@@ -54,7 +54,8 @@ def test_branches_that_miss_the_target_are_flagged_by_their_depth_uncertainty(re
                    "branches; measured mean / max mm (round 12's converged reference registration, the same under "
                    "every OpenBLAS kernel): 0: 2.47 / 3.96, 1: 3.02 / 5.07, 4: 1.33 / 4.37 (3, 5, 6, 8 meet it): "
                    "branches 0, 1 and 4 are poorly measured by this view pair (depth along the epipolar lines); even "
-                   "2D centrelines on the imaged vessels' centres miss branches 1 and 4 (round 4); see the README")
+                   "2D centrelines on the imaged vessels' centres miss branch 1 (round-13 floors, "
+                   "test_angio3d_floors.py); see the README")
 def test_real_phantom_meets_the_issue_target(report):
     rows = report["per_branch"][0]["rows"]
     assert all(r["mean_mm"] <= 0.8 and r["max_mm"] <= 2.5 for r in rows)

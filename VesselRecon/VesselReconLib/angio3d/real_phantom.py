@@ -276,3 +276,138 @@ def format_real(report: dict) -> str:
         lines.append(f"{row['method']:22}{row['mean_mm']:10.3f}{row['max_mm']:10.3f}{row['worst_max_mm']:11.3f}"
                      f"{row['radius_ratio']:14.3f}{row['seconds']:10.3f}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ floors: what 2D centrelines can reach here
+
+FLOOR_CENTRES_PX = np.arange(-4.0, 4.001, 0.1)     # lateral search of the imaged vessel's centre (px)
+FLOOR_REACH_PX = 10.0                               # half-length of the intensity profile across the vessel
+FLOOR_MEDIAN_POINTS = 5                             # running median of the fitted centre offsets
+
+
+def reference_paths(registered: np.ndarray, geometries, inset: float = 0.05, n: int = 100) -> list[np.ndarray]:
+    """Per view, the exact projection of the registered reference branch between the clicked ends
+    (:func:`click_points`), ``n`` points by 2D arc length: the 2D centrelines a perfect tracker would give
+    if the reference lay exactly on the imaged vessels."""
+    from ..phantoms.xray import resample_polyline
+
+    line = resample_polyline(registered, n=201)
+    section = line[int(inset * 200):int((1 - inset) * 200) + 1]
+    return [resample_polyline(g.project(section), n=n) for g in geometries]
+
+
+def imaged_centre_offsets(image: np.ndarray, path: np.ndarray, reach: float = FLOOR_REACH_PX) -> np.ndarray:
+    """Lateral offset (px, along the path's normal as :func:`~.centerline.vessel_profiles` takes it) of the
+    imaged vessel's centre at each point of ``path``: the centre of the module's QCA lumen model (a round
+    lumen's blurred chord on a linear background, any radius, centres within +-4 px) least-squares fitted
+    to the intensity profile across the path, then a running median over ``FLOOR_MEDIAN_POINTS``."""
+    from .centerline import PROFILE_BLUR_PX, _blurred_chords, vessel_profiles
+
+    offsets, profiles = vessel_profiles(image, path, reach)
+    chords = _blurred_chords(float(PROFILE_BLUR_PX))
+    fine = np.arange(chords.shape[1]) * 0.05 - 60.0
+    templates = np.stack([np.stack([np.interp(offsets - c, fine, chord) for c in FLOOR_CENTRES_PX])
+                          for chord in chords]).reshape(-1, len(offsets))      # (R * C, L)
+    basis, _ = np.linalg.qr(np.c_[np.ones_like(offsets), offsets / np.abs(offsets).max()])
+    shapes = templates - (templates @ basis) @ basis.T
+    data = profiles - (profiles @ basis) @ basis.T
+    energy = (shapes * shapes).sum(1) + 1e-12
+    dot = data @ shapes.T
+    amplitude = np.maximum(-dot / energy, 0)                  # dark vessel: a negative chord
+    best = np.argmin(amplitude ** 2 * energy + 2 * amplitude * dot, axis=1)
+    centres = FLOOR_CENTRES_PX[best % len(FLOOR_CENTRES_PX)]
+    return ndimage.median_filter(centres, FLOOR_MEDIAN_POINTS, mode="nearest")
+
+
+def centred_path(image: np.ndarray, path: np.ndarray) -> np.ndarray:
+    """``path`` moved across the vessel onto the imaged vessel's centre (:func:`imaged_centre_offsets`),
+    its two ends (the clicks) kept: a 2D centreline exactly on the imaged vessel with the same clicked ends."""
+    tangent = np.gradient(np.asarray(path, float), axis=0)
+    tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
+    out = path + imaged_centre_offsets(image, path)[:, None] * np.c_[-tangent[:, 1], tangent[:, 0]]
+    out[0], out[-1] = path[0], path[-1]
+    return out
+
+
+def triangulated_floor(paths: list[np.ndarray], clicks: np.ndarray, geometries, depth_refine: bool = True,
+                       smooth: float = 1.5) -> np.ndarray:
+    """3D centreline (100, 3) from two given 2D centrelines as the pipeline triangulates them: view B
+    calibrated on the clicks (``clicks`` (2, 2, 2): per view start and end), epipolar match, DLT and the
+    depth refit (``depth_refine=False, smooth=0``: the plain point-wise DLT, for comparison)."""
+    from ..phantoms.xray import resample_polyline
+    from .geometry import refine_calibration
+    from .triangulation import triangulate_points
+
+    calibration = refine_calibration(geometries[0], geometries[1], clicks[0], clicks[1])
+    points, _ = triangulate_points(paths[0], paths[1], calibration.geometry_a, calibration.geometry_b,
+                                   smooth=smooth, depth_refine=depth_refine)
+    return resample_polyline(points, n=100)
+
+
+def refit_registration(centrelines: dict, branches: list[np.ndarray], params: np.ndarray) -> np.ndarray:
+    """The one rigid transform (from ``params``) that brings the reference branches closest to the given 3D
+    centrelines ({branch index: (N, 3)}), minimising the mean over branches of the mean distance: the most
+    any single rigid registration could give these centrelines (optimistic: it is fitted to them)."""
+    from scipy.optimize import minimize
+
+    def cost(p):
+        return float(np.mean([_polyline_distance_3d(c, _transform(p, branches[i])).mean()
+                              for i, c in centrelines.items()]))
+
+    return minimize(cost, np.asarray(params, float), method="Powell",
+                    options={"xtol": 1e-6, "ftol": 1e-9, "maxfev": 20000}).x
+
+
+def _distance_row(centreline: np.ndarray, reference: np.ndarray) -> dict:
+    distance = _polyline_distance_3d(centreline, reference)
+    return {"mean_mm": float(distance.mean()), "max_mm": float(distance.max())}
+
+
+def evaluate_floors(shared: str | Path, params: np.ndarray | None = None) -> dict:
+    """How far 2D centrelines could take this check, per branch visible in both views, under the
+    evaluation's own registration (fitted to the images, :func:`register_reference`): the registered
+    reference's exact projections (``exact``) and the same moved onto the imaged vessels' centres
+    (``centred``, :func:`centred_path`), each triangulated as the pipeline does and by the plain DLT
+    (``_dlt``); and the centred ones against the reference re-registered to them (``_refit``,
+    :func:`refit_registration`: optimistic, the transform is fitted to those centrelines). ``params``: a
+    registration to use instead (rotation vector, translation mm), e.g. an older one."""
+    data = load_phantom(shared)
+    masks = [vessel_mask(image) for image in data.images]
+    if params is None:
+        params, residual = register_reference(np.concatenate(data.branches), masks, data.geometries)
+    else:
+        params, residual = np.asarray(params, float), float("nan")
+    visible = visible_branches(data.branches, params, masks, data.geometries)
+    lines, shifts = {name: {} for name in ("exact", "exact_dlt", "centred", "centred_dlt")}, {}
+    for index in visible:
+        registered = _transform(params, data.branches[index])
+        clicks = click_points(registered, data.geometries)[:, 0]
+        exact = reference_paths(registered, data.geometries)
+        moved = [centred_path(image, path) for image, path in zip(data.images, exact)]
+        shifts[index] = [float(np.linalg.norm(m - e, axis=1).mean()) for m, e in zip(moved, exact)]
+        for name, paths in (("exact", exact), ("centred", moved)):
+            lines[name][index] = triangulated_floor(paths, clicks, data.geometries)
+            lines[name + "_dlt"][index] = triangulated_floor(paths, clicks, data.geometries, False, 0.0)
+    rows = {name: {i: _distance_row(c, _transform(params, data.branches[i])) for i, c in found.items()}
+            for name, found in lines.items()}
+    refits = {}
+    for name in ("centred", "centred_dlt"):
+        refits[name] = refit_registration(lines[name], data.branches, params)
+        rows[name + "_refit"] = {i: _distance_row(c, _transform(refits[name], data.branches[i]))
+                                 for i, c in lines[name].items()}
+    moved_mm = {name: {i: float(_polyline_distance_3d(_transform(p, data.branches[i]),
+                                                      _transform(params, data.branches[i])).mean()) for i in visible}
+                for name, p in refits.items()}
+    return {"branches": visible, "registration": [float(v) for v in params], "registration_residual_px": residual,
+            "refits": {name: [float(v) for v in p] for name, p in refits.items()},
+            "refit_moves_reference_mm": moved_mm, "centring_shift_px": shifts, "rows": rows}
+
+
+def format_floors(report: dict, target: tuple[float, float] = (0.8, 2.5)) -> str:
+    """One line per floor: per branch mean / max mm, and which branches meet ``target``."""
+    lines = [f"floors on branches {report['branches']} (mean / max mm; * meets {target[0]} / {target[1]} mm)"]
+    for name, rows in report["rows"].items():
+        cells = [f"{i}: {r['mean_mm']:.2f} / {r['max_mm']:.2f}{'*' if r['mean_mm'] <= target[0] and r['max_mm'] <= target[1] else ''}"
+                 for i, r in rows.items()]
+        lines.append(f"{name:14}" + ", ".join(cells))
+    return "\n".join(lines)

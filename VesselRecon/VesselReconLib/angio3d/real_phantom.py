@@ -409,5 +409,5 @@ def format_floors(report: dict, target: tuple[float, float] = (0.8, 2.5)) -> str
     for name, rows in report["rows"].items():
         cells = [f"{i}: {r['mean_mm']:.2f} / {r['max_mm']:.2f}{'*' if r['mean_mm'] <= target[0] and r['max_mm'] <= target[1] else ''}"
                  for i, r in rows.items()]
-        lines.append(f"{name:14}" + ", ".join(cells))
+        lines.append(f"{name:19}" + ", ".join(cells))
     return "\n".join(lines)

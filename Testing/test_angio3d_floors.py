@@ -3,6 +3,7 @@ phantom. Synthetic checks of each step (no shared data), then the measured floor
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +74,14 @@ def test_refit_registration_recovers_a_small_rigid_offset():
 @pytest.mark.skipif(not (SHARED / "datasets" / "xa_static_phantom").is_dir()
                     or not (SHARED / "samples" / "xa-phantom" / "IM3.dcm").is_file(),
                     reason="needs ../shared/datasets/xa_static_phantom and ../shared/samples/xa-phantom")
-def test_real_phantom_floors():
-    report = real_phantom.evaluate_floors(SHARED)
-    rows = report["rows"]
+def test_real_phantom_floors(tmp_path):
+    """Through `vesselrecon eval angio3d --floors --json` (JSON keys are strings: branches as "0", "1", ...)."""
+    from VesselReconLib.cli import main
+
+    target = tmp_path / "floors.json"
+    assert main(["eval", "angio3d", "--floors", "--ablation", "", "--shared", str(SHARED), "--json", str(target)]) == 0
+    report = json.loads(target.read_text(encoding="utf-8"))["real_phantom_floors"]
+    rows = {name: {int(i): row for i, row in found.items()} for name, found in report["rows"].items()}
     assert report["branches"] == [0, 1, 3, 4, 5, 6, 8]
     # measured (round 13, the round-12 registration): the reference's exact projections meet the target
     # (0.8 / 2.5 mm) on every branch by the plain DLT (worst 0.51 / 1.88 mm, branch 1); the shipped depth
@@ -88,3 +94,10 @@ def test_real_phantom_floors():
         assert rows[name][1]["max_mm"] > 3.0 and rows[name][1]["mean_mm"] > 1.4
     # ... and meet it on branches 5, 6 and 8 (registered as the evaluation registers)
     assert all(rows["centred"][i]["mean_mm"] <= 0.8 and rows["centred"][i]["max_mm"] <= 2.5 for i in (5, 6, 8))
+
+
+def test_floors_without_the_shared_data_are_refused(tmp_path, capsys):
+    from VesselReconLib.cli import main
+
+    assert main(["eval", "angio3d", "--floors", "--ablation", "", "--shared", str(tmp_path)]) == 2
+    assert "No static phantom data" in capsys.readouterr().err

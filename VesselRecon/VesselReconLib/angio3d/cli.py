@@ -291,6 +291,10 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--real-phantom", action="store_true",
                         help="the real 3D check: reconstruct the static phantom's branches seen in IM3 and IM4 and "
                              "compare them with the registered reference (needs --shared)")
+    parser.add_argument("--floors", action="store_true",
+                        help="what 2D centrelines could reach on the real phantom, per branch: the registered "
+                             "reference's exact projections and the imaged vessels' centres, triangulated as the "
+                             "pipeline does and point by point (needs --shared; about 15 s)")
     parser.add_argument("--shared", default=None, help="the shared data folder (default: ../shared from the repo)")
     parser.add_argument("--angle-noise", type=float, default=0.0,
                         help="degrees of random error added to view B's recorded angles (the calibration corrects it)")
@@ -315,8 +319,8 @@ def evaluate(args) -> int:
     limit_cpu_threads(1)
     net = registry.load_model("angio3d", "angio3d-lite" if args.model == "lite" else args.model, args.device)[0]
     ablation = registry.load_model("angio3d", args.ablation, args.device)[0] if args.ablation else None
-    if not args.data and not args.real_phantom:
-        raise InputError("Give --data (a held-out xray phantom folder) and/or --real-phantom.")
+    if not (args.data or args.real_phantom or args.floors):
+        raise InputError("Give --data (a held-out xray phantom folder), --real-phantom and/or --floors.")
     if args.data:
         cases = load_cases(args.data, args.limit)
         with torch.no_grad():
@@ -329,17 +333,28 @@ def evaluate(args) -> int:
         from .eval import variants
         from .real_phantom import evaluate_real_phantom, format_real
 
-        shared = Path(args.shared) if args.shared else Path(__file__).resolve().parents[3].parent / "shared"
-        if not (shared / "datasets" / "xa_static_phantom").is_dir():
-            raise InputError(f"No static phantom data under {shared}: give --shared (the folder holding "
-                             "datasets/xa_static_phantom and samples/xa-phantom).")
         with torch.no_grad():
-            real = evaluate_real_phantom(shared, variants(net, ablation))
+            real = evaluate_real_phantom(shared_folder(args.shared), variants(net, ablation))
         print(format_real(real))
         print(json.dumps(real))
         report["real_phantom"] = real
+    if args.floors:
+        from .real_phantom import evaluate_floors, format_floors
+
+        floors = evaluate_floors(shared_folder(args.shared))
+        print(format_floors(floors))
+        report["real_phantom_floors"] = floors
     write_json(report)
     return 0
+
+
+def shared_folder(given: str | None) -> Path:
+    """The shared data folder holding the static phantom (``given``, else ../shared beside the repository)."""
+    shared = Path(given) if given else Path(__file__).resolve().parents[3].parent / "shared"
+    if not (shared / "datasets" / "xa_static_phantom").is_dir():
+        raise InputError(f"No static phantom data under {shared}: give --shared (the folder holding "
+                         "datasets/xa_static_phantom and samples/xa-phantom).")
+    return shared
 
 
 # ------------------------------------------------------------------ bench

@@ -96,6 +96,32 @@ def faz_rows(faz_net, folder: Path, device="cpu") -> list[dict]:
     return rows
 
 
+CEILING_THRESHOLDS = np.arange(-6.0, 6.01, 0.25)    # margins (FAZ minus background logit) swept by faz_ceiling
+
+
+def faz_ceiling(faz_net, folder: Path, device="cpu") -> list[dict]:
+    """A diagnostic, not a method: per scan, the U-Net's margin thresholded at every :data:`CEILING_THRESHOLDS`
+    value (central component, as the default), scored against the device's mask, and the best Dice over them:
+    what any recalibration of this network's outline could reach when chosen on the evaluation mask itself."""
+    from ..enface_io import read_image
+    from .evaluation import raw_faz_margin
+    from .faz import select_faz
+
+    rows = []
+    for scan, reference_name in OCTAGON_FAZ.items():
+        image = read_image(folder / scan)
+        reference = read_device_faz(folder / reference_name)
+        margin = raw_faz_margin(faz_net, image.pixels, image.field_of_view_mm, torch.device(device))
+        sweep = []
+        for threshold in CEILING_THRESHOLDS:
+            mask = select_faz(margin > threshold, image.field_of_view_mm)
+            overlap = 2.0 * (mask & reference).sum() / max(mask.sum() + reference.sum(), 1)
+            sweep.append((float(overlap), float(threshold), float(100.0 * (mask.sum() - reference.sum()) / reference.sum())))
+        dice, threshold, error = max(sweep)
+        rows.append({"scan": scan, "best_dice": dice, "best_threshold": threshold, "area_error_pct_there": error})
+    return rows
+
+
 def scan_rows(quality_net, faz_net, folder: Path, device="cpu") -> list[dict]:
     """Grade, probabilities, FAZ area and flags of every OCTAGON scan (the single-image pipeline), then
     the slab-pair rule of the batch pipeline (:func:`.pairs.propagate_pair_grades`: a deep image takes its
@@ -150,7 +176,9 @@ def octagon_images(folder: Path) -> dict[str, np.ndarray]:
 def run_real_evaluation(quality_net, faz_net, folder: Path, device="cpu", rossa: Path | None = None) -> dict:
     series_rows = degradation_series(quality_net, octagon_images(folder), device)
     rossa = rossa if rossa is not None else default_rossa_dir("test")
-    return {"rossa_test": rossa_grades(quality_net, rossa, device) if rossa else None,"faz": faz_rows(faz_net, folder, device), "scans": scan_rows(quality_net, faz_net, folder, device),
+    return {"rossa_test": rossa_grades(quality_net, rossa, device) if rossa else None,
+            "faz": faz_rows(faz_net, folder, device), "faz_ceiling": faz_ceiling(faz_net, folder, device),
+            "scans": scan_rows(quality_net, faz_net, folder, device),
             "series": series_rows,
             "series_monotone": sum(r["monotone"] for r in series_rows),
             "series_worst_ungradable": sum(r["worst_ungradable"] for r in series_rows),
@@ -168,6 +196,11 @@ def format_real(result: dict, faz_name: str) -> str:
     for row in result["faz"]:
         lines.append(f"{row['scan']:28s}{names.get(row['method'], row['method']):{width}s}{row['dice']:8.4f}"
                      f"{row['faz_area_mm2']:10.3f}{row['device_faz_area_mm2']:9.3f}{row['area_error_pct']:+9.1f}")
+    lines += ["", "Ceiling of the U-Net's outline (diagnostic, not a method: its margin thresholded at the value "
+                  "that best fits the device's mask, chosen on that mask itself)"]
+    for row in result.get("faz_ceiling", []):
+        lines.append(f"{row['scan']:28s}best Dice {row['best_dice']:.4f} at margin {row['best_threshold']:+.2f} "
+                     f"(area error there {row['area_error_pct_there']:+.1f} %)")
     lines += ["", "Grades of the OCTAGON scans (single-image pipeline)",
               f"{'scan':28s}{'grade':>12s}{'p_ungr':>8s}{'p_grad':>8s}{'p_outs':>8s}{'FAZ mm2':>9s}{'ratio':>7s}  flags"]
     for row in result["scans"]:

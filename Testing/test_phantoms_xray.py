@@ -120,3 +120,48 @@ def test_real_vs_phantom_figure(tmp_path):
     path = xray.real_vs_phantom_figure(tmp_path / "real.png", shared=shared, height=64)
     image = np.asarray(Image.open(path))
     assert image.shape[0] == 64 and image.shape[1] > 6 * 60          # six panels side by side
+
+
+def test_side_by_side_tube_overlaps_the_soi_in_its_view_only_in_the_image(case):
+    """Round 13 (issue 14): ``make_case(seed, side_by_side=view)`` adds a tube running beside the SOI's main branch
+    in that view, its lumen overlapping the SOI's side by side, in the image but not in the SOI label; the rest
+    of the case is the plain case's."""
+    sbs = xray.make_case(11, side_by_side=1)
+    for view in range(2):
+        assert np.array_equal(sbs["views"][view]["soi"], case["views"][view]["soi"])
+        assert np.array_equal(sbs["views"][view]["soi_bits"], case["views"][view]["soi_bits"])
+    assert np.array_equal(sbs["soi_points"][1], case["soi_points"][1])
+    g = sbs["geometries"][1]
+    centreline = sbs["centerlines"][0]
+    walk, _, radii, _ = xray.side_by_side_vessel(np.random.default_rng([11, 13]), centreline, g)
+    soi_px, tube_px = g.project(centreline["points"])[25:75], g.project(walk)[25:75]
+    gap = np.linalg.norm(tube_px - soi_px, axis=1)
+    to_px = g.magnification / np.mean(g.pixel_spacing)
+    reach = (np.median(centreline["radii"]) + np.median(radii)) * to_px   # the two lumens' radii in px (no lesion)
+    assert np.all(gap < 0.95 * reach) and np.all(gap > 0.45 * reach)      # overlapping side by side, not coinciding
+    in_a = np.linalg.norm(sbs["geometries"][0].project(walk)[25:75] - sbs["geometries"][0].project(
+        centreline["points"])[25:75], axis=1)
+    assert np.median(in_a) > 2 * np.median(gap)                          # apart in the other view (this case)
+    # the tube is imaged (more vessel outside the SOI, darker there), not labelled
+    extra = sbs["views"][1]["vessels"].astype(bool) & ~case["views"][1]["vessels"].astype(bool)
+    assert extra.sum() > 500
+    assert sbs["views"][1]["image"][extra].mean() < case["views"][1]["image"][extra].mean()
+
+
+def test_dataset_writer_side_by_side_fraction(tmp_path):
+    from VesselReconLib.cli import main
+
+    assert main(["phantoms", "xray", "--count", "3", "--seed", "5", "--side-by-side", "1", "--out",
+                 str(tmp_path / "sbs")]) == 0
+    plain = xray.write_xray_dataset(tmp_path / "plain", 3, seed=5, with_mesh=False)
+    assert json.loads((tmp_path / "sbs" / "dataset.json").read_text())["side_by_side"] == 1.0
+    for index in range(3):
+        a, b = xray.load_case(tmp_path / "sbs" / f"case_{index:03d}"), xray.load_case(plain / f"case_{index:03d}")
+        assert all(np.array_equal(m, n) for m, n in zip(a.soi_masks, b.soi_masks))
+        assert not all(np.array_equal(m, n) for m, n in zip(a.images, b.images))     # a tube was added
+    for wrong in (["xray", "--side-by-side", "1.5"], ["octa", "--side-by-side", "0.5"]):
+        assert main(["phantoms", *wrong, "--out", str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists()
+    # fraction 0 writes the plain cases (the choice has its own generator)
+    again = xray.write_xray_dataset(tmp_path / "zero", 1, seed=5, with_mesh=False, side_by_side=0.0)
+    assert np.array_equal(xray.load_case(again / "case_000").images[1], xray.load_case(plain / "case_000").images[1])

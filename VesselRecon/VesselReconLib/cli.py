@@ -128,6 +128,9 @@ def _add_phantoms_parser(sub) -> None:
     parser.add_argument("--count", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="output folder (required except for realism)")
+    parser.add_argument("--side-by-side", type=float, default=0.0,
+                        help="xray: fraction of cases with one more tube running beside the SOI in one view "
+                        "(overlapping it side by side; in the image, not in the SOI label)")
     parser.add_argument("--real", action="append", help="realism: folder of real en face OCTA scans "
                         "(ROSSA layout image/ + label/, or plain images); repeatable")
     parser.add_argument("--size-px", type=int, default=320, help="realism: phantom size")
@@ -153,6 +156,9 @@ def cmd_phantoms(args) -> int:
     from .errors import InputError, check_number
 
     check_number(args.count, "--count", 1, 1_000_000, integer=True)
+    check_number(args.side_by_side, "--side-by-side", 0.0, 1.0)
+    if args.side_by_side and args.kind != "xray":
+        raise InputError("--side-by-side applies to xray phantoms only.")
     if args.kind == "gallery":
         from .phantoms.gallery import write_gallery
 
@@ -161,7 +167,8 @@ def cmd_phantoms(args) -> int:
         return 0
     bar = TqdmProgress(f"phantoms {args.kind}")
     try:
-        path = write_dataset(args.kind, Path(args.out), args.count, args.seed, progress=bar)
+        options = {"side_by_side": args.side_by_side} if args.side_by_side else {}
+        path = write_dataset(args.kind, Path(args.out), args.count, args.seed, progress=bar, **options)
     except KeyError as exc:  # an unknown kind
         raise InputError(str(exc).strip("'\"")) from None
     finally:

@@ -357,6 +357,36 @@ def neighbour_vessels(rng, case: "CoronaryCase", count: int) -> list[tuple]:
     return pieces
 
 
+def side_by_side_vessel(rng, centerline: dict, geometry, travel: float = 15.0) -> tuple:
+    """A tube that runs beside a vessel in one view, its lumen overlapping the vessel's side by side, so
+    that a tracker may follow the wrong one (another artery at another depth, parallel in projection).
+
+    Over the middle three fifths of ``centerline`` (points, radii; LPS mm) the tube lies, in ``geometry``'s
+    image, u (r + r') beside the vessel's projection (u in 0.5-0.9: the lumens overlap), 4-10 mm nearer or
+    farther along the rays; outside that stretch it diverges by up to ``travel`` px more. Its radius is
+    0.8-1.3 x the vessel's. Returns round-cone pieces as :func:`neighbour_vessels` does.
+    """
+    points, radii = centerline["points"], centerline["radii"]
+    s = np.linspace(0, 1, len(points))
+    depth = rng.uniform(4, 10) * rng.choice([-1, 1])
+    side = rng.choice([-1, 1])
+    overlap = rng.uniform(0.5, 0.9)
+    radius_px = np.median(radii) / np.mean(geometry.pixel_spacing) * geometry.magnification
+    factor = rng.uniform(0.8, 1.3)
+    outside = np.clip(np.maximum(0.2 - s, s - 0.8) / 0.2, 0, 1)
+    offset_px = side * (overlap * radius_px * (1 + factor) + travel * outside ** 2)
+    pixels = geometry.project(points)
+    tangent = np.gradient(pixels, axis=0)
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+    target = pixels + offset_px[:, None] * np.c_[-tangent[:, 1], tangent[:, 0]]
+    source, ray = geometry.pixel_rays(pixels)
+    along = ((points - source) * ray).sum(1)
+    _, target_ray = geometry.pixel_rays(target)
+    walk = source + (along + depth)[:, None] * target_ray
+    r = radii * factor
+    return walk[:-1], walk[1:], r[:-1], r[1:]
+
+
 def render_view(case: CoronaryCase, geometry, rng: np.random.Generator, neighbours: list | None = None) -> dict:
     """Image (uint16), all-vessel mask, SOI label mask and per-branch SOI bit mask of one view.
 
@@ -452,8 +482,14 @@ def soi_centerlines(case: CoronaryCase, n: int = N_CENTERLINE) -> list[dict]:
     return out
 
 
-def make_case(seed: int, size: int = 512, spacing: float = 0.3, side_branches: int = 1) -> dict:
-    """Generate one phantom case in memory (images, masks, geometry, SOI points, 3D truth)."""
+def make_case(seed: int, size: int = 512, spacing: float = 0.3, side_branches: int = 1,
+              side_by_side: int | None = None) -> dict:
+    """Generate one phantom case in memory (images, masks, geometry, SOI points, 3D truth).
+
+    ``side_by_side``: a view (0 or 1) in which one more tube runs beside the SOI's main branch, overlapping it
+    side by side (:func:`side_by_side_vessel`, drawn from its own generator so the rest of the case is
+    unchanged); in the image, not in the SOI label.
+    """
     rng = np.random.default_rng(seed)
     for _ in range(20):
         case = coronary_tree(rng, soi_side_branches=side_branches)
@@ -471,6 +507,9 @@ def make_case(seed: int, size: int = 512, spacing: float = 0.3, side_branches: i
         if inside and apart and open_views:
             break
     neighbours = neighbour_vessels(rng, case, int(rng.integers(1, 3)))
+    if side_by_side is not None:
+        neighbours = neighbours + [side_by_side_vessel(np.random.default_rng([seed, 13]), centerlines[0],
+                                                       geometries[side_by_side])]
     views = [render_view(case, g, rng, neighbours) for g in geometries]
     return {"case": case, "tags": tags, "geometries": geometries, "views": views,
             "centerlines": centerlines, "soi_points": pixels}
@@ -558,8 +597,13 @@ def load_case(folder: str | Path) -> XrayCase:
 
 
 @register_dataset("xray")
-def write_xray_dataset(out: Path, count: int, seed: int = 0, progress=None, with_mesh: bool = True) -> Path:
-    """``count`` case folders ``case_000 ...`` under ``out`` plus a ``dataset.json`` index."""
+def write_xray_dataset(out: Path, count: int, seed: int = 0, progress=None, with_mesh: bool = True,
+                       side_by_side: float = 0.0) -> Path:
+    """``count`` case folders ``case_000 ...`` under ``out`` plus a ``dataset.json`` index.
+
+    ``side_by_side``: the fraction of cases given a tube beside the SOI in one view (:func:`make_case`); the
+    choice (case, view) is drawn from its own generator, so ``0`` writes the same cases as before.
+    """
     from ..progress import as_reporter
 
     reporter = as_reporter(progress)
@@ -568,11 +612,14 @@ def write_xray_dataset(out: Path, count: int, seed: int = 0, progress=None, with
     names = []
     for index in range(count):
         name = f"case_{index:03d}"
-        write_case(make_case(seed * 100_003 + index), out / name, with_mesh)
+        choice = np.random.default_rng([seed, index, 13])
+        view = int(choice.integers(2)) if choice.uniform() < side_by_side else None
+        write_case(make_case(seed * 100_003 + index, side_by_side=view), out / name, with_mesh)
         names.append(name)
         reporter((index + 1) / count, name)
     (out / "dataset.json").write_text(json.dumps(
         {"name": "VesselRecon X-ray two-view phantoms", "kind": "xray", "seed": seed, "cases": names,
+         "side_by_side": side_by_side,
          "layout": "case_*/view_{a,b}.png, vessels_*, soi_*, geometry.json, centerline.json, mesh.vtp"}, indent=1), encoding="utf-8")
     return out
 

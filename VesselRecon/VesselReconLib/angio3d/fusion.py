@@ -135,12 +135,15 @@ def shipped_fusion() -> TwoViewFusion | None:
 
 
 def reader_radii(cases: list[dict], reader) -> list[list[np.ndarray]]:
-    """The strip reader's radii (px) of every cached view (the regressor's when ``reader`` is None)."""
-    out = []
-    for case in cases:
-        out.append([v["radii"] / v["mm_per_px"] if reader is None else
-                    reader.radii(v["profiles"], v["radii"] / v["mm_per_px"], v["floored"]) for v in case["views"]])
-    return out
+    """The strip reader's radii (px) of every cached view: read by ``reader`` from the view's profiles and regressor
+    radii (the regressor's when ``reader`` is None), or, for a view cached as the pipeline keeps it (with the strip
+    reader's ``strip_inputs``, the caches of rounds 12-13), its own radii, which are then already the strip reader's."""
+    def read(v):
+        if reader is None or "strip_inputs" in v:
+            return v["radii"] / v["mm_per_px"]
+        return reader.radii(v["profiles"], v["radii"] / v["mm_per_px"], v["floored"])
+
+    return [[read(v) for v in case["views"]] for case in cases]
 
 
 def qca_terms(view: dict, truth: float) -> np.ndarray:
@@ -200,19 +203,24 @@ def profile_qca(log_radii: torch.Tensor, terms: torch.Tensor, median: int = 3) -
     return 100 * (1 - mld / reference)
 
 
-def fit(cases: list[dict], reads: list[list[np.ndarray]], width: int = 48, members: int = 1, epochs: int = 40,
-        seed: int = 0, batch: int = 32, qca_weight: float = 0.0, log=print) -> TwoViewFusion:
-    """Train a :class:`TwoViewFusion`, each member from its own seed (AdamW, one-cycle; weighted smooth-L1 on the
-    log radius plus ``qca_weight`` x smooth-L1 (β 1) of the profile's % stenosis (:func:`profile_qca`) against the
-    true %, in hundreds of points; both views' profiles mirrored across the vessel and the strip reversed along
-    it at random)."""
+def qca_criterion(qca_weight: float):
+    """The training loss: weighted smooth-L1 on the log radius plus ``qca_weight`` x smooth-L1 (β 1) of the
+    profile's % stenosis (:func:`profile_qca`) against the true %, in hundreds of points."""
     def criterion(prediction, y, w):
         loss = weighted_smooth_l1(prediction, y[:, 0], w)
         if qca_weight:
             error = nn.functional.smooth_l1_loss(profile_qca(prediction, y[:, 1:]), y[:, 4, 0], beta=1.0, reduction="none")
             loss = loss + qca_weight * (error * y[:, 5, 0]).sum() / y[:, 5, 0].sum().clamp(min=1) / 100
         return loss
+    return criterion
 
+
+def fit(cases: list[dict], reads: list[list[np.ndarray]], width: int = 48, members: int = 1, epochs: int = 40,
+        seed: int = 0, batch: int = 32, qca_weight: float = 0.0, log=print) -> TwoViewFusion:
+    """Train a :class:`TwoViewFusion`, each member from its own seed (AdamW, one-cycle; weighted smooth-L1 on the
+    log radius plus ``qca_weight`` x smooth-L1 (β 1) of the profile's % stenosis (:func:`profile_qca`) against the
+    true %, in hundreds of points; both views' profiles mirrored across the vessel and the strip reversed along
+    it at random)."""
     x, y, w = training_tensors(cases, reads)
     model = TwoViewFusion(width, members)
     model.mean.copy_(x.mean((0, 2)))
@@ -224,7 +232,8 @@ def fit(cases: list[dict], reads: list[list[np.ndarray]], width: int = 48, membe
             if isinstance(layer, nn.Conv1d):
                 layer.reset_parameters()
         fit_weighted(member, lambda xb, member=member: xb[:, -1] + member(xb[:, :-1]), data, y, w, epochs,
-                     lambda e, loss, i=index: log(f"member {i} epoch {e}: loss {loss:.4f}"), batch, _flip, criterion)
+                     lambda e, loss, i=index: log(f"member {i} epoch {e}: loss {loss:.4f}"), batch, _flip,
+                     qca_criterion(qca_weight))
     return model.eval()
 
 
@@ -257,13 +266,36 @@ def fit_ensemble(cases: list[dict], reads: list[list[np.ndarray]], width: int = 
     return model.eval()
 
 
+def cached_cases(seed_texts: list[str], cache_paths: list[str]) -> list[dict]:
+    """The cached cases of the seed ranges ``seed_texts`` ("lo-hi"), in seed order, from the pickles ``cache_paths``."""
+    import pickle
+
+    from .lumen import seed_range
+
+    seeds = sorted({s for text in seed_texts for s in seed_range(text)})
+    cached = {}
+    for path in cache_paths:
+        with open(path, "rb") as handle:
+            cached.update((c["seed"], c) for c in pickle.load(handle))
+    return [cached[s] for s in seeds]
+
+
+def print_held_out(paths: list[str], errors) -> None:
+    """Mean |error|, bias and median |error| of each held-out cache pickle; ``errors(cases)`` gives signed QCA errors."""
+    import pickle
+
+    for path in paths:
+        with open(path, "rb") as handle:
+            e = np.asarray(errors(pickle.load(handle)))
+        print(f"{path} ({len(e)} cases): mean |error| {np.abs(e).mean():.2f}  bias {e.mean():+.2f}  "
+              f"median {np.median(np.abs(e)):.2f}")
+
+
 def main(argv=None) -> int:
     import argparse
-    import pickle
     from pathlib import Path
 
     from .. import registry
-    from .lumen import seed_range
     from .strip import shipped_reader
 
     parser = argparse.ArgumentParser(description="Train the Angio3D two-view QCA fusion on cached xray phantoms.")
@@ -276,20 +308,14 @@ def main(argv=None) -> int:
     parser.add_argument("--members", nargs="+", default=["0:0", "0:1"], help="seed:qca_weight per member")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    seeds = sorted({s for text in args.seeds for s in seed_range(text)})
-    cached = {c["seed"]: c for path in args.cache for c in pickle.load(open(path, "rb"))}
-    cases = [cached[s] for s in seeds]
+    cases = cached_cases(args.seeds, args.cache)
     reader = shipped_reader().reader
     members = tuple((int(s), float(w)) for s, w in (m.split(":") for m in args.members))
     model = fit_ensemble(cases, reader_radii(cases, reader), args.width, args.epochs, members)
     path = Path(args.out) / "angio3d-fusion.safetensors"
     digest = registry.save_model(model, path, "angio3d", "fusion", {"width": args.width, "members": len(members)})
     print(f"{len(cases)} phantoms; saved {path} sha256 {digest}")
-    for held in args.held_out:
-        held_cases = pickle.load(open(held, "rb"))
-        e = case_qca_errors(held_cases, model, reader_radii(held_cases, reader))
-        print(f"{held} ({len(e)} cases): mean |error| {np.abs(e).mean():.2f}  bias {e.mean():+.2f}  "
-              f"median {np.median(np.abs(e)):.2f}")
+    print_held_out(args.held_out, lambda held: case_qca_errors(held, model, reader_radii(held, reader)))
     return 0
 
 

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fusion import N_VIEW, READ, _flip, fusion_inputs, profile_qca, training_tensors
-from .lumen import N_PROFILE, fit_weighted, weighted_smooth_l1
+from .fusion import N_VIEW, READ, _flip, fusion_inputs, qca_criterion, reader_radii, training_tensors
+from .lumen import N_PROFILE, fit_weighted
 from .strip import _Block
 
 IMAGES = (slice(0, N_PROFILE), slice(N_VIEW, N_VIEW + N_PROFILE))      # this view's and the other view's profiles
@@ -91,18 +91,6 @@ class StripImageFusion(nn.Module):
             return list(np.exp(self(x).numpy().astype(float)))
 
 
-def qca_criterion(qca_weight: float):
-    """Weighted smooth-L1 on the log radius plus ``qca_weight`` x smooth-L1 (β 1) of the profile's % stenosis
-    (:func:`~.fusion.profile_qca`) against the true %, in hundreds of points (the fusion's training loss)."""
-    def criterion(prediction, y, w):
-        loss = weighted_smooth_l1(prediction, y[:, 0], w)
-        if qca_weight:
-            error = nn.functional.smooth_l1_loss(profile_qca(prediction, y[:, 1:]), y[:, 4, 0], beta=1.0, reduction="none")
-            loss = loss + qca_weight * (error * y[:, 5, 0]).sum() / y[:, 5, 0].sum().clamp(min=1) / 100
-        return loss
-    return criterion
-
-
 def fit_member(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, seed: int = 0, qca_weight: float = 1.0,
                epochs: int = 20, batch: int = 64, log=print, **config) -> StripImageFusion:
     """One member trained on :func:`~.fusion.training_tensors` (AdamW one-cycle, the fusion's flips)."""
@@ -127,19 +115,12 @@ def fit_ensemble(x, y, w, members: tuple = ((0, 1.0), (1, 1.0)), epochs: int = 2
     return model.eval()
 
 
-def cached_reads(cases: list[dict]) -> list[list[np.ndarray]]:
-    """The strip reader's radii (px) of cases cached as the pipeline keeps its QCA samples."""
-    return [[view["radii"] / view["mm_per_px"] for view in case["views"]] for case in cases]
-
-
 def main(argv=None) -> int:
     import argparse
-    import pickle
     from pathlib import Path
 
     from .. import registry
-    from .fusion import fused_qca
-    from .lumen import seed_range
+    from .fusion import cached_cases, fused_qca, print_held_out
 
     parser = argparse.ArgumentParser(description="Train the Angio3D 2D strip-image QCA reader on cached phantoms.")
     parser.add_argument("--seeds", nargs="+", default=["8001-9000", "10001-12500", "13601-15600"])
@@ -150,21 +131,16 @@ def main(argv=None) -> int:
     parser.add_argument("--members", nargs="+", default=["0:1", "1:1"], help="seed:qca_weight per member")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    seeds = sorted({s for text in args.seeds for s in seed_range(text)})
-    cached = {c["seed"]: c for path in args.cache for c in pickle.load(open(path, "rb"))}
-    cases = [cached[s] for s in seeds]
-    x, y, w = training_tensors(cases, cached_reads(cases))
+    cases = cached_cases(args.seeds, args.cache)
+    x, y, w = training_tensors(cases, reader_radii(cases, None))
     members = tuple((int(s), float(q)) for s, q in (m.split(":") for m in args.members))
     model = fit_ensemble(x, y, w, members, args.epochs)
     path = Path(args.out) / "angio3d-strip-image.safetensors"
     digest = registry.save_model(model, path, "angio3d", "strip-image", {"members": len(members)})
     print(f"{len(cases)} phantoms; saved {path} sha256 {digest}")
-    for held in args.held_out:
-        held_cases = pickle.load(open(held, "rb"))
-        e = np.array([fused_qca(c["views"], model.radii(c["views"], r))["percent_diameter_stenosis"] - c["truth"]
-                      for c, r in zip(held_cases, cached_reads(held_cases))])
-        print(f"{held} ({len(e)} cases): mean |error| {np.abs(e).mean():.2f}  bias {e.mean():+.2f}  "
-              f"median {np.median(np.abs(e)):.2f}")
+    print_held_out(args.held_out, lambda held: [
+        fused_qca(c["views"], model.radii(c["views"], r))["percent_diameter_stenosis"] - c["truth"]
+        for c, r in zip(held, reader_radii(held, None))])
     return 0
 
 

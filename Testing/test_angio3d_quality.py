@@ -630,6 +630,49 @@ def test_two_view_fusion_aligns_the_other_view_and_learns_to_read_across_views()
     assert abs(case_qca_errors([case], model, [reads])[0]) < 8
 
 
+def test_fusion_qca_term_reads_through_the_running_median_it_is_given(monkeypatch):
+    """Round 13 (med13): the fusion's differentiable QCA (its training loss) takes the running median as a
+    parameter, by default the rule's ``QCA_MEDIAN_SAMPLES``: the median equals scipy's (``mode="nearest"``); a
+    one-sample throat reads in full without it and milder through 3 samples, as the per-view QCA reads it; the
+    loss of a member trained through median 1 reaches that throat sample, through median 3 it does not."""
+    import torch
+    from scipy import ndimage
+
+    from VesselReconLib.angio3d import pipeline
+    from VesselReconLib.angio3d.fusion import profile_qca, qca_criterion, qca_terms, running_median
+    from VesselReconLib.angio3d.pipeline import quantitative_coronary_analysis
+
+    rng = np.random.default_rng(0)
+    d = rng.uniform(1, 2, (3, 40))
+    for width in (1, 3, 5):
+        expected = np.stack([ndimage.median_filter(row, width, mode="nearest") for row in d])
+        assert np.allclose(running_median(torch.from_numpy(d), width).numpy(), expected)
+    with pytest.raises(ValueError):
+        running_median(torch.from_numpy(d), 2)
+    n = 60
+    points = np.c_[np.arange(n, dtype=float), np.zeros(n)]
+    radii = np.full(n, 1.5)
+    radii[30] = 0.45                                                     # a one-sample 70 % throat
+    view = {"pixels": points, "floored": np.zeros(n, bool), "off_px": np.zeros(n), "true_radii_px": radii}
+    terms = torch.from_numpy(qca_terms(view, 70.0)[None].astype(np.float32))
+    log_r = torch.log(torch.tensor(radii, dtype=torch.float32))[None]
+    for width in (1, 3):
+        rule = quantitative_coronary_analysis(points, ndimage.median_filter(radii, width, mode="nearest"),
+                                              valid=np.ones(n, bool))["percent_diameter_stenosis"]
+        assert float(profile_qca(log_r, terms, width)[0]) == pytest.approx(rule, abs=1e-3)
+    assert float(profile_qca(log_r, terms, 1)[0]) == pytest.approx(70.0, abs=0.5)
+    assert float(profile_qca(log_r, terms, 3)[0]) < 5.0
+    monkeypatch.setattr(pipeline, "QCA_MEDIAN_SAMPLES", 1)
+    assert float(profile_qca(log_r, terms)[0]) == pytest.approx(70.0, abs=0.5)
+    y = torch.cat([log_r[:, None], terms], 1)                            # the true radii read exactly
+    assert float(qca_criterion(1.0, 1)(log_r, y, torch.ones(1, n))) < 1e-3
+    assert float(qca_criterion(1.0, 3)(log_r, y, torch.ones(1, n))) > 0.6  # the median hides 65 of 70 points
+    for width, reaches in ((1, True), (3, False)):
+        prediction = (log_r + 0.2).requires_grad_()                      # every radius over-read by 22 %
+        profile_qca(prediction, terms, width).sum().backward()
+        assert bool(prediction.grad[0, 30].abs() > 1e-4) == reaches
+
+
 def test_pipeline_fuses_the_main_branch_qca_with_the_shipped_two_view_fusion():
     """Round 11: the shipped ``angio3d-fusion`` (registry, sha256 checked) reads each view's main-branch QCA radii
     from both views inside the pipeline, and the QCA says so (``radius_fusion``); its reading equals the fusion

@@ -181,14 +181,26 @@ def training_tensors(cases: list[dict], reads: list[list[np.ndarray]]):
             torch.from_numpy(np.stack(ws).astype(np.float32)))
 
 
-def profile_qca(log_radii: torch.Tensor, terms: torch.Tensor, median: int = 3) -> torch.Tensor:
+def running_median(d: torch.Tensor, median: int) -> torch.Tensor:
+    """Running median of ``median`` (odd) samples along the last axis of (B, N), ends padded with the end value
+    (``scipy.ndimage.median_filter(..., mode="nearest")``, as the per-view QCA); ``median`` 1 leaves ``d`` as is."""
+    if median < 1 or median % 2 == 0:
+        raise ValueError(f"the running median needs an odd number of samples, not {median}")
+    half = median // 2
+    if not half:
+        return d
+    padded = torch.cat([d[:, :1].expand(-1, half), d, d[:, -1:].expand(-1, half)], 1)
+    return torch.stack([padded[:, i:i + d.shape[1]] for i in range(median)]).median(0).values
+
+
+def profile_qca(log_radii: torch.Tensor, terms: torch.Tensor, median: int | None = None) -> torch.Tensor:
     """% diameter stenosis (B,) of log radius profiles (B, N) by the interpolated-reference QCA after a running
-    median of ``median`` (1 or 3) samples, as :func:`~.pipeline.own_view_qca` reads one view, with ``terms``
-    (B, >=3, N) from :func:`qca_terms`; differentiable in the radii (through the minimum and the reference)."""
-    d = 2 * torch.exp(log_radii)
-    if median == 3:
-        padded = torch.cat([d[:, :1], d, d[:, -1:]], 1)
-        d = torch.stack([padded[:, :-2], padded[:, 1:-1], padded[:, 2:]]).median(0).values
+    median of ``median`` samples (by default the rule's ``QCA_MEDIAN_SAMPLES``), as :func:`~.pipeline.own_view_qca`
+    reads one view, with ``terms`` (B, >=3, N) from :func:`qca_terms`; differentiable in the radii (through the
+    minimum and the reference)."""
+    from .pipeline import QCA_MEDIAN_SAMPLES
+
+    d = running_median(2 * torch.exp(log_radii), QCA_MEDIAN_SAMPLES if median is None else median)
     arc, first, last = terms[:, 0], terms[:, 1], terms[:, 2]
     size = d.shape[1]
     n = max(2, int(round(0.15 * size)))
@@ -203,24 +215,27 @@ def profile_qca(log_radii: torch.Tensor, terms: torch.Tensor, median: int = 3) -
     return 100 * (1 - mld / reference)
 
 
-def qca_criterion(qca_weight: float):
+def qca_criterion(qca_weight: float, median: int | None = None):
     """The training loss: weighted smooth-L1 on the log radius plus ``qca_weight`` x smooth-L1 (β 1) of the
-    profile's % stenosis (:func:`profile_qca`) against the true %, in hundreds of points."""
+    profile's % stenosis (:func:`profile_qca` with a running median of ``median`` samples, by default the rule's)
+    against the true %, in hundreds of points."""
     def criterion(prediction, y, w):
         loss = weighted_smooth_l1(prediction, y[:, 0], w)
         if qca_weight:
-            error = nn.functional.smooth_l1_loss(profile_qca(prediction, y[:, 1:]), y[:, 4, 0], beta=1.0, reduction="none")
+            error = nn.functional.smooth_l1_loss(profile_qca(prediction, y[:, 1:], median), y[:, 4, 0], beta=1.0,
+                                                 reduction="none")
             loss = loss + qca_weight * (error * y[:, 5, 0]).sum() / y[:, 5, 0].sum().clamp(min=1) / 100
         return loss
     return criterion
 
 
 def fit(cases: list[dict], reads: list[list[np.ndarray]], width: int = 48, members: int = 1, epochs: int = 40,
-        seed: int = 0, batch: int = 32, qca_weight: float = 0.0, log=print) -> TwoViewFusion:
+        seed: int = 0, batch: int = 32, qca_weight: float = 0.0, qca_median: int | None = None,
+        log=print) -> TwoViewFusion:
     """Train a :class:`TwoViewFusion`, each member from its own seed (AdamW, one-cycle; weighted smooth-L1 on the
-    log radius plus ``qca_weight`` x smooth-L1 (β 1) of the profile's % stenosis (:func:`profile_qca`) against the
-    true %, in hundreds of points; both views' profiles mirrored across the vessel and the strip reversed along
-    it at random)."""
+    log radius plus ``qca_weight`` x smooth-L1 (β 1) of the profile's % stenosis (:func:`profile_qca`, running
+    median of ``qca_median`` samples, by default the rule's) against the true %, in hundreds of points; both
+    views' profiles mirrored across the vessel and the strip reversed along it at random)."""
     x, y, w = training_tensors(cases, reads)
     model = TwoViewFusion(width, members)
     model.mean.copy_(x.mean((0, 2)))
@@ -233,7 +248,7 @@ def fit(cases: list[dict], reads: list[list[np.ndarray]], width: int = 48, membe
                 layer.reset_parameters()
         fit_weighted(member, lambda xb, member=member: xb[:, -1] + member(xb[:, :-1]), data, y, w, epochs,
                      lambda e, loss, i=index: log(f"member {i} epoch {e}: loss {loss:.4f}"), batch, _flip,
-                     qca_criterion(qca_weight))
+                     qca_criterion(qca_weight, qca_median))
     return model.eval()
 
 
@@ -254,10 +269,12 @@ def case_qca_errors(cases: list[dict], model: TwoViewFusion, reads: list[list[np
 
 
 def fit_ensemble(cases: list[dict], reads: list[list[np.ndarray]], width: int = 48, epochs: int = 20,
-                 members: tuple = ((0, 0.0), (0, 1.0)), log=print) -> TwoViewFusion:
+                 members: tuple = ((0, 0.0), (0, 1.0)), qca_median: int | None = None, log=print) -> TwoViewFusion:
     """A :class:`TwoViewFusion` whose members are trained one by one by :func:`fit`, each from its own
-    ``(seed, qca_weight)``: members without and with the QCA term err on opposite sides of the truth."""
-    parts = [fit(cases, reads, width, 1, epochs, seed, qca_weight=weight, log=log) for seed, weight in members]
+    ``(seed, qca_weight)``, the QCA term through a running median of ``qca_median`` samples (by default the
+    rule's): members without and with the QCA term err on opposite sides of the truth."""
+    parts = [fit(cases, reads, width, 1, epochs, seed, qca_weight=weight, qca_median=qca_median, log=log)
+             for seed, weight in members]
     model = TwoViewFusion(width, len(parts))
     model.mean.copy_(parts[0].mean)
     model.std.copy_(parts[0].std)
@@ -306,12 +323,14 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=48)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--members", nargs="+", default=["0:0", "0:1"], help="seed:qca_weight per member")
+    parser.add_argument("--qca-median", type=int, default=None,
+                        help="running median (samples) of the QCA term; default the rule's QCA_MEDIAN_SAMPLES")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cases = cached_cases(args.seeds, args.cache)
     reader = shipped_reader().reader
     members = tuple((int(s), float(w)) for s, w in (m.split(":") for m in args.members))
-    model = fit_ensemble(cases, reader_radii(cases, reader), args.width, args.epochs, members)
+    model = fit_ensemble(cases, reader_radii(cases, reader), args.width, args.epochs, members, args.qca_median)
     path = Path(args.out) / "angio3d-fusion.safetensors"
     digest = registry.save_model(model, path, "angio3d", "fusion", {"width": args.width, "members": len(members)})
     print(f"{len(cases)} phantoms; saved {path} sha256 {digest}")

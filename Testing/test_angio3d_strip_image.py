@@ -45,3 +45,26 @@ def test_strip_image_reader_corrects_the_strip_reading_from_the_image():
     assert radii[0].min() < 0.6 * 6.0 * 0.2                            # the throat is read from the image
     assert np.median(np.abs(np.log(radii[0] / truth))) < 0.15
     assert abs(fused_qca(case["views"], radii)["percent_diameter_stenosis"] - 70.0) < 10
+
+
+def test_strip_image_training_reads_the_qca_term_through_the_median_it_is_given(monkeypatch):
+    """Round 13 (comb13): ``fit_member``/``fit_ensemble`` pass ``qca_median`` to the QCA term (``None``: the rule's),
+    and the median changes the training (the QCA term differs through 1 and 3 samples)."""
+    from VesselReconLib.angio3d import fusion, strip_image
+    from VesselReconLib.angio3d.fusion import training_tensors
+
+    seen = []
+
+    def recording(qca_weight, median=None):
+        seen.append(median)
+        return fusion.qca_criterion(qca_weight, median)
+
+    monkeypatch.setattr(strip_image, "qca_criterion", recording)
+    train = [lesion_case(percent, 0) for percent in (60.0, 80.0)]
+    x, y, w = training_tensors([c for c, _ in train], [r for _, r in train])
+    small = dict(epochs=2, log=lambda *_: None, channels=(4, 4), width=8)
+    models = {m: strip_image.fit_member(x, y, w, seed=0, qca_weight=1.0, qca_median=m, batch=2, **small) for m in (1, 3)}
+    strip_image.fit_ensemble(x, y, w, ((0, 1.0), (1, 1.0)), **small)
+    assert seen == [1, 3, None, None]
+    head = {m: models[m].members[0].head.weight for m in (1, 3)}
+    assert not torch.allclose(head[1], head[3])

@@ -12,6 +12,10 @@ Round 13 (helper qca13): two members trained with the QCA term (:func:`~.fusion.
 -0.34 / 2.85 on 7001-7260 (shipped fusion 5.00 / -1.00 / 3.29); on fresh seeds 15601-15900 5.42 / +0.71 / 3.14
 against 5.66 / -0.18 / 3.27, a gain of 0.24 points, short of the 0.30 its ship rule asked: not shipped. Pooled
 over the 900 phantoms 13001-13600 and 15601-15900 (none trained on) 5.20 / +0.02 against 5.41 / -0.89.
+Round 13 (helper comb13): the same two members with the QCA term through a 1-sample running median
+(``--qca-median 1``), read with ``QCA_MEDIAN_SAMPLES = 1``: 5.12 / +0.33 against 5.22 / -0.96 on fresh seeds
+16901-17500 (+0.10) and worse on 7701-7900: not shipped; on 1900 non-training phantoms it reads like either lever
+alone (5.21, C4 5.24, the median-1 fusion 5.23, shipped 5.40): the two levers do not add.
 
 Train: ``python -m VesselReconLib.angio3d.strip_image --seeds 8001-9000 10001-12500 13601-15600 --cache <pickles>
 --out <folder>`` (caches as the pipeline keeps its QCA samples, with ``strip_inputs``, ``true_radii_px``, ``off_px``).
@@ -92,21 +96,23 @@ class StripImageFusion(nn.Module):
 
 
 def fit_member(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, seed: int = 0, qca_weight: float = 1.0,
-               epochs: int = 20, batch: int = 64, log=print, **config) -> StripImageFusion:
-    """One member trained on :func:`~.fusion.training_tensors` (AdamW one-cycle, the fusion's flips)."""
+               epochs: int = 20, batch: int = 64, log=print, qca_median: int | None = None,
+               **config) -> StripImageFusion:
+    """One member trained on :func:`~.fusion.training_tensors` (AdamW one-cycle, the fusion's flips); the QCA
+    term reads through a ``qca_median``-sample running median (``None``: the rule's ``QCA_MEDIAN_SAMPLES``)."""
     torch.manual_seed(seed)
     model = StripImageFusion(members=1, **config)
     model.mean.copy_(x[:, SCALARS].mean((0, 2)))
     model.std.copy_(x[:, SCALARS].std((0, 2)) + 1e-6)
     fit_weighted(model, model, x, y, w, epochs, lambda e, loss: log(f"seed {seed} epoch {e}: loss {loss:.4f}"),
-                 batch, _flip, qca_criterion(qca_weight))
+                 batch, _flip, qca_criterion(qca_weight, qca_median))
     return model.eval()
 
 
 def fit_ensemble(x, y, w, members: tuple = ((0, 1.0), (1, 1.0)), epochs: int = 20, log=print,
-                 **config) -> StripImageFusion:
+                 qca_median: int | None = None, **config) -> StripImageFusion:
     """Members trained one by one (:func:`fit_member`, each from its ``(seed, qca_weight)``), averaged."""
-    parts = [fit_member(x, y, w, seed, weight, epochs, log=log, **config) for seed, weight in members]
+    parts = [fit_member(x, y, w, seed, weight, epochs, log=log, qca_median=qca_median, **config) for seed, weight in members]
     model = StripImageFusion(members=len(parts), **config)
     model.mean.copy_(parts[0].mean)
     model.std.copy_(parts[0].std)
@@ -129,12 +135,14 @@ def main(argv=None) -> int:
     parser.add_argument("--held-out", nargs="*", default=[], help="cache pickles of held-out cases to report")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--members", nargs="+", default=["0:1", "1:1"], help="seed:qca_weight per member")
+    parser.add_argument("--qca-median", type=int, default=None,
+                        help="running-median width of the QCA term (default: the rule's QCA_MEDIAN_SAMPLES)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cases = cached_cases(args.seeds, args.cache)
     x, y, w = training_tensors(cases, reader_radii(cases, None))
     members = tuple((int(s), float(q)) for s, q in (m.split(":") for m in args.members))
-    model = fit_ensemble(x, y, w, members, args.epochs)
+    model = fit_ensemble(x, y, w, members, args.epochs, qca_median=args.qca_median)
     path = Path(args.out) / "angio3d-strip-image.safetensors"
     digest = registry.save_model(model, path, "angio3d", "strip-image", {"members": len(members)})
     print(f"{len(cases)} phantoms; saved {path} sha256 {digest}")

@@ -308,6 +308,24 @@ def print_held_out(paths: list[str], errors) -> None:
               f"median {np.median(np.abs(e)):.2f}")
 
 
+def add_training_arguments(parser, seeds: list[str], file_name: str, members: list[str]) -> None:
+    """The arguments the QCA readers' training commands share (this module's and :mod:`.strip_image`'s)."""
+    parser.add_argument("--seeds", nargs="+", default=seeds, help="phantom seed ranges lo-hi")
+    parser.add_argument("--cache", nargs="+", required=True,
+                        help="pickles of cached cases (as the pipeline keeps its QCA samples, or throat.collect's lists)")
+    parser.add_argument("--out", required=True, help=f"folder for {file_name}")
+    parser.add_argument("--held-out", nargs="*", default=[], help="cache pickles of held-out cases to report")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--members", nargs="+", default=members, help="seed:qca_weight per member")
+    parser.add_argument("--qca-median", type=int, default=None,
+                        help="running median (samples) of the QCA term; default the rule's QCA_MEDIAN_SAMPLES")
+
+
+def parse_members(texts: list[str]) -> tuple:
+    """``["0:1", ...]`` -> ``((0, 1.0), ...)``: each member's seed and QCA-term weight."""
+    return tuple((int(seed), float(weight)) for seed, weight in (text.split(":") for text in texts))
+
+
 def main(argv=None) -> int:
     import argparse
     from pathlib import Path
@@ -316,20 +334,13 @@ def main(argv=None) -> int:
     from .strip import shipped_reader
 
     parser = argparse.ArgumentParser(description="Train the Angio3D two-view QCA fusion on cached xray phantoms.")
-    parser.add_argument("--seeds", nargs="+", default=["8001-9000", "10001-12500"], help="phantom seed ranges lo-hi")
-    parser.add_argument("--cache", nargs="+", required=True, help="pickles of collected cases (throat.collect's lists)")
-    parser.add_argument("--out", required=True, help="folder for angio3d-fusion.safetensors")
-    parser.add_argument("--held-out", nargs="*", default=[], help="cache pickles of held-out cases to report")
+    add_training_arguments(parser, ["8001-9000", "10001-12500"], "angio3d-fusion.safetensors", ["0:0", "0:1"])
     parser.add_argument("--width", type=int, default=48)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--members", nargs="+", default=["0:0", "0:1"], help="seed:qca_weight per member")
-    parser.add_argument("--qca-median", type=int, default=None,
-                        help="running median (samples) of the QCA term; default the rule's QCA_MEDIAN_SAMPLES")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cases = cached_cases(args.seeds, args.cache)
     reader = shipped_reader().reader
-    members = tuple((int(s), float(w)) for s, w in (m.split(":") for m in args.members))
+    members = parse_members(args.members)
     model = fit_ensemble(cases, reader_radii(cases, reader), args.width, args.epochs, members, args.qca_median)
     path = Path(args.out) / "angio3d-fusion.safetensors"
     digest = registry.save_model(model, path, "angio3d", "fusion", {"width": args.width, "members": len(members)})

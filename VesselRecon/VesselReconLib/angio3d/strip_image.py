@@ -126,22 +126,16 @@ def main(argv=None) -> int:
     from pathlib import Path
 
     from .. import registry
-    from .fusion import cached_cases, fused_qca, print_held_out
+    from .fusion import add_training_arguments, cached_cases, fused_qca, parse_members, print_held_out
 
     parser = argparse.ArgumentParser(description="Train the Angio3D 2D strip-image QCA reader on cached phantoms.")
-    parser.add_argument("--seeds", nargs="+", default=["8001-9000", "10001-12500", "13601-15600"])
-    parser.add_argument("--cache", nargs="+", required=True, help="pickles of cases cached as the pipeline keeps them")
-    parser.add_argument("--out", required=True, help="folder for angio3d-strip-image.safetensors")
-    parser.add_argument("--held-out", nargs="*", default=[], help="cache pickles of held-out cases to report")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--members", nargs="+", default=["0:1", "1:1"], help="seed:qca_weight per member")
-    parser.add_argument("--qca-median", type=int, default=None,
-                        help="running-median width of the QCA term (default: the rule's QCA_MEDIAN_SAMPLES)")
+    add_training_arguments(parser, ["8001-9000", "10001-12500", "13601-15600"], "angio3d-strip-image.safetensors",
+                           ["0:1", "1:1"])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cases = cached_cases(args.seeds, args.cache)
     x, y, w = training_tensors(cases, reader_radii(cases, None))
-    members = tuple((int(s), float(q)) for s, q in (m.split(":") for m in args.members))
+    members = parse_members(args.members)
     model = fit_ensemble(x, y, w, members, args.epochs, qca_median=args.qca_median)
     path = Path(args.out) / "angio3d-strip-image.safetensors"
     digest = registry.save_model(model, path, "angio3d", "strip-image", {"members": len(members)})

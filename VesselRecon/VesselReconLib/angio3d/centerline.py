@@ -210,27 +210,27 @@ def _blurred_chords(sigma: float) -> np.ndarray:
     return ndimage.convolve1d(chords, kernel, axis=1, mode="constant")
 
 
-def _lumen_templates(offsets: tuple, sigma: float) -> np.ndarray:
+def _lumen_templates(offsets: tuple, sigma: float, centres: np.ndarray = FIT_CENTRES_PX) -> np.ndarray:
     """(R * C, L) projected chord of a round lumen of each radius in ``FIT_RADII_PX`` centred at each
-    of ``FIT_CENTRES_PX``, blurred by a Gaussian of ``sigma`` px, sampled at ``offsets`` (linear
+    of ``centres``, blurred by a Gaussian of ``sigma`` px, sampled at ``offsets`` (linear
     interpolation of :func:`_blurred_chords`)."""
     chords = _blurred_chords(float(sigma))
-    position = (np.asarray(offsets)[None, :] - FIT_CENTRES_PX[:, None] + 60.0) / TEMPLATE_STEP   # (C, L)
+    position = (np.asarray(offsets)[None, :] - centres[:, None] + 60.0) / TEMPLATE_STEP          # (C, L)
     position = np.clip(position, 0, chords.shape[1] - 1)
     low = np.minimum(np.floor(position).astype(int), chords.shape[1] - 2)
     frac = position - low
     values = chords[:, low] * (1 - frac) + chords[:, low + 1] * frac                            # (R, C, L)
-    return values.reshape(len(FIT_RADII_PX) * len(FIT_CENTRES_PX), -1)
+    return values.reshape(len(FIT_RADII_PX) * len(centres), -1)
 
 
 CONTRAST_PRIOR = 0.3                    # std of log(iodine per chord) about the healthy vessel's value
 CONTRAST_STEPS = np.exp(np.linspace(-0.9, 0.9, 13))
 
 
-def _fit_terms(profiles: np.ndarray, offsets: np.ndarray, sigma: float) -> tuple:
-    """The profiles and lumen templates with their linear background projected out, and their inner
-    products (shared by the free and the constrained fit of :func:`_fit_lumen`)."""
-    templates = _lumen_templates(tuple(np.round(offsets, 6)), float(sigma))
+def _fit_terms(profiles: np.ndarray, offsets: np.ndarray, sigma: float, centres: np.ndarray = FIT_CENTRES_PX) -> tuple:
+    """The profiles and lumen templates (centred at each of ``centres``) with their linear background projected
+    out, and their inner products (shared by the free and the constrained fit of :func:`_fit_lumen`)."""
+    templates = _lumen_templates(tuple(np.round(offsets, 6)), float(sigma), centres)
     basis, _ = np.linalg.qr(np.c_[np.ones_like(offsets), offsets / np.abs(offsets).max()])
     shapes = templates - (templates @ basis) @ basis.T            # removes the linear background
     data = profiles - (profiles @ basis) @ basis.T                # (K, L), (N, L)
@@ -239,6 +239,23 @@ def _fit_terms(profiles: np.ndarray, offsets: np.ndarray, sigma: float) -> tuple
     # multi-threaded BLAS on a busy machine is ~50 x slower for these sizes)
     dot = (torch.from_numpy(np.ascontiguousarray(data)) @ torch.from_numpy(np.ascontiguousarray(shapes)).T).numpy()
     return energy, dot, (data * data).sum(1)                      # (K,), (N, K), (N,)
+
+
+def _free_fit(energy: np.ndarray, dot: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per profile, the best template (index into :func:`_fit_terms`' templates) with a free iodine amount
+    ``A >= 0``, that ``A`` and the drop of the residual sum of squares it gives."""
+    rows = np.arange(len(dot))
+    amplitude = np.maximum(-dot / energy, 0)
+    error = amplitude ** 2 * energy + 2 * amplitude * dot
+    best = np.argmin(error, 1)
+    return best, amplitude[rows, best], error[rows, best]
+
+
+def fitted_lumen_centres(profiles: np.ndarray, offsets: np.ndarray, centres: np.ndarray,
+                         sigma: float = PROFILE_BLUR_PX) -> np.ndarray:
+    """The centre (px, one of ``centres``) of the free lumen fit of :func:`_fit_lumen` to each profile."""
+    energy, dot, _ = _fit_terms(profiles, offsets, sigma, np.asarray(centres, float))
+    return np.asarray(centres, float)[_free_fit(energy, dot)[0] % len(centres)]
 
 
 def _fit_lumen(profiles: np.ndarray, offsets: np.ndarray, sigma: float, contrast: np.ndarray | None = None,
@@ -255,10 +272,8 @@ def _fit_lumen(profiles: np.ndarray, offsets: np.ndarray, sigma: float, contrast
     energy, dot, base = _fit_terms(profiles, offsets, sigma) if terms is None else terms
     rows = np.arange(len(dot))
     if contrast is None:
-        amplitude = np.maximum(-dot / energy, 0)
-        error = amplitude ** 2 * energy + 2 * amplitude * dot
-        best = np.argmin(error, 1)
-        return FIT_RADII_PX[best // len(FIT_CENTRES_PX)], amplitude[rows, best], base + error[rows, best]
+        best, amplitude, error = _free_fit(energy, dot)
+        return FIT_RADII_PX[best // len(FIT_CENTRES_PX)], amplitude, base + error
     best_cost = np.full(len(dot), np.inf)
     best_k, best_a, best_sse = np.zeros(len(dot), int), np.zeros(len(dot)), np.zeros(len(dot))
     for step in CONTRAST_STEPS:

@@ -301,21 +301,10 @@ def imaged_centre_offsets(image: np.ndarray, path: np.ndarray, reach: float = FL
     imaged vessel's centre at each point of ``path``: the centre of the module's QCA lumen model (a round
     lumen's blurred chord on a linear background, any radius, centres within +-4 px) least-squares fitted
     to the intensity profile across the path, then a running median over ``FLOOR_MEDIAN_POINTS``."""
-    from .centerline import PROFILE_BLUR_PX, _blurred_chords, vessel_profiles
+    from .centerline import fitted_lumen_centres, vessel_profiles
 
     offsets, profiles = vessel_profiles(image, path, reach)
-    chords = _blurred_chords(float(PROFILE_BLUR_PX))
-    fine = np.arange(chords.shape[1]) * 0.05 - 60.0
-    templates = np.stack([np.stack([np.interp(offsets - c, fine, chord) for c in FLOOR_CENTRES_PX])
-                          for chord in chords]).reshape(-1, len(offsets))      # (R * C, L)
-    basis, _ = np.linalg.qr(np.c_[np.ones_like(offsets), offsets / np.abs(offsets).max()])
-    shapes = templates - (templates @ basis) @ basis.T
-    data = profiles - (profiles @ basis) @ basis.T
-    energy = (shapes * shapes).sum(1) + 1e-12
-    dot = data @ shapes.T
-    amplitude = np.maximum(-dot / energy, 0)                  # dark vessel: a negative chord
-    best = np.argmin(amplitude ** 2 * energy + 2 * amplitude * dot, axis=1)
-    centres = FLOOR_CENTRES_PX[best % len(FLOOR_CENTRES_PX)]
+    centres = fitted_lumen_centres(profiles, offsets, FLOOR_CENTRES_PX)
     return ndimage.median_filter(centres, FLOOR_MEDIAN_POINTS, mode="nearest")
 
 

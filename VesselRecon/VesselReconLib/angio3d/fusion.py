@@ -76,7 +76,27 @@ def fusion_inputs(views: list[dict], reads: list[np.ndarray], ref: int) -> np.nd
     return np.r_[own, resample(other.T, at).T, stretch[None]].astype(np.float32)
 
 
-class TwoViewFusion(nn.Module):
+class BothViewsReader(nn.Module):
+    """A QCA reader whose forward pass maps :func:`fusion_inputs` (B, N_FUSION, N) to each sample's log radius (mm)."""
+
+    def radii(self, views: list[dict], reads: list[np.ndarray]) -> list[np.ndarray]:
+        """Each view's lumen radius (mm) at its own samples, read from both views."""
+        x = torch.from_numpy(np.stack([fusion_inputs(views, reads, ref) for ref in (0, 1)]))
+        with torch.no_grad():
+            return list(np.exp(self(x).numpy().astype(float)))
+
+
+def combine_members(model, parts: list):
+    """``model`` (with ``len(parts)`` members) holding the one member of each trained part, with the first part's
+    input standardisation (``mean``, ``std``), in eval mode."""
+    model.mean.copy_(parts[0].mean)
+    model.std.copy_(parts[0].std)
+    for member, part in zip(model.members, parts):
+        member.load_state_dict(part.members[0].state_dict())
+    return model.eval()
+
+
+class TwoViewFusion(BothViewsReader):
     """:func:`fusion_inputs` (B, N_FUSION, N) -> log radius (mm) at each of the view's samples (B, N): the view's
     strip-reader log radius plus the mean correction of ``members`` 1D conv nets over both views' channels."""
 
@@ -89,12 +109,6 @@ class TwoViewFusion(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = (x - self.mean[:, None]) / self.std[:, None]
         return x[:, READ] + torch.stack([m(z) for m in self.members]).mean(0)
-
-    def radii(self, views: list[dict], reads: list[np.ndarray]) -> list[np.ndarray]:
-        """Each view's lumen radius (mm) at its own samples, read from both views."""
-        x = torch.from_numpy(np.stack([fusion_inputs(views, reads, ref) for ref in (0, 1)]))
-        with torch.no_grad():
-            return list(np.exp(self(x).numpy().astype(float)))
 
 
 def fused_qca(views: list[dict], radii_mm: list[np.ndarray]) -> dict:
@@ -262,8 +276,8 @@ def _flip(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
     return x, y, w
 
 
-def case_qca_errors(cases: list[dict], model: TwoViewFusion, reads: list[list[np.ndarray]]) -> np.ndarray:
-    """Signed main-branch QCA errors (points) of cached cases read by the fusion (:func:`fused_qca`)."""
+def case_qca_errors(cases: list[dict], model: BothViewsReader, reads: list[list[np.ndarray]]) -> np.ndarray:
+    """Signed main-branch QCA errors (points) of cached cases read by a two-view reader (:func:`fused_qca`)."""
     return np.array([fused_qca(case["views"], model.radii(case["views"], read))["percent_diameter_stenosis"] - case["truth"]
                      for case, read in zip(cases, reads)])
 
@@ -275,12 +289,7 @@ def fit_ensemble(cases: list[dict], reads: list[list[np.ndarray]], width: int = 
     rule's): members without and with the QCA term err on opposite sides of the truth."""
     parts = [fit(cases, reads, width, 1, epochs, seed, qca_weight=weight, qca_median=qca_median, log=log)
              for seed, weight in members]
-    model = TwoViewFusion(width, len(parts))
-    model.mean.copy_(parts[0].mean)
-    model.std.copy_(parts[0].std)
-    for member, part in zip(model.members, parts):
-        member.load_state_dict(part.members[0].state_dict())
-    return model.eval()
+    return combine_members(TwoViewFusion(width, len(parts)), parts)
 
 
 def cached_cases(seed_texts: list[str], cache_paths: list[str]) -> list[dict]:

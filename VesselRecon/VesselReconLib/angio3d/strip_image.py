@@ -23,11 +23,10 @@ Train: ``python -m VesselReconLib.angio3d.strip_image --seeds 8001-9000 10001-12
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
-from .fusion import N_VIEW, READ, _flip, fusion_inputs, qca_criterion, reader_radii, training_tensors
+from .fusion import N_VIEW, READ, BothViewsReader, _flip, combine_members, qca_criterion, reader_radii, training_tensors
 from .lumen import N_PROFILE, fit_weighted
 from .strip import _Block
 
@@ -65,7 +64,7 @@ class _Member(nn.Module):
         return self.head(self.blocks(nn.functional.gelu(self.stem(z))))[:, 0]
 
 
-class StripImageFusion(nn.Module):
+class StripImageFusion(BothViewsReader):
     """:func:`~.fusion.fusion_inputs` (B, N_FUSION, N) -> log radius (mm) at each of the view's samples (B, N): the
     strip reader's log radius plus the mean correction of ``members`` 2D-then-1D convolutional nets."""
 
@@ -88,12 +87,6 @@ class StripImageFusion(nn.Module):
         images, scalars = self.split(x)
         return x[:, READ] + torch.stack([m(images, scalars) for m in self.members]).mean(0)
 
-    def radii(self, views: list[dict], reads: list[np.ndarray]) -> list[np.ndarray]:
-        """Each view's lumen radius (mm) at its own samples, read from both views (as the fusion's)."""
-        x = torch.from_numpy(np.stack([fusion_inputs(views, reads, ref) for ref in (0, 1)]))
-        with torch.no_grad():
-            return list(np.exp(self(x).numpy().astype(float)))
-
 
 def fit_member(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, seed: int = 0, qca_weight: float = 1.0,
                epochs: int = 20, batch: int = 64, log=print, qca_median: int | None = None,
@@ -113,12 +106,7 @@ def fit_ensemble(x, y, w, members: tuple = ((0, 1.0), (1, 1.0)), epochs: int = 2
                  qca_median: int | None = None, **config) -> StripImageFusion:
     """Members trained one by one (:func:`fit_member`, each from its ``(seed, qca_weight)``), averaged."""
     parts = [fit_member(x, y, w, seed, weight, epochs, log=log, qca_median=qca_median, **config) for seed, weight in members]
-    model = StripImageFusion(members=len(parts), **config)
-    model.mean.copy_(parts[0].mean)
-    model.std.copy_(parts[0].std)
-    for member, part in zip(model.members, parts):
-        member.load_state_dict(part.members[0].state_dict())
-    return model.eval()
+    return combine_members(StripImageFusion(members=len(parts), **config), parts)
 
 
 def main(argv=None) -> int:
@@ -126,7 +114,7 @@ def main(argv=None) -> int:
     from pathlib import Path
 
     from .. import registry
-    from .fusion import add_training_arguments, cached_cases, fused_qca, parse_members, print_held_out
+    from .fusion import add_training_arguments, cached_cases, case_qca_errors, parse_members, print_held_out
 
     parser = argparse.ArgumentParser(description="Train the Angio3D 2D strip-image QCA reader on cached phantoms.")
     add_training_arguments(parser, ["8001-9000", "10001-12500", "13601-15600"], "angio3d-strip-image.safetensors",
@@ -140,9 +128,7 @@ def main(argv=None) -> int:
     path = Path(args.out) / "angio3d-strip-image.safetensors"
     digest = registry.save_model(model, path, "angio3d", "strip-image", {"members": len(members)})
     print(f"{len(cases)} phantoms; saved {path} sha256 {digest}")
-    print_held_out(args.held_out, lambda held: [
-        fused_qca(c["views"], model.radii(c["views"], r))["percent_diameter_stenosis"] - c["truth"]
-        for c, r in zip(held, reader_radii(held, None))])
+    print_held_out(args.held_out, lambda held: case_qca_errors(held, model, reader_radii(held, None)))
     return 0
 
 

@@ -106,6 +106,7 @@ def faz_ceiling(faz_net, folder: Path, device="cpu") -> list[dict]:
     from ..enface_io import read_image
     from .evaluation import raw_faz_margin
     from .faz import select_faz
+    from .logic import faz_comparison
 
     rows = []
     for scan, reference_name in OCTAGON_FAZ.items():
@@ -114,9 +115,8 @@ def faz_ceiling(faz_net, folder: Path, device="cpu") -> list[dict]:
         margin = raw_faz_margin(faz_net, image.pixels, image.field_of_view_mm, torch.device(device))
         sweep = []
         for threshold in CEILING_THRESHOLDS:
-            mask = select_faz(margin > threshold, image.field_of_view_mm)
-            overlap = 2.0 * (mask & reference).sum() / max(mask.sum() + reference.sum(), 1)
-            sweep.append((float(overlap), float(threshold), float(100.0 * (mask.sum() - reference.sum()) / reference.sum())))
+            c = faz_comparison(select_faz(margin > threshold, image.field_of_view_mm), reference, image.field_of_view_mm)
+            sweep.append((c["dice"], float(threshold), 100 * c["faz_area_error_mm2"] / c["reference_faz_area_mm2"]))
         dice, threshold, error = max(sweep)
         rows.append({"scan": scan, "best_dice": dice, "best_threshold": threshold, "area_error_pct_there": error})
     return rows

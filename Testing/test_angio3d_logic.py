@@ -254,7 +254,8 @@ def test_qca_on_held_out_phantoms(qca_errors):
 @pytest.mark.xfail(strict=True, reason="issue 14 target not met on these seeds (rounds 11-13: mean 7.1, bias -4.7, median 3.1 "
                    "with the two-view fusion; round 10 6.9 / -4.1 with the strip reader alone; rounds 4-9: 12.0 / -8.0): "
                    "an 85 % lesion hidden by another vessel in both views (-27) and an 89 % sub-resolution throat "
-                   "under-read in both views (-13); on fresh phantoms 5.7 / -0.2 (15601-15900), 5.7 / -1.4 "
+                   "under-read in both views (-13); on fresh phantoms 5.1 / -0.8 (17501-18500) and 5.1 / +0.2 "
+                   "(18501-19500) in round 14, 5.7 / -0.2 (15601-15900), 5.7 / -1.4 "
                    "(15901-16000 + 16601-16900) and 5.2 / -1.0 (16901-17500) in round 13, 5.1 / -1.0 (13001-13300, "
                    "round 12), 4.8 / -0.3 (12701-13000, round 11); 5.2 / -0.7 on 7001-7900; see the README")
 def test_qca_meets_the_issue_target(qca_errors):
@@ -289,6 +290,11 @@ QCA_SEEDS = tuple(range(9101, 9109))
 # paths, learned soft choice: all worse or <= 0.09 better); the path-off-the-vessel flag (reading unchanged) shipped
 # under a rule written first (fresh seeds 13001-13300: 3 of 300 flagged, mean |error| 29.3 there vs 4.9; shipped QCA
 # there 5.14 / -0.98 / median 2.69). Here (read once after the decision): the same errors, none flagged.
+# Round 14: the round-13 fusion retrained through a median-free rule failed a confirmatory check sized for its
+# earlier gain (fresh 17501-18500: +0.05, 95 % -0.08 ... +0.18; rule >= 0.10 with the interval above 0); the
+# lesion-location flag (the views' narrowest points > 2 mm apart) shipped under a rule written first (fresh
+# 18501-19500: 10.4 % flagged, 11.8 points there against 4.3 elsewhere). Here it flags 9101 (-12.9; the views'
+# narrowest points 3.7 mm apart) and 9107 (+0.3, 21 mm apart), not 9104 (-27.4, one lesion hidden alike in both).
 QCA_MEDIAN_ERROR, QCA_MEAN_ERROR, QCA_BIAS = 4.0, 9.0, 6.0
 
 

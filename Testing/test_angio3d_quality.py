@@ -400,6 +400,35 @@ def test_qca_is_flagged_unreliable_where_a_path_leaves_the_vessel():
     assert not view_qca(None, {"qca_samples": samples}, lesion)["path_off_vessel"]     # not measured
 
 
+def test_qca_is_flagged_unreliable_where_the_views_place_the_lesion_apart():
+    """Round 14: where the two views' narrowest points lie more than LESION_APART_MM apart along the vessel they do
+    not read the same lesion: the QCA is flagged unreliable with both positions in the warning; closer than that it
+    is not; the reading (the tighter view) is never changed."""
+    from VesselReconLib.angio3d.pipeline import LESION_APART_MM, own_view_qca, view_qca
+
+    s = np.linspace(0, 50, 100)
+
+    def lesion(at, depth):
+        return 1.6 * (1 - depth * np.exp(-((s - at) / 3) ** 2))
+
+    def qca(at_a, at_b):
+        samples = own_samples(lesion(at_a, 0.5), lesion(at_b, 0.6))
+        return view_qca(None, {"qca_samples": samples}, lesion(at_b, 0.6)), own_view_qca(samples)
+
+    flagged, plain = qca(35, 25)
+    assert flagged["unreliable"] and flagged["mld_apart_mm"] == pytest.approx(10, abs=0.6)
+    assert flagged["mld_positions_mm_views"] == pytest.approx([35, 25], abs=0.6)
+    assert flagged["percent_diameter_stenosis"] == plain["percent_diameter_stenosis"] == pytest.approx(60, abs=3)
+    assert flagged["radius_view"] == "B" and flagged["mld_position_mm"] == pytest.approx(25, abs=0.6)
+    warning = [w for w in flagged["warnings"] if "narrowest point" in w]
+    a, b = flagged["mld_positions_mm_views"]
+    assert len(warning) == 1 and "unreliable" in warning[0]
+    assert f"{flagged['mld_apart_mm']:.1f} mm apart" in warning[0] and f"({a:.1f} mm in A, {b:.1f} mm in B)" in warning[0]
+    for offset, expected in ((LESION_APART_MM + 0.6, True), (LESION_APART_MM - 0.6, False), (0.0, False)):
+        near, _ = qca(25 + offset, 25)
+        assert near["unreliable"] is expected and any("narrowest point" in w for w in near["warnings"]) is expected
+
+
 def test_pipeline_flags_a_qca_whose_path_left_the_vessel():
     """Round 12, on two used phantoms: 7893 (a 48 % lesion read +23 points from view A, whose path runs 44 px off
     the vessel at the reported lesion) is flagged ``path_off_vessel`` and unreliable, from the network's
@@ -415,6 +444,22 @@ def test_pipeline_flags_a_qca_whose_path_left_the_vessel():
     clean = phantom_run(7001, net)[2]
     assert not clean.qca["path_off_vessel"] and not clean.qca["unreliable"]
     assert all(p.min() > 0.5 for p in clean.branches[0].views["path_probability"])
+
+
+def test_pipeline_flags_a_qca_whose_views_place_the_lesion_apart():
+    """Round 14, on two phantoms of the flag's design seeds: 17862 (a 38 % lesion read 70 % from view B, whose
+    narrowest point is 37 mm from view A's; both paths on the vessel) is flagged unreliable by the lesion's place
+    alone; 17502 (both views' narrowest points 0.2 mm apart, read 51 % for 51 %) is not."""
+    from VesselReconLib import registry
+    from VesselReconLib.angio3d.lumen import phantom_run
+    from VesselReconLib.angio3d.pipeline import LESION_APART_MM
+
+    net = registry.load_model("angio3d", "angio3d-lite", "cpu")[0]
+    flagged = phantom_run(17862, net)[2].qca
+    assert flagged["unreliable"] and not flagged["path_off_vessel"] and flagged["mld_apart_mm"] > 30
+    assert sum("narrowest point" in w for w in flagged["warnings"]) == 1
+    clean = phantom_run(17502, net)[2].qca
+    assert not clean["unreliable"] and clean["mld_apart_mm"] < LESION_APART_MM / 4
 
 
 def test_own_view_samples_follow_each_views_own_path():

@@ -35,7 +35,8 @@ def perturbed_geometries(case: XrayCase, angle_noise: float, seed: int = 0) -> l
 
 def case_metrics(case: XrayCase, net, segmenter: str = "net", refine: bool = True, angle_noise: float = 0.0,
                  radius_fusion: str = "lesion", qca_views: bool = True) -> dict:
-    """Metrics of one reconstruction against a phantom case's truth (all SOI branches), calibration on."""
+    """Metrics of one reconstruction against a phantom case's truth (all SOI branches), calibration on;
+    ``qca_flagged`` is 1 where the main branch's QCA is flagged unreliable (its mean: the share of cases)."""
     result = reconstruct(case.images, perturbed_geometries(case, angle_noise), [np.array(p) for p in case.soi_points],
                          net=net, segmenter=segmenter, refine=refine, calibrate=True, radius_fusion=radius_fusion,
                          qca_views=qca_views)
@@ -57,6 +58,7 @@ def case_metrics(case: XrayCase, net, segmenter: str = "net", refine: bool = Tru
             "fscore_05mm": float(fs[1]), "dice": float(np.mean(dice)), "jaccard": float(np.mean(jaccard)),
             "ds_error_pct": abs(result.qca["percent_diameter_stenosis"] - truth_ds),
             "ds_bias_pct": result.qca["percent_diameter_stenosis"] - truth_ds,
+            "qca_flagged": float(bool(result.qca.get("unreliable", False))),
             "seconds": float(sum(result.timings.values()))}
 
 
@@ -86,7 +88,7 @@ def evaluate_cases(cases: list[XrayCase], net, net_nodiffrend=None, progress=Non
 def format_table(rows: list[dict]) -> str:
     """Plain-text results table."""
     columns = ["mae_mm", "hausdorff_mm", "fscore", "fscore_05mm", "dice", "jaccard", "ds_error_pct", "ds_bias_pct",
-               "seconds"]
+               "qca_flagged", "seconds"]
     header = f"{'method':22}" + "".join(f"{c:>14}" for c in columns)
     lines = [header, "-" * len(header)]
     for row in rows:

@@ -294,7 +294,9 @@ class Angio3DLogic(VesselReconLogic):
         """QCA per branch (main first): length, MLD, reference diameter, % diameter stenosis, the view whose
         radii gave the MLD (``radius_view``: "A", "B", "A+B" when both agree, "fused" when the pipeline gave none), how
         each view's radii were read (``radius_fusion``: the two-view fusion or the view's own strip), whether another vessel covers a stretch of it in
-        both views or a 2D path has left the vessel (``unreliable``; the warnings say which) and the warnings ("" when none)."""
+        both views, a 2D path has left the vessel or the two views' narrowest points lie apart (``unreliable``; the
+        warnings say which; ``mld_apart_mm`` how far apart, NaN when the pipeline gave no per-view reading) and the
+        warnings ("" when none)."""
         from .pipeline import quantitative_coronary_analysis
 
         rows = []
@@ -305,6 +307,7 @@ class Angio3DLogic(VesselReconLogic):
                          "reference_diameter_mm": round(qca["reference_diameter_mm"], 3),
                          "percent_diameter_stenosis": round(qca["percent_diameter_stenosis"], 2),
                          "mld_position_mm": round(qca["mld_position_mm"], 3),
+                         "mld_apart_mm": round(qca.get("mld_apart_mm", float("nan")), 3),
                          "radius_view": qca.get("radius_view", "fused"),
                          "radius_fusion": qca.get("radius_fusion", "sample by sample"),
                          "unreliable": bool(qca.get("unreliable", False)),

@@ -200,7 +200,7 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
         samples, fusion = (views["qca_samples"], OWN_VIEW_NAME) if side_branch else fuse_samples(views["qca_samples"])
         qca = own_view_qca(samples, side_branch)
         qca["radius_fusion"] = fusion
-        qca = flag_hidden_stretch(qca, samples["points"], views.get("overlap"))
+        qca = flag_lesion_apart(flag_hidden_stretch(qca, samples["points"], views.get("overlap")))
         return flag_path_off_vessel(qca, views.get("path_probability"))
     floored, overlap = views["floored"].copy(), views["overlap"]
     radii = views.get("qca_radii", views["radii"])
@@ -268,6 +268,28 @@ def flag_hidden_stretch(qca: dict, points: np.ndarray, overlap: np.ndarray | Non
         qca["warnings"].append(f"another vessel covers the segment in both views at {first:.1f}-{last:.1f} mm: "
                                "a lesion there is hidden from both projections; "
                                "QCA unreliable -- take a third view")
+    return qca
+
+
+LESION_APART_MM = 2.0      # the two views' narrowest points farther apart along the vessel: QCA unreliable
+
+
+def flag_lesion_apart(qca: dict) -> dict:
+    """Mark ``qca`` unreliable (``qca["unreliable"]``, a warning) where the two views place their narrowest point
+    more than ``LESION_APART_MM`` apart along the vessel (``qca["mld_apart_mm"]``, :func:`own_view_qca`): they do
+    not read the same lesion (one view's is hidden or foreshortened, or a dip from another vessel or a path off
+    the vessel is read as one). The reading is not changed.
+
+    Chosen on phantoms 17501-18500 (round 14): 12 % flagged, mean |error| 11.4 points there against 4.2 elsewhere,
+    31 of the 66 cases off by more than 15 points; checked on fresh seeds 18501-19500 under a rule written first."""
+    apart = qca.get("mld_apart_mm")
+    if apart is not None and apart > LESION_APART_MM:
+        first, second = qca["mld_positions_mm_views"]
+        qca["unreliable"] = True
+        qca["warnings"].append(f"the views place the narrowest point {apart:.1f} mm apart along the vessel "
+                               f"({first:.1f} mm in A, {second:.1f} mm in B): they may not show the same lesion "
+                               "(hidden or foreshortened in one view, or another vessel read as a narrowing); "
+                               "QCA unreliable -- check both views")
     return qca
 
 
@@ -349,7 +371,11 @@ def own_view_qca(samples: dict, side_branch: bool = False) -> dict:
     qca["view_index"] = chosen
     qca["warnings"] = list(qca["warnings"])
     qca["length_mm"] = float(arc[-1])
-    qca["mld_position_mm"] = float(np.interp(own[chosen]["a_index"][qca["mld_index"]], np.arange(len(arc)), arc))
+    positions = [float(np.interp(view["a_index"][q["mld_index"]], np.arange(len(arc)), arc))
+                 for view, q in zip(own, per_view)]
+    qca["mld_position_mm"] = positions[chosen]
+    qca["mld_positions_mm_views"] = [round(p, 2) for p in positions]
+    qca["mld_apart_mm"] = abs(positions[0] - positions[1])
     qca["radius_view"] = "A+B" if abs(percents[0] - percents[1]) <= 5.0 else "AB"[chosen]
     qca["percent_diameter_stenosis_views"] = [round(q, 2) for q in percents]
     if abs(percents[0] - percents[1]) > VIEW_DISAGREEMENT:

@@ -317,10 +317,11 @@ def evaluate(args) -> int:
     write_json = json_report(args.json)
     report = {}
     limit_cpu_threads(1)
-    net = registry.load_model("angio3d", "angio3d-lite" if args.model == "lite" else args.model, args.device)[0]
-    ablation = registry.load_model("angio3d", args.ablation, args.device)[0] if args.ablation else None
     if not (args.data or args.real_phantom or args.floors):
         raise InputError("Give --data (a held-out xray phantom folder), --real-phantom and/or --floors.")
+    if args.data or args.real_phantom:     # the floors use no network
+        net = registry.load_model("angio3d", "angio3d-lite" if args.model == "lite" else args.model, args.device)[0]
+        ablation = registry.load_model("angio3d", args.ablation, args.device)[0] if args.ablation else None
     if args.data:
         cases = load_cases(args.data, args.limit)
         with torch.no_grad():

@@ -104,7 +104,7 @@ def load_registry(directory: str | Path | None = None) -> list[ModelEntry]:
 
 # Entries that are parts of another model, never chosen on their own: COIPS's FAZ U-Net (picked with its
 # grader) and Angio3D's lumen regressor, strip reader and two-view fusion (used by the QCA).
-COMPONENT_PRESETS = {"coips": ("faz-",), "angio3d": ("lumen", "strip", "fusion")}
+COMPONENT_PRESETS = {"coips": ("faz-",), "angio3d": ("lumen", "strip", "fusion", "calibrator")}
 
 
 def _lookup(candidates: list[ModelEntry], module: str, model: str) -> ModelEntry | None:

@@ -204,7 +204,8 @@ def build_model(preset: str = "lite", **config):
     """The registry hook: an untrained :class:`Angio3DNet` for ``preset`` (``lite`` or ``paper``), or the
     QCA lumen-radius regressor for ``lumen`` (:class:`~.lumen.LumenRegressor`), its throat refiner for
     ``throat`` (:class:`~.throat.ThroatRefiner`) or the strip reader for ``strip`` (:class:`~.strip.StripReader`) or
-    its two-view fusion for ``fusion`` (:class:`~.fusion.TwoViewFusion`)."""
+    its two-view fusion for ``fusion`` (:class:`~.fusion.TwoViewFusion`) or the QCA calibrator for ``calibrator``
+    (:class:`~.calibrator.QCACalibrator`)."""
     if preset == "lumen":
         from .lumen import LumenRegressor
 
@@ -221,4 +222,8 @@ def build_model(preset: str = "lite", **config):
         from .fusion import TwoViewFusion
 
         return TwoViewFusion(**config)
+    if preset == "calibrator":
+        from .calibrator import QCACalibrator
+
+        return QCACalibrator(**config)
     return Angio3DNet(preset, **config)

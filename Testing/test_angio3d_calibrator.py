@@ -1,0 +1,56 @@
+"""The round-14 QCA calibrator study (angio3d/calibrator.py, not wired into the pipeline): its features read what they
+name on a synthetic two-view lesion, its training learns a known correction, and it goes through the registry."""
+import numpy as np
+import pytest
+import torch
+
+from VesselReconLib import registry
+from VesselReconLib.angio3d.calibrator import FEATURES, QCACalibrator, case_features, fit
+from VesselReconLib.angio3d.pipeline import flag_lesion_apart, own_view_qca
+
+
+def two_views(depth_a: float, at_a: float, depth_b: float, at_b: float, mm_per_px: float = 0.2) -> list[dict]:
+    """A straight 50 mm branch, 1.6 mm radius, with one Gaussian lesion per view (fractional depth, position mm)."""
+    s = np.linspace(0, 50, 100)
+    pixels = np.c_[np.linspace(20, 270, 100), np.full(100, 100.0)]
+    points = np.c_[s, np.zeros(100), np.zeros(100)]
+    return [{"pixels": pixels, "points": points, "a_index": np.arange(100, dtype=float), "mm_per_px": mm_per_px,
+             "radii": 1.6 * (1 - depth * np.exp(-((s - at) / 3) ** 2)), "floored": np.zeros(100, bool)}
+            for depth, at in ((depth_a, at_a), (depth_b, at_b))]
+
+
+def features_of(own: list[dict], **flags) -> dict:
+    qca = flag_lesion_apart(own_view_qca({"points": own[0]["points"], "own": own}))
+    return dict(zip(FEATURES, case_features(own, {**qca, **flags})))
+
+
+def test_calibrator_features_read_the_two_views_lesions():
+    same = features_of(two_views(0.5, 25, 0.6, 25))
+    assert same["p3_R"] == pytest.approx(60, abs=3) and same["p3_O"] == pytest.approx(50, abs=3)
+    assert same["other_here"] == pytest.approx(same["p3_O"], abs=0.5) and same["apart_mm"] < 1
+    assert same["refpx_R"] == pytest.approx(3.2 / 0.2, rel=0.02) and same["length_mm"] == pytest.approx(50)
+    assert same["floored_R"] == 0 and same["path_off"] == 0 and same["noise_R"] == pytest.approx(0, abs=1e-3)
+    apart = features_of(two_views(0.5, 35, 0.6, 25), path_off_vessel=True)
+    assert apart["apart_mm"] == pytest.approx(10, abs=0.6) and apart["other_here"] < 5     # A is wide at B's lesion
+    assert apart["width_R"] == apart["width_O"] and apart["path_off"] == 1     # same lesion shape, 5 mm at half depth
+    flank = [100 * 0.6 * np.exp(-((k * 50 / 99) / 3) ** 2) for k in (6.5, 5.0)]   # about 6 samples from the MLD
+    assert flank[0] < apart["second_R"] < flank[1]                              # the lesion's own flank
+    own = two_views(0.5, 35, 0.6, 25)
+    own[1]["radii"] = own[1]["radii"] * (1 - 0.3 * np.exp(-((np.linspace(0, 50, 100) - 40) / 1.5) ** 2))
+    assert features_of(own)["second_R"] == pytest.approx(30, abs=3)            # a second, milder lesion in B
+
+
+def test_calibrator_training_learns_a_correction_and_loads_through_the_registry(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, len(FEATURES)))
+    reported = rng.uniform(30, 90, 400)
+    truth = reported + 4.0 + 3.0 * (features[:, 0] > 0)          # the reading is 4 or 7 points low
+    model = fit(features, reported, truth, epochs=40, members=2)
+    correction = model.correct(features)
+    assert np.abs(correction - (truth - reported)).mean() < 0.8
+    path = tmp_path / "calibrator.safetensors"
+    registry.save_model(model, path, "angio3d", "calibrator", {"width": 32, "members": 2})
+    loaded = registry.load_model("angio3d", str(path))[0]
+    assert isinstance(loaded, QCACalibrator)
+    assert torch.equal(loaded.members[1][0].weight, model.members[1][0].weight)
+    assert np.allclose(loaded.correct(features[:5]), correction[:5], atol=1e-5)

@@ -291,7 +291,8 @@ class Angio3DLogic(VesselReconLogic):
 
     @staticmethod
     def qca_rows(result) -> list[dict]:
-        """QCA per branch (main first): length, MLD, reference diameter, % diameter stenosis, the view whose
+        """QCA per branch (main first): length, MLD, reference diameter, % diameter stenosis (on the main branch the
+        QCA calibrator's, with the reading it corrected in ``percent_diameter_stenosis_raw``; NaN elsewhere), the view whose
         radii gave the MLD (``radius_view``: "A", "B", "A+B" when both agree, "fused" when the pipeline gave none), how
         each view's radii were read (``radius_fusion``: the two-view fusion or the view's own strip), whether another vessel covers a stretch of it in
         both views, a 2D path has left the vessel or the two views' narrowest points lie apart (``unreliable``; the
@@ -306,6 +307,7 @@ class Angio3DLogic(VesselReconLogic):
                          "length_mm": round(qca["length_mm"], 3), "mld_mm": round(qca["mld_mm"], 3),
                          "reference_diameter_mm": round(qca["reference_diameter_mm"], 3),
                          "percent_diameter_stenosis": round(qca["percent_diameter_stenosis"], 2),
+                         "percent_diameter_stenosis_raw": round(qca.get("percent_diameter_stenosis_raw", float("nan")), 2),
                          "mld_position_mm": round(qca["mld_position_mm"], 3),
                          "mld_apart_mm": round(qca.get("mld_apart_mm", float("nan")), 3),
                          "radius_view": qca.get("radius_view", "fused"),

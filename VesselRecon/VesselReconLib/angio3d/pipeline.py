@@ -193,15 +193,22 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
     both views by the shipped two-view fusion when it is installed (:func:`~.fusion.fuse_samples`), and
     ``radius_fusion`` names the reading used; given the network's probability along each view's path
     (``views["path_probability"]``, the main branch), a path off the vessel is flagged (:func:`flag_path_off_vessel`).
+    A main branch read by the fusion then gets the shipped QCA calibrator's % (:func:`~.calibrator.calibrate`; the
+    reading kept as ``percent_diameter_stenosis_raw``).
     """
     if "own" in views.get("qca_samples", {}):
-        from .fusion import OWN_VIEW_NAME, fuse_samples
+        from .fusion import FUSION_NAME, OWN_VIEW_NAME, fuse_samples
 
         samples, fusion = (views["qca_samples"], OWN_VIEW_NAME) if side_branch else fuse_samples(views["qca_samples"])
         qca = own_view_qca(samples, side_branch)
         qca["radius_fusion"] = fusion
         qca = flag_lesion_apart(flag_hidden_stretch(qca, samples["points"], views.get("overlap")))
-        return flag_path_off_vessel(qca, views.get("path_probability"))
+        qca = flag_path_off_vessel(qca, views.get("path_probability"))
+        if fusion != FUSION_NAME:
+            return qca
+        from .calibrator import calibrate
+
+        return calibrate(qca, samples["own"], views.get("rerouted", False))
     floored, overlap = views["floored"].copy(), views["overlap"]
     radii = views.get("qca_radii", views["radii"])
     smooth = np.stack([ndimage.median_filter(radii[v], QCA_MEDIAN_SAMPLES, mode="nearest") for v in range(2)])

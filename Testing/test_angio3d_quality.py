@@ -744,8 +744,8 @@ def test_pipeline_fuses_the_main_branch_qca_with_the_shipped_two_view_fusion():
 
 def test_pipeline_calibrates_the_main_branch_qca_with_the_shipped_calibrator():
     """Round 14: the shipped ``angio3d-qca-calibrator`` corrects the main branch's fused reading by its features
-    (the reading kept as ``percent_diameter_stenosis_raw``, the MLD moved to match the calibrated %); side branches
-    and the flags are left as read."""
+    (the reading kept as ``percent_diameter_stenosis_raw``, the MLD moved to match the calibrated %); side branches,
+    the flags and the classical segmenter's reading are left as read."""
     from VesselReconLib import registry
     from VesselReconLib.angio3d import calibrator, fusion
     from VesselReconLib.angio3d.pipeline import reconstruct
@@ -767,3 +767,7 @@ def test_pipeline_calibrates_the_main_branch_qca_with_the_shipped_calibrator():
     assert qca["mld_mm"] == pytest.approx(qca["reference_diameter_mm"] * (1 - qca["percent_diameter_stenosis"] / 100))
     assert qca["mld_mm_raw"] == pytest.approx(qca["reference_diameter_mm"] * (1 - qca["percent_diameter_stenosis_raw"] / 100))
     assert all("percent_calibration" not in b.qca for b in result.branches[1:])
+    classical = reconstruct([v["image"].astype(np.float32) for v in case["views"]], case["geometries"],
+                            [np.array(p) for p in case["soi_points"]], net=net, segmenter="frangi", refine=False,
+                            stitch=False)                     # the calibrator learned the U-Net's readings only
+    assert classical.qca["radius_fusion"] == fusion.FUSION_NAME and "percent_calibration" not in classical.qca

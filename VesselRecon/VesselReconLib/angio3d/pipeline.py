@@ -177,7 +177,8 @@ VIEW_DISAGREEMENT = 20.0   # % stenosis points between the two views' own QCAs: 
 FLOORED_VIEW = 0.1         # warn when a view has more of its radii than this on the floor
 
 
-def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_branch: bool = False) -> dict:
+def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_branch: bool = False,
+             calibrated: bool = True) -> dict:
     """QCA of a branch from both views' profile radii, fused sample by sample.
 
     Each view's radii (``views["qca_radii"]``, :func:`~.centerline.profile_radii_px`, mm on the 3D
@@ -194,7 +195,8 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
     ``radius_fusion`` names the reading used; given the network's probability along each view's path
     (``views["path_probability"]``, the main branch), a path off the vessel is flagged (:func:`flag_path_off_vessel`).
     A main branch read by the fusion then gets the shipped QCA calibrator's % (:func:`~.calibrator.calibrate`; the
-    reading kept as ``percent_diameter_stenosis_raw``).
+    reading kept as ``percent_diameter_stenosis_raw``) unless ``calibrated`` is false (the classical segmenter's
+    readings: the calibrator learned the U-Net's).
     """
     if "own" in views.get("qca_samples", {}):
         from .fusion import FUSION_NAME, OWN_VIEW_NAME, fuse_samples
@@ -204,7 +206,7 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
         qca["radius_fusion"] = fusion
         qca = flag_lesion_apart(flag_hidden_stretch(qca, samples["points"], views.get("overlap")))
         qca = flag_path_off_vessel(qca, views.get("path_probability"))
-        if fusion != FUSION_NAME:
+        if fusion != FUSION_NAME or not calibrated:
             return qca
         from .calibrator import calibrate
 
@@ -547,7 +549,8 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
         branches[0].views["path_probability"] = path_probabilities(probabilities, branches[0].views["qca_samples"])
     for index, branch in enumerate(branches):
         centres, ring_radii = branch.refined_centerline()
-        branch.qca = view_qca(centres, branch.views, ring_radii, side_branch=index > 0) if qca_views else \
+        branch.qca = view_qca(centres, branch.views, ring_radii, side_branch=index > 0,
+                              calibrated=segmenter == "net") if qca_views else \
             quantitative_coronary_analysis(centres, ring_radii)
     qca = branches[0].qca
     masks = [np.max([p > 0.5 for p in view], axis=0) for view in full_probs]

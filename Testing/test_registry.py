@@ -171,7 +171,7 @@ def test_every_shipped_model_is_one_model_box_choice_that_loads_it(module):
     choices = registry.model_choices(module)
     loaded = [registry.find_entry(module, name).name for name in choices]
     assert len(set(loaded)) == len(choices)
-    parts = {"faz-lite", "lumen", "strip", "fusion"}  # COIPS's FAZ U-Net, Angio3D's QCA networks: parts, not choices
+    parts = {"faz-lite", "lumen", "strip", "fusion", "calibrator"}  # COIPS's FAZ U-Net, Angio3D's QCA networks: parts
     wanted = {e.name for e in registry.load_registry() if e.module == module and e.preset not in parts}
     assert set(loaded) == wanted
     assert not parts & set(choices)

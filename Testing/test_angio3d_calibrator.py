@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from VesselReconLib import registry
-from VesselReconLib.angio3d.calibrator import FEATURES, QCACalibrator, case_features, fit
+from VesselReconLib.angio3d.calibrator import FEATURES, QCACalibrator, calibrate, case_features, fit
 from VesselReconLib.angio3d.pipeline import flag_lesion_apart, own_view_qca
 
 
@@ -54,3 +54,19 @@ def test_calibrator_training_learns_a_correction_and_loads_through_the_registry(
     assert isinstance(loaded, QCACalibrator)
     assert torch.equal(loaded.members[1][0].weight, model.members[1][0].weight)
     assert np.allclose(loaded.correct(features[:5]), correction[:5], atol=1e-5)
+
+
+def test_calibrate_corrects_the_reading_and_skips_a_reading_it_cannot_use():
+    """A calibrator that adds 5 points moves the % and the MLD and keeps the reading; a non-finite feature (here the
+    segment length) leaves the reading as it is, with a warning naming the feature."""
+    own = two_views(0.5, 25, 0.6, 25)
+    qca = flag_lesion_apart(own_view_qca({"points": own[0]["points"], "own": own}))
+    model = QCACalibrator(members=1)
+    torch.nn.init.constant_(model.members[0][-1].bias, 5.0)
+    out = calibrate(qca, own, model=model)
+    assert out["percent_diameter_stenosis"] == pytest.approx(qca["percent_diameter_stenosis"] + 5)
+    assert out["percent_diameter_stenosis_raw"] == qca["percent_diameter_stenosis"] and out["mld_mm_raw"] == qca["mld_mm"]
+    assert out["mld_mm"] == pytest.approx(qca["reference_diameter_mm"] * (1 - out["percent_diameter_stenosis"] / 100))
+    skipped = calibrate({**qca, "length_mm": float("nan")}, own, model=model)
+    assert skipped["percent_diameter_stenosis"] == qca["percent_diameter_stenosis"] and "percent_calibration" not in skipped
+    assert any("calibrator was skipped" in w and "length_mm" in w for w in skipped["warnings"])

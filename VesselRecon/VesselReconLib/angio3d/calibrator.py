@@ -124,12 +124,18 @@ def shipped_calibrator() -> QCACalibrator | None:
 def calibrate(qca: dict, own: list[dict], rerouted: bool = False, model: QCACalibrator | None = None) -> dict:
     """The main branch's QCA with the calibrated % (``percent_diameter_stenosis``; the reading kept as
     ``percent_diameter_stenosis_raw``, and ``mld_mm`` moved to match it, the measured one kept as ``mld_mm_raw``), and
-    ``percent_calibration`` naming the model; unchanged when no calibrator is installed. The flags are not changed."""
+    ``percent_calibration`` naming the model; unchanged when no calibrator is installed, and with a warning when a
+    feature is not finite. The flags are not changed."""
     model = shipped_calibrator() if model is None else model
     if model is None:
         return qca
+    features = case_features(own, qca, rerouted)
+    if not np.isfinite(features).all():     # a degenerate reading: report it as read, and say so
+        return {**qca, "warnings": [*qca["warnings"], "the QCA calibrator was skipped (a reading it cannot use: "
+                                    f"{', '.join(n for n, v in zip(FEATURES, features) if not np.isfinite(v))}); "
+                                    "the % is the uncalibrated reading"]}
     raw = qca["percent_diameter_stenosis"]
-    percent = float(raw + model.correct(case_features(own, qca, rerouted))[0])
+    percent = float(raw + model.correct(features)[0])
     return {**qca, "percent_diameter_stenosis_raw": raw, "percent_diameter_stenosis": percent,
             "mld_mm_raw": qca["mld_mm"], "mld_mm": qca["reference_diameter_mm"] * (1 - percent / 100),
             "percent_calibration": CALIBRATOR_NAME}

@@ -251,11 +251,11 @@ def test_qca_on_held_out_phantoms(qca_errors):
     assert np.abs(errors).mean() <= QCA_MEAN_ERROR and abs(errors.mean()) <= QCA_BIAS
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 target not met on these seeds (round 14: mean 7.6, bias -5.0, median 3.5 "
-                   "with the QCA calibrator; rounds 11-13: mean 7.1, bias -4.7, median 3.1 with the two-view fusion; round 10 6.9 / -4.1 with the strip reader alone; rounds 4-9: 12.0 / -8.0): "
+@pytest.mark.xfail(strict=True, reason="issue 14 target not met on these seeds (rounds 11-14: mean 7.1, bias -4.7, median 3.1 "
+                   "with the two-view fusion, the default; the opt-in QCA calibrator 7.6 / -5.0 / 3.5; round 10 6.9 / -4.1 with the strip reader alone; rounds 4-9: 12.0 / -8.0): "
                    "an 85 % lesion hidden by another vessel in both views (-27) and an 89 % sub-resolution throat "
-                   "under-read in both views (-13); on fresh phantoms 4.2 / -0.4 (26501-27500, the calibrator; the "
-                   "fusion alone 4.9 / -0.7 there, 5.0 / -0.5 on 21501-22500, 5.1 / -0.8 on 17501-18500 and 5.1 / +0.2 on 18501-19500) in round "
+                   "under-read in both views (-13); on fresh phantoms 4.9 / -0.7 (26501-27500; the opt-in "
+                   "calibrator 4.2 / -0.4 there), 5.0 / -0.5 on 21501-22500, 5.1 / -0.8 on 17501-18500 and 5.1 / +0.2 on 18501-19500) in round "
                    "14, 5.7 / -0.2 (15601-15900), 5.7 / -1.4 "
                    "(15901-16000 + 16601-16900) and 5.2 / -1.0 (16901-17500) in round 13, 5.1 / -1.0 (13001-13300, "
                    "round 12), 4.8 / -0.3 (12701-13000, round 11); 5.2 / -0.7 on 7001-7900; see the README")
@@ -296,13 +296,15 @@ QCA_SEEDS = tuple(range(9101, 9109))
 # lesion-location flag (the views' narrowest points > 2 mm apart) shipped under a rule written first (fresh
 # 18501-19500: 10.4 % flagged, 11.8 points there against 4.3 elsewhere). Here it flags 9101 (-12.9; the views'
 # narrowest points 3.7 mm apart) and 9107 (+0.3, 21 mm apart), not 9104 (-27.4, one lesion hidden alike in both).
-# Round 14 also shipped the QCA calibrator (calibrator.py; a per-case correction of the fused reading) under a rule
+# Round 14 also made the QCA calibrator (calibrator.py; a per-case correction of the fused reading) under a rule
 # written first, on 1000 fresh phantoms 21501-22500: 4.96 / -0.49 / median 2.95 -> 4.60 / -0.47 / 2.96 (after two
 # earlier checks of its recipe trained on fewer phantoms had failed by a clause each). Here, read once after that
 # decision, it is worse: -15.2, +0.7, +8.8, -26.4, -3.9, +0.3, -3.5, -4.2 -> median 4.06, mean 7.88, bias -5.43 (the
 # fusion's reading 3.12 / 7.07 / -4.69). Its successor (v2, the same recipe on 11800 phantoms; shipped after beating
 # it on fresh 26501-27500, 4.30 -> 4.21) reads here, once after its decision: -14.5, +1.5, +8.4, -26.1, -2.7, +0.4,
-# -2.7, -4.2 -> median 3.45, mean 7.56, bias -4.99: within the floors below, which are unchanged.
+# -2.7, -4.2 -> median 3.45, mean 7.56, bias -4.99. Then the calibrator was made opt-in (qca_calibration=True): on the
+# real static phantom it moved a 4 % reading to 31 % (its phantoms' lesions are all 30-90 %), so this default
+# loop reads the fusion again (the errors of round 11). The floors below are unchanged.
 QCA_MEDIAN_ERROR, QCA_MEAN_ERROR, QCA_BIAS = 4.0, 9.0, 6.0
 
 

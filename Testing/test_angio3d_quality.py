@@ -738,12 +738,13 @@ def test_pipeline_fuses_the_main_branch_qca_with_the_shipped_two_view_fusion():
     own = result.branches[0].views["qca_samples"]["own"]
     assert all(view["strip_inputs"].shape == (fusion.N_CHANNELS, len(view["radii"])) for view in own)
     fused = fusion.fused_qca(own, model.radii(own, [view["radii"] / view["mm_per_px"] for view in own]))
-    assert result.qca["percent_diameter_stenosis_raw"] == pytest.approx(fused["percent_diameter_stenosis"], abs=1e-6)
+    assert result.qca["percent_diameter_stenosis"] == pytest.approx(fused["percent_diameter_stenosis"], abs=1e-6)
     assert [b.qca["radius_fusion"] for b in result.branches[1:]] == [fusion.OWN_VIEW_NAME] * (len(result.branches) - 1)
 
 
 def test_pipeline_calibrates_the_main_branch_qca_with_the_shipped_calibrator():
-    """Round 14: the shipped ``angio3d-qca-calibrator`` corrects the main branch's fused reading by its features
+    """Round 14: asked for (``qca_calibration=True``; off by default), the shipped ``angio3d-qca-calibrator`` corrects
+    the main branch's fused reading by its features
     (the reading kept as ``percent_diameter_stenosis_raw``, the MLD moved to match the calibrated %); side branches,
     the flags and the classical segmenter's reading are left as read."""
     from VesselReconLib import registry
@@ -755,9 +756,12 @@ def test_pipeline_calibrates_the_main_branch_qca_with_the_shipped_calibrator():
     assert isinstance(model, calibrator.QCACalibrator) and metadata["config"] == {"width": 32, "members": 5}
     case = make_case(7003)
     net = registry.load_model("angio3d", "angio3d-lite", "cpu")[0]
-    result = reconstruct([v["image"].astype(np.float32) for v in case["views"]], case["geometries"],
-                         [np.array(p) for p in case["soi_points"]], net=net, refine=False, stitch=False)
+    images, points = [v["image"].astype(np.float32) for v in case["views"]], [np.array(p) for p in case["soi_points"]]
+    default = reconstruct(images, case["geometries"], points, net=net, refine=False, stitch=False)
+    assert "percent_calibration" not in default.qca          # opt-in: it learned the phantoms' 30-90 % lesions
+    result = reconstruct(images, case["geometries"], points, net=net, refine=False, stitch=False, qca_calibration=True)
     qca = result.qca
+    assert qca["percent_diameter_stenosis_raw"] == default.qca["percent_diameter_stenosis"]
     own = result.branches[0].views["qca_samples"]["own"]
     fused = [{**view, "radii": r} for view, r in zip(own, fusion.shipped_fusion().radii(
         own, [view["radii"] / view["mm_per_px"] for view in own]))]
@@ -767,7 +771,6 @@ def test_pipeline_calibrates_the_main_branch_qca_with_the_shipped_calibrator():
     assert qca["mld_mm"] == pytest.approx(qca["reference_diameter_mm"] * (1 - qca["percent_diameter_stenosis"] / 100))
     assert qca["mld_mm_raw"] == pytest.approx(qca["reference_diameter_mm"] * (1 - qca["percent_diameter_stenosis_raw"] / 100))
     assert all("percent_calibration" not in b.qca for b in result.branches[1:])
-    classical = reconstruct([v["image"].astype(np.float32) for v in case["views"]], case["geometries"],
-                            [np.array(p) for p in case["soi_points"]], net=net, segmenter="frangi", refine=False,
-                            stitch=False)                     # the calibrator learned the U-Net's readings only
+    classical = reconstruct(images, case["geometries"], points, net=net, segmenter="frangi", refine=False, stitch=False,
+                            qca_calibration=True)             # the calibrator learned the U-Net's readings only
     assert classical.qca["radius_fusion"] == fusion.FUSION_NAME and "percent_calibration" not in classical.qca

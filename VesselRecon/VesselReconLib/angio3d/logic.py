@@ -190,7 +190,8 @@ class Angio3DLogic(VesselReconLogic):
                 sidB: float | None = None, sodB: float | None = None, pixelSpacingB: float | None = None,
                 outputModel=None, outputCenterline=None, outputTable=None, model: str = "lite",
                 device: str = "auto", segmenter: str = "net", refine: bool = True, calibrate: bool = True,
-                radiusFusion: str = "lesion", qcaRadius: str = "regressor", progress=None, cancel=None,
+                radiusFusion: str = "lesion", qcaRadius: str = "regressor", qcaCalibration: bool = False,
+                progress=None, cancel=None,
                 background=None) -> Angio3DResult:
         """Reconstruct the SOI from two views and write the outputs.
 
@@ -211,6 +212,8 @@ class Angio3DLogic(VesselReconLogic):
             path (radii read by the shipped lumen regressor and strip reader, then, on the main branch, from
             both views by the two-view fusion) and reports the view that shows the tighter lesion, naming it
             (``radius_view``) and the reading (``radius_fusion``).
+        :param qcaCalibration: correct the main branch's % with the QCA calibrator (off by default: it learned the
+            phantoms' 30-90 % lesions; on the real static phantom it read a 4 % reading as 31 %).
         :param qcaRadius: QCA radii from the shipped lumen "regressor" refined by the strip reader (default) or
             the "profile" model fit (for angiograms whose imaging chain differs much from the training phantoms').
         :param background: optional ``fn -> fn()`` runner for the MRML-free computation (GUI thread safety).
@@ -239,7 +242,8 @@ class Angio3DLogic(VesselReconLogic):
         def compute():
             return reconstruct([image_a, image_b], [geometry_a, geometry_b], pixels, net=net, device=torch_device,
                                segmenter=segmenter, refine=refine, calibrate=calibrate, radius_fusion=radiusFusion,
-                               qca_radius=qcaRadius, progress=reporter.sub(0.0, 0.9), cancel=cancel)
+                               qca_radius=qcaRadius, qca_calibration=qcaCalibration, progress=reporter.sub(0.0, 0.9),
+                               cancel=cancel)
 
         result = background(compute) if background is not None else compute()
         reporter(0.92, "writing outputs")

@@ -422,7 +422,8 @@ def _probabilities(net, segmenter: str, raw: torch.Tensor) -> torch.Tensor:
 def reconstruct(images, geometries, soi_points, net=None, device: str | torch.device = "cpu",
                 segmenter: str = "net", refine: bool = True, calibrate: bool = True, stitch: bool = True,
                 radius_fusion: str = "lesion", qca_views: bool = True, reroute: bool = True,
-                qca_radius: str = "regressor", progress=None, cancel=None) -> Reconstruction:
+                qca_radius: str = "regressor", qca_calibration: bool = False, progress=None,
+                cancel=None) -> Reconstruction:
     """Reconstruct the SOI lumen mesh from two views.
 
     :param images: two 2D arrays (rows x columns) of the chosen frames.
@@ -431,6 +432,8 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
         branch, main branch first; a side branch starts at its bifurcation.
     :param net: an :class:`~.network.Angio3DNet` (needed for ``segmenter="net"`` and for SR).
     :param segmenter: ``"net"`` (U-Net) or ``"frangi"`` (classical baseline).
+    :param qca_calibration: correct the main branch's % with the QCA calibrator (opt-in: it learned the phantoms'
+        30-90 % lesions and moves a lesion-free real vessel towards 30 %; :mod:`.calibrator`).
     :param refine: run surface refinement (``False`` gives the "(-) SR" ablation).
     :param calibrate: refine view B's geometry with Levenberg-Marquardt on the SOI end points.
     :param stitch: union the branch meshes (``False`` leaves ``mesh`` as None; used in training).
@@ -550,7 +553,7 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
     for index, branch in enumerate(branches):
         centres, ring_radii = branch.refined_centerline()
         branch.qca = view_qca(centres, branch.views, ring_radii, side_branch=index > 0,
-                              calibrated=segmenter == "net") if qca_views else \
+                              calibrated=qca_calibration and segmenter == "net") if qca_views else \
             quantitative_coronary_analysis(centres, ring_radii)
     qca = branches[0].qca
     masks = [np.max([p > 0.5 for p in view], axis=0) for view in full_probs]

@@ -103,7 +103,7 @@ def load_registry(directory: str | Path | None = None) -> list[ModelEntry]:
 
 
 # Entries that are parts of another model, never chosen on their own: COIPS's FAZ U-Net (picked with its
-# grader) and Angio3D's lumen regressor, strip reader and two-view fusion (used by the QCA).
+# grader) and Angio3D's lumen regressor, strip reader, two-view fusion and QCA calibrator (used by the QCA).
 COMPONENT_PRESETS = {"coips": ("faz-",), "angio3d": ("lumen", "strip", "fusion", "calibrator")}
 
 

@@ -39,17 +39,12 @@ def ratio_profile(view: dict, radii_mm: np.ndarray, median: int) -> tuple[np.nda
     """A view's diameter over its interpolated reference (the QCA rule's, :func:`~.pipeline.quantitative_coronary_analysis`)
     after a running median of ``median`` samples; the reference (mm); the noise of the reference ends (median
     absolute step over the reference's mean)."""
-    from .pipeline import _end_samples
+    from .pipeline import interpolated_reference
 
     d = 2 * ndimage.median_filter(radii_mm, median, mode="nearest")
-    valid = ~np.asarray(view["floored"], bool)
     n = max(2, int(round(END_FRACTION * len(d))))
-    if valid.sum() < 2 * n:
-        valid = np.ones(len(d), bool)
     s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(view["pixels"], axis=0), axis=1))]
-    first, last = _end_samples(valid, n, False), _end_samples(valid, n, True)
-    t = np.clip((s - s[first].mean()) / max(s[last].mean() - s[first].mean(), 1e-9), 0, 1)
-    reference = d[first].mean() + (d[last].mean() - d[first].mean()) * t
+    reference, first, last = interpolated_reference(s, d, ~np.asarray(view["floored"], bool), n)
     noise = np.median(np.abs(np.diff(d[np.sort(np.r_[first, last])]))) / max(reference.mean(), 1e-9)
     return d / reference, reference, float(noise)
 

@@ -295,8 +295,9 @@ class Angio3DLogic(VesselReconLogic):
 
     @staticmethod
     def qca_rows(result) -> list[dict]:
-        """QCA per branch (main first): length, MLD, reference diameter, % diameter stenosis (on the main branch the
-        QCA calibrator's, with the reading it corrected in ``percent_diameter_stenosis_raw``; NaN elsewhere), the view whose
+        """QCA per branch (main first): length, MLD, reference diameter, % diameter stenosis (with the opt-in QCA
+        calibrator, on the main branch, the calibrated one and the reading it corrected in
+        ``percent_diameter_stenosis_raw``; NaN otherwise), the view whose
         radii gave the MLD (``radius_view``: "A", "B", "A+B" when both agree, "fused" when the pipeline gave none), how
         each view's radii were read (``radius_fusion``: the two-view fusion or the view's own strip), whether another vessel covers a stretch of it in
         both views, a 2D path has left the vessel or the two views' narrowest points lie apart (``unreliable``; the

@@ -133,6 +133,17 @@ def _end_samples(valid: np.ndarray, n: int, from_end: bool) -> np.ndarray:
     return order[valid[order]][:n]
 
 
+def interpolated_reference(arc: np.ndarray, diameters: np.ndarray, valid: np.ndarray, n: int):
+    """The interpolated reference diameter at every sample: linear in arc length ``arc`` between the mean diameters
+    of the first and the last ``n`` ``valid`` samples (every sample counts when fewer than ``2 n`` are valid), and
+    the indices of those proximal and distal samples."""
+    if valid.sum() < 2 * n:
+        valid = np.ones(len(diameters), bool)
+    first, last = _end_samples(valid, n, False), _end_samples(valid, n, True)
+    t = np.clip((arc - arc[first].mean()) / max(arc[last].mean() - arc[first].mean(), 1e-9), 0, 1)
+    return diameters[first].mean() + (diameters[last].mean() - diameters[first].mean()) * t, first, last
+
+
 def quantitative_coronary_analysis(centerline: np.ndarray, radii: np.ndarray, end_fraction: float = 0.15,
                                    valid: np.ndarray | None = None) -> dict:
     """QCA along a centreline: length, minimal lumen diameter (MLD), reference diameter, % stenosis.
@@ -156,11 +167,7 @@ def quantitative_coronary_analysis(centerline: np.ndarray, radii: np.ndarray, en
     if valid.sum() < 2 * n:
         warnings.append(f"only {int(valid.sum())} of {len(valid)} samples have a measured lumen: QCA unreliable")
         valid = np.ones(len(diameters), bool)
-    proximal_idx, distal_idx = _end_samples(valid, n, False), _end_samples(valid, n, True)
-    proximal, distal = diameters[proximal_idx].mean(), diameters[distal_idx].mean()
-    s_prox, s_dist = s[proximal_idx].mean(), s[distal_idx].mean()
-    t = np.clip((s[k] - s_prox) / max(s_dist - s_prox, 1e-9), 0, 1)
-    reference = proximal + (distal - proximal) * t
+    reference = interpolated_reference(s, diameters, valid, n)[0][k]
     percent = float(100 * (1 - diameters[k] / max(reference, 1e-9)))
     if percent < 0:
         warnings.append(f"negative stenosis ({percent:.0f} %): the minimal lumen is wider than the reference; "
@@ -178,7 +185,7 @@ FLOORED_VIEW = 0.1         # warn when a view has more of its radii than this on
 
 
 def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_branch: bool = False,
-             calibrated: bool = True) -> dict:
+             calibrated: bool = False) -> dict:
     """QCA of a branch from both views' profile radii, fused sample by sample.
 
     Each view's radii (``views["qca_radii"]``, :func:`~.centerline.profile_radii_px`, mm on the 3D
@@ -194,9 +201,8 @@ def view_qca(centerline: np.ndarray, views: dict, fused_radii: np.ndarray, side_
     both views by the shipped two-view fusion when it is installed (:func:`~.fusion.fuse_samples`), and
     ``radius_fusion`` names the reading used; given the network's probability along each view's path
     (``views["path_probability"]``, the main branch), a path off the vessel is flagged (:func:`flag_path_off_vessel`).
-    A main branch read by the fusion then gets the shipped QCA calibrator's % (:func:`~.calibrator.calibrate`; the
-    reading kept as ``percent_diameter_stenosis_raw``) unless ``calibrated`` is false (the classical segmenter's
-    readings: the calibrator learned the U-Net's).
+    With ``calibrated`` (opt-in, the U-Net's readings only), a main branch read by the fusion then gets the shipped
+    QCA calibrator's % (:func:`~.calibrator.calibrate`; the reading kept as ``percent_diameter_stenosis_raw``).
     """
     if "own" in views.get("qca_samples", {}):
         from .fusion import FUSION_NAME, OWN_VIEW_NAME, fuse_samples

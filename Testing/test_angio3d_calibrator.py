@@ -1,11 +1,15 @@
-"""The round-14 QCA calibrator study (angio3d/calibrator.py, not wired into the pipeline): its features read what they
-name on a synthetic two-view lesion, its training learns a known correction, and it goes through the registry."""
+"""The QCA calibrator (angio3d/calibrator.py, opt-in): its features read what they name on a synthetic two-view
+lesion, its training learns a known correction, it goes through the registry, and its training cache holds what the
+pipeline reads."""
 import numpy as np
 import pytest
 import torch
 
 from VesselReconLib import registry
-from VesselReconLib.angio3d.calibrator import FEATURES, QCACalibrator, calibrate, case_features, fit
+from VesselReconLib.angio3d.calibrator import (FEATURES, QCACalibrator, cached_features, calibrate, case_features, collect,
+                                               fit, shipped_calibrator)
+from VesselReconLib.angio3d.fusion import shipped_fusion
+from VesselReconLib.angio3d.lumen import phantom_run
 from VesselReconLib.angio3d.pipeline import flag_lesion_apart, own_view_qca
 
 
@@ -70,3 +74,20 @@ def test_calibrate_corrects_the_reading_and_skips_a_reading_it_cannot_use():
     skipped = calibrate({**qca, "length_mm": float("nan")}, own, model=model)
     assert skipped["percent_diameter_stenosis"] == qca["percent_diameter_stenosis"] and "percent_calibration" not in skipped
     assert any("calibrator was skipped" in w and "length_mm" in w for w in skipped["warnings"])
+
+
+def test_collected_cases_give_the_pipelines_calibrated_reading():
+    """Round 15: :func:`collect` (the training cache, here of a lesion-free-to-mild phantom) holds what the pipeline
+    reads: its features through the shipped fusion and calibrator give the % the pipeline reports when asked to
+    calibrate the same phantom."""
+    model = shipped_calibrator()
+    if model is None:
+        pytest.skip("the QCA calibrator is not installed")
+    net = registry.load_model("angio3d", "angio3d-lite", "cpu")[0]
+    case = collect([100001], net, (0, 30), log=lambda text: None)[0]
+    assert 0 <= case["truth"] <= 30 and case["lesion_range"] == (0, 30) and len(case["views"]) == 2
+    features, reported = cached_features([case], shipped_fusion())
+    assert reported[0] == pytest.approx(case["qca"]["percent_diameter_stenosis"], abs=1e-9)
+    qca = phantom_run(100001, net, (0, 30), qca_calibration=True)[2].qca
+    assert qca["percent_diameter_stenosis_raw"] == pytest.approx(reported[0], abs=1e-9)
+    assert qca["percent_diameter_stenosis"] == pytest.approx(reported[0] + model.correct(features)[0], abs=1e-6)

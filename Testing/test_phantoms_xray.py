@@ -165,3 +165,20 @@ def test_dataset_writer_side_by_side_fraction(tmp_path):
     # fraction 0 writes the plain cases (the choice has its own generator)
     again = xray.write_xray_dataset(tmp_path / "zero", 1, seed=5, with_mesh=False, side_by_side=0.0)
     assert np.array_equal(xray.load_case(again / "case_000").images[1], xray.load_case(plain / "case_000").images[1])
+
+
+def test_lesion_range_sets_the_lesion_and_leaves_the_rest_of_the_case(case):
+    """Round 15 (issue 14): ``make_case(seed, lesion_range=(lo, hi))`` draws the lesion from that range with the same
+    draw as the default's (30-90 %), so the tree's course, the views and the SOI clicks stay the seed's; a 0 % lesion
+    leaves the vessel at its tapering radius."""
+    mild = xray.make_case(11, lesion_range=(0, 30))
+    default, drawn = case["case"].stenosis["percent_diameter"], mild["case"].stenosis["percent_diameter"]
+    assert 0 <= drawn <= 30
+    assert drawn / 30 == pytest.approx((default - 30) / 60, abs=1e-9)
+    for a, b in zip(mild["soi_points"], case["soi_points"]):
+        np.testing.assert_allclose(a, b, atol=1e-9)
+    assert mild["tags"] == case["tags"]
+    mild_radii, radii = mild["centerlines"][0]["radii"], case["centerlines"][0]["radii"]
+    assert mild_radii.min() > radii.min()                                 # a milder throat
+    free = xray.make_case(11, lesion_range=(0, 0))["case"].stenosis
+    assert free["percent_diameter"] == 0 and free["min_radius"] > 0.95 * free["reference_radius"]   # the taper only

@@ -145,6 +145,23 @@ def calibrate(qca: dict, own: list[dict], rerouted: bool = False, model: QCACali
 # ---------------------------------------------------------------------------------------------
 
 
+def collect(seeds, net, lesion_range: tuple[float, float] | None = None, log=print) -> list[dict]:
+    """Training cases for the calibrator: per phantom (``make_case(seed, lesion_range=...)`` through the shipped
+    pipeline without SR or stitching), the true %, the lesion range, the reading with its flags, whether the paths
+    were re-routed and the main branch's QCA samples of both views as the pipeline keeps them."""
+    from .lumen import phantom_run
+
+    out = []
+    for seed in seeds:
+        case, _, result, _ = phantom_run(seed, net, lesion_range)
+        views = result.branches[0].views
+        out.append({"seed": seed, "truth": float(case["case"].stenosis["percent_diameter"]),
+                    "lesion_range": lesion_range, "qca": result.qca, "views": views["qca_samples"]["own"],
+                    "rerouted": bool(views.get("rerouted", False))})
+        log(f"{seed}: collected")
+    return out
+
+
 def cached_features(cases: list[dict], reader) -> tuple[np.ndarray, np.ndarray]:
     """Features and the reported % of cached cases, each view's radii read by ``reader`` (the shipped fusion), the
     flags as the pipeline cached them (``case["qca"]["path_off_vessel"]``, ``case["rerouted"]``)."""
@@ -184,6 +201,24 @@ def fit(features: np.ndarray, reported: np.ndarray, truth: np.ndarray, epochs: i
     return model.eval()
 
 
+def write_collected(seed_texts: list[str], cache: list[str], lesion_range) -> int:
+    """``--collect``: :func:`collect` of the seed ranges into the one cache pickle."""
+    import pickle
+
+    from .. import registry
+    from .lumen import seed_range
+
+    if len(cache) != 1:
+        raise SystemExit("--collect writes one --cache pickle")
+    net = registry.load_model("angio3d", "angio3d-lite", "cpu")[0]
+    cases = collect([s for text in seed_texts for s in seed_range(text)], net,
+                    tuple(lesion_range) if lesion_range else None, log=lambda text: None)
+    with open(cache[0], "wb") as handle:
+        pickle.dump(cases, handle)
+    print(f"{len(cases)} phantoms collected into {cache[0]}")
+    return 0
+
+
 TRAINING_SEEDS = ["7001-7900", "13001-13600", "15601-16000", "16601-26500"]     # the shipped model's 11800
 
 
@@ -197,12 +232,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Train the Angio3D QCA calibrator on cached xray phantoms.")
     parser.add_argument("--seeds", nargs="+", default=TRAINING_SEEDS, help="phantom seed ranges lo-hi")
     parser.add_argument("--cache", nargs="+", required=True, help="pickles of cached cases (the pipeline's QCA samples)")
-    parser.add_argument("--out", required=True, help=f"folder for {CALIBRATOR_NAME}.safetensors")
+    parser.add_argument("--out", help=f"folder for {CALIBRATOR_NAME}.safetensors (training)")
     parser.add_argument("--held-out", nargs="*", default=[], help="cache pickles of held-out cases to report")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--collect", action="store_true",
+                        help="only collect: run the pipeline on the phantoms of --seeds and write them to the one --cache")
+    parser.add_argument("--lesion-range", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                        help="with --collect: the phantoms' lesion range (%% diameter; default phantoms.xray.LESION_RANGE)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.collect:
+        return write_collected(args.seeds, args.cache, args.lesion_range)
+    if not args.out:
+        parser.error("--out is required to train")
     reader = shipped_fusion()
     cases = cached_cases(args.seeds, args.cache)
     features, reported = cached_features(cases, reader)

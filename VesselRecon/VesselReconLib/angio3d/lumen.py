@@ -109,13 +109,14 @@ def true_radii_at(pixels: np.ndarray, truth: dict, geometry) -> tuple[np.ndarray
     return truth["radii"][k] / geometry.mm_per_pixel_at(truth["points"][k]), np.sqrt(d2[np.arange(len(k)), k])
 
 
-def phantom_run(seed: int, net, **options):
-    """``make_case(seed)`` through the pipeline without SR or stitching (``options`` go to ``reconstruct``):
-    the case, its float views, the result and the SOI's true centreline (600 points)."""
-    from ..phantoms.xray import make_case, soi_centerlines
+def phantom_run(seed: int, net, lesion_range: tuple[float, float] | None = None, **options):
+    """``make_case(seed, lesion_range=...)`` (the generator's default range unless given) through the pipeline
+    without SR or stitching (``options`` go to ``reconstruct``): the case, its float views, the result and the SOI's
+    true centreline (600 points)."""
+    from ..phantoms.xray import LESION_RANGE, make_case, soi_centerlines
     from .pipeline import reconstruct
 
-    case = make_case(seed)
+    case = make_case(seed, lesion_range=lesion_range or LESION_RANGE)
     images = [v["image"].astype(np.float32) for v in case["views"]]
     with torch.no_grad():
         result = reconstruct(images, case["geometries"], [np.array(p) for p in case["soi_points"]], net=net,

@@ -1,7 +1,8 @@
 """Two-view X-ray angiography phantoms: coronary-like trees seen by a C-arm (dataset kind ``xray``).
 
 A case is a coronary-like :class:`~VesselReconLib.phantoms.tree.VascularTree` (a main vessel with side
-branches and a focal stenosis of 30-90 % made with :func:`~VesselReconLib.phantoms.tree.add_stenosis`)
+branches and a focal stenosis of 30-90 % (:data:`LESION_RANGE`; any range on request) made with
+:func:`~VesselReconLib.phantoms.tree.add_stenosis`)
 placed around the isocentre, imaged from two C-arm views whose geometry is encoded exactly as DICOM XA
 does (``PositionerPrimaryAngle`` LAO+/RAO-, ``PositionerSecondaryAngle`` CRA+/CAU-, SID, SOD,
 ``ImagerPixelSpacing``, 512x512 detector). Pixels are cone-beam line integrals: the chord of every
@@ -102,6 +103,10 @@ def _throat_fraction(rng, first: int, last: int, branches: list, clearance_mm: f
     return fraction
 
 
+# The SOI lesion's % diameter stenosis range of every shipped model's training phantoms.
+LESION_RANGE = (30.0, 90.0)
+
+
 @dataclass
 class CoronaryCase:
     """A phantom tree with its segment of interest (SOI) as node paths (main first, then side branches)."""
@@ -112,11 +117,14 @@ class CoronaryCase:
     stenosis: dict = field(default_factory=dict)
 
 
-def coronary_tree(rng: np.random.Generator, n_side: int = 3, soi_side_branches: int = 1) -> CoronaryCase:
+def coronary_tree(rng: np.random.Generator, n_side: int = 3, soi_side_branches: int = 1,
+                  lesion_range: tuple[float, float] = LESION_RANGE) -> CoronaryCase:
     """A main coronary vessel (~100 mm, radius 1.9 -> 1.2 mm) with side branches and one stenosis.
 
     The SOI is a 45-60 mm piece of the main vessel that holds ``soi_side_branches`` bifurcations; each
-    such side branch contributes a side SOI of 18-25 mm starting at its bifurcation.
+    such side branch contributes a side SOI of 18-25 mm starting at its bifurcation. The lesion's % diameter
+    stenosis is drawn uniformly from ``lesion_range`` (one draw whatever the range, so the rest of a seed's case
+    does not depend on it).
     """
     length = rng.uniform(95, 115)
     start = rng.uniform(-12, 12, 3) + np.array([0.0, 0.0, 0.0])
@@ -151,7 +159,7 @@ def coronary_tree(rng: np.random.Generator, n_side: int = 3, soi_side_branches: 
     tree = VascularTree(np.concatenate(nodes), np.concatenate(radii), np.concatenate(edges),
                         labels=np.ones(offset, np.int32))
     tree.meta["kind"] = "coronary"
-    percent = float(rng.uniform(30, 90))
+    percent = float(rng.uniform(*lesion_range))
     tree = add_stenosis(tree, (soi_first, soi_last), percent, float(rng.uniform(5, 9)),
                         center_fraction=_throat_fraction(rng, soi_first, soi_last, branch_at), resolution_mm=0.4)
     paths = [node_path(tree, soi_first, soi_last)] + [node_path(tree, a, b) for a, b in side_soi]
@@ -483,8 +491,11 @@ def soi_centerlines(case: CoronaryCase, n: int = N_CENTERLINE) -> list[dict]:
 
 
 def make_case(seed: int, size: int = 512, spacing: float = 0.3, side_branches: int = 1,
-              side_by_side: int | None = None) -> dict:
+              side_by_side: int | None = None, lesion_range: tuple[float, float] = LESION_RANGE) -> dict:
     """Generate one phantom case in memory (images, masks, geometry, SOI points, 3D truth).
+
+    ``lesion_range``: the % diameter stenosis range of the SOI's lesion (:data:`LESION_RANGE` by default; for
+    example ``(0, 30)`` for lesion-free and mild vessels). The rest of the case is the same for any range.
 
     ``side_by_side``: a view (0 or 1) in which one more tube runs beside the SOI's main branch, overlapping it
     side by side (:func:`side_by_side_vessel`, drawn from its own generator so the rest of the case is
@@ -492,7 +503,7 @@ def make_case(seed: int, size: int = 512, spacing: float = 0.3, side_branches: i
     """
     rng = np.random.default_rng(seed)
     for _ in range(20):
-        case = coronary_tree(rng, soi_side_branches=side_branches)
+        case = coronary_tree(rng, soi_side_branches=side_branches, lesion_range=lesion_range)
         tags = random_views(rng, size, spacing)
         geometries = [_carm(t) for t in tags]
         centerlines = soi_centerlines(case)

@@ -182,3 +182,20 @@ def test_lesion_range_sets_the_lesion_and_leaves_the_rest_of_the_case(case):
     assert mild_radii.min() > radii.min()                                 # a milder throat
     free = xray.make_case(11, lesion_range=(0, 0))["case"].stenosis
     assert free["percent_diameter"] == 0 and free["min_radius"] > 0.95 * free["reference_radius"]   # the taper only
+
+
+def test_dataset_writer_lesion_range(tmp_path):
+    """``vesselrecon phantoms xray --lesion-range LO HI`` writes cases whose lesions lie in that range and records it;
+    a range outside 0-100 or on another kind is refused before anything is written."""
+    from VesselReconLib.cli import main
+
+    assert main(["phantoms", "xray", "--count", "2", "--seed", "5", "--lesion-range", "0", "30", "--out",
+                 str(tmp_path / "mild")]) == 0
+    assert json.loads((tmp_path / "mild" / "dataset.json").read_text())["lesion_range_percent"] == [0.0, 30.0]
+    for index in range(2):
+        stenosis = xray.load_case(tmp_path / "mild" / f"case_{index:03d}").stenosis
+        assert 0 <= stenosis["percent_diameter"] <= 30
+    for wrong in (["xray", "--lesion-range", "40", "20"], ["xray", "--lesion-range", "0", "100"],
+                  ["ct", "--lesion-range", "0", "30"]):
+        assert main(["phantoms", *wrong, "--out", str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists()

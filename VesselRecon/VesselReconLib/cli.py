@@ -131,6 +131,9 @@ def _add_phantoms_parser(sub) -> None:
     parser.add_argument("--side-by-side", type=float, default=0.0,
                         help="xray: fraction of cases with one more tube running beside the SOI in one view "
                         "(overlapping it side by side; in the image, not in the SOI label)")
+    parser.add_argument("--lesion-range", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="xray: the SOI lesions' %% diameter stenosis range (default 30 90; for example 0 30 for "
+                        "lesion-free and mild vessels)")
     parser.add_argument("--real", action="append", help="realism: folder of real en face OCTA scans "
                         "(ROSSA layout image/ + label/, or plain images); repeatable")
     parser.add_argument("--size-px", type=int, default=320, help="realism: phantom size")
@@ -157,8 +160,11 @@ def cmd_phantoms(args) -> int:
 
     check_number(args.count, "--count", 1, 1_000_000, integer=True)
     check_number(args.side_by_side, "--side-by-side", 0.0, 1.0)
-    if args.side_by_side and args.kind != "xray":
-        raise InputError("--side-by-side applies to xray phantoms only.")
+    if (args.side_by_side or args.lesion_range) and args.kind != "xray":
+        raise InputError("--side-by-side and --lesion-range apply to xray phantoms only.")
+    if args.lesion_range and not 0 <= args.lesion_range[0] <= args.lesion_range[1] < 100:
+        raise InputError(f"--lesion-range {args.lesion_range[0]:g} {args.lesion_range[1]:g}: give LO HI with "
+                         "0 <= LO <= HI < 100 (% diameter stenosis).")
     if args.kind == "gallery":
         from .phantoms.gallery import write_gallery
 
@@ -168,6 +174,8 @@ def cmd_phantoms(args) -> int:
     bar = TqdmProgress(f"phantoms {args.kind}")
     try:
         options = {"side_by_side": args.side_by_side} if args.side_by_side else {}
+        if args.lesion_range:
+            options["lesion_range"] = tuple(args.lesion_range)
         path = write_dataset(args.kind, Path(args.out), args.count, args.seed, progress=bar, **options)
     except KeyError as exc:  # an unknown kind
         raise InputError(str(exc).strip("'\"")) from None

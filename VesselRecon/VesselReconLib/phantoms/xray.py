@@ -609,11 +609,12 @@ def load_case(folder: str | Path) -> XrayCase:
 
 @register_dataset("xray")
 def write_xray_dataset(out: Path, count: int, seed: int = 0, progress=None, with_mesh: bool = True,
-                       side_by_side: float = 0.0) -> Path:
+                       side_by_side: float = 0.0, lesion_range: tuple[float, float] = LESION_RANGE) -> Path:
     """``count`` case folders ``case_000 ...`` under ``out`` plus a ``dataset.json`` index.
 
     ``side_by_side``: the fraction of cases given a tube beside the SOI in one view (:func:`make_case`); the
     choice (case, view) is drawn from its own generator, so ``0`` writes the same cases as before.
+    ``lesion_range``: the SOI lesions' % diameter stenosis range (:func:`make_case`).
     """
     from ..progress import as_reporter
 
@@ -625,12 +626,12 @@ def write_xray_dataset(out: Path, count: int, seed: int = 0, progress=None, with
         name = f"case_{index:03d}"
         choice = np.random.default_rng([seed, index, 13])
         view = int(choice.integers(2)) if choice.uniform() < side_by_side else None
-        write_case(make_case(seed * 100_003 + index, side_by_side=view), out / name, with_mesh)
+        write_case(make_case(seed * 100_003 + index, side_by_side=view, lesion_range=lesion_range), out / name, with_mesh)
         names.append(name)
         reporter((index + 1) / count, name)
     (out / "dataset.json").write_text(json.dumps(
         {"name": "VesselRecon X-ray two-view phantoms", "kind": "xray", "seed": seed, "cases": names,
-         "side_by_side": side_by_side,
+         "side_by_side": side_by_side, "lesion_range_percent": list(lesion_range),
          "layout": "case_*/view_{a,b}.png, vessels_*, soi_*, geometry.json, centerline.json, mesh.vtp"}, indent=1), encoding="utf-8")
     return out
 

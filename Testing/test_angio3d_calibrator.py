@@ -76,6 +76,21 @@ def test_calibrate_corrects_the_reading_and_skips_a_reading_it_cannot_use():
     assert any("calibrator was skipped" in w and "length_mm" in w for w in skipped["warnings"])
 
 
+def test_calibrate_leaves_a_reading_below_its_training_lesions_alone():
+    """Round 15: the shipped calibrator learned from 30-90 % lesions and pulled milder ones towards 30 %; a reading
+    below 30 % (here a 12 % narrowing) is reported as read, with a warning, while a 31 % one is corrected."""
+    model = QCACalibrator(members=1)
+    torch.nn.init.constant_(model.members[0][-1].bias, 20.0)
+    for depth, applied in ((0.12, False), (0.31, True)):
+        own = two_views(depth, 25, depth - 0.02, 25)
+        qca = flag_lesion_apart(own_view_qca({"points": own[0]["points"], "own": own}))
+        assert qca["percent_diameter_stenosis"] == pytest.approx(100 * depth, abs=1.5)
+        out = calibrate(qca, own, model=model)
+        assert ("percent_calibration" in out) is applied
+        assert out["percent_diameter_stenosis"] == pytest.approx(qca["percent_diameter_stenosis"] + 20 * applied)
+        assert any("not applied" in w and "30-90 %" in w for w in out["warnings"]) is not applied
+
+
 def test_collected_cases_give_the_pipelines_calibrated_reading():
     """Round 15: :func:`collect` (the training cache, here of a lesion-free-to-mild phantom) holds what the pipeline
     reads: its features through the shipped fusion and calibrator give the % the pipeline reports when asked to
@@ -84,10 +99,10 @@ def test_collected_cases_give_the_pipelines_calibrated_reading():
     if model is None:
         pytest.skip("the QCA calibrator is not installed")
     net = registry.load_model("angio3d", "angio3d-lite", "cpu")[0]
-    case = collect([100001], net, (0, 30), log=lambda text: None)[0]
+    case = collect([100002], net, (0, 30), log=lambda text: None)[0]     # a 3 % lesion read as 36 %
     assert 0 <= case["truth"] <= 30 and case["lesion_range"] == (0, 30) and len(case["views"]) == 2
     features, reported = cached_features([case], shipped_fusion())
     assert reported[0] == pytest.approx(case["qca"]["percent_diameter_stenosis"], abs=1e-9)
-    qca = phantom_run(100001, net, (0, 30), qca_calibration=True)[2].qca
+    qca = phantom_run(100002, net, (0, 30), qca_calibration=True)[2].qca
     assert qca["percent_diameter_stenosis_raw"] == pytest.approx(reported[0], abs=1e-9)
     assert qca["percent_diameter_stenosis"] == pytest.approx(reported[0] + model.correct(features)[0], abs=1e-6)

@@ -42,6 +42,10 @@ def test_angio3d_eval_writes_its_phantom_rows_as_json(tmp_path):
     assert written["cases"] == 1 and "real_phantom" not in written
     shipped = written["rows"][0]
     assert 0 < shipped["mae_mm"] < 5 and 0 < shipped["dice"] <= 1
+    # the opt-in calibrator's column beside the default reading's, from the same run; it corrects the U-Net only
+    frangi = next(row for row in written["rows"] if row["method"].startswith("Frangi"))
+    assert frangi["cal_error_pct"] == frangi["ds_error_pct"] and frangi["cal_bias_pct"] == frangi["ds_bias_pct"]
+    assert shipped["cal_error_pct"] == pytest.approx(abs(shipped["cal_bias_pct"]))
 
 
 @pytest.mark.parametrize("module,data", [("octadepth", "--data"), ("coips", "--data"), ("vesselsdf", "--data"),

@@ -29,10 +29,13 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from ..phantoms.xray import LESION_RANGE
+
 FEATURES = ("p3_R", "p3_O", "p1_R", "p1_O", "other_here", "apart_mm", "length_mm", "width_R", "width_O", "second_R",
             "second_O", "noise_R", "noise_O", "refpx_R", "refpx_O", "floored_R", "floored_O", "path_off", "rerouted")
 END_FRACTION = 0.15
 CALIBRATOR_NAME = "angio3d-qca-calibrator"
+TRAINED_FROM_PERCENT = LESION_RANGE[0]     # its training phantoms' lesions start here (phantoms.xray.LESION_RANGE)
 
 
 def ratio_profile(view: dict, radii_mm: np.ndarray, median: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -124,7 +127,8 @@ def calibrate(qca: dict, own: list[dict], rerouted: bool = False, model: QCACali
     """The main branch's QCA with the calibrated % (``percent_diameter_stenosis``; the reading kept as
     ``percent_diameter_stenosis_raw``, and ``mld_mm`` moved to match it, the measured one kept as ``mld_mm_raw``), and
     ``percent_calibration`` naming the model; unchanged when no calibrator is installed, and with a warning when a
-    feature is not finite. The flags are not changed."""
+    feature is not finite or the reading is below :data:`TRAINED_FROM_PERCENT` (outside what it learned). The flags
+    are not changed."""
     model = shipped_calibrator() if model is None else model
     if model is None:
         return qca
@@ -134,6 +138,10 @@ def calibrate(qca: dict, own: list[dict], rerouted: bool = False, model: QCACali
                                     f"{', '.join(n for n, v in zip(FEATURES, features) if not np.isfinite(v))}); "
                                     "the % is the uncalibrated reading"]}
     raw = qca["percent_diameter_stenosis"]
+    if raw < TRAINED_FROM_PERCENT:     # below the lesions it learned from: it would pull the reading towards them
+        return {**qca, "warnings": [*qca["warnings"], f"the QCA calibrator was not applied: the reading ({raw:.0f} %) "
+                                    f"is below the {TRAINED_FROM_PERCENT:.0f}-{LESION_RANGE[1]:.0f} % lesions it was "
+                                    "trained on; the % is the uncalibrated reading"]}
     percent = float(raw + model.correct(features)[0])
     return {**qca, "percent_diameter_stenosis_raw": raw, "percent_diameter_stenosis": percent,
             "mld_mm_raw": qca["mld_mm"], "mld_mm": qca["reference_diameter_mm"] * (1 - percent / 100),

@@ -19,6 +19,12 @@ first (19501-20500: 5.21 -> 4.69, the median clause; 20501-21500: 4.89 -> 4.59, 
 +0.36, 95 % +0.14 ... +0.59; cases off by > 15 points 58 -> 48) and shipped. The shipped model is its successor (v2),
 the same recipe on 11800 phantoms (16601-26500 in place of 16601-21500), which beat it on fresh 26501-27500 under a
 rule written first: 4.92 (reading) -> 4.30 (6800) -> 4.21 / -0.40 / 2.63 (v2; +0.09 over the 6800, 95 % +0.01 ... +0.17).
+
+Round 15: on fresh phantoms with 0-30 % lesions (``make_case(seed, lesion_range=(0, 30))``) v2 read +21 points too
+high; it is now not applied to a reading below :data:`TRAINED_FROM_PERCENT` (fresh 104001-104500: 8.61 against the
+reading's 8.89; fresh 28501-29000, 30-90 %: 4.76 against 5.45). The recipe retrained with 3000 mild phantoms was worse
+than v2 on 30-90 % lesions (5.02 against 4.79 on 27501-28500) and was not shipped. :func:`collect` (``--collect``)
+writes the training cache.
 """
 from __future__ import annotations
 

@@ -58,8 +58,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--qca-calibrator", action="store_true",
                         help="correct the main branch's %% stenosis with the QCA calibrator (angio3d-qca-calibrator; "
                              "trained on phantoms whose lesions are all 30-90 %%: it pulls mild or absent lesions "
-                             "towards 30 %%, so it is off by default; qca.json keeps the reading as "
-                             "percent_diameter_stenosis_raw)")
+                             "towards 30 %%, so it is off by default and leaves a reading below 30 %% as read; "
+                             "qca.json keeps the reading as percent_diameter_stenosis_raw)")
     parser.add_argument("--qca-radius", default="regressor", choices=("regressor", "profile"),
                         help="QCA radii from the shipped lumen regressor refined by the strip reader over each "
                              "view's whole strip, then (main branch) read from both views by the two-view fusion "

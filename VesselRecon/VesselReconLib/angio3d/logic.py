@@ -213,7 +213,7 @@ class Angio3DLogic(VesselReconLogic):
             both views by the two-view fusion) and reports the view that shows the tighter lesion, naming it
             (``radius_view``) and the reading (``radius_fusion``).
         :param qcaCalibration: correct the main branch's % with the QCA calibrator (off by default: it learned the
-            phantoms' 30-90 % lesions; on the real static phantom it read a 4 % reading as 31 %).
+            phantoms' 30-90 % lesions; ungated it read a real 4 % reading as 31 %, so it leaves readings below 30 %).
         :param qcaRadius: QCA radii from the shipped lumen "regressor" refined by the strip reader (default) or
             the "profile" model fit (for angiograms whose imaging chain differs much from the training phantoms').
         :param background: optional ``fn -> fn()`` runner for the MRML-free computation (GUI thread safety).

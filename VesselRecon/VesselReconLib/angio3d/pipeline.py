@@ -439,7 +439,8 @@ def reconstruct(images, geometries, soi_points, net=None, device: str | torch.de
     :param net: an :class:`~.network.Angio3DNet` (needed for ``segmenter="net"`` and for SR).
     :param segmenter: ``"net"`` (U-Net) or ``"frangi"`` (classical baseline).
     :param qca_calibration: correct the main branch's % with the QCA calibrator (opt-in: it learned the phantoms'
-        30-90 % lesions and moves a lesion-free real vessel towards 30 %; :mod:`.calibrator`).
+        30-90 % lesions and moves a lesion-free real vessel towards 30 %, so readings below 30 % are left as read;
+        :mod:`.calibrator`).
     :param refine: run surface refinement (``False`` gives the "(-) SR" ablation).
     :param calibrate: refine view B's geometry with Levenberg-Marquardt on the SOI end points.
     :param stitch: union the branch meshes (``False`` leaves ``mesh`` as None; used in training).

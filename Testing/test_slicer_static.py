@@ -502,6 +502,9 @@ def test_angio3d_has_two_views_with_frames_points_and_geometry():
         assert prop(bound[f"points{view}"], "nodeTypes") == ["vtkMRMLMarkupsFiducialNode"]
         for field in ("frame", "primaryAngle", "secondaryAngle", "sid", "sod", "pixelSpacing"):
             assert f"{field}{view}" in bound
+    # round 15: the opt-in QCA calibrator is a check box in the panel, passed to the Logic's process()
+    assert bound["qcaCalibration"].get("class") == "QCheckBox"
+    assert module_constant("Angio3D", "PROCESS_ARGS")["qcaCalibration"] == "qcaCalibration"
 
 
 @pytest.mark.parametrize("name", MODULES)

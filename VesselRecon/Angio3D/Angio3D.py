@@ -57,6 +57,7 @@ PROCESS_ARGS = {
     "sidB": "sidB",
     "sodB": "sodB",
     "pixelSpacingB": "pixelSpacingB",
+    "qcaCalibration": "qcaCalibration",
     "outputModel": "outputModel",
     "outputCenterline": "outputCenterline",
     "outputTable": "outputTable",
@@ -145,6 +146,7 @@ def angio3DParameterNodeClass():
         frameA, frameB - frame index used in each view.
         primaryAngle*, secondaryAngle* (degrees), sid*, sod*, pixelSpacing* (mm) - C-arm geometry per view.
         model, checkpointPath, device - network weights (shipped preset or "Load checkpoint…") and device.
+        qcaCalibration - the opt-in QCA calibrator on the main branch's % stenosis (readings >= 30 % only).
         outputModel, outputCenterline, outputTable - vessel mesh, centerline with radii, measurements.
         referenceModel, evaluationTable - reference mesh and metrics table (Evaluation).
         """
@@ -168,6 +170,7 @@ def angio3DParameterNodeClass():
         model: str = "lite"
         checkpointPath: Path
         device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
+        qcaCalibration: bool = False
         outputModel: vtkMRMLModelNode
         outputCenterline: vtkMRMLMarkupsCurveNode
         outputTable: vtkMRMLTableNode

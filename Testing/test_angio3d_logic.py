@@ -213,12 +213,16 @@ def test_cli_run_on_a_case_folder(tmp_path, capsys):
 
     overlay = np.asarray(Image.open(out / "segmentation_a.png"))
     assert overlay.ndim == 3 and overlay.shape[2] == 3 and len(np.unique(overlay[..., 0])) > 50
-    summary = json.loads((out / "qca.json").read_text())
+    def strict(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    summary = json.loads((out / "qca.json").read_text(), parse_constant=strict)     # round 15: strict JSON
+    assert summary["qca"][0]["percent_diameter_stenosis_raw"] is None               # not calibrated: null, not NaN
     assert summary["qca"][0]["radius_view"] in ("A", "B", "A+B") and "calibration" in summary["quality"]
     assert summary["qca"][0]["radius_fusion"] == "two-view fusion (angio3d-fusion)"     # round 11: the table names it
     assert summary["qca_radius"] == "regressor" and isinstance(summary["qca"][0]["unreliable"], bool)
     # round 8: the stdout JSON line carries the run's warnings, as qca.json does
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1], parse_constant=strict)
     assert printed["run_warnings"] == summary["warnings"] and printed["warnings"] == summary["qca"][0]["warnings"]
     refused = tmp_path / "refused"
     assert main(["angio3d", "--view-a", str(folder / "view_a.png"), "--view-b", str(folder / "view_a.png"),

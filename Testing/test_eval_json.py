@@ -57,3 +57,13 @@ def test_a_json_path_under_a_file_is_refused_before_the_evaluation(tmp_path, mod
     blocker.write_text("x", encoding="utf-8")
     assert main(["eval", module, data, str(tmp_path / "missing"), "--json", str(blocker / "eval.json")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_reports_are_strict_json_with_null_for_what_was_not_measured(tmp_path):
+    """Round 15: NaN and inf ("not measured") are written as null; Python's default NaN is not JSON."""
+    from VesselReconLib.cli import finite_json, json_report
+
+    data = {"a": float("nan"), "rows": [{"b": float("inf"), "c": 1.5}, (2, float("-inf"))], "d": "x"}
+    assert json.loads(finite_json(data)) == {"a": None, "rows": [{"b": None, "c": 1.5}, [2, None]], "d": "x"}
+    json_report(tmp_path / "r.json")(data)
+    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["rows"][0] == {"b": None, "c": 1.5}

@@ -257,10 +257,27 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or exc.__class__.__name__
 
 
+def finite_json(data, indent: int | None = None) -> str:
+    """``data`` as strict JSON: a non-finite float (NaN, inf: "not measured") is written as ``null``, which every JSON
+    reader accepts (Python's default ``NaN`` is not JSON)."""
+    import json
+    import math
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item) for item in value]
+        return value
+
+    return json.dumps(clean(data), indent=indent, allow_nan=False)
+
+
 def json_report(path, indent: int = 1):
     """The writer of an eval's ``--json`` report: the path's folder is checked now (a bad path is refused
     before minutes of work) and made when the report is written; without a path, a writer that does nothing."""
-    import json
     from pathlib import Path
 
     from . import atomic
@@ -268,7 +285,7 @@ def json_report(path, indent: int = 1):
     if not path:
         return lambda data: None
     atomic.check_output_folder(Path(path).parent)
-    return lambda data: atomic.write_text(path, json.dumps(data, indent=indent))
+    return lambda data: atomic.write_text(path, finite_json(data, indent=indent))
 
 
 def file_error(name: str, message) -> str:

@@ -145,6 +145,7 @@ def _inputs(args):
 
 def run(args) -> int:
     from .. import atomic, device, meshes, mrml, runtime
+    from ..cli import finite_json
     from ..progress import TqdmProgress
     from .logic import Angio3DLogic
 
@@ -178,7 +179,7 @@ def run(args) -> int:
                    "qca_radius": args.qca_radius, "qca_calibrator": bool(args.qca_calibrator),
                    "quality": result.quality, "warnings": result.warnings, "timings_s": result.timings,
                    "frame_of_reference": "mesh.vtp and centerline.json: DICOM patient LPS (mm), marked in the files"}
-        (out / "qca.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        (out / "qca.json").write_text(finite_json(summary, indent=1), encoding="utf-8")
         from PIL import Image
 
         for index, (name, mask, silhouette) in enumerate(zip("ab", reconstruction.masks, reconstruction.silhouettes())):
@@ -188,7 +189,7 @@ def run(args) -> int:
             Image.fromarray(overlay_rgb(image, np.zeros_like(mask), silhouette > 0)).save(out / f"reprojection_{name}.png")
         mrml.save_scene(out / "angio3d.mrb", scene)
     out = final
-    print(json.dumps({"out": str(out), **summary["qca"][0], "epipolar_error_px": summary["epipolar_error_px"],
+    print(finite_json({"out": str(out), **summary["qca"][0], "epipolar_error_px": summary["epipolar_error_px"],
                       "frames": frames_used, "seconds": round(sum(result.timings.values()), 3),
                       "run_warnings": result.warnings}))  # "warnings" is the QCA row's own field
     for warning in result.warnings:
@@ -314,7 +315,7 @@ def evaluate(args) -> int:
     import torch
 
     from .. import registry
-    from ..cli import json_report
+    from ..cli import finite_json, json_report
     from ..device import limit_cpu_threads
     from .eval import evaluate_cases, format_table
     from .train import load_cases
@@ -342,7 +343,7 @@ def evaluate(args) -> int:
         with torch.no_grad():
             real = evaluate_real_phantom(shared_folder(args.shared), variants(net, ablation))
         print(format_real(real))
-        print(json.dumps(real))
+        print(finite_json(real))
         report["real_phantom"] = real
     if args.floors:
         from .real_phantom import evaluate_floors, format_floors

@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..cli import finite_json
+
 log = logging.getLogger(__name__)
 QUALITY_SHIP_NAME, FAZ_SHIP_NAME = "coips-quality-{preset}", "coips-{preset}"
 
@@ -114,7 +116,7 @@ def _single_image_scene(logic, config) -> None:
                                   Path(config.input).stem, scene=logic.scene, creator=logic.creator)
     result = logic.process(volume, image.field_of_view_mm, config.segment_ungradable, model=config.quality_model,
                            fazModel=config.faz_model, device=config.device)
-    print(f"{Path(config.input).name}: {result.grade} " + json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
+    print(f"{Path(config.input).name}: {result.grade} " + finite_json({k: round(v, 4) for k, v in result.metrics.items()}))
 
 
 # ---------------------------------------------------------------- vesselrecon train coips

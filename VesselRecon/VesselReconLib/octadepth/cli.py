@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .. import DEVICE_CHOICES
+from ..cli import finite_json
 
 log = logging.getLogger(__name__)
 DEMO_SEED = 20210413
@@ -75,7 +76,7 @@ def _run_one(args, path: Path, out: Path) -> None:
         result.save_files(stage / path.stem)
         result.render(stage / f"{path.stem}_tubes.png")
         mrml.save_scene(stage / f"{path.stem}.mrb", scene)
-    print(json.dumps({"input": str(path), "outputs": f"{out / path.stem}.*", **result.summary()}))
+    print(finite_json({"input": str(path), "outputs": f"{out / path.stem}.*", **result.summary()}))
 
 
 # ------------------------------------------------------------------ train

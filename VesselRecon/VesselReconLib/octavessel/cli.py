@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
+
+from ..cli import finite_json
 
 log = logging.getLogger(__name__)
 DEFAULT_ROSSA = Path(__file__).resolve().parents[3].parent / "shared" / "datasets" / "rossa"
@@ -58,7 +59,7 @@ def _write_mask(net, pixels: np.ndarray, threshold: float, dest: Path, source: P
     mask = predict_probability(net, normalize_image(pixels)) > threshold
     with atomic_path(dest) as temporary:
         Image.fromarray(mask.astype(np.uint8) * 255).save(temporary, format="PNG")
-    print(json.dumps({"input": str(source), "output": str(dest), "vessel_fraction": round(float(mask.mean()), 4)}))
+    print(finite_json({"input": str(source), "output": str(dest), "vessel_fraction": round(float(mask.mean()), 4)}))
 
 
 # ------------------------------------------------------------------ train
@@ -100,7 +101,7 @@ def train(args) -> int:
     model, record = train_phantoms(args.out, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
                                    seed=args.seed, pool_size=args.pool, minutes=args.minutes,
                                    randomize=not args.no_randomize)
-    print(json.dumps(record))
+    print(finite_json(record))
     if args.ship and args.no_randomize:
         ship(model, record, command, args.rossa, args.seed, name="octavessel-norandom-lite",
              data="phantoms only, render_octa(..., randomize=False): one fixed device-neutral appearance (ablation "
@@ -124,7 +125,7 @@ def _finetune(args, command: str) -> int:
     model, record = finetune(args.out, init.state_dict(), real, val, steps=args.steps, batch=args.batch,
                              crop=args.crop, lr=args.lr, seed=args.seed, pool_size=args.pool,
                              real_fraction=args.real_fraction, minutes=args.minutes)
-    print(json.dumps(record))
+    print(finite_json(record))
     if args.ship:
         record["init"] = args.init
         ship(model, record, command, args.rossa, args.seed, name="octavessel-finetune-lite",
@@ -260,5 +261,5 @@ def bench(args) -> int:
     for k in ("render", "octavessel"):
         out[f"{k}_vs_frangi_wall"] = round(float(mean[k][0] / mean["frangi"][0]), 3)
         out[f"{k}_vs_frangi_cpu"] = round(float(mean[k][1] / mean["frangi"][1]), 3)
-    print(json.dumps(out))
+    print(finite_json(out))
     return 0

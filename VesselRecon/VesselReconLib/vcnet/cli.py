@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .. import DEVICE_CHOICES
+from ..cli import finite_json
 from .defaults import DEFAULT_MODEL, DEFAULT_MODEL_NAME
 
 
@@ -69,7 +70,7 @@ def run(args) -> int:
         written = [final / p.relative_to(stage) for p in logic.write_outputs(result, stage)]
         mrml.save_scene(stage / "vcnet.mrb", scene)
     out = final
-    print(json.dumps({"metrics": result.metrics, "files": [str(p) for p in written] + [str(out / "vcnet.mrb")]}))
+    print(finite_json({"metrics": result.metrics, "files": [str(p) for p in written] + [str(out / "vcnet.mrb")]}))
     return 0
 
 

@@ -10,6 +10,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..cli import finite_json
+
 log = logging.getLogger(__name__)
 METHOD = "vesselsdf"
 HEAP_MMAP_MB = 256
@@ -262,7 +264,7 @@ def run(args) -> int:
             writer.writerows(sorted(result.metrics.items()))
         mrml.save_scene(out / f"{name}_vesselsdf.mrb", scene)
     out = final
-    print(json.dumps({"out": str(out), **{k: round(v, 4) for k, v in result.metrics.items()}}))
+    print(finite_json({"out": str(out), **{k: round(v, 4) for k, v in result.metrics.items()}}))
     return 0
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from VesselReconLib import registry
-from VesselReconLib.angio3d.calibrator import (FEATURES, QCACalibrator, cached_features, calibrate, case_features, collect,
-                                               fit, shipped_calibrator)
+from VesselReconLib.angio3d.calibrator import (FEATURES, QCACalibrator, cached_features, calibrate, case_features, fit, main,
+                                               shipped_calibrator)
 from VesselReconLib.angio3d.fusion import shipped_fusion
 from VesselReconLib.angio3d.lumen import phantom_run
 from VesselReconLib.angio3d.pipeline import flag_lesion_apart, own_view_qca
@@ -91,16 +91,25 @@ def test_calibrate_leaves_a_reading_below_its_training_lesions_alone():
         assert any("not applied" in w and "30-90 %" in w for w in out["warnings"]) is not applied
 
 
-def test_collected_cases_give_the_pipelines_calibrated_reading():
-    """Round 15: :func:`collect` (the training cache, here of a lesion-free-to-mild phantom) holds what the pipeline
-    reads: its features through the shipped fusion and calibrator give the % the pipeline reports when asked to
-    calibrate the same phantom."""
+def test_collected_cases_give_the_pipelines_calibrated_reading(tmp_path):
+    """Round 15: ``calibrator --collect`` (the training cache, here of a lesion-free-to-mild phantom) holds what the
+    pipeline reads: its features through the shipped fusion and calibrator give the % the pipeline reports when asked
+    to calibrate the same phantom."""
+    import pickle
+
     model = shipped_calibrator()
     if model is None:
         pytest.skip("the QCA calibrator is not installed")
+    cache = tmp_path / "cache.pkl"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--collect", "--seeds", "100002-100002", "--lesion-range", "0", "30", "--cache", str(cache)]) == 0
+    finally:
+        torch.set_num_threads(threads)                         # the command runs on one thread
+    case = pickle.loads(cache.read_bytes())[0]                 # a 3 % lesion read as 36 %
     net = registry.load_model("angio3d", "angio3d-lite", "cpu")[0]
-    case = collect([100002], net, (0, 30), log=lambda text: None)[0]     # a 3 % lesion read as 36 %
-    assert 0 <= case["truth"] <= 30 and case["lesion_range"] == (0, 30) and len(case["views"]) == 2
+    assert case["seed"] == 100002 and 0 <= case["truth"] <= 30 and case["lesion_range"] == (0, 30)
+    assert len(case["views"]) == 2
     features, reported = cached_features([case], shipped_fusion())
     assert reported[0] == pytest.approx(case["qca"]["percent_diameter_stenosis"], abs=1e-9)
     qca = phantom_run(100002, net, (0, 30), qca_calibration=True)[2].qca

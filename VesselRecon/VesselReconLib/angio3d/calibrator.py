@@ -215,21 +215,19 @@ def fit(features: np.ndarray, reported: np.ndarray, truth: np.ndarray, epochs: i
     return model.eval()
 
 
-def write_collected(seed_texts: list[str], cache: list[str], lesion_range) -> int:
-    """``--collect``: :func:`collect` of the seed ranges into the one cache pickle."""
+def write_collected(seed_texts: list[str], cache: str, lesion_range) -> int:
+    """``--collect``: :func:`collect` of the seed ranges into the cache pickle."""
     import pickle
 
     from .. import registry
     from .lumen import seed_range
 
-    if len(cache) != 1:
-        raise SystemExit("--collect writes one --cache pickle")
     net = registry.load_model("angio3d", "angio3d-lite", "cpu")[0]
     cases = collect([s for text in seed_texts for s in seed_range(text)], net,
                     tuple(lesion_range) if lesion_range else None, log=lambda text: None)
-    with open(cache[0], "wb") as handle:
+    with open(cache, "wb") as handle:
         pickle.dump(cases, handle)
-    print(f"{len(cases)} phantoms collected into {cache[0]}")
+    print(f"{len(cases)} phantoms collected into {cache}")
     return 0
 
 
@@ -257,7 +255,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.collect:
-        return write_collected(args.seeds, args.cache, args.lesion_range)
+        if len(args.cache) != 1:
+            parser.error("--collect writes one --cache pickle")
+        return write_collected(args.seeds, args.cache[0], args.lesion_range)
     if not args.out:
         parser.error("--out is required to train")
     reader = shipped_fusion()

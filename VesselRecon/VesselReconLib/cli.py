@@ -162,9 +162,11 @@ def cmd_phantoms(args) -> int:
     check_number(args.side_by_side, "--side-by-side", 0.0, 1.0)
     if (args.side_by_side or args.lesion_range) and args.kind != "xray":
         raise InputError("--side-by-side and --lesion-range apply to xray phantoms only.")
-    if args.lesion_range and not 0 <= args.lesion_range[0] <= args.lesion_range[1] < 100:
-        raise InputError(f"--lesion-range {args.lesion_range[0]:g} {args.lesion_range[1]:g}: give LO HI with "
-                         "0 <= LO <= HI < 100 (% diameter stenosis).")
+    if args.lesion_range:
+        low, high = args.lesion_range
+        hint = "Give LO HI in % diameter stenosis, 0 <= LO <= HI < 100."
+        check_number(low, "--lesion-range LO", 0.0, 100.0, high_open=True, hint=hint)
+        check_number(high, "--lesion-range HI", low, 100.0, high_open=True, hint=hint)
     if args.kind == "gallery":
         from .phantoms.gallery import write_gallery
 
